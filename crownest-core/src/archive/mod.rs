@@ -1,0 +1,111 @@
+//! Archive intake: the one extraction policy and extractor shared by every backend
+//! (DESIGN §2.4). Every archive is treated as hostile.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::event::ArchivePhase;
+use crate::spec::Limits;
+
+mod extract;
+
+/// The rules an archive must pass, from a run's [`Limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtractPolicy {
+    /// Entries (of every kind).
+    pub max_entries: u64,
+    /// Extracted bytes in total.
+    pub max_total_bytes: u64,
+    /// Extracted bytes of one entry.
+    pub max_entry_bytes: u64,
+    /// Bytes in one entry path.
+    pub max_path_len: u64,
+    /// Components in one entry path.
+    pub max_depth: u64,
+    /// Bytes of one PAX/GNU metadata record.
+    pub max_metadata_bytes: u64,
+    /// Inflated/compressed ratio, checked once `ratio_grace_bytes` were inflated.
+    pub max_ratio: u64,
+    /// Inflated bytes before the ratio is checked.
+    pub ratio_grace_bytes: u64,
+}
+
+impl ExtractPolicy {
+    /// The policy of a run's limits.
+    pub fn from_limits(limits: &Limits) -> Self {
+        Self {
+            max_entries: limits.entries,
+            max_total_bytes: limits.extracted_bytes,
+            max_entry_bytes: limits.extracted_bytes,
+            max_path_len: limits.path_length,
+            max_depth: limits.path_depth,
+            max_metadata_bytes: limits.metadata_record_bytes,
+            max_ratio: limits.compression_ratio,
+            ratio_grace_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ExtractPolicy {
+    fn default() -> Self {
+        Self::from_limits(&Limits::default())
+    }
+}
+
+/// Progress of a validation or extraction pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractProgress {
+    /// `verifying` or `extracting`.
+    pub phase: ArchivePhase,
+    /// Compressed bytes consumed so far.
+    pub bytes_done: u64,
+    /// Entries processed so far.
+    pub entries: u64,
+}
+
+/// What an archive held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtractSummary {
+    /// All entries (files, dirs, links).
+    pub entries: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Hardlinks.
+    pub hardlinks: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Compressed bytes read.
+    pub compressed_bytes: u64,
+}
+
+/// Checks a whole `.tar.gz` against the policy without writing anything: the same checks as
+/// [`extract`], so a hostile archive is refused at upload, before any run starts.
+pub fn validate(
+    reader: impl Read,
+    policy: &ExtractPolicy,
+    progress: &mut dyn FnMut(ExtractProgress),
+) -> Result<ExtractSummary> {
+    extract::run(reader, None, policy, progress)
+}
+
+/// Extracts a `.tar.gz` into `dest` (which must not exist yet; its parent must). Entries are
+/// written into a private staging directory next to `dest` through a confined directory
+/// handle, and the staging directory is renamed to `dest` only when the whole archive
+/// passed; on any error nothing is left behind.
+pub fn extract(
+    reader: impl Read,
+    dest: &Path,
+    policy: &ExtractPolicy,
+    progress: &mut dyn FnMut(ExtractProgress),
+) -> Result<ExtractSummary> {
+    extract::run(reader, Some(dest), policy, progress)
+}

@@ -1,0 +1,270 @@
+//! The sandbox traits: [`SandboxBackend`] makes [`Sandbox`]es.
+//!
+//! A backend reports what it can enforce as data ([`Capabilities`]); each sandbox reports
+//! what it actually enforced ([`IsolationReport`]), which goes into the Evidence Bundle.
+//! The engine never pretends: a run that needs `network: none` on a backend that cannot
+//! isolate the network is recorded as not isolated.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Read;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{ExtractPolicy, ExtractProgress, ExtractSummary};
+use crate::artifact::{ArtifactFailure, CollectedArtifact};
+use crate::error::Result;
+use crate::event::OutputStream;
+use crate::ids::RunId;
+use crate::spec::{Limits, Network};
+use crate::time::Timestamp;
+
+/// What a backend can enforce. Capabilities are data: the conformance suite skips only
+/// what a backend declares it cannot do, and the engine records the truth in evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// The command cannot reach any network when the spec says `none`.
+    pub network_isolation: bool,
+    /// Memory is capped (`limits.memoryBytes`).
+    pub memory_limit: bool,
+    /// Process count is capped (`limits.pids`).
+    pub pids_limit: bool,
+    /// The command cannot read host files outside its workspace.
+    pub filesystem_isolation: bool,
+    /// Every process the command started is killed, including ones that left its group.
+    pub process_tree_kill: bool,
+    /// `keepSandbox` is supported.
+    pub keep_sandbox: bool,
+    /// The command runs as a non-root user.
+    pub non_root: bool,
+    /// This backend is a security boundary against hostile code.
+    pub security_boundary: bool,
+}
+
+/// What one sandbox actually enforced (copied into the Evidence Bundle).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IsolationReport {
+    /// Backend name.
+    pub backend: String,
+    /// `none` (enforced), `enabled`, or `not_isolated` (asked none, backend cannot).
+    pub network: String,
+    /// Memory cap in bytes, when enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Pids cap, when enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// How processes are contained: `pid_namespace`, `cgroup`, `process_group`, `container`, `wasm`.
+    pub process_containment: String,
+    /// User the command ran as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// True when this is a security boundary against hostile code.
+    pub security_boundary: bool,
+    /// Anything else worth recording (`readOnlyRoot`, `capDrop`, `rlimits`, survivors ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
+}
+
+/// What exactly a template resolved to (image id, module digests, interpreter versions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateIdentity {
+    /// Ordered key → value facts, e.g. `imageId` → `sha256:...`, `python3.path` → `/usr/bin/python3`.
+    pub facts: BTreeMap<String, String>,
+}
+
+impl TemplateIdentity {
+    /// Adds one fact.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.facts.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A template a backend offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateInfo {
+    /// Name (`python-node`).
+    pub name: String,
+    /// Usable right now on this host.
+    pub available: bool,
+    /// Why not, when unavailable (e.g. "image missing: run scripts/build-docker-image.sh").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Identity when available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<TemplateIdentity>,
+}
+
+/// What the engine asks a backend to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// The run (sandboxes are labelled with it so orphans can be swept).
+    pub run_id: RunId,
+    /// The engine instance creating it.
+    pub instance: String,
+    /// Template name.
+    pub template: String,
+    /// Resolved limits.
+    pub limits: Limits,
+    /// Network mode.
+    pub network: Network,
+}
+
+/// One command to execute in the sandbox's `/workspace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// argv (non-empty).
+    pub argv: Vec<String>,
+    /// Relative working directory inside `/workspace` (validated).
+    pub cwd: String,
+    /// The environment (values are secrets: never log them).
+    pub env: BTreeMap<String, String>,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled(i32),
+    /// It could not be started (no such program, bad cwd, ...).
+    SpawnFailed(String),
+    /// A resource limit ended it (e.g. OOM), with details.
+    LimitExceeded(String),
+}
+
+/// The result of [`Sandbox::exec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Processes that survived the final kill (should be empty; reported, never hidden).
+    pub survivors: Vec<String>,
+}
+
+impl ExecOutcome {
+    /// An outcome with no survivors.
+    pub fn new(status: ExitStatus) -> Self {
+        Self {
+            status,
+            survivors: Vec::new(),
+        }
+    }
+}
+
+/// Signals of the kill ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KillSignal {
+    /// Polite: SIGTERM to the whole process tree.
+    Term,
+    /// Final: SIGKILL to the whole process tree.
+    Kill,
+}
+
+impl KillSignal {
+    /// `SIGTERM` / `SIGKILL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Term => "SIGTERM",
+            Self::Kill => "SIGKILL",
+        }
+    }
+}
+
+/// Where a sandbox sends what its command does. Implemented by the engine.
+///
+/// Awaiting [`ExecSink::output`] is the backpressure: a backend must not read more output
+/// while the previous chunk is not accepted, and must keep draining (and calling `output`)
+/// after the stored cap is reached; the sink drops the excess and reports it.
+#[async_trait]
+pub trait ExecSink: Send + Sync {
+    /// The command was spawned (the run moves to `running`). Call once, before any output.
+    async fn started(&self);
+    /// Bytes the command wrote, in order per stream, any size (the sink re-chunks).
+    async fn output(&self, stream: OutputStream, data: &[u8]);
+}
+
+/// A progress callback for archive extraction.
+pub type ProgressFn<'a> = &'a (dyn Fn(ExtractProgress) + Send + Sync);
+
+/// A backend: a factory of sandboxes for named templates.
+///
+/// # Contract
+///
+/// * `name()` is stable and non-empty.
+/// * `templates()` lists `python-node`; an unavailable template says why.
+/// * `create()` returns a fresh sandbox with an empty `/workspace`, labelled with the run id
+///   and engine instance; an unknown template is `Error::InvalidSpec` (field `template`).
+/// * `sweep_orphans(live)` destroys every sandbox labelled with a run not in `live`
+///   (except kept sandboxes whose TTL has not passed) and returns what it destroyed.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync + Debug {
+    /// Registered name (`process`, `docker`, `wasm`).
+    fn name(&self) -> &str;
+    /// What this backend can enforce.
+    fn capabilities(&self) -> Capabilities;
+    /// Templates with their availability and identity.
+    async fn templates(&self) -> Result<Vec<TemplateInfo>>;
+    /// Creates a sandbox.
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>>;
+    /// Destroys orphaned sandboxes of runs not in `live`.
+    async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>>;
+}
+
+/// One sandbox, used for exactly one command.
+///
+/// # Contract
+///
+/// * `materialize` extracts the archive with the core extractor ([`crate::archive`]) into a
+///   private staging directory moved into place only on success: the command never sees a
+///   partial tree, and a hostile archive is `Error::ArchiveRejected` with nothing written
+///   outside the workspace.
+/// * `exec` runs the argv with exactly the given environment, cwd inside `/workspace`,
+///   stdin closed; calls `sink.started()` once spawned and before any output; streams
+///   stdout and stderr in order with backpressure; returns `Exited(code)`,
+///   `Signaled(sig)`, `SpawnFailed` (unknown program, bad cwd) or `LimitExceeded`.
+///   It returns only after the command and everything it started have ended.
+/// * `signal(Term|Kill)` reaches every process the command started; a command that ignores
+///   `Term` still ends on `Kill`; signalling with no command running is `Ok`.
+/// * `collect_artifact(path)` reads only inside the workspace, never follows a symlink,
+///   returns regular files and directories (as a tar), and refuses anything else with a
+///   typed [`ArtifactFailure`]; it never reads more than `max_bytes`.
+/// * `destroy()` is idempotent and verifies that nothing of the sandbox survives.
+/// * `keep(until)` marks the sandbox as kept; `sweep_orphans` destroys it after `until`.
+#[async_trait]
+pub trait Sandbox: Send + Sync + Debug {
+    /// Backend-specific id (container id, directory).
+    fn id(&self) -> &str;
+    /// What this sandbox enforces.
+    fn isolation(&self) -> IsolationReport;
+    /// What the template resolved to.
+    fn identity(&self) -> TemplateIdentity;
+    /// Extracts the verified `.tar.gz` into `/workspace`.
+    async fn materialize(
+        &self,
+        archive: Box<dyn Read + Send>,
+        policy: &ExtractPolicy,
+        progress: ProgressFn<'_>,
+    ) -> Result<ExtractSummary>;
+    /// Runs the command to completion.
+    async fn exec(&self, request: &ExecRequest, sink: &dyn ExecSink) -> Result<ExecOutcome>;
+    /// Signals everything the running command started.
+    async fn signal(&self, signal: KillSignal) -> Result<()>;
+    /// Collects one artifact (after the command ended).
+    async fn collect_artifact(
+        &self,
+        path: &str,
+        max_bytes: u64,
+    ) -> std::result::Result<CollectedArtifact, ArtifactFailure>;
+    /// Marks the sandbox as kept until `until`.
+    async fn keep(&self, until: Timestamp) -> Result<()>;
+    /// Destroys the sandbox (idempotent); verifies nothing survives.
+    async fn destroy(&self) -> Result<()>;
+}

@@ -1,0 +1,569 @@
+//! Events: the envelope, every kind, and the hash chain (DESIGN §2.3).
+//!
+//! `hash = sha256(previous hash ‖ canonical JSON of the event without "hash")`, the first
+//! event chaining from 32 zero bytes. Canonical JSON = object keys sorted by byte order, no
+//! whitespace, numbers as integers. [`seal`] is the only place an event gets its seq and
+//! hash; stores call it inside their append transaction. [`verify_chain`] proves offline
+//! that no event was dropped, reordered, duplicated or edited.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+use crate::ids::{ArtifactId, RunId, Sha256Digest};
+use crate::status::RunStatus;
+use crate::time::Timestamp;
+
+/// The hash the first event of a run chains from: 32 zero bytes, hex encoded.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl OutputStream {
+    /// `stdout` / `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+/// Phase of archive intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchivePhase {
+    /// Bytes arriving.
+    Receiving,
+    /// Digest and policy checks.
+    Verifying,
+    /// Writing into the workspace.
+    Extracting,
+}
+
+/// Why a kill rung happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillReason {
+    /// The execution deadline passed.
+    Timeout,
+    /// A client canceled.
+    Cancel,
+    /// A limit was exceeded.
+    OutputLimit,
+    /// The command exited but left processes behind.
+    Leftover,
+}
+
+/// Why an artifact could not be collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactErrorReason {
+    /// Nothing at that path.
+    NotFound,
+    /// A symlink, fifo, socket or device.
+    NotRegular,
+    /// The path resolves outside the workspace.
+    EscapesWorkspace,
+    /// Over the per-artifact or total cap.
+    TooLarge,
+    /// The path is lexically invalid.
+    InvalidPath,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Non-zero exit code.
+    ExitNonzero,
+    /// Killed by a signal it did not ask for.
+    Signaled,
+    /// The execution deadline passed.
+    TimedOut,
+    /// Memory, pids or another limit ended it.
+    LimitExceeded,
+    /// The command could not be started.
+    SpawnFailed,
+    /// The sandbox failed.
+    SandboxError,
+    /// The archive was refused at start.
+    ArchiveRejected,
+    /// A `required` artifact could not be collected.
+    MissingRequiredArtifact,
+    /// The host went away while the run was unfinished.
+    HostRestarted,
+}
+
+impl FailureKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExitNonzero => "exit_nonzero",
+            Self::Signaled => "signaled",
+            Self::TimedOut => "timed_out",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::SpawnFailed => "spawn_failed",
+            Self::SandboxError => "sandbox_error",
+            Self::ArchiveRejected => "archive_rejected",
+            Self::MissingRequiredArtifact => "missing_required_artifact",
+            Self::HostRestarted => "host_restarted",
+        }
+    }
+}
+
+/// A typed failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// The kind.
+    pub kind: FailureKind,
+    /// A human-readable message (never contains env values).
+    pub message: String,
+}
+
+impl Failure {
+    /// Builds a failure.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A chunk of output: UTF-8 text or base64, and its byte offset within the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputChunk {
+    /// Byte offset of this chunk within its stream.
+    pub offset: u64,
+    /// UTF-8 text; absent when the chunk is not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Base64 of the raw bytes when they are not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+impl OutputChunk {
+    /// The raw bytes of this chunk.
+    pub fn bytes(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        match (&self.data, &self.data_base64) {
+            (Some(s), _) => s.as_bytes().to_vec(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Number of raw bytes in this chunk.
+    pub fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// True when the chunk carries no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The payload of an event; serialized flat into the envelope with a `type` tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A state change.
+    Status {
+        /// The new state.
+        status: RunStatus,
+        /// The state before (absent for the first).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<RunStatus>,
+    },
+    /// Archive intake progress (throttled).
+    ArchiveProgress {
+        /// Phase.
+        phase: ArchivePhase,
+        /// Bytes done in this phase.
+        bytes_done: u64,
+        /// Bytes in total for this phase (0 if unknown).
+        bytes_total: u64,
+        /// Entries seen (extracting/verifying).
+        entries: u64,
+    },
+    /// Standard output.
+    Stdout(OutputChunk),
+    /// Standard error.
+    Stderr(OutputChunk),
+    /// A stream reached its cap; later bytes are drained and dropped.
+    OutputTruncated {
+        /// Which stream.
+        stream: OutputStream,
+        /// Bytes dropped (known when the run ended; 0 at the moment of truncation).
+        bytes_dropped: u64,
+    },
+    /// An artifact was collected.
+    ArtifactCollected {
+        /// Its id.
+        artifact_id: ArtifactId,
+        /// The requested path.
+        path: String,
+        /// Size in bytes.
+        size_bytes: u64,
+        /// sha256 of its bytes.
+        sha256: Sha256Digest,
+        /// Unix mode bits (permissions only).
+        mode: u32,
+    },
+    /// An artifact could not be collected.
+    ArtifactError {
+        /// The requested path.
+        path: String,
+        /// Why.
+        reason: ArtifactErrorReason,
+        /// Details.
+        message: String,
+    },
+    /// Liveness while running.
+    Heartbeat {},
+    /// One rung of the kill ladder.
+    Kill {
+        /// `SIGTERM` / `SIGKILL`, when a signal was sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+        /// `destroy` when the sandbox was destroyed instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+        /// Why.
+        reason: KillReason,
+    },
+    /// The last event of every run.
+    Terminal {
+        /// `succeeded`, `failed` or `canceled`.
+        status: RunStatus,
+        /// Exit code when the command exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// Signal number when the command was killed by one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// The failure, for `failed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
+        /// From creation to terminal, in milliseconds.
+        duration_ms: u64,
+    },
+    /// A non-terminal problem.
+    Error {
+        /// Stable code (`archive_rejected`, `cleanup_failed`, ...).
+        code: String,
+        /// Message.
+        message: String,
+    },
+}
+
+impl EventKind {
+    /// The wire `type` name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Status { .. } => "status",
+            Self::ArchiveProgress { .. } => "archive_progress",
+            Self::Stdout(_) => "stdout",
+            Self::Stderr(_) => "stderr",
+            Self::OutputTruncated { .. } => "output_truncated",
+            Self::ArtifactCollected { .. } => "artifact_collected",
+            Self::ArtifactError { .. } => "artifact_error",
+            Self::Heartbeat {} => "heartbeat",
+            Self::Kill { .. } => "kill",
+            Self::Terminal { .. } => "terminal",
+            Self::Error { .. } => "error",
+        }
+    }
+
+    /// True for the `terminal` event.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Terminal { .. })
+    }
+}
+
+/// An event before it is sealed by the store (no seq, no hash yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// When it happened.
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl NewEvent {
+    /// An event happening now.
+    pub fn now(kind: EventKind) -> Self {
+        Self {
+            at: Timestamp::now(),
+            kind,
+        }
+    }
+}
+
+/// A durable event: `{"runId","seq","at","type", ...payload, "hash"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// The run.
+    pub run_id: RunId,
+    /// Gap-free sequence number from 1.
+    pub seq: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Type and payload.
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// Chain hash (hex).
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Unsealed<'a> {
+    run_id: &'a RunId,
+    seq: u64,
+    at: Timestamp,
+    #[serde(flatten)]
+    kind: &'a EventKind,
+}
+
+/// Canonical JSON: keys sorted by bytes, no whitespace. Independent of serde_json's
+/// `preserve_order` feature, so hashes never depend on feature unification.
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                    out.push(b':');
+                    write(&map[k], out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            other => out.extend_from_slice(other.to_string().as_bytes()),
+        }
+    }
+    let mut out = Vec::new();
+    write(value, &mut out);
+    out
+}
+
+fn chain_hash(prev_hash: &str, run_id: &RunId, seq: u64, at: Timestamp, kind: &EventKind) -> String {
+    let unsealed = Unsealed {
+        run_id,
+        seq,
+        at,
+        kind,
+    };
+    let value = serde_json::to_value(&unsealed).unwrap_or(Value::Null);
+    let prev = hex::decode(prev_hash).unwrap_or_else(|_| vec![0; 32]);
+    let mut h = Sha256::new();
+    h.update(&prev);
+    h.update(canonical_json(&value));
+    hex::encode(h.finalize())
+}
+
+/// Gives `event` its seq and chain hash. Stores call this inside the append transaction,
+/// with the run's current chain head (or [`GENESIS_HASH`] for seq 1).
+pub fn seal(prev_hash: &str, run_id: &RunId, seq: u64, event: NewEvent) -> Event {
+    let hash = chain_hash(prev_hash, run_id, seq, event.at, &event.kind);
+    Event {
+        run_id: run_id.clone(),
+        seq,
+        at: event.at,
+        kind: event.kind,
+        hash,
+    }
+}
+
+/// Seals a batch after a chain head, returning the sealed events (seq from `first_seq`).
+pub fn seal_all(prev_hash: &str, run_id: &RunId, first_seq: u64, events: Vec<NewEvent>) -> Vec<Event> {
+    let mut prev = prev_hash.to_owned();
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let sealed = seal(&prev, run_id, first_seq + i as u64, e);
+        prev.clone_from(&sealed.hash);
+        out.push(sealed);
+    }
+    out
+}
+
+/// What [`verify_chain`] proved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainSummary {
+    /// Number of events.
+    pub count: u64,
+    /// Hash of the last event ([`GENESIS_HASH`] when empty).
+    pub chain_head: String,
+}
+
+/// Why a chain does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// seq is not the next one (dropped, reordered or duplicated event).
+    #[error("event at position {index} has seq {found}, expected {expected}")]
+    SeqGap {
+        /// Position in the list.
+        index: usize,
+        /// Expected seq.
+        expected: u64,
+        /// Found seq.
+        found: u64,
+    },
+    /// The event's hash does not match its content and predecessor (edited event).
+    #[error("event seq {seq} has hash {found}, expected {expected}")]
+    HashMismatch {
+        /// seq.
+        seq: u64,
+        /// Recomputed hash.
+        expected: String,
+        /// Stored hash.
+        found: String,
+    },
+    /// An event of another run.
+    #[error("event seq {seq} belongs to run {found}, expected {expected}")]
+    WrongRun {
+        /// seq.
+        seq: u64,
+        /// Expected run id.
+        expected: String,
+        /// Found run id.
+        found: String,
+    },
+    /// Events after `terminal`, or `terminal` not last.
+    #[error("terminal event at seq {seq} is not the last event")]
+    TerminalNotLast {
+        /// seq of the terminal event.
+        seq: u64,
+    },
+    /// The count or head differs from what the evidence recorded.
+    #[error("chain has {count} events with head {head}, evidence records {expected_count} with head {expected_head}")]
+    HeadMismatch {
+        /// Events verified.
+        count: u64,
+        /// Head found.
+        head: String,
+        /// Count recorded.
+        expected_count: u64,
+        /// Head recorded.
+        expected_head: String,
+    },
+}
+
+/// Verifies a complete event list of one run (seq from 1): seq gap-free, every hash
+/// recomputed, `terminal` (if any) last. Returns count and chain head.
+pub fn verify_chain(run_id: &RunId, events: &[Event]) -> std::result::Result<ChainSummary, ChainError> {
+    let mut prev = GENESIS_HASH.to_owned();
+    for (index, e) in events.iter().enumerate() {
+        let expected_seq = index as u64 + 1;
+        if e.run_id != *run_id {
+            return Err(ChainError::WrongRun {
+                seq: e.seq,
+                expected: run_id.to_string(),
+                found: e.run_id.to_string(),
+            });
+        }
+        if e.seq != expected_seq {
+            return Err(ChainError::SeqGap {
+                index,
+                expected: expected_seq,
+                found: e.seq,
+            });
+        }
+        let expected = chain_hash(&prev, &e.run_id, e.seq, e.at, &e.kind);
+        if expected != e.hash {
+            return Err(ChainError::HashMismatch {
+                seq: e.seq,
+                expected,
+                found: e.hash.clone(),
+            });
+        }
+        if e.kind.is_terminal() && index + 1 != events.len() {
+            return Err(ChainError::TerminalNotLast { seq: e.seq });
+        }
+        prev.clone_from(&e.hash);
+    }
+    Ok(ChainSummary {
+        count: events.len() as u64,
+        chain_head: prev,
+    })
+}
+
+/// Verifies a chain and checks it against what an Evidence Bundle recorded.
+pub fn verify_against(
+    run_id: &RunId,
+    events: &[Event],
+    expected: &ChainSummary,
+) -> std::result::Result<ChainSummary, ChainError> {
+    let got = verify_chain(run_id, events)?;
+    if got != *expected {
+        return Err(ChainError::HeadMismatch {
+            count: got.count,
+            head: got.chain_head,
+            expected_count: expected.count,
+            expected_head: expected.chain_head.clone(),
+        });
+    }
+    Ok(got)
+}
+
+impl From<ChainError> for Error {
+    fn from(e: ChainError) -> Self {
+        Error::Conflict {
+            message: format!("event chain does not verify: {e}"),
+        }
+    }
+}
+
+/// Checks the append-time invariants a store must enforce for one batch: nothing after a
+/// `terminal` already in the log, at most one `terminal` and only as the batch's last event.
+pub fn check_append(already_terminal: bool, events: &[NewEvent]) -> Result<()> {
+    if already_terminal && !events.is_empty() {
+        return Err(Error::Conflict {
+            message: "run already has its terminal event".into(),
+        });
+    }
+    if let Some(pos) = events.iter().position(|e| e.kind.is_terminal())
+        && pos + 1 != events.len()
+    {
+        return Err(Error::Conflict {
+            message: "terminal event must be the last event".into(),
+        });
+    }
+    Ok(())
+}

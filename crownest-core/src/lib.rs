@@ -1,0 +1,43 @@
+//! # crownest-core
+//!
+//! The core of CrowNest: the Workspace Run model, its state machine, the hash-chained
+//! event log, archive intake and extraction, artifact collection, the Evidence Bundle, the
+//! [`Store`] and [`SandboxBackend`] traits, and the [`WorkspaceRuns`] engine.
+//!
+//! Core never depends on a sandbox technology or a database: backends
+//! (`crownest-backend-process`, `-docker`, `-wasm`) and stores (`crownest-store-sqlite`,
+//! [`MemoryStore`]) plug in behind the traits.
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `testing` | [`testing::FakeBackend`], a scripted backend for testing the engine's logic |
+//! | `conformance` | [`conformance`]: one async fn per trait contract bullet, and macros that stamp them as tests |
+
+pub mod archive;
+pub mod artifact;
+pub mod backend;
+pub mod error;
+pub mod event;
+pub mod evidence;
+pub mod ids;
+pub mod run;
+pub mod spec;
+pub mod status;
+pub mod store;
+pub mod time;
+
+pub use backend::{
+    Capabilities, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
+    Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
+};
+pub use error::{Error, RejectReason, Result};
+pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};
+pub use evidence::EvidenceBundle;
+pub use ids::{ArtifactId, RunId, Sha256Digest, TransferId};
+pub use run::{ArchiveDescriptor, Artifact, RunRecord, UploadKind};
+pub use spec::{ArtifactRequest, Limits, LimitOverrides, Network, RunSpec};
+pub use status::{Input, Outcome, RunStatus, transition};
+pub use store::Store;
+pub use time::Timestamp;

@@ -1,0 +1,281 @@
+//! The durable run record.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::event::{Failure, GENESIS_HASH};
+use crate::ids::{ArtifactId, RunId, Sha256Digest};
+use crate::spec::{Limits, RunSpec};
+use crate::status::RunStatus;
+use crate::time::Timestamp;
+
+/// How the archive arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadKind {
+    /// One request body.
+    Direct,
+    /// A staged, chunked transfer.
+    Staged,
+    /// Attached by digest to an archive already stored.
+    Existing,
+}
+
+/// What the client declares about an archive before sending it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchiveDescriptor {
+    /// Exact size in bytes.
+    pub size_bytes: u64,
+    /// sha256 of the bytes.
+    pub sha256: Sha256Digest,
+}
+
+/// A verified archive attached to a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveInfo {
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// sha256.
+    pub sha256: Sha256Digest,
+    /// How it arrived.
+    pub upload: UploadKind,
+    /// Entries in the tar (from the policy check).
+    pub entries: u64,
+    /// Bytes the tar expands to.
+    pub extracted_bytes: u64,
+}
+
+/// A collected artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// Its id.
+    pub artifact_id: ArtifactId,
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// The requested path.
+    pub path: String,
+    /// `file`, or `directory` (a tar of the directory).
+    pub kind: ArtifactKind,
+    /// Size in bytes of the stored blob.
+    pub size_bytes: u64,
+    /// sha256 of the stored blob.
+    pub sha256: Sha256Digest,
+    /// Permission bits of the source.
+    pub mode: u32,
+}
+
+/// What an artifact's blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    /// The bytes of a regular file.
+    File,
+    /// An uncompressed tar of a directory's regular files and subdirectories.
+    Directory,
+}
+
+/// A recorded artifact error (mirrors the `artifact_error` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactErrorRecord {
+    /// The requested path.
+    pub path: String,
+    /// Why.
+    pub reason: crate::event::ArtifactErrorReason,
+    /// Details.
+    pub message: String,
+}
+
+/// An environment variable as it is stored: its name and a salted hash of its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvEntry {
+    /// Variable name.
+    pub name: String,
+    /// `sha256(salt ‖ name ‖ 0x00 ‖ value)`, hex.
+    pub value_sha256: String,
+}
+
+/// Hashes env values with a per-run salt so evidence can prove which values were used
+/// without revealing them.
+pub fn hash_env(salt: &str, env: &std::collections::BTreeMap<String, String>) -> Vec<EnvEntry> {
+    env.iter()
+        .map(|(name, value)| {
+            let mut h = Sha256::new();
+            h.update(salt.as_bytes());
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(value.as_bytes());
+            EnvEntry {
+                name: name.clone(),
+                value_sha256: hex::encode(h.finalize()),
+            }
+        })
+        .collect()
+}
+
+/// Timestamps of a run's milestones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct RunTimestamps {
+    pub created: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_verified: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_started: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_ended: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<Timestamp>,
+}
+
+/// Who drives a run: recovery reclaims a run only when its owner is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunOwner {
+    /// The engine instance (random per `WorkspaceRuns`).
+    pub instance: String,
+    /// Host process id.
+    pub pid: u32,
+    /// Process start time (clock ticks since boot, from `/proc/<pid>/stat`), so a reused
+    /// pid is not mistaken for the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+}
+
+impl RunOwner {
+    /// The owner record of this process for the given engine instance.
+    pub fn current(instance: &str) -> Self {
+        let pid = std::process::id();
+        Self {
+            instance: instance.to_owned(),
+            pid,
+            pid_start: process_start_ticks(pid),
+        }
+    }
+
+    /// True when the owning process still exists (same pid and start time).
+    pub fn is_alive(&self) -> bool {
+        match process_start_ticks(self.pid) {
+            None => false,
+            Some(start) => self.pid_start.is_none_or(|s| s == start),
+        }
+    }
+}
+
+/// Start time of a process in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The sandbox of a run, as far as the record knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRecord {
+    /// Backend-specific id (container id, directory, ...).
+    pub id: String,
+    /// Kept after the run.
+    pub kept: bool,
+    /// When a kept sandbox is destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_until: Option<Timestamp>,
+    /// Destroyed (and verified gone).
+    pub destroyed: bool,
+}
+
+/// The durable record of a Workspace Run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Id.
+    pub id: RunId,
+    /// Current state.
+    pub status: RunStatus,
+    /// The spec as asked, with `env` emptied (see `env`).
+    pub spec: RunSpec,
+    /// The resolved backend name.
+    pub backend: String,
+    /// The resolved limits.
+    pub limits: Limits,
+    /// Env names and salted value hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvEntry>,
+    /// Salt of the env hashes.
+    pub env_salt: String,
+    /// The verified archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveInfo>,
+    /// Milestones.
+    pub timestamps: RunTimestamps,
+    /// Exit code of the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that ended the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Failure of a failed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Collected artifacts.
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+    /// Artifact errors.
+    #[serde(default)]
+    pub artifact_errors: Vec<ArtifactErrorRecord>,
+    /// The sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxRecord>,
+    /// Who drives the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<RunOwner>,
+    /// A client asked to cancel (set only by `Store::request_cancel`).
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// Next event seq (maintained by the store).
+    pub next_seq: u64,
+    /// Hash of the last event (maintained by the store).
+    pub chain_head: String,
+}
+
+impl RunRecord {
+    /// A new record in `awaiting_archive`. `spec.env` is moved out: the record keeps only
+    /// names and salted hashes.
+    pub fn new(id: RunId, mut spec: RunSpec, backend: String, limits: Limits, owner: RunOwner) -> Self {
+        let env_salt = hex::encode(rand::random::<[u8; 16]>());
+        let env = hash_env(&env_salt, &spec.env);
+        spec.env.clear();
+        Self {
+            id,
+            status: RunStatus::AwaitingArchive,
+            spec,
+            backend,
+            limits,
+            env,
+            env_salt,
+            archive: None,
+            timestamps: RunTimestamps {
+                created: Some(Timestamp::now()),
+                ..Default::default()
+            },
+            exit_code: None,
+            signal: None,
+            failure: None,
+            artifacts: Vec::new(),
+            artifact_errors: Vec::new(),
+            sandbox: None,
+            owner: Some(owner),
+            cancel_requested: false,
+            next_seq: 1,
+            chain_head: GENESIS_HASH.to_owned(),
+        }
+    }
+}

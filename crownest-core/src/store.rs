@@ -1,0 +1,288 @@
+//! The [`Store`] trait: durable runs, events, blobs, transfers and evidence.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::io::Read;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::event::{Event, NewEvent};
+use crate::evidence::EvidenceBundle;
+use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
+use crate::run::{ArchiveDescriptor, Artifact, RunRecord};
+use crate::status::RunStatus;
+use crate::time::Timestamp;
+
+/// A stream of bytes fed into [`Store::put_blob`].
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A blocking reader of stored bytes (used from blocking threads by the extractor).
+pub type BlobReader = Box<dyn Read + Send>;
+
+/// Result of [`Store::create_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new run was stored.
+    Created(RunRecord),
+    /// A run with the same idempotency key already existed; it is returned unchanged.
+    Existing(RunRecord),
+}
+
+impl CreateOutcome {
+    /// The run, new or existing.
+    pub fn into_run(self) -> RunRecord {
+        match self {
+            Self::Created(r) | Self::Existing(r) => r,
+        }
+    }
+}
+
+/// A page query over runs, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only runs in this state.
+    pub status: Option<RunStatus>,
+    /// At most this many (0 = the store's default of 100).
+    pub limit: usize,
+    /// Only runs older than this id (the last id of the previous page).
+    pub before: Option<RunId>,
+}
+
+/// One atomic write to a run: events, the new record, and (with `terminal`) the evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCommit {
+    /// Must equal the run's `next_seq`, else [`Error::Conflict`] and nothing is written.
+    pub expected_next_seq: u64,
+    /// Events to seal and append, in order.
+    pub events: Vec<NewEvent>,
+    /// The run record to store (all fields but `next_seq`, `chain_head` and
+    /// `cancel_requested`, which the store maintains).
+    pub record: Option<RunRecord>,
+    /// Required exactly when `events` ends with `terminal`.
+    pub evidence: Option<EvidenceBundle>,
+}
+
+/// What a stored blob is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobInfo {
+    /// sha256 of the bytes.
+    pub sha256: Sha256Digest,
+    /// Size in bytes.
+    pub size_bytes: u64,
+}
+
+/// Expectations checked while a blob streams in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobExpect<'a> {
+    /// Declared size and digest, if any.
+    pub descriptor: Option<&'a ArchiveDescriptor>,
+    /// Refuse (as `too_large`) once more bytes than this arrive.
+    pub max_bytes: u64,
+}
+
+/// A staged transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferRecord {
+    /// Id.
+    pub transfer_id: TransferId,
+    /// The run it uploads for.
+    pub run_id: RunId,
+    /// Declared size and digest of the whole.
+    pub descriptor: ArchiveDescriptor,
+    /// Every chunk but the last has exactly this size; offsets are multiples of it.
+    pub chunk_size_bytes: u64,
+    /// Indices of chunks received.
+    pub received: BTreeSet<u64>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+impl TransferRecord {
+    /// Number of chunks of the whole.
+    pub fn chunk_count(&self) -> u64 {
+        self.descriptor.size_bytes.div_ceil(self.chunk_size_bytes).max(1)
+    }
+
+    /// Exact length chunk `index` must have; `None` if out of range.
+    pub fn chunk_len(&self, index: u64) -> Option<u64> {
+        let n = self.chunk_count();
+        if index >= n {
+            return None;
+        }
+        if self.descriptor.size_bytes == 0 {
+            return Some(0);
+        }
+        Some(if index + 1 == n {
+            self.descriptor.size_bytes - index * self.chunk_size_bytes
+        } else {
+            self.chunk_size_bytes
+        })
+    }
+
+    /// Validates a chunk by offset and length, returning its index.
+    pub fn check_chunk(&self, offset: u64, len: u64) -> Result<u64> {
+        if offset % self.chunk_size_bytes != 0 {
+            return Err(Error::invalid(
+                "offset",
+                format!("{offset} is not a multiple of the chunk size {}", self.chunk_size_bytes),
+            ));
+        }
+        let index = offset / self.chunk_size_bytes;
+        match self.chunk_len(index) {
+            None => Err(Error::invalid(
+                "offset",
+                format!("{offset} is beyond the declared size {}", self.descriptor.size_bytes),
+            )),
+            Some(want) if want != len => Err(Error::invalid(
+                "chunk",
+                format!("chunk at offset {offset} must be {want} bytes, got {len}"),
+            )),
+            Some(_) => Ok(index),
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.received
+            .iter()
+            .filter_map(|&i| self.chunk_len(i))
+            .sum()
+    }
+
+    /// Missing byte ranges `[start, end)`, merged.
+    pub fn missing_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for i in 0..self.chunk_count() {
+            if self.received.contains(&i) {
+                continue;
+            }
+            let start = i * self.chunk_size_bytes;
+            let end = start + self.chunk_len(i).unwrap_or(0);
+            match out.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => out.push((start, end)),
+            }
+        }
+        out
+    }
+
+    /// True when every chunk is here.
+    pub fn is_complete(&self) -> bool {
+        self.received.len() as u64 == self.chunk_count()
+    }
+}
+
+/// Durable storage of runs, events, blobs, transfers and evidence.
+///
+/// # Contract
+///
+/// * `create_run` stores a new run; a second create with the same `idempotency_key`
+///   returns the first run as `Existing` and stores nothing.
+/// * `get_run` of an unknown id is `Error::NotFound`.
+/// * `list_runs` returns runs newest first, filtered by status, paged with `before`.
+/// * `commit` is atomic and all-or-nothing: it checks `expected_next_seq` (else
+///   `Error::Conflict`), seals the events with gap-free seqs from the run's `next_seq` and
+///   the hash chain ([`crate::event::seal_all`]), stores the record and the evidence.
+/// * A `terminal` event must be the last of its batch, must come with evidence whose
+///   `terminal_event` equals the sealed event, and nothing can be appended after it.
+/// * `commit` never changes `cancel_requested`; `request_cancel` sets it.
+/// * An event is visible to `list_events` only once its commit returned; `list_events`
+///   returns events with `seq > after_seq` in order, at most `limit`.
+/// * `put_blob` hashes and counts while streaming; a size or digest differing from the
+///   declared descriptor, or more than `max_bytes`, is `Error::ArchiveRejected` and keeps
+///   nothing. Blobs are content-addressed: the same bytes are stored once.
+/// * `has_blob` and `open_blob` see a blob as soon as `put_blob` returned.
+/// * Transfers: `put_chunk` is idempotent and accepts chunks in any order; `open_transfer`
+///   yields the chunks concatenated in order, and fails if one is missing.
+/// * `get_evidence` of a run that has not ended is `Error::NotTerminal`.
+/// * `get_artifact` finds an artifact of any run by id.
+/// * `list_unfinished` returns every run not in a terminal state.
+#[async_trait]
+pub trait Store: Send + Sync + Debug {
+    /// Stores a new run (or returns the one with the same idempotency key).
+    async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome>;
+    /// One run.
+    async fn get_run(&self, id: &RunId) -> Result<RunRecord>;
+    /// Runs, newest first.
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>>;
+    /// Runs not in a terminal state.
+    async fn list_unfinished(&self) -> Result<Vec<RunRecord>>;
+    /// Atomically appends events and stores the record (and evidence).
+    async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>>;
+    /// Marks the run as cancel-requested (for a driver in another process to see).
+    async fn request_cancel(&self, id: &RunId) -> Result<RunRecord>;
+    /// A window of events after `after_seq`.
+    async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>>;
+    /// Streams bytes into a content-addressed blob.
+    async fn put_blob(&self, data: ByteStream, expect: BlobExpect<'_>) -> Result<BlobInfo>;
+    /// Size of a stored blob, if present.
+    async fn has_blob(&self, sha256: &Sha256Digest) -> Result<Option<u64>>;
+    /// Opens a stored blob for blocking reads.
+    async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader>;
+    /// Stores a new transfer.
+    async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()>;
+    /// One transfer.
+    async fn get_transfer(&self, id: &TransferId) -> Result<TransferRecord>;
+    /// Stores chunk `index` (its length already checked by the caller).
+    async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord>;
+    /// The received chunks concatenated in order.
+    async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader>;
+    /// Forgets a transfer and its chunks.
+    async fn delete_transfer(&self, id: &TransferId) -> Result<()>;
+    /// The Evidence Bundle of an ended run.
+    async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle>;
+    /// One artifact by id.
+    async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact>;
+}
+
+/// The checks every store applies to a commit before writing, given the stored record.
+/// Pure, so every implementation enforces the same rules.
+pub fn check_commit(stored: &RunRecord, commit: &RunCommit) -> Result<()> {
+    if commit.expected_next_seq != stored.next_seq {
+        return Err(Error::Conflict {
+            message: format!(
+                "run {}: expected next seq {}, store has {}",
+                stored.id, commit.expected_next_seq, stored.next_seq
+            ),
+        });
+    }
+    crate::event::check_append(stored.status.is_terminal() && stored.next_seq > 1, &commit.events)?;
+    let ends_terminal = commit.events.last().is_some_and(|e| e.kind.is_terminal());
+    match (&commit.evidence, ends_terminal) {
+        (Some(_), false) => Err(Error::Conflict {
+            message: "evidence may only be stored with the terminal event".into(),
+        }),
+        (None, true) => Err(Error::Conflict {
+            message: "the terminal event must come with its evidence".into(),
+        }),
+        _ => {
+            if ends_terminal && !commit.record.as_ref().is_some_and(|r| r.status.is_terminal()) {
+                return Err(Error::Conflict {
+                    message: "the terminal event must come with a terminal record".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// After sealing: the evidence must name exactly the sealed terminal event.
+pub fn check_sealed_evidence(sealed: &[Event], evidence: Option<&EvidenceBundle>) -> Result<()> {
+    if let (Some(ev), Some(last)) = (evidence, sealed.last())
+        && ev.terminal_event != *last
+    {
+        return Err(Error::Conflict {
+            message: format!(
+                "evidence names terminal event seq {} hash {}, sealed seq {} hash {}",
+                ev.terminal_event.seq, ev.terminal_event.hash, last.seq, last.hash
+            ),
+        });
+    }
+    Ok(())
+}
