@@ -26,6 +26,8 @@
 #   CROWNEST_DEBIAN_MIRROR   override the mirror read from the apt sources
 #   CROWNEST_APT_SOURCES     apt source files to read (default: the system's)
 #   CROWNEST_IMAGE_NO_UPDATES=1  skip applying <suite>-updates/-security
+#   CROWNEST_DOCKER_BASE     --method dockerfile only: base image (build arg
+#                            BASE, default debian:bookworm-slim)
 set -euo pipefail
 
 SCRIPT_PATH="$(readlink -f -- "${BASH_SOURCE[0]}")"
@@ -184,7 +186,9 @@ finish() {
 # ------------------------------------------------------- registry path
 if [ "$METHOD" = dockerfile ]; then
     log "docker build from $DOCKERFILE"
-    docker build --pull=false --label "$LABEL_KEY=$KEY" -t "$IMAGE" "$CTX_DIR" >&2
+    BUILD_ARGS=()
+    [ -z "${CROWNEST_DOCKER_BASE:-}" ] || BUILD_ARGS=(--build-arg "BASE=$CROWNEST_DOCKER_BASE")
+    docker build "${BUILD_ARGS[@]}" --label "$LABEL_KEY=$KEY" -t "$IMAGE" "$CTX_DIR" >&2
     finish "built (dockerfile)"
 fi
 
