@@ -41,3 +41,11 @@ pub use spec::{ArtifactRequest, Limits, LimitOverrides, Network, RunSpec};
 pub use status::{Input, Outcome, RunStatus, transition};
 pub use store::Store;
 pub use time::Timestamp;
+
+pub mod engine;
+pub mod memory;
+
+pub use engine::{EngineConfig, EventStream, RecoveryReport, WorkspaceRuns, WorkspaceRunsBuilder};
+pub use memory::MemoryStore;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -127,7 +127,7 @@ impl TransferRecord {
 
     /// Validates a chunk by offset and length, returning its index.
     pub fn check_chunk(&self, offset: u64, len: u64) -> Result<u64> {
-        if offset % self.chunk_size_bytes != 0 {
+        if !offset.is_multiple_of(self.chunk_size_bytes) {
             return Err(Error::invalid(
                 "offset",
                 format!("{offset} is not a multiple of the chunk size {}", self.chunk_size_bytes),

@@ -1,0 +1,639 @@
+//! The driver: one task per started run, the only writer of its events.
+//!
+//! `queued` → (slot) → `starting`: create the sandbox, extract the archive →
+//! `running`: stream output, heartbeats, deadline, cancel, kill ladder →
+//! `finalizing`: collect artifacts, destroy or keep the sandbox →
+//! terminal event + terminal record + evidence in one commit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::sleep_until;
+
+use super::WorkspaceRuns;
+use super::sink::{EngineSink, OutputChunker, SinkMsg};
+use crate::archive::ExtractPolicy;
+use crate::artifact::CollectedArtifact;
+use crate::backend::{
+    ExecOutcome, ExecRequest, ExitStatus, IsolationReport, KillSignal, Sandbox, SandboxBackend,
+    SandboxSpec, TemplateIdentity,
+};
+use crate::error::{Error, Result};
+use crate::event::{
+    ArchivePhase, ArtifactErrorReason, EventKind, Failure, FailureKind, KillReason, NewEvent,
+};
+use crate::ids::{ArtifactId, Sha256Digest};
+use crate::run::{Artifact, ArtifactErrorRecord, RunRecord, SandboxRecord};
+use crate::status::{Input, Outcome, RunStatus, transition};
+use crate::store::BlobExpect;
+use crate::time::Timestamp;
+
+/// How the execution phase ended, before artifacts are considered.
+struct Ending {
+    outcome: Outcome,
+    failure: Option<Failure>,
+}
+
+impl Ending {
+    fn failed(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Failed,
+            failure: Some(Failure::new(kind, message)),
+        }
+    }
+
+    fn canceled() -> Self {
+        Self {
+            outcome: Outcome::Canceled,
+            failure: None,
+        }
+    }
+}
+
+pub(super) struct Driver {
+    engine: WorkspaceRuns,
+    record: RunRecord,
+    backend: Arc<dyn SandboxBackend>,
+    env: BTreeMap<String, String>,
+    cancel: watch::Receiver<bool>,
+    identity: Option<TemplateIdentity>,
+    isolation: Option<IsolationReport>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        engine: WorkspaceRuns,
+        record: RunRecord,
+        backend: Arc<dyn SandboxBackend>,
+        env: BTreeMap<String, String>,
+        cancel: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            engine,
+            record,
+            backend,
+            env,
+            cancel,
+            identity: None,
+            isolation: None,
+        }
+    }
+
+    /// Drives the run to its terminal event. Never returns early without one unless the
+    /// store itself fails (then recovery ends the run later).
+    pub(super) async fn run(mut self) {
+        if let Err(e) = self.drive().await {
+            tracing::error!(run = %self.record.id, error = %e.chain(), "driver failed");
+            // Last resort: try to end the run so it is not left dangling.
+            if !self.record.status.is_terminal()
+                && let Ok(mut fresh) = self.engine.get(&self.record.id).await
+                && !fresh.status.is_terminal()
+            {
+                if fresh.status == RunStatus::Running || fresh.status == RunStatus::Starting {
+                    let _ = self
+                        .engine
+                        .set_status(&mut fresh, RunStatus::Finalizing, Vec::new())
+                        .await;
+                }
+                let failure = Failure::new(FailureKind::SandboxError, format!("engine error: {}", e.chain()));
+                let _ = self
+                    .engine
+                    .terminate(&mut fresh, Outcome::Failed, Some(failure), None, None)
+                    .await;
+            }
+        }
+    }
+
+    fn cancel_requested(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    async fn commit(&mut self, events: Vec<NewEvent>) -> Result<()> {
+        self.engine.commit(&mut self.record, events, None).await.map(|_| ())
+    }
+
+    async fn status(&mut self, input: Input, extra: Vec<NewEvent>) -> Result<()> {
+        let to = transition(self.record.status, input)?;
+        self.engine.set_status(&mut self.record, to, extra).await
+    }
+
+    async fn drive(&mut self) -> Result<()> {
+        // queued → starting, once a slot is free (or canceled while waiting).
+        let Some(_permit) = self.acquire_slot().await? else {
+            let mut rec = self.record.clone();
+            transition(rec.status, Input::Cancel)?;
+            self.engine
+                .terminate(&mut rec, Outcome::Canceled, None, None, None)
+                .await?;
+            self.record = rec;
+            return Ok(());
+        };
+        self.status(Input::SlotAcquired, Vec::new()).await?;
+
+        let spec = SandboxSpec {
+            run_id: self.record.id.clone(),
+            instance: self.engine.instance().to_owned(),
+            template: self.record.spec.template.clone(),
+            limits: self.record.limits,
+            network: self.record.spec.network,
+        };
+        let sandbox = match self.backend.create(&spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                let ending = match &e {
+                    Error::InvalidSpec { .. } => Ending::failed(FailureKind::SpawnFailed, e.to_string()),
+                    _ => Ending::failed(FailureKind::SandboxError, e.chain()),
+                };
+                return self.finalize(None, ending).await;
+            }
+        };
+        self.identity = Some(sandbox.identity());
+        self.isolation = Some(sandbox.isolation());
+        self.record.sandbox = Some(SandboxRecord {
+            id: sandbox.id().to_owned(),
+            kept: false,
+            keep_until: None,
+            destroyed: false,
+        });
+
+        if let Err(e) = self.materialize(sandbox.as_ref()).await {
+            let ending = match &e {
+                Error::ArchiveRejected { .. } => Ending::failed(FailureKind::ArchiveRejected, e.to_string()),
+                _ => Ending::failed(FailureKind::SandboxError, e.chain()),
+            };
+            return self.finalize(Some(sandbox), ending).await;
+        }
+        if self.cancel_requested() {
+            return self.finalize(Some(sandbox), Ending::canceled()).await;
+        }
+        let ending = self.execute(sandbox.as_ref()).await?;
+        self.finalize(Some(sandbox), ending).await
+    }
+
+    async fn acquire_slot(&mut self) -> Result<Option<OwnedSemaphorePermit>> {
+        let slots = self.engine.inner.slots.clone();
+        let poll = self.engine.inner.config.cancel_poll_interval;
+        let acquire = slots.acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            if self.cancel_requested() {
+                return Ok(None);
+            }
+            tokio::select! {
+                permit = &mut acquire => {
+                    return permit.map(Some).map_err(|_| Error::ShuttingDown);
+                }
+                _ = self.cancel.changed() => {}
+                _ = tokio::time::sleep(poll) => {
+                    if self.engine.get(&self.record.id).await?.cancel_requested {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn materialize(&mut self, sandbox: &dyn Sandbox) -> Result<()> {
+        let archive = self
+            .record
+            .archive
+            .clone()
+            .ok_or_else(|| Error::invalid("archive", "run has no verified archive"))?;
+        let reader = self.engine.store().open_blob(&archive.sha256).await?;
+        let policy = ExtractPolicy::from_limits(&self.record.limits);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let interval = self.engine.config().progress_interval;
+        let last = std::sync::Mutex::new(Instant::now() - interval);
+        let progress = move |p: crate::archive::ExtractProgress| {
+            let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+            if l.elapsed() >= interval {
+                *l = Instant::now();
+                let _ = tx.send(p);
+            }
+        };
+        let fut = sandbox.materialize(reader, &policy, &progress);
+        tokio::pin!(fut);
+        let total = archive.size_bytes;
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                Some(p) = rx.recv() => {
+                    self.commit(vec![NewEvent::now(EventKind::ArchiveProgress {
+                        phase: ArchivePhase::Extracting,
+                        bytes_done: p.bytes_done,
+                        bytes_total: total,
+                        entries: p.entries,
+                    })]).await?;
+                }
+            }
+        };
+        let summary = result?;
+        self.commit(vec![NewEvent::now(EventKind::ArchiveProgress {
+            phase: ArchivePhase::Extracting,
+            bytes_done: total,
+            bytes_total: total,
+            entries: summary.entries,
+        })])
+        .await
+    }
+
+    /// Runs the command: output, heartbeats, deadline, cancel and the kill ladder.
+    async fn execute(&mut self, sandbox: &dyn Sandbox) -> Result<Ending> {
+        let cfg = self.engine.config().clone();
+        let limits = self.record.limits;
+        let chunker = OutputChunker::new(limits.output_bytes_per_stream, self.env.values().cloned());
+        let (tx, mut rx) = mpsc::channel::<SinkMsg>(16);
+        let sink = EngineSink {
+            chunker: &chunker,
+            tx,
+        };
+        let request = ExecRequest {
+            argv: self.record.spec.command.clone(),
+            cwd: self.record.spec.cwd.clone(),
+            env: self.env.clone(),
+        };
+        let mut exec = Box::pin(sandbox.exec(&request, &sink));
+
+        let begun = tokio::time::Instant::now();
+        let deadline = begun + Duration::from_millis(limits.timeout_ms);
+        let mut heartbeat = tokio::time::interval_at(begun + cfg.heartbeat_interval, cfg.heartbeat_interval);
+        let mut cancel_poll = tokio::time::interval(cfg.cancel_poll_interval);
+        // (reason, next rung, when)
+        let mut ladder: Option<(KillReason, u8, tokio::time::Instant)> = None;
+        let mut exec_result: Option<Result<ExecOutcome>> = None;
+        let mut destroyed_by_ladder = false;
+
+        while exec_result.is_none() {
+            let ladder_at = ladder.map_or(deadline, |(_, _, at)| at);
+            tokio::select! {
+                biased;
+                msg = rx.recv() => match msg {
+                    Some(SinkMsg::Started) => {
+                        self.record.timestamps.command_started = Some(Timestamp::now());
+                        self.status(Input::CommandStarted, Vec::new()).await?;
+                    }
+                    Some(SinkMsg::Events(mut events)) => {
+                        // Coalesce what is already queued into one commit.
+                        while events.len() < 256 {
+                            match rx.try_recv() {
+                                Ok(SinkMsg::Events(more)) => events.extend(more),
+                                Ok(SinkMsg::Started) => {
+                                    self.record.timestamps.command_started = Some(Timestamp::now());
+                                    self.status(Input::CommandStarted, Vec::new()).await?;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.commit(events).await?;
+                    }
+                    None => {}
+                },
+                r = &mut exec => exec_result = Some(r),
+                _ = sleep_until(ladder_at) => {
+                    let (reason, rung) = ladder.map_or((KillReason::Timeout, 0), |(r, n, _)| (r, n));
+                    match self.kill_rung(sandbox, reason, rung, &cfg, limits.kill_grace_ms).await? {
+                        Some(next_at) => ladder = Some((reason, rung + 1, next_at)),
+                        None => {
+                            destroyed_by_ladder = true;
+                            exec_result = Some(Ok(ExecOutcome::new(ExitStatus::Signaled(9))));
+                        }
+                    }
+                }
+                _ = self.cancel.changed(), if ladder.is_none() => {
+                    if self.cancel_requested() {
+                        let next = self.kill_rung(sandbox, KillReason::Cancel, 0, &cfg, limits.kill_grace_ms).await?;
+                        ladder = next.map(|at| (KillReason::Cancel, 1, at));
+                    }
+                }
+                _ = cancel_poll.tick(), if ladder.is_none() => {
+                    if self.engine.get(&self.record.id).await?.cancel_requested {
+                        let next = self.kill_rung(sandbox, KillReason::Cancel, 0, &cfg, limits.kill_grace_ms).await?;
+                        ladder = next.map(|at| (KillReason::Cancel, 1, at));
+                    }
+                }
+                _ = heartbeat.tick(), if self.record.status == RunStatus::Running => {
+                    self.commit(vec![NewEvent::now(EventKind::Heartbeat {})]).await?;
+                }
+            }
+        }
+        drop(exec);
+        drop(sink);
+        // Drain what the sink produced before the command ended, then flush held bytes.
+        let mut tail = Vec::new();
+        while let Some(msg) = rx.recv().await {
+            if let SinkMsg::Events(events) = msg {
+                tail.extend(events);
+            }
+        }
+        tail.extend(chunker.finish());
+        for (stream, dropped) in chunker.dropped() {
+            if dropped > 0 {
+                tail.push(NewEvent::now(EventKind::OutputTruncated {
+                    stream,
+                    bytes_dropped: dropped,
+                }));
+            }
+        }
+        for batch in tail.chunks(256) {
+            self.commit(batch.to_vec()).await?;
+        }
+        self.record.timestamps.command_ended = Some(Timestamp::now());
+        if destroyed_by_ladder && let Some(sb) = self.record.sandbox.as_mut() {
+            sb.destroyed = true;
+        }
+
+        let reason = ladder.map(|(r, _, _)| r);
+        let outcome = match exec_result {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => return Ok(Ending::failed(FailureKind::SandboxError, e.chain())),
+            None => return Ok(Ending::failed(FailureKind::SandboxError, "exec did not finish")),
+        };
+        if !outcome.survivors.is_empty() {
+            let message = format!(
+                "{} process(es) survived the final kill: {}",
+                outcome.survivors.len(),
+                outcome.survivors.join(", ")
+            );
+            if let Some(iso) = self.isolation.as_mut() {
+                iso.details.insert("survivors".into(), outcome.survivors.join(", "));
+            }
+            self.commit(vec![NewEvent::now(EventKind::Error {
+                code: "survivors".into(),
+                message,
+            })])
+            .await?;
+        }
+        match &outcome.status {
+            ExitStatus::Exited(code) => self.record.exit_code = Some(*code),
+            ExitStatus::Signaled(sig) => self.record.signal = Some(*sig),
+            _ => {}
+        }
+        Ok(match (reason, outcome.status) {
+            (Some(KillReason::Cancel), _) => Ending::canceled(),
+            (Some(KillReason::Timeout), _) => Ending::failed(
+                FailureKind::TimedOut,
+                format!("the command ran past its {} ms deadline and was killed", limits.timeout_ms),
+            ),
+            (_, ExitStatus::Exited(0)) => Ending {
+                outcome: Outcome::Succeeded,
+                failure: None,
+            },
+            (_, ExitStatus::Exited(code)) => {
+                Ending::failed(FailureKind::ExitNonzero, format!("the command exited with code {code}"))
+            }
+            (_, ExitStatus::Signaled(sig)) => {
+                Ending::failed(FailureKind::Signaled, format!("the command was killed by signal {sig}"))
+            }
+            (_, ExitStatus::SpawnFailed(msg)) => Ending::failed(FailureKind::SpawnFailed, msg),
+            (_, ExitStatus::LimitExceeded(msg)) => Ending::failed(FailureKind::LimitExceeded, msg),
+        })
+    }
+
+    /// One rung of the kill ladder: 0 = SIGTERM, 1 = SIGKILL, 2 = destroy. Returns when the
+    /// next rung is due, or `None` after destroy.
+    async fn kill_rung(
+        &mut self,
+        sandbox: &dyn Sandbox,
+        reason: KillReason,
+        rung: u8,
+        cfg: &super::EngineConfig,
+        grace_ms: u64,
+    ) -> Result<Option<tokio::time::Instant>> {
+        let now = tokio::time::Instant::now();
+        let (signal, next) = match rung {
+            0 => (Some(KillSignal::Term), Some(now + Duration::from_millis(grace_ms))),
+            1 => (Some(KillSignal::Kill), Some(now + cfg.kill_confirm_timeout)),
+            _ => (None, None),
+        };
+        let event = NewEvent::now(EventKind::Kill {
+            signal: signal.map(|s| s.name().to_owned()),
+            action: signal.is_none().then(|| "destroy".to_owned()),
+            reason,
+        });
+        self.commit(vec![event]).await?;
+        let result = match signal {
+            Some(sig) => sandbox.signal(sig).await,
+            None => sandbox.destroy().await,
+        };
+        if let Err(e) = result {
+            self.commit(vec![NewEvent::now(EventKind::Error {
+                code: "kill_failed".into(),
+                message: e.chain(),
+            })])
+            .await?;
+        }
+        Ok(next)
+    }
+
+    /// `finalizing`: artifacts, destroy or keep, then the terminal commit.
+    async fn finalize(&mut self, sandbox: Option<Box<dyn Sandbox>>, mut ending: Ending) -> Result<()> {
+        let input = if ending.outcome == Outcome::Canceled {
+            Input::Cancel
+        } else {
+            Input::CommandEnded
+        };
+        self.status(input, Vec::new()).await?;
+        let budget = Duration::from_millis(self.record.limits.finalization_budget_ms);
+        let started = tokio::time::Instant::now();
+
+        if let Some(sandbox) = &sandbox {
+            let materialized = !matches!(
+                ending.failure.as_ref().map(|f| f.kind),
+                Some(FailureKind::ArchiveRejected | FailureKind::SandboxError)
+            ) || self.record.timestamps.command_started.is_some();
+            let collect = self.collect_artifacts(sandbox.as_ref(), materialized);
+            match tokio::time::timeout(budget, collect).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    self.commit(vec![NewEvent::now(EventKind::Error {
+                        code: "finalization_budget".into(),
+                        message: format!("artifact collection exceeded the {} ms budget", budget.as_millis()),
+                    })])
+                    .await?;
+                }
+            }
+        }
+        if ending.outcome == Outcome::Succeeded
+            && let Some(missing) = self.missing_required()
+        {
+            ending = Ending::failed(
+                FailureKind::MissingRequiredArtifact,
+                format!("required artifact {missing:?} was not collected"),
+            );
+        }
+
+        if let Some(sandbox) = sandbox {
+            let remaining = budget.saturating_sub(started.elapsed()).max(Duration::from_secs(5));
+            self.release_sandbox(sandbox, remaining).await?;
+        }
+        let mut rec = self.record.clone();
+        self.engine
+            .terminate(&mut rec, ending.outcome, ending.failure, self.identity.clone(), self.isolation.clone())
+            .await?;
+        self.record = rec;
+        Ok(())
+    }
+
+    fn missing_required(&self) -> Option<String> {
+        self.record
+            .spec
+            .artifacts
+            .iter()
+            .filter(|a| a.required)
+            .find(|a| !self.record.artifacts.iter().any(|c| c.path == a.path))
+            .map(|a| a.path.clone())
+    }
+
+    async fn collect_artifacts(&mut self, sandbox: &dyn Sandbox, materialized: bool) -> Result<()> {
+        let requests = self.record.spec.artifacts.clone();
+        let mut total: u64 = 0;
+        for req in requests {
+            let remaining = self.record.limits.artifact_bytes_total.saturating_sub(total);
+            let max = self.record.limits.artifact_bytes_each.min(remaining);
+            let result = if materialized {
+                sandbox.collect_artifact(&req.path, max).await
+            } else {
+                Err(crate::artifact::ArtifactFailure::new(
+                    ArtifactErrorReason::NotFound,
+                    "the workspace was never materialized",
+                ))
+            };
+            let stored = match result {
+                Ok(collected) => self.store_artifact(&req.path, collected, max).await,
+                Err(f) => Err(f),
+            };
+            match stored {
+                Ok(artifact) => {
+                    total += artifact.size_bytes;
+                    let event = NewEvent::now(EventKind::ArtifactCollected {
+                        artifact_id: artifact.artifact_id.clone(),
+                        path: artifact.path.clone(),
+                        size_bytes: artifact.size_bytes,
+                        sha256: artifact.sha256.clone(),
+                        mode: artifact.mode,
+                    });
+                    self.record.artifacts.push(artifact);
+                    self.commit(vec![event]).await?;
+                }
+                Err(f) => {
+                    let event = NewEvent::now(EventKind::ArtifactError {
+                        path: req.path.clone(),
+                        reason: f.reason,
+                        message: f.message.clone(),
+                    });
+                    self.record.artifact_errors.push(ArtifactErrorRecord {
+                        path: req.path.clone(),
+                        reason: f.reason,
+                        message: f.message,
+                    });
+                    self.commit(vec![event]).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_artifact(
+        &self,
+        path: &str,
+        collected: CollectedArtifact,
+        max: u64,
+    ) -> std::result::Result<Artifact, crate::artifact::ArtifactFailure> {
+        use crate::artifact::ArtifactFailure;
+        if collected.size_bytes > max {
+            return Err(ArtifactFailure::new(
+                ArtifactErrorReason::TooLarge,
+                format!("{path:?} is {} bytes, over the {max} byte limit", collected.size_bytes),
+            ));
+        }
+        let stream = super::intake::reader_stream(Box::new(std::io::Read::take(collected.reader, max + 1)));
+        let expect = BlobExpect {
+            descriptor: None,
+            max_bytes: max,
+        };
+        let hashed = stream.boxed();
+        let info = self.engine.store().put_blob(hashed, expect).await.map_err(|e| match e {
+            Error::ArchiveRejected { .. } => ArtifactFailure::new(
+                ArtifactErrorReason::TooLarge,
+                format!("{path:?} grew over the {max} byte limit while being read"),
+            ),
+            e => ArtifactFailure::new(ArtifactErrorReason::NotFound, format!("storing {path:?} failed: {}", e.chain())),
+        })?;
+        let _ = Sha256::new();
+        Ok(Artifact {
+            artifact_id: ArtifactId::new(),
+            run_id: self.record.id.clone(),
+            path: path.to_owned(),
+            kind: collected.kind,
+            size_bytes: info.size_bytes,
+            sha256: info.sha256,
+            mode: collected.mode,
+        })
+    }
+
+    /// Destroys the sandbox, or keeps it until its TTL (a timer task destroys it then; if
+    /// this process dies first, the next recovery's `sweep_orphans` does).
+    async fn release_sandbox(&mut self, sandbox: Box<dyn Sandbox>, budget: Duration) -> Result<()> {
+        let already = self.record.sandbox.as_ref().is_some_and(|s| s.destroyed);
+        if let Some(keep) = self.record.spec.keep_sandbox
+            && !already
+        {
+            let until = Timestamp::now().plus_millis(keep.ttl_ms);
+            match sandbox.keep(until).await {
+                Ok(()) => {
+                    if let Some(sb) = self.record.sandbox.as_mut() {
+                        sb.kept = true;
+                        sb.keep_until = Some(until);
+                    }
+                    let sandbox: Arc<dyn Sandbox> = Arc::from(sandbox);
+                    let ttl = Duration::from_millis(keep.ttl_ms);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(ttl).await;
+                        if let Err(e) = sandbox.destroy().await {
+                            tracing::warn!(sandbox = sandbox.id(), error = %e.chain(), "destroying a kept sandbox failed");
+                        }
+                    });
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.commit(vec![NewEvent::now(EventKind::Error {
+                        code: "keep_failed".into(),
+                        message: format!("keeping the sandbox failed, destroying it: {}", e.chain()),
+                    })])
+                    .await?;
+                }
+            }
+        }
+        match tokio::time::timeout(budget, sandbox.destroy()).await {
+            Ok(Ok(())) => {
+                if let Some(sb) = self.record.sandbox.as_mut() {
+                    sb.destroyed = true;
+                }
+            }
+            Ok(Err(e)) => {
+                self.commit(vec![NewEvent::now(EventKind::Error {
+                    code: "cleanup_failed".into(),
+                    message: e.chain(),
+                })])
+                .await?;
+            }
+            Err(_) => {
+                self.commit(vec![NewEvent::now(EventKind::Error {
+                    code: "cleanup_failed".into(),
+                    message: format!("destroying the sandbox took longer than {} ms", budget.as_millis()),
+                })])
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn digest_hex(h: Sha256) -> Sha256Digest {
+    Sha256Digest::from_bytes(&h.finalize().into())
+}

@@ -1,0 +1,331 @@
+//! Archive intake: direct upload, staged transfer, attach-by-digest. Bytes are counted and
+//! hashed while they stream into the store; the stored tar is then checked against the
+//! extraction policy, so a hostile archive is refused here, before any run starts. A
+//! refused upload leaves the run in `awaiting_archive` with an `error` event.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::WorkspaceRuns;
+use crate::archive::{self, ExtractPolicy};
+use crate::error::{Error, Result};
+use crate::event::{ArchivePhase, EventKind, NewEvent};
+use crate::ids::{RunId, Sha256Digest, TransferId};
+use crate::run::{ArchiveDescriptor, ArchiveInfo, RunRecord, UploadKind};
+use crate::status::{Input, RunStatus, transition};
+use crate::store::{BlobExpect, BlobReader, ByteStream, TransferRecord};
+use crate::time::Timestamp;
+
+/// Status of a staged transfer, as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferStatus {
+    /// Id.
+    pub transfer_id: TransferId,
+    /// The run.
+    pub run_id: RunId,
+    /// Declared size and digest.
+    #[serde(flatten)]
+    pub descriptor: ArchiveDescriptor,
+    /// Chunk size: every chunk but the last has exactly this size.
+    pub chunk_size_bytes: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Missing byte ranges `[start, end)`.
+    pub missing: Vec<[u64; 2]>,
+    /// All chunks are here.
+    pub complete: bool,
+}
+
+impl From<&TransferRecord> for TransferStatus {
+    fn from(t: &TransferRecord) -> Self {
+        Self {
+            transfer_id: t.transfer_id.clone(),
+            run_id: t.run_id.clone(),
+            descriptor: t.descriptor.clone(),
+            chunk_size_bytes: t.chunk_size_bytes,
+            bytes_received: t.bytes_received(),
+            missing: t.missing_ranges().into_iter().map(|(a, b)| [a, b]).collect(),
+            complete: t.is_complete(),
+        }
+    }
+}
+
+/// Turns a blocking reader into a byte stream (read on a blocking thread).
+pub(crate) fn reader_stream(mut reader: BlobReader) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+impl WorkspaceRuns {
+    /// Is an archive with this digest already stored? If so, a client can skip the upload
+    /// and [`WorkspaceRuns::attach_archive`] it by digest.
+    pub async fn has_archive(&self, sha256: &Sha256Digest) -> Result<Option<u64>> {
+        self.inner.store.has_blob(sha256).await
+    }
+
+    /// Direct upload of a whole archive held in memory (≤ `direct_upload_max_bytes`).
+    pub async fn upload_archive(&self, id: &RunId, descriptor: &ArchiveDescriptor, bytes: Bytes) -> Result<RunRecord> {
+        let stream = futures::stream::once(async move { Ok(bytes) }).boxed();
+        self.upload_archive_stream(id, descriptor, stream).await
+    }
+
+    /// Direct upload from a byte stream (≤ `direct_upload_max_bytes`).
+    pub async fn upload_archive_stream(
+        &self,
+        id: &RunId,
+        descriptor: &ArchiveDescriptor,
+        data: ByteStream,
+    ) -> Result<RunRecord> {
+        let max = self.inner.config.direct_upload_max_bytes;
+        if descriptor.size_bytes > max {
+            return Err(Error::LimitExceeded {
+                limit: "directUploadMaxBytes",
+                max,
+            });
+        }
+        self.intake(id, descriptor, data, max, UploadKind::Direct).await
+    }
+
+    /// Attaches an archive already stored (by digest) to a run, after checking it against
+    /// this run's extraction policy.
+    pub async fn attach_archive(&self, id: &RunId, descriptor: &ArchiveDescriptor) -> Result<RunRecord> {
+        let run_lock = self.run_lock(id);
+        let _guard = run_lock.lock().await;
+        let mut record = self.get(id).await?;
+        transition(record.status, Input::ArchiveVerified)?;
+        match self.inner.store.has_blob(&descriptor.sha256).await? {
+            Some(size) if size == descriptor.size_bytes => {}
+            Some(size) => {
+                return Err(Error::rejected(
+                    crate::error::RejectReason::SizeMismatch,
+                    None,
+                    format!("declared {} bytes, stored archive has {size}", descriptor.size_bytes),
+                ));
+            }
+            None => return Err(Error::not_found("archive", &descriptor.sha256)),
+        }
+        self.verify_stored(&mut record, descriptor, UploadKind::Existing).await
+    }
+
+    /// Begins a staged transfer for a run in `awaiting_archive`.
+    pub async fn begin_transfer(&self, id: &RunId, descriptor: &ArchiveDescriptor) -> Result<TransferStatus> {
+        let record = self.get(id).await?;
+        transition(record.status, Input::ArchiveVerified)?;
+        let max = self.inner.config.staged_upload_max_bytes;
+        if descriptor.size_bytes > max {
+            return Err(Error::LimitExceeded {
+                limit: "stagedUploadMaxBytes",
+                max,
+            });
+        }
+        let t = TransferRecord {
+            transfer_id: TransferId::new(),
+            run_id: id.clone(),
+            descriptor: descriptor.clone(),
+            chunk_size_bytes: self.inner.config.chunk_size_bytes.max(1),
+            received: Default::default(),
+            created_at: Timestamp::now(),
+        };
+        self.inner.store.create_transfer(&t).await?;
+        Ok((&t).into())
+    }
+
+    /// Stores one chunk at `offset` (a multiple of the chunk size; exact length). Idempotent;
+    /// chunks may arrive in any order and be resent after a dropped connection.
+    pub async fn put_chunk(&self, transfer: &TransferId, offset: u64, data: Bytes) -> Result<TransferStatus> {
+        let t = self.inner.store.get_transfer(transfer).await?;
+        let index = t.check_chunk(offset, data.len() as u64)?;
+        let t = self.inner.store.put_chunk(transfer, index, data).await?;
+        Ok((&t).into())
+    }
+
+    /// Bytes received and missing ranges.
+    pub async fn transfer_status(&self, transfer: &TransferId) -> Result<TransferStatus> {
+        Ok((&self.inner.store.get_transfer(transfer).await?).into())
+    }
+
+    /// Verifies the whole transfer (size, sha256, extraction policy) and attaches it to its
+    /// run. On a size or digest mismatch the transfer is discarded (start a new one); on
+    /// missing chunks it is kept so the client can resume.
+    pub async fn complete_transfer(&self, transfer: &TransferId) -> Result<RunRecord> {
+        let t = self.inner.store.get_transfer(transfer).await?;
+        if !t.is_complete() {
+            let missing = t.missing_ranges();
+            return Err(Error::invalid(
+                "transfer",
+                format!("{} byte range(s) missing, first at {:?}", missing.len(), missing.first()),
+            ));
+        }
+        let reader = self.inner.store.open_transfer(transfer).await?;
+        let result = self
+            .intake(
+                &t.run_id,
+                &t.descriptor,
+                reader_stream(reader),
+                self.inner.config.staged_upload_max_bytes,
+                UploadKind::Staged,
+            )
+            .await;
+        if !matches!(
+            result,
+            Err(Error::InvalidTransition { .. }) | Err(Error::Conflict { .. })
+        ) {
+            self.inner.store.delete_transfer(transfer).await?;
+        }
+        result
+    }
+
+    async fn intake(
+        &self,
+        id: &RunId,
+        descriptor: &ArchiveDescriptor,
+        data: ByteStream,
+        max_bytes: u64,
+        kind: UploadKind,
+    ) -> Result<RunRecord> {
+        let run_lock = self.run_lock(id);
+        let _guard = run_lock.lock().await;
+        let mut record = self.get(id).await?;
+        transition(record.status, Input::ArchiveVerified)?;
+
+        // Count while streaming, for progress events (≤ 10/s).
+        let done = Arc::new(AtomicU64::new(0));
+        let counted = {
+            let done = done.clone();
+            data.inspect(move |c| {
+                if let Ok(b) = c {
+                    done.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+            })
+            .boxed()
+        };
+        let expect = BlobExpect {
+            descriptor: Some(descriptor),
+            max_bytes,
+        };
+        let put = self.inner.store.put_blob(counted, expect);
+        tokio::pin!(put);
+        let mut tick = tokio::time::interval(self.inner.config.progress_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.tick().await;
+        let put_result = loop {
+            tokio::select! {
+                r = &mut put => break r,
+                _ = tick.tick() => {
+                    let ev = NewEvent::now(EventKind::ArchiveProgress {
+                        phase: ArchivePhase::Receiving,
+                        bytes_done: done.load(Ordering::Relaxed),
+                        bytes_total: descriptor.size_bytes,
+                        entries: 0,
+                    });
+                    self.commit(&mut record, vec![ev], None).await?;
+                }
+            }
+        };
+        if let Err(e) = put_result {
+            self.report_rejection(&mut record, &e).await;
+            return Err(e);
+        }
+        self.verify_stored(&mut record, descriptor, kind).await
+    }
+
+    /// Policy check of a stored archive, then `archive_ready`.
+    async fn verify_stored(
+        &self,
+        record: &mut RunRecord,
+        descriptor: &ArchiveDescriptor,
+        kind: UploadKind,
+    ) -> Result<RunRecord> {
+        let reader = self.inner.store.open_blob(&descriptor.sha256).await?;
+        let policy = ExtractPolicy::from_limits(&record.limits);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let interval = self.inner.config.progress_interval;
+        let check = tokio::task::spawn_blocking(move || {
+            let mut last = Instant::now();
+            archive::validate(reader, &policy, &mut |p| {
+                if last.elapsed() >= interval {
+                    last = Instant::now();
+                    let _ = tx.send(p);
+                }
+            })
+        });
+        tokio::pin!(check);
+        let total = descriptor.size_bytes;
+        let summary = loop {
+            tokio::select! {
+                r = &mut check => break r.map_err(|e| Error::Io {
+                    context: "archive validation task".into(),
+                    source: std::io::Error::other(e),
+                })?,
+                Some(p) = rx.recv() => {
+                    let ev = NewEvent::now(EventKind::ArchiveProgress {
+                        phase: ArchivePhase::Verifying,
+                        bytes_done: p.bytes_done,
+                        bytes_total: total,
+                        entries: p.entries,
+                    });
+                    self.commit(record, vec![ev], None).await?;
+                }
+            }
+        };
+        let summary = match summary {
+            Ok(s) => s,
+            Err(e) => {
+                self.report_rejection(record, &e).await;
+                return Err(e);
+            }
+        };
+        record.archive = Some(ArchiveInfo {
+            size_bytes: descriptor.size_bytes,
+            sha256: descriptor.sha256.clone(),
+            upload: kind,
+            entries: summary.entries,
+            extracted_bytes: summary.bytes,
+        });
+        record.timestamps.archive_verified = Some(Timestamp::now());
+        let progress = NewEvent::now(EventKind::ArchiveProgress {
+            phase: ArchivePhase::Verifying,
+            bytes_done: total,
+            bytes_total: total,
+            entries: summary.entries,
+        });
+        self.set_status(record, RunStatus::ArchiveReady, vec![progress]).await?;
+        Ok(record.clone())
+    }
+
+    /// A refused upload: an `error` event; the run stays in `awaiting_archive`.
+    async fn report_rejection(&self, record: &mut RunRecord, e: &Error) {
+        let ev = NewEvent::now(EventKind::Error {
+            code: e.code().into(),
+            message: e.to_string(),
+        });
+        if let Err(commit_err) = self.commit(record, vec![ev], None).await {
+            tracing::warn!(run = %record.id, error = %commit_err.chain(), "could not record a rejected upload");
+        }
+    }
+}

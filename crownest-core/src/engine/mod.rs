@@ -1,0 +1,516 @@
+//! [`WorkspaceRuns`]: the embeddable engine.
+//!
+//! Reading order for one run: [`WorkspaceRuns::create`] stores it in `awaiting_archive`;
+//! [`WorkspaceRuns::upload_archive`] (or a staged transfer) verifies the bytes and the tar
+//! against the extraction policy and moves it to `archive_ready`;
+//! [`WorkspaceRuns::start`] moves it to `queued` and spawns its driver task (`driver.rs`),
+//! the only writer of its events from then on: slot → `starting` (sandbox created, archive
+//! extracted) → `running` (output streamed, heartbeats, deadline and kill ladder) →
+//! `finalizing` (artifacts, destroy or keep) → one commit of terminal event + terminal
+//! record + Evidence Bundle.
+
+mod driver;
+mod intake;
+pub(crate) mod sink;
+mod subscribe;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::backend::SandboxBackend;
+use crate::error::{Error, Result};
+use crate::event::{Event, EventKind, Failure, FailureKind, NewEvent, seal};
+use crate::evidence::EvidenceBundle;
+use crate::ids::{ArtifactId, RunId};
+use crate::run::{Artifact, RunOwner, RunRecord};
+use crate::spec::{Limits, RunSpec};
+use crate::status::{Input, Outcome, RunStatus, transition};
+use crate::store::{CreateOutcome, RunCommit, RunQuery, Store};
+use crate::time::Timestamp;
+
+pub use subscribe::EventStream;
+
+/// Engine configuration. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Backend used when a spec names none. Default: the first registered backend.
+    pub default_backend: Option<String>,
+    /// Limits applied when a spec does not override them (DESIGN §7).
+    pub defaults: Limits,
+    /// The most a spec may ask for.
+    pub maxima: Limits,
+    /// Runs executing at once; more wait in `queued`. Default: 8.
+    pub max_concurrent_runs: usize,
+    /// Interval of `heartbeat` events while running. Default: 15 s.
+    pub heartbeat_interval: Duration,
+    /// How often a driver checks the store for a cancel requested by another process.
+    /// Default: 250 ms.
+    pub cancel_poll_interval: Duration,
+    /// How often a subscriber re-reads the store when no in-process notification arrives
+    /// (runs driven by another process). Default: 200 ms.
+    pub subscribe_poll_interval: Duration,
+    /// Largest direct upload. Default: 32 MiB.
+    pub direct_upload_max_bytes: u64,
+    /// Largest staged upload. Default: 4 GiB.
+    pub staged_upload_max_bytes: u64,
+    /// Chunk size of staged transfers. Default: 8 MiB.
+    pub chunk_size_bytes: u64,
+    /// How long to wait for the command to end after SIGKILL before destroying the sandbox.
+    /// Default: 5 s.
+    pub kill_confirm_timeout: Duration,
+    /// Minimum interval between `archive_progress` events. Default: 100 ms (≤ 10/s).
+    pub progress_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            default_backend: None,
+            defaults: Limits::default(),
+            maxima: Limits::default_maxima(),
+            max_concurrent_runs: 8,
+            heartbeat_interval: Duration::from_secs(15),
+            cancel_poll_interval: Duration::from_millis(250),
+            subscribe_poll_interval: Duration::from_millis(200),
+            direct_upload_max_bytes: 32 * 1024 * 1024,
+            staged_upload_max_bytes: 4 * 1024 * 1024 * 1024,
+            chunk_size_bytes: 8 * 1024 * 1024,
+            kill_confirm_timeout: Duration::from_secs(5),
+            progress_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A run being driven by this engine.
+#[derive(Debug)]
+struct LiveRun {
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    store: Arc<dyn Store>,
+    backends: BTreeMap<String, Arc<dyn SandboxBackend>>,
+    default_backend: String,
+    config: EngineConfig,
+    instance: String,
+    owner: RunOwner,
+    slots: Arc<Semaphore>,
+    live: Mutex<HashMap<RunId, LiveRun>>,
+    secrets: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
+    watchers: Mutex<HashMap<RunId, watch::Sender<u64>>>,
+    run_locks: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The embeddable entry point: creates, feeds, starts, cancels and observes Workspace Runs.
+///
+/// Cheap to clone (an `Arc` inside). Drivers run as tokio tasks on the current runtime.
+///
+/// ```no_run
+/// # async fn demo(store: std::sync::Arc<dyn crownest_core::Store>,
+/// #               backend: std::sync::Arc<dyn crownest_core::SandboxBackend>,
+/// #               archive: bytes::Bytes) -> crownest_core::Result<()> {
+/// use crownest_core::{RunSpec, WorkspaceRuns, ArchiveDescriptor, Sha256Digest};
+/// let engine = WorkspaceRuns::builder(store).backend(backend).open().await?;
+/// let run = engine.create(RunSpec::new(["python3", "main.py"]).with_artifact("out.txt", true)).await?;
+/// let desc = ArchiveDescriptor { size_bytes: archive.len() as u64, sha256: Sha256Digest::of(&archive) };
+/// engine.upload_archive(&run.id, &desc, archive).await?;
+/// engine.start(&run.id).await?;
+/// let done = engine.wait(&run.id).await?;
+/// let evidence = engine.evidence(&done.id).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkspaceRuns {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`WorkspaceRuns`].
+#[derive(Debug)]
+pub struct WorkspaceRunsBuilder {
+    store: Arc<dyn Store>,
+    backends: Vec<Arc<dyn SandboxBackend>>,
+    config: EngineConfig,
+    recover: bool,
+}
+
+impl WorkspaceRunsBuilder {
+    /// Registers a backend under its `name()`.
+    pub fn backend(mut self, backend: Arc<dyn SandboxBackend>) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Skips recovery on open (for read-only tools that must not touch other runs).
+    pub fn without_recovery(mut self) -> Self {
+        self.recover = false;
+        self
+    }
+
+    /// Opens the engine and, unless disabled, runs [`WorkspaceRuns::recover`].
+    pub async fn open(self) -> Result<WorkspaceRuns> {
+        if self.backends.is_empty() {
+            return Err(Error::invalid("backends", "register at least one backend"));
+        }
+        let mut backends = BTreeMap::new();
+        for b in &self.backends {
+            backends.insert(b.name().to_owned(), b.clone());
+        }
+        let default_backend = match &self.config.default_backend {
+            Some(name) if backends.contains_key(name) => name.clone(),
+            Some(name) => {
+                return Err(Error::invalid("defaultBackend", format!("no backend named {name:?}")));
+            }
+            None => self.backends[0].name().to_owned(),
+        };
+        let instance = format!("eng_{}", uuid::Uuid::new_v4().simple());
+        let engine = WorkspaceRuns {
+            inner: Arc::new(Inner {
+                store: self.store,
+                backends,
+                default_backend,
+                slots: Arc::new(Semaphore::new(self.config.max_concurrent_runs.max(1))),
+                config: self.config,
+                owner: RunOwner::current(&instance),
+                instance,
+                live: Mutex::default(),
+                secrets: Mutex::default(),
+                watchers: Mutex::default(),
+                run_locks: Mutex::default(),
+            }),
+        };
+        if self.recover {
+            engine.recover().await?;
+        }
+        Ok(engine)
+    }
+}
+
+/// What [`WorkspaceRuns::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Runs failed with `host_restarted`.
+    pub reclaimed: Vec<RunId>,
+    /// Runs left alone because their owner is alive.
+    pub live_elsewhere: Vec<RunId>,
+    /// Sandboxes destroyed by `sweep_orphans`, per backend.
+    pub swept: Vec<(String, String)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorkspaceRuns {
+    /// Starts building an engine over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> WorkspaceRunsBuilder {
+        WorkspaceRunsBuilder {
+            store,
+            backends: Vec::new(),
+            config: EngineConfig::default(),
+            recover: true,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// This engine's instance id (recorded as the owner of its runs).
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Registered backends by name.
+    pub fn backends(&self) -> &BTreeMap<String, Arc<dyn SandboxBackend>> {
+        &self.inner.backends
+    }
+
+    fn backend(&self, name: &str) -> Result<&Arc<dyn SandboxBackend>> {
+        self.inner
+            .backends
+            .get(name)
+            .ok_or_else(|| Error::invalid("backend", format!("no backend named {name:?}")))
+    }
+
+    /// Creates a run in `awaiting_archive`. With an `idempotencyKey` already used, returns
+    /// that run instead (its spec is not compared).
+    pub async fn create(&self, spec: RunSpec) -> Result<RunRecord> {
+        let limits = spec.validate(&self.inner.config.defaults, &self.inner.config.maxima)?;
+        let backend = spec
+            .backend
+            .clone()
+            .unwrap_or_else(|| self.inner.default_backend.clone());
+        self.backend(&backend)?;
+        let env = spec.env.clone();
+        let id = RunId::new();
+        let mut record = RunRecord::new(id.clone(), spec, backend, limits, self.inner.owner.clone());
+        let created = self.inner.store.create_run(record.clone()).await?;
+        match created {
+            CreateOutcome::Existing(existing) => Ok(existing),
+            CreateOutcome::Created(_) => {
+                lock(&self.inner.secrets).insert(id.clone(), env);
+                let first = NewEvent::now(EventKind::Status {
+                    status: RunStatus::AwaitingArchive,
+                    previous: None,
+                });
+                self.commit(&mut record, vec![first], None).await?;
+                Ok(record)
+            }
+        }
+    }
+
+    /// One run.
+    pub async fn get(&self, id: &RunId) -> Result<RunRecord> {
+        self.inner.store.get_run(id).await
+    }
+
+    /// Runs, newest first.
+    pub async fn list(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        self.inner.store.list_runs(query).await
+    }
+
+    /// A bounded window of events with `seq > after_seq` (at most `limit`, capped at 1000).
+    pub async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        self.inner.store.list_events(id, after_seq, limit.clamp(1, 1000)).await
+    }
+
+    /// The Evidence Bundle; `Error::NotTerminal` before the run ended.
+    pub async fn evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
+        self.inner.store.get_evidence(id).await
+    }
+
+    /// One artifact's record.
+    pub async fn artifact(&self, id: &ArtifactId) -> Result<Artifact> {
+        self.inner.store.get_artifact(id).await
+    }
+
+    /// Starts a run in `archive_ready`: it moves to `queued` and its driver task takes over.
+    pub async fn start(&self, id: &RunId) -> Result<RunRecord> {
+        let run_lock = self.run_lock(id);
+        let _guard = run_lock.lock().await;
+        let mut record = self.get(id).await?;
+        let to = transition(record.status, Input::Start)?;
+        let env = lock(&self.inner.secrets).remove(id);
+        let env = match env {
+            Some(env) => env,
+            None if record.env.is_empty() => BTreeMap::new(),
+            None => {
+                return Err(Error::invalid(
+                    "env",
+                    "the env values of this run were given to another engine instance; start it there",
+                ));
+            }
+        };
+        let backend = self.backend(&record.backend)?.clone();
+        record.timestamps.started = Some(Timestamp::now());
+        record.owner = Some(self.inner.owner.clone());
+        self.set_status(&mut record, to, Vec::new()).await?;
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        lock(&self.inner.live).insert(id.clone(), LiveRun { cancel: cancel_tx });
+        let engine = self.clone();
+        let driven = record.clone();
+        tokio::spawn(async move {
+            let id = driven.id.clone();
+            driver::Driver::new(engine.clone(), driven, backend, env, cancel_rx).run().await;
+            lock(&engine.inner.live).remove(&id);
+        });
+        Ok(record)
+    }
+
+    /// Cancels a run. Before `starting` it ends at once as `canceled`; while `starting` or
+    /// `running` the kill ladder runs first. A run driven by another process is asked through
+    /// the store. Canceling an ended run is `Error::InvalidTransition`.
+    pub async fn cancel(&self, id: &RunId) -> Result<RunRecord> {
+        if let Some(live) = lock(&self.inner.live).get(id) {
+            let _ = live.cancel.send(true);
+            return self.get(id).await;
+        }
+        let run_lock = self.run_lock(id);
+        let _guard = run_lock.lock().await;
+        let mut record = self.get(id).await?;
+        match record.status {
+            RunStatus::AwaitingArchive | RunStatus::ArchiveReady => {
+                transition(record.status, Input::Cancel)?;
+                lock(&self.inner.secrets).remove(id);
+                self.terminate(&mut record, Outcome::Canceled, None, None, None).await?;
+                Ok(record)
+            }
+            s if s.is_terminal() => Err(Error::InvalidTransition {
+                from: s,
+                input: "cancel",
+            }),
+            // Driven elsewhere: the owner's driver polls for this flag.
+            _ => self.inner.store.request_cancel(id).await,
+        }
+    }
+
+    /// Waits until the run is terminal and returns its final record.
+    pub async fn wait(&self, id: &RunId) -> Result<RunRecord> {
+        use futures::StreamExt as _;
+        let mut stream = self.subscribe(id, 0);
+        while let Some(item) = stream.next().await {
+            item?;
+        }
+        self.get(id).await
+    }
+
+    /// Recovery: every unfinished run whose owner is gone ends `failed` / `host_restarted`
+    /// with evidence; then every backend sweeps sandboxes of runs that are not live. Runs
+    /// driven by a live process (this one or another) are left alone; runs are never
+    /// resumed silently.
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        let live_here: Vec<RunId> = lock(&self.inner.live).keys().cloned().collect();
+        for mut run in self.inner.store.list_unfinished().await? {
+            let alive = live_here.contains(&run.id)
+                || run
+                    .owner
+                    .as_ref()
+                    .is_some_and(|o| o.instance == self.inner.instance || o.is_alive());
+            if alive {
+                report.live_elsewhere.push(run.id.clone());
+                continue;
+            }
+            let failure = Failure::new(
+                FailureKind::HostRestarted,
+                format!(
+                    "the process driving this run (pid {}) went away while it was {}",
+                    run.owner.as_ref().map_or(0, |o| o.pid),
+                    run.status
+                ),
+            );
+            if let Some(sb) = run.sandbox.as_mut() {
+                // The sweep below destroys it.
+                sb.destroyed = true;
+            }
+            match self.terminate(&mut run, Outcome::Failed, Some(failure), None, None).await {
+                Ok(()) => report.reclaimed.push(run.id.clone()),
+                // Another process reclaimed it first.
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (name, backend) in &self.inner.backends {
+            match backend.sweep_orphans(&report.live_elsewhere).await {
+                Ok(swept) => report.swept.extend(swept.into_iter().map(|s| (name.clone(), s))),
+                Err(e) => tracing::warn!(backend = %name, error = %e.chain(), "sweep_orphans failed"),
+            }
+        }
+        Ok(report)
+    }
+
+    fn run_lock(&self, id: &RunId) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.inner.run_locks).entry(id.clone()).or_default().clone()
+    }
+
+    /// The one commit path of the engine: appends `events` and stores `record` (and the
+    /// evidence with a terminal event), then wakes subscribers.
+    async fn commit(
+        &self,
+        record: &mut RunRecord,
+        events: Vec<NewEvent>,
+        evidence: Option<EvidenceBundle>,
+    ) -> Result<Vec<Event>> {
+        let sealed = self
+            .inner
+            .store
+            .commit(
+                &record.id,
+                RunCommit {
+                    expected_next_seq: record.next_seq,
+                    events,
+                    record: Some(record.clone()),
+                    evidence,
+                },
+            )
+            .await?;
+        if let Some(last) = sealed.last() {
+            record.next_seq = last.seq + 1;
+            record.chain_head.clone_from(&last.hash);
+            self.notify(&record.id, last.seq, record.status.is_terminal());
+        }
+        Ok(sealed)
+    }
+
+    fn notify(&self, id: &RunId, seq: u64, terminal: bool) {
+        let mut w = lock(&self.inner.watchers);
+        if terminal {
+            if let Some(tx) = w.remove(id) {
+                let _ = tx.send(seq);
+            }
+            lock(&self.inner.run_locks).remove(id);
+        } else if let Some(tx) = w.get(id) {
+            let _ = tx.send(seq);
+        }
+    }
+
+    /// Transition + `status` event (plus `extra` events before it) in one commit.
+    async fn set_status(&self, record: &mut RunRecord, to: RunStatus, mut extra: Vec<NewEvent>) -> Result<()> {
+        let previous = record.status;
+        record.status = to;
+        extra.push(NewEvent::now(EventKind::Status {
+            status: to,
+            previous: Some(previous),
+        }));
+        self.commit(record, extra, None).await.map(|_| ())
+    }
+
+    /// Ends a run: `status` event, then the `terminal` event, terminal record and evidence
+    /// in ONE commit.
+    async fn terminate(
+        &self,
+        record: &mut RunRecord,
+        outcome: Outcome,
+        failure: Option<Failure>,
+        identity: Option<crate::backend::TemplateIdentity>,
+        isolation: Option<crate::backend::IsolationReport>,
+    ) -> Result<()> {
+        let previous = record.status;
+        let now = Timestamp::now();
+        record.status = outcome.status();
+        record.failure = failure;
+        record.timestamps.terminal = Some(now);
+        let duration_ms = record.timestamps.created.map_or(0, |c| now.millis_since(c));
+        let status_event = NewEvent {
+            at: now,
+            kind: EventKind::Status {
+                status: record.status,
+                previous: Some(previous),
+            },
+        };
+        let terminal = NewEvent {
+            at: now,
+            kind: EventKind::Terminal {
+                status: record.status,
+                exit_code: record.exit_code,
+                signal: record.signal,
+                failure: record.failure.clone(),
+                duration_ms,
+            },
+        };
+        // The evidence names the terminal event exactly as the store will seal it: the
+        // chain is deterministic, so seal it here from the current head.
+        let status_sealed = seal(&record.chain_head, &record.id, record.next_seq, status_event.clone());
+        let terminal_sealed = seal(&status_sealed.hash, &record.id, record.next_seq + 1, terminal.clone());
+        let evidence = EvidenceBundle::build(record, identity, isolation, terminal_sealed);
+        self.commit(record, vec![status_event, terminal], Some(evidence))
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,110 @@
+//! `subscribe`: replay from the store, then follow live, without gap or duplicate.
+//!
+//! The stream is a cursor over the store: it asks for events after the last seq it
+//! yielded, so it cannot skip or repeat one, and a slow subscriber only re-reads the store
+//! later; it never blocks the run's writer. Between reads it waits for an in-process
+//! notification of a commit, or polls (runs driven by another process).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use super::{WorkspaceRuns, lock};
+use crate::error::Result;
+use crate::event::Event;
+use crate::ids::RunId;
+
+const PAGE: usize = 512;
+
+/// A live stream of a run's events; ends after `terminal`.
+pub struct EventStream {
+    inner: Pin<Box<dyn Stream<Item = Result<Event>> + Send>>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+struct State {
+    engine: WorkspaceRuns,
+    id: RunId,
+    after: u64,
+    buffer: VecDeque<Event>,
+    done: bool,
+    watch: Option<watch::Receiver<u64>>,
+}
+
+impl WorkspaceRuns {
+    /// Events with `seq > after_seq`: first those already stored, then live ones as they
+    /// become durable, each exactly once and in order; the stream ends after `terminal`.
+    pub fn subscribe(&self, id: &RunId, after_seq: u64) -> EventStream {
+        let rx = {
+            let mut w = lock(&self.inner.watchers);
+            w.entry(id.clone()).or_insert_with(|| watch::channel(0).0).subscribe()
+        };
+        let state = State {
+            engine: self.clone(),
+            id: id.clone(),
+            after: after_seq,
+            buffer: VecDeque::new(),
+            done: false,
+            watch: Some(rx),
+        };
+        let stream = futures::stream::unfold(state, |mut st| -> BoxFuture<'static, _> {
+            Box::pin(async move {
+                loop {
+                    if let Some(e) = st.buffer.pop_front() {
+                        st.after = e.seq;
+                        if e.kind.is_terminal() {
+                            st.done = true;
+                        }
+                        return Some((Ok(e), st));
+                    }
+                    if st.done {
+                        return None;
+                    }
+                    match st.engine.inner.store.list_events(&st.id, st.after, PAGE).await {
+                        Err(e) => {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
+                        Ok(events) if !events.is_empty() => st.buffer.extend(events),
+                        Ok(_) => {
+                            let poll = st.engine.inner.config.subscribe_poll_interval;
+                            match st.watch.as_mut() {
+                                Some(rx) => {
+                                    tokio::select! {
+                                        changed = rx.changed() => {
+                                            if changed.is_err() {
+                                                // The run ended here; one more read gets it.
+                                                st.watch = None;
+                                            }
+                                        }
+                                        _ = tokio::time::sleep(poll) => {}
+                                    }
+                                }
+                                None => tokio::time::sleep(poll).await,
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        EventStream {
+            inner: Box::pin(stream),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! [`MemoryStore`]: a complete in-memory [`Store`] for tests and embedding without
+//! durability. Everything is lost when it is dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, RejectReason, Result};
+use crate::event::{Event, seal_all};
+use crate::evidence::EvidenceBundle;
+use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
+use crate::run::{Artifact, RunRecord};
+use crate::store::{
+    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, RunCommit, RunQuery, Store,
+    TransferRecord, check_commit, check_sealed_evidence,
+};
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: BTreeMap<RunId, RunRecord>,
+    events: HashMap<RunId, Vec<Event>>,
+    idempotency: HashMap<String, RunId>,
+    evidence: HashMap<RunId, EvidenceBundle>,
+    blobs: HashMap<Sha256Digest, Bytes>,
+    transfers: HashMap<TransferId, (TransferRecord, BTreeMap<u64, Bytes>)>,
+}
+
+/// An in-memory [`Store`]. Cheap to create; passes the whole conformance suite.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written commit: every mutation
+        // below is prepared first and applied without early returns.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Hashes and counts a byte stream against its expectations (shared by stores that buffer).
+pub async fn collect_verified(mut data: ByteStream, expect: BlobExpect<'_>) -> Result<(Bytes, BlobInfo)> {
+    let mut buf = BytesMut::new();
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|e| Error::io("reading upload", e))?;
+        if (buf.len() + chunk.len()) as u64 > expect.max_bytes {
+            return Err(Error::rejected(
+                RejectReason::TooLarge,
+                None,
+                format!("upload exceeds the limit of {} bytes", expect.max_bytes),
+            ));
+        }
+        hasher.update(&chunk);
+        buf.extend_from_slice(&chunk);
+    }
+    let info = BlobInfo {
+        sha256: Sha256Digest::from_bytes(&hasher.finalize().into()),
+        size_bytes: buf.len() as u64,
+    };
+    check_blob_expectations(&info, expect)?;
+    Ok((buf.freeze(), info))
+}
+
+/// Compares a finished blob with the declared descriptor.
+pub fn check_blob_expectations(info: &BlobInfo, expect: BlobExpect<'_>) -> Result<()> {
+    if let Some(d) = expect.descriptor {
+        if d.size_bytes != info.size_bytes {
+            return Err(Error::rejected(
+                RejectReason::SizeMismatch,
+                None,
+                format!("declared {} bytes, received {}", d.size_bytes, info.size_bytes),
+            ));
+        }
+        if d.sha256 != info.sha256 {
+            return Err(Error::rejected(
+                RejectReason::DigestMismatch,
+                None,
+                format!("declared sha256 {}, received {}", d.sha256, info.sha256),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome> {
+        let mut g = self.lock();
+        if let Some(key) = &run.spec.idempotency_key
+            && let Some(existing) = g.idempotency.get(key)
+        {
+            let existing = g.runs[existing].clone();
+            return Ok(CreateOutcome::Existing(existing));
+        }
+        if g.runs.contains_key(&run.id) {
+            return Err(Error::Conflict {
+                message: format!("run {} already exists", run.id),
+            });
+        }
+        if let Some(key) = &run.spec.idempotency_key {
+            g.idempotency.insert(key.clone(), run.id.clone());
+        }
+        g.events.insert(run.id.clone(), Vec::new());
+        g.runs.insert(run.id.clone(), run.clone());
+        Ok(CreateOutcome::Created(run))
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
+        self.lock()
+            .runs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::not_found("run", id))
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        let g = self.lock();
+        let limit = if query.limit == 0 { 100 } else { query.limit };
+        Ok(g.runs
+            .values()
+            .rev()
+            .filter(|r| query.before.as_ref().is_none_or(|b| r.id < *b))
+            .filter(|r| query.status.is_none_or(|s| r.status == s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn list_unfinished(&self) -> Result<Vec<RunRecord>> {
+        Ok(self
+            .lock()
+            .runs
+            .values()
+            .filter(|r| !r.status.is_terminal())
+            .cloned()
+            .collect())
+    }
+
+    async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
+        let mut g = self.lock();
+        let stored = g.runs.get(id).ok_or_else(|| Error::not_found("run", id))?.clone();
+        check_commit(&stored, &commit)?;
+        let sealed = seal_all(&stored.chain_head, id, stored.next_seq, commit.events);
+        check_sealed_evidence(&sealed, commit.evidence.as_ref())?;
+        let mut record = commit.record.unwrap_or(stored.clone());
+        record.id = id.clone();
+        record.cancel_requested = stored.cancel_requested;
+        record.next_seq = stored.next_seq + sealed.len() as u64;
+        record.chain_head = sealed
+            .last()
+            .map(|e| e.hash.clone())
+            .unwrap_or(stored.chain_head);
+        if let Some(ev) = commit.evidence {
+            g.evidence.insert(id.clone(), ev);
+        }
+        g.events.entry(id.clone()).or_default().extend(sealed.iter().cloned());
+        g.runs.insert(id.clone(), record);
+        Ok(sealed)
+    }
+
+    async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {
+        let mut g = self.lock();
+        let run = g.runs.get_mut(id).ok_or_else(|| Error::not_found("run", id))?;
+        if !run.status.is_terminal() {
+            run.cancel_requested = true;
+        }
+        Ok(run.clone())
+    }
+
+    async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        let g = self.lock();
+        let events = g.events.get(id).ok_or_else(|| Error::not_found("run", id))?;
+        let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(events.len());
+        Ok(events[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn put_blob(&self, data: ByteStream, expect: BlobExpect<'_>) -> Result<BlobInfo> {
+        let (bytes, info) = collect_verified(data, expect).await?;
+        self.lock().blobs.entry(info.sha256.clone()).or_insert(bytes);
+        Ok(info)
+    }
+
+    async fn has_blob(&self, sha256: &Sha256Digest) -> Result<Option<u64>> {
+        Ok(self.lock().blobs.get(sha256).map(|b| b.len() as u64))
+    }
+
+    async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader> {
+        let bytes = self
+            .lock()
+            .blobs
+            .get(sha256)
+            .cloned()
+            .ok_or_else(|| Error::not_found("blob", sha256))?;
+        Ok(Box::new(Cursor::new(bytes)))
+    }
+
+    async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
+        self.lock()
+            .transfers
+            .insert(transfer.transfer_id.clone(), (transfer.clone(), BTreeMap::new()));
+        Ok(())
+    }
+
+    async fn get_transfer(&self, id: &TransferId) -> Result<TransferRecord> {
+        self.lock()
+            .transfers
+            .get(id)
+            .map(|(t, _)| t.clone())
+            .ok_or_else(|| Error::not_found("transfer", id))
+    }
+
+    async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord> {
+        let mut g = self.lock();
+        let (t, chunks) = g.transfers.get_mut(id).ok_or_else(|| Error::not_found("transfer", id))?;
+        if t.chunk_len(index) != Some(data.len() as u64) {
+            return Err(Error::invalid("chunk", format!("chunk {index} has the wrong length")));
+        }
+        chunks.insert(index, data);
+        t.received.insert(index);
+        Ok(t.clone())
+    }
+
+    async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader> {
+        let g = self.lock();
+        let (t, chunks) = g.transfers.get(id).ok_or_else(|| Error::not_found("transfer", id))?;
+        if !t.is_complete() {
+            return Err(Error::invalid("transfer", "chunks are missing"));
+        }
+        let mut all = BytesMut::with_capacity(usize::try_from(t.descriptor.size_bytes).unwrap_or(0));
+        for c in chunks.values() {
+            all.extend_from_slice(c);
+        }
+        Ok(Box::new(Cursor::new(all.freeze())))
+    }
+
+    async fn delete_transfer(&self, id: &TransferId) -> Result<()> {
+        self.lock().transfers.remove(id);
+        Ok(())
+    }
+
+    async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
+        let g = self.lock();
+        if let Some(ev) = g.evidence.get(id) {
+            return Ok(ev.clone());
+        }
+        if g.runs.contains_key(id) {
+            Err(Error::NotTerminal {
+                run_id: id.to_string(),
+            })
+        } else {
+            Err(Error::not_found("run", id))
+        }
+    }
+
+    async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
+        self.lock()
+            .runs
+            .values()
+            .flat_map(|r| r.artifacts.iter())
+            .find(|a| a.artifact_id == *id)
+            .cloned()
+            .ok_or_else(|| Error::not_found("artifact", id))
+    }
+}

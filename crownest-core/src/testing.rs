@@ -1,0 +1,476 @@
+//! [`FakeBackend`]: a scripted backend for testing the engine's own logic (feature
+//! `testing`). It runs no process: each argv element is one step of a script.
+//!
+//! | step | effect |
+//! |---|---|
+//! | `out:TEXT` / `err:TEXT` | writes TEXT and a newline to stdout / stderr |
+//! | `outbytes:N` | writes N bytes of `x` to stdout, in 64 KiB pieces |
+//! | `bin` | writes bytes that are not UTF-8 to stdout |
+//! | `env:NAME` | prints the value of NAME, or `<unset>` |
+//! | `cwd` | prints `/workspace/<cwd>` |
+//! | `cat:PATH` | prints a workspace file (from the archive or a `write:` step) |
+//! | `stdin` | prints `0` (stdin is closed) |
+//! | `write:PATH=CONTENT` | creates a workspace file |
+//! | `link:PATH=TARGET` | creates a symlink |
+//! | `sleep:MS` | sleeps (SIGTERM/SIGKILL end it) |
+//! | `hang` | sleeps forever (SIGTERM/SIGKILL end it) |
+//! | `ignore-term` | later SIGTERMs are ignored |
+//! | `stuck` | later SIGKILLs are ignored too (only destroy ends it) |
+//! | `exit:N` | exits with N |
+//! | `oom` | ends as `LimitExceeded` |
+//! | `crash` | `exec` returns an error (sandbox failure) |
+//!
+//! The first element must be `fake`; anything else is `SpawnFailed`. Failures of
+//! `create`/`destroy` are injected with [`FakeBackend::fail_create`] and friends.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::archive::{self, ExtractPolicy, ExtractSummary};
+use crate::artifact::{ArtifactFailure, CollectedArtifact};
+use crate::backend::{
+    Capabilities, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
+    ProgressFn, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
+};
+use crate::error::{Error, Result};
+use crate::event::{ArtifactErrorReason, OutputStream};
+use crate::ids::RunId;
+use crate::run::ArtifactKind;
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone)]
+enum Node {
+    File(Vec<u8>, u32),
+    Dir,
+    Link(String),
+}
+
+/// What the fake knows about one of its sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeSandboxState {
+    /// The run.
+    pub run_id: RunId,
+    /// Destroyed.
+    pub destroyed: bool,
+    /// Kept until.
+    pub keep_until: Option<Timestamp>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    sandboxes: Mutex<BTreeMap<String, FakeSandboxState>>,
+    fail_create: AtomicBool,
+    fail_destroy: AtomicBool,
+}
+
+/// A scripted backend (see the module docs for the script language).
+#[derive(Debug, Clone, Default)]
+pub struct FakeBackend {
+    shared: Arc<Shared>,
+}
+
+impl FakeBackend {
+    /// A fake backend named `fake`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every later `create` fail.
+    pub fn fail_create(&self, fail: bool) {
+        self.shared.fail_create.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later `destroy` fail.
+    pub fn fail_destroy(&self, fail: bool) {
+        self.shared.fail_destroy.store(fail, Ordering::SeqCst);
+    }
+
+    /// Every sandbox ever created, by id.
+    pub fn sandboxes(&self) -> BTreeMap<String, FakeSandboxState> {
+        self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sandboxes not destroyed.
+    pub fn live_sandboxes(&self) -> Vec<String> {
+        self.sandboxes()
+            .into_iter()
+            .filter(|(_, s)| !s.destroyed)
+            .map(|(id, _)| id)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for FakeBackend {
+    fn name(&self) -> &str {
+        "fake"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            network_isolation: true,
+            memory_limit: false,
+            pids_limit: false,
+            filesystem_isolation: true,
+            process_tree_kill: true,
+            keep_sandbox: true,
+            non_root: true,
+            security_boundary: false,
+        }
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        Ok(vec![TemplateInfo {
+            name: "python-node".into(),
+            available: true,
+            reason: None,
+            identity: Some(fake_identity()),
+        }])
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        if spec.template != "python-node" {
+            return Err(Error::invalid("template", format!("unknown template {:?}", spec.template)));
+        }
+        if self.shared.fail_create.load(Ordering::SeqCst) {
+            return Err(Error::backend("fake", "injected create failure"));
+        }
+        let id = format!("fake-{}", uuid::Uuid::now_v7().simple());
+        self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            FakeSandboxState {
+                run_id: spec.run_id.clone(),
+                destroyed: false,
+                keep_until: None,
+            },
+        );
+        let (signal_tx, _) = watch::channel(None);
+        Ok(Box::new(FakeSandbox {
+            id,
+            shared: self.shared.clone(),
+            files: Mutex::new(BTreeMap::new()),
+            signal: signal_tx,
+        }))
+    }
+
+    async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
+        let now = Timestamp::now();
+        let mut g = self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut swept = Vec::new();
+        for (id, s) in g.iter_mut() {
+            let kept = s.keep_until.is_some_and(|u| u > now);
+            if !s.destroyed && !live.contains(&s.run_id) && !kept {
+                s.destroyed = true;
+                swept.push(id.clone());
+            }
+        }
+        Ok(swept)
+    }
+}
+
+fn fake_identity() -> TemplateIdentity {
+    TemplateIdentity::default().with("fake", "python-node@1")
+}
+
+/// A fake sandbox.
+#[derive(Debug)]
+pub struct FakeSandbox {
+    id: String,
+    shared: Arc<Shared>,
+    files: Mutex<BTreeMap<String, Node>>,
+    signal: watch::Sender<Option<KillSignal>>,
+}
+
+impl FakeSandbox {
+    fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Node>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ends when a signal arrives that the script does not ignore.
+async fn wait_signal(
+    rx: &mut watch::Receiver<Option<KillSignal>>,
+    ignore_term: bool,
+    stuck: bool,
+    sleep: Option<Duration>,
+) -> Option<i32> {
+    let timer = async {
+        match sleep {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timer);
+    loop {
+        let current = *rx.borrow_and_update();
+        match current {
+            Some(KillSignal::Kill) if !stuck => return Some(9),
+            Some(KillSignal::Term) if !ignore_term => return Some(15),
+            _ => {}
+        }
+        tokio::select! {
+            _ = &mut timer => return None,
+            r = rx.changed() => if r.is_err() { std::future::pending::<()>().await },
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for FakeSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn isolation(&self) -> IsolationReport {
+        IsolationReport {
+            backend: "fake".into(),
+            network: "none".into(),
+            process_containment: "simulated".into(),
+            ..Default::default()
+        }
+    }
+
+    fn identity(&self) -> TemplateIdentity {
+        fake_identity()
+    }
+
+    async fn materialize(
+        &self,
+        mut archive: Box<dyn Read + Send>,
+        policy: &ExtractPolicy,
+        progress: ProgressFn<'_>,
+    ) -> Result<ExtractSummary> {
+        let mut bytes = Vec::new();
+        archive
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("reading archive", e))?;
+        let summary = archive::validate(&bytes[..], policy, &mut |p| progress(p))?;
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let mut files = BTreeMap::new();
+        for entry in tar.entries().map_err(|e| Error::io("reading tar", e))? {
+            let mut entry = entry.map_err(|e| Error::io("reading tar", e))?;
+            let path = crate::spec::normalize_relative(&entry.path().map_err(|e| Error::io("tar path", e))?.to_string_lossy());
+            let node = match entry.header().entry_type() {
+                tar::EntryType::Directory => Node::Dir,
+                tar::EntryType::Symlink => Node::Link(
+                    entry
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .map(|l| l.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                _ => {
+                    let mut data = Vec::new();
+                    entry.read_to_end(&mut data).map_err(|e| Error::io("reading tar", e))?;
+                    Node::File(data, entry.header().mode().unwrap_or(0o644) & 0o777)
+                }
+            };
+            files.insert(path, node);
+        }
+        *self.files() = files;
+        Ok(summary)
+    }
+
+    async fn exec(&self, request: &ExecRequest, sink: &dyn ExecSink) -> Result<ExecOutcome> {
+        if request.argv.first().map(String::as_str) != Some("fake") {
+            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
+                "no such program: {:?}",
+                request.argv.first()
+            ))));
+        }
+        sink.started().await;
+        let mut rx = self.signal.subscribe();
+        let (mut ignore_term, mut stuck) = (false, false);
+        for step in &request.argv[1..] {
+            if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, Some(Duration::ZERO)).await {
+                return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
+            }
+            let (verb, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
+            match verb {
+                "out" => sink.output(OutputStream::Stdout, format!("{arg}\n").as_bytes()).await,
+                "err" => sink.output(OutputStream::Stderr, format!("{arg}\n").as_bytes()).await,
+                "outbytes" => {
+                    let mut n: usize = arg.parse().unwrap_or(0);
+                    let piece = vec![b'x'; 64 * 1024];
+                    while n > 0 {
+                        let k = n.min(piece.len());
+                        sink.output(OutputStream::Stdout, &piece[..k]).await;
+                        n -= k;
+                    }
+                }
+                "bin" => sink.output(OutputStream::Stdout, &[0xff, 0xfe, 0x00, 0x80]).await,
+                "env" => {
+                    let v = request.env.get(arg).cloned().unwrap_or_else(|| "<unset>".into());
+                    sink.output(OutputStream::Stdout, format!("{v}\n").as_bytes()).await;
+                }
+                "cwd" => {
+                    let cwd = crate::spec::normalize_relative(&request.cwd);
+                    let line = if cwd.is_empty() { "/workspace\n".to_owned() } else { format!("/workspace/{cwd}\n") };
+                    sink.output(OutputStream::Stdout, line.as_bytes()).await;
+                }
+                "cat" => {
+                    let node = self.files().get(&crate::spec::normalize_relative(arg)).cloned();
+                    match node {
+                        Some(Node::File(data, _)) => sink.output(OutputStream::Stdout, &data).await,
+                        _ => return Ok(ExecOutcome::new(ExitStatus::Exited(1))),
+                    }
+                }
+                "stdin" => sink.output(OutputStream::Stdout, b"0\n").await,
+                "write" => {
+                    let (p, c) = arg.split_once('=').unwrap_or((arg, ""));
+                    self.files().insert(crate::spec::normalize_relative(p), Node::File(c.as_bytes().to_vec(), 0o644));
+                }
+                "link" => {
+                    let (p, t) = arg.split_once('=').unwrap_or((arg, ""));
+                    self.files().insert(crate::spec::normalize_relative(p), Node::Link(t.to_owned()));
+                }
+                "sleep" => {
+                    let ms = arg.parse().unwrap_or(0);
+                    if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, Some(Duration::from_millis(ms))).await {
+                        return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
+                    }
+                }
+                "hang" => {
+                    if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, None).await {
+                        return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
+                    }
+                }
+                "ignore-term" => ignore_term = true,
+                "stuck" => {
+                    ignore_term = true;
+                    stuck = true;
+                }
+                "exit" => return Ok(ExecOutcome::new(ExitStatus::Exited(arg.parse().unwrap_or(1)))),
+                "oom" => return Ok(ExecOutcome::new(ExitStatus::LimitExceeded("out of memory (simulated)".into()))),
+                "crash" => return Err(Error::backend("fake", "injected exec failure")),
+                other => {
+                    return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!("unknown fake step {other:?}"))));
+                }
+            }
+        }
+        Ok(ExecOutcome::new(ExitStatus::Exited(0)))
+    }
+
+    async fn signal(&self, signal: KillSignal) -> Result<()> {
+        self.signal.send_replace(Some(signal));
+        Ok(())
+    }
+
+    async fn collect_artifact(&self, path: &str, max_bytes: u64) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
+        crate::spec::validate_relative_path(path, false)
+            .map_err(|m| ArtifactFailure::new(ArtifactErrorReason::InvalidPath, m))?;
+        let key = crate::spec::normalize_relative(path);
+        let files = self.files();
+        match files.get(&key) {
+            None => Err(ArtifactFailure::new(ArtifactErrorReason::NotFound, format!("{path:?} does not exist"))),
+            Some(Node::Link(target)) => {
+                let reason = if target.starts_with('/') || target.contains("..") {
+                    ArtifactErrorReason::EscapesWorkspace
+                } else {
+                    ArtifactErrorReason::NotRegular
+                };
+                Err(ArtifactFailure::new(reason, format!("{path:?} is a symlink; links are not followed")))
+            }
+            Some(Node::Dir) => Err(ArtifactFailure::new(
+                ArtifactErrorReason::NotRegular,
+                "the fake backend does not pack directories",
+            )),
+            Some(Node::File(data, mode)) => {
+                if data.len() as u64 > max_bytes {
+                    return Err(ArtifactFailure::new(
+                        ArtifactErrorReason::TooLarge,
+                        format!("{path:?} is {} bytes, over {max_bytes}", data.len()),
+                    ));
+                }
+                Ok(CollectedArtifact {
+                    kind: ArtifactKind::File,
+                    mode: *mode,
+                    size_bytes: data.len() as u64,
+                    reader: Box::new(std::io::Cursor::new(Bytes::from(data.clone()))),
+                    skipped: Vec::new(),
+                })
+            }
+        }
+    }
+
+    async fn keep(&self, until: Timestamp) -> Result<()> {
+        if let Some(s) = self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.id) {
+            s.keep_until = Some(until);
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self) -> Result<()> {
+        // A destroyed sandbox ends whatever still runs in it.
+        self.signal.send_replace(Some(KillSignal::Kill));
+        if self.shared.fail_destroy.load(Ordering::SeqCst) {
+            return Err(Error::backend("fake", "injected destroy failure"));
+        }
+        if let Some(s) = self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.id) {
+            s.destroyed = true;
+        }
+        self.files().clear();
+        Ok(())
+    }
+}
+
+/// Builds a `.tar.gz` of `(path, content, mode)` regular files (directories implied).
+pub fn tar_gz(files: &[(&str, &[u8], u32)]) -> Bytes {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, content, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mtime(0);
+        if builder.append_data(&mut header, path, *content).is_err() {
+            return Bytes::new();
+        }
+    }
+    match builder.into_inner().and_then(|gz| gz.finish()) {
+        Ok(v) => Bytes::from(v),
+        Err(_) => Bytes::new(),
+    }
+}
+
+/// Builds a `.tar.gz` whose single entry has a raw, unchecked name (for hostile cases the
+/// `tar` builder refuses, such as `../escape`).
+pub fn tar_gz_raw_name(name: &str, content: &[u8]) -> Bytes {
+    let mut header = tar::Header::new_old();
+    {
+        let old = header.as_old_mut();
+        let n = name.as_bytes();
+        let len = n.len().min(old.name.len());
+        old.name[..len].copy_from_slice(&n[..len]);
+    }
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut raw = Vec::new();
+    raw.extend_from_slice(header.as_bytes());
+    raw.extend_from_slice(content);
+    raw.resize(raw.len().div_ceil(512) * 512, 0);
+    raw.extend_from_slice(&[0u8; 1024]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    if std::io::Write::write_all(&mut gz, &raw).is_err() {
+        return Bytes::new();
+    }
+    gz.finish().map(Bytes::from).unwrap_or_default()
+}
+
+/// The descriptor of some bytes.
+pub fn descriptor_of(bytes: &[u8]) -> crate::run::ArchiveDescriptor {
+    crate::run::ArchiveDescriptor {
+        size_bytes: bytes.len() as u64,
+        sha256: crate::ids::Sha256Digest::of(bytes),
+    }
+}
