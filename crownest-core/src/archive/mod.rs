@@ -8,9 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::event::ArchivePhase;
+use crate::ids::Sha256Digest;
+use crate::run::ArchiveDescriptor;
 use crate::spec::Limits;
 
+mod confined;
 mod extract;
+mod policy;
 
 /// The rules an archive must pass, from a run's [`Limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +89,32 @@ pub struct ExtractSummary {
     pub bytes: u64,
     /// Compressed bytes read.
     pub compressed_bytes: u64,
+    /// sha256 of the compressed bytes read (the whole input: nothing may follow the gzip
+    /// stream). Serialized as lowercase hex.
+    #[serde(with = "hex32")]
+    pub sha256: [u8; 32],
+}
+
+impl ExtractSummary {
+    /// The digest of the compressed bytes, as a [`Sha256Digest`].
+    pub fn sha256_digest(&self) -> Sha256Digest {
+        Sha256Digest::from_bytes(&self.sha256)
+    }
+}
+
+mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let v = hex::decode(&s).map_err(D::Error::custom)?;
+        v.try_into()
+            .map_err(|_| D::Error::custom("expected 32 bytes of hex"))
+    }
 }
 
 /// Checks a whole `.tar.gz` against the policy without writing anything: the same checks as
@@ -94,7 +124,7 @@ pub fn validate(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, None, policy, progress)
+    extract::run(reader, None, None, policy, progress)
 }
 
 /// Extracts a `.tar.gz` into `dest` (which must not exist yet; its parent must). Entries are
@@ -107,5 +137,35 @@ pub fn extract(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, Some(dest), policy, progress)
+    extract::run(reader, Some(dest), None, policy, progress)
+}
+
+/// [`validate`], also checking that the bytes are exactly the declared archive: more bytes
+/// than `expected.size_bytes` stop the pass at once ([`RejectReason::SizeMismatch`]), and
+/// the sha256 is compared at the end ([`RejectReason::DigestMismatch`]). One streaming pass:
+/// the bytes are hashed while they are inflated and checked.
+///
+/// [`RejectReason::SizeMismatch`]: crate::RejectReason::SizeMismatch
+/// [`RejectReason::DigestMismatch`]: crate::RejectReason::DigestMismatch
+pub fn validate_verified(
+    reader: impl Read,
+    expected: &ArchiveDescriptor,
+    policy: &ExtractPolicy,
+    progress: &mut dyn FnMut(ExtractProgress),
+) -> Result<ExtractSummary> {
+    extract::run(reader, None, Some(expected), policy, progress)
+}
+
+/// [`extract`], also checking that the bytes are exactly the declared archive (as
+/// [`validate_verified`]) before the tree is moved to `dest`: on a mismatch nothing is kept.
+/// This is the one-pass "verify + extract" path (hash and inflate on the calling thread,
+/// file writes on a second thread).
+pub fn extract_verified(
+    reader: impl Read,
+    dest: &Path,
+    expected: &ArchiveDescriptor,
+    policy: &ExtractPolicy,
+    progress: &mut dyn FnMut(ExtractProgress),
+) -> Result<ExtractSummary> {
+    extract::run(reader, Some(dest), Some(expected), policy, progress)
 }
