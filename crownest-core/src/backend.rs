@@ -17,6 +17,7 @@ use crate::artifact::{ArtifactFailure, CollectedArtifact};
 use crate::error::Result;
 use crate::event::OutputStream;
 use crate::ids::RunId;
+use crate::run::RunOwner;
 use crate::spec::{Limits, Network};
 use crate::time::Timestamp;
 
@@ -108,6 +109,9 @@ pub struct SandboxSpec {
     pub run_id: RunId,
     /// The engine instance creating it.
     pub instance: String,
+    /// The process creating it (pid + start time). Backends record it with the sandbox
+    /// (label, marker file) so `sweep_orphans` can tell an orphan from a live sandbox.
+    pub owner: RunOwner,
     /// Template name.
     pub template: String,
     /// Resolved limits.
@@ -202,8 +206,12 @@ pub type ProgressFn<'a> = &'a (dyn Fn(ExtractProgress) + Send + Sync);
 /// * `templates()` lists `python-node`; an unavailable template says why.
 /// * `create()` returns a fresh sandbox with an empty `/workspace`, labelled with the run id
 ///   and engine instance; an unknown template is `Error::InvalidSpec` (field `template`).
-/// * `sweep_orphans(live)` destroys every sandbox labelled with a run not in `live`
-///   (except kept sandboxes whose TTL has not passed) and returns what it destroyed.
+/// * `sweep_orphans(live)` destroys every sandbox of this backend whose owner process is
+///   gone ([`RunOwner::is_alive`] is false) and whose run is not in `live`, and every kept
+///   sandbox whose `keep_until` has passed; it never touches a sandbox whose owner is alive
+///   and that is not kept-and-expired (other engines may share the host). It returns the
+///   ids of what it destroyed (the same strings as [`Sandbox::id`]), and also removes
+///   leftovers such as staging directories.
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + Debug {
     /// Registered name (`process`, `docker`, `wasm`).

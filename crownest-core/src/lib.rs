@@ -49,3 +49,5 @@ pub use engine::{EngineConfig, EventStream, RecoveryReport, WorkspaceRuns, Works
 pub use memory::MemoryStore;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "conformance")]
+pub mod conformance;

@@ -61,6 +61,8 @@ pub struct FakeSandboxState {
     pub destroyed: bool,
     /// Kept until.
     pub keep_until: Option<Timestamp>,
+    /// The creating process.
+    pub owner: crate::run::RunOwner,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +151,7 @@ impl SandboxBackend for FakeBackend {
                 run_id: spec.run_id.clone(),
                 destroyed: false,
                 keep_until: None,
+                owner: spec.owner.clone(),
             },
         );
         let (signal_tx, _) = watch::channel(None);
@@ -165,8 +168,9 @@ impl SandboxBackend for FakeBackend {
         let mut g = self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
         let mut swept = Vec::new();
         for (id, s) in g.iter_mut() {
-            let kept = s.keep_until.is_some_and(|u| u > now);
-            if !s.destroyed && !live.contains(&s.run_id) && !kept {
+            let expired = s.keep_until.is_some_and(|u| u <= now);
+            let orphan = s.keep_until.is_none() && !s.owner.is_alive() && !live.contains(&s.run_id);
+            if !s.destroyed && (orphan || expired) {
                 s.destroyed = true;
                 swept.push(id.clone());
             }

@@ -137,6 +137,7 @@ impl Driver {
         let spec = SandboxSpec {
             run_id: self.record.id.clone(),
             instance: self.engine.instance().to_owned(),
+            owner: self.engine.inner.owner.clone(),
             template: self.record.spec.template.clone(),
             limits: self.record.limits,
             network: self.record.spec.network,

@@ -1,0 +1,94 @@
+//! Conformance suites (feature `conformance`): one public async function per contract
+//! bullet of [`crate::Store`] and [`crate::SandboxBackend`]/[`crate::Sandbox`], and macros
+//! that stamp them as `#[tokio::test]`s, so an implementation's `tests/conformance.rs` is
+//! one macro call and a new implementation gets the whole suite for free.
+//!
+//! ```ignore
+//! // crownest-store-sqlite/tests/conformance.rs
+//! crownest_core::store_conformance!(async {
+//!     let dir = tempfile::tempdir().unwrap().keep();
+//!     std::sync::Arc::new(crownest_store_sqlite::SqliteStore::open(dir).unwrap())
+//! });
+//! ```
+//!
+//! Every function panics with a message naming the violated contract bullet.
+
+pub mod backend;
+pub mod store;
+
+pub use backend::{BackendHarness, Programs};
+
+/// Stamps one `#[tokio::test]` per [`store`] case. The argument is an async block (or any
+/// future) yielding an `Arc<dyn Store>`; it is evaluated afresh for every case.
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:expr) => {
+        $crate::store_conformance!(@cases $factory;
+            create_and_get,
+            idempotency_key_returns_existing,
+            unknown_run_is_not_found,
+            list_runs_newest_first_filtered_and_paged,
+            commit_seals_gap_free_hash_chain,
+            commit_with_stale_seq_conflicts_and_writes_nothing,
+            terminal_must_be_last_with_evidence,
+            nothing_appends_after_terminal,
+            evidence_is_stored_with_terminal,
+            cancel_flag_survives_commits,
+            list_events_returns_a_window,
+            blobs_are_content_addressed,
+            blob_mismatch_keeps_nothing,
+            transfer_chunks_any_order_idempotent,
+            artifacts_are_found_by_id,
+            list_unfinished_returns_non_terminal,
+            concurrent_commits_to_many_runs,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: ::std::sync::Arc<dyn $crate::Store> = $factory.await;
+                $crate::conformance::store::$case(store).await;
+            }
+        )*
+    };
+}
+
+/// Stamps one `#[tokio::test]` per [`backend`] case. The argument is an async block (or
+/// any future) yielding a [`BackendHarness`]; it is evaluated afresh for every case.
+#[macro_export]
+macro_rules! backend_conformance {
+    ($factory:expr) => {
+        $crate::backend_conformance!(@cases $factory;
+            name_and_templates,
+            unknown_template_is_invalid_spec,
+            materialize_extracts_the_archive,
+            materialize_rejects_a_hostile_archive,
+            exit_codes_pass_through,
+            unknown_program_is_spawn_failed,
+            env_is_exactly_the_spec,
+            cwd_is_inside_the_workspace,
+            stdin_is_closed,
+            stdout_and_stderr_are_streamed,
+            timeout_ends_the_command_with_the_kill_ladder,
+            sigkill_ends_a_command_that_ignores_sigterm,
+            cancel_while_running,
+            artifact_regular_file_is_collected,
+            artifact_symlink_is_not_followed,
+            artifact_missing_is_reported,
+            required_artifact_missing_fails_the_run,
+            destroy_is_idempotent,
+            sweep_orphans_destroys_unlisted_sandboxes,
+            keep_sandbox_is_recorded,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness: $crate::conformance::BackendHarness = $factory.await;
+                $crate::conformance::backend::$case(harness).await;
+            }
+        )*
+    };
+}
