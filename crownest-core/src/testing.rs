@@ -70,6 +70,7 @@ struct Shared {
     sandboxes: Mutex<BTreeMap<String, FakeSandboxState>>,
     fail_create: AtomicBool,
     fail_destroy: AtomicBool,
+    materialize_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A scripted backend (see the module docs for the script language).
@@ -92,6 +93,13 @@ impl FakeBackend {
     /// Makes every later `destroy` fail.
     pub fn fail_destroy(&self, fail: bool) {
         self.shared.fail_destroy.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later `materialize` take this long (to observe `starting`).
+    pub fn materialize_delay(&self, delay: Duration) {
+        self.shared
+            .materialize_delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Every sandbox ever created, by id.
@@ -251,6 +259,10 @@ impl Sandbox for FakeSandbox {
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
+        let delay = self.shared.materialize_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let mut bytes = Vec::new();
         archive
             .read_to_end(&mut bytes)
