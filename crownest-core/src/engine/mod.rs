@@ -337,8 +337,11 @@ impl WorkspaceRuns {
     /// `running` the kill ladder runs first. A run driven by another process is asked through
     /// the store. Canceling an ended run is `Error::InvalidTransition`.
     pub async fn cancel(&self, id: &RunId) -> Result<RunRecord> {
-        if let Some(live) = lock(&self.inner.live).get(id) {
-            let _ = live.cancel.send(true);
+        let signaled = lock(&self.inner.live)
+            .get(id)
+            .map(|live| live.cancel.send(true))
+            .is_some();
+        if signaled {
             return self.get(id).await;
         }
         let run_lock = self.run_lock(id);
