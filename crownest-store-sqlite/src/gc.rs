@@ -1,0 +1,234 @@
+//! Garbage collection: unreferenced blobs, abandoned transfers, stray temp files.
+//!
+//! A blob is referenced while a run's record names it as its archive or one of its
+//! artifacts. Runs are never deleted, so what `gc` frees is uploads never attached to a run
+//! (past `blob_grace`), blob files without a row (left by a transaction that rolled back),
+//! transfers idle past `transfer_ttl` and their chunks, and temp files of crashed uploads.
+//!
+//! Blob and transfer deletions happen inside one write transaction (holding the SQLite
+//! write lock, which every process's blob install also takes), so an upload of the same
+//! bytes racing with `gc` either refreshes the row first (and is kept) or installs its
+//! file after `gc` moved the old one away.
+
+use std::time::{Duration, SystemTime};
+
+use crownest_core::Sha256Digest;
+use rusqlite::{Connection, params};
+
+use crate::error::{Fatal as _, OpError};
+use crate::runs::to_u64;
+use crate::writer::{OpCtx, Shared};
+
+/// Ages that make things collectable (see [`crate::SqliteConfig`] for the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// Unreferenced blobs stored (or stored again) longer ago than this are deleted.
+    pub blob_grace: Duration,
+    /// Transfers with no chunk received for this long are deleted.
+    pub transfer_ttl: Duration,
+    /// Files in `<dir>/tmp` older than this are deleted.
+    pub temp_ttl: Duration,
+}
+
+/// What one `gc` pass deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Blobs deleted (rows and files).
+    pub blobs_deleted: u64,
+    /// Bytes of blob files deleted.
+    pub blob_bytes_freed: u64,
+    /// Blob files without a row deleted.
+    pub orphan_blob_files_deleted: u64,
+    /// Transfers deleted (and their chunk files).
+    pub transfers_deleted: u64,
+    /// Temp files (and trash left by a crash) deleted.
+    pub temp_files_deleted: u64,
+}
+
+/// Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn cutoff(now: i64, age: Duration) -> i64 {
+    now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn older_than(meta: &std::fs::Metadata, age: Duration) -> bool {
+    meta.modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|d| d >= age)
+}
+
+/// Writer op: one gc pass of the database-tracked state (blobs, transfers).
+pub(crate) fn collect(
+    conn: &Connection,
+    ctx: &mut OpCtx<'_>,
+    policy: GcPolicy,
+) -> Result<GcReport, OpError> {
+    let now = now_ms();
+    let mut report = GcReport {
+        // First, before this pass moves anything to the trash in `<dir>/tmp`. Under the
+        // write lock no other transaction (of any process) has trash in flight.
+        temp_files_deleted: sweep_temp(ctx.shared, policy.temp_ttl).fatal("sweeping temp files")?,
+        ..GcReport::default()
+    };
+
+    // Blobs no run references, past their grace period.
+    let candidates: Vec<(String, i64)> = {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT sha256, size FROM blobs
+                 WHERE stored_at <= ?1
+                   AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.archive_sha256 = blobs.sha256)
+                   AND NOT EXISTS (SELECT 1 FROM artifacts WHERE artifacts.sha256 = blobs.sha256)",
+            )
+            .fatal("preparing the gc blob query")?;
+        let rows = st
+            .query_map([cutoff(now, policy.blob_grace)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .fatal("querying unreferenced blobs")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .fatal("reading unreferenced blobs")?
+    };
+    for (sha, size) in candidates {
+        conn.prepare_cached("DELETE FROM blobs WHERE sha256 = ?1")
+            .and_then(|mut st| st.execute([&sha]))
+            .fatal("deleting a blob row")?;
+        if let Ok(digest) = Sha256Digest::parse(&sha)
+            && ctx
+                .trash(&ctx.shared.layout.blob_path(&digest))
+                .fatal("removing a blob file")?
+        {
+            report.blob_bytes_freed += to_u64(size);
+        }
+        report.blobs_deleted += 1;
+    }
+
+    // Blob files with no row (their transaction rolled back), past the grace period.
+    report.orphan_blob_files_deleted = orphan_blob_files(conn, ctx, policy.blob_grace)?;
+
+    // Transfers idle past their TTL.
+    let stale: Vec<String> = {
+        let mut st = conn
+            .prepare_cached("SELECT transfer_id FROM transfers WHERE updated_at <= ?1")
+            .fatal("preparing the gc transfer query")?;
+        let rows = st
+            .query_map([cutoff(now, policy.transfer_ttl)], |r| r.get(0))
+            .fatal("querying stale transfers")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .fatal("reading stale transfers")?
+    };
+    for id in stale {
+        conn.prepare_cached("DELETE FROM transfers WHERE transfer_id = ?1")
+            .and_then(|mut st| st.execute([&id]))
+            .fatal("deleting a transfer")?;
+        report.transfers_deleted += 1;
+    }
+    // Every transfer directory without a row (just deleted above, or left behind).
+    let dirs = match std::fs::read_dir(&ctx.shared.layout.transfers) {
+        Ok(d) => d
+            .collect::<std::io::Result<Vec<_>>>()
+            .fatal("listing transfers")?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).fatal("listing transfers"),
+    };
+    for entry in dirs {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let known = conn
+            .prepare_cached("SELECT 1 FROM transfers WHERE transfer_id = ?1")
+            .and_then(|mut st| st.exists(params![name]))
+            .fatal("looking up a transfer")?;
+        if !known {
+            ctx.trash(&entry.path())
+                .fatal("removing a transfer directory")?;
+        }
+    }
+    Ok(report)
+}
+
+fn orphan_blob_files(
+    conn: &Connection,
+    ctx: &mut OpCtx<'_>,
+    grace: Duration,
+) -> Result<u64, OpError> {
+    let blobs = ctx.shared.layout.blobs.clone();
+    let mut deleted = 0;
+    let prefixes = match std::fs::read_dir(&blobs) {
+        Ok(d) => d
+            .collect::<std::io::Result<Vec<_>>>()
+            .fatal("listing blobs")?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).fatal("listing blobs"),
+    };
+    for prefix in prefixes {
+        if !prefix.file_type().fatal("listing blobs")?.is_dir() {
+            continue;
+        }
+        let files = std::fs::read_dir(prefix.path())
+            .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+            .fatal("listing blobs")?;
+        for file in files {
+            let name = format!(
+                "{}{}",
+                prefix.file_name().to_string_lossy(),
+                file.file_name().to_string_lossy()
+            );
+            // Only files that are blobs by name: anything else is not ours to delete.
+            let Ok(digest) = Sha256Digest::parse(&name) else {
+                continue;
+            };
+            if digest.as_str() != name {
+                continue;
+            }
+            let known = conn
+                .prepare_cached("SELECT 1 FROM blobs WHERE sha256 = ?1")
+                .and_then(|mut st| st.exists([digest.as_str()]))
+                .fatal("looking up a blob")?;
+            let old = file.metadata().is_ok_and(|m| older_than(&m, grace));
+            if !known
+                && old
+                && ctx
+                    .trash(&file.path())
+                    .fatal("removing an orphan blob file")?
+            {
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes files in `<dir>/tmp` older than `ttl` (nothing refers to them, and an upload in
+/// progress keeps its temp file's mtime fresh).
+fn sweep_temp(shared: &Shared, ttl: Duration) -> std::io::Result<u64> {
+    let mut deleted = 0;
+    let entries = match std::fs::read_dir(&shared.layout.tmp) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Ok(meta) = entry.metadata() else { continue };
+        if !older_than(&meta, ttl) {
+            continue;
+        }
+        let r = if meta.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        match r {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,150 @@
+//! The store directory: where the database, blobs, chunks and temp files live, and the
+//! small filesystem steps (temp files, fsync of directories, trash) the writes are built on.
+//!
+//! ```text
+//! <dir>/crownest.db (+ -wal, -shm)   SQLite database
+//! <dir>/blobs/ab/cdef...             content-addressed blobs (sha256: 2 + 62 hex chars)
+//! <dir>/transfers/<transferId>/<i>   chunk i of a staged transfer
+//! <dir>/tmp/                         uploads in flight, files being renamed away
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crownest_core::{Sha256Digest, TransferId};
+
+/// Paths of one store directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) root: PathBuf,
+    pub(crate) db: PathBuf,
+    pub(crate) blobs: PathBuf,
+    pub(crate) transfers: PathBuf,
+    pub(crate) tmp: PathBuf,
+}
+
+impl Layout {
+    pub(crate) fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            db: root.join("crownest.db"),
+            blobs: root.join("blobs"),
+            transfers: root.join("transfers"),
+            tmp: root.join("tmp"),
+        }
+    }
+
+    /// Creates the directories (and makes their entries durable).
+    pub(crate) fn create(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        for d in [&self.blobs, &self.transfers, &self.tmp] {
+            std::fs::create_dir_all(d)?;
+        }
+        fsync_dir(&self.root)
+    }
+
+    /// `<dir>/blobs/ab/cdef...`.
+    pub(crate) fn blob_path(&self, sha: &Sha256Digest) -> PathBuf {
+        let s = sha.as_str();
+        self.blobs.join(&s[..2]).join(&s[2..])
+    }
+
+    /// `<dir>/transfers/<id>`.
+    pub(crate) fn transfer_dir(&self, id: &TransferId) -> PathBuf {
+        self.transfers.join(id.as_str())
+    }
+
+    /// `<dir>/transfers/<id>/<index>`.
+    pub(crate) fn chunk_path(&self, id: &TransferId, index: u64) -> PathBuf {
+        self.transfer_dir(id).join(index.to_string())
+    }
+
+    /// A fresh, unused path in `<dir>/tmp`.
+    pub(crate) fn temp_path(&self, prefix: &str) -> PathBuf {
+        self.tmp
+            .join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (one level) if missing, making its entry durable in its parent.
+pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => match dir.parent() {
+            Some(parent) => fsync_dir(parent),
+            None => Ok(()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A temp file path removed on drop unless it was renamed into place.
+#[derive(Debug)]
+pub(crate) struct TempPath {
+    path: Option<PathBuf>,
+}
+
+impl TempPath {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path: Some(path) }
+    }
+
+    /// Renames the file to `to` and stops tracking it.
+    pub(crate) fn persist(mut self, to: &Path) -> std::io::Result<()> {
+        if let Some(p) = &self.path {
+            std::fs::rename(p, to)?;
+        }
+        self.path = None;
+        Ok(())
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A file or directory moved out of the way inside a write transaction: deleted once the
+/// transaction committed, moved back if it rolled back.
+#[derive(Debug)]
+pub(crate) struct Trashed {
+    pub(crate) original: PathBuf,
+    pub(crate) trash: PathBuf,
+}
+
+impl Trashed {
+    /// Moves `original` into `<dir>/tmp`; `Ok(None)` when it does not exist.
+    pub(crate) fn take(layout: &Layout, original: &Path) -> std::io::Result<Option<Self>> {
+        let trash = layout.temp_path("trash");
+        match std::fs::rename(original, &trash) {
+            Ok(()) => Ok(Some(Self {
+                original: original.to_path_buf(),
+                trash,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes it for good (best effort: `gc` removes leftovers from `<dir>/tmp`).
+    pub(crate) fn purge(self) {
+        let _ = if self.trash.is_dir() {
+            std::fs::remove_dir_all(&self.trash)
+        } else {
+            std::fs::remove_file(&self.trash)
+        };
+    }
+
+    /// Puts it back (best effort: the store is being poisoned anyway).
+    pub(crate) fn restore(self) {
+        let _ = std::fs::rename(&self.trash, &self.original);
+    }
+}

@@ -1,0 +1,115 @@
+//! # crownest-store-sqlite
+//!
+//! [`SqliteStore`]: the durable, embedded default [`Store`] of CrowNest. Runs, events,
+//! evidence, artifacts and transfer metadata live in one SQLite database
+//! (`<dir>/crownest.db`, WAL mode); archive and artifact bytes live in a content-addressed
+//! directory (`<dir>/blobs/ab/cdef...`), staged-transfer chunks in `<dir>/transfers/<id>/`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> crownest_core::Result<()> {
+//! use crownest_core::event::{EventKind, NewEvent, OutputChunk};
+//! use crownest_core::run::RunOwner;
+//! use crownest_core::store::{RunCommit, Store};
+//! use crownest_core::{Limits, RunId, RunRecord, RunSpec};
+//! use crownest_store_sqlite::SqliteStore;
+//!
+//! let dir = tempfile::tempdir().map_err(|e| crownest_core::Error::io("tempdir", e))?;
+//! let store = SqliteStore::open(dir.path()).await?;
+//! let run = RunRecord::new(
+//!     RunId::new(),
+//!     RunSpec::new(["echo", "hi"]),
+//!     "process".into(),
+//!     Limits::default(),
+//!     RunOwner::current("docs"),
+//! );
+//! let id = store.create_run(run).await?.into_run().id;
+//! let stdout = NewEvent::now(EventKind::Stdout(OutputChunk {
+//!     offset: 0,
+//!     data: Some("hi\n".into()),
+//!     data_base64: None,
+//! }));
+//! let sealed = store
+//!     .commit(&id, RunCommit { expected_next_seq: 1, events: vec![stdout], record: None, evidence: None })
+//!     .await?;
+//! // `commit` returned: the event is fsynced, and every reader (any process) sees it.
+//! assert_eq!(store.list_events(&id, 0, 100).await?, sealed);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## What it does
+//!
+//! | concern | how |
+//! |---|---|
+//! | database | SQLite (bundled), `journal_mode=WAL`, `synchronous=FULL`, `foreign_keys=ON`, `busy_timeout` |
+//! | schema | versioned by `PRAGMA user_version`, migrated step by step on open; a newer database is refused |
+//! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `check_commit`, `seal_all` from the stored chain head, `check_sealed_evidence`, insert events, update the run, its artifacts and its evidence |
+//! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
+//! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes |
+//! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
+//! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |
+//! | failures | an I/O or SQLite failure while writing **poisons** the store: later writes fail with `Error::Store` ("store poisoned: ..."), never retried silently |
+//! | gc | [`SqliteStore::gc`]: unreferenced blobs, abandoned transfers, stale temp files |
+//!
+//! ## Durability: what is on disk when a call returns
+//!
+//! * `create_run`, `commit`, `request_cancel`, `create_transfer`, `delete_transfer`: the
+//!   transaction is committed and the WAL fsynced (`synchronous=FULL`). A crash or power loss
+//!   after the call returned loses nothing; one before it returned loses the whole call,
+//!   never part of it. A `commit` that returned `Ok` is visible to every later read, in this
+//!   process or another.
+//! * `put_blob`: the blob file is fsynced, renamed into place and its directory fsynced,
+//!   then its row committed. So a row never names a missing file; a file whose row never
+//!   committed is removed by `gc`.
+//! * `put_chunk`: the same for the chunk file and its row.
+//! * Nothing is acknowledged early: with group commit a write waits for the transaction it
+//!   joined, which costs at most one batch of latency and saves one fsync per write.
+//!
+//! ## Several processes on one store
+//!
+//! Several processes may open the same directory at once (the CLI runs `crownest run` in one
+//! terminal and `crownest events --follow` or `crownest cancel` in another). SQLite's locks
+//! serialize the writers (each write transaction is `BEGIN IMMEDIATE`; a writer waits up to
+//! `busy_timeout` for another process's transaction, then fails with `Error::Store` without
+//! writing and without poisoning); readers are never blocked. Blob installs, transfer
+//! deletes and `gc` move files only while holding the SQLite write lock, so processes never
+//! race on the blob directory. `commit` reads `next_seq` and the chain head inside its
+//! transaction: two processes appending to one run get `Error::Conflict`, never a fork of the
+//! chain. The directory must be on a local filesystem (WAL needs shared memory).
+//!
+//! ## Group-commit knobs ([`SqliteConfig`])
+//!
+//! | knob | default | effect |
+//! |---|---|---|
+//! | `max_batch_delay` | 20 ms | a batch stops taking queued writes this long after its first |
+//! | `max_batch_bytes` | 256 KiB | ... or once it holds this much event payload |
+//! | `batch_linger` | 0 | wait on an empty queue for one more write (0: commit at once; writes queued during the previous fsync still share the next one) |
+//!
+//! A single commit larger than `max_batch_bytes` is a batch of its own; it is never split.
+//!
+//! ## Not done here
+//!
+//! Runs are never deleted (the store has no API for it), so a run's events, evidence and
+//! blobs stay until the directory is removed.
+
+mod blobs;
+mod config;
+mod error;
+mod gc;
+mod layout;
+mod pool;
+mod runs;
+#[doc(hidden)]
+pub mod schema;
+mod store;
+mod transfers;
+mod writer;
+
+pub use config::SqliteConfig;
+#[doc(hidden)]
+pub use error::Fault;
+pub use gc::{GcPolicy, GcReport};
+pub use store::SqliteStore;
+
+pub use crownest_core::store::Store;

@@ -1,0 +1,205 @@
+//! The versioned schema: connection setup and migrations (`PRAGMA user_version`).
+//!
+//! Each [`Migration`] runs in its own `BEGIN IMMEDIATE` transaction that re-reads
+//! `user_version` first, so two processes opening the same store at once migrate it once.
+//! A database newer than this build knows is refused rather than misread.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crownest_core::{Error, Result};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::error::db;
+
+/// One schema step.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// The `user_version` after this step.
+    pub version: u32,
+    /// What it does.
+    pub description: &'static str,
+    /// The SQL.
+    pub sql: &'static str,
+}
+
+/// Every schema step, in order. Append only: a released step is never edited.
+#[doc(hidden)]
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "runs, events, evidence, blobs, transfers and chunks",
+        sql: "
+CREATE TABLE runs (
+    created          INTEGER PRIMARY KEY AUTOINCREMENT, -- creation order
+    id               TEXT    NOT NULL UNIQUE,
+    status           TEXT    NOT NULL,
+    idempotency_key  TEXT    UNIQUE,
+    next_seq         INTEGER NOT NULL,
+    chain_head       TEXT    NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    archive_sha256   TEXT,
+    record           TEXT    NOT NULL                   -- RunRecord JSON
+);
+CREATE INDEX runs_by_status ON runs(status, id);
+CREATE INDEX runs_by_archive ON runs(archive_sha256) WHERE archive_sha256 IS NOT NULL;
+
+CREATE TABLE events (
+    run_id TEXT    NOT NULL REFERENCES runs(id),
+    seq    INTEGER NOT NULL,
+    event  TEXT    NOT NULL,                            -- sealed Event JSON
+    UNIQUE (run_id, seq)
+);
+
+CREATE TABLE evidence (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    bundle TEXT NOT NULL                                -- EvidenceBundle JSON
+);
+
+CREATE TABLE blobs (
+    sha256    TEXT    PRIMARY KEY,
+    size      INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL                          -- unix ms of the last put
+);
+
+CREATE TABLE transfers (
+    transfer_id TEXT    PRIMARY KEY,
+    run_id      TEXT    NOT NULL,
+    record      TEXT    NOT NULL,                       -- TransferRecord JSON, `received` empty
+    updated_at  INTEGER NOT NULL                        -- unix ms of the last chunk
+);
+
+CREATE TABLE chunks (
+    transfer_id TEXT    NOT NULL REFERENCES transfers(transfer_id) ON DELETE CASCADE,
+    idx         INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    PRIMARY KEY (transfer_id, idx)
+) WITHOUT ROWID;
+",
+    },
+    Migration {
+        version: 2,
+        description: "artifacts table (get_artifact by id, gc by sha256), backfilled from run records",
+        sql: "
+CREATE TABLE artifacts (
+    artifact_id TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs(id),
+    sha256      TEXT NOT NULL,
+    record      TEXT NOT NULL                           -- Artifact JSON
+);
+CREATE INDEX artifacts_by_run ON artifacts(run_id);
+CREATE INDEX artifacts_by_sha256 ON artifacts(sha256);
+INSERT OR IGNORE INTO artifacts (artifact_id, run_id, sha256, record)
+    SELECT json_extract(a.value, '$.artifactId'), runs.id, json_extract(a.value, '$.sha256'), a.value
+    FROM runs, json_each(runs.record, '$.artifacts') AS a
+    ORDER BY runs.id;
+",
+    },
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Opens a connection with the store's pragmas.
+pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| db("opening the database", e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| db("setting busy_timeout", e))?;
+    // A new database gets 16 KiB pages: output events are up to ~64 KiB of JSON, and fewer
+    // overflow pages per event means less WAL to write. No effect on an existing database.
+    conn.execute_batch("PRAGMA page_size = 16384;")
+        .map_err(|e| db("setting page_size", e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| db("enabling WAL", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Store {
+            message: format!("the database refused WAL mode (journal_mode is {mode})"),
+            source: None,
+        });
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA wal_autocheckpoint = 4096;",
+    )
+    .map_err(|e| db("setting pragmas", e))?;
+    if read_only {
+        conn.execute_batch("PRAGMA query_only = ON;")
+            .map_err(|e| db("setting query_only", e))?;
+    }
+    Ok(conn)
+}
+
+/// The database's `user_version`.
+pub(crate) fn user_version(conn: &Connection) -> Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| db("reading user_version", e))
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`].
+pub(crate) fn migrate(conn: &mut Connection) -> Result<u32> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Applies the steps up to `target` (tests use it to make an old database).
+#[doc(hidden)]
+pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
+    for step in MIGRATIONS.iter().filter(|m| m.version <= target) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db("starting a migration", e))?;
+        let current = user_version(&tx)?;
+        if current > SCHEMA_VERSION {
+            return Err(Error::Store {
+                message: format!(
+                    "the database has schema version {current}, newer than this build's {SCHEMA_VERSION}"
+                ),
+                source: None,
+            });
+        }
+        if current >= step.version {
+            continue;
+        }
+        if current + 1 != step.version {
+            return Err(Error::Store {
+                message: format!("schema version {current} cannot take step {}", step.version),
+                source: None,
+            });
+        }
+        tx.execute_batch(step.sql).map_err(|e| {
+            db(
+                &format!("migration {} ({})", step.version, step.description),
+                e,
+            )
+        })?;
+        tx.pragma_update(None, "user_version", step.version)
+            .map_err(|e| db("setting user_version", e))?;
+        tx.commit().map_err(|e| db("committing a migration", e))?;
+    }
+    let v = user_version(conn)?;
+    if v > SCHEMA_VERSION {
+        return Err(Error::Store {
+            message: format!(
+                "the database has schema version {v}, newer than this build's {SCHEMA_VERSION}"
+            ),
+            source: None,
+        });
+    }
+    Ok(v)
+}
+
+/// Opens `path` and applies the steps up to `target` (tests: an old-version database).
+#[doc(hidden)]
+pub fn create_at_version(path: &Path, target: u32) -> Result<Connection> {
+    let mut conn = connect(path, Duration::from_secs(10), false)?;
+    migrate_to(&mut conn, target)?;
+    Ok(conn)
+}

@@ -1,0 +1,345 @@
+//! The writer thread: the one connection that writes, fed by a channel, with group commit.
+//!
+//! Every write of the store (create, commit, cancel, blob and chunk installs, transfer
+//! deletes, gc) is an [`Op`] sent to this thread. The thread takes the first queued op,
+//! then keeps taking queued ops until the batch is `max_batch_delay` old, holds
+//! `max_batch_bytes` of event payload, or the queue is empty (after waiting `batch_linger`),
+//! and runs them in ONE `BEGIN IMMEDIATE` transaction, each op under its own `SAVEPOINT`:
+//!
+//! * an op that fails *logically* (a conflict, an unknown id) is rolled back to its
+//!   savepoint and answered with its error; the others go on;
+//! * an op that fails with an I/O or SQLite error rolls back the whole transaction, and
+//!   every op of the batch fails: the store is poisoned ([`crate::error::Poison`]).
+//!
+//! Replies are sent only after `COMMIT` returned, i.e. once the WAL is fsynced
+//! (`synchronous=FULL`): an acknowledged write is durable, and visible to readers.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crownest_core::{Error, Result};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::config::SqliteConfig;
+use crate::error::{Fault, Faults, OpError, Poison, db, io, is_busy};
+use crate::layout::{Layout, Trashed};
+
+/// State shared by the store handle and its writer thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) layout: Layout,
+    pub(crate) poison: Poison,
+    pub(crate) faults: Faults,
+}
+
+/// What an op can do besides SQL: move files out of the way until the commit.
+pub(crate) struct OpCtx<'a> {
+    pub(crate) shared: &'a Shared,
+    trash: Vec<Trashed>,
+}
+
+impl OpCtx<'_> {
+    /// Moves `path` to the trash; it is deleted after `COMMIT`, or put back on rollback.
+    pub(crate) fn trash(&mut self, path: &std::path::Path) -> std::io::Result<bool> {
+        match Trashed::take(&self.shared.layout, path)? {
+            Some(t) => {
+                self.trash.push(t);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// One write, type-erased for the queue.
+trait WriteOp: Send {
+    /// Event payload bytes this op carries (for `max_batch_bytes`).
+    fn payload_bytes(&self) -> usize;
+    /// Runs the op; `Ok(true)` keep, `Ok(false)` roll back to the savepoint (logical error
+    /// recorded), `Err` fatal.
+    fn apply(&mut self, conn: &Connection, ctx: &mut OpCtx<'_>)
+    -> std::result::Result<bool, Error>;
+    /// Answers the caller once the transaction's fate is known.
+    fn complete(self: Box<Self>, failure: Option<&str>);
+}
+
+struct Op<T, F> {
+    work: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+    bytes: usize,
+}
+
+impl<T, F> WriteOp for Op<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, &mut OpCtx<'_>) -> std::result::Result<T, OpError> + Send,
+{
+    fn payload_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn apply(
+        &mut self,
+        conn: &Connection,
+        ctx: &mut OpCtx<'_>,
+    ) -> std::result::Result<bool, Error> {
+        let Some(work) = self.work.take() else {
+            return Ok(false);
+        };
+        match work(conn, ctx) {
+            Ok(v) => {
+                self.result = Some(Ok(v));
+                Ok(true)
+            }
+            Err(OpError::Logical(e)) => {
+                self.result = Some(Err(e));
+                Ok(false)
+            }
+            Err(OpError::Fatal(e)) => Err(e),
+        }
+    }
+
+    fn complete(self: Box<Self>, failure: Option<&str>) {
+        let result = match (failure, self.result) {
+            // A logical error wrote nothing either way: report it as it is.
+            (_, Some(Err(e))) => Err(e),
+            (Some(msg), _) => Err(Error::Store {
+                message: msg.to_owned(),
+                source: None,
+            }),
+            (None, Some(ok)) => ok,
+            (None, None) => Err(Error::Store {
+                message: "write was not applied".into(),
+                source: None,
+            }),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+enum Msg {
+    Op(Box<dyn WriteOp>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The sending side, held by the store.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Op(_) => "Op",
+            Self::Close(_) => "Close",
+        })
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`.
+    pub(crate) fn start(
+        conn: Connection,
+        shared: Arc<Shared>,
+        config: &SqliteConfig,
+    ) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_shared = shared.clone();
+        let knobs = Knobs {
+            max_delay: config.max_batch_delay,
+            max_bytes: config.max_batch_bytes,
+            linger: config.batch_linger,
+        };
+        std::thread::Builder::new()
+            .name("crownest-sqlite-writer".into())
+            .spawn(move || run(conn, &rx, &thread_shared, knobs))
+            .map_err(|e| io("starting the writer thread", e))?;
+        Ok(Self { tx, shared })
+    }
+
+    /// Queues a write and waits for its transaction to commit.
+    pub(crate) async fn submit<T, F>(&self, payload_bytes: usize, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut OpCtx<'_>) -> std::result::Result<T, OpError> + Send + 'static,
+    {
+        self.shared.poison.check()?;
+        let (reply, rx) = oneshot::channel();
+        let op = Op {
+            work: Some(work),
+            result: None,
+            reply,
+            bytes: payload_bytes,
+        };
+        self.tx.send(Msg::Op(Box::new(op))).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Lets queued writes finish, then stops the thread and closes the connection.
+    pub(crate) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The message of an `Error::Store` (so re-wrapping it does not repeat "store failed").
+fn store_message(e: &Error) -> String {
+    match e {
+        Error::Store { message, .. } => message.clone(),
+        other => other.chain(),
+    }
+}
+
+fn closed() -> Error {
+    Error::Store {
+        message: "the store is closed".into(),
+        source: None,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Knobs {
+    max_delay: Duration,
+    max_bytes: usize,
+    linger: Duration,
+}
+
+/// Most ops in one transaction, whatever their size.
+const MAX_BATCH_OPS: usize = 1024;
+
+fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) {
+    let mut close = None;
+    while close.is_none() {
+        let first = match rx.recv() {
+            Ok(Msg::Op(op)) => op,
+            Ok(Msg::Close(tx)) => {
+                close = Some(tx);
+                break;
+            }
+            Err(_) => break,
+        };
+        let started = Instant::now();
+        let mut bytes = first.payload_bytes();
+        let mut batch = vec![first];
+        while bytes < knobs.max_bytes && batch.len() < MAX_BATCH_OPS {
+            let waited = started.elapsed();
+            if waited >= knobs.max_delay {
+                break;
+            }
+            let next = if knobs.linger.is_zero() {
+                rx.try_recv()
+                    .map_err(|e| matches!(e, TryRecvError::Disconnected))
+            } else {
+                rx.recv_timeout(knobs.linger.min(knobs.max_delay - waited))
+                    .map_err(|e| matches!(e, RecvTimeoutError::Disconnected))
+            };
+            match next {
+                Ok(Msg::Op(op)) => {
+                    bytes += op.payload_bytes();
+                    batch.push(op);
+                }
+                Ok(Msg::Close(tx)) => {
+                    close = Some(tx);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        execute(&mut conn, batch, shared);
+    }
+    drop(conn);
+    if let Some(tx) = close {
+        let _ = tx.send(());
+    }
+}
+
+fn execute(conn: &mut Connection, mut batch: Vec<Box<dyn WriteOp>>, shared: &Shared) {
+    let fail_all = |batch: Vec<Box<dyn WriteOp>>, msg: &str| {
+        for op in batch {
+            op.complete(Some(msg));
+        }
+    };
+    if let Err(e) = shared.poison.check() {
+        return fail_all(batch, &store_message(&e));
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if is_busy(&e) {
+            // Nothing was written: fail loudly, but the store's state is still known.
+            let msg =
+                format!("another process held the database write lock past busy_timeout: {e}");
+            return fail_all(batch, &msg);
+        }
+        let err = shared.poison.poison(db("starting a write transaction", e));
+        return fail_all(batch, &store_message(&err));
+    }
+    let mut trash = Vec::new();
+    let mut fatal = None;
+    for op in batch.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+            fatal = Some(db("opening a savepoint", e));
+            break;
+        }
+        let mut ctx = OpCtx {
+            shared,
+            trash: Vec::new(),
+        };
+        match op.apply(conn, &mut ctx) {
+            Ok(true) => {
+                trash.append(&mut ctx.trash);
+                if let Err(e) = conn.execute_batch("RELEASE op") {
+                    fatal = Some(db("releasing a savepoint", e));
+                    break;
+                }
+            }
+            Ok(false) => {
+                ctx.trash.into_iter().rev().for_each(Trashed::restore);
+                if let Err(e) = conn.execute_batch("ROLLBACK TO op; RELEASE op") {
+                    fatal = Some(db("rolling back a savepoint", e));
+                    break;
+                }
+            }
+            Err(e) => {
+                ctx.trash.into_iter().rev().for_each(Trashed::restore);
+                fatal = Some(e);
+                break;
+            }
+        }
+    }
+    if fatal.is_none()
+        && let Err(e) = shared.faults.trip(Fault::WriteTransaction)
+    {
+        fatal = Some(io("committing a write transaction", e));
+    }
+    if fatal.is_none()
+        && let Err(e) = conn.execute_batch("COMMIT")
+    {
+        fatal = Some(db("committing a write transaction", e));
+    }
+    match fatal {
+        None => {
+            trash.into_iter().for_each(Trashed::purge);
+            for op in batch {
+                op.complete(None);
+            }
+        }
+        Some(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            trash.into_iter().rev().for_each(Trashed::restore);
+            let err = shared.poison.poison(e);
+            let msg = store_message(&err);
+            // Ops whose logical error was recorded keep it; the rest get the poison.
+            for op in batch {
+                op.complete(Some(&msg));
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Test support: a `SqliteStore` that owns (and removes) its temporary directory.
+#![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
+
+use std::ops::Deref;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use crownest_core::store::{
+    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, RunCommit, RunQuery, Store,
+    TransferRecord,
+};
+use crownest_core::{
+    Artifact, ArtifactId, Event, EvidenceBundle, Result, RunId, RunRecord, Sha256Digest, TransferId,
+};
+use crownest_store_sqlite::{SqliteConfig, SqliteStore};
+
+/// A store in a temp dir that is removed when the store is dropped.
+#[derive(Debug)]
+pub struct TempStore {
+    pub store: SqliteStore,
+    pub dir: tempfile::TempDir,
+}
+
+impl TempStore {
+    pub async fn open() -> Self {
+        Self::open_with(SqliteConfig::default()).await
+    }
+
+    pub async fn open_with(config: SqliteConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(dir.path(), config).await.unwrap();
+        Self { store, dir }
+    }
+}
+
+impl Deref for TempStore {
+    type Target = SqliteStore;
+    fn deref(&self) -> &SqliteStore {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl Store for TempStore {
+    async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome> {
+        self.store.create_run(run).await
+    }
+    async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
+        self.store.get_run(id).await
+    }
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        self.store.list_runs(query).await
+    }
+    async fn list_unfinished(&self) -> Result<Vec<RunRecord>> {
+        self.store.list_unfinished().await
+    }
+    async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
+        self.store.commit(id, commit).await
+    }
+    async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {
+        self.store.request_cancel(id).await
+    }
+    async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        self.store.list_events(id, after_seq, limit).await
+    }
+    async fn put_blob(&self, data: ByteStream, expect: BlobExpect<'_>) -> Result<BlobInfo> {
+        self.store.put_blob(data, expect).await
+    }
+    async fn has_blob(&self, sha256: &Sha256Digest) -> Result<Option<u64>> {
+        self.store.has_blob(sha256).await
+    }
+    async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader> {
+        self.store.open_blob(sha256).await
+    }
+    async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
+        self.store.create_transfer(transfer).await
+    }
+    async fn get_transfer(&self, id: &TransferId) -> Result<TransferRecord> {
+        self.store.get_transfer(id).await
+    }
+    async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord> {
+        self.store.put_chunk(id, index, data).await
+    }
+    async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader> {
+        self.store.open_transfer(id).await
+    }
+    async fn delete_transfer(&self, id: &TransferId) -> Result<()> {
+        self.store.delete_transfer(id).await
+    }
+    async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
+        self.store.get_evidence(id).await
+    }
+    async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
+        self.store.get_artifact(id).await
+    }
+}
