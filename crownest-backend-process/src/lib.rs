@@ -1,0 +1,81 @@
+//! # crownest-backend-process
+//!
+//! A CrowNest [`SandboxBackend`](crownest_core::SandboxBackend) that runs the command as a
+//! plain **host process**, for test harnesses and trusted code.
+//!
+//! **This backend is NOT a security boundary.** The command runs as the same user as the
+//! host application, sees the host's filesystem (it can read anything that user can read
+//! and write anywhere that user can write), and its memory and process count are not
+//! capped. What it does give you: a fresh directory per run, an environment that contains
+//! only what the spec says, a closed stdin, rlimits, streaming output with backpressure, and
+//! a reliable kill of *everything* the command started. Run untrusted code on the docker
+//! or wasm backend instead.
+//!
+//! ```no_run
+//! # async fn demo() -> crownest_core::Result<()> {
+//! use std::sync::Arc;
+//! use crownest_backend_process::{ProcessBackend, ProcessConfig};
+//! use crownest_core::{MemoryStore, RunSpec, WorkspaceRuns};
+//!
+//! let backend = ProcessBackend::new(ProcessConfig::default())?;
+//! println!("containment: {}", backend.containment());
+//! let engine = WorkspaceRuns::builder(Arc::new(MemoryStore::new()))
+//!     .backend(Arc::new(backend))
+//!     .open()
+//!     .await?;
+//! let run = engine.create(RunSpec::new(["python3", "-c", "print('hi')"])).await?;
+//! # let _ = run; Ok(()) }
+//! ```
+//!
+//! ## What a run gets
+//!
+//! | aspect | behaviour |
+//! |---|---|
+//! | directory | `<root>/<run id>-<random>/` (0700) with `workspace/` (the archive, the cwd base, `HOME`), `tmp/` (`TMPDIR`) and a marker file `crownest-sandbox.json` (run, engine, owner pid, `keepUntil`, last processes) |
+//! | environment | cleared; then `PATH` (`ProcessConfig::path`), `HOME`, `LANG=C.UTF-8`, `TMPDIR`, then the spec's env |
+//! | cwd | `workspace/<cwd>`, opened component by component without following symlinks; otherwise `spawn_failed` |
+//! | stdin | `/dev/null` |
+//! | rlimits | `RLIMIT_NOFILE` = `limits.openFiles`, `RLIMIT_CORE` = 0, `RLIMIT_FSIZE` = max(`artifactBytesEach`, `extractedBytes`) (`SIGXFSZ` ends the run as `limit_exceeded`); no `RLIMIT_NPROC` (it is per user, not per sandbox) |
+//! | output | read in ≤ 64 KiB pieces, each awaited by the sink (backpressure); after the command exited, pipes idle for `drain_timeout` are abandoned and reported |
+//! | template `python-node` | host `python3` and `node` resolved on `PATH`; identity = paths + `--version`; available when `python3` exists (`node.missing` is recorded otherwise) |
+//!
+//! ## Containment (probed once, reported truthfully)
+//!
+//! | [`Containment`] | needs | kills daemons that `setsid`/double-fork | `processContainment` |
+//! |---|---|---|---|
+//! | `PidNamespace` | root | yes: the command runs under a tiny init, PID 1 of a new PID namespace; when the command exits or is killed, the kernel kills the namespace | `pid_namespace` |
+//! | `UserNamespace` | unprivileged user namespaces | yes (same, inside a new user namespace with identity uid/gid maps) | `pid_namespace` |
+//! | `Cgroup` | a writable cgroup v2 with `cgroup.kill` | yes (`cgroup.kill`) | `cgroup` |
+//! | `ProcessGroup` | nothing | only those seen by a 50 ms `/proc` scan; survivors are reported | `process_group` |
+//!
+//! With a namespace containment, `network: none` runs also get an empty network namespace
+//! (no interfaces; even loopback is down), and the capabilities say `networkIsolation`.
+//! Everything else is reported as not enforced: `memoryLimit`, `pidsLimit` and
+//! `filesystemIsolation` are false, `securityBoundary` is false.
+//!
+//! ## Capabilities
+//!
+//! | capability | value |
+//! |---|---|
+//! | `networkIsolation` | true with a namespace containment and `isolate_network` |
+//! | `memoryLimit`, `pidsLimit`, `filesystemIsolation` | false |
+//! | `processTreeKill` | true except with `ProcessGroup` |
+//! | `keepSandbox` | true |
+//! | `nonRoot` | true when the host process is not root |
+//! | `securityBoundary` | **false** |
+
+mod backend;
+mod cgroup;
+mod config;
+mod containment;
+mod error;
+mod marker;
+mod output;
+mod procfs;
+mod spawn;
+mod template;
+mod workspace;
+
+pub use backend::{ProcessBackend, ProcessSandbox};
+pub use config::{Containment, ProcessConfig};
+pub use error::ProcessError;

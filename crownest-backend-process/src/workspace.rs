@@ -1,0 +1,199 @@
+//! The sandbox directory: `<root>/<run id>-<random>/{crownest-sandbox.json, tmp/, workspace/}`,
+//! the command's cwd (opened without following symlinks) and program lookup, and removal
+//! of a tree the command may have made read-only.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+
+/// Creates `root` (mode 0700) if missing and checks it is a real directory owned by us, so
+/// another user cannot pre-create it in a shared place such as `/dev/shm`.
+pub(crate) fn ensure_root(root: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(root)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory",
+            root.display()
+        )));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(io::Error::other(format!(
+            "{} is owned by uid {}, not by this process's user",
+            root.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the cwd `rel` inside `workspace`, one component at a time, never following a
+/// symlink; every component must be a directory. Returns an `O_PATH` fd (for `fchdir`) and
+/// the path.
+pub(crate) fn open_cwd(workspace: &Path, rel: &str) -> Result<(OwnedFd, PathBuf), String> {
+    crownest_core::spec::validate_relative_path(rel, true)
+        .map_err(|m| format!("invalid cwd: {m}"))?;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut fd = rustix::fs::open(workspace, flags, Mode::empty()).map_err(|e| {
+        format!(
+            "the workspace {} cannot be opened: {e}",
+            workspace.display()
+        )
+    })?;
+    let mut path = workspace.to_path_buf();
+    let normalized = crownest_core::spec::normalize_relative(rel);
+    for comp in normalized.split('/').filter(|c| !c.is_empty()) {
+        fd = rustix::fs::openat(&fd, comp, flags, Mode::empty()).map_err(|e| {
+            format!("cwd {rel:?} is not a directory inside the workspace ({comp:?}: {e})")
+        })?;
+        path.push(comp);
+    }
+    Ok((fd, path))
+}
+
+/// Resolves `program` the way `execvp` would, with `path_var` as `PATH` and `cwd` as the
+/// working directory, to an executable regular file.
+pub(crate) fn resolve_program(
+    program: &str,
+    path_var: &str,
+    cwd: &Path,
+) -> Result<PathBuf, String> {
+    if program.is_empty() {
+        return Err("empty program name".into());
+    }
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("program {program:?} not found or not executable"))
+        };
+    }
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() {
+            cwd.to_path_buf()
+        } else {
+            cwd.join(dir)
+        };
+        let p = dir.join(program);
+        if is_executable(&p) {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "program {program:?} not found on PATH {path_var:?}"
+    ))
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file())
+        && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+/// Removes a directory tree, first making every directory in it writable and searchable
+/// (the command may have left read-only directories). Never follows symlinks. Missing is
+/// fine.
+pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    make_writable(dir);
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+fn make_writable(dir: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cwd_refuses_symlinks_and_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path();
+        std::fs::create_dir_all(ws.join("a/b")).unwrap();
+        std::fs::write(ws.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", ws.join("link")).unwrap();
+        std::os::unix::fs::symlink("a", ws.join("rel")).unwrap();
+        assert!(open_cwd(ws, ".").is_ok());
+        assert_eq!(open_cwd(ws, "a/b").unwrap().1, ws.join("a/b"));
+        assert!(open_cwd(ws, "file").is_err());
+        assert!(open_cwd(ws, "link").is_err());
+        assert!(open_cwd(ws, "rel/b").is_err());
+        assert!(open_cwd(ws, "missing").is_err());
+        assert!(open_cwd(ws, "../x").is_err());
+    }
+
+    #[test]
+    fn programs_resolve_like_execvp() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(
+            resolve_program("sh", "/usr/bin:/bin", tmp.path())
+                .unwrap()
+                .file_name()
+                .unwrap(),
+            "sh"
+        );
+        assert!(resolve_program("crownest-no-such", "/usr/bin:/bin", tmp.path()).is_err());
+        let script = tmp.path().join("run.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert!(
+            resolve_program("./run.sh", "", tmp.path()).is_err(),
+            "not executable"
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            resolve_program("./run.sh", "", tmp.path()).unwrap(),
+            tmp.path().join("./run.sh")
+        );
+    }
+
+    #[test]
+    fn remove_tree_handles_read_only_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("t");
+        std::fs::create_dir_all(d.join("ro/inner")).unwrap();
+        std::fs::write(d.join("ro/inner/f"), b"x").unwrap();
+        std::fs::set_permissions(d.join("ro/inner"), std::fs::Permissions::from_mode(0o500))
+            .unwrap();
+        std::fs::set_permissions(d.join("ro"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&d).unwrap();
+        assert!(!d.exists());
+        remove_tree(&d).unwrap();
+    }
+}
