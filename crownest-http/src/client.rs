@@ -1,0 +1,401 @@
+//! [`Client`]: a typed async client of the API (feature `client`).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crownest_core::event::Event;
+use crownest_core::{
+    ArchiveDescriptor, Error, EvidenceBundle, RejectReason, RunId, RunRecord, RunSpec, RunStatus, Sha256Digest,
+    TransferStatus,
+};
+use futures::{Stream, StreamExt as _};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// A page of runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPage {
+    /// Runs, newest first.
+    pub runs: Vec<RunRecord>,
+    /// Pass as `cursor` for the next page.
+    pub next_cursor: Option<RunId>,
+}
+
+/// A typed client of the CrowNest HTTP API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    /// Archives up to this size go as one direct upload; larger ones as a staged transfer.
+    pub direct_upload_max_bytes: u64,
+}
+
+fn transport(e: reqwest::Error) -> Error {
+    Error::Io {
+        context: "http request".into(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// Maps an API error body back to the engine's error type.
+fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let err = &v["error"];
+    let code = err["code"].as_str().unwrap_or("");
+    let message = err["message"].as_str().unwrap_or(body).to_owned();
+    match code {
+        "not_found" | "no_route" => Error::NotFound {
+            kind: "resource",
+            id: message,
+        },
+        "invalid_spec" => Error::InvalidSpec {
+            field: err["field"].as_str().unwrap_or("").to_owned(),
+            message,
+        },
+        "archive_rejected" => Error::ArchiveRejected {
+            reason: serde_json::from_value(err["reason"].clone()).unwrap_or(RejectReason::Corrupt),
+            entry: err["entry"].as_str().map(str::to_owned),
+            message,
+        },
+        "limit_exceeded" => Error::LimitExceeded {
+            limit: "server limit",
+            max: err["max"].as_u64().unwrap_or(0),
+        },
+        "not_terminal" => Error::NotTerminal { run_id: message },
+        "invalid_transition" | "conflict" => Error::Conflict { message },
+        _ => Error::Backend {
+            backend: format!("http {status}"),
+            source: format!("{code}: {message}").into(),
+        },
+    }
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:7700`).
+    pub fn new(base: impl Into<String>, token: Option<String>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(transport)?;
+        Ok(Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            token,
+            http,
+            direct_upload_max_bytes: 32 * 1024 * 1024,
+        })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = r.send().await.map_err(transport)?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        Err(api_error(status, &body))
+    }
+
+    async fn json<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T> {
+        self.send(r).await?.json().await.map_err(transport)
+    }
+
+    /// `POST /v1/runs`.
+    pub async fn create_run(&self, spec: &RunSpec) -> Result<RunRecord> {
+        let mut r = self.req(reqwest::Method::POST, "/v1/runs").json(spec);
+        if let Some(k) = &spec.idempotency_key {
+            r = r.header("Idempotency-Key", k);
+        }
+        self.json(r).await
+    }
+
+    /// `GET /v1/runs/{id}`.
+    pub async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
+        self.json(self.req(reqwest::Method::GET, &format!("/v1/runs/{id}"))).await
+    }
+
+    /// `GET /v1/runs`.
+    pub async fn list_runs(&self, status: Option<RunStatus>, limit: usize, cursor: Option<&RunId>) -> Result<RunPage> {
+        let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        if let Some(s) = status {
+            q.push(("status", s.to_string()));
+        }
+        if let Some(c) = cursor {
+            q.push(("cursor", c.to_string()));
+        }
+        self.json(self.req(reqwest::Method::GET, "/v1/runs").query(&q)).await
+    }
+
+    /// `PUT /v1/runs/{id}/archive` (direct upload).
+    pub async fn upload_archive(&self, id: &RunId, desc: &ArchiveDescriptor, bytes: Bytes) -> Result<RunRecord> {
+        let r = self
+            .req(reqwest::Method::PUT, &format!("/v1/runs/{id}/archive"))
+            .header("X-Archive-Sha256", desc.sha256.as_str())
+            .header(reqwest::header::CONTENT_LENGTH, desc.size_bytes)
+            .body(bytes);
+        self.json(r).await
+    }
+
+    /// `HEAD /v1/archives/{sha256}`: the stored size, if stored.
+    pub async fn has_archive(&self, sha256: &Sha256Digest) -> Result<Option<u64>> {
+        let resp = self
+            .req(reqwest::Method::HEAD, &format!("/v1/archives/{sha256}"))
+            .send()
+            .await
+            .map_err(transport)?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(api_error(resp.status(), ""));
+        }
+        Ok(resp
+            .headers()
+            .get("x-archive-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// `POST /v1/runs/{id}/archive/attach`.
+    pub async fn attach_archive(&self, id: &RunId, desc: &ArchiveDescriptor) -> Result<RunRecord> {
+        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/archive/attach")).json(desc))
+            .await
+    }
+
+    /// `POST /v1/runs/{id}/transfers`.
+    pub async fn begin_transfer(&self, id: &RunId, desc: &ArchiveDescriptor) -> Result<TransferStatus> {
+        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/transfers")).json(desc))
+            .await
+    }
+
+    /// `PUT /v1/transfers/{tid}?offset=N`.
+    pub async fn put_chunk(&self, tid: &crownest_core::TransferId, offset: u64, data: Bytes) -> Result<TransferStatus> {
+        let r = self
+            .req(reqwest::Method::PUT, &format!("/v1/transfers/{tid}"))
+            .query(&[("offset", offset)])
+            .body(data);
+        self.json(r).await
+    }
+
+    /// `GET /v1/transfers/{tid}`.
+    pub async fn transfer_status(&self, tid: &crownest_core::TransferId) -> Result<TransferStatus> {
+        self.json(self.req(reqwest::Method::GET, &format!("/v1/transfers/{tid}"))).await
+    }
+
+    /// `POST /v1/transfers/{tid}/complete`.
+    pub async fn complete_transfer(&self, tid: &crownest_core::TransferId) -> Result<RunRecord> {
+        self.json(self.req(reqwest::Method::POST, &format!("/v1/transfers/{tid}/complete")))
+            .await
+    }
+
+    /// Uploads a whole archive the best way: attach by digest when the server already has
+    /// it, one direct upload when small, else a staged transfer whose chunks are retried
+    /// (each chunk up to 5 times) and which resumes from the server's missing ranges.
+    pub async fn upload(&self, id: &RunId, archive: Bytes) -> Result<RunRecord> {
+        let desc = ArchiveDescriptor {
+            size_bytes: archive.len() as u64,
+            sha256: Sha256Digest::of(&archive),
+        };
+        if self.has_archive(&desc.sha256).await? == Some(desc.size_bytes) {
+            return self.attach_archive(id, &desc).await;
+        }
+        if desc.size_bytes <= self.direct_upload_max_bytes {
+            return self.upload_archive(id, &desc, archive).await;
+        }
+        let t = self.begin_transfer(id, &desc).await?;
+        let mut status = t;
+        for _round in 0..5 {
+            for [start, end] in status.missing.clone() {
+                let mut offset = start;
+                while offset < end {
+                    let stop = (offset + status.chunk_size_bytes).min(end);
+                    let chunk = archive.slice(usize::try_from(offset).unwrap_or(0)..usize::try_from(stop).unwrap_or(0));
+                    if let Err(e) = self.put_chunk(&status.transfer_id, offset, chunk).await {
+                        tracing::warn!(offset, error = %e, "chunk upload failed; will retry");
+                    }
+                    offset = stop;
+                }
+            }
+            status = self.transfer_status(&status.transfer_id).await?;
+            if status.complete {
+                return self.complete_transfer(&status.transfer_id).await;
+            }
+        }
+        Err(Error::Conflict {
+            message: format!("transfer {} still misses {:?}", status.transfer_id, status.missing),
+        })
+    }
+
+    /// `POST /v1/runs/{id}/start`.
+    pub async fn start(&self, id: &RunId) -> Result<RunRecord> {
+        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/start"))).await
+    }
+
+    /// `POST /v1/runs/{id}/cancel`.
+    pub async fn cancel(&self, id: &RunId) -> Result<RunRecord> {
+        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/cancel"))).await
+    }
+
+    /// `GET /v1/runs/{id}/events?afterSeq=&limit=`.
+    pub async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        #[derive(Deserialize)]
+        struct Window {
+            events: Vec<Event>,
+        }
+        let r = self
+            .req(reqwest::Method::GET, &format!("/v1/runs/{id}/events"))
+            .query(&[("afterSeq", after_seq), ("limit", limit as u64)]);
+        Ok(self.json::<Window>(r).await?.events)
+    }
+
+    /// `GET /v1/runs/{id}/evidence`.
+    pub async fn evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
+        self.json(self.req(reqwest::Method::GET, &format!("/v1/runs/{id}/evidence"))).await
+    }
+
+    /// `GET /v1/runs/{id}/evidence?format=in-toto`.
+    pub async fn evidence_in_toto(&self, id: &RunId) -> Result<serde_json::Value> {
+        self.json(
+            self.req(reqwest::Method::GET, &format!("/v1/runs/{id}/evidence"))
+                .query(&[("format", "in-toto")]),
+        )
+        .await
+    }
+
+    /// `GET /v1/artifacts/{id}`: the bytes and the sha256 header.
+    pub async fn artifact(&self, id: &crownest_core::ArtifactId) -> Result<(Bytes, Option<String>)> {
+        let resp = self.send(self.req(reqwest::Method::GET, &format!("/v1/artifacts/{id}"))).await?;
+        let sha = resp
+            .headers()
+            .get("x-artifact-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((resp.bytes().await.map_err(transport)?, sha))
+    }
+
+    /// The run's events from `after_seq` over SSE, reconnecting with `Last-Event-ID` when
+    /// the connection drops; ends after `terminal`. Each event arrives exactly once.
+    pub fn events(&self, id: &RunId, after_seq: u64) -> Pin<Box<dyn Stream<Item = Result<Event>> + Send>> {
+        struct St {
+            client: Client,
+            id: RunId,
+            last: u64,
+            body: Option<Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>>,
+            buf: Vec<u8>,
+            ready: VecDeque<Event>,
+            done: bool,
+            failures: u32,
+        }
+        let st = St {
+            client: self.clone(),
+            id: id.clone(),
+            last: after_seq,
+            body: None,
+            buf: Vec::new(),
+            ready: VecDeque::new(),
+            done: false,
+            failures: 0,
+        };
+        Box::pin(futures::stream::unfold(st, |mut st| async move {
+            loop {
+                if let Some(e) = st.ready.pop_front() {
+                    if e.seq <= st.last {
+                        continue;
+                    }
+                    st.last = e.seq;
+                    if e.kind.is_terminal() {
+                        st.done = true;
+                    }
+                    return Some((Ok(e), st));
+                }
+                if st.done {
+                    return None;
+                }
+                let Some(body) = st.body.as_mut() else {
+                    let r = st
+                        .client
+                        .req(reqwest::Method::GET, &format!("/v1/runs/{}/events/stream", st.id))
+                        .header("Last-Event-ID", st.last.to_string())
+                        .header(reqwest::header::ACCEPT, "text/event-stream");
+                    match st.client.send(r).await {
+                        Ok(resp) => {
+                            st.body = Some(Box::pin(resp.bytes_stream()));
+                            st.buf.clear();
+                        }
+                        Err(e @ (Error::NotFound { .. } | Error::InvalidSpec { .. })) => {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
+                        Err(e) => {
+                            st.failures += 1;
+                            if st.failures > 20 {
+                                st.done = true;
+                                return Some((Err(e), st));
+                            }
+                            tokio::time::sleep(Duration::from_millis(100 * u64::from(st.failures.min(10)))).await;
+                        }
+                    }
+                    continue;
+                };
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        st.failures = 0;
+                        st.buf.extend_from_slice(&chunk);
+                        while let Some(pos) = find_blank_line(&st.buf) {
+                            let block: Vec<u8> = st.buf.drain(..pos.0).collect();
+                            st.buf.drain(..pos.1);
+                            if let Some(e) = parse_sse_event(&block) {
+                                st.ready.push_back(e);
+                            }
+                        }
+                    }
+                    // Dropped connection (or the server closed): reconnect with Last-Event-ID.
+                    Some(Err(_)) | None => st.body = None,
+                }
+            }
+        }))
+    }
+}
+
+/// Position of the end of the first SSE block and the length of its separator.
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn parse_sse_event(block: &[u8]) -> Option<Event> {
+    let text = String::from_utf8_lossy(block);
+    let mut data = String::new();
+    let mut kind = "message";
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        } else if let Some(v) = line.strip_prefix("event:") {
+            kind = if v.trim() == "stream_error" { "stream_error" } else { "event" };
+        }
+    }
+    if data.is_empty() || kind == "stream_error" {
+        return None;
+    }
+    serde_json::from_str(&data).ok()
+}

@@ -1,0 +1,92 @@
+//! Errors on the wire: `{"error": {"code", "message", ...}}` with the right status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use crownest_core::Error;
+use serde_json::json;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ApiError {
+    /// A custom error.
+    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// 400 for a malformed request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
+            Error::InvalidTransition { .. } | Error::Conflict { .. } | Error::NotTerminal { .. } => {
+                StatusCode::CONFLICT
+            }
+            Error::ArchiveRejected { reason, .. } => match reason {
+                crownest_core::RejectReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+            Error::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+            Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut out = Self::new(status, e.code(), e.to_string());
+        match &e {
+            Error::ArchiveRejected { reason, entry, .. } => {
+                out.extra.insert("reason".into(), json!(reason));
+                if let Some(entry) = entry {
+                    out.extra.insert("entry".into(), json!(entry));
+                }
+            }
+            Error::InvalidSpec { field, .. } => {
+                out.extra.insert("field".into(), json!(field));
+            }
+            Error::LimitExceeded { limit, max } => {
+                out.extra.insert("limit".into(), json!(limit));
+                out.extra.insert("max".into(), json!(max));
+            }
+            _ => {}
+        }
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e.chain(), "internal error");
+        }
+        out
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::Map::new();
+        body.insert("code".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        body.extend(self.extra);
+        (self.status, Json(json!({ "error": body }))).into_response()
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

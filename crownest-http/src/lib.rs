@@ -1,0 +1,45 @@
+//! # crownest-http
+//!
+//! The CrowNest API over HTTP + SSE: an axum [`Router`](axum::Router) that a host
+//! application mounts to expose a [`WorkspaceRuns`](crownest_core::WorkspaceRuns) engine,
+//! and (feature `client`) a typed [`Client`].
+//!
+//! ```no_run
+//! # async fn demo(engine: crownest_core::WorkspaceRuns) -> std::io::Result<()> {
+//! use crownest_http::{HttpConfig, router};
+//! let app = router(engine, HttpConfig::default().with_token("s3cret"));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7700").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/runs` | create (RunSpec; `Idempotency-Key`) → 201 |
+//! | `GET /v1/runs`, `GET /v1/runs/{id}` | list (`status`, `limit`, `cursor`), get |
+//! | `PUT /v1/runs/{id}/archive` | direct upload (`X-Archive-Sha256`, `Content-Length`); 413 / 422 |
+//! | `HEAD /v1/archives/{sha256}`, `POST /v1/runs/{id}/archive/attach` | dedupe by digest |
+//! | `POST /v1/runs/{id}/transfers`, `PUT /v1/transfers/{tid}?offset=N`, `GET /v1/transfers/{tid}`, `POST /v1/transfers/{tid}/complete` | staged transfer |
+//! | `POST /v1/runs/{id}/start`, `POST /v1/runs/{id}/cancel` | lifecycle |
+//! | `GET /v1/runs/{id}/events` | bounded window (`afterSeq`, `limit`) |
+//! | `GET /v1/runs/{id}/events/stream` | SSE: replay, follow, keep-alive, close after `terminal`; `Last-Event-ID` |
+//! | `GET /v1/runs/{id}/evidence` | Evidence Bundle (`format=in-toto`); 409 before the end |
+//! | `GET /v1/artifacts/{id}` | artifact bytes, `X-Artifact-Sha256` |
+//! | `GET /healthz`, `GET /metrics`, `GET /v1/openapi.json` | ops |
+//!
+//! Errors are `{"error": {"code", "message", ...}}`. A slow SSE client never blocks a run:
+//! each stream reads the store at its own pace (see `WorkspaceRuns::subscribe`).
+
+mod config;
+mod error;
+pub mod openapi;
+mod routes;
+
+#[cfg(feature = "client")]
+mod client;
+
+#[cfg(feature = "client")]
+pub use client::{Client, RunPage};
+pub use config::HttpConfig;
+pub use error::{ApiError, ApiResult};
+pub use routes::{ROUTES, router};

@@ -1,0 +1,405 @@
+//! The router and its handlers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use crownest_core::store::RunQuery;
+use crownest_core::{
+    ArchiveDescriptor, ArtifactId, RunId, RunSpec, RunStatus, Sha256Digest, TransferId, WorkspaceRuns,
+};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::HttpConfig;
+use crate::error::{ApiError, ApiResult};
+
+/// Every route of the API as `(method, path)`, in OpenAPI path syntax. The OpenAPI document
+/// and a test keep this list, the router and `/v1/openapi.json` in sync.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/runs"),
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/runs/{id}"),
+    ("PUT", "/v1/runs/{id}/archive"),
+    ("POST", "/v1/runs/{id}/archive/attach"),
+    ("HEAD", "/v1/archives/{sha256}"),
+    ("POST", "/v1/runs/{id}/transfers"),
+    ("PUT", "/v1/transfers/{tid}"),
+    ("GET", "/v1/transfers/{tid}"),
+    ("POST", "/v1/transfers/{tid}/complete"),
+    ("POST", "/v1/runs/{id}/start"),
+    ("POST", "/v1/runs/{id}/cancel"),
+    ("GET", "/v1/runs/{id}/events"),
+    ("GET", "/v1/runs/{id}/events/stream"),
+    ("GET", "/v1/runs/{id}/evidence"),
+    ("GET", "/v1/artifacts/{id}"),
+];
+
+#[derive(Debug, Clone)]
+struct AppState {
+    engine: WorkspaceRuns,
+    config: Arc<HttpConfig>,
+    subscribers: Arc<AtomicU64>,
+}
+
+/// The API as an axum [`Router`] a host application mounts (or `crownest serve` runs).
+///
+/// Every route but `/healthz` requires `Authorization: Bearer <token>` when
+/// [`HttpConfig::token`] is set. CORS is off (no CORS headers are sent). Bodies are capped per
+/// route. No request value reaches a filesystem path: ids and digests are parsed into typed
+/// values before the engine sees them.
+pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
+    let json_limit = config.json_body_limit;
+    let chunk_limit = usize::try_from(engine.config().chunk_size_bytes).unwrap_or(usize::MAX);
+    let state = AppState {
+        engine,
+        config: Arc::new(config),
+        subscribers: Arc::new(AtomicU64::new(0)),
+    };
+    let api = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/runs", post(create_run).get(list_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        // Streamed from the body; the engine caps it at the direct-upload limit.
+        .route("/v1/runs/{id}/archive", put(put_archive).layer(DefaultBodyLimit::disable()))
+        .route("/v1/runs/{id}/archive/attach", post(attach_archive))
+        .route("/v1/archives/{sha256}", head(head_archive))
+        .route("/v1/runs/{id}/transfers", post(begin_transfer))
+        .route(
+            "/v1/transfers/{tid}",
+            put(put_chunk).get(get_transfer).layer(DefaultBodyLimit::max(chunk_limit)),
+        )
+        .route("/v1/transfers/{tid}/complete", post(complete_transfer))
+        .route("/v1/runs/{id}/start", post(start_run))
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/runs/{id}/events", get(list_events))
+        .route("/v1/runs/{id}/events/stream", get(stream_events))
+        .route("/v1/runs/{id}/evidence", get(evidence))
+        .route("/v1/artifacts/{id}", get(artifact))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .layer(DefaultBodyLimit::max(json_limit))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.config.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+                .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn run_id(s: &str) -> ApiResult<RunId> {
+    Ok(RunId::parse(s)?)
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    body.map(|Json(v)| v).map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+        ApiError::new(status, code, e.body_text())
+    })
+}
+
+async fn create_run(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<RunSpec>, JsonRejection>,
+) -> ApiResult<Response> {
+    let mut spec = json_body(body)?;
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+        spec.idempotency_key = Some(key.to_owned());
+    }
+    let run = s.engine.create(spec).await?;
+    Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_runs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(v) => Some(RunStatus::parse(v).ok_or_else(|| ApiError::bad_request(format!("unknown status {v:?}")))?),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let before = q.cursor.as_deref().map(run_id).transpose()?;
+    let runs = s.engine.list(&RunQuery { status, limit, before }).await?;
+    let next = (runs.len() == limit).then(|| runs.last().map(|r| r.id.clone())).flatten();
+    Ok(Json(json!({ "runs": runs, "nextCursor": next })))
+}
+
+async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.engine.get(&run_id(&id)?).await?).into_response())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
+    headers
+        .get(name)
+        .map(|v| v.to_str().map_err(|_| ApiError::bad_request(format!("{name} must be ASCII"))))
+        .transpose()
+}
+
+async fn put_archive(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let id = run_id(&id)?;
+    let sha = header_str(&headers, "x-archive-sha256")?
+        .ok_or_else(|| ApiError::bad_request("X-Archive-Sha256 is required"))?;
+    let sha256 = Sha256Digest::parse(sha)?;
+    let size_bytes: u64 = header_str(&headers, "content-length")?
+        .ok_or_else(|| ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "Content-Length is required"))?
+        .parse()
+        .map_err(|_| ApiError::bad_request("Content-Length must be a number"))?;
+    let max = s.engine.config().direct_upload_max_bytes;
+    if size_bytes > max {
+        return Err(ApiError::from(crownest_core::Error::LimitExceeded {
+            limit: "directUploadMaxBytes",
+            max,
+        }));
+    }
+    let stream = body.into_data_stream().map_err(std::io::Error::other).boxed();
+    let run = s
+        .engine
+        .upload_archive_stream(&id, &ArchiveDescriptor { size_bytes, sha256 }, stream)
+        .await?;
+    Ok(Json(run).into_response())
+}
+
+async fn attach_archive(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ArchiveDescriptor>, JsonRejection>,
+) -> ApiResult<Response> {
+    let desc = json_body(body)?;
+    Ok(Json(s.engine.attach_archive(&run_id(&id)?, &desc).await?).into_response())
+}
+
+async fn head_archive(State(s): State<AppState>, Path(sha): Path<String>) -> ApiResult<Response> {
+    let sha = Sha256Digest::parse(&sha)?;
+    match s.engine.has_archive(&sha).await? {
+        Some(size) => Ok((StatusCode::OK, [("x-archive-size", size.to_string())]).into_response()),
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
+}
+
+async fn begin_transfer(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ArchiveDescriptor>, JsonRejection>,
+) -> ApiResult<Response> {
+    let desc = json_body(body)?;
+    let t = s.engine.begin_transfer(&run_id(&id)?, &desc).await?;
+    Ok((StatusCode::CREATED, Json(t)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct OffsetQuery {
+    offset: u64,
+}
+
+async fn put_chunk(
+    State(s): State<AppState>,
+    Path(tid): Path<String>,
+    Query(q): Query<OffsetQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let tid = TransferId::parse(&tid)?;
+    Ok(Json(s.engine.put_chunk(&tid, q.offset, body).await?).into_response())
+}
+
+async fn get_transfer(State(s): State<AppState>, Path(tid): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.engine.transfer_status(&TransferId::parse(&tid)?).await?).into_response())
+}
+
+async fn complete_transfer(State(s): State<AppState>, Path(tid): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.engine.complete_transfer(&TransferId::parse(&tid)?).await?).into_response())
+}
+
+async fn start_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.engine.start(&run_id(&id)?).await?).into_response())
+}
+
+async fn cancel_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.engine.cancel(&run_id(&id)?).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsQuery {
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Response> {
+    let id = run_id(&id)?;
+    let after = q.after_seq.unwrap_or(0);
+    let events = s.engine.list_events(&id, after, q.limit.unwrap_or(100)).await?;
+    let next = events.last().map_or(after, |e| e.seq);
+    Ok(Json(json!({ "events": events, "nextAfterSeq": next })).into_response())
+}
+
+/// Decrements the subscriber gauge when an SSE stream is dropped.
+struct SubscriberGuard(Arc<AtomicU64>);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn stream_events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let id = run_id(&id)?;
+    s.engine.get(&id).await?;
+    let last_event_id = header_str(&headers, "last-event-id")?
+        .map(|v| v.trim().parse::<u64>().map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq number")))
+        .transpose()?;
+    // `afterSeq` wins when both are given.
+    let after = q.after_seq.or(last_event_id).unwrap_or(0);
+    s.subscribers.fetch_add(1, Ordering::Relaxed);
+    let guard = SubscriberGuard(s.subscribers.clone());
+    let stream = s.engine.subscribe(&id, after).map(move |item| {
+        let _keep = &guard;
+        Ok(match item {
+            Ok(e) => SseEvent::default()
+                .id(e.seq.to_string())
+                .event(e.kind.type_name())
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+            Err(err) => SseEvent::default()
+                .event("stream_error")
+                .data(json!({"code": err.code(), "message": err.to_string()}).to_string()),
+        })
+    });
+    let keep_alive = KeepAlive::new().interval(s.config.sse_keep_alive).text("keep-alive");
+    Ok(Sse::new(stream).keep_alive(keep_alive))
+}
+
+#[derive(Debug, Deserialize)]
+struct EvidenceQuery {
+    format: Option<String>,
+}
+
+async fn evidence(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EvidenceQuery>,
+) -> ApiResult<Response> {
+    let bundle = s.engine.evidence(&run_id(&id)?).await?;
+    match q.format.as_deref() {
+        None | Some("crownest") => Ok(Json(bundle).into_response()),
+        Some("in-toto") => Ok(Json(bundle.to_in_toto()).into_response()),
+        Some(other) => Err(ApiError::bad_request(format!("unknown format {other:?}; use in-toto"))),
+    }
+}
+
+async fn artifact(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let a = s.engine.artifact(&ArtifactId::parse(&id)?).await?;
+    let reader = s.engine.store().open_blob(&a.sha256).await?;
+    let body = Body::from_stream(crownest_core::engine::reader_stream(reader));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size_bytes));
+    if let Ok(v) = HeaderValue::from_str(a.sha256.as_str()) {
+        h.insert("x-artifact-sha256", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&a.path) {
+        h.insert("x-artifact-path", v);
+    }
+    Ok(resp)
+}
+
+async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP crownest_runs Runs in the store by status (sampled, at most 10000 per status).");
+    let _ = writeln!(out, "# TYPE crownest_runs gauge");
+    for status in RunStatus::ALL {
+        let n = s
+            .engine
+            .list(&RunQuery { status: Some(status), limit: 10_000, before: None })
+            .await?
+            .len();
+        let _ = writeln!(out, "crownest_runs{{status=\"{status}\"}} {n}");
+    }
+    let m = s.engine.metrics();
+    let _ = writeln!(out, "# HELP crownest_events_appended_total Events committed by this server.");
+    let _ = writeln!(out, "# TYPE crownest_events_appended_total counter");
+    let _ = writeln!(out, "crownest_events_appended_total {}", m.events_appended);
+    let _ = writeln!(out, "# HELP crownest_bytes_uploaded_total Archive bytes received.");
+    let _ = writeln!(out, "# TYPE crownest_bytes_uploaded_total counter");
+    let _ = writeln!(out, "crownest_bytes_uploaded_total {}", m.bytes_uploaded);
+    let _ = writeln!(out, "# HELP crownest_runs_started_total Runs started by this server.");
+    let _ = writeln!(out, "# TYPE crownest_runs_started_total counter");
+    let _ = writeln!(out, "crownest_runs_started_total {}", m.runs_started);
+    let _ = writeln!(out, "# HELP crownest_active_subscribers Open SSE event streams.");
+    let _ = writeln!(out, "# TYPE crownest_active_subscribers gauge");
+    let _ = writeln!(out, "crownest_active_subscribers {}", s.subscribers.load(Ordering::Relaxed));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+/// How long an SSE keep-alive comment waits by default.
+pub(crate) const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
