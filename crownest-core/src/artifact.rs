@@ -126,7 +126,10 @@ pub fn collect_from_dir(
     .map_err(|e| {
         ArtifactFailure::new(
             ArtifactErrorReason::NotFound,
-            format!("{path:?}: the workspace {} cannot be opened: {e}", root.display()),
+            format!(
+                "{path:?}: the workspace {} cannot be opened: {e}",
+                root.display()
+            ),
         )
     })?;
     for (i, c) in parents.iter().enumerate() {
@@ -145,7 +148,10 @@ pub fn collect_from_dir(
         FileType::Symlink => Err(symlink_failure(&dir, name, parents.len(), path)),
         other => Err(ArtifactFailure::new(
             ArtifactErrorReason::NotRegular,
-            format!("{path:?} is a {}, not a regular file or directory", type_name(other)),
+            format!(
+                "{path:?} is a {}, not a regular file or directory",
+                type_name(other)
+            ),
         )),
     }
 }
@@ -254,7 +260,10 @@ fn collect_file(
         ));
     }
     let cname = std::ffi::CString::new(name).map_err(|_| {
-        ArtifactFailure::new(ArtifactErrorReason::InvalidPath, format!("{path:?} contains NUL"))
+        ArtifactFailure::new(
+            ArtifactErrorReason::InvalidPath,
+            format!("{path:?} contains NUL"),
+        )
     })?;
     let (file, st) = open_regular(dir, &cname, st).map_err(|e| {
         ArtifactFailure::new(
@@ -293,7 +302,9 @@ impl<R: Read> Read for ExactReader<R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -359,7 +370,10 @@ fn collect_dir(
     if size > max_bytes {
         return Err(t_too_large(base, max_bytes));
     }
-    let mut spool = counting.inner.into_inner().map_err(|e| io_fail(e.into_error()))?;
+    let mut spool = counting
+        .inner
+        .into_inner()
+        .map_err(|e| io_fail(e.into_error()))?;
     spool.rewind().map_err(io_fail)?;
     Ok(CollectedArtifact {
         kind: ArtifactKind::Directory,

@@ -45,7 +45,7 @@ pub use time::Timestamp;
 pub mod engine;
 pub mod memory;
 
-pub use engine::{EngineConfig, EventStream, RecoveryReport, WorkspaceRuns, WorkspaceRunsBuilder};
+pub use engine::{EngineConfig, EngineMetrics, EventStream, TransferStatus, RecoveryReport, WorkspaceRuns, WorkspaceRunsBuilder};
 pub use memory::MemoryStore;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -476,7 +476,13 @@ impl Pass<'_> {
                 "truncated metadata record",
             ));
         }
-        let twice = || rejected(RejectReason::Corrupt, name, "two metadata records of the same kind for one entry");
+        let twice = || {
+            rejected(
+                RejectReason::Corrupt,
+                name,
+                "two metadata records of the same kind for one entry",
+            )
+        };
         if ty.is_gnu_longname() || ty.is_gnu_longlink() {
             while data.last() == Some(&0) {
                 data.pop();
@@ -589,7 +595,10 @@ impl Pass<'_> {
         let link_target = |link: Option<Vec<u8>>| -> Vec<u8> {
             match pax.linkpath.clone().or(link) {
                 Some(l) => l,
-                None => header.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default(),
+                None => header
+                    .link_name_bytes()
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default(),
             }
         };
         match kind {
@@ -612,9 +621,13 @@ impl Pass<'_> {
                 }
             }
             Kind::Symlink => {
-                let target = policy::check_symlink_target(&path, &link_target(long_link), self.policy)
+                let target =
+                    policy::check_symlink_target(&path, &link_target(long_link), self.policy)
+                        .map_err(refusal(&name))?;
+                let placement = self
+                    .tree
+                    .place(&path, Kind::Symlink)
                     .map_err(refusal(&name))?;
-                let placement = self.tree.place(&path, Kind::Symlink).map_err(refusal(&name))?;
                 if let Placement::New { implied_dirs } = placement {
                     self.implied(implied_dirs, sink)?;
                 }
@@ -624,16 +637,22 @@ impl Pass<'_> {
                 }
             }
             Kind::Hardlink => {
-                let target = policy::normalize_hardlink_target(&link_target(long_link), self.policy)
-                    .map_err(refusal(&name))?;
+                let target =
+                    policy::normalize_hardlink_target(&link_target(long_link), self.policy)
+                        .map_err(refusal(&name))?;
                 if !matches!(self.tree.get(&target), Some(Kind::File | Kind::Hardlink)) {
                     return Err(rejected(
                         RejectReason::LinkEscapes,
                         Some(&name),
-                        format!("hardlink target {target:?} is not an earlier regular file of the archive"),
+                        format!(
+                            "hardlink target {target:?} is not an earlier regular file of the archive"
+                        ),
                     ));
                 }
-                let placement = self.tree.place(&path, Kind::Hardlink).map_err(refusal(&name))?;
+                let placement = self
+                    .tree
+                    .place(&path, Kind::Hardlink)
+                    .map_err(refusal(&name))?;
                 if let Placement::New { implied_dirs } = placement {
                     self.implied(implied_dirs, sink)?;
                 }
@@ -647,7 +666,10 @@ impl Pass<'_> {
                     return Err(rejected(
                         RejectReason::TooManyBytes,
                         Some(&name),
-                        format!("{size} bytes, over the per-entry limit of {}", self.policy.max_entry_bytes),
+                        format!(
+                            "{size} bytes, over the per-entry limit of {}",
+                            self.policy.max_entry_bytes
+                        ),
                     ));
                 }
                 let total = self.summary.bytes.saturating_add(size);
@@ -655,7 +677,10 @@ impl Pass<'_> {
                     return Err(rejected(
                         RejectReason::TooManyBytes,
                         Some(&name),
-                        format!("more than {} extracted bytes in total", self.policy.max_total_bytes),
+                        format!(
+                            "more than {} extracted bytes in total",
+                            self.policy.max_total_bytes
+                        ),
                     ));
                 }
                 let placement = self.tree.place(&path, Kind::File).map_err(refusal(&name))?;
@@ -701,7 +726,13 @@ impl Pass<'_> {
         mtime: Option<i64>,
         sink: &mut Sink,
     ) -> Result<()> {
-        let truncated = || rejected(RejectReason::Corrupt, Some(name), "the archive ends inside this entry");
+        let truncated = || {
+            rejected(
+                RejectReason::Corrupt,
+                Some(name),
+                "the archive ends inside this entry",
+            )
+        };
         if !sink.writes() {
             if self.scratch.is_empty() {
                 self.scratch = vec![0; INFLATED_BUF];
@@ -794,7 +825,9 @@ impl Pass<'_> {
                 return Err(rejected(
                     RejectReason::TrailingData,
                     None,
-                    format!("more than {MAX_PADDING} bytes of padding after the tar end-of-archive marker"),
+                    format!(
+                        "more than {MAX_PADDING} bytes of padding after the tar end-of-archive marker"
+                    ),
                 ));
             }
         }
@@ -856,11 +889,7 @@ impl Pass<'_> {
 }
 
 /// The writer thread: applies operations in order until the channel closes.
-fn write_ops(
-    mut dir: ConfinedDir,
-    rx: mpsc::Receiver<Vec<Op>>,
-    cancel: &AtomicBool,
-) -> Result<()> {
+fn write_ops(mut dir: ConfinedDir, rx: mpsc::Receiver<Vec<Op>>, cancel: &AtomicBool) -> Result<()> {
     let mut current: Option<(File, String, Option<i64>)> = None;
     for batch in rx {
         if cancel.load(Ordering::Relaxed) {
@@ -880,9 +909,13 @@ fn apply(
 ) -> Result<()> {
     match op {
         Op::Mkdir { path, mode } => dir.mkdir(&path, mode).map_err(|e| write_error(&path, e)),
-        Op::ChmodDir { path, mode } => dir.chmod_dir(&path, mode).map_err(|e| write_error(&path, e)),
+        Op::ChmodDir { path, mode } => dir
+            .chmod_dir(&path, mode)
+            .map_err(|e| write_error(&path, e)),
         Op::Unlink { path } => dir.unlink(&path).map_err(|e| write_error(&path, e)),
-        Op::Symlink { path, target } => dir.symlink(&path, &target).map_err(|e| write_error(&path, e)),
+        Op::Symlink { path, target } => dir
+            .symlink(&path, &target)
+            .map_err(|e| write_error(&path, e)),
         Op::Hardlink { path, target } => dir
             .hardlink(&target, &path)
             .map_err(|e| write_error(&path, e)),
@@ -893,7 +926,9 @@ fn apply(
             data,
             last,
         } => {
-            let mut file = dir.create_file(&path, mode).map_err(|e| write_error(&path, e))?;
+            let mut file = dir
+                .create_file(&path, mode)
+                .map_err(|e| write_error(&path, e))?;
             file.write_all(&data).map_err(|e| write_error(&path, e))?;
             if last {
                 finish_file(&file, &path, mtime)
@@ -904,7 +939,10 @@ fn apply(
         }
         Op::Chunk { data, last } => {
             let Some((file, path, mtime)) = current.as_mut() else {
-                return Err(Error::io("extracting", io::Error::other("chunk without a file")));
+                return Err(Error::io(
+                    "extracting",
+                    io::Error::other("chunk without a file"),
+                ));
             };
             file.write_all(&data).map_err(|e| write_error(path, e))?;
             if last {
@@ -958,13 +996,19 @@ impl Staging {
         if dest.symlink_metadata().is_ok() {
             return Err(Error::io(
                 context(),
-                io::Error::new(io::ErrorKind::AlreadyExists, "the destination already exists"),
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "the destination already exists",
+                ),
             ));
         }
         if dest.file_name().is_none() {
             return Err(Error::io(
                 context(),
-                io::Error::new(io::ErrorKind::InvalidInput, "the destination has no file name"),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the destination has no file name",
+                ),
             ));
         }
         let parent = match dest.parent() {
@@ -1013,7 +1057,10 @@ impl Staging {
                 if self.dest.symlink_metadata().is_ok() {
                     return Err(Error::io(
                         context(),
-                        io::Error::new(io::ErrorKind::AlreadyExists, "the destination already exists"),
+                        io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "the destination already exists",
+                        ),
                     ));
                 }
                 std::fs::rename(&self.path, &self.dest).map_err(|e| Error::io(context(), e))?;

@@ -48,7 +48,12 @@ fn bad_char(c: char) -> bool {
 /// non-UTF-8, NUL/backslash/control characters, absolute paths, `..` components, and
 /// paths over the length, depth or component-length limits.
 pub(super) fn normalize_entry_path(raw: &[u8], policy: &ExtractPolicy) -> Result<String, Refusal> {
-    normalize(raw, policy, RejectReason::AbsolutePath, RejectReason::ParentTraversal)
+    normalize(
+        raw,
+        policy,
+        RejectReason::AbsolutePath,
+        RejectReason::ParentTraversal,
+    )
 }
 
 /// Normalizes the target of a hardlink: it names an archive path (relative to the root), so
@@ -57,7 +62,12 @@ pub(super) fn normalize_hardlink_target(
     raw: &[u8],
     policy: &ExtractPolicy,
 ) -> Result<String, Refusal> {
-    normalize(raw, policy, RejectReason::LinkEscapes, RejectReason::LinkEscapes)
+    normalize(
+        raw,
+        policy,
+        RejectReason::LinkEscapes,
+        RejectReason::LinkEscapes,
+    )
 }
 
 fn normalize(
@@ -79,8 +89,12 @@ fn normalize(
             ),
         ));
     }
-    let s = std::str::from_utf8(raw)
-        .map_err(|_| (RejectReason::InvalidPath, "path is not valid UTF-8".to_string()))?;
+    let s = std::str::from_utf8(raw).map_err(|_| {
+        (
+            RejectReason::InvalidPath,
+            "path is not valid UTF-8".to_string(),
+        )
+    })?;
     if s.chars().any(bad_char) {
         return Err((
             RejectReason::InvalidPath,
@@ -378,7 +392,10 @@ mod tests {
             }
         );
         assert_eq!(t.place("a/b", Kind::Dir).unwrap(), Placement::RepeatDir);
-        assert_eq!(t.place("a/b/f", Kind::File).unwrap(), Placement::ReplaceFile);
+        assert_eq!(
+            t.place("a/b/f", Kind::File).unwrap(),
+            Placement::ReplaceFile
+        );
         assert_eq!(
             t.place("a/b/f", Kind::Dir).unwrap_err().0,
             RejectReason::DuplicateEntry

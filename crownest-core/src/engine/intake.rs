@@ -56,8 +56,9 @@ impl From<&TransferRecord> for TransferStatus {
     }
 }
 
-/// Turns a blocking reader into a byte stream (read on a blocking thread).
-pub(crate) fn reader_stream(mut reader: BlobReader) -> ByteStream {
+/// Turns a blocking reader (e.g. [`crate::Store::open_blob`]) into a byte stream of
+/// 256 KiB chunks, read on a blocking thread with a small bounded buffer.
+pub fn reader_stream(mut reader: BlobReader) -> ByteStream {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         loop {
@@ -217,9 +218,11 @@ impl WorkspaceRuns {
         let done = Arc::new(AtomicU64::new(0));
         let counted = {
             let done = done.clone();
+            let uploaded = self.inner.metrics.clone();
             data.inspect(move |c| {
                 if let Ok(b) = c {
                     done.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    uploaded.bytes_uploaded.fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
             })
             .boxed()

@@ -15,6 +15,7 @@ pub(crate) mod sink;
 mod subscribe;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use crate::status::{Input, Outcome, RunStatus, transition};
 use crate::store::{CreateOutcome, RunCommit, RunQuery, Store};
 use crate::time::Timestamp;
 
+pub use intake::{TransferStatus, reader_stream};
 pub use subscribe::EventStream;
 
 /// Engine configuration. Every field has a documented default.
@@ -103,6 +105,28 @@ pub(crate) struct Inner {
     secrets: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
     watchers: Mutex<HashMap<RunId, watch::Sender<u64>>>,
     run_locks: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    events_appended: AtomicU64,
+    bytes_uploaded: AtomicU64,
+    runs_started: AtomicU64,
+}
+
+/// Counters of this engine instance since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineMetrics {
+    /// Events committed by this engine.
+    pub events_appended: u64,
+    /// Archive bytes received (direct and staged).
+    pub bytes_uploaded: u64,
+    /// Runs started.
+    pub runs_started: u64,
+    /// Runs currently driven by this engine (queued to finalizing).
+    pub runs_active: u64,
 }
 
 /// The embeddable entry point: creates, feeds, starts, cancels and observes Workspace Runs.
@@ -186,6 +210,7 @@ impl WorkspaceRunsBuilder {
                 secrets: Mutex::default(),
                 watchers: Mutex::default(),
                 run_locks: Mutex::default(),
+                metrics: Arc::default(),
             }),
         };
         if self.recover {
@@ -234,6 +259,17 @@ impl WorkspaceRuns {
     /// This engine's instance id (recorded as the owner of its runs).
     pub fn instance(&self) -> &str {
         &self.inner.instance
+    }
+
+    /// Counters since this engine was opened.
+    pub fn metrics(&self) -> EngineMetrics {
+        let m = &self.inner.metrics;
+        EngineMetrics {
+            events_appended: m.events_appended.load(Ordering::Relaxed),
+            bytes_uploaded: m.bytes_uploaded.load(Ordering::Relaxed),
+            runs_started: m.runs_started.load(Ordering::Relaxed),
+            runs_active: lock(&self.inner.live).len() as u64,
+        }
     }
 
     /// Registered backends by name.
@@ -321,6 +357,7 @@ impl WorkspaceRuns {
         record.timestamps.started = Some(Timestamp::now());
         record.owner = Some(self.inner.owner.clone());
         self.set_status(&mut record, to, Vec::new()).await?;
+        self.inner.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
         let (cancel_tx, cancel_rx) = watch::channel(false);
         lock(&self.inner.live).insert(id.clone(), LiveRun { cancel: cancel_tx });
         let engine = self.clone();
@@ -443,6 +480,10 @@ impl WorkspaceRuns {
                 },
             )
             .await?;
+        self.inner
+            .metrics
+            .events_appended
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         if let Some(last) = sealed.last() {
             record.next_seq = last.seq + 1;
             record.chain_head.clone_from(&last.hash);
