@@ -37,7 +37,10 @@ fn seed() -> Vec<u8> {
         .dir("./")
         .dir("src/")
         .file("src/a.txt", b"hello world\n")
-        .entry(raw_header(b"src/run.sh", b'0', 9, b"", 0o4755), b"#!/bin/sh")
+        .entry(
+            raw_header(b"src/run.sh", b'0', 9, b"", 0o4755),
+            b"#!/bin/sh",
+        )
         .symlink("src/link", "a.txt")
         .symlink("src/up", "../deep")
         .hardlink("hard", "src/a.txt")

@@ -27,7 +27,11 @@ fn parent_traversal() {
     let tar = ok_file().file("../escaped", b"x").finish();
     assert_rejected(&gz(&tar), RejectReason::ParentTraversal, Some("../escaped"));
     let tar = ok_file().file("a/../../escaped", b"x").finish();
-    assert_rejected(&gz(&tar), RejectReason::ParentTraversal, Some("a/../../escaped"));
+    assert_rejected(
+        &gz(&tar),
+        RejectReason::ParentTraversal,
+        Some("a/../../escaped"),
+    );
 }
 
 #[test]
@@ -44,7 +48,11 @@ fn entry_through_symlink() {
         .symlink("dir/up", "..")
         .file("dir/up/escaped", b"x")
         .finish();
-    assert_rejected(&gz(&tar), RejectReason::ThroughSymlink, Some("dir/up/escaped"));
+    assert_rejected(
+        &gz(&tar),
+        RejectReason::ThroughSymlink,
+        Some("dir/up/escaped"),
+    );
 }
 
 #[test]
@@ -56,7 +64,10 @@ fn symlink_escapes() {
     let tar = ok_file().symlink("a/b/deep", "../../../x").finish();
     assert_rejected(&gz(&tar), RejectReason::LinkEscapes, Some("a/b/deep"));
     // `..` after a normal component could climb through another symlink: refused.
-    let tar = ok_file().symlink("a/s", "..").symlink("t", "a/s/..").finish();
+    let tar = ok_file()
+        .symlink("a/s", "..")
+        .symlink("t", "a/s/..")
+        .finish();
     assert_rejected(&gz(&tar), RejectReason::LinkEscapes, Some("t"));
 }
 
@@ -67,7 +78,10 @@ fn hardlink_escapes() {
     let tar = ok_file().hardlink("h", "/etc/passwd").finish();
     assert_rejected(&gz(&tar), RejectReason::LinkEscapes, Some("h"));
     // Not an earlier regular file of the archive.
-    let tar = ok_file().hardlink("h", "later.txt").file("later.txt", b"x").finish();
+    let tar = ok_file()
+        .hardlink("h", "later.txt")
+        .file("later.txt", b"x")
+        .finish();
     assert_rejected(&gz(&tar), RejectReason::LinkEscapes, Some("h"));
     let tar = ok_file().dir("d/").hardlink("h", "d").finish();
     assert_rejected(&gz(&tar), RejectReason::LinkEscapes, Some("h"));
@@ -100,7 +114,12 @@ fn invalid_paths() {
     let tar = ok_file().file(&long, b"x").finish();
     assert_rejected_with(&gz(&tar), &policy, RejectReason::InvalidPath, Some(&long));
     let tar = ok_file().file("a/b/c/d/e", b"x").finish();
-    assert_rejected_with(&gz(&tar), &policy, RejectReason::InvalidPath, Some("a/b/c/d/e"));
+    assert_rejected_with(
+        &gz(&tar),
+        &policy,
+        RejectReason::InvalidPath,
+        Some("a/b/c/d/e"),
+    );
     let tar = ok_file().file("back\\slash", b"x").finish();
     assert_rejected(&gz(&tar), RejectReason::InvalidPath, Some("back\\slash"));
     let tar = ok_file().file("new\nline", b"x").finish();
@@ -124,20 +143,32 @@ fn invalid_paths() {
 fn metadata_records_are_sized_before_they_are_read() {
     // A PAX header claiming 1 TiB: refused from the header alone (the data is not even there).
     let tar = ok_file()
-        .entry(raw_header(b"PaxHeaders/big", b'x', 1 << 40, b"", 0o644), b"")
+        .entry(
+            raw_header(b"PaxHeaders/big", b'x', 1 << 40, b"", 0o644),
+            b"",
+        )
         .unterminated();
-    assert_rejected(&gz(&tar), RejectReason::MetadataTooLarge, Some("PaxHeaders/big"));
+    assert_rejected(
+        &gz(&tar),
+        RejectReason::MetadataTooLarge,
+        Some("PaxHeaders/big"),
+    );
     let tar = ok_file()
         .entry(raw_header(b"././@LongLink", b'L', 1 << 40, b"", 0o644), b"")
         .unterminated();
-    assert_rejected(&gz(&tar), RejectReason::MetadataTooLarge, Some("././@LongLink"));
+    assert_rejected(
+        &gz(&tar),
+        RejectReason::MetadataTooLarge,
+        Some("././@LongLink"),
+    );
     // A real 2 MiB PAX record over the 1 MiB default.
     let big = vec![b'a'; 2 << 20];
-    let tar = ok_file()
-        .pax(&[("comment", &big)])
-        .file("f", b"")
-        .finish();
-    assert_rejected(&gz(&tar), RejectReason::MetadataTooLarge, Some("PaxHeaders/x"));
+    let tar = ok_file().pax(&[("comment", &big)]).file("f", b"").finish();
+    assert_rejected(
+        &gz(&tar),
+        RejectReason::MetadataTooLarge,
+        Some("PaxHeaders/x"),
+    );
     // The same record under a raised limit is fine.
     let mut policy = ExtractPolicy::default();
     policy.max_metadata_bytes = 4 << 20;
@@ -152,7 +183,12 @@ fn too_many_entries() {
     for i in 0..11 {
         tar = tar.file(&format!("f{i}"), b"x");
     }
-    assert_rejected_with(&gz(&tar.finish()), &policy, RejectReason::TooManyEntries, Some("f10"));
+    assert_rejected_with(
+        &gz(&tar.finish()),
+        &policy,
+        RejectReason::TooManyEntries,
+        Some("f10"),
+    );
 }
 
 #[test]
@@ -200,7 +236,9 @@ fn repeated_regular_file_overwrites() {
 fn compression_ratio() {
     // 20 MiB of zeros gzip to ~20 KiB: a ratio of ~1000, over the default 200 once past the
     // 10 MiB grace.
-    let tar = RawTar::new().file("zeros.bin", &vec![0u8; 20 << 20]).finish();
+    let tar = RawTar::new()
+        .file("zeros.bin", &vec![0u8; 20 << 20])
+        .finish();
     let bomb = gz_best(&tar);
     assert_rejected(&bomb, RejectReason::CompressionRatio, Some("zeros.bin"));
     // With a high enough ratio limit it passes.
@@ -214,7 +252,11 @@ fn corrupt_or_truncated_gzip() {
     let tar = ok_file().file("more.txt", &[b'z'; 100_000]).finish();
     let good = gz(&tar);
     // Truncated in the middle of the deflate stream.
-    assert_rejected(&good[..good.len() / 2], RejectReason::Corrupt, Some("more.txt"));
+    assert_rejected(
+        &good[..good.len() / 2],
+        RejectReason::Corrupt,
+        Some("more.txt"),
+    );
     // Truncated inside the 8-byte trailer.
     assert_rejected(&good[..good.len() - 3], RejectReason::Corrupt, None);
     // CRC32 of the trailer flipped.
@@ -281,11 +323,17 @@ fn declared_size_and_digest() {
 
     let check = |expected: &ArchiveDescriptor, reason: RejectReason| {
         let e = archive::validate_verified(&good[..], expected, &policy, &mut |_| {}).unwrap_err();
-        assert!(matches!(e, Error::ArchiveRejected { reason: r, .. } if r == reason), "{e}");
+        assert!(
+            matches!(e, Error::ArchiveRejected { reason: r, .. } if r == reason),
+            "{e}"
+        );
         let sb = Sandbox::new();
         let e = archive::extract_verified(&good[..], &sb.dest(), expected, &policy, &mut |_| {})
             .unwrap_err();
-        assert!(matches!(e, Error::ArchiveRejected { reason: r, .. } if r == reason), "{e}");
+        assert!(
+            matches!(e, Error::ArchiveRejected { reason: r, .. } if r == reason),
+            "{e}"
+        );
         sb.assert_untouched();
     };
     check(
@@ -315,7 +363,12 @@ fn declared_size_and_digest() {
 fn destination_must_not_exist() {
     let sb = Sandbox::new();
     std::fs::create_dir(sb.dest()).unwrap();
-    let e = extract(&gz(&ok_file().finish()), &sb.dest(), &ExtractPolicy::default()).unwrap_err();
+    let e = extract(
+        &gz(&ok_file().finish()),
+        &sb.dest(),
+        &ExtractPolicy::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
     assert_eq!(std::fs::read_dir(sb.dest()).unwrap().count(), 0);
 }
@@ -329,8 +382,8 @@ fn read_errors_of_the_source_are_io_errors() {
         }
     }
     let sb = Sandbox::new();
-    let e = archive::extract(Failing, &sb.dest(), &ExtractPolicy::default(), &mut |_| {})
-        .unwrap_err();
+    let e =
+        archive::extract(Failing, &sb.dest(), &ExtractPolicy::default(), &mut |_| {}).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
     sb.assert_untouched();
 }

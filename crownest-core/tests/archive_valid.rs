@@ -32,7 +32,8 @@ fn build(tree: &BTreeMap<String, Node>, prefix: &str) -> Vec<u8> {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(*mode);
                 h.set_size(0);
-                b.append_data(&mut h, format!("{name}/"), std::io::empty()).unwrap();
+                b.append_data(&mut h, format!("{name}/"), std::io::empty())
+                    .unwrap();
             }
             Node::File(mode, data) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -64,7 +65,13 @@ fn read_tree(root: &Path) -> BTreeMap<String, Node> {
             let mode = md.permissions().mode() & 0o7777;
             let key = r.to_str().unwrap().to_string();
             let node = if md.file_type().is_symlink() {
-                Node::Symlink(std::fs::read_link(&p).unwrap().to_str().unwrap().to_string())
+                Node::Symlink(
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
+                )
             } else if md.is_dir() {
                 stack.push(r.clone());
                 Node::Dir(mode)
@@ -94,13 +101,22 @@ fn long_unicode_names_modes_links_and_empty_dirs() {
     let long_file = format!("{long_dir}/{}", "f".repeat(150));
     let mut tree = BTreeMap::new();
     tree.insert("src".to_string(), Node::Dir(0o755));
-    tree.insert("src/main.py".into(), Node::File(0o644, b"print('hi')\n".to_vec()));
-    tree.insert("src/run.sh".into(), Node::File(0o755, b"#!/bin/sh\necho hi\n".to_vec()));
+    tree.insert(
+        "src/main.py".into(),
+        Node::File(0o644, b"print('hi')\n".to_vec()),
+    );
+    tree.insert(
+        "src/run.sh".into(),
+        Node::File(0o755, b"#!/bin/sh\necho hi\n".to_vec()),
+    );
     tree.insert("empty".into(), Node::Dir(0o755));
     tree.insert("nested".into(), Node::Dir(0o755));
     tree.insert("nested/empty".into(), Node::Dir(0o700));
     tree.insert("données".into(), Node::Dir(0o755));
-    tree.insert("données/日本語 ✓.txt".into(), Node::File(0o600, "héllo".into()));
+    tree.insert(
+        "données/日本語 ✓.txt".into(),
+        Node::File(0o600, "héllo".into()),
+    );
     tree.insert(long_dir.clone(), Node::Dir(0o755));
     tree.insert(long_file.clone(), Node::File(0o644, vec![42; 70_000]));
     tree.insert("link".into(), Node::Symlink("src/main.py".into()));
@@ -178,19 +194,29 @@ fn pax_long_names_and_hardlinks() {
 fn mtime_is_kept_and_progress_is_throttled() {
     let mut tree = BTreeMap::new();
     for i in 0..1000 {
-        tree.insert(format!("f{i:04}"), Node::File(0o644, vec![b'a' + (i % 26) as u8; 100]));
+        tree.insert(
+            format!("f{i:04}"),
+            Node::File(0o644, vec![b'a' + (i % 26) as u8; 100]),
+        );
     }
     let gz_bytes = build(&tree, "");
     let sb = Sandbox::new();
     let mut calls: Vec<ExtractProgress> = Vec::new();
-    let s = archive::extract(&gz_bytes[..], &sb.dest(), &ExtractPolicy::default(), &mut |p| {
-        calls.push(p)
-    })
+    let s = archive::extract(
+        &gz_bytes[..],
+        &sb.dest(),
+        &ExtractPolicy::default(),
+        &mut |p| calls.push(p),
+    )
     .unwrap();
     assert_eq!(s.entries, 1000);
     assert_eq!(s.files, 1000);
     assert!(calls.iter().all(|c| c.phase == ArchivePhase::Extracting));
-    assert!(calls.len() <= 1000 / 100 + 2, "{} progress calls", calls.len());
+    assert!(
+        calls.len() <= 1000 / 100 + 2,
+        "{} progress calls",
+        calls.len()
+    );
     assert_eq!(calls.last().unwrap().entries, 1000);
     assert_eq!(calls.last().unwrap().bytes_done, gz_bytes.len() as u64);
     let md = std::fs::metadata(sb.dest().join("f0001")).unwrap();
@@ -214,7 +240,10 @@ fn fifty_thousand_files() {
             let i = d * 500 + f;
             let mode = if i % 7 == 0 { 0o755 } else { 0o644 };
             let data = format!("file {i}\n").repeat(i % 13);
-            tree.insert(format!("dir{d:03}/f{f:03}.txt"), Node::File(mode, data.into_bytes()));
+            tree.insert(
+                format!("dir{d:03}/f{f:03}.txt"),
+                Node::File(mode, data.into_bytes()),
+            );
         }
     }
     let gz_bytes = build(&tree, "");

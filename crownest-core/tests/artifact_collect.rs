@@ -17,15 +17,18 @@ fn workspace() -> tempfile::TempDir {
     std::fs::write(w.join("out/report.txt"), b"all good\n").unwrap();
     std::fs::write(w.join("out/sub/b.bin"), [0u8, 1, 2, 3]).unwrap();
     std::fs::write(w.join("out/run.sh"), b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(w.join("out/run.sh"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(w.join("out/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     t
 }
 
 fn bytes(mut a: CollectedArtifact) -> Vec<u8> {
     let mut v = Vec::new();
     a.reader.read_to_end(&mut v).unwrap();
-    assert_eq!(v.len() as u64, a.size_bytes, "size_bytes must equal what reader yields");
+    assert_eq!(
+        v.len() as u64,
+        a.size_bytes,
+        "size_bytes must equal what reader yields"
+    );
     v
 }
 
@@ -47,10 +50,19 @@ fn regular_file() {
 #[test]
 fn missing() {
     let w = workspace();
-    assert_eq!(reason(w.path(), "nope.txt", 100), ArtifactErrorReason::NotFound);
-    assert_eq!(reason(w.path(), "nope/x.txt", 100), ArtifactErrorReason::NotFound);
+    assert_eq!(
+        reason(w.path(), "nope.txt", 100),
+        ArtifactErrorReason::NotFound
+    );
+    assert_eq!(
+        reason(w.path(), "nope/x.txt", 100),
+        ArtifactErrorReason::NotFound
+    );
     // A component that is a regular file.
-    assert_eq!(reason(w.path(), "out/report.txt/x", 100), ArtifactErrorReason::NotFound);
+    assert_eq!(
+        reason(w.path(), "out/report.txt/x", 100),
+        ArtifactErrorReason::NotFound
+    );
 }
 
 #[test]
@@ -61,7 +73,10 @@ fn symlink_to_etc_passwd_is_not_followed() {
     assert_eq!(f.reason, ArtifactErrorReason::EscapesWorkspace);
     assert!(f.message.contains("out/passwd"), "{}", f.message);
     symlink("../../etc/shadow", w.path().join("out/climb")).unwrap();
-    assert_eq!(reason(w.path(), "out/climb", 1 << 20), ArtifactErrorReason::EscapesWorkspace);
+    assert_eq!(
+        reason(w.path(), "out/climb", 1 << 20),
+        ArtifactErrorReason::EscapesWorkspace
+    );
     // A symlink that stays inside is still not followed.
     symlink("report.txt", w.path().join("out/inside")).unwrap();
     let f = collect_from_dir(w.path(), "out/inside", 1 << 20).unwrap_err();
@@ -73,7 +88,10 @@ fn symlink_to_etc_passwd_is_not_followed() {
 fn symlink_component_in_the_middle() {
     let w = workspace();
     symlink("out", w.path().join("alias")).unwrap();
-    assert_eq!(reason(w.path(), "alias/report.txt", 1 << 20), ArtifactErrorReason::NotRegular);
+    assert_eq!(
+        reason(w.path(), "alias/report.txt", 1 << 20),
+        ArtifactErrorReason::NotRegular
+    );
     symlink("/etc", w.path().join("etc")).unwrap();
     assert_eq!(
         reason(w.path(), "etc/passwd", 1 << 20),
@@ -85,9 +103,17 @@ fn symlink_component_in_the_middle() {
 fn fifo_does_not_hang() {
     let w = workspace();
     let fifo = w.path().join("out/pipe");
-    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
     let start = Instant::now();
-    assert_eq!(reason(w.path(), "out/pipe", 1 << 20), ArtifactErrorReason::NotRegular);
+    assert_eq!(
+        reason(w.path(), "out/pipe", 1 << 20),
+        ArtifactErrorReason::NotRegular
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
     // Inside a directory artifact, the fifo is skipped and reported, never opened.
     let a = collect_from_dir(w.path(), "out", 1 << 20).unwrap();
@@ -113,7 +139,13 @@ fn directory_becomes_a_deterministic_tar() {
         assert_eq!(h.mtime().unwrap(), 0);
         assert_eq!(h.uid().unwrap(), 0);
         assert_eq!(h.gid().unwrap(), 0);
-        let path = e.path().unwrap().to_str().unwrap().trim_end_matches('/').to_string();
+        let path = e
+            .path()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string();
         let mut body = Vec::new();
         e.read_to_end(&mut body).unwrap();
         seen.push((path, h.entry_type(), h.mode().unwrap(), body));
@@ -134,17 +166,38 @@ fn directory_becomes_a_deterministic_tar() {
 fn too_large() {
     let w = workspace();
     std::fs::write(w.path().join("big"), vec![1u8; 10_000]).unwrap();
-    assert_eq!(reason(w.path(), "big", 9_999), ArtifactErrorReason::TooLarge);
-    assert_eq!(bytes(collect_from_dir(w.path(), "big", 10_000).unwrap()).len(), 10_000);
+    assert_eq!(
+        reason(w.path(), "big", 9_999),
+        ArtifactErrorReason::TooLarge
+    );
+    assert_eq!(
+        bytes(collect_from_dir(w.path(), "big", 10_000).unwrap()).len(),
+        10_000
+    );
     // A directory's tar: refused before the file that does not fit is read.
     std::fs::write(w.path().join("out/huge"), vec![1u8; 100_000]).unwrap();
-    assert_eq!(reason(w.path(), "out", 50_000), ArtifactErrorReason::TooLarge);
+    assert_eq!(
+        reason(w.path(), "out", 50_000),
+        ArtifactErrorReason::TooLarge
+    );
 }
 
 #[test]
 fn invalid_paths() {
     let w = workspace();
-    for p in ["", "/etc/passwd", "../x", "out/../../x", ".", "a\\b", "nul\0"] {
-        assert_eq!(reason(w.path(), p, 100), ArtifactErrorReason::InvalidPath, "{p:?}");
+    for p in [
+        "",
+        "/etc/passwd",
+        "../x",
+        "out/../../x",
+        ".",
+        "a\\b",
+        "nul\0",
+    ] {
+        assert_eq!(
+            reason(w.path(), p, 100),
+            ArtifactErrorReason::InvalidPath,
+            "{p:?}"
+        );
     }
 }

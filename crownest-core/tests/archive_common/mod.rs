@@ -64,10 +64,16 @@ impl RawTar {
         self.entry(raw_header(name.as_bytes(), b'5', 0, b"", 0o755), b"")
     }
     pub fn symlink(self, name: &str, target: &str) -> Self {
-        self.entry(raw_header(name.as_bytes(), b'2', 0, target.as_bytes(), 0o777), b"")
+        self.entry(
+            raw_header(name.as_bytes(), b'2', 0, target.as_bytes(), 0o777),
+            b"",
+        )
     }
     pub fn hardlink(self, name: &str, target: &str) -> Self {
-        self.entry(raw_header(name.as_bytes(), b'1', 0, target.as_bytes(), 0o644), b"")
+        self.entry(
+            raw_header(name.as_bytes(), b'1', 0, target.as_bytes(), 0o644),
+            b"",
+        )
     }
     /// A PAX extended header record set for the next entry.
     pub fn pax(self, records: &[(&str, &[u8])]) -> Self {
@@ -141,11 +147,19 @@ impl Sandbox {
     }
     /// Nothing new appeared and nothing changed next to the destination.
     pub fn assert_untouched(&self) {
-        assert_eq!(snapshot(self.parent()), self.before, "the parent directory changed");
+        assert_eq!(
+            snapshot(self.parent()),
+            self.before,
+            "the parent directory changed"
+        );
     }
     /// Only `dest` appeared; everything else is as it was.
     pub fn assert_only_dest(&self) {
-        assert_eq!(self.outside_dest(), self.before, "something outside dest changed");
+        assert_eq!(
+            self.outside_dest(),
+            self.before,
+            "something outside dest changed"
+        );
     }
 }
 
@@ -202,10 +216,18 @@ pub fn assert_rejected_with(
     entry: Option<&str>,
 ) {
     let v = validate(gz, policy).expect_err("validate accepted a hostile archive");
-    assert_eq!(reason_of(&v), (reason, entry.map(str::to_string)), "validate: {v}");
+    assert_eq!(
+        reason_of(&v),
+        (reason, entry.map(str::to_string)),
+        "validate: {v}"
+    );
     let sb = Sandbox::new();
     let e = extract(gz, &sb.dest(), policy).expect_err("extract accepted a hostile archive");
-    assert_eq!(reason_of(&e), (reason, entry.map(str::to_string)), "extract: {e}");
+    assert_eq!(
+        reason_of(&e),
+        (reason, entry.map(str::to_string)),
+        "extract: {e}"
+    );
     assert!(!sb.dest().exists(), "dest was created");
     sb.assert_untouched();
 }
