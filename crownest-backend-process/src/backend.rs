@@ -355,7 +355,8 @@ impl ProcessSandbox {
     fn spawn(
         &self,
         request: &ExecRequest,
-    ) -> std::result::Result<(tokio::process::Child, Arc<Tree>, Option<OwnedFd>), String> {
+    ) -> std::result::Result<(tokio::process::Child, Arc<Tree>, Option<OwnedFd>, Reports), String>
+    {
         let argv0 = request.argv.first().ok_or("empty argv")?;
         let (cwd_fd, cwd_path) = workspace::open_cwd(&self.workspace(), &request.cwd)?;
         let env = self.env(request);
@@ -430,7 +431,7 @@ impl ProcessSandbox {
         }
         let init = reports.init_pid.and_then(|pid| Init::open(pid, leader));
         let tree = Arc::new(Tree::new(self.applied().clone(), leader, init, cgroup));
-        Ok((child, tree, report_r))
+        Ok((child, tree, report_r, reports))
     }
 
     fn isolation_details(&self) -> BTreeMap<String, String> {
@@ -568,7 +569,9 @@ impl Sandbox for ProcessSandbox {
         if self.state().destroyed {
             return Err(ProcessError::Destroyed(self.id.clone()).into());
         }
-        let (mut child, tree, report) = match self.spawn(request) {
+        // `reports` already holds what arrived during the spawn (a fast command may have
+        // ended by then); more records are read once the leader exited.
+        let (mut child, tree, report, mut reports) = match self.spawn(request) {
             Ok(s) => s,
             Err(message) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(message))),
         };
@@ -648,7 +651,6 @@ impl Sandbox for ProcessSandbox {
             }
         }
         let status = status.map_err(|e| Error::io("waiting for the command", e))?;
-        let mut reports = Reports::default();
         if let Some(r) = &report {
             reports.parse(&read_available(r));
         }

@@ -87,6 +87,7 @@ pub(crate) fn tree_of(root: i32, pgid: i32) -> BTreeMap<i32, ProcStat> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

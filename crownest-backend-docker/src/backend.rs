@@ -1,0 +1,197 @@
+//! [`DockerBackend`]: the [`SandboxBackend`] over a Docker Engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use crownest_core::{
+    Capabilities, Error, IsolationReport, Network, Result, RunId, Sandbox, SandboxBackend,
+    SandboxSpec, TemplateInfo,
+};
+
+use crate::config::DockerConfig;
+use crate::error::DockerError;
+use crate::exec::StatCache;
+use crate::image::{self, ImageInfo};
+use crate::sandbox::DockerSandbox;
+
+/// State shared by the backend and its sandboxes.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) docker: Docker,
+    pub(crate) config: DockerConfig,
+    pub(crate) stat_cache: StatCache,
+}
+
+/// Sandboxes as hardened Docker containers (see the crate docs).
+#[derive(Debug, Clone)]
+pub struct DockerBackend {
+    shared: Arc<Shared>,
+}
+
+impl DockerBackend {
+    /// Connects to the engine of `config.host` (or the local defaults), negotiates the API
+    /// version (the engine here speaks 1.41; bollard defaults to newer) and pings it.
+    ///
+    /// A missing image is not an error here: [`SandboxBackend::templates`] reports it
+    /// unavailable with the reason, and `create` fails naming `scripts/build-docker-image.sh`.
+    pub async fn connect(config: DockerConfig) -> Result<Self> {
+        let endpoint = config.host.clone().unwrap_or_else(|| {
+            std::env::var("DOCKER_HOST")
+                .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
+        });
+        let connect_err = |source| DockerError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let timeout = config.request_timeout.as_secs().max(1);
+        let docker = match &config.host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(connect_err)?
+        .with_timeout(
+            config
+                .request_timeout
+                .max(std::time::Duration::from_secs(timeout)),
+        );
+        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        docker.ping().await.map_err(connect_err)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                docker,
+                config,
+                stat_cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &DockerConfig {
+        &self.shared.config
+    }
+
+    /// The underlying bollard client (for diagnostics and tests).
+    pub fn docker(&self) -> &Docker {
+        &self.shared.docker
+    }
+
+    async fn image(&self) -> Result<ImageInfo, DockerError> {
+        image::inspect(&self.shared.docker, &self.shared.config.image).await
+    }
+}
+
+/// The isolation one sandbox enforces (copied into the Evidence Bundle).
+pub(crate) fn isolation_report(
+    config: &DockerConfig,
+    spec: &SandboxSpec,
+    image: &ImageInfo,
+) -> IsolationReport {
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("imageId".into(), image.id.clone());
+    details.insert("readOnlyRoot".into(), "true".into());
+    details.insert("capDrop".into(), "ALL".into());
+    details.insert("noNewPrivileges".into(), "true".into());
+    details.insert("seccomp".into(), "docker default".into());
+    details.insert("privileged".into(), "false".into());
+    details.insert("init".into(), "docker-init".into());
+    details.insert(
+        "tmpfs".into(),
+        format!("/tmp size={}", config.tmp_size_bytes),
+    );
+    details.insert(
+        "workspace".into(),
+        "docker volume (no host path mounted)".into(),
+    );
+    details.insert(
+        "memorySwapBytes".into(),
+        spec.limits.memory_bytes.to_string(),
+    );
+    details.insert(
+        "ulimits".into(),
+        format!("nofile={} core=0", spec.limits.open_files),
+    );
+    details.insert("logDriver".into(), "none (output is attached)".into());
+    IsolationReport {
+        backend: "docker".into(),
+        network: match spec.network {
+            Network::None => "none".into(),
+            Network::Enabled => "enabled".into(),
+        },
+        memory_bytes: Some(spec.limits.memory_bytes),
+        pids: Some(spec.limits.pids),
+        process_containment: "container".into(),
+        user: Some(config.user.clone()),
+        security_boundary: true,
+        details,
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for DockerBackend {
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            network_isolation: true,
+            memory_limit: true,
+            pids_limit: true,
+            filesystem_isolation: true,
+            process_tree_kill: true,
+            keep_sandbox: true,
+            non_root: true,
+            security_boundary: true,
+        }
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        let name = self.shared.config.template.clone();
+        Ok(vec![match self.image().await {
+            Ok(image) => TemplateInfo {
+                name,
+                available: true,
+                reason: None,
+                identity: Some(image.identity()),
+            },
+            Err(e) => TemplateInfo {
+                name,
+                available: false,
+                reason: Some(
+                    Error::from(e)
+                        .chain()
+                        .trim_start_matches("backend docker failed: ")
+                        .to_owned(),
+                ),
+                identity: None,
+            },
+        }])
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        if spec.template != self.shared.config.template {
+            return Err(Error::invalid(
+                "template",
+                format!(
+                    "unknown template {:?} (the docker backend serves {:?})",
+                    spec.template, self.shared.config.template
+                ),
+            ));
+        }
+        if self.shared.config.uid_gid().is_none_or(|(u, _)| u == 0) {
+            return Err(Error::invalid(
+                "user",
+                "the docker backend never runs commands as root",
+            ));
+        }
+        let image = self.image().await?;
+        let sandbox = DockerSandbox::create(self.shared.clone(), spec, image).await?;
+        Ok(Box::new(sandbox))
+    }
+
+    async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
+        Ok(crate::sweep::sweep(&self.shared.docker, &self.shared.config.work_dir, live).await?)
+    }
+}

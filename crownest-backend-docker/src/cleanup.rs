@@ -1,0 +1,125 @@
+//! Removing every Docker resource of a sandbox, and proving it is gone.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+};
+
+use crate::container::LABEL_SANDBOX;
+use crate::error::{DockerError, is_not_found, status_of};
+
+/// Every container (running or not) carrying `label` (`key` or `key=value`).
+pub(crate) async fn containers_with_label(
+    docker: &Docker,
+    label: &str,
+) -> Result<Vec<ContainerSummary>, DockerError> {
+    let mut filters = HashMap::new();
+    filters.insert("label", vec![label]);
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(opts))
+        .await
+        .map_err(DockerError::api("list containers"))
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let opts = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        // 409: removal already in progress (a concurrent destroy): verified below.
+        Err(e) if status_of(&e) == Some(409) => Ok(()),
+        Err(e) => Err(DockerError::api("remove container")(e)),
+    }
+}
+
+/// Removes the containers `known` plus every container labelled with the sandbox, then its
+/// volume, then checks that none of them exists any more. Idempotent.
+pub(crate) async fn remove_sandbox(
+    docker: &Docker,
+    sandbox: &str,
+    known: &[String],
+) -> Result<(), DockerError> {
+    let label = format!("{LABEL_SANDBOX}={sandbox}");
+    let mut ids: Vec<String> = known.to_vec();
+    for c in containers_with_label(docker, &label).await? {
+        if let Some(id) = c.id
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    let removals =
+        futures::future::join_all(ids.iter().map(|id| remove_container(docker, id))).await;
+    for r in removals {
+        r?;
+    }
+    // The volume: a 409 means a container removal is still finishing; retry briefly.
+    let mut attempt = 0;
+    loop {
+        let opts = RemoveVolumeOptionsBuilder::new().force(true).build();
+        match docker.remove_volume(sandbox, Some(opts)).await {
+            Ok(()) => break,
+            Err(e) if is_not_found(&e) => break,
+            Err(e) if status_of(&e) == Some(409) && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(DockerError::api("remove volume")(e)),
+        }
+    }
+    // Verify.
+    for id in &ids {
+        match docker.inspect_container(id, None).await {
+            Err(e) if is_not_found(&e) => {}
+            Ok(_) => {
+                return Err(DockerError::Survived {
+                    what: format!("container {id}"),
+                });
+            }
+            Err(e) => return Err(DockerError::api("inspect container")(e)),
+        }
+    }
+    if let Some(c) = containers_with_label(docker, &label)
+        .await?
+        .into_iter()
+        .next()
+    {
+        return Err(DockerError::Survived {
+            what: format!("container {}", c.id.unwrap_or_default()),
+        });
+    }
+    match docker.inspect_volume(sandbox).await {
+        Err(e) if is_not_found(&e) => Ok(()),
+        Ok(_) => Err(DockerError::Survived {
+            what: format!("volume {sandbox}"),
+        }),
+        Err(e) => Err(DockerError::api("inspect volume")(e)),
+    }
+}
+
+/// Removes host staging left by a sandbox (`<work_dir>/<sandbox>*`), best effort.
+pub(crate) fn remove_host_leftovers(work_dir: &Path, sandbox: &str) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(sandbox))
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}

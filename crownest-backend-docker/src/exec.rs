@@ -1,0 +1,343 @@
+//! Running the command: program pre-flight, attach before start, output pump with
+//! backpressure, wait, and the mapping of Docker's answer to an [`ExitStatus`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, StartContainerOptions,
+    WaitContainerOptionsBuilder,
+};
+use crownest_core::event::OutputStream;
+use crownest_core::{ExecSink, ExitStatus, KillSignal};
+use futures::StreamExt as _;
+
+use crate::container::WORKSPACE;
+use crate::error::{DockerError, is_not_found, status_of};
+use crate::upload::WorkspaceIndex;
+
+const GO_MODE_DIR: u32 = 1 << 31;
+const GO_MODE_SYMLINK: u32 = 1 << 27;
+
+/// Stat results of image paths, by `image id \0 path` (images are immutable, so a
+/// program found once is found forever; the workspace is never cached).
+pub(crate) type StatCache = Mutex<HashMap<String, Option<u32>>>;
+
+/// Where image paths are looked up: a created container of the image, and the cache.
+#[derive(Clone, Copy)]
+pub(crate) struct ImagePaths<'a> {
+    pub(crate) docker: &'a Docker,
+    pub(crate) container: &'a str,
+    pub(crate) image_id: &'a str,
+    pub(crate) cache: &'a StatCache,
+}
+
+/// What one lookup found.
+enum Found {
+    Program,
+    NotExecutable,
+    Missing,
+}
+
+fn classify(mode: Option<u32>) -> Found {
+    match mode {
+        None => Found::Missing,
+        Some(m) if m & GO_MODE_DIR != 0 => Found::Missing,
+        // A symlink is resolved by the kernel at exec time; the fallback below catches a
+        // dangling one.
+        Some(m) if m & GO_MODE_SYMLINK != 0 => Found::Program,
+        Some(m) if m & 0o111 == 0 => Found::NotExecutable,
+        Some(_) => Found::Program,
+    }
+}
+
+/// Relative path inside the workspace of an absolute container path, when lexically inside.
+fn workspace_rel(abs: &str) -> Option<String> {
+    let rest = abs.strip_prefix(WORKSPACE)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for c in rest.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return None,
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Checks that `argv[0]` names something executable, the way `execvp` searches `PATH`, so
+/// an unknown program is `SpawnFailed` before anything starts. Workspace paths are looked
+/// up in the index of what was uploaded; image paths are `stat`ed through Docker (cached).
+pub(crate) async fn preflight(
+    image: &ImagePaths<'_>,
+    index: &WorkspaceIndex,
+    argv0: &str,
+    path_env: &str,
+    cwd: &str,
+) -> Result<Result<(), String>, DockerError> {
+    if argv0.is_empty() {
+        return Ok(Err("the program name is empty".into()));
+    }
+    let candidates: Vec<String> = if argv0.contains('/') {
+        if argv0.starts_with('/') {
+            vec![argv0.to_owned()]
+        } else if cwd.is_empty() {
+            vec![format!("{WORKSPACE}/{argv0}")]
+        } else {
+            vec![format!("{WORKSPACE}/{cwd}/{argv0}")]
+        }
+    } else {
+        path_env
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
+            .collect()
+    };
+    let mut denied = false;
+    for abs in &candidates {
+        let mode = match workspace_rel(abs) {
+            Some(rel) => {
+                if index.dirs.contains(&rel) {
+                    Some(GO_MODE_DIR)
+                } else {
+                    match index.files.get(&rel) {
+                        Some(Some(m)) => Some(*m),
+                        Some(None) => Some(GO_MODE_SYMLINK),
+                        None => None,
+                    }
+                }
+            }
+            None => stat_image_path(image, abs).await?,
+        };
+        match classify(mode) {
+            Found::Program => return Ok(Ok(())),
+            Found::NotExecutable => denied = true,
+            Found::Missing => {}
+        }
+    }
+    Ok(Err(if denied {
+        format!("{argv0}: permission denied (not executable)")
+    } else if argv0.contains('/') {
+        format!("{argv0}: no such file")
+    } else {
+        format!("{argv0}: not found in PATH ({path_env})")
+    }))
+}
+
+async fn stat_image_path(image: &ImagePaths<'_>, abs: &str) -> Result<Option<u32>, DockerError> {
+    let ImagePaths {
+        docker,
+        container,
+        image_id,
+        cache,
+    } = *image;
+    let key = format!("{image_id}\0{abs}");
+    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(*hit);
+    }
+    let opts = ContainerArchiveInfoOptionsBuilder::new().path(abs).build();
+    let mode = match docker
+        .get_container_archive_info(container, Some(opts))
+        .await
+    {
+        Ok(stat) => Some(stat.file_mode),
+        // 404: missing; 400 and friends: a path component is not a directory.
+        Err(e) if is_not_found(&e) || status_of(&e).is_some_and(|s| s < 500) => None,
+        Err(e) => return Err(DockerError::api("stat program")(e)),
+    };
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, mode);
+    Ok(mode)
+}
+
+/// What the run of a started container observed.
+pub(crate) struct Observed {
+    /// Exit code from `wait`/`inspect`.
+    pub(crate) code: i64,
+    /// The kernel's OOM killer ended it.
+    pub(crate) oom_killed: bool,
+    /// The first bytes of stderr (to recognise docker-init's own exec failure).
+    pub(crate) stderr_head: Vec<u8>,
+}
+
+/// The result of attaching and starting.
+pub(crate) enum Started {
+    /// Docker refused to start the process.
+    Refused(String),
+    /// It ran to the end.
+    Ran(Observed),
+}
+
+/// Attaches (before start, so no early byte is lost), starts, calls `sink.started()`,
+/// pumps output into the sink (awaiting each chunk: the backpressure), then waits for the
+/// container to stop and inspects it.
+pub(crate) async fn attach_start_wait(
+    docker: &Docker,
+    container: &str,
+    sink: &dyn ExecSink,
+) -> Result<Started, DockerError> {
+    let opts = AttachContainerOptionsBuilder::new()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true)
+        .stream(true)
+        .logs(false)
+        .build();
+    let attached = docker
+        .attach_container(container, Some(opts))
+        .await
+        .map_err(DockerError::api("attach"))?;
+    let mut output = attached.output;
+    let _input = attached.input;
+    if let Err(e) = docker
+        .start_container(container, None::<StartContainerOptions>)
+        .await
+    {
+        return match e {
+            bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                Ok(Started::Refused(message))
+            }
+            e => Err(DockerError::api("start")(e)),
+        };
+    }
+    sink.started().await;
+    let mut stderr_head = Vec::new();
+    while let Some(item) = output.next().await {
+        match item {
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                sink.output(OutputStream::Stdout, &message).await;
+            }
+            Ok(LogOutput::StdErr { message }) => {
+                if stderr_head.len() < 256 {
+                    let take = (256 - stderr_head.len()).min(message.len());
+                    stderr_head.extend_from_slice(&message[..take]);
+                }
+                sink.output(OutputStream::Stderr, &message).await;
+            }
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(e) => {
+                // The stream broke (e.g. the container was force-removed): the wait below
+                // tells how the command ended.
+                tracing::warn!(container, error = %e, "attach stream ended with an error");
+                break;
+            }
+        }
+    }
+    let wait_opts = WaitContainerOptionsBuilder::new()
+        .condition("not-running")
+        .build();
+    let mut wait = Box::pin(docker.wait_container(container, Some(wait_opts)));
+    let waited = match wait.next().await {
+        Some(Ok(r)) => Some(r.status_code),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+        Some(Err(e)) => return Err(DockerError::api("wait")(e)),
+        None => None,
+    };
+    let inspect = docker
+        .inspect_container(container, None)
+        .await
+        .map_err(DockerError::api("inspect"))?;
+    let state = inspect.state.unwrap_or_default();
+    let code = waited.or(state.exit_code).unwrap_or(-1);
+    Ok(Started::Ran(Observed {
+        code,
+        oom_killed: state.oom_killed.unwrap_or(false),
+        stderr_head,
+    }))
+}
+
+/// Maps what Docker reported to an exit status.
+///
+/// * `OOMKilled` → `LimitExceeded` (memory).
+/// * docker-init (tini) exits `128 + n` when its child died of signal `n`, which cannot be
+///   told apart from `exit(128 + n)`; it is reported as `Signaled(n)` only when this sandbox
+///   sent that signal, else as the plain exit code.
+/// * 126/127 with docker-init's own `exec ... failed` message → `SpawnFailed` (the
+///   pre-flight check normally catches these before start).
+pub(crate) fn exit_status(
+    observed: &Observed,
+    sent: Option<KillSignal>,
+    memory_bytes: u64,
+) -> ExitStatus {
+    if observed.oom_killed {
+        return ExitStatus::LimitExceeded(format!(
+            "out of memory: the container reached its {memory_bytes} byte memory limit and the kernel killed the command"
+        ));
+    }
+    let code = i32::try_from(observed.code).unwrap_or(-1);
+    if let Some(sig) = sent {
+        let n = match sig {
+            KillSignal::Term => 15,
+            KillSignal::Kill => 9,
+        };
+        if code == 128 + n || (code == 137 && sig == KillSignal::Term) {
+            return ExitStatus::Signaled(code - 128);
+        }
+    }
+    if (code == 126 || code == 127) && observed.stderr_head.starts_with(b"[FATAL tini") {
+        let line = String::from_utf8_lossy(&observed.stderr_head);
+        let line = line.lines().next().unwrap_or_default().to_owned();
+        return ExitStatus::SpawnFailed(line);
+    }
+    ExitStatus::Exited(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(code: i64, oom: bool, head: &[u8]) -> Observed {
+        Observed {
+            code,
+            oom_killed: oom,
+            stderr_head: head.to_vec(),
+        }
+    }
+
+    #[test]
+    fn maps_docker_answers() {
+        assert_eq!(
+            exit_status(&obs(0, false, b""), None, 1),
+            ExitStatus::Exited(0)
+        );
+        assert_eq!(
+            exit_status(&obs(143, false, b""), None, 1),
+            ExitStatus::Exited(143)
+        );
+        assert_eq!(
+            exit_status(&obs(143, false, b""), Some(KillSignal::Term), 1),
+            ExitStatus::Signaled(15)
+        );
+        assert_eq!(
+            exit_status(&obs(137, false, b""), Some(KillSignal::Kill), 1),
+            ExitStatus::Signaled(9)
+        );
+        assert!(matches!(
+            exit_status(&obs(137, true, b""), None, 1),
+            ExitStatus::LimitExceeded(_)
+        ));
+        assert!(matches!(
+            exit_status(&obs(127, false, b"[FATAL tini (7)] exec nope failed: No such file or directory\n"), None, 1),
+            ExitStatus::SpawnFailed(m) if m.contains("exec nope failed")
+        ));
+        assert_eq!(
+            exit_status(&obs(127, false, b"sh: 1: x: not found\n"), None, 1),
+            ExitStatus::Exited(127)
+        );
+    }
+
+    #[test]
+    fn workspace_paths_are_lexical() {
+        assert_eq!(workspace_rel("/workspace/a/./b").as_deref(), Some("a/b"));
+        assert_eq!(workspace_rel("/workspace").as_deref(), Some(""));
+        assert_eq!(workspace_rel("/workspace/../etc/x"), None);
+        assert_eq!(workspace_rel("/workspacex/a"), None);
+    }
+}

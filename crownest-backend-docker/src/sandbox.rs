@@ -1,0 +1,431 @@
+//! [`DockerSandbox`]: one labelled volume, a stage container that receives the archive, and
+//! a run container that runs the one command.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::exec::{CreateExecOptions, StartExecOptions};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use crownest_core::archive::{self, ExtractPolicy, ExtractSummary};
+use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
+use crownest_core::backend::ProgressFn;
+use crownest_core::event::ArtifactErrorReason;
+use crownest_core::{
+    Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal, Network,
+    Result, Sandbox, SandboxSpec, TemplateIdentity, Timestamp,
+};
+use tokio::sync::mpsc;
+
+use crate::backend::Shared;
+use crate::container::{self, KEPT_MARK, LABEL_ROLE, WORKSPACE};
+use crate::error::{DockerError, is_not_found, status_of};
+use crate::exec::{self, Started};
+use crate::image::ImageInfo;
+use crate::upload::{self, WorkspaceIndex};
+
+/// A sandbox made of Docker resources, all labelled with the run, the engine instance and
+/// the owner process (see the crate docs for the layout).
+#[derive(Debug)]
+pub struct DockerSandbox {
+    id: String,
+    shared: Arc<Shared>,
+    spec: SandboxSpec,
+    image: ImageInfo,
+    stage: String,
+    run: Mutex<Option<String>>,
+    index: Mutex<Option<WorkspaceIndex>>,
+    sent: Mutex<Option<KillSignal>>,
+    started: AtomicBool,
+    destroyed: AtomicBool,
+}
+
+impl DockerSandbox {
+    /// Creates the volume and the stage container (never started).
+    pub(crate) async fn create(
+        shared: Arc<Shared>,
+        spec: &SandboxSpec,
+        image: ImageInfo,
+    ) -> Result<Self, DockerError> {
+        let id = format!("crownest-{}", uuid::Uuid::new_v4().simple());
+        let docker = &shared.docker;
+        let labels = container::labels(&id, spec);
+        let volume = bollard::models::VolumeCreateRequest {
+            name: Some(id.clone()),
+            driver: Some("local".into()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        docker
+            .create_volume(volume)
+            .await
+            .map_err(DockerError::api("create volume"))?;
+        let mut stage_labels = labels;
+        stage_labels.insert(LABEL_ROLE.into(), "stage".into());
+        let body = container::create_body(
+            &shared.config,
+            &image.id,
+            vec!["true".into()],
+            Vec::new(),
+            WORKSPACE.into(),
+            stage_labels,
+            container::host_config(&shared.config, &spec.limits, Network::None, &id),
+        );
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&format!("{id}-stage"))
+            .build();
+        let stage = match docker.create_container(Some(opts), body).await {
+            Ok(r) => r.id,
+            Err(e) => {
+                let _ = crate::cleanup::remove_sandbox(docker, &id, &[]).await;
+                return Err(DockerError::api("create container")(e));
+            }
+        };
+        Ok(Self {
+            id,
+            shared,
+            spec: spec.clone(),
+            image,
+            stage,
+            run: Mutex::new(None),
+            index: Mutex::new(None),
+            sent: Mutex::new(None),
+            started: AtomicBool::new(false),
+            destroyed: AtomicBool::new(false),
+        })
+    }
+
+    fn run_container(&self) -> Option<String> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn check_alive(&self) -> Result<(), DockerError> {
+        if self.destroyed.load(Ordering::SeqCst) {
+            return Err(DockerError::State(format!(
+                "sandbox {} was destroyed",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn exec_inner(
+        &self,
+        request: &ExecRequest,
+        sink: &dyn ExecSink,
+    ) -> Result<ExecOutcome, DockerError> {
+        self.check_alive()?;
+        if self.run_container().is_some() {
+            return Err(DockerError::State(
+                "a sandbox runs exactly one command".into(),
+            ));
+        }
+        let index = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| {
+                let mut i = WorkspaceIndex::default();
+                i.dirs.insert(String::new());
+                i
+            });
+        let cwd = crownest_core::spec::normalize_relative(&request.cwd);
+        if crownest_core::spec::validate_relative_path(&request.cwd, true).is_err()
+            || !index.dirs.contains(&cwd)
+        {
+            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
+                "cwd {:?} is not a directory of the workspace",
+                request.cwd
+            ))));
+        }
+        let Some(argv0) = request.argv.first() else {
+            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(
+                "empty argv".into(),
+            )));
+        };
+        let mut env: BTreeMap<String, String> = container::template_env()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        for (k, v) in &request.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
+                    "environment variable {k:?} cannot be passed to a process"
+                ))));
+            }
+            env.insert(k.clone(), v.clone());
+        }
+        let path_env = env.get("PATH").cloned().unwrap_or_default();
+        let working_dir = if cwd.is_empty() {
+            WORKSPACE.to_owned()
+        } else {
+            format!("{WORKSPACE}/{cwd}")
+        };
+        let mut labels = container::labels(&self.id, &self.spec);
+        labels.insert(LABEL_ROLE.into(), "run".into());
+        let body = container::create_body(
+            &self.shared.config,
+            &self.image.id,
+            request.argv.clone(),
+            env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            working_dir,
+            labels,
+            container::host_config(
+                &self.shared.config,
+                &self.spec.limits,
+                self.spec.network,
+                &self.id,
+            ),
+        );
+        let docker = &self.shared.docker;
+        let opts = CreateContainerOptionsBuilder::new().name(&self.id).build();
+        let created = docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(DockerError::api("create container"))?;
+        let run = created.id;
+        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.clone());
+        let image_paths = exec::ImagePaths {
+            docker,
+            container: &run,
+            image_id: &self.image.id,
+            cache: &self.shared.stat_cache,
+        };
+        if let Err(msg) = exec::preflight(&image_paths, &index, argv0, &path_env, &cwd).await? {
+            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg)));
+        }
+        self.started.store(true, Ordering::SeqCst);
+        let observed = match exec::attach_start_wait(docker, &run, sink).await? {
+            Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
+            Started::Ran(o) => o,
+        };
+        let sent = *self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(ExecOutcome::new(exec::exit_status(
+            &observed,
+            sent,
+            self.spec.limits.memory_bytes,
+        )))
+    }
+
+    async fn signal_inner(&self, signal: KillSignal) -> Result<(), DockerError> {
+        let Some(run) = self.run_container() else {
+            return Ok(());
+        };
+        if !self.started.load(Ordering::SeqCst) || self.destroyed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            if *sent != Some(KillSignal::Kill) {
+                *sent = Some(signal);
+            }
+        }
+        let docker = &self.shared.docker;
+        let opts = KillContainerOptionsBuilder::new()
+            .signal(signal.name())
+            .build();
+        match docker.kill_container(&run, Some(opts)).await {
+            Ok(()) => {}
+            // Not running (any more) or gone: nothing to signal.
+            Err(e) if is_not_found(&e) || status_of(&e) == Some(409) => return Ok(()),
+            Err(e) => return Err(DockerError::api("kill")(e)),
+        }
+        if signal == KillSignal::Term {
+            // docker-init forwards SIGTERM to its child only; processes in other groups or
+            // sessions get it from a broadcast by the sandbox user (`kill(-1)` spares pid 1
+            // and the caller). SIGKILL needs none: it ends pid 1 and so the whole namespace.
+            let broadcast = async {
+                let exec = docker
+                    .create_exec(
+                        &run,
+                        CreateExecOptions {
+                            cmd: Some(vec![
+                                "python3".to_owned(),
+                                "-c".to_owned(),
+                                "import os, signal\ntry:\n    os.kill(-1, signal.SIGTERM)\nexcept OSError:\n    pass".to_owned(),
+                            ]),
+                            user: Some(self.shared.config.user.clone()),
+                            attach_stdout: Some(false),
+                            attach_stderr: Some(false),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                docker
+                    .start_exec(
+                        &exec.id,
+                        Some(StartExecOptions {
+                            detach: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .map(|_| ())
+            };
+            match tokio::time::timeout(Duration::from_secs(5), broadcast).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(sandbox = %self.id, error = %e, "SIGTERM broadcast not delivered")
+                }
+                Err(_) => tracing::debug!(sandbox = %self.id, "SIGTERM broadcast timed out"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn isolation(&self) -> IsolationReport {
+        crate::backend::isolation_report(&self.shared.config, &self.spec, &self.image)
+    }
+
+    fn identity(&self) -> TemplateIdentity {
+        self.image.identity()
+    }
+
+    async fn materialize(
+        &self,
+        archive: Box<dyn Read + Send>,
+        policy: &ExtractPolicy,
+        progress: ProgressFn<'_>,
+    ) -> Result<ExtractSummary> {
+        self.check_alive()?;
+        let work_dir = self.shared.config.work_dir.clone();
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| Error::io(format!("creating {}", work_dir.display()), e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!("{}-stage-", self.id))
+            .tempdir_in(&work_dir)
+            .map_err(|e| {
+                Error::io(
+                    format!("creating a staging dir in {}", work_dir.display()),
+                    e,
+                )
+            })?;
+        let dest = staging.path().join("workspace");
+        // 1. Extract with the core extractor on a blocking thread, forwarding progress.
+        let (ptx, mut prx) = mpsc::unbounded_channel();
+        let policy = *policy;
+        let dest_clone = dest.clone();
+        let mut extract = tokio::task::spawn_blocking(move || {
+            archive::extract(archive, &dest_clone, &policy, &mut |p| {
+                let _ = ptx.send(p);
+            })
+        });
+        let summary = loop {
+            tokio::select! {
+                r = &mut extract => {
+                    while let Ok(p) = prx.try_recv() { progress(p); }
+                    break r.map_err(|e| Error::backend("docker", format!("extraction task failed: {e}")))??;
+                }
+                Some(p) = prx.recv() => progress(p),
+            }
+        };
+        // 2. Stream a tar of the staged tree into the volume, owned by the sandbox user.
+        let (uid, gid) = self.shared.config.uid_gid().unwrap_or((10001, 10001));
+        let (tx, rx) = mpsc::channel(4);
+        let walker = tokio::task::spawn_blocking(move || {
+            let mut out = upload::ChannelWriter::new(tx.clone());
+            let r = upload::write_tar(&dest, uid, gid, &mut out);
+            if let Err(e) = &r {
+                let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+            }
+            r
+        });
+        let body = bollard::body_try_stream(tokio_stream_of(rx));
+        let opts = UploadToContainerOptionsBuilder::new()
+            .path(WORKSPACE)
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        let uploaded = self
+            .shared
+            .docker
+            .upload_to_container(&self.stage, Some(opts), body)
+            .await;
+        let index = walker
+            .await
+            .map_err(|e| Error::backend("docker", format!("staging walker failed: {e}")))?
+            .map_err(|e| DockerError::Io {
+                context: "reading the staged workspace".into(),
+                source: e,
+            })?;
+        uploaded.map_err(DockerError::api("upload archive"))?;
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
+        drop(staging);
+        Ok(summary)
+    }
+
+    async fn exec(&self, request: &ExecRequest, sink: &dyn ExecSink) -> Result<ExecOutcome> {
+        Ok(self.exec_inner(request, sink).await?)
+    }
+
+    async fn signal(&self, signal: KillSignal) -> Result<()> {
+        Ok(self.signal_inner(signal).await?)
+    }
+
+    async fn collect_artifact(
+        &self,
+        path: &str,
+        max_bytes: u64,
+    ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
+        if self.destroyed.load(Ordering::SeqCst) {
+            return Err(ArtifactFailure::new(
+                ArtifactErrorReason::NotFound,
+                format!("{path:?}: the sandbox was destroyed"),
+            ));
+        }
+        let container = self.run_container().unwrap_or_else(|| self.stage.clone());
+        crate::download::collect(
+            &self.shared.docker,
+            &container,
+            &self.shared.config.work_dir,
+            &self.id,
+            path,
+            max_bytes,
+            self.spec.limits.entries,
+        )
+        .await
+    }
+
+    async fn keep(&self, until: Timestamp) -> Result<()> {
+        self.check_alive()?;
+        let container = self.run_container().unwrap_or_else(|| self.stage.clone());
+        let name = format!("{}{KEPT_MARK}{}", self.id, until.as_millis());
+        let opts = RenameContainerOptionsBuilder::new().name(&name).build();
+        self.shared
+            .docker
+            .rename_container(&container, opts)
+            .await
+            .map_err(DockerError::api("rename container (keep)"))?;
+        Ok(())
+    }
+
+    async fn destroy(&self) -> Result<()> {
+        self.destroyed.store(true, Ordering::SeqCst);
+        let mut known = vec![self.stage.clone()];
+        known.extend(self.run_container());
+        crate::cleanup::remove_sandbox(&self.shared.docker, &self.id, &known).await?;
+        crate::cleanup::remove_host_leftovers(&self.shared.config.work_dir, &self.id);
+        Ok(())
+    }
+}
+
+/// A receiver as a `Stream` (without pulling in tokio-stream's wrappers).
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

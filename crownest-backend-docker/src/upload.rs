@@ -1,0 +1,201 @@
+//! Staged workspace → tar stream for `PUT /containers/{id}/archive`.
+//!
+//! The staging tree was written by the core extractor into a private directory that only
+//! this process writes, so walking it with `symlink_metadata` (never following a link) is
+//! race-free. Every entry is sent owned by the sandbox user, hardlinks are sent as tar
+//! hardlinks (never duplicated content), and the directories and files are indexed so
+//! `exec` can check `cwd` and workspace programs without asking Docker.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// What the uploaded workspace holds (relative paths, `""` = the root).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WorkspaceIndex {
+    /// Real directories.
+    pub(crate) dirs: BTreeSet<String>,
+    /// Non-directories with their permission bits (symlinks have `None`).
+    pub(crate) files: HashMap<String, Option<u32>>,
+}
+
+/// A `Write` that sends 256 KiB chunks into a bounded channel (the backpressure of the
+/// upload: the walker blocks while Docker has not taken the previous chunks).
+pub(crate) struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl ChannelWriter {
+    pub(crate) fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload was aborted"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// Writes the tar of `root` (contents placed at the target dir, the root entry `./` owned by
+/// `uid:gid`) into `out`, returning the index of what was sent.
+pub(crate) fn write_tar(
+    root: &Path,
+    uid: u64,
+    gid: u64,
+    out: impl Write,
+) -> io::Result<WorkspaceIndex> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut index = WorkspaceIndex::default();
+    let mut seen_inodes: HashMap<(u64, u64), String> = HashMap::new();
+    let meta = fs::symlink_metadata(root)?;
+    let mut header = base_header(tar::EntryType::Directory, &meta, uid, gid);
+    header.set_size(0);
+    builder.append_data(&mut header, "./", io::empty())?;
+    index.dirs.insert(String::new());
+
+    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&dir)?.collect::<io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                // The extractor only writes UTF-8 names; anything else is not ours.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "non UTF-8 name in staging",
+                ));
+            };
+            let child_rel = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path)?;
+            let ft = meta.file_type();
+            let tar_name = format!("./{child_rel}");
+            if ft.is_dir() {
+                let mut h = base_header(tar::EntryType::Directory, &meta, uid, gid);
+                h.set_size(0);
+                builder.append_data(&mut h, &tar_name, io::empty())?;
+                index.dirs.insert(child_rel.clone());
+                stack.push((path, child_rel));
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path)?;
+                let mut h = base_header(tar::EntryType::Symlink, &meta, uid, gid);
+                h.set_size(0);
+                builder.append_link(&mut h, &tar_name, &target)?;
+                index.files.insert(child_rel, None);
+            } else if ft.is_file() {
+                let key = (meta.dev(), meta.ino());
+                if meta.nlink() > 1
+                    && let Some(first) = seen_inodes.get(&key)
+                {
+                    let mut h = base_header(tar::EntryType::Link, &meta, uid, gid);
+                    h.set_size(0);
+                    builder.append_link(&mut h, &tar_name, format!("./{first}"))?;
+                } else {
+                    if meta.nlink() > 1 {
+                        seen_inodes.insert(key, child_rel.clone());
+                    }
+                    let mut h = base_header(tar::EntryType::Regular, &meta, uid, gid);
+                    h.set_size(meta.len());
+                    let file = fs::File::open(&path)?;
+                    builder.append_data(&mut h, &tar_name, io::Read::take(file, meta.len()))?;
+                }
+                index.files.insert(child_rel, Some(meta.mode() & 0o777));
+            }
+            // Anything else cannot come out of the core extractor: not sent.
+        }
+    }
+    builder.into_inner()?.flush()?;
+    Ok(index)
+}
+
+fn base_header(kind: tar::EntryType, meta: &fs::Metadata, uid: u64, gid: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    // setuid/setgid/sticky were stripped by the extractor; never send them anyway.
+    h.set_mode(meta.mode() & 0o777);
+    h.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn tar_carries_owner_links_and_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("sub")).unwrap();
+        fs::write(root.join("sub/a.txt"), b"aaa").unwrap();
+        fs::hard_link(root.join("sub/a.txt"), root.join("b.txt")).unwrap();
+        std::os::unix::fs::symlink("sub/a.txt", root.join("link")).unwrap();
+        let mut out = Vec::new();
+        let index = write_tar(root, 10001, 10001, &mut out).unwrap();
+        assert!(index.dirs.contains("") && index.dirs.contains("sub"));
+        assert_eq!(index.files.get("link"), Some(&None));
+        let mut ar = tar::Archive::new(&out[..]);
+        let mut kinds = Vec::new();
+        let mut content_bytes = 0;
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            assert_eq!(e.header().uid().unwrap(), 10001);
+            assert_eq!(e.header().gid().unwrap(), 10001);
+            content_bytes += e.header().size().unwrap();
+            kinds.push((
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+            ));
+        }
+        // The hardlinked content is sent once.
+        assert_eq!(content_bytes, 3);
+        assert!(
+            kinds.iter().any(|(_, k)| *k == tar::EntryType::Link),
+            "{kinds:?}"
+        );
+        assert!(kinds.iter().any(|(p, k)| p.trim_start_matches("./") == "link" && *k == tar::EntryType::Symlink), "{kinds:?}");
+        assert_eq!(
+            kinds[0].1,
+            tar::EntryType::Directory,
+            "the root entry comes first: {kinds:?}"
+        );
+    }
+}

@@ -1,0 +1,467 @@
+//! Engine-level behaviour of the process backend with real processes: exit codes, signals,
+//! the kill ladder reaching every process the command started (for every containment),
+//! output, artifacts, secrets, network and limits.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use crownest_backend_process::Containment;
+use crownest_core::event::ArtifactErrorReason;
+use crownest_core::run::ArtifactKind;
+use crownest_core::{
+    EventKind, FailureKind, LimitOverrides, Network, RunSpec, RunStatus, SandboxBackend as _,
+};
+
+fn sh(script: &str) -> RunSpec {
+    RunSpec::new(["sh", "-c", script])
+}
+
+fn failure(done: &crownest_core::RunRecord) -> Option<FailureKind> {
+    done.failure.as_ref().map(|f| f.kind)
+}
+
+fn survivor_errors(events: &[crownest_core::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Error { code, message } if code == "survivors" => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_and_signals() {
+    let b = backend(Containment::Auto);
+    let (_, done, _) = run(b.clone(), sh("exit 7")).await;
+    assert_eq!((done.status, done.exit_code), (RunStatus::Failed, Some(7)));
+    assert_eq!(failure(&done), Some(FailureKind::ExitNonzero));
+
+    let (_, done, _) = run(b.clone(), sh("echo fine")).await;
+    assert_eq!(
+        (done.status, done.exit_code),
+        (RunStatus::Succeeded, Some(0))
+    );
+
+    let (_, done, _) = run(b.clone(), sh("kill -TERM $$")).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(done.signal, Some(15));
+    assert_eq!(failure(&done), Some(FailureKind::Signaled));
+
+    let (_, done, _) = run(b, sh("echo x").with_cwd("hello.txt")).await;
+    assert_eq!(
+        failure(&done),
+        Some(FailureKind::SpawnFailed),
+        "a file as cwd: {:?}",
+        done.failure
+    );
+}
+
+/// The scenario of issue 5: on timeout, a grandchild that ignores SIGTERM, a background
+/// child that keeps stdout open and a `setsid` daemon all die; nothing survives.
+async fn timeout_kills_the_tree(containment: Containment) {
+    let b = backend(containment);
+    let n = unique_sleep();
+    let script = format!(
+        "trap '' TERM
+         sh -c \"trap '' TERM; exec sleep {n}\" &
+         sleep {n} &
+         setsid sleep {n} &
+         setsid sh -c 'sleep {n}' >/dev/null 2>&1 &
+         echo ready
+         sleep {n}"
+    );
+    let mut spec = sh(&script).with_timeout_ms(1500);
+    spec.limits.kill_grace_ms = Some(500);
+    let engine = engine(b.clone()).await;
+    let id = start(&engine, spec).await;
+    // Wait until the tree is up, and see it from the host.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = processes_with_arg(&n);
+        if running.len() >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tree never came up: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let done = tokio::time::timeout(Duration::from_secs(60), engine.wait(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    let left = processes_with_arg(&n);
+    kill_all(&left);
+    let events = events(&engine, &id).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(failure(&done), Some(FailureKind::TimedOut));
+    assert!(stdout(&events).contains("ready"));
+    assert!(
+        left.is_empty(),
+        "{containment:?}: processes survived the run: {left:?}"
+    );
+    assert!(
+        survivor_errors(&events).is_empty(),
+        "{:?}",
+        survivor_errors(&events)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let ev = engine.evidence(&id).await.unwrap();
+    let iso = ev.isolation.unwrap();
+    assert_eq!(iso.process_containment, b.containment());
+    assert!(!iso.security_boundary);
+    assert!(ev.sandbox.destroyed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_tree_pid_namespace() {
+    timeout_kills_the_tree(Containment::PidNamespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_tree_user_namespace() {
+    timeout_kills_the_tree(Containment::UserNamespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_tree_cgroup() {
+    timeout_kills_the_tree(Containment::Cgroup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_tree_process_group() {
+    timeout_kills_the_tree(Containment::ProcessGroup).await;
+}
+
+/// When the main process exits, what it left running dies with it (so a background child
+/// holding stdout cannot hang the run).
+async fn main_exit_ends_leftovers(containment: Containment) {
+    let b = backend(containment);
+    let n = unique_sleep();
+    let started = Instant::now();
+    let (_, done, events) = run(
+        b,
+        sh(&format!(
+            "sleep {n} & setsid sleep {n} & sleep 0.3; echo done"
+        )),
+    )
+    .await;
+    let left = processes_with_arg(&n);
+    kill_all(&left);
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(stdout(&events), "done\n");
+    assert!(
+        left.is_empty(),
+        "{containment:?}: leftovers survived: {left:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the run did not hang on the held pipe"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_exit_ends_leftovers_pid_namespace() {
+    main_exit_ends_leftovers(Containment::PidNamespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_exit_ends_leftovers_cgroup() {
+    main_exit_ends_leftovers(Containment::Cgroup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_exit_ends_leftovers_process_group() {
+    main_exit_ends_leftovers(Containment::ProcessGroup).await;
+}
+
+/// With only a process group, a daemon that escapes before the first scan cannot be
+/// killed; it must then be reported, never hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_group_reports_what_it_cannot_kill() {
+    let b = backend(Containment::ProcessGroup);
+    assert!(!b.capabilities().process_tree_kill);
+    let n = unique_sleep();
+    let (_, done, events) = run(b, sh(&format!("setsid sh -c 'sleep {n}' & exit 0"))).await;
+    let left = processes_with_arg(&n);
+    kill_all(&left);
+    assert_eq!(done.status, RunStatus::Succeeded);
+    if !left.is_empty() {
+        assert!(
+            !survivor_errors(&events).is_empty(),
+            "a leaked daemon was not reported: {left:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_tree() {
+    let b = backend(Containment::Auto);
+    let n = unique_sleep();
+    let engine = engine(b).await;
+    let id = start(
+        &engine,
+        sh(&format!("setsid sleep {n} & echo ready; sleep {n}")),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_with_arg(&n).len() < 2 {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.cancel(&id).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), engine.wait(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    let left = processes_with_arg(&n);
+    kill_all(&left);
+    assert_eq!(done.status, RunStatus::Canceled);
+    assert!(left.is_empty(), "survivors after cancel: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_output_round_trips_as_base64() {
+    let b = backend(Containment::Auto);
+    let script =
+        "import sys; sys.stdout.buffer.write(bytes(range(256)) * 1000); sys.stdout.flush()";
+    let (_, done, events) = run(b, RunSpec::new(["python3", "-c", script])).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    let want: Vec<u8> = (0..1000).flat_map(|_| 0u8..=255).collect();
+    assert_eq!(stream_bytes(&events, true), want);
+    let b64 = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Stdout(c) if c.data_base64.is_some()))
+        .count();
+    assert!(b64 > 0, "non-UTF-8 chunks travel as dataBase64");
+    let json = serde_json::to_string(&events).unwrap();
+    assert!(json.contains("\"dataBase64\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_values_never_reach_events_or_evidence() {
+    let b = backend(Containment::Auto);
+    let secret = "s3cr3t-Value-9f8e7d";
+    let spec =
+        sh("echo \"token=$API_TOKEN\"; echo \"$API_TOKEN\" >&2; echo \"$API_TOKEN\" > leak.txt")
+            .with_env("API_TOKEN", secret)
+            .with_artifact("leak.txt", false);
+    let (engine, done, events) = run(b, spec).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(stdout(&events), "token=***\n");
+    let events_json = serde_json::to_string(&events).unwrap();
+    let evidence_json = serde_json::to_string(&engine.evidence(&done.id).await.unwrap()).unwrap();
+    let record_json = serde_json::to_string(&engine.get(&done.id).await.unwrap()).unwrap();
+    for (what, json) in [
+        ("events", &events_json),
+        ("evidence", &evidence_json),
+        ("record", &record_json),
+    ] {
+        assert!(!json.contains(secret), "the secret leaked into the {what}");
+    }
+    assert!(
+        evidence_json.contains("API_TOKEN"),
+        "env names are recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_cases() {
+    let b = backend(Containment::Auto);
+    let script = "mkfifo pipe.fifo
+        ln -s /etc/passwd passwd-link
+        mkdir -p dir/nested && echo a > dir/a.txt && echo b > dir/nested/b.txt
+        head -c 5000 /dev/zero > big.bin
+        echo ok > small.txt";
+    let mut spec = sh(script)
+        .with_artifact("pipe.fifo", false)
+        .with_artifact("passwd-link", false)
+        .with_artifact("dir", false)
+        .with_artifact("big.bin", false)
+        .with_artifact("small.txt", true)
+        .with_artifact("missing.txt", false);
+    spec.limits.artifact_bytes_each = Some(4096);
+    let (engine, done, _) = run(b.clone(), spec).await;
+    assert_eq!(
+        done.status,
+        RunStatus::Succeeded,
+        "{:?} {:?}",
+        done.failure,
+        done.artifact_errors
+    );
+    let reason = |p: &str| {
+        done.artifact_errors
+            .iter()
+            .find(|e| e.path == p)
+            .map(|e| e.reason)
+    };
+    assert_eq!(reason("pipe.fifo"), Some(ArtifactErrorReason::NotRegular));
+    assert!(matches!(
+        reason("passwd-link"),
+        Some(ArtifactErrorReason::NotRegular | ArtifactErrorReason::EscapesWorkspace)
+    ));
+    assert_eq!(reason("big.bin"), Some(ArtifactErrorReason::TooLarge));
+    assert_eq!(reason("missing.txt"), Some(ArtifactErrorReason::NotFound));
+    let small = done
+        .artifacts
+        .iter()
+        .find(|a| a.path == "small.txt")
+        .unwrap();
+    assert_eq!(small.size_bytes, 3);
+    let dir = done.artifacts.iter().find(|a| a.path == "dir").unwrap();
+    assert_eq!(dir.kind, ArtifactKind::Directory);
+    let mut tar_bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut engine.store().open_blob(&dir.sha256).await.unwrap(),
+        &mut tar_bytes,
+    )
+    .unwrap();
+    let mut names: Vec<String> = tar::Archive::new(&tar_bytes[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.iter().any(|n| n.ends_with("a.txt"))
+            && names.iter().any(|n| n.ends_with("nested/b.txt")),
+        "{names:?}"
+    );
+
+    let (_, done, _) = run(b, sh("true").with_artifact("out/missing.txt", true)).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(failure(&done), Some(FailureKind::MissingRequiredArtifact));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_none_is_enforced_and_enabled_works() {
+    let b = backend(Containment::Auto);
+    assert!(
+        b.capabilities().network_isolation,
+        "root here: namespaces work"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let _ = listener.accept().await;
+        }
+    });
+    let code = format!(
+        "import socket\ntry:\n  socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\nexcept OSError as e:\n  print('refused', e)"
+    );
+    let (engine, done, events) = run(b.clone(), RunSpec::new(["python3", "-c", &code])).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert!(
+        stdout(&events).starts_with("refused"),
+        "{}",
+        stdout(&events)
+    );
+    assert_eq!(
+        engine
+            .evidence(&done.id)
+            .await
+            .unwrap()
+            .isolation
+            .unwrap()
+            .network,
+        "none"
+    );
+
+    let spec = RunSpec::new(["python3", "-c", &code]).with_network(Network::Enabled);
+    let (engine, done, events) = run(b, spec).await;
+    assert_eq!(stdout(&events), "connected\n");
+    assert_eq!(
+        engine
+            .evidence(&done.id)
+            .await
+            .unwrap()
+            .isolation
+            .unwrap()
+            .network,
+        "enabled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rlimits_apply() {
+    let b = backend(Containment::Auto);
+    let limits = LimitOverrides {
+        open_files: Some(123),
+        extracted_bytes: Some(100_000),
+        artifact_bytes_each: Some(100_000),
+        ..LimitOverrides::default()
+    };
+    let (_, done, events) = run(b.clone(), sh("ulimit -n; ulimit -c").with_limits(limits)).await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(stdout(&events), "123\n0\n");
+    let (_, done, _) = run(
+        b,
+        sh("exec head -c 200000 /dev/zero > big").with_limits(limits),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(
+        failure(&done),
+        Some(FailureKind::LimitExceeded),
+        "{:?}",
+        done.failure
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_env_and_identity() {
+    let b = backend(Containment::Auto);
+    let (engine, done, events) = run(
+        b,
+        sh("echo \"$PATH|$HOME|$LANG|$TMPDIR\"; pwd; test -w \"$TMPDIR\" && echo tmp-ok"),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    let out = stdout(&events);
+    let mut lines = out.lines();
+    let vars: Vec<&str> = lines.next().unwrap().split('|').collect();
+    assert_eq!(vars[0], "/usr/local/bin:/usr/bin:/bin");
+    assert!(vars[1].ends_with("/workspace"));
+    assert_eq!(vars[2], "C.UTF-8");
+    assert!(vars[3].ends_with("/tmp"));
+    assert_eq!(lines.next().unwrap(), vars[1], "cwd is the workspace");
+    assert_eq!(lines.next(), Some("tmp-ok"));
+    let ev = engine.evidence(&done.id).await.unwrap();
+    let facts = ev.template.identity.unwrap().facts;
+    assert!(
+        facts
+            .get("python3.version")
+            .is_some_and(|v| v.starts_with("Python 3")),
+        "{facts:?}"
+    );
+    assert!(facts.contains_key("python3.path"));
+    assert!(facts.contains_key("node.version") || facts.contains_key("node.missing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_removes_read_only_trees() {
+    let b = backend(Containment::Auto);
+    let (engine, done, _) = run(
+        b,
+        sh("mkdir -p ro/x && echo f > ro/x/f && chmod 500 ro/x && chmod 000 ro && chmod 500 ."),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    let ev = engine.evidence(&done.id).await.unwrap();
+    assert!(ev.sandbox.destroyed);
+    let dir = ev
+        .isolation
+        .unwrap()
+        .details
+        .get("sandboxDir")
+        .cloned()
+        .unwrap();
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} was removed");
+}
