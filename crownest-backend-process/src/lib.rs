@@ -53,6 +53,11 @@
 //! Everything else is reported as not enforced: `memoryLimit`, `pidsLimit` and
 //! `filesystemIsolation` are false, `securityBoundary` is false.
 //!
+//! The relay and the init carry `PR_SET_PDEATHSIG(SIGKILL)`, which Linux ties to the
+//! *thread* that spawned them: spawns happen on the tokio worker thread that polls `exec`,
+//! so commands die with the runtime (or the host process), never earlier. After a host
+//! crash, `sweep_orphans` kills what a sandbox's marker says is left and removes it.
+//!
 //! ## Capabilities
 //!
 //! | capability | value |

@@ -63,7 +63,9 @@ async fn exit_codes_and_signals() {
 /// The scenario of issue 5: on timeout, a grandchild that ignores SIGTERM, a background
 /// child that keeps stdout open and a `setsid` daemon all die; nothing survives.
 async fn timeout_kills_the_tree(containment: Containment) {
-    let b = backend(containment);
+    let Some(b) = forced_backend(containment) else {
+        return;
+    };
     let n = unique_sleep();
     let script = format!(
         "trap '' TERM
@@ -142,7 +144,9 @@ async fn timeout_kills_the_tree_process_group() {
 /// When the main process exits, what it left running dies with it (so a background child
 /// holding stdout cannot hang the run).
 async fn main_exit_ends_leftovers(containment: Containment) {
-    let b = backend(containment);
+    let Some(b) = forced_backend(containment) else {
+        return;
+    };
     let n = unique_sleep();
     let started = Instant::now();
     let (_, done, events) = run(

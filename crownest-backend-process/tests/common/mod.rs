@@ -21,6 +21,20 @@ pub fn backend(containment: Containment) -> Arc<ProcessBackend> {
     )
 }
 
+/// The backend with a forced containment. Root-only containments are refused with a typed
+/// error when the tests run unprivileged (then `None`); as root they must work.
+pub fn forced_backend(containment: Containment) -> Option<Arc<ProcessBackend>> {
+    match ProcessBackend::new(ProcessConfig::with_root(root()).containment(containment)) {
+        Ok(b) => Some(Arc::new(b)),
+        Err(e) if !rustix::process::geteuid().is_root() => {
+            assert!(e.chain().contains("does not work here"), "{}", e.chain());
+            eprintln!("{containment:?} refused unprivileged: {}", e.chain());
+            None
+        }
+        Err(e) => panic!("{containment:?} must work as root: {}", e.chain()),
+    }
+}
+
 pub async fn engine(backend: Arc<ProcessBackend>) -> WorkspaceRuns {
     let config = EngineConfig {
         heartbeat_interval: Duration::from_millis(500),
