@@ -1,0 +1,214 @@
+//! [`WasmBackend`]: the [`SandboxBackend`] running WASI preview 1 modules with wasmtime.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use crownest_core::{
+    Capabilities, Error, IsolationReport, Limits, Network, Result, RunId, Sandbox, SandboxBackend, SandboxSpec,
+    TemplateInfo, Timestamp,
+};
+
+use crate::compile::{ModuleSource, Runtime};
+use crate::modules::{Interpreter, ModuleVerifier, TEMPLATE, TemplateModules};
+use crate::sandbox::WasmSandbox;
+use crate::workspace::{self, Marker, SandboxDir};
+use crate::{BACKEND_NAME, WasmConfig};
+
+/// State shared by a backend and its sandboxes.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: WasmConfig,
+    pub(crate) runtime: Runtime,
+    pub(crate) verifier: ModuleVerifier,
+}
+
+/// The wasm backend. Cheap to clone (an `Arc` inside); all clones share one wasmtime
+/// engine, its epoch ticker thread and the modules loaded in memory.
+#[derive(Debug, Clone)]
+pub struct WasmBackend {
+    shared: Arc<Shared>,
+}
+
+/// One module made ready by [`WasmBackend::preload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preloaded {
+    /// Which interpreter.
+    pub interpreter: Interpreter,
+    /// Where it came from.
+    pub source: ModuleSource,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl WasmBackend {
+    /// A backend with this configuration. Starts the epoch ticker thread; does not touch
+    /// the modules yet (see [`WasmBackend::preload`]).
+    pub fn new(config: WasmConfig) -> Result<Self> {
+        let runtime = Runtime::new(config.cache_dir.clone(), config.epoch_tick)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                runtime,
+                verifier: ModuleVerifier::default(),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WasmConfig {
+        &self.shared.config
+    }
+
+    fn modules(&self) -> std::result::Result<TemplateModules, String> {
+        self.shared.verifier.verify(&self.shared.config.modules_dir)
+    }
+
+    /// Verifies both modules and loads them (from memory, the compiled cache, or by
+    /// compiling), so the first run does not pay for it. Idempotent.
+    pub async fn preload(&self) -> Result<Vec<Preloaded>> {
+        let modules = self.modules().map_err(|reason| Error::Unsupported {
+            operation: format!("the python-node template ({reason})"),
+            backend: BACKEND_NAME.into(),
+        })?;
+        let mut out = Vec::new();
+        for interpreter in Interpreter::ALL {
+            let started = Instant::now();
+            let (_, source) = self.shared.runtime.instance_pre(modules.get(interpreter)).await?;
+            out.push(Preloaded {
+                interpreter,
+                source,
+                elapsed: started.elapsed(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// What the backend enforces; the same for every sandbox.
+pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
+    let mut report = IsolationReport {
+        backend: BACKEND_NAME.into(),
+        network: "none".into(),
+        memory_bytes: Some(limits.memory_bytes),
+        pids: Some(1),
+        process_containment: "wasm".into(),
+        user: None,
+        security_boundary: true,
+        details: Default::default(),
+    };
+    let d = &mut report.details;
+    d.insert("runtime".into(), format!("wasmtime {} (cranelift)", crate::WASMTIME_VERSION));
+    d.insert("wasi".into(), "preview1".into());
+    d.insert(
+        "preopens".into(),
+        "/workspace (rw, the workspace), / (rw, the working directory), /.crownest/python (ro, CPython's sitecustomize.py; python only)".into(),
+    );
+    d.insert("sockets".into(), "none (no preopened sockets; TCP, UDP and name lookup denied)".into());
+    d.insert("processes".into(), "one guest; WASI preview 1 cannot create processes".into());
+    d.insert(
+        "memoryLimit".into(),
+        "guest linear memory (StoreLimits, trap on grow failure); host-side buffers not counted".into(),
+    );
+    d.insert(
+        "deadline".into(),
+        "epoch interruption (ticker) + wall clock; signal stops the guest at once".into(),
+    );
+    d.insert("user".into(), "none (WASI has no users; files are written as the host process's user)".into());
+    d.insert("diskQuota".into(), "none".into());
+    report
+}
+
+#[async_trait]
+impl SandboxBackend for WasmBackend {
+    fn name(&self) -> &str {
+        BACKEND_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            network_isolation: true,
+            memory_limit: true,
+            pids_limit: true,
+            filesystem_isolation: true,
+            process_tree_kill: true,
+            keep_sandbox: true,
+            non_root: false,
+            security_boundary: true,
+        }
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        let this = self.clone();
+        let verified = tokio::task::spawn_blocking(move || this.modules())
+            .await
+            .map_err(|e| Error::Backend {
+                backend: BACKEND_NAME.into(),
+                source: Box::new(e),
+            })?;
+        Ok(vec![match verified {
+            Ok(m) => TemplateInfo {
+                name: TEMPLATE.into(),
+                available: true,
+                reason: None,
+                identity: Some(m.identity()),
+            },
+            Err(reason) => TemplateInfo {
+                name: TEMPLATE.into(),
+                available: false,
+                reason: Some(reason),
+                identity: None,
+            },
+        }])
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        if spec.template != TEMPLATE {
+            return Err(Error::invalid(
+                "template",
+                format!("the wasm backend offers only {TEMPLATE:?}, not {:?}", spec.template),
+            ));
+        }
+        if spec.network == Network::Enabled {
+            return Err(Error::invalid(
+                "network",
+                "the wasm backend cannot give a guest network access (WASI preview 1 modules have no sockets)",
+            ));
+        }
+        let this = self.clone();
+        let spec = spec.clone();
+        let made = tokio::task::spawn_blocking(move || -> Result<WasmSandbox> {
+            let modules = this.modules().map_err(|reason| {
+                Error::invalid("template", format!("{TEMPLATE} is unavailable on the wasm backend: {reason}"))
+            })?;
+            let marker = Marker {
+                run_id: spec.run_id.clone(),
+                instance: spec.instance.clone(),
+                owner: spec.owner.clone(),
+                created_at: Timestamp::now(),
+                keep_until: None,
+            };
+            let dir = SandboxDir::create(&this.shared.config.workspace_root, &marker)?;
+            Ok(WasmSandbox::new(this.shared.clone(), dir, modules, spec.limits, marker))
+        })
+        .await
+        .map_err(|e| Error::Backend {
+            backend: BACKEND_NAME.into(),
+            source: Box::new(e),
+        })??;
+        Ok(Box::new(made))
+    }
+
+    async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
+        let root = self.shared.config.workspace_root.clone();
+        let live = live.to_vec();
+        let swept = tokio::task::spawn_blocking(move || workspace::sweep(&root, &live))
+            .await
+            .map_err(|e| Error::Backend {
+                backend: BACKEND_NAME.into(),
+                source: Box::new(e),
+            })??;
+        Ok(swept)
+    }
+}
+

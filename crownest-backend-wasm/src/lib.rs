@@ -1,0 +1,115 @@
+//! # crownest-backend-wasm
+//!
+//! A CrowNest [`SandboxBackend`](crownest_core::SandboxBackend) that runs commands as WASI
+//! preview 1 modules inside [wasmtime](https://wasmtime.dev) (pinned `=48.0.8`). The
+//! `python-node` template maps argv[0] to a module:
+//!
+//! | argv[0] | module | what it is |
+//! |---|---|---|
+//! | `python`, `python3`, `python3.12` | `python-3.12.0.wasm` | CPython 3.12.0 for wasm32-wasi (VMware Wasm Labs), standard library embedded |
+//! | `node` | `quickjs.wasm` | QuickJS-NG 0.11.0 for wasm32-wasi: **not Node.js** (below) |
+//! | anything else | — | `ExitStatus::SpawnFailed`: there is no shell, no PATH, no other program |
+//!
+//! The modules are fetched and verified by `scripts/fetch-wasm-modules.sh` into
+//! `${CROWNEST_CACHE_DIR:-$HOME/.cache/crownest}/wasm/`; their sha256 are pinned in
+//! `modules.lock`, which is compiled into this crate and checked again by the backend. A
+//! missing or different module makes the template unavailable, with a reason naming the
+//! script. The template identity (in the Evidence Bundle) lists each module's file, size,
+//! sha256, build and source, and the wasmtime version.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use crownest_backend_wasm::{WasmBackend, WasmConfig};
+//! use crownest_core::{MemoryStore, RunSpec, WorkspaceRuns};
+//!
+//! # async fn demo() -> crownest_core::Result<()> {
+//! let wasm = WasmBackend::new(WasmConfig::default())?;
+//! wasm.preload().await?; // compile or load both modules before the first run
+//! let runs = WorkspaceRuns::builder(Arc::new(MemoryStore::new()))
+//!     .backend(Arc::new(wasm))
+//!     .open()
+//!     .await?;
+//! let spec = RunSpec::new(["python3", "-c", "open('out.txt', 'w').write('hi')"])
+//!     .with_backend("wasm")
+//!     .with_artifact("out.txt", true);
+//! let run = runs.create(spec).await?;
+//! # let _ = run;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## What it enforces
+//!
+//! | capability | how |
+//! |---|---|
+//! | filesystem isolation | only the run's workspace is preopened, read-write, at `/workspace`; the working directory is also preopened at `/` (WASI preview 1 programs start in `/` and wasi-libc resolves relative paths against it), and for CPython a read-only `/.crownest/python` holds the `sitecustomize.py` that moves it into the working directory. Everything goes through wasmtime-wasi's capability-based (cap-std) filesystem: `..` and symlinks cannot leave a preopened directory, `/etc/passwd` does not exist |
+//! | network isolation | no sockets: none preopened; TCP, UDP and name lookup denied |
+//! | memory limit | `limits.memoryBytes` caps the guest's linear memory ([`wasmtime::StoreLimits`], trap on grow failure) → `LimitExceeded`; instances, tables and memories are capped too |
+//! | process tree kill / pids | one guest, which cannot create processes; `signal(Term|Kill)` stops it at once → `Signaled(15|9)` |
+//! | deadlines | epoch interruption (a ticker thread, 10 ms) makes busy guests yield; stopping drops the running call, so a guest blocked in a host call (`time.sleep(1000)`) stops too; a backstop deadline of `timeout + killGrace + 5 s` ends the guest if nobody signals it |
+//! | stdin / env / args | stdin closed; env and args exactly as given (CPython also gets `PYTHONPATH` and `CROWNEST_WASM_CWD`, which its `sitecustomize.py` removes again) |
+//! | output | stdout/stderr go through an output stream that waits until the engine's sink accepted each write (backpressure; never a buffer that traps when full) |
+//! | non-root | not claimed: WASI has no users, files are written as the host process's user |
+//! | disk quota | none: a guest can fill the workspace's file system |
+//!
+//! ## Exit statuses
+//!
+//! * `proc_exit(n)` / `sys.exit(n)` → `Exited(n)`; returning from `_start` → `Exited(0)`.
+//! * Memory (or table) limit hit → `LimitExceeded` with the sizes.
+//! * Stopped by `signal` → `Signaled(15)` for `Term`, `Signaled(9)` for `Kill` (WASI has no
+//!   signals: both stop the guest at once); by the backstop deadline → `Signaled(9)`.
+//! * Any other trap (unreachable, stack overflow, out-of-bounds) → `Signaled(6)`
+//!   ([`TRAP_SIGNAL`], like `SIGABRT`), with the trap written to the command's stderr.
+//!
+//! ## `node` is QuickJS, not Node.js
+//!
+//! `node script.js` and `node -e CODE` work, but the engine is QuickJS-NG: ES2023 and the
+//! `qjs:std` / `qjs:os` modules (`std.loadFile`, `std.open`, `os.readdir`...), `print` and
+//! `console.log`, `scriptArgs` for the arguments. There is **no npm**, no `require`, no
+//! Node built-in modules (`fs`, `path`, `http`, `child_process`...), no `process` object,
+//! no event loop beyond promises and `os.setTimeout`, and `os.getcwd()` reports `/` (the
+//! working directory's contents are there).
+//!
+//! ## Compiled modules
+//!
+//! Compiling CPython takes seconds, so compiled modules are cached on disk in
+//! [`WasmConfig::cache_dir`] (keyed by module sha256 and the engine's compatibility hash,
+//! written atomically; see [`compile`] for why loading them is sound) and kept in memory
+//! for every run of one backend.
+//!
+//! ## Workspaces
+//!
+//! Each sandbox is `<workspace_root>/<run id>-<random>/` with `workspace/` (extracted with
+//! the core extractor through a staging directory renamed into place), a `sandbox.json`
+//! marker (run id, owner process, keep-until) outside the workspace, and CPython's
+//! `python/sitecustomize.py`. `destroy` removes the directory and checks it is gone;
+//! `sweep_orphans` removes directories whose owner process is gone and whose run is not
+//! live, and kept ones past their keep-until.
+
+pub mod compile;
+mod config;
+mod error;
+mod guest;
+mod limits;
+mod modules;
+mod output;
+mod sandbox;
+mod workspace;
+
+mod backend;
+
+pub use backend::{Preloaded, WasmBackend};
+pub use compile::ModuleSource;
+pub use config::WasmConfig;
+pub use error::WasmError;
+pub use guest::TRAP_SIGNAL;
+pub use modules::Interpreter;
+pub use sandbox::WasmSandbox;
+
+/// The registered backend name.
+pub const BACKEND_NAME: &str = "wasm";
+
+/// The wasmtime version this crate is built against (pinned in the workspace).
+pub const WASMTIME_VERSION: &str = "48.0.8";

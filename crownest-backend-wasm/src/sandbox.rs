@@ -1,0 +1,278 @@
+//! [`WasmSandbox`]: one run's directory, its workspace and the guest running in it.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crownest_core::archive::{ExtractPolicy, ExtractSummary};
+use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
+use crownest_core::backend::ProgressFn;
+use crownest_core::event::ArtifactErrorReason;
+use crownest_core::{
+    Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal, Limits, Result, Sandbox,
+    TemplateIdentity, Timestamp,
+};
+use tokio::sync::watch;
+
+use crate::backend::Shared;
+use crate::error::WasmError;
+use crate::guest::{self, GuestCommand};
+use crate::modules::{FETCH_SCRIPT, Interpreter, TemplateModules};
+use crate::workspace::{Marker, SandboxDir, remove_tree};
+
+/// A sandbox of the wasm backend: a host directory whose `workspace/` is the only
+/// read-write directory a guest sees.
+pub struct WasmSandbox {
+    shared: Arc<Shared>,
+    dir: SandboxDir,
+    modules: TemplateModules,
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    marker: Option<Marker>,
+    /// Stop channel of the running guest (the signal number), if one runs.
+    running: Option<watch::Sender<Option<i32>>>,
+    destroyed: bool,
+}
+
+impl std::fmt::Debug for WasmSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmSandbox")
+            .field("id", &self.dir.id)
+            .field("dir", &self.dir.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spawn_failed(message: impl Into<String>) -> Result<ExecOutcome> {
+    Ok(ExecOutcome::new(ExitStatus::SpawnFailed(message.into())))
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    WasmError::Io {
+        context: "joining a blocking task".into(),
+        source: std::io::Error::other(e),
+    }
+    .into()
+}
+
+impl WasmSandbox {
+    pub(crate) fn new(shared: Arc<Shared>, dir: SandboxDir, modules: TemplateModules, limits: Limits, marker: Marker) -> Self {
+        Self {
+            shared,
+            dir,
+            modules,
+            limits,
+            state: Mutex::new(State {
+                marker: Some(marker),
+                ..State::default()
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The host directory of the workspace (for inspection and tests).
+    pub fn workspace_path(&self) -> std::path::PathBuf {
+        self.dir.workspace()
+    }
+
+    /// Checks that `cwd` (validated, normalized) names a directory of the workspace,
+    /// reached without following a symlink.
+    fn check_cwd(workspace: &Path, cwd: &str) -> std::result::Result<(), String> {
+        let mut p = workspace.to_owned();
+        for c in cwd.split('/').filter(|c| !c.is_empty()) {
+            p.push(c);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(format!("cwd {cwd:?}: {c:?} is a symlink; the working directory must be a real directory"));
+                }
+                Ok(_) => return Err(format!("cwd {cwd:?}: {c:?} is not a directory")),
+                Err(e) => return Err(format!("cwd {cwd:?} does not exist in the workspace ({e})")),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sandbox for WasmSandbox {
+    fn id(&self) -> &str {
+        &self.dir.id
+    }
+
+    fn isolation(&self) -> IsolationReport {
+        crate::backend::isolation_report(&self.limits)
+    }
+
+    fn identity(&self) -> TemplateIdentity {
+        self.modules.identity()
+    }
+
+    async fn materialize(
+        &self,
+        archive: Box<dyn Read + Send>,
+        policy: &ExtractPolicy,
+        progress: ProgressFn<'_>,
+    ) -> Result<ExtractSummary> {
+        let staging = self.dir.dir.join("workspace.staging");
+        let workspace = self.dir.workspace();
+        let policy = *policy;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::task::spawn_blocking(move || {
+            let _ = remove_tree(&staging);
+            let summary = crownest_core::archive::extract(archive, &staging, &policy, &mut |p| {
+                let _ = tx.send(p);
+            })?;
+            // Replace the empty workspace with the complete tree in one rename: the
+            // command never sees a partial tree.
+            if let Err(e) = std::fs::rename(&staging, &workspace) {
+                let _ = remove_tree(&staging);
+                return Err(WasmError::io(format!(
+                    "moving the extracted archive into {} (is the workspace not empty?)",
+                    workspace.display()
+                ))(e)
+                .into());
+            }
+            Ok(summary)
+        });
+        tokio::pin!(task);
+        loop {
+            tokio::select! {
+                Some(p) = rx.recv() => progress(p),
+                r = &mut task => {
+                    while let Ok(p) = rx.try_recv() {
+                        progress(p);
+                    }
+                    return r.map_err(join_error)?;
+                }
+            }
+        }
+    }
+
+    async fn exec(&self, request: &ExecRequest, sink: &dyn ExecSink) -> Result<ExecOutcome> {
+        let Some(argv0) = request.argv.first() else {
+            return spawn_failed("the command is empty");
+        };
+        let Some(interpreter) = Interpreter::from_argv0(argv0) else {
+            return spawn_failed(format!(
+                "{argv0:?} is not a program of the wasm backend's python-node template: argv[0] must be \
+                 python, python3, python3.12 (CPython 3.12 for WASI) or node (QuickJS-NG for WASI); \
+                 there is no shell, no PATH and no other program"
+            ));
+        };
+        if let Err(m) = crownest_core::spec::validate_relative_path(&request.cwd, true) {
+            return spawn_failed(format!("invalid cwd {:?}: {m}", request.cwd));
+        }
+        let cwd = crownest_core::spec::normalize_relative(&request.cwd);
+        let workspace = self.dir.workspace();
+        if let Err(m) = Self::check_cwd(&workspace, &cwd) {
+            return spawn_failed(m);
+        }
+        // The module files must still be the verified ones.
+        let modules = match self.shared.verifier.verify(&self.shared.config.modules_dir) {
+            Ok(m) if m == self.modules => m,
+            Ok(_) => return spawn_failed("the wasm modules changed since this sandbox was created"),
+            Err(reason) => return spawn_failed(format!("python-node is unavailable: {reason} ({FETCH_SCRIPT})")),
+        };
+        let module = modules.get(interpreter);
+        let (pre, _) = self.shared.runtime.instance_pre(module).await?;
+
+        let (stop_tx, stop_rx) = watch::channel(None);
+        {
+            let mut st = self.state();
+            if st.destroyed {
+                return spawn_failed("the sandbox was destroyed");
+            }
+            st.running = Some(stop_tx);
+        }
+        let backstop = Duration::from_millis(self.limits.timeout_ms.saturating_add(self.limits.kill_grace_ms))
+            .saturating_add(self.shared.config.deadline_margin);
+        let python_site = self.dir.python_site();
+        let cmd = GuestCommand {
+            interpreter,
+            argv: &request.argv,
+            env: &request.env,
+            workspace: &workspace,
+            cwd: &cwd,
+            python_site: &python_site,
+            memory_bytes: self.limits.memory_bytes,
+            backstop,
+        };
+        let result = guest::run(&self.shared.runtime, pre, &cmd, &self.shared.config, stop_rx, sink).await;
+        self.state().running = None;
+        Ok(ExecOutcome::new(result?))
+    }
+
+    async fn signal(&self, signal: KillSignal) -> Result<()> {
+        let sig = match signal {
+            KillSignal::Term => 15,
+            KillSignal::Kill => 9,
+        };
+        if let Some(tx) = self.state().running.as_ref() {
+            tx.send_if_modified(|v| {
+                if v.is_none() {
+                    *v = Some(sig);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn collect_artifact(&self, path: &str, max_bytes: u64) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
+        let workspace = self.dir.workspace();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || crownest_core::artifact::collect_from_dir(&workspace, &path, max_bytes))
+            .await
+            .unwrap_or_else(|e| Err(ArtifactFailure::new(ArtifactErrorReason::NotFound, format!("collection failed: {e}"))))
+    }
+
+    async fn keep(&self, until: Timestamp) -> Result<()> {
+        let marker = {
+            let mut st = self.state();
+            if st.destroyed {
+                return Err(Error::invalid("keepSandbox", "the sandbox was already destroyed"));
+            }
+            let Some(m) = st.marker.as_mut() else {
+                return Err(Error::invalid("keepSandbox", "the sandbox has no marker"));
+            };
+            m.keep_until = Some(until);
+            m.clone()
+        };
+        self.dir.write_marker(&marker)?;
+        Ok(())
+    }
+
+    async fn destroy(&self) -> Result<()> {
+        {
+            let mut st = self.state();
+            if let Some(tx) = st.running.as_ref() {
+                tx.send_if_modified(|v| {
+                    if v.is_none() {
+                        *v = Some(9);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            st.destroyed = true;
+        }
+        let dir = self.dir.dir.clone();
+        tokio::task::spawn_blocking(move || remove_tree(&dir))
+            .await
+            .map_err(join_error)?
+            .map_err(|e| WasmError::io(format!("removing sandbox {}", self.dir.id))(e).into())
+    }
+}
