@@ -1,0 +1,219 @@
+//! The command line (clap derive). `docs/cli.md` is the reference; keep both in step.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run repo-shaped archives in sandboxes, with a durable, verifiable record.
+///
+/// Exit codes: 0 succeeded, 1 failed, 2 usage error or rejected input, 130 canceled.
+#[derive(Debug, Parser)]
+#[command(name = "crownest", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Where runs, events, archives and artifacts are kept [default: $CROWNEST_HOME, else the
+    /// platform data dir, e.g. ~/.local/share/crownest].
+    #[arg(long, global = true, value_name = "DIR", env = "CROWNEST_HOME")]
+    pub(crate) home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run COMMAND on SOURCE (a .tar.gz/.tgz, or a directory packed deterministically).
+    Run(RunArgs),
+    /// List runs, newest first.
+    Runs(RunsArgs),
+    /// Print one run's record as JSON.
+    Show(RunRef),
+    /// Print a run's events as JSON lines.
+    Events(EventsArgs),
+    /// Print a run's Evidence Bundle (JSON).
+    Evidence(EvidenceArgs),
+    /// Verify a run's event chain and artifact digests (stored, or offline from files).
+    Verify(VerifyArgs),
+    /// Write a run's artifacts under a directory.
+    Artifacts(ArtifactsArgs),
+    /// Cancel a run (also one that `crownest run` drives in another process).
+    Cancel(RunRef),
+    /// Which backends and templates are usable here, and why not.
+    Doctor(DoctorArgs),
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// A .tar.gz / .tgz file, or a directory (packed: sorted paths, mtime 0, uid/gid 0,
+    /// permission bits kept; regular files, directories and symlinks; nothing ignored).
+    pub(crate) source: PathBuf,
+    /// Backend: process, docker, wasm [default: process].
+    #[arg(long, value_name = "B")]
+    pub(crate) backend: Option<String>,
+    /// Template (environment).
+    #[arg(long, value_name = "T", default_value = "python-node")]
+    pub(crate) template: String,
+    /// Collect this path (relative to the workspace) after the command; repeatable.
+    #[arg(long = "artifact", value_name = "PATH")]
+    pub(crate) artifacts: Vec<String>,
+    /// Like --artifact, but the run fails if it cannot be collected; repeatable.
+    #[arg(long = "required-artifact", value_name = "PATH")]
+    pub(crate) required_artifacts: Vec<String>,
+    /// Execution deadline, e.g. 30s, 500ms, 2m, 1h (a bare number is seconds) [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+    /// Set a variable (K=V), or pass one from this environment (K); repeatable. Nothing else
+    /// is inherited. Values never appear in events or evidence.
+    #[arg(long = "env", value_name = "K=V")]
+    pub(crate) env: Vec<String>,
+    /// Keep the sandbox this long after the run (e.g. 10m), for inspection.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration)]
+    pub(crate) keep_sandbox: Option<Duration>,
+    /// Declared sha256 of the archive (checked while uploading) [default: computed].
+    #[arg(long, value_name = "HEX", requires = "size_bytes")]
+    pub(crate) sha256: Option<String>,
+    /// Declared size of the archive in bytes [default: computed].
+    #[arg(long, value_name = "N", requires = "sha256")]
+    pub(crate) size_bytes: Option<u64>,
+    /// Print every event as one JSON line on stdout instead of the command's output.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Working directory inside the workspace.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) cwd: String,
+    /// The command (argv) to run, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+/// `runs`.
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    /// Only runs in this state (awaiting_archive, running, succeeded, failed, canceled, ...).
+    #[arg(long, value_name = "S")]
+    pub(crate) status: Option<String>,
+    /// At most N runs.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub(crate) limit: usize,
+    /// One JSON record per line instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A command taking one run id.
+#[derive(Debug, Args)]
+pub(crate) struct RunRef {
+    /// The run id (run_...).
+    pub(crate) run: String,
+}
+
+/// `events`.
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    /// The run id.
+    pub(crate) run: String,
+    /// Only events with a greater seq.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) after_seq: u64,
+    /// At most N events.
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Keep following live events until the run ends.
+    #[arg(long)]
+    pub(crate) follow: bool,
+}
+
+/// `evidence`.
+#[derive(Debug, Args)]
+pub(crate) struct EvidenceArgs {
+    /// The run id.
+    pub(crate) run: String,
+    /// Print the in-toto Statement (SLSA Provenance v1 predicate) view instead.
+    #[arg(long)]
+    pub(crate) in_toto: bool,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// A stored run to verify (events, evidence, and the artifact blobs re-hashed).
+    #[arg(required_unless_present = "evidence", conflicts_with_all = ["evidence", "events"])]
+    pub(crate) run: Option<String>,
+    /// Offline: an Evidence Bundle exported with `crownest evidence RUN`.
+    #[arg(long, value_name = "FILE", requires = "events")]
+    pub(crate) evidence: Option<PathBuf>,
+    /// Offline: the run's events exported with `crownest events RUN` (JSON lines).
+    #[arg(long, value_name = "FILE", requires = "evidence")]
+    pub(crate) events: Option<PathBuf>,
+}
+
+/// `artifacts`.
+#[derive(Debug, Args)]
+pub(crate) struct ArtifactsArgs {
+    /// The run id.
+    pub(crate) run: String,
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+}
+
+/// `doctor`.
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, `1d`; a bare number is seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m or 1h"))?;
+    let factor_ms = match unit.trim() {
+        "ms" => 1.0,
+        "" | "s" | "sec" | "secs" => 1_000.0,
+        "m" | "min" | "mins" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    let ms = value * factor_ms;
+    if !ms.is_finite() || !(1.0..=1e15).contains(&ms) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_millis(ms.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,149 @@
+//! `crownest doctor`: which backends and templates are usable here, and why not.
+//!
+//! For every backend this build knows: whether it could be set up, what it can enforce
+//! (its capabilities), and each template's availability (with the reason when unavailable
+//! and the identity when available), from the backend's own `templates()`. Also whether the
+//! store opens. Exit 0 when at least one template of one backend is usable, else 1.
+
+use std::path::Path;
+
+use crownest_core::{Capabilities, TemplateInfo};
+use serde::Serialize;
+
+use crate::cli::DoctorArgs;
+use crate::exit::Exit;
+use crate::home;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackendReport {
+    name: String,
+    usable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capabilities: Option<Capabilities>,
+    templates: Vec<TemplateInfo>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    home: String,
+    store: String,
+    backends: Vec<BackendReport>,
+}
+
+/// `crownest doctor`.
+pub(crate) async fn doctor(home_dir: &Path, args: DoctorArgs) -> anyhow::Result<Exit> {
+    let store = match home::open_store(home_dir).await {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("cannot open: {}", crate::exit::describe(&e)),
+    };
+    let mut backends = Vec::new();
+    for slot in home::backends().await {
+        let report = match &slot.backend {
+            Err(why) => BackendReport {
+                name: slot.name.to_owned(),
+                usable: false,
+                reason: Some(why.clone()),
+                capabilities: None,
+                templates: Vec::new(),
+            },
+            Ok(b) => match b.templates().await {
+                Ok(templates) => BackendReport {
+                    name: slot.name.to_owned(),
+                    usable: templates.iter().any(|t| t.available),
+                    reason: (!templates.iter().any(|t| t.available))
+                        .then(|| "no template is available".to_owned()),
+                    capabilities: Some(b.capabilities()),
+                    templates,
+                },
+                Err(e) => BackendReport {
+                    name: slot.name.to_owned(),
+                    usable: false,
+                    reason: Some(format!("listing templates failed: {}", e.chain())),
+                    capabilities: Some(b.capabilities()),
+                    templates: Vec::new(),
+                },
+            },
+        };
+        backends.push(report);
+    }
+    let report = Report {
+        home: home_dir.display().to_string(),
+        store,
+        backends,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    let usable = report.store == "ok" && report.backends.iter().any(|b| b.usable);
+    Ok(if usable { Exit::Success } else { Exit::Failure })
+}
+
+fn print_human(r: &Report) {
+    println!("home:  {}", r.home);
+    println!("store: {}", r.store);
+    for b in &r.backends {
+        let state = if b.usable { "usable" } else { "NOT usable" };
+        match &b.reason {
+            Some(why) => println!("backend {}: {state}: {why}", b.name),
+            None => println!("backend {}: {state}", b.name),
+        }
+        if let Some(c) = &b.capabilities {
+            let mut can = Vec::new();
+            let mut cannot = Vec::new();
+            for (name, on) in [
+                ("network isolation", c.network_isolation),
+                ("memory limit", c.memory_limit),
+                ("pids limit", c.pids_limit),
+                ("filesystem isolation", c.filesystem_isolation),
+                ("process tree kill", c.process_tree_kill),
+                ("keep sandbox", c.keep_sandbox),
+                ("non-root", c.non_root),
+                ("security boundary", c.security_boundary),
+            ] {
+                if on {
+                    can.push(name)
+                } else {
+                    cannot.push(name)
+                }
+            }
+            println!(
+                "  enforces: {}",
+                if can.is_empty() {
+                    "-".into()
+                } else {
+                    can.join(", ")
+                }
+            );
+            println!(
+                "  does not: {}",
+                if cannot.is_empty() {
+                    "-".into()
+                } else {
+                    cannot.join(", ")
+                }
+            );
+        }
+        for t in &b.templates {
+            if t.available {
+                println!("  template {}: available", t.name);
+                if let Some(id) = &t.identity {
+                    for (k, v) in &id.facts {
+                        println!("    {k} = {v}");
+                    }
+                }
+            } else {
+                println!(
+                    "  template {}: unavailable: {}",
+                    t.name,
+                    t.reason.as_deref().unwrap_or("no reason given")
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Read-side commands: `runs`, `show`, `events`, `evidence`, and `cancel`.
+//!
+//! They open the engine like `run` does, so recovery runs first: after a crash, `crownest
+//! runs` already shows the reclaimed runs as `failed` (`host_restarted`).
+
+use std::io::Write as _;
+use std::path::Path;
+
+use crownest_core::store::RunQuery;
+use crownest_core::{Event, RunId, RunRecord, RunStatus};
+use futures::StreamExt as _;
+
+use crate::cli::{EventsArgs, EvidenceArgs, RunRef, RunsArgs};
+use crate::exit::{Exit, usage};
+use crate::home;
+
+/// Parses a run id (an unknown shape is "not found", exit 2).
+pub(crate) fn run_id(s: &str) -> anyhow::Result<RunId> {
+    Ok(RunId::parse(s)?)
+}
+
+/// Writes one JSON value and a newline; `false` once stdout is closed.
+fn json_line<T: serde::Serialize>(out: &mut impl std::io::Write, value: &T) -> bool {
+    serde_json::to_writer(&mut *out, value).is_ok() && out.write_all(b"\n").is_ok()
+}
+
+/// `crownest runs`.
+pub(crate) async fn runs(home: &Path, args: RunsArgs) -> anyhow::Result<Exit> {
+    let status = match &args.status {
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            usage(format!(
+                "unknown status {s:?} (one of: {})",
+                RunStatus::ALL.map(|s| s.as_str()).join(", ")
+            ))
+        })?),
+        None => None,
+    };
+    let engine = home::open(home).await?.engine;
+    let runs = engine
+        .list(&RunQuery {
+            status,
+            limit: args.limit.max(1),
+            before: None,
+        })
+        .await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for r in &runs {
+            if !json_line(&mut out, r) {
+                break;
+            }
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "{:<40} {:<16} {:<8} {:<24} {:>5}  COMMAND",
+            "RUN", "STATUS", "BACKEND", "CREATED", "EXIT"
+        );
+        for r in &runs {
+            let _ = writeln!(out, "{}", table_row(r));
+        }
+    }
+    let _ = out.flush();
+    Ok(Exit::Success)
+}
+
+fn table_row(r: &RunRecord) -> String {
+    let created = r
+        .timestamps
+        .created
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let exit = match (r.exit_code, r.signal) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(s)) => format!("sig{s}"),
+        _ => "-".into(),
+    };
+    let mut command = r.spec.command.join(" ");
+    if command.chars().count() > 60 {
+        command = command.chars().take(57).collect::<String>() + "...";
+    }
+    format!(
+        "{:<40} {:<16} {:<8} {:<24} {:>5}  {command}",
+        r.id.as_str(),
+        r.status.as_str(),
+        r.backend,
+        created,
+        exit
+    )
+}
+
+/// `crownest show RUN`: the run record as pretty JSON.
+pub(crate) async fn show(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
+    let id = run_id(&args.run)?;
+    let engine = home::open(home).await?.engine;
+    let record = engine.get(&id).await?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &record)?;
+    writeln!(out)?;
+    Ok(Exit::Success)
+}
+
+/// `crownest events RUN`: JSON lines; with `--follow`, live until `terminal`.
+pub(crate) async fn events(home: &Path, args: EventsArgs) -> anyhow::Result<Exit> {
+    let id = run_id(&args.run)?;
+    let engine = home::open(home).await?.engine;
+    engine.get(&id).await?;
+    let mut remaining = args.limit.unwrap_or(usize::MAX);
+    if remaining == 0 {
+        return Ok(Exit::Success);
+    }
+    if args.follow {
+        let mut stream = engine.subscribe(&id, args.after_seq);
+        while let Some(ev) = stream.next().await {
+            let ev: Event = ev?;
+            let mut out = std::io::stdout().lock();
+            if !json_line(&mut out, &ev) || out.flush().is_err() {
+                break;
+            }
+            remaining -= 1;
+            if remaining == 0 {
+                break;
+            }
+        }
+        return Ok(Exit::Success);
+    }
+    let mut after = args.after_seq;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while remaining > 0 {
+        let batch = engine.list_events(&id, after, remaining.min(1000)).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        for ev in &batch {
+            if !json_line(&mut out, ev) {
+                return Ok(Exit::Success);
+            }
+        }
+        remaining = remaining.saturating_sub(batch.len());
+    }
+    let _ = out.flush();
+    Ok(Exit::Success)
+}
+
+/// `crownest evidence RUN [--in-toto]`.
+pub(crate) async fn evidence(home: &Path, args: EvidenceArgs) -> anyhow::Result<Exit> {
+    let id = run_id(&args.run)?;
+    let engine = home::open(home).await?.engine;
+    let bundle = engine.evidence(&id).await?;
+    let mut out = std::io::stdout().lock();
+    if args.in_toto {
+        serde_json::to_writer_pretty(&mut out, &bundle.to_in_toto())?;
+    } else {
+        serde_json::to_writer_pretty(&mut out, &bundle)?;
+    }
+    writeln!(out)?;
+    Ok(Exit::Success)
+}
+
+/// `crownest cancel RUN`: ends a run that has not started at once; asks the driver of a
+/// starting or running one (in this process or another) to run the kill ladder.
+pub(crate) async fn cancel(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
+    let id = run_id(&args.run)?;
+    let engine = home::open(home).await?.engine;
+    let record = engine.cancel(&id).await?;
+    if record.status.is_terminal() {
+        println!("run {id} {}", record.status);
+    } else {
+        println!(
+            "cancel requested for run {id} ({}); its driver stops it",
+            record.status
+        );
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,393 @@
+//! `crownest run`: pack or take the source, create the run, upload, start, stream, summarize.
+//!
+//! Output: the command's stdout on stdout and its stderr on stderr, live, in event order;
+//! progress bars for packing / uploading / verifying / extracting on stderr when it is a
+//! terminal; then a summary on stderr. With `--json`, every event is one JSON line on stdout
+//! instead (ending with the `terminal` event), and only problems go to stderr.
+//!
+//! Ctrl-C (or SIGTERM) cancels the run: the engine runs the kill ladder, the run ends
+//! `canceled`, and `run` exits 130. A second Ctrl-C exits at once; the run is then left to
+//! recovery (it ends `failed`/`host_restarted` when the store is next opened).
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::Path;
+
+use anyhow::Context as _;
+use crownest_core::event::{ArchivePhase, KillReason};
+use crownest_core::{
+    Error, Event, EventKind, FailureKind, RunId, RunRecord, RunSpec, RunStatus, WorkspaceRuns,
+};
+use futures::StreamExt as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::RunArgs;
+use crate::exit::{Exit, is_rejection, usage};
+use crate::home;
+use crate::progress::Progress;
+use crate::upload;
+
+/// Builds the run spec from the arguments.
+fn spec(args: &RunArgs) -> anyhow::Result<RunSpec> {
+    let mut spec = RunSpec::new(args.command.clone())
+        .with_template(args.template.clone())
+        .with_cwd(args.cwd.clone());
+    if let Some(b) = &args.backend {
+        spec = spec.with_backend(b.clone());
+    }
+    for a in &args.artifacts {
+        spec = spec.with_artifact(a.clone(), false);
+    }
+    for a in &args.required_artifacts {
+        spec = spec.with_artifact(a.clone(), true);
+    }
+    if let Some(t) = args.timeout {
+        spec = spec.with_timeout_ms(u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    }
+    if let Some(k) = args.keep_sandbox {
+        spec = spec.with_keep_sandbox(u64::try_from(k.as_millis()).unwrap_or(u64::MAX));
+    }
+    for kv in &args.env {
+        match kv.split_once('=') {
+            Some((k, v)) => spec = spec.with_env(k, v),
+            None => match std::env::var(kv) {
+                Ok(v) => spec = spec.with_env(kv.clone(), v),
+                Err(_) => {
+                    return Err(usage(format!(
+                        "--env {kv}: not set in this environment (use --env {kv}=VALUE)"
+                    )));
+                }
+            },
+        }
+    }
+    Ok(spec)
+}
+
+/// Prints events as they come: the command's output, or JSON lines.
+struct Renderer {
+    json: bool,
+    progress: Progress,
+    last_seq: u64,
+    stdout_open: bool,
+}
+
+impl Renderer {
+    fn event(&mut self, ev: &Event) {
+        self.last_seq = ev.seq;
+        if self.json {
+            if self.stdout_open {
+                let mut out = std::io::stdout().lock();
+                let ok = serde_json::to_writer(&mut out, ev).is_ok()
+                    && out.write_all(b"\n").is_ok()
+                    && out.flush().is_ok();
+                // A closed pipe: stop printing, keep driving the run.
+                self.stdout_open = ok;
+            }
+            return;
+        }
+        match &ev.kind {
+            EventKind::Stdout(chunk) => {
+                self.progress.finish();
+                if self.stdout_open {
+                    let mut out = std::io::stdout().lock();
+                    self.stdout_open = out.write_all(&chunk.bytes()).is_ok() && out.flush().is_ok();
+                }
+            }
+            EventKind::Stderr(chunk) => {
+                self.progress.finish();
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(&chunk.bytes());
+                let _ = err.flush();
+            }
+            EventKind::ArchiveProgress {
+                phase,
+                bytes_done,
+                bytes_total,
+                entries,
+            } => {
+                let name = match phase {
+                    // Uploads are counted locally, as the bytes leave.
+                    ArchivePhase::Receiving => return,
+                    ArchivePhase::Verifying => "verifying",
+                    ArchivePhase::Extracting => "extracting",
+                };
+                self.progress.phase(name, *bytes_total);
+                self.progress.set(*bytes_done);
+                self.progress.message(format!("{entries} entries"));
+            }
+            EventKind::Status { status, .. } if *status == RunStatus::Running => {
+                self.progress.finish()
+            }
+            EventKind::OutputTruncated { stream, .. } => {
+                self.progress.finish();
+                eprintln!(
+                    "crownest: {} reached its stored limit; the rest is drained and dropped",
+                    stream.as_str()
+                );
+            }
+            EventKind::Kill {
+                signal,
+                action,
+                reason,
+            } => {
+                self.progress.finish();
+                let what = signal.as_deref().or(action.as_deref()).unwrap_or("kill");
+                let why = match reason {
+                    KillReason::Timeout => "timeout",
+                    KillReason::Cancel => "cancel",
+                    KillReason::OutputLimit => "output limit",
+                    KillReason::Leftover => "leftover processes",
+                };
+                eprintln!("crownest: {what} ({why})");
+            }
+            EventKind::Error { code, message } => {
+                self.progress.finish();
+                eprintln!("crownest: error: {code}: {message}");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, as one stream of "please stop".
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// `crownest run`.
+pub(crate) async fn run(home_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> {
+    let spec = spec(&args)?;
+    let declared = upload::declared(args.sha256.as_deref(), args.size_bytes)?;
+    let mut interrupts = Interrupts::new()?;
+    let tty = !args.json && std::io::stderr().is_terminal();
+    let mut progress = Progress::new(tty);
+    let source = upload::prepare(&args.source, declared, &mut progress)?;
+
+    let opened = home::open(home_dir).await?;
+    if let Some(name) = &spec.backend {
+        opened.require_backend(name)?;
+    }
+    let engine = opened.engine;
+    let record = engine.create(spec).await?;
+    let id = record.id.clone();
+    if tty {
+        eprintln!("crownest: run {id} (cancel with Ctrl-C or `crownest cancel {id}`)");
+    }
+    let mut render = Renderer {
+        json: args.json,
+        progress,
+        last_seq: 0,
+        stdout_open: true,
+    };
+    let mut events = engine.subscribe(&id, 0);
+
+    // Upload, rendering events meanwhile.
+    render
+        .progress
+        .phase("uploading", source.declared.size_bytes);
+    let bar = render.progress.bar();
+    let uploaded = {
+        let upload = upload::upload(&engine, &id, &source, bar);
+        tokio::pin!(upload);
+        loop {
+            tokio::select! {
+                r = &mut upload => break Some(r),
+                Some(ev) = events.next() => render.event(&ev?),
+                _ = interrupts.recv() => break None,
+            }
+        }
+    };
+    render.progress.finish();
+    match uploaded {
+        None => {
+            // Interrupted during the upload: nothing ran; end the run as canceled.
+            finish_unstarted(&engine, &id, &mut render).await;
+            eprintln!("crownest: run {id} canceled before it started");
+            return Ok(Exit::Canceled);
+        }
+        Some(Err(e)) => {
+            finish_unstarted(&engine, &id, &mut render).await;
+            eprintln!("crownest: {}", e.chain());
+            if matches!(e, Error::ArchiveRejected { .. }) {
+                eprintln!(
+                    "crownest: the archive was refused at upload; the command was not started"
+                );
+            }
+            return Ok(if is_rejection(&e) {
+                Exit::Rejected
+            } else {
+                Exit::Failure
+            });
+        }
+        Some(Ok(())) => {}
+    }
+    drop(source);
+
+    engine.start(&id).await?;
+    let mut cancel_sent = false;
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(ev)) => render.event(&ev),
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context(format!("following run {id}"))),
+                None => break,
+            },
+            _ = interrupts.recv() => {
+                if cancel_sent {
+                    eprintln!("crownest: interrupted again: exiting; run {id} is left to recovery");
+                    return Ok(Exit::Canceled);
+                }
+                cancel_sent = true;
+                render.progress.finish();
+                eprintln!("crownest: canceling run {id} (Ctrl-C again to exit at once)");
+                if let Err(e) = engine.cancel(&id).await {
+                    eprintln!("crownest: cancel failed: {}", e.chain());
+                }
+            }
+        }
+    }
+    render.progress.finish();
+    let record = engine.get(&id).await?;
+    if args.json {
+        if let Some(f) = &record.failure
+            && f.kind == FailureKind::ArchiveRejected
+        {
+            eprintln!("crownest: {}", f.message);
+        }
+    } else {
+        summary(&record);
+    }
+    Ok(exit_for(&record))
+}
+
+/// After a refused or interrupted upload: cancel the run (so it does not wait for an
+/// archive forever) and print the events up to its end.
+async fn finish_unstarted(engine: &WorkspaceRuns, id: &RunId, render: &mut Renderer) {
+    if let Err(e) = engine.cancel(id).await {
+        eprintln!("crownest: could not cancel run {id}: {}", e.chain());
+    }
+    while let Ok(batch) = engine.list_events(id, render.last_seq, 1000).await {
+        if batch.is_empty() {
+            break;
+        }
+        for ev in &batch {
+            render.event(ev);
+        }
+    }
+}
+
+/// 0 succeeded, 1 failed, 2 archive rejected at start, 130 canceled.
+pub(crate) fn exit_for(record: &RunRecord) -> Exit {
+    match record.status {
+        RunStatus::Succeeded => Exit::Success,
+        RunStatus::Canceled => Exit::Canceled,
+        RunStatus::Failed
+            if record
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.kind == FailureKind::ArchiveRejected) =>
+        {
+            Exit::Rejected
+        }
+        _ => Exit::Failure,
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The end-of-run summary on stderr.
+fn summary(record: &RunRecord) {
+    let id = &record.id;
+    let duration = match (record.timestamps.created, record.timestamps.terminal) {
+        (Some(c), Some(t)) => format!(" in {:.2} s", t.millis_since(c) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    let code = match (record.exit_code, record.signal) {
+        (Some(c), _) => format!(", exit code {c}"),
+        (None, Some(s)) => format!(", signal {s}"),
+        _ => String::new(),
+    };
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "crownest: run {id} {}{code}{duration}", record.status);
+    if let Some(f) = &record.failure {
+        let _ = writeln!(
+            err,
+            "crownest:   failure: {}: {}",
+            f.kind.as_str(),
+            f.message
+        );
+        if f.kind == FailureKind::ArchiveRejected {
+            let _ = writeln!(err, "crownest:   the command was not started");
+        }
+    }
+    for a in &record.artifacts {
+        let _ = writeln!(
+            err,
+            "crownest:   artifact {}  {}  {}  sha256 {}",
+            a.path,
+            a.artifact_id,
+            human_bytes(a.size_bytes),
+            a.sha256
+        );
+    }
+    for a in &record.artifact_errors {
+        let _ = writeln!(
+            err,
+            "crownest:   artifact {} not collected: {}",
+            a.path, a.message
+        );
+    }
+    if let Some(sb) = &record.sandbox
+        && sb.kept
+    {
+        let until = sb.keep_until.map(|t| t.to_string()).unwrap_or_default();
+        let _ = writeln!(err, "crownest:   sandbox {} kept until {until}", sb.id);
+    }
+    if record.status.is_terminal() {
+        let _ = writeln!(
+            err,
+            "crownest:   evidence: crownest evidence {id}  (verify: crownest verify {id})"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(2048), "2.0 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 + 1), "5.0 MiB");
+    }
+}

@@ -1,0 +1,161 @@
+//! The `run` source: a `.tar.gz` file, or a directory packed into a temporary one; and its
+//! upload, direct when it fits `directUploadMaxBytes`, else as a staged transfer.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use crownest_core::store::ByteStream;
+use crownest_core::{ArchiveDescriptor, Error, RunId, Sha256Digest, WorkspaceRuns};
+use futures::StreamExt as _;
+use indicatif::ProgressBar;
+use tokio::io::AsyncReadExt as _;
+
+use crate::exit::usage;
+use crate::pack;
+use crate::progress::Progress;
+
+/// An archive ready to upload.
+#[derive(Debug)]
+pub(crate) struct PreparedSource {
+    /// The `.tar.gz` on disk.
+    pub(crate) path: PathBuf,
+    /// What the upload declares (given with `--sha256/--size-bytes`, else computed).
+    pub(crate) declared: ArchiveDescriptor,
+    /// Deletes a packed archive when dropped.
+    _temp: Option<tempfile::TempPath>,
+}
+
+/// Packs a directory or takes a file; the descriptor is the declared one if given.
+pub(crate) fn prepare(
+    source: &Path,
+    declared: Option<ArchiveDescriptor>,
+    progress: &mut Progress,
+) -> anyhow::Result<PreparedSource> {
+    let meta = std::fs::metadata(source)
+        .map_err(|e| usage(format!("source {}: {e}", source.display())))?;
+    if meta.is_dir() {
+        let tmp = tempfile::Builder::new()
+            .prefix("crownest-pack-")
+            .suffix(".tar.gz")
+            .tempfile()
+            .context("creating a temporary file for the packed directory")?;
+        let (mut file, temp_path) = tmp.into_parts();
+        progress.phase("packing", 0);
+        let bar = progress.bar();
+        let computed = pack::pack_dir(source, &mut file, &mut |done, total| {
+            if let Some(bar) = &bar {
+                bar.set_length(total.max(1));
+                bar.set_position(done);
+            }
+        })?;
+        progress.finish();
+        Ok(PreparedSource {
+            path: temp_path.to_path_buf(),
+            declared: declared.unwrap_or(computed),
+            _temp: Some(temp_path),
+        })
+    } else if meta.is_file() {
+        let declared = match declared {
+            Some(d) => d,
+            None => pack::describe_file(source)?,
+        };
+        Ok(PreparedSource {
+            path: source.to_path_buf(),
+            declared,
+            _temp: None,
+        })
+    } else {
+        Err(usage(format!(
+            "source {} is neither a .tar.gz file nor a directory",
+            source.display()
+        )))
+    }
+}
+
+/// Parses `--sha256 HEX --size-bytes N`.
+pub(crate) fn declared(
+    sha256: Option<&str>,
+    size_bytes: Option<u64>,
+) -> anyhow::Result<Option<ArchiveDescriptor>> {
+    match (sha256, size_bytes) {
+        (Some(hex), Some(size)) => {
+            let sha256 = Sha256Digest::parse(&hex.to_ascii_lowercase())
+                .map_err(|_| usage(format!("--sha256 {hex:?} is not 64 hex digits")))?;
+            Ok(Some(ArchiveDescriptor {
+                size_bytes: size,
+                sha256,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Uploads the archive for `run`. Errors are the engine's (a rejection is
+/// `Error::ArchiveRejected`), or I/O errors reading the file.
+pub(crate) async fn upload(
+    engine: &WorkspaceRuns,
+    run: &RunId,
+    source: &PreparedSource,
+    bar: Option<ProgressBar>,
+) -> Result<(), Error> {
+    let file = tokio::fs::File::open(&source.path)
+        .await
+        .map_err(|e| Error::io(format!("opening {}", source.path.display()), e))?;
+    let declared = &source.declared;
+    if declared.size_bytes <= engine.config().direct_upload_max_bytes {
+        let stream: ByteStream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+            .inspect(move |chunk| {
+                if let (Some(bar), Ok(bytes)) = (&bar, chunk) {
+                    bar.inc(bytes.len() as u64);
+                }
+            })
+            .boxed();
+        engine.upload_archive_stream(run, declared, stream).await?;
+        return Ok(());
+    }
+    staged(engine, run, file, declared, bar).await
+}
+
+async fn staged(
+    engine: &WorkspaceRuns,
+    run: &RunId,
+    mut file: tokio::fs::File,
+    declared: &ArchiveDescriptor,
+    bar: Option<ProgressBar>,
+) -> Result<(), Error> {
+    let actual = file
+        .metadata()
+        .await
+        .map_err(|e| Error::io("reading the archive's size", e))?
+        .len();
+    if actual != declared.size_bytes {
+        return Err(Error::rejected(
+            crownest_core::RejectReason::SizeMismatch,
+            None,
+            format!(
+                "declared {} bytes, the file has {actual}",
+                declared.size_bytes
+            ),
+        ));
+    }
+    let transfer = engine.begin_transfer(run, declared).await?;
+    let chunk_size = transfer.chunk_size_bytes.max(1);
+    let mut offset = 0u64;
+    while offset < declared.size_bytes {
+        let len = chunk_size.min(declared.size_bytes - offset);
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        file.read_exact(&mut buf)
+            .await
+            .map_err(|e| Error::io("reading the archive", e))?;
+        engine
+            .put_chunk(&transfer.transfer_id, offset, Bytes::from(buf))
+            .await?;
+        offset += len;
+        if let Some(bar) = &bar {
+            bar.set_position(offset);
+        }
+    }
+    engine.complete_transfer(&transfer.transfer_id).await?;
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! `crownest verify`: proves that a run's record is intact.
+//!
+//! Both modes check, from the Evidence Bundle and the full event list:
+//!
+//! 1. the hash chain: seqs gap-free from 1, every hash recomputed, `terminal` last, count and
+//!    head equal to what the bundle recorded, and the last event equal to the bundle's
+//!    terminal event (so no event was dropped, reordered, duplicated or edited);
+//! 2. the bundle against the chain: its status, exit code, signal and failure equal the
+//!    terminal event's, and its artifact list (ids, paths, sizes, sha256) equals the
+//!    `artifact_collected` events', in order (so an edited digest in the bundle is caught);
+//! 3. for a stored run only: every artifact blob is re-read from the store and re-hashed,
+//!    and its size and sha256 must match.
+//!
+//! Exit 0 when everything holds, 1 on any mismatch (each is printed on stderr), 2 when the
+//! run or a file does not exist or a file is not an evidence bundle at all.
+
+use std::io::{BufRead as _, Read as _};
+use std::path::Path;
+
+use anyhow::Context as _;
+use crownest_core::evidence::{EVIDENCE_SCHEMA, EvidenceArtifact};
+use crownest_core::{Event, EventKind, EvidenceBundle, Sha256Digest, Store};
+use sha2::{Digest as _, Sha256};
+
+use crate::cli::VerifyArgs;
+use crate::exit::{Exit, usage};
+use crate::home;
+use crate::inspect::run_id;
+
+/// `crownest verify`.
+pub(crate) async fn verify(home_dir: &Path, args: VerifyArgs) -> anyhow::Result<Exit> {
+    let (bundle, events, problems_so_far, store) = match (&args.run, &args.evidence, &args.events) {
+        (Some(run), _, _) => {
+            let id = run_id(run)?;
+            let engine = home::open(home_dir).await?.engine;
+            engine.get(&id).await?;
+            let bundle = engine.evidence(&id).await?;
+            let mut events = Vec::new();
+            loop {
+                let after = events.last().map_or(0, |e: &Event| e.seq);
+                let batch = engine.list_events(&id, after, 1000).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                events.extend(batch);
+            }
+            (bundle, events, Vec::new(), Some(engine.store().clone()))
+        }
+        (None, Some(evidence), Some(events)) => {
+            let bundle = read_bundle(evidence)?;
+            let (events, problems) = read_events(events)?;
+            (bundle, events, problems, None)
+        }
+        _ => return Err(usage("give a RUN, or --evidence FILE and --events FILE")),
+    };
+    let mut problems = problems_so_far;
+    problems.extend(check(&bundle, &events));
+    let mut rehashed = 0;
+    if let Some(store) = store {
+        for a in &bundle.artifacts {
+            match rehash(store.as_ref(), a).await {
+                Ok(()) => rehashed += 1,
+                Err(p) => problems.push(p),
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: run {} {}: {} events, chain head {}, {} artifact(s){}",
+            bundle.run_id,
+            bundle.status,
+            bundle.events.count,
+            bundle.events.chain_head,
+            bundle.artifacts.len(),
+            if args.run.is_some() {
+                format!(", {rehashed} blob(s) re-hashed")
+            } else {
+                String::new()
+            }
+        );
+        Ok(Exit::Success)
+    } else {
+        for p in &problems {
+            eprintln!("crownest: verify: {p}");
+        }
+        eprintln!(
+            "crownest: verify: FAILED for run {} ({} problem(s))",
+            bundle.run_id,
+            problems.len()
+        );
+        Ok(Exit::Failure)
+    }
+}
+
+fn read_bundle(path: &Path) -> anyhow::Result<EvidenceBundle> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    let bundle: EvidenceBundle = serde_json::from_str(&text)
+        .map_err(|e| usage(format!("{} is not an Evidence Bundle: {e}", path.display())))?;
+    Ok(bundle)
+}
+
+/// Reads JSON lines; a line that does not parse as an event is a problem (it was edited),
+/// not a usage error.
+fn read_events(path: &Path) -> anyhow::Result<(Vec<Event>, Vec<String>)> {
+    let file = std::fs::File::open(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    let mut events = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Event>(&line) {
+            Ok(ev) => events.push(ev),
+            Err(e) => problems.push(format!(
+                "{} line {}: not a valid event: {e}",
+                path.display(),
+                i + 1
+            )),
+        }
+    }
+    Ok((events, problems))
+}
+
+/// Checks 1 and 2 of the module docs; returns every problem found.
+pub(crate) fn check(bundle: &EvidenceBundle, events: &[Event]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if bundle.schema != EVIDENCE_SCHEMA {
+        problems.push(format!(
+            "evidence schema is {:?}, expected {EVIDENCE_SCHEMA:?}",
+            bundle.schema
+        ));
+    }
+    if let Err(e) = bundle.verify_events(events) {
+        problems.push(format!("event chain: {e}"));
+    }
+    match &bundle.terminal_event.kind {
+        EventKind::Terminal {
+            status,
+            exit_code,
+            signal,
+            failure,
+            ..
+        } => {
+            if *status != bundle.status
+                || *exit_code != bundle.exit_code
+                || *signal != bundle.signal
+                || *failure != bundle.failure
+            {
+                problems.push(format!(
+                    "evidence says {} (exit {:?}), its terminal event says {status} (exit {exit_code:?})",
+                    bundle.status, bundle.exit_code
+                ));
+            }
+        }
+        other => problems.push(format!(
+            "evidence's terminal event is a {} event",
+            other.type_name()
+        )),
+    }
+    let collected: Vec<EvidenceArtifact> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ArtifactCollected {
+                artifact_id,
+                path,
+                size_bytes,
+                sha256,
+                ..
+            } => Some(EvidenceArtifact {
+                artifact_id: artifact_id.clone(),
+                path: path.clone(),
+                size_bytes: *size_bytes,
+                sha256: sha256.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    if collected.len() != bundle.artifacts.len() {
+        problems.push(format!(
+            "evidence lists {} artifact(s), the events record {}",
+            bundle.artifacts.len(),
+            collected.len()
+        ));
+    }
+    for (ev, rec) in collected.iter().zip(&bundle.artifacts) {
+        if ev != rec {
+            problems.push(format!(
+                "artifact {}: evidence says {} bytes sha256 {}, the event says {} at {} bytes sha256 {}",
+                rec.path, rec.size_bytes, rec.sha256, ev.path, ev.size_bytes, ev.sha256
+            ));
+        }
+    }
+    problems
+}
+
+/// Re-reads an artifact blob from the store and compares size and digest.
+async fn rehash(store: &dyn Store, a: &EvidenceArtifact) -> Result<(), String> {
+    let reader = store.open_blob(&a.sha256).await.map_err(|e| {
+        format!(
+            "artifact {}: blob {} cannot be read: {}",
+            a.path,
+            a.sha256,
+            e.chain()
+        )
+    })?;
+    let expected = a.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    size += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("artifact {}: reading its blob: {e}", expected.path)),
+            }
+        }
+        let got = Sha256Digest::from_bytes(&hasher.finalize().into());
+        if got != expected.sha256 || size != expected.size_bytes {
+            return Err(format!(
+                "artifact {}: stored blob has {size} bytes sha256 {got}, evidence says {} bytes sha256 {}",
+                expected.path, expected.size_bytes, expected.sha256
+            ));
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("artifact {}: {e}", a.path))?
+}
