@@ -61,3 +61,151 @@ pub async fn my_containers(backend: &DockerBackend) -> Vec<String> {
         .flat_map(|c| c.names.unwrap_or_default())
         .collect()
 }
+
+/// An engine over a [`crownest_core::MemoryStore`] with this backend.
+pub async fn engine(backend: &DockerBackend) -> crownest_core::WorkspaceRuns {
+    crownest_core::WorkspaceRuns::builder(Arc::new(crownest_core::MemoryStore::new()))
+        .backend(Arc::new(backend.clone()))
+        .without_recovery()
+        .open()
+        .await
+        .unwrap()
+}
+
+/// A small workspace archive.
+pub fn archive() -> bytes::Bytes {
+    crownest_core::testing::tar_gz(&[
+        ("hello.txt", b"hello\n", 0o644),
+        ("sub/inner.txt", b"inner\n", 0o644),
+    ])
+}
+
+/// Runs `spec` (on the docker backend) to its end: the final record and every event.
+pub async fn run(
+    backend: &DockerBackend,
+    spec: crownest_core::RunSpec,
+) -> (crownest_core::RunRecord, Vec<crownest_core::Event>) {
+    let engine = engine(backend).await;
+    let run = engine.create(spec.with_backend("docker")).await.unwrap();
+    let a = archive();
+    engine
+        .upload_archive(&run.id, &crownest_core::testing::descriptor_of(&a), a)
+        .await
+        .unwrap();
+    engine.start(&run.id).await.unwrap();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(180), engine.wait(&run.id))
+        .await
+        .expect("the run ends within 180 s")
+        .unwrap();
+    let events = engine.list_events(&run.id, 0, 100_000).await.unwrap();
+    (done, events)
+}
+
+/// The bytes of one output stream of a run.
+pub fn output_of(events: &[crownest_core::Event], stream: crownest_core::OutputStream) -> String {
+    let bytes: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match (&e.kind, stream) {
+            (crownest_core::EventKind::Stdout(c), crownest_core::OutputStream::Stdout) => {
+                Some(c.bytes())
+            }
+            (crownest_core::EventKind::Stderr(c), crownest_core::OutputStream::Stderr) => {
+                Some(c.bytes())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `python3 -c CODE`.
+pub fn py(code: &str) -> crownest_core::RunSpec {
+    crownest_core::RunSpec::new(["python3", "-c", code])
+}
+
+/// Asserts that nothing labelled with `sandbox` exists any more (containers or volume).
+pub async fn assert_gone(backend: &DockerBackend, sandbox: &str) {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let mut filters = std::collections::HashMap::new();
+    let label = format!("{LABEL_SANDBOX}={sandbox}");
+    filters.insert("label", vec![label]);
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let left = backend.docker().list_containers(Some(opts)).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "containers of {sandbox} survived: {left:?}"
+    );
+    let vol = backend.docker().inspect_volume(sandbox).await;
+    assert!(vol.is_err(), "volume {sandbox} survived");
+}
+
+/// A sandbox spec of this test process.
+pub fn sandbox_spec(limits: crownest_core::Limits) -> crownest_core::SandboxSpec {
+    crownest_core::SandboxSpec {
+        run_id: crownest_core::RunId::new(),
+        instance: "docker-tests".into(),
+        owner: crownest_core::run::RunOwner::current("docker-tests"),
+        template: "python-node".into(),
+        limits,
+        network: crownest_core::Network::None,
+    }
+}
+
+/// An [`crownest_core::ExecSink`] that keeps everything.
+#[derive(Default)]
+pub struct CollectSink {
+    pub started: std::sync::atomic::AtomicUsize,
+    pub stdout: std::sync::Mutex<Vec<u8>>,
+    pub stderr: std::sync::Mutex<Vec<u8>>,
+}
+
+#[async_trait::async_trait]
+impl crownest_core::ExecSink for CollectSink {
+    async fn started(&self) {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    async fn output(&self, stream: crownest_core::OutputStream, data: &[u8]) {
+        let target = match stream {
+            crownest_core::OutputStream::Stdout => &self.stdout,
+            crownest_core::OutputStream::Stderr => &self.stderr,
+        };
+        target.lock().unwrap().extend_from_slice(data);
+    }
+}
+
+impl CollectSink {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+}
+
+/// A materialized sandbox of the small archive.
+pub async fn sandbox(
+    backend: &DockerBackend,
+    limits: crownest_core::Limits,
+) -> Box<dyn crownest_core::Sandbox> {
+    let sb = backend.create(&sandbox_spec(limits)).await.unwrap();
+    let a = archive();
+    sb.materialize(
+        Box::new(std::io::Cursor::new(a.to_vec())),
+        &crownest_core::archive::ExtractPolicy::default(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    sb
+}
+
+/// An exec request.
+pub fn request(argv: &[&str]) -> crownest_core::ExecRequest {
+    crownest_core::ExecRequest {
+        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        cwd: ".".into(),
+        env: Default::default(),
+    }
+}

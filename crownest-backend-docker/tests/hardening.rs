@@ -1,0 +1,413 @@
+//! Each hardening default, proven from inside a real container. Nothing here sends a packet
+//! anywhere: the network test only lists interfaces.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use common::{output_of, py, run};
+use crownest_backend_docker::{DockerBackend, DockerConfig, LABEL_SANDBOX};
+use crownest_core::event::FailureKind;
+use crownest_core::{LimitOverrides, Limits, OutputStream, RunStatus, SandboxBackend, Timestamp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_as_non_root_without_capabilities() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let code = "import os\nprint(os.getuid(), os.getgid(), os.geteuid())\n\
+                st = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)\n\
+                print(st['CapEff'].strip(), st['CapPrm'].strip(), st['CapBnd'].strip(), st['NoNewPrivs'].strip())";
+    let (done, events) = run(&b, py(code)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    let out = output_of(&events, OutputStream::Stdout);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("10001 10001 10001"), "uid != 0: {out}");
+    assert_eq!(
+        lines.next(),
+        Some("0000000000000000 0000000000000000 0000000000000000 1"),
+        "no capabilities, no-new-privileges: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_loopback_interface_exists() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let code = "import os\nprint(sorted(os.listdir('/sys/class/net')))\n\
+                print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))";
+    let (done, events) = run(&b, py(code)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(output_of(&events, OutputStream::Stdout), "['lo']\n['lo']\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_filesystem_is_read_only_and_tmp_and_workspace_are_writable() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let code = "import errno\n\
+                for p in ['/usr/crownest-probe', '/etc/crownest-probe', '/crownest-probe']:\n\
+                \x20   try:\n\
+                \x20       open(p, 'w').write('x'); print(p, 'WRITABLE')\n\
+                \x20   except OSError as e:\n\
+                \x20       print(p, errno.errorcode[e.errno])\n\
+                open('/tmp/ok', 'w').write('x'); open('/workspace/ok', 'w').write('x'); print('tmp+workspace ok')";
+    let (done, events) = run(&b, py(code)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    let out = output_of(&events, OutputStream::Stdout);
+    assert_eq!(
+        out,
+        "/usr/crownest-probe EROFS\n/etc/crownest-probe EROFS\n/crownest-probe EROFS\ntmp+workspace ok\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_contained_by_the_pids_limit() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    // Bounded: at most 400 fork attempts, children sleep 20 s at most; the run has a 60 s
+    // deadline. With pids = 64 most forks must fail with EAGAIN.
+    let code = "import os, time\nok = failed = 0\n\
+                for _ in range(400):\n\
+                \x20   try:\n\
+                \x20       pid = os.fork()\n\
+                \x20   except OSError:\n\
+                \x20       failed += 1; continue\n\
+                \x20   if pid == 0:\n\
+                \x20       time.sleep(20); os._exit(0)\n\
+                \x20   ok += 1\n\
+                print(ok, failed, flush=True)";
+    let limits = LimitOverrides {
+        pids: Some(64),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let (done, events) = run(&b, py(code).with_limits(limits).with_timeout_ms(60_000)).await;
+    let out = output_of(&events, OutputStream::Stdout);
+    let mut nums = out.split_whitespace().map(|n| n.parse::<u32>().unwrap());
+    let (ok, failed) = (nums.next().unwrap(), nums.next().unwrap());
+    assert!(
+        ok < 64,
+        "at most pids-limit processes: {ok} forks succeeded"
+    );
+    assert!(
+        failed >= 300,
+        "forks beyond the limit fail: {failed} failed"
+    );
+    // The parent exits at once; its children die with the container (pid 1 is gone).
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "children did not outlive the command"
+    );
+    // The host is fine: the next run works.
+    let (again, _) = run(&b, py("print('still fine')")).await;
+    assert_eq!(again.status, RunStatus::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_fails_with_limit_exceeded() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let code = "chunks = []\nfor i in range(64):\n    chunks.append(bytearray(16 * 1024 * 1024))\nprint('survived')";
+    let limits = LimitOverrides {
+        memory_bytes: Some(96 * 1024 * 1024),
+        ..Default::default()
+    };
+    let (done, events) = run(&b, py(code).with_limits(limits).with_timeout_ms(60_000)).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    let failure = done.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::LimitExceeded, "{failure:?}");
+    assert!(failure.message.contains("memory"), "{failure:?}");
+    assert!(!output_of(&events, OutputStream::Stdout).contains("survived"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_ladder_ends_a_command_and_its_detached_children() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    // The parent ignores SIGTERM; a child in its own session would too; only SIGKILL of the
+    // container ends them. The run must end promptly after the deadline anyway.
+    let code = "import signal, subprocess, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+                subprocess.Popen(['python3', '-c', 'import signal, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\ntime.sleep(1000)'], start_new_session=True)\n\
+                print('ready', flush=True)\ntime.sleep(1000)";
+    let mut spec = py(code).with_timeout_ms(1500);
+    spec.limits.kill_grace_ms = Some(500);
+    let started = std::time::Instant::now();
+    let (done, events) = run(&b, spec).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::TimedOut)
+    );
+    let rungs: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            crownest_core::EventKind::Kill { signal, .. } => signal.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rungs, ["SIGTERM", "SIGKILL"], "both rungs were needed");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let sandbox = done.sandbox.as_ref().unwrap();
+    assert!(sandbox.destroyed);
+    common::assert_gone(&b, &sandbox.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reaches_processes_in_other_sessions() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let sb = common::sandbox(&b, Limits::default()).await;
+    // The child (own session) writes a marker when SIGTERM reaches it; the parent waits
+    // for the child before exiting so the container stays up meanwhile.
+    let code = "import signal, subprocess, sys, time\n\
+                child = subprocess.Popen(['python3', '-c', 'import signal, sys, time\\ndef h(*a):\\n    open(\"/workspace/child-got-term\", \"w\").write(\"yes\")\\n    sys.exit(0)\\nsignal.signal(signal.SIGTERM, h)\\nprint(\"child-ready\", flush=True)\\ntime.sleep(60)'], start_new_session=True)\n\
+                def h(*a):\n    child.wait(timeout=10); sys.exit(0)\n\
+                signal.signal(signal.SIGTERM, h)\ntime.sleep(60)";
+    let sink = common::CollectSink::default();
+    let req = common::request(&["python3", "-c", code]);
+    let exec = sb.exec(&req, &sink);
+    tokio::pin!(exec);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            r = &mut exec => panic!("ended before the signal: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        if sink.stdout().contains("child-ready") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "child never became ready"
+        );
+    }
+    sb.signal(crownest_core::KillSignal::Term).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), exec)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome.status,
+        crownest_core::ExitStatus::Exited(0),
+        "the parent exited after its child"
+    );
+    let marker = sb.collect_artifact("child-got-term", 100).await.unwrap();
+    let mut content = String::new();
+    std::io::Read::read_to_string(&mut { marker.reader }, &mut content).unwrap();
+    assert_eq!(
+        content, "yes",
+        "SIGTERM reached the child in its own session"
+    );
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_carry_the_hardened_config_and_labels() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let limits = Limits {
+        memory_bytes: 256 * 1024 * 1024,
+        pids: 77,
+        open_files: 333,
+        ..Limits::default()
+    };
+    let sb = common::sandbox(&b, limits).await;
+    let sink = common::CollectSink::default();
+    let outcome = sb.exec(&common::request(&["true"]), &sink).await.unwrap();
+    assert_eq!(outcome.status, crownest_core::ExitStatus::Exited(0));
+    assert_eq!(sink.started.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label", vec![format!("{LABEL_SANDBOX}={}", sb.id())]);
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let containers = b.docker().list_containers(Some(opts)).await.unwrap();
+    assert_eq!(containers.len(), 2, "a stage and a run container");
+    for c in containers {
+        let info = b
+            .docker()
+            .inspect_container(c.id.as_deref().unwrap(), None)
+            .await
+            .unwrap();
+        let hc = info.host_config.unwrap();
+        let cfg = info.config.unwrap();
+        assert_eq!(cfg.user.as_deref(), Some("10001:10001"));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(hc.privileged, Some(false));
+        assert_eq!(hc.init, Some(true));
+        assert_eq!(hc.auto_remove, Some(false));
+        assert_eq!(hc.memory, Some(256 * 1024 * 1024));
+        assert_eq!(hc.memory_swap, Some(256 * 1024 * 1024));
+        assert_eq!(hc.pids_limit, Some(77));
+        assert!(
+            hc.binds.unwrap_or_default().is_empty(),
+            "no host path is mounted"
+        );
+        let mounts = info.mounts.unwrap_or_default();
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        assert_eq!(mounts[0].name.as_deref(), Some(sb.id()));
+        assert_eq!(mounts[0].destination.as_deref(), Some("/workspace"));
+        let ulimits: Vec<_> = hc
+            .ulimits
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| (u.name.unwrap_or_default(), u.soft, u.hard))
+            .collect();
+        assert!(
+            ulimits.contains(&("nofile".into(), Some(333), Some(333))),
+            "{ulimits:?}"
+        );
+        assert!(
+            ulimits.contains(&("core".into(), Some(0), Some(0))),
+            "{ulimits:?}"
+        );
+        assert!(hc.tmpfs.unwrap_or_default().contains_key("/tmp"));
+        let labels = cfg.labels.unwrap_or_default();
+        for l in [
+            "crownest.run_id",
+            "crownest.instance",
+            "crownest.owner_pid",
+            "crownest.sandbox",
+        ] {
+            assert!(labels.contains_key(l), "label {l} missing: {labels:?}");
+        }
+    }
+    let iso = sb.isolation();
+    assert_eq!(iso.network, "none");
+    assert_eq!(iso.pids, Some(77));
+    assert_eq!(iso.user.as_deref(), Some("10001:10001"));
+    assert!(
+        sb.identity()
+            .facts
+            .get("imageId")
+            .is_some_and(|i| i.starts_with("sha256:"))
+    );
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_names_the_build_script() {
+    let Some(_) = common::backend().await else {
+        return;
+    };
+    let b =
+        DockerBackend::connect(DockerConfig::default().with_image("crownest/no-such-image:latest"))
+            .await
+            .unwrap();
+    let t = b.templates().await.unwrap();
+    assert!(!t[0].available);
+    assert!(
+        t[0].reason
+            .as_deref()
+            .unwrap()
+            .contains("scripts/build-docker-image.sh"),
+        "{t:?}"
+    );
+    let err = b
+        .create(&common::sandbox_spec(Limits::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.chain().contains("scripts/build-docker-image.sh"),
+        "{}",
+        err.chain()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_sandbox_survives_sweeps_until_its_deadline() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let sb = common::sandbox(&b, Limits::default()).await;
+    let sink = common::CollectSink::default();
+    sb.exec(
+        &common::request(&["sh", "-c", "echo kept > note.txt"]),
+        &sink,
+    )
+    .await
+    .unwrap();
+    sb.keep(Timestamp::now().plus_millis(1500)).await.unwrap();
+    let id = sb.id().to_owned();
+    drop(sb); // like an engine that went away
+    let swept = b.sweep_orphans(&[]).await.unwrap();
+    assert!(!swept.contains(&id), "kept and not expired: {swept:?}");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let swept = b.sweep_orphans(&[]).await.unwrap();
+    assert!(swept.contains(&id), "expired keep is swept: {swept:?}");
+    common::assert_gone(&b, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_output_arrives_complete_and_in_order() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    // 8 MiB of numbered lines on stdout, and a little stderr.
+    let code = "import sys\nw = sys.stdout.write\n\
+                for i in range(1_000_000):\n    w('%07d\\n' % i)\n\
+                sys.stdout.flush(); print('done', file=sys.stderr)";
+    let (done, events) = run(&b, py(code)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    let out = output_of(&events, OutputStream::Stdout);
+    assert_eq!(out.len(), 8_000_000);
+    assert!(
+        out.lines().enumerate().all(|(i, l)| l == format!("{i:07}")),
+        "in order, nothing lost"
+    );
+    assert_eq!(output_of(&events, OutputStream::Stderr), "done\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_cwd_and_a_non_executable_file_are_spawn_failures() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let (done, _) = run(&b, py("print(1)").with_cwd("no/such/dir")).await;
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::SpawnFailed),
+        "{:?}",
+        done.failure
+    );
+    let (done, _) = run(&b, crownest_core::RunSpec::new(["./hello.txt"])).await;
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::SpawnFailed),
+        "{:?}",
+        done.failure
+    );
+    assert!(
+        done.failure
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("permission denied")
+    );
+    // A command that exits 127 itself is not a spawn failure.
+    let (done, _) = run(&b, crownest_core::RunSpec::new(["sh", "-c", "exit 127"])).await;
+    assert_eq!(done.exit_code, Some(127));
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::ExitNonzero)
+    );
+}
