@@ -47,6 +47,19 @@ struct State {
     watch: Option<watch::Receiver<u64>>,
 }
 
+impl State {
+    /// Forgets the run's notification channel once no other subscriber uses it, so
+    /// subscribing to ended runs leaves nothing behind.
+    fn release_watch(&mut self) {
+        if self.watch.take().is_some() {
+            let mut w = lock(&self.engine.inner.watchers);
+            if w.get(&self.id).is_some_and(|tx| tx.receiver_count() == 0) {
+                w.remove(&self.id);
+            }
+        }
+    }
+}
+
 impl WorkspaceRuns {
     /// Events with `seq > after_seq`: first those already stored, then live ones as they
     /// become durable, each exactly once and in order; the stream ends after `terminal`.
@@ -74,6 +87,7 @@ impl WorkspaceRuns {
                         return Some((Ok(e), st));
                     }
                     if st.done {
+                        st.release_watch();
                         return None;
                     }
                     match st.engine.inner.store.list_events(&st.id, st.after, PAGE).await {
