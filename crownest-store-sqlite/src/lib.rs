@@ -111,5 +111,6 @@ pub use config::SqliteConfig;
 pub use error::Fault;
 pub use gc::{GcPolicy, GcReport};
 pub use store::SqliteStore;
+pub use writer::WriteStats;
 
 pub use crownest_core::store::Store;

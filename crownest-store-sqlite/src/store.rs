@@ -23,7 +23,7 @@ use crate::pool::ReadPool;
 use crate::runs;
 use crate::schema::{connect, migrate};
 use crate::transfers;
-use crate::writer::{Shared, Writer};
+use crate::writer::{Shared, Stats, WriteStats, Writer};
 
 /// A durable [`Store`]: SQLite (WAL) for runs, events and metadata, plus a
 /// content-addressed blob directory. Cheap to clone (clones share one writer thread).
@@ -99,6 +99,7 @@ impl SqliteStore {
             layout,
             poison: Poison::default(),
             faults: Faults::default(),
+            stats: Stats::default(),
         });
         let writer = Writer::start(conn, shared.clone(), &config)?;
         Ok(Self {
@@ -129,6 +130,12 @@ impl SqliteStore {
     /// True once a write failed with an I/O or SQLite error: every later write fails.
     pub fn is_poisoned(&self) -> bool {
         self.inner.shared.poison.is_poisoned()
+    }
+
+    /// Writes and write transactions committed so far by this instance (group commit makes
+    /// `transactions` smaller than `writes` under concurrent load).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.shared.stats.snapshot()
     }
 
     /// Lets queued writes finish, then stops the writer thread and closes the write

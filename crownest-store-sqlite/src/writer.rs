@@ -15,6 +15,7 @@
 //! (`synchronous=FULL`): an acknowledged write is durable, and visible to readers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,33 @@ pub(crate) struct Shared {
     pub(crate) layout: Layout,
     pub(crate) poison: Poison,
     pub(crate) faults: Faults,
+    pub(crate) stats: Stats,
+}
+
+/// Counters of committed write transactions.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    transactions: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> WriteStats {
+        WriteStats {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How well group commit is grouping: writes acknowledged vs transactions committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteStats {
+    /// Write transactions committed by this store instance.
+    pub transactions: u64,
+    /// Writes (commits, creates, blob installs, ...) committed in them.
+    pub writes: u64,
 }
 
 /// What an op can do besides SQL: move files out of the way until the commit.
@@ -324,6 +352,11 @@ fn execute(conn: &mut Connection, mut batch: Vec<Box<dyn WriteOp>>, shared: &Sha
     }
     match fatal {
         None => {
+            shared.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             trash.into_iter().for_each(Trashed::purge);
             for op in batch {
                 op.complete(None);

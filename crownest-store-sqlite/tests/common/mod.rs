@@ -94,3 +94,109 @@ impl Store for TempStore {
         self.store.get_artifact(id).await
     }
 }
+
+use crownest_core::event::{EventKind, NewEvent, OutputChunk, seal};
+use crownest_core::run::RunOwner;
+use crownest_core::{Limits, RunSpec, RunStatus, Timestamp};
+use futures::StreamExt as _;
+
+/// A fresh run record in `awaiting_archive`.
+pub fn new_run() -> RunRecord {
+    RunRecord::new(
+        RunId::new(),
+        RunSpec::new(["true"]),
+        "fake".into(),
+        Limits::default(),
+        RunOwner::current("tests"),
+    )
+}
+
+/// A stdout event.
+pub fn out(text: &str) -> NewEvent {
+    NewEvent::now(EventKind::Stdout(OutputChunk {
+        offset: 0,
+        data: Some(text.into()),
+        data_base64: None,
+    }))
+}
+
+/// A commit of `events` with no record change.
+pub fn events_commit(expected_next_seq: u64, events: Vec<NewEvent>) -> RunCommit {
+    RunCommit {
+        expected_next_seq,
+        events,
+        record: None,
+        evidence: None,
+    }
+}
+
+/// The terminal commit, built as the engine builds it.
+pub fn terminal_commit(stored: &RunRecord) -> RunCommit {
+    let mut record = stored.clone();
+    record.status = RunStatus::Succeeded;
+    record.exit_code = Some(0);
+    record.timestamps.terminal = Some(Timestamp::now());
+    let terminal = NewEvent::now(EventKind::Terminal {
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        failure: None,
+        duration_ms: 1,
+    });
+    let sealed = seal(
+        &stored.chain_head,
+        &stored.id,
+        stored.next_seq,
+        terminal.clone(),
+    );
+    let evidence = EvidenceBundle::build(&record, None, None, sealed);
+    RunCommit {
+        expected_next_seq: stored.next_seq,
+        events: vec![terminal],
+        record: Some(record),
+        evidence: Some(evidence),
+    }
+}
+
+/// A byte stream of `data` in 1000-byte chunks.
+pub fn stream_of(data: &[u8]) -> ByteStream {
+    let chunks: Vec<std::io::Result<Bytes>> = data
+        .chunks(1000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(chunks).boxed()
+}
+
+/// No limit, no descriptor.
+pub fn any_blob() -> BlobExpect<'static> {
+    BlobExpect {
+        descriptor: None,
+        max_bytes: u64::MAX,
+    }
+}
+
+/// Reads a whole blob reader.
+pub fn read_all(mut r: BlobReader) -> Vec<u8> {
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut v).unwrap();
+    v
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let e = e.unwrap();
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
