@@ -27,7 +27,7 @@ fn repo_like() -> Vec<u8> {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 text.push_str(words[(seed % words.len() as u64) as usize]);
-                text.push(if seed % 11 == 0 { '\n' } else { ' ' });
+                text.push(if seed.is_multiple_of(11) { '\n' } else { ' ' });
             }
             let mut h = tar::Header::new_gnu();
             h.set_size(text.len() as u64);

@@ -1,6 +1,6 @@
 //! Valid archives extract byte-exactly: long names (GNU and PAX), unicode, modes, empty
 //! directories, `./` prefixes, links inside the root, and a 50 000-file tree.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 mod archive_common;
 
