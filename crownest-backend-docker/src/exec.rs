@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, StartContainerOptions,
-    WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, KillContainerOptionsBuilder,
+    StartContainerOptions, WaitContainerOptionsBuilder,
 };
 use crownest_core::event::OutputStream;
 use crownest_core::{ExecSink, ExitStatus, KillSignal};
@@ -182,6 +182,7 @@ pub(crate) async fn attach_start_wait(
     docker: &Docker,
     container: &str,
     sink: &dyn ExecSink,
+    requested: &Mutex<Option<KillSignal>>,
 ) -> Result<Started, DockerError> {
     let opts = AttachContainerOptionsBuilder::new()
         .stdin(false)
@@ -206,6 +207,20 @@ pub(crate) async fn attach_start_wait(
             }
             e => Err(DockerError::api("start")(e)),
         };
+    }
+    // A signal asked for while the container was being started would have found nothing
+    // running: deliver it now.
+    let pending = *requested.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(sig) = pending {
+        let opts = KillContainerOptionsBuilder::new()
+            .signal(sig.name())
+            .build();
+        if let Err(e) = docker.kill_container(container, Some(opts)).await
+            && !is_not_found(&e)
+            && status_of(&e) != Some(409)
+        {
+            return Err(DockerError::api("kill")(e));
+        }
     }
     sink.started().await;
     let mut stderr_head = Vec::new();

@@ -56,7 +56,9 @@
 //!   holds the volume so `materialize` can upload into it. The archive is extracted by the
 //!   core extractor into a private host staging directory, then streamed as a tar (every
 //!   entry owned by uid/gid 10001, hardlinks as links) into the volume with
-//!   `PUT /containers/{id}/archive`. Nothing of the host is bind-mounted;
+//!   `PUT /containers/{id}/archive`. Nothing of the host is bind-mounted. The stage
+//!   container is removed (in the background, while the command starts) as soon as the run
+//!   container holds the volume;
 //! * a **run** container `<sandbox>`, created by `exec` with `Cmd` = argv exactly,
 //!   `WorkingDir` = `/workspace/<cwd>` and `Env` = `PATH`, `HOME=/workspace`,
 //!   `LANG=C.UTF-8` plus the request's variables (Docker itself adds `HOSTNAME=sandbox`).

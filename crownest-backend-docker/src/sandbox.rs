@@ -43,6 +43,7 @@ pub struct DockerSandbox {
     run: Mutex<Option<String>>,
     index: Mutex<Option<WorkspaceIndex>>,
     sent: Mutex<Option<KillSignal>>,
+    stage_removal: Mutex<Option<tokio::task::JoinHandle<()>>>,
     started: AtomicBool,
     destroyed: AtomicBool,
 }
@@ -97,6 +98,7 @@ impl DockerSandbox {
             run: Mutex::new(None),
             index: Mutex::new(None),
             sent: Mutex::new(None),
+            stage_removal: Mutex::new(None),
             started: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
         })
@@ -202,8 +204,25 @@ impl DockerSandbox {
         if let Err(msg) = exec::preflight(&image_paths, &index, argv0, &path_env, &cwd).await? {
             return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg)));
         }
+        // The stage container has done its job (the volume is mounted by the run container
+        // now): remove it while the command starts, off the critical path. `destroy` waits
+        // for this and removes it again if needed.
+        let docker_bg = docker.clone();
+        let stage = self.stage.clone();
+        *self.stage_removal.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::spawn(
+            async move {
+                let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build();
+                if let Err(e) = docker_bg.remove_container(&stage, Some(opts)).await
+                    && !is_not_found(&e)
+                {
+                    tracing::debug!(container = %stage, error = %e, "early removal of the stage container failed");
+                }
+            },
+        ));
         self.started.store(true, Ordering::SeqCst);
-        let observed = match exec::attach_start_wait(docker, &run, sink).await? {
+        let observed = match exec::attach_start_wait(docker, &run, sink, &self.sent).await? {
             Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
             Started::Ran(o) => o,
         };
@@ -216,17 +235,19 @@ impl DockerSandbox {
     }
 
     async fn signal_inner(&self, signal: KillSignal) -> Result<(), DockerError> {
+        {
+            // Recorded even before the container started: `exec` delivers a signal that
+            // arrived while it was starting the container right after the start.
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            if *sent != Some(KillSignal::Kill) {
+                *sent = Some(signal);
+            }
+        }
         let Some(run) = self.run_container() else {
             return Ok(());
         };
         if !self.started.load(Ordering::SeqCst) || self.destroyed.load(Ordering::SeqCst) {
             return Ok(());
-        }
-        {
-            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-            if *sent != Some(KillSignal::Kill) {
-                *sent = Some(signal);
-            }
         }
         let docker = &self.shared.docker;
         let opts = KillContainerOptionsBuilder::new()
@@ -415,6 +436,14 @@ impl Sandbox for DockerSandbox {
 
     async fn destroy(&self) -> Result<()> {
         self.destroyed.store(true, Ordering::SeqCst);
+        let pending = self
+            .stage_removal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = pending {
+            let _ = task.await;
+        }
         let mut known = vec![self.stage.clone()];
         known.extend(self.run_container());
         crate::cleanup::remove_sandbox(&self.shared.docker, &self.id, &known).await?;

@@ -225,70 +225,17 @@ async fn containers_carry_the_hardened_config_and_labels() {
         ..Limits::default()
     };
     let sb = common::sandbox(&b, limits).await;
+    let stage = sandbox_containers(&b, sb.id()).await;
+    assert_eq!(stage.len(), 1, "only the stage container before exec");
+    assert_hardened(&b, &stage[0], sb.id()).await;
     let sink = common::CollectSink::default();
     let outcome = sb.exec(&common::request(&["true"]), &sink).await.unwrap();
     assert_eq!(outcome.status, crownest_core::ExitStatus::Exited(0));
     assert_eq!(sink.started.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let mut filters = std::collections::HashMap::new();
-    filters.insert("label", vec![format!("{LABEL_SANDBOX}={}", sb.id())]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let containers = b.docker().list_containers(Some(opts)).await.unwrap();
-    assert_eq!(containers.len(), 2, "a stage and a run container");
-    for c in containers {
-        let info = b
-            .docker()
-            .inspect_container(c.id.as_deref().unwrap(), None)
-            .await
-            .unwrap();
-        let hc = info.host_config.unwrap();
-        let cfg = info.config.unwrap();
-        assert_eq!(cfg.user.as_deref(), Some("10001:10001"));
-        assert_eq!(hc.readonly_rootfs, Some(true));
-        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
-        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_owned()]));
-        assert_eq!(hc.network_mode.as_deref(), Some("none"));
-        assert_eq!(hc.privileged, Some(false));
-        assert_eq!(hc.init, Some(true));
-        assert_eq!(hc.auto_remove, Some(false));
-        assert_eq!(hc.memory, Some(256 * 1024 * 1024));
-        assert_eq!(hc.memory_swap, Some(256 * 1024 * 1024));
-        assert_eq!(hc.pids_limit, Some(77));
-        assert!(
-            hc.binds.unwrap_or_default().is_empty(),
-            "no host path is mounted"
-        );
-        let mounts = info.mounts.unwrap_or_default();
-        assert_eq!(mounts.len(), 1, "{mounts:?}");
-        assert_eq!(mounts[0].name.as_deref(), Some(sb.id()));
-        assert_eq!(mounts[0].destination.as_deref(), Some("/workspace"));
-        let ulimits: Vec<_> = hc
-            .ulimits
-            .unwrap_or_default()
-            .into_iter()
-            .map(|u| (u.name.unwrap_or_default(), u.soft, u.hard))
-            .collect();
-        assert!(
-            ulimits.contains(&("nofile".into(), Some(333), Some(333))),
-            "{ulimits:?}"
-        );
-        assert!(
-            ulimits.contains(&("core".into(), Some(0), Some(0))),
-            "{ulimits:?}"
-        );
-        assert!(hc.tmpfs.unwrap_or_default().contains_key("/tmp"));
-        let labels = cfg.labels.unwrap_or_default();
-        for l in [
-            "crownest.run_id",
-            "crownest.instance",
-            "crownest.owner_pid",
-            "crownest.sandbox",
-        ] {
-            assert!(labels.contains_key(l), "label {l} missing: {labels:?}");
-        }
-    }
+    let after = sandbox_containers(&b, sb.id()).await;
+    let run: Vec<_> = after.iter().filter(|c| !stage.contains(c)).collect();
+    assert_eq!(run.len(), 1, "one run container: {after:?}");
+    assert_hardened(&b, run[0], sb.id()).await;
     let iso = sb.isolation();
     assert_eq!(iso.network, "none");
     assert_eq!(iso.pids, Some(77));
@@ -410,4 +357,70 @@ async fn a_bad_cwd_and_a_non_executable_file_are_spawn_failures() {
         done.failure.as_ref().map(|f| f.kind),
         Some(FailureKind::ExitNonzero)
     );
+}
+
+async fn sandbox_containers(b: &DockerBackend, sandbox: &str) -> Vec<String> {
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label", vec![format!("{LABEL_SANDBOX}={sandbox}")]);
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    b.docker()
+        .list_containers(Some(opts))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
+    let info = b.docker().inspect_container(container, None).await.unwrap();
+    let hc = info.host_config.unwrap();
+    let cfg = info.config.unwrap();
+    assert_eq!(cfg.user.as_deref(), Some("10001:10001"));
+    assert_eq!(hc.readonly_rootfs, Some(true));
+    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+    assert_eq!(hc.network_mode.as_deref(), Some("none"));
+    assert_eq!(hc.privileged, Some(false));
+    assert_eq!(hc.init, Some(true));
+    assert_eq!(hc.auto_remove, Some(false));
+    assert_eq!(hc.memory, Some(256 * 1024 * 1024));
+    assert_eq!(hc.memory_swap, Some(256 * 1024 * 1024));
+    assert_eq!(hc.pids_limit, Some(77));
+    assert!(
+        hc.binds.unwrap_or_default().is_empty(),
+        "no host path is mounted"
+    );
+    let mounts = info.mounts.unwrap_or_default();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0].name.as_deref(), Some(sandbox));
+    assert_eq!(mounts[0].destination.as_deref(), Some("/workspace"));
+    let ulimits: Vec<_> = hc
+        .ulimits
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| (u.name.unwrap_or_default(), u.soft, u.hard))
+        .collect();
+    assert!(
+        ulimits.contains(&("nofile".into(), Some(333), Some(333))),
+        "{ulimits:?}"
+    );
+    assert!(
+        ulimits.contains(&("core".into(), Some(0), Some(0))),
+        "{ulimits:?}"
+    );
+    assert!(hc.tmpfs.unwrap_or_default().contains_key("/tmp"));
+    assert_eq!(hc.log_config.and_then(|l| l.typ).as_deref(), Some("none"));
+    let labels = cfg.labels.unwrap_or_default();
+    for l in [
+        "crownest.run_id",
+        "crownest.instance",
+        "crownest.owner_pid",
+        "crownest.sandbox",
+    ] {
+        assert!(labels.contains_key(l), "label {l} missing: {labels:?}");
+    }
 }
