@@ -49,6 +49,15 @@ impl std::fmt::Debug for WasmSandbox {
     }
 }
 
+/// Clears the running guest's stop channel when `exec` returns (on every path).
+struct RunningGuard<'a>(&'a WasmSandbox);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state().running = None;
+    }
+}
+
 fn spawn_failed(message: impl Into<String>) -> Result<ExecOutcome> {
     Ok(ExecOutcome::new(ExitStatus::SpawnFailed(message.into())))
 }
@@ -177,16 +186,9 @@ impl Sandbox for WasmSandbox {
         if let Err(m) = Self::check_cwd(&workspace, &cwd) {
             return spawn_failed(m);
         }
-        // The module files must still be the verified ones.
-        let modules = match self.shared.verifier.verify(&self.shared.config.modules_dir) {
-            Ok(m) if m == self.modules => m,
-            Ok(_) => return spawn_failed("the wasm modules changed since this sandbox was created"),
-            Err(reason) => return spawn_failed(format!("python-node is unavailable: {reason} ({FETCH_SCRIPT})")),
-        };
-        let module = modules.get(interpreter);
-        let (pre, _) = self.shared.runtime.instance_pre(module).await?;
-
-        let (stop_tx, stop_rx) = watch::channel(None);
+        // From here on a signal stops the command, even before the guest runs (the engine's
+        // deadline also covers loading the module).
+        let (stop_tx, mut stop_rx) = watch::channel(None);
         {
             let mut st = self.state();
             if st.destroyed {
@@ -194,6 +196,30 @@ impl Sandbox for WasmSandbox {
             }
             st.running = Some(stop_tx);
         }
+        let _running = RunningGuard(self);
+        let prepare = async {
+            // The module files must still be the verified ones.
+            let modules = match self.shared.verifier.verify(&self.shared.config.modules_dir) {
+                Ok(m) if m == self.modules => m,
+                Ok(_) => return Ok(Err("the wasm modules changed since this sandbox was created".to_owned())),
+                Err(reason) => return Ok(Err(format!("python-node is unavailable: {reason} ({FETCH_SCRIPT})"))),
+            };
+            self.shared
+                .runtime
+                .instance_pre(modules.get(interpreter))
+                .await
+                .map(|(pre, _)| Ok(pre))
+        };
+        let pre = tokio::select! {
+            biased;
+            sig = async { stop_rx.wait_for(Option::is_some).await.ok().and_then(|s| *s) } => {
+                return Ok(ExecOutcome::new(ExitStatus::Signaled(sig.unwrap_or(9))));
+            }
+            r = prepare => match r? {
+                Ok(pre) => pre,
+                Err(message) => return spawn_failed(message),
+            },
+        };
         let backstop = Duration::from_millis(self.limits.timeout_ms.saturating_add(self.limits.kill_grace_ms))
             .saturating_add(self.shared.config.deadline_margin);
         let python_site = self.dir.python_site();
@@ -207,9 +233,8 @@ impl Sandbox for WasmSandbox {
             memory_bytes: self.limits.memory_bytes,
             backstop,
         };
-        let result = guest::run(&self.shared.runtime, pre, &cmd, &self.shared.config, stop_rx, sink).await;
-        self.state().running = None;
-        Ok(ExecOutcome::new(result?))
+        let status = guest::run(&self.shared.runtime, pre, &cmd, &self.shared.config, stop_rx, sink).await?;
+        Ok(ExecOutcome::new(status))
     }
 
     async fn signal(&self, signal: KillSignal) -> Result<()> {
