@@ -181,7 +181,11 @@ impl OutputChunk {
 
 /// The payload of an event; serialized flat into the envelope with a `type` tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 #[non_exhaustive]
 pub enum EventKind {
     /// A state change.
@@ -381,7 +385,13 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
     out
 }
 
-fn chain_hash(prev_hash: &str, run_id: &RunId, seq: u64, at: Timestamp, kind: &EventKind) -> String {
+fn chain_hash(
+    prev_hash: &str,
+    run_id: &RunId,
+    seq: u64,
+    at: Timestamp,
+    kind: &EventKind,
+) -> String {
     let unsealed = Unsealed {
         run_id,
         seq,
@@ -410,7 +420,12 @@ pub fn seal(prev_hash: &str, run_id: &RunId, seq: u64, event: NewEvent) -> Event
 }
 
 /// Seals a batch after a chain head, returning the sealed events (seq from `first_seq`).
-pub fn seal_all(prev_hash: &str, run_id: &RunId, first_seq: u64, events: Vec<NewEvent>) -> Vec<Event> {
+pub fn seal_all(
+    prev_hash: &str,
+    run_id: &RunId,
+    first_seq: u64,
+    events: Vec<NewEvent>,
+) -> Vec<Event> {
     let mut prev = prev_hash.to_owned();
     let mut out = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
@@ -472,7 +487,9 @@ pub enum ChainError {
         seq: u64,
     },
     /// The count or head differs from what the evidence recorded.
-    #[error("chain has {count} events with head {head}, evidence records {expected_count} with head {expected_head}")]
+    #[error(
+        "chain has {count} events with head {head}, evidence records {expected_count} with head {expected_head}"
+    )]
     HeadMismatch {
         /// Events verified.
         count: u64,
@@ -487,7 +504,10 @@ pub enum ChainError {
 
 /// Verifies a complete event list of one run (seq from 1): seq gap-free, every hash
 /// recomputed, `terminal` (if any) last. Returns count and chain head.
-pub fn verify_chain(run_id: &RunId, events: &[Event]) -> std::result::Result<ChainSummary, ChainError> {
+pub fn verify_chain(
+    run_id: &RunId,
+    events: &[Event],
+) -> std::result::Result<ChainSummary, ChainError> {
     let mut prev = GENESIS_HASH.to_owned();
     for (index, e) in events.iter().enumerate() {
         let expected_seq = index as u64 + 1;

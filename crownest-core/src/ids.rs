@@ -90,7 +90,10 @@ impl Sha256Digest {
         if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(Self(s.to_ascii_lowercase()))
         } else {
-            Err(Error::invalid("sha256", format!("not a sha256 hex digest: {s:?}")))
+            Err(Error::invalid(
+                "sha256",
+                format!("not a sha256 hex digest: {s:?}"),
+            ))
         }
     }
 

@@ -37,7 +37,7 @@ pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};
 pub use evidence::EvidenceBundle;
 pub use ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 pub use run::{ArchiveDescriptor, Artifact, RunRecord, UploadKind};
-pub use spec::{ArtifactRequest, Limits, LimitOverrides, Network, RunSpec};
+pub use spec::{ArtifactRequest, LimitOverrides, Limits, Network, RunSpec};
 pub use status::{Input, Outcome, RunStatus, transition};
 pub use store::Store;
 pub use time::Timestamp;
@@ -45,9 +45,12 @@ pub use time::Timestamp;
 pub mod engine;
 pub mod memory;
 
-pub use engine::{EngineConfig, EngineMetrics, EventStream, TransferStatus, RecoveryReport, WorkspaceRuns, WorkspaceRunsBuilder};
+pub use engine::{
+    EngineConfig, EngineMetrics, EventStream, RecoveryReport, TransferStatus, WorkspaceRuns,
+    WorkspaceRunsBuilder,
+};
 pub use memory::MemoryStore;
-#[cfg(feature = "testing")]
-pub mod testing;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod testing;

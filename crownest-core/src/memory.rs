@@ -50,7 +50,10 @@ impl MemoryStore {
 }
 
 /// Hashes and counts a byte stream against its expectations (shared by stores that buffer).
-pub async fn collect_verified(mut data: ByteStream, expect: BlobExpect<'_>) -> Result<(Bytes, BlobInfo)> {
+pub async fn collect_verified(
+    mut data: ByteStream,
+    expect: BlobExpect<'_>,
+) -> Result<(Bytes, BlobInfo)> {
     let mut buf = BytesMut::new();
     let mut hasher = Sha256::new();
     while let Some(chunk) = data.next().await {
@@ -80,7 +83,10 @@ pub fn check_blob_expectations(info: &BlobInfo, expect: BlobExpect<'_>) -> Resul
             return Err(Error::rejected(
                 RejectReason::SizeMismatch,
                 None,
-                format!("declared {} bytes, received {}", d.size_bytes, info.size_bytes),
+                format!(
+                    "declared {} bytes, received {}",
+                    d.size_bytes, info.size_bytes
+                ),
             ));
         }
         if d.sha256 != info.sha256 {
@@ -150,7 +156,11 @@ impl Store for MemoryStore {
 
     async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
         let mut g = self.lock();
-        let stored = g.runs.get(id).ok_or_else(|| Error::not_found("run", id))?.clone();
+        let stored = g
+            .runs
+            .get(id)
+            .ok_or_else(|| Error::not_found("run", id))?
+            .clone();
         check_commit(&stored, &commit)?;
         let sealed = seal_all(&stored.chain_head, id, stored.next_seq, commit.events);
         check_sealed_evidence(&sealed, commit.evidence.as_ref())?;
@@ -165,14 +175,20 @@ impl Store for MemoryStore {
         if let Some(ev) = commit.evidence {
             g.evidence.insert(id.clone(), ev);
         }
-        g.events.entry(id.clone()).or_default().extend(sealed.iter().cloned());
+        g.events
+            .entry(id.clone())
+            .or_default()
+            .extend(sealed.iter().cloned());
         g.runs.insert(id.clone(), record);
         Ok(sealed)
     }
 
     async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {
         let mut g = self.lock();
-        let run = g.runs.get_mut(id).ok_or_else(|| Error::not_found("run", id))?;
+        let run = g
+            .runs
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found("run", id))?;
         if !run.status.is_terminal() {
             run.cancel_requested = true;
         }
@@ -181,14 +197,22 @@ impl Store for MemoryStore {
 
     async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
         let g = self.lock();
-        let events = g.events.get(id).ok_or_else(|| Error::not_found("run", id))?;
-        let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(events.len());
+        let events = g
+            .events
+            .get(id)
+            .ok_or_else(|| Error::not_found("run", id))?;
+        let start = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(events.len());
         Ok(events[start..].iter().take(limit).cloned().collect())
     }
 
     async fn put_blob(&self, data: ByteStream, expect: BlobExpect<'_>) -> Result<BlobInfo> {
         let (bytes, info) = collect_verified(data, expect).await?;
-        self.lock().blobs.entry(info.sha256.clone()).or_insert(bytes);
+        self.lock()
+            .blobs
+            .entry(info.sha256.clone())
+            .or_insert(bytes);
         Ok(info)
     }
 
@@ -207,9 +231,10 @@ impl Store for MemoryStore {
     }
 
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
-        self.lock()
-            .transfers
-            .insert(transfer.transfer_id.clone(), (transfer.clone(), BTreeMap::new()));
+        self.lock().transfers.insert(
+            transfer.transfer_id.clone(),
+            (transfer.clone(), BTreeMap::new()),
+        );
         Ok(())
     }
 
@@ -223,9 +248,15 @@ impl Store for MemoryStore {
 
     async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord> {
         let mut g = self.lock();
-        let (t, chunks) = g.transfers.get_mut(id).ok_or_else(|| Error::not_found("transfer", id))?;
+        let (t, chunks) = g
+            .transfers
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found("transfer", id))?;
         if t.chunk_len(index) != Some(data.len() as u64) {
-            return Err(Error::invalid("chunk", format!("chunk {index} has the wrong length")));
+            return Err(Error::invalid(
+                "chunk",
+                format!("chunk {index} has the wrong length"),
+            ));
         }
         chunks.insert(index, data);
         t.received.insert(index);
@@ -234,11 +265,15 @@ impl Store for MemoryStore {
 
     async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader> {
         let g = self.lock();
-        let (t, chunks) = g.transfers.get(id).ok_or_else(|| Error::not_found("transfer", id))?;
+        let (t, chunks) = g
+            .transfers
+            .get(id)
+            .ok_or_else(|| Error::not_found("transfer", id))?;
         if !t.is_complete() {
             return Err(Error::invalid("transfer", "chunks are missing"));
         }
-        let mut all = BytesMut::with_capacity(usize::try_from(t.descriptor.size_bytes).unwrap_or(0));
+        let mut all =
+            BytesMut::with_capacity(usize::try_from(t.descriptor.size_bytes).unwrap_or(0));
         for c in chunks.values() {
             all.extend_from_slice(c);
         }

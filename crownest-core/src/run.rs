@@ -249,7 +249,13 @@ pub struct RunRecord {
 impl RunRecord {
     /// A new record in `awaiting_archive`. `spec.env` is moved out: the record keeps only
     /// names and salted hashes.
-    pub fn new(id: RunId, mut spec: RunSpec, backend: String, limits: Limits, owner: RunOwner) -> Self {
+    pub fn new(
+        id: RunId,
+        mut spec: RunSpec,
+        backend: String,
+        limits: Limits,
+        owner: RunOwner,
+    ) -> Self {
         let env_salt = hex::encode(rand::random::<[u8; 16]>());
         let env = hash_env(&env_salt, &spec.env);
         spec.env.clear();

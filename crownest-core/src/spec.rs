@@ -395,7 +395,10 @@ impl RunSpec {
                 && !name.contains('\0')
                 && !name.as_bytes()[0].is_ascii_digit();
             if !ok {
-                return Err(Error::invalid("env", format!("invalid variable name {name:?}")));
+                return Err(Error::invalid(
+                    "env",
+                    format!("invalid variable name {name:?}"),
+                ));
             }
         }
         if self.env.values().any(|v| v.contains('\0')) {
@@ -418,7 +421,10 @@ impl RunSpec {
         if let Some(k) = &self.keep_sandbox
             && k.ttl_ms == 0
         {
-            return Err(Error::invalid("keepSandbox.ttlMs", "must be greater than zero"));
+            return Err(Error::invalid(
+                "keepSandbox.ttlMs",
+                "must be greater than zero",
+            ));
         }
         if let Some(k) = &self.idempotency_key
             && (k.is_empty() || k.len() > 256)
@@ -457,7 +463,9 @@ pub fn validate_relative_path(path: &str, allow_root: bool) -> std::result::Resu
         return Err("contains a backslash".into());
     }
     if path.starts_with('/') {
-        return Err(format!("{path:?} is absolute; paths are relative to /workspace"));
+        return Err(format!(
+            "{path:?} is absolute; paths are relative to /workspace"
+        ));
     }
     if path.split('/').any(|c| c == "..") {
         return Err(format!("{path:?} contains '..'"));

@@ -106,7 +106,10 @@ pub struct TransferRecord {
 impl TransferRecord {
     /// Number of chunks of the whole.
     pub fn chunk_count(&self) -> u64 {
-        self.descriptor.size_bytes.div_ceil(self.chunk_size_bytes).max(1)
+        self.descriptor
+            .size_bytes
+            .div_ceil(self.chunk_size_bytes)
+            .max(1)
     }
 
     /// Exact length chunk `index` must have; `None` if out of range.
@@ -130,14 +133,20 @@ impl TransferRecord {
         if !offset.is_multiple_of(self.chunk_size_bytes) {
             return Err(Error::invalid(
                 "offset",
-                format!("{offset} is not a multiple of the chunk size {}", self.chunk_size_bytes),
+                format!(
+                    "{offset} is not a multiple of the chunk size {}",
+                    self.chunk_size_bytes
+                ),
             ));
         }
         let index = offset / self.chunk_size_bytes;
         match self.chunk_len(index) {
             None => Err(Error::invalid(
                 "offset",
-                format!("{offset} is beyond the declared size {}", self.descriptor.size_bytes),
+                format!(
+                    "{offset} is beyond the declared size {}",
+                    self.descriptor.size_bytes
+                ),
             )),
             Some(want) if want != len => Err(Error::invalid(
                 "chunk",
@@ -252,7 +261,10 @@ pub fn check_commit(stored: &RunRecord, commit: &RunCommit) -> Result<()> {
             ),
         });
     }
-    crate::event::check_append(stored.status.is_terminal() && stored.next_seq > 1, &commit.events)?;
+    crate::event::check_append(
+        stored.status.is_terminal() && stored.next_seq > 1,
+        &commit.events,
+    )?;
     let ends_terminal = commit.events.last().is_some_and(|e| e.kind.is_terminal());
     match (&commit.evidence, ends_terminal) {
         (Some(_), false) => Err(Error::Conflict {
@@ -262,7 +274,12 @@ pub fn check_commit(stored: &RunRecord, commit: &RunCommit) -> Result<()> {
             message: "the terminal event must come with its evidence".into(),
         }),
         _ => {
-            if ends_terminal && !commit.record.as_ref().is_some_and(|r| r.status.is_terminal()) {
+            if ends_terminal
+                && !commit
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.status.is_terminal())
+            {
                 return Err(Error::Conflict {
                     message: "the terminal event must come with a terminal record".into(),
                 });

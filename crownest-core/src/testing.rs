@@ -97,14 +97,19 @@ impl FakeBackend {
 
     /// Makes every later `materialize` take this long (to observe `starting`).
     pub fn materialize_delay(&self, delay: Duration) {
-        self.shared
-            .materialize_delay_ms
-            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.shared.materialize_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// Every sandbox ever created, by id.
     pub fn sandboxes(&self) -> BTreeMap<String, FakeSandboxState> {
-        self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Sandboxes not destroyed.
@@ -147,21 +152,28 @@ impl SandboxBackend for FakeBackend {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
         if spec.template != "python-node" {
-            return Err(Error::invalid("template", format!("unknown template {:?}", spec.template)));
+            return Err(Error::invalid(
+                "template",
+                format!("unknown template {:?}", spec.template),
+            ));
         }
         if self.shared.fail_create.load(Ordering::SeqCst) {
             return Err(Error::backend("fake", "injected create failure"));
         }
         let id = format!("fake-{}", uuid::Uuid::now_v7().simple());
-        self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            id.clone(),
-            FakeSandboxState {
-                run_id: spec.run_id.clone(),
-                destroyed: false,
-                keep_until: None,
-                owner: spec.owner.clone(),
-            },
-        );
+        self.shared
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id.clone(),
+                FakeSandboxState {
+                    run_id: spec.run_id.clone(),
+                    destroyed: false,
+                    keep_until: None,
+                    owner: spec.owner.clone(),
+                },
+            );
         let (signal_tx, _) = watch::channel(None);
         Ok(Box::new(FakeSandbox {
             id,
@@ -173,7 +185,11 @@ impl SandboxBackend for FakeBackend {
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
         let now = Timestamp::now();
-        let mut g = self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self
+            .shared
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut swept = Vec::new();
         for (id, s) in g.iter_mut() {
             let expired = s.keep_until.is_some_and(|u| u <= now);
@@ -272,7 +288,12 @@ impl Sandbox for FakeSandbox {
         let mut files = BTreeMap::new();
         for entry in tar.entries().map_err(|e| Error::io("reading tar", e))? {
             let mut entry = entry.map_err(|e| Error::io("reading tar", e))?;
-            let path = crate::spec::normalize_relative(&entry.path().map_err(|e| Error::io("tar path", e))?.to_string_lossy());
+            let path = crate::spec::normalize_relative(
+                &entry
+                    .path()
+                    .map_err(|e| Error::io("tar path", e))?
+                    .to_string_lossy(),
+            );
             let node = match entry.header().entry_type() {
                 tar::EntryType::Directory => Node::Dir,
                 tar::EntryType::Symlink => Node::Link(
@@ -285,7 +306,9 @@ impl Sandbox for FakeSandbox {
                 ),
                 _ => {
                     let mut data = Vec::new();
-                    entry.read_to_end(&mut data).map_err(|e| Error::io("reading tar", e))?;
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(|e| Error::io("reading tar", e))?;
                     Node::File(data, entry.header().mode().unwrap_or(0o644) & 0o777)
                 }
             };
@@ -306,13 +329,20 @@ impl Sandbox for FakeSandbox {
         let mut rx = self.signal.subscribe();
         let (mut ignore_term, mut stuck) = (false, false);
         for step in &request.argv[1..] {
-            if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, Some(Duration::ZERO)).await {
+            if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, Some(Duration::ZERO)).await
+            {
                 return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
             }
             let (verb, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
             match verb {
-                "out" => sink.output(OutputStream::Stdout, format!("{arg}\n").as_bytes()).await,
-                "err" => sink.output(OutputStream::Stderr, format!("{arg}\n").as_bytes()).await,
+                "out" => {
+                    sink.output(OutputStream::Stdout, format!("{arg}\n").as_bytes())
+                        .await
+                }
+                "err" => {
+                    sink.output(OutputStream::Stderr, format!("{arg}\n").as_bytes())
+                        .await
+                }
                 "outbytes" => {
                     let mut n: usize = arg.parse().unwrap_or(0);
                     let piece = vec![b'x'; 64 * 1024];
@@ -322,18 +352,33 @@ impl Sandbox for FakeSandbox {
                         n -= k;
                     }
                 }
-                "bin" => sink.output(OutputStream::Stdout, &[0xff, 0xfe, 0x00, 0x80]).await,
+                "bin" => {
+                    sink.output(OutputStream::Stdout, &[0xff, 0xfe, 0x00, 0x80])
+                        .await
+                }
                 "env" => {
-                    let v = request.env.get(arg).cloned().unwrap_or_else(|| "<unset>".into());
-                    sink.output(OutputStream::Stdout, format!("{v}\n").as_bytes()).await;
+                    let v = request
+                        .env
+                        .get(arg)
+                        .cloned()
+                        .unwrap_or_else(|| "<unset>".into());
+                    sink.output(OutputStream::Stdout, format!("{v}\n").as_bytes())
+                        .await;
                 }
                 "cwd" => {
                     let cwd = crate::spec::normalize_relative(&request.cwd);
-                    let line = if cwd.is_empty() { "/workspace\n".to_owned() } else { format!("/workspace/{cwd}\n") };
+                    let line = if cwd.is_empty() {
+                        "/workspace\n".to_owned()
+                    } else {
+                        format!("/workspace/{cwd}\n")
+                    };
                     sink.output(OutputStream::Stdout, line.as_bytes()).await;
                 }
                 "cat" => {
-                    let node = self.files().get(&crate::spec::normalize_relative(arg)).cloned();
+                    let node = self
+                        .files()
+                        .get(&crate::spec::normalize_relative(arg))
+                        .cloned();
                     match node {
                         Some(Node::File(data, _)) => sink.output(OutputStream::Stdout, &data).await,
                         _ => return Ok(ExecOutcome::new(ExitStatus::Exited(1))),
@@ -342,15 +387,22 @@ impl Sandbox for FakeSandbox {
                 "stdin" => sink.output(OutputStream::Stdout, b"0\n").await,
                 "write" => {
                     let (p, c) = arg.split_once('=').unwrap_or((arg, ""));
-                    self.files().insert(crate::spec::normalize_relative(p), Node::File(c.as_bytes().to_vec(), 0o644));
+                    self.files().insert(
+                        crate::spec::normalize_relative(p),
+                        Node::File(c.as_bytes().to_vec(), 0o644),
+                    );
                 }
                 "link" => {
                     let (p, t) = arg.split_once('=').unwrap_or((arg, ""));
-                    self.files().insert(crate::spec::normalize_relative(p), Node::Link(t.to_owned()));
+                    self.files()
+                        .insert(crate::spec::normalize_relative(p), Node::Link(t.to_owned()));
                 }
                 "sleep" => {
                     let ms = arg.parse().unwrap_or(0);
-                    if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, Some(Duration::from_millis(ms))).await {
+                    if let Some(sig) =
+                        wait_signal(&mut rx, ignore_term, stuck, Some(Duration::from_millis(ms)))
+                            .await
+                    {
                         return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
                     }
                 }
@@ -364,11 +416,21 @@ impl Sandbox for FakeSandbox {
                     ignore_term = true;
                     stuck = true;
                 }
-                "exit" => return Ok(ExecOutcome::new(ExitStatus::Exited(arg.parse().unwrap_or(1)))),
-                "oom" => return Ok(ExecOutcome::new(ExitStatus::LimitExceeded("out of memory (simulated)".into()))),
+                "exit" => {
+                    return Ok(ExecOutcome::new(ExitStatus::Exited(
+                        arg.parse().unwrap_or(1),
+                    )));
+                }
+                "oom" => {
+                    return Ok(ExecOutcome::new(ExitStatus::LimitExceeded(
+                        "out of memory (simulated)".into(),
+                    )));
+                }
                 "crash" => return Err(Error::backend("fake", "injected exec failure")),
                 other => {
-                    return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!("unknown fake step {other:?}"))));
+                    return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
+                        "unknown fake step {other:?}"
+                    ))));
                 }
             }
         }
@@ -380,20 +442,30 @@ impl Sandbox for FakeSandbox {
         Ok(())
     }
 
-    async fn collect_artifact(&self, path: &str, max_bytes: u64) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
+    async fn collect_artifact(
+        &self,
+        path: &str,
+        max_bytes: u64,
+    ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
         crate::spec::validate_relative_path(path, false)
             .map_err(|m| ArtifactFailure::new(ArtifactErrorReason::InvalidPath, m))?;
         let key = crate::spec::normalize_relative(path);
         let files = self.files();
         match files.get(&key) {
-            None => Err(ArtifactFailure::new(ArtifactErrorReason::NotFound, format!("{path:?} does not exist"))),
+            None => Err(ArtifactFailure::new(
+                ArtifactErrorReason::NotFound,
+                format!("{path:?} does not exist"),
+            )),
             Some(Node::Link(target)) => {
                 let reason = if target.starts_with('/') || target.contains("..") {
                     ArtifactErrorReason::EscapesWorkspace
                 } else {
                     ArtifactErrorReason::NotRegular
                 };
-                Err(ArtifactFailure::new(reason, format!("{path:?} is a symlink; links are not followed")))
+                Err(ArtifactFailure::new(
+                    reason,
+                    format!("{path:?} is a symlink; links are not followed"),
+                ))
             }
             Some(Node::Dir) => Err(ArtifactFailure::new(
                 ArtifactErrorReason::NotRegular,
@@ -418,7 +490,13 @@ impl Sandbox for FakeSandbox {
     }
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
-        if let Some(s) = self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.id) {
+        if let Some(s) = self
+            .shared
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.id)
+        {
             s.keep_until = Some(until);
         }
         Ok(())
@@ -430,7 +508,13 @@ impl Sandbox for FakeSandbox {
         if self.shared.fail_destroy.load(Ordering::SeqCst) {
             return Err(Error::backend("fake", "injected destroy failure"));
         }
-        if let Some(s) = self.shared.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.id) {
+        if let Some(s) = self
+            .shared
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.id)
+        {
             s.destroyed = true;
         }
         self.files().clear();
@@ -440,7 +524,10 @@ impl Sandbox for FakeSandbox {
 
 /// Builds a `.tar.gz` of `(path, content, mode)` regular files (directories implied).
 pub fn tar_gz(files: &[(&str, &[u8], u32)]) -> Bytes {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     for (path, content, mode) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(content.len() as u64);

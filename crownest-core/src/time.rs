@@ -33,7 +33,10 @@ impl Timestamp {
 
     /// Adds milliseconds.
     pub fn plus_millis(&self, ms: u64) -> Self {
-        Self::from_millis(self.as_millis().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+        Self::from_millis(
+            self.as_millis()
+                .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Parses RFC 3339.

@@ -3,7 +3,8 @@
 
 mod memory_store {
     crownest_core::store_conformance!(async {
-        std::sync::Arc::new(crownest_core::MemoryStore::new()) as std::sync::Arc<dyn crownest_core::Store>
+        std::sync::Arc::new(crownest_core::MemoryStore::new())
+            as std::sync::Arc<dyn crownest_core::Store>
     });
 }
 

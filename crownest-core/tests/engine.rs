@@ -7,12 +7,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 
-use crownest_core::event::{ArtifactErrorReason, Event, EventKind, FailureKind, KillReason, verify_chain};
+use crownest_core::event::{
+    ArtifactErrorReason, Event, EventKind, FailureKind, KillReason, verify_chain,
+};
 use crownest_core::run::{RunOwner, RunRecord};
 use crownest_core::store::{RunCommit, Store};
 use crownest_core::testing::{FakeBackend, descriptor_of, tar_gz, tar_gz_raw_name};
 use crownest_core::{
-    EngineConfig, Error, MemoryStore, NewEvent, RejectReason, RunId, RunSpec, RunStatus, WorkspaceRuns,
+    EngineConfig, Error, MemoryStore, NewEvent, RejectReason, RunId, RunSpec, RunStatus,
+    WorkspaceRuns,
 };
 
 struct Env {
@@ -30,7 +33,11 @@ async fn env_with(config: EngineConfig) -> Env {
         .open()
         .await
         .unwrap();
-    Env { engine, fake, store }
+    Env {
+        engine,
+        fake,
+        store,
+    }
 }
 
 fn fast() -> EngineConfig {
@@ -48,7 +55,10 @@ async fn env() -> Env {
 }
 
 fn archive() -> Bytes {
-    tar_gz(&[("main.py", b"print('hi')\n", 0o644), ("data/input.txt", b"42\n", 0o644)])
+    tar_gz(&[
+        ("main.py", b"print('hi')\n", 0o644),
+        ("data/input.txt", b"42\n", 0o644),
+    ])
 }
 
 fn fake(steps: &[&str]) -> RunSpec {
@@ -61,13 +71,19 @@ impl Env {
     async fn ready(&self, spec: RunSpec) -> RunRecord {
         let run = self.engine.create(spec).await.unwrap();
         let a = archive();
-        self.engine.upload_archive(&run.id, &descriptor_of(&a), a).await.unwrap()
+        self.engine
+            .upload_archive(&run.id, &descriptor_of(&a), a)
+            .await
+            .unwrap()
     }
 
     async fn run(&self, spec: RunSpec) -> (RunRecord, Vec<Event>) {
         let run = self.ready(spec).await;
         self.engine.start(&run.id).await.unwrap();
-        let done = tokio::time::timeout(Duration::from_secs(30), self.engine.wait(&run.id)).await.unwrap().unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(30), self.engine.wait(&run.id))
+            .await
+            .unwrap()
+            .unwrap();
         let events = self.engine.list_events(&run.id, 0, 1000).await.unwrap();
         (done, events)
     }
@@ -101,18 +117,29 @@ fn failure(r: &RunRecord) -> Option<FailureKind> {
 async fn assert_well_formed(e: &Env, run: &RunRecord, events: &[Event]) {
     let terminals = events.iter().filter(|e| e.kind.is_terminal()).count();
     assert_eq!(terminals, 1, "exactly one terminal event");
-    assert!(events.last().unwrap().kind.is_terminal(), "terminal is last");
+    assert!(
+        events.last().unwrap().kind.is_terminal(),
+        "terminal is last"
+    );
     verify_chain(&run.id, events).unwrap();
     let evidence = e.engine.evidence(&run.id).await.unwrap();
     evidence.verify_events(events).unwrap();
     assert_eq!(evidence.status, run.status);
-    assert!(e.fake.live_sandboxes().is_empty() || run.spec.keep_sandbox.is_some(), "sandbox destroyed");
+    assert!(
+        e.fake.live_sandboxes().is_empty() || run.spec.keep_sandbox.is_some(),
+        "sandbox destroyed"
+    );
 }
 
 #[tokio::test]
 async fn a_run_succeeds_through_every_state() {
     let e = env().await;
-    let (done, events) = e.run(fake(&["out:hello", "err:oops", "write:out/r.txt=result", "exit:0"]).with_artifact("out/r.txt", true)).await;
+    let (done, events) = e
+        .run(
+            fake(&["out:hello", "err:oops", "write:out/r.txt=result", "exit:0"])
+                .with_artifact("out/r.txt", true),
+        )
+        .await;
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(done.exit_code, Some(0));
     assert_eq!(
@@ -127,14 +154,31 @@ async fn a_run_succeeds_through_every_state() {
             RunStatus::Succeeded
         ]
     );
-    assert!(events.iter().any(|e| matches!(&e.kind, EventKind::Stdout(c) if c.data.as_deref() == Some("hello\n"))));
-    assert!(events.iter().any(|e| matches!(&e.kind, EventKind::Stderr(c) if c.data.as_deref() == Some("oops\n"))));
-    assert!(events.iter().any(|e| matches!(e.kind, EventKind::ArchiveProgress { .. })));
+    assert!(
+        events.iter().any(
+            |e| matches!(&e.kind, EventKind::Stdout(c) if c.data.as_deref() == Some("hello\n"))
+        )
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(&e.kind, EventKind::Stderr(c) if c.data.as_deref() == Some("oops\n"))
+        )
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ArchiveProgress { .. }))
+    );
     assert_eq!(done.artifacts.len(), 1);
     let evidence = e.engine.evidence(&done.id).await.unwrap();
     assert_eq!(evidence.artifacts[0].sha256, done.artifacts[0].sha256);
-    assert_eq!(evidence.source.sha256, Some(descriptor_of(&archive()).sha256));
-    assert!(evidence.timestamps.command_started.is_some() && evidence.timestamps.terminal.is_some());
+    assert_eq!(
+        evidence.source.sha256,
+        Some(descriptor_of(&archive()).sha256)
+    );
+    assert!(
+        evidence.timestamps.command_started.is_some() && evidence.timestamps.terminal.is_some()
+    );
     assert_well_formed(&e, &done, &events).await;
 }
 
@@ -152,7 +196,11 @@ fn kill_rungs(events: &[Event]) -> Vec<(Option<String>, Option<String>, KillReas
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Kill { signal, action, reason } => Some((signal.clone(), action.clone(), *reason)),
+            EventKind::Kill {
+                signal,
+                action,
+                reason,
+            } => Some((signal.clone(), action.clone(), *reason)),
             _ => None,
         })
         .collect()
@@ -169,7 +217,10 @@ async fn timeout_climbs_the_kill_ladder_as_far_as_needed() {
     // Ends on SIGTERM.
     let (done, events) = e.run(grace(fake(&["hang"]))).await;
     assert_eq!(failure(&done), Some(FailureKind::TimedOut));
-    assert_eq!(kill_rungs(&events), vec![(Some("SIGTERM".into()), None, KillReason::Timeout)]);
+    assert_eq!(
+        kill_rungs(&events),
+        vec![(Some("SIGTERM".into()), None, KillReason::Timeout)]
+    );
     assert_well_formed(&e, &done, &events).await;
     // Ignores SIGTERM: SIGKILL.
     let (done, events) = e.run(grace(fake(&["ignore-term", "hang"]))).await;
@@ -193,10 +244,16 @@ async fn cancel_in_every_non_terminal_state() {
 
     // awaiting_archive
     let r = e.engine.create(fake(&["exit:0"])).await.unwrap();
-    assert_eq!(e.engine.cancel(&r.id).await.unwrap().status, RunStatus::Canceled);
+    assert_eq!(
+        e.engine.cancel(&r.id).await.unwrap().status,
+        RunStatus::Canceled
+    );
     // archive_ready
     let r = e.ready(fake(&["exit:0"])).await;
-    assert_eq!(e.engine.cancel(&r.id).await.unwrap().status, RunStatus::Canceled);
+    assert_eq!(
+        e.engine.cancel(&r.id).await.unwrap().status,
+        RunStatus::Canceled
+    );
     // running (it also holds the only slot)
     let running = e.ready(fake(&["hang"])).await;
     e.engine.start(&running.id).await.unwrap();
@@ -205,7 +262,10 @@ async fn cancel_in_every_non_terminal_state() {
     let queued = e.ready(fake(&["exit:0"])).await;
     e.engine.start(&queued.id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(e.engine.get(&queued.id).await.unwrap().status, RunStatus::Queued);
+    assert_eq!(
+        e.engine.get(&queued.id).await.unwrap().status,
+        RunStatus::Queued
+    );
     e.engine.cancel(&queued.id).await.unwrap();
     let q = e.engine.wait(&queued.id).await.unwrap();
     assert_eq!(q.status, RunStatus::Canceled);
@@ -213,7 +273,11 @@ async fn cancel_in_every_non_terminal_state() {
     let r = e.engine.wait(&running.id).await.unwrap();
     assert_eq!(r.status, RunStatus::Canceled);
     let events = e.engine.list_events(&running.id, 0, 1000).await.unwrap();
-    assert!(kill_rungs(&events).iter().all(|k| k.2 == KillReason::Cancel));
+    assert!(
+        kill_rungs(&events)
+            .iter()
+            .all(|k| k.2 == KillReason::Cancel)
+    );
     assert_well_formed(&e, &r, &events).await;
     // starting
     e.fake.materialize_delay(Duration::from_millis(300));
@@ -224,10 +288,18 @@ async fn cancel_in_every_non_terminal_state() {
     let s = e.engine.wait(&starting.id).await.unwrap();
     assert_eq!(s.status, RunStatus::Canceled);
     let events = e.engine.list_events(&starting.id, 0, 1000).await.unwrap();
-    assert!(!events.iter().any(|e| matches!(e.kind, EventKind::Stdout(_))), "the command never ran");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Stdout(_))),
+        "the command never ran"
+    );
     assert_well_formed(&e, &s, &events).await;
     // terminal: refused
-    assert!(matches!(e.engine.cancel(&starting.id).await, Err(Error::InvalidTransition { .. })));
+    assert!(matches!(
+        e.engine.cancel(&starting.id).await,
+        Err(Error::InvalidTransition { .. })
+    ));
 }
 
 #[tokio::test]
@@ -252,24 +324,57 @@ async fn destroy_failure_is_reported_not_hidden() {
     e.fake.fail_destroy(true);
     let (done, events) = e.run(fake(&["exit:0"])).await;
     assert_eq!(done.status, RunStatus::Succeeded);
-    assert!(events.iter().any(|e| matches!(&e.kind, EventKind::Error { code, .. } if code == "cleanup_failed")));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Error { code, .. } if code == "cleanup_failed"))
+    );
     let ev = e.engine.evidence(&done.id).await.unwrap();
-    assert!(!ev.sandbox.destroyed, "evidence does not claim a destroy that failed");
+    assert!(
+        !ev.sandbox.destroyed,
+        "evidence does not claim a destroy that failed"
+    );
 }
 
 #[tokio::test]
 async fn required_artifact_missing_fails_and_optional_does_not() {
     let e = env().await;
-    let (done, events) = e.run(fake(&["exit:0"]).with_artifact("missing.txt", false)).await;
+    let (done, events) = e
+        .run(fake(&["exit:0"]).with_artifact("missing.txt", false))
+        .await;
     assert_eq!(done.status, RunStatus::Succeeded);
-    assert!(events.iter().any(|e| matches!(e.kind, EventKind::ArtifactError { reason: ArtifactErrorReason::NotFound, .. })));
-    let (done, events) = e.run(fake(&["exit:0"]).with_artifact("missing.txt", true)).await;
+    assert!(events.iter().any(|e| matches!(
+        e.kind,
+        EventKind::ArtifactError {
+            reason: ArtifactErrorReason::NotFound,
+            ..
+        }
+    )));
+    let (done, events) = e
+        .run(fake(&["exit:0"]).with_artifact("missing.txt", true))
+        .await;
     assert_eq!(failure(&done), Some(FailureKind::MissingRequiredArtifact));
     assert_well_formed(&e, &done, &events).await;
     // A symlink is never followed, and too large is refused before reading.
-    let (done, _) = e.run(fake(&["link:leak=/etc/passwd", "write:big=0123456789"]).with_artifact("leak", false).with_artifact("big", false).with_limits(crownest_core::LimitOverrides { artifact_bytes_each: Some(5), ..Default::default() })).await;
+    let (done, _) = e
+        .run(
+            fake(&["link:leak=/etc/passwd", "write:big=0123456789"])
+                .with_artifact("leak", false)
+                .with_artifact("big", false)
+                .with_limits(crownest_core::LimitOverrides {
+                    artifact_bytes_each: Some(5),
+                    ..Default::default()
+                }),
+        )
+        .await;
     let reasons: Vec<_> = done.artifact_errors.iter().map(|a| a.reason).collect();
-    assert_eq!(reasons, vec![ArtifactErrorReason::EscapesWorkspace, ArtifactErrorReason::TooLarge]);
+    assert_eq!(
+        reasons,
+        vec![
+            ArtifactErrorReason::EscapesWorkspace,
+            ArtifactErrorReason::TooLarge
+        ]
+    );
 }
 
 #[tokio::test]
@@ -280,35 +385,63 @@ async fn output_over_the_cap_is_truncated_once_per_stream() {
         ..Default::default()
     });
     let (done, events) = e.run(spec).await;
-    assert_eq!(done.status, RunStatus::Succeeded, "truncation does not fail the run");
-    let stored: u64 = events.iter().filter_map(|e| match &e.kind { EventKind::Stdout(c) => Some(c.len()), _ => None }).sum();
+    assert_eq!(
+        done.status,
+        RunStatus::Succeeded,
+        "truncation does not fail the run"
+    );
+    let stored: u64 = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Stdout(c) => Some(c.len()),
+            _ => None,
+        })
+        .sum();
     assert_eq!(stored, 100_000);
     let truncated: Vec<_> = events
         .iter()
-        .filter_map(|e| match &e.kind { EventKind::OutputTruncated { stream, bytes_dropped } => Some((*stream, *bytes_dropped)), _ => None })
+        .filter_map(|e| match &e.kind {
+            EventKind::OutputTruncated {
+                stream,
+                bytes_dropped,
+            } => Some((*stream, *bytes_dropped)),
+            _ => None,
+        })
         .collect();
-    assert_eq!(truncated, vec![(crownest_core::OutputStream::Stdout, 200_000)]);
+    assert_eq!(
+        truncated,
+        vec![(crownest_core::OutputStream::Stdout, 200_000)]
+    );
 }
 
 #[tokio::test]
 async fn env_values_never_reach_events_or_evidence() {
     let e = env().await;
     let secret = "hunter2-very-secret";
-    let (done, events) = e.run(fake(&["env:TOKEN", "exit:0"]).with_env("TOKEN", secret)).await;
+    let (done, events) = e
+        .run(fake(&["env:TOKEN", "exit:0"]).with_env("TOKEN", secret))
+        .await;
     assert_eq!(done.status, RunStatus::Succeeded);
     let all = serde_json::to_string(&events).unwrap()
         + &serde_json::to_string(&e.engine.evidence(&done.id).await.unwrap()).unwrap()
         + &serde_json::to_string(&e.engine.get(&done.id).await.unwrap()).unwrap();
     assert!(!all.contains(secret), "secret leaked");
     assert!(all.contains("TOKEN"), "the name is recorded");
-    assert!(events.iter().any(|e| matches!(&e.kind, EventKind::Stdout(c) if c.data.as_deref() == Some("***\n"))));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Stdout(c) if c.data.as_deref() == Some("***\n")))
+    );
 }
 
 #[tokio::test]
 async fn heartbeats_while_running() {
     let e = env().await;
     let (_, events) = e.run(fake(&["sleep:400", "exit:0"])).await;
-    let n = events.iter().filter(|e| matches!(e.kind, EventKind::Heartbeat {})).count();
+    let n = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Heartbeat {}))
+        .count();
     assert!(n >= 3, "{n} heartbeats in 400 ms at 50 ms");
 }
 
@@ -335,7 +468,10 @@ async fn concurrency_limit_queues_excess_runs() {
     }
     assert_eq!((running, queued), (2, 2));
     for id in &ids {
-        assert_eq!(e.engine.wait(id).await.unwrap().status, RunStatus::Succeeded);
+        assert_eq!(
+            e.engine.wait(id).await.unwrap().status,
+            RunStatus::Succeeded
+        );
     }
 }
 
@@ -349,8 +485,14 @@ async fn a_hundred_concurrent_runs() {
         let e = e.clone();
         tasks.push(tokio::spawn(async move {
             let code = i % 3;
-            let (done, events) = e.run(fake(&[&format!("out:run {i}"), "sleep:20", &format!("exit:{code}")])).await;
-            assert_eq!(done.exit_code, Some(code as i32));
+            let (done, events) = e
+                .run(fake(&[
+                    &format!("out:run {i}"),
+                    "sleep:20",
+                    &format!("exit:{code}"),
+                ]))
+                .await;
+            assert_eq!(done.exit_code, Some(code));
             verify_chain(&done.id, &events).unwrap();
             done.status
         }));
@@ -368,7 +510,16 @@ async fn a_hundred_concurrent_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_see_every_event_once_in_order() {
     let e = env().await;
-    let run = e.ready(fake(&["out:a", "sleep:100", "out:b", "sleep:100", "out:c", "exit:0"])).await;
+    let run = e
+        .ready(fake(&[
+            "out:a",
+            "sleep:100",
+            "out:b",
+            "sleep:100",
+            "out:c",
+            "exit:0",
+        ]))
+        .await;
     // One subscriber from the start, attached before start.
     let early = e.engine.subscribe(&run.id, 0);
     e.engine.start(&run.id).await.unwrap();
@@ -380,11 +531,21 @@ async fn subscribers_see_every_event_once_in_order() {
     }
     drop(first);
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let rest: Vec<Event> = e.engine.subscribe(&run.id, resumed.last().unwrap().seq).map(|r| r.unwrap()).collect().await;
+    let rest: Vec<Event> = e
+        .engine
+        .subscribe(&run.id, resumed.last().unwrap().seq)
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
     resumed.extend(rest);
     let early: Vec<Event> = early.map(|r| r.unwrap()).collect().await;
     // One that attaches after the end.
-    let late: Vec<Event> = e.engine.subscribe(&run.id, 0).map(|r| r.unwrap()).collect().await;
+    let late: Vec<Event> = e
+        .engine
+        .subscribe(&run.id, 0)
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
     let stored = e.engine.list_events(&run.id, 0, 1000).await.unwrap();
     assert_eq!(early, stored);
     assert_eq!(resumed, stored);
@@ -396,7 +557,10 @@ async fn subscribers_see_every_event_once_in_order() {
 async fn evidence_is_readable_exactly_when_terminal_is_visible() {
     let e = env().await;
     let run = e.ready(fake(&["sleep:100", "exit:0"])).await;
-    assert!(matches!(e.engine.evidence(&run.id).await, Err(Error::NotTerminal { .. })));
+    assert!(matches!(
+        e.engine.evidence(&run.id).await,
+        Err(Error::NotTerminal { .. })
+    ));
     let mut stream = e.engine.subscribe(&run.id, 0);
     e.engine.start(&run.id).await.unwrap();
     while let Some(ev) = stream.next().await {
@@ -404,8 +568,18 @@ async fn evidence_is_readable_exactly_when_terminal_is_visible() {
         let evidence = e.engine.evidence(&run.id).await;
         if ev.kind.is_terminal() {
             assert_eq!(evidence.unwrap().terminal_event, ev);
-        } else if !matches!(ev.kind, EventKind::Status { status: RunStatus::Succeeded, .. }) {
-            assert!(matches!(evidence, Err(Error::NotTerminal { .. })), "evidence before terminal at {:?}", ev.kind);
+        } else if !matches!(
+            ev.kind,
+            EventKind::Status {
+                status: RunStatus::Succeeded,
+                ..
+            }
+        ) {
+            assert!(
+                matches!(evidence, Err(Error::NotTerminal { .. })),
+                "evidence before terminal at {:?}",
+                ev.kind
+            );
         }
     }
 }
@@ -413,8 +587,16 @@ async fn evidence_is_readable_exactly_when_terminal_is_visible() {
 #[tokio::test]
 async fn idempotency_key_returns_the_same_run() {
     let e = env().await;
-    let a = e.engine.create(fake(&["exit:0"]).with_idempotency_key("k1")).await.unwrap();
-    let b = e.engine.create(fake(&["exit:1"]).with_idempotency_key("k1")).await.unwrap();
+    let a = e
+        .engine
+        .create(fake(&["exit:0"]).with_idempotency_key("k1"))
+        .await
+        .unwrap();
+    let b = e
+        .engine
+        .create(fake(&["exit:1"]).with_idempotency_key("k1"))
+        .await
+        .unwrap();
     assert_eq!(a.id, b.id);
 }
 
@@ -426,16 +608,46 @@ async fn rejected_uploads_leave_the_run_awaiting_its_archive() {
     // Wrong digest.
     let mut wrong = descriptor_of(&a);
     wrong.sha256 = crownest_core::Sha256Digest::of(b"other");
-    let err = e.engine.upload_archive(&run.id, &wrong, a.clone()).await.unwrap_err();
-    assert!(matches!(err, Error::ArchiveRejected { reason: RejectReason::DigestMismatch, .. }), "{err:?}");
+    let err = e
+        .engine
+        .upload_archive(&run.id, &wrong, a.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ArchiveRejected {
+                reason: RejectReason::DigestMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // Wrong size.
     let mut wrong = descriptor_of(&a);
     wrong.size_bytes += 1;
-    let err = e.engine.upload_archive(&run.id, &wrong, a.clone()).await.unwrap_err();
-    assert!(matches!(err, Error::ArchiveRejected { reason: RejectReason::SizeMismatch, .. }), "{err:?}");
+    let err = e
+        .engine
+        .upload_archive(&run.id, &wrong, a.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ArchiveRejected {
+                reason: RejectReason::SizeMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // Hostile archive.
     let hostile = tar_gz_raw_name("../../etc/evil", b"x");
-    let err = e.engine.upload_archive(&run.id, &descriptor_of(&hostile), hostile.clone()).await.unwrap_err();
+    let err = e
+        .engine
+        .upload_archive(&run.id, &descriptor_of(&hostile), hostile.clone())
+        .await
+        .unwrap_err();
     match &err {
         Error::ArchiveRejected { reason, entry, .. } => {
             assert_eq!(*reason, RejectReason::ParentTraversal);
@@ -443,21 +655,45 @@ async fn rejected_uploads_leave_the_run_awaiting_its_archive() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(e.engine.get(&run.id).await.unwrap().status, RunStatus::AwaitingArchive);
-    assert!(e.store.has_blob(&wrong.sha256).await.unwrap().is_none(), "mismatched bytes not kept");
+    assert_eq!(
+        e.engine.get(&run.id).await.unwrap().status,
+        RunStatus::AwaitingArchive
+    );
+    assert!(
+        e.store.has_blob(&wrong.sha256).await.unwrap().is_none(),
+        "mismatched bytes not kept"
+    );
     let events = e.engine.list_events(&run.id, 0, 100).await.unwrap();
-    let errors = events.iter().filter(|e| matches!(&e.kind, EventKind::Error { code, .. } if code == "archive_rejected")).count();
+    let errors = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Error { code, .. } if code == "archive_rejected"))
+        .count();
     assert_eq!(errors, 3);
     // Too large for a direct upload.
     let mut config = fast();
     config.direct_upload_max_bytes = 10;
     let small = env_with(config).await;
     let r = small.engine.create(fake(&["exit:0"])).await.unwrap();
-    assert!(matches!(small.engine.upload_archive(&r.id, &descriptor_of(&a), a.clone()).await, Err(Error::LimitExceeded { .. })));
+    assert!(matches!(
+        small
+            .engine
+            .upload_archive(&r.id, &descriptor_of(&a), a.clone())
+            .await,
+        Err(Error::LimitExceeded { .. })
+    ));
     // A retry with the right bytes succeeds, and a second upload is refused.
-    let ready = e.engine.upload_archive(&run.id, &descriptor_of(&a), a.clone()).await.unwrap();
+    let ready = e
+        .engine
+        .upload_archive(&run.id, &descriptor_of(&a), a.clone())
+        .await
+        .unwrap();
     assert_eq!(ready.status, RunStatus::ArchiveReady);
-    assert!(matches!(e.engine.upload_archive(&run.id, &descriptor_of(&a), a).await, Err(Error::InvalidTransition { .. })));
+    assert!(matches!(
+        e.engine
+            .upload_archive(&run.id, &descriptor_of(&a), a)
+            .await,
+        Err(Error::InvalidTransition { .. })
+    ));
 }
 
 #[tokio::test]
@@ -465,34 +701,72 @@ async fn staged_transfer_out_of_order_and_resumed() {
     let mut config = fast();
     config.chunk_size_bytes = 64;
     let e = env_with(config).await;
-    let run = e.engine.create(fake(&["cat:data/input.txt", "exit:0"])).await.unwrap();
+    let run = e
+        .engine
+        .create(fake(&["cat:data/input.txt", "exit:0"]))
+        .await
+        .unwrap();
     let a = archive();
-    let t = e.engine.begin_transfer(&run.id, &descriptor_of(&a)).await.unwrap();
+    let t = e
+        .engine
+        .begin_transfer(&run.id, &descriptor_of(&a))
+        .await
+        .unwrap();
     let n = a.len().div_ceil(64);
     let chunk = |i: usize| a.slice(i * 64..((i + 1) * 64).min(a.len()));
     for i in (0..n).rev().step_by(2) {
-        e.engine.put_chunk(&t.transfer_id, (i * 64) as u64, chunk(i)).await.unwrap();
+        e.engine
+            .put_chunk(&t.transfer_id, (i * 64) as u64, chunk(i))
+            .await
+            .unwrap();
     }
     let status = e.engine.transfer_status(&t.transfer_id).await.unwrap();
     assert!(!status.complete);
     assert!(!status.missing.is_empty());
-    assert!(e.engine.complete_transfer(&t.transfer_id).await.is_err(), "incomplete transfer refused");
+    assert!(
+        e.engine.complete_transfer(&t.transfer_id).await.is_err(),
+        "incomplete transfer refused"
+    );
     // A bad offset or length is refused.
-    assert!(e.engine.put_chunk(&t.transfer_id, 1, chunk(0)).await.is_err());
+    assert!(
+        e.engine
+            .put_chunk(&t.transfer_id, 1, chunk(0))
+            .await
+            .is_err()
+    );
     for i in 0..n {
-        e.engine.put_chunk(&t.transfer_id, (i * 64) as u64, chunk(i)).await.unwrap();
+        e.engine
+            .put_chunk(&t.transfer_id, (i * 64) as u64, chunk(i))
+            .await
+            .unwrap();
     }
     let ready = e.engine.complete_transfer(&t.transfer_id).await.unwrap();
     assert_eq!(ready.status, RunStatus::ArchiveReady);
-    assert_eq!(ready.archive.as_ref().unwrap().upload, crownest_core::UploadKind::Staged);
+    assert_eq!(
+        ready.archive.as_ref().unwrap().upload,
+        crownest_core::UploadKind::Staged
+    );
     e.engine.start(&run.id).await.unwrap();
     let done = e.engine.wait(&run.id).await.unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     // The same archive is already stored: a new run attaches it by digest.
     let again = e.engine.create(fake(&["exit:0"])).await.unwrap();
-    assert_eq!(e.engine.has_archive(&descriptor_of(&a).sha256).await.unwrap(), Some(a.len() as u64));
-    let attached = e.engine.attach_archive(&again.id, &descriptor_of(&a)).await.unwrap();
-    assert_eq!(attached.archive.unwrap().upload, crownest_core::UploadKind::Existing);
+    assert_eq!(
+        e.engine
+            .has_archive(&descriptor_of(&a).sha256)
+            .await
+            .unwrap(),
+        Some(a.len() as u64)
+    );
+    let attached = e
+        .engine
+        .attach_archive(&again.id, &descriptor_of(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        attached.archive.unwrap().upload,
+        crownest_core::UploadKind::Existing
+    );
 }
 
 #[tokio::test]
@@ -503,20 +777,47 @@ async fn keep_sandbox_until_its_ttl() {
     assert!(ev.sandbox.kept && !ev.sandbox.destroyed);
     assert_eq!(e.fake.live_sandboxes().len(), 1);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(e.fake.live_sandboxes().is_empty(), "destroyed after the TTL");
+    assert!(
+        e.fake.live_sandboxes().is_empty(),
+        "destroyed after the TTL"
+    );
 }
 
 #[tokio::test]
 async fn recovery_fails_runs_of_dead_owners_and_leaves_live_ones() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let dead = RunOwner { instance: "gone".into(), pid: 4_194_305, pid_start: Some(1) };
-    let mut orphan = RunRecord::new(RunId::new(), fake(&["hang"]), "fake".into(), Default::default(), dead);
-    let mut live = RunRecord::new(RunId::new(), fake(&["hang"]), "fake".into(), Default::default(), RunOwner::current("other-live-engine"));
+    let dead = RunOwner {
+        instance: "gone".into(),
+        pid: 4_194_305,
+        pid_start: Some(1),
+    };
+    let mut orphan = RunRecord::new(
+        RunId::new(),
+        fake(&["hang"]),
+        "fake".into(),
+        Default::default(),
+        dead,
+    );
+    let mut live = RunRecord::new(
+        RunId::new(),
+        fake(&["hang"]),
+        "fake".into(),
+        Default::default(),
+        RunOwner::current("other-live-engine"),
+    );
     for r in [&mut orphan, &mut live] {
         store.create_run(r.clone()).await.unwrap();
         r.status = RunStatus::Running;
         store
-            .commit(&r.id, RunCommit { expected_next_seq: 1, events: vec![NewEvent::now(EventKind::Heartbeat {})], record: Some(r.clone()), evidence: None })
+            .commit(
+                &r.id,
+                RunCommit {
+                    expected_next_seq: 1,
+                    events: vec![NewEvent::now(EventKind::Heartbeat {})],
+                    record: Some(r.clone()),
+                    evidence: None,
+                },
+            )
             .await
             .unwrap();
     }
@@ -534,8 +835,16 @@ async fn recovery_fails_runs_of_dead_owners_and_leaves_live_ones() {
     assert_eq!(o.status, RunStatus::Failed);
     assert_eq!(failure(&o), Some(FailureKind::HostRestarted));
     let events = engine.list_events(&orphan.id, 0, 100).await.unwrap();
-    engine.evidence(&orphan.id).await.unwrap().verify_events(&events).unwrap();
-    assert_eq!(engine.get(&live.id).await.unwrap().status, RunStatus::Running);
+    engine
+        .evidence(&orphan.id)
+        .await
+        .unwrap()
+        .verify_events(&events)
+        .unwrap();
+    assert_eq!(
+        engine.get(&live.id).await.unwrap().status,
+        RunStatus::Running
+    );
     // Recovery is idempotent.
     assert!(engine.recover().await.unwrap().reclaimed.is_empty());
 }

@@ -2,7 +2,8 @@
 #![allow(clippy::unwrap_used)]
 
 use crownest_core::event::{
-    ChainError, Event, EventKind, GENESIS_HASH, NewEvent, OutputChunk, canonical_json, seal_all, verify_chain,
+    ChainError, Event, EventKind, GENESIS_HASH, NewEvent, OutputChunk, canonical_json, seal_all,
+    verify_chain,
 };
 use crownest_core::{RunId, RunStatus, Timestamp};
 
@@ -11,7 +12,11 @@ fn chain(n: usize) -> (RunId, Vec<Event>) {
     let mut events: Vec<NewEvent> = (0..n - 1)
         .map(|i| NewEvent {
             at: Timestamp::from_millis(1_700_000_000_000 + i as i64),
-            kind: EventKind::Stdout(OutputChunk { offset: i as u64, data: Some(format!("line {i}\n")), data_base64: None }),
+            kind: EventKind::Stdout(OutputChunk {
+                offset: i as u64,
+                data: Some(format!("line {i}\n")),
+                data_base64: None,
+            }),
         })
         .collect();
     events.push(NewEvent::now(EventKind::Terminal {
@@ -37,7 +42,14 @@ fn an_intact_chain_verifies() {
 fn a_dropped_event_is_detected() {
     let (id, mut events) = chain(10);
     events.remove(4);
-    assert!(matches!(verify_chain(&id, &events), Err(ChainError::SeqGap { index: 4, expected: 5, found: 6 })));
+    assert!(matches!(
+        verify_chain(&id, &events),
+        Err(ChainError::SeqGap {
+            index: 4,
+            expected: 5,
+            found: 6
+        })
+    ));
     // Dropping the tail is caught against the recorded head.
     let (id, mut events) = chain(10);
     let full = verify_chain(&id, &events).unwrap();
@@ -58,7 +70,10 @@ fn a_reordered_event_is_detected() {
     events.swap(2, 3);
     events[2].seq = 3;
     events[3].seq = 4;
-    assert!(matches!(verify_chain(&id, &events), Err(ChainError::HashMismatch { .. })));
+    assert!(matches!(
+        verify_chain(&id, &events),
+        Err(ChainError::HashMismatch { .. })
+    ));
 }
 
 #[test]
@@ -66,7 +81,10 @@ fn a_duplicated_event_is_detected() {
     let (id, mut events) = chain(10);
     let dup = events[5].clone();
     events.insert(6, dup);
-    assert!(matches!(verify_chain(&id, &events), Err(ChainError::SeqGap { .. })));
+    assert!(matches!(
+        verify_chain(&id, &events),
+        Err(ChainError::SeqGap { .. })
+    ));
 }
 
 #[test]
@@ -75,34 +93,66 @@ fn an_edited_event_is_detected() {
     if let EventKind::Stdout(c) = &mut events[3].kind {
         c.data = Some("forged\n".into());
     }
-    assert!(matches!(verify_chain(&id, &events), Err(ChainError::HashMismatch { seq: 4, .. })));
+    assert!(matches!(
+        verify_chain(&id, &events),
+        Err(ChainError::HashMismatch { seq: 4, .. })
+    ));
     // Editing and re-hashing one event breaks the next link.
     let (id, mut events) = chain(10);
     events[3].at = Timestamp::from_millis(0);
-    let resealed = seal_all(&events[2].hash, &id, 4, vec![NewEvent { at: events[3].at, kind: events[3].kind.clone() }]);
+    let resealed = seal_all(
+        &events[2].hash,
+        &id,
+        4,
+        vec![NewEvent {
+            at: events[3].at,
+            kind: events[3].kind.clone(),
+        }],
+    );
     events[3] = resealed[0].clone();
-    assert!(matches!(verify_chain(&id, &events), Err(ChainError::HashMismatch { seq: 5, .. })));
+    assert!(matches!(
+        verify_chain(&id, &events),
+        Err(ChainError::HashMismatch { seq: 5, .. })
+    ));
 }
 
 #[test]
 fn events_after_terminal_are_detected() {
     let (id, events) = chain(3);
-    let late = seal_all(&events[2].hash, &id, 4, vec![NewEvent::now(EventKind::Heartbeat {})]);
+    let late = seal_all(
+        &events[2].hash,
+        &id,
+        4,
+        vec![NewEvent::now(EventKind::Heartbeat {})],
+    );
     let mut all = events.clone();
     all.extend(late);
-    assert!(matches!(verify_chain(&id, &all), Err(ChainError::TerminalNotLast { seq: 3 })));
+    assert!(matches!(
+        verify_chain(&id, &all),
+        Err(ChainError::TerminalNotLast { seq: 3 })
+    ));
 }
 
 #[test]
 fn hashes_survive_a_json_round_trip() {
     let (id, events) = chain(5);
-    let lines: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
-    let back: Vec<Event> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    let back: Vec<Event> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     verify_chain(&id, &back).unwrap();
 }
 
 #[test]
 fn canonical_json_sorts_keys_and_has_no_whitespace() {
-    let v: serde_json::Value = serde_json::from_str(r#"{ "b": [1, {"z": 1, "a": "x"}], "a": null }"#).unwrap();
-    assert_eq!(String::from_utf8(canonical_json(&v)).unwrap(), r#"{"a":null,"b":[1,{"a":"x","z":1}]}"#);
+    let v: serde_json::Value =
+        serde_json::from_str(r#"{ "b": [1, {"z": 1, "a": "x"}], "a": null }"#).unwrap();
+    assert_eq!(
+        String::from_utf8(canonical_json(&v)).unwrap(),
+        r#"{"a":null,"b":[1,{"a":"x","z":1}]}"#
+    );
 }

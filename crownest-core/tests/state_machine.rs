@@ -1,7 +1,7 @@
 //! Property tests of the pure transition function.
 
-use crownest_core::status::{Input, Outcome, RunStatus, transition};
 use crownest_core::Error;
+use crownest_core::status::{Input, Outcome, RunStatus, transition};
 use proptest::prelude::*;
 
 fn input() -> impl Strategy<Value = Input> {
@@ -87,7 +87,10 @@ fn terminal_states_absorb_every_input() {
             Input::Finalized(Outcome::Succeeded),
             Input::HostRestarted,
         ] {
-            assert!(matches!(transition(s, i), Err(Error::InvalidTransition { .. })), "{s:?} {i:?}");
+            assert!(
+                matches!(transition(s, i), Err(Error::InvalidTransition { .. })),
+                "{s:?} {i:?}"
+            );
         }
     }
 }
@@ -110,11 +113,18 @@ fn the_happy_path() {
 
 #[test]
 fn cancel_before_the_sandbox_ends_at_once_and_after_goes_through_finalizing() {
-    for s in [RunStatus::AwaitingArchive, RunStatus::ArchiveReady, RunStatus::Queued] {
+    for s in [
+        RunStatus::AwaitingArchive,
+        RunStatus::ArchiveReady,
+        RunStatus::Queued,
+    ] {
         assert_eq!(transition(s, Input::Cancel).ok(), Some(RunStatus::Canceled));
     }
     for s in [RunStatus::Starting, RunStatus::Running] {
-        assert_eq!(transition(s, Input::Cancel).ok(), Some(RunStatus::Finalizing));
+        assert_eq!(
+            transition(s, Input::Cancel).ok(),
+            Some(RunStatus::Finalizing)
+        );
     }
     assert!(transition(RunStatus::Finalizing, Input::Cancel).is_err());
 }

@@ -7,7 +7,11 @@ use crownest_core::{Error, Limits, Network, RunSpec, RunStatus};
 use serde_json::Value;
 
 fn golden(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!(
+        "{}/tests/golden/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -25,7 +29,9 @@ fn run_spec_round_trips_in_camel_case() {
     assert_eq!(spec.idempotency_key.as_deref(), Some("build-42"));
     let back = serde_json::to_value(&spec).unwrap();
     assert_eq!(back, serde_json::from_str::<Value>(&text).unwrap());
-    let limits = spec.validate(&Limits::default(), &Limits::default_maxima()).unwrap();
+    let limits = spec
+        .validate(&Limits::default(), &Limits::default_maxima())
+        .unwrap();
     assert_eq!(limits.timeout_ms, 30_000);
     assert_eq!(limits.kill_grace_ms, 500);
     assert_eq!(limits.entries, Limits::default().entries);
@@ -52,16 +58,46 @@ fn run_spec_validation_is_typed() {
         other => panic!("expected InvalidSpec, got {other:?}"),
     };
     assert_eq!(field(RunSpec::new(Vec::<String>::new())), "command");
-    assert_eq!(field(RunSpec::new(["true"]).with_artifact("/etc/passwd", false)), "artifacts[0].path");
-    assert_eq!(field(RunSpec::new(["true"]).with_artifact("a/../../x", false)), "artifacts[0].path");
-    assert_eq!(field(RunSpec::new(["true"]).with_artifact(".", false)), "artifacts[0].path");
-    assert_eq!(field(RunSpec::new(["true"]).with_artifact("ok", false).with_artifact("./ok", false)), "artifacts[1].path");
+    assert_eq!(
+        field(RunSpec::new(["true"]).with_artifact("/etc/passwd", false)),
+        "artifacts[0].path"
+    );
+    assert_eq!(
+        field(RunSpec::new(["true"]).with_artifact("a/../../x", false)),
+        "artifacts[0].path"
+    );
+    assert_eq!(
+        field(RunSpec::new(["true"]).with_artifact(".", false)),
+        "artifacts[0].path"
+    );
+    assert_eq!(
+        field(
+            RunSpec::new(["true"])
+                .with_artifact("ok", false)
+                .with_artifact("./ok", false)
+        ),
+        "artifacts[1].path"
+    );
     assert_eq!(field(RunSpec::new(["true"]).with_cwd("../up")), "cwd");
     assert_eq!(field(RunSpec::new(["true"]).with_env("A=B", "x")), "env");
-    assert_eq!(field(RunSpec::new(["true"]).with_timeout_ms(0)), "limits.timeoutMs");
-    assert_eq!(field(RunSpec::new(["true"]).with_timeout_ms(u64::MAX)), "limits.timeoutMs");
-    assert_eq!(field(RunSpec::new(["true"]).with_keep_sandbox(0)), "keepSandbox.ttlMs");
-    assert!(RunSpec::new(["true"]).with_artifact("out/dir/", true).validate(&d, &m).is_ok());
+    assert_eq!(
+        field(RunSpec::new(["true"]).with_timeout_ms(0)),
+        "limits.timeoutMs"
+    );
+    assert_eq!(
+        field(RunSpec::new(["true"]).with_timeout_ms(u64::MAX)),
+        "limits.timeoutMs"
+    );
+    assert_eq!(
+        field(RunSpec::new(["true"]).with_keep_sandbox(0)),
+        "keepSandbox.ttlMs"
+    );
+    assert!(
+        RunSpec::new(["true"])
+            .with_artifact("out/dir/", true)
+            .validate(&d, &m)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -70,12 +106,25 @@ fn every_event_kind_round_trips() {
     let mut kinds = Vec::new();
     for line in text.lines() {
         let event: Event = serde_json::from_str(line).unwrap();
-        assert_eq!(serde_json::to_value(&event).unwrap(), serde_json::from_str::<Value>(line).unwrap(), "{line}");
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            serde_json::from_str::<Value>(line).unwrap(),
+            "{line}"
+        );
         kinds.push(event.kind.type_name());
     }
     for want in [
-        "status", "archive_progress", "stdout", "stderr", "output_truncated", "heartbeat", "kill",
-        "artifact_collected", "artifact_error", "error", "terminal",
+        "status",
+        "archive_progress",
+        "stdout",
+        "stderr",
+        "output_truncated",
+        "heartbeat",
+        "kill",
+        "artifact_collected",
+        "artifact_error",
+        "error",
+        "terminal",
     ] {
         assert!(kinds.contains(&want), "golden file covers {want}");
     }
@@ -84,16 +133,43 @@ fn every_event_kind_round_trips() {
 #[test]
 fn event_payloads_are_typed() {
     let text = golden("events.jsonl");
-    let events: Vec<Event> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(matches!(events[0].kind, EventKind::Status { status: RunStatus::AwaitingArchive, previous: None }));
+    let events: Vec<Event> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(matches!(
+        events[0].kind,
+        EventKind::Status {
+            status: RunStatus::AwaitingArchive,
+            previous: None
+        }
+    ));
     match &events[4].kind {
         EventKind::Stderr(c) => assert_eq!(c.bytes(), vec![0xff]),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(events[7].kind, EventKind::Kill { reason: KillReason::Timeout, .. }));
-    assert!(matches!(events[10].kind, EventKind::ArtifactError { reason: ArtifactErrorReason::NotRegular, .. }));
+    assert!(matches!(
+        events[7].kind,
+        EventKind::Kill {
+            reason: KillReason::Timeout,
+            ..
+        }
+    ));
+    assert!(matches!(
+        events[10].kind,
+        EventKind::ArtifactError {
+            reason: ArtifactErrorReason::NotRegular,
+            ..
+        }
+    ));
     match &events[12].kind {
-        EventKind::Terminal { status, exit_code, failure, duration_ms, .. } => {
+        EventKind::Terminal {
+            status,
+            exit_code,
+            failure,
+            duration_ms,
+            ..
+        } => {
             assert_eq!(*status, RunStatus::Failed);
             assert_eq!(*exit_code, Some(3));
             assert_eq!(failure.as_ref().unwrap().kind, FailureKind::ExitNonzero);
@@ -101,16 +177,32 @@ fn event_payloads_are_typed() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(events[0].at.to_string(), "2026-11-29T16:47:29.123Z", "RFC 3339 UTC with milliseconds");
+    assert_eq!(
+        events[0].at.to_string(),
+        "2026-11-29T16:47:29.123Z",
+        "RFC 3339 UTC with milliseconds"
+    );
 }
 
 #[test]
 fn statuses_and_failure_kinds_are_snake_case() {
     for s in RunStatus::ALL {
-        assert_eq!(serde_json::to_value(s).unwrap(), Value::String(s.as_str().into()));
+        assert_eq!(
+            serde_json::to_value(s).unwrap(),
+            Value::String(s.as_str().into())
+        );
         assert_eq!(RunStatus::parse(s.as_str()), Some(s));
     }
-    assert_eq!(serde_json::to_value(FailureKind::MissingRequiredArtifact).unwrap(), "missing_required_artifact");
-    assert_eq!(serde_json::to_value(FailureKind::HostRestarted).unwrap(), "host_restarted");
-    assert_eq!(serde_json::to_value(crownest_core::RejectReason::DigestMismatch).unwrap(), "digest_mismatch");
+    assert_eq!(
+        serde_json::to_value(FailureKind::MissingRequiredArtifact).unwrap(),
+        "missing_required_artifact"
+    );
+    assert_eq!(
+        serde_json::to_value(FailureKind::HostRestarted).unwrap(),
+        "host_restarted"
+    );
+    assert_eq!(
+        serde_json::to_value(crownest_core::RejectReason::DigestMismatch).unwrap(),
+        "digest_mismatch"
+    );
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use crownest_core::event::Event;
 use crownest_core::{
-    ArchiveDescriptor, Error, EvidenceBundle, RejectReason, RunId, RunRecord, RunSpec, RunStatus, Sha256Digest,
-    TransferStatus,
+    ArchiveDescriptor, Error, EvidenceBundle, RejectReason, RunId, RunRecord, RunSpec, RunStatus,
+    Sha256Digest, TransferStatus,
 };
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
@@ -124,11 +124,17 @@ impl Client {
 
     /// `GET /v1/runs/{id}`.
     pub async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
-        self.json(self.req(reqwest::Method::GET, &format!("/v1/runs/{id}"))).await
+        self.json(self.req(reqwest::Method::GET, &format!("/v1/runs/{id}")))
+            .await
     }
 
     /// `GET /v1/runs`.
-    pub async fn list_runs(&self, status: Option<RunStatus>, limit: usize, cursor: Option<&RunId>) -> Result<RunPage> {
+    pub async fn list_runs(
+        &self,
+        status: Option<RunStatus>,
+        limit: usize,
+        cursor: Option<&RunId>,
+    ) -> Result<RunPage> {
         let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
         if let Some(s) = status {
             q.push(("status", s.to_string()));
@@ -136,11 +142,17 @@ impl Client {
         if let Some(c) = cursor {
             q.push(("cursor", c.to_string()));
         }
-        self.json(self.req(reqwest::Method::GET, "/v1/runs").query(&q)).await
+        self.json(self.req(reqwest::Method::GET, "/v1/runs").query(&q))
+            .await
     }
 
     /// `PUT /v1/runs/{id}/archive` (direct upload).
-    pub async fn upload_archive(&self, id: &RunId, desc: &ArchiveDescriptor, bytes: Bytes) -> Result<RunRecord> {
+    pub async fn upload_archive(
+        &self,
+        id: &RunId,
+        desc: &ArchiveDescriptor,
+        bytes: Bytes,
+    ) -> Result<RunRecord> {
         let r = self
             .req(reqwest::Method::PUT, &format!("/v1/runs/{id}/archive"))
             .header("X-Archive-Sha256", desc.sha256.as_str())
@@ -171,18 +183,36 @@ impl Client {
 
     /// `POST /v1/runs/{id}/archive/attach`.
     pub async fn attach_archive(&self, id: &RunId, desc: &ArchiveDescriptor) -> Result<RunRecord> {
-        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/archive/attach")).json(desc))
-            .await
+        self.json(
+            self.req(
+                reqwest::Method::POST,
+                &format!("/v1/runs/{id}/archive/attach"),
+            )
+            .json(desc),
+        )
+        .await
     }
 
     /// `POST /v1/runs/{id}/transfers`.
-    pub async fn begin_transfer(&self, id: &RunId, desc: &ArchiveDescriptor) -> Result<TransferStatus> {
-        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/transfers")).json(desc))
-            .await
+    pub async fn begin_transfer(
+        &self,
+        id: &RunId,
+        desc: &ArchiveDescriptor,
+    ) -> Result<TransferStatus> {
+        self.json(
+            self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/transfers"))
+                .json(desc),
+        )
+        .await
     }
 
     /// `PUT /v1/transfers/{tid}?offset=N`.
-    pub async fn put_chunk(&self, tid: &crownest_core::TransferId, offset: u64, data: Bytes) -> Result<TransferStatus> {
+    pub async fn put_chunk(
+        &self,
+        tid: &crownest_core::TransferId,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<TransferStatus> {
         let r = self
             .req(reqwest::Method::PUT, &format!("/v1/transfers/{tid}"))
             .query(&[("offset", offset)])
@@ -192,13 +222,17 @@ impl Client {
 
     /// `GET /v1/transfers/{tid}`.
     pub async fn transfer_status(&self, tid: &crownest_core::TransferId) -> Result<TransferStatus> {
-        self.json(self.req(reqwest::Method::GET, &format!("/v1/transfers/{tid}"))).await
+        self.json(self.req(reqwest::Method::GET, &format!("/v1/transfers/{tid}")))
+            .await
     }
 
     /// `POST /v1/transfers/{tid}/complete`.
     pub async fn complete_transfer(&self, tid: &crownest_core::TransferId) -> Result<RunRecord> {
-        self.json(self.req(reqwest::Method::POST, &format!("/v1/transfers/{tid}/complete")))
-            .await
+        self.json(self.req(
+            reqwest::Method::POST,
+            &format!("/v1/transfers/{tid}/complete"),
+        ))
+        .await
     }
 
     /// Uploads a whole archive the best way: attach by digest when the server already has
@@ -222,7 +256,9 @@ impl Client {
                 let mut offset = start;
                 while offset < end {
                     let stop = (offset + status.chunk_size_bytes).min(end);
-                    let chunk = archive.slice(usize::try_from(offset).unwrap_or(0)..usize::try_from(stop).unwrap_or(0));
+                    let chunk = archive.slice(
+                        usize::try_from(offset).unwrap_or(0)..usize::try_from(stop).unwrap_or(0),
+                    );
                     if let Err(e) = self.put_chunk(&status.transfer_id, offset, chunk).await {
                         tracing::warn!(offset, error = %e, "chunk upload failed; will retry");
                     }
@@ -235,22 +271,32 @@ impl Client {
             }
         }
         Err(Error::Conflict {
-            message: format!("transfer {} still misses {:?}", status.transfer_id, status.missing),
+            message: format!(
+                "transfer {} still misses {:?}",
+                status.transfer_id, status.missing
+            ),
         })
     }
 
     /// `POST /v1/runs/{id}/start`.
     pub async fn start(&self, id: &RunId) -> Result<RunRecord> {
-        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/start"))).await
+        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/start")))
+            .await
     }
 
     /// `POST /v1/runs/{id}/cancel`.
     pub async fn cancel(&self, id: &RunId) -> Result<RunRecord> {
-        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/cancel"))).await
+        self.json(self.req(reqwest::Method::POST, &format!("/v1/runs/{id}/cancel")))
+            .await
     }
 
     /// `GET /v1/runs/{id}/events?afterSeq=&limit=`.
-    pub async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+    pub async fn list_events(
+        &self,
+        id: &RunId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
         #[derive(Deserialize)]
         struct Window {
             events: Vec<Event>,
@@ -263,7 +309,8 @@ impl Client {
 
     /// `GET /v1/runs/{id}/evidence`.
     pub async fn evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
-        self.json(self.req(reqwest::Method::GET, &format!("/v1/runs/{id}/evidence"))).await
+        self.json(self.req(reqwest::Method::GET, &format!("/v1/runs/{id}/evidence")))
+            .await
     }
 
     /// `GET /v1/runs/{id}/evidence?format=in-toto`.
@@ -276,8 +323,13 @@ impl Client {
     }
 
     /// `GET /v1/artifacts/{id}`: the bytes and the sha256 header.
-    pub async fn artifact(&self, id: &crownest_core::ArtifactId) -> Result<(Bytes, Option<String>)> {
-        let resp = self.send(self.req(reqwest::Method::GET, &format!("/v1/artifacts/{id}"))).await?;
+    pub async fn artifact(
+        &self,
+        id: &crownest_core::ArtifactId,
+    ) -> Result<(Bytes, Option<String>)> {
+        let resp = self
+            .send(self.req(reqwest::Method::GET, &format!("/v1/artifacts/{id}")))
+            .await?;
         let sha = resp
             .headers()
             .get("x-artifact-sha256")
@@ -288,7 +340,11 @@ impl Client {
 
     /// The run's events from `after_seq` over SSE, reconnecting with `Last-Event-ID` when
     /// the connection drops; ends after `terminal`. Each event arrives exactly once.
-    pub fn events(&self, id: &RunId, after_seq: u64) -> Pin<Box<dyn Stream<Item = Result<Event>> + Send>> {
+    pub fn events(
+        &self,
+        id: &RunId,
+        after_seq: u64,
+    ) -> Pin<Box<dyn Stream<Item = Result<Event>> + Send>> {
         struct St {
             client: Client,
             id: RunId,
@@ -327,7 +383,10 @@ impl Client {
                 let Some(body) = st.body.as_mut() else {
                     let r = st
                         .client
-                        .req(reqwest::Method::GET, &format!("/v1/runs/{}/events/stream", st.id))
+                        .req(
+                            reqwest::Method::GET,
+                            &format!("/v1/runs/{}/events/stream", st.id),
+                        )
                         .header("Last-Event-ID", st.last.to_string())
                         .header(reqwest::header::ACCEPT, "text/event-stream");
                     match st.client.send(r).await {
@@ -345,7 +404,10 @@ impl Client {
                                 st.done = true;
                                 return Some((Err(e), st));
                             }
-                            tokio::time::sleep(Duration::from_millis(100 * u64::from(st.failures.min(10)))).await;
+                            tokio::time::sleep(Duration::from_millis(
+                                100 * u64::from(st.failures.min(10)),
+                            ))
+                            .await;
                         }
                     }
                     continue;
@@ -373,7 +435,10 @@ impl Client {
 /// Position of the end of the first SSE block and the length of its separator.
 fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -391,7 +456,11 @@ fn parse_sse_event(block: &[u8]) -> Option<Event> {
             }
             data.push_str(v.strip_prefix(' ').unwrap_or(v));
         } else if let Some(v) = line.strip_prefix("event:") {
-            kind = if v.trim() == "stream_error" { "stream_error" } else { "event" };
+            kind = if v.trim() == "stream_error" {
+                "stream_error"
+            } else {
+                "event"
+            };
         }
     }
     if data.is_empty() || kind == "stream_error" {

@@ -42,9 +42,9 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
-            Error::InvalidTransition { .. } | Error::Conflict { .. } | Error::NotTerminal { .. } => {
-                StatusCode::CONFLICT
-            }
+            Error::InvalidTransition { .. }
+            | Error::Conflict { .. }
+            | Error::NotTerminal { .. } => StatusCode::CONFLICT,
             Error::ArchiveRejected { reason, .. } => match reason {
                 crownest_core::RejectReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,

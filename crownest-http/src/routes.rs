@@ -17,7 +17,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use crownest_core::store::RunQuery;
 use crownest_core::{
-    ArchiveDescriptor, ArtifactId, RunId, RunSpec, RunStatus, Sha256Digest, TransferId, WorkspaceRuns,
+    ArchiveDescriptor, ArtifactId, RunId, RunSpec, RunStatus, Sha256Digest, TransferId,
+    WorkspaceRuns,
 };
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
@@ -77,13 +78,18 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         .route("/v1/runs", post(create_run).get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
         // Streamed from the body; the engine caps it at the direct-upload limit.
-        .route("/v1/runs/{id}/archive", put(put_archive).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/v1/runs/{id}/archive",
+            put(put_archive).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/runs/{id}/archive/attach", post(attach_archive))
         .route("/v1/archives/{sha256}", head(head_archive))
         .route("/v1/runs/{id}/transfers", post(begin_transfer))
         .route(
             "/v1/transfers/{tid}",
-            put(put_chunk).get(get_transfer).layer(DefaultBodyLimit::max(chunk_limit)),
+            put(put_chunk)
+                .get(get_transfer)
+                .layer(DefaultBodyLimit::max(chunk_limit)),
         )
         .route("/v1/transfers/{tid}/complete", post(complete_transfer))
         .route("/v1/runs/{id}/start", post(start_run))
@@ -110,8 +116,12 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .and_then(|v| v.strip_prefix("Bearer "));
         let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
         if !ok {
-            let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
-                .into_response();
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return resp;
@@ -134,7 +144,11 @@ fn run_id(s: &str) -> ApiResult<RunId> {
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     body.map(|Json(v)| v).map_err(|e| {
         let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_request"
+        };
         ApiError::new(status, code, e.body_text())
     })
 }
@@ -146,7 +160,9 @@ async fn create_run(
 ) -> ApiResult<Response> {
     let mut spec = json_body(body)?;
     if let Some(key) = headers.get("idempotency-key") {
-        let key = key.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+        let key = key
+            .to_str()
+            .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
         spec.idempotency_key = Some(key.to_owned());
     }
     let run = s.engine.create(spec).await?;
@@ -160,15 +176,30 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list_runs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn list_runs(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
     let status = match q.status.as_deref() {
         None => None,
-        Some(v) => Some(RunStatus::parse(v).ok_or_else(|| ApiError::bad_request(format!("unknown status {v:?}")))?),
+        Some(v) => Some(
+            RunStatus::parse(v)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown status {v:?}")))?,
+        ),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let before = q.cursor.as_deref().map(run_id).transpose()?;
-    let runs = s.engine.list(&RunQuery { status, limit, before }).await?;
-    let next = (runs.len() == limit).then(|| runs.last().map(|r| r.id.clone())).flatten();
+    let runs = s
+        .engine
+        .list(&RunQuery {
+            status,
+            limit,
+            before,
+        })
+        .await?;
+    let next = (runs.len() == limit)
+        .then(|| runs.last().map(|r| r.id.clone()))
+        .flatten();
     Ok(Json(json!({ "runs": runs, "nextCursor": next })))
 }
 
@@ -179,7 +210,10 @@ async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
     headers
         .get(name)
-        .map(|v| v.to_str().map_err(|_| ApiError::bad_request(format!("{name} must be ASCII"))))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request(format!("{name} must be ASCII")))
+        })
         .transpose()
 }
 
@@ -194,7 +228,13 @@ async fn put_archive(
         .ok_or_else(|| ApiError::bad_request("X-Archive-Sha256 is required"))?;
     let sha256 = Sha256Digest::parse(sha)?;
     let size_bytes: u64 = header_str(&headers, "content-length")?
-        .ok_or_else(|| ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "Content-Length is required"))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "Content-Length is required",
+            )
+        })?
         .parse()
         .map_err(|_| ApiError::bad_request("Content-Length must be a number"))?;
     let max = s.engine.config().direct_upload_max_bytes;
@@ -204,7 +244,10 @@ async fn put_archive(
             max,
         }));
     }
-    let stream = body.into_data_stream().map_err(std::io::Error::other).boxed();
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .boxed();
     let run = s
         .engine
         .upload_archive_stream(&id, &ArchiveDescriptor { size_bytes, sha256 }, stream)
@@ -258,8 +301,16 @@ async fn get_transfer(State(s): State<AppState>, Path(tid): Path<String>) -> Api
     Ok(Json(s.engine.transfer_status(&TransferId::parse(&tid)?).await?).into_response())
 }
 
-async fn complete_transfer(State(s): State<AppState>, Path(tid): Path<String>) -> ApiResult<Response> {
-    Ok(Json(s.engine.complete_transfer(&TransferId::parse(&tid)?).await?).into_response())
+async fn complete_transfer(
+    State(s): State<AppState>,
+    Path(tid): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(
+        s.engine
+            .complete_transfer(&TransferId::parse(&tid)?)
+            .await?,
+    )
+    .into_response())
 }
 
 async fn start_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -284,7 +335,10 @@ async fn list_events(
 ) -> ApiResult<Response> {
     let id = run_id(&id)?;
     let after = q.after_seq.unwrap_or(0);
-    let events = s.engine.list_events(&id, after, q.limit.unwrap_or(100)).await?;
+    let events = s
+        .engine
+        .list_events(&id, after, q.limit.unwrap_or(100))
+        .await?;
     let next = events.last().map_or(after, |e| e.seq);
     Ok(Json(json!({ "events": events, "nextAfterSeq": next })).into_response())
 }
@@ -307,7 +361,11 @@ async fn stream_events(
     let id = run_id(&id)?;
     s.engine.get(&id).await?;
     let last_event_id = header_str(&headers, "last-event-id")?
-        .map(|v| v.trim().parse::<u64>().map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq number")))
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID must be a seq number"))
+        })
         .transpose()?;
     // `afterSeq` wins when both are given.
     let after = q.after_seq.or(last_event_id).unwrap_or(0);
@@ -325,7 +383,9 @@ async fn stream_events(
                 .data(json!({"code": err.code(), "message": err.to_string()}).to_string()),
         })
     });
-    let keep_alive = KeepAlive::new().interval(s.config.sse_keep_alive).text("keep-alive");
+    let keep_alive = KeepAlive::new()
+        .interval(s.config.sse_keep_alive)
+        .text("keep-alive");
     Ok(Sse::new(stream).keep_alive(keep_alive))
 }
 
@@ -343,7 +403,9 @@ async fn evidence(
     match q.format.as_deref() {
         None | Some("crownest") => Ok(Json(bundle).into_response()),
         Some("in-toto") => Ok(Json(bundle.to_in_toto()).into_response()),
-        Some(other) => Err(ApiError::bad_request(format!("unknown format {other:?}; use in-toto"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unknown format {other:?}; use in-toto"
+        ))),
     }
 }
 
@@ -353,7 +415,10 @@ async fn artifact(State(s): State<AppState>, Path(id): Path<String>) -> ApiResul
     let body = Body::from_stream(crownest_core::engine::reader_stream(reader));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.size_bytes));
     if let Ok(v) = HeaderValue::from_str(a.sha256.as_str()) {
         h.insert("x-artifact-sha256", v);
@@ -367,29 +432,52 @@ async fn artifact(State(s): State<AppState>, Path(id): Path<String>) -> ApiResul
 async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP crownest_runs Runs in the store by status (sampled, at most 10000 per status).");
+    let _ = writeln!(
+        out,
+        "# HELP crownest_runs Runs in the store by status (sampled, at most 10000 per status)."
+    );
     let _ = writeln!(out, "# TYPE crownest_runs gauge");
     for status in RunStatus::ALL {
         let n = s
             .engine
-            .list(&RunQuery { status: Some(status), limit: 10_000, before: None })
+            .list(&RunQuery {
+                status: Some(status),
+                limit: 10_000,
+                before: None,
+            })
             .await?
             .len();
         let _ = writeln!(out, "crownest_runs{{status=\"{status}\"}} {n}");
     }
     let m = s.engine.metrics();
-    let _ = writeln!(out, "# HELP crownest_events_appended_total Events committed by this server.");
+    let _ = writeln!(
+        out,
+        "# HELP crownest_events_appended_total Events committed by this server."
+    );
     let _ = writeln!(out, "# TYPE crownest_events_appended_total counter");
     let _ = writeln!(out, "crownest_events_appended_total {}", m.events_appended);
-    let _ = writeln!(out, "# HELP crownest_bytes_uploaded_total Archive bytes received.");
+    let _ = writeln!(
+        out,
+        "# HELP crownest_bytes_uploaded_total Archive bytes received."
+    );
     let _ = writeln!(out, "# TYPE crownest_bytes_uploaded_total counter");
     let _ = writeln!(out, "crownest_bytes_uploaded_total {}", m.bytes_uploaded);
-    let _ = writeln!(out, "# HELP crownest_runs_started_total Runs started by this server.");
+    let _ = writeln!(
+        out,
+        "# HELP crownest_runs_started_total Runs started by this server."
+    );
     let _ = writeln!(out, "# TYPE crownest_runs_started_total counter");
     let _ = writeln!(out, "crownest_runs_started_total {}", m.runs_started);
-    let _ = writeln!(out, "# HELP crownest_active_subscribers Open SSE event streams.");
+    let _ = writeln!(
+        out,
+        "# HELP crownest_active_subscribers Open SSE event streams."
+    );
     let _ = writeln!(out, "# TYPE crownest_active_subscribers gauge");
-    let _ = writeln!(out, "crownest_active_subscribers {}", s.subscribers.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "crownest_active_subscribers {}",
+        s.subscribers.load(Ordering::Relaxed)
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -31,7 +31,11 @@ async fn server_with(config: EngineConfig) -> Server {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let client = Client::new(base.clone(), Some(TOKEN.into())).unwrap();
-    Server { base, engine, client }
+    Server {
+        base,
+        engine,
+        client,
+    }
 }
 
 fn fast() -> EngineConfig {
@@ -61,27 +65,49 @@ async fn full_lifecycle() {
     let s = server().await;
     let run = s
         .client
-        .create_run(&fake(&["out:hello", "write:out.txt=artifact-bytes", "exit:0"]).with_artifact("out.txt", true))
+        .create_run(
+            &fake(&["out:hello", "write:out.txt=artifact-bytes", "exit:0"])
+                .with_artifact("out.txt", true),
+        )
         .await
         .unwrap();
     assert_eq!(run.status, RunStatus::AwaitingArchive);
     let ready = s.client.upload(&run.id, archive()).await.unwrap();
     assert_eq!(ready.status, RunStatus::ArchiveReady);
     s.client.start(&run.id).await.unwrap();
-    let events: Vec<Event> = s.client.events(&run.id, 0).map(|e| e.unwrap()).collect().await;
+    let events: Vec<Event> = s
+        .client
+        .events(&run.id, 0)
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
     assert!(events.last().unwrap().kind.is_terminal());
-    assert_eq!(events, s.client.list_events(&run.id, 0, 1000).await.unwrap());
+    assert_eq!(
+        events,
+        s.client.list_events(&run.id, 0, 1000).await.unwrap()
+    );
     let done = s.client.get_run(&run.id).await.unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     let evidence = s.client.evidence(&run.id).await.unwrap();
     evidence.verify_events(&events).unwrap();
     let statement = s.client.evidence_in_toto(&run.id).await.unwrap();
     assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
-    assert_eq!(statement["subject"][0]["digest"]["sha256"], evidence.artifacts[0].sha256.as_str());
-    let (bytes, sha) = s.client.artifact(&done.artifacts[0].artifact_id).await.unwrap();
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        evidence.artifacts[0].sha256.as_str()
+    );
+    let (bytes, sha) = s
+        .client
+        .artifact(&done.artifacts[0].artifact_id)
+        .await
+        .unwrap();
     assert_eq!(&bytes[..], b"artifact-bytes");
     assert_eq!(sha.as_deref(), Some(done.artifacts[0].sha256.as_str()));
-    let page = s.client.list_runs(Some(RunStatus::Succeeded), 10, None).await.unwrap();
+    let page = s
+        .client
+        .list_runs(Some(RunStatus::Succeeded), 10, None)
+        .await
+        .unwrap();
     assert!(page.runs.iter().any(|r| r.id == run.id));
 }
 
@@ -110,12 +136,32 @@ async fn idempotency_key_header_is_honoured() {
 async fn auth_is_required_except_for_healthz() {
     let s = server().await;
     let http = reqwest::Client::new();
-    assert_eq!(http.get(format!("{}/healthz", s.base)).send().await.unwrap().status(), 200);
-    for (method, path) in [("GET", "/v1/runs"), ("POST", "/v1/runs"), ("GET", "/metrics")] {
+    assert_eq!(
+        http.get(format!("{}/healthz", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (method, path) in [
+        ("GET", "/v1/runs"),
+        ("POST", "/v1/runs"),
+        ("GET", "/metrics"),
+    ] {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let resp = http.request(m.clone(), format!("{}{path}", s.base)).send().await.unwrap();
+        let resp = http
+            .request(m.clone(), format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 401, "{method} {path} without a token");
-        let resp = http.request(m, format!("{}{path}", s.base)).bearer_auth("wrong").send().await.unwrap();
+        let resp = http
+            .request(m, format!("{}{path}", s.base))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 401, "{method} {path} with a wrong token");
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
@@ -144,7 +190,11 @@ async fn uploads_are_verified_and_limited() {
     assert_eq!(body["error"]["reason"], "digest_mismatch");
     // Hostile archive → 422 naming the entry.
     let hostile = tar_gz_raw_name("../evil.sh", b"x");
-    let err = s.client.upload_archive(&run.id, &descriptor_of(&hostile), hostile).await.unwrap_err();
+    let err = s
+        .client
+        .upload_archive(&run.id, &descriptor_of(&hostile), hostile)
+        .await
+        .unwrap_err();
     match err {
         Error::ArchiveRejected { entry, .. } => assert_eq!(entry.as_deref(), Some("../evil.sh")),
         other => panic!("{other:?}"),
@@ -186,10 +236,24 @@ async fn uploads_are_verified_and_limited() {
         .unwrap();
     assert_eq!(resp.status(), 413);
     // The run is still awaiting its archive; the dedupe route knows nothing of the bad bytes.
-    assert_eq!(s.client.get_run(&run.id).await.unwrap().status, RunStatus::AwaitingArchive);
-    assert_eq!(s.client.has_archive(&descriptor_of(&a).sha256).await.unwrap(), None);
+    assert_eq!(
+        s.client.get_run(&run.id).await.unwrap().status,
+        RunStatus::AwaitingArchive
+    );
+    assert_eq!(
+        s.client
+            .has_archive(&descriptor_of(&a).sha256)
+            .await
+            .unwrap(),
+        None
+    );
     // Path values never reach the filesystem: garbage ids are 404s.
-    let resp = http.get(format!("{}/v1/runs/..%2F..%2Fetc", s.base)).bearer_auth(TOKEN).send().await.unwrap();
+    let resp = http
+        .get(format!("{}/v1/runs/..%2F..%2Fetc", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -198,8 +262,18 @@ async fn staged_upload_out_of_order_and_resumed_after_a_drop() {
     let mut config = fast();
     config.chunk_size_bytes = 256;
     let s = server_with(config).await;
-    let files: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("f{i}.bin"), (0..500).map(|j| ((i * 31 + j * 7) % 256) as u8).collect())).collect();
-    let refs: Vec<(&str, &[u8], u32)> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice(), 0o644)).collect();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                (0..500).map(|j| ((i * 31 + j * 7) % 256) as u8).collect(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8], u32)> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice(), 0o644))
+        .collect();
     let a = tar_gz(&refs);
     let run = s.client.create_run(&fake(&["exit:0"])).await.unwrap();
     let desc = descriptor_of(&a);
@@ -209,14 +283,20 @@ async fn staged_upload_out_of_order_and_resumed_after_a_drop() {
     // Send odd chunks backwards, then "drop the connection" (stop), then resume from status.
     for i in (0..n).rev().filter(|i| i % 2 == 1) {
         let c = a.slice(i * 256..((i + 1) * 256).min(a.len()));
-        s.client.put_chunk(&t.transfer_id, (i * 256) as u64, c).await.unwrap();
+        s.client
+            .put_chunk(&t.transfer_id, (i * 256) as u64, c)
+            .await
+            .unwrap();
     }
     let status = s.client.transfer_status(&t.transfer_id).await.unwrap();
     assert!(!status.complete);
     assert_eq!(status.missing.len(), n.div_ceil(2));
     for [start, end] in status.missing {
         let c = a.slice(start as usize..end as usize);
-        s.client.put_chunk(&t.transfer_id, start, c.clone()).await.unwrap();
+        s.client
+            .put_chunk(&t.transfer_id, start, c.clone())
+            .await
+            .unwrap();
         s.client.put_chunk(&t.transfer_id, start, c).await.unwrap(); // idempotent
     }
     let ready = s.client.complete_transfer(&t.transfer_id).await.unwrap();
@@ -227,11 +307,17 @@ async fn staged_upload_out_of_order_and_resumed_after_a_drop() {
     let run2 = client.create_run(&fake(&["exit:0"])).await.unwrap();
     let again = tar_gz(&[("other.txt", b"a different archive", 0o644)]);
     let ready = client.upload(&run2.id, again).await.unwrap();
-    assert_eq!(ready.archive.unwrap().upload, crownest_core::UploadKind::Staged);
+    assert_eq!(
+        ready.archive.unwrap().upload,
+        crownest_core::UploadKind::Staged
+    );
     // Dedupe: the first archive is attached by digest.
     let run3 = client.create_run(&fake(&["exit:0"])).await.unwrap();
     let ready = client.upload(&run3.id, a).await.unwrap();
-    assert_eq!(ready.archive.unwrap().upload, crownest_core::UploadKind::Existing);
+    assert_eq!(
+        ready.archive.unwrap().upload,
+        crownest_core::UploadKind::Existing
+    );
 }
 
 /// Reads raw SSE blocks from a response until `stop` events, returning their ids.
@@ -269,26 +355,54 @@ async fn read_sse(resp: reqwest::Response, stop: Option<usize>) -> Vec<(u64, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_reconnects_with_last_event_id_and_sees_every_event_once() {
     let s = server().await;
-    let run = s.client.create_run(&fake(&["out:1", "sleep:200", "out:2", "sleep:200", "out:3", "exit:0"])).await.unwrap();
+    let run = s
+        .client
+        .create_run(&fake(&[
+            "out:1",
+            "sleep:200",
+            "out:2",
+            "sleep:200",
+            "out:3",
+            "exit:0",
+        ]))
+        .await
+        .unwrap();
     s.client.upload(&run.id, archive()).await.unwrap();
     s.client.start(&run.id).await.unwrap();
     let http = reqwest::Client::new();
     let url = format!("{}/v1/runs/{}/events/stream", s.base, run.id);
-    let first = read_sse(http.get(&url).bearer_auth(TOKEN).send().await.unwrap(), Some(4)).await;
+    let first = read_sse(
+        http.get(&url).bearer_auth(TOKEN).send().await.unwrap(),
+        Some(4),
+    )
+    .await;
     let last = first.last().unwrap().0;
     // Disconnected mid-run; reconnect with Last-Event-ID.
-    let resp = http.get(&url).bearer_auth(TOKEN).header("Last-Event-ID", last.to_string()).send().await.unwrap();
+    let resp = http
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", last.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let rest = read_sse(resp, None).await;
     let mut all: Vec<(u64, String, Event)> = first;
     all.extend(rest);
     let window = s.client.list_events(&run.id, 0, 1000).await.unwrap();
-    assert_eq!(all.iter().map(|(_, _, e)| e.clone()).collect::<Vec<_>>(), window, "every event exactly once, in order");
+    assert_eq!(
+        all.iter().map(|(_, _, e)| e.clone()).collect::<Vec<_>>(),
+        window,
+        "every event exactly once, in order"
+    );
     for (id, kind, e) in &all {
         assert_eq!(*id, e.seq);
         assert_eq!(kind, e.kind.type_name());
     }
-    assert!(matches!(all.last().unwrap().2.kind, EventKind::Terminal { .. }), "stream closes after terminal");
+    assert!(
+        matches!(all.last().unwrap().2.kind, EventKind::Terminal { .. }),
+        "stream closes after terminal"
+    );
     // afterSeq wins over Last-Event-ID.
     let resp = http
         .get(format!("{url}?afterSeq=2"))
@@ -306,7 +420,12 @@ async fn fifty_subscribers_receive_identical_streams() {
     let s = server().await;
     let run = s
         .client
-        .create_run(&fake(&["outbytes:200000", "sleep:100", "out:end", "exit:0"]))
+        .create_run(&fake(&[
+            "outbytes:200000",
+            "sleep:100",
+            "out:end",
+            "exit:0",
+        ]))
         .await
         .unwrap();
     s.client.upload(&run.id, archive()).await.unwrap();
@@ -314,7 +433,12 @@ async fn fifty_subscribers_receive_identical_streams() {
     for _ in 0..50 {
         let c = s.client.clone();
         let id = run.id.clone();
-        tasks.push(tokio::spawn(async move { c.events(&id, 0).map(|e| e.unwrap()).collect::<Vec<_>>().await }));
+        tasks.push(tokio::spawn(async move {
+            c.events(&id, 0)
+                .map(|e| e.unwrap())
+                .collect::<Vec<_>>()
+                .await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.client.start(&run.id).await.unwrap();
@@ -336,14 +460,31 @@ async fn evidence_is_409_before_the_end_and_cancel_works() {
     let s = server().await;
     let run = s.client.create_run(&fake(&["hang"])).await.unwrap();
     s.client.upload(&run.id, archive()).await.unwrap();
-    assert!(matches!(s.client.evidence(&run.id).await, Err(Error::NotTerminal { .. })));
+    assert!(matches!(
+        s.client.evidence(&run.id).await,
+        Err(Error::NotTerminal { .. })
+    ));
     s.client.start(&run.id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.client.cancel(&run.id).await.unwrap();
-    let events: Vec<Event> = s.client.events(&run.id, 0).map(|e| e.unwrap()).collect().await;
-    assert!(matches!(events.last().unwrap().kind, EventKind::Terminal { status: RunStatus::Canceled, .. }));
+    let events: Vec<Event> = s
+        .client
+        .events(&run.id, 0)
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert!(matches!(
+        events.last().unwrap().kind,
+        EventKind::Terminal {
+            status: RunStatus::Canceled,
+            ..
+        }
+    ));
     s.client.evidence(&run.id).await.unwrap();
-    assert!(matches!(s.client.cancel(&run.id).await, Err(Error::Conflict { .. })), "cancel of an ended run is 409");
+    assert!(
+        matches!(s.client.cancel(&run.id).await, Err(Error::Conflict { .. })),
+        "cancel of an ended run is 409"
+    );
 }
 
 #[tokio::test]
@@ -362,9 +503,18 @@ async fn metrics_and_healthz() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("crownest_runs{status=\"succeeded\"} 1"), "{text}");
+    assert!(
+        text.contains("crownest_runs{status=\"succeeded\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("crownest_events_appended_total"));
-    assert!(text.contains(&format!("crownest_bytes_uploaded_total {}", archive().len())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "crownest_bytes_uploaded_total {}",
+            archive().len()
+        )),
+        "{text}"
+    );
     assert!(text.contains("crownest_active_subscribers 0"));
     drop(s.engine);
 }
@@ -388,13 +538,25 @@ async fn openapi_matches_the_routes() {
             documented.push((method.to_uppercase(), path.clone()));
         }
     }
-    let mut routes: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| ((*m).into(), (*p).into())).collect();
+    let mut routes: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).into(), (*p).into()))
+        .collect();
     documented.sort();
     routes.sort();
-    assert_eq!(documented, routes, "openapi.json and ROUTES list the same operations");
+    assert_eq!(
+        documented, routes,
+        "openapi.json and ROUTES list the same operations"
+    );
     // Every listed route is really routed: it never answers the fallback's `no_route`.
     for (method, path) in &routes {
-        let url = format!("{}{}", s.base, path.replace("{id}", "run_x").replace("{tid}", "xfer_x").replace("{sha256}", &"a".repeat(64)));
+        let url = format!(
+            "{}{}",
+            s.base,
+            path.replace("{id}", "run_x")
+                .replace("{tid}", "xfer_x")
+                .replace("{sha256}", &"a".repeat(64))
+        );
         let resp = http
             .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
             .bearer_auth(TOKEN)
@@ -408,6 +570,14 @@ async fn openapi_matches_the_routes() {
         }
     }
     // And the fallback really answers no_route for a route that does not exist.
-    let body = http.get(format!("{}/v1/nope", s.base)).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+    let body = http
+        .get(format!("{}/v1/nope", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.contains("no_route"));
 }

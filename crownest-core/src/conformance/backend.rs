@@ -57,22 +57,50 @@ impl Programs {
     pub fn python3() -> Self {
         Self {
             exit_with: |c| py("import sys; sys.exit(int(sys.argv[1]))", &[&c.to_string()]),
-            print_env: |n| py("import os, sys; print(os.environ.get(sys.argv[1], '<unset>'))", &[n]),
+            print_env: |n| {
+                py(
+                    "import os, sys; print(os.environ.get(sys.argv[1], '<unset>'))",
+                    &[n],
+                )
+            },
             print_cwd: || py("import os; print(os.getcwd())", &[]),
-            cat: |p| py("import sys; sys.stdout.write(open(sys.argv[1]).read())", &[p]),
+            cat: |p| {
+                py(
+                    "import sys; sys.stdout.write(open(sys.argv[1]).read())",
+                    &[p],
+                )
+            },
             read_stdin: || py("import sys; print(len(sys.stdin.read()))", &[]),
             stdout_stderr: |o, e| {
-                py("import sys; print(sys.argv[1], flush=True); print(sys.argv[2], file=sys.stderr, flush=True)", &[o, e])
+                py(
+                    "import sys; print(sys.argv[1], flush=True); print(sys.argv[2], file=sys.stderr, flush=True)",
+                    &[o, e],
+                )
             },
-            run_forever: || py("import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.05)", &[]),
+            run_forever: || {
+                py(
+                    "import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.05)",
+                    &[],
+                )
+            },
             run_forever_ignoring_term: Some(|| {
                 py(
                     "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\nwhile True: time.sleep(0.05)",
                     &[],
                 )
             }),
-            write_file: |p, c| py("import os, sys\nd = os.path.dirname(sys.argv[1])\nif d: os.makedirs(d, exist_ok=True)\nopen(sys.argv[1], 'w').write(sys.argv[2])", &[p, c]),
-            symlink: |t, l| py("import os, sys; os.symlink(sys.argv[1], sys.argv[2])", &[t, l]),
+            write_file: |p, c| {
+                py(
+                    "import os, sys\nd = os.path.dirname(sys.argv[1])\nif d: os.makedirs(d, exist_ok=True)\nopen(sys.argv[1], 'w').write(sys.argv[2])",
+                    &[p, c],
+                )
+            },
+            symlink: |t, l| {
+                py(
+                    "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
+                    &[t, l],
+                )
+            },
         }
     }
 
@@ -91,7 +119,9 @@ impl Programs {
             read_stdin: || f(&["stdin".into()]),
             stdout_stderr: |o, e| f(&[format!("out:{o}"), format!("err:{e}")]),
             run_forever: || f(&["out:ready".into(), "hang".into()]),
-            run_forever_ignoring_term: Some(|| f(&["out:ready".into(), "ignore-term".into(), "hang".into()])),
+            run_forever_ignoring_term: Some(|| {
+                f(&["out:ready".into(), "ignore-term".into(), "hang".into()])
+            }),
             write_file: |p, c| f(&[format!("write:{p}={c}")]),
             symlink: |t, l| f(&[format!("link:{l}={t}")]),
         }
@@ -142,7 +172,10 @@ async fn run_spec(h: &BackendHarness, spec: RunSpec) -> (WorkspaceRuns, RunRecor
     let spec = spec.with_backend(h.backend.name());
     let run = engine.create(spec).await.expect("create");
     let archive = sample_archive();
-    engine.upload_archive(&run.id, &descriptor_of(&archive), archive).await.expect("upload");
+    engine
+        .upload_archive(&run.id, &descriptor_of(&archive), archive)
+        .await
+        .expect("upload");
     engine.start(&run.id).await.expect("start");
     let done = tokio::time::timeout(Duration::from_secs(120), engine.wait(&run.id))
         .await
@@ -210,15 +243,28 @@ pub async fn name_and_templates(h: BackendHarness) {
     assert!(!name.is_empty());
     assert_eq!(h.backend.name(), name, "stable name");
     let templates = h.backend.templates().await.unwrap();
-    let t = templates.iter().find(|t| t.name == "python-node").expect("python-node is listed");
+    let t = templates
+        .iter()
+        .find(|t| t.name == "python-node")
+        .expect("python-node is listed");
     assert!(t.available, "python-node available here: {:?}", t.reason);
-    assert!(t.identity.as_ref().is_some_and(|i| !i.facts.is_empty()), "available template has an identity");
+    assert!(
+        t.identity.as_ref().is_some_and(|i| !i.facts.is_empty()),
+        "available template has an identity"
+    );
 }
 
 /// `create()` of an unknown template is `InvalidSpec` (field `template`).
 pub async fn unknown_template_is_invalid_spec(h: BackendHarness) {
-    let err = h.backend.create(&sandbox_spec("no-such-template", me())).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidSpec { field, .. } if field == "template"), "got {err:?}");
+    let err = h
+        .backend
+        .create(&sandbox_spec("no-such-template", me()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidSpec { field, .. } if field == "template"),
+        "got {err:?}"
+    );
 }
 
 /// `materialize` puts the archive's files into `/workspace`.
@@ -230,14 +276,28 @@ pub async fn materialize_extracts_the_archive(h: BackendHarness) {
 
 /// `materialize` refuses a hostile archive with `ArchiveRejected`.
 pub async fn materialize_rejects_a_hostile_archive(h: BackendHarness) {
-    let sandbox = h.backend.create(&sandbox_spec("python-node", me())).await.unwrap();
+    let sandbox = h
+        .backend
+        .create(&sandbox_spec("python-node", me()))
+        .await
+        .unwrap();
     let hostile = tar_gz_raw_name("../escape.txt", b"owned");
     let err = sandbox
-        .materialize(Box::new(std::io::Cursor::new(hostile)), &ExtractPolicy::default(), &|_| {})
+        .materialize(
+            Box::new(std::io::Cursor::new(hostile)),
+            &ExtractPolicy::default(),
+            &|_| {},
+        )
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::ArchiveRejected { reason: RejectReason::ParentTraversal, .. }),
+        matches!(
+            err,
+            Error::ArchiveRejected {
+                reason: RejectReason::ParentTraversal,
+                ..
+            }
+        ),
         "got {err:?}"
     );
     sandbox.destroy().await.unwrap();
@@ -248,13 +308,22 @@ pub async fn exit_codes_pass_through(h: BackendHarness) {
     for code in [0, 3, 42] {
         let (_, done, events) = run_spec(&h, spec_of((h.programs.exit_with)(code))).await;
         assert_eq!(done.exit_code, Some(code));
-        let want = if code == 0 { RunStatus::Succeeded } else { RunStatus::Failed };
+        let want = if code == 0 {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
         assert_eq!(done.status, want);
         if code != 0 {
-            assert_eq!(done.failure.as_ref().map(|f| f.kind), Some(FailureKind::ExitNonzero));
+            assert_eq!(
+                done.failure.as_ref().map(|f| f.kind),
+                Some(FailureKind::ExitNonzero)
+            );
         }
         match &events.last().unwrap().kind {
-            EventKind::Terminal { exit_code, status, .. } => {
+            EventKind::Terminal {
+                exit_code, status, ..
+            } => {
                 assert_eq!(*exit_code, Some(code));
                 assert_eq!(*status, want);
             }
@@ -267,19 +336,28 @@ pub async fn exit_codes_pass_through(h: BackendHarness) {
 pub async fn unknown_program_is_spawn_failed(h: BackendHarness) {
     let (_, done, _) = run_spec(&h, RunSpec::new(["crownest-no-such-program-xyz"])).await;
     assert_eq!(done.status, RunStatus::Failed);
-    assert_eq!(done.failure.as_ref().map(|f| f.kind), Some(FailureKind::SpawnFailed), "{:?}", done.failure);
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::SpawnFailed),
+        "{:?}",
+        done.failure
+    );
 }
 
 /// The command sees exactly the spec's env (plus the template's), never the host's.
 pub async fn env_is_exactly_the_spec(h: BackendHarness) {
-    let (_, done, events) =
-        run_spec(&h, spec_of((h.programs.print_env)("CROWNEST_CONF")).with_env("CROWNEST_CONF", "value-1")).await;
+    let (_, done, events) = run_spec(
+        &h,
+        spec_of((h.programs.print_env)("CROWNEST_CONF")).with_env("CROWNEST_CONF", "value-1"),
+    )
+    .await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
     // The engine masks env values of 4+ bytes in output: the value arrives as `***`.
     assert_eq!(stdout_of(&events).trim(), "***");
     // A variable of the host process (cargo sets it for tests) must not be inherited.
     if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
-        let (_, done, events) = run_spec(&h, spec_of((h.programs.print_env)("CARGO_MANIFEST_DIR"))).await;
+        let (_, done, events) =
+            run_spec(&h, spec_of((h.programs.print_env)("CARGO_MANIFEST_DIR"))).await;
         assert_eq!(done.status, RunStatus::Succeeded);
         assert_eq!(stdout_of(&events).trim(), "<unset>", "host env leaked");
     }
@@ -291,35 +369,61 @@ pub async fn cwd_is_inside_the_workspace(h: BackendHarness) {
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
     let cwd = stdout_of(&events);
     assert!(cwd.trim_end().ends_with("/sub"), "cwd {cwd:?}");
-    assert!(cwd.contains("workspace"), "cwd {cwd:?} is inside the workspace");
+    assert!(
+        cwd.contains("workspace"),
+        "cwd {cwd:?} is inside the workspace"
+    );
 }
 
 /// stdin is closed: reading it returns EOF at once.
 pub async fn stdin_is_closed(h: BackendHarness) {
-    let (_, done, events) = run_spec(&h, spec_of((h.programs.read_stdin)()).with_timeout_ms(30_000)).await;
+    let (_, done, events) = run_spec(
+        &h,
+        spec_of((h.programs.read_stdin)()).with_timeout_ms(30_000),
+    )
+    .await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
     assert_eq!(stdout_of(&events).trim(), "0");
 }
 
 /// stdout and stderr are streamed as their own events.
 pub async fn stdout_and_stderr_are_streamed(h: BackendHarness) {
-    let (_, done, events) = run_spec(&h, spec_of((h.programs.stdout_stderr)("to-out", "to-err"))).await;
+    let (_, done, events) =
+        run_spec(&h, spec_of((h.programs.stdout_stderr)("to-out", "to-err"))).await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
     assert_eq!(stdout_of(&events), "to-out\n");
     assert_eq!(stderr_of(&events), "to-err\n");
-    let first_output = events.iter().position(|e| matches!(e.kind, EventKind::Stdout(_) | EventKind::Stderr(_))).unwrap();
+    let first_output = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::Stdout(_) | EventKind::Stderr(_)))
+        .unwrap();
     let running = events
         .iter()
-        .position(|e| matches!(e.kind, EventKind::Status { status: RunStatus::Running, .. }))
+        .position(|e| {
+            matches!(
+                e.kind,
+                EventKind::Status {
+                    status: RunStatus::Running,
+                    ..
+                }
+            )
+        })
         .unwrap();
-    assert!(running < first_output, "running is announced before any output");
+    assert!(
+        running < first_output,
+        "running is announced before any output"
+    );
 }
 
 fn kills(events: &[Event]) -> Vec<(Option<String>, Option<String>, KillReason)> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Kill { signal, action, reason } => Some((signal.clone(), action.clone(), *reason)),
+            EventKind::Kill {
+                signal,
+                action,
+                reason,
+            } => Some((signal.clone(), action.clone(), *reason)),
             _ => None,
         })
         .collect()
@@ -328,12 +432,26 @@ fn kills(events: &[Event]) -> Vec<(Option<String>, Option<String>, KillReason)> 
 /// A timeout ends the command: SIGTERM first, `failed` / `timed_out`.
 pub async fn timeout_ends_the_command_with_the_kill_ladder(h: BackendHarness) {
     let started = std::time::Instant::now();
-    let (_, done, events) = run_spec(&h, spec_of((h.programs.run_forever)()).with_timeout_ms(1500)).await;
+    let (_, done, events) = run_spec(
+        &h,
+        spec_of((h.programs.run_forever)()).with_timeout_ms(1500),
+    )
+    .await;
     assert_eq!(done.status, RunStatus::Failed);
-    assert_eq!(done.failure.as_ref().map(|f| f.kind), Some(FailureKind::TimedOut));
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::TimedOut)
+    );
     let k = kills(&events);
-    assert_eq!(k.first().map(|k| (k.0.as_deref(), k.2)), Some((Some("SIGTERM"), KillReason::Timeout)), "{k:?}");
-    assert!(started.elapsed() < Duration::from_secs(60), "timed-out run ended promptly");
+    assert_eq!(
+        k.first().map(|k| (k.0.as_deref(), k.2)),
+        Some((Some("SIGTERM"), KillReason::Timeout)),
+        "{k:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "timed-out run ended promptly"
+    );
 }
 
 /// A command that ignores SIGTERM still ends on SIGKILL.
@@ -344,9 +462,15 @@ pub async fn sigkill_ends_a_command_that_ignores_sigterm(h: BackendHarness) {
     let mut spec = spec_of(prog()).with_timeout_ms(2000);
     spec.limits.kill_grace_ms = Some(500);
     let (_, done, events) = run_spec(&h, spec).await;
-    assert_eq!(done.failure.as_ref().map(|f| f.kind), Some(FailureKind::TimedOut));
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::TimedOut)
+    );
     let k = kills(&events);
-    assert!(k.iter().any(|k| k.0.as_deref() == Some("SIGKILL")), "SIGKILL rung reached: {k:?}");
+    assert!(
+        k.iter().any(|k| k.0.as_deref() == Some("SIGKILL")),
+        "SIGKILL rung reached: {k:?}"
+    );
     assert!(stdout_of(&events).contains("ready"));
 }
 
@@ -358,7 +482,10 @@ pub async fn cancel_while_running(h: BackendHarness) {
         .await
         .unwrap();
     let archive = sample_archive();
-    engine.upload_archive(&run.id, &descriptor_of(&archive), archive).await.unwrap();
+    engine
+        .upload_archive(&run.id, &descriptor_of(&archive), archive)
+        .await
+        .unwrap();
     engine.start(&run.id).await.unwrap();
     // Wait until the command printed `ready`.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -367,11 +494,17 @@ pub async fn cancel_while_running(h: BackendHarness) {
         if stdout_of(&events).contains("ready") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "command never became ready: {events:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "command never became ready: {events:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     engine.cancel(&run.id).await.unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(60), engine.wait(&run.id)).await.unwrap().unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(60), engine.wait(&run.id))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(done.status, RunStatus::Canceled);
     let events = engine.list_events(&run.id, 0, 1000).await.unwrap();
     assert!(kills(&events).iter().any(|k| k.2 == KillReason::Cancel));
@@ -379,16 +512,29 @@ pub async fn cancel_while_running(h: BackendHarness) {
 
 /// A regular file is collected with its bytes, size and digest.
 pub async fn artifact_regular_file_is_collected(h: BackendHarness) {
-    let spec = spec_of((h.programs.write_file)("out/result.txt", "result-bytes")).with_artifact("out/result.txt", true);
+    let spec = spec_of((h.programs.write_file)("out/result.txt", "result-bytes"))
+        .with_artifact("out/result.txt", true);
     let (engine, done, events) = run_spec(&h, spec).await;
-    assert_eq!(done.status, RunStatus::Succeeded, "{:?} {:?}", done.failure, done.artifact_errors);
+    assert_eq!(
+        done.status,
+        RunStatus::Succeeded,
+        "{:?} {:?}",
+        done.failure,
+        done.artifact_errors
+    );
     let a = done.artifacts.first().expect("one artifact");
     assert_eq!(a.path, "out/result.txt");
     assert_eq!(a.size_bytes, 12);
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut engine.store().open_blob(&a.sha256).await.unwrap(), &mut bytes).unwrap();
+    std::io::Read::read_to_end(
+        &mut engine.store().open_blob(&a.sha256).await.unwrap(),
+        &mut bytes,
+    )
+    .unwrap();
     assert_eq!(bytes, b"result-bytes");
-    assert!(events.iter().any(|e| matches!(&e.kind, EventKind::ArtifactCollected { path, .. } if path == "out/result.txt")));
+    assert!(events.iter().any(
+        |e| matches!(&e.kind, EventKind::ArtifactCollected { path, .. } if path == "out/result.txt")
+    ));
     let ev = engine.evidence(&done.id).await.unwrap();
     assert_eq!(ev.artifacts.len(), 1);
     assert_eq!(ev.artifacts[0].sha256, a.sha256);
@@ -398,34 +544,62 @@ pub async fn artifact_regular_file_is_collected(h: BackendHarness) {
 pub async fn artifact_symlink_is_not_followed(h: BackendHarness) {
     let spec = spec_of((h.programs.symlink)("/etc/passwd", "leak")).with_artifact("leak", false);
     let (_, done, events) = run_spec(&h, spec).await;
-    assert!(done.artifacts.is_empty(), "nothing collected through a symlink");
+    assert!(
+        done.artifacts.is_empty(),
+        "nothing collected through a symlink"
+    );
     let err = done.artifact_errors.first().expect("an artifact error");
     assert!(
-        matches!(err.reason, ArtifactErrorReason::NotRegular | ArtifactErrorReason::EscapesWorkspace),
+        matches!(
+            err.reason,
+            ArtifactErrorReason::NotRegular | ArtifactErrorReason::EscapesWorkspace
+        ),
         "{err:?}"
     );
-    assert!(events.iter().any(|e| matches!(e.kind, EventKind::ArtifactError { .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ArtifactError { .. }))
+    );
     // A non-required artifact error does not change the outcome.
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
 }
 
 /// A missing artifact is an `artifact_error` `not_found`.
 pub async fn artifact_missing_is_reported(h: BackendHarness) {
-    let (_, done, _) = run_spec(&h, spec_of((h.programs.exit_with)(0)).with_artifact("nope.txt", false)).await;
+    let (_, done, _) = run_spec(
+        &h,
+        spec_of((h.programs.exit_with)(0)).with_artifact("nope.txt", false),
+    )
+    .await;
     assert_eq!(done.status, RunStatus::Succeeded);
-    assert_eq!(done.artifact_errors.first().map(|e| e.reason), Some(ArtifactErrorReason::NotFound));
+    assert_eq!(
+        done.artifact_errors.first().map(|e| e.reason),
+        Some(ArtifactErrorReason::NotFound)
+    );
 }
 
 /// A missing required artifact fails the run with `missing_required_artifact`.
 pub async fn required_artifact_missing_fails_the_run(h: BackendHarness) {
-    let (_, done, _) = run_spec(&h, spec_of((h.programs.exit_with)(0)).with_artifact("nope.txt", true)).await;
+    let (_, done, _) = run_spec(
+        &h,
+        spec_of((h.programs.exit_with)(0)).with_artifact("nope.txt", true),
+    )
+    .await;
     assert_eq!(done.status, RunStatus::Failed);
-    assert_eq!(done.failure.as_ref().map(|f| f.kind), Some(FailureKind::MissingRequiredArtifact));
+    assert_eq!(
+        done.failure.as_ref().map(|f| f.kind),
+        Some(FailureKind::MissingRequiredArtifact)
+    );
 }
 
 /// `destroy()` is idempotent.
 pub async fn destroy_is_idempotent(h: BackendHarness) {
-    let sandbox = h.backend.create(&sandbox_spec("python-node", me())).await.unwrap();
+    let sandbox = h
+        .backend
+        .create(&sandbox_spec("python-node", me()))
+        .await
+        .unwrap();
     sandbox.destroy().await.expect("first destroy");
     sandbox.destroy().await.expect("second destroy");
 }
@@ -439,10 +613,25 @@ pub async fn sweep_orphans_destroys_unlisted_sandboxes(h: BackendHarness) {
     let orphan_id = orphan.id().to_owned();
     drop(orphan); // dropped without destroy, and its owner is gone: an orphan
     let swept = h.backend.sweep_orphans(&[]).await.unwrap();
-    assert!(swept.iter().any(|s| s.contains(&orphan_id) || orphan_id.contains(s.as_str())), "swept {swept:?}, orphan {orphan_id}");
-    assert!(!swept.iter().any(|s| s.contains(live.id()) || live.id().contains(s.as_str())), "live sandbox was swept");
+    assert!(
+        swept
+            .iter()
+            .any(|s| s.contains(&orphan_id) || orphan_id.contains(s.as_str())),
+        "swept {swept:?}, orphan {orphan_id}"
+    );
+    assert!(
+        !swept
+            .iter()
+            .any(|s| s.contains(live.id()) || live.id().contains(s.as_str())),
+        "live sandbox was swept"
+    );
     let again = h.backend.sweep_orphans(&[]).await.unwrap();
-    assert!(!again.iter().any(|s| s.contains(&orphan_id) || orphan_id.contains(s.as_str())), "swept twice: {again:?}");
+    assert!(
+        !again
+            .iter()
+            .any(|s| s.contains(&orphan_id) || orphan_id.contains(s.as_str())),
+        "swept twice: {again:?}"
+    );
     live.destroy().await.unwrap();
 }
 
@@ -451,7 +640,11 @@ pub async fn keep_sandbox_is_recorded(h: BackendHarness) {
     if !h.backend.capabilities().keep_sandbox {
         return;
     }
-    let (engine, done, _) = run_spec(&h, spec_of((h.programs.exit_with)(0)).with_keep_sandbox(1_000)).await;
+    let (engine, done, _) = run_spec(
+        &h,
+        spec_of((h.programs.exit_with)(0)).with_keep_sandbox(1_000),
+    )
+    .await;
     let ev = engine.evidence(&done.id).await.unwrap();
     assert!(ev.sandbox.kept, "evidence records the kept sandbox");
     assert!(!ev.sandbox.destroyed);
@@ -460,5 +653,10 @@ pub async fn keep_sandbox_is_recorded(h: BackendHarness) {
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let id = done.sandbox.as_ref().unwrap().id.clone();
     let swept = h.backend.sweep_orphans(&[]).await.unwrap();
-    assert!(!swept.iter().any(|s| s.contains(&id) || id.contains(s.as_str())), "kept sandbox destroyed after its TTL");
+    assert!(
+        !swept
+            .iter()
+            .any(|s| s.contains(&id) || id.contains(s.as_str())),
+        "kept sandbox destroyed after its TTL"
+    );
 }

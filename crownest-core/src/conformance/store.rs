@@ -14,13 +14,21 @@ use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 use crate::run::{ArchiveDescriptor, Artifact, ArtifactKind, RunOwner, RunRecord};
 use crate::spec::{Limits, RunSpec};
 use crate::status::RunStatus;
-use crate::store::{BlobExpect, ByteStream, CreateOutcome, RunCommit, RunQuery, Store, TransferRecord};
+use crate::store::{
+    BlobExpect, ByteStream, CreateOutcome, RunCommit, RunQuery, Store, TransferRecord,
+};
 use crate::time::Timestamp;
 
 fn new_run(key: Option<&str>) -> RunRecord {
     let mut spec = RunSpec::new(["true"]);
     spec.idempotency_key = key.map(str::to_owned);
-    RunRecord::new(RunId::new(), spec, "fake".into(), Limits::default(), RunOwner::current("conformance"))
+    RunRecord::new(
+        RunId::new(),
+        spec,
+        "fake".into(),
+        Limits::default(),
+        RunOwner::current("conformance"),
+    )
 }
 
 fn out(text: &str) -> NewEvent {
@@ -40,7 +48,11 @@ fn stream_of(data: &[u8]) -> ByteStream {
 }
 
 async fn created(store: &Arc<dyn Store>, key: Option<&str>) -> RunRecord {
-    store.create_run(new_run(key)).await.expect("create_run").into_run()
+    store
+        .create_run(new_run(key))
+        .await
+        .expect("create_run")
+        .into_run()
 }
 
 /// Commits `n` stdout events; returns the record after.
@@ -75,7 +87,12 @@ fn terminal_commit(stored: &RunRecord) -> RunCommit {
         failure: None,
         duration_ms: 1,
     });
-    let sealed = crate::event::seal(&stored.chain_head, &stored.id, stored.next_seq, terminal.clone());
+    let sealed = crate::event::seal(
+        &stored.chain_head,
+        &stored.id,
+        stored.next_seq,
+        terminal.clone(),
+    );
     let evidence = EvidenceBundle::build(&record, None, None, sealed);
     RunCommit {
         expected_next_seq: stored.next_seq,
@@ -89,25 +106,48 @@ fn terminal_commit(stored: &RunRecord) -> RunCommit {
 pub async fn create_and_get(store: Arc<dyn Store>) {
     let run = new_run(None);
     let out = store.create_run(run.clone()).await.unwrap();
-    assert_eq!(out, CreateOutcome::Created(run.clone()), "create_run returns Created");
-    assert_eq!(store.get_run(&run.id).await.unwrap(), run, "get_run returns the stored run");
+    assert_eq!(
+        out,
+        CreateOutcome::Created(run.clone()),
+        "create_run returns Created"
+    );
+    assert_eq!(
+        store.get_run(&run.id).await.unwrap(),
+        run,
+        "get_run returns the stored run"
+    );
 }
 
 /// A second create with the same idempotency key returns the first run as `Existing`.
 pub async fn idempotency_key_returns_existing(store: Arc<dyn Store>) {
     let first = created(&store, Some("key-1")).await;
     let second = store.create_run(new_run(Some("key-1"))).await.unwrap();
-    assert_eq!(second, CreateOutcome::Existing(first.clone()), "same key → Existing(first)");
+    assert_eq!(
+        second,
+        CreateOutcome::Existing(first.clone()),
+        "same key → Existing(first)"
+    );
     let all = store.list_runs(&RunQuery::default()).await.unwrap();
-    assert_eq!(all.iter().filter(|r| r.spec.idempotency_key.as_deref() == Some("key-1")).count(), 1);
+    assert_eq!(
+        all.iter()
+            .filter(|r| r.spec.idempotency_key.as_deref() == Some("key-1"))
+            .count(),
+        1
+    );
 }
 
 /// `get_run` of an unknown id is `NotFound`.
 pub async fn unknown_run_is_not_found(store: Arc<dyn Store>) {
     let err = store.get_run(&RunId::new()).await.unwrap_err();
-    assert!(matches!(err, Error::NotFound { kind: "run", .. }), "got {err:?}");
+    assert!(
+        matches!(err, Error::NotFound { kind: "run", .. }),
+        "got {err:?}"
+    );
     let err = store.list_events(&RunId::new(), 0, 10).await.unwrap_err();
-    assert!(matches!(err, Error::NotFound { .. }), "list_events of unknown run: {err:?}");
+    assert!(
+        matches!(err, Error::NotFound { .. }),
+        "list_events of unknown run: {err:?}"
+    );
 }
 
 /// `list_runs`: newest first, filtered by status, paged with `before`.
@@ -117,27 +157,60 @@ pub async fn list_runs_newest_first_filtered_and_paged(store: Arc<dyn Store>) {
         ids.push(created(&store, None).await.id);
     }
     let mut done = store.get_run(&ids[1]).await.unwrap();
-    store.commit(&done.id, terminal_commit(&done)).await.unwrap();
+    store
+        .commit(&done.id, terminal_commit(&done))
+        .await
+        .unwrap();
     done = store.get_run(&ids[1]).await.unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
 
-    let all = store.list_runs(&RunQuery { limit: 100, ..Default::default() }).await.unwrap();
-    let listed: Vec<RunId> = all.iter().map(|r| r.id.clone()).filter(|id| ids.contains(id)).collect();
+    let all = store
+        .list_runs(&RunQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<RunId> = all
+        .iter()
+        .map(|r| r.id.clone())
+        .filter(|id| ids.contains(id))
+        .collect();
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(listed, newest_first, "newest first");
 
-    let page1 = store.list_runs(&RunQuery { limit: 2, ..Default::default() }).await.unwrap();
-    assert_eq!(page1.len(), 2);
-    let page2 = store
-        .list_runs(&RunQuery { limit: 2, before: Some(page1[1].id.clone()), ..Default::default() })
+    let page1 = store
+        .list_runs(&RunQuery {
+            limit: 2,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert!(page2.iter().all(|r| r.id < page1[1].id), "page 2 is older than page 1");
-    assert!(!page2.iter().any(|r| page1.contains(r)), "pages do not overlap");
+    assert_eq!(page1.len(), 2);
+    let page2 = store
+        .list_runs(&RunQuery {
+            limit: 2,
+            before: Some(page1[1].id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        page2.iter().all(|r| r.id < page1[1].id),
+        "page 2 is older than page 1"
+    );
+    assert!(
+        !page2.iter().any(|r| page1.contains(r)),
+        "pages do not overlap"
+    );
 
     let succeeded = store
-        .list_runs(&RunQuery { status: Some(RunStatus::Succeeded), limit: 100, ..Default::default() })
+        .list_runs(&RunQuery {
+            status: Some(RunStatus::Succeeded),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(succeeded.iter().any(|r| r.id == ids[1]));
@@ -148,7 +221,15 @@ pub async fn list_runs_newest_first_filtered_and_paged(store: Arc<dyn Store>) {
 pub async fn commit_seals_gap_free_hash_chain(store: Arc<dyn Store>) {
     let run = created(&store, None).await;
     let sealed = store
-        .commit(&run.id, RunCommit { expected_next_seq: 1, events: vec![out("a"), out("b")], record: None, evidence: None })
+        .commit(
+            &run.id,
+            RunCommit {
+                expected_next_seq: 1,
+                events: vec![out("a"), out("b")],
+                record: None,
+                evidence: None,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(sealed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
@@ -157,8 +238,15 @@ pub async fn commit_seals_gap_free_hash_chain(store: Arc<dyn Store>) {
     let events = store.list_events(&run.id, 0, 100).await.unwrap();
     assert_eq!(events.len(), 5);
     let summary = verify_chain(&run.id, &events).expect("chain verifies");
-    assert_eq!(summary.chain_head, after.chain_head, "chain_head maintained by the store");
-    assert_eq!(events[..2], sealed[..], "list_events returns what commit sealed");
+    assert_eq!(
+        summary.chain_head, after.chain_head,
+        "chain_head maintained by the store"
+    );
+    assert_eq!(
+        events[..2],
+        sealed[..],
+        "list_events returns what commit sealed"
+    );
 }
 
 /// A stale `expected_next_seq` is a `Conflict` and writes nothing (events or record).
@@ -167,12 +255,28 @@ pub async fn commit_with_stale_seq_conflicts_and_writes_nothing(store: Arc<dyn S
     let mut changed = run.clone();
     changed.status = RunStatus::ArchiveReady;
     let err = store
-        .commit(&run.id, RunCommit { expected_next_seq: 1, events: vec![out("x")], record: Some(changed), evidence: None })
+        .commit(
+            &run.id,
+            RunCommit {
+                expected_next_seq: 1,
+                events: vec![out("x")],
+                record: Some(changed),
+                evidence: None,
+            },
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "got {err:?}");
-    assert_eq!(store.get_run(&run.id).await.unwrap(), run, "record unchanged");
-    assert_eq!(store.list_events(&run.id, 0, 100).await.unwrap().len(), 2, "no event written");
+    assert_eq!(
+        store.get_run(&run.id).await.unwrap(),
+        run,
+        "record unchanged"
+    );
+    assert_eq!(
+        store.list_events(&run.id, 0, 100).await.unwrap().len(),
+        2,
+        "no event written"
+    );
 }
 
 /// A terminal event must be last in its batch and come with evidence and a terminal record.
@@ -181,23 +285,51 @@ pub async fn terminal_must_be_last_with_evidence(store: Arc<dyn Store>) {
     let good = terminal_commit(&run);
     let mut not_last = good.clone();
     not_last.events.push(out("after"));
-    assert!(matches!(store.commit(&run.id, not_last).await, Err(Error::Conflict { .. })), "terminal not last");
+    assert!(
+        matches!(
+            store.commit(&run.id, not_last).await,
+            Err(Error::Conflict { .. })
+        ),
+        "terminal not last"
+    );
     let mut no_evidence = good.clone();
     no_evidence.evidence = None;
-    assert!(matches!(store.commit(&run.id, no_evidence).await, Err(Error::Conflict { .. })), "terminal without evidence");
+    assert!(
+        matches!(
+            store.commit(&run.id, no_evidence).await,
+            Err(Error::Conflict { .. })
+        ),
+        "terminal without evidence"
+    );
     let mut evidence_without_terminal = good.clone();
     evidence_without_terminal.events = vec![out("x")];
     assert!(
-        matches!(store.commit(&run.id, evidence_without_terminal).await, Err(Error::Conflict { .. })),
+        matches!(
+            store.commit(&run.id, evidence_without_terminal).await,
+            Err(Error::Conflict { .. })
+        ),
         "evidence without terminal"
     );
     let mut wrong_evidence = good.clone();
     if let Some(ev) = wrong_evidence.evidence.as_mut() {
         ev.terminal_event.hash = "00".repeat(32);
     }
-    assert!(matches!(store.commit(&run.id, wrong_evidence).await, Err(Error::Conflict { .. })), "evidence naming another terminal");
-    assert_eq!(store.list_events(&run.id, 0, 10).await.unwrap().len(), 0, "all refused commits wrote nothing");
-    store.commit(&run.id, good).await.expect("a well-formed terminal commit");
+    assert!(
+        matches!(
+            store.commit(&run.id, wrong_evidence).await,
+            Err(Error::Conflict { .. })
+        ),
+        "evidence naming another terminal"
+    );
+    assert_eq!(
+        store.list_events(&run.id, 0, 10).await.unwrap().len(),
+        0,
+        "all refused commits wrote nothing"
+    );
+    store
+        .commit(&run.id, good)
+        .await
+        .expect("a well-formed terminal commit");
 }
 
 /// Nothing can be appended after the terminal event.
@@ -206,27 +338,48 @@ pub async fn nothing_appends_after_terminal(store: Arc<dyn Store>) {
     store.commit(&run.id, terminal_commit(&run)).await.unwrap();
     let after = store.get_run(&run.id).await.unwrap();
     let err = store
-        .commit(&run.id, RunCommit { expected_next_seq: after.next_seq, events: vec![out("late")], record: None, evidence: None })
+        .commit(
+            &run.id,
+            RunCommit {
+                expected_next_seq: after.next_seq,
+                events: vec![out("late")],
+                record: None,
+                evidence: None,
+            },
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "got {err:?}");
     let events = store.list_events(&run.id, 0, 10).await.unwrap();
-    assert!(events.last().unwrap().kind.is_terminal(), "terminal stays last");
+    assert!(
+        events.last().unwrap().kind.is_terminal(),
+        "terminal stays last"
+    );
 }
 
 /// Evidence is `NotTerminal` before the end and equal to what was committed after.
 pub async fn evidence_is_stored_with_terminal(store: Arc<dyn Store>) {
     let run = created(&store, None).await;
-    assert!(matches!(store.get_evidence(&run.id).await, Err(Error::NotTerminal { .. })));
-    assert!(matches!(store.get_evidence(&RunId::new()).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.get_evidence(&run.id).await,
+        Err(Error::NotTerminal { .. })
+    ));
+    assert!(matches!(
+        store.get_evidence(&RunId::new()).await,
+        Err(Error::NotFound { .. })
+    ));
     let commit = terminal_commit(&run);
     let evidence = commit.evidence.clone().unwrap();
     store.commit(&run.id, commit).await.unwrap();
     let got = store.get_evidence(&run.id).await.unwrap();
     assert_eq!(got, evidence);
     let events = store.list_events(&run.id, 0, 10).await.unwrap();
-    got.verify_events(&events).expect("evidence verifies the stored events");
-    assert_eq!(store.get_run(&run.id).await.unwrap().status, RunStatus::Succeeded);
+    got.verify_events(&events)
+        .expect("evidence verifies the stored events");
+    assert_eq!(
+        store.get_run(&run.id).await.unwrap().status,
+        RunStatus::Succeeded
+    );
 }
 
 /// `request_cancel` sets `cancel_requested`; `commit` never clears it.
@@ -237,17 +390,31 @@ pub async fn cancel_flag_survives_commits(store: Arc<dyn Store>) {
     let mut record = run.clone();
     record.cancel_requested = false;
     store
-        .commit(&run.id, RunCommit { expected_next_seq: 1, events: vec![out("x")], record: Some(record), evidence: None })
+        .commit(
+            &run.id,
+            RunCommit {
+                expected_next_seq: 1,
+                events: vec![out("x")],
+                record: Some(record),
+                evidence: None,
+            },
+        )
         .await
         .unwrap();
-    assert!(store.get_run(&run.id).await.unwrap().cancel_requested, "commit kept the flag");
+    assert!(
+        store.get_run(&run.id).await.unwrap().cancel_requested,
+        "commit kept the flag"
+    );
 }
 
 /// `list_events(after_seq, limit)` returns a bounded window in order.
 pub async fn list_events_returns_a_window(store: Arc<dyn Store>) {
     let run = append(&store, &created(&store, None).await, 10).await;
     let w = store.list_events(&run.id, 3, 4).await.unwrap();
-    assert_eq!(w.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+    assert_eq!(
+        w.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
     assert!(store.list_events(&run.id, 10, 5).await.unwrap().is_empty());
     assert_eq!(store.list_events(&run.id, 8, 100).await.unwrap().len(), 2);
 }
@@ -257,7 +424,10 @@ pub async fn blobs_are_content_addressed(store: Arc<dyn Store>) {
     let data = b"hello blob".repeat(1000);
     let d = Sha256Digest::of(&data);
     assert_eq!(store.has_blob(&d).await.unwrap(), None);
-    let expect = BlobExpect { descriptor: None, max_bytes: 1 << 20 };
+    let expect = BlobExpect {
+        descriptor: None,
+        max_bytes: 1 << 20,
+    };
     let a = store.put_blob(stream_of(&data), expect).await.unwrap();
     let b = store.put_blob(stream_of(&data), expect).await.unwrap();
     assert_eq!(a, b);
@@ -267,26 +437,48 @@ pub async fn blobs_are_content_addressed(store: Arc<dyn Store>) {
     let mut back = Vec::new();
     std::io::Read::read_to_end(&mut store.open_blob(&d).await.unwrap(), &mut back).unwrap();
     assert_eq!(back, data);
-    assert!(matches!(store.open_blob(&Sha256Digest::of(b"nope")).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.open_blob(&Sha256Digest::of(b"nope")).await,
+        Err(Error::NotFound { .. })
+    ));
 }
 
 /// Size/digest mismatches and oversize blobs are `ArchiveRejected` and keep nothing.
 pub async fn blob_mismatch_keeps_nothing(store: Arc<dyn Store>) {
     let data = b"some archive bytes".repeat(100);
     let real = Sha256Digest::of(&data);
-    let wrong_size = ArchiveDescriptor { size_bytes: data.len() as u64 + 1, sha256: real.clone() };
-    let wrong_digest = ArchiveDescriptor { size_bytes: data.len() as u64, sha256: Sha256Digest::of(b"other") };
+    let wrong_size = ArchiveDescriptor {
+        size_bytes: data.len() as u64 + 1,
+        sha256: real.clone(),
+    };
+    let wrong_digest = ArchiveDescriptor {
+        size_bytes: data.len() as u64,
+        sha256: Sha256Digest::of(b"other"),
+    };
     for (desc, max, reason) in [
         (Some(&wrong_size), 1 << 20, RejectReason::SizeMismatch),
         (Some(&wrong_digest), 1 << 20, RejectReason::DigestMismatch),
         (None, 100, RejectReason::TooLarge),
     ] {
-        let err = store.put_blob(stream_of(&data), BlobExpect { descriptor: desc, max_bytes: max }).await.unwrap_err();
+        let err = store
+            .put_blob(
+                stream_of(&data),
+                BlobExpect {
+                    descriptor: desc,
+                    max_bytes: max,
+                },
+            )
+            .await
+            .unwrap_err();
         match err {
             Error::ArchiveRejected { reason: r, .. } => assert_eq!(r, reason),
             other => panic!("expected {reason:?}, got {other:?}"),
         }
-        assert_eq!(store.has_blob(&real).await.unwrap(), None, "nothing kept after {reason:?}");
+        assert_eq!(
+            store.has_blob(&real).await.unwrap(),
+            None,
+            "nothing kept after {reason:?}"
+        );
     }
 }
 
@@ -297,15 +489,22 @@ pub async fn transfer_chunks_any_order_idempotent(store: Arc<dyn Store>) {
     let t = TransferRecord {
         transfer_id: TransferId::new(),
         run_id: run.id.clone(),
-        descriptor: ArchiveDescriptor { size_bytes: data.len() as u64, sha256: Sha256Digest::of(&data) },
+        descriptor: ArchiveDescriptor {
+            size_bytes: data.len() as u64,
+            sha256: Sha256Digest::of(&data),
+        },
         chunk_size_bytes: 1000,
         received: BTreeSet::new(),
         created_at: Timestamp::now(),
     };
     store.create_transfer(&t).await.unwrap();
-    let chunk = |i: usize| Bytes::copy_from_slice(&data[i * 1000..((i + 1) * 1000).min(data.len())]);
+    let chunk =
+        |i: usize| Bytes::copy_from_slice(&data[i * 1000..((i + 1) * 1000).min(data.len())]);
     store.put_chunk(&t.transfer_id, 2, chunk(2)).await.unwrap();
-    assert!(store.open_transfer(&t.transfer_id).await.is_err(), "incomplete transfer cannot be opened");
+    assert!(
+        store.open_transfer(&t.transfer_id).await.is_err(),
+        "incomplete transfer cannot be opened"
+    );
     store.put_chunk(&t.transfer_id, 0, chunk(0)).await.unwrap();
     store.put_chunk(&t.transfer_id, 0, chunk(0)).await.unwrap();
     let status = store.get_transfer(&t.transfer_id).await.unwrap();
@@ -314,17 +513,30 @@ pub async fn transfer_chunks_any_order_idempotent(store: Arc<dyn Store>) {
     let done = store.put_chunk(&t.transfer_id, 1, chunk(1)).await.unwrap();
     assert!(done.is_complete());
     let mut back = Vec::new();
-    std::io::Read::read_to_end(&mut store.open_transfer(&t.transfer_id).await.unwrap(), &mut back).unwrap();
+    std::io::Read::read_to_end(
+        &mut store.open_transfer(&t.transfer_id).await.unwrap(),
+        &mut back,
+    )
+    .unwrap();
     assert_eq!(back, data);
     store.delete_transfer(&t.transfer_id).await.unwrap();
-    assert!(matches!(store.get_transfer(&t.transfer_id).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.get_transfer(&t.transfer_id).await,
+        Err(Error::NotFound { .. })
+    ));
 }
 
 /// `get_artifact` finds an artifact of any run by id.
 pub async fn artifacts_are_found_by_id(store: Arc<dyn Store>) {
     let run = created(&store, None).await;
     let info = store
-        .put_blob(stream_of(b"artifact"), BlobExpect { descriptor: None, max_bytes: 100 })
+        .put_blob(
+            stream_of(b"artifact"),
+            BlobExpect {
+                descriptor: None,
+                max_bytes: 100,
+            },
+        )
         .await
         .unwrap();
     let artifact = Artifact {
@@ -339,18 +551,35 @@ pub async fn artifacts_are_found_by_id(store: Arc<dyn Store>) {
     let mut record = run.clone();
     record.artifacts.push(artifact.clone());
     store
-        .commit(&run.id, RunCommit { expected_next_seq: 1, events: vec![], record: Some(record), evidence: None })
+        .commit(
+            &run.id,
+            RunCommit {
+                expected_next_seq: 1,
+                events: vec![],
+                record: Some(record),
+                evidence: None,
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(store.get_artifact(&artifact.artifact_id).await.unwrap(), artifact);
-    assert!(matches!(store.get_artifact(&ArtifactId::new()).await, Err(Error::NotFound { .. })));
+    assert_eq!(
+        store.get_artifact(&artifact.artifact_id).await.unwrap(),
+        artifact
+    );
+    assert!(matches!(
+        store.get_artifact(&ArtifactId::new()).await,
+        Err(Error::NotFound { .. })
+    ));
 }
 
 /// `list_unfinished` returns every run not in a terminal state.
 pub async fn list_unfinished_returns_non_terminal(store: Arc<dyn Store>) {
     let open = created(&store, None).await;
     let done = created(&store, None).await;
-    store.commit(&done.id, terminal_commit(&done)).await.unwrap();
+    store
+        .commit(&done.id, terminal_commit(&done))
+        .await
+        .unwrap();
     let unfinished = store.list_unfinished().await.unwrap();
     assert!(unfinished.iter().any(|r| r.id == open.id));
     assert!(!unfinished.iter().any(|r| r.id == done.id));
@@ -367,7 +596,12 @@ pub async fn concurrent_commits_to_many_runs(store: Arc<dyn Store>) {
                 store
                     .commit(
                         &run.id,
-                        RunCommit { expected_next_seq: i + 1, events: vec![out("x")], record: None, evidence: None },
+                        RunCommit {
+                            expected_next_seq: i + 1,
+                            events: vec![out("x")],
+                            record: None,
+                            evidence: None,
+                        },
                     )
                     .await
                     .unwrap();

@@ -99,7 +99,10 @@ impl Driver {
                         .set_status(&mut fresh, RunStatus::Finalizing, Vec::new())
                         .await;
                 }
-                let failure = Failure::new(FailureKind::SandboxError, format!("engine error: {}", e.chain()));
+                let failure = Failure::new(
+                    FailureKind::SandboxError,
+                    format!("engine error: {}", e.chain()),
+                );
                 let _ = self
                     .engine
                     .terminate(&mut fresh, Outcome::Failed, Some(failure), None, None)
@@ -113,7 +116,10 @@ impl Driver {
     }
 
     async fn commit(&mut self, events: Vec<NewEvent>) -> Result<()> {
-        self.engine.commit(&mut self.record, events, None).await.map(|_| ())
+        self.engine
+            .commit(&mut self.record, events, None)
+            .await
+            .map(|_| ())
     }
 
     async fn status(&mut self, input: Input, extra: Vec<NewEvent>) -> Result<()> {
@@ -146,7 +152,9 @@ impl Driver {
             Ok(s) => s,
             Err(e) => {
                 let ending = match &e {
-                    Error::InvalidSpec { .. } => Ending::failed(FailureKind::SpawnFailed, e.to_string()),
+                    Error::InvalidSpec { .. } => {
+                        Ending::failed(FailureKind::SpawnFailed, e.to_string())
+                    }
                     _ => Ending::failed(FailureKind::SandboxError, e.chain()),
                 };
                 return self.finalize(None, ending).await;
@@ -163,7 +171,9 @@ impl Driver {
 
         if let Err(e) = self.materialize(sandbox.as_ref()).await {
             let ending = match &e {
-                Error::ArchiveRejected { .. } => Ending::failed(FailureKind::ArchiveRejected, e.to_string()),
+                Error::ArchiveRejected { .. } => {
+                    Ending::failed(FailureKind::ArchiveRejected, e.to_string())
+                }
                 _ => Ending::failed(FailureKind::SandboxError, e.chain()),
             };
             return self.finalize(Some(sandbox), ending).await;
@@ -246,7 +256,8 @@ impl Driver {
     async fn execute(&mut self, sandbox: &dyn Sandbox) -> Result<Ending> {
         let cfg = self.engine.config().clone();
         let limits = self.record.limits;
-        let chunker = OutputChunker::new(limits.output_bytes_per_stream, self.env.values().cloned());
+        let chunker =
+            OutputChunker::new(limits.output_bytes_per_stream, self.env.values().cloned());
         let (tx, mut rx) = mpsc::channel::<SinkMsg>(16);
         let sink = EngineSink {
             chunker: &chunker,
@@ -261,7 +272,8 @@ impl Driver {
 
         let begun = tokio::time::Instant::now();
         let deadline = begun + Duration::from_millis(limits.timeout_ms);
-        let mut heartbeat = tokio::time::interval_at(begun + cfg.heartbeat_interval, cfg.heartbeat_interval);
+        let mut heartbeat =
+            tokio::time::interval_at(begun + cfg.heartbeat_interval, cfg.heartbeat_interval);
         let mut cancel_poll = tokio::time::interval(cfg.cancel_poll_interval);
         // (reason, next rung, when)
         let mut ladder: Option<(KillReason, u8, tokio::time::Instant)> = None;
@@ -351,7 +363,12 @@ impl Driver {
         let outcome = match exec_result {
             Some(Ok(o)) => o,
             Some(Err(e)) => return Ok(Ending::failed(FailureKind::SandboxError, e.chain())),
-            None => return Ok(Ending::failed(FailureKind::SandboxError, "exec did not finish")),
+            None => {
+                return Ok(Ending::failed(
+                    FailureKind::SandboxError,
+                    "exec did not finish",
+                ));
+            }
         };
         if !outcome.survivors.is_empty() {
             let message = format!(
@@ -360,7 +377,8 @@ impl Driver {
                 outcome.survivors.join(", ")
             );
             if let Some(iso) = self.isolation.as_mut() {
-                iso.details.insert("survivors".into(), outcome.survivors.join(", "));
+                iso.details
+                    .insert("survivors".into(), outcome.survivors.join(", "));
             }
             self.commit(vec![NewEvent::now(EventKind::Error {
                 code: "survivors".into(),
@@ -377,18 +395,23 @@ impl Driver {
             (Some(KillReason::Cancel), _) => Ending::canceled(),
             (Some(KillReason::Timeout), _) => Ending::failed(
                 FailureKind::TimedOut,
-                format!("the command ran past its {} ms deadline and was killed", limits.timeout_ms),
+                format!(
+                    "the command ran past its {} ms deadline and was killed",
+                    limits.timeout_ms
+                ),
             ),
             (_, ExitStatus::Exited(0)) => Ending {
                 outcome: Outcome::Succeeded,
                 failure: None,
             },
-            (_, ExitStatus::Exited(code)) => {
-                Ending::failed(FailureKind::ExitNonzero, format!("the command exited with code {code}"))
-            }
-            (_, ExitStatus::Signaled(sig)) => {
-                Ending::failed(FailureKind::Signaled, format!("the command was killed by signal {sig}"))
-            }
+            (_, ExitStatus::Exited(code)) => Ending::failed(
+                FailureKind::ExitNonzero,
+                format!("the command exited with code {code}"),
+            ),
+            (_, ExitStatus::Signaled(sig)) => Ending::failed(
+                FailureKind::Signaled,
+                format!("the command was killed by signal {sig}"),
+            ),
             (_, ExitStatus::SpawnFailed(msg)) => Ending::failed(FailureKind::SpawnFailed, msg),
             (_, ExitStatus::LimitExceeded(msg)) => Ending::failed(FailureKind::LimitExceeded, msg),
         })
@@ -406,7 +429,10 @@ impl Driver {
     ) -> Result<Option<tokio::time::Instant>> {
         let now = tokio::time::Instant::now();
         let (signal, next) = match rung {
-            0 => (Some(KillSignal::Term), Some(now + Duration::from_millis(grace_ms))),
+            0 => (
+                Some(KillSignal::Term),
+                Some(now + Duration::from_millis(grace_ms)),
+            ),
             1 => (Some(KillSignal::Kill), Some(now + cfg.kill_confirm_timeout)),
             _ => (None, None),
         };
@@ -431,7 +457,11 @@ impl Driver {
     }
 
     /// `finalizing`: artifacts, destroy or keep, then the terminal commit.
-    async fn finalize(&mut self, sandbox: Option<Box<dyn Sandbox>>, mut ending: Ending) -> Result<()> {
+    async fn finalize(
+        &mut self,
+        sandbox: Option<Box<dyn Sandbox>>,
+        mut ending: Ending,
+    ) -> Result<()> {
         let input = if ending.outcome == Outcome::Canceled {
             Input::Cancel
         } else {
@@ -452,7 +482,10 @@ impl Driver {
                 Err(_) => {
                     self.commit(vec![NewEvent::now(EventKind::Error {
                         code: "finalization_budget".into(),
-                        message: format!("artifact collection exceeded the {} ms budget", budget.as_millis()),
+                        message: format!(
+                            "artifact collection exceeded the {} ms budget",
+                            budget.as_millis()
+                        ),
                     })])
                     .await?;
                 }
@@ -468,12 +501,20 @@ impl Driver {
         }
 
         if let Some(sandbox) = sandbox {
-            let remaining = budget.saturating_sub(started.elapsed()).max(Duration::from_secs(5));
+            let remaining = budget
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(5));
             self.release_sandbox(sandbox, remaining).await?;
         }
         let mut rec = self.record.clone();
         self.engine
-            .terminate(&mut rec, ending.outcome, ending.failure, self.identity.clone(), self.isolation.clone())
+            .terminate(
+                &mut rec,
+                ending.outcome,
+                ending.failure,
+                self.identity.clone(),
+                self.isolation.clone(),
+            )
             .await?;
         self.record = rec;
         Ok(())
@@ -493,7 +534,11 @@ impl Driver {
         let requests = self.record.spec.artifacts.clone();
         let mut total: u64 = 0;
         for req in requests {
-            let remaining = self.record.limits.artifact_bytes_total.saturating_sub(total);
+            let remaining = self
+                .record
+                .limits
+                .artifact_bytes_total
+                .saturating_sub(total);
             let max = self.record.limits.artifact_bytes_each.min(remaining);
             let result = if materialized {
                 sandbox.collect_artifact(&req.path, max).await
@@ -548,22 +593,34 @@ impl Driver {
         if collected.size_bytes > max {
             return Err(ArtifactFailure::new(
                 ArtifactErrorReason::TooLarge,
-                format!("{path:?} is {} bytes, over the {max} byte limit", collected.size_bytes),
+                format!(
+                    "{path:?} is {} bytes, over the {max} byte limit",
+                    collected.size_bytes
+                ),
             ));
         }
-        let stream = super::intake::reader_stream(Box::new(std::io::Read::take(collected.reader, max + 1)));
+        let stream =
+            super::intake::reader_stream(Box::new(std::io::Read::take(collected.reader, max + 1)));
         let expect = BlobExpect {
             descriptor: None,
             max_bytes: max,
         };
         let hashed = stream.boxed();
-        let info = self.engine.store().put_blob(hashed, expect).await.map_err(|e| match e {
-            Error::ArchiveRejected { .. } => ArtifactFailure::new(
-                ArtifactErrorReason::TooLarge,
-                format!("{path:?} grew over the {max} byte limit while being read"),
-            ),
-            e => ArtifactFailure::new(ArtifactErrorReason::NotFound, format!("storing {path:?} failed: {}", e.chain())),
-        })?;
+        let info = self
+            .engine
+            .store()
+            .put_blob(hashed, expect)
+            .await
+            .map_err(|e| match e {
+                Error::ArchiveRejected { .. } => ArtifactFailure::new(
+                    ArtifactErrorReason::TooLarge,
+                    format!("{path:?} grew over the {max} byte limit while being read"),
+                ),
+                e => ArtifactFailure::new(
+                    ArtifactErrorReason::NotFound,
+                    format!("storing {path:?} failed: {}", e.chain()),
+                ),
+            })?;
         let _ = Sha256::new();
         Ok(Artifact {
             artifact_id: ArtifactId::new(),
@@ -603,7 +660,10 @@ impl Driver {
                 Err(e) => {
                     self.commit(vec![NewEvent::now(EventKind::Error {
                         code: "keep_failed".into(),
-                        message: format!("keeping the sandbox failed, destroying it: {}", e.chain()),
+                        message: format!(
+                            "keeping the sandbox failed, destroying it: {}",
+                            e.chain()
+                        ),
                     })])
                     .await?;
                 }
@@ -625,7 +685,10 @@ impl Driver {
             Err(_) => {
                 self.commit(vec![NewEvent::now(EventKind::Error {
                     code: "cleanup_failed".into(),
-                    message: format!("destroying the sandbox took longer than {} ms", budget.as_millis()),
+                    message: format!(
+                        "destroying the sandbox took longer than {} ms",
+                        budget.as_millis()
+                    ),
                 })])
                 .await?;
             }

@@ -50,7 +50,11 @@ impl From<&TransferRecord> for TransferStatus {
             descriptor: t.descriptor.clone(),
             chunk_size_bytes: t.chunk_size_bytes,
             bytes_received: t.bytes_received(),
-            missing: t.missing_ranges().into_iter().map(|(a, b)| [a, b]).collect(),
+            missing: t
+                .missing_ranges()
+                .into_iter()
+                .map(|(a, b)| [a, b])
+                .collect(),
             complete: t.is_complete(),
         }
     }
@@ -90,7 +94,12 @@ impl WorkspaceRuns {
     }
 
     /// Direct upload of a whole archive held in memory (≤ `direct_upload_max_bytes`).
-    pub async fn upload_archive(&self, id: &RunId, descriptor: &ArchiveDescriptor, bytes: Bytes) -> Result<RunRecord> {
+    pub async fn upload_archive(
+        &self,
+        id: &RunId,
+        descriptor: &ArchiveDescriptor,
+        bytes: Bytes,
+    ) -> Result<RunRecord> {
         let stream = futures::stream::once(async move { Ok(bytes) }).boxed();
         self.upload_archive_stream(id, descriptor, stream).await
     }
@@ -109,12 +118,17 @@ impl WorkspaceRuns {
                 max,
             });
         }
-        self.intake(id, descriptor, data, max, UploadKind::Direct).await
+        self.intake(id, descriptor, data, max, UploadKind::Direct)
+            .await
     }
 
     /// Attaches an archive already stored (by digest) to a run, after checking it against
     /// this run's extraction policy.
-    pub async fn attach_archive(&self, id: &RunId, descriptor: &ArchiveDescriptor) -> Result<RunRecord> {
+    pub async fn attach_archive(
+        &self,
+        id: &RunId,
+        descriptor: &ArchiveDescriptor,
+    ) -> Result<RunRecord> {
         let run_lock = self.run_lock(id);
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
@@ -125,16 +139,24 @@ impl WorkspaceRuns {
                 return Err(Error::rejected(
                     crate::error::RejectReason::SizeMismatch,
                     None,
-                    format!("declared {} bytes, stored archive has {size}", descriptor.size_bytes),
+                    format!(
+                        "declared {} bytes, stored archive has {size}",
+                        descriptor.size_bytes
+                    ),
                 ));
             }
             None => return Err(Error::not_found("archive", &descriptor.sha256)),
         }
-        self.verify_stored(&mut record, descriptor, UploadKind::Existing).await
+        self.verify_stored(&mut record, descriptor, UploadKind::Existing)
+            .await
     }
 
     /// Begins a staged transfer for a run in `awaiting_archive`.
-    pub async fn begin_transfer(&self, id: &RunId, descriptor: &ArchiveDescriptor) -> Result<TransferStatus> {
+    pub async fn begin_transfer(
+        &self,
+        id: &RunId,
+        descriptor: &ArchiveDescriptor,
+    ) -> Result<TransferStatus> {
         let record = self.get(id).await?;
         transition(record.status, Input::ArchiveVerified)?;
         let max = self.inner.config.staged_upload_max_bytes;
@@ -158,7 +180,12 @@ impl WorkspaceRuns {
 
     /// Stores one chunk at `offset` (a multiple of the chunk size; exact length). Idempotent;
     /// chunks may arrive in any order and be resent after a dropped connection.
-    pub async fn put_chunk(&self, transfer: &TransferId, offset: u64, data: Bytes) -> Result<TransferStatus> {
+    pub async fn put_chunk(
+        &self,
+        transfer: &TransferId,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<TransferStatus> {
         let t = self.inner.store.get_transfer(transfer).await?;
         let index = t.check_chunk(offset, data.len() as u64)?;
         let t = self.inner.store.put_chunk(transfer, index, data).await?;
@@ -179,7 +206,11 @@ impl WorkspaceRuns {
             let missing = t.missing_ranges();
             return Err(Error::invalid(
                 "transfer",
-                format!("{} byte range(s) missing, first at {:?}", missing.len(), missing.first()),
+                format!(
+                    "{} byte range(s) missing, first at {:?}",
+                    missing.len(),
+                    missing.first()
+                ),
             ));
         }
         let reader = self.inner.store.open_transfer(transfer).await?;
@@ -222,7 +253,9 @@ impl WorkspaceRuns {
             data.inspect(move |c| {
                 if let Ok(b) = c {
                     done.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    uploaded.bytes_uploaded.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    uploaded
+                        .bytes_uploaded
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
             })
             .boxed()
@@ -317,7 +350,8 @@ impl WorkspaceRuns {
             bytes_total: total,
             entries: summary.entries,
         });
-        self.set_status(record, RunStatus::ArchiveReady, vec![progress]).await?;
+        self.set_status(record, RunStatus::ArchiveReady, vec![progress])
+            .await?;
         Ok(record.clone())
     }
 

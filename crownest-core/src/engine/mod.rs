@@ -192,7 +192,10 @@ impl WorkspaceRunsBuilder {
         let default_backend = match &self.config.default_backend {
             Some(name) if backends.contains_key(name) => name.clone(),
             Some(name) => {
-                return Err(Error::invalid("defaultBackend", format!("no backend named {name:?}")));
+                return Err(Error::invalid(
+                    "defaultBackend",
+                    format!("no backend named {name:?}"),
+                ));
             }
             None => self.backends[0].name().to_owned(),
         };
@@ -295,7 +298,8 @@ impl WorkspaceRuns {
         self.backend(&backend)?;
         let env = spec.env.clone();
         let id = RunId::new();
-        let mut record = RunRecord::new(id.clone(), spec, backend, limits, self.inner.owner.clone());
+        let mut record =
+            RunRecord::new(id.clone(), spec, backend, limits, self.inner.owner.clone());
         let created = self.inner.store.create_run(record.clone()).await?;
         match created {
             CreateOutcome::Existing(existing) => Ok(existing),
@@ -322,8 +326,16 @@ impl WorkspaceRuns {
     }
 
     /// A bounded window of events with `seq > after_seq` (at most `limit`, capped at 1000).
-    pub async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
-        self.inner.store.list_events(id, after_seq, limit.clamp(1, 1000)).await
+    pub async fn list_events(
+        &self,
+        id: &RunId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        self.inner
+            .store
+            .list_events(id, after_seq, limit.clamp(1, 1000))
+            .await
     }
 
     /// The Evidence Bundle; `Error::NotTerminal` before the run ended.
@@ -357,14 +369,19 @@ impl WorkspaceRuns {
         record.timestamps.started = Some(Timestamp::now());
         record.owner = Some(self.inner.owner.clone());
         self.set_status(&mut record, to, Vec::new()).await?;
-        self.inner.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .runs_started
+            .fetch_add(1, Ordering::Relaxed);
         let (cancel_tx, cancel_rx) = watch::channel(false);
         lock(&self.inner.live).insert(id.clone(), LiveRun { cancel: cancel_tx });
         let engine = self.clone();
         let driven = record.clone();
         tokio::spawn(async move {
             let id = driven.id.clone();
-            driver::Driver::new(engine.clone(), driven, backend, env, cancel_rx).run().await;
+            driver::Driver::new(engine.clone(), driven, backend, env, cancel_rx)
+                .run()
+                .await;
             lock(&engine.inner.live).remove(&id);
         });
         Ok(record)
@@ -388,7 +405,8 @@ impl WorkspaceRuns {
             RunStatus::AwaitingArchive | RunStatus::ArchiveReady => {
                 transition(record.status, Input::Cancel)?;
                 lock(&self.inner.secrets).remove(id);
-                self.terminate(&mut record, Outcome::Canceled, None, None, None).await?;
+                self.terminate(&mut record, Outcome::Canceled, None, None, None)
+                    .await?;
                 Ok(record)
             }
             s if s.is_terminal() => Err(Error::InvalidTransition {
@@ -439,7 +457,10 @@ impl WorkspaceRuns {
                 // The sweep below destroys it.
                 sb.destroyed = true;
             }
-            match self.terminate(&mut run, Outcome::Failed, Some(failure), None, None).await {
+            match self
+                .terminate(&mut run, Outcome::Failed, Some(failure), None, None)
+                .await
+            {
                 Ok(()) => report.reclaimed.push(run.id.clone()),
                 // Another process reclaimed it first.
                 Err(Error::Conflict { .. }) => {}
@@ -448,15 +469,22 @@ impl WorkspaceRuns {
         }
         for (name, backend) in &self.inner.backends {
             match backend.sweep_orphans(&report.live_elsewhere).await {
-                Ok(swept) => report.swept.extend(swept.into_iter().map(|s| (name.clone(), s))),
-                Err(e) => tracing::warn!(backend = %name, error = %e.chain(), "sweep_orphans failed"),
+                Ok(swept) => report
+                    .swept
+                    .extend(swept.into_iter().map(|s| (name.clone(), s))),
+                Err(e) => {
+                    tracing::warn!(backend = %name, error = %e.chain(), "sweep_orphans failed")
+                }
             }
         }
         Ok(report)
     }
 
     fn run_lock(&self, id: &RunId) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.inner.run_locks).entry(id.clone()).or_default().clone()
+        lock(&self.inner.run_locks)
+            .entry(id.clone())
+            .or_default()
+            .clone()
     }
 
     /// The one commit path of the engine: appends `events` and stores `record` (and the
@@ -505,7 +533,12 @@ impl WorkspaceRuns {
     }
 
     /// Transition + `status` event (plus `extra` events before it) in one commit.
-    async fn set_status(&self, record: &mut RunRecord, to: RunStatus, mut extra: Vec<NewEvent>) -> Result<()> {
+    async fn set_status(
+        &self,
+        record: &mut RunRecord,
+        to: RunStatus,
+        mut extra: Vec<NewEvent>,
+    ) -> Result<()> {
         let previous = record.status;
         record.status = to;
         extra.push(NewEvent::now(EventKind::Status {
@@ -550,8 +583,18 @@ impl WorkspaceRuns {
         };
         // The evidence names the terminal event exactly as the store will seal it: the
         // chain is deterministic, so seal it here from the current head.
-        let status_sealed = seal(&record.chain_head, &record.id, record.next_seq, status_event.clone());
-        let terminal_sealed = seal(&status_sealed.hash, &record.id, record.next_seq + 1, terminal.clone());
+        let status_sealed = seal(
+            &record.chain_head,
+            &record.id,
+            record.next_seq,
+            status_event.clone(),
+        );
+        let terminal_sealed = seal(
+            &status_sealed.hash,
+            &record.id,
+            record.next_seq + 1,
+            terminal.clone(),
+        );
         let evidence = EvidenceBundle::build(record, identity, isolation, terminal_sealed);
         self.commit(record, vec![status_event, terminal], Some(evidence))
             .await

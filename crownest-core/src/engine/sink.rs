@@ -129,7 +129,13 @@ impl OutputChunker {
         ]
     }
 
-    fn chunk(&self, stream: OutputStream, st: &mut StreamState, data: &[u8], flush: bool) -> Vec<NewEvent> {
+    fn chunk(
+        &self,
+        stream: OutputStream,
+        st: &mut StreamState,
+        data: &[u8],
+        flush: bool,
+    ) -> Vec<NewEvent> {
         let room = self.cap.saturating_sub(st.stored + st.carry.len() as u64);
         let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
         st.dropped += (data.len() - take) as u64;
@@ -253,7 +259,9 @@ mod tests {
         events.extend(c.finish());
         let mut offset = 0;
         for e in &events {
-            let EventKind::Stderr(chunk) = &e.kind else { panic!("stderr only") };
+            let EventKind::Stderr(chunk) = &e.kind else {
+                panic!("stderr only")
+            };
             assert_eq!(chunk.offset, offset);
             assert!(chunk.len() as usize <= MAX_CHUNK);
             offset += chunk.len();

@@ -66,7 +66,9 @@ impl WorkspaceRuns {
     pub fn subscribe(&self, id: &RunId, after_seq: u64) -> EventStream {
         let rx = {
             let mut w = lock(&self.inner.watchers);
-            w.entry(id.clone()).or_insert_with(|| watch::channel(0).0).subscribe()
+            w.entry(id.clone())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
         };
         let state = State {
             engine: self.clone(),
@@ -90,7 +92,13 @@ impl WorkspaceRuns {
                         st.release_watch();
                         return None;
                     }
-                    match st.engine.inner.store.list_events(&st.id, st.after, PAGE).await {
+                    match st
+                        .engine
+                        .inner
+                        .store
+                        .list_events(&st.id, st.after, PAGE)
+                        .await
+                    {
                         Err(e) => {
                             st.done = true;
                             return Some((Err(e), st));
