@@ -45,7 +45,8 @@ impl DockerBackend {
             endpoint: endpoint.clone(),
             source,
         };
-        let timeout = config.request_timeout.as_secs().max(1);
+        // bollard's timeout bounds a request until its response headers arrive: a whole
+        // upload, but not a streamed body (attach and wait answer at once).
         let docker = match &config.host {
             Some(host) => Docker::connect_with_host(host),
             None => Docker::connect_with_local_defaults(),
@@ -54,7 +55,7 @@ impl DockerBackend {
         .with_timeout(
             config
                 .request_timeout
-                .max(std::time::Duration::from_secs(timeout)),
+                .max(std::time::Duration::from_secs(1)),
         );
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         docker.ping().await.map_err(connect_err)?;

@@ -424,3 +424,18 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
         assert!(labels.contains_key(l), "label {l} missing: {labels:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_files_belong_to_the_sandbox_user() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let code = "import os\nfor p in ['.', 'hello.txt', 'sub', 'sub/inner.txt']:\n    st = os.stat(p); print(p, st.st_uid, st.st_gid)\n\
+                open('hello.txt', 'a').write('more'); open('sub/new', 'w').write('x'); print('writable')";
+    let (done, events) = run(&b, py(code)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(
+        output_of(&events, OutputStream::Stdout),
+        ". 10001 10001\nhello.txt 10001 10001\nsub 10001 10001\nsub/inner.txt 10001 10001\nwritable\n"
+    );
+}

@@ -32,7 +32,13 @@ pub async fn backend() -> Option<DockerBackend> {
     if docker_required() {
         panic!("CROWNEST_REQUIRE_DOCKER=1 but {reason}");
     }
-    eprintln!("skipped: {reason} (set CROWNEST_REQUIRE_DOCKER=1 to make this a failure)");
+    // Written to the stderr handle directly: libtest captures `eprintln!`, and a skip must
+    // be visible.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("skipped: {reason} (set CROWNEST_REQUIRE_DOCKER=1 to make this a failure)\n")
+            .as_bytes(),
+    );
     None
 }
 
