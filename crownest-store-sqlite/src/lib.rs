@@ -46,6 +46,7 @@
 //! | schema | versioned by `PRAGMA user_version`, migrated step by step on open; a newer database is refused |
 //! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `check_commit`, `seal_all` from the stored chain head, `check_sealed_evidence`, insert events, update the run, its artifacts and its evidence |
 //! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
+//! | checkpoints | a background thread runs `PASSIVE` WAL checkpoints every 32 MiB of committed events, off the writer's path; SQLite's own autocheckpoint stays as a backstop (16 384 pages) |
 //! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes |
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |
@@ -87,6 +88,16 @@
 //! | `batch_linger` | 0 | wait on an empty queue for one more write (0: commit at once; writes queued during the previous fsync still share the next one) |
 //!
 //! A single commit larger than `max_batch_bytes` is a batch of its own; it is never split.
+//! [`SqliteStore::write_stats`] tells how many transactions the writes took.
+//!
+//! ## Throughput
+//!
+//! `examples/append_throughput.rs` appends 256 MiB of 64 KiB `stdout` events through
+//! `commit`. Fed as the engine feeds it (the driver commits whatever output is queued, up to
+//! 16 chunks with the engine's channel), it persists ≥ 100 MB/s on this project's 2-core
+//! machine. One chunk per commit is bound by the disk's fsync latency (one WAL fsync per
+//! commit, as `synchronous=FULL` requires); concurrent runs share fsyncs through group
+//! commit.
 //!
 //! ## Not done here
 //!
@@ -94,6 +105,7 @@
 //! blobs stay until the directory is removed.
 
 mod blobs;
+mod checkpoint;
 mod config;
 mod error;
 mod gc;

@@ -23,6 +23,7 @@ use crownest_core::{Error, Result};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{CHECKPOINT_BYTES, Checkpointer};
 use crate::config::SqliteConfig;
 use crate::error::{Fault, Faults, OpError, Poison, db, io, is_busy};
 use crate::layout::{Layout, Trashed};
@@ -176,6 +177,10 @@ impl Writer {
         shared: Arc<Shared>,
         config: &SqliteConfig,
     ) -> Result<Self> {
+        // The checkpointer does the copying; SQLite's own stays as a backstop.
+        conn.pragma_update(None, "wal_autocheckpoint", 16384)
+            .map_err(|e| db("setting wal_autocheckpoint", e))?;
+        let checkpointer = Checkpointer::start(&shared.layout.db, config.busy_timeout)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_shared = shared.clone();
         let knobs = Knobs {
@@ -185,7 +190,7 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("crownest-sqlite-writer".into())
-            .spawn(move || run(conn, &rx, &thread_shared, knobs))
+            .spawn(move || run(conn, &rx, &thread_shared, knobs, checkpointer))
             .map_err(|e| io("starting the writer thread", e))?;
         Ok(Self { tx, shared })
     }
@@ -242,8 +247,15 @@ struct Knobs {
 /// Most ops in one transaction, whatever their size.
 const MAX_BATCH_OPS: usize = 1024;
 
-fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) {
+fn run(
+    mut conn: Connection,
+    rx: &Receiver<Msg>,
+    shared: &Shared,
+    knobs: Knobs,
+    checkpointer: Checkpointer,
+) {
     let mut close = None;
+    let mut since_checkpoint = 0;
     while close.is_none() {
         let first = match rx.recv() {
             Ok(Msg::Op(op)) => op,
@@ -281,7 +293,13 @@ fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) 
             }
         }
         execute(&mut conn, batch, shared);
+        since_checkpoint += bytes;
+        if since_checkpoint >= CHECKPOINT_BYTES {
+            checkpointer.request();
+            since_checkpoint = 0;
+        }
     }
+    drop(checkpointer);
     drop(conn);
     if let Some(tx) = close {
         let _ = tx.send(());
@@ -318,7 +336,17 @@ fn execute(conn: &mut Connection, mut batch: Vec<Box<dyn WriteOp>>, shared: &Sha
             shared,
             trash: Vec::new(),
         };
-        match op.apply(conn, &mut ctx) {
+        // A panicking op (a bug) must not take the writer thread, and with it every later
+        // write, down silently: it fails its batch and poisons the store like any fatal error.
+        let applied =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.apply(conn, &mut ctx)))
+                .unwrap_or_else(|_| {
+                    Err(Error::Store {
+                        message: "a write panicked".into(),
+                        source: None,
+                    })
+                });
+        match applied {
             Ok(true) => {
                 trash.append(&mut ctx.trash);
                 if let Err(e) = conn.execute_batch("RELEASE op") {
