@@ -7,8 +7,9 @@
 //! 1. each parent component is `stat`ed on its own (`HEAD .../archive`, which never
 //!    follows the last component) and mirrored into a private host directory: a real
 //!    directory becomes a directory, a symlink becomes the same symlink (never followed
-//!    here), anything else an empty placeholder — and the walk stops at the first
-//!    non-directory;
+//!    here; its raw target comes from downloading the link itself, because the stat
+//!    answer carries a target already resolved by Docker), anything else an empty
+//!    placeholder — and the walk stops at the first non-directory;
 //! 2. only when every parent is a real directory, the path itself is downloaded (its last
 //!    component is not followed by Docker either) and unpacked into the mirror by a strict
 //!    unpacker: no absolute or `..` names, nothing written through a symlink, no device
@@ -96,8 +97,20 @@ pub(crate) async fn collect(
             if stat.file_mode & GO_MODE_DIR != 0 {
                 fs::create_dir(&local).map_err(|e| not_found(format!("host staging: {e}")))?;
             } else if stat.file_mode & GO_MODE_SYMLINK != 0 {
-                std::os::unix::fs::symlink(&stat.link_target, &local)
-                    .map_err(|e| not_found(format!("host staging: {e}")))?;
+                // The stat's `linkTarget` is already resolved by Docker; the raw target
+                // comes with the link itself (the last component of a download is not
+                // followed), so the collector judges the link as it is.
+                let parent = local.parent().unwrap_or(&root).to_path_buf();
+                download_into(
+                    docker,
+                    container,
+                    &remote,
+                    &parent,
+                    max_bytes,
+                    max_entries,
+                    path,
+                )
+                .await?;
                 all_dirs = false;
                 break;
             } else {

@@ -1,5 +1,5 @@
 //! Runs after the other test binaries of this crate (cargo runs test targets one after the
-//! other, by name): no sandbox of a finished process may be left behind — no container and
+//! other, sorted by name: hence `zz_`): no sandbox of a finished process may be left behind — no container and
 //! no volume labelled `crownest.sandbox` whose owner process is gone, unless it is kept and
 //! its keep deadline has not passed.
 #![allow(clippy::unwrap_used)]

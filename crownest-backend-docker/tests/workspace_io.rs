@@ -1,0 +1,168 @@
+//! What goes into `/workspace` (links of the archive, ownership) and what comes out of it
+//! (artifacts: files, directory tars, symlinks never followed, size caps).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+
+use crownest_core::archive::ExtractPolicy;
+use crownest_core::event::ArtifactErrorReason;
+use crownest_core::run::ArtifactKind;
+use crownest_core::{ExitStatus, Limits};
+
+/// A `.tar.gz` with a file, a relative symlink to it and a hardlink to it.
+fn archive_with_links() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(19);
+    b.append_data(&mut h, "bin/tool.sh", &b"#!/bin/sh\necho tool"[..])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    b.append_link(&mut h, "tool", "bin/tool.sh").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_link(&mut h, "bin/again.sh", "bin/tool.sh")
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_links_work_inside_the_container() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let sb = crownest_core::SandboxBackend::create(&b, &common::sandbox_spec(Limits::default()))
+        .await
+        .unwrap();
+    let summary = sb
+        .materialize(
+            Box::new(std::io::Cursor::new(archive_with_links())),
+            &ExtractPolicy::default(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.files, summary.symlinks, summary.hardlinks),
+        (1, 1, 1),
+        "{summary:?}"
+    );
+    let sink = common::CollectSink::default();
+    let code = "import os\nprint(os.readlink('tool'), os.stat('bin/again.sh').st_ino == os.stat('bin/tool.sh').st_ino)";
+    let out = sb
+        .exec(
+            &common::request(&["sh", "-c", &format!("./tool && python3 -c \"{code}\"")]),
+            &sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
+    );
+    assert_eq!(sink.stdout(), "tool\nbin/tool.sh True\n");
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_never_follow_links_and_respect_caps() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let sb = common::sandbox(&b, Limits::default()).await;
+    let code = "import os\n\
+                os.makedirs('d/sub'); open('d/a.txt', 'w').write('A'); open('d/sub/b.txt', 'w').write('BB')\n\
+                os.symlink('/etc/passwd', 'd/link'); os.symlink('/etc', 'esc'); os.symlink('d', 'inner')\n\
+                os.mkfifo('fifo'); open('big', 'wb').write(b'x' * 2_000_000)";
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(&common::request(&["python3", "-c", code]), &sink)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
+    );
+
+    // A file.
+    let a = sb.collect_artifact("d/sub/b.txt", 1024).await.unwrap();
+    assert_eq!((a.kind, a.size_bytes), (ArtifactKind::File, 2));
+    let mut s = String::new();
+    { a.reader }.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "BB");
+
+    // A directory: a tar of its regular files; the symlink inside is skipped and reported.
+    let d = sb.collect_artifact("d", 1 << 20).await.unwrap();
+    assert_eq!(d.kind, ArtifactKind::Directory);
+    assert!(
+        d.skipped.iter().any(|p| p.ends_with("link")),
+        "{:?}",
+        d.skipped
+    );
+    let mut names = Vec::new();
+    let mut ar = tar::Archive::new(d.reader);
+    for e in ar.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(
+        names.iter().any(|n| n.ends_with("a.txt"))
+            && names.iter().any(|n| n.ends_with("sub/b.txt")),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.ends_with("link")), "{names:?}");
+
+    // Links are never followed: not as the artifact, not as a parent directory.
+    let err = sb
+        .collect_artifact("esc/passwd", 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, ArtifactErrorReason::EscapesWorkspace, "{err:?}");
+    let err = sb.collect_artifact("d/link", 1 << 20).await.unwrap_err();
+    assert_eq!(err.reason, ArtifactErrorReason::EscapesWorkspace, "{err:?}");
+    let err = sb
+        .collect_artifact("inner/a.txt", 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, ArtifactErrorReason::NotRegular, "{err:?}");
+    // Special files and caps.
+    let err = sb.collect_artifact("fifo", 1 << 20).await.unwrap_err();
+    assert_eq!(err.reason, ArtifactErrorReason::NotRegular, "{err:?}");
+    let err = sb.collect_artifact("big", 1_000_000).await.unwrap_err();
+    assert_eq!(err.reason, ArtifactErrorReason::TooLarge, "{err:?}");
+    let err = sb.collect_artifact("nope/x", 10).await.unwrap_err();
+    assert_eq!(err.reason, ArtifactErrorReason::NotFound, "{err:?}");
+    let err = sb.collect_artifact("../etc/passwd", 10).await.unwrap_err();
+    assert_eq!(err.reason, ArtifactErrorReason::InvalidPath, "{err:?}");
+
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &id).await;
+    let leftovers: Vec<_> = std::fs::read_dir(&b.config().work_dir)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "host staging left behind: {leftovers:?}"
+    );
+}
