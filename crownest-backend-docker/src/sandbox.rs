@@ -235,17 +235,18 @@ impl DockerSandbox {
     }
 
     async fn signal_inner(&self, signal: KillSignal) -> Result<(), DockerError> {
+        // No command yet (exec not called): nothing to signal.
+        let Some(run) = self.run_container() else {
+            return Ok(());
+        };
         {
-            // Recorded even before the container started: `exec` delivers a signal that
-            // arrived while it was starting the container right after the start.
+            // Recorded even while the container is still being started: `exec` delivers a
+            // signal that arrived then right after the start.
             let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
             if *sent != Some(KillSignal::Kill) {
                 *sent = Some(signal);
             }
         }
-        let Some(run) = self.run_container() else {
-            return Ok(());
-        };
         if !self.started.load(Ordering::SeqCst) || self.destroyed.load(Ordering::SeqCst) {
             return Ok(());
         }

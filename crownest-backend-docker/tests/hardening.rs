@@ -439,3 +439,33 @@ async fn uploaded_files_belong_to_the_sandbox_user() {
         ". 10001 10001\nhello.txt 10001 10001\nsub 10001 10001\nsub/inner.txt 10001 10001\nwritable\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_enabled_is_only_used_when_asked_and_reported() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    // No packet is sent: only the container's configuration and the report are checked.
+    let mut spec = common::sandbox_spec(Limits::default());
+    spec.network = crownest_core::Network::Enabled;
+    let sb = b.create(&spec).await.unwrap();
+    let sink = common::CollectSink::default();
+    let out = sb.exec(&common::request(&["true"]), &sink).await.unwrap();
+    assert_eq!(out.status, crownest_core::ExitStatus::Exited(0));
+    assert_eq!(sb.isolation().network, "enabled");
+    let run = b.docker().inspect_container(sb.id(), None).await.unwrap();
+    assert_eq!(
+        run.host_config.unwrap().network_mode.as_deref(),
+        Some("bridge")
+    );
+    // Signalling a sandbox with no running command is fine, and does not affect later runs.
+    let sb2 = common::sandbox(&b, Limits::default()).await;
+    sb2.signal(crownest_core::KillSignal::Kill).await.unwrap();
+    let out2 = sb2.exec(&common::request(&["true"]), &sink).await.unwrap();
+    assert_eq!(out2.status, crownest_core::ExitStatus::Exited(0));
+    for s in [sb, sb2] {
+        let id = s.id().to_owned();
+        s.destroy().await.unwrap();
+        common::assert_gone(&b, &id).await;
+    }
+}
