@@ -55,8 +55,8 @@ async fn a_refused_commit_does_not_fail_its_batch() {
     // A long linger makes the writer group the concurrent commits into few transactions.
     let t = TempStore::open_with(
         SqliteConfig::new()
-            .with_batch_linger(Duration::from_millis(5))
-            .with_max_batch_delay(Duration::from_millis(50)),
+            .with_batch_linger(Duration::from_millis(20))
+            .with_max_batch_delay(Duration::from_millis(200)),
     )
     .await;
     let store = Arc::new(t.store.clone());
