@@ -75,6 +75,16 @@
 //! answers 404. Containers are never auto-removed, so the exit code and `OOMKilled` can
 //! always be read.
 //!
+//! ## Performance (this machine: 2 cores, Docker 20.10, fuse-overlayfs, cgroup v1)
+//!
+//! `examples/docker_overhead.rs`, release build, N = 10, interleaved, under load from
+//! parallel builds: a tiny run (`create` → `materialize` one file → `exec true` →
+//! `destroy`) has a median of 0.97–1.06× `docker run --rm crownest/python-node true`
+//! (≈ 500–560 ms; `docker start` alone is ≈ 250 ms of it) and 1.13–1.21× a `docker run`
+//! with the same hardening flags (no network namespace and no log file make that one
+//! faster). Uploading a 2 000-file / 20 MB workspace into the volume takes ≈ 1.0 s on top
+//! of the 0.4 s host extraction, the same as `docker cp` of that tar.
+//!
 //! Known limits: the workspace volume lives on the Docker root disk and is not size-capped
 //! (the `local` volume driver has no quota on this storage driver); the command can fill
 //! it. Exit codes `128+n` are reported as `signaled` only for signals this sandbox sent.
