@@ -170,7 +170,7 @@ async fn main() {
 
     let where_ = base.clone().unwrap_or_else(std::env::temp_dir);
     println!(
-        "disk baseline (64 KiB write + fdatasync, no database): {:.1} MB/s",
+        "disk baseline (64 KiB appended to a growing file + fdatasync, no database): {:.1} MB/s",
         fsync_baseline(&where_)
     );
     println!("appending {mib} MiB of stdout events ({total_chunks} chunks of 64 KiB) per scenario");

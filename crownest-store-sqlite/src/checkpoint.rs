@@ -2,9 +2,12 @@
 //!
 //! SQLite's automatic checkpoint runs inside the `COMMIT` that crosses the threshold, so
 //! one unlucky commit would wait for tens of MiB to be copied and fsynced. Instead the
-//! writer tells this thread (its own connection) each time `checkpoint_bytes` of events were
-//! committed, and it runs a `PASSIVE` checkpoint, which never blocks the writer or readers.
-//! The writer keeps SQLite's own autocheckpoint as a backstop at a much larger WAL size.
+//! writer connection's WAL hook (which replaces the automatic checkpoint) asks this thread,
+//! with its own connection, for a `PASSIVE` checkpoint whenever the WAL holds more than
+//! [`CHECKPOINT_WAL_BYTES`]; a passive checkpoint never blocks the writer or readers. Should
+//! those checkpoints never catch up with a steady stream of commits (the WAL can restart from
+//! its beginning only once all of it was copied), the writer checkpoints inline at
+//! `BACKSTOP_FACTOR` times that size, which bounds the WAL.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -16,11 +19,14 @@ use rusqlite::Connection;
 use crate::error::io;
 use crate::schema::connect;
 
-/// Payload committed between two checkpoints.
-pub(crate) const CHECKPOINT_BYTES: usize = 32 * 1024 * 1024;
+/// WAL size above which a checkpoint is asked for.
+pub(crate) const CHECKPOINT_WAL_BYTES: u64 = 32 * 1024 * 1024;
 
-/// Handle of the checkpointer thread (it stops when the handle is dropped).
-#[derive(Debug)]
+/// A WAL this many times [`CHECKPOINT_WAL_BYTES`] is checkpointed by the writer itself.
+const BACKSTOP_FACTOR: i64 = 4;
+
+/// Handle of the checkpointer thread (it stops when every handle is dropped).
+#[derive(Debug, Clone)]
 pub(crate) struct Checkpointer {
     tx: Sender<()>,
 }
@@ -39,6 +45,34 @@ impl Checkpointer {
     /// Asks for a checkpoint (coalesced with pending requests).
     pub(crate) fn request(&self) {
         let _ = self.tx.send(());
+    }
+
+    /// Installs the WAL hook on the writer connection: after each commit, a WAL longer than
+    /// [`CHECKPOINT_WAL_BYTES`] asks this thread for a checkpoint. The hook always reports
+    /// success: the commit has happened by then, and an error would make it look failed.
+    pub(crate) fn hook(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page_size = u64::try_from(page_size).unwrap_or(4096).max(512);
+        let threshold = i64::try_from(CHECKPOINT_WAL_BYTES / page_size).unwrap_or(i64::MAX);
+        let me = self.clone();
+        conn.wal_hook(Some(
+            move |wal: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
+                let frames = i64::from(frames);
+                if frames >= BACKSTOP_FACTOR * threshold {
+                    // The background checkpoints never caught up with a steady stream of
+                    // commits, so the WAL never restarted: checkpoint here, with no commit
+                    // racing it, so the next transaction writes the WAL from its start again.
+                    // Best effort (a reader on an old snapshot can hold it back).
+                    let _ = wal.checkpoint();
+                } else if frames >= threshold {
+                    // Asked after every commit while the WAL is long: a passive checkpoint
+                    // copies only what was committed before it started; requests queued
+                    // meanwhile coalesce into one.
+                    me.request();
+                }
+                Ok(())
+            },
+        ))
     }
 }
 

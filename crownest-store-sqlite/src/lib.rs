@@ -46,7 +46,7 @@
 //! | schema | versioned by `PRAGMA user_version`, migrated step by step on open; a newer database is refused |
 //! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `check_commit`, `seal_all` from the stored chain head, `check_sealed_evidence`, insert events, update the run, its artifacts and its evidence |
 //! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
-//! | checkpoints | a background thread runs `PASSIVE` WAL checkpoints every 32 MiB of committed events, off the writer's path; SQLite's own autocheckpoint stays as a backstop (16 384 pages) |
+//! | checkpoints | a background thread with its own connection runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint |
 //! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes |
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |

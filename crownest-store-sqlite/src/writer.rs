@@ -23,7 +23,7 @@ use crownest_core::{Error, Result};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::checkpoint::{CHECKPOINT_BYTES, Checkpointer};
+use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
 use crate::error::{Fault, Faults, OpError, Poison, db, io, is_busy};
 use crate::layout::{Layout, Trashed};
@@ -177,10 +177,12 @@ impl Writer {
         shared: Arc<Shared>,
         config: &SqliteConfig,
     ) -> Result<Self> {
-        // The checkpointer does the copying; SQLite's own stays as a backstop.
-        conn.pragma_update(None, "wal_autocheckpoint", 16384)
-            .map_err(|e| db("setting wal_autocheckpoint", e))?;
+        let mut conn = conn;
         let checkpointer = Checkpointer::start(&shared.layout.db, config.busy_timeout)?;
+        // The hook keeps its own handle: the checkpoint thread lives as long as the connection.
+        checkpointer
+            .hook(&mut conn)
+            .map_err(|e| db("installing the WAL hook", e))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_shared = shared.clone();
         let knobs = Knobs {
@@ -190,7 +192,7 @@ impl Writer {
         };
         std::thread::Builder::new()
             .name("crownest-sqlite-writer".into())
-            .spawn(move || run(conn, &rx, &thread_shared, knobs, checkpointer))
+            .spawn(move || run(conn, &rx, &thread_shared, knobs))
             .map_err(|e| io("starting the writer thread", e))?;
         Ok(Self { tx, shared })
     }
@@ -247,15 +249,8 @@ struct Knobs {
 /// Most ops in one transaction, whatever their size.
 const MAX_BATCH_OPS: usize = 1024;
 
-fn run(
-    mut conn: Connection,
-    rx: &Receiver<Msg>,
-    shared: &Shared,
-    knobs: Knobs,
-    checkpointer: Checkpointer,
-) {
+fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) {
     let mut close = None;
-    let mut since_checkpoint = 0;
     while close.is_none() {
         let first = match rx.recv() {
             Ok(Msg::Op(op)) => op,
@@ -293,13 +288,7 @@ fn run(
             }
         }
         execute(&mut conn, batch, shared);
-        since_checkpoint += bytes;
-        if since_checkpoint >= CHECKPOINT_BYTES {
-            checkpointer.request();
-            since_checkpoint = 0;
-        }
     }
-    drop(checkpointer);
     drop(conn);
     if let Some(tx) = close {
         let _ = tx.send(());

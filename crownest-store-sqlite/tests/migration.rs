@@ -19,7 +19,12 @@ fn user_version(path: &std::path::Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_is_migrated_and_backfilled() {
-    assert_eq!(MIGRATIONS.last().unwrap().version, SCHEMA_VERSION);
+    let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(
+        versions,
+        (1..=SCHEMA_VERSION).collect::<Vec<_>>(),
+        "steps are 1, 2, ... SCHEMA_VERSION"
+    );
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crownest.db");
 
