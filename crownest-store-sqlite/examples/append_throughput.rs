@@ -207,19 +207,17 @@ async fn main() {
         let secs = started.elapsed().as_secs_f64();
         let stats = store.write_stats();
         let bytes = (total_chunks * CHUNK) as f64;
-        let db = std::fs::metadata(tmp.path().join("crownest.db"))
-            .map(|m| m.len())
-            .unwrap_or(0)
-            + std::fs::metadata(tmp.path().join("crownest.db-wal"))
-                .map(|m| m.len())
-                .unwrap_or(0);
+        let size = |name: &str| {
+            std::fs::metadata(tmp.path().join(name)).map_or(0, |m| m.len()) / (1024 * 1024)
+        };
         println!(
-            "{name:>26}: {:7.1} MB/s  ({:.2} s, {} commits in {} transactions, db+wal {} MiB)",
+            "{name:>26}: {:7.1} MB/s  ({:.2} s, {} commits in {} transactions, db {} MiB, wal {} MiB)",
             bytes / secs / 1e6,
             secs,
             stats.writes - before.writes,
             stats.transactions - before.transactions,
-            db / (1024 * 1024),
+            size("crownest.db"),
+            size("crownest.db-wal"),
         );
         store.close().await;
     }
