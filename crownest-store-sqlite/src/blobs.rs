@@ -133,6 +133,7 @@ pub(crate) fn install(
     if in_place {
         drop(temp);
     } else {
+        temp.check_present()?;
         if let Some(dir) = path.parent() {
             ensure_dir(dir).fatal("creating a blob directory")?;
         }

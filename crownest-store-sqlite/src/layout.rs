@@ -94,6 +94,24 @@ impl TempPath {
         Self { path: Some(path) }
     }
 
+    /// Checks the temp file is still there: `gc` removes temp files older than `temp_ttl`,
+    /// so an upload stalled that long loses its bytes. That fails the upload (a logical
+    /// error), not the store.
+    pub(crate) fn check_present(&self) -> Result<(), crate::error::OpError> {
+        match &self.path {
+            Some(p) if !p.exists() => Err(crate::error::OpError::Logical(
+                crownest_core::Error::Store {
+                    message: format!(
+                        "the upload's temp file {} was removed (by gc after temp_ttl?)",
+                        p.display()
+                    ),
+                    source: None,
+                },
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Renames the file to `to` and stops tracking it.
     pub(crate) fn persist(mut self, to: &Path) -> std::io::Result<()> {
         if let Some(p) = &self.path {

@@ -120,6 +120,7 @@ pub(crate) fn install_chunk(
     if t.chunk_len(index) != Some(len) {
         return Err(Error::invalid("chunk", format!("chunk {index} has the wrong length")).into());
     }
+    temp.check_present()?;
     let layout = &ctx.shared.layout;
     let dir = layout.transfer_dir(id);
     ensure_dir(&dir).fatal("creating a transfer directory")?;

@@ -193,3 +193,56 @@ async fn gc_keeps_a_transfer_that_is_still_active() {
         b"abcd"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_temp_file_gc_removed_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(1);
+    let stream = futures::StreamExt::boxed(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let put = {
+        let store = store.clone();
+        tokio::spawn(async move { store.put_blob(stream, any_blob()).await })
+    };
+    tx.send(Ok(Bytes::from_static(b"first half, ")))
+        .await
+        .unwrap();
+    // Wait for the temp file, then collect it as if the upload had stalled past temp_ttl.
+    for _ in 0..500 {
+        if std::fs::read_dir(dir.path().join("tmp")).unwrap().count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let zero = GcPolicy {
+        blob_grace: Duration::ZERO,
+        transfer_ttl: Duration::ZERO,
+        temp_ttl: Duration::ZERO,
+    };
+    assert_eq!(store.gc_with(zero).await.unwrap().temp_files_deleted, 1);
+    tx.send(Ok(Bytes::from_static(b"second half")))
+        .await
+        .unwrap();
+    drop(tx);
+    let err = put.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("temp file"), "{err}");
+    assert!(
+        !store.is_poisoned(),
+        "a collected upload fails alone, the store goes on"
+    );
+    assert_eq!(
+        store
+            .has_blob(&Sha256Digest::of(b"first half, second half"))
+            .await
+            .unwrap(),
+        None
+    );
+    let info = store
+        .put_blob(stream_of(b"first half, second half"), any_blob())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(store.open_blob(&info.sha256).await.unwrap()),
+        b"first half, second half"
+    );
+}
