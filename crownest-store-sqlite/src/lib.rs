@@ -95,13 +95,13 @@
 //! `examples/append_throughput.rs` appends 256 MiB of 64 KiB `stdout` events through
 //! `commit`, every commit acknowledged only once fsynced. Measured on this project's 2-core
 //! machine in release mode, while other builds were running (the disk managed only
-//! 9–14 MB/s of 64 KiB appends with an fdatasync each):
+//! 9–19 MB/s of 64 KiB appends with an fdatasync each):
 //!
 //! | shape | MB/s persisted |
 //! |---|---|
-//! | as the engine feeds it (the driver commits whatever output is queued: 16 chunks per commit) | 125–150 |
-//! | one 64 KiB chunk per commit, one run | 36–46 |
-//! | one chunk per commit, 4 runs at once (group commit: 3–4 commits per transaction) | 53–131 |
+//! | as the engine feeds it (the driver commits whatever output is queued: 16 chunks per commit) | 125–175 |
+//! | one 64 KiB chunk per commit, one run | 36–48 |
+//! | one chunk per commit, 4 runs at once (group commit: 3–4 commits per transaction) | 53–132 |
 //!
 //! One chunk per commit is bound by one WAL fsync per commit (what `synchronous=FULL`
 //! means); the engine's coalescing of queued output is what makes fast output cheap.
