@@ -3,11 +3,11 @@
 //! that stamp them as `#[tokio::test]`s, so an implementation's `tests/conformance.rs` is
 //! one macro call and a new implementation gets the whole suite for free.
 //!
-//! ```ignore
+//! ```text
 //! // crownest-store-sqlite/tests/conformance.rs
 //! crownest_core::store_conformance!(async {
 //!     let dir = tempfile::tempdir().unwrap().keep();
-//!     std::sync::Arc::new(crownest_store_sqlite::SqliteStore::open(dir).unwrap())
+//!     std::sync::Arc::new(crownest_store_sqlite::SqliteStore::open(dir).await.unwrap())
 //! });
 //! ```
 //!

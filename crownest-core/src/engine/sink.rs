@@ -2,6 +2,7 @@
 //! 64 KiB, base64 for bytes that are not UTF-8, a stored cap per stream, and masking of
 //! env values.
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -73,10 +74,11 @@ impl OutputChunker {
     }
 
     /// Masks secrets in `data` (prefixed by what was held back), returning bytes safe to
-    /// emit and keeping back a tail that could be the start of a secret.
-    fn mask(&self, st: &mut StreamState, data: &[u8], flush: bool) -> Vec<u8> {
+    /// emit and keeping back a tail that could be the start of a secret. Without secrets
+    /// the bytes pass through uncopied.
+    fn mask<'d>(&self, st: &mut StreamState, data: &'d [u8], flush: bool) -> Cow<'d, [u8]> {
         if self.secrets.is_empty() {
-            return data.to_vec();
+            return Cow::Borrowed(data);
         }
         let mut buf = std::mem::take(&mut st.mask_hold);
         buf.extend_from_slice(data);
@@ -91,13 +93,13 @@ impl OutputChunker {
                 }
                 if !flush && buf.len() - i < s.len() && s.starts_with(&buf[i..]) {
                     st.mask_hold = buf[i..].to_vec();
-                    return out;
+                    return Cow::Owned(out);
                 }
             }
             out.push(buf[i]);
             i += 1;
         }
-        out
+        Cow::Owned(out)
     }
 
     /// Accepts raw bytes of one stream; returns the events to append.
@@ -139,9 +141,16 @@ impl OutputChunker {
         let room = self.cap.saturating_sub(st.stored + st.carry.len() as u64);
         let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
         st.dropped += (data.len() - take) as u64;
-        let mut buf = std::mem::take(&mut st.carry);
-        buf.extend_from_slice(&data[..take]);
-        let mut events = Vec::new();
+        // Only bytes held back from the previous call need a copy to be joined.
+        let carry = std::mem::take(&mut st.carry);
+        let buf: Cow<'_, [u8]> = if carry.is_empty() {
+            Cow::Borrowed(&data[..take])
+        } else {
+            let mut joined = carry;
+            joined.extend_from_slice(&data[..take]);
+            Cow::Owned(joined)
+        };
+        let mut events = Vec::with_capacity(buf.len().div_ceil(MAX_CHUNK));
         let mut rest: &[u8] = &buf;
         while !rest.is_empty() {
             let (piece, is_text) = next_piece(rest, flush);
@@ -154,7 +163,13 @@ impl OutputChunker {
             let chunk = if is_text {
                 OutputChunk {
                     offset: st.stored,
-                    data: Some(String::from_utf8_lossy(bytes).into_owned()),
+                    // `next_piece` found these bytes valid; `from_utf8` checks again at
+                    // full speed (`from_utf8_lossy` walks them far slower).
+                    data: Some(
+                        String::from_utf8(bytes.to_vec()).unwrap_or_else(|e| {
+                            String::from_utf8_lossy(e.as_bytes()).into_owned()
+                        }),
+                    ),
                     data_base64: None,
                 }
             } else {
