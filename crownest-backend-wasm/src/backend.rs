@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use crownest_core::{
-    Capabilities, Error, IsolationReport, Limits, Network, Result, RunId, Sandbox, SandboxBackend, SandboxSpec,
-    TemplateInfo, Timestamp,
+    Capabilities, Error, IsolationReport, Limits, Network, Result, RunId, Sandbox, SandboxBackend,
+    SandboxSpec, TemplateInfo, Timestamp,
 };
 
 use crate::compile::{ModuleSource, Runtime};
@@ -74,7 +74,11 @@ impl WasmBackend {
         let mut out = Vec::new();
         for interpreter in Interpreter::ALL {
             let started = Instant::now();
-            let (_, source) = self.shared.runtime.instance_pre(modules.get(interpreter)).await?;
+            let (_, source) = self
+                .shared
+                .runtime
+                .instance_pre(modules.get(interpreter))
+                .await?;
             out.push(Preloaded {
                 interpreter,
                 source,
@@ -98,23 +102,36 @@ pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
         details: Default::default(),
     };
     let d = &mut report.details;
-    d.insert("runtime".into(), format!("wasmtime {} (cranelift)", crate::WASMTIME_VERSION));
+    d.insert(
+        "runtime".into(),
+        format!("wasmtime {} (cranelift)", crate::WASMTIME_VERSION),
+    );
     d.insert("wasi".into(), "preview1".into());
     d.insert(
         "preopens".into(),
         "/workspace (rw, the workspace), / (rw, the working directory), /.crownest/python (ro, CPython's sitecustomize.py; python only)".into(),
     );
-    d.insert("sockets".into(), "none (no preopened sockets; TCP, UDP and name lookup denied)".into());
-    d.insert("processes".into(), "one guest; WASI preview 1 cannot create processes".into());
+    d.insert(
+        "sockets".into(),
+        "none (no preopened sockets; TCP, UDP and name lookup denied)".into(),
+    );
+    d.insert(
+        "processes".into(),
+        "one guest; WASI preview 1 cannot create processes".into(),
+    );
     d.insert(
         "memoryLimit".into(),
-        "guest linear memory (StoreLimits, trap on grow failure); host-side buffers not counted".into(),
+        "guest linear memory (StoreLimits, trap on grow failure); host-side buffers not counted"
+            .into(),
     );
     d.insert(
         "deadline".into(),
         "epoch interruption (ticker) + wall clock; signal stops the guest at once".into(),
     );
-    d.insert("user".into(), "none (WASI has no users; files are written as the host process's user)".into());
+    d.insert(
+        "user".into(),
+        "none (WASI has no users; files are written as the host process's user)".into(),
+    );
     d.insert("diskQuota".into(), "none".into());
     report
 }
@@ -166,7 +183,10 @@ impl SandboxBackend for WasmBackend {
         if spec.template != TEMPLATE {
             return Err(Error::invalid(
                 "template",
-                format!("the wasm backend offers only {TEMPLATE:?}, not {:?}", spec.template),
+                format!(
+                    "the wasm backend offers only {TEMPLATE:?}, not {:?}",
+                    spec.template
+                ),
             ));
         }
         if spec.network == Network::Enabled {
@@ -179,7 +199,10 @@ impl SandboxBackend for WasmBackend {
         let spec = spec.clone();
         let made = tokio::task::spawn_blocking(move || -> Result<WasmSandbox> {
             let modules = this.modules().map_err(|reason| {
-                Error::invalid("template", format!("{TEMPLATE} is unavailable on the wasm backend: {reason}"))
+                Error::invalid(
+                    "template",
+                    format!("{TEMPLATE} is unavailable on the wasm backend: {reason}"),
+                )
             })?;
             let marker = Marker {
                 run_id: spec.run_id.clone(),
@@ -189,7 +212,13 @@ impl SandboxBackend for WasmBackend {
                 keep_until: None,
             };
             let dir = SandboxDir::create(&this.shared.config.workspace_root, &marker)?;
-            Ok(WasmSandbox::new(this.shared.clone(), dir, modules, spec.limits, marker))
+            Ok(WasmSandbox::new(
+                this.shared.clone(),
+                dir,
+                modules,
+                spec.limits,
+                marker,
+            ))
         })
         .await
         .map_err(|e| Error::Backend {
@@ -211,4 +240,3 @@ impl SandboxBackend for WasmBackend {
         Ok(swept)
     }
 }
-

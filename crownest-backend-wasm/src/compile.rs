@@ -102,7 +102,8 @@ impl Runtime {
     pub(crate) fn new(cache_dir: PathBuf, tick: Duration) -> Result<Self, WasmError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(WasmError::engine("creating the wasmtime engine"))?;
+        let engine =
+            Engine::new(&config).map_err(WasmError::engine("creating the wasmtime engine"))?;
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(WasmError::engine("adding WASI preview 1 to the linker"))?;
@@ -203,15 +204,17 @@ fn load_blocking(
         .write(true)
         .open(&lock_path)
         .map_err(io(format!("opening {}", lock_path.display())))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| WasmError::Io {
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+        WasmError::Io {
             context: format!("locking {}", lock_path.display()),
             source: e.into(),
-        })?;
+        }
+    })?;
     if let Some(m) = try_cached(engine, path) {
         return Ok((m, ModuleSource::DiskCache));
     }
-    let wasm = std::fs::read(&module.path).map_err(io(format!("reading {}", module.path.display())))?;
+    let wasm =
+        std::fs::read(&module.path).map_err(io(format!("reading {}", module.path.display())))?;
     let digest = hex::encode(Sha256::digest(&wasm));
     if digest != module.pin.sha256 {
         return Err(WasmError::ModuleChanged {
@@ -224,12 +227,16 @@ fn load_blocking(
         .precompile_module(&wasm)
         .map_err(WasmError::engine(format!("compiling {}", module.pin.file)))?;
     let artefact_digest = hex::encode(Sha256::digest(&compiled));
-    write_atomically(&path.with_extension("cwasm.sha256"), artefact_digest.as_bytes())
-        .and_then(|()| write_atomically(path, &compiled))
-        .map_err(io(format!("writing {}", path.display())))?;
+    write_atomically(
+        &path.with_extension("cwasm.sha256"),
+        artefact_digest.as_bytes(),
+    )
+    .and_then(|()| write_atomically(path, &compiled))
+    .map_err(io(format!("writing {}", path.display())))?;
     // SAFETY: `compiled` was produced just now by `precompile_module` of this engine.
-    let m = unsafe { Module::deserialize(engine, &compiled) }
-        .map_err(WasmError::engine(format!("loading the compiled {}", module.pin.file)))?;
+    let m = unsafe { Module::deserialize(engine, &compiled) }.map_err(WasmError::engine(
+        format!("loading the compiled {}", module.pin.file),
+    ))?;
     Ok((m, ModuleSource::Compiled))
 }
 
@@ -258,8 +265,15 @@ fn try_cached(engine: &Engine, path: &Path) -> Option<Module> {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;

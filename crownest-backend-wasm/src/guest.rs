@@ -5,19 +5,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use crownest_core::{ExecSink, ExitStatus, OutputStream};
 use tokio::sync::{mpsc, watch};
 use wasmtime::{InstancePre, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use crate::WasmConfig;
 use crate::compile::Runtime;
 use crate::error::WasmError;
 use crate::limits::{GuestLimiter, LimitHit};
 use crate::modules::Interpreter;
 use crate::output::{OutputChunk, SinkPipe};
-use crate::WasmConfig;
 
 /// Guest path of the workspace.
 pub(crate) const WORKSPACE_GUEST_PATH: &str = "/workspace";
@@ -75,7 +74,10 @@ pub(crate) struct GuestCommand<'a> {
 /// The WASI context: exactly these args and env, stdin closed, stdout/stderr into the
 /// sink, the workspace preopened read-write at `/workspace`, the working directory also
 /// at `/` (wasi-libc resolves relative paths against `/`), no sockets.
-fn wasi_ctx(cmd: &GuestCommand<'_>, tx: &mpsc::UnboundedSender<OutputChunk>) -> Result<WasiP1Ctx, WasmError> {
+fn wasi_ctx(
+    cmd: &GuestCommand<'_>,
+    tx: &mpsc::UnboundedSender<OutputChunk>,
+) -> Result<WasiP1Ctx, WasmError> {
     let mut b = WasiCtxBuilder::new();
     b.args(cmd.argv)
         .stdout(SinkPipe::new(OutputStream::Stdout, tx.clone()))
@@ -117,7 +119,8 @@ fn wasi_ctx(cmd: &GuestCommand<'_>, tx: &mpsc::UnboundedSender<OutputChunk>) -> 
     };
     b.preopened_dir(cmd.workspace, WORKSPACE_GUEST_PATH, FsPerms::ReadWrite)
         .map_err(preopen)?;
-    b.preopened_dir(&host_cwd, "/", FsPerms::ReadWrite).map_err(preopen)?;
+    b.preopened_dir(&host_cwd, "/", FsPerms::ReadWrite)
+        .map_err(preopen)?;
     if cmd.interpreter == Interpreter::Python {
         b.preopened_dir(cmd.python_site, PYTHON_SITE_GUEST_PATH, FsPerms::ReadOnly)
             .map_err(preopen)?;
@@ -176,12 +179,12 @@ pub(crate) async fn run(
         .map_err(WasmError::engine("finding the WASI command's _start"))?;
 
     sink.started().await;
-    let call = async move {
+    // Boxed (not stack-pinned) so it can be dropped, store and all, before returning.
+    let mut call = Box::pin(async move {
         let r = start.call_async(&mut store, ()).await;
         drop(store);
         r
-    };
-    tokio::pin!(call);
+    });
     let backstop = tokio::time::sleep(cmd.backstop);
     tokio::pin!(backstop);
     let end = loop {
@@ -226,7 +229,6 @@ pub(crate) async fn run(
 
 async fn forward(sink: &dyn ExecSink, chunk: OutputChunk) {
     let OutputChunk { stream, data, ack } = chunk;
-    let data: Bytes = data;
     sink.output(stream, &data).await;
     let _ = ack.send(());
 }

@@ -47,7 +47,7 @@
 //! | filesystem isolation | only the run's workspace is preopened, read-write, at `/workspace`; the working directory is also preopened at `/` (WASI preview 1 programs start in `/` and wasi-libc resolves relative paths against it), and for CPython a read-only `/.crownest/python` holds the `sitecustomize.py` that moves it into the working directory. Everything goes through wasmtime-wasi's capability-based (cap-std) filesystem: `..` and symlinks cannot leave a preopened directory, `/etc/passwd` does not exist |
 //! | network isolation | no sockets: none preopened; TCP, UDP and name lookup denied |
 //! | memory limit | `limits.memoryBytes` caps the guest's linear memory ([`wasmtime::StoreLimits`], trap on grow failure) → `LimitExceeded`; instances, tables and memories are capped too |
-//! | process tree kill / pids | one guest, which cannot create processes; `signal(Term|Kill)` stops it at once → `Signaled(15|9)` |
+//! | process tree kill / pids | one guest, which cannot create processes; `signal(Term)` / `signal(Kill)` stop it at once → `Signaled(15)` / `Signaled(9)` |
 //! | deadlines | epoch interruption (a ticker thread, 10 ms) makes busy guests yield; stopping drops the running call, so a guest blocked in a host call (`time.sleep(1000)`) stops too; a backstop deadline of `timeout + killGrace + 5 s` ends the guest if nobody signals it |
 //! | stdin / env / args | stdin closed; env and args exactly as given (CPython also gets `PYTHONPATH` and `CROWNEST_WASM_CWD`, which its `sitecustomize.py` removes again) |
 //! | output | stdout/stderr go through an output stream that waits until the engine's sink accepted each write (backpressure; never a buffer that traps when full) |

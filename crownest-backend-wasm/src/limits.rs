@@ -44,7 +44,12 @@ impl GuestLimiter {
 }
 
 impl ResourceLimiter for GuestLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let r = self.inner.memory_growing(current, desired, maximum);
         if !matches!(r, Ok(true)) {
             self.record(format!(
@@ -56,14 +61,23 @@ impl ResourceLimiter for GuestLimiter {
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.record(format!("the host could not grow the guest's memory: {error}"));
+        self.record(format!(
+            "the host could not grow the guest's memory: {error}"
+        ));
         self.inner.memory_grow_failed(error)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let r = self.inner.table_growing(current, desired, maximum);
         if !matches!(r, Ok(true)) {
-            self.record(format!("table limit: the guest asked to grow a table from {current} to {desired} elements"));
+            self.record(format!(
+                "table limit: the guest asked to grow a table from {current} to {desired} elements"
+            ));
         }
         r
     }

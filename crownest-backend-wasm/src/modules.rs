@@ -141,7 +141,10 @@ impl TemplateModules {
                 .with(format!("{p}.sha256"), m.pin.sha256.clone())
                 .with(format!("{p}.sizeBytes"), m.pin.size.to_string())
                 .with(format!("{p}.version"), describe(&m.pin.sha256))
-                .with(format!("{p}.source"), format!("PyPI wheel {}", m.pin.requirement));
+                .with(
+                    format!("{p}.source"),
+                    format!("PyPI wheel {}", m.pin.requirement),
+                );
         }
         id
     }
@@ -181,7 +184,8 @@ impl ModuleVerifier {
 
     fn check(&self, path: &Path, pin: &PinnedModule) -> Result<(), String> {
         let fix = format!("run {FETCH_SCRIPT} to fetch and verify it");
-        let meta = std::fs::metadata(path).map_err(|e| format!("{} is missing ({e}); {fix}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("{} is missing ({e}); {fix}", path.display()))?;
         if !meta.is_file() || meta.len() != pin.size {
             return Err(format!(
                 "{} is {} bytes, {} pins {}; {fix}",
@@ -207,7 +211,8 @@ impl ModuleVerifier {
         let digest = match known {
             Some(d) => d,
             None => {
-                let d = sha256_file(path).map_err(|e| format!("reading {} failed: {e}", path.display()))?;
+                let d = sha256_file(path)
+                    .map_err(|e| format!("reading {} failed: {e}", path.display()))?;
                 self.checked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -248,7 +253,10 @@ mod tests {
 
     #[test]
     fn argv0_selects_the_interpreter() {
-        assert_eq!(Interpreter::from_argv0("python3"), Some(Interpreter::Python));
+        assert_eq!(
+            Interpreter::from_argv0("python3"),
+            Some(Interpreter::Python)
+        );
         assert_eq!(Interpreter::from_argv0("python"), Some(Interpreter::Python));
         assert_eq!(Interpreter::from_argv0("node"), Some(Interpreter::Node));
         assert_eq!(Interpreter::from_argv0("sh"), None);
@@ -262,7 +270,11 @@ mod tests {
         for i in Interpreter::ALL {
             let p = pins.iter().find(|p| p.name == i.lock_name()).unwrap();
             assert_eq!(p.sha256.len(), 64);
-            assert_ne!(describe(&p.sha256), describe("0"), "the pinned build is described");
+            assert_ne!(
+                describe(&p.sha256),
+                describe("0"),
+                "the pinned build is described"
+            );
         }
     }
 

@@ -10,6 +10,7 @@
 //! 4 KiB pieces WASI preview 1 writes) per stream handle is in flight, and the guest runs
 //! exactly as fast as the sink accepts its output.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -136,15 +137,15 @@ impl SinkWriter {
     }
 }
 
-use std::future::Future as _;
-
 impl wasmtime_wasi::p2::OutputStream for SinkWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         if !self.settle() {
             return Err(StreamError::trap("write without a permit from check_write"));
         }
         if bytes.len() > MAX_WRITE {
-            return Err(StreamError::trap("write larger than the permit from check_write"));
+            return Err(StreamError::trap(
+                "write larger than the permit from check_write",
+            ));
         }
         self.send(bytes)
     }
@@ -176,7 +177,11 @@ impl Pollable for SinkWriter {
 }
 
 impl AsyncWrite for SinkWriter {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         ready!(self.poll_pending(cx));
         let n = buf.len().min(MAX_WRITE);
         match self.send(Bytes::copy_from_slice(&buf[..n])) {
@@ -227,7 +232,10 @@ mod tests {
         let pipe = SinkPipe::new(OutputStream::Stderr, tx);
         let mut w = pipe.writer();
         drop(rx);
-        assert!(matches!(w.write(Bytes::from_static(b"x")), Err(StreamError::Closed)));
+        assert!(matches!(
+            w.write(Bytes::from_static(b"x")),
+            Err(StreamError::Closed)
+        ));
         assert!(matches!(w.check_write(), Err(StreamError::Closed)));
     }
 }

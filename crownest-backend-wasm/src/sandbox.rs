@@ -11,8 +11,8 @@ use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
 use crownest_core::event::ArtifactErrorReason;
 use crownest_core::{
-    Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal, Limits, Result, Sandbox,
-    TemplateIdentity, Timestamp,
+    Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal, Limits,
+    Result, Sandbox, TemplateIdentity, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -71,7 +71,13 @@ fn join_error(e: tokio::task::JoinError) -> Error {
 }
 
 impl WasmSandbox {
-    pub(crate) fn new(shared: Arc<Shared>, dir: SandboxDir, modules: TemplateModules, limits: Limits, marker: Marker) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        dir: SandboxDir,
+        modules: TemplateModules,
+        limits: Limits,
+        marker: Marker,
+    ) -> Self {
         Self {
             shared,
             dir,
@@ -102,7 +108,9 @@ impl WasmSandbox {
             match std::fs::symlink_metadata(&p) {
                 Ok(m) if m.is_dir() => {}
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(format!("cwd {cwd:?}: {c:?} is a symlink; the working directory must be a real directory"));
+                    return Err(format!(
+                        "cwd {cwd:?}: {c:?} is a symlink; the working directory must be a real directory"
+                    ));
                 }
                 Ok(_) => return Err(format!("cwd {cwd:?}: {c:?} is not a directory")),
                 Err(e) => return Err(format!("cwd {cwd:?} does not exist in the workspace ({e})")),
@@ -201,8 +209,16 @@ impl Sandbox for WasmSandbox {
             // The module files must still be the verified ones.
             let modules = match self.shared.verifier.verify(&self.shared.config.modules_dir) {
                 Ok(m) if m == self.modules => m,
-                Ok(_) => return Ok(Err("the wasm modules changed since this sandbox was created".to_owned())),
-                Err(reason) => return Ok(Err(format!("python-node is unavailable: {reason} ({FETCH_SCRIPT})"))),
+                Ok(_) => {
+                    return Ok(Err(
+                        "the wasm modules changed since this sandbox was created".to_owned(),
+                    ));
+                }
+                Err(reason) => {
+                    return Ok(Err(format!(
+                        "python-node is unavailable: {reason} ({FETCH_SCRIPT})"
+                    )));
+                }
             };
             self.shared
                 .runtime
@@ -220,8 +236,12 @@ impl Sandbox for WasmSandbox {
                 Err(message) => return spawn_failed(message),
             },
         };
-        let backstop = Duration::from_millis(self.limits.timeout_ms.saturating_add(self.limits.kill_grace_ms))
-            .saturating_add(self.shared.config.deadline_margin);
+        let backstop = Duration::from_millis(
+            self.limits
+                .timeout_ms
+                .saturating_add(self.limits.kill_grace_ms),
+        )
+        .saturating_add(self.shared.config.deadline_margin);
         let python_site = self.dir.python_site();
         let cmd = GuestCommand {
             interpreter,
@@ -233,7 +253,15 @@ impl Sandbox for WasmSandbox {
             memory_bytes: self.limits.memory_bytes,
             backstop,
         };
-        let status = guest::run(&self.shared.runtime, pre, &cmd, &self.shared.config, stop_rx, sink).await?;
+        let status = guest::run(
+            &self.shared.runtime,
+            pre,
+            &cmd,
+            &self.shared.config,
+            stop_rx,
+            sink,
+        )
+        .await?;
         Ok(ExecOutcome::new(status))
     }
 
@@ -255,19 +283,33 @@ impl Sandbox for WasmSandbox {
         Ok(())
     }
 
-    async fn collect_artifact(&self, path: &str, max_bytes: u64) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
+    async fn collect_artifact(
+        &self,
+        path: &str,
+        max_bytes: u64,
+    ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
         let workspace = self.dir.workspace();
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || crownest_core::artifact::collect_from_dir(&workspace, &path, max_bytes))
-            .await
-            .unwrap_or_else(|e| Err(ArtifactFailure::new(ArtifactErrorReason::NotFound, format!("collection failed: {e}"))))
+        tokio::task::spawn_blocking(move || {
+            crownest_core::artifact::collect_from_dir(&workspace, &path, max_bytes)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ArtifactFailure::new(
+                ArtifactErrorReason::NotFound,
+                format!("collection failed: {e}"),
+            ))
+        })
     }
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
         let marker = {
             let mut st = self.state();
             if st.destroyed {
-                return Err(Error::invalid("keepSandbox", "the sandbox was already destroyed"));
+                return Err(Error::invalid(
+                    "keepSandbox",
+                    "the sandbox was already destroyed",
+                ));
             }
             let Some(m) = st.marker.as_mut() else {
                 return Err(Error::invalid("keepSandbox", "the sandbox has no marker"));

@@ -50,7 +50,8 @@ impl SandboxDir {
 
     /// Creates the directory, its marker, an empty workspace and the CPython start-up file.
     pub(crate) fn create(root: &Path, marker: &Marker) -> Result<Self, WasmError> {
-        std::fs::create_dir_all(root).map_err(WasmError::io(format!("creating {}", root.display())))?;
+        std::fs::create_dir_all(root)
+            .map_err(WasmError::io(format!("creating {}", root.display())))?;
         let id = format!("{}-{:08x}", marker.run_id, rand::random::<u32>());
         let dir = root.join(&id);
         std::fs::create_dir(&dir).map_err(WasmError::io(format!("creating {}", dir.display())))?;
@@ -58,9 +59,13 @@ impl SandboxDir {
         let made = (|| {
             s.write_marker(marker)?;
             std::fs::create_dir(s.workspace()).map_err(WasmError::io("creating the workspace"))?;
-            std::fs::create_dir(s.python_site()).map_err(WasmError::io("creating the python dir"))?;
-            std::fs::write(s.python_site().join("sitecustomize.py"), PYTHON_SITECUSTOMIZE)
-                .map_err(WasmError::io("writing sitecustomize.py"))
+            std::fs::create_dir(s.python_site())
+                .map_err(WasmError::io("creating the python dir"))?;
+            std::fs::write(
+                s.python_site().join("sitecustomize.py"),
+                PYTHON_SITECUSTOMIZE,
+            )
+            .map_err(WasmError::io("writing sitecustomize.py"))
         })();
         if let Err(e) = made {
             let _ = remove_tree(&s.dir);
@@ -108,7 +113,10 @@ pub(crate) fn remove_tree(dir: &Path) -> std::io::Result<()> {
         }
     }
     if std::fs::symlink_metadata(dir).is_ok() {
-        return Err(std::io::Error::other(format!("{} still exists after removal", dir.display())));
+        return Err(std::io::Error::other(format!(
+            "{} still exists after removal",
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -166,7 +174,9 @@ pub(crate) fn sweep(root: &Path, live: &[RunId]) -> Result<Vec<String>, WasmErro
         if orphan {
             match remove_tree(&path) {
                 Ok(()) => swept.push(name),
-                Err(e) => tracing::warn!(sandbox = %name, error = %e, "removing an orphaned wasm sandbox failed"),
+                Err(e) => {
+                    tracing::warn!(sandbox = %name, error = %e, "removing an orphaned wasm sandbox failed")
+                }
             }
         }
     }

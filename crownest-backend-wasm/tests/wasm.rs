@@ -13,9 +13,9 @@ use crownest_core::archive::ExtractPolicy;
 use crownest_core::run::RunOwner;
 use crownest_core::testing::{descriptor_of, tar_gz};
 use crownest_core::{
-    EngineConfig, Error, Event, EventKind, ExecRequest, ExecSink, ExitStatus, FailureKind, KillSignal, LimitOverrides,
-    Limits, MemoryStore, Network, OutputStream, RunId, RunRecord, RunSpec, RunStatus, Sandbox, SandboxBackend,
-    SandboxSpec, WorkspaceRuns,
+    EngineConfig, Error, Event, EventKind, ExecRequest, ExecSink, ExitStatus, FailureKind,
+    KillSignal, LimitOverrides, Limits, MemoryStore, Network, OutputStream, RunId, RunRecord,
+    RunSpec, RunStatus, Sandbox, SandboxBackend, SandboxSpec, WorkspaceRuns,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -30,11 +30,17 @@ async fn engine() -> WorkspaceRuns {
         .unwrap()
 }
 
-async fn run(files: &[(&str, &[u8], u32)], spec: RunSpec) -> (WorkspaceRuns, RunRecord, Vec<Event>) {
+async fn run(
+    files: &[(&str, &[u8], u32)],
+    spec: RunSpec,
+) -> (WorkspaceRuns, RunRecord, Vec<Event>) {
     let engine = engine().await;
     let run = engine.create(spec.with_backend("wasm")).await.unwrap();
     let archive = tar_gz(files);
-    engine.upload_archive(&run.id, &descriptor_of(&archive), archive).await.unwrap();
+    engine
+        .upload_archive(&run.id, &descriptor_of(&archive), archive)
+        .await
+        .unwrap();
     engine.start(&run.id).await.unwrap();
     let done = tokio::time::timeout(Duration::from_secs(120), engine.wait(&run.id))
         .await
@@ -48,7 +54,8 @@ fn stream_of(events: &[Event], stream: OutputStream) -> String {
     let bytes: Vec<u8> = events
         .iter()
         .filter_map(|e| match (&e.kind, stream) {
-            (EventKind::Stdout(c), OutputStream::Stdout) | (EventKind::Stderr(c), OutputStream::Stderr) => Some(c.bytes()),
+            (EventKind::Stdout(c), OutputStream::Stdout)
+            | (EventKind::Stderr(c), OutputStream::Stderr) => Some(c.bytes()),
             _ => None,
         })
         .flatten()
@@ -57,11 +64,22 @@ fn stream_of(events: &[Event], stream: OutputStream) -> String {
 }
 
 async fn blob(engine: &WorkspaceRuns, done: &RunRecord, path: &str) -> Vec<u8> {
-    let a = done.artifacts.iter().find(|a| a.path == path).unwrap_or_else(|| {
-        panic!("artifact {path} not collected: {:?} {:?}", done.artifact_errors, done.failure)
-    });
+    let a = done
+        .artifacts
+        .iter()
+        .find(|a| a.path == path)
+        .unwrap_or_else(|| {
+            panic!(
+                "artifact {path} not collected: {:?} {:?}",
+                done.artifact_errors, done.failure
+            )
+        });
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut engine.store().open_blob(&a.sha256).await.unwrap(), &mut bytes).unwrap();
+    std::io::Read::read_to_end(
+        &mut engine.store().open_blob(&a.sha256).await.unwrap(),
+        &mut bytes,
+    )
+    .unwrap();
     bytes
 }
 
@@ -84,7 +102,11 @@ struct RecordingSink {
 impl RecordingSink {
     fn text(&self, stream: OutputStream) -> String {
         let out = self.output.lock().unwrap();
-        let bytes: Vec<u8> = out.iter().filter(|(s, _)| *s == stream).flat_map(|(_, d)| d.clone()).collect();
+        let bytes: Vec<u8> = out
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .flat_map(|(_, d)| d.clone())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -95,7 +117,11 @@ impl ExecSink for RecordingSink {
         self.started.fetch_add(1, Ordering::SeqCst);
     }
     async fn output(&self, stream: OutputStream, data: &[u8]) {
-        assert_eq!(self.started.load(Ordering::SeqCst), 1, "started() comes first, once");
+        assert_eq!(
+            self.started.load(Ordering::SeqCst),
+            1,
+            "started() comes first, once"
+        );
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
         }
@@ -115,10 +141,19 @@ fn sandbox_spec(limits: Limits) -> SandboxSpec {
 }
 
 async fn sandbox_with(files: &[(&str, &[u8], u32)]) -> Arc<dyn Sandbox> {
-    let sandbox: Arc<dyn Sandbox> = Arc::from(common::backend().create(&sandbox_spec(Limits::default())).await.unwrap());
+    let sandbox: Arc<dyn Sandbox> = Arc::from(
+        common::backend()
+            .create(&sandbox_spec(Limits::default()))
+            .await
+            .unwrap(),
+    );
     let archive = tar_gz(files);
     sandbox
-        .materialize(Box::new(std::io::Cursor::new(archive.to_vec())), &ExtractPolicy::default(), &|_| {})
+        .materialize(
+            Box::new(std::io::Cursor::new(archive.to_vec())),
+            &ExtractPolicy::default(),
+            &|_| {},
+        )
         .await
         .unwrap();
     sandbox
@@ -137,31 +172,69 @@ fn request(argv: &[&str]) -> ExecRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_script_reads_the_archive_and_writes_an_artifact() {
     let script = b"import json, sys\nwords = open('input/words.txt').read().split()\nimport os\nos.makedirs('out', exist_ok=True)\njson.dump({'count': len(words), 'arg': sys.argv[1]}, open('out/result.json', 'w'))\nprint('wrote', len(words))\n";
-    let files: &[(&str, &[u8], u32)] = &[("job.py", script, 0o644), ("input/words.txt", b"a b c d\n", 0o644)];
-    let (engine, done, events) = run(files, RunSpec::new(["python3", "job.py", "x1"]).with_artifact("out/result.json", true)).await;
-    assert_eq!(done.status, RunStatus::Succeeded, "{:?}\n{}", done.failure, stream_of(&events, OutputStream::Stderr));
+    let files: &[(&str, &[u8], u32)] = &[
+        ("job.py", script, 0o644),
+        ("input/words.txt", b"a b c d\n", 0o644),
+    ];
+    let (engine, done, events) = run(
+        files,
+        RunSpec::new(["python3", "job.py", "x1"]).with_artifact("out/result.json", true),
+    )
+    .await;
+    assert_eq!(
+        done.status,
+        RunStatus::Succeeded,
+        "{:?}\n{}",
+        done.failure,
+        stream_of(&events, OutputStream::Stderr)
+    );
     assert_eq!(stream_of(&events, OutputStream::Stdout), "wrote 4\n");
-    let json: serde_json::Value = serde_json::from_slice(&blob(&engine, &done, "out/result.json").await).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&blob(&engine, &done, "out/result.json").await).unwrap();
     assert_eq!(json, serde_json::json!({"count": 4, "arg": "x1"}));
     let evidence = engine.evidence(&done.id).await.unwrap();
     let identity = &evidence.template.identity.as_ref().expect("identity").facts;
-    assert_eq!(identity.get("python.module").map(String::as_str), Some("python-3.12.0.wasm"));
-    assert_eq!(evidence.isolation.as_ref().map(|i| i.process_containment.as_str()), Some("wasm"));
+    assert_eq!(
+        identity.get("python.module").map(String::as_str),
+        Some("python-3.12.0.wasm")
+    );
+    assert_eq!(
+        evidence
+            .isolation
+            .as_ref()
+            .map(|i| i.process_containment.as_str()),
+        Some("wasm")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_javascript_script_runs_on_quickjs_and_writes_an_artifact() {
     let script = b"import * as std from 'qjs:std';\nconst input = std.loadFile('data.txt').trim();\nconst f = std.open('out.txt', 'w');\nf.puts(input.toUpperCase() + ' ' + scriptArgs.slice(1).join(','));\nf.close();\nconsole.log('js says', 6 * 7);\n";
-    let files: &[(&str, &[u8], u32)] = &[("job.js", script, 0o644), ("data.txt", b"shout\n", 0o644)];
-    let (engine, done, events) = run(files, RunSpec::new(["node", "job.js", "a", "b"]).with_artifact("out.txt", true)).await;
-    assert_eq!(done.status, RunStatus::Succeeded, "{:?}\n{}", done.failure, stream_of(&events, OutputStream::Stderr));
+    let files: &[(&str, &[u8], u32)] =
+        &[("job.js", script, 0o644), ("data.txt", b"shout\n", 0o644)];
+    let (engine, done, events) = run(
+        files,
+        RunSpec::new(["node", "job.js", "a", "b"]).with_artifact("out.txt", true),
+    )
+    .await;
+    assert_eq!(
+        done.status,
+        RunStatus::Succeeded,
+        "{:?}\n{}",
+        done.failure,
+        stream_of(&events, OutputStream::Stderr)
+    );
     assert_eq!(stream_of(&events, OutputStream::Stdout), "js says 42\n");
     assert_eq!(blob(&engine, &done, "out.txt").await, b"SHOUT a,b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_pass_through_for_both_interpreters() {
-    let files: &[(&str, &[u8], u32)] = &[("exit.js", b"import * as std from 'qjs:std';\nstd.exit(7);\n", 0o644)];
+    let files: &[(&str, &[u8], u32)] = &[(
+        "exit.js",
+        b"import * as std from 'qjs:std';\nstd.exit(7);\n",
+        0o644,
+    )];
     let (_, done, _) = run(files, RunSpec::new(["node", "exit.js"])).await;
     assert_eq!(done.exit_code, Some(7));
     assert_eq!(failure_kind(&done), Some(FailureKind::ExitNonzero));
@@ -180,31 +253,75 @@ async fn a_busy_loop_in_guest_code_times_out() {
     // Loaded first, so the deadline falls inside the guest's loop, not in module loading.
     common::backend().preload().await.unwrap();
     let started = Instant::now();
-    let (_, done, events) = run(&[], py("print('spinning', flush=True)\nwhile True: pass").with_timeout_ms(4000)).await;
+    let (_, done, events) = run(
+        &[],
+        py("print('spinning', flush=True)\nwhile True: pass").with_timeout_ms(4000),
+    )
+    .await;
     assert_eq!(done.status, RunStatus::Failed);
-    assert_eq!(failure_kind(&done), Some(FailureKind::TimedOut), "{:?}", done.failure);
-    let timeline: Vec<String> = events.iter().map(|e| format!("{} {:?}", e.at, e.kind)).collect();
-    assert_eq!(done.signal, Some(15), "stopped at the first rung (SIGTERM): {timeline:#?}");
+    assert_eq!(
+        failure_kind(&done),
+        Some(FailureKind::TimedOut),
+        "{:?}",
+        done.failure
+    );
+    let timeline: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {:?}", e.at, e.kind))
+        .collect();
+    assert_eq!(
+        done.signal,
+        Some(15),
+        "stopped at the first rung (SIGTERM): {timeline:#?}"
+    );
     assert!(stream_of(&events, OutputStream::Stdout).contains("spinning"));
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_blocked_in_a_host_sleep_times_out() {
     common::backend().preload().await.unwrap();
     let started = Instant::now();
-    let (_, done, events) = run(&[], py("import time\nprint('sleeping', flush=True)\ntime.sleep(1000)").with_timeout_ms(4000)).await;
-    assert!(stream_of(&events, OutputStream::Stdout).contains("sleeping"), "the deadline fell inside the sleep");
-    assert_eq!(failure_kind(&done), Some(FailureKind::TimedOut), "{:?}", done.failure);
+    let (_, done, events) = run(
+        &[],
+        py("import time\nprint('sleeping', flush=True)\ntime.sleep(1000)").with_timeout_ms(4000),
+    )
+    .await;
+    assert!(
+        stream_of(&events, OutputStream::Stdout).contains("sleeping"),
+        "the deadline fell inside the sleep"
+    );
+    assert_eq!(
+        failure_kind(&done),
+        Some(FailureKind::TimedOut),
+        "{:?}",
+        done.failure
+    );
     assert_eq!(done.signal, Some(15));
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_stops_a_sleeping_or_spinning_guest_at_once() {
     for (code, signal, want) in [
-        ("import time\nprint('ready', flush=True)\ntime.sleep(1000)", KillSignal::Term, 15),
-        ("print('ready', flush=True)\nwhile True: pass", KillSignal::Kill, 9),
+        (
+            "import time\nprint('ready', flush=True)\ntime.sleep(1000)",
+            KillSignal::Term,
+            15,
+        ),
+        (
+            "print('ready', flush=True)\nwhile True: pass",
+            KillSignal::Kill,
+            9,
+        ),
     ] {
         let sandbox = sandbox_with(&[]).await;
         let sink = Arc::new(RecordingSink::default());
@@ -220,9 +337,17 @@ async fn signal_stops_a_sleeping_or_spinning_guest_at_once() {
         }
         let signalled = Instant::now();
         sandbox.signal(signal).await.unwrap();
-        let outcome = tokio::time::timeout(Duration::from_secs(10), task).await.expect("exec returns").unwrap().unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("exec returns")
+            .unwrap()
+            .unwrap();
         assert_eq!(outcome.status, ExitStatus::Signaled(want));
-        assert!(signalled.elapsed() < Duration::from_secs(5), "stop took {:?}", signalled.elapsed());
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "stop took {:?}",
+            signalled.elapsed()
+        );
         // Signalling with nothing running is fine.
         sandbox.signal(KillSignal::Kill).await.unwrap();
         sandbox.destroy().await.unwrap();
@@ -237,11 +362,23 @@ async fn a_memory_bomb_ends_limit_exceeded() {
         memory_bytes: Some(128 * 1024 * 1024),
         ..LimitOverrides::default()
     };
-    let (_, done, _) = run(&[], py("chunks = []\nwhile True: chunks.append(bytearray(16 << 20))").with_limits(limits)).await;
+    let (_, done, _) = run(
+        &[],
+        py("chunks = []\nwhile True: chunks.append(bytearray(16 << 20))").with_limits(limits),
+    )
+    .await;
     assert_eq!(done.status, RunStatus::Failed);
-    assert_eq!(failure_kind(&done), Some(FailureKind::LimitExceeded), "{:?}", done.failure);
+    assert_eq!(
+        failure_kind(&done),
+        Some(FailureKind::LimitExceeded),
+        "{:?}",
+        done.failure
+    );
     let message = &done.failure.as_ref().unwrap().message;
-    assert!(message.contains("memory limit of 134217728 bytes"), "{message}");
+    assert!(
+        message.contains("memory limit of 134217728 bytes"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,11 +395,18 @@ async fn an_output_flood_is_capped_and_drained() {
     let dropped: u64 = events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::OutputTruncated { stream: OutputStream::Stdout, bytes_dropped } => Some(*bytes_dropped),
+            EventKind::OutputTruncated {
+                stream: OutputStream::Stdout,
+                bytes_dropped,
+            } => Some(*bytes_dropped),
             _ => None,
         })
         .sum();
-    assert_eq!(dropped + stdout.len() as u64, 8 * 1024 * 1024, "every byte was drained: stored + dropped");
+    assert_eq!(
+        dropped + stdout.len() as u64,
+        8 * 1024 * 1024,
+        "every byte was drained: stored + dropped"
+    );
     assert_eq!(stream_of(&events, OutputStream::Stderr), "done\n");
 }
 
@@ -274,7 +418,10 @@ async fn a_slow_sink_slows_the_guest_down_without_losing_output() {
         ..RecordingSink::default()
     };
     let code = "import sys, time\nfor i in range(10):\n    sys.stdout.write(f'{i} {time.monotonic()}\\n')\n    sys.stdout.flush()";
-    let outcome = sandbox.exec(&request(&["python3", "-c", code]), &sink).await.unwrap();
+    let outcome = sandbox
+        .exec(&request(&["python3", "-c", code]), &sink)
+        .await
+        .unwrap();
     assert_eq!(outcome.status, ExitStatus::Exited(0));
     let stamps: Vec<f64> = sink
         .text(OutputStream::Stdout)
@@ -289,7 +436,10 @@ async fn a_slow_sink_slows_the_guest_down_without_losing_output() {
     assert_eq!(stamps.len(), 10);
     // Each write waited for the previous one to be accepted (40 ms each).
     let spread = stamps[9] - stamps[0];
-    assert!(spread >= 9.0 * 0.040 * 0.9, "the guest was not held back: {spread:.3} s for 9 writes");
+    assert!(
+        spread >= 9.0 * 0.040 * 0.9,
+        "the guest was not held back: {spread:.3} s for 9 writes"
+    );
     sandbox.destroy().await.unwrap();
 }
 
@@ -316,7 +466,10 @@ print(sorted(os.listdir('/workspace')))
     let (_, done, events) = run(files, py(code)).await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
     let out = stream_of(&events, OutputStream::Stdout);
-    assert!(!out.contains("OPENED") && !out.contains("WROTE") && !out.contains("root:"), "{out}");
+    assert!(
+        !out.contains("OPENED") && !out.contains("WROTE") && !out.contains("root:"),
+        "{out}"
+    );
     assert_eq!(out.matches("denied").count(), 6, "{out}");
     assert!(out.contains("['a.txt']"), "{out}");
 }
@@ -324,8 +477,15 @@ print(sorted(os.listdir('/workspace')))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlinks_pointing_outside_the_workspace_cannot_be_followed() {
     let sandbox = sandbox_with(&[("inside.txt", b"inside-content", 0o644)]).await;
-    let ws = common::config().workspace_root.join(sandbox.id()).join("workspace");
-    assert!(ws.join("inside.txt").exists(), "workspace at {}", ws.display());
+    let ws = common::config()
+        .workspace_root
+        .join(sandbox.id())
+        .join("workspace");
+    assert!(
+        ws.join("inside.txt").exists(),
+        "workspace at {}",
+        ws.display()
+    );
     // Links made on the host (as a hostile archive could not, but a previous step might):
     // to an absolute host path, and to the sandbox's own marker next to the workspace.
     std::os::unix::fs::symlink("/etc/passwd", ws.join("abs")).unwrap();
@@ -342,12 +502,23 @@ for p in ['abs', 'up', 'guest-made', '/workspace/up']:
 print('ok', open('ok').read())
 "#;
     let sink = RecordingSink::default();
-    let outcome = sandbox.exec(&request(&["python3", "-c", code]), &sink).await.unwrap();
+    let outcome = sandbox
+        .exec(&request(&["python3", "-c", code]), &sink)
+        .await
+        .unwrap();
     let out = sink.text(OutputStream::Stdout);
-    assert_eq!(outcome.status, ExitStatus::Exited(0), "{out}\n{}", sink.text(OutputStream::Stderr));
+    assert_eq!(
+        outcome.status,
+        ExitStatus::Exited(0),
+        "{out}\n{}",
+        sink.text(OutputStream::Stderr)
+    );
     assert!(!out.contains("OPENED"), "{out}");
     assert_eq!(out.matches("blocked").count(), 4, "{out}");
-    assert!(out.contains("ok inside-content"), "a link inside the workspace works: {out}");
+    assert!(
+        out.contains("ok inside-content"),
+        "a link inside the workspace works: {out}"
+    );
     sandbox.destroy().await.unwrap();
     assert!(!ws.exists(), "destroy removed the workspace");
 }
@@ -358,18 +529,33 @@ print('ok', open('ok').read())
 async fn other_programs_and_bad_cwds_are_spawn_failed() {
     let sandbox = sandbox_with(&[("file.txt", b"x", 0o644)]).await;
     let sink = RecordingSink::default();
-    for argv in [&["sh", "-c", "echo hi"][..], &["/usr/bin/python3", "-c", "1"][..], &["bash"][..]] {
+    for argv in [
+        &["sh", "-c", "echo hi"][..],
+        &["/usr/bin/python3", "-c", "1"][..],
+        &["bash"][..],
+    ] {
         match sandbox.exec(&request(argv), &sink).await.unwrap().status {
-            ExitStatus::SpawnFailed(m) => assert!(m.contains("python3") && m.contains("node"), "{m}"),
+            ExitStatus::SpawnFailed(m) => {
+                assert!(m.contains("python3") && m.contains("node"), "{m}")
+            }
             other => panic!("{argv:?}: {other:?}"),
         }
     }
     let mut req = request(&["python3", "-c", "1"]);
     req.cwd = "file.txt".into();
-    assert!(matches!(sandbox.exec(&req, &sink).await.unwrap().status, ExitStatus::SpawnFailed(m) if m.contains("not a directory")));
+    assert!(
+        matches!(sandbox.exec(&req, &sink).await.unwrap().status, ExitStatus::SpawnFailed(m) if m.contains("not a directory"))
+    );
     req.cwd = "missing".into();
-    assert!(matches!(sandbox.exec(&req, &sink).await.unwrap().status, ExitStatus::SpawnFailed(_)));
-    assert_eq!(sink.started.load(Ordering::SeqCst), 0, "nothing was started");
+    assert!(matches!(
+        sandbox.exec(&req, &sink).await.unwrap().status,
+        ExitStatus::SpawnFailed(_)
+    ));
+    assert_eq!(
+        sink.started.load(Ordering::SeqCst),
+        0,
+        "nothing was started"
+    );
     sandbox.destroy().await.unwrap();
 }
 
@@ -379,10 +565,20 @@ async fn a_guest_trap_is_reported_as_signal_6_with_the_trap_on_stderr() {
     let sandbox = sandbox_with(&[]).await;
     let sink = RecordingSink::default();
     let code = "import os\nprint('before', flush=True)\nos.abort()";
-    let outcome = sandbox.exec(&request(&["python3", "-c", code]), &sink).await.unwrap();
+    let outcome = sandbox
+        .exec(&request(&["python3", "-c", code]), &sink)
+        .await
+        .unwrap();
     let err = sink.text(OutputStream::Stderr);
-    assert_eq!(outcome.status, ExitStatus::Signaled(crownest_backend_wasm::TRAP_SIGNAL), "{err}");
-    assert!(err.contains("crownest-wasm: the guest ended with a trap"), "{err}");
+    assert_eq!(
+        outcome.status,
+        ExitStatus::Signaled(crownest_backend_wasm::TRAP_SIGNAL),
+        "{err}"
+    );
+    assert!(
+        err.contains("crownest-wasm: the guest ended with a trap"),
+        "{err}"
+    );
     sandbox.destroy().await.unwrap();
 }
 
@@ -411,12 +607,28 @@ async fn the_identity_is_the_pinned_module_digests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_modules_make_the_template_unavailable() {
     let empty = tempfile::tempdir().unwrap();
-    let backend = WasmBackend::new(WasmConfig::with_modules_dir(empty.path()).with_workspace_root(empty.path().join("ws"))).unwrap();
+    let backend = WasmBackend::new(
+        WasmConfig::with_modules_dir(empty.path()).with_workspace_root(empty.path().join("ws")),
+    )
+    .unwrap();
     let t = &backend.templates().await.unwrap()[0];
     assert!(!t.available);
-    assert!(t.reason.as_deref().unwrap().contains("scripts/fetch-wasm-modules.sh"), "{:?}", t.reason);
-    let err = backend.create(&sandbox_spec(Limits::default())).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidSpec { field, message } if field == "template" && message.contains("fetch-wasm-modules")), "{err:?}");
+    assert!(
+        t.reason
+            .as_deref()
+            .unwrap()
+            .contains("scripts/fetch-wasm-modules.sh"),
+        "{:?}",
+        t.reason
+    );
+    let err = backend
+        .create(&sandbox_spec(Limits::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidSpec { field, message } if field == "template" && message.contains("fetch-wasm-modules")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +636,10 @@ async fn network_enabled_is_refused() {
     let mut spec = sandbox_spec(Limits::default());
     spec.network = Network::Enabled;
     let err = common::backend().create(&spec).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidSpec { field, .. } if field == "network"), "{err:?}");
+    assert!(
+        matches!(&err, Error::InvalidSpec { field, .. } if field == "network"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,11 +648,17 @@ async fn compiled_modules_are_cached_on_disk_and_in_memory() {
     let shared = common::backend();
     shared.preload().await.unwrap();
     let again = shared.preload().await.unwrap();
-    assert!(again.iter().all(|p| p.source == ModuleSource::Memory), "{again:?}");
+    assert!(
+        again.iter().all(|p| p.source == ModuleSource::Memory),
+        "{again:?}"
+    );
     // A fresh backend on the same cache dir loads the artefacts from disk, never compiling.
     let fresh = WasmBackend::new(common::config()).unwrap();
     let loaded = fresh.preload().await.unwrap();
-    assert!(loaded.iter().all(|p| p.source == ModuleSource::DiskCache), "{loaded:?}");
+    assert!(
+        loaded.iter().all(|p| p.source == ModuleSource::DiskCache),
+        "{loaded:?}"
+    );
     let cwasm: Vec<_> = std::fs::read_dir(&common::config().cache_dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -446,7 +667,13 @@ async fn compiled_modules_are_cached_on_disk_and_in_memory() {
         .collect();
     assert!(cwasm.len() >= 2, "{cwasm:?}");
     for name in &cwasm {
-        assert!(common::config().cache_dir.join(format!("{name}.sha256")).exists(), "{name} has its digest");
+        assert!(
+            common::config()
+                .cache_dir
+                .join(format!("{name}.sha256"))
+                .exists(),
+            "{name} has its digest"
+        );
     }
 }
 
@@ -456,17 +683,32 @@ async fn a_corrupted_cache_entry_is_recompiled_not_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config().with_cache_dir(dir.path());
     let first = WasmBackend::new(config.clone()).unwrap();
-    let sandbox = first.create(&sandbox_spec(Limits::default())).await.unwrap();
+    let sandbox = first
+        .create(&sandbox_spec(Limits::default()))
+        .await
+        .unwrap();
     let sink = RecordingSink::default();
-    let files: Vec<_> = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect()
-    }();
-    assert!(files.is_empty());
-    let out = sandbox.exec(&request(&["node", "-e", "console.log(1 + 1)"]), &sink).await.unwrap();
-    assert_eq!(out.status, ExitStatus::Exited(0), "{}", sink.text(OutputStream::Stderr));
+    let cwasm_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    assert!(cwasm_files().is_empty());
+    let out = sandbox
+        .exec(&request(&["node", "-e", "console.log(1 + 1)"]), &sink)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited(0),
+        "{}",
+        sink.text(OutputStream::Stderr)
+    );
     sandbox.destroy().await.unwrap();
-    let cwasm: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
-    assert_eq!(cwasm.len(), 1, "{cwasm:?}");
+    let cwasm = cwasm_files();
+    assert_eq!(cwasm.len(), 1, "only QuickJS was compiled: {cwasm:?}");
     // Flip bytes in the middle of the artefact: a new backend must not load it.
     let mut bytes = std::fs::read(&cwasm[0]).unwrap();
     let mid = bytes.len() / 2;
@@ -475,12 +717,26 @@ async fn a_corrupted_cache_entry_is_recompiled_not_loaded() {
     }
     std::fs::write(&cwasm[0], &bytes).unwrap();
     let second = WasmBackend::new(config).unwrap();
-    let sandbox = second.create(&sandbox_spec(Limits::default())).await.unwrap();
+    let sandbox = second
+        .create(&sandbox_spec(Limits::default()))
+        .await
+        .unwrap();
     let sink = RecordingSink::default();
-    let out = sandbox.exec(&request(&["node", "-e", "console.log(6 * 7)"]), &sink).await.unwrap();
-    assert_eq!(out.status, ExitStatus::Exited(0), "{}", sink.text(OutputStream::Stderr));
+    let out = sandbox
+        .exec(&request(&["node", "-e", "console.log(6 * 7)"]), &sink)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited(0),
+        "{}",
+        sink.text(OutputStream::Stderr)
+    );
     assert_eq!(sink.text(OutputStream::Stdout), "42\n");
-    assert_ne!(std::fs::read(&cwasm[0]).unwrap(), bytes, "the corrupted artefact was replaced");
+    assert_ne!(
+        std::fs::read(&cwasm[0]).unwrap(),
+        bytes,
+        "the corrupted artefact was replaced"
+    );
     sandbox.destroy().await.unwrap();
 }
-

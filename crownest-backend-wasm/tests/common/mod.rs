@@ -44,7 +44,9 @@ pub(crate) fn config() -> WasmConfig {
 /// One backend per test binary: every test shares its engine and loaded modules.
 pub(crate) fn backend() -> WasmBackend {
     static BACKEND: OnceLock<WasmBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| WasmBackend::new(config()).expect("backend")).clone()
+    BACKEND
+        .get_or_init(|| WasmBackend::new(config()).expect("backend"))
+        .clone()
 }
 
 pub(crate) fn backend_arc() -> Arc<WasmBackend> {
