@@ -2,9 +2,9 @@
 //!
 //! A CrowNest [`SandboxBackend`](crownest_core::SandboxBackend) that runs commands as WASI
 //! preview 1 modules inside [wasmtime](https://wasmtime.dev) (pinned `=48.0.8`). The
-//! `python-node` template maps argv[0] to a module:
+//! `python-node` template maps `argv[0]` to a module:
 //!
-//! | argv[0] | module | what it is |
+//! | `argv[0]` | module | what it is |
 //! |---|---|---|
 //! | `python`, `python3`, `python3.12` | `python-3.12.0.wasm` | CPython 3.12.0 for wasm32-wasi (VMware Wasm Labs), standard library embedded |
 //! | `node` | `quickjs.wasm` | QuickJS-NG 0.11.0 for wasm32-wasi: **not Node.js** (below) |

@@ -1,4 +1,4 @@
-//! The WASI modules of the `python-node` template: which argv[0] selects which module, the
+//! The WASI modules of the `python-node` template: which `argv[0]` selects which module, the
 //! sha256 pins of `modules.lock` (compiled into this crate), and verification of the files
 //! in [`crate::WasmConfig::modules_dir`].
 
@@ -20,7 +20,7 @@ pub(crate) const FETCH_SCRIPT: &str = "scripts/fetch-wasm-modules.sh";
 /// The template this backend offers.
 pub(crate) const TEMPLATE: &str = "python-node";
 
-/// The interpreter a command's argv[0] selects.
+/// The interpreter a command's `argv[0]` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Interpreter {
     /// `python`, `python3`, `python3.12`: CPython 3.12 for wasm32-wasi.
@@ -33,7 +33,7 @@ impl Interpreter {
     /// Both, in lock-file order.
     pub const ALL: [Interpreter; 2] = [Interpreter::Python, Interpreter::Node];
 
-    /// The interpreter argv[0] names, if any. Only bare names are accepted: there is no
+    /// The interpreter `argv[0]` names, if any. Only bare names are accepted: there is no
     /// PATH inside the sandbox.
     pub fn from_argv0(argv0: &str) -> Option<Self> {
         match argv0 {
