@@ -166,9 +166,8 @@ impl OutputChunker {
                     // `next_piece` found these bytes valid; `from_utf8` checks again at
                     // full speed (`from_utf8_lossy` walks them far slower).
                     data: Some(
-                        String::from_utf8(bytes.to_vec()).unwrap_or_else(|e| {
-                            String::from_utf8_lossy(e.as_bytes()).into_owned()
-                        }),
+                        String::from_utf8(bytes.to_vec())
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
                     ),
                     data_base64: None,
                 }
