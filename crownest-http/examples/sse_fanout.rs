@@ -259,7 +259,7 @@ async fn server(a: ServerArgs) -> Result<(), String> {
         .collect();
     println!(
         "subscribers={} run_events={events} output_mb={} run_wall_s={:.3} delivery_s={window_s:.3} \
-         all_done_s={:.3} delivered={delivered} events_per_s={:.0} {} server_cpu_user_s={:.2} \
+         all_done_s={:.3} events_per_s={:.0} {} server_cpu_user_s={:.2} \
          server_cpu_sys_s={:.2} server_threads={}",
         a.subscribers,
         a.mb,
