@@ -561,27 +561,39 @@ async fn evidence_is_readable_exactly_when_terminal_is_visible() {
         e.engine.evidence(&run.id).await,
         Err(Error::NotTerminal { .. })
     ));
-    let mut stream = e.engine.subscribe(&run.id, 0);
     e.engine.start(&run.id).await.unwrap();
-    while let Some(ev) = stream.next().await {
-        let ev = ev.unwrap();
+    // Sample both sides as the run ends: evidence readable ⇔ terminal event visible.
+    let mut seen_terminal = false;
+    for _ in 0..2000 {
+        // Evidence first: if it is readable, the terminal event must already be visible.
         let evidence = e.engine.evidence(&run.id).await;
-        if ev.kind.is_terminal() {
-            assert_eq!(evidence.unwrap().terminal_event, ev);
-        } else if !matches!(
-            ev.kind,
-            EventKind::Status {
-                status: RunStatus::Succeeded,
-                ..
-            }
-        ) {
+        let events = e.engine.list_events(&run.id, 0, 1000).await.unwrap();
+        let terminal_visible = events.last().is_some_and(|ev| ev.kind.is_terminal());
+        if let Ok(bundle) = &evidence {
             assert!(
-                matches!(evidence, Err(Error::NotTerminal { .. })),
-                "evidence before terminal at {:?}",
-                ev.kind
+                terminal_visible,
+                "evidence readable before the terminal event"
             );
+            assert_eq!(&bundle.terminal_event, events.last().unwrap());
         }
+        // Terminal first: once it is visible, the evidence must be readable.
+        if terminal_visible {
+            let bundle = e
+                .engine
+                .evidence(&run.id)
+                .await
+                .expect("evidence readable once terminal is visible");
+            assert_eq!(&bundle.terminal_event, events.last().unwrap());
+            seen_terminal = true;
+            break;
+        }
+        assert!(
+            matches!(evidence, Err(Error::NotTerminal { .. })),
+            "{evidence:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    assert!(seen_terminal);
 }
 
 #[tokio::test]

@@ -419,13 +419,37 @@ impl WorkspaceRuns {
     }
 
     /// Waits until the run is terminal and returns its final record.
+    ///
+    /// It reads only the run record: woken by this engine's commits, and polling
+    /// (`subscribe_poll_interval`) for runs driven by another process.
     pub async fn wait(&self, id: &RunId) -> Result<RunRecord> {
-        use futures::StreamExt as _;
-        let mut stream = self.subscribe(id, 0);
-        while let Some(item) = stream.next().await {
-            item?;
+        let mut rx = {
+            let mut w = lock(&self.inner.watchers);
+            w.entry(id.clone())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        };
+        let poll = self.inner.config.subscribe_poll_interval;
+        loop {
+            let run = self.get(id).await?;
+            if run.status.is_terminal() {
+                drop(rx);
+                let mut w = lock(&self.inner.watchers);
+                if w.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
+                    w.remove(id);
+                }
+                return Ok(run);
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // The sender went away with the terminal commit: poll from now on.
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                _ = tokio::time::sleep(poll) => {}
+            }
         }
-        self.get(id).await
     }
 
     /// Recovery: every unfinished run whose owner is gone ends `failed` / `host_restarted`
