@@ -86,6 +86,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// The events of the last commit of a run (shared with its subscribers).
+pub(crate) type LiveBatch = Arc<Vec<Event>>;
+
 /// A run being driven by this engine.
 #[derive(Debug)]
 struct LiveRun {
@@ -103,7 +106,8 @@ pub(crate) struct Inner {
     slots: Arc<Semaphore>,
     live: Mutex<HashMap<RunId, LiveRun>>,
     secrets: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
-    watchers: Mutex<HashMap<RunId, watch::Sender<u64>>>,
+    /// Per run: the last committed batch, so caught-up subscribers need not re-read the store.
+    watchers: Mutex<HashMap<RunId, watch::Sender<LiveBatch>>>,
     run_locks: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Counters>,
 }
@@ -426,7 +430,7 @@ impl WorkspaceRuns {
         let mut rx = {
             let mut w = lock(&self.inner.watchers);
             w.entry(id.clone())
-                .or_insert_with(|| watch::channel(0).0)
+                .or_insert_with(|| watch::channel(LiveBatch::default()).0)
                 .subscribe()
         };
         let poll = self.inner.config.subscribe_poll_interval;
@@ -539,20 +543,25 @@ impl WorkspaceRuns {
         if let Some(last) = sealed.last() {
             record.next_seq = last.seq + 1;
             record.chain_head.clone_from(&last.hash);
-            self.notify(&record.id, last.seq, record.status.is_terminal());
+            self.notify(&record.id, &sealed, record.status.is_terminal());
         }
         Ok(sealed)
     }
 
-    fn notify(&self, id: &RunId, seq: u64, terminal: bool) {
+    fn notify(&self, id: &RunId, sealed: &[Event], terminal: bool) {
         let mut w = lock(&self.inner.watchers);
+        let tx = if terminal {
+            w.remove(id)
+        } else {
+            w.get(id).cloned()
+        };
+        if let Some(tx) = tx
+            && tx.receiver_count() > 0
+        {
+            tx.send_replace(Arc::new(sealed.to_vec()));
+        }
         if terminal {
-            if let Some(tx) = w.remove(id) {
-                let _ = tx.send(seq);
-            }
             lock(&self.inner.run_locks).remove(id);
-        } else if let Some(tx) = w.get(id) {
-            let _ = tx.send(seq);
         }
     }
 

@@ -44,7 +44,7 @@ struct State {
     after: u64,
     buffer: VecDeque<Event>,
     done: bool,
-    watch: Option<watch::Receiver<u64>>,
+    watch: Option<watch::Receiver<super::LiveBatch>>,
 }
 
 impl State {
@@ -67,7 +67,7 @@ impl WorkspaceRuns {
         let rx = {
             let mut w = lock(&self.inner.watchers);
             w.entry(id.clone())
-                .or_insert_with(|| watch::channel(0).0)
+                .or_insert_with(|| watch::channel(super::LiveBatch::default()).0)
                 .subscribe()
         };
         let state = State {
@@ -91,6 +91,14 @@ impl WorkspaceRuns {
                     if st.done {
                         st.release_watch();
                         return None;
+                    }
+                    // Caught up with this engine's last commit: take it from memory.
+                    if let Some(rx) = st.watch.as_mut() {
+                        let batch = rx.borrow_and_update().clone();
+                        if let Some(pos) = batch.iter().position(|e| e.seq == st.after + 1) {
+                            st.buffer.extend(batch[pos..].iter().cloned());
+                            continue;
+                        }
                     }
                     match st
                         .engine
