@@ -40,7 +40,7 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 /// `crownest artifacts`.
 pub(crate) async fn export(home_dir: &Path, args: ArtifactsArgs) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home_dir).await?.engine;
+    let engine = home::open(home_dir).await?;
     let record = engine.get(&id).await?;
     if !record.status.is_terminal() {
         return Err(usage(format!(

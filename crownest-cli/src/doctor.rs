@@ -76,7 +76,12 @@ pub(crate) async fn doctor(home_dir: &Path, args: DoctorArgs) -> anyhow::Result<
         backends,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&report)?
+        );
     } else {
         print_human(&report);
     }
@@ -85,13 +90,19 @@ pub(crate) async fn doctor(home_dir: &Path, args: DoctorArgs) -> anyhow::Result<
 }
 
 fn print_human(r: &Report) {
-    println!("home:  {}", r.home);
-    println!("store: {}", r.store);
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "home:  {}", r.home);
+    let _ = writeln!(o, "store: {}", r.store);
     for b in &r.backends {
         let state = if b.usable { "usable" } else { "NOT usable" };
         match &b.reason {
-            Some(why) => println!("backend {}: {state}: {why}", b.name),
-            None => println!("backend {}: {state}", b.name),
+            Some(why) => {
+                let _ = writeln!(o, "backend {}: {state}: {why}", b.name);
+            }
+            None => {
+                let _ = writeln!(o, "backend {}: {state}", b.name);
+            }
         }
         if let Some(c) = &b.capabilities {
             let mut can = Vec::new();
@@ -112,7 +123,8 @@ fn print_human(r: &Report) {
                     cannot.push(name)
                 }
             }
-            println!(
+            let _ = writeln!(
+                o,
                 "  enforces: {}",
                 if can.is_empty() {
                     "-".into()
@@ -120,7 +132,8 @@ fn print_human(r: &Report) {
                     can.join(", ")
                 }
             );
-            println!(
+            let _ = writeln!(
+                o,
                 "  does not: {}",
                 if cannot.is_empty() {
                     "-".into()
@@ -131,14 +144,15 @@ fn print_human(r: &Report) {
         }
         for t in &b.templates {
             if t.available {
-                println!("  template {}: available", t.name);
+                let _ = writeln!(o, "  template {}: available", t.name);
                 if let Some(id) = &t.identity {
                     for (k, v) in &id.facts {
-                        println!("    {k} = {v}");
+                        let _ = writeln!(o, "    {k} = {v}");
                     }
                 }
             } else {
-                println!(
+                let _ = writeln!(
+                    o,
                     "  template {}: unavailable: {}",
                     t.name,
                     t.reason.as_deref().unwrap_or("no reason given")
@@ -146,4 +160,6 @@ fn print_human(r: &Report) {
             }
         }
     }
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(o.as_bytes());
 }

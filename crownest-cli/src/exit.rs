@@ -83,6 +83,16 @@ pub(crate) fn classify(e: &anyhow::Error) -> Exit {
     Exit::Failure
 }
 
+/// True when the error is stdout closed under us (e.g. piped into `head`).
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
 /// The whole chain of messages, for stderr.
 pub(crate) fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();

@@ -32,35 +32,6 @@ pub(crate) struct BackendSlot {
     pub(crate) backend: Result<Arc<dyn SandboxBackend>, String>,
 }
 
-/// The engine and the backends behind it.
-#[derive(Debug)]
-pub(crate) struct Opened {
-    /// The engine (recovery already ran).
-    pub(crate) engine: WorkspaceRuns,
-    /// Every backend this build knows, in registration order.
-    pub(crate) backends: Vec<BackendSlot>,
-}
-
-impl Opened {
-    /// Fails with the reason when `name` is not usable here.
-    pub(crate) fn require_backend(&self, name: &str) -> anyhow::Result<()> {
-        match self.backends.iter().find(|b| b.name == name) {
-            Some(BackendSlot { backend: Ok(_), .. }) => Ok(()),
-            Some(BackendSlot {
-                backend: Err(why), ..
-            }) => Err(usage(format!("backend {name} is not usable here: {why}"))),
-            None => Err(usage(format!(
-                "no backend named {name:?} in this build (known: {})",
-                self.backends
-                    .iter()
-                    .map(|b| b.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        }
-    }
-}
-
 /// Opens the durable store under `<home>/store`.
 pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
     let dir = home.join("store");
@@ -71,22 +42,32 @@ pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-/// Every backend of this build, constructed (not yet probed for templates).
-#[cfg_attr(not(any(feature = "docker", feature = "wasm")), allow(unused_mut))]
+/// Every backend of this build, constructed (not yet probed for templates). They are set up
+/// concurrently: the process backend's containment probe (a fork into fresh namespaces) and
+/// the Docker handshake each take a few milliseconds, and every command pays for them.
 pub(crate) async fn backends() -> Vec<BackendSlot> {
+    let process = tokio::task::spawn_blocking(process_backend);
+    #[cfg(feature = "wasm")]
+    let wasm = tokio::task::spawn_blocking(wasm_backend);
+    #[cfg(feature = "docker")]
+    let docker = docker_backend().await;
+    let joined = |r: Result<Result<Arc<dyn SandboxBackend>, String>, tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
+    };
+    #[cfg_attr(not(any(feature = "docker", feature = "wasm")), allow(unused_mut))]
     let mut out = vec![BackendSlot {
         name: "process",
-        backend: process_backend(),
+        backend: joined(process.await),
     }];
     #[cfg(feature = "docker")]
     out.push(BackendSlot {
         name: "docker",
-        backend: docker_backend().await,
+        backend: docker,
     });
     #[cfg(feature = "wasm")]
     out.push(BackendSlot {
         name: "wasm",
-        backend: wasm_backend(),
+        backend: joined(wasm.await),
     });
     out
 }
@@ -117,9 +98,9 @@ fn wasm_backend() -> Result<Arc<dyn SandboxBackend>, String> {
 
 /// Opens the store and the engine with every usable backend; recovery runs (it never
 /// touches a run whose owner process is alive).
-pub(crate) async fn open(home: &Path) -> anyhow::Result<Opened> {
-    let store = open_store(home).await?;
-    let backends = backends().await;
+pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
+    let (store, backends) = tokio::join!(open_store(home), backends());
+    let store = store?;
     let mut builder = WorkspaceRuns::builder(store).config(EngineConfig {
         default_backend: Some("process".into()),
         ..EngineConfig::default()
@@ -138,6 +119,75 @@ pub(crate) async fn open(home: &Path) -> anyhow::Result<Opened> {
             .unwrap_or_default();
         anyhow::bail!("the process backend cannot be set up here: {why}");
     }
+    builder.open().await.context("opening the engine")
+}
+
+/// The engine `run` drives its run with, and the recovery running beside it.
+#[derive(Debug)]
+pub(crate) struct ForRun {
+    /// An engine with the process backend and the one the run asked for.
+    pub(crate) engine: WorkspaceRuns,
+    /// Recovery with every backend, in a second engine instance on the same store.
+    pub(crate) recovery: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// For `run`: recovery is kept off the run's critical path. The run's engine registers only
+/// the process backend and the backend the run asked for, and skips recovery; a second
+/// engine instance with every backend runs recovery concurrently (it leaves this process's
+/// run alone: its owner is alive). `run` waits for it before exiting.
+pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::Result<ForRun> {
+    let process = tokio::task::spawn_blocking(process_backend);
+    let store = open_store(home).await?;
+    let process = process
+        .await
+        .unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
+        .map_err(|why| anyhow::anyhow!("the process backend cannot be set up here: {why}"))?;
+    let mut builder = WorkspaceRuns::builder(store.clone())
+        .config(EngineConfig {
+            default_backend: Some("process".into()),
+            ..EngineConfig::default()
+        })
+        .backend(process)
+        .without_recovery();
+    match backend {
+        None | Some("process") => {}
+        Some(name) => {
+            let slot = other_backend(name)
+                .await
+                .ok_or_else(|| usage(format!("no backend named {name:?} in this build")))?;
+            let chosen = slot
+                .backend
+                .map_err(|why| usage(format!("backend {name} is not usable here: {why}")))?;
+            builder = builder.backend(chosen);
+        }
+    }
     let engine = builder.open().await.context("opening the engine")?;
-    Ok(Opened { engine, backends })
+    let recovery = tokio::spawn(async move {
+        let mut builder = WorkspaceRuns::builder(store);
+        for slot in backends().await {
+            if let Ok(b) = slot.backend {
+                builder = builder.backend(b);
+            }
+        }
+        builder.open().await.context("recovery")?;
+        Ok(())
+    });
+    Ok(ForRun { engine, recovery })
+}
+
+/// A backend other than `process`, by name, if this build has it.
+async fn other_backend(name: &str) -> Option<BackendSlot> {
+    match name {
+        #[cfg(feature = "docker")]
+        "docker" => Some(BackendSlot {
+            name: "docker",
+            backend: docker_backend().await,
+        }),
+        #[cfg(feature = "wasm")]
+        "wasm" => Some(BackendSlot {
+            name: "wasm",
+            backend: wasm_backend(),
+        }),
+        _ => None,
+    }
 }

@@ -35,7 +35,7 @@ pub(crate) async fn runs(home: &Path, args: RunsArgs) -> anyhow::Result<Exit> {
         })?),
         None => None,
     };
-    let engine = home::open(home).await?.engine;
+    let engine = home::open(home).await?;
     let runs = engine
         .list(&RunQuery {
             status,
@@ -92,7 +92,7 @@ fn table_row(r: &RunRecord) -> String {
 /// `crownest show RUN`: the run record as pretty JSON.
 pub(crate) async fn show(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?.engine;
+    let engine = home::open(home).await?;
     let record = engine.get(&id).await?;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &record)?;
@@ -103,7 +103,7 @@ pub(crate) async fn show(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
 /// `crownest events RUN`: JSON lines; with `--follow`, live until `terminal`.
 pub(crate) async fn events(home: &Path, args: EventsArgs) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?.engine;
+    let engine = home::open(home).await?;
     engine.get(&id).await?;
     let mut remaining = args.limit.unwrap_or(usize::MAX);
     if remaining == 0 {
@@ -144,7 +144,7 @@ pub(crate) async fn events(home: &Path, args: EventsArgs) -> anyhow::Result<Exit
 /// `crownest evidence RUN [--in-toto]`.
 pub(crate) async fn evidence(home: &Path, args: EvidenceArgs) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?.engine;
+    let engine = home::open(home).await?;
     let bundle = engine.evidence(&id).await?;
     let mut out = std::io::stdout().lock();
     if args.in_toto {
@@ -160,7 +160,7 @@ pub(crate) async fn evidence(home: &Path, args: EvidenceArgs) -> anyhow::Result<
 /// starting or running one (in this process or another) to run the kill ladder.
 pub(crate) async fn cancel(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?.engine;
+    let engine = home::open(home).await?;
     let record = engine.cancel(&id).await?;
     if record.status.is_terminal() {
         println!("run {id} {}", record.status);

@@ -47,6 +47,8 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(exit) => exit.into(),
+        // `crownest events RUN | head`: the reader left; that is not an error.
+        Err(e) if exit::is_broken_pipe(&e) => Exit::Success.into(),
         Err(e) => {
             eprintln!("crownest: {}", exit::describe(&e));
             exit::classify(&e).into()

@@ -179,11 +179,30 @@ pub(crate) async fn run(home_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> 
     let mut progress = Progress::new(tty);
     let source = upload::prepare(&args.source, declared, &mut progress)?;
 
-    let opened = home::open(home_dir).await?;
-    if let Some(name) = &spec.backend {
-        opened.require_backend(name)?;
-    }
+    let opened = home::open_for_run(home_dir, spec.backend.as_deref()).await?;
     let engine = opened.engine;
+    let exit = drive(&engine, spec, &args, source, progress, &mut interrupts).await;
+    // Let recovery (running beside the run) finish, briefly: it is idempotent, and the next
+    // command redoes whatever it did not get to.
+    if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(5), opened.recovery)
+        .await
+        .map(|j| j.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))))
+    {
+        eprintln!("crownest: recovery: {}", crate::exit::describe(&e));
+    }
+    exit
+}
+
+/// Creates, uploads, starts and follows the run.
+async fn drive(
+    engine: &WorkspaceRuns,
+    spec: RunSpec,
+    args: &RunArgs,
+    source: upload::PreparedSource,
+    progress: Progress,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<Exit> {
+    let tty = !args.json && std::io::stderr().is_terminal();
     let record = engine.create(spec).await?;
     let id = record.id.clone();
     if tty {
@@ -203,7 +222,7 @@ pub(crate) async fn run(home_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> 
         .phase("uploading", source.declared.size_bytes);
     let bar = render.progress.bar();
     let uploaded = {
-        let upload = upload::upload(&engine, &id, &source, bar);
+        let upload = upload::upload(engine, &id, &source, bar);
         tokio::pin!(upload);
         loop {
             tokio::select! {
@@ -217,12 +236,12 @@ pub(crate) async fn run(home_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> 
     match uploaded {
         None => {
             // Interrupted during the upload: nothing ran; end the run as canceled.
-            finish_unstarted(&engine, &id, &mut render).await;
+            finish_unstarted(engine, &id, &mut render).await;
             eprintln!("crownest: run {id} canceled before it started");
             return Ok(Exit::Canceled);
         }
         Some(Err(e)) => {
-            finish_unstarted(&engine, &id, &mut render).await;
+            finish_unstarted(engine, &id, &mut render).await;
             eprintln!("crownest: {}", e.chain());
             if matches!(e, Error::ArchiveRejected { .. }) {
                 eprintln!(
@@ -383,6 +402,32 @@ fn summary(record: &RunRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_outcome() {
+        use crownest_core::run::RunOwner;
+        use crownest_core::{Failure, Limits};
+        let mut r = RunRecord::new(
+            RunId::new(),
+            RunSpec::new(["true"]),
+            "process".into(),
+            Limits::default(),
+            RunOwner::current("test"),
+        );
+        r.status = RunStatus::Succeeded;
+        assert_eq!(exit_for(&r), Exit::Success);
+        r.status = RunStatus::Canceled;
+        assert_eq!(exit_for(&r), Exit::Canceled);
+        r.status = RunStatus::Failed;
+        r.failure = Some(Failure::new(FailureKind::ExitNonzero, "exit 3"));
+        assert_eq!(exit_for(&r), Exit::Failure);
+        // Refused at the start of the run: rejected input, like a refusal at upload.
+        r.failure = Some(Failure::new(
+            FailureKind::ArchiveRejected,
+            "archive rejected (link_escapes)",
+        ));
+        assert_eq!(exit_for(&r), Exit::Rejected);
+    }
 
     #[test]
     fn sizes_are_human() {

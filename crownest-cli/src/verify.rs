@@ -32,7 +32,7 @@ pub(crate) async fn verify(home_dir: &Path, args: VerifyArgs) -> anyhow::Result<
     let (bundle, events, problems_so_far, store) = match (&args.run, &args.evidence, &args.events) {
         (Some(run), _, _) => {
             let id = run_id(run)?;
-            let engine = home::open(home_dir).await?.engine;
+            let engine = home::open(home_dir).await?;
             engine.get(&id).await?;
             let bundle = engine.evidence(&id).await?;
             let mut events = Vec::new();
