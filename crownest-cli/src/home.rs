@@ -147,7 +147,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
             default_backend: Some("process".into()),
             ..EngineConfig::default()
         })
-        .backend(process)
+        .backend(process.clone())
         .without_recovery();
     match backend {
         None | Some("process") => {}
@@ -163,9 +163,10 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     }
     let engine = builder.open().await.context("opening the engine")?;
     let recovery = tokio::spawn(async move {
-        let mut builder = WorkspaceRuns::builder(store);
-        for slot in backends().await {
-            if let Ok(b) = slot.backend {
+        // The process backend is shared (its containment probe is the costly part).
+        let mut builder = WorkspaceRuns::builder(store).backend(process);
+        for name in ["docker", "wasm"] {
+            if let Some(BackendSlot { backend: Ok(b), .. }) = other_backend(name).await {
                 builder = builder.backend(b);
             }
         }
