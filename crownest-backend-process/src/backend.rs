@@ -27,6 +27,7 @@ use crate::containment::{self, Applied, Init, Probe, Tree};
 use crate::error::{BACKEND, ProcessError};
 use crate::marker::Marker;
 use crate::output::{PumpEnd, pump};
+use crate::probe_cache::{self, MemCache};
 use crate::spawn::{ChildHook, HookMode, Reports, RlimitPlan};
 use crate::template::{self, PYTHON_NODE, Resolved};
 use crate::workspace;
@@ -34,14 +35,88 @@ use crate::workspace;
 #[derive(Debug)]
 struct BackendInner {
     config: ProcessConfig,
-    probe: Probe,
+    probe: Mutex<ProbeState>,
+    /// Held while re-probing after a spawn failure (one re-probe at a time).
+    reprobe: tokio::sync::Mutex<()>,
     template: OnceCell<Resolved>,
+}
+
+#[derive(Debug)]
+struct ProbeState {
+    current: Arc<Probe>,
+    /// `current` came from a cache (memory or disk), not from a probe by this backend.
+    cached: bool,
+    /// A spawn failure already made this backend re-probe (it does so at most once).
+    reprobed: bool,
+}
+
+impl BackendInner {
+    fn probe(&self) -> Arc<Probe> {
+        self.probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .clone()
+    }
+
+    /// After a spawn failed with the containment of `used`: when that came from the cache
+    /// and was not re-probed yet, probes again (once per backend), stores the result in
+    /// the caches and returns it with a note for the isolation report; when another
+    /// sandbox already re-probed, returns the newer result. `None`: nothing to retry.
+    async fn reprobe_after(
+        &self,
+        used: &Arc<Probe>,
+        failure: &str,
+    ) -> Option<(Arc<Probe>, String)> {
+        let _one = self.reprobe.lock().await;
+        {
+            let st = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+            if !Arc::ptr_eq(&st.current, used) {
+                let note = format!(
+                    "the cached containment probe ({}) failed at spawn ({failure}); re-probed: {}",
+                    used.applied.name(),
+                    st.current.applied.name()
+                );
+                return Some((st.current.clone(), note));
+            }
+            if !st.cached || st.reprobed {
+                return None;
+            }
+        }
+        let config = self.config.clone();
+        let fresh = tokio::task::spawn_blocking(move || containment::probe(&config)).await;
+        let mut st = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        st.reprobed = true;
+        let fresh = match fresh {
+            Ok(Ok(p)) => Arc::new(p),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "process backend: re-probing the containment after a spawn failure failed");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "process backend: the containment re-probe task failed");
+                return None;
+            }
+        };
+        let note = format!(
+            "the cached containment probe ({}) failed at spawn ({failure}); re-probed: {}",
+            used.applied.name(),
+            fresh.applied.name()
+        );
+        tracing::warn!(%note, "process backend: containment re-probed");
+        let key = probe_cache::Key::current(&self.config);
+        probe_cache::store(MemCache::global(), &self.config.root, &key, &fresh);
+        st.current = fresh.clone();
+        st.cached = false;
+        Some((fresh, note))
+    }
 }
 
 /// Runs commands as host processes. **Not a security boundary**: see the crate docs.
 ///
 /// Cheap to clone. Construct with [`ProcessBackend::new`], which probes the containment
-/// once.
+/// once per boot, user, kernel and configuration: the result is cached in memory and in
+/// `<root>/.containment-probe.json` (see the crate docs).
 #[derive(Debug, Clone)]
 pub struct ProcessBackend {
     inner: Arc<BackendInner>,
@@ -57,8 +132,12 @@ impl ProcessBackend {
             path: config.root.display().to_string(),
             message: e.to_string(),
         })?;
-        let probe = containment::probe(&config).map_err(ProcessError::Containment)?;
-        if !probe.notes.is_empty() {
+        let key = probe_cache::Key::current(&config);
+        let (probe, source) = probe_cache::lookup(MemCache::global(), &config.root, &key, || {
+            containment::probe(&config)
+        })
+        .map_err(ProcessError::Containment)?;
+        if source == probe_cache::Source::Fresh && !probe.notes.is_empty() {
             tracing::info!(
                 containment = probe.applied.name(),
                 notes = %probe.notes.join("; "),
@@ -68,7 +147,12 @@ impl ProcessBackend {
         Ok(Self {
             inner: Arc::new(BackendInner {
                 config,
-                probe,
+                probe: Mutex::new(ProbeState {
+                    current: probe,
+                    cached: source.cached(),
+                    reprobed: false,
+                }),
+                reprobe: tokio::sync::Mutex::new(()),
                 template: OnceCell::new(),
             }),
         })
@@ -81,12 +165,12 @@ impl ProcessBackend {
 
     /// The containment in force: `pid_namespace`, `cgroup` or `process_group`.
     pub fn containment(&self) -> &'static str {
-        self.inner.probe.applied.name()
+        self.inner.probe().applied.name()
     }
 
     /// Why stronger containments were not used (empty when the first choice worked).
-    pub fn containment_notes(&self) -> &[String] {
-        &self.inner.probe.notes
+    pub fn containment_notes(&self) -> Vec<String> {
+        self.inner.probe().notes.clone()
     }
 
     async fn template(&self) -> &Resolved {
@@ -104,7 +188,8 @@ impl SandboxBackend for ProcessBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let applied = &self.inner.probe.applied;
+        let probe = self.inner.probe();
+        let applied = &probe.applied;
         Capabilities {
             network_isolation: matches!(applied, Applied::PidNamespace { network: true, .. }),
             memory_limit: false,
@@ -187,6 +272,8 @@ impl SandboxBackend for ProcessBackend {
                 tree: None,
                 destroyed: false,
                 execs: 0,
+                probe: self.inner.probe(),
+                reprobe_note: None,
             }),
             exec_lock: tokio::sync::Mutex::new(()),
         }))
@@ -252,6 +339,11 @@ struct State {
     tree: Option<Arc<Tree>>,
     destroyed: bool,
     execs: u64,
+    /// The containment probe this sandbox uses (the backend's at creation; replaced when a
+    /// spawn failure made the backend re-probe).
+    probe: Arc<Probe>,
+    /// Set when that happened (reported in the isolation details).
+    reprobe_note: Option<String>,
 }
 
 /// One sandbox: a directory `<root>/<run id>-<random>/` with `workspace/` (the command's
@@ -265,6 +357,23 @@ pub struct ProcessSandbox {
     identity: TemplateIdentity,
     state: Mutex<State>,
     exec_lock: tokio::sync::Mutex<()>,
+}
+
+/// Why a spawn failed.
+struct SpawnError {
+    message: String,
+    /// The failure may come from the containment (the child hook or the cgroup), not from
+    /// the request (program, cwd).
+    containment: bool,
+}
+
+impl SpawnError {
+    fn request(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            containment: false,
+        }
+    }
 }
 
 /// Kills the command's processes if `exec` is dropped before it finished.
@@ -302,8 +411,12 @@ impl ProcessSandbox {
         &self.dir
     }
 
-    fn applied(&self) -> &Applied {
-        &self.backend.probe.applied
+    fn probe(&self) -> Arc<Probe> {
+        self.state().probe.clone()
+    }
+
+    fn applied(&self) -> Applied {
+        self.probe().applied.clone()
     }
 
     fn rlimits(&self) -> RlimitPlan {
@@ -314,11 +427,11 @@ impl ProcessSandbox {
         }
     }
 
-    fn hook_mode(&self) -> HookMode {
-        match self.applied() {
+    fn hook_mode_for(&self, applied: &Applied) -> HookMode {
+        match applied.clone() {
             Applied::PidNamespace { user, network } => HookMode::Namespace {
-                user: *user,
-                network: *network && self.spec.network == Network::None,
+                user,
+                network: network && self.spec.network == Network::None,
             },
             Applied::Cgroup { .. } => HookMode::Cgroup,
             Applied::ProcessGroup => HookMode::ProcessGroup,
@@ -351,34 +464,75 @@ impl ProcessSandbox {
         env
     }
 
-    /// Spawns the command; `Err(message)` is a spawn failure.
-    fn spawn(
+    /// Spawns the command. When that fails in a way the containment may cause and the
+    /// containment came from the probe cache, the backend re-probes once and the spawn is
+    /// retried with the new result (reported in the isolation details). `Err(message)` is a
+    /// spawn failure.
+    async fn spawn_with_fallback(
         &self,
         request: &ExecRequest,
     ) -> std::result::Result<(tokio::process::Child, Arc<Tree>, Option<OwnedFd>, Reports), String>
     {
-        let argv0 = request.argv.first().ok_or("empty argv")?;
-        let (cwd_fd, cwd_path) = workspace::open_cwd(&self.workspace(), &request.cwd)?;
+        let used = self.probe();
+        let first = match self.spawn(request, &used.applied) {
+            Ok(s) => return Ok(s),
+            Err(e) if !e.containment => return Err(e.message),
+            Err(e) => e.message,
+        };
+        let Some((fresh, note)) = self.backend.reprobe_after(&used, &first).await else {
+            return Err(first);
+        };
+        {
+            let mut st = self.state();
+            st.probe = fresh.clone();
+            st.reprobe_note = Some(note);
+        }
+        self.spawn(request, &fresh.applied)
+            .map_err(|e| format!("{first}; after re-probing the containment: {}", e.message))
+    }
+
+    /// Spawns the command under `applied`.
+    fn spawn(
+        &self,
+        request: &ExecRequest,
+        applied: &Applied,
+    ) -> std::result::Result<(tokio::process::Child, Arc<Tree>, Option<OwnedFd>, Reports), SpawnError>
+    {
+        let argv0 = request
+            .argv
+            .first()
+            .ok_or_else(|| SpawnError::request("empty argv"))?;
+        let (cwd_fd, cwd_path) =
+            workspace::open_cwd(&self.workspace(), &request.cwd).map_err(SpawnError::request)?;
         let env = self.env(request);
         let path_var = env.get("PATH").map_or("", String::as_str);
-        let program = workspace::resolve_program(argv0, path_var, &cwd_path)?;
-        let mode = self.hook_mode();
+        let program =
+            workspace::resolve_program(argv0, path_var, &cwd_path).map_err(SpawnError::request)?;
+        let mode = self.hook_mode_for(applied);
         let (report_r, report_w) = match mode {
             HookMode::Namespace { .. } => {
                 let (r, w) = rustix::pipe::pipe_with(
                     rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
                 )
-                .map_err(|e| format!("creating the report pipe failed: {e}"))?;
+                .map_err(|e| {
+                    SpawnError::request(format!("creating the report pipe failed: {e}"))
+                })?;
                 (Some(r), Some(w))
             }
             _ => (None, None),
         };
-        let cgroup = match self.applied() {
+        let cgroup = match applied {
             Applied::Cgroup { parent } => {
                 let n = self.state().execs;
                 Some(
                     Cgroup::create(parent, &format!("{}-{n}", self.id)).map_err(|e| {
-                        format!("creating the cgroup under {} failed: {e}", parent.display())
+                        SpawnError {
+                            message: format!(
+                                "creating the cgroup under {} failed: {e}",
+                                parent.display()
+                            ),
+                            containment: true,
+                        }
                     })?,
                 )
             }
@@ -418,10 +572,11 @@ impl ProcessSandbox {
                 if let Some(cg) = &cgroup {
                     let _ = cg.remove();
                 }
-                return Err(format!(
-                    "starting {argv0:?} ({}) failed: {e}",
-                    program.display()
-                ));
+                return Err(SpawnError {
+                    message: format!("starting {argv0:?} ({}) failed: {e}", program.display()),
+                    // The child hook (namespaces, cgroup, rlimits) or the exec itself.
+                    containment: true,
+                });
             }
         };
         let leader = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
@@ -430,7 +585,7 @@ impl ProcessSandbox {
             reports.parse(&read_available(r));
         }
         let init = reports.init_pid.and_then(|pid| Init::open(pid, leader));
-        let tree = Arc::new(Tree::new(self.applied().clone(), leader, init, cgroup));
+        let tree = Arc::new(Tree::new(applied.clone(), leader, init, cgroup));
         Ok((child, tree, report_r, reports))
     }
 
@@ -461,11 +616,15 @@ impl ProcessSandbox {
         if let Applied::Cgroup { parent } = self.applied() {
             d.insert("cgroupParent".into(), parent.display().to_string());
         }
-        if !self.backend.probe.notes.is_empty() {
-            d.insert(
-                "containmentFallback".into(),
-                self.backend.probe.notes.join("; "),
-            );
+        let (probe, reprobe_note) = {
+            let st = self.state();
+            (st.probe.clone(), st.reprobe_note.clone())
+        };
+        if !probe.notes.is_empty() {
+            d.insert("containmentFallback".into(), probe.notes.join("; "));
+        }
+        if let Some(note) = reprobe_note {
+            d.insert("containmentReprobed".into(), note);
         }
         d
     }
@@ -571,7 +730,7 @@ impl Sandbox for ProcessSandbox {
         }
         // `reports` already holds what arrived during the spawn (a fast command may have
         // ended by then); more records are read once the leader exited.
-        let (mut child, tree, report, mut reports) = match self.spawn(request) {
+        let (mut child, tree, report, mut reports) = match self.spawn_with_fallback(request).await {
             Ok(s) => s,
             Err(message) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(message))),
         };

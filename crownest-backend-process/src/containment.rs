@@ -18,7 +18,8 @@ use crate::procfs;
 use crate::spawn::{ChildHook, HookMode, RlimitPlan};
 
 /// The containment this backend applies (decided once, by [`probe`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Applied {
     /// PID namespace with a tiny init; `user` = owned by a new user namespace; `network` =
     /// `network: none` runs also get a new network namespace.
@@ -46,7 +47,8 @@ impl Applied {
 }
 
 /// The outcome of probing: what applies, and why stronger options did not.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Probe {
     pub(crate) applied: Applied,
     pub(crate) notes: Vec<String>,

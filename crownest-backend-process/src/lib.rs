@@ -48,6 +48,15 @@
 //! | `Cgroup` | a writable cgroup v2 with `cgroup.kill` | yes (`cgroup.kill`) | `cgroup` |
 //! | `ProcessGroup` | nothing | only those seen by a 50 ms `/proc` scan; survivors are reported | `process_group` |
 //!
+//! The probe forks into fresh namespaces (1–13 ms), so its result is cached: in memory for
+//! the process, and in `<root>/.containment-probe.json` (mode 0600, written atomically),
+//! keyed by the boot id, the effective uid, the kernel release and the configuration
+//! (`containment`, `isolate_network`, `cgroup_parent`). The root is ours and mode 0700, so
+//! no other user can plant that file; an unreadable, stale or malformed file is ignored and
+//! the probe runs again. Should a cached result no longer work when a command is spawned
+//! (say its cgroup was removed), the backend re-probes once, retries, and records it as
+//! `containmentReprobed` in the sandbox's isolation details.
+//!
 //! With a namespace containment, `network: none` runs also get an empty network namespace
 //! (no interfaces; even loopback is down), and the capabilities say `networkIsolation`.
 //! Everything else is reported as not enforced: `memoryLimit`, `pidsLimit` and
@@ -76,6 +85,7 @@ mod containment;
 mod error;
 mod marker;
 mod output;
+mod probe_cache;
 mod procfs;
 mod spawn;
 mod template;
