@@ -10,6 +10,8 @@
 //!   writing, then renamed into place: a blob that does not match never appears under its
 //!   name. A directory artifact's tar is re-hashed before it is unpacked.
 //! * Existing regular files are replaced; anything else in the way is an error.
+//! * With `--server`, each artifact's bytes are fetched from the server and checked the same
+//!   way (a wrong digest never lands under its name).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -22,14 +24,14 @@ use anyhow::{Context as _, bail};
 use crownest_core::run::ArtifactKind;
 use crownest_core::spec::{normalize_relative, validate_relative_path};
 use crownest_core::store::BlobReader;
-use crownest_core::{Artifact, Sha256Digest, Store};
+use crownest_core::{Artifact, Sha256Digest};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
 use crate::cli::ArtifactsArgs;
+use crate::connection::{Connection, Target};
 use crate::exit::{Exit, usage};
-use crate::home;
 use crate::inspect::run_id;
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -38,10 +40,10 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC);
 
 /// `crownest artifacts`.
-pub(crate) async fn export(home_dir: &Path, args: ArtifactsArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn export(target: &Target, args: ArtifactsArgs) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home_dir).await?;
-    let record = engine.get(&id).await?;
+    let conn = target.open().await?;
+    let record = conn.get(&id).await?;
     if !record.status.is_terminal() {
         return Err(usage(format!(
             "run {id} is {}: artifacts are collected when it ends",
@@ -62,10 +64,9 @@ pub(crate) async fn export(home_dir: &Path, args: ArtifactsArgs) -> anyhow::Resu
     .with_context(|| format!("opening {}", args.out.display()))?;
     let mut failed = 0;
     for a in &record.artifacts {
-        let store = engine.store().clone();
         let root = root.try_clone().context("duplicating a directory handle")?;
         let artifact = a.clone();
-        let result = match open_readers(store.as_ref(), a).await {
+        let result = match open_readers(&conn, a).await {
             Ok(readers) => {
                 tokio::task::spawn_blocking(move || write_artifact(&root, &artifact, readers))
                     .await
@@ -101,14 +102,18 @@ pub(crate) async fn export(home_dir: &Path, args: ArtifactsArgs) -> anyhow::Resu
 
 /// One reader of the blob for a file; two for a directory (hash, then unpack).
 async fn open_readers(
-    store: &dyn Store,
+    conn: &Connection,
     a: &Artifact,
 ) -> anyhow::Result<(BlobReader, Option<BlobReader>)> {
-    let first = store.open_blob(&a.sha256).await?;
-    let second = match a.kind {
-        ArtifactKind::File => None,
-        ArtifactKind::Directory => Some(store.open_blob(&a.sha256).await?),
+    let n = match a.kind {
+        ArtifactKind::File => 1,
+        ArtifactKind::Directory => 2,
     };
+    let mut readers = conn.artifact_readers(&a.artifact_id, &a.sha256, n).await?;
+    let second = (readers.len() > 1).then(|| readers.pop()).flatten();
+    let first = readers
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no reader of the artifact"))?;
     Ok((first, second))
 }
 

@@ -15,6 +15,19 @@ pub(crate) struct Cli {
     /// platform data dir, e.g. ~/.local/share/crownest].
     #[arg(long, global = true, value_name = "DIR", env = "CROWNEST_HOME")]
     pub(crate) home: Option<PathBuf>,
+    /// Send every command to this server (`crownest serve`, or any host mounting the API)
+    /// instead of the local store, e.g. http://127.0.0.1:7700.
+    #[arg(long, global = true, value_name = "URL", env = "CROWNEST_SERVER")]
+    pub(crate) server: Option<String>,
+    /// Bearer token: the one `--server` requires, or the one `serve` requires of its clients.
+    #[arg(
+        long,
+        global = true,
+        value_name = "T",
+        env = "CROWNEST_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -37,8 +50,20 @@ pub(crate) enum Command {
     Artifacts(ArtifactsArgs),
     /// Cancel a run (also one that `crownest run` drives in another process).
     Cancel(RunRef),
-    /// Which backends and templates are usable here, and why not.
+    /// Which backends and templates are usable here, and why not (with --server: whether
+    /// the server answers and accepts the token).
     Doctor(DoctorArgs),
+    /// Serve the HTTP + SSE API over the store in --home (Ctrl-C or SIGTERM stops it).
+    Serve(ServeArgs),
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one). A non-loopback address requires
+    /// --token; on loopback a token is generated and printed when none is given.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    pub(crate) listen: String,
 }
 
 /// `run`.

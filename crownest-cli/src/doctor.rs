@@ -4,13 +4,15 @@
 //! (its capabilities), and each template's availability (with the reason when unavailable
 //! and the identity when available), from the backend's own `templates()`. Also whether the
 //! store opens. Exit 0 when at least one template of one backend is usable, else 1.
-
-use std::path::Path;
+//!
+//! With `--server`: whether the server answers `GET /healthz` and accepts the token.
 
 use crownest_core::{Capabilities, TemplateInfo};
+use crownest_http::Client;
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
+use crate::connection::Target;
 use crate::exit::Exit;
 use crate::home;
 
@@ -34,8 +36,75 @@ struct Report {
     backends: Vec<BackendReport>,
 }
 
+/// What `doctor --server` reports.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerReport {
+    server: String,
+    /// `GET /healthz` answered.
+    healthy: bool,
+    /// Its body, or why it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_error: Option<String>,
+    /// An authenticated request was accepted.
+    authorized: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_error: Option<String>,
+}
+
+/// `crownest doctor --server URL`: `GET /healthz`, then one authenticated request (list one
+/// run) so a wrong or missing token is reported too. Exit 0 when both succeed, else 1.
+async fn doctor_remote(client: &Client, args: &DoctorArgs) -> anyhow::Result<Exit> {
+    let health = client.health().await.map_err(|e| e.chain());
+    let auth = match &health {
+        Ok(_) => client
+            .list_runs(None, 1, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.chain()),
+        Err(_) => Err("not tried: the server did not answer".to_owned()),
+    };
+    let report = ServerReport {
+        server: client.base_url().to_owned(),
+        healthy: health.is_ok(),
+        health_error: health.as_ref().err().cloned(),
+        health: health.ok(),
+        authorized: auth.is_ok(),
+        auth_error: auth.err(),
+    };
+    if args.json {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&report)?
+        );
+    } else {
+        println!("server: {}", report.server);
+        match (&report.health, &report.health_error) {
+            (Some(v), _) => println!("health: ok {v}"),
+            (None, e) => println!("health: FAILED: {}", e.as_deref().unwrap_or("")),
+        }
+        match &report.auth_error {
+            None => println!("auth:   ok (the token is accepted)"),
+            Some(e) => println!("auth:   FAILED: {e}"),
+        }
+    }
+    Ok(if report.healthy && report.authorized {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
+}
+
 /// `crownest doctor`.
-pub(crate) async fn doctor(home_dir: &Path, args: DoctorArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<Exit> {
+    if let Some(client) = target.server() {
+        return doctor_remote(client, &args).await;
+    }
+    let home_dir = &target.home()?;
     let store = match home::open_store(home_dir).await {
         Ok(_) => "ok".to_owned(),
         Err(e) => format!("cannot open: {}", crate::exit::describe(&e)),

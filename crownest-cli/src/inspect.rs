@@ -1,18 +1,17 @@
 //! Read-side commands: `runs`, `show`, `events`, `evidence`, and `cancel`.
 //!
-//! They open the engine like `run` does, so recovery runs first: after a crash, `crownest
-//! runs` already shows the reclaimed runs as `failed` (`host_restarted`).
+//! Locally they open the engine like `run` does, so recovery runs first: after a crash,
+//! `crownest runs` already shows the reclaimed runs as `failed` (`host_restarted`). With
+//! `--server` they go through the HTTP client (SSE for `events --follow`).
 
 use std::io::Write as _;
-use std::path::Path;
 
-use crownest_core::store::RunQuery;
 use crownest_core::{Event, RunId, RunRecord, RunStatus};
 use futures::StreamExt as _;
 
 use crate::cli::{EventsArgs, EvidenceArgs, RunRef, RunsArgs};
+use crate::connection::Target;
 use crate::exit::{Exit, usage};
-use crate::home;
 
 /// Parses a run id (an unknown shape is "not found", exit 2).
 pub(crate) fn run_id(s: &str) -> anyhow::Result<RunId> {
@@ -25,7 +24,7 @@ fn json_line<T: serde::Serialize>(out: &mut impl std::io::Write, value: &T) -> b
 }
 
 /// `crownest runs`.
-pub(crate) async fn runs(home: &Path, args: RunsArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn runs(target: &Target, args: RunsArgs) -> anyhow::Result<Exit> {
     let status = match &args.status {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
             usage(format!(
@@ -35,14 +34,8 @@ pub(crate) async fn runs(home: &Path, args: RunsArgs) -> anyhow::Result<Exit> {
         })?),
         None => None,
     };
-    let engine = home::open(home).await?;
-    let runs = engine
-        .list(&RunQuery {
-            status,
-            limit: args.limit.max(1),
-            before: None,
-        })
-        .await?;
+    let conn = target.open().await?;
+    let runs = conn.list(status, args.limit.max(1)).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         for r in &runs {
@@ -90,10 +83,10 @@ fn table_row(r: &RunRecord) -> String {
 }
 
 /// `crownest show RUN`: the run record as pretty JSON.
-pub(crate) async fn show(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
+pub(crate) async fn show(target: &Target, args: RunRef) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?;
-    let record = engine.get(&id).await?;
+    let conn = target.open().await?;
+    let record = conn.get(&id).await?;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &record)?;
     writeln!(out)?;
@@ -101,16 +94,16 @@ pub(crate) async fn show(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
 }
 
 /// `crownest events RUN`: JSON lines; with `--follow`, live until `terminal`.
-pub(crate) async fn events(home: &Path, args: EventsArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn events(target: &Target, args: EventsArgs) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?;
-    engine.get(&id).await?;
+    let conn = target.open().await?;
+    conn.get(&id).await?;
     let mut remaining = args.limit.unwrap_or(usize::MAX);
     if remaining == 0 {
         return Ok(Exit::Success);
     }
     if args.follow {
-        let mut stream = engine.subscribe(&id, args.after_seq);
+        let mut stream = conn.subscribe(&id, args.after_seq);
         while let Some(ev) = stream.next().await {
             let ev: Event = ev?;
             let mut out = std::io::stdout().lock();
@@ -127,7 +120,7 @@ pub(crate) async fn events(home: &Path, args: EventsArgs) -> anyhow::Result<Exit
     let mut after = args.after_seq;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while remaining > 0 {
-        let batch = engine.list_events(&id, after, remaining.min(1000)).await?;
+        let batch = conn.list_events(&id, after, remaining.min(1000)).await?;
         let Some(last) = batch.last() else { break };
         after = last.seq;
         for ev in &batch {
@@ -142,15 +135,14 @@ pub(crate) async fn events(home: &Path, args: EventsArgs) -> anyhow::Result<Exit
 }
 
 /// `crownest evidence RUN [--in-toto]`.
-pub(crate) async fn evidence(home: &Path, args: EvidenceArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn evidence(target: &Target, args: EvidenceArgs) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?;
-    let bundle = engine.evidence(&id).await?;
+    let conn = target.open().await?;
     let mut out = std::io::stdout().lock();
     if args.in_toto {
-        serde_json::to_writer_pretty(&mut out, &bundle.to_in_toto())?;
+        serde_json::to_writer_pretty(&mut out, &conn.evidence_in_toto(&id).await?)?;
     } else {
-        serde_json::to_writer_pretty(&mut out, &bundle)?;
+        serde_json::to_writer_pretty(&mut out, &conn.evidence(&id).await?)?;
     }
     writeln!(out)?;
     Ok(Exit::Success)
@@ -158,10 +150,10 @@ pub(crate) async fn evidence(home: &Path, args: EvidenceArgs) -> anyhow::Result<
 
 /// `crownest cancel RUN`: ends a run that has not started at once; asks the driver of a
 /// starting or running one (in this process or another) to run the kill ladder.
-pub(crate) async fn cancel(home: &Path, args: RunRef) -> anyhow::Result<Exit> {
+pub(crate) async fn cancel(target: &Target, args: RunRef) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
-    let engine = home::open(home).await?;
-    let record = engine.cancel(&id).await?;
+    let conn = target.open().await?;
+    let record = conn.cancel(&id).await?;
     if record.status.is_terminal() {
         println!("run {id} {}", record.status);
     } else {

@@ -6,11 +6,16 @@
 //! recovery first: runs left unfinished by a process that is gone end `failed`
 //! (`host_restarted`); runs driven by a live process are never touched.
 //!
+//! With `--server URL` (or `$CROWNEST_SERVER`) and `--token T` (or `$CROWNEST_TOKEN`), every
+//! command goes to that server through the typed HTTP client instead; `crownest serve` is
+//! such a server over the local store.
+//!
 //! Exit codes: 0 succeeded, 1 failed, 2 usage error or rejected input, 130 canceled. The
 //! command reference is `docs/cli.md`.
 
 mod artifacts;
 mod cli;
+mod connection;
 mod doctor;
 mod exit;
 mod home;
@@ -18,6 +23,7 @@ mod inspect;
 mod pack;
 mod progress;
 mod run;
+mod serve;
 mod upload;
 mod verify;
 
@@ -26,6 +32,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
+use crate::connection::Target;
 use crate::exit::Exit;
 
 fn main() -> ExitCode {
@@ -57,16 +64,24 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
-    let home = home::resolve(cli.home)?;
+    let target = Target::new(cli.home, cli.server, cli.token.clone())?;
     match cli.command {
-        Command::Run(args) => run::run(&home, args).await,
-        Command::Runs(args) => inspect::runs(&home, args).await,
-        Command::Show(args) => inspect::show(&home, args).await,
-        Command::Events(args) => inspect::events(&home, args).await,
-        Command::Evidence(args) => inspect::evidence(&home, args).await,
-        Command::Verify(args) => verify::verify(&home, args).await,
-        Command::Artifacts(args) => artifacts::export(&home, args).await,
-        Command::Cancel(args) => inspect::cancel(&home, args).await,
-        Command::Doctor(args) => doctor::doctor(&home, args).await,
+        Command::Run(args) => run::run(&target, args).await,
+        Command::Runs(args) => inspect::runs(&target, args).await,
+        Command::Show(args) => inspect::show(&target, args).await,
+        Command::Events(args) => inspect::events(&target, args).await,
+        Command::Evidence(args) => inspect::evidence(&target, args).await,
+        Command::Verify(args) => verify::verify(&target, args).await,
+        Command::Artifacts(args) => artifacts::export(&target, args).await,
+        Command::Cancel(args) => inspect::cancel(&target, args).await,
+        Command::Doctor(args) => doctor::doctor(&target, args).await,
+        Command::Serve(args) => {
+            if target.server().is_some() {
+                return Err(exit::usage(
+                    "serve runs a server over the local store; it does not take --server",
+                ));
+            }
+            serve::serve(&target.home()?, args, cli.token).await
+        }
     }
 }

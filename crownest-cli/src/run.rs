@@ -5,22 +5,24 @@
 //! terminal; then a summary on stderr. With `--json`, every event is one JSON line on stdout
 //! instead (ending with the `terminal` event), and only problems go to stderr.
 //!
+//! With `--server`, the same steps go through the HTTP client: the archive is uploaded (attached
+//! by digest when the server has it, direct, or staged), events come over SSE (reconnecting
+//! with `Last-Event-ID`), Ctrl-C cancels through the API, and the exit codes are the same.
+//!
 //! Ctrl-C (or SIGTERM) cancels the run: the engine runs the kill ladder, the run ends
 //! `canceled`, and `run` exits 130. A second Ctrl-C exits at once; the run is then left to
 //! recovery (it ends `failed`/`host_restarted` when the store is next opened).
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::Path;
 
 use anyhow::Context as _;
 use crownest_core::event::{ArchivePhase, KillReason};
-use crownest_core::{
-    Error, Event, EventKind, FailureKind, RunId, RunRecord, RunSpec, RunStatus, WorkspaceRuns,
-};
+use crownest_core::{Error, Event, EventKind, FailureKind, RunId, RunRecord, RunSpec, RunStatus};
 use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::RunArgs;
+use crate::connection::{Connection, Target};
 use crate::exit::{Exit, is_rejection, usage};
 use crate::home;
 use crate::progress::Progress;
@@ -149,20 +151,20 @@ impl Renderer {
 }
 
 /// SIGINT and SIGTERM, as one stream of "please stop".
-struct Interrupts {
+pub(crate) struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Interrupts {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         Ok(Self {
             int: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
@@ -171,7 +173,7 @@ impl Interrupts {
 }
 
 /// `crownest run`.
-pub(crate) async fn run(home_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> {
     let spec = spec(&args)?;
     let declared = upload::declared(args.sha256.as_deref(), args.size_bytes)?;
     let mut interrupts = Interrupts::new()?;
@@ -179,9 +181,13 @@ pub(crate) async fn run(home_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> 
     let mut progress = Progress::new(tty);
     let source = upload::prepare(&args.source, declared, &mut progress)?;
 
-    let opened = home::open_for_run(home_dir, spec.backend.as_deref()).await?;
-    let engine = opened.engine;
-    let exit = drive(&engine, spec, &args, source, progress, &mut interrupts).await;
+    if let Some(client) = target.server() {
+        let conn = Connection::Remote(client.clone());
+        return drive(&conn, spec, &args, source, progress, &mut interrupts).await;
+    }
+    let opened = home::open_for_run(&target.home()?, spec.backend.as_deref()).await?;
+    let conn = Connection::Local(opened.engine);
+    let exit = drive(&conn, spec, &args, source, progress, &mut interrupts).await;
     // Let recovery (running beside the run) finish, briefly: it is idempotent, and the next
     // command redoes whatever it did not get to.
     if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(5), opened.recovery)
@@ -193,9 +199,31 @@ pub(crate) async fn run(home_dir: &Path, args: RunArgs) -> anyhow::Result<Exit> 
     exit
 }
 
+/// Uploads the prepared source: streamed into the local engine, or sent to the server.
+async fn upload_to(
+    conn: &Connection,
+    id: &RunId,
+    source: &upload::PreparedSource,
+    bar: Option<indicatif::ProgressBar>,
+) -> Result<(), Error> {
+    match conn {
+        Connection::Local(engine) => upload::upload(engine, id, source, bar).await,
+        Connection::Remote(client) => {
+            let bytes = tokio::fs::read(&source.path)
+                .await
+                .map_err(|e| Error::io(format!("reading {}", source.path.display()), e))?;
+            Connection::upload_remote(client, id, bytes.into(), &source.declared).await?;
+            if let Some(bar) = bar {
+                bar.set_position(source.declared.size_bytes);
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Creates, uploads, starts and follows the run.
 async fn drive(
-    engine: &WorkspaceRuns,
+    conn: &Connection,
     spec: RunSpec,
     args: &RunArgs,
     source: upload::PreparedSource,
@@ -203,7 +231,7 @@ async fn drive(
     interrupts: &mut Interrupts,
 ) -> anyhow::Result<Exit> {
     let tty = !args.json && std::io::stderr().is_terminal();
-    let record = engine.create(spec).await?;
+    let record = conn.create(spec).await?;
     let id = record.id.clone();
     if tty {
         eprintln!("crownest: run {id} (cancel with Ctrl-C or `crownest cancel {id}`)");
@@ -214,7 +242,7 @@ async fn drive(
         last_seq: 0,
         stdout_open: true,
     };
-    let mut events = engine.subscribe(&id, 0);
+    let mut events = conn.subscribe(&id, 0);
 
     // Upload, rendering events meanwhile.
     render
@@ -222,7 +250,7 @@ async fn drive(
         .phase("uploading", source.declared.size_bytes);
     let bar = render.progress.bar();
     let uploaded = {
-        let upload = upload::upload(engine, &id, &source, bar);
+        let upload = upload_to(conn, &id, &source, bar);
         tokio::pin!(upload);
         loop {
             tokio::select! {
@@ -236,12 +264,12 @@ async fn drive(
     match uploaded {
         None => {
             // Interrupted during the upload: nothing ran; end the run as canceled.
-            finish_unstarted(engine, &id, &mut render).await;
+            finish_unstarted(conn, &id, &mut render).await;
             eprintln!("crownest: run {id} canceled before it started");
             return Ok(Exit::Canceled);
         }
         Some(Err(e)) => {
-            finish_unstarted(engine, &id, &mut render).await;
+            finish_unstarted(conn, &id, &mut render).await;
             eprintln!("crownest: {}", e.chain());
             if matches!(e, Error::ArchiveRejected { .. }) {
                 eprintln!(
@@ -258,7 +286,7 @@ async fn drive(
     }
     drop(source);
 
-    engine.start(&id).await?;
+    conn.start(&id).await?;
     let mut cancel_sent = false;
     loop {
         tokio::select! {
@@ -275,14 +303,14 @@ async fn drive(
                 cancel_sent = true;
                 render.progress.finish();
                 eprintln!("crownest: canceling run {id} (Ctrl-C again to exit at once)");
-                if let Err(e) = engine.cancel(&id).await {
+                if let Err(e) = conn.cancel(&id).await {
                     eprintln!("crownest: cancel failed: {}", e.chain());
                 }
             }
         }
     }
     render.progress.finish();
-    let record = engine.get(&id).await?;
+    let record = conn.get(&id).await?;
     if args.json {
         if let Some(f) = &record.failure
             && f.kind == FailureKind::ArchiveRejected
@@ -297,11 +325,11 @@ async fn drive(
 
 /// After a refused or interrupted upload: cancel the run (so it does not wait for an
 /// archive forever) and print the events up to its end.
-async fn finish_unstarted(engine: &WorkspaceRuns, id: &RunId, render: &mut Renderer) {
-    if let Err(e) = engine.cancel(id).await {
+async fn finish_unstarted(conn: &Connection, id: &RunId, render: &mut Renderer) {
+    if let Err(e) = conn.cancel(id).await {
         eprintln!("crownest: could not cancel run {id}: {}", e.chain());
     }
-    while let Ok(batch) = engine.list_events(id, render.last_seq, 1000).await {
+    while let Ok(batch) = conn.list_events(id, render.last_seq, 1000).await {
         if batch.is_empty() {
             break;
         }

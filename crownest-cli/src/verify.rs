@@ -8,8 +8,10 @@
 //! 2. the bundle against the chain: its status, exit code, signal and failure equal the
 //!    terminal event's, and its artifact list (ids, paths, sizes, sha256) equals the
 //!    `artifact_collected` events', in order (so an edited digest in the bundle is caught);
-//! 3. for a stored run only: every artifact blob is re-read from the store and re-hashed,
-//!    and its size and sha256 must match.
+//! 3. for a stored run only: every artifact blob is re-read from the store (with
+//!    `--server`: fetched from the server) and re-hashed, and its size and sha256 must match.
+//!    With `--server`, checks 1 and 2 also run here, on the events and bundle fetched: the
+//!    server is not trusted to have verified anything.
 //!
 //! Exit 0 when everything holds, 1 on any mismatch (each is printed on stderr), 2 when the
 //! run or a file does not exist or a file is not an evidence bundle at all.
@@ -19,32 +21,24 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use crownest_core::evidence::{EVIDENCE_SCHEMA, EvidenceArtifact};
-use crownest_core::{Event, EventKind, EvidenceBundle, Sha256Digest, Store};
+use crownest_core::{Error, Event, EventKind, EvidenceBundle, Sha256Digest};
 use sha2::{Digest as _, Sha256};
 
 use crate::cli::VerifyArgs;
+use crate::connection::{Connection, Target};
 use crate::exit::{Exit, usage};
-use crate::home;
 use crate::inspect::run_id;
 
 /// `crownest verify`.
-pub(crate) async fn verify(home_dir: &Path, args: VerifyArgs) -> anyhow::Result<Exit> {
-    let (bundle, events, problems_so_far, store) = match (&args.run, &args.evidence, &args.events) {
+pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<Exit> {
+    let (bundle, events, problems_so_far, conn) = match (&args.run, &args.evidence, &args.events) {
         (Some(run), _, _) => {
             let id = run_id(run)?;
-            let engine = home::open(home_dir).await?;
-            engine.get(&id).await?;
-            let bundle = engine.evidence(&id).await?;
-            let mut events = Vec::new();
-            loop {
-                let after = events.last().map_or(0, |e: &Event| e.seq);
-                let batch = engine.list_events(&id, after, 1000).await?;
-                if batch.is_empty() {
-                    break;
-                }
-                events.extend(batch);
-            }
-            (bundle, events, Vec::new(), Some(engine.store().clone()))
+            let conn = target.open().await?;
+            conn.get(&id).await?;
+            let bundle = conn.evidence(&id).await?;
+            let events = conn.all_events(&id).await?;
+            (bundle, events, Vec::new(), Some(conn))
         }
         (None, Some(evidence), Some(events)) => {
             let bundle = read_bundle(evidence)?;
@@ -56,9 +50,9 @@ pub(crate) async fn verify(home_dir: &Path, args: VerifyArgs) -> anyhow::Result<
     let mut problems = problems_so_far;
     problems.extend(check(&bundle, &events));
     let mut rehashed = 0;
-    if let Some(store) = store {
+    if let Some(conn) = &conn {
         for a in &bundle.artifacts {
-            match rehash(store.as_ref(), a).await {
+            match rehash(conn, a).await {
                 Ok(()) => rehashed += 1,
                 Err(p) => problems.push(p),
             }
@@ -195,16 +189,24 @@ pub(crate) fn check(bundle: &EvidenceBundle, events: &[Event]) -> Vec<String> {
     problems
 }
 
-/// Re-reads an artifact blob from the store and compares size and digest.
-async fn rehash(store: &dyn Store, a: &EvidenceArtifact) -> Result<(), String> {
-    let reader = store.open_blob(&a.sha256).await.map_err(|e| {
-        format!(
-            "artifact {}: blob {} cannot be read: {}",
-            a.path,
-            a.sha256,
-            e.chain()
-        )
-    })?;
+/// Re-reads an artifact's bytes (the stored blob, or fetched from the server) and compares
+/// size and digest.
+async fn rehash(conn: &Connection, a: &EvidenceArtifact) -> Result<(), String> {
+    let reader = conn
+        .artifact_readers(&a.artifact_id, &a.sha256, 1)
+        .await
+        .and_then(|mut r| {
+            r.pop()
+                .ok_or_else(|| Error::io("artifact", std::io::Error::other("no reader")))
+        })
+        .map_err(|e| {
+            format!(
+                "artifact {}: blob {} cannot be read: {}",
+                a.path,
+                a.sha256,
+                e.chain()
+            )
+        })?;
     let expected = a.clone();
     tokio::task::spawn_blocking(move || {
         let mut reader = reader;

@@ -68,12 +68,38 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             max: err["max"].as_u64().unwrap_or(0),
         },
         "not_terminal" => Error::NotTerminal { run_id: message },
-        "invalid_transition" | "conflict" => Error::Conflict { message },
+        "invalid_transition" => match serde_json::from_value::<RunStatus>(err["from"].clone()) {
+            Ok(from) => Error::InvalidTransition {
+                from,
+                input: transition_input(err["input"].as_str().unwrap_or("")),
+            },
+            Err(_) => Error::Conflict { message },
+        },
+        "conflict" => Error::Conflict { message },
         _ => Error::Backend {
             backend: format!("http {status}"),
             source: format!("{code}: {message}").into(),
         },
     }
+}
+
+/// The engine's names of state-machine inputs (`Error::InvalidTransition::input` is static).
+fn transition_input(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "archive_verified",
+        "start",
+        "slot_acquired",
+        "command_started",
+        "command_ended",
+        "cancel",
+        "finalized",
+        "host_restarted",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("request")
 }
 
 impl Client {
@@ -111,6 +137,17 @@ impl Client {
 
     async fn json<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T> {
         self.send(r).await?.json().await.map_err(transport)
+    }
+
+    /// `GET /healthz` (no token needed): the server's status document.
+    pub async fn health(&self) -> Result<serde_json::Value> {
+        let r = self.http.get(format!("{}/healthz", self.base));
+        self.json(r).await
+    }
+
+    /// The server base URL this client talks to.
+    pub fn base_url(&self) -> &str {
+        &self.base
     }
 
     /// `POST /v1/runs`.

@@ -62,6 +62,10 @@ impl From<Error> for ApiError {
                     out.extra.insert("entry".into(), json!(entry));
                 }
             }
+            Error::InvalidTransition { from, input } => {
+                out.extra.insert("from".into(), json!(from));
+                out.extra.insert("input".into(), json!(input));
+            }
             Error::InvalidSpec { field, .. } => {
                 out.extra.insert("field".into(), json!(field));
             }

@@ -1,0 +1,168 @@
+//! `crownest serve`: the HTTP + SSE API ([`crownest_http::router`]) over the store in
+//! `--home`.
+//!
+//! * The engine is opened exactly like the other commands open it: the SQLite store under
+//!   `--home`, every backend usable here, recovery first.
+//! * Security: every route but `/healthz` needs `Authorization: Bearer <token>`. A
+//!   non-loopback address without `--token` (or `$CROWNEST_TOKEN`) is refused (exit 2); on
+//!   loopback without one, a random token is generated and printed on stderr (`token: ...`).
+//! * Once bound, `listening on http://ADDR` goes to stderr (with the real port when
+//!   `--listen` says port 0).
+//! * Ctrl-C or SIGTERM: stop accepting connections, cancel the runs this server is driving
+//!   (each ends `canceled` with its evidence, so SSE streams end with `terminal`), wait for
+//!   them and the open connections (at most [`SHUTDOWN_BUDGET`]), exit 0. A second signal
+//!   exits at once; what is left is then reclaimed by recovery on the next open.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use crownest_core::store::RunQuery;
+use crownest_core::{RunId, RunStatus, WorkspaceRuns};
+use crownest_http::HttpConfig;
+
+use crate::cli::ServeArgs;
+use crate::exit::{Exit, usage};
+use crate::home;
+use crate::run::Interrupts;
+
+/// How long a shutdown waits for canceled runs and open connections.
+pub(crate) const SHUTDOWN_BUDGET: Duration = Duration::from_secs(20);
+
+/// `crownest serve`.
+pub(crate) async fn serve(
+    home_dir: &Path,
+    args: ServeArgs,
+    token: Option<String>,
+) -> anyhow::Result<Exit> {
+    let token = token.filter(|t| !t.is_empty());
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(args.listen.as_str())
+        .await
+        .map_err(|e| usage(format!("--listen {}: {e}", args.listen)))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(usage(format!(
+            "--listen {}: resolves to no address",
+            args.listen
+        )));
+    }
+    if token.is_none() && !addrs.iter().all(|a| a.ip().is_loopback()) {
+        return Err(usage(format!(
+            "refusing to listen on {} without a token: it is not a loopback address, so \
+             anyone who can reach it could run commands here. Pass --token T (or set \
+             CROWNEST_TOKEN), or listen on 127.0.0.1",
+            args.listen
+        )));
+    }
+    let mut interrupts = Interrupts::new()?;
+    let engine = home::open(home_dir).await?;
+    let mut listener = None;
+    let mut last_err = None;
+    for addr in &addrs {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some(listener) = listener else {
+        let e = last_err.unwrap_or_else(|| std::io::Error::other("no address"));
+        return Err(anyhow::Error::new(e).context(format!("binding {}", args.listen)));
+    };
+    let local = listener.local_addr().context("reading the bound address")?;
+    let generated = token.is_none();
+    let token = token.unwrap_or_else(HttpConfig::generate_token);
+    let app = crownest_http::router(engine.clone(), HttpConfig::default().with_token(&token));
+
+    if generated {
+        eprintln!("token: {token}");
+    }
+    eprintln!("listening on http://{local}");
+    eprintln!(
+        "crownest: home {}; try: crownest --server http://{local} --token {} runs",
+        home_dir.display(),
+        if generated {
+            token.as_str()
+        } else {
+            "$CROWNEST_TOKEN"
+        }
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => {
+            // The server ended on its own: an accept error.
+            return match r {
+                Ok(Ok(())) => Ok(Exit::Success),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving")),
+                Err(e) => Err(anyhow::anyhow!("the server task failed: {e}")),
+            };
+        }
+        () = interrupts.recv() => {}
+    }
+    eprintln!("crownest: shutting down (again to exit at once)");
+    let _ = stop_tx.send(());
+    let drained = async {
+        cancel_own_runs(&engine).await;
+        let _ = (&mut server).await;
+    };
+    tokio::select! {
+        r = tokio::time::timeout(SHUTDOWN_BUDGET, drained) => {
+            if r.is_err() {
+                eprintln!("crownest: shutdown budget spent; exiting with connections open");
+            }
+        }
+        () = interrupts.recv() => {
+            eprintln!("crownest: interrupted again: exiting; unfinished runs are left to recovery");
+        }
+    }
+    Ok(Exit::Success)
+}
+
+/// Cancels the runs this server's engine drives and waits for each to end.
+async fn cancel_own_runs(engine: &WorkspaceRuns) {
+    let mut own: Vec<RunId> = Vec::new();
+    for status in [RunStatus::Queued, RunStatus::Starting, RunStatus::Running] {
+        let Ok(runs) = engine
+            .list(&RunQuery {
+                status: Some(status),
+                limit: 10_000,
+                before: None,
+            })
+            .await
+        else {
+            continue;
+        };
+        own.extend(
+            runs.into_iter()
+                .filter(|r| {
+                    r.owner
+                        .as_ref()
+                        .is_some_and(|o| o.instance == engine.instance())
+                })
+                .map(|r| r.id),
+        );
+    }
+    for id in &own {
+        if let Err(e) = engine.cancel(id).await {
+            eprintln!("crownest: canceling run {id}: {}", e.chain());
+        }
+    }
+    for id in &own {
+        let _ = engine.wait(id).await;
+    }
+    if !own.is_empty() {
+        eprintln!("crownest: {} running run(s) canceled", own.len());
+    }
+}
