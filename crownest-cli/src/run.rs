@@ -17,7 +17,9 @@ use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use crownest_core::event::{ArchivePhase, KillReason};
-use crownest_core::{Error, Event, EventKind, FailureKind, RunId, RunRecord, RunSpec, RunStatus};
+use crownest_core::{
+    Error, Event, EventKind, Failure, FailureKind, RunId, RunRecord, RunSpec, RunStatus,
+};
 use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -70,11 +72,19 @@ struct Renderer {
     progress: Progress,
     last_seq: u64,
     stdout_open: bool,
+    /// Status and failure of the `terminal` event, once seen.
+    terminal: Option<(RunStatus, Option<Failure>)>,
 }
 
 impl Renderer {
     fn event(&mut self, ev: &Event) {
         self.last_seq = ev.seq;
+        if let EventKind::Terminal {
+            status, failure, ..
+        } = &ev.kind
+        {
+            self.terminal = Some((*status, failure.clone()));
+        }
         if self.json {
             if self.stdout_open {
                 let mut out = std::io::stdout().lock();
@@ -241,6 +251,7 @@ async fn drive(
         progress,
         last_seq: 0,
         stdout_open: true,
+        terminal: None,
     };
     let mut events = conn.subscribe(&id, 0);
 
@@ -310,7 +321,23 @@ async fn drive(
         }
     }
     render.progress.finish();
-    let record = conn.get(&id).await?;
+    // The exit code comes from the `terminal` event; the record (for the summary) is read
+    // after it, which can fail when a server went away right after the end (e.g. it was
+    // shut down and canceled the run).
+    let record = match (conn.get(&id).await, &render.terminal) {
+        (Ok(record), _) => record,
+        (Err(e), None) => return Err(anyhow::Error::new(e).context(format!("reading run {id}"))),
+        (Err(e), Some((status, failure))) => {
+            eprintln!(
+                "crownest: run {id} {status}; its record cannot be read: {}",
+                e.chain()
+            );
+            if let Some(f) = failure {
+                eprintln!("crownest:   failure: {}: {}", f.kind.as_str(), f.message);
+            }
+            return Ok(exit_for_outcome(*status, failure.as_ref()));
+        }
+    };
     if args.json {
         if let Some(f) = &record.failure
             && f.kind == FailureKind::ArchiveRejected
@@ -341,15 +368,15 @@ async fn finish_unstarted(conn: &Connection, id: &RunId, render: &mut Renderer) 
 
 /// 0 succeeded, 1 failed, 2 archive rejected at start, 130 canceled.
 pub(crate) fn exit_for(record: &RunRecord) -> Exit {
-    match record.status {
+    exit_for_outcome(record.status, record.failure.as_ref())
+}
+
+/// [`exit_for`] from a status and failure (a record's, or a `terminal` event's).
+fn exit_for_outcome(status: RunStatus, failure: Option<&Failure>) -> Exit {
+    match status {
         RunStatus::Succeeded => Exit::Success,
         RunStatus::Canceled => Exit::Canceled,
-        RunStatus::Failed
-            if record
-                .failure
-                .as_ref()
-                .is_some_and(|f| f.kind == FailureKind::ArchiveRejected) =>
-        {
+        RunStatus::Failed if failure.is_some_and(|f| f.kind == FailureKind::ArchiveRejected) => {
             Exit::Rejected
         }
         _ => Exit::Failure,
@@ -433,8 +460,8 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_outcome() {
+        use crownest_core::Limits;
         use crownest_core::run::RunOwner;
-        use crownest_core::{Failure, Limits};
         let mut r = RunRecord::new(
             RunId::new(),
             RunSpec::new(["true"]),

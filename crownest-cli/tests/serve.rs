@@ -1,0 +1,406 @@
+//! `crownest serve` as a child process (temp home, 127.0.0.1:0), and `crownest --server`
+//! clients against it: auth, a whole run end to end with its exit codes and artifact,
+//! cancel through the server, and the refusal of a non-loopback address without a token.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("crownest")
+}
+
+fn sample_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample-repo")
+}
+
+/// A `crownest` command with nothing inherited from the caller's CROWNEST_* variables.
+fn crownest() -> Command {
+    let mut c = Command::new(bin());
+    for v in ["CROWNEST_HOME", "CROWNEST_SERVER", "CROWNEST_TOKEN"] {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// A running `crownest serve`; killed (SIGKILL) if the test did not stop it.
+struct Server {
+    child: Child,
+    url: String,
+    addr: String,
+    token: String,
+    _home: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let mut child = crownest()
+            .arg("--home")
+            .arg(home.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Keep draining so the server never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let mut token = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("serve printed no `listening on` line");
+            if let Some(t) = line.strip_prefix("token: ") {
+                token = Some(t.to_owned());
+            }
+            if let Some(url) = line.strip_prefix("listening on ") {
+                let url = url.trim().to_owned();
+                let addr = url.trim_start_matches("http://").to_owned();
+                assert!(!addr.ends_with(":0"), "the real port is printed: {url}");
+                let token = token.expect("a generated token is printed before the URL");
+                assert_eq!(token.len(), 64, "{token}");
+                return Self {
+                    child,
+                    url,
+                    addr,
+                    token,
+                    _home: home,
+                };
+            }
+        }
+    }
+
+    /// `crownest --server URL --token T ...`.
+    fn client(&self) -> Command {
+        let mut c = crownest();
+        c.args(["--server", &self.url, "--token", &self.token]);
+        c
+    }
+
+    /// A raw HTTP/1.1 request; returns the status code and the body.
+    fn http(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {resp:?}"));
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// SIGTERM, then the exit status within the shutdown budget.
+    fn stop(mut self) -> std::process::ExitStatus {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn auth_is_required_except_for_healthz() {
+    let s = Server::start();
+    let (status, body) = s.http("GET", "/healthz", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ok\""), "{body}");
+    let (status, body) = s.http("GET", "/v1/runs", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("unauthorized"), "{body}");
+    let (status, _) = s.http("GET", "/v1/runs", Some("wrong-token"));
+    assert_eq!(status, 401);
+    let (status, body) = s.http("GET", "/v1/runs", Some(&s.token));
+    assert_eq!(status, 200, "{body}");
+
+    // The CLI reports a wrong token as a failure, and doctor says why.
+    let out = crownest()
+        .args(["--server", &s.url, "--token", "wrong", "runs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let out = crownest()
+        .args(["--server", &s.url, "--token", "wrong", "doctor", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["healthy"], true);
+    assert_eq!(report["authorized"], false);
+    let out = s.client().arg("doctor").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    assert!(s.stop().success());
+}
+
+#[test]
+fn runs_end_to_end_through_the_server() {
+    let s = Server::start();
+    // Succeeds: exit 0, every event as JSON, the artifact collected.
+    let out = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args([
+            "--json",
+            "--artifact",
+            "out/result.json",
+            "--",
+            "python3",
+            "main.py",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events = json_lines(&out.stdout);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "terminal");
+    assert_eq!(last["status"], "succeeded");
+    let stdout: String = events
+        .iter()
+        .filter(|e| e["type"] == "stdout")
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert!(stdout.contains("read 8 numbers, sum 31"), "{stdout}");
+    let run = last["runId"].as_str().unwrap().to_owned();
+
+    // The same run seen through the other commands.
+    let out = s.client().args(["show", &run]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["artifacts"][0]["path"], "out/result.json");
+
+    let out = s.client().args(["verify", &run]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 blob(s) re-hashed"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = s
+        .client()
+        .args(["artifacts", &run, "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["sum"], 31);
+
+    let out = s
+        .client()
+        .args(["evidence", &run, "--in-toto"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let statement: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(statement["subject"][0]["name"], "out/result.json");
+
+    let out = s
+        .client()
+        .args(["events", &run, "--follow"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json_lines(&out.stdout).len(), events.len());
+
+    // Fails: exit 1, the failure typed.
+    let out = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--json", "--", "python3", "-c", "import sys; sys.exit(3)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let last = json_lines(&out.stdout).pop().unwrap();
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["exitCode"], 3);
+
+    // Rejected input: a declared digest that does not match is exit 2, nothing runs.
+    let out = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args([
+            "--sha256",
+            &"0".repeat(64),
+            "--size-bytes",
+            "1",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // Canceling an ended run is refused input, as locally.
+    let out = s.client().args(["cancel", &run]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let out = s.client().args(["runs", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let runs = json_lines(&out.stdout);
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[2]["id"], run.as_str());
+
+    assert!(s.stop().success());
+}
+
+#[test]
+fn cancel_goes_through_the_server() {
+    let s = Server::start();
+    let mut runner = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args([
+            "--json",
+            "--",
+            "python3",
+            "-c",
+            "import time; print('started', flush=True); time.sleep(120)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(runner.stdout.take().unwrap()).lines();
+    let run = loop {
+        let line = lines.next().expect("run printed no stdout event").unwrap();
+        let ev: Value = serde_json::from_str(&line).unwrap();
+        if ev["type"] == "stdout" {
+            break ev["runId"].as_str().unwrap().to_owned();
+        }
+    };
+    let out = s.client().args(["cancel", &run]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let last = rest.last().unwrap();
+    assert_eq!(last["type"], "terminal");
+    assert_eq!(last["status"], "canceled");
+    assert!(
+        rest.iter()
+            .any(|e| e["type"] == "kill" && e["reason"] == "cancel")
+    );
+    assert_eq!(runner.wait().unwrap().code(), Some(130));
+    assert!(s.stop().success());
+}
+
+#[test]
+fn serve_shutdown_cancels_its_running_runs() {
+    let s = Server::start();
+    let mut runner = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args([
+            "--json",
+            "--",
+            "python3",
+            "-c",
+            "import time; print('started', flush=True); time.sleep(120)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(runner.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("run printed no stdout event").unwrap();
+        if serde_json::from_str::<Value>(&line).unwrap()["type"] == "stdout" {
+            break;
+        }
+    }
+    let started = Instant::now();
+    assert!(s.stop().success());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let last: Value = serde_json::from_str(&lines.last().unwrap().unwrap()).unwrap();
+    assert_eq!(last["type"], "terminal", "the client saw the end over SSE");
+    assert_eq!(last["status"], "canceled");
+    assert_eq!(runner.wait().unwrap().code(), Some(130));
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_a_token() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest()
+        .arg("--home")
+        .arg(home.path())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without a token"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+    // --server with serve is a usage error too.
+    let out = crownest()
+        .args(["--server", "http://127.0.0.1:1", "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
