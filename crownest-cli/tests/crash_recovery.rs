@@ -61,7 +61,9 @@ fn token_pids(token: &str) -> Vec<u32> {
     let needle = format!("CRASH_TOKEN={token}");
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
             && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
         {
@@ -97,8 +99,9 @@ fn twenty_sigkills_lose_nothing() {
     let mut acknowledged: BTreeMap<(RunId, u64), String> = BTreeMap::new();
 
     for round in 0..ROUNDS {
-        let drivers: Vec<Driver> =
-            (0..RUNS_PER_ROUND).map(|_| spawn_driver(home.path(), xdg.path(), repo.path(), &token)).collect();
+        let drivers: Vec<Driver> = (0..RUNS_PER_ROUND)
+            .map(|_| spawn_driver(home.path(), xdg.path(), repo.path(), &token))
+            .collect();
         // A random point: from "before the run exists" to "deep into its output".
         let delay = Duration::from_millis(50 + rand::random::<u64>() % 2500);
         std::thread::sleep(delay);
@@ -113,19 +116,39 @@ fn twenty_sigkills_lose_nothing() {
         // Reopen: the engine recovers on open.
         let xdg_root = xdg.path().join("crownest-process");
         rt.block_on(async {
-            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home.path().join("store")).await.unwrap());
-            let backend = ProcessBackend::new(ProcessConfig { root: xdg_root.clone(), ..ProcessConfig::default() }).unwrap();
-            let engine = WorkspaceRuns::builder(store.clone()).backend(Arc::new(backend)).open().await.unwrap();
+            let store: Arc<dyn Store> =
+                Arc::new(SqliteStore::open(home.path().join("store")).await.unwrap());
+            let backend = ProcessBackend::new(ProcessConfig {
+                root: xdg_root.clone(),
+                ..ProcessConfig::default()
+            })
+            .unwrap();
+            let engine = WorkspaceRuns::builder(store.clone())
+                .backend(Arc::new(backend))
+                .open()
+                .await
+                .unwrap();
             let runs = engine
-                .list(&crownest_core::store::RunQuery { limit: 10_000, ..Default::default() })
+                .list(&crownest_core::store::RunQuery {
+                    limit: 10_000,
+                    ..Default::default()
+                })
                 .await
                 .unwrap();
             for run in &runs {
-                assert!(run.status.is_terminal(), "round {round}: run {} left {}", run.id, run.status);
+                assert!(
+                    run.status.is_terminal(),
+                    "round {round}: run {} left {}",
+                    run.id,
+                    run.status
+                );
                 let events = engine.list_events(&run.id, 0, 1000).await.unwrap();
                 let mut all = events.clone();
                 while all.len() as u64 + 1 < run.next_seq {
-                    let more = engine.list_events(&run.id, all.len() as u64, 1000).await.unwrap();
+                    let more = engine
+                        .list_events(&run.id, all.len() as u64, 1000)
+                        .await
+                        .unwrap();
                     assert!(!more.is_empty());
                     all.extend(more);
                 }
@@ -142,15 +165,27 @@ fn twenty_sigkills_lose_nothing() {
                 }
                 for e in &all {
                     if let Some(h) = acknowledged.get(&(e.run_id.clone(), e.seq)) {
-                        assert_eq!(h, &e.hash, "round {round}: acknowledged event {} changed", e.seq);
+                        assert_eq!(
+                            h, &e.hash,
+                            "round {round}: acknowledged event {} changed",
+                            e.seq
+                        );
                     }
                 }
             }
-            let stored: std::collections::BTreeSet<RunId> = runs.iter().map(|r| r.id.clone()).collect();
+            let stored: std::collections::BTreeSet<RunId> =
+                runs.iter().map(|r| r.id.clone()).collect();
             for (run, seq) in acknowledged.keys() {
-                assert!(stored.contains(run), "round {round}: acknowledged run {run} is gone");
+                assert!(
+                    stored.contains(run),
+                    "round {round}: acknowledged run {run} is gone"
+                );
                 let got = engine.list_events(run, seq - 1, 1).await.unwrap();
-                assert_eq!(got.first().map(|e| e.seq), Some(*seq), "round {round}: acknowledged event {run}#{seq} lost");
+                assert_eq!(
+                    got.first().map(|e| e.seq),
+                    Some(*seq),
+                    "round {round}: acknowledged event {run}#{seq} lost"
+                );
             }
         });
 
@@ -161,26 +196,45 @@ fn twenty_sigkills_lose_nothing() {
             if alive.is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "round {round}: processes survived: {alive:?}");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: processes survived: {alive:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let left = leftovers(&xdg.path().join("crownest-process"));
         assert!(left.is_empty(), "round {round}: left behind: {left:?}");
     }
-    assert!(!acknowledged.is_empty(), "the drivers printed events before being killed");
+    assert!(
+        !acknowledged.is_empty(),
+        "the drivers printed events before being killed"
+    );
     // The kills really interrupted runs: they were reclaimed, with their output kept.
     let (runs, reclaimed) = rt.block_on(async {
         let store = SqliteStore::open(home.path().join("store")).await.unwrap();
         let runs = store
-            .list_runs(&crownest_core::store::RunQuery { limit: 10_000, ..Default::default() })
+            .list_runs(&crownest_core::store::RunQuery {
+                limit: 10_000,
+                ..Default::default()
+            })
             .await
             .unwrap();
         let reclaimed = runs
             .iter()
-            .filter(|r| r.failure.as_ref().is_some_and(|f| f.kind == FailureKind::HostRestarted))
+            .filter(|r| {
+                r.failure
+                    .as_ref()
+                    .is_some_and(|f| f.kind == FailureKind::HostRestarted)
+            })
             .count();
         (runs.len(), reclaimed)
     });
-    eprintln!("{runs} runs, {reclaimed} reclaimed, {} acknowledged events", acknowledged.len());
-    assert!(reclaimed >= ROUNDS, "only {reclaimed} of {runs} runs were interrupted");
+    eprintln!(
+        "{runs} runs, {reclaimed} reclaimed, {} acknowledged events",
+        acknowledged.len()
+    );
+    assert!(
+        reclaimed >= ROUNDS,
+        "only {reclaimed} of {runs} runs were interrupted"
+    );
 }
