@@ -38,6 +38,8 @@ struct Server {
 }
 
 impl Server {
+    // The child is waited for by `stop` or `Drop`.
+    #[allow(clippy::zombie_processes)]
     fn start() -> Self {
         let home = tempfile::tempdir().unwrap();
         let mut child = crownest()

@@ -482,8 +482,14 @@ async fn evidence_is_409_before_the_end_and_cancel_works() {
     ));
     s.client.evidence(&run.id).await.unwrap();
     assert!(
-        matches!(s.client.cancel(&run.id).await, Err(Error::Conflict { .. })),
-        "cancel of an ended run is 409"
+        matches!(
+            s.client.cancel(&run.id).await,
+            Err(Error::InvalidTransition {
+                from: RunStatus::Canceled,
+                input: "cancel"
+            })
+        ),
+        "cancel of an ended run is 409, typed back as the engine's error"
     );
 }
 
@@ -580,4 +586,104 @@ async fn openapi_matches_the_routes() {
         .await
         .unwrap();
     assert!(body.contains("no_route"));
+}
+
+/// The full lifecycle on the real process backend and the SQLite store: a Python command
+/// prints, writes an artifact and exits 0; a second run of the same archive is attached by
+/// digest (not sent again) and exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_on_the_process_backend() {
+    use crownest_backend_process::{ProcessBackend, ProcessConfig};
+    let home = tempfile::tempdir().unwrap();
+    let store = crownest_store_sqlite::SqliteStore::open(home.path())
+        .await
+        .unwrap();
+    let engine = WorkspaceRuns::builder(Arc::new(store))
+        .backend(Arc::new(
+            ProcessBackend::new(ProcessConfig::default()).unwrap(),
+        ))
+        .config(fast())
+        .open()
+        .await
+        .unwrap();
+    let app = router(engine.clone(), HttpConfig::default().with_token(TOKEN));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::new(base, Some(TOKEN.into())).unwrap();
+
+    let source = tar_gz(&[(
+        "main.py",
+        b"import os\nprint('hello from', os.getcwd().rsplit('/', 1)[-1])\nos.makedirs('out', exist_ok=True)\nopen('out/r.txt', 'w').write('result')\n",
+        0o644,
+    )]);
+    let run = client
+        .create_run(
+            &RunSpec::new(["python3", "main.py"])
+                .with_backend("process")
+                .with_artifact("out/r.txt", true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::AwaitingArchive);
+    let ready = client.upload(&run.id, source.clone()).await.unwrap();
+    assert_eq!(ready.status, RunStatus::ArchiveReady);
+    client.start(&run.id).await.unwrap();
+    let events: Vec<Event> = client
+        .events(&run.id, 0)
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(events, client.list_events(&run.id, 0, 1000).await.unwrap());
+    let stdout: String = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Stdout(c) => Some(String::from_utf8_lossy(&c.bytes()).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stdout, "hello from workspace\n");
+    let done = client.get_run(&run.id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(done.exit_code, Some(0));
+    let evidence = client.evidence(&run.id).await.unwrap();
+    evidence.verify_events(&events).unwrap();
+    assert_eq!(evidence.template.backend, "process");
+    let (bytes, sha) = client
+        .artifact(&done.artifacts[0].artifact_id)
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], b"result");
+    assert_eq!(sha.as_deref(), Some(evidence.artifacts[0].sha256.as_str()));
+
+    // The same archive again: the server has it, so it is attached by digest.
+    let desc = descriptor_of(&source);
+    assert_eq!(
+        client.has_archive(&desc.sha256).await.unwrap(),
+        Some(desc.size_bytes)
+    );
+    let uploaded_before = engine.metrics().bytes_uploaded;
+    let again = client
+        .create_run(&RunSpec::new(["python3", "-c", "import sys; sys.exit(3)"]))
+        .await
+        .unwrap();
+    client.upload(&again.id, source).await.unwrap();
+    assert_eq!(engine.metrics().bytes_uploaded, uploaded_before);
+    client.start(&again.id).await.unwrap();
+    let last = client
+        .events(&again.id, 0)
+        .map(|e| e.unwrap())
+        .collect::<Vec<_>>()
+        .await
+        .pop()
+        .unwrap();
+    match last.kind {
+        EventKind::Terminal {
+            status, exit_code, ..
+        } => {
+            assert_eq!(status, RunStatus::Failed);
+            assert_eq!(exit_code, Some(3));
+        }
+        other => panic!("last event is {other:?}"),
+    }
 }
