@@ -41,6 +41,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 step "tests"
 cargo test --workspace --all-targets "$@"
 
+step "curl walk-through (crownest serve)"
+scripts/curl-walkthrough.sh
+
 step "doctests"
 cargo test --workspace --doc
 
