@@ -12,8 +12,8 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `testing` | [`testing::FakeBackend`], a scripted backend for testing the engine's logic |
-//! | `conformance` | [`conformance`]: one async fn per trait contract bullet, and macros that stamp them as tests |
+//! | `testing` | `testing::FakeBackend`, a scripted backend for testing the engine's logic |
+//! | `conformance` | `conformance`: one async fn per trait contract bullet, and macros that stamp them as tests |
 
 pub mod archive;
 pub mod artifact;
