@@ -2,6 +2,10 @@
 //! the sandbox root), so that constructing a [`crate::ProcessBackend`] does not fork into
 //! fresh namespaces every time (1.4–13 ms per construction, i.e. per CLI command).
 //!
+//! Measured (release CLI, `crownest run tiny.tgz -- true`, hyperfine 60 runs each, before
+//! and after side by side on a loaded 2-core machine): one `unshare` per run instead of
+//! two, mean 75.6 → 65.4 ms (overhead over the shell baseline +58.4 → +48.1 ms).
+//!
 //! **Key.** A result is reused only for the same [`Key`]: the boot id
 //! (`/proc/sys/kernel/random/boot_id`), the effective uid, the kernel release
 //! (`/proc/sys/kernel/osrelease`, as `uname -r`) and the configuration fields the probe
