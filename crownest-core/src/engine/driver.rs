@@ -456,6 +456,9 @@ impl Driver {
                 ));
             }
         };
+        // What the sandbox enforced may have changed while spawning (e.g. a containment
+        // fallback): record what was true for this command.
+        self.isolation = Some(sandbox.isolation());
         if !outcome.survivors.is_empty() {
             let message = format!(
                 "{} process(es) survived the final kill: {}",
