@@ -88,6 +88,11 @@ pub(super) struct Driver {
     env: BTreeMap<String, String>,
     cancel: watch::Receiver<bool>,
     identity: Option<TemplateIdentity>,
+    /// The concurrency slot, when `start` already took it (the run is then `starting`).
+    permit: Option<OwnedSemaphorePermit>,
+    /// Events that go out with the next commit (saves a store write, i.e. an fsync, for
+    /// events nobody waits on, such as the final extraction progress).
+    deferred: Vec<NewEvent>,
     isolation: Option<IsolationReport>,
 }
 
@@ -98,6 +103,7 @@ impl Driver {
         backend: Arc<dyn SandboxBackend>,
         env: BTreeMap<String, String>,
         cancel: watch::Receiver<bool>,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             engine,
@@ -105,7 +111,9 @@ impl Driver {
             backend,
             env,
             cancel,
+            permit,
             identity: None,
+            deferred: Vec::new(),
             isolation: None,
         }
     }
@@ -143,8 +151,10 @@ impl Driver {
     }
 
     async fn commit(&mut self, events: Vec<NewEvent>) -> Result<()> {
+        let mut all = std::mem::take(&mut self.deferred);
+        all.extend(events);
         self.engine
-            .commit(&mut self.record, events, None)
+            .commit(&mut self.record, all, None)
             .await
             .map(|_| ())
     }
@@ -187,21 +197,30 @@ impl Driver {
 
     async fn status(&mut self, input: Input, extra: Vec<NewEvent>) -> Result<()> {
         let to = transition(self.record.status, input)?;
-        self.engine.set_status(&mut self.record, to, extra).await
+        let mut all = std::mem::take(&mut self.deferred);
+        all.extend(extra);
+        self.engine.set_status(&mut self.record, to, all).await
     }
 
     async fn drive(&mut self) -> Result<()> {
-        // queued → starting, once a slot is free (or canceled while waiting).
-        let Some(_permit) = self.acquire_slot().await? else {
-            let mut rec = self.record.clone();
-            transition(rec.status, Input::Cancel)?;
-            self.engine
-                .terminate(&mut rec, Outcome::Canceled, None, None, None)
-                .await?;
-            self.record = rec;
-            return Ok(());
+        // queued → starting, once a slot is free (or canceled while waiting); `start`
+        // already took one when it was free at once.
+        let _permit = match self.permit.take() {
+            Some(permit) => permit,
+            None => {
+                let Some(permit) = self.acquire_slot().await? else {
+                    let mut rec = self.record.clone();
+                    transition(rec.status, Input::Cancel)?;
+                    self.engine
+                        .terminate(&mut rec, Outcome::Canceled, None, None, None)
+                        .await?;
+                    self.record = rec;
+                    return Ok(());
+                };
+                self.status(Input::SlotAcquired, Vec::new()).await?;
+                permit
+            }
         };
-        self.status(Input::SlotAcquired, Vec::new()).await?;
 
         let spec = SandboxSpec {
             run_id: self.record.id.clone(),
@@ -306,13 +325,15 @@ impl Driver {
             }
         };
         let summary = result?;
-        self.commit(vec![NewEvent::now(EventKind::ArchiveProgress {
-            phase: ArchivePhase::Extracting,
-            bytes_done: total,
-            bytes_total: total,
-            entries: summary.entries,
-        })])
-        .await
+        // Goes out with the `running` status (or whatever is committed next).
+        self.deferred
+            .push(NewEvent::now(EventKind::ArchiveProgress {
+                phase: ArchivePhase::Extracting,
+                bytes_done: total,
+                bytes_total: total,
+                entries: summary.entries,
+            }));
+        Ok(())
     }
 
     /// Runs the command: output, heartbeats, deadline, cancel and the kill ladder.

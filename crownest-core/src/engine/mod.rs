@@ -352,7 +352,8 @@ impl WorkspaceRuns {
         self.inner.store.get_artifact(id).await
     }
 
-    /// Starts a run in `archive_ready`: it moves to `queued` and its driver task takes over.
+    /// Starts a run in `archive_ready`: it moves to `queued` (and at once to `starting` when
+    /// a concurrency slot is free) and its driver task takes over.
     pub async fn start(&self, id: &RunId) -> Result<RunRecord> {
         let run_lock = self.run_lock(id);
         let _guard = run_lock.lock().await;
@@ -372,7 +373,33 @@ impl WorkspaceRuns {
         let backend = self.backend(&record.backend)?.clone();
         record.timestamps.started = Some(Timestamp::now());
         record.owner = Some(self.inner.owner.clone());
-        self.set_status(&mut record, to, Vec::new()).await?;
+        // With a slot free right now, `queued` and `starting` are committed together (both
+        // status events are recorded; one store write instead of two).
+        let permit = self.inner.slots.clone().try_acquire_owned().ok();
+        if permit.is_some() {
+            let starting = transition(to, Input::SlotAcquired)?;
+            let now = Timestamp::now();
+            let events = vec![
+                NewEvent {
+                    at: now,
+                    kind: EventKind::Status {
+                        status: to,
+                        previous: Some(record.status),
+                    },
+                },
+                NewEvent {
+                    at: now,
+                    kind: EventKind::Status {
+                        status: starting,
+                        previous: Some(to),
+                    },
+                },
+            ];
+            record.status = starting;
+            self.commit(&mut record, events, None).await?;
+        } else {
+            self.set_status(&mut record, to, Vec::new()).await?;
+        }
         self.inner
             .metrics
             .runs_started
@@ -383,7 +410,7 @@ impl WorkspaceRuns {
         let driven = record.clone();
         tokio::spawn(async move {
             let id = driven.id.clone();
-            driver::Driver::new(engine.clone(), driven, backend, env, cancel_rx)
+            driver::Driver::new(engine.clone(), driven, backend, env, cancel_rx, permit)
                 .run()
                 .await;
             lock(&engine.inner.live).remove(&id);
