@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::sleep_until;
 
@@ -28,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::event::{
     ArchivePhase, ArtifactErrorReason, EventKind, Failure, FailureKind, KillReason, NewEvent,
 };
-use crate::ids::{ArtifactId, Sha256Digest};
+use crate::ids::ArtifactId;
 use crate::run::{Artifact, ArtifactErrorRecord, RunRecord, SandboxRecord};
 use crate::status::{Input, Outcome, RunStatus, transition};
 use crate::store::BlobExpect;
@@ -731,7 +730,6 @@ impl Driver {
                     format!("storing {path:?} failed: {}", e.chain()),
                 ),
             })?;
-        let _ = Sha256::new();
         Ok(Artifact {
             artifact_id: ArtifactId::new(),
             run_id: self.record.id.clone(),
@@ -805,9 +803,4 @@ impl Driver {
         }
         Ok(())
     }
-}
-
-#[allow(dead_code)]
-fn digest_hex(h: Sha256) -> Sha256Digest {
-    Sha256Digest::from_bytes(&h.finalize().into())
 }

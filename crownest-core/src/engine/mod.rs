@@ -454,21 +454,13 @@ impl WorkspaceRuns {
     /// It reads only the run record: woken by this engine's commits, and polling
     /// (`subscribe_poll_interval`) for runs driven by another process.
     pub async fn wait(&self, id: &RunId) -> Result<RunRecord> {
-        let mut rx = {
-            let mut w = lock(&self.inner.watchers);
-            w.entry(id.clone())
-                .or_insert_with(|| watch::channel(LiveBatch::default()).0)
-                .subscribe()
-        };
+        let mut rx = self.watch_run(id);
         let poll = self.inner.config.subscribe_poll_interval;
         loop {
             let run = self.get(id).await?;
             if run.status.is_terminal() {
                 drop(rx);
-                let mut w = lock(&self.inner.watchers);
-                if w.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
-                    w.remove(id);
-                }
+                self.release_watch(id);
                 return Ok(run);
             }
             tokio::select! {
@@ -573,6 +565,23 @@ impl WorkspaceRuns {
             self.notify(&record.id, &sealed, record.status.is_terminal());
         }
         Ok(sealed)
+    }
+
+    /// A receiver of the run's commit notifications (see `notify`).
+    fn watch_run(&self, id: &RunId) -> watch::Receiver<LiveBatch> {
+        lock(&self.inner.watchers)
+            .entry(id.clone())
+            .or_insert_with(|| watch::channel(LiveBatch::default()).0)
+            .subscribe()
+    }
+
+    /// Forgets the run's notification channel once no receiver is left, so waiting on or
+    /// subscribing to ended runs leaves nothing behind.
+    fn release_watch(&self, id: &RunId) {
+        let mut w = lock(&self.inner.watchers);
+        if w.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
+            w.remove(id);
+        }
     }
 
     fn notify(&self, id: &RunId, sealed: &[Event], terminal: bool) {

@@ -13,7 +13,7 @@ use futures::Stream;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use super::{WorkspaceRuns, lock};
+use super::WorkspaceRuns;
 use crate::error::Result;
 use crate::event::Event;
 use crate::ids::RunId;
@@ -48,14 +48,10 @@ struct State {
 }
 
 impl State {
-    /// Forgets the run's notification channel once no other subscriber uses it, so
-    /// subscribing to ended runs leaves nothing behind.
+    /// Drops this stream's receiver and, if it was the last, the run's channel.
     fn release_watch(&mut self) {
         if self.watch.take().is_some() {
-            let mut w = lock(&self.engine.inner.watchers);
-            if w.get(&self.id).is_some_and(|tx| tx.receiver_count() == 0) {
-                w.remove(&self.id);
-            }
+            self.engine.release_watch(&self.id);
         }
     }
 }
@@ -64,12 +60,7 @@ impl WorkspaceRuns {
     /// Events with `seq > after_seq`: first those already stored, then live ones as they
     /// become durable, each exactly once and in order; the stream ends after `terminal`.
     pub fn subscribe(&self, id: &RunId, after_seq: u64) -> EventStream {
-        let rx = {
-            let mut w = lock(&self.inner.watchers);
-            w.entry(id.clone())
-                .or_insert_with(|| watch::channel(super::LiveBatch::default()).0)
-                .subscribe()
-        };
+        let rx = self.watch_run(id);
         let state = State {
             engine: self.clone(),
             id: id.clone(),
