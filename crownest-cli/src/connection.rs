@@ -235,42 +235,6 @@ impl Connection {
             }
         }
     }
-
-    /// The archive upload of `crownest run` through the server: dedupe by digest, direct, or
-    /// staged (the client picks). The declared descriptor, when it differs from the file's
-    /// own, is refused here exactly like the engine refuses it while streaming.
-    pub(crate) async fn upload_remote(
-        client: &Client,
-        id: &RunId,
-        bytes: Bytes,
-        declared: &crownest_core::ArchiveDescriptor,
-    ) -> Result<RunRecord, Error> {
-        let actual = crownest_core::ArchiveDescriptor {
-            size_bytes: bytes.len() as u64,
-            sha256: Sha256Digest::of(&bytes),
-        };
-        if actual.size_bytes != declared.size_bytes {
-            return Err(Error::rejected(
-                crownest_core::RejectReason::SizeMismatch,
-                None,
-                format!(
-                    "declared {} bytes, the archive has {}",
-                    declared.size_bytes, actual.size_bytes
-                ),
-            ));
-        }
-        if actual.sha256 != declared.sha256 {
-            return Err(Error::rejected(
-                crownest_core::RejectReason::DigestMismatch,
-                None,
-                format!(
-                    "declared sha256 {}, the archive has {}",
-                    declared.sha256, actual.sha256
-                ),
-            ));
-        }
-        client.upload(id, bytes).await
-    }
 }
 
 fn reader_of(bytes: Bytes) -> BlobReader {

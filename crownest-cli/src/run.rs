@@ -14,6 +14,7 @@
 //! recovery (it ends `failed`/`host_restarted` when the store is next opened).
 
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use crownest_core::event::{ArchivePhase, KillReason};
@@ -219,13 +220,12 @@ async fn upload_to(
     match conn {
         Connection::Local(engine) => upload::upload(engine, id, source, bar).await,
         Connection::Remote(client) => {
-            let bytes = tokio::fs::read(&source.path)
-                .await
-                .map_err(|e| Error::io(format!("reading {}", source.path.display()), e))?;
-            Connection::upload_remote(client, id, bytes.into(), &source.declared).await?;
-            if let Some(bar) = bar {
-                bar.set_position(source.declared.size_bytes);
-            }
+            let progress = bar.map(|bar| {
+                Arc::new(move |sent: u64| bar.set_position(sent)) as crownest_http::UploadProgress
+            });
+            client
+                .upload_file(id, &source.path, Some(&source.declared), progress)
+                .await?;
             Ok(())
         }
     }

@@ -1,7 +1,9 @@
 //! [`Client`]: a typed async client of the API (feature `client`).
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +36,111 @@ pub struct Client {
     http: reqwest::Client,
     /// Archives up to this size go as one direct upload; larger ones as a staged transfer.
     pub direct_upload_max_bytes: u64,
+}
+
+/// Told how many bytes of an upload have been sent (see [`Client::upload_file`]).
+pub type UploadProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Where an upload reads the archive from.
+enum Source {
+    Memory(Bytes),
+    File {
+        path: PathBuf,
+        file: Arc<std::fs::File>,
+    },
+}
+
+impl Source {
+    /// The bytes `start..end`.
+    async fn read(&self, start: u64, end: u64) -> Result<Bytes> {
+        match self {
+            Source::Memory(b) => Ok(b.slice(
+                usize::try_from(start).unwrap_or(usize::MAX)..usize::try_from(end).unwrap_or(0),
+            )),
+            Source::File { file, path } => {
+                let file = file.clone();
+                let len = usize::try_from(end - start).unwrap_or(usize::MAX);
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt as _;
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, start)
+                        .map(|()| Bytes::from(buf))
+                })
+                .await
+                .map_err(|e| Error::io("reading the archive", std::io::Error::other(e)))?
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))
+            }
+        }
+    }
+
+    /// The whole archive as a request body (a file is streamed, not loaded).
+    async fn body(&self, progress: Option<UploadProgress>) -> Result<reqwest::Body> {
+        match self {
+            Source::Memory(b) => Ok(b.clone().into()),
+            Source::File { path, .. } => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+                let mut sent = 0u64;
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(
+                    move |chunk| {
+                        if let (Some(p), Ok(bytes)) = (&progress, chunk) {
+                            sent += bytes.len() as u64;
+                            p(sent);
+                        }
+                    },
+                );
+                Ok(reqwest::Body::wrap_stream(stream))
+            }
+        }
+    }
+}
+
+/// The size and sha256 of a file, read once from its start.
+fn describe(file: &std::fs::File) -> std::io::Result<ArchiveDescriptor> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::FileExt as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    Ok(ArchiveDescriptor {
+        size_bytes: offset,
+        sha256: Sha256Digest::from_bytes(&digest),
+    })
+}
+
+/// Refuses a file that is not the archive the caller declared (as the server would).
+fn check_declared(declared: &ArchiveDescriptor, actual: &ArchiveDescriptor) -> Result<()> {
+    if actual.size_bytes != declared.size_bytes {
+        return Err(Error::rejected(
+            RejectReason::SizeMismatch,
+            None,
+            format!(
+                "declared {} bytes, the archive has {}",
+                declared.size_bytes, actual.size_bytes
+            ),
+        ));
+    }
+    if actual.sha256 != declared.sha256 {
+        return Err(Error::rejected(
+            RejectReason::DigestMismatch,
+            None,
+            format!(
+                "declared sha256 {}, the archive has {}",
+                declared.sha256, actual.sha256
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn transport(e: reqwest::Error) -> Error {
@@ -183,18 +290,19 @@ impl Client {
             .await
     }
 
-    /// `PUT /v1/runs/{id}/archive` (direct upload).
+    /// `PUT /v1/runs/{id}/archive` (direct upload): `body` is the archive's bytes (a
+    /// [`Bytes`], or a streamed [`reqwest::Body`] of exactly `desc.size_bytes`).
     pub async fn upload_archive(
         &self,
         id: &RunId,
         desc: &ArchiveDescriptor,
-        bytes: Bytes,
+        body: impl Into<reqwest::Body>,
     ) -> Result<RunRecord> {
         let r = self
             .req(reqwest::Method::PUT, &format!("/v1/runs/{id}/archive"))
             .header("X-Archive-Sha256", desc.sha256.as_str())
             .header(reqwest::header::CONTENT_LENGTH, desc.size_bytes)
-            .body(bytes);
+            .body(body);
         self.json(r).await
     }
 
@@ -280,24 +388,81 @@ impl Client {
             size_bytes: archive.len() as u64,
             sha256: Sha256Digest::of(&archive),
         };
+        self.upload_from(id, &desc, &Source::Memory(archive), None)
+            .await
+    }
+
+    /// [`upload`](Self::upload) of the archive in the file at `path`, read in pieces: at
+    /// most one chunk (`chunkSizeBytes`, 8 MiB by default) is in memory at a time, and a
+    /// direct upload streams the file. The file is hashed first, so the digest the server
+    /// is told (and may dedupe by) is the file's own; when `expected` is given and the file
+    /// differs from it, the upload is refused with the same typed
+    /// [`Error::ArchiveRejected`] (`size_mismatch` / `digest_mismatch`) the server would
+    /// give, before a byte is sent. `progress` is called with the number of bytes sent so
+    /// far (and with the whole size when the server already had the archive).
+    pub async fn upload_file(
+        &self,
+        id: &RunId,
+        path: &Path,
+        expected: Option<&ArchiveDescriptor>,
+        progress: Option<UploadProgress>,
+    ) -> Result<RunRecord> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let file = Arc::new(file);
+        let desc = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || describe(&file))
+                .await
+                .map_err(|e| Error::io("hashing the archive", std::io::Error::other(e)))?
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        };
+        if let Some(expected) = expected {
+            check_declared(expected, &desc)?;
+        }
+        let source = Source::File {
+            path: path.to_path_buf(),
+            file,
+        };
+        self.upload_from(id, &desc, &source, progress).await
+    }
+
+    async fn upload_from(
+        &self,
+        id: &RunId,
+        desc: &ArchiveDescriptor,
+        source: &Source,
+        progress: Option<UploadProgress>,
+    ) -> Result<RunRecord> {
+        let report = |n: u64| {
+            if let Some(p) = &progress {
+                p(n);
+            }
+        };
         if self.has_archive(&desc.sha256).await? == Some(desc.size_bytes) {
-            return self.attach_archive(id, &desc).await;
+            let record = self.attach_archive(id, desc).await?;
+            report(desc.size_bytes);
+            return Ok(record);
         }
         if desc.size_bytes <= self.direct_upload_max_bytes {
-            return self.upload_archive(id, &desc, archive).await;
+            let record = self
+                .upload_archive(id, desc, source.body(progress.clone()).await?)
+                .await?;
+            report(desc.size_bytes);
+            return Ok(record);
         }
-        let t = self.begin_transfer(id, &desc).await?;
-        let mut status = t;
+        let mut status = self.begin_transfer(id, desc).await?;
         for _round in 0..5 {
             for [start, end] in status.missing.clone() {
                 let mut offset = start;
                 while offset < end {
-                    let stop = (offset + status.chunk_size_bytes).min(end);
-                    let chunk = archive.slice(
-                        usize::try_from(offset).unwrap_or(0)..usize::try_from(stop).unwrap_or(0),
-                    );
-                    if let Err(e) = self.put_chunk(&status.transfer_id, offset, chunk).await {
-                        tracing::warn!(offset, error = %e, "chunk upload failed; will retry");
+                    let stop = (offset + status.chunk_size_bytes.max(1)).min(end);
+                    let chunk = source.read(offset, stop).await?;
+                    match self.put_chunk(&status.transfer_id, offset, chunk).await {
+                        Ok(s) => report(s.bytes_received),
+                        Err(e) => {
+                            tracing::warn!(offset, error = %e, "chunk upload failed; will retry");
+                        }
                     }
                     offset = stop;
                 }

@@ -39,7 +39,7 @@ mod routes;
 mod client;
 
 #[cfg(feature = "client")]
-pub use client::{Client, RunPage};
+pub use client::{Client, RunPage, UploadProgress};
 pub use config::HttpConfig;
 pub use error::{ApiError, ApiResult};
 pub use routes::{ROUTES, router};

@@ -320,6 +320,118 @@ async fn staged_upload_out_of_order_and_resumed_after_a_drop() {
     );
 }
 
+#[tokio::test]
+async fn upload_file_streams_from_disk_and_refuses_a_file_that_is_not_the_declared_one() {
+    let mut config = fast();
+    config.chunk_size_bytes = 256;
+    let s = server_with(config).await;
+    // ~6 KB of poorly compressible data: some 25 chunks of 256 bytes.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..6000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let a = tar_gz(&[("noise.bin", &noise, 0o644)]);
+    let desc = descriptor_of(&a);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.tgz");
+    std::fs::write(&path, &a).unwrap();
+
+    // Staged: more than the client's direct limit; progress ends at the whole size.
+    let mut client = s.client.clone();
+    client.direct_upload_max_bytes = 100;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let progress: crownest_http::UploadProgress = {
+        let seen = seen.clone();
+        Arc::new(move |n| seen.lock().unwrap().push(n))
+    };
+    let run = client.create_run(&fake(&["exit:0"])).await.unwrap();
+    let ready = client
+        .upload_file(&run.id, &path, Some(&desc), Some(progress))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, RunStatus::ArchiveReady);
+    let info = ready.archive.unwrap();
+    assert_eq!(info.upload, crownest_core::UploadKind::Staged);
+    assert_eq!(
+        (info.size_bytes, &info.sha256),
+        (desc.size_bytes, &desc.sha256)
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= a.len().div_ceil(256), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&desc.size_bytes));
+
+    // Direct: the file is streamed as the request body.
+    let b = tar_gz(&[("small.txt", b"streamed from a file", 0o644)]);
+    let path_b = dir.path().join("b.tgz");
+    std::fs::write(&path_b, &b).unwrap();
+    let run = s.client.create_run(&fake(&["exit:0"])).await.unwrap();
+    let ready = s
+        .client
+        .upload_file(&run.id, &path_b, None, None)
+        .await
+        .unwrap();
+    let info = ready.archive.unwrap();
+    assert_eq!(info.upload, crownest_core::UploadKind::Direct);
+    assert_eq!(info.sha256, descriptor_of(&b).sha256);
+
+    // A declaration the file does not match is refused before anything is sent — even
+    // when the declared digest names an archive the server has (no attach by mistake).
+    let uploaded_before = s.engine.metrics().bytes_uploaded;
+    let run = s.client.create_run(&fake(&["exit:0"])).await.unwrap();
+    let err = s
+        .client
+        .upload_file(&run.id, &path_b, Some(&desc), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ArchiveRejected {
+                reason: crownest_core::RejectReason::SizeMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let same_size = crownest_core::ArchiveDescriptor {
+        size_bytes: b.len() as u64,
+        sha256: desc.sha256.clone(),
+    };
+    let err = s
+        .client
+        .upload_file(&run.id, &path_b, Some(&same_size), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ArchiveRejected {
+                reason: crownest_core::RejectReason::DigestMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(s.engine.metrics().bytes_uploaded, uploaded_before);
+    let record = s.client.get_run(&run.id).await.unwrap();
+    assert_eq!(record.status, RunStatus::AwaitingArchive);
+    assert!(record.archive.is_none());
+
+    // A missing file is an I/O error naming it.
+    let err = s
+        .client
+        .upload_file(&run.id, &dir.path().join("absent.tgz"), None, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("absent.tgz"), "{err}");
+}
+
 /// Reads raw SSE blocks from a response until `stop` events, returning their ids.
 async fn read_sse(resp: reqwest::Response, stop: Option<usize>) -> Vec<(u64, String, Event)> {
     let mut out = Vec::new();
