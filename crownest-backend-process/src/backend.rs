@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use crownest_core::archive::{self, ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
-use crownest_core::event::ArtifactErrorReason;
 use crownest_core::{
     Capabilities, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
     KillSignal, Network, OutputStream, Result, RunId, Sandbox, SandboxBackend, SandboxSpec,
@@ -255,7 +254,7 @@ impl SandboxBackend for ProcessBackend {
             }
         };
         if let Err(e) = make() {
-            let _ = workspace::remove_tree(&dir);
+            let _ = crownest_core::hostdir::remove_tree(&dir);
             return Err(Error::io(
                 format!("creating sandbox directory {}", dir.display()),
                 e,
@@ -310,7 +309,7 @@ fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600));
             if stale {
-                let _ = workspace::remove_tree(&path);
+                let _ = crownest_core::hostdir::remove_tree(&path);
             }
             continue;
         }
@@ -323,7 +322,7 @@ fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
         if let Some(p) = &marker.processes {
             p.kill_leftovers();
         }
-        match workspace::remove_tree(&path) {
+        match crownest_core::hostdir::remove_tree(&path) {
             Ok(()) => swept.push(name),
             Err(e) => {
                 tracing::warn!(dir = %path.display(), error = %e, "sweeping an orphaned sandbox failed")
@@ -849,18 +848,7 @@ impl Sandbox for ProcessSandbox {
         path: &str,
         max_bytes: u64,
     ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
-        let ws = self.workspace();
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || {
-            crownest_core::artifact::collect_from_dir(&ws, &path, max_bytes)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(ArtifactFailure::new(
-                ArtifactErrorReason::NotFound,
-                format!("the collector task failed: {e}"),
-            ))
-        })
+        crownest_core::hostdir::collect_artifact(self.workspace(), path, max_bytes).await
     }
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
@@ -888,7 +876,7 @@ impl Sandbox for ProcessSandbox {
             }
         }
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || workspace::remove_tree(&dir))
+        tokio::task::spawn_blocking(move || crownest_core::hostdir::remove_tree(&dir))
             .await
             .map_err(|e| Error::from(ProcessError::Task(e.to_string())))?
             .map_err(|source| ProcessError::Remove {

@@ -1,10 +1,10 @@
 //! The sandbox directory: `<root>/<run id>-<random>/{crownest-sandbox.json, tmp/, workspace/}`,
-//! the command's cwd (opened without following symlinks) and program lookup, and removal
-//! of a tree the command may have made read-only.
+//! the command's cwd (opened without following symlinks) and program lookup. Removal is
+//! `crownest_core::hostdir::remove_tree`.
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
@@ -101,42 +101,6 @@ fn is_executable(p: &Path) -> bool {
         && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
 }
 
-/// Removes a directory tree, first making every directory in it writable and searchable
-/// (the command may have left read-only directories). Never follows symlinks. Missing is
-/// fine.
-pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {}
-    }
-    make_writable(dir);
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-fn make_writable(dir: &Path) {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700));
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                make_writable(&e.path());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -176,24 +140,11 @@ mod tests {
             resolve_program("./run.sh", "", tmp.path()).is_err(),
             "not executable"
         );
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         assert_eq!(
             resolve_program("./run.sh", "", tmp.path()).unwrap(),
             tmp.path().join("./run.sh")
         );
-    }
-
-    #[test]
-    fn remove_tree_handles_read_only_dirs() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().join("t");
-        std::fs::create_dir_all(d.join("ro/inner")).unwrap();
-        std::fs::write(d.join("ro/inner/f"), b"x").unwrap();
-        std::fs::set_permissions(d.join("ro/inner"), std::fs::Permissions::from_mode(0o500))
-            .unwrap();
-        std::fs::set_permissions(d.join("ro"), std::fs::Permissions::from_mode(0o000)).unwrap();
-        remove_tree(&d).unwrap();
-        assert!(!d.exists());
-        remove_tree(&d).unwrap();
     }
 }

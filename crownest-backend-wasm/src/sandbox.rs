@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
-use crownest_core::event::ArtifactErrorReason;
 use crownest_core::{
     Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal, Limits,
     Result, Sandbox, TemplateIdentity, Timestamp,
@@ -20,7 +19,8 @@ use crate::backend::Shared;
 use crate::error::WasmError;
 use crate::guest::{self, GuestCommand};
 use crate::modules::{FETCH_SCRIPT, Interpreter, TemplateModules};
-use crate::workspace::{Marker, SandboxDir, remove_tree};
+use crate::workspace::{Marker, SandboxDir};
+use crownest_core::hostdir::remove_tree;
 
 /// A sandbox of the wasm backend: a host directory whose `workspace/` is the only
 /// read-write directory a guest sees.
@@ -288,18 +288,7 @@ impl Sandbox for WasmSandbox {
         path: &str,
         max_bytes: u64,
     ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
-        let workspace = self.dir.workspace();
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || {
-            crownest_core::artifact::collect_from_dir(&workspace, &path, max_bytes)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(ArtifactFailure::new(
-                ArtifactErrorReason::NotFound,
-                format!("collection failed: {e}"),
-            ))
-        })
+        crownest_core::hostdir::collect_artifact(self.dir.workspace(), path, max_bytes).await
     }
 
     async fn keep(&self, until: Timestamp) -> Result<()> {

@@ -4,9 +4,9 @@
 //! outside the workspace, so the guest can neither read nor forge it.
 
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use crownest_core::hostdir::remove_tree;
 use crownest_core::run::RunOwner;
 use crownest_core::{RunId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -94,51 +94,6 @@ impl SandboxDir {
 pub(crate) fn read_marker(dir: &Path) -> Option<Marker> {
     let bytes = std::fs::read(dir.join(MARKER)).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-/// Removes a directory tree, making directories writable first when a removal is refused
-/// (an archive may carry read-only directories). Symlinks are removed, never followed.
-/// Succeeds when the tree is gone (also when it never existed).
-pub(crate) fn remove_tree(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(_) => {
-            make_writable(dir);
-            match std::fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if std::fs::symlink_metadata(dir).is_ok() {
-        return Err(std::io::Error::other(format!(
-            "{} still exists after removal",
-            dir.display()
-        )));
-    }
-    Ok(())
-}
-
-fn make_writable(dir: &Path) {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700));
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                make_writable(&e.path());
-            }
-        }
-    }
 }
 
 /// Removes the sandbox directories under `root` that are orphans: a run not in `live`

@@ -1,0 +1,101 @@
+//! Helpers for backends whose sandboxes are directories on the host (the process and WASI
+//! backends): removing a tree the command may have made read-only, and collecting an
+//! artifact off the async runtime.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use crate::artifact::{ArtifactFailure, CollectedArtifact};
+use crate::event::ArtifactErrorReason;
+
+/// Removes a directory tree. When a removal is refused, every directory in the tree is made
+/// writable and searchable first (the command, or the archive, may have left read-only
+/// directories) and the removal is retried. Symlinks are removed, never followed. Succeeds
+/// when the tree is gone, also when it never existed; an error when anything is left.
+pub fn remove_tree(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(_) => {
+            make_writable(dir);
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return Err(io::Error::other(format!(
+            "{} still exists after removal",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn make_writable(dir: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+/// [`collect_from_dir`](crate::artifact::collect_from_dir) on a blocking thread, for a
+/// `Sandbox::collect_artifact` whose workspace is the host directory `workspace`.
+pub async fn collect_artifact(
+    workspace: PathBuf,
+    path: &str,
+    max_bytes: u64,
+) -> Result<CollectedArtifact, ArtifactFailure> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        crate::artifact::collect_from_dir(&workspace, &path, max_bytes)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ArtifactFailure::new(
+            ArtifactErrorReason::NotFound,
+            format!("the collector task failed: {e}"),
+        ))
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_tree_handles_read_only_dirs_and_never_follows_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"k").unwrap();
+        let d = tmp.path().join("t");
+        std::fs::create_dir_all(d.join("ro/inner")).unwrap();
+        std::fs::write(d.join("ro/inner/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("ro/link")).unwrap();
+        std::fs::set_permissions(d.join("ro/inner"), std::fs::Permissions::from_mode(0o500))
+            .unwrap();
+        std::fs::set_permissions(d.join("ro"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&d).unwrap();
+        assert!(!d.exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"k");
+        remove_tree(&d).unwrap(); // gone already: fine
+    }
+}
