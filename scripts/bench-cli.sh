@@ -15,7 +15,7 @@ RUNS=${1:-50}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 cargo build --release -p crownest-cli
-cargo build --release --example throughput
+cargo build --release --no-default-features --example throughput
 CROWNEST=$TARGET/release/crownest
 
 WORK=$(mktemp -d)

@@ -20,7 +20,7 @@ WAIT=${WAIT:-poll}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 cd "$ROOT"
-cargo build --release --quiet --example bench_output
+cargo build --release --quiet --no-default-features --example bench_output
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_output"
 
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -351,38 +351,57 @@ struct Unsealed<'a> {
 /// Canonical JSON: keys sorted by bytes, no whitespace. Independent of serde_json's
 /// `preserve_order` feature, so hashes never depend on feature unification.
 pub fn canonical_json(value: &Value) -> Vec<u8> {
-    fn write(v: &Value, out: &mut Vec<u8>) {
-        match v {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push(b'{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
-                    out.push(b':');
-                    write(&map[k], out);
-                }
-                out.push(b'}');
-            }
-            Value::Array(items) => {
-                out.push(b'[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write(item, out);
-                }
-                out.push(b']');
-            }
-            other => out.extend_from_slice(other.to_string().as_bytes()),
-        }
-    }
     let mut out = Vec::new();
-    write(value, &mut out);
+    // Writing into a Vec cannot fail.
+    let _ = write_canonical(value, &mut out);
     out
+}
+
+/// Writes `value` as canonical JSON (see [`canonical_json`]) into `out`: strings and
+/// numbers go through serde_json's own writer, with no intermediate `String`.
+fn write_canonical<W: std::io::Write>(value: &Value, out: &mut W) -> std::io::Result<()> {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.write_all(b"{")?;
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, k)?;
+                out.write_all(b":")?;
+                write_canonical(v, out)?;
+            }
+            out.write_all(b"}")
+        }
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_canonical(item, out)?;
+            }
+            out.write_all(b"]")
+        }
+        leaf => Ok(serde_json::to_writer(&mut *out, leaf)?),
+    }
+}
+
+/// An `io::Write` that feeds a sha256 (behind a `BufWriter`, so that the many small writes
+/// of escaped strings reach the hasher in large blocks).
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn chain_hash(
@@ -402,7 +421,11 @@ fn chain_hash(
     let prev = hex::decode(prev_hash).unwrap_or_else(|_| vec![0; 32]);
     let mut h = Sha256::new();
     h.update(&prev);
-    h.update(canonical_json(&value));
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(h));
+    // Writing into the hasher cannot fail.
+    let _ = write_canonical(&value, &mut w);
+    let _ = std::io::Write::flush(&mut w);
+    let (HashWriter(h), _) = w.into_parts();
     hex::encode(h.finalize())
 }
 

@@ -156,3 +156,60 @@ fn canonical_json_sorts_keys_and_has_no_whitespace() {
         r#"{"a":null,"b":[1,{"a":"x","z":1}]}"#
     );
 }
+
+/// The chain hash is sha256(previous hash bytes ‖ canonical JSON of the event without its
+/// hash), pinned here against a hand-written canonical form, with escapes (NUL, other
+/// control characters, quote, backslash) and non-ASCII text, so a faster implementation
+/// can never change stored hashes.
+#[test]
+fn the_hash_is_sha256_of_the_previous_hash_and_the_canonical_event() {
+    use sha2::{Digest, Sha256};
+    let id = RunId::parse("run_0192aa00000070008000000000000001").unwrap();
+    let at = Timestamp::from_millis(1_764_434_849_123);
+    let data = "a\u{0}b\u{1b}[1m\"q\"\\\n\té✓🚀\u{7f}".to_owned();
+    let sealed = seal_all(
+        GENESIS_HASH,
+        &id,
+        1,
+        vec![NewEvent {
+            at,
+            kind: EventKind::Stdout(OutputChunk {
+                offset: 7,
+                data: Some(data),
+                data_base64: None,
+            }),
+        }],
+    );
+    let expected_json = format!(
+        "{{\"at\":\"{}\",\"data\":\"a\\u0000b\\u001b[1m\\\"q\\\"\\\\\\n\\t\u{e9}\u{2713}\u{1f680}\u{7f}\",\"offset\":7,\"runId\":\"run_0192aa00000070008000000000000001\",\"seq\":1,\"type\":\"stdout\"}}",
+        serde_json::to_value(at).unwrap().as_str().unwrap()
+    );
+    let mut h = Sha256::new();
+    h.update([0u8; 32]);
+    h.update(expected_json.as_bytes());
+    assert_eq!(sealed[0].hash, hex::encode(h.finalize()));
+    // And the next event chains on this one's hash bytes.
+    let second = seal_all(
+        &sealed[0].hash,
+        &id,
+        2,
+        vec![NewEvent {
+            at,
+            kind: EventKind::Status {
+                status: RunStatus::Running,
+                previous: None,
+            },
+        }],
+    );
+    let mut h = Sha256::new();
+    h.update(hex::decode(&sealed[0].hash).unwrap());
+    h.update(
+        format!(
+            "{{\"at\":\"{}\",\"runId\":\"{id}\",\"seq\":2,\"status\":\"running\",\"type\":\"status\"}}",
+            serde_json::to_value(at).unwrap().as_str().unwrap()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(second[0].hash, hex::encode(h.finalize()));
+    verify_chain(&id, &[sealed[0].clone(), second[0].clone()]).unwrap();
+}
