@@ -240,6 +240,12 @@ impl EvidenceBundle {
         })
     }
 
+    /// The in-toto view ([`to_in_toto`](Self::to_in_toto)) signed by `key` in a DSSE
+    /// envelope (see [`crate::signing`]).
+    pub fn to_dsse(&self, key: &crate::signing::HostKey) -> crate::signing::DsseEnvelope {
+        key.sign_statement(&self.to_in_toto())
+    }
+
     /// sha256 of the bundle's canonical JSON.
     pub fn digest(&self) -> Sha256Digest {
         let v = serde_json::to_value(self).unwrap_or(Value::Null);

@@ -24,6 +24,7 @@ pub mod evidence;
 pub mod hostdir;
 pub mod ids;
 pub mod run;
+pub mod signing;
 pub mod spec;
 pub mod status;
 pub mod store;
