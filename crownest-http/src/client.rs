@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crownest_core::event::Event;
+use crownest_core::signing::{DsseEnvelope, HostPublicKey};
 use crownest_core::{
     ArchiveDescriptor, Error, EvidenceBundle, RejectReason, RunId, RunRecord, RunSpec, RunStatus,
     Sha256Digest, TransferStatus,
@@ -159,6 +160,10 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
     match code {
         "not_found" | "no_route" => Error::NotFound {
             kind: "resource",
+            id: message,
+        },
+        "no_host_key" => Error::NotFound {
+            kind: "host key",
             id: message,
         },
         "invalid_spec" => Error::InvalidSpec {
@@ -522,6 +527,38 @@ impl Client {
                 .query(&[("format", "in-toto")]),
         )
         .await
+    }
+
+    /// `GET /v1/runs/{id}/evidence?format=dsse`: the in-toto view signed by the server's
+    /// host key. Check it with [`DsseEnvelope::verify`] and a public key obtained out of
+    /// band (or, trusting the connection, from [`host_key`](Self::host_key)).
+    pub async fn evidence_dsse(&self, id: &RunId) -> Result<DsseEnvelope> {
+        self.json(
+            self.req(reqwest::Method::GET, &format!("/v1/runs/{id}/evidence"))
+                .query(&[("format", "dsse")]),
+        )
+        .await
+    }
+
+    /// `GET /v1/host-key`: the server's public key (`None` when it signs nothing).
+    pub async fn host_key(&self) -> Result<Option<HostPublicKey>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Key {
+            public_key: String,
+        }
+        match self
+            .json::<Key>(self.req(reqwest::Method::GET, "/v1/host-key"))
+            .await
+        {
+            Ok(k) => HostPublicKey::parse(&k.public_key)
+                .map(Some)
+                .map_err(|e| Error::Conflict {
+                    message: format!("the server's host key: {e}"),
+                }),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /v1/artifacts/{id}`: the bytes and the sha256 header.

@@ -23,7 +23,8 @@
 //! | `POST /v1/runs/{id}/start`, `POST /v1/runs/{id}/cancel` | lifecycle |
 //! | `GET /v1/runs/{id}/events` | bounded window (`afterSeq`, `limit`) |
 //! | `GET /v1/runs/{id}/events/stream` | SSE: replay, follow, keep-alive, close after `terminal`; `Last-Event-ID` |
-//! | `GET /v1/runs/{id}/evidence` | Evidence Bundle (`format=in-toto`); 409 before the end |
+//! | `GET /v1/runs/{id}/evidence` | Evidence Bundle (`format=in-toto`, or `format=dsse`: signed by the host key); 409 before the end |
+//! | `GET /v1/host-key` | the ed25519 public key that signs `format=dsse` evidence; 404 without one |
 //! | `GET /v1/artifacts/{id}` | artifact bytes, `X-Artifact-Sha256` |
 //! | `GET /healthz`, `GET /metrics`, `GET /v1/openapi.json` | ops |
 //!

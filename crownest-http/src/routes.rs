@@ -49,6 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs/{id}/events/stream"),
     ("GET", "/v1/runs/{id}/evidence"),
     ("GET", "/v1/artifacts/{id}"),
+    ("GET", "/v1/host-key"),
 ];
 
 #[derive(Debug, Clone)]
@@ -98,6 +99,7 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         .route("/v1/runs/{id}/events/stream", get(stream_events))
         .route("/v1/runs/{id}/evidence", get(evidence))
         .route("/v1/artifacts/{id}", get(artifact))
+        .route("/v1/host-key", get(host_key))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -403,10 +405,26 @@ async fn evidence(
     match q.format.as_deref() {
         None | Some("crownest") => Ok(Json(bundle).into_response()),
         Some("in-toto") => Ok(Json(bundle.to_in_toto()).into_response()),
+        Some("dsse") => Ok(Json(bundle.to_dsse(signing_key(&s)?)).into_response()),
         Some(other) => Err(ApiError::bad_request(format!(
-            "unknown format {other:?}; use in-toto"
+            "unknown format {other:?}; use in-toto or dsse"
         ))),
     }
+}
+
+fn signing_key(s: &AppState) -> ApiResult<&crownest_core::signing::HostKey> {
+    s.config.signing_key.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_host_key",
+            "this server has no host key to sign evidence with",
+        )
+    })
+}
+
+async fn host_key(State(s): State<AppState>) -> ApiResult<Response> {
+    let public = signing_key(&s)?.public_key();
+    Ok(Json(json!({"keyId": public.key_id(), "publicKey": public.to_hex()})).into_response())
 }
 
 async fn artifact(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {

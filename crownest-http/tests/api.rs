@@ -20,13 +20,17 @@ struct Server {
 }
 
 async fn server_with(config: EngineConfig) -> Server {
+    server_with_http(config, HttpConfig::default()).await
+}
+
+async fn server_with_http(config: EngineConfig, http: HttpConfig) -> Server {
     let engine = WorkspaceRuns::builder(Arc::new(MemoryStore::new()))
         .backend(Arc::new(FakeBackend::new()))
         .config(config)
         .open()
         .await
         .unwrap();
-    let app = router(engine.clone(), HttpConfig::default().with_token(TOKEN));
+    let app = router(engine.clone(), http.with_token(TOKEN));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -430,6 +434,52 @@ async fn upload_file_streams_from_disk_and_refuses_a_file_that_is_not_the_declar
         .await
         .unwrap_err();
     assert!(err.to_string().contains("absent.tgz"), "{err}");
+}
+
+#[tokio::test]
+async fn evidence_is_signed_by_the_host_key_when_the_server_has_one() {
+    use crownest_core::signing::{HostKey, SignatureError};
+    let key = HostKey::from_seed([42; 32]);
+    let public = key.public_key();
+    let s = server_with_http(fast(), HttpConfig::default().with_signing_key(key)).await;
+    let run = s
+        .client
+        .create_run(&fake(&["write:out.txt=signed", "exit:0"]).with_artifact("out.txt", true))
+        .await
+        .unwrap();
+    s.client.upload(&run.id, archive()).await.unwrap();
+    s.client.start(&run.id).await.unwrap();
+    let _: Vec<_> = s.client.events(&run.id, 0).collect().await;
+
+    assert_eq!(s.client.host_key().await.unwrap(), Some(public));
+    let envelope = s.client.evidence_dsse(&run.id).await.unwrap();
+    assert_eq!(envelope.payload_type, "application/vnd.in-toto+json");
+    let statement = envelope.verify(&public).unwrap();
+    assert_eq!(
+        statement,
+        s.client.evidence_in_toto(&run.id).await.unwrap(),
+        "the signed statement is the in-toto view"
+    );
+    let other = HostKey::from_seed([43; 32]).public_key();
+    assert!(matches!(
+        envelope.verify(&other),
+        Err(SignatureError::NoSignatureByKey { .. })
+    ));
+
+    // Without a host key: 404 no_host_key, and no public key.
+    let plain = server().await;
+    let run = plain.client.create_run(&fake(&["exit:0"])).await.unwrap();
+    plain.client.upload(&run.id, archive()).await.unwrap();
+    plain.client.start(&run.id).await.unwrap();
+    let _: Vec<_> = plain.client.events(&run.id, 0).collect().await;
+    assert!(matches!(
+        plain.client.evidence_dsse(&run.id).await,
+        Err(Error::NotFound {
+            kind: "host key",
+            ..
+        })
+    ));
+    assert_eq!(plain.client.host_key().await.unwrap(), None);
 }
 
 /// Reads raw SSE blocks from a response until `stop` events, returning their ids.
