@@ -156,13 +156,20 @@ pub(crate) struct EvidenceArgs {
     /// Print the in-toto Statement (SLSA Provenance v1 predicate) view instead.
     #[arg(long)]
     pub(crate) in_toto: bool,
+    /// Print the in-toto Statement in a DSSE envelope signed with the host key (ed25519;
+    /// `<home>/host-key.ed25519`, created on first use; with --server, the server's key).
+    #[arg(long, conflicts_with = "in_toto")]
+    pub(crate) dsse: bool,
+    /// With --dsse: sign with the key in FILE (64 hex digits, mode 0600) instead.
+    #[arg(long, value_name = "FILE", requires = "dsse")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// `verify`.
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
     /// A stored run to verify (events, evidence, and the artifact blobs re-hashed).
-    #[arg(required_unless_present = "evidence", conflicts_with_all = ["evidence", "events"])]
+    #[arg(required_unless_present_any = ["evidence", "dsse"], conflicts_with_all = ["evidence", "events"])]
     pub(crate) run: Option<String>,
     /// Offline: an Evidence Bundle exported with `crownest evidence RUN`.
     #[arg(long, value_name = "FILE", requires = "events")]
@@ -170,6 +177,14 @@ pub(crate) struct VerifyArgs {
     /// Offline: the run's events exported with `crownest events RUN` (JSON lines).
     #[arg(long, value_name = "FILE", requires = "evidence")]
     pub(crate) events: Option<PathBuf>,
+    /// A DSSE envelope from `crownest evidence RUN --dsse`: its signature is checked and,
+    /// with a RUN or --evidence, its statement must be that bundle's in-toto view.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dsse: Option<PathBuf>,
+    /// With --dsse: the signer's public key, 64 hex digits or a file holding them [default:
+    /// the server's with --server, else the host key in --home].
+    #[arg(long, value_name = "KEY", requires = "dsse")]
+    pub(crate) public_key: Option<String>,
 }
 
 /// `artifacts`.

@@ -134,12 +134,26 @@ pub(crate) async fn events(target: &Target, args: EventsArgs) -> anyhow::Result<
     Ok(Exit::Success)
 }
 
-/// `crownest evidence RUN [--in-toto]`.
+/// `crownest evidence RUN [--in-toto | --dsse [--key FILE]]`.
 pub(crate) async fn evidence(target: &Target, args: EvidenceArgs) -> anyhow::Result<Exit> {
     let id = run_id(&args.run)?;
     let conn = target.open().await?;
     let mut out = std::io::stdout().lock();
-    if args.in_toto {
+    if args.dsse {
+        let envelope = match target.server() {
+            Some(_) if args.key.is_some() => {
+                return Err(usage(
+                    "--key signs locally; with --server the server signs with its own key",
+                ));
+            }
+            Some(client) => client.evidence_dsse(&id).await?,
+            None => {
+                let key = crate::hostkey::signing_key(&target.home()?, args.key.as_deref())?;
+                conn.evidence(&id).await?.to_dsse(&key)
+            }
+        };
+        serde_json::to_writer_pretty(&mut out, &envelope)?;
+    } else if args.in_toto {
         serde_json::to_writer_pretty(&mut out, &conn.evidence_in_toto(&id).await?)?;
     } else {
         serde_json::to_writer_pretty(&mut out, &conn.evidence(&id).await?)?;

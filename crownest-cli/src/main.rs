@@ -19,6 +19,7 @@ mod connection;
 mod doctor;
 mod exit;
 mod home;
+mod hostkey;
 mod inspect;
 mod pack;
 mod progress;

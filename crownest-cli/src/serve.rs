@@ -75,12 +75,24 @@ pub(crate) async fn serve(
     let local = listener.local_addr().context("reading the bound address")?;
     let generated = token.is_none();
     let token = token.unwrap_or_else(HttpConfig::generate_token);
-    let app = crownest_http::router(engine.clone(), HttpConfig::default().with_token(&token));
+    let key = crate::hostkey::signing_key(home_dir, None)?;
+    let public = key.public_key();
+    let app = crownest_http::router(
+        engine.clone(),
+        HttpConfig::default()
+            .with_token(&token)
+            .with_signing_key(key),
+    );
 
     if generated {
         eprintln!("token: {token}");
     }
     eprintln!("listening on http://{local}");
+    eprintln!(
+        "crownest: evidence is signed (?format=dsse) by host key {} (public key {})",
+        public.key_id(),
+        public.to_hex()
+    );
     eprintln!(
         "crownest: home {}; try: crownest --server http://{local} --token {} runs",
         home_dir.display(),

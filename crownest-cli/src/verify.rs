@@ -13,6 +13,12 @@
 //!    With `--server`, checks 1 and 2 also run here, on the events and bundle fetched: the
 //!    server is not trusted to have verified anything.
 //!
+//! With `--dsse FILE` (an envelope from `crownest evidence RUN --dsse`), the envelope's
+//! ed25519 signature is checked against `--public-key` (else the server's key with
+//! `--server`, else the host key in `--home`); alone, that is the whole check; with a RUN or
+//! `--evidence`, the signed statement must also equal that bundle's in-toto view, so the
+//! signature covers the bundle checked above.
+//!
 //! Exit 0 when everything holds, 1 on any mismatch (each is printed on stderr), 2 when the
 //! run or a file does not exist or a file is not an evidence bundle at all.
 
@@ -21,6 +27,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use crownest_core::evidence::{EVIDENCE_SCHEMA, EvidenceArtifact};
+use crownest_core::signing::DsseEnvelope;
 use crownest_core::{Error, Event, EventKind, EvidenceBundle, Sha256Digest};
 use sha2::{Digest as _, Sha256};
 
@@ -31,6 +38,30 @@ use crate::inspect::run_id;
 
 /// `crownest verify`.
 pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<Exit> {
+    let envelope = match &args.dsse {
+        Some(path) => Some(read_envelope(path)?),
+        None => None,
+    };
+    if let (None, None, Some(envelope)) = (&args.run, &args.evidence, &envelope) {
+        let key = crate::hostkey::verifying_key(target, args.public_key.as_deref()).await?;
+        return match envelope.verify(&key) {
+            Ok(statement) => {
+                let meta = &statement["predicate"]["runDetails"]["metadata"];
+                println!(
+                    "ok: DSSE signature by key {}: in-toto statement for run {}, {} subject(s)",
+                    key.key_id(),
+                    meta["invocationId"].as_str().unwrap_or("?"),
+                    statement["subject"].as_array().map_or(0, Vec::len)
+                );
+                Ok(Exit::Success)
+            }
+            Err(e) => {
+                eprintln!("crownest: verify: signature: {e}");
+                eprintln!("crownest: verify: FAILED (the envelope's signature does not hold)");
+                Ok(Exit::Failure)
+            }
+        };
+    }
     let (bundle, events, problems_so_far, conn) = match (&args.run, &args.evidence, &args.events) {
         (Some(run), _, _) => {
             let id = run_id(run)?;
@@ -49,6 +80,19 @@ pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
     };
     let mut problems = problems_so_far;
     problems.extend(check(&bundle, &events));
+    let mut signed_by = None;
+    if let Some(envelope) = &envelope {
+        let key = crate::hostkey::verifying_key(target, args.public_key.as_deref()).await?;
+        match envelope.verify(&key) {
+            Ok(statement) if statement == bundle.to_in_toto() => signed_by = Some(key.key_id()),
+            Ok(_) => problems.push(
+                "the DSSE envelope's signature holds, but its statement is not this bundle's \
+                 in-toto view"
+                    .into(),
+            ),
+            Err(e) => problems.push(format!("DSSE signature: {e}")),
+        }
+    }
     let mut rehashed = 0;
     if let Some(conn) = &conn {
         for a in &bundle.artifacts {
@@ -72,6 +116,9 @@ pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
                 String::new()
             }
         );
+        if let Some(key_id) = signed_by {
+            println!("ok: DSSE signature by key {key_id} over this bundle's in-toto view");
+        }
         Ok(Exit::Success)
     } else {
         for p in &problems {
@@ -84,6 +131,17 @@ pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
         );
         Ok(Exit::Failure)
     }
+}
+
+fn read_envelope(path: &Path) -> anyhow::Result<DsseEnvelope> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("--dsse {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        usage(format!(
+            "--dsse {}: not a DSSE envelope: {e}",
+            path.display()
+        ))
+    })
 }
 
 fn read_bundle(path: &Path) -> anyhow::Result<EvidenceBundle> {

@@ -789,3 +789,126 @@ fn a_large_archive_goes_through_a_staged_transfer() {
     assert_eq!(ev["source"]["upload"], "staged");
     assert_eq!(ev["source"]["sha256"], sha256_hex(&bytes));
 }
+
+#[test]
+fn evidence_signed_with_the_host_key_verifies_and_tampering_or_another_key_fails() {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = tempfile::tempdir().unwrap();
+    let run = sample_run(home.path());
+    let dir = tempfile::tempdir().unwrap();
+    let envelope_path = dir.path().join("env.json");
+    let out = crownest(home.path())
+        .args(["evidence", &run, "--dsse"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    std::fs::write(&envelope_path, &out).unwrap();
+    let key_file = home.path().join("host-key.ed25519");
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the host key is created private"
+    );
+    let envelope: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(envelope["payloadType"], "application/vnd.in-toto+json");
+
+    // The signature alone, and bound to the stored run's bundle.
+    crownest(home.path())
+        .arg("verify")
+        .arg("--dsse")
+        .arg(&envelope_path)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(format!(
+            "in-toto statement for run {run}, 2 subject(s)"
+        )));
+    crownest(home.path())
+        .args(["verify", &run, "--dsse"])
+        .arg(&envelope_path)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("over this bundle's in-toto view"));
+
+    // An edited statement (one subject digest changed) fails the signature.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut statement: Value =
+        serde_json::from_slice(&b64.decode(envelope["payload"].as_str().unwrap()).unwrap())
+            .unwrap();
+    statement["subject"][0]["digest"]["sha256"] = Value::String("0".repeat(64));
+    let mut tampered = envelope.clone();
+    tampered["payload"] = Value::String(b64.encode(serde_json::to_vec(&statement).unwrap()));
+    let tampered_path = dir.path().join("tampered.json");
+    std::fs::write(&tampered_path, serde_json::to_vec(&tampered).unwrap()).unwrap();
+    crownest(home.path())
+        .arg("verify")
+        .arg("--dsse")
+        .arg(&tampered_path)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not match the payload"));
+
+    // Another key (here: another home's) does not vouch for it.
+    let other = tempfile::tempdir().unwrap();
+    let other_run = sample_run(other.path());
+    crownest(other.path())
+        .args(["evidence", &other_run, "--dsse"])
+        .assert()
+        .code(0);
+    let other_public = {
+        let seed = std::fs::read_to_string(other.path().join("host-key.ed25519")).unwrap();
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(seed.trim(), &mut bytes).unwrap();
+        crownest_core::signing::HostKey::from_seed(bytes)
+            .public_key()
+            .to_hex()
+    };
+    crownest(home.path())
+        .arg("verify")
+        .arg("--dsse")
+        .arg(&envelope_path)
+        .args(["--public-key", &other_public])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no signature by key"));
+
+    // A valid signature over another run's statement does not vouch for this bundle.
+    crownest(home.path())
+        .args(["verify", &other_run, "--dsse"])
+        .arg(&envelope_path)
+        .assert()
+        .code(2); // the other run is not in this home
+    let other_evidence = dir.path().join("other-e.json");
+    let other_events = dir.path().join("other-ev.jsonl");
+    for (cmd, path) in [("evidence", &other_evidence), ("events", &other_events)] {
+        let out = crownest(other.path())
+            .args([cmd, &other_run])
+            .assert()
+            .code(0)
+            .get_output()
+            .stdout
+            .clone();
+        std::fs::write(path, out).unwrap();
+    }
+    crownest(home.path())
+        .arg("verify")
+        .arg("--evidence")
+        .arg(&other_evidence)
+        .arg("--events")
+        .arg(&other_events)
+        .arg("--dsse")
+        .arg(&envelope_path)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not this bundle's in-toto view"));
+
+    // Not an envelope at all: exit 2.
+    crownest(home.path())
+        .arg("verify")
+        .arg("--dsse")
+        .arg(&other_events)
+        .assert()
+        .code(2);
+}

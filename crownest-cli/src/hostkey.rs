@@ -1,0 +1,55 @@
+//! The host key that signs evidence (`crownest evidence RUN --dsse`, `crownest serve`): an
+//! ed25519 seed in `<home>/host-key.ed25519` (mode 0600), created on first use.
+
+use std::path::{Path, PathBuf};
+
+use crownest_core::signing::{HostKey, HostPublicKey};
+
+use crate::connection::Target;
+use crate::exit::usage;
+
+/// File name of the host key in the home directory.
+pub(crate) const HOST_KEY_FILE: &str = "host-key.ed25519";
+
+/// The key at `explicit`, else the home's (created when missing).
+pub(crate) fn signing_key(home: &Path, explicit: Option<&Path>) -> anyhow::Result<HostKey> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            std::fs::create_dir_all(home)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", home.display()))?;
+            home.join(HOST_KEY_FILE)
+        }
+    };
+    Ok(HostKey::load_or_create(&path)?)
+}
+
+/// The public key that `verify --dsse` checks against: `--public-key` (64 hex digits, or a
+/// file holding them), else the server's (with `--server`), else the home's host key.
+pub(crate) async fn verifying_key(
+    target: &Target,
+    explicit: Option<&str>,
+) -> anyhow::Result<HostPublicKey> {
+    if let Some(arg) = explicit {
+        let text = match std::fs::read_to_string(arg) {
+            Ok(t) => t,
+            Err(_) if !Path::new(arg).exists() => arg.to_owned(),
+            Err(e) => return Err(usage(format!("--public-key {arg}: {e}"))),
+        };
+        return HostPublicKey::parse(&text).map_err(|e| usage(format!("--public-key: {e}")));
+    }
+    if let Some(client) = target.server() {
+        return client
+            .host_key()
+            .await?
+            .ok_or_else(|| usage("the server has no host key; pass --public-key"));
+    }
+    let path: PathBuf = target.home()?.join(HOST_KEY_FILE);
+    if !path.exists() {
+        return Err(usage(format!(
+            "no host key at {}; pass --public-key",
+            path.display()
+        )));
+    }
+    Ok(HostKey::load(&path)?.public_key())
+}
