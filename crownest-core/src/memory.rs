@@ -78,26 +78,10 @@ pub async fn collect_verified(
 
 /// Compares a finished blob with the declared descriptor.
 pub fn check_blob_expectations(info: &BlobInfo, expect: BlobExpect<'_>) -> Result<()> {
-    if let Some(d) = expect.descriptor {
-        if d.size_bytes != info.size_bytes {
-            return Err(Error::rejected(
-                RejectReason::SizeMismatch,
-                None,
-                format!(
-                    "declared {} bytes, received {}",
-                    d.size_bytes, info.size_bytes
-                ),
-            ));
-        }
-        if d.sha256 != info.sha256 {
-            return Err(Error::rejected(
-                RejectReason::DigestMismatch,
-                None,
-                format!("declared sha256 {}, received {}", d.sha256, info.sha256),
-            ));
-        }
+    match expect.descriptor {
+        Some(d) => d.check(info.size_bytes, &info.sha256),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[async_trait]

@@ -31,6 +31,30 @@ pub struct ArchiveDescriptor {
     pub sha256: Sha256Digest,
 }
 
+impl ArchiveDescriptor {
+    /// Refuses bytes that are not the declared archive: a different size is
+    /// [`RejectReason::SizeMismatch`](crate::RejectReason::SizeMismatch), else a different
+    /// digest [`RejectReason::DigestMismatch`](crate::RejectReason::DigestMismatch).
+    pub fn check(&self, size_bytes: u64, sha256: &Sha256Digest) -> crate::error::Result<()> {
+        use crate::error::{Error, RejectReason};
+        if self.size_bytes != size_bytes {
+            return Err(Error::rejected(
+                RejectReason::SizeMismatch,
+                None,
+                format!("declared {} bytes, received {size_bytes}", self.size_bytes),
+            ));
+        }
+        if self.sha256 != *sha256 {
+            return Err(Error::rejected(
+                RejectReason::DigestMismatch,
+                None,
+                format!("declared sha256 {}, received {sha256}", self.sha256),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A verified archive attached to a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -119,31 +119,6 @@ fn describe(file: &std::fs::File) -> std::io::Result<ArchiveDescriptor> {
     })
 }
 
-/// Refuses a file that is not the archive the caller declared (as the server would).
-fn check_declared(declared: &ArchiveDescriptor, actual: &ArchiveDescriptor) -> Result<()> {
-    if actual.size_bytes != declared.size_bytes {
-        return Err(Error::rejected(
-            RejectReason::SizeMismatch,
-            None,
-            format!(
-                "declared {} bytes, the archive has {}",
-                declared.size_bytes, actual.size_bytes
-            ),
-        ));
-    }
-    if actual.sha256 != declared.sha256 {
-        return Err(Error::rejected(
-            RejectReason::DigestMismatch,
-            None,
-            format!(
-                "declared sha256 {}, the archive has {}",
-                declared.sha256, actual.sha256
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn transport(e: reqwest::Error) -> Error {
     Error::Io {
         context: "http request".into(),
@@ -423,7 +398,7 @@ impl Client {
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
         };
         if let Some(expected) = expected {
-            check_declared(expected, &desc)?;
+            expected.check(desc.size_bytes, &desc.sha256)?;
         }
         let source = Source::File {
             path: path.to_path_buf(),
