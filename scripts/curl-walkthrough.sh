@@ -98,7 +98,21 @@ check "$work/result.json" 'd["sum"] == 31'
 ART_SHA="$(sha256sum "$work/result.json" | cut -d' ' -f1)"
 check "$work/evidence.json" 'd["artifacts"][0]["sha256"] == "'"$ART_SHA"'"'
 
-# 6. Stop the server (SIGTERM: graceful).
+# 6. The same record signed: the server's host key, the in-toto statement in a DSSE
+#    envelope, checked offline by `crownest verify --dsse` against that public key and the
+#    bundle fetched above (so the signature covers exactly that bundle).
+curl -fsS "$BASE/v1/host-key" -H "$AUTH" -o "$work/host-key.json" || fail "host key"
+PUB="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["publicKey"])' "$work/host-key.json")"
+curl -fsS "$BASE/v1/runs/$RUN/evidence?format=dsse" -H "$AUTH" -o "$work/envelope.json" || fail "dsse"
+check "$work/envelope.json" 'd["payloadType"] == "application/vnd.in-toto+json" and len(d["signatures"]) == 1'
+curl -fsS "$BASE/v1/runs/$RUN/events?limit=1000" -H "$AUTH" -o "$work/window.json" || fail "events"
+python3 -c 'import json,sys; [print(json.dumps(e)) for e in json.load(open(sys.argv[1]))["events"]]' \
+  "$work/window.json" >"$work/events.jsonl"
+env -u CROWNEST_SERVER -u CROWNEST_TOKEN "$BIN" --home "$work/verifier" verify \
+  --evidence "$work/evidence.json" --events "$work/events.jsonl" \
+  --dsse "$work/envelope.json" --public-key "$PUB" || fail "verify --dsse"
+
+# 7. Stop the server (SIGTERM: graceful).
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "crownest serve exited with $?"
 server_pid=""
