@@ -251,3 +251,69 @@ fn fifty_thousand_files() {
     assert_eq!(got.len(), tree.len());
     assert!(got == tree, "extracted tree differs from the source tree");
 }
+
+/// Entries whose order matters even though the extractor writes files on several threads
+/// (by parent directory): a multi-chunk file followed at once by a hardlink to it from
+/// another directory, a path written twice (the later entry wins), a symlink and a file in
+/// one directory, all among enough directories to keep every writer thread busy.
+#[test]
+fn order_dependent_entries_land_as_archive_order_says() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut expected = BTreeMap::new();
+    let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    for d in 0..300 {
+        expected.insert(format!("d{d:03}"), Node::Dir(0o755));
+        for f in 0..4 {
+            let data = format!("{d}/{f}\n").repeat(d % 7 + 1).into_bytes();
+            file(&mut b, &format!("d{d:03}/f{f}"), 0o644, &data);
+            expected.insert(format!("d{d:03}/f{f}"), Node::File(0o644, data));
+        }
+    }
+    let big: Vec<u8> = (0..(7 << 19)).map(|i: u32| (i * 31 % 251) as u8).collect();
+    file(&mut b, "big/blob.bin", 0o755, &big);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    h.set_mode(0o755);
+    b.append_link(&mut h, "other/link.bin", "big/blob.bin")
+        .unwrap();
+    file(&mut b, "other/after.txt", 0o644, b"after");
+    file(&mut b, "d000/f0", 0o600, b"replaced");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "d001/link", "f1").unwrap();
+    file(&mut b, "d001/zz", 0o640, b"beside the link");
+    for dir in ["big", "other"] {
+        expected.insert(dir.into(), Node::Dir(0o755));
+    }
+    expected.insert("big/blob.bin".into(), Node::File(0o755, big.clone()));
+    expected.insert("other/link.bin".into(), Node::File(0o755, big));
+    expected.insert(
+        "other/after.txt".into(),
+        Node::File(0o644, b"after".to_vec()),
+    );
+    expected.insert("d000/f0".into(), Node::File(0o600, b"replaced".to_vec()));
+    expected.insert("d001/link".into(), Node::Symlink("f1".into()));
+    expected.insert(
+        "d001/zz".into(),
+        Node::File(0o640, b"beside the link".to_vec()),
+    );
+
+    let (sb, got) = extract_ok(&gz(&b.into_inner().unwrap()));
+    assert_eq!(got.len(), expected.len());
+    for (path, node) in &expected {
+        assert_eq!(got.get(path), Some(node), "{path}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(sb.dest().join("big/blob.bin")).unwrap();
+    let l = std::fs::metadata(sb.dest().join("other/link.bin")).unwrap();
+    assert_eq!(a.ino(), l.ino(), "a real hardlink");
+}

@@ -49,6 +49,17 @@ impl ConfinedDir {
         }
     }
 
+    /// Another handle on the same root (a duplicated fd, an empty cache), for another
+    /// writer thread.
+    pub(super) fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            root: self.root.try_clone()?,
+            openat2: self.openat2,
+            umask: self.umask,
+            cache: Vec::with_capacity(CACHE),
+        })
+    }
+
     /// Forces the component-by-component fallback (for tests).
     #[cfg(test)]
     fn without_openat2(mut self) -> Self {

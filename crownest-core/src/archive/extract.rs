@@ -214,6 +214,8 @@ enum Op {
         path: String,
         target: String,
     },
+    /// Acknowledged by a file worker once everything sent to it before is applied.
+    Fence(mpsc::Sender<()>),
 }
 
 /// Where accepted entries go.
@@ -888,8 +890,191 @@ impl Pass<'_> {
     }
 }
 
-/// The writer thread: applies operations in order until the channel closes.
-fn write_ops(mut dir: ConfinedDir, rx: mpsc::Receiver<Vec<Op>>, cancel: &AtomicBool) -> Result<()> {
+/// The writer thread: applies operations in archive order until the channel closes.
+///
+/// With more than one core, regular files (and symlinks, and the unlinking of a file about
+/// to be replaced) are handed to [`file_workers`] threads, chosen by the entry's parent
+/// directory, so that entries of one directory stay in order on one thread while different
+/// directories are written in parallel. This thread keeps what orders the rest: it creates
+/// directories itself, before any later entry inside them is dispatched, and it waits for
+/// every worker (a fence) before a hardlink (whose target may still be in a worker) or a
+/// directory mode change. Every thread writes through its own [`ConfinedDir`] on the same
+/// root, so confinement is the same as with one thread.
+///
+/// Why: file creation can be bound by the kernel rather than by the bytes (journal-less
+/// ext4 re-reads the inode table for each recently freed inode on every create, for some
+/// 30 s after a large deletion: see `docs/archive.md`), and that cost is per directory.
+fn write_ops(dir: ConfinedDir, rx: mpsc::Receiver<Vec<Op>>, cancel: &AtomicBool) -> Result<()> {
+    let workers = file_workers();
+    if workers < 2 {
+        return write_serial(dir, rx, cancel);
+    }
+    // The writer thread is itself one of the `workers` lanes (the last); it spawns the rest.
+    let mut clones = Vec::with_capacity(workers - 1);
+    for _ in 1..workers {
+        clones.push(
+            dir.try_clone()
+                .map_err(|e| Error::io("opening the extraction root", e))?,
+        );
+    }
+    std::thread::scope(|s| {
+        let mut lanes = Vec::with_capacity(workers - 1);
+        let mut handles = Vec::with_capacity(workers - 1);
+        for d in clones {
+            let (tx, rx) = mpsc::sync_channel::<Vec<Op>>(LANE_BATCHES);
+            handles.push(s.spawn(move || write_serial(d, rx, cancel)));
+            lanes.push(Lane {
+                tx,
+                batch: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let dispatched = dispatch(dir, rx, cancel, &mut lanes);
+        drop(lanes);
+        let mut first_worker_error = None;
+        for h in handles {
+            let r = match h.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            if let Err(e) = r {
+                first_worker_error.get_or_insert(e);
+            }
+        }
+        match (dispatched, first_worker_error) {
+            // A worker's own error explains why its lane closed.
+            (Err(_), Some(w)) | (Ok(()), Some(w)) => Err(w),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(()),
+        }
+    })
+}
+
+/// File writer lanes, the writer thread included: one per core, at most 4; fewer than 2
+/// means the writer thread writes everything itself.
+fn file_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Batches in flight to each file worker.
+const LANE_BATCHES: usize = 4;
+
+/// A file worker's queue, filled in batches.
+struct Lane {
+    tx: mpsc::SyncSender<Vec<Op>>,
+    batch: Vec<Op>,
+    bytes: usize,
+}
+
+impl Lane {
+    fn push(&mut self, op: Op) -> Result<()> {
+        self.bytes += match &op {
+            Op::File { data, .. } | Op::Chunk { data, .. } => data.len(),
+            _ => 0,
+        };
+        self.batch.push(op);
+        if self.bytes >= BATCH_BYTES || self.batch.len() >= BATCH_OPS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        self.tx
+            .send(std::mem::take(&mut self.batch))
+            .map_err(|_| Error::io("extracting", io::Error::other("a file writer stopped")))
+    }
+}
+
+/// Waits until every worker has applied everything sent to it so far.
+fn fence(lanes: &mut [Lane]) -> Result<()> {
+    let (ack_tx, ack_rx) = mpsc::channel();
+    for lane in lanes.iter_mut() {
+        lane.batch.push(Op::Fence(ack_tx.clone()));
+        lane.flush()?;
+    }
+    drop(ack_tx);
+    for _ in 0..lanes.len() {
+        ack_rx
+            .recv()
+            .map_err(|_| Error::io("extracting", io::Error::other("a file writer stopped")))?;
+    }
+    Ok(())
+}
+
+fn lane_of(path: &str, lanes: usize) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.hash(&mut h);
+    (h.finish() % lanes as u64) as usize
+}
+
+/// The dispatcher's side of [`write_ops`]: entries of the last lane are applied here, in
+/// order, the others go to their worker.
+fn dispatch(
+    mut dir: ConfinedDir,
+    rx: mpsc::Receiver<Vec<Op>>,
+    cancel: &AtomicBool,
+    lanes: &mut [Lane],
+) -> Result<()> {
+    let n = lanes.len() + 1;
+    let own = lanes.len();
+    // The lane of a file whose further chunks are still to come.
+    let mut open_file: Option<usize> = None;
+    // The file this thread is writing (of its own lane).
+    let mut current = None;
+    for batch in rx {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        for op in batch {
+            let lane = match &op {
+                Op::File { path, last, .. } => {
+                    let lane = lane_of(path, n);
+                    open_file = (!last).then_some(lane);
+                    lane
+                }
+                Op::Chunk { last, .. } => {
+                    let lane = open_file.ok_or_else(|| {
+                        Error::io("extracting", io::Error::other("chunk without a file"))
+                    })?;
+                    if *last {
+                        open_file = None;
+                    }
+                    lane
+                }
+                Op::Symlink { path, .. } | Op::Unlink { path } => lane_of(path, n),
+                // Directories are made here, before anything inside them is dispatched.
+                Op::Mkdir { .. } | Op::Fence(_) => own,
+                Op::Hardlink { .. } | Op::ChmodDir { .. } => {
+                    fence(lanes)?;
+                    own
+                }
+            };
+            if lane == own {
+                apply(&mut dir, op, &mut current)?;
+            } else {
+                lanes[lane].push(op)?;
+            }
+        }
+    }
+    for lane in lanes.iter_mut() {
+        lane.flush()?;
+    }
+    Ok(())
+}
+
+/// Applies operations in order on one thread until the channel closes.
+fn write_serial(
+    mut dir: ConfinedDir,
+    rx: mpsc::Receiver<Vec<Op>>,
+    cancel: &AtomicBool,
+) -> Result<()> {
     let mut current: Option<(File, String, Option<i64>)> = None;
     for batch in rx {
         if cancel.load(Ordering::Relaxed) {
@@ -919,6 +1104,10 @@ fn apply(
         Op::Hardlink { path, target } => dir
             .hardlink(&target, &path)
             .map_err(|e| write_error(&path, e)),
+        Op::Fence(ack) => {
+            let _ = ack.send(());
+            Ok(())
+        }
         Op::File {
             path,
             mode,
