@@ -897,8 +897,8 @@ impl Pass<'_> {
 /// directory, so that entries of one directory stay in order on one thread while different
 /// directories are written in parallel. This thread keeps what orders the rest: it creates
 /// directories itself, before any later entry inside them is dispatched, and it waits for
-/// every worker (a fence) before a hardlink (whose target may still be in a worker) or a
-/// directory mode change. Every thread writes through its own [`ConfinedDir`] on the same
+/// the lane of a hardlink's target (a fence) before making the hardlink. A failing lane sets
+/// `cancel`, which stops the other lanes and the dispatcher (and so the reader). Every thread writes through its own [`ConfinedDir`] on the same
 /// root, so confinement is the same as with one thread.
 ///
 /// Why: file creation can be bound by the kernel rather than by the bytes (journal-less
@@ -922,7 +922,14 @@ fn write_ops(dir: ConfinedDir, rx: mpsc::Receiver<Vec<Op>>, cancel: &AtomicBool)
         let mut handles = Vec::with_capacity(workers - 1);
         for d in clones {
             let (tx, rx) = mpsc::sync_channel::<Vec<Op>>(LANE_BATCHES);
-            handles.push(s.spawn(move || write_serial(d, rx, cancel)));
+            handles.push(s.spawn(move || {
+                let r = write_serial(d, rx, cancel);
+                if r.is_err() {
+                    // Stop the other lanes and, through the dispatcher, the reader.
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                r
+            }));
             lanes.push(Lane {
                 tx,
                 batch: Vec::new(),
@@ -930,6 +937,9 @@ fn write_ops(dir: ConfinedDir, rx: mpsc::Receiver<Vec<Op>>, cancel: &AtomicBool)
             });
         }
         let dispatched = dispatch(dir, rx, cancel, &mut lanes);
+        if dispatched.is_err() {
+            cancel.store(true, Ordering::Relaxed);
+        }
         drop(lanes);
         let mut first_worker_error = None;
         for h in handles {
@@ -942,9 +952,11 @@ fn write_ops(dir: ConfinedDir, rx: mpsc::Receiver<Vec<Op>>, cancel: &AtomicBool)
             }
         }
         match (dispatched, first_worker_error) {
-            // A worker's own error explains why its lane closed.
-            (Err(_), Some(w)) | (Ok(()), Some(w)) => Err(w),
-            (Err(e), None) => Err(e),
+            // The writer thread's own failure stopped everything.
+            (Err(Dispatch::Failed(e)), _) => Err(e),
+            // A worker's error explains why its lane closed, or why the writer stopped.
+            (Err(Dispatch::LaneClosed) | Ok(()), Some(w)) => Err(w),
+            (Err(Dispatch::LaneClosed), None) => Err(lane_closed()),
             (Ok(()), None) => Ok(()),
         }
     })
@@ -956,8 +968,26 @@ fn file_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// Batches in flight to each file worker.
+/// Batches in flight to each file worker (bounds memory to ~10 MiB per extra lane).
 const LANE_BATCHES: usize = 4;
+
+/// Why the dispatcher stopped.
+enum Dispatch {
+    /// A worker's queue closed: the worker stopped (its own result says why).
+    LaneClosed,
+    /// The writer thread's own operation failed.
+    Failed(Error),
+}
+
+impl From<Error> for Dispatch {
+    fn from(e: Error) -> Self {
+        Dispatch::Failed(e)
+    }
+}
+
+fn lane_closed() -> Error {
+    Error::io("extracting", io::Error::other("a file writer stopped"))
+}
 
 /// A file worker's queue, filled in batches.
 struct Lane {
@@ -967,7 +997,7 @@ struct Lane {
 }
 
 impl Lane {
-    fn push(&mut self, op: Op) -> Result<()> {
+    fn push(&mut self, op: Op) -> std::result::Result<(), Dispatch> {
         self.bytes += match &op {
             Op::File { data, .. } | Op::Chunk { data, .. } => data.len(),
             _ => 0,
@@ -979,31 +1009,23 @@ impl Lane {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) -> std::result::Result<(), Dispatch> {
         if self.batch.is_empty() {
             return Ok(());
         }
         self.bytes = 0;
         self.tx
             .send(std::mem::take(&mut self.batch))
-            .map_err(|_| Error::io("extracting", io::Error::other("a file writer stopped")))
+            .map_err(|_| Dispatch::LaneClosed)
     }
-}
 
-/// Waits until every worker has applied everything sent to it so far.
-fn fence(lanes: &mut [Lane]) -> Result<()> {
-    let (ack_tx, ack_rx) = mpsc::channel();
-    for lane in lanes.iter_mut() {
-        lane.batch.push(Op::Fence(ack_tx.clone()));
-        lane.flush()?;
+    /// Waits until this lane's worker has applied everything sent to it so far.
+    fn fence(&mut self) -> std::result::Result<(), Dispatch> {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        self.batch.push(Op::Fence(ack_tx));
+        self.flush()?;
+        ack_rx.recv().map_err(|_| Dispatch::LaneClosed)
     }
-    drop(ack_tx);
-    for _ in 0..lanes.len() {
-        ack_rx
-            .recv()
-            .map_err(|_| Error::io("extracting", io::Error::other("a file writer stopped")))?;
-    }
-    Ok(())
 }
 
 fn lane_of(path: &str, lanes: usize) -> usize {
@@ -1021,7 +1043,7 @@ fn dispatch(
     rx: mpsc::Receiver<Vec<Op>>,
     cancel: &AtomicBool,
     lanes: &mut [Lane],
-) -> Result<()> {
+) -> std::result::Result<(), Dispatch> {
     let n = lanes.len() + 1;
     let own = lanes.len();
     // The lane of a file whose further chunks are still to come.
@@ -1030,7 +1052,8 @@ fn dispatch(
     let mut current = None;
     for batch in rx {
         if cancel.load(Ordering::Relaxed) {
-            return Ok(());
+            // A worker failed (its result says why) or the reader stopped.
+            return Err(Dispatch::LaneClosed);
         }
         for op in batch {
             let lane = match &op {
@@ -1041,7 +1064,10 @@ fn dispatch(
                 }
                 Op::Chunk { last, .. } => {
                     let lane = open_file.ok_or_else(|| {
-                        Error::io("extracting", io::Error::other("chunk without a file"))
+                        Dispatch::Failed(Error::io(
+                            "extracting",
+                            io::Error::other("chunk without a file"),
+                        ))
                     })?;
                     if *last {
                         open_file = None;
@@ -1049,10 +1075,16 @@ fn dispatch(
                     lane
                 }
                 Op::Symlink { path, .. } | Op::Unlink { path } => lane_of(path, n),
-                // Directories are made here, before anything inside them is dispatched.
-                Op::Mkdir { .. } | Op::Fence(_) => own,
-                Op::Hardlink { .. } | Op::ChmodDir { .. } => {
-                    fence(lanes)?;
+                // Directories are made here, before anything inside them is dispatched. A
+                // mode change keeps the owner's rwx (`| 0o700`), so lanes still writing
+                // inside need no fence.
+                Op::Mkdir { .. } | Op::ChmodDir { .. } | Op::Fence(_) => own,
+                // The target (an earlier regular file) may still be in flight on its lane.
+                Op::Hardlink { target, .. } => {
+                    let target_lane = lane_of(target, n);
+                    if target_lane != own {
+                        lanes[target_lane].fence()?;
+                    }
                     own
                 }
             };
