@@ -11,17 +11,15 @@ use crate::exit::usage;
 /// File name of the host key in the home directory.
 pub(crate) const HOST_KEY_FILE: &str = "host-key.ed25519";
 
-/// The key at `explicit`, else the home's (created when missing).
+/// The key at `explicit` (which must exist: a mistyped path never mints a new key), else the
+/// home's (created when missing).
 pub(crate) fn signing_key(home: &Path, explicit: Option<&Path>) -> anyhow::Result<HostKey> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            std::fs::create_dir_all(home)
-                .map_err(|e| anyhow::anyhow!("creating {}: {e}", home.display()))?;
-            home.join(HOST_KEY_FILE)
-        }
-    };
-    Ok(HostKey::load_or_create(&path)?)
+    if let Some(p) = explicit {
+        return HostKey::load(p).map_err(|e| usage(format!("--key: {}", e.chain())));
+    }
+    std::fs::create_dir_all(home)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", home.display()))?;
+    Ok(HostKey::load_or_create(&home.join(HOST_KEY_FILE))?)
 }
 
 /// The public key that `verify --dsse` checks against: `--public-key` (64 hex digits, or a
@@ -39,10 +37,17 @@ pub(crate) async fn verifying_key(
         return HostPublicKey::parse(&text).map_err(|e| usage(format!("--public-key: {e}")));
     }
     if let Some(client) = target.server() {
-        return client
+        let key = client
             .host_key()
             .await?
-            .ok_or_else(|| usage("the server has no host key; pass --public-key"));
+            .ok_or_else(|| usage("the server has no host key; pass --public-key"))?;
+        eprintln!(
+            "crownest: verify: checking against the key the server reports ({}); that proves \
+             the envelope matches the server, not that the server is honest: pass \
+             --public-key with a key you hold to check the signer",
+            key.key_id()
+        );
+        return Ok(key);
     }
     let path: PathBuf = target.home()?.join(HOST_KEY_FILE);
     if !path.exists() {

@@ -814,6 +814,14 @@ fn evidence_signed_with_the_host_key_verifies_and_tampering_or_another_key_fails
     );
     let envelope: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(envelope["payloadType"], "application/vnd.in-toto+json");
+    // An explicit --key must exist: a mistyped path never mints a new key.
+    let typo = dir.path().join("no-such.key");
+    crownest(home.path())
+        .args(["evidence", &run, "--dsse", "--key"])
+        .arg(&typo)
+        .assert()
+        .code(2);
+    assert!(!typo.exists());
 
     // The signature alone, and bound to the stored run's bundle.
     crownest(home.path())

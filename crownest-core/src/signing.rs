@@ -15,7 +15,7 @@
 //! returns the statement.
 
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -82,37 +82,47 @@ impl HostKey {
     }
 
     /// Loads the key at `path`, or creates it there (mode `0600`, never replacing a file)
-    /// when there is none. A key file that group or others may read is refused.
+    /// when there is none. The new key is written to a temporary file in the same directory,
+    /// synced, and linked into place, so a concurrent caller sees either no key or the whole
+    /// key, never an empty file. A key file that group or others may read is refused.
     pub fn load_or_create(path: &Path) -> Result<Self> {
         match Self::load(path) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
             other => return other,
         }
+        let context = || format!("creating the host key {}", path.display());
         let key = Self::generate();
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .and_then(|mut f| {
-                f.write_all(format!("{}\n", hex::encode(key.key.to_bytes())).as_bytes())?;
-                f.sync_all()
-            });
-        match created {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".host-key-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(context(), e))?;
+        (|| {
+            let mut f = tmp.as_file();
+            f.write_all(format!("{}\n", hex::encode(key.key.to_bytes())).as_bytes())?;
+            f.sync_all()
+        })()
+        .map_err(|e| Error::io(context(), e))?;
+        // `link` never replaces: whoever links first wins, the others load that key.
+        match std::fs::hard_link(tmp.path(), path) {
             Ok(()) => Ok(key),
-            // Another process created it first: use theirs.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(path),
-            Err(e) => Err(Error::io(
-                format!("creating the host key {}", path.display()),
-                e,
-            )),
+            Err(e) => Err(Error::io(context(), e)),
         }
+        // `tmp` is removed on drop.
     }
 
-    /// Loads the key at `path` (64 hex digits).
+    /// Loads the key at `path` (64 hex digits). The permission check and the read use one
+    /// open file, and at most 256 bytes are read.
     pub fn load(path: &Path) -> Result<Self> {
+        use std::io::Read as _;
         let context = || format!("reading the host key {}", path.display());
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(context(), e))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(context(), e))?;
+        let meta = file.metadata().map_err(|e| Error::io(context(), e))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(Error::io(
                 context(),
@@ -125,7 +135,10 @@ impl HostKey {
                 ),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(context(), e))?;
+        let mut text = String::new();
+        file.take(256)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io(context(), e))?;
         let mut seed = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| {
             Error::io(
@@ -207,36 +220,52 @@ pub struct DsseSignature {
 }
 
 impl DsseEnvelope {
-    /// Checks the signature made by `key` and returns the statement it signs.
+    /// Checks the signature made by `key` and returns the statement it signs. Every
+    /// signature whose `keyid` is the key's (or empty) is tried; base64 may be standard or
+    /// URL-safe, padded or not (DSSE allows both alphabets).
     pub fn verify(&self, key: &HostPublicKey) -> std::result::Result<Value, SignatureError> {
         if self.payload_type != IN_TOTO_PAYLOAD_TYPE {
             return Err(SignatureError::PayloadType(self.payload_type.clone()));
         }
-        let body = B64
-            .decode(&self.payload)
-            .map_err(|e| SignatureError::Malformed(format!("payload is not base64: {e}")))?;
+        let body = decode_b64(&self.payload)
+            .ok_or_else(|| SignatureError::Malformed("the payload is not base64".into()))?;
         let key_id = key.key_id();
-        let sig = self
+        let message = pae(&self.payload_type, &body);
+        let mut candidates = self
             .signatures
             .iter()
-            .find(|s| s.keyid == key_id)
-            .ok_or_else(|| SignatureError::NoSignatureByKey {
-                key_id: key_id.clone(),
-            })?;
-        let sig_bytes: [u8; 64] = B64
-            .decode(&sig.sig)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| SignatureError::Malformed("a signature is 64 bytes in base64".into()))?;
-        let signature = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-        key.0
-            .verify_strict(&pae(&self.payload_type, &body), &signature)
-            .map_err(|_| SignatureError::BadSignature {
-                key_id: key_id.clone(),
-            })?;
-        serde_json::from_slice(&body)
-            .map_err(|e| SignatureError::Malformed(format!("the payload is not JSON: {e}")))
+            .filter(|s| s.keyid == key_id || s.keyid.is_empty())
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(SignatureError::NoSignatureByKey { key_id });
+        }
+        let mut malformed = None;
+        for sig in candidates {
+            let Some(bytes) = decode_b64(&sig.sig).and_then(|b| <[u8; 64]>::try_from(b).ok())
+            else {
+                malformed = Some(SignatureError::Malformed(
+                    "a signature is 64 bytes in base64".into(),
+                ));
+                continue;
+            };
+            let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+            if key.0.verify_strict(&message, &signature).is_ok() {
+                return serde_json::from_slice(&body).map_err(|e| {
+                    SignatureError::Malformed(format!("the payload is not JSON: {e}"))
+                });
+            }
+            malformed = None;
+        }
+        Err(malformed.unwrap_or(SignatureError::BadSignature { key_id }))
     }
+}
+
+/// Standard or URL-safe base64, padded or not.
+fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [B64, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(text).ok())
 }
 
 /// DSSE's pre-authentication encoding.
@@ -303,6 +332,47 @@ mod tests {
             garbled.verify(&key.public_key()),
             Err(SignatureError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_bogus_signature_first_or_url_safe_base64_does_not_hide_a_valid_one() {
+        let key = HostKey::from_seed([9; 32]);
+        let statement =
+            serde_json::json!({"_type": "https://in-toto.io/Statement/v1", "subject": []});
+        let mut env = key.sign_statement(&statement);
+        let valid = env.signatures[0].clone();
+        env.signatures.insert(
+            0,
+            DsseSignature {
+                keyid: valid.keyid.clone(),
+                sig: B64.encode([0u8; 64]),
+            },
+        );
+        assert_eq!(env.verify(&key.public_key()).unwrap(), statement);
+        let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        env.payload = url_safe.encode(B64.decode(&env.payload).unwrap());
+        env.signatures[1].sig = url_safe.encode(B64.decode(&valid.sig).unwrap());
+        assert_eq!(env.verify(&key.public_key()).unwrap(), statement);
+        env.signatures.remove(1);
+        assert!(matches!(
+            env.verify(&key.public_key()),
+            Err(SignatureError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_creators_all_get_the_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.key");
+        let keys: Vec<HostPublicKey> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| HostKey::load_or_create(&path).unwrap().public_key()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left behind");
     }
 
     #[test]

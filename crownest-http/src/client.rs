@@ -39,6 +39,10 @@ pub struct Client {
     pub direct_upload_max_bytes: u64,
 }
 
+/// The largest chunk size a server may ask this client for (staged uploads hold one chunk
+/// in memory).
+pub const MAX_CHUNK_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Told how many bytes of an upload have been sent (see [`Client::upload_file`]).
 pub type UploadProgress = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -78,10 +82,16 @@ impl Source {
     async fn body(&self, progress: Option<UploadProgress>) -> Result<reqwest::Body> {
         match self {
             Source::Memory(b) => Ok(b.clone().into()),
-            Source::File { path, .. } => {
-                let file = tokio::fs::File::open(path)
+            Source::File { path, file } => {
+                // The very file that was hashed (not the path again), read from its start.
+                use tokio::io::AsyncSeekExt as _;
+                let std_file = file
+                    .try_clone()
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                let mut file = tokio::fs::File::from_std(std_file);
+                file.seek(std::io::SeekFrom::Start(0))
                     .await
-                    .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
                 let mut sent = 0u64;
                 let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(
                     move |chunk| {
@@ -373,7 +383,7 @@ impl Client {
     }
 
     /// [`upload`](Self::upload) of the archive in the file at `path`, read in pieces: at
-    /// most one chunk (`chunkSizeBytes`, 8 MiB by default) is in memory at a time, and a
+    /// most one chunk (`chunkSizeBytes`, 8 MiB by default, at most [`MAX_CHUNK_BYTES`]) is in memory at a time, and a
     /// direct upload streams the file. The file is hashed first, so the digest the server
     /// is told (and may dedupe by) is the file's own; when `expected` is given and the file
     /// differs from it, the upload is refused with the same typed
@@ -432,11 +442,23 @@ impl Client {
             return Ok(record);
         }
         let mut status = self.begin_transfer(id, desc).await?;
+        // The server picks the chunk size; a client holds one chunk in memory at a time, so
+        // it refuses absurd sizes rather than allocate them.
+        if status.chunk_size_bytes == 0 || status.chunk_size_bytes > MAX_CHUNK_BYTES {
+            return Err(Error::Conflict {
+                message: format!(
+                    "the server asks for chunks of {} bytes; this client sends 1 to {MAX_CHUNK_BYTES}",
+                    status.chunk_size_bytes
+                ),
+            });
+        }
         for _round in 0..5 {
             for [start, end] in status.missing.clone() {
+                // Ranges outside the archive are the server's mistake: skip them.
+                let end = end.min(desc.size_bytes);
                 let mut offset = start;
                 while offset < end {
-                    let stop = (offset + status.chunk_size_bytes.max(1)).min(end);
+                    let stop = offset.saturating_add(status.chunk_size_bytes).min(end);
                     let chunk = source.read(offset, stop).await?;
                     match self.put_chunk(&status.transfer_id, offset, chunk).await {
                         Ok(s) => report(s.bytes_received),
@@ -526,11 +548,12 @@ impl Client {
             .json::<Key>(self.req(reqwest::Method::GET, "/v1/host-key"))
             .await
         {
-            Ok(k) => HostPublicKey::parse(&k.public_key)
-                .map(Some)
-                .map_err(|e| Error::Conflict {
-                    message: format!("the server's host key: {e}"),
-                }),
+            Ok(k) => HostPublicKey::parse(&k.public_key).map(Some).map_err(|e| {
+                Error::io(
+                    "reading the server's host key",
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            }),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }

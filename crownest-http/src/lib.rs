@@ -40,7 +40,7 @@ mod routes;
 mod client;
 
 #[cfg(feature = "client")]
-pub use client::{Client, RunPage, UploadProgress};
+pub use client::{Client, MAX_CHUNK_BYTES, RunPage, UploadProgress};
 pub use config::HttpConfig;
 pub use error::{ApiError, ApiResult};
 pub use routes::{ROUTES, router};

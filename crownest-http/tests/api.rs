@@ -482,6 +482,21 @@ async fn evidence_is_signed_by_the_host_key_when_the_server_has_one() {
     assert_eq!(plain.client.host_key().await.unwrap(), None);
 }
 
+#[tokio::test]
+async fn a_client_refuses_a_chunk_size_it_would_have_to_hold_in_memory() {
+    let mut config = fast();
+    config.chunk_size_bytes = crownest_http::MAX_CHUNK_BYTES + 1;
+    let s = server_with(config).await;
+    let mut client = s.client.clone();
+    client.direct_upload_max_bytes = 10;
+    let run = client.create_run(&fake(&["exit:0"])).await.unwrap();
+    let err = client.upload(&run.id, archive()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict { message } if message.contains("chunks of")),
+        "{err:?}"
+    );
+}
+
 /// Reads raw SSE blocks from a response until `stop` events, returning their ids.
 async fn read_sse(resp: reqwest::Response, stop: Option<usize>) -> Vec<(u64, String, Event)> {
     let mut out = Vec::new();
