@@ -898,12 +898,13 @@ impl Pass<'_> {
 /// directories are written in parallel. This thread keeps what orders the rest: it creates
 /// directories itself, before any later entry inside them is dispatched, and it waits for
 /// the lane of a hardlink's target (a fence) before making the hardlink. A failing lane sets
-/// `cancel`, which stops the other lanes and the dispatcher (and so the reader). Every thread writes through its own [`ConfinedDir`] on the same
-/// root, so confinement is the same as with one thread.
+/// `cancel`, which stops the other lanes and the dispatcher (and so the reader). Every
+/// thread writes through its own [`ConfinedDir`] on the same root, so confinement is the
+/// same as with one thread.
 ///
 /// Why: file creation can be bound by the kernel rather than by the bytes (journal-less
-/// ext4 re-reads the inode table for each recently freed inode on every create, for some
-/// 30 s after a large deletion: see `docs/archive.md`), and that cost is per directory.
+/// ext4 re-reads the inode table for each recently freed inode on every create, for 60 to
+/// 360 s after a deletion: see `docs/archive.md`), and creates in one directory serialize.
 fn write_ops(dir: ConfinedDir, rx: mpsc::Receiver<Vec<Op>>, cancel: &AtomicBool) -> Result<()> {
     let workers = file_workers();
     if workers < 2 {
