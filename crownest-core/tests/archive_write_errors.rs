@@ -1,0 +1,65 @@
+//! A write that fails in the middle of an extraction (here: `EFBIG` from `RLIMIT_FSIZE`)
+//! stops the whole pass with an I/O error naming the entry, and leaves nothing behind —
+//! whichever writer lane the failing file lands on. Its own test binary, because the file
+//! size limit is per process.
+#![allow(clippy::unwrap_used)]
+
+mod archive_common;
+
+use archive_common::*;
+use crownest_core::Error;
+use crownest_core::archive::ExtractPolicy;
+
+const LIMIT: u64 = 1 << 20;
+
+fn archive_with_big_file_in(big_dir: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    for d in 0..400 {
+        for f in 0..3 {
+            add(format!("d{d:03}/f{f}"), format!("{d}/{f}").as_bytes());
+        }
+        if d == big_dir {
+            add(format!("d{d:03}/too-big.bin"), &vec![7u8; 3 << 20]);
+        }
+    }
+    gz(&b.into_inner().unwrap())
+}
+
+#[test]
+fn a_failing_write_on_any_lane_stops_the_pass_and_leaves_nothing() {
+    // SIGXFSZ would kill the process; ignored, the write fails with EFBIG instead.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let old = rustix::process::getrlimit(rustix::process::Resource::Fsize);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Fsize,
+        rustix::process::Rlimit {
+            current: Some(LIMIT),
+            maximum: old.maximum,
+        },
+    )
+    .unwrap();
+    // Big files in several directories, so that (with several lanes) both the writer
+    // thread's own lane and a worker's are hit.
+    for big_dir in [100, 101, 102, 103, 104, 105, 106, 107] {
+        let gz = archive_with_big_file_in(big_dir);
+        let sb = Sandbox::new();
+        let err = extract(&gz, &sb.dest(), &ExtractPolicy::default()).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        let chain = err.chain();
+        assert!(
+            chain.contains(&format!("d{big_dir:03}/too-big.bin")),
+            "the error names the entry: {chain}"
+        );
+        assert!(!sb.dest().exists(), "no destination after a failure");
+        sb.assert_untouched();
+    }
+}
