@@ -109,7 +109,13 @@ impl HostKey {
         .map_err(|e| Error::io(context(), e))?;
         // `link` never replaces: whoever links first wins, the others load that key.
         match std::fs::hard_link(tmp.path(), path) {
-            Ok(()) => Ok(key),
+            Ok(()) => {
+                // The new name is durable before anything is signed with the key.
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(context(), e))?;
+                Ok(key)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(path),
             Err(e) => Err(Error::io(context(), e)),
         }
