@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use crownest_core::archive::{self, ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
+use crownest_core::run::RunOwner;
 use crownest_core::{
     Capabilities, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
     KillSignal, Network, OutputStream, Result, RunId, Sandbox, SandboxBackend, SandboxSpec,
@@ -237,24 +238,32 @@ impl SandboxBackend for ProcessBackend {
             keep_until: None,
             processes: None,
         };
+        // Built under a name that says who is building it, then renamed into place: a
+        // creator killed half-way leaves `.creating-<pid>-<start>-<id>`, which the sweep
+        // removes once that process is gone, never a sandbox directory without a marker.
+        let building = self.inner.config.root.join(format!(
+            "{CREATING}{}-{}-{id}",
+            spec.owner.pid,
+            spec.owner.pid_start.unwrap_or(0)
+        ));
         let make = {
-            let dir = dir.clone();
+            let (dir, building) = (dir.clone(), building.clone());
             let marker = marker.clone();
             move || -> std::io::Result<()> {
                 workspace::ensure_root(dir.parent().unwrap_or(Path::new("/")))?;
-                std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-                marker.write(&dir)?;
+                std::fs::DirBuilder::new().mode(0o700).create(&building)?;
+                marker.write(&building)?;
                 std::fs::DirBuilder::new()
                     .mode(0o700)
-                    .create(dir.join("tmp"))?;
+                    .create(building.join("tmp"))?;
                 std::fs::DirBuilder::new()
                     .mode(0o755)
-                    .create(dir.join("workspace"))?;
-                Ok(())
+                    .create(building.join("workspace"))?;
+                std::fs::rename(&building, &dir)
             }
         };
         if let Err(e) = make() {
-            let _ = crownest_core::hostdir::remove_tree(&dir);
+            let _ = crownest_core::hostdir::remove_tree(&building);
             return Err(Error::io(
                 format!("creating sandbox directory {}", dir.display()),
                 e,
@@ -287,8 +296,42 @@ impl SandboxBackend for ProcessBackend {
     }
 }
 
+/// Name prefix of a sandbox directory being built: `.creating-<pid>-<start ticks>-<id>`.
+const CREATING: &str = ".creating-";
+/// Name prefix of a sandbox directory being removed.
+const REMOVING: &str = ".removing-";
+
+/// Removes a sandbox directory: first renamed to `.removing-<id>` (one atomic step, so a
+/// removal killed half-way never leaves a sandbox whose marker is already gone), then
+/// deleted. Gone already is fine.
+fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
+    let tombstone = match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => parent.join(format!("{REMOVING}{}", name.to_string_lossy())),
+        _ => return crownest_core::hostdir::remove_tree(dir),
+    };
+    match std::fs::rename(dir, &tombstone) {
+        Ok(()) => crownest_core::hostdir::remove_tree(&tombstone),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => crownest_core::hostdir::remove_tree(dir),
+    }
+}
+
+/// The owner encoded in a `.creating-<pid>-<start>-<id>` name.
+fn creator_of(name: &str) -> Option<RunOwner> {
+    let rest = name.strip_prefix(CREATING)?;
+    let mut parts = rest.splitn(3, '-');
+    let pid = parts.next()?.parse().ok()?;
+    let start: u64 = parts.next()?.parse().ok()?;
+    Some(RunOwner {
+        instance: String::new(),
+        pid,
+        pid_start: (start != 0).then_some(start),
+    })
+}
+
 /// Removes orphaned sandbox directories under `root` (see [`Marker::is_orphan`]) after
-/// killing what they left running, and stale extraction staging directories.
+/// killing what they left running, half-built ones whose builder is gone, half-removed ones,
+/// and stale extraction staging directories.
 fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
     let now = Timestamp::now();
     let mut swept = Vec::new();
@@ -313,6 +356,18 @@ fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
             }
             continue;
         }
+        if name.starts_with(REMOVING) {
+            // Garbage whoever was removing it; removing it twice at once is harmless.
+            let _ = crownest_core::hostdir::remove_tree(&path);
+            continue;
+        }
+        if name.starts_with(CREATING) {
+            // Nothing ran in it yet (the command starts after the rename).
+            if creator_of(&name).is_some_and(|owner| !owner.is_alive()) {
+                let _ = crownest_core::hostdir::remove_tree(&path);
+            }
+            continue;
+        }
         let Ok(marker) = Marker::read(&path) else {
             continue;
         };
@@ -322,7 +377,7 @@ fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
         if let Some(p) = &marker.processes {
             p.kill_leftovers();
         }
-        match crownest_core::hostdir::remove_tree(&path) {
+        match remove_sandbox_dir(&path) {
             Ok(()) => swept.push(name),
             Err(e) => {
                 tracing::warn!(dir = %path.display(), error = %e, "sweeping an orphaned sandbox failed")
@@ -876,7 +931,7 @@ impl Sandbox for ProcessSandbox {
             }
         }
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || crownest_core::hostdir::remove_tree(&dir))
+        tokio::task::spawn_blocking(move || remove_sandbox_dir(&dir))
             .await
             .map_err(|e| Error::from(ProcessError::Task(e.to_string())))?
             .map_err(|source| ProcessError::Remove {
@@ -899,5 +954,49 @@ impl Sandbox for ProcessSandbox {
         }
         self.state().destroyed = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_half_built_and_half_removed_sandboxes_only_when_safe() {
+        let root = tempfile::tempdir().unwrap();
+        let me = RunOwner::current("t");
+        // A builder that is gone (pid 0 never is a live process here), one that lives
+        // (this process), and a half-removed sandbox.
+        let dead = root.path().join(format!("{CREATING}0-0-run_x-1"));
+        let alive = root.path().join(format!(
+            "{CREATING}{}-{}-run_y-2",
+            me.pid,
+            me.pid_start.unwrap_or(0)
+        ));
+        let removing = root.path().join(format!("{REMOVING}run_z-3"));
+        for d in [&dead, &alive, &removing] {
+            std::fs::create_dir_all(d.join("workspace/sub")).unwrap();
+        }
+        assert_eq!(
+            creator_of(&format!("{CREATING}12-34-run_a-b")).unwrap().pid,
+            12
+        );
+        assert!(creator_of(".creating-x").is_none());
+        sweep(root.path(), &[]).unwrap();
+        assert!(!dead.exists());
+        assert!(
+            alive.exists(),
+            "a sandbox being built by a live process is left alone"
+        );
+        assert!(!removing.exists());
+
+        // Removal goes through a tombstone and tolerates a missing directory.
+        let sandbox = root.path().join("run_w-4");
+        std::fs::create_dir_all(sandbox.join("workspace")).unwrap();
+        remove_sandbox_dir(&sandbox).unwrap();
+        assert!(!sandbox.exists());
+        assert!(!root.path().join(format!("{REMOVING}run_w-4")).exists());
+        remove_sandbox_dir(&sandbox).unwrap();
     }
 }
