@@ -66,6 +66,11 @@
 //! *thread* that spawned them: spawns happen on the tokio worker thread that polls `exec`,
 //! so commands die with the runtime (or the host process), never earlier. After a host
 //! crash, `sweep_orphans` kills what a sandbox's marker says is left and removes it.
+//! A sandbox directory is built under `.creating-<pid>-<start ticks>-<id>` and renamed into
+//! place only when its marker and subdirectories exist, and it is renamed to `.removing-<id>`
+//! before it is deleted: a host killed at any point leaves either a complete sandbox with a
+//! marker, a `.creating-` directory whose builder is gone, or a `.removing-` one, and the
+//! sweep clears all three.
 //!
 //! ## Capabilities
 //!
