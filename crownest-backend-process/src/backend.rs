@@ -298,24 +298,6 @@ impl SandboxBackend for ProcessBackend {
 
 /// Name prefix of a sandbox directory being built: `.creating-<pid>-<start ticks>-<id>`.
 const CREATING: &str = ".creating-";
-/// Name prefix of a sandbox directory being removed.
-const REMOVING: &str = ".removing-";
-
-/// Removes a sandbox directory: first renamed to `.removing-<id>` (one atomic step, so a
-/// removal killed half-way never leaves a sandbox whose marker is already gone), then
-/// deleted. Gone already is fine.
-fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
-    let tombstone = match (dir.parent(), dir.file_name()) {
-        (Some(parent), Some(name)) => parent.join(format!("{REMOVING}{}", name.to_string_lossy())),
-        _ => return crownest_core::hostdir::remove_tree(dir),
-    };
-    match std::fs::rename(dir, &tombstone) {
-        Ok(()) => crownest_core::hostdir::remove_tree(&tombstone),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => crownest_core::hostdir::remove_tree(dir),
-    }
-}
-
 /// The owner encoded in a `.creating-<pid>-<start>-<id>` name.
 fn creator_of(name: &str) -> Option<RunOwner> {
     let rest = name.strip_prefix(CREATING)?;
@@ -356,7 +338,7 @@ fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
             }
             continue;
         }
-        if name.starts_with(REMOVING) {
+        if name.starts_with(crownest_core::hostdir::TOMBSTONE_PREFIX) {
             // Garbage whoever was removing it; removing it twice at once is harmless.
             let _ = crownest_core::hostdir::remove_tree(&path);
             continue;
@@ -377,7 +359,7 @@ fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
         if let Some(p) = &marker.processes {
             p.kill_leftovers();
         }
-        match remove_sandbox_dir(&path) {
+        match crownest_core::hostdir::remove_via_tombstone(&path) {
             Ok(()) => swept.push(name),
             Err(e) => {
                 tracing::warn!(dir = %path.display(), error = %e, "sweeping an orphaned sandbox failed")
@@ -931,7 +913,7 @@ impl Sandbox for ProcessSandbox {
             }
         }
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || remove_sandbox_dir(&dir))
+        tokio::task::spawn_blocking(move || crownest_core::hostdir::remove_via_tombstone(&dir))
             .await
             .map_err(|e| Error::from(ProcessError::Task(e.to_string())))?
             .map_err(|source| ProcessError::Remove {
@@ -974,7 +956,10 @@ mod tests {
             me.pid,
             me.pid_start.unwrap_or(0)
         ));
-        let removing = root.path().join(format!("{REMOVING}run_z-3"));
+        let removing = root.path().join(format!(
+            "{}run_z-3",
+            crownest_core::hostdir::TOMBSTONE_PREFIX
+        ));
         for d in [&dead, &alive, &removing] {
             std::fs::create_dir_all(d.join("workspace/sub")).unwrap();
         }
@@ -990,13 +975,5 @@ mod tests {
             "a sandbox being built by a live process is left alone"
         );
         assert!(!removing.exists());
-
-        // Removal goes through a tombstone and tolerates a missing directory.
-        let sandbox = root.path().join("run_w-4");
-        std::fs::create_dir_all(sandbox.join("workspace")).unwrap();
-        remove_sandbox_dir(&sandbox).unwrap();
-        assert!(!sandbox.exists());
-        assert!(!root.path().join(format!("{REMOVING}run_w-4")).exists());
-        remove_sandbox_dir(&sandbox).unwrap();
     }
 }

@@ -326,7 +326,7 @@ impl Sandbox for WasmSandbox {
             st.destroyed = true;
         }
         let dir = self.dir.dir.clone();
-        tokio::task::spawn_blocking(move || remove_tree(&dir))
+        tokio::task::spawn_blocking(move || crownest_core::hostdir::remove_via_tombstone(&dir))
             .await
             .map_err(join_error)?
             .map_err(|e| WasmError::io(format!("removing sandbox {}", self.dir.id))(e).into())

@@ -99,7 +99,8 @@ pub(crate) fn read_marker(dir: &Path) -> Option<Marker> {
 /// Removes the sandbox directories under `root` that are orphans: a run not in `live`
 /// whose owner process is gone, or a kept sandbox whose `keep_until` passed. Directories
 /// without a readable marker are removed once older than ten minutes. Returns the ids
-/// removed. Names starting with `.` are never touched.
+/// removed. Half-removed sandboxes (`.removing-`) are deleted; other names starting with
+/// `.` are never touched.
 pub(crate) fn sweep(root: &Path, live: &[RunId]) -> Result<Vec<String>, WasmError> {
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
@@ -110,7 +111,15 @@ pub(crate) fn sweep(root: &Path, live: &[RunId]) -> Result<Vec<String>, WasmErro
     let mut swept = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if name.starts_with(crownest_core::hostdir::TOMBSTONE_PREFIX) {
+            // A removal that was cut short: garbage, whoever was removing it.
+            let _ = remove_tree(&entry.path());
+            continue;
+        }
+        if name.starts_with('.') {
             continue;
         }
         let path = entry.path();
@@ -127,7 +136,7 @@ pub(crate) fn sweep(root: &Path, live: &[RunId]) -> Result<Vec<String>, WasmErro
                 .is_some_and(|age| age.as_secs() > UNMARKED_GRACE_SECS),
         };
         if orphan {
-            match remove_tree(&path) {
+            match crownest_core::hostdir::remove_via_tombstone(&path) {
                 Ok(()) => swept.push(name),
                 Err(e) => {
                     tracing::warn!(sandbox = %name, error = %e, "removing an orphaned wasm sandbox failed")

@@ -35,6 +35,27 @@ pub fn remove_tree(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Name prefix of a sandbox directory being removed by [`remove_via_tombstone`].
+pub const TOMBSTONE_PREFIX: &str = ".removing-";
+
+/// Removes a sandbox directory in two steps: renamed to `.removing-<name>` next to it (one
+/// atomic step), then deleted with [`remove_tree`]. A removal killed half-way so never
+/// leaves a sandbox whose marker file is already gone but whose directory still looks like
+/// a sandbox; a sweep deletes any `.removing-` directory it finds. Gone already is fine.
+pub fn remove_via_tombstone(dir: &Path) -> io::Result<()> {
+    let tombstone = match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            parent.join(format!("{TOMBSTONE_PREFIX}{}", name.to_string_lossy()))
+        }
+        _ => return remove_tree(dir),
+    };
+    match std::fs::rename(dir, &tombstone) {
+        Ok(()) => remove_tree(&tombstone),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => remove_tree(dir),
+    }
+}
+
 fn make_writable(dir: &Path) {
     let Ok(meta) = std::fs::symlink_metadata(dir) else {
         return;
@@ -97,5 +118,16 @@ mod tests {
         assert!(!d.exists());
         assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"k");
         remove_tree(&d).unwrap(); // gone already: fine
+    }
+
+    #[test]
+    fn removal_goes_through_a_tombstone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandbox = tmp.path().join("run_w-4");
+        std::fs::create_dir_all(sandbox.join("workspace/sub")).unwrap();
+        remove_via_tombstone(&sandbox).unwrap();
+        assert!(!sandbox.exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        remove_via_tombstone(&sandbox).unwrap(); // gone already: fine
     }
 }
