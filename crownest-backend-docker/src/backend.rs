@@ -22,6 +22,22 @@ pub(crate) struct Shared {
     pub(crate) docker: Docker,
     pub(crate) config: DockerConfig,
     pub(crate) stat_cache: StatCache,
+    /// The private work root of host staging, opened at first use.
+    pub(crate) root: std::sync::Mutex<Option<crownest_core::hostdir::WorkRoot>>,
+}
+
+impl Shared {
+    /// The host staging root (`config.work_dir`), opened and checked on first use: an
+    /// unsafe root fails the runs that need it, naming it.
+    pub(crate) fn root(&self) -> crownest_core::Result<crownest_core::hostdir::WorkRoot> {
+        let mut slot = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(root) = slot.as_ref() {
+            return Ok(root.clone());
+        }
+        let root = crownest_core::hostdir::WorkRoot::open(&self.config.work_dir)?;
+        *slot = Some(root.clone());
+        Ok(root)
+    }
 }
 
 /// Sandboxes as hardened Docker containers (see the crate docs).
@@ -64,6 +80,7 @@ impl DockerBackend {
                 docker,
                 config,
                 stat_cache: Mutex::new(HashMap::new()),
+                root: Mutex::new(None),
             }),
         })
     }
@@ -193,6 +210,7 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
-        Ok(crate::sweep::sweep(&self.shared.docker, &self.shared.config.work_dir, live).await?)
+        let root = self.shared.root()?;
+        Ok(crate::sweep::sweep(&self.shared.docker, &root.proc_path(), live).await?)
     }
 }

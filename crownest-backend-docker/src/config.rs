@@ -16,7 +16,7 @@ pub const DEFAULT_IMAGE: &str = "crownest/python-node:latest";
 /// | `image` | `crownest/python-node:latest` (the `python-node` template) |
 /// | `template` | `python-node` |
 /// | `user` | `10001:10001` (the image's `crownest` user; never root) |
-/// | `work_dir` | `$TMPDIR/crownest-docker` (host staging for archives and artifacts) |
+/// | `work_dir` | [`WorkRoot::default_path`](crownest_core::hostdir::WorkRoot::default_path)`("docker")`: `$XDG_RUNTIME_DIR/crownest/docker`, else `/dev/shm/crownest-<euid>/docker` (tmpfs), else `<temp dir>/crownest-<euid>/docker` (host staging for archives and artifacts; a private work root, refused when another user could change it) |
 /// | `tmp_size_bytes` | 64 MiB (size of the `/tmp` tmpfs; counts against the memory limit) |
 /// | `request_timeout` | 600 s (per Docker API request, including a whole archive upload) |
 /// | `enabled_network_mode` | `bridge` (used only when a run asks for `network: enabled`) |
@@ -47,7 +47,7 @@ impl Default for DockerConfig {
             image: DEFAULT_IMAGE.to_owned(),
             template: "python-node".to_owned(),
             user: "10001:10001".to_owned(),
-            work_dir: std::env::temp_dir().join("crownest-docker"),
+            work_dir: crownest_core::hostdir::WorkRoot::default_path("docker"),
             tmp_size_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             enabled_network_mode: "bridge".to_owned(),

@@ -64,8 +64,6 @@ pub(crate) async fn collect(
     })?;
     let norm = crownest_core::spec::normalize_relative(path);
     let comps: Vec<&str> = norm.split('/').filter(|c| !c.is_empty()).collect();
-    fs::create_dir_all(work_dir)
-        .map_err(|e| not_found(format!("host staging {}: {e}", work_dir.display())))?;
     let mirror = tempfile::Builder::new()
         .prefix(&format!("{sandbox}-artifact-"))
         .tempdir_in(work_dir)

@@ -19,8 +19,8 @@ use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
 use crownest_core::event::ArtifactErrorReason;
 use crownest_core::{
-    Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal, Network,
-    Result, Sandbox, SandboxSpec, TemplateIdentity, Timestamp,
+    Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
+    Network, Result, Sandbox, SandboxSpec, TemplateIdentity, Timestamp,
 };
 use tokio::sync::mpsc;
 
@@ -325,15 +325,15 @@ impl Sandbox for DockerSandbox {
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
         self.check_alive()?;
-        let work_dir = self.shared.config.work_dir.clone();
-        std::fs::create_dir_all(&work_dir)
-            .map_err(|e| Error::io(format!("creating {}", work_dir.display()), e))?;
+        // The private work root, used through its descriptor (and kept open until the
+        // staging dir is gone: it is dropped after `staging`).
+        let root = self.shared.root()?;
         let staging = tempfile::Builder::new()
             .prefix(&format!("{}-stage-", self.id))
-            .tempdir_in(&work_dir)
+            .tempdir_in(root.proc_path())
             .map_err(|e| {
                 Error::io(
-                    format!("creating a staging dir in {}", work_dir.display()),
+                    format!("creating a staging dir in {}", root.path().display()),
                     e,
                 )
             })?;
@@ -387,6 +387,7 @@ impl Sandbox for DockerSandbox {
         uploaded.map_err(DockerError::api("upload archive"))?;
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
         drop(staging);
+        drop(root);
         Ok(summary)
     }
 
@@ -410,10 +411,16 @@ impl Sandbox for DockerSandbox {
             ));
         }
         let container = self.run_container().unwrap_or_else(|| self.stage.clone());
+        let root = self.shared.root().map_err(|e| {
+            ArtifactFailure::new(
+                crownest_core::event::ArtifactErrorReason::NotFound,
+                format!("{path:?}: host staging: {e}"),
+            )
+        })?;
         crate::download::collect(
             &self.shared.docker,
             &container,
-            &self.shared.config.work_dir,
+            &root.proc_path(),
             &self.id,
             path,
             max_bytes,
@@ -435,7 +442,7 @@ impl Sandbox for DockerSandbox {
         Ok(())
     }
 
-    async fn destroy(&self) -> Result<()> {
+    async fn destroy(&self) -> Result<Destroyed> {
         self.destroyed.store(true, Ordering::SeqCst);
         let pending = self
             .stage_removal
@@ -448,8 +455,10 @@ impl Sandbox for DockerSandbox {
         let mut known = vec![self.stage.clone()];
         known.extend(self.run_container());
         crate::cleanup::remove_sandbox(&self.shared.docker, &self.id, &known).await?;
-        crate::cleanup::remove_host_leftovers(&self.shared.config.work_dir, &self.id);
-        Ok(())
+        if let Ok(root) = self.shared.root() {
+            crate::cleanup::remove_host_leftovers(&root.proc_path(), &self.id);
+        }
+        Ok(Destroyed::Gone)
     }
 }
 

@@ -112,7 +112,8 @@ async fn artifacts_never_follow_links_and_respect_caps() {
     let d = sb.collect_artifact("d", 1 << 20).await.unwrap();
     assert_eq!(d.kind, ArtifactKind::Directory);
     assert!(
-        d.skipped.iter().any(|p| p.ends_with("link")),
+        d.skipped.iter().any(|s| s.path.ends_with("link")
+            && s.reason == crownest_core::artifact::SkipReason::Symlink),
         "{:?}",
         d.skipped
     );

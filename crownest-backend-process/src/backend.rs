@@ -13,19 +13,19 @@ use async_trait::async_trait;
 use crownest_core::archive::{self, ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
-use crownest_core::run::RunOwner;
+use crownest_core::hostdir::{Marker, Removal, SandboxDir, WorkRoot};
 use crownest_core::{
-    Capabilities, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
-    KillSignal, Network, OutputStream, Result, RunId, Sandbox, SandboxBackend, SandboxSpec,
-    TemplateIdentity, TemplateInfo, Timestamp,
+    Capabilities, Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus,
+    IsolationReport, KillSignal, Network, OutputStream, Result, RunId, Sandbox, SandboxBackend,
+    SandboxSpec, TemplateIdentity, TemplateInfo, Timestamp,
 };
 use tokio::sync::{OnceCell, watch};
 
 use crate::cgroup::Cgroup;
 use crate::config::ProcessConfig;
+use crate::containment::ProcessRecord;
 use crate::containment::{self, Applied, Init, Probe, Tree};
 use crate::error::{BACKEND, ProcessError};
-use crate::marker::Marker;
 use crate::output::{PumpEnd, pump};
 use crate::probe_cache::{self, MemCache};
 use crate::spawn::{ChildHook, HookMode, Reports, RlimitPlan};
@@ -35,6 +35,8 @@ use crate::workspace;
 #[derive(Debug)]
 struct BackendInner {
     config: ProcessConfig,
+    /// The private work root, opened once.
+    root: WorkRoot,
     probe: Mutex<ProbeState>,
     /// Held while re-probing after a spawn failure (one re-probe at a time).
     reprobe: tokio::sync::Mutex<()>,
@@ -128,10 +130,7 @@ impl ProcessBackend {
     /// asked for explicitly that does not work is an error; `Auto` always succeeds (at
     /// worst with the process group).
     pub fn new(config: ProcessConfig) -> Result<Self> {
-        workspace::ensure_root(&config.root).map_err(|e| ProcessError::Root {
-            path: config.root.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let root = WorkRoot::open(&config.root)?;
         let key = probe_cache::Key::current(&config);
         let (probe, source) = probe_cache::lookup(MemCache::global(), &config.root, &key, || {
             containment::probe(&config)
@@ -147,6 +146,7 @@ impl ProcessBackend {
         Ok(Self {
             inner: Arc::new(BackendInner {
                 config,
+                root,
                 probe: Mutex::new(ProbeState {
                     current: probe,
                     cached: source.cached(),
@@ -227,58 +227,32 @@ impl SandboxBackend for ProcessBackend {
             ));
         }
         let identity = resolved.identity();
-        let id = format!("{}-{:08x}", spec.run_id, rand::random::<u32>());
-        let dir = self.inner.config.root.join(&id);
-        let marker = Marker {
-            schema: Marker::SCHEMA.into(),
-            run_id: spec.run_id.to_string(),
-            instance: spec.instance.clone(),
-            owner: spec.owner.clone(),
-            created: Timestamp::now(),
-            keep_until: None,
-            processes: None,
-        };
-        // Built under a name that says who is building it, then renamed into place: a
-        // creator killed half-way leaves `.creating-<pid>-<start>-<id>`, which the sweep
-        // removes once that process is gone, never a sandbox directory without a marker.
-        let building = self.inner.config.root.join(format!(
-            "{CREATING}{}-{}-{id}",
-            spec.owner.pid,
-            spec.owner.pid_start.unwrap_or(0)
-        ));
-        let make = {
-            let (dir, building) = (dir.clone(), building.clone());
+        let marker = Marker::new(BACKEND, &spec.run_id, &spec.instance, spec.owner.clone());
+        let root = self.inner.root.clone();
+        let made = {
             let marker = marker.clone();
-            move || -> std::io::Result<()> {
-                workspace::ensure_root(dir.parent().unwrap_or(Path::new("/")))?;
-                std::fs::DirBuilder::new().mode(0o700).create(&building)?;
-                marker.write(&building)?;
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(building.join("tmp"))?;
-                std::fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(building.join("workspace"))?;
-                std::fs::rename(&building, &dir)
-            }
+            tokio::task::spawn_blocking(move || {
+                SandboxDir::create(&root, &marker, |d| {
+                    d.mkdir("tmp", 0o700)?;
+                    d.mkdir("workspace", 0o755)
+                })
+            })
+            .await
+            .map_err(|e| Error::from(ProcessError::Task(e.to_string())))??
         };
-        if let Err(e) = make() {
-            let _ = crownest_core::hostdir::remove_tree(&building);
-            return Err(Error::io(
-                format!("creating sandbox directory {}", dir.display()),
-                e,
-            ));
-        }
+        let id = made.name().to_owned();
+        let host = made.host_path();
         Ok(Box::new(ProcessSandbox {
             id,
-            dir,
+            dir: made,
+            host,
             backend: self.inner.clone(),
             spec: spec.clone(),
             identity,
             state: Mutex::new(State {
                 marker,
                 tree: None,
-                destroyed: false,
+                destroyed: None,
                 execs: 0,
                 probe: self.inner.probe(),
                 reprobe_note: None,
@@ -288,92 +262,31 @@ impl SandboxBackend for ProcessBackend {
     }
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
-        let root = self.inner.config.root.clone();
-        let live: Vec<String> = live.iter().map(ToString::to_string).collect();
-        tokio::task::spawn_blocking(move || sweep(&root, &live))
-            .await
-            .map_err(|e| Error::from(ProcessError::Task(e.to_string())))?
+        let root = self.inner.root.clone();
+        let live = live.to_vec();
+        tokio::task::spawn_blocking(move || {
+            crownest_core::hostdir::sweep(&root, BACKEND, &live, &mut |m| {
+                if let Some(p) = processes(m) {
+                    p.kill_leftovers();
+                }
+            })
+        })
+        .await
+        .map_err(|e| Error::from(ProcessError::Task(e.to_string())))?
     }
 }
 
-/// Name prefix of a sandbox directory being built: `.creating-<pid>-<start ticks>-<id>`.
-const CREATING: &str = ".creating-";
-/// The owner encoded in a `.creating-<pid>-<start>-<id>` name.
-fn creator_of(name: &str) -> Option<RunOwner> {
-    let rest = name.strip_prefix(CREATING)?;
-    let mut parts = rest.splitn(3, '-');
-    let pid = parts.next()?.parse().ok()?;
-    let start: u64 = parts.next()?.parse().ok()?;
-    Some(RunOwner {
-        instance: String::new(),
-        pid,
-        pid_start: (start != 0).then_some(start),
-    })
-}
-
-/// Removes orphaned sandbox directories under `root` (see [`Marker::is_orphan`]) after
-/// killing what they left running, half-built ones whose builder is gone, half-removed ones,
-/// and stale extraction staging directories.
-fn sweep(root: &Path, live: &[String]) -> Result<Vec<String>> {
-    let now = Timestamp::now();
-    let mut swept = Vec::new();
-    let entries = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(swept),
-        Err(e) => return Err(Error::io(format!("listing {}", root.display()), e)),
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if name.starts_with(".crownest-staging-") {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600));
-            if stale {
-                let _ = crownest_core::hostdir::remove_tree(&path);
-            }
-            continue;
-        }
-        if name.starts_with(crownest_core::hostdir::TOMBSTONE_PREFIX) {
-            // Garbage whoever was removing it; removing it twice at once is harmless.
-            let _ = crownest_core::hostdir::remove_tree(&path);
-            continue;
-        }
-        if name.starts_with(CREATING) {
-            // Nothing ran in it yet (the command starts after the rename).
-            if creator_of(&name).is_some_and(|owner| !owner.is_alive()) {
-                let _ = crownest_core::hostdir::remove_tree(&path);
-            }
-            continue;
-        }
-        let Ok(marker) = Marker::read(&path) else {
-            continue;
-        };
-        if !marker.is_orphan(live, now) {
-            continue;
-        }
-        if let Some(p) = &marker.processes {
-            p.kill_leftovers();
-        }
-        match crownest_core::hostdir::remove_via_tombstone(&path) {
-            Ok(()) => swept.push(name),
-            Err(e) => {
-                tracing::warn!(dir = %path.display(), error = %e, "sweeping an orphaned sandbox failed")
-            }
-        }
-    }
-    Ok(swept)
+/// The processes a sandbox's command last ran, as recorded in its marker's `state`.
+fn processes(marker: &Marker) -> Option<ProcessRecord> {
+    serde_json::from_value(marker.state.get("processes")?.clone()).ok()
 }
 
 #[derive(Debug)]
 struct State {
     marker: Marker,
     tree: Option<Arc<Tree>>,
-    destroyed: bool,
+    /// Set by the first successful `destroy`.
+    destroyed: Option<Destroyed>,
     execs: u64,
     /// The containment probe this sandbox uses (the backend's at creation; replaced when a
     /// spawn failure made the backend re-probe).
@@ -387,7 +300,10 @@ struct State {
 #[derive(Debug)]
 pub struct ProcessSandbox {
     id: String,
-    dir: PathBuf,
+    /// The sandbox directory, opened once; everything goes through its descriptor.
+    dir: SandboxDir,
+    /// Where it is on the host (the command's `HOME`/`TMPDIR` are under it).
+    host: PathBuf,
     backend: Arc<BackendInner>,
     spec: SandboxSpec,
     identity: TemplateIdentity,
@@ -438,13 +354,14 @@ impl ProcessSandbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The workspace through the sandbox's descriptor (valid in this process only).
     fn workspace(&self) -> PathBuf {
-        self.dir.join("workspace")
+        self.dir.proc_path().join("workspace")
     }
 
     /// The sandbox directory on the host.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.host
     }
 
     fn probe(&self) -> Arc<Probe> {
@@ -480,21 +397,23 @@ impl ProcessSandbox {
             f(&mut st.marker);
             st.marker.clone()
         };
-        if self.dir.exists() {
-            marker.write(&self.dir)
-        } else {
-            Ok(())
+        if self.state().destroyed.is_some() {
+            return Ok(());
         }
+        self.dir.write_marker(&marker)
     }
 
     fn env(&self, request: &ExecRequest) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         env.insert("PATH".to_owned(), self.backend.config.path.clone());
-        env.insert("HOME".to_owned(), self.workspace().display().to_string());
+        env.insert(
+            "HOME".to_owned(),
+            self.host.join("workspace").display().to_string(),
+        );
         env.insert("LANG".to_owned(), "C.UTF-8".to_owned());
         env.insert(
             "TMPDIR".to_owned(),
-            self.dir.join("tmp").display().to_string(),
+            self.host.join("tmp").display().to_string(),
         );
         env.extend(request.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
@@ -645,7 +564,7 @@ impl ProcessSandbox {
             "filesystem".into(),
             "host filesystem visible (not isolated)".into(),
         );
-        d.insert("sandboxDir".into(), self.dir.display().to_string());
+        d.insert("sandboxDir".into(), self.host.display().to_string());
         if let Applied::PidNamespace { user, .. } = self.applied() {
             d.insert("userNamespace".into(), user.to_string());
         }
@@ -712,7 +631,7 @@ impl Sandbox for ProcessSandbox {
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
-        if self.state().destroyed {
+        if self.state().destroyed.is_some() {
             return Err(ProcessError::Destroyed(self.id.clone()).into());
         }
         let ws = self.workspace();
@@ -761,7 +680,7 @@ impl Sandbox for ProcessSandbox {
         let Ok(_exclusive) = self.exec_lock.try_lock() else {
             return Err(ProcessError::Busy(self.id.clone()).into());
         };
-        if self.state().destroyed {
+        if self.state().destroyed.is_some() {
             return Err(ProcessError::Destroyed(self.id.clone()).into());
         }
         // `reports` already holds what arrived during the spawn (a fast command may have
@@ -776,7 +695,9 @@ impl Sandbox for ProcessSandbox {
             st.execs += 1;
         }
         let mut guard = KillOnDrop(Some(tree.clone()));
-        if let Err(e) = self.write_marker(|m| m.processes = Some(tree.record())) {
+        let record = serde_json::to_value(tree.record()).unwrap_or_default();
+        if let Err(e) = self.write_marker(|m| m.state = serde_json::json!({ "processes": record }))
+        {
             tracing::warn!(sandbox = %self.id, error = %e, "recording the command's processes in the marker failed");
         }
         sink.started().await;
@@ -885,22 +806,28 @@ impl Sandbox for ProcessSandbox {
         path: &str,
         max_bytes: u64,
     ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
-        crownest_core::hostdir::collect_artifact(self.workspace(), path, max_bytes).await
+        let workspace = self.dir.open_dir("workspace").map_err(|e| {
+            ArtifactFailure::new(
+                crownest_core::event::ArtifactErrorReason::NotFound,
+                format!("{path:?}: the workspace cannot be opened: {e}"),
+            )
+        })?;
+        crownest_core::hostdir::collect_artifact(Arc::new(workspace), path, max_bytes).await
     }
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
-        if self.state().destroyed {
+        if self.state().destroyed.is_some() {
             return Err(ProcessError::Destroyed(self.id.clone()).into());
         }
         self.write_marker(|m| m.keep_until = Some(until))
-            .map_err(|e| Error::io(format!("updating the marker of {}", self.dir.display()), e))
+            .map_err(|e| Error::io(format!("updating the marker of {}", self.host.display()), e))
     }
 
-    async fn destroy(&self) -> Result<()> {
+    async fn destroy(&self) -> Result<Destroyed> {
         let tree = {
             let st = self.state();
-            if st.destroyed {
-                return Ok(());
+            if let Some(done) = st.destroyed {
+                return Ok(done);
             }
             st.tree.clone()
         };
@@ -912,21 +839,14 @@ impl Sandbox for ProcessSandbox {
                 let _ = cg.remove();
             }
         }
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || crownest_core::hostdir::remove_via_tombstone(&dir))
+        let removal = self
+            .dir
+            .remove(self.backend.config.removal_wait)
             .await
-            .map_err(|e| Error::from(ProcessError::Task(e.to_string())))?
             .map_err(|source| ProcessError::Remove {
-                path: self.dir.display().to_string(),
+                path: self.host.display().to_string(),
                 source,
             })?;
-        if self.dir.exists() {
-            return Err(ProcessError::Remove {
-                path: self.dir.display().to_string(),
-                source: std::io::Error::other("the directory still exists after removal"),
-            }
-            .into());
-        }
         if !survivors.is_empty() {
             return Err(ProcessError::Survivors {
                 id: self.id.clone(),
@@ -934,46 +854,11 @@ impl Sandbox for ProcessSandbox {
             }
             .into());
         }
-        self.state().destroyed = true;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn the_sweep_removes_half_built_and_half_removed_sandboxes_only_when_safe() {
-        let root = tempfile::tempdir().unwrap();
-        let me = RunOwner::current("t");
-        // A builder that is gone (pid 0 never is a live process here), one that lives
-        // (this process), and a half-removed sandbox.
-        let dead = root.path().join(format!("{CREATING}0-0-run_x-1"));
-        let alive = root.path().join(format!(
-            "{CREATING}{}-{}-run_y-2",
-            me.pid,
-            me.pid_start.unwrap_or(0)
-        ));
-        let removing = root.path().join(format!(
-            "{}run_z-3",
-            crownest_core::hostdir::TOMBSTONE_PREFIX
-        ));
-        for d in [&dead, &alive, &removing] {
-            std::fs::create_dir_all(d.join("workspace/sub")).unwrap();
-        }
-        assert_eq!(
-            creator_of(&format!("{CREATING}12-34-run_a-b")).unwrap().pid,
-            12
-        );
-        assert!(creator_of(".creating-x").is_none());
-        sweep(root.path(), &[]).unwrap();
-        assert!(!dead.exists());
-        assert!(
-            alive.exists(),
-            "a sandbox being built by a live process is left alone"
-        );
-        assert!(!removing.exists());
+        let done = match removal {
+            Removal::Done => Destroyed::Gone,
+            Removal::Pending => Destroyed::RemovalPending,
+        };
+        self.state().destroyed = Some(done);
+        Ok(done)
     }
 }

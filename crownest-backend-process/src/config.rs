@@ -33,7 +33,8 @@ pub enum Containment {
 ///
 /// | field | default |
 /// |---|---|
-/// | `root` | `$XDG_RUNTIME_DIR/crownest-process` when set, else `/dev/shm/crownest-process` when `/dev/shm` exists, else `<temp dir>/crownest-process` |
+/// | `root` | [`WorkRoot::default_path`](crownest_core::hostdir::WorkRoot::default_path)`("process")`: `$XDG_RUNTIME_DIR/crownest/process` when set, else `/dev/shm/crownest-<euid>/process` (tmpfs), else `<temp dir>/crownest-<euid>/process`; a private work root, refused when another user could change it |
+/// | `removal_wait` | 1 s: how long `destroy` waits for the sandbox's files to be deleted before it lets the deletion finish in the background (`removalPending` in the evidence) |
 /// | `containment` | [`Containment::Auto`] |
 /// | `path` | `/usr/local/bin:/usr/bin:/bin` (the `PATH` of commands, and where `python3`/`node` are resolved) |
 /// | `isolate_network` | `true`: with a namespace containment, `network: none` runs get a new, empty network namespace (no interfaces, loopback down) |
@@ -56,6 +57,9 @@ pub struct ProcessConfig {
     pub drain_timeout: Duration,
     /// How long to wait for killed processes to be gone.
     pub kill_confirm_timeout: Duration,
+    /// How long `destroy` waits for the deletion of the sandbox's files (the directory is
+    /// unreachable at once; the deletion goes on in the background after this).
+    pub removal_wait: Duration,
 }
 
 impl Default for ProcessConfig {
@@ -68,6 +72,7 @@ impl Default for ProcessConfig {
             cgroup_parent: None,
             drain_timeout: Duration::from_secs(2),
             kill_confirm_timeout: Duration::from_secs(5),
+            removal_wait: Duration::from_secs(1),
         }
     }
 }
@@ -89,12 +94,5 @@ impl ProcessConfig {
 }
 
 fn default_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("crownest-process");
-    }
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        return shm.join("crownest-process");
-    }
-    std::env::temp_dir().join("crownest-process")
+    crownest_core::hostdir::WorkRoot::default_path("process")
 }

@@ -88,7 +88,6 @@ mod cgroup;
 mod config;
 mod containment;
 mod error;
-mod marker;
 mod output;
 mod probe_cache;
 mod procfs;

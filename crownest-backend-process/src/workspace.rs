@@ -1,42 +1,11 @@
-//! The sandbox directory: `<root>/<run id>-<random>/{crownest-sandbox.json, tmp/, workspace/}`,
-//! the command's cwd (opened without following symlinks) and program lookup. Removal is
-//! `crownest_core::hostdir::remove_tree`.
+//! The command's cwd (opened without following symlinks) and program lookup. The sandbox
+//! directory itself (`<root>/<run id>-<random>/{crownest-sandbox.json, tmp/, workspace/}`)
+//! is a `crownest_core::hostdir::SandboxDir`.
 
-use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
-
-/// Creates `root` (mode 0700) if missing and checks it is a real directory owned by us, so
-/// another user cannot pre-create it in a shared place such as `/dev/shm`.
-pub(crate) fn ensure_root(root: &Path) -> io::Result<()> {
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(root)
-    {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = std::fs::symlink_metadata(root)?;
-    if !meta.is_dir() {
-        return Err(io::Error::other(format!(
-            "{} is not a directory",
-            root.display()
-        )));
-    }
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-        return Err(io::Error::other(format!(
-            "{} is owned by uid {}, not by this process's user",
-            root.display(),
-            meta.uid()
-        )));
-    }
-    Ok(())
-}
 
 /// Opens the cwd `rel` inside `workspace`, one component at a time, never following a
 /// symlink; every component must be a directory. Returns an `O_PATH` fd (for `fchdir`) and

@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crownest_backend_process::Containment;
+use crownest_backend_process::{Containment, ProcessBackend, ProcessConfig};
+use crownest_core::artifact::{SkipReason, SkippedEntry};
 use crownest_core::event::ArtifactErrorReason;
 use crownest_core::run::ArtifactKind;
 use crownest_core::{
@@ -468,4 +469,94 @@ async fn destroy_removes_read_only_trees() {
         .cloned()
         .unwrap();
     assert!(!std::path::Path::new(&dir).exists(), "{dir} was removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_artifact_reports_what_it_skipped() {
+    let b = backend(Containment::Auto);
+    let (engine, done, events) = run(
+        b,
+        sh("mkdir -p out/sub && echo a > out/a.txt && ln -s a.txt out/link && mkfifo out/sub/pipe")
+            .with_artifact("out", false),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    let want = vec![
+        SkippedEntry {
+            path: "out/link".into(),
+            reason: SkipReason::Symlink,
+        },
+        SkippedEntry {
+            path: "out/sub/pipe".into(),
+            reason: SkipReason::SpecialFile,
+        },
+    ];
+    let reported: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ArtifactCollected { skipped, .. } => Some(skipped.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, vec![want.clone()], "the artifact_collected event");
+    assert_eq!(done.artifacts[0].skipped, want, "the run record");
+    let ev = engine.evidence(&done.id).await.unwrap();
+    assert_eq!(ev.artifacts[0].skipped, want, "the evidence");
+    let json = serde_json::to_value(&ev).unwrap();
+    assert_eq!(
+        json["artifacts"][0]["skipped"][1],
+        serde_json::json!({"path": "out/sub/pipe", "reason": "special_file"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_does_not_wait_for_the_deletion() {
+    let config = ProcessConfig {
+        removal_wait: Duration::ZERO,
+        ..ProcessConfig::with_root(root())
+    };
+    let b = std::sync::Arc::new(ProcessBackend::new(config).unwrap());
+    let (engine, done, _) = run(
+        b,
+        sh("mkdir -p many && cd many && i=0; while [ $i -lt 2000 ]; do : > f$i; i=$((i+1)); done"),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    let ev = engine.evidence(&done.id).await.unwrap();
+    assert!(
+        ev.sandbox.destroyed,
+        "unreachable at once: {:?}",
+        ev.sandbox
+    );
+    assert!(
+        ev.sandbox.removal_pending,
+        "a zero wait reports the deletion as pending: {:?}",
+        ev.sandbox
+    );
+    let dir = ev
+        .isolation
+        .unwrap()
+        .details
+        .get("sandboxDir")
+        .cloned()
+        .unwrap();
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "{dir} is unreachable under its name when the run ends"
+    );
+    // The tombstone goes away in the background.
+    let tombstone = std::path::Path::new(&dir).with_file_name(format!(
+        ".removing-{}",
+        std::path::Path::new(&dir)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    ));
+    for _ in 0..200 {
+        if !tombstone.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} was never deleted", tombstone.display());
 }

@@ -10,10 +10,11 @@ use crownest_core::{
 };
 
 use crate::compile::{ModuleSource, Runtime};
+use crate::guest::PYTHON_SITECUSTOMIZE;
 use crate::modules::{Interpreter, ModuleVerifier, TEMPLATE, TemplateModules};
 use crate::sandbox::WasmSandbox;
-use crate::workspace::{self, Marker, SandboxDir};
 use crate::{BACKEND_NAME, WasmConfig};
+use crownest_core::hostdir::{Marker, SandboxDir, WorkRoot};
 
 /// State shared by a backend and its sandboxes.
 #[derive(Debug)]
@@ -21,6 +22,22 @@ pub(crate) struct Shared {
     pub(crate) config: WasmConfig,
     pub(crate) runtime: Runtime,
     pub(crate) verifier: ModuleVerifier,
+    /// The private work root, opened at first use (so an unsafe root fails the runs that
+    /// need it, naming it, not the construction of every backend).
+    root: std::sync::Mutex<Option<WorkRoot>>,
+}
+
+impl Shared {
+    /// The work root, opened (and checked) on first use.
+    pub(crate) fn root(&self) -> Result<WorkRoot> {
+        let mut slot = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(root) = slot.as_ref() {
+            return Ok(root.clone());
+        }
+        let root = WorkRoot::open(&self.config.workspace_root)?;
+        *slot = Some(root.clone());
+        Ok(root)
+    }
 }
 
 /// The wasm backend. Cheap to clone (an `Arc` inside); all clones share one wasmtime
@@ -51,6 +68,7 @@ impl WasmBackend {
                 config,
                 runtime,
                 verifier: ModuleVerifier::default(),
+                root: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -204,14 +222,22 @@ impl SandboxBackend for WasmBackend {
                     format!("{TEMPLATE} is unavailable on the wasm backend: {reason}"),
                 )
             })?;
-            let marker = Marker {
-                run_id: spec.run_id.clone(),
-                instance: spec.instance.clone(),
-                owner: spec.owner.clone(),
-                created_at: Timestamp::now(),
-                keep_until: None,
-            };
-            let dir = SandboxDir::create(&this.shared.config.workspace_root, &marker)?;
+            let marker = Marker::new(
+                BACKEND_NAME,
+                &spec.run_id,
+                &spec.instance,
+                spec.owner.clone(),
+            );
+            let root = this.shared.root()?;
+            let dir = SandboxDir::create(&root, &marker, |d| {
+                d.mkdir("workspace", 0o755)?;
+                d.mkdir("python", 0o755)?;
+                d.write_file(
+                    "python/sitecustomize.py",
+                    PYTHON_SITECUSTOMIZE.as_bytes(),
+                    0o644,
+                )
+            })?;
             Ok(WasmSandbox::new(
                 this.shared.clone(),
                 dir,
@@ -229,14 +255,16 @@ impl SandboxBackend for WasmBackend {
     }
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
-        let root = self.shared.config.workspace_root.clone();
+        let root = self.shared.root()?;
         let live = live.to_vec();
-        let swept = tokio::task::spawn_blocking(move || workspace::sweep(&root, &live))
-            .await
-            .map_err(|e| Error::Backend {
-                backend: BACKEND_NAME.into(),
-                source: Box::new(e),
-            })??;
+        let swept = tokio::task::spawn_blocking(move || {
+            crownest_core::hostdir::sweep(&root, BACKEND_NAME, &live, &mut |_| {})
+        })
+        .await
+        .map_err(|e| Error::Backend {
+            backend: BACKEND_NAME.into(),
+            source: Box::new(e),
+        })??;
         Ok(swept)
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 /// |---|---|
 /// | `modules_dir` | `${CROWNEST_CACHE_DIR:-$HOME/.cache/crownest}/wasm` (where `scripts/fetch-wasm-modules.sh` puts them) |
 /// | `cache_dir` | `<modules_dir>/compiled` |
-/// | `workspace_root` | `$TMPDIR/crownest-wasm` |
+/// | `workspace_root` | [`WorkRoot::default_path`](crownest_core::hostdir::WorkRoot::default_path)`("wasm")`: `$XDG_RUNTIME_DIR/crownest/wasm`, else `/dev/shm/crownest-<euid>/wasm` (tmpfs), else `<temp dir>/crownest-<euid>/wasm`; a private work root, refused when another user could change it |
+/// | `removal_wait` | 1 s |
 /// | `epoch_tick` | 10 ms |
 /// | `max_instances` / `max_tables` / `max_memories` | 4 / 16 / 4 |
 /// | `max_table_elements` | 1 000 000 |
@@ -42,6 +43,10 @@ pub struct WasmConfig {
     /// `limits.timeoutMs + limits.killGraceMs + deadline_margin`, in case nobody signals it
     /// (the engine's kill ladder normally ends it first).
     pub deadline_margin: Duration,
+    /// How long `destroy` waits for the deletion of the sandbox's files (the directory is
+    /// unreachable at once; the deletion goes on in the background after this, and the
+    /// evidence says `removalPending`).
+    pub removal_wait: Duration,
 }
 
 impl WasmConfig {
@@ -86,13 +91,14 @@ impl Default for WasmConfig {
         Self {
             cache_dir: modules_dir.join("compiled"),
             modules_dir,
-            workspace_root: std::env::temp_dir().join("crownest-wasm"),
+            workspace_root: crownest_core::hostdir::WorkRoot::default_path("wasm"),
             epoch_tick: Duration::from_millis(10),
             max_instances: 4,
             max_tables: 16,
             max_memories: 4,
             max_table_elements: 1_000_000,
             deadline_margin: Duration::from_secs(5),
+            removal_wait: Duration::from_secs(1),
         }
     }
 }

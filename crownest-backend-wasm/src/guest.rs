@@ -64,6 +64,8 @@ pub(crate) struct GuestCommand<'a> {
     pub(crate) workspace: &'a Path,
     /// Normalized relative cwd inside the workspace (`""` for the root).
     pub(crate) cwd: &'a str,
+    /// Host path of that cwd (opened by the sandbox; preopened at `/`).
+    pub(crate) host_cwd: &'a Path,
     /// Host directory holding `sitecustomize.py`.
     pub(crate) python_site: &'a Path,
     pub(crate) memory_bytes: u64,
@@ -108,18 +110,14 @@ fn wasi_ctx(
         }
         b.env("CROWNEST_WASM_CWD", &guest_cwd);
     }
-    let host_cwd = if cmd.cwd.is_empty() {
-        cmd.workspace.to_owned()
-    } else {
-        cmd.workspace.join(cmd.cwd)
-    };
+    let host_cwd = cmd.host_cwd;
     let preopen = |e| WasmError::Engine {
         context: "preopening the workspace".into(),
         source: wasmtime::Error::into_boxed_dyn_error(e),
     };
     b.preopened_dir(cmd.workspace, WORKSPACE_GUEST_PATH, FsPerms::ReadWrite)
         .map_err(preopen)?;
-    b.preopened_dir(&host_cwd, "/", FsPerms::ReadWrite)
+    b.preopened_dir(host_cwd, "/", FsPerms::ReadWrite)
         .map_err(preopen)?;
     if cmd.interpreter == Interpreter::Python {
         b.preopened_dir(cmd.python_site, PYTHON_SITE_GUEST_PATH, FsPerms::ReadOnly)

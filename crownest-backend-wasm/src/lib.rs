@@ -96,7 +96,6 @@ mod limits;
 mod modules;
 mod output;
 mod sandbox;
-mod workspace;
 
 mod backend;
 

@@ -10,8 +10,8 @@ use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
 use crownest_core::{
-    Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal, Limits,
-    Result, Sandbox, TemplateIdentity, Timestamp,
+    Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
+    Limits, Result, Sandbox, TemplateIdentity, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -19,8 +19,8 @@ use crate::backend::Shared;
 use crate::error::WasmError;
 use crate::guest::{self, GuestCommand};
 use crate::modules::{FETCH_SCRIPT, Interpreter, TemplateModules};
-use crate::workspace::{Marker, SandboxDir};
-use crownest_core::hostdir::remove_tree;
+use crownest_core::hostdir::{Marker, Removal, SandboxDir, remove_tree};
+use std::os::fd::OwnedFd;
 
 /// A sandbox of the wasm backend: a host directory whose `workspace/` is the only
 /// read-write directory a guest sees.
@@ -38,13 +38,15 @@ struct State {
     /// Stop channel of the running guest (the signal number), if one runs.
     running: Option<watch::Sender<Option<i32>>>,
     destroyed: bool,
+    /// The outcome of the first successful `destroy`.
+    removed: Option<Destroyed>,
 }
 
 impl std::fmt::Debug for WasmSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WasmSandbox")
-            .field("id", &self.dir.id)
-            .field("dir", &self.dir.dir)
+            .field("id", &self.dir.name())
+            .field("dir", &self.dir.host_path())
             .finish_non_exhaustive()
     }
 }
@@ -96,34 +98,52 @@ impl WasmSandbox {
 
     /// The host directory of the workspace (for inspection and tests).
     pub fn workspace_path(&self) -> std::path::PathBuf {
-        self.dir.workspace()
+        self.dir.host_path().join("workspace")
     }
 
-    /// Checks that `cwd` (validated, normalized) names a directory of the workspace,
-    /// reached without following a symlink.
-    fn check_cwd(workspace: &Path, cwd: &str) -> std::result::Result<(), String> {
-        let mut p = workspace.to_owned();
+    /// Opens the workspace and the cwd (validated, normalized) inside it, one component at
+    /// a time from the sandbox's descriptor, never following a symlink.
+    fn open_cwd(&self, cwd: &str) -> std::result::Result<(OwnedFd, OwnedFd), String> {
+        let workspace = self
+            .dir
+            .open_dir("workspace")
+            .map_err(|e| format!("the workspace cannot be opened: {e}"))?;
+        let mut fd = self
+            .dir
+            .open_dir("workspace")
+            .map_err(|e| format!("the workspace cannot be opened: {e}"))?;
         for c in cwd.split('/').filter(|c| !c.is_empty()) {
-            p.push(c);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(format!(
-                        "cwd {cwd:?}: {c:?} is a symlink; the working directory must be a real directory"
-                    ));
+            let flags = rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC;
+            fd = match rustix::fs::openat(&fd, c, flags, rustix::fs::Mode::empty()) {
+                Ok(next) => next,
+                Err(e) => {
+                    let st = rustix::fs::statat(&fd, c, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+                    return Err(match st {
+                        Ok(st)
+                            if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                                == rustix::fs::FileType::Symlink =>
+                        {
+                            format!(
+                                "cwd {cwd:?}: {c:?} is a symlink; the working directory must be a real directory"
+                            )
+                        }
+                        Ok(_) => format!("cwd {cwd:?}: {c:?} is not a directory"),
+                        Err(_) => format!("cwd {cwd:?} does not exist in the workspace ({e})"),
+                    });
                 }
-                Ok(_) => return Err(format!("cwd {cwd:?}: {c:?} is not a directory")),
-                Err(e) => return Err(format!("cwd {cwd:?} does not exist in the workspace ({e})")),
-            }
+            };
         }
-        Ok(())
+        Ok((workspace, fd))
     }
 }
 
 #[async_trait]
 impl Sandbox for WasmSandbox {
     fn id(&self) -> &str {
-        &self.dir.id
+        self.dir.name()
     }
 
     fn isolation(&self) -> IsolationReport {
@@ -140,8 +160,9 @@ impl Sandbox for WasmSandbox {
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
-        let staging = self.dir.dir.join("workspace.staging");
-        let workspace = self.dir.workspace();
+        // Both through the sandbox's descriptor: no component of the host path is resolved.
+        let staging = self.dir.proc_path().join("workspace.staging");
+        let workspace = self.dir.proc_path().join("workspace");
         let policy = *policy;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::task::spawn_blocking(move || {
@@ -153,10 +174,9 @@ impl Sandbox for WasmSandbox {
             // command never sees a partial tree.
             if let Err(e) = std::fs::rename(&staging, &workspace) {
                 let _ = remove_tree(&staging);
-                return Err(WasmError::io(format!(
-                    "moving the extracted archive into {} (is the workspace not empty?)",
-                    workspace.display()
-                ))(e)
+                return Err(WasmError::io(
+                    "moving the extracted archive into the workspace (is it not empty?)",
+                )(e)
                 .into());
             }
             Ok(summary)
@@ -190,10 +210,18 @@ impl Sandbox for WasmSandbox {
             return spawn_failed(format!("invalid cwd {:?}: {m}", request.cwd));
         }
         let cwd = crownest_core::spec::normalize_relative(&request.cwd);
-        let workspace = self.dir.workspace();
-        if let Err(m) = Self::check_cwd(&workspace, &cwd) {
-            return spawn_failed(m);
-        }
+        let (workspace_fd, cwd_fd) = match self.open_cwd(&cwd) {
+            Ok(fds) => fds,
+            Err(m) => return spawn_failed(m),
+        };
+        let site_fd = match self.dir.open_dir("python") {
+            Ok(fd) => fd,
+            Err(e) => return spawn_failed(format!("the python dir cannot be opened: {e}")),
+        };
+        // The guest's preopens name these descriptors (`/proc/self/fd/<n>`), held open for
+        // the whole run: no path component can be swapped under them.
+        let workspace = proc_path(&workspace_fd);
+        let host_cwd = proc_path(&cwd_fd);
         // From here on a signal stops the command, even before the guest runs (the engine's
         // deadline also covers loading the module).
         let (stop_tx, mut stop_rx) = watch::channel(None);
@@ -242,13 +270,14 @@ impl Sandbox for WasmSandbox {
                 .saturating_add(self.limits.kill_grace_ms),
         )
         .saturating_add(self.shared.config.deadline_margin);
-        let python_site = self.dir.python_site();
+        let python_site = proc_path(&site_fd);
         let cmd = GuestCommand {
             interpreter,
             argv: &request.argv,
             env: &request.env,
             workspace: &workspace,
             cwd: &cwd,
+            host_cwd: &host_cwd,
             python_site: &python_site,
             memory_bytes: self.limits.memory_bytes,
             backstop,
@@ -262,6 +291,7 @@ impl Sandbox for WasmSandbox {
             sink,
         )
         .await?;
+        drop((workspace_fd, cwd_fd, site_fd));
         Ok(ExecOutcome::new(status))
     }
 
@@ -288,7 +318,13 @@ impl Sandbox for WasmSandbox {
         path: &str,
         max_bytes: u64,
     ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
-        crownest_core::hostdir::collect_artifact(self.dir.workspace(), path, max_bytes).await
+        let workspace = self.dir.open_dir("workspace").map_err(|e| {
+            ArtifactFailure::new(
+                crownest_core::event::ArtifactErrorReason::NotFound,
+                format!("{path:?}: the workspace cannot be opened: {e}"),
+            )
+        })?;
+        crownest_core::hostdir::collect_artifact(Arc::new(workspace), path, max_bytes).await
     }
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
@@ -306,13 +342,21 @@ impl Sandbox for WasmSandbox {
             m.keep_until = Some(until);
             m.clone()
         };
-        self.dir.write_marker(&marker)?;
+        self.dir
+            .write_marker(&marker)
+            .map_err(WasmError::io(format!(
+                "writing the marker of {}",
+                self.dir.name()
+            )))?;
         Ok(())
     }
 
-    async fn destroy(&self) -> Result<()> {
+    async fn destroy(&self) -> Result<Destroyed> {
         {
             let mut st = self.state();
+            if let Some(done) = st.removed {
+                return Ok(done);
+            }
             if let Some(tx) = st.running.as_ref() {
                 tx.send_if_modified(|v| {
                     if v.is_none() {
@@ -325,10 +369,24 @@ impl Sandbox for WasmSandbox {
             }
             st.destroyed = true;
         }
-        let dir = self.dir.dir.clone();
-        tokio::task::spawn_blocking(move || crownest_core::hostdir::remove_via_tombstone(&dir))
+        let removal = self
+            .dir
+            .remove(self.shared.config.removal_wait)
             .await
-            .map_err(join_error)?
-            .map_err(|e| WasmError::io(format!("removing sandbox {}", self.dir.id))(e).into())
+            .map_err(WasmError::io(format!(
+                "removing sandbox {}",
+                self.dir.name()
+            )))?;
+        let done = match removal {
+            Removal::Done => Destroyed::Gone,
+            Removal::Pending => Destroyed::RemovalPending,
+        };
+        self.state().removed = Some(done);
+        Ok(done)
     }
+}
+
+fn proc_path(fd: &OwnedFd) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd as _;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }

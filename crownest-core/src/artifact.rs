@@ -3,7 +3,7 @@
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -37,8 +37,33 @@ pub struct CollectedArtifact {
     pub size_bytes: u64,
     /// The bytes.
     pub reader: Box<dyn Read + Send>,
-    /// Entries of a directory that were skipped (links, special files), for reporting.
-    pub skipped: Vec<String>,
+    /// Entries of a directory that were skipped (links, special files, ...), for reporting.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// An entry of a directory artifact that was not put into its tar.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedEntry {
+    /// Workspace-relative path.
+    pub path: String,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+/// Why an entry of a directory artifact was skipped. Serialized as a snake_case string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// A symlink (never followed).
+    Symlink,
+    /// A fifo, socket or device (never opened).
+    SpecialFile,
+    /// A directory deeper than the collector descends.
+    TooDeep,
+    /// It could not be opened, or was replaced while being collected.
+    Unreadable,
 }
 
 impl std::fmt::Debug for CollectedArtifact {
@@ -104,6 +129,26 @@ pub fn collect_from_dir(
     path: &str,
     max_bytes: u64,
 ) -> Result<CollectedArtifact, ArtifactFailure> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let dir = rustix::fs::open(root, flags, Mode::empty()).map_err(|e| {
+        ArtifactFailure::new(
+            ArtifactErrorReason::NotFound,
+            format!(
+                "{path:?}: the workspace {} cannot be opened: {e}",
+                root.display()
+            ),
+        )
+    })?;
+    collect_from_fd(dir.as_fd(), path, max_bytes)
+}
+
+/// [`collect_from_dir`] relative to an open workspace directory `root` (nothing of the
+/// workspace's own path is resolved again, so no component of it can be swapped).
+pub fn collect_from_fd(
+    root: BorrowedFd<'_>,
+    path: &str,
+    max_bytes: u64,
+) -> Result<CollectedArtifact, ArtifactFailure> {
     crate::spec::validate_relative_path(path, false).map_err(|m| {
         ArtifactFailure::new(
             ArtifactErrorReason::InvalidPath,
@@ -118,18 +163,10 @@ pub fn collect_from_dir(
             format!("invalid artifact path {path:?}"),
         ));
     };
-    let mut dir = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
+    let mut dir = rustix::fs::openat(root, ".", DIR_FLAGS, Mode::empty()).map_err(|e| {
         ArtifactFailure::new(
             ArtifactErrorReason::NotFound,
-            format!(
-                "{path:?}: the workspace {} cannot be opened: {e}",
-                root.display()
-            ),
+            format!("{path:?}: the workspace cannot be opened: {e}"),
         )
     })?;
     for (i, c) in parents.iter().enumerate() {
@@ -339,7 +376,7 @@ struct DirTar {
     max_bytes: u64,
     /// Workspace-relative path of the directory artifact.
     base: String,
-    skipped: Vec<String>,
+    skipped: Vec<SkippedEntry>,
 }
 
 fn collect_dir(
@@ -409,6 +446,11 @@ impl DirTar {
         format!("{}/{}", self.base, String::from_utf8_lossy(rel))
     }
 
+    fn skip(&mut self, rel: &[u8], reason: SkipReason) {
+        let path = self.display(rel);
+        self.skipped.push(SkippedEntry { path, reason });
+    }
+
     fn fail(&self, rel: &[u8], e: impl std::fmt::Display) -> ArtifactFailure {
         ArtifactFailure::new(
             ArtifactErrorReason::NotFound,
@@ -469,7 +511,7 @@ impl DirTar {
                     let sub = match rustix::fs::openat(dir, &name, DIR_FLAGS, Mode::empty()) {
                         Ok(fd) => fd,
                         Err(_) => {
-                            self.skipped.push(self.display(&child));
+                            self.skip(&child, SkipReason::Unreadable);
                             continue;
                         }
                     };
@@ -486,7 +528,7 @@ impl DirTar {
                     let (file, st) = match open_regular(dir, &name, &st) {
                         Ok(f) => f,
                         Err(_) => {
-                            self.skipped.push(self.display(&child));
+                            self.skip(&child, SkipReason::Unreadable);
                             continue;
                         }
                     };
@@ -501,7 +543,9 @@ impl DirTar {
                         .append_data(&mut h, path, data)
                         .map_err(|e| self.fail(&child, e))?;
                 }
-                _ => self.skipped.push(self.display(&child)),
+                FileType::Directory => self.skip(&child, SkipReason::TooDeep),
+                FileType::Symlink => self.skip(&child, SkipReason::Symlink),
+                _ => self.skip(&child, SkipReason::SpecialFile),
             }
         }
         Ok(())

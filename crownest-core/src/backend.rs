@@ -244,7 +244,10 @@ pub trait SandboxBackend: Send + Sync + Debug {
 /// * `collect_artifact(path)` reads only inside the workspace, never follows a symlink,
 ///   returns regular files and directories (as a tar), and refuses anything else with a
 ///   typed [`ArtifactFailure`]; it never reads more than `max_bytes`.
-/// * `destroy()` is idempotent and verifies that nothing of the sandbox survives.
+/// * `destroy()` is idempotent and verifies that nothing of the sandbox survives: no
+///   process runs and nothing can reach it any more. It does not wait long for bulk file
+///   deletion: a host directory is renamed to a tombstone at once and deleted in the
+///   background ([`Destroyed::RemovalPending`]); a sweep deletes tombstones a crash left.
 /// * `keep(until)` marks the sandbox as kept; `sweep_orphans` destroys it after `until`.
 #[async_trait]
 pub trait Sandbox: Send + Sync + Debug {
@@ -274,5 +277,17 @@ pub trait Sandbox: Send + Sync + Debug {
     /// Marks the sandbox as kept until `until`.
     async fn keep(&self, until: Timestamp) -> Result<()>;
     /// Destroys the sandbox (idempotent); verifies nothing survives.
-    async fn destroy(&self) -> Result<()>;
+    async fn destroy(&self) -> Result<Destroyed>;
+}
+
+/// What [`Sandbox::destroy`] achieved. In both cases nothing of the sandbox runs and it can
+/// no longer be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Destroyed {
+    /// Nothing of it is left.
+    #[default]
+    Gone,
+    /// Its files are still being deleted in the background (a large workspace on a slow
+    /// disk); the evidence says `removalPending`.
+    RemovalPending,
 }

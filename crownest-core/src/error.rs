@@ -180,6 +180,16 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// A host work root (where host-directory sandboxes and staging live) is not private:
+    /// a symlink, owned by another user, writable by group or others, or reached through
+    /// a directory another user controls. Nothing was read or written through it.
+    #[error("unsafe work root {path}: {reason}")]
+    UnsafeWorkRoot {
+        /// The root (or the component of its path) that was refused.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -251,6 +261,7 @@ impl Error {
             Self::Store { .. } => "store_error",
             Self::Io { .. } => "io_error",
             Self::ShuttingDown => "shutting_down",
+            Self::UnsafeWorkRoot { .. } => "unsafe_work_root",
         }
     }
 

@@ -230,6 +230,10 @@ pub enum EventKind {
         sha256: Sha256Digest,
         /// Unix mode bits (permissions only).
         mode: u32,
+        /// Entries of a directory artifact left out of its tar (links, special files, ...),
+        /// each with its path and reason. Absent when nothing was skipped.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped: Vec<crate::artifact::SkippedEntry>,
     },
     /// An artifact could not be collected.
     ArtifactError {

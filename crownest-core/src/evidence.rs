@@ -59,6 +59,9 @@ pub struct EvidenceArtifact {
     pub size_bytes: u64,
     /// sha256.
     pub sha256: Sha256Digest,
+    /// Entries of a directory artifact left out of its tar (path and reason).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::artifact::SkippedEntry>,
 }
 
 /// What happened to the sandbox.
@@ -67,8 +70,12 @@ pub struct EvidenceArtifact {
 pub struct EvidenceSandbox {
     /// Kept after the run.
     pub kept: bool,
-    /// Destroyed (and verified gone).
+    /// Destroyed: nothing of it runs and nothing can reach it any more.
     pub destroyed: bool,
+    /// Destroyed, but its files were still being deleted in the background when the run
+    /// ended (absent when the deletion had finished).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removal_pending: bool,
     /// When a kept sandbox is destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_until: Option<crate::time::Timestamp>,
@@ -166,6 +173,7 @@ impl EvidenceBundle {
                     path: a.path.clone(),
                     size_bytes: a.size_bytes,
                     sha256: a.sha256.clone(),
+                    skipped: a.skipped.clone(),
                 })
                 .collect(),
             artifact_errors: run.artifact_errors.clone(),
@@ -174,6 +182,7 @@ impl EvidenceBundle {
             sandbox: EvidenceSandbox {
                 kept: sandbox.is_some_and(|s| s.kept),
                 destroyed: sandbox.is_none_or(|s| s.destroyed),
+                removal_pending: sandbox.is_some_and(|s| s.removal_pending),
                 keep_until: sandbox.and_then(|s| s.keep_until),
             },
             events: ChainSummary {

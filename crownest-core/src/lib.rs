@@ -31,8 +31,8 @@ pub mod store;
 pub mod time;
 
 pub use backend::{
-    Capabilities, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
-    Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
+    Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
+    KillSignal, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
 };
 pub use error::{Error, RejectReason, Result};
 pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};

@@ -89,6 +89,9 @@ pub struct Artifact {
     pub sha256: Sha256Digest,
     /// Permission bits of the source.
     pub mode: u32,
+    /// Entries of a directory artifact left out of its tar, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::artifact::SkippedEntry>,
 }
 
 /// What an artifact's blob holds.
@@ -212,8 +215,12 @@ pub struct SandboxRecord {
     /// When a kept sandbox is destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_until: Option<Timestamp>,
-    /// Destroyed (and verified gone).
+    /// Destroyed: nothing of it runs and nothing can reach it any more.
     pub destroyed: bool,
+    /// Destroyed, but its files were still being deleted in the background when the run
+    /// ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removal_pending: bool,
 }
 
 /// The durable record of a Workspace Run.

@@ -36,8 +36,8 @@ use tokio::sync::watch;
 use crate::archive::{self, ExtractPolicy, ExtractSummary};
 use crate::artifact::{ArtifactFailure, CollectedArtifact};
 use crate::backend::{
-    Capabilities, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
-    ProgressFn, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
+    Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
+    KillSignal, ProgressFn, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
 };
 use crate::error::{Error, Result};
 use crate::event::{ArtifactErrorReason, OutputStream};
@@ -502,7 +502,7 @@ impl Sandbox for FakeSandbox {
         Ok(())
     }
 
-    async fn destroy(&self) -> Result<()> {
+    async fn destroy(&self) -> Result<Destroyed> {
         // A destroyed sandbox ends whatever still runs in it.
         self.signal.send_replace(Some(KillSignal::Kill));
         if self.shared.fail_destroy.load(Ordering::SeqCst) {
@@ -518,7 +518,7 @@ impl Sandbox for FakeSandbox {
             s.destroyed = true;
         }
         self.files().clear();
-        Ok(())
+        Ok(Destroyed::Gone)
     }
 }
 

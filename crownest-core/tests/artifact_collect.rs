@@ -6,7 +6,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crownest_core::artifact::{CollectedArtifact, collect_from_dir};
+use crownest_core::artifact::{CollectedArtifact, SkipReason, SkippedEntry, collect_from_dir};
 use crownest_core::event::ArtifactErrorReason;
 use crownest_core::run::ArtifactKind;
 
@@ -117,7 +117,13 @@ fn fifo_does_not_hang() {
     assert!(start.elapsed() < Duration::from_secs(5));
     // Inside a directory artifact, the fifo is skipped and reported, never opened.
     let a = collect_from_dir(w.path(), "out", 1 << 20).unwrap();
-    assert_eq!(a.skipped, vec!["out/pipe".to_string()]);
+    assert_eq!(
+        a.skipped,
+        vec![SkippedEntry {
+            path: "out/pipe".into(),
+            reason: SkipReason::SpecialFile
+        }]
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
@@ -127,7 +133,13 @@ fn directory_becomes_a_deterministic_tar() {
     symlink("/etc/passwd", w.path().join("out/sub/link")).unwrap();
     let a = collect_from_dir(w.path(), "out", 1 << 20).unwrap();
     assert_eq!(a.kind, ArtifactKind::Directory);
-    assert_eq!(a.skipped, vec!["out/sub/link".to_string()]);
+    assert_eq!(
+        a.skipped,
+        vec![SkippedEntry {
+            path: "out/sub/link".into(),
+            reason: SkipReason::Symlink
+        }]
+    );
     let data = bytes(a);
     let again = bytes(collect_from_dir(w.path(), "out", 1 << 20).unwrap());
     assert_eq!(data, again, "the tar is deterministic");

@@ -50,6 +50,7 @@ async fn gc_deletes_only_unreferenced_blobs_abandoned_transfers_and_stale_temp_f
         size_bytes: artifact_blob.size_bytes,
         sha256: artifact_blob.sha256.clone(),
         mode: 0o644,
+        skipped: Vec::new(),
     });
     store
         .commit(

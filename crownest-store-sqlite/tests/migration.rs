@@ -39,6 +39,7 @@ async fn a_version_1_database_is_migrated_and_backfilled() {
         size_bytes: 3,
         sha256: crownest_core::Sha256Digest::of(b"xml"),
         mode: 0o644,
+        skipped: Vec::new(),
     };
     run.artifacts.push(artifact.clone());
     let event = crownest_core::event::seal(&run.chain_head, &run.id, 1, out("v1 output"));

@@ -64,6 +64,7 @@ async fn reopen_after_drop_keeps_everything() {
             size_bytes: b.size_bytes,
             sha256: b.sha256,
             mode: 0o644,
+            skipped: Vec::new(),
         };
         let mut stored = store.get_run(&run.id).await.unwrap();
         stored.artifacts.push(artifact.clone());

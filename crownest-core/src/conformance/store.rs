@@ -547,6 +547,7 @@ pub async fn artifacts_are_found_by_id(store: Arc<dyn Store>) {
         size_bytes: info.size_bytes,
         sha256: info.sha256,
         mode: 0o644,
+        skipped: Vec::new(),
     };
     let mut record = run.clone();
     record.artifacts.push(artifact.clone());

@@ -20,8 +20,8 @@ use super::sink::{EngineSink, OutputChunker, SinkMsg};
 use crate::archive::ExtractPolicy;
 use crate::artifact::CollectedArtifact;
 use crate::backend::{
-    ExecOutcome, ExecRequest, ExitStatus, IsolationReport, KillSignal, Sandbox, SandboxBackend,
-    SandboxSpec, TemplateIdentity,
+    Destroyed, ExecOutcome, ExecRequest, ExitStatus, IsolationReport, KillSignal, Sandbox,
+    SandboxBackend, SandboxSpec, TemplateIdentity,
 };
 use crate::error::{Error, Result};
 use crate::event::{
@@ -248,6 +248,7 @@ impl Driver {
             kept: false,
             keep_until: None,
             destroyed: false,
+            removal_pending: false,
         });
 
         if let Err(e) = self.materialize(sandbox.as_ref()).await {
@@ -553,7 +554,7 @@ impl Driver {
         self.commit(vec![event]).await?;
         let result = match signal {
             Some(sig) => sandbox.signal(sig).await,
-            None => sandbox.destroy().await,
+            None => sandbox.destroy().await.map(|_| ()),
         };
         if let Err(e) = result {
             self.commit(vec![NewEvent::now(EventKind::Error {
@@ -670,6 +671,7 @@ impl Driver {
                         size_bytes: artifact.size_bytes,
                         sha256: artifact.sha256.clone(),
                         mode: artifact.mode,
+                        skipped: artifact.skipped.clone(),
                     });
                     self.record.artifacts.push(artifact);
                     self.commit(vec![event]).await?;
@@ -738,6 +740,7 @@ impl Driver {
             size_bytes: info.size_bytes,
             sha256: info.sha256,
             mode: collected.mode,
+            skipped: collected.skipped,
         })
     }
 
@@ -778,9 +781,10 @@ impl Driver {
             }
         }
         match tokio::time::timeout(budget, sandbox.destroy()).await {
-            Ok(Ok(())) => {
+            Ok(Ok(outcome)) => {
                 if let Some(sb) = self.record.sandbox.as_mut() {
                     sb.destroyed = true;
+                    sb.removal_pending = outcome == Destroyed::RemovalPending;
                 }
             }
             Ok(Err(e)) => {

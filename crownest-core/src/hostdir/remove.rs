@@ -1,13 +1,9 @@
-//! Helpers for backends whose sandboxes are directories on the host (the process and WASI
-//! backends): removing a tree the command may have made read-only, and collecting an
-//! artifact off the async runtime.
+//! Removing host directories: a tree the command may have made read-only, and a sandbox
+//! directory through a tombstone.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-
-use crate::artifact::{ArtifactFailure, CollectedArtifact};
-use crate::event::ArtifactErrorReason;
+use std::path::Path;
 
 /// Removes a directory tree. When a removal is refused, every directory in the tree is made
 /// writable and searchable first (the command, or the archive, may have left read-only
@@ -74,26 +70,6 @@ fn make_writable(dir: &Path) {
             }
         }
     }
-}
-
-/// [`collect_from_dir`](crate::artifact::collect_from_dir) on a blocking thread, for a
-/// `Sandbox::collect_artifact` whose workspace is the host directory `workspace`.
-pub async fn collect_artifact(
-    workspace: PathBuf,
-    path: &str,
-    max_bytes: u64,
-) -> Result<CollectedArtifact, ArtifactFailure> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        crate::artifact::collect_from_dir(&workspace, &path, max_bytes)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(ArtifactFailure::new(
-            ArtifactErrorReason::NotFound,
-            format!("the collector task failed: {e}"),
-        ))
-    })
 }
 
 #[cfg(test)]

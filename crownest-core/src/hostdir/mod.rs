@@ -1,0 +1,50 @@
+//! Host directories: the one room for everything a backend does with directories on the
+//! host (the process and WASI backends' sandboxes, the Docker backend's staging).
+//!
+//! * [`WorkRoot`]: the private work root, checked once (owned by the effective uid, mode
+//!   0700, never a symlink, never group/other-writable, reached only through directories
+//!   no other user controls) and then used only through its descriptor.
+//! * [`SandboxDir`]: one sandbox directory with its [`Marker`], created crash-safe
+//!   (`.creating-` + rename), used through its descriptor, removed through a `.removing-`
+//!   tombstone with the deletion in the background ([`Removal`]).
+//! * [`sweep`]: the one orphan sweep of a root.
+//! * [`TempDir`]: private scratch space under a root (the Docker backend's staging).
+//! * [`collect_artifact`]: artifact collection relative to an open workspace descriptor.
+
+mod remove;
+mod root;
+mod sandbox;
+mod sweep;
+
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::sync::Arc;
+
+pub use remove::{TOMBSTONE_PREFIX, remove_tree, remove_via_tombstone};
+pub use root::WorkRoot;
+pub use sandbox::{
+    CREATING_PREFIX, MARKER_FILE, Marker, Removal, SandboxDir, TEMP_PREFIX, TempDir,
+};
+pub use sweep::sweep;
+
+use crate::artifact::{ArtifactFailure, CollectedArtifact};
+use crate::event::ArtifactErrorReason;
+
+/// [`collect_from_fd`](crate::artifact::collect_from_fd) on a blocking thread, for a
+/// `Sandbox::collect_artifact` whose workspace is the open host directory `workspace`.
+pub async fn collect_artifact(
+    workspace: Arc<OwnedFd>,
+    path: &str,
+    max_bytes: u64,
+) -> Result<CollectedArtifact, ArtifactFailure> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        crate::artifact::collect_from_fd(workspace.as_fd(), &path, max_bytes)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ArtifactFailure::new(
+            ArtifactErrorReason::NotFound,
+            format!("the collector task failed: {e}"),
+        ))
+    })
+}
