@@ -367,6 +367,7 @@ async fn racing_attacker_gains_nothing(kind: Kind) {
     for _ in 0..3 {
         let Some(result) = run(&kind, &user.join(kind.name())).await else {
             let _ = attacker.kill();
+            let _ = attacker.wait();
             return;
         };
         match &result {

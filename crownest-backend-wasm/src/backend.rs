@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use crownest_core::{
     Capabilities, Error, IsolationReport, Limits, Network, Result, RunId, Sandbox, SandboxBackend,
-    SandboxSpec, TemplateInfo, Timestamp,
+    SandboxSpec, TemplateInfo,
 };
 
 use crate::compile::{ModuleSource, Runtime};

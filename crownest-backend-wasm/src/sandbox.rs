@@ -1,7 +1,6 @@
 //! [`WasmSandbox`]: one run's directory, its workspace and the guest running in it.
 
 use std::io::Read;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

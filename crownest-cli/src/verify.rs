@@ -219,12 +219,14 @@ pub(crate) fn check(bundle: &EvidenceBundle, events: &[Event]) -> Vec<String> {
                 path,
                 size_bytes,
                 sha256,
+                skipped,
                 ..
             } => Some(EvidenceArtifact {
                 artifact_id: artifact_id.clone(),
                 path: path.clone(),
                 size_bytes: *size_bytes,
                 sha256: sha256.clone(),
+                skipped: skipped.clone(),
             }),
             _ => None,
         })
