@@ -92,7 +92,7 @@
 //! | **not** protected | why |
 //! |---|---|
 //! | root's files | uid 0 owns them: it can read and write them and `chmod` what it cannot (e.g. `/etc/crontab`, `/root/.ssh`) — that alone is a way to root on the host |
-//! | root-owned device nodes and kernel settings | permission is checked by owner: e.g. `/dev/sda` (`root:disk 0660`) opens read-write; `/proc/sys` and `/sys` files writable by their owner (e.g. `kernel.core_pattern`, unless mounted read-only) can be written |
+//! | root-owned device nodes and kernel settings | permission is checked by owner: a disk's node (`root:disk 0660`) opens read-write unless a device cgroup forbids it; `/proc/sys` and `/sys` files writable by their owner (e.g. `kernel.core_pattern`, unless mounted read-only) can be written |
 //! | root's unix sockets | owned by uid 0, e.g. `/var/run/docker.sock` (full control of the host), reachable even with `network: none` |
 //! | host processes of uid 0 | outside a PID namespace (`cgroup`, `process_group`) it can signal (kill) them; inside one it cannot address them. Root processes that themselves hold no capability can be `ptrace`d |
 //! | cgroup containment | it can write root-owned `cgroup.procs` files and move itself out of its cgroup |
