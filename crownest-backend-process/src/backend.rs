@@ -27,6 +27,7 @@ use crate::containment::ProcessRecord;
 use crate::containment::{self, Applied, Init, Probe, Tree};
 use crate::error::{BACKEND, ProcessError};
 use crate::output::{PumpEnd, pump};
+use crate::privilege::HostPrivilege;
 use crate::probe_cache::{self, MemCache};
 use crate::spawn::{ChildHook, HookMode, Reports, RlimitPlan};
 use crate::template::{self, PYTHON_NODE, Resolved};
@@ -256,6 +257,7 @@ impl SandboxBackend for ProcessBackend {
                 execs: 0,
                 probe: self.inner.probe(),
                 reprobe_note: None,
+                privilege: None,
             }),
             exec_lock: tokio::sync::Mutex::new(()),
         }))
@@ -293,6 +295,8 @@ struct State {
     probe: Arc<Probe>,
     /// Set when that happened (reported in the isolation details).
     reprobe_note: Option<String>,
+    /// What the last spawned command held over the host (`None` before the first exec).
+    privilege: Option<HostPrivilege>,
 }
 
 /// One sandbox: a directory `<root>/<run id>-<random>/` with `workspace/` (the command's
@@ -504,6 +508,7 @@ impl ProcessSandbox {
             procs,
             false,
         );
+        let privilege = hook.privilege();
         let mut cmd = tokio::process::Command::new(&program);
         cmd.arg0(argv0)
             .args(&request.argv[1..])
@@ -534,6 +539,7 @@ impl ProcessSandbox {
                 });
             }
         };
+        self.state().privilege = Some(privilege);
         let leader = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let mut reports = Reports::default();
         if let Some(r) = &report_r {
@@ -561,6 +567,10 @@ impl ProcessSandbox {
         );
         d.insert("stdin".into(), "null".into());
         d.insert(
+            "descriptors".into(),
+            "only 0, 1, 2 inherited (every other descriptor is closed at exec)".into(),
+        );
+        d.insert(
             "filesystem".into(),
             "host filesystem visible (not isolated)".into(),
         );
@@ -571,10 +581,21 @@ impl ProcessSandbox {
         if let Applied::Cgroup { parent } = self.applied() {
             d.insert("cgroupParent".into(), parent.display().to_string());
         }
-        let (probe, reprobe_note) = {
+        let (probe, reprobe_note, privilege) = {
             let st = self.state();
-            (st.probe.clone(), st.reprobe_note.clone())
+            (st.probe.clone(), st.reprobe_note.clone(), st.privilege)
         };
+        // Before the first exec: what a spawn now would apply.
+        let privilege = privilege.unwrap_or_else(|| {
+            HostPrivilege::for_spawn(matches!(
+                probe.applied,
+                Applied::PidNamespace { user: true, .. }
+            ))
+        });
+        d.insert("hostPrivilege".into(), privilege.describe());
+        if privilege.no_new_privs() {
+            d.insert("noNewPrivileges".into(), "true".into());
+        }
         if !probe.notes.is_empty() {
             d.insert("containmentFallback".into(), probe.notes.join("; "));
         }

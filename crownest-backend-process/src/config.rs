@@ -17,7 +17,8 @@ pub enum Containment {
     PidNamespace,
     /// A new user namespace (identity-mapped uid/gid) owning a new PID namespace: the same
     /// guarantees as `PidNamespace` for an unprivileged host process, where the kernel
-    /// allows unprivileged user namespaces.
+    /// allows unprivileged user namespaces. The command drops the capabilities it would
+    /// hold in that namespace (as everywhere the backend has privilege to drop).
     UserNamespace,
     /// A cgroup v2 per exec, killed with `cgroup.kill` (Linux ≥ 5.14): every process of the
     /// command, wherever it moved in the process tree, dies at once.

@@ -7,9 +7,10 @@
 //! host application, sees the host's filesystem (it can read anything that user can read
 //! and write anywhere that user can write), and its memory and process count are not
 //! capped. What it does give you: a fresh directory per run, an environment that contains
-//! only what the spec says, a closed stdin, rlimits, streaming output with backpressure, and
-//! a reliable kill of *everything* the command started. Run untrusted code on the docker
-//! or wasm backend instead.
+//! only what the spec says, a closed stdin, no inherited descriptor beyond 0–2, no
+//! capability (when the host is root, see [below](#when-the-host-runs-as-root)), rlimits,
+//! streaming output with backpressure, and a reliable kill of *everything* the command
+//! started. Run untrusted code on the docker or wasm backend instead.
 //!
 //! ```no_run
 //! # async fn demo() -> crownest_core::Result<()> {
@@ -35,6 +36,8 @@
 //! | environment | cleared; then `PATH` (`ProcessConfig::path`), `HOME`, `LANG=C.UTF-8`, `TMPDIR`, then the spec's env |
 //! | cwd | `workspace/<cwd>`, opened component by component without following symlinks; otherwise `spawn_failed` |
 //! | stdin | `/dev/null` |
+//! | descriptors | only 0, 1, 2: every other descriptor of the host process, `O_CLOEXEC` or not, is closed by the exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)` right before it, else each entry of `/proc/self/fd`; either failing fails the spawn) |
+//! | host privilege | none: as root, holding any capability, or in its own user namespace, the command's bounding, ambient, effective, permitted and inheritable capability sets are emptied and `no_new_privs` is set right before exec; recorded as `hostPrivilege` (and `noNewPrivileges`) in the isolation details. The uid stays the host's |
 //! | rlimits | `RLIMIT_NOFILE` = `limits.openFiles`, `RLIMIT_CORE` = 0, `RLIMIT_FSIZE` = max(`artifactBytesEach`, `extractedBytes`) (`SIGXFSZ` ends the run as `limit_exceeded`); no `RLIMIT_NPROC` (it is per user, not per sandbox) |
 //! | output | read in ≤ 64 KiB pieces, each awaited by the sink (backpressure); after the command exited, pipes idle for `drain_timeout` are abandoned and reported |
 //! | template `python-node` | host `python3` and `node` resolved on `PATH`; identity = paths + `--version`; available when `python3` exists (`node.missing` is recorded otherwise) |
@@ -72,6 +75,33 @@
 //! marker, a `.creating-` directory whose builder is gone, or a `.removing-` one, and the
 //! sweep clears all three.
 //!
+//! ## When the host runs as root
+//!
+//! The command keeps uid 0 but holds **no capability** (see the table above; without
+//! `CAP_SETPCAP` only the bounding set stays, and `hostPrivilege` says `bounding set kept`;
+//! `no_new_privs` means exec still cannot grant anything). Its init (PID 1 of the
+//! namespace) keeps its capabilities, so the command cannot `ptrace` it or forge its report.
+//!
+//! | protected | how |
+//! |---|---|
+//! | `network: none` (namespace containment) | `setns` into the host's network (or any) namespace needs `CAP_SYS_ADMIN`; `/proc/<host pid>/ns/*` of a process with capabilities cannot even be opened: `nsenter -t <host pid> -n` fails |
+//! | host processes with capabilities | no `ptrace`, no `/proc/<pid>/{mem,fd,environ,ns}` (the kernel requires the target's capabilities to be a subset of the caller's) |
+//! | what needs a capability | no mounts, module loading, raw or packet sockets, `mknod`, `chown` to another user, `setuid` to another user, BPF, reboot, clock changes; no bypass of permission bits (`CAP_DAC_OVERRIDE`) on files of other users |
+//! | setuid / file-capability binaries | `no_new_privs`: they run without gaining anything |
+//!
+//! | **not** protected | why |
+//! |---|---|
+//! | root's files | uid 0 owns them: it can read and write them and `chmod` what it cannot (e.g. `/etc/crontab`, `/root/.ssh`) — that alone is a way to root on the host |
+//! | root-owned device nodes and kernel settings | permission is checked by owner: a disk's node (`root:disk 0660`) opens read-write unless a device cgroup forbids it; `/proc/sys` and `/sys` files writable by their owner (e.g. `kernel.core_pattern`, unless mounted read-only) can be written |
+//! | root's unix sockets | owned by uid 0, e.g. `/var/run/docker.sock` (full control of the host), reachable even with `network: none` |
+//! | host processes of uid 0 | outside a PID namespace (`cgroup`, `process_group`) it can signal (kill) them; inside one it cannot address them. Root processes that themselves hold no capability can be `ptrace`d |
+//! | cgroup containment | it can write root-owned `cgroup.procs` files and move itself out of its cgroup |
+//!
+//! So this is defence against accidents and against a command that reaches for the host's
+//! namespaces, **not** a security boundary: a command running as uid 0 on the host's
+//! filesystem can become root. Run the host process as a non-root user, or use the docker
+//! or wasm backend, for code you do not trust.
+//!
 //! ## Capabilities
 //!
 //! | capability | value |
@@ -80,7 +110,7 @@
 //! | `memoryLimit`, `pidsLimit`, `filesystemIsolation` | false |
 //! | `processTreeKill` | true except with `ProcessGroup` |
 //! | `keepSandbox` | true |
-//! | `nonRoot` | true when the host process is not root |
+//! | `nonRoot` | true when the host process is not root (as root the command is uid 0 without capabilities: still not `nonRoot`) |
 //! | `securityBoundary` | **false** |
 
 mod backend;
@@ -89,6 +119,7 @@ mod config;
 mod containment;
 mod error;
 mod output;
+mod privilege;
 mod probe_cache;
 mod procfs;
 mod spawn;

@@ -1,5 +1,6 @@
 //! What runs between `fork` and `exec`: rlimits, the cwd, the parent-death signal, joining a
-//! cgroup, and for namespace containment a tiny init.
+//! cgroup, for namespace containment a tiny init, and last, right before exec, closing the
+//! inherited descriptors and dropping privilege (`crate::privilege`).
 //!
 //! Everything the child needs is computed before the fork ([`ChildHook::new`]); the hook
 //! itself only makes async-signal-safe system calls and never allocates, because the parent
@@ -25,11 +26,24 @@
 //!
 //! The extra processes use raw `clone(SIGCHLD)` (a fork without `atfork` handlers). C and G
 //! close every descriptor they do not need (the stdout/stderr pipes, std's exec-error pipe)
-//! so the parent sees EOF as soon as the command's processes are gone.
+//! so the parent sees EOF as soon as the command's processes are gone. G keeps its
+//! capabilities: a command without any cannot `ptrace` it, read its descriptors through
+//! `/proc/1/fd` or forge its report.
+//!
+//! # Before exec
+//!
+//! The command's process (H, or the forked child itself without a namespace) marks every
+//! descriptor from 3 up close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`, else a walk
+//! of `/proc/self/fd`): whatever the host process left without `O_CLOEXEC` (its own files,
+//! sockets, another thread's half-made pipe) is closed by the exec, while std's exec-error
+//! pipe still reports a failed exec. Then it drops its privilege over the host
+//! ([`HostPrivilege::drop_in_child`]). Both failures fail the spawn.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
+
+use crate::privilege::HostPrivilege;
 
 /// A report record written to the report pipe: 1 tag byte + 4 bytes (i32, little endian).
 pub(crate) const RECORD_LEN: usize = 5;
@@ -67,6 +81,7 @@ pub(crate) struct ChildHook {
     gid_map_path: CString,
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
+    privilege: HostPrivilege,
     probe: bool,
 }
 
@@ -114,6 +129,8 @@ impl ChildHook {
         });
         let uid = rustix::process::getuid().as_raw();
         let gid = rustix::process::getgid().as_raw();
+        let privilege =
+            HostPrivilege::for_spawn(matches!(mode, HookMode::Namespace { user: true, .. }));
         Self {
             mode,
             // SAFETY: getpid has no preconditions.
@@ -128,7 +145,24 @@ impl ChildHook {
             gid_map_path: cstring("/proc/self/gid_map"),
             uid_map: format!("{uid} {uid} 1\n").into_bytes(),
             gid_map: format!("{gid} {gid} 1\n").into_bytes(),
+            privilege,
             probe,
+        }
+    }
+
+    /// What the command will hold over the host (decided in [`Self::new`], on the spawning
+    /// thread).
+    pub(crate) fn privilege(&self) -> HostPrivilege {
+        self.privilege
+    }
+
+    /// The last step before exec, in the command's own process: only 0, 1 and 2 survive
+    /// the exec, and no privilege does.
+    unsafe fn prepare_exec(&self) -> io::Result<()> {
+        // SAFETY: see `run`.
+        unsafe {
+            cloexec_from(3)?;
+            self.privilege.drop_in_child()
         }
     }
 
@@ -183,7 +217,7 @@ impl ChildHook {
                     if self.probe {
                         libc::_exit(0);
                     }
-                    Ok(())
+                    self.prepare_exec()
                 }
                 HookMode::Namespace { user, network } => self.namespace(user, network),
             }
@@ -288,7 +322,7 @@ impl ChildHook {
                 if self.probe {
                     libc::_exit(0);
                 }
-                return Ok(());
+                return self.prepare_exec();
             }
             close_all_except([self.report_fd, -1]);
             loop {
@@ -449,6 +483,88 @@ unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
     }
 }
 
+/// Marks every descriptor from `first` up close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux ≥ 5.11; else each entry of `/proc/self/fd`).
+unsafe fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY (whole fn): close_range/open/getdents64/fcntl/close on this process's
+    // descriptors; the buffer is a local array.
+    unsafe {
+        let all = libc::c_uint::MAX;
+        if libc::syscall(libc::SYS_close_range, first, all, libc::CLOSE_RANGE_CLOEXEC) == 0 {
+            return Ok(());
+        }
+        cloexec_listed_from(first)
+    }
+}
+
+/// [`cloexec_from`] for kernels without `CLOSE_RANGE_CLOEXEC`: each entry of
+/// `/proc/self/fd`.
+unsafe fn cloexec_listed_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY (whole fn): as in `cloexec_from`.
+    unsafe {
+        let dir = libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dir < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                libc::close(dir);
+                return Err(e);
+            }
+            if n == 0 {
+                break;
+            }
+            for_each_dirent_name(&buf[..n as usize], |name| {
+                if let Some(fd) = fd_of(name)
+                    && fd >= first as libc::c_int
+                    && fd != dir
+                {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            });
+        }
+        libc::close(dir);
+        Ok(())
+    }
+}
+
+/// Calls `f` with the name of each `linux_dirent64` record in `buf` (a `getdents64` result:
+/// `d_ino` u64, `d_off` i64, `d_reclen` u16, `d_type` u8, then the NUL-terminated name).
+fn for_each_dirent_name(buf: &[u8], mut f: impl FnMut(&[u8])) {
+    const NAME: usize = 19;
+    let mut at = 0;
+    while let Some(len) = buf.get(at + 16..at + 18) {
+        let reclen = usize::from(u16::from_ne_bytes([len[0], len[1]]));
+        let Some(rec) = buf.get(at..at + reclen).filter(|_| reclen > NAME) else {
+            return;
+        };
+        let name = &rec[NAME..];
+        f(&name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())]);
+        at += reclen;
+    }
+}
+
+/// The descriptor number a `/proc/self/fd` entry names (`.`/`..` and junk: `None`).
+fn fd_of(name: &[u8]) -> Option<libc::c_int> {
+    if name.is_empty() || name.len() > 9 {
+        return None;
+    }
+    let mut n: libc::c_int = 0;
+    for &b in name {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + libc::c_int::from(b - b'0');
+    }
+    Some(n)
+}
+
 /// Parses the report pipe's records.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reports {
@@ -490,6 +606,48 @@ mod tests {
         assert_eq!(r.init_pid, Some(1234));
         assert_eq!(r.command_status.map(|s| libc::WEXITSTATUS(s)), Some(3));
         assert_eq!(r.init_status, None);
+    }
+
+    #[test]
+    fn dirent_names_and_descriptor_numbers() {
+        let mut buf = Vec::new();
+        for name in [&b"."[..], b"..", b"0", b"17", b"300"] {
+            // Records are 8-byte aligned: header (19) + name + NUL, rounded up.
+            let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
+            let mut rec = vec![0u8; reclen];
+            rec[16..18].copy_from_slice(&(reclen as u16).to_ne_bytes());
+            rec[19..19 + name.len()].copy_from_slice(name);
+            buf.extend(rec);
+        }
+        let mut fds = Vec::new();
+        for_each_dirent_name(&buf, |n| fds.push(fd_of(n)));
+        assert_eq!(fds, [None, None, Some(0), Some(17), Some(300)]);
+        // A truncated record ends the walk instead of reading past it.
+        let mut calls = 0;
+        for_each_dirent_name(&buf[..buf.len() - 3], |_| calls += 1);
+        assert_eq!(calls, 4);
+        assert_eq!(fd_of(b"12a"), None);
+        assert_eq!(fd_of(b"1234567890"), None);
+    }
+
+    #[test]
+    fn cloexec_from_marks_inherited_descriptors() {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: fcntl on descriptors of this test process.
+        unsafe {
+            let raw = libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, 500);
+            assert!(raw >= 500);
+            assert_eq!(libc::fcntl(raw, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+            // Only from `raw` up: the test harness's own descriptors are left alone.
+            cloexec_from(raw as libc::c_uint).unwrap();
+            assert_ne!(libc::fcntl(raw, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+            // The fallback for Linux < 5.11 does the same.
+            assert_eq!(libc::fcntl(raw, libc::F_SETFD, 0), 0);
+            cloexec_listed_from(raw as libc::c_uint).unwrap();
+            assert_ne!(libc::fcntl(raw, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+            libc::close(raw);
+        }
     }
 
     #[test]
