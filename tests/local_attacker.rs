@@ -105,13 +105,14 @@ fn as_nobody(script: &str, args: &[&Path]) -> Child {
         &NOBODY.to_string(),
         "--clear-groups",
         "--",
-        "python3",
+        // Debian's interpreter: one under root's home (pyenv) is not executable by nobody.
+        "/usr/bin/python3",
         "-c",
         script,
     ]);
     cmd.args(args);
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     cmd.spawn().expect("setpriv runs")
 }
@@ -141,7 +142,9 @@ const RACE: &str = r#"
 import os, sys, time
 user, secret = sys.argv[1], sys.argv[2]
 end = time.time() + float(sys.argv[3])
+loops = 0
 while time.time() < end:
+    loops += 1
     try:
         os.mkdir(user, 0o777); os.chmod(user, 0o777)
     except OSError:
@@ -164,6 +167,7 @@ while time.time() < end:
                     os.symlink(secret, q)
             except OSError:
                 pass
+print("loops", loops)
 "#;
 
 enum Kind {
@@ -387,7 +391,12 @@ async fn racing_attacker_gains_nothing(kind: Kind) {
         }
         scene.assert_secret_untouched();
     }
-    let _ = attacker.wait();
+    let out = attacker.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.starts_with("loops ") && !out.trim().ends_with(" 0"),
+        "the attacker must really have run: {out:?}"
+    );
     scene.assert_secret_untouched();
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
