@@ -21,6 +21,7 @@ pub mod backend;
 pub mod error;
 pub mod event;
 pub mod evidence;
+pub mod gc;
 pub mod hostdir;
 pub mod ids;
 pub mod run;
