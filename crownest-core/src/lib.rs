@@ -49,8 +49,8 @@ pub mod engine;
 pub mod memory;
 
 pub use engine::{
-    EngineConfig, EngineMetrics, EventStream, RecoveryReport, TransferStatus, WorkspaceRuns,
-    WorkspaceRunsBuilder,
+    EngineConfig, EngineMetrics, EventStream, GcTask, RecoveryReport, TransferStatus,
+    WorkspaceRuns, WorkspaceRunsBuilder,
 };
 pub use memory::MemoryStore;
 #[cfg(feature = "conformance")]
