@@ -70,7 +70,8 @@ impl WorkspaceRuns {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                on_pass(engine.collect_garbage().await);
+                let pass = engine.collect_garbage().await;
+                on_pass(pass);
             }
         });
         GcTask { handle }
