@@ -10,11 +10,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use crownest_core::engine::staging::{OPEN_TRANSFERS_PER_RUN, STAGED_BYTES_PER_ENGINE};
 use crownest_core::event::{EventKind, FailureKind, verify_chain};
-use crownest_core::store::{Store, TransferRecord};
+use crownest_core::gc::{GcPolicy, StoreGcReport};
+use crownest_core::run::RunRecord;
+use crownest_core::store::{
+    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, RunCommit, RunQuery, Store,
+    TransferRecord,
+};
 use crownest_core::testing::{FakeBackend, descriptor_of, tar_gz, tar_gz_raw_name};
 use crownest_core::{
-    ArchiveDescriptor, EngineConfig, Error, MemoryStore, RejectReason, RunId, RunSpec, RunStatus,
-    Sha256Digest, Timestamp, TransferId, WorkspaceRuns,
+    ArchiveDescriptor, Artifact, ArtifactId, EngineConfig, Error, Event, EvidenceBundle,
+    MemoryStore, RejectReason, Result, RunId, RunSpec, RunStatus, Sha256Digest, Timestamp,
+    TransferId, WorkspaceRuns,
 };
 
 struct Env {
@@ -478,4 +484,116 @@ async fn periodic_gc_expires_runs_without_being_asked() {
     let after = passes.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(passes.load(Ordering::SeqCst), after);
+}
+
+/// A `MemoryStore` whose first `open_blob` waits, so a test can hold one upload between
+/// "bytes stored" and "verified" while another upload of the same bytes is refused.
+#[derive(Debug)]
+struct SlowFirstOpen {
+    inner: MemoryStore,
+    delayed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowFirstOpen {
+    async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome> {
+        self.inner.create_run(run).await
+    }
+    async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
+        self.inner.get_run(id).await
+    }
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        self.inner.list_runs(query).await
+    }
+    async fn list_unfinished(&self) -> Result<Vec<RunRecord>> {
+        self.inner.list_unfinished().await
+    }
+    async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
+        self.inner.commit(id, commit).await
+    }
+    async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {
+        self.inner.request_cancel(id).await
+    }
+    async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        self.inner.list_events(id, after_seq, limit).await
+    }
+    async fn put_blob(&self, data: ByteStream, expect: BlobExpect<'_>) -> Result<BlobInfo> {
+        self.inner.put_blob(data, expect).await
+    }
+    async fn has_blob(&self, sha256: &Sha256Digest) -> Result<Option<u64>> {
+        self.inner.has_blob(sha256).await
+    }
+    async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader> {
+        if !self.delayed.swap(true, Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.inner.open_blob(sha256).await
+    }
+    async fn discard_blob(&self, sha256: &Sha256Digest) -> Result<bool> {
+        self.inner.discard_blob(sha256).await
+    }
+    async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
+        self.inner.create_transfer(transfer).await
+    }
+    async fn get_transfer(&self, id: &TransferId) -> Result<TransferRecord> {
+        self.inner.get_transfer(id).await
+    }
+    async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord> {
+        self.inner.put_chunk(id, index, data).await
+    }
+    async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader> {
+        self.inner.open_transfer(id).await
+    }
+    async fn delete_transfer(&self, id: &TransferId) -> Result<()> {
+        self.inner.delete_transfer(id).await
+    }
+    async fn list_transfers(&self, run: Option<&RunId>) -> Result<Vec<TransferRecord>> {
+        self.inner.list_transfers(run).await
+    }
+    async fn collect_garbage(&self, policy: &GcPolicy) -> Result<StoreGcReport> {
+        self.inner.collect_garbage(policy).await
+    }
+    async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
+        self.inner.get_evidence(id).await
+    }
+    async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
+        self.inner.get_artifact(id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_keeps_the_bytes_another_upload_is_still_verifying() {
+    let store = Arc::new(SlowFirstOpen {
+        inner: MemoryStore::new(),
+        delayed: Default::default(),
+    });
+    let engine = WorkspaceRuns::builder(store.clone())
+        .backend(Arc::new(FakeBackend::new()))
+        .open()
+        .await
+        .unwrap();
+    let a = archive();
+    let d = descriptor_of(&a);
+    let loose = engine.create(spec()).await.unwrap();
+    let mut strict = spec();
+    strict.limits.entries = Some(1);
+    let strict = engine.create(strict).await.unwrap();
+
+    // The loose run's upload stores the bytes, then waits before verifying them...
+    let verifying = {
+        let (engine, id, d, a) = (engine.clone(), loose.id.clone(), d.clone(), a.clone());
+        tokio::spawn(async move { engine.upload_archive(&id, &d, a).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...while the strict run's upload of the same bytes is refused.
+    assert!(matches!(
+        engine.upload_archive(&strict.id, &d, a).await,
+        Err(Error::ArchiveRejected { .. })
+    ));
+    let ready = verifying.await.unwrap().unwrap();
+    assert_eq!(ready.status, RunStatus::ArchiveReady);
+    assert!(
+        store.has_blob(&d.sha256).await.unwrap().is_some(),
+        "the refusal did not delete the bytes the other run now names"
+    );
 }
