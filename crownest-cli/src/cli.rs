@@ -55,6 +55,20 @@ pub(crate) enum Command {
     Doctor(DoctorArgs),
     /// Serve the HTTP + SSE API over the store in --home (Ctrl-C or SIGTERM stops it).
     Serve(ServeArgs),
+    /// Collect garbage in --home once: expire runs idle in awaiting_archive past their TTL,
+    /// discard unusable staged transfers, delete unreferenced blobs and stale temp files.
+    Gc(GcArgs),
+}
+
+/// `gc`.
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// Print what was removed as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// End runs still in awaiting_archive this long after their creation [default: 24h].
+    #[arg(long, value_name = "TTL", value_parser = parse_duration)]
+    pub(crate) awaiting_archive_ttl: Option<Duration>,
 }
 
 /// `serve`.
@@ -64,6 +78,12 @@ pub(crate) struct ServeArgs {
     /// --token; on loopback a token is generated and printed when none is given.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     pub(crate) listen: String,
+    /// Collect garbage (as `crownest gc` does) at start-up and then this often.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
+    pub(crate) gc_interval: Duration,
+    /// End runs still in awaiting_archive this long after their creation [default: 24h].
+    #[arg(long, value_name = "TTL", value_parser = parse_duration)]
+    pub(crate) awaiting_archive_ttl: Option<Duration>,
 }
 
 /// `run`.

@@ -99,12 +99,23 @@ fn wasm_backend() -> Result<Arc<dyn SandboxBackend>, String> {
 /// Opens the store and the engine with every usable backend; recovery runs (it never
 /// touches a run whose owner process is alive).
 pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
+    open_with(home, |_| {}).await
+}
+
+/// [`open`], with the engine configuration adjusted by `configure` (e.g. `serve`'s
+/// `--awaiting-archive-ttl`).
+pub(crate) async fn open_with(
+    home: &Path,
+    configure: impl FnOnce(&mut EngineConfig),
+) -> anyhow::Result<WorkspaceRuns> {
     let (store, backends) = tokio::join!(open_store(home), backends());
     let store = store?;
-    let mut builder = WorkspaceRuns::builder(store).config(EngineConfig {
+    let mut config = EngineConfig {
         default_backend: Some("process".into()),
         ..EngineConfig::default()
-    });
+    };
+    configure(&mut config);
+    let mut builder = WorkspaceRuns::builder(store).config(config);
     let mut any = false;
     for slot in &backends {
         if let Ok(b) = &slot.backend {

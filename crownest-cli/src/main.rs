@@ -18,6 +18,7 @@ mod cli;
 mod connection;
 mod doctor;
 mod exit;
+mod gc;
 mod home;
 mod hostkey;
 mod inspect;
@@ -83,6 +84,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                 ));
             }
             serve::serve(&target.home()?, args, cli.token).await
+        }
+        Command::Gc(args) => {
+            if target.server().is_some() {
+                return Err(exit::usage(
+                    "gc works on the local store in --home; it does not take --server",
+                ));
+            }
+            gc::gc(&target.home()?, args).await
         }
     }
 }

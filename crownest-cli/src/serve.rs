@@ -8,6 +8,10 @@
 //!   loopback without one, a random token is generated and printed on stderr (`token: ...`).
 //! * Once bound, `listening on http://ADDR` goes to stderr (with the real port when
 //!   `--listen` says port 0).
+//! * Garbage collection (`crownest gc`'s pass) runs at start-up and every `--gc-interval`
+//!   (10 min), so runs idle in `awaiting_archive` past `--awaiting-archive-ttl` (24 h) end
+//!   `canceled` with their evidence, and unreferenced blobs and stale transfers go; a pass
+//!   that removed something says so on stderr (`crownest: gc: ...`).
 //! * Ctrl-C or SIGTERM: stop accepting connections, cancel the runs this server is driving
 //!   (each ends `canceled` with its evidence, so SSE streams end with `terminal`), wait for
 //!   them and the open connections (at most [`SHUTDOWN_BUDGET`]), exit 0. A second signal
@@ -56,7 +60,12 @@ pub(crate) async fn serve(
         )));
     }
     let mut interrupts = Interrupts::new()?;
-    let engine = home::open(home_dir).await?;
+    let engine = home::open_with(home_dir, |config| {
+        if let Some(ttl) = args.awaiting_archive_ttl {
+            config.awaiting_archive_ttl = ttl;
+        }
+    })
+    .await?;
     let mut listener = None;
     let mut last_err = None;
     for addr in &addrs {
@@ -103,6 +112,13 @@ pub(crate) async fn serve(
         }
     );
 
+    eprintln!(
+        "crownest: gc every {} ms (awaiting_archive TTL {} ms)",
+        args.gc_interval.as_millis(),
+        engine.config().awaiting_archive_ttl.as_millis()
+    );
+    let gc = crate::gc::spawn_periodic(&engine, args.gc_interval);
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -124,6 +140,7 @@ pub(crate) async fn serve(
         () = interrupts.recv() => {}
     }
     eprintln!("crownest: shutting down (again to exit at once)");
+    gc.stop();
     let _ = stop_tx.send(());
     let drained = async {
         cancel_own_runs(&engine).await;

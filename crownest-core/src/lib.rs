@@ -21,6 +21,7 @@ pub mod backend;
 pub mod error;
 pub mod event;
 pub mod evidence;
+pub mod gc;
 pub mod hostdir;
 pub mod ids;
 pub mod run;
@@ -48,8 +49,8 @@ pub mod engine;
 pub mod memory;
 
 pub use engine::{
-    EngineConfig, EngineMetrics, EventStream, RecoveryReport, TransferStatus, WorkspaceRuns,
-    WorkspaceRunsBuilder,
+    EngineConfig, EngineMetrics, EventStream, GcTask, RecoveryReport, TransferStatus,
+    WorkspaceRuns, WorkspaceRunsBuilder,
 };
 pub use memory::MemoryStore;
 #[cfg(feature = "conformance")]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -13,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::{Error, RejectReason, Result};
 use crate::event::{Event, seal_all};
 use crate::evidence::EvidenceBundle;
+use crate::gc::{GcPolicy, StoreGcReport};
 use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 use crate::run::{Artifact, RunRecord};
 use crate::store::{
@@ -26,8 +28,33 @@ struct Inner {
     events: HashMap<RunId, Vec<Event>>,
     idempotency: HashMap<String, RunId>,
     evidence: HashMap<RunId, EvidenceBundle>,
-    blobs: HashMap<Sha256Digest, Bytes>,
-    transfers: HashMap<TransferId, (TransferRecord, BTreeMap<u64, Bytes>)>,
+    blobs: HashMap<Sha256Digest, StoredBlob>,
+    transfers: HashMap<TransferId, StoredTransfer>,
+}
+
+#[derive(Debug)]
+struct StoredBlob {
+    bytes: Bytes,
+    /// Stored, or stored again (for `blob_grace`).
+    stored_at: Instant,
+}
+
+#[derive(Debug)]
+struct StoredTransfer {
+    record: TransferRecord,
+    chunks: BTreeMap<u64, Bytes>,
+    /// Created, or last given a chunk (for `transfer_ttl`).
+    touched: Instant,
+}
+
+impl Inner {
+    /// Does a run name this blob as its archive, or an artifact as its bytes?
+    fn blob_is_named(&self, sha256: &Sha256Digest) -> bool {
+        self.runs.values().any(|r| {
+            r.archive.as_ref().is_some_and(|a| a.sha256 == *sha256)
+                || r.artifacts.iter().any(|a| a.sha256 == *sha256)
+        })
+    }
 }
 
 /// An in-memory [`Store`]. Cheap to create; passes the whole conformance suite.
@@ -196,12 +223,16 @@ impl Store for MemoryStore {
         self.lock()
             .blobs
             .entry(info.sha256.clone())
-            .or_insert(bytes);
+            .and_modify(|b| b.stored_at = Instant::now())
+            .or_insert(StoredBlob {
+                bytes,
+                stored_at: Instant::now(),
+            });
         Ok(info)
     }
 
     async fn has_blob(&self, sha256: &Sha256Digest) -> Result<Option<u64>> {
-        Ok(self.lock().blobs.get(sha256).map(|b| b.len() as u64))
+        Ok(self.lock().blobs.get(sha256).map(|b| b.bytes.len() as u64))
     }
 
     async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader> {
@@ -209,15 +240,29 @@ impl Store for MemoryStore {
             .lock()
             .blobs
             .get(sha256)
-            .cloned()
+            .map(|b| b.bytes.clone())
             .ok_or_else(|| Error::not_found("blob", sha256))?;
         Ok(Box::new(Cursor::new(bytes)))
     }
 
+    async fn discard_blob(&self, sha256: &Sha256Digest) -> Result<bool> {
+        let mut g = self.lock();
+        if g.blob_is_named(sha256) {
+            return Ok(false);
+        }
+        Ok(g.blobs.remove(sha256).is_some())
+    }
+
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
+        let mut record = transfer.clone();
+        record.received.clear();
         self.lock().transfers.insert(
             transfer.transfer_id.clone(),
-            (transfer.clone(), BTreeMap::new()),
+            StoredTransfer {
+                record,
+                chunks: BTreeMap::new(),
+                touched: Instant::now(),
+            },
         );
         Ok(())
     }
@@ -226,39 +271,40 @@ impl Store for MemoryStore {
         self.lock()
             .transfers
             .get(id)
-            .map(|(t, _)| t.clone())
+            .map(|t| t.record.clone())
             .ok_or_else(|| Error::not_found("transfer", id))
     }
 
     async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord> {
         let mut g = self.lock();
-        let (t, chunks) = g
+        let t = g
             .transfers
             .get_mut(id)
             .ok_or_else(|| Error::not_found("transfer", id))?;
-        if t.chunk_len(index) != Some(data.len() as u64) {
+        if t.record.chunk_len(index) != Some(data.len() as u64) {
             return Err(Error::invalid(
                 "chunk",
                 format!("chunk {index} has the wrong length"),
             ));
         }
-        chunks.insert(index, data);
-        t.received.insert(index);
-        Ok(t.clone())
+        t.chunks.insert(index, data);
+        t.record.received.insert(index);
+        t.touched = Instant::now();
+        Ok(t.record.clone())
     }
 
     async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader> {
         let g = self.lock();
-        let (t, chunks) = g
+        let t = g
             .transfers
             .get(id)
             .ok_or_else(|| Error::not_found("transfer", id))?;
-        if !t.is_complete() {
+        if !t.record.is_complete() {
             return Err(Error::invalid("transfer", "chunks are missing"));
         }
         let mut all =
-            BytesMut::with_capacity(usize::try_from(t.descriptor.size_bytes).unwrap_or(0));
-        for c in chunks.values() {
+            BytesMut::with_capacity(usize::try_from(t.record.descriptor.size_bytes).unwrap_or(0));
+        for c in t.chunks.values() {
             all.extend_from_slice(c);
         }
         Ok(Box::new(Cursor::new(all.freeze())))
@@ -267,6 +313,38 @@ impl Store for MemoryStore {
     async fn delete_transfer(&self, id: &TransferId) -> Result<()> {
         self.lock().transfers.remove(id);
         Ok(())
+    }
+
+    async fn list_transfers(&self, run: Option<&RunId>) -> Result<Vec<TransferRecord>> {
+        Ok(self
+            .lock()
+            .transfers
+            .values()
+            .filter(|t| run.is_none_or(|r| t.record.run_id == *r))
+            .map(|t| t.record.clone())
+            .collect())
+    }
+
+    async fn collect_garbage(&self, policy: &GcPolicy) -> Result<StoreGcReport> {
+        let mut g = self.lock();
+        let mut report = StoreGcReport::default();
+        let stale_blobs: Vec<Sha256Digest> = g
+            .blobs
+            .iter()
+            .filter(|(sha, b)| b.stored_at.elapsed() >= policy.blob_grace && !g.blob_is_named(sha))
+            .map(|(sha, _)| sha.clone())
+            .collect();
+        for sha in stale_blobs {
+            if let Some(b) = g.blobs.remove(&sha) {
+                report.blobs_deleted += 1;
+                report.blob_bytes_freed += b.bytes.len() as u64;
+            }
+        }
+        let before = g.transfers.len();
+        g.transfers
+            .retain(|_, t| t.touched.elapsed() < policy.transfer_ttl);
+        report.transfers_deleted = (before - g.transfers.len()) as u64;
+        Ok(report)
     }
 
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {

@@ -5,6 +5,7 @@
 //!   starting ─command_started─▶ running ─command_ended─▶ finalizing ─finalized(outcome)─▶ terminal
 //!   starting ─command_ended (archive rejected, spawn failed, cancel)─▶ finalizing
 //!   awaiting_archive | archive_ready | queued ─cancel─▶ canceled   (nothing to stop)
+//!   awaiting_archive ─archive_ttl_expired─▶ canceled                (no archive in time)
 //!   starting | running ─cancel─▶ finalizing                       (the kill ladder runs first)
 //!   any non-terminal ─host_restarted─▶ failed
 //! ```
@@ -124,6 +125,8 @@ pub enum Input {
     CommandEnded,
     /// A client canceled.
     Cancel,
+    /// The run waited in `awaiting_archive` longer than the engine's TTL.
+    ArchiveTtlExpired,
     /// Finalization finished with this outcome.
     Finalized(Outcome),
     /// Recovery found the run unfinished after its host went away.
@@ -140,6 +143,7 @@ impl Input {
             Self::CommandStarted => "command_started",
             Self::CommandEnded => "command_ended",
             Self::Cancel => "cancel",
+            Self::ArchiveTtlExpired => "archive_ttl_expired",
             Self::Finalized(_) => "finalized",
             Self::HostRestarted => "host_restarted",
         }
@@ -158,6 +162,7 @@ pub fn transition(from: RunStatus, input: Input) -> Result<RunStatus> {
         (S::Starting, I::CommandStarted) => S::Running,
         (S::Starting | S::Running, I::CommandEnded) => S::Finalizing,
         (S::AwaitingArchive | S::ArchiveReady | S::Queued, I::Cancel) => S::Canceled,
+        (S::AwaitingArchive, I::ArchiveTtlExpired) => S::Canceled,
         (S::Starting | S::Running, I::Cancel) => S::Finalizing,
         (S::Finalizing, I::Finalized(outcome)) => outcome.status(),
         (s, I::HostRestarted) if !s.is_terminal() => S::Failed,

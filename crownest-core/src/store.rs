@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::event::{Event, NewEvent};
 use crate::evidence::EvidenceBundle;
+use crate::gc::{GcPolicy, StoreGcReport};
 use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 use crate::run::{ArchiveDescriptor, Artifact, RunRecord};
 use crate::status::RunStatus;
@@ -207,8 +208,16 @@ impl TransferRecord {
 ///   declared descriptor, or more than `max_bytes`, is `Error::ArchiveRejected` and keeps
 ///   nothing. Blobs are content-addressed: the same bytes are stored once.
 /// * `has_blob` and `open_blob` see a blob as soon as `put_blob` returned.
+/// * `discard_blob` deletes a blob only when no run names it as its archive and no artifact
+///   names it, and says whether it deleted it (an unknown blob is `Ok(false)`).
 /// * Transfers: `put_chunk` is idempotent and accepts chunks in any order; `open_transfer`
 ///   yields the chunks concatenated in order, and fails if one is missing.
+/// * `list_transfers` returns every stored transfer (of one run, when given) with its
+///   received chunks; a deleted transfer is not listed.
+/// * `collect_garbage` never deletes a blob a run or an artifact names, a blob stored (or
+///   stored again) less than `blob_grace` ago, or a transfer created or given a chunk less
+///   than `transfer_ttl` ago; past those ages it deletes unnamed blobs and idle transfers,
+///   and it reports what it deleted.
 /// * `get_evidence` of a run that has not ended is `Error::NotTerminal`.
 /// * `get_artifact` finds an artifact of any run by id.
 /// * `list_unfinished` returns every run not in a terminal state.
@@ -234,6 +243,9 @@ pub trait Store: Send + Sync + Debug {
     async fn has_blob(&self, sha256: &Sha256Digest) -> Result<Option<u64>>;
     /// Opens a stored blob for blocking reads.
     async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader>;
+    /// Deletes a blob that no run and no artifact names (e.g. a refused archive); returns
+    /// whether it was deleted.
+    async fn discard_blob(&self, sha256: &Sha256Digest) -> Result<bool>;
     /// Stores a new transfer.
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()>;
     /// One transfer.
@@ -244,6 +256,10 @@ pub trait Store: Send + Sync + Debug {
     async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader>;
     /// Forgets a transfer and its chunks.
     async fn delete_transfer(&self, id: &TransferId) -> Result<()>;
+    /// Stored transfers, of one run or of all.
+    async fn list_transfers(&self, run: Option<&RunId>) -> Result<Vec<TransferRecord>>;
+    /// One garbage-collection pass with these ages.
+    async fn collect_garbage(&self, policy: &GcPolicy) -> Result<StoreGcReport>;
     /// The Evidence Bundle of an ended run.
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle>;
     /// One artifact by id.

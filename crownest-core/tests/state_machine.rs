@@ -12,6 +12,7 @@ fn input() -> impl Strategy<Value = Input> {
         Just(Input::CommandStarted),
         Just(Input::CommandEnded),
         Just(Input::Cancel),
+        Just(Input::ArchiveTtlExpired),
         Just(Input::Finalized(Outcome::Succeeded)),
         Just(Input::Finalized(Outcome::Failed)),
         Just(Input::Finalized(Outcome::Canceled)),
@@ -84,6 +85,7 @@ fn terminal_states_absorb_every_input() {
             Input::CommandStarted,
             Input::CommandEnded,
             Input::Cancel,
+            Input::ArchiveTtlExpired,
             Input::Finalized(Outcome::Succeeded),
             Input::HostRestarted,
         ] {
@@ -127,4 +129,16 @@ fn cancel_before_the_sandbox_ends_at_once_and_after_goes_through_finalizing() {
         );
     }
     assert!(transition(RunStatus::Finalizing, Input::Cancel).is_err());
+}
+
+#[test]
+fn only_a_run_awaiting_its_archive_expires_and_it_ends_canceled() {
+    for s in RunStatus::ALL {
+        let to = transition(s, Input::ArchiveTtlExpired).ok();
+        if s == RunStatus::AwaitingArchive {
+            assert_eq!(to, Some(RunStatus::Canceled));
+        } else {
+            assert_eq!(to, None, "{s:?} must not expire");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use crownest_core::engine::staging::{OPEN_TRANSFERS_PER_RUN, STAGED_BYTES_PER_ENGINE};
 use crownest_core::event::Event;
 use crownest_core::signing::{DsseEnvelope, HostPublicKey};
 use crownest_core::{
@@ -161,7 +162,11 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             message,
         },
         "limit_exceeded" => Error::LimitExceeded {
-            limit: "server limit",
+            limit: match err["limit"].as_str() {
+                Some(OPEN_TRANSFERS_PER_RUN) => OPEN_TRANSFERS_PER_RUN,
+                Some(STAGED_BYTES_PER_ENGINE) => STAGED_BYTES_PER_ENGINE,
+                _ => "server limit",
+            },
             max: err["max"].as_u64().unwrap_or(0),
         },
         "not_terminal" => Error::NotTerminal { run_id: message },

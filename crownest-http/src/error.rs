@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crownest_core::Error;
+use crownest_core::engine::staging::is_capacity_limit;
 use serde_json::json;
 
 /// An error answered to an HTTP client.
@@ -49,6 +50,10 @@ impl From<Error> for ApiError {
                 crownest_core::RejectReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             },
+            // What is open right now (transfers): the same request may pass later.
+            Error::LimitExceeded { limit, .. } if is_capacity_limit(limit) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

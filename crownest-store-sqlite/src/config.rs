@@ -40,15 +40,17 @@ pub struct SqliteConfig {
 impl SqliteConfig {
     /// The defaults listed above.
     pub fn new() -> Self {
+        // The ages are core's defaults, so `gc()` and the engine's pass agree.
+        let gc = crownest_core::gc::GcPolicy::default();
         Self {
             busy_timeout: Duration::from_secs(10),
             read_connections: 4,
             max_batch_delay: Duration::from_millis(20),
             max_batch_bytes: 256 * 1024,
             batch_linger: Duration::ZERO,
-            blob_grace: Duration::from_secs(3600),
-            transfer_ttl: Duration::from_secs(24 * 3600),
-            temp_ttl: Duration::from_secs(3600),
+            blob_grace: gc.blob_grace,
+            transfer_ttl: gc.transfer_ttl,
+            temp_ttl: gc.temp_ttl,
         }
     }
 

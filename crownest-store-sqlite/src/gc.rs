@@ -19,32 +19,7 @@ use crate::error::{Fatal as _, OpError};
 use crate::runs::to_u64;
 use crate::writer::{OpCtx, Shared};
 
-/// Ages that make things collectable (see [`crate::SqliteConfig`] for the defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GcPolicy {
-    /// Unreferenced blobs stored (or stored again) longer ago than this are deleted.
-    pub blob_grace: Duration,
-    /// Transfers with no chunk received for this long are deleted.
-    pub transfer_ttl: Duration,
-    /// Files in `<dir>/tmp` older than this are deleted.
-    pub temp_ttl: Duration,
-}
-
-/// What one `gc` pass deleted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GcReport {
-    /// Blobs deleted (rows and files).
-    pub blobs_deleted: u64,
-    /// Bytes of blob files deleted.
-    pub blob_bytes_freed: u64,
-    /// Blob files without a row deleted.
-    pub orphan_blob_files_deleted: u64,
-    /// Transfers deleted (and their chunk files).
-    pub transfers_deleted: u64,
-    /// Temp files (and trash left by a crash) deleted.
-    pub temp_files_deleted: u64,
-}
+pub use crownest_core::gc::{GcPolicy, StoreGcReport};
 
 /// Unix milliseconds.
 pub(crate) fn now_ms() -> i64 {
@@ -52,6 +27,10 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// SQL condition: no run names the `blobs` row as its archive, no artifact as its bytes.
+const UNNAMED: &str = "NOT EXISTS (SELECT 1 FROM runs WHERE runs.archive_sha256 = blobs.sha256)
+     AND NOT EXISTS (SELECT 1 FROM artifacts WHERE artifacts.sha256 = blobs.sha256)";
 
 fn cutoff(now: i64, age: Duration) -> i64 {
     now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
@@ -69,24 +48,20 @@ pub(crate) fn collect(
     conn: &Connection,
     ctx: &mut OpCtx<'_>,
     policy: GcPolicy,
-) -> Result<GcReport, OpError> {
+) -> Result<StoreGcReport, OpError> {
     let now = now_ms();
-    let mut report = GcReport {
-        // First, before this pass moves anything to the trash in `<dir>/tmp`. Under the
-        // write lock no other transaction (of any process) has trash in flight.
-        temp_files_deleted: sweep_temp(ctx.shared, policy.temp_ttl).fatal("sweeping temp files")?,
-        ..GcReport::default()
-    };
+    let mut report = StoreGcReport::default();
+    // First, before this pass moves anything to the trash in `<dir>/tmp`. Under the write
+    // lock no other transaction (of any process) has trash in flight.
+    report.temp_files_deleted =
+        sweep_temp(ctx.shared, policy.temp_ttl).fatal("sweeping temp files")?;
 
     // Blobs no run references, past their grace period.
     let candidates: Vec<(String, i64)> = {
         let mut st = conn
-            .prepare_cached(
-                "SELECT sha256, size FROM blobs
-                 WHERE stored_at <= ?1
-                   AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.archive_sha256 = blobs.sha256)
-                   AND NOT EXISTS (SELECT 1 FROM artifacts WHERE artifacts.sha256 = blobs.sha256)",
-            )
+            .prepare_cached(&format!(
+                "SELECT sha256, size FROM blobs WHERE stored_at <= ?1 AND {UNNAMED}"
+            ))
             .fatal("preparing the gc blob query")?;
         let rows = st
             .query_map([cutoff(now, policy.blob_grace)], |r| {
@@ -97,14 +72,7 @@ pub(crate) fn collect(
             .fatal("reading unreferenced blobs")?
     };
     for (sha, size) in candidates {
-        conn.prepare_cached("DELETE FROM blobs WHERE sha256 = ?1")
-            .and_then(|mut st| st.execute([&sha]))
-            .fatal("deleting a blob row")?;
-        if let Ok(digest) = Sha256Digest::parse(&sha)
-            && ctx
-                .trash(&ctx.shared.layout.blob_path(&digest))
-                .fatal("removing a blob file")?
-        {
+        if delete_blob(conn, ctx, &sha)? {
             report.blob_bytes_freed += to_u64(size);
         }
         report.blobs_deleted += 1;
@@ -150,6 +118,39 @@ pub(crate) fn collect(
         }
     }
     Ok(report)
+}
+
+/// Deletes a blob's row and moves its file to the trash; true if there was a file.
+fn delete_blob(conn: &Connection, ctx: &mut OpCtx<'_>, sha: &str) -> Result<bool, OpError> {
+    conn.prepare_cached("DELETE FROM blobs WHERE sha256 = ?1")
+        .and_then(|mut st| st.execute([sha]))
+        .fatal("deleting a blob row")?;
+    match Sha256Digest::parse(sha) {
+        Ok(digest) => ctx
+            .trash(&ctx.shared.layout.blob_path(&digest))
+            .fatal("removing a blob file"),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Writer op: `discard_blob`, under the write lock, so no commit naming the blob can land
+/// between the check and the delete.
+pub(crate) fn discard(
+    conn: &Connection,
+    ctx: &mut OpCtx<'_>,
+    sha: &Sha256Digest,
+) -> Result<bool, OpError> {
+    let unnamed = conn
+        .prepare_cached(&format!(
+            "SELECT 1 FROM blobs WHERE sha256 = ?1 AND {UNNAMED}"
+        ))
+        .and_then(|mut st| st.exists([sha.as_str()]))
+        .fatal("looking up a blob's references")?;
+    if !unnamed {
+        return Ok(false);
+    }
+    delete_blob(conn, ctx, sha.as_str())?;
+    Ok(true)
 }
 
 fn orphan_blob_files(

@@ -51,7 +51,7 @@
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |
 //! | failures | an I/O or SQLite failure while writing **poisons** the store: later writes fail with `Error::Store` ("store poisoned: ..."), never retried silently |
-//! | gc | [`SqliteStore::gc`]: unreferenced blobs, abandoned transfers, stale temp files |
+//! | gc | [`SqliteStore::gc`] (also `Store::collect_garbage`): unreferenced blobs, abandoned transfers, stale temp files; `Store::discard_blob` deletes a refused archive's blob at once unless a run names it |
 //!
 //! ## Durability: what is on disk when a call returns
 //!
@@ -128,7 +128,7 @@ mod writer;
 pub use config::SqliteConfig;
 #[doc(hidden)]
 pub use error::Fault;
-pub use gc::{GcPolicy, GcReport};
+pub use gc::{GcPolicy, StoreGcReport};
 pub use store::SqliteStore;
 pub use writer::WriteStats;
 

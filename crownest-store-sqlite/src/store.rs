@@ -17,7 +17,7 @@ use crownest_core::{
 use crate::blobs;
 use crate::config::SqliteConfig;
 use crate::error::{Fault, Faults, OpError, Poison};
-use crate::gc::{self, GcPolicy, GcReport, now_ms};
+use crate::gc::{self, GcPolicy, StoreGcReport, now_ms};
 use crate::layout::Layout;
 use crate::pool::ReadPool;
 use crate::runs;
@@ -147,7 +147,7 @@ impl SqliteStore {
 
     /// One garbage-collection pass with the configured ages (`blob_grace`, `transfer_ttl`,
     /// `temp_ttl`).
-    pub async fn gc(&self) -> Result<GcReport> {
+    pub async fn gc(&self) -> Result<StoreGcReport> {
         let c = &self.inner.config;
         self.gc_with(GcPolicy {
             blob_grace: c.blob_grace,
@@ -158,7 +158,7 @@ impl SqliteStore {
     }
 
     /// One garbage-collection pass with explicit ages.
-    pub async fn gc_with(&self, policy: GcPolicy) -> Result<GcReport> {
+    pub async fn gc_with(&self, policy: GcPolicy) -> Result<StoreGcReport> {
         self.inner
             .writer
             .submit(0, move |conn, ctx| gc::collect(conn, ctx, policy))
@@ -258,6 +258,14 @@ impl Store for SqliteStore {
         Ok(Box::new(file))
     }
 
+    async fn discard_blob(&self, sha256: &Sha256Digest) -> Result<bool> {
+        let sha = sha256.clone();
+        self.inner
+            .writer
+            .submit(0, move |conn, ctx| gc::discard(conn, ctx, &sha))
+            .await
+    }
+
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
         let t = transfer.clone();
         let now = now_ms();
@@ -322,6 +330,18 @@ impl Store for SqliteStore {
             .writer
             .submit(0, move |conn, ctx| transfers::delete(conn, ctx, &id))
             .await
+    }
+
+    async fn list_transfers(&self, run: Option<&RunId>) -> Result<Vec<TransferRecord>> {
+        let run = run.cloned();
+        self.inner
+            .reads
+            .read(move |c| transfers::list(c, run.as_ref()))
+            .await
+    }
+
+    async fn collect_garbage(&self, policy: &GcPolicy) -> Result<StoreGcReport> {
+        self.gc_with(*policy).await
     }
 
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crownest_core::store::TransferRecord;
-use crownest_core::{Error, Result, TransferId};
+use crownest_core::{Error, Result, RunId, TransferId};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::error::{Fatal as _, Fault, OpError, from_json, to_json};
@@ -45,6 +45,31 @@ pub(crate) fn get(conn: &Connection, id: &TransferId) -> Result<Option<TransferR
         t.received.insert(to_u64(idx.fatal("reading a chunk")?));
     }
     Ok(Some(t))
+}
+
+/// `list_transfers`: every transfer, or those of one run, oldest first.
+pub(crate) fn list(conn: &Connection, run: Option<&RunId>) -> Result<Vec<TransferRecord>, OpError> {
+    let ids: Vec<String> = {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT transfer_id FROM transfers WHERE ?1 IS NULL OR run_id = ?1
+                 ORDER BY rowid",
+            )
+            .fatal("preparing the transfer list")?;
+        let rows = st
+            .query_map([run.map(RunId::as_str)], |r| r.get(0))
+            .fatal("listing transfers")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .fatal("reading the transfer list")?
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = TransferId::parse(&id).map_err(OpError::Logical)?;
+        if let Some(t) = get(conn, &id)? {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
 /// Writer op: `create_transfer` (a transfer with the same id is replaced, chunks and all).

@@ -41,6 +41,9 @@ macro_rules! store_conformance {
             artifacts_are_found_by_id,
             list_unfinished_returns_non_terminal,
             concurrent_commits_to_many_runs,
+            discard_blob_deletes_only_unnamed_blobs,
+            list_transfers_by_run,
+            collect_garbage_respects_names_and_ages,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -10,8 +11,11 @@ use futures::StreamExt as _;
 use crate::error::{Error, RejectReason};
 use crate::event::{EventKind, NewEvent, OutputChunk, verify_chain};
 use crate::evidence::EvidenceBundle;
+use crate::gc::GcPolicy;
 use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
-use crate::run::{ArchiveDescriptor, Artifact, ArtifactKind, RunOwner, RunRecord};
+use crate::run::{
+    ArchiveDescriptor, ArchiveInfo, Artifact, ArtifactKind, RunOwner, RunRecord, UploadKind,
+};
 use crate::spec::{Limits, RunSpec};
 use crate::status::RunStatus;
 use crate::store::{
@@ -616,4 +620,208 @@ pub async fn concurrent_commits_to_many_runs(store: Arc<dyn Store>) {
         assert_eq!(events.len(), 20);
         verify_chain(&id, &events).unwrap();
     }
+}
+
+fn any_blob() -> BlobExpect<'static> {
+    BlobExpect {
+        descriptor: None,
+        max_bytes: 1 << 20,
+    }
+}
+
+fn transfer_for(run: &RunId, data: &[u8]) -> TransferRecord {
+    TransferRecord {
+        transfer_id: TransferId::new(),
+        run_id: run.clone(),
+        descriptor: ArchiveDescriptor {
+            size_bytes: data.len() as u64,
+            sha256: Sha256Digest::of(data),
+        },
+        chunk_size_bytes: 1000,
+        received: BTreeSet::new(),
+        created_at: Timestamp::now(),
+    }
+}
+
+/// Stores three blobs and a run naming the first as its archive and the second as an
+/// artifact; returns (archive, artifact, loose) digests.
+async fn named_and_loose_blobs(store: &Arc<dyn Store>) -> [Sha256Digest; 3] {
+    let archive = store
+        .put_blob(stream_of(b"an archive"), any_blob())
+        .await
+        .unwrap();
+    let artifact = store
+        .put_blob(stream_of(b"an artifact"), any_blob())
+        .await
+        .unwrap();
+    let loose = store
+        .put_blob(stream_of(b"a refused upload"), any_blob())
+        .await
+        .unwrap();
+    let run = created(store, None).await;
+    let mut record = run.clone();
+    record.archive = Some(ArchiveInfo {
+        size_bytes: archive.size_bytes,
+        sha256: archive.sha256.clone(),
+        upload: UploadKind::Direct,
+        entries: 1,
+        extracted_bytes: 1,
+    });
+    record.artifacts.push(Artifact {
+        artifact_id: ArtifactId::new(),
+        run_id: run.id.clone(),
+        path: "out.txt".into(),
+        kind: ArtifactKind::File,
+        size_bytes: artifact.size_bytes,
+        sha256: artifact.sha256.clone(),
+        mode: 0o644,
+    });
+    store
+        .commit(
+            &run.id,
+            RunCommit {
+                expected_next_seq: 1,
+                events: vec![],
+                record: Some(record),
+                evidence: None,
+            },
+        )
+        .await
+        .unwrap();
+    [archive.sha256, artifact.sha256, loose.sha256]
+}
+
+/// `discard_blob` deletes only a blob no run and no artifact names, and says so.
+pub async fn discard_blob_deletes_only_unnamed_blobs(store: Arc<dyn Store>) {
+    let [archive, artifact, loose] = named_and_loose_blobs(&store).await;
+    for named in [&archive, &artifact] {
+        assert!(
+            !store.discard_blob(named).await.unwrap(),
+            "a named blob is not discarded"
+        );
+        assert!(
+            store.has_blob(named).await.unwrap().is_some(),
+            "a named blob is kept"
+        );
+    }
+    assert!(
+        store.discard_blob(&loose).await.unwrap(),
+        "an unnamed blob is discarded"
+    );
+    assert_eq!(store.has_blob(&loose).await.unwrap(), None, "and gone");
+    assert!(matches!(
+        store.open_blob(&loose).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(
+        !store.discard_blob(&loose).await.unwrap(),
+        "discarding it again deletes nothing"
+    );
+    // The same bytes can be stored again afterwards.
+    store
+        .put_blob(stream_of(b"a refused upload"), any_blob())
+        .await
+        .unwrap();
+    assert!(store.has_blob(&loose).await.unwrap().is_some());
+}
+
+/// `list_transfers` lists every stored transfer, or one run's, and not deleted ones.
+pub async fn list_transfers_by_run(store: Arc<dyn Store>) {
+    let a = created(&store, None).await;
+    let b = created(&store, None).await;
+    let ta = transfer_for(&a.id, &[1; 1500]);
+    let tb1 = transfer_for(&b.id, &[2; 10]);
+    let tb2 = transfer_for(&b.id, &[3; 10]);
+    for t in [&ta, &tb1, &tb2] {
+        store.create_transfer(t).await.unwrap();
+    }
+    store
+        .put_chunk(&ta.transfer_id, 0, Bytes::from(vec![1; 1000]))
+        .await
+        .unwrap();
+    let ids = |ts: Vec<TransferRecord>| -> BTreeSet<TransferId> {
+        ts.into_iter().map(|t| t.transfer_id).collect()
+    };
+    let all = store.list_transfers(None).await.unwrap();
+    let listed_a = all
+        .iter()
+        .find(|t| t.transfer_id == ta.transfer_id)
+        .unwrap();
+    assert_eq!(
+        listed_a.received,
+        BTreeSet::from([0]),
+        "listed with its chunks"
+    );
+    assert_eq!(
+        listed_a.descriptor, ta.descriptor,
+        "listed with its descriptor"
+    );
+    assert_eq!(
+        ids(all),
+        BTreeSet::from([
+            ta.transfer_id.clone(),
+            tb1.transfer_id.clone(),
+            tb2.transfer_id.clone()
+        ])
+    );
+    assert_eq!(
+        ids(store.list_transfers(Some(&b.id)).await.unwrap()),
+        BTreeSet::from([tb1.transfer_id.clone(), tb2.transfer_id.clone()])
+    );
+    store.delete_transfer(&tb1.transfer_id).await.unwrap();
+    assert_eq!(
+        ids(store.list_transfers(Some(&b.id)).await.unwrap()),
+        BTreeSet::from([tb2.transfer_id.clone()]),
+        "a deleted transfer is not listed"
+    );
+    assert!(
+        store
+            .list_transfers(Some(&RunId::new()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// `collect_garbage` keeps named blobs always and fresh blobs and transfers within their
+/// ages; past the ages it deletes unnamed blobs and idle transfers, and reports them.
+pub async fn collect_garbage_respects_names_and_ages(store: Arc<dyn Store>) {
+    let [archive, artifact, loose] = named_and_loose_blobs(&store).await;
+    let run = created(&store, None).await;
+    let t = transfer_for(&run.id, &[7; 10]);
+    store.create_transfer(&t).await.unwrap();
+
+    let patient = GcPolicy::default();
+    let report = store.collect_garbage(&patient).await.unwrap();
+    assert_eq!(report.blobs_deleted, 0, "fresh blobs are kept: {report:?}");
+    assert_eq!(
+        report.transfers_deleted, 0,
+        "fresh transfers are kept: {report:?}"
+    );
+    assert!(store.has_blob(&loose).await.unwrap().is_some());
+    assert!(store.get_transfer(&t.transfer_id).await.is_ok());
+
+    let zero = GcPolicy {
+        blob_grace: Duration::ZERO,
+        transfer_ttl: Duration::ZERO,
+        temp_ttl: Duration::ZERO,
+    };
+    let report = store.collect_garbage(&zero).await.unwrap();
+    assert_eq!(report.blobs_deleted, 1, "only the unnamed blob: {report:?}");
+    assert_eq!(report.blob_bytes_freed, b"a refused upload".len() as u64);
+    assert_eq!(report.transfers_deleted, 1, "{report:?}");
+    assert_eq!(store.has_blob(&loose).await.unwrap(), None);
+    assert!(
+        store.has_blob(&archive).await.unwrap().is_some(),
+        "archive kept"
+    );
+    assert!(
+        store.has_blob(&artifact).await.unwrap().is_some(),
+        "artifact kept"
+    );
+    assert!(matches!(
+        store.get_transfer(&t.transfer_id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(store.list_transfers(None).await.unwrap().is_empty());
 }

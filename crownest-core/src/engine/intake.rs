@@ -12,6 +12,7 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::WorkspaceRuns;
+use super::rejected::VerifyingGuard;
 use crate::archive::{self, ExtractPolicy};
 use crate::error::{Error, Result};
 use crate::event::{ArchivePhase, EventKind, NewEvent};
@@ -133,6 +134,7 @@ impl WorkspaceRuns {
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
         transition(record.status, Input::ArchiveVerified)?;
+        let verifying = self.inner.verifying.begin(&descriptor.sha256);
         match self.inner.store.has_blob(&descriptor.sha256).await? {
             Some(size) if size == descriptor.size_bytes => {}
             Some(size) => {
@@ -147,7 +149,7 @@ impl WorkspaceRuns {
             }
             None => return Err(Error::not_found("archive", &descriptor.sha256)),
         }
-        self.verify_stored(&mut record, descriptor, UploadKind::Existing)
+        self.verify_stored(&mut record, descriptor, UploadKind::Existing, &verifying)
             .await
     }
 
@@ -174,7 +176,7 @@ impl WorkspaceRuns {
             received: Default::default(),
             created_at: Timestamp::now(),
         };
-        self.inner.store.create_transfer(&t).await?;
+        self.create_transfer_within_caps(&t).await?;
         Ok((&t).into())
     }
 
@@ -244,6 +246,8 @@ impl WorkspaceRuns {
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
         transition(record.status, Input::ArchiveVerified)?;
+        // Before the bytes land, so a refusal of the same bytes elsewhere keeps them.
+        let verifying = self.inner.verifying.begin(&descriptor.sha256);
 
         // Count while streaming, for progress events (≤ 10/s).
         let done = Arc::new(AtomicU64::new(0));
@@ -287,15 +291,18 @@ impl WorkspaceRuns {
             self.report_rejection(&mut record, &e).await;
             return Err(e);
         }
-        self.verify_stored(&mut record, descriptor, kind).await
+        self.verify_stored(&mut record, descriptor, kind, &verifying)
+            .await
     }
 
-    /// Policy check of a stored archive, then `archive_ready`.
+    /// Policy check of a stored archive, then `archive_ready` (and the run's other
+    /// transfers are discarded). A refused archive's blob is deleted (`rejected.rs`).
     async fn verify_stored(
         &self,
         record: &mut RunRecord,
         descriptor: &ArchiveDescriptor,
         kind: UploadKind,
+        verifying: &VerifyingGuard,
     ) -> Result<RunRecord> {
         let reader = self.inner.store.open_blob(&descriptor.sha256).await?;
         let policy = ExtractPolicy::from_limits(&record.limits);
@@ -333,6 +340,9 @@ impl WorkspaceRuns {
             Ok(s) => s,
             Err(e) => {
                 self.report_rejection(record, &e).await;
+                if matches!(e, Error::ArchiveRejected { .. }) {
+                    self.discard_rejected(verifying).await;
+                }
                 return Err(e);
             }
         };
@@ -352,6 +362,7 @@ impl WorkspaceRuns {
         });
         self.set_status(record, RunStatus::ArchiveReady, vec![progress])
             .await?;
+        self.discard_transfers(&record.id).await;
         Ok(record.clone())
     }
 

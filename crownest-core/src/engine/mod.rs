@@ -8,10 +8,19 @@
 //! extracted) → `running` (output streamed, heartbeats, deadline and kill ladder) →
 //! `finalizing` (artifacts, destroy or keep) → one commit of terminal event + terminal
 //! record + Evidence Bundle.
+//!
+//! Nothing grows without bound: staged transfers are capped (`staging.rs`), a refused
+//! archive's blob is deleted (`rejected.rs`), runs that never get an archive expire
+//! (`expiry.rs`), and [`WorkspaceRuns::collect_garbage`] (`gc.rs`) runs both with the
+//! store's own pass.
 
 mod driver;
+mod expiry;
+mod gc;
 mod intake;
+mod rejected;
 pub(crate) mod sink;
+pub mod staging;
 mod subscribe;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +34,7 @@ use crate::backend::SandboxBackend;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, Failure, FailureKind, NewEvent, seal};
 use crate::evidence::EvidenceBundle;
+use crate::gc::GcPolicy;
 use crate::ids::{ArtifactId, RunId};
 use crate::run::{Artifact, RunOwner, RunRecord};
 use crate::spec::{Limits, RunSpec};
@@ -32,6 +42,7 @@ use crate::status::{Input, Outcome, RunStatus, transition};
 use crate::store::{CreateOutcome, RunCommit, RunQuery, Store};
 use crate::time::Timestamp;
 
+pub use gc::GcTask;
 pub use intake::{TransferStatus, reader_stream};
 pub use subscribe::EventStream;
 
@@ -65,6 +76,19 @@ pub struct EngineConfig {
     pub kill_confirm_timeout: Duration,
     /// Minimum interval between `archive_progress` events. Default: 100 ms (≤ 10/s).
     pub progress_interval: Duration,
+    /// Staged transfers one run may have open at once; one more is refused with
+    /// `LimitExceeded { limit: "openTransfersPerRun" }`. Default: 4.
+    pub max_open_transfers_per_run: usize,
+    /// Declared bytes of all open staged transfers in the store; a transfer that would pass
+    /// it is refused with `LimitExceeded { limit: "stagedBytesPerEngine" }`. Default: 16 GiB.
+    pub max_staged_bytes: u64,
+    /// A run still in `awaiting_archive` this long after it was created is ended `canceled`
+    /// (with a `limit_exceeded` failure and its evidence) by the next
+    /// [`WorkspaceRuns::collect_garbage`]. Default: 24 h.
+    pub awaiting_archive_ttl: Duration,
+    /// Ages for the store's part of [`WorkspaceRuns::collect_garbage`]. Default:
+    /// [`GcPolicy::default`] (blobs 1 h, transfers 24 h, temp files 1 h).
+    pub gc: GcPolicy,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +106,10 @@ impl Default for EngineConfig {
             chunk_size_bytes: 8 * 1024 * 1024,
             kill_confirm_timeout: Duration::from_secs(5),
             progress_interval: Duration::from_millis(100),
+            max_open_transfers_per_run: 4,
+            max_staged_bytes: 16 * 1024 * 1024 * 1024,
+            awaiting_archive_ttl: Duration::from_secs(24 * 3600),
+            gc: GcPolicy::default(),
         }
     }
 }
@@ -110,6 +138,10 @@ pub(crate) struct Inner {
     watchers: Mutex<HashMap<RunId, watch::Sender<LiveBatch>>>,
     run_locks: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Counters>,
+    /// Held while a new transfer is checked against the caps and stored.
+    staging_admission: tokio::sync::Mutex<()>,
+    /// Archives being uploaded or verified, by digest (see `rejected.rs`).
+    verifying: rejected::Verifying,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +250,8 @@ impl WorkspaceRunsBuilder {
                 watchers: Mutex::default(),
                 run_locks: Mutex::default(),
                 metrics: Arc::default(),
+                staging_admission: tokio::sync::Mutex::default(),
+                verifying: rejected::Verifying::default(),
             }),
         };
         if self.recover {
@@ -438,6 +472,7 @@ impl WorkspaceRuns {
                 lock(&self.inner.secrets).remove(id);
                 self.terminate(&mut record, Outcome::Canceled, None, None, None)
                     .await?;
+                self.discard_transfers(id).await;
                 Ok(record)
             }
             s if s.is_terminal() => Err(Error::InvalidTransition {

@@ -12,7 +12,7 @@ use crownest_core::store::{
 use crownest_core::{
     Artifact, ArtifactId, Event, EvidenceBundle, Result, RunId, RunRecord, Sha256Digest, TransferId,
 };
-use crownest_store_sqlite::{SqliteConfig, SqliteStore};
+use crownest_store_sqlite::{GcPolicy, SqliteConfig, SqliteStore, StoreGcReport};
 
 /// A store in a temp dir that is removed when the store is dropped.
 #[derive(Debug)]
@@ -72,6 +72,9 @@ impl Store for TempStore {
     async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader> {
         self.store.open_blob(sha256).await
     }
+    async fn discard_blob(&self, sha256: &Sha256Digest) -> Result<bool> {
+        self.store.discard_blob(sha256).await
+    }
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
         self.store.create_transfer(transfer).await
     }
@@ -86,6 +89,12 @@ impl Store for TempStore {
     }
     async fn delete_transfer(&self, id: &TransferId) -> Result<()> {
         self.store.delete_transfer(id).await
+    }
+    async fn list_transfers(&self, run: Option<&RunId>) -> Result<Vec<TransferRecord>> {
+        self.store.list_transfers(run).await
+    }
+    async fn collect_garbage(&self, policy: &GcPolicy) -> Result<StoreGcReport> {
+        self.store.collect_garbage(policy).await
     }
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
         self.store.get_evidence(id).await
