@@ -675,6 +675,7 @@ async fn named_and_loose_blobs(store: &Arc<dyn Store>) -> [Sha256Digest; 3] {
         size_bytes: artifact.size_bytes,
         sha256: artifact.sha256.clone(),
         mode: 0o644,
+        skipped: Vec::new(),
     });
     store
         .commit(
