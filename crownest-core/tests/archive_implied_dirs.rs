@@ -58,8 +58,10 @@ fn sixteen_thousand_deep_files_under_unique_tops_are_refused() {
     assert_eq!(budget, 64 << 20);
     let first_over = (budget / per_entry) as usize;
     assert_eq!(first_over, 544);
-    assert_rejected(
+    assert_rejected_in(
+        Sandbox::on_tmpfs(),
         &gz_bytes,
+        &ExtractPolicy::default(),
         RejectReason::TooManyPathBytes,
         Some(&deep_path(first_over, 57)),
     );
@@ -67,7 +69,8 @@ fn sixteen_thousand_deep_files_under_unique_tops_are_refused() {
     // file and its 63 directories), 200 000 / 64 = 3 125 files fit.
     let mut policy = ExtractPolicy::default();
     policy.max_path_bytes = Limits::default_maxima().path_bytes;
-    assert_rejected_with(
+    assert_rejected_in(
+        Sandbox::on_tmpfs(),
         &gz_bytes,
         &policy,
         RejectReason::TooManyEntries,
@@ -81,8 +84,10 @@ fn four_thousand_deep_files_under_unique_tops_are_refused() {
     // directories) fit the path budget, but their 256 000 entries do not fit 200 000.
     let gz_bytes = deep_archive(4_000, 0);
     assert!(cost_with_implied(&deep_path(0, 0)) * 4_000 < Limits::default().path_bytes);
-    assert_rejected(
+    assert_rejected_in(
+        Sandbox::on_tmpfs(),
         &gz_bytes,
+        &ExtractPolicy::default(),
         RejectReason::TooManyEntries,
         Some(&deep_path(3_125, 0)),
     );
