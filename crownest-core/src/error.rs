@@ -40,8 +40,11 @@ pub enum RejectReason {
     InvalidPath,
     /// A PAX or GNU metadata record over its cap.
     MetadataTooLarge,
-    /// More entries than the limit.
+    /// More entries than the limit (directories implied by deeper paths count as entries).
     TooManyEntries,
+    /// The entry paths of the archive, implied directories included, add up to more bytes
+    /// than the limit.
+    TooManyPathBytes,
     /// More extracted bytes than the limit (in total or for one entry).
     TooManyBytes,
     /// The compression ratio went over the limit.
@@ -69,6 +72,7 @@ impl RejectReason {
             Self::InvalidPath => "invalid_path",
             Self::MetadataTooLarge => "metadata_too_large",
             Self::TooManyEntries => "too_many_entries",
+            Self::TooManyPathBytes => "too_many_path_bytes",
             Self::TooManyBytes => "too_many_bytes",
             Self::CompressionRatio => "compression_ratio",
             Self::Corrupt => "corrupt",

@@ -55,12 +55,17 @@ pub struct Limits {
     pub artifact_bytes_total: u64,
     /// Extracted bytes of the archive.
     pub extracted_bytes: u64,
-    /// Entries in the archive.
+    /// Entries in the archive, directories implied by deeper paths included.
     pub entries: u64,
     /// Length of an entry path in bytes.
     pub path_length: u64,
     /// Components of an entry path.
     pub path_depth: u64,
+    /// Bytes of all entry paths of the archive together, each implied directory's path
+    /// included (as if it were written as an entry). Absent in records written before this
+    /// limit existed, which read back with the default.
+    #[serde(default = "default_path_bytes")]
+    pub path_bytes: u64,
     /// Size of one PAX/GNU metadata record.
     pub metadata_record_bytes: u64,
     /// Maximum inflated/compressed ratio, checked after the first 10 MiB of output.
@@ -89,6 +94,7 @@ impl Default for Limits {
             entries: 200_000,
             path_length: 4096,
             path_depth: 64,
+            path_bytes: default_path_bytes(),
             metadata_record_bytes: MIB,
             compression_ratio: 200,
             memory_bytes: 2 * GIB,
@@ -99,6 +105,10 @@ impl Default for Limits {
             finalization_budget_ms: 60_000,
         }
     }
+}
+
+fn default_path_bytes() -> u64 {
+    64 * MIB
 }
 
 impl Limits {
@@ -113,6 +123,7 @@ impl Limits {
             entries: 4_000_000,
             path_length: 4096,
             path_depth: 256,
+            path_bytes: GIB,
             metadata_record_bytes: 16 * MIB,
             compression_ratio: 10_000,
             memory_bytes: 256 * GIB,
@@ -124,7 +135,7 @@ impl Limits {
         }
     }
 
-    fn fields(&self) -> [(&'static str, u64); 15] {
+    fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("outputBytesPerStream", self.output_bytes_per_stream),
             ("artifactBytesEach", self.artifact_bytes_each),
@@ -133,6 +144,7 @@ impl Limits {
             ("entries", self.entries),
             ("pathLength", self.path_length),
             ("pathDepth", self.path_depth),
+            ("pathBytes", self.path_bytes),
             ("metadataRecordBytes", self.metadata_record_bytes),
             ("compressionRatio", self.compression_ratio),
             ("memoryBytes", self.memory_bytes),
@@ -161,6 +173,7 @@ impl Limits {
             entries,
             path_length,
             path_depth,
+            path_bytes,
             metadata_record_bytes,
             compression_ratio,
             memory_bytes,
@@ -207,6 +220,8 @@ pub struct LimitOverrides {
     pub path_length: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_depth: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_record_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

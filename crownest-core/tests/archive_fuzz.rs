@@ -25,6 +25,7 @@ fn policy() -> ExtractPolicy {
         max_entry_bytes: 1 << 19,
         max_path_len: 200,
         max_depth: 8,
+        max_path_bytes: 4096,
         max_metadata_bytes: 4096,
         max_ratio: 200,
         ratio_grace_bytes: 1 << 20,

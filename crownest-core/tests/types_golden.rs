@@ -24,6 +24,7 @@ fn run_spec_round_trips_in_camel_case() {
     assert!(spec.artifacts[0].required);
     assert!(!spec.artifacts[1].required);
     assert_eq!(spec.limits.memory_bytes, Some(512 * 1024 * 1024));
+    assert_eq!(spec.limits.path_bytes, Some(32 * 1024 * 1024));
     assert_eq!(spec.network, Network::None);
     assert_eq!(spec.keep_sandbox.unwrap().ttl_ms, 60_000);
     assert_eq!(spec.idempotency_key.as_deref(), Some("build-42"));
@@ -35,6 +36,44 @@ fn run_spec_round_trips_in_camel_case() {
     assert_eq!(limits.timeout_ms, 30_000);
     assert_eq!(limits.kill_grace_ms, 500);
     assert_eq!(limits.entries, Limits::default().entries);
+    assert_eq!(limits.path_bytes, 32 * 1024 * 1024);
+}
+
+#[test]
+fn limits_list_the_path_bytes_budget() {
+    let d = serde_json::to_value(Limits::default()).unwrap();
+    assert_eq!(d["entries"], 200_000);
+    assert_eq!(d["pathBytes"], 64 * 1024 * 1024);
+    let m = Limits::default_maxima();
+    assert_eq!(m.path_bytes, 1024 * 1024 * 1024);
+    let back: Limits = serde_json::from_value(d.clone()).unwrap();
+    assert_eq!(back, Limits::default());
+    // A record written before the limit existed reads back with the default.
+    let mut old = d;
+    old.as_object_mut().unwrap().remove("pathBytes");
+    let back: Limits = serde_json::from_value(old).unwrap();
+    assert_eq!(back, Limits::default());
+    // Resolved and bounded like every other limit.
+    let field = |v: u64| {
+        let spec = RunSpec::new(["true"]).with_limits(crownest_core::LimitOverrides {
+            path_bytes: Some(v),
+            ..Default::default()
+        });
+        match spec.validate(&Limits::default(), &m) {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    };
+    assert_eq!(field(0), "limits.pathBytes");
+    assert_eq!(field(m.path_bytes + 1), "limits.pathBytes");
+    let ok = RunSpec::new(["true"]).with_limits(crownest_core::LimitOverrides {
+        path_bytes: Some(m.path_bytes),
+        ..Default::default()
+    });
+    assert_eq!(
+        ok.validate(&Limits::default(), &m).unwrap().path_bytes,
+        m.path_bytes
+    );
 }
 
 #[test]
@@ -204,5 +243,15 @@ fn statuses_and_failure_kinds_are_snake_case() {
     assert_eq!(
         serde_json::to_value(crownest_core::RejectReason::DigestMismatch).unwrap(),
         "digest_mismatch"
+    );
+    for r in [
+        crownest_core::RejectReason::TooManyEntries,
+        crownest_core::RejectReason::TooManyPathBytes,
+    ] {
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+    }
+    assert_eq!(
+        crownest_core::RejectReason::TooManyPathBytes.as_str(),
+        "too_many_path_bytes"
     );
 }

@@ -339,7 +339,7 @@ fn pass<R: Read>(
         phase,
         progress,
         summary: ExtractSummary::default(),
-        tree: Tree::default(),
+        tree: Tree::new(policy),
         root_mode: None,
         metadata_records: 0,
         last_progress: (0, 0),
@@ -535,14 +535,8 @@ impl Pass<'_> {
             None => header.path_bytes().into_owned(),
         };
         let name = String::from_utf8_lossy(&raw_path).into_owned();
-        self.summary.entries += 1;
-        if self.summary.entries > self.policy.max_entries {
-            return Err(rejected(
-                RejectReason::TooManyEntries,
-                Some(&name),
-                format!("more than {} entries", self.policy.max_entries),
-            ));
-        }
+        self.tree.count_entry().map_err(refusal(&name))?;
+        self.summary.entries = self.tree.entries();
         let path = policy::normalize_entry_path(&raw_path, self.policy).map_err(refusal(&name))?;
         let ty = header.entry_type();
         let kind = match ty {
@@ -609,7 +603,7 @@ impl Pass<'_> {
                 let mode = mode | 0o700;
                 match placement {
                     Placement::New { implied_dirs } => {
-                        self.implied(implied_dirs, sink)?;
+                        self.implied(&path, implied_dirs, sink)?;
                         self.summary.dirs += 1;
                         if sink.writes() {
                             sink.push(Op::Mkdir { path, mode })?;
@@ -631,7 +625,7 @@ impl Pass<'_> {
                     .place(&path, Kind::Symlink)
                     .map_err(refusal(&name))?;
                 if let Placement::New { implied_dirs } = placement {
-                    self.implied(implied_dirs, sink)?;
+                    self.implied(&path, implied_dirs, sink)?;
                 }
                 self.summary.symlinks += 1;
                 if sink.writes() {
@@ -656,7 +650,7 @@ impl Pass<'_> {
                     .place(&path, Kind::Hardlink)
                     .map_err(refusal(&name))?;
                 if let Placement::New { implied_dirs } = placement {
-                    self.implied(implied_dirs, sink)?;
+                    self.implied(&path, implied_dirs, sink)?;
                 }
                 self.summary.hardlinks += 1;
                 if sink.writes() {
@@ -687,7 +681,7 @@ impl Pass<'_> {
                 }
                 let placement = self.tree.place(&path, Kind::File).map_err(refusal(&name))?;
                 match placement {
-                    Placement::New { implied_dirs } => self.implied(implied_dirs, sink)?,
+                    Placement::New { implied_dirs } => self.implied(&path, implied_dirs, sink)?,
                     Placement::ReplaceFile => {
                         if sink.writes() {
                             sink.push(Op::Unlink { path: path.clone() })?;
@@ -704,12 +698,15 @@ impl Pass<'_> {
         Ok(())
     }
 
-    fn implied(&mut self, dirs: Vec<String>, sink: &mut Sink) -> Result<()> {
-        for path in dirs {
+    /// The directories `path` implies (prefixes of it, top-down), already placed in the
+    /// tree.
+    fn implied(&mut self, path: &str, dirs: Vec<usize>, sink: &mut Sink) -> Result<()> {
+        self.summary.entries = self.tree.entries();
+        for end in dirs {
             self.summary.dirs += 1;
             if sink.writes() {
                 sink.push(Op::Mkdir {
-                    path,
+                    path: path[..end].to_string(),
                     mode: IMPLIED_DIR_MODE,
                 })?;
             }

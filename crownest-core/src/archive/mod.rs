@@ -20,7 +20,7 @@ mod policy;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtractPolicy {
-    /// Entries (of every kind).
+    /// Entries (of every kind), each directory implied by a deeper path counted as one.
     pub max_entries: u64,
     /// Extracted bytes in total.
     pub max_total_bytes: u64,
@@ -30,6 +30,9 @@ pub struct ExtractPolicy {
     pub max_path_len: u64,
     /// Components in one entry path.
     pub max_depth: u64,
+    /// Bytes of all entry paths together (normalized), each implied directory's path
+    /// counted as if it were an entry.
+    pub max_path_bytes: u64,
     /// Bytes of one PAX/GNU metadata record.
     pub max_metadata_bytes: u64,
     /// Inflated/compressed ratio, checked once `ratio_grace_bytes` were inflated.
@@ -47,6 +50,7 @@ impl ExtractPolicy {
             max_entry_bytes: limits.extracted_bytes,
             max_path_len: limits.path_length,
             max_depth: limits.path_depth,
+            max_path_bytes: limits.path_bytes,
             max_metadata_bytes: limits.metadata_record_bytes,
             max_ratio: limits.compression_ratio,
             ratio_grace_bytes: 10 * 1024 * 1024,
@@ -75,7 +79,9 @@ pub struct ExtractProgress {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtractSummary {
-    /// All entries (files, dirs, links).
+    /// Entries as counted against [`ExtractPolicy::max_entries`]: every entry of the
+    /// archive (files, dirs, links, repeats, the `./` root entry) and every directory
+    /// implied by a deeper path.
     pub entries: u64,
     /// Regular files.
     pub files: u64,
