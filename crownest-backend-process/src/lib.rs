@@ -32,7 +32,7 @@
 //! | aspect | behaviour |
 //! |---|---|
 //! | directory | `<root>/<run id>-<random>/` (0700) with `workspace/` (the archive, the cwd base, `HOME`), `tmp/` (`TMPDIR`) and a marker file `crownest-sandbox.json` (run, engine, owner pid, `keepUntil`, last processes) |
-//! | environment | cleared; then `PATH` (`ProcessConfig::path`), `HOME`, `LANG=C.UTF-8`, `TMPDIR`, then the spec's env |
+//! | environment | cleared; then `PATH` (`ProcessConfig::path`), `HOME`, `LANG=C.UTF-8`, `TMPDIR`, then the spec's env and secrets (passed to the process only; visible, as any environment, in `/proc/<pid>/environ` to the same user and root) |
 //! | cwd | `workspace/<cwd>`, opened component by component without following symlinks; otherwise `spawn_failed` |
 //! | stdin | `/dev/null` |
 //! | rlimits | `RLIMIT_NOFILE` = `limits.openFiles`, `RLIMIT_CORE` = 0, `RLIMIT_FSIZE` = max(`artifactBytesEach`, `extractedBytes`) (`SIGXFSZ` ends the run as `limit_exceeded`); no `RLIMIT_NPROC` (it is per user, not per sandbox) |
