@@ -8,6 +8,10 @@
 //! (`crownest-backend-process`, `-docker`, `-wasm`) and stores (`crownest-store-sqlite`,
 //! [`MemoryStore`]) plug in behind the traits.
 //!
+//! A run's spec has two kinds of variables: `env`, plain settings recorded with their values
+//! and never masked, and `secrets`, masked in output (an accidental-echo guard only: a
+//! reversed or base64 value passes), never stored, recorded by name only. See [`secret`].
+//!
 //! ## Features
 //!
 //! | feature | what it adds |
