@@ -68,11 +68,7 @@ async fn main() {
         .await
         .expect("docker");
     let archive = crownest_core::testing::tar_gz(&[("hello.txt", b"hello\n", 0o644)]).to_vec();
-    let request = ExecRequest {
-        argv: vec!["true".into()],
-        cwd: ".".into(),
-        env: Default::default(),
-    };
+    let request = ExecRequest::new(["true"]);
 
     let one = || async {
         let t = Instant::now();

@@ -133,6 +133,14 @@ pub(crate) fn host_config(
     }
 }
 
+/// Gives a run container a stdin that the engine writes to (the secrets frame, see
+/// `secrets.rs`); without this the container's stdin is `/dev/null`.
+pub(crate) fn open_stdin(body: &mut ContainerCreateBody) {
+    body.open_stdin = Some(true);
+    body.attach_stdin = Some(true);
+    body.stdin_once = Some(false);
+}
+
 /// The create body of a container of this sandbox.
 pub(crate) fn create_body(
     config: &DockerConfig,

@@ -13,6 +13,7 @@ use bollard::query_parameters::{
 use crownest_core::event::OutputStream;
 use crownest_core::{ExecSink, ExitStatus, KillSignal};
 use futures::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
 
 use crate::container::WORKSPACE;
 use crate::error::{DockerError, is_not_found, status_of};
@@ -175,17 +176,19 @@ pub(crate) enum Started {
     Ran(Observed),
 }
 
-/// Attaches (before start, so no early byte is lost), starts, calls `sink.started()`,
-/// pumps output into the sink (awaiting each chunk: the backpressure), then waits for the
-/// container to stop and inspects it.
+/// Attaches (before start, so no early byte is lost), starts, writes `stdin` (the secrets
+/// frame, for a container created with `open_stdin`), calls `sink.started()`, pumps output
+/// into the sink (awaiting each chunk: the backpressure), then waits for the container to
+/// stop and inspects it.
 pub(crate) async fn attach_start_wait(
     docker: &Docker,
     container: &str,
+    stdin: Option<&[u8]>,
     sink: &dyn ExecSink,
     requested: &Mutex<Option<KillSignal>>,
 ) -> Result<Started, DockerError> {
     let opts = AttachContainerOptionsBuilder::new()
-        .stdin(false)
+        .stdin(stdin.is_some())
         .stdout(true)
         .stderr(true)
         .stream(true)
@@ -196,7 +199,7 @@ pub(crate) async fn attach_start_wait(
         .await
         .map_err(DockerError::api("attach"))?;
     let mut output = attached.output;
-    let _input = attached.input;
+    let mut input = attached.input;
     if let Err(e) = docker
         .start_container(container, None::<StartContainerOptions>)
         .await
@@ -207,6 +210,20 @@ pub(crate) async fn attach_start_wait(
             }
             e => Err(DockerError::api("start")(e)),
         };
+    }
+    if let Some(frame) = stdin {
+        // The launcher reads the whole frame before the command starts, and writes nothing
+        // before, so this cannot wait on unread output. The write half is not shut down
+        // (it stays open, unused, until the end, like the attach itself): the command's
+        // stdin is `/dev/null` anyway.
+        let written = async {
+            input.write_all(frame).await?;
+            input.flush().await
+        };
+        written.await.map_err(|e| DockerError::Io {
+            context: "writing the secret variables to the launcher's stdin".into(),
+            source: e,
+        })?;
     }
     // A signal asked for while the container was being started would have found nothing
     // running: deliver it now.

@@ -42,6 +42,7 @@
 //! | process-tree kill | docker-init (tini) is pid 1; SIGKILL ends pid 1 and so the whole pid namespace; SIGTERM goes to the command and is broadcast to every other process of the sandbox user |
 //! | keepSandbox | the container is renamed `<sandbox>.kept-until-<unix ms>` (labels are immutable); `sweep_orphans` removes it once that passes |
 //! | output | attached before start (no early byte lost), read with backpressure; the log driver is `none`, so nothing is written to the daemon's disk |
+//! | secrets | never in the container's configuration (`docker inspect`, the daemon's `config.v2.json`): written to a launcher's stdin after the start (see the run container below) |
 //!
 //! ## Layout of one sandbox
 //!
@@ -61,7 +62,12 @@
 //!   container holds the volume;
 //! * a **run** container `<sandbox>`, created by `exec` with `Cmd` = argv exactly,
 //!   `WorkingDir` = `/workspace/<cwd>` and `Env` = `PATH`, `HOME=/workspace`,
-//!   `LANG=C.UTF-8` plus the request's variables (Docker itself adds `HOSTNAME=sandbox`).
+//!   `LANG=C.UTF-8` plus the request's plain variables (Docker itself adds
+//!   `HOSTNAME=sandbox`). **Secrets are never in `Env`** (nor anywhere else `docker inspect`
+//!   shows, also of a kept sandbox): a run with secrets gets `Cmd` = a small POSIX `sh`
+//!   launcher followed by argv, the engine writes the secrets to its stdin right after the
+//!   start, and the launcher exports them and `exec`s argv with stdin on `/dev/null` (see
+//!   `secrets.rs` for the frame and why).
 //!   A container's `Cmd` is fixed at creation, and `create()` does not know the command
 //!   yet: that is why the stage container exists. `exec` checks `cwd` against what was
 //!   uploaded and looks `argv[0]` up the way `execvp` does (image paths are stat-ed through
@@ -98,6 +104,7 @@ mod error;
 mod exec;
 mod image;
 mod sandbox;
+mod secrets;
 mod sweep;
 mod upload;
 

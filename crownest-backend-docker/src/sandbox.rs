@@ -165,6 +165,20 @@ impl DockerSandbox {
             }
             env.insert(k.clone(), v.clone());
         }
+        // Secrets never go into `Env` (see `secrets.rs`): the launcher receives them on stdin.
+        let secrets_frame = if request.secrets.is_empty() {
+            None
+        } else {
+            match crate::secrets::frame(&request.secrets) {
+                Ok(f) => Some(f),
+                Err(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
+            }
+        };
+        let cmd = if secrets_frame.is_some() {
+            crate::secrets::launcher_cmd(&request.argv)
+        } else {
+            request.argv.clone()
+        };
         let path_env = env.get("PATH").cloned().unwrap_or_default();
         let working_dir = if cwd.is_empty() {
             WORKSPACE.to_owned()
@@ -173,10 +187,10 @@ impl DockerSandbox {
         };
         let mut labels = container::labels(&self.id, &self.spec);
         labels.insert(LABEL_ROLE.into(), "run".into());
-        let body = container::create_body(
+        let mut body = container::create_body(
             &self.shared.config,
             &self.image.id,
-            request.argv.clone(),
+            cmd,
             env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             working_dir,
             labels,
@@ -187,6 +201,9 @@ impl DockerSandbox {
                 &self.id,
             ),
         );
+        if secrets_frame.is_some() {
+            container::open_stdin(&mut body);
+        }
         let docker = &self.shared.docker;
         let opts = CreateContainerOptionsBuilder::new().name(&self.id).build();
         let created = docker
@@ -222,10 +239,13 @@ impl DockerSandbox {
             },
         ));
         self.started.store(true, Ordering::SeqCst);
-        let observed = match exec::attach_start_wait(docker, &run, sink, &self.sent).await? {
-            Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
-            Started::Ran(o) => o,
-        };
+        let observed =
+            match exec::attach_start_wait(docker, &run, secrets_frame.as_deref(), sink, &self.sent)
+                .await?
+            {
+                Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
+                Started::Ran(o) => o,
+            };
         let sent = *self.sent.lock().unwrap_or_else(|p| p.into_inner());
         Ok(ExecOutcome::new(exec::exit_status(
             &observed,

@@ -419,7 +419,9 @@ impl ProcessSandbox {
             "TMPDIR".to_owned(),
             self.host.join("tmp").display().to_string(),
         );
-        env.extend(request.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // Plain settings and secrets alike: this backend hands the command its environment
+        // directly and records neither anywhere.
+        env.extend(request.command_env());
         env
     }
 

@@ -33,7 +33,7 @@
 //! | aspect | behaviour |
 //! |---|---|
 //! | directory | `<root>/<run id>-<random>/` (0700) with `workspace/` (the archive, the cwd base, `HOME`), `tmp/` (`TMPDIR`) and a marker file `crownest-sandbox.json` (run, engine, owner pid, `keepUntil`, last processes) |
-//! | environment | cleared; then `PATH` (`ProcessConfig::path`), `HOME`, `LANG=C.UTF-8`, `TMPDIR`, then the spec's env |
+//! | environment | cleared; then `PATH` (`ProcessConfig::path`), `HOME`, `LANG=C.UTF-8`, `TMPDIR`, then the spec's env and secrets (passed to the process only; visible, as any environment, in `/proc/<pid>/environ` to the same user and root) |
 //! | cwd | `workspace/<cwd>`, opened component by component without following symlinks; otherwise `spawn_failed` |
 //! | stdin | `/dev/null` |
 //! | descriptors | only 0, 1, 2: every other descriptor of the host process, `O_CLOEXEC` or not, is closed by the exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)` right before it, else each entry of `/proc/self/fd`; either failing fails the spawn) |

@@ -250,16 +250,18 @@ async fn binary_output_round_trips_as_base64() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn env_values_never_reach_events_or_evidence() {
+async fn secret_values_never_reach_events_or_evidence_and_plain_env_is_kept() {
     let b = backend(Containment::Auto);
     let secret = "s3cr3t-Value-9f8e7d";
-    let spec =
-        sh("echo \"token=$API_TOKEN\"; echo \"$API_TOKEN\" >&2; echo \"$API_TOKEN\" > leak.txt")
-            .with_env("API_TOKEN", secret)
-            .with_artifact("leak.txt", false);
+    let spec = sh(
+        "echo \"token=$API_TOKEN ci=$CI\"; echo true; echo \"$API_TOKEN\" >&2; echo \"$API_TOKEN\" > leak.txt",
+    )
+    .with_secret("API_TOKEN", secret)
+    .with_env("CI", "true")
+    .with_artifact("leak.txt", false);
     let (engine, done, events) = run(b, spec).await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
-    assert_eq!(stdout(&events), "token=***\n");
+    assert_eq!(stdout(&events), "token=*** ci=true\ntrue\n");
     let events_json = serde_json::to_string(&events).unwrap();
     let evidence_json = serde_json::to_string(&engine.evidence(&done.id).await.unwrap()).unwrap();
     let record_json = serde_json::to_string(&engine.get(&done.id).await.unwrap()).unwrap();
@@ -272,7 +274,11 @@ async fn env_values_never_reach_events_or_evidence() {
     }
     assert!(
         evidence_json.contains("API_TOKEN"),
-        "env names are recorded"
+        "secret names are recorded"
+    );
+    assert!(
+        evidence_json.contains(r#""env":{"CI":"true"}"#),
+        "plain env is recorded: {evidence_json}"
     );
 }
 

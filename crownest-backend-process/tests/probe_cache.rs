@@ -156,11 +156,7 @@ async fn a_cached_result_that_fails_at_spawn_is_reprobed_once_and_reported() {
         network: Network::None,
     };
     let sandbox = b.create(&spec).await.unwrap();
-    let request = ExecRequest {
-        argv: vec!["true".into()],
-        cwd: ".".into(),
-        env: Default::default(),
-    };
+    let request = ExecRequest::new(["true"]);
     let outcome = sandbox.exec(&request, &Sink).await.unwrap();
     assert_eq!(outcome.status, ExitStatus::Exited(0));
     let iso = sandbox.isolation();

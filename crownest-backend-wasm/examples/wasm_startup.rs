@@ -69,11 +69,7 @@ struct Timings {
 }
 
 async fn per_run(backend: &WasmBackend, argv: &[&str], runs: usize) -> Timings {
-    let request = ExecRequest {
-        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-        cwd: ".".into(),
-        env: Default::default(),
-    };
+    let request = ExecRequest::new(argv.iter().copied());
     let mut t = Timings::default();
     for _ in 0..runs {
         let sink = CountingSink::default();

@@ -49,7 +49,7 @@
 //! | memory limit | `limits.memoryBytes` caps the guest's linear memory ([`wasmtime::StoreLimits`], trap on grow failure) → `LimitExceeded`; instances, tables and memories are capped too |
 //! | process tree kill / pids | one guest, which cannot create processes; `signal(Term)` / `signal(Kill)` stop it at once → `Signaled(15)` / `Signaled(9)` |
 //! | deadlines | epoch interruption (a ticker thread, 10 ms) makes busy guests yield; stopping drops the running call, so a guest blocked in a host call (`time.sleep(1000)`) stops too; a backstop deadline of `timeout + killGrace + 5 s` ends the guest if nobody signals it |
-//! | stdin / env / args | stdin closed; env and args exactly as given (CPython also gets `PYTHONPATH` and `CROWNEST_WASM_CWD`, which its `sitecustomize.py` removes again) |
+//! | stdin / env / args | stdin closed; env, secrets and args exactly as given (secrets live only in the WASI context in memory) (CPython also gets `PYTHONPATH` and `CROWNEST_WASM_CWD`, which its `sitecustomize.py` removes again) |
 //! | output | stdout/stderr go through an output stream that waits until the engine's sink accepted each write (backpressure; never a buffer that traps when full) |
 //! | non-root | not claimed: WASI has no users, files are written as the host process's user |
 //! | disk quota | none: a guest can fill the workspace's file system |

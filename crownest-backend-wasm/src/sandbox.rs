@@ -270,10 +270,13 @@ impl Sandbox for WasmSandbox {
         )
         .saturating_add(self.shared.config.deadline_margin);
         let python_site = proc_path(&site_fd);
+        // Plain settings and secrets alike go into the WASI context, which lives in this
+        // process's memory only.
+        let env = request.command_env();
         let cmd = GuestCommand {
             interpreter,
             argv: &request.argv,
-            env: &request.env,
+            env: &env,
             workspace: &workspace,
             cwd: &cwd,
             host_cwd: &host_cwd,

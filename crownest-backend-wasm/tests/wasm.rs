@@ -160,11 +160,7 @@ async fn sandbox_with(files: &[(&str, &[u8], u32)]) -> Arc<dyn Sandbox> {
 }
 
 fn request(argv: &[&str]) -> ExecRequest {
-    ExecRequest {
-        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-        cwd: ".".into(),
-        env: Default::default(),
-    }
+    ExecRequest::new(argv.iter().copied())
 }
 
 // ---------------------------------------------------------------- scripts and artifacts

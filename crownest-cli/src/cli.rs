@@ -107,10 +107,20 @@ pub(crate) struct RunArgs {
     /// Execution deadline, e.g. 30s, 500ms, 2m, 1h (a bare number is seconds) [default: 10m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) timeout: Option<Duration>,
-    /// Set a variable (K=V), or pass one from this environment (K); repeatable. Nothing else
-    /// is inherited. Values never appear in events or evidence.
+    /// Set a plain variable (K=V), or pass one from this environment (K); repeatable.
+    /// Nothing else is inherited. Plain values are recorded in the run and its evidence and
+    /// never masked: use --secret for tokens and keys.
     #[arg(long = "env", value_name = "K=V")]
     pub(crate) env: Vec<String>,
+    /// Pass this environment's variable K to the command as a secret: masked as *** in the
+    /// output (an accidental-echo guard only), never stored; only the name is recorded.
+    /// Repeatable. The value is never taken from the command line.
+    #[arg(long = "secret", value_name = "K")]
+    pub(crate) secrets: Vec<String>,
+    /// A secret K whose value is the content of the file PATH (one trailing newline
+    /// stripped); repeatable.
+    #[arg(long = "secret-file", value_name = "K=PATH")]
+    pub(crate) secret_files: Vec<String>,
     /// Keep the sandbox this long after the run (e.g. 10m), for inspection.
     #[arg(long, value_name = "TTL", value_parser = parse_duration)]
     pub(crate) keep_sandbox: Option<Duration>,

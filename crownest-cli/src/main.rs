@@ -10,6 +10,11 @@
 //! command goes to that server through the typed HTTP client instead; `crownest serve` is
 //! such a server over the local store.
 //!
+//! `run --env K=V` passes a plain setting (recorded with its value, never masked);
+//! `run --secret K` (from this environment) and `--secret-file K=PATH` pass secrets: masked
+//! as `***` in output, which guards against accidental echo only (a reversed or base64
+//! value passes), never stored, recorded by name. A secret value is never read from argv.
+//!
 //! Exit codes: 0 succeeded, 1 failed, 2 usage error or rejected input, 130 canceled. The
 //! command reference is `docs/cli.md`.
 

@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use crownest_core::event::{ArchivePhase, KillReason};
 use crownest_core::{
     Error, Event, EventKind, Failure, FailureKind, RunId, RunRecord, RunSpec, RunStatus,
+    SecretValue,
 };
 use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -64,7 +65,58 @@ fn spec(args: &RunArgs) -> anyhow::Result<RunSpec> {
             },
         }
     }
+    for (name, value) in secrets(args)? {
+        spec = spec.with_secret(name, value);
+    }
     Ok(spec)
+}
+
+/// The `--secret` and `--secret-file` values, read from this environment and from files
+/// (never from argv, which `ps` shows). Messages name the variable, never its value.
+fn secrets(args: &RunArgs) -> anyhow::Result<Vec<(String, SecretValue)>> {
+    let mut out: Vec<(String, SecretValue)> = Vec::new();
+    for name in &args.secrets {
+        if name.contains('=') {
+            let name = name.split('=').next().unwrap_or_default();
+            return Err(usage(format!(
+                "--secret takes a variable name, not a value: export {name} and pass                  --secret {name}, or use --secret-file {name}=PATH (a value on the command                  line is visible to every user in `ps`)"
+            )));
+        }
+        let value = match std::env::var(name) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => {
+                return Err(usage(format!(
+                    "--secret {name}: {name} is not set in this environment"
+                )));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(usage(format!(
+                    "--secret {name}: the value of {name} is not UTF-8"
+                )));
+            }
+        };
+        out.push((name.clone(), SecretValue::new(value)));
+    }
+    for kv in &args.secret_files {
+        let Some((name, path)) = kv.split_once('=') else {
+            return Err(usage(format!("--secret-file {kv}: expected K=PATH")));
+        };
+        let mut bytes = std::fs::read(path)
+            .map_err(|e| usage(format!("--secret-file {name}: reading {path}: {e}")))?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        let value = String::from_utf8(bytes)
+            .map_err(|_| usage(format!("--secret-file {name}: {path} is not UTF-8 text")))?;
+        out.push((name.to_owned(), SecretValue::new(value)));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in &out {
+        if !seen.insert(name.as_str()) {
+            return Err(usage(format!("secret {name} is given twice")));
+        }
+    }
+    Ok(out)
 }
 
 /// Prints events as they come: the command's output, or JSON lines.

@@ -19,6 +19,11 @@
 //! `--evidence`, the signed statement must also equal that bundle's in-toto view, so the
 //! signature covers the bundle checked above.
 //!
+//! Both evidence layouts verify: `crownest.evidence/v1.1` (plain `env` and `secretNames`) and
+//! `crownest.evidence/v1`, written by earlier versions (`envNames` with salted hashes and
+//! `envSalt`, read back unchanged so their DSSE signatures still hold); a bundle whose env
+//! fields do not match its schema is a problem.
+//!
 //! Exit 0 when everything holds, 1 on any mismatch (each is printed on stderr), 2 when the
 //! run or a file does not exist or a file is not an evidence bundle at all.
 
@@ -26,7 +31,7 @@ use std::io::{BufRead as _, Read as _};
 use std::path::Path;
 
 use anyhow::Context as _;
-use crownest_core::evidence::{EVIDENCE_SCHEMA, EvidenceArtifact};
+use crownest_core::evidence::EvidenceArtifact;
 use crownest_core::signing::DsseEnvelope;
 use crownest_core::{Error, Event, EventKind, EvidenceBundle, Sha256Digest};
 use sha2::{Digest as _, Sha256};
@@ -178,11 +183,10 @@ fn read_events(path: &Path) -> anyhow::Result<(Vec<Event>, Vec<String>)> {
 /// Checks 1 and 2 of the module docs; returns every problem found.
 pub(crate) fn check(bundle: &EvidenceBundle, events: &[Event]) -> Vec<String> {
     let mut problems = Vec::new();
-    if bundle.schema != EVIDENCE_SCHEMA {
-        problems.push(format!(
-            "evidence schema is {:?}, expected {EVIDENCE_SCHEMA:?}",
-            bundle.schema
-        ));
+    // Bundles written before secrets were split from env (`crownest.evidence/v1`) verify
+    // under the same rules: only their env fields differ.
+    if let Some(problem) = bundle.schema_problem() {
+        problems.push(problem);
     }
     if let Err(e) = bundle.verify_events(events) {
         problems.push(format!("event chain: {e}"));

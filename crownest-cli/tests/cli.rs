@@ -369,12 +369,13 @@ fn usage_errors_exit_2() {
 fn json_output_is_json_lines_ending_with_the_terminal_event() {
     let home = tempfile::tempdir().unwrap();
     let out = crownest(home.path())
+        .env("SECRET_TOKEN", "hunter2-value")
         .arg("run")
         .arg(sample_repo())
         .args([
             "--json",
-            "--env",
-            "SECRET_TOKEN=hunter2-value",
+            "--secret",
+            "SECRET_TOKEN",
             "--",
             "sh",
             "-c",
@@ -388,7 +389,7 @@ fn json_output_is_json_lines_ending_with_the_terminal_event() {
     let text = String::from_utf8(out.clone()).unwrap();
     assert!(
         !text.contains("hunter2-value"),
-        "env values never appear in events"
+        "secret values never appear in events"
     );
     let events = json_lines(&out);
     for (i, e) in events.iter().enumerate() {

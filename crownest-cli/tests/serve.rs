@@ -406,3 +406,67 @@ fn serve_refuses_a_public_address_without_a_token() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn secrets_travel_to_the_server_and_never_come_back_or_get_stored() {
+    let s = Server::start();
+    let secret = "srv-S3cret-Pq7";
+    let out = s
+        .client()
+        .env("SRV_TOKEN", secret)
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--json", "--secret", "SRV_TOKEN", "--env", "CI=true", "--"])
+        .args([
+            "python3",
+            "-c",
+            "import os; print(os.environ['SRV_TOKEN']); print(os.environ['CI'])",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events = json_lines(&out.stdout);
+    let stdout: String = events
+        .iter()
+        .filter(|e| e["type"] == "stdout")
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stdout, "***\ntrue\n",
+        "the secret reached the command, masked"
+    );
+    let run = events.last().unwrap()["runId"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/v1/runs/{run}"),
+        "/v1/runs".to_owned(),
+        format!("/v1/runs/{run}/evidence"),
+    ] {
+        let (status, body) = s.http("GET", &path, Some(&s.token));
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains(secret), "{path} returns the secret");
+        assert!(body.contains("SRV_TOKEN"), "{path} names it: {body}");
+    }
+    // Nothing of the server's home (its SQLite store and blobs) holds the value.
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                files(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(s._home.path(), &mut all);
+    assert!(!all.is_empty());
+    for f in all {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds the secret",
+            f.display()
+        );
+    }
+    assert!(s.stop().success());
+}

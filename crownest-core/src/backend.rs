@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::event::OutputStream;
 use crate::ids::RunId;
 use crate::run::RunOwner;
+use crate::secret::SecretValue;
 use crate::spec::{Limits, Network};
 use crate::time::Timestamp;
 
@@ -127,8 +128,39 @@ pub struct ExecRequest {
     pub argv: Vec<String>,
     /// Relative working directory inside `/workspace` (validated).
     pub cwd: String,
-    /// The environment (values are secrets: never log them).
+    /// Plain settings for the command's environment (recorded; fine to log).
     pub env: BTreeMap<String, String>,
+    /// Secret variables for the command's environment (never log, store or put them in a
+    /// persisted configuration; names never collide with `env`'s).
+    pub secrets: BTreeMap<String, SecretValue>,
+}
+
+impl ExecRequest {
+    /// A request for `argv` in the workspace root, with no variables.
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            argv: argv.into_iter().map(Into::into).collect(),
+            cwd: ".".into(),
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// The command's variables: `env` and the exposed `secrets` in one map, for backends
+    /// that hand the environment to a process or a WASI context directly.
+    pub fn command_env(&self) -> BTreeMap<String, String> {
+        let mut all = self.env.clone();
+        all.extend(
+            self.secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+        );
+        all
+    }
 }
 
 /// How the command ended.
@@ -234,11 +266,14 @@ pub trait SandboxBackend: Send + Sync + Debug {
 ///   private staging directory moved into place only on success: the command never sees a
 ///   partial tree, and a hostile archive is `Error::ArchiveRejected` with nothing written
 ///   outside the workspace.
-/// * `exec` runs the argv with exactly the given environment, cwd inside `/workspace`,
+/// * `exec` runs the argv with exactly the given environment (`env` and `secrets`, plus
+///   the template's own variables), cwd inside `/workspace`,
 ///   stdin closed; calls `sink.started()` once spawned and before any output; streams
 ///   stdout and stderr in order with backpressure; returns `Exited(code)`,
 ///   `Signaled(sig)`, `SpawnFailed` (unknown program, bad cwd) or `LimitExceeded`.
-///   It returns only after the command and everything it started have ended.
+///   It returns only after the command and everything it started have ended. Secret
+///   values reach the command and nothing the backend stores or shows about the sandbox
+///   (a container's or exec's configuration, labels, marker files, logs).
 /// * `signal(Term|Kill)` reaches every process the command started; a command that ignores
 ///   `Term` still ends on `Kill`; signalling with no command running is `Ok`.
 /// * `collect_artifact(path)` reads only inside the workspace, never follows a symlink,

@@ -1,4 +1,18 @@
-//! The Evidence Bundle (`crownest.evidence/v1`, DESIGN §2.6) and its in-toto view.
+//! The Evidence Bundle (DESIGN §2.6) and its in-toto view.
+//!
+//! Two layouts share this type, told apart by `schema`:
+//!
+//! | schema | env fields |
+//! |---|---|
+//! | [`EVIDENCE_SCHEMA`] `crownest.evidence/v1.1` (written now) | `env`: the plain settings, names and values; `secretNames`: the names of the secrets (no value, no hash) |
+//! | [`EVIDENCE_SCHEMA_V1`] `crownest.evidence/v1` (written before) | `envNames`: `[{name, valueSha256}]` with `valueSha256 = sha256(envSalt ‖ name ‖ 0 ‖ value)`, and `envSalt` |
+//!
+//! v1 carried every env value as a salted hash next to its salt, so a short value (a PIN, a
+//! word) was recovered by an offline dictionary in well under a second; v1.1 records plain
+//! settings as they are and secrets by name only. Every other field is the same. v1
+//! bundles still in a store deserialize with their legacy fields intact and serialize back
+//! to the same JSON, so their digest, their in-toto view and a DSSE signature made over it
+//! keep verifying.
 
 use std::collections::BTreeMap;
 
@@ -9,12 +23,27 @@ use crate::backend::{IsolationReport, TemplateIdentity};
 use crate::error::{Error, Result};
 use crate::event::{ChainSummary, Event, Failure};
 use crate::ids::{ArtifactId, RunId, Sha256Digest};
-use crate::run::{ArtifactErrorRecord, EnvEntry, RunRecord, RunTimestamps, UploadKind};
+use crate::run::{ArtifactErrorRecord, RunRecord, RunTimestamps, UploadKind};
 use crate::spec::Limits;
 use crate::status::RunStatus;
 
-/// Schema id of [`EvidenceBundle`].
-pub const EVIDENCE_SCHEMA: &str = "crownest.evidence/v1";
+/// Schema id of the [`EvidenceBundle`]s written now.
+pub const EVIDENCE_SCHEMA: &str = "crownest.evidence/v1.1";
+
+/// Schema id of the bundles written before secrets were split from env (see the module
+/// docs); still read and verified.
+pub const EVIDENCE_SCHEMA_V1: &str = "crownest.evidence/v1";
+
+/// An env variable in a [`EVIDENCE_SCHEMA_V1`] bundle: its name and a salted hash of its
+/// value. Read (and written back unchanged) only; new bundles never carry one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvEntry {
+    /// Variable name.
+    pub name: String,
+    /// `sha256(salt ‖ name ‖ 0x00 ‖ value)`, hex.
+    pub value_sha256: String,
+}
 
 /// The template a run used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +114,7 @@ pub struct EvidenceSandbox {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceBundle {
-    /// Always [`EVIDENCE_SCHEMA`].
+    /// [`EVIDENCE_SCHEMA`] (or [`EVIDENCE_SCHEMA_V1`] for a bundle written before).
     pub schema: String,
     /// Run id.
     pub run_id: RunId,
@@ -104,10 +133,19 @@ pub struct EvidenceBundle {
     pub command: Vec<String>,
     /// Working directory.
     pub cwd: String,
-    /// Env names with salted value hashes.
-    pub env_names: Vec<EnvEntry>,
-    /// Salt of the env hashes.
-    pub env_salt: String,
+    /// The plain env settings, names and values (omitted when there are none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The names of the secrets, sorted; never a value or a hash of one (omitted when there
+    /// are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_names: Vec<String>,
+    /// v1 bundles only: env names with salted value hashes. `None` in every new bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_names: Option<Vec<EnvEntry>>,
+    /// v1 bundles only: the salt of `env_names`' hashes. `None` in every new bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_salt: Option<String>,
     /// Template.
     pub template: EvidenceTemplate,
     /// Milestones.
@@ -151,8 +189,10 @@ impl EvidenceBundle {
             failure: run.failure.clone(),
             command: run.spec.command.clone(),
             cwd: run.spec.cwd.clone(),
-            env_names: run.env.clone(),
-            env_salt: run.env_salt.clone(),
+            env: run.spec.env.clone(),
+            secret_names: run.secret_names.clone(),
+            env_names: None,
+            env_salt: None,
             template: EvidenceTemplate {
                 name: run.spec.template.clone(),
                 backend: run.backend.clone(),
@@ -194,6 +234,49 @@ impl EvidenceBundle {
         }
     }
 
+    /// Why this bundle's layout does not fit its `schema`, if it does not: an unknown
+    /// schema, a v1.1 bundle carrying v1's salted hashes, or a v1 bundle without them or
+    /// with v1.1's fields.
+    pub fn schema_problem(&self) -> Option<String> {
+        let legacy = self.env_names.is_some() || self.env_salt.is_some();
+        match self.schema.as_str() {
+            EVIDENCE_SCHEMA if legacy => Some(format!(
+                "a {EVIDENCE_SCHEMA} bundle carries envNames/envSalt (salted env hashes)"
+            )),
+            EVIDENCE_SCHEMA => None,
+            EVIDENCE_SCHEMA_V1
+                if self.env_names.is_none()
+                    || self.env_salt.is_none()
+                    || !self.env.is_empty()
+                    || !self.secret_names.is_empty() =>
+            {
+                Some(format!(
+                    "a {EVIDENCE_SCHEMA_V1} bundle must have envNames and envSalt and no env or secretNames"
+                ))
+            }
+            EVIDENCE_SCHEMA_V1 => None,
+            other => Some(format!(
+                "evidence schema is {other:?}, expected {EVIDENCE_SCHEMA:?} or {EVIDENCE_SCHEMA_V1:?}"
+            )),
+        }
+    }
+
+    /// `externalParameters.env*` of the in-toto view: v1 bundles name their env variables
+    /// (exactly as they did when they were written, so old signatures hold); newer ones give
+    /// the plain settings and the secret names.
+    fn env_parameters(&self, params: &mut serde_json::Map<String, Value>) {
+        match &self.env_names {
+            Some(entries) => {
+                let names: Vec<&String> = entries.iter().map(|e| &e.name).collect();
+                params.insert("envNames".into(), json!(names));
+            }
+            None => {
+                params.insert("env".into(), json!(self.env));
+                params.insert("secretNames".into(), json!(self.secret_names));
+            }
+        }
+    }
+
     /// An in-toto Statement v1 with a SLSA Provenance v1 predicate; subjects = artifacts.
     pub fn to_in_toto(&self) -> Value {
         let subjects: Vec<Value> = self
@@ -205,6 +288,13 @@ impl EvidenceBundle {
         if let Some(sha) = &self.source.sha256 {
             deps.push(json!({"name": "workspace.tar.gz", "digest": {"sha256": sha}}));
         }
+        let mut external = serde_json::Map::new();
+        external.insert("command".into(), json!(self.command));
+        external.insert("cwd".into(), json!(self.cwd));
+        external.insert("template".into(), json!(self.template.name));
+        external.insert("backend".into(), json!(self.template.backend));
+        self.env_parameters(&mut external);
+        external.insert("labels".into(), json!(self.source.labels));
         json!({
             "_type": "https://in-toto.io/Statement/v1",
             "subject": subjects,
@@ -212,14 +302,7 @@ impl EvidenceBundle {
             "predicate": {
                 "buildDefinition": {
                     "buildType": "https://crownest.dev/workspace-run/v1",
-                    "externalParameters": {
-                        "command": self.command,
-                        "cwd": self.cwd,
-                        "template": self.template.name,
-                        "backend": self.template.backend,
-                        "envNames": self.env_names.iter().map(|e| &e.name).collect::<Vec<_>>(),
-                        "labels": self.source.labels,
-                    },
+                    "externalParameters": external,
                     "internalParameters": {
                         "limits": self.limits,
                         "isolation": self.isolation,

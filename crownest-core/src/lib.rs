@@ -8,6 +8,10 @@
 //! (`crownest-backend-process`, `-docker`, `-wasm`) and stores (`crownest-store-sqlite`,
 //! [`MemoryStore`]) plug in behind the traits.
 //!
+//! A run's spec has two kinds of variables: `env`, plain settings recorded with their values
+//! and never masked, and `secrets`, masked in output (an accidental-echo guard only: a
+//! reversed or base64 value passes), never stored, recorded by name only. See [`secret`].
+//!
 //! ## Features
 //!
 //! | feature | what it adds |
@@ -25,6 +29,7 @@ pub mod gc;
 pub mod hostdir;
 pub mod ids;
 pub mod run;
+pub mod secret;
 pub mod signing;
 pub mod spec;
 pub mod status;
@@ -40,6 +45,7 @@ pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};
 pub use evidence::EvidenceBundle;
 pub use ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 pub use run::{ArchiveDescriptor, Artifact, RunRecord, UploadKind};
+pub use secret::SecretValue;
 pub use spec::{ArtifactRequest, LimitOverrides, Limits, Network, RunSpec};
 pub use status::{Input, Outcome, RunStatus, transition};
 pub use store::Store;

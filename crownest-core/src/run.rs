@@ -1,7 +1,6 @@
 //! The durable run record.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::event::{Failure, GENESIS_HASH};
 use crate::ids::{ArtifactId, RunId, Sha256Digest};
@@ -116,34 +115,6 @@ pub struct ArtifactErrorRecord {
     pub message: String,
 }
 
-/// An environment variable as it is stored: its name and a salted hash of its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnvEntry {
-    /// Variable name.
-    pub name: String,
-    /// `sha256(salt ‖ name ‖ 0x00 ‖ value)`, hex.
-    pub value_sha256: String,
-}
-
-/// Hashes env values with a per-run salt so evidence can prove which values were used
-/// without revealing them.
-pub fn hash_env(salt: &str, env: &std::collections::BTreeMap<String, String>) -> Vec<EnvEntry> {
-    env.iter()
-        .map(|(name, value)| {
-            let mut h = Sha256::new();
-            h.update(salt.as_bytes());
-            h.update(name.as_bytes());
-            h.update([0]);
-            h.update(value.as_bytes());
-            EnvEntry {
-                name: name.clone(),
-                value_sha256: hex::encode(h.finalize()),
-            }
-        })
-        .collect()
-}
-
 /// Timestamps of a run's milestones.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -231,17 +202,17 @@ pub struct RunRecord {
     pub id: RunId,
     /// Current state.
     pub status: RunStatus,
-    /// The spec as asked, with `env` emptied (see `env`).
+    /// The spec as asked, with `secrets` emptied (see `secret_names`). Its `env` (plain
+    /// settings) is kept with the values.
     pub spec: RunSpec,
     /// The resolved backend name.
     pub backend: String,
     /// The resolved limits.
     pub limits: Limits,
-    /// Env names and salted value hashes.
+    /// Names of the spec's secrets, sorted (their values are never stored: see
+    /// [`crate::secret`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<EnvEntry>,
-    /// Salt of the env hashes.
-    pub env_salt: String,
+    pub secret_names: Vec<String>,
     /// The verified archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveInfo>,
@@ -278,8 +249,8 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// A new record in `awaiting_archive`. `spec.env` is moved out: the record keeps only
-    /// names and salted hashes.
+    /// A new record in `awaiting_archive`. `spec.secrets` is emptied: the record keeps only
+    /// their names.
     pub fn new(
         id: RunId,
         mut spec: RunSpec,
@@ -287,17 +258,15 @@ impl RunRecord {
         limits: Limits,
         owner: RunOwner,
     ) -> Self {
-        let env_salt = hex::encode(rand::random::<[u8; 16]>());
-        let env = hash_env(&env_salt, &spec.env);
-        spec.env.clear();
+        let secret_names = spec.secrets.keys().cloned().collect();
+        spec.secrets.clear();
         Self {
             id,
             status: RunStatus::AwaitingArchive,
             spec,
             backend,
             limits,
-            env,
-            env_salt,
+            secret_names,
             archive: None,
             timestamps: RunTimestamps {
                 created: Some(Timestamp::now()),

@@ -1,13 +1,19 @@
 //! What a client asks for: [`RunSpec`] and its parts, with validation (DESIGN §2.1, §7).
 //!
 //! Specs are deny-by-default: `RunSpec::new(command)` inherits no environment, has no
-//! network, no artifacts, closed stdin, the default limits and no kept sandbox.
+//! secrets, no network, no artifacts, closed stdin, the default limits and no kept sandbox.
+//!
+//! `env` holds plain settings (recorded by name and value); `secrets` holds values that are
+//! masked in output and never stored (see [`crate::secret`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::secret::{
+    MAX_SECRET_BYTES, MAX_SECRETS, MAX_SECRETS_TOTAL_BYTES, SecretValue, is_portable_name,
+};
 
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
@@ -255,10 +261,20 @@ pub struct RunSpec {
     /// Relative working directory inside `/workspace`.
     #[serde(default = "default_cwd")]
     pub cwd: String,
-    /// Environment. The host environment is NOT inherited. Values never reach events or
-    /// evidence; a stored run record keeps only names and salted hashes.
+    /// Plain settings (`CI=true`, `PYTHONPATH=src`). The host environment is NOT inherited.
+    /// Names and values are provenance: stored in the run record and the Evidence Bundle,
+    /// never masked in output. Put tokens and keys in `secrets`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secret values, by variable name: passed to the command's environment, masked as
+    /// `***` in output (an accidental-echo guard only), never stored; only the names are
+    /// recorded (see [`crate::secret`]). Names are portable (`[A-Za-z_][A-Za-z0-9_]*`) and
+    /// distinct from `env`'s.
+    ///
+    /// Never serialized: a serialized spec (inside a run record, a log line) carries no
+    /// secret. A client sends them with [`RunSpec::to_request_json`].
+    #[serde(default, skip_serializing)]
+    pub secrets: BTreeMap<String, SecretValue>,
     /// Execution deadline override (same as `limits.timeoutMs`; this field wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -307,6 +323,7 @@ impl RunSpec {
             command: command.into_iter().map(Into::into).collect(),
             cwd: default_cwd(),
             env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             timeout_ms: None,
             artifacts: Vec::new(),
             limits: LimitOverrides::default(),
@@ -335,10 +352,34 @@ impl RunSpec {
         self
     }
 
-    /// Adds an environment variable.
+    /// Adds a plain environment variable (recorded with its value).
     pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.insert(name.into(), value.into());
         self
+    }
+
+    /// Adds a secret variable (masked in output, never stored; only its name is recorded).
+    pub fn with_secret(mut self, name: impl Into<String>, value: impl Into<SecretValue>) -> Self {
+        self.secrets.insert(name.into(), value.into());
+        self
+    }
+
+    /// The JSON body of a create request: the serialized spec plus `secrets` with their
+    /// values. This is the only serialization of a spec that carries secret values; send
+    /// it to the engine's host and nowhere else.
+    pub fn to_request_json(&self) -> serde_json::Value {
+        let mut body = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if !self.secrets.is_empty()
+            && let Some(obj) = body.as_object_mut()
+        {
+            let secrets = self
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose().to_owned())))
+                .collect();
+            obj.insert("secrets".into(), serde_json::Value::Object(secrets));
+        }
+        body
     }
 
     /// Sets the execution deadline.
@@ -419,6 +460,7 @@ impl RunSpec {
         if self.env.values().any(|v| v.contains('\0')) {
             return Err(Error::invalid("env", "values must not contain NUL"));
         }
+        self.validate_secrets()?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, a) in self.artifacts.iter().enumerate() {
             validate_relative_path(&a.path, false)
@@ -451,6 +493,53 @@ impl RunSpec {
             overrides.timeout_ms = Some(t);
         }
         defaults.resolve(&overrides, maxima)
+    }
+}
+
+impl RunSpec {
+    /// Secret names are portable and not also plain; values have no NUL and fit an
+    /// environment string. Messages name the variable, never its value.
+    fn validate_secrets(&self) -> Result<()> {
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(Error::invalid(
+                "secrets",
+                format!("at most {MAX_SECRETS} secrets"),
+            ));
+        }
+        for (name, value) in &self.secrets {
+            if !is_portable_name(name) {
+                return Err(Error::invalid(
+                    "secrets",
+                    format!("invalid secret name {name:?}: use [A-Za-z_][A-Za-z0-9_]*"),
+                ));
+            }
+            if self.env.contains_key(name) {
+                return Err(Error::invalid(
+                    "secrets",
+                    format!("{name:?} is both a plain env variable and a secret"),
+                ));
+            }
+            if value.expose().contains('\0') {
+                return Err(Error::invalid(
+                    "secrets",
+                    format!("the value of {name:?} contains NUL"),
+                ));
+            }
+            if value.len() > MAX_SECRET_BYTES {
+                return Err(Error::invalid(
+                    "secrets",
+                    format!("the value of {name:?} is longer than {MAX_SECRET_BYTES} bytes"),
+                ));
+            }
+        }
+        let total: usize = self.secrets.values().map(SecretValue::len).sum();
+        if total > MAX_SECRETS_TOTAL_BYTES {
+            return Err(Error::invalid(
+                "secrets",
+                format!("the values add up to more than {MAX_SECRETS_TOTAL_BYTES} bytes"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@
 //! | `out:TEXT` / `err:TEXT` | writes TEXT and a newline to stdout / stderr |
 //! | `outbytes:N` | writes N bytes of `x` to stdout, in 64 KiB pieces |
 //! | `bin` | writes bytes that are not UTF-8 to stdout |
-//! | `env:NAME` | prints the value of NAME, or `<unset>` |
+//! | `env:NAME` | prints the value of NAME (plain or secret), or `<unset>` |
 //! | `cwd` | prints `/workspace/<cwd>` |
 //! | `cat:PATH` | prints a workspace file (from the archive or a `write:` step) |
 //! | `stdin` | prints `0` (stdin is closed) |
@@ -358,7 +358,7 @@ impl Sandbox for FakeSandbox {
                 }
                 "env" => {
                     let v = request
-                        .env
+                        .command_env()
                         .get(arg)
                         .cloned()
                         .unwrap_or_else(|| "<unset>".into());

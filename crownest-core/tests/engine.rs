@@ -414,24 +414,196 @@ async fn output_over_the_cap_is_truncated_once_per_stream() {
     );
 }
 
+/// The stdout of a run's events, as text.
+fn stdout(events: &[Event]) -> String {
+    let bytes: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Stdout(c) => Some(c.bytes()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Every string in a JSON document.
+fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| {
+            out.push(k.clone());
+            strings(v, out)
+        }),
+        _ => {}
+    }
+}
+
+/// True when `doc` lets an offline dictionary confirm `value`: it holds `sha256(value)`, or
+/// `sha256(s ‖ name ‖ 0 ‖ value)` next to the string `s` (a published salt).
+fn confirms_by_hash(doc: &serde_json::Value, name: &str, value: &str) -> bool {
+    use sha2::{Digest as _, Sha256};
+    let mut all = Vec::new();
+    strings(doc, &mut all);
+    let mut candidates = vec![hex::encode(Sha256::digest(value.as_bytes()))];
+    for salt in &all {
+        let mut h = Sha256::new();
+        h.update(salt.as_bytes());
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(value.as_bytes());
+        candidates.push(hex::encode(h.finalize()));
+    }
+    all.iter().any(|s| candidates.contains(s))
+}
+
 #[tokio::test]
-async fn env_values_never_reach_events_or_evidence() {
+async fn secrets_never_reach_events_evidence_or_record_not_even_hashed() {
     let e = env().await;
-    let secret = "hunter2-very-secret";
+    let pin = "493817";
     let (done, events) = e
-        .run(fake(&["env:TOKEN", "exit:0"]).with_env("TOKEN", secret))
+        .run(
+            fake(&["env:PIN", "env:CI", "exit:0"])
+                .with_secret("PIN", pin)
+                .with_env("CI", "true"),
+        )
         .await;
     assert_eq!(done.status, RunStatus::Succeeded);
-    let all = serde_json::to_string(&events).unwrap()
-        + &serde_json::to_string(&e.engine.evidence(&done.id).await.unwrap()).unwrap()
-        + &serde_json::to_string(&e.engine.get(&done.id).await.unwrap()).unwrap();
-    assert!(!all.contains(secret), "secret leaked");
-    assert!(all.contains("TOKEN"), "the name is recorded");
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(&e.kind, EventKind::Stdout(c) if c.data.as_deref() == Some("***\n")))
+    assert_eq!(
+        stdout(&events),
+        "***\ntrue\n",
+        "the secret's echo is masked, CI's is not"
     );
+    let evidence = e.engine.evidence(&done.id).await.unwrap();
+    let docs = [
+        ("events", serde_json::to_value(&events).unwrap()),
+        ("evidence", serde_json::to_value(&evidence).unwrap()),
+        ("in-toto", evidence.to_in_toto()),
+        ("record", serde_json::to_value(&done).unwrap()),
+        (
+            "stored record",
+            serde_json::to_value(e.store.get_run(&done.id).await.unwrap()).unwrap(),
+        ),
+    ];
+    for (what, doc) in &docs {
+        let text = doc.to_string();
+        assert!(!text.contains(pin), "the secret is in the {what}");
+        assert!(
+            !confirms_by_hash(doc, "PIN", pin),
+            "the {what} lets a dictionary confirm the secret"
+        );
+    }
+    assert_eq!(done.secret_names, ["PIN"]);
+    assert!(done.spec.secrets.is_empty());
+    assert_eq!(evidence.secret_names, ["PIN"]);
+    assert_eq!(evidence.schema, crownest_core::evidence::EVIDENCE_SCHEMA);
+    assert_eq!(evidence.env_salt, None);
+    assert_eq!(evidence.schema_problem(), None);
+    let statement = evidence.to_in_toto();
+    let params = &statement["predicate"]["buildDefinition"]["externalParameters"];
+    assert_eq!(params["secretNames"], serde_json::json!(["PIN"]));
+    assert_eq!(params["env"], serde_json::json!({"CI": "true"}));
+}
+
+#[tokio::test]
+async fn plain_env_is_provenance_and_never_masked() {
+    let e = env().await;
+    let (done, events) = e
+        .run(
+            fake(&["env:CI", "out:passed=true", "env:PYTHONPATH", "exit:0"])
+                .with_env("CI", "true")
+                .with_env("PYTHONPATH", "_vendor"),
+        )
+        .await;
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(stdout(&events), "true\npassed=true\n_vendor\n");
+    let evidence = serde_json::to_value(e.engine.evidence(&done.id).await.unwrap()).unwrap();
+    assert_eq!(
+        evidence["env"],
+        serde_json::json!({"CI": "true", "PYTHONPATH": "_vendor"}),
+        "names and values are recorded"
+    );
+    assert_eq!(done.spec.env["PYTHONPATH"], "_vendor");
+}
+
+#[tokio::test]
+async fn secrets_live_only_in_the_engine_that_created_the_run() {
+    let e = env().await;
+    let run = e
+        .ready(fake(&["env:TOKEN", "exit:0"]).with_secret("TOKEN", "tok-1"))
+        .await;
+    // Another engine over the same store: the values were never stored, so it cannot start
+    // the run (and says why, without the value).
+    let other = WorkspaceRuns::builder(e.store.clone())
+        .backend(Arc::new(FakeBackend::new()))
+        .without_recovery()
+        .open()
+        .await
+        .unwrap();
+    match other.start(&run.id).await {
+        Err(Error::InvalidSpec { field, message }) => {
+            assert_eq!(field, "secrets");
+            assert!(!message.contains("tok-1"));
+        }
+        other => panic!("expected InvalidSpec(secrets), got {other:?}"),
+    }
+    assert_eq!(
+        e.engine.get(&run.id).await.unwrap().status,
+        RunStatus::ArchiveReady
+    );
+    // The creating engine still can.
+    e.engine.start(&run.id).await.unwrap();
+    let done = e.engine.wait(&run.id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+}
+
+#[test]
+fn secret_specs_are_validated_without_echoing_values() {
+    let (d, m) = (
+        crownest_core::Limits::default(),
+        crownest_core::Limits::default_maxima(),
+    );
+    let refused = |spec: RunSpec| match spec.validate(&d, &m) {
+        Err(Error::InvalidSpec { field, message }) => {
+            assert_eq!(field, "secrets");
+            assert!(!message.contains("v4lue"), "{message}");
+        }
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    };
+    refused(RunSpec::new(["true"]).with_secret("A-B", "v4lue"));
+    refused(RunSpec::new(["true"]).with_secret("1A", "v4lue"));
+    refused(
+        RunSpec::new(["true"])
+            .with_env("TOKEN", "x")
+            .with_secret("TOKEN", "v4lue"),
+    );
+    refused(RunSpec::new(["true"]).with_secret("T", "v4lue\0"));
+    refused(RunSpec::new(["true"]).with_secret("T", "v4lue".repeat(20_000)));
+    assert!(
+        RunSpec::new(["true"])
+            .with_secret("API_TOKEN", "v4lue")
+            .validate(&d, &m)
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_spec_serializes_without_secrets_except_as_a_request_body() {
+    let spec = RunSpec::new(["true"])
+        .with_env("CI", "true")
+        .with_secret("TOKEN", "v4lue");
+    let stored = serde_json::to_string(&spec).unwrap();
+    assert!(
+        !stored.contains("v4lue") && !stored.contains("secrets"),
+        "{stored}"
+    );
+    assert!(!format!("{spec:?}").contains("v4lue"), "Debug redacts");
+    let body = spec.to_request_json();
+    assert_eq!(body["secrets"], serde_json::json!({"TOKEN": "v4lue"}));
+    assert_eq!(body["env"], serde_json::json!({"CI": "true"}));
+    let back: RunSpec = serde_json::from_value(body).unwrap();
+    assert_eq!(back, spec, "the server reads the body back whole");
 }
 
 #[tokio::test]

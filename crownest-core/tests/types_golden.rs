@@ -255,3 +255,34 @@ fn statuses_and_failure_kinds_are_snake_case() {
         "too_many_path_bytes"
     );
 }
+
+/// A bundle written before secrets were split from env (`crownest.evidence/v1`, by the
+/// previous version, with `envNames` + salted hashes and `envSalt`) reads and writes back
+/// byte for byte the same JSON value, so its digest, its in-toto view (also written then)
+/// and its event chain all still verify.
+#[test]
+fn evidence_v1_bundles_round_trip_and_keep_their_in_toto_view() {
+    use crownest_core::EvidenceBundle;
+    use crownest_core::evidence::EVIDENCE_SCHEMA_V1;
+    let original: Value = serde_json::from_str(&golden("evidence-v1/evidence.json")).unwrap();
+    let bundle: EvidenceBundle = serde_json::from_value(original.clone()).unwrap();
+    assert_eq!(bundle.schema, EVIDENCE_SCHEMA_V1);
+    assert_eq!(bundle.schema_problem(), None);
+    assert_eq!(bundle.env_names.as_ref().map(Vec::len), Some(2));
+    assert_eq!(serde_json::to_value(&bundle).unwrap(), original);
+    let in_toto: Value = serde_json::from_str(&golden("evidence-v1/in-toto.json")).unwrap();
+    assert_eq!(bundle.to_in_toto(), in_toto);
+    let events: Vec<Event> = golden("evidence-v1/events.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    bundle.verify_events(&events).unwrap();
+
+    // A v1.1 bundle carrying v1's salted hashes, or a v1 one without them, is malformed.
+    let mut odd = bundle.clone();
+    odd.schema = crownest_core::evidence::EVIDENCE_SCHEMA.into();
+    assert!(odd.schema_problem().is_some());
+    let mut odd = bundle;
+    odd.env_salt = None;
+    assert!(odd.schema_problem().is_some());
+}

@@ -252,9 +252,12 @@ impl Client {
         &self.base
     }
 
-    /// `POST /v1/runs`.
+    /// `POST /v1/runs`. The body carries the spec's `secrets` with their values
+    /// ([`RunSpec::to_request_json`]); the record that comes back names them only.
     pub async fn create_run(&self, spec: &RunSpec) -> Result<RunRecord> {
-        let mut r = self.req(reqwest::Method::POST, "/v1/runs").json(spec);
+        let mut r = self
+            .req(reqwest::Method::POST, "/v1/runs")
+            .json(&spec.to_request_json());
         if let Some(k) = &spec.idempotency_key {
             r = r.header("Idempotency-Key", k);
         }

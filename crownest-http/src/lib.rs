@@ -30,6 +30,15 @@
 //!
 //! Errors are `{"error": {"code", "message", ...}}`. A slow SSE client never blocks a run:
 //! each stream reads the store at its own pace (see `WorkspaceRuns::subscribe`).
+//!
+//! **Secrets.** `POST /v1/runs` takes `env` (plain settings, recorded with their values)
+//! and `secrets` (name → value: passed to the command, masked as `***` in output, never
+//! stored). No response carries a secret value: run records (create, get, list) and
+//! evidence name secrets in `secretNames` only. Masking guards against accidental echo
+//! only; a command can always reveal a value it was given (reversed, base64, in an
+//! artifact). The secret values live in the memory of the server that created the run
+//! until `start`; start the run on that server. Serve over TLS (or loopback) when secrets
+//! travel: the request body carries them in clear.
 
 mod config;
 mod error;

@@ -846,3 +846,109 @@ async fn full_lifecycle_on_the_process_backend() {
         other => panic!("last event is {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn secrets_in_the_create_body_reach_the_command_and_never_come_back() {
+    let s = server().await;
+    let http = reqwest::Client::new();
+    let secret = "http-S3cret-41";
+    // The wire contract: `secrets` beside `env` in the create body.
+    let resp = http
+        .post(format!("{}/v1/runs", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "command": ["fake", "env:TOKEN", "env:CI", "exit:0"],
+            "env": {"CI": "true"},
+            "secrets": {"TOKEN": secret},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created = resp.text().await.unwrap();
+    assert!(
+        !created.contains(secret),
+        "create echoes the secret: {created}"
+    );
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(created["secretNames"], serde_json::json!(["TOKEN"]));
+    let id = crownest_core::RunId::parse(created["id"].as_str().unwrap()).unwrap();
+    s.client.upload(&id, archive()).await.unwrap();
+    s.client.start(&id).await.unwrap();
+    let events: Vec<Event> = s.client.events(&id, 0).map(|e| e.unwrap()).collect().await;
+    let stdout: String = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Stdout(c) => c.data.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stdout, "***\ntrue\n",
+        "the secret arrived (masked), CI did not"
+    );
+    // The typed client (what `crownest --server URL run --secret K` uses) sends them too.
+    let typed = s
+        .client
+        .create_run(&fake(&["env:TOKEN", "exit:0"]).with_secret("TOKEN", secret))
+        .await
+        .unwrap();
+    assert_eq!(typed.secret_names, ["TOKEN"]);
+    s.client.upload(&typed.id, archive()).await.unwrap();
+    s.client.start(&typed.id).await.unwrap();
+    let typed_events: Vec<Event> = s
+        .client
+        .events(&typed.id, 0)
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert!(
+        typed_events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Stdout(c) if c.data.as_deref() == Some("***\n")))
+    );
+    // Nothing the server answers carries the value.
+    for (path, names_it) in [
+        (format!("/v1/runs/{id}"), true),
+        ("/v1/runs".to_owned(), true),
+        (format!("/v1/runs/{id}/events"), false),
+        (format!("/v1/runs/{id}/evidence"), true),
+        (format!("/v1/runs/{id}/evidence?format=in-toto"), true),
+        (format!("/v1/runs/{}", typed.id), true),
+    ] {
+        let resp = http
+            .get(format!("{}{path}", s.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains(secret), "{path} returns the secret: {text}");
+        assert_eq!(
+            text.contains("TOKEN"),
+            names_it,
+            "{path} names the secret: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn openapi_documents_env_and_secrets() {
+    let doc: serde_json::Value =
+        serde_json::from_str(crownest_http::openapi::OPENAPI_JSON).unwrap();
+    let props = &doc["components"]["schemas"]["RunSpec"]["properties"];
+    assert_eq!(props["secrets"]["type"], "object");
+    assert_eq!(props["secrets"]["writeOnly"], true);
+    let described = props["secrets"]["description"].as_str().unwrap();
+    assert!(
+        described.contains("accidental-echo guard only"),
+        "{described}"
+    );
+    assert!(
+        props["env"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("never masked")
+    );
+}

@@ -209,9 +209,5 @@ pub async fn sandbox(
 
 /// An exec request.
 pub fn request(argv: &[&str]) -> crownest_core::ExecRequest {
-    crownest_core::ExecRequest {
-        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-        cwd: ".".into(),
-        env: Default::default(),
-    }
+    crownest_core::ExecRequest::new(argv.iter().copied())
 }

@@ -352,8 +352,8 @@ pub async fn env_is_exactly_the_spec(h: BackendHarness) {
     )
     .await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
-    // The engine masks env values of 4+ bytes in output: the value arrives as `***`.
-    assert_eq!(stdout_of(&events).trim(), "***");
+    // A plain setting is provenance: printed as it is, never masked.
+    assert_eq!(stdout_of(&events).trim(), "value-1");
     // A variable of the host process (cargo sets it for tests) must not be inherited.
     if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
         let (_, done, events) =
@@ -361,6 +361,44 @@ pub async fn env_is_exactly_the_spec(h: BackendHarness) {
         assert_eq!(done.status, RunStatus::Succeeded);
         assert_eq!(stdout_of(&events).trim(), "<unset>", "host env leaked");
     }
+}
+
+/// A secret reaches the command's environment; its echo is masked in output; the run's
+/// events, record and evidence name it and never hold its value.
+pub async fn secrets_reach_the_command_and_are_masked(h: BackendHarness) {
+    let value = "conf-S3cret-7f1e";
+    let (engine, done, events) = run_spec(
+        &h,
+        spec_of((h.programs.print_env)("CROWNEST_SECRET"))
+            .with_env("CROWNEST_PLAIN", "plain-1")
+            .with_secret("CROWNEST_SECRET", value),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(stdout_of(&events).trim(), "***", "the echo is masked");
+    assert_eq!(done.secret_names, ["CROWNEST_SECRET"]);
+    let evidence = engine.evidence(&done.id).await.unwrap();
+    assert_eq!(evidence.secret_names, ["CROWNEST_SECRET"]);
+    assert_eq!(
+        evidence.env.get("CROWNEST_PLAIN").map(String::as_str),
+        Some("plain-1")
+    );
+    for (what, json) in [
+        ("events", serde_json::to_string(&events).unwrap()),
+        ("record", serde_json::to_string(&done).unwrap()),
+        ("evidence", serde_json::to_string(&evidence).unwrap()),
+        ("in-toto", evidence.to_in_toto().to_string()),
+    ] {
+        assert!(!json.contains(value), "the secret is in the {what}");
+    }
+    // `***` (not `<unset>`) shows the value arrived. However short, a secret is masked.
+    let (_, done, events) = run_spec(
+        &h,
+        spec_of((h.programs.print_env)("CROWNEST_SECRET")).with_secret("CROWNEST_SECRET", "ab"),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(stdout_of(&events).trim(), "***");
 }
 
 /// `cwd` is a directory inside `/workspace`.

@@ -70,6 +70,7 @@ macro_rules! backend_conformance {
             exit_codes_pass_through,
             unknown_program_is_spawn_failed,
             env_is_exactly_the_spec,
+            secrets_reach_the_command_and_are_masked,
             cwd_is_inside_the_workspace,
             stdin_is_closed,
             stdout_and_stderr_are_streamed,

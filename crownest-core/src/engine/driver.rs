@@ -29,6 +29,7 @@ use crate::event::{
 };
 use crate::ids::ArtifactId;
 use crate::run::{Artifact, ArtifactErrorRecord, RunRecord, SandboxRecord};
+use crate::secret::SecretValue;
 use crate::status::{Input, Outcome, RunStatus, transition};
 use crate::store::BlobExpect;
 use crate::time::Timestamp;
@@ -84,7 +85,8 @@ pub(super) struct Driver {
     engine: WorkspaceRuns,
     record: RunRecord,
     backend: Arc<dyn SandboxBackend>,
-    env: BTreeMap<String, String>,
+    /// The run's secret values (from the engine's memory; never stored).
+    secrets: BTreeMap<String, SecretValue>,
     cancel: watch::Receiver<bool>,
     identity: Option<TemplateIdentity>,
     /// The concurrency slot, when `start` already took it (the run is then `starting`).
@@ -100,7 +102,7 @@ impl Driver {
         engine: WorkspaceRuns,
         record: RunRecord,
         backend: Arc<dyn SandboxBackend>,
-        env: BTreeMap<String, String>,
+        secrets: BTreeMap<String, SecretValue>,
         cancel: watch::Receiver<bool>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
@@ -108,7 +110,7 @@ impl Driver {
             engine,
             record,
             backend,
-            env,
+            secrets,
             cancel,
             permit,
             identity: None,
@@ -340,8 +342,12 @@ impl Driver {
     async fn execute(&mut self, sandbox: &dyn Sandbox) -> Result<Ending> {
         let cfg = self.engine.config().clone();
         let limits = self.record.limits;
-        let chunker =
-            OutputChunker::new(limits.output_bytes_per_stream, self.env.values().cloned());
+        // Only secret values are masked: plain env values are provenance, and masking them
+        // would garble ordinary output (`CI=true` turns every "true" into `***`).
+        let chunker = OutputChunker::new(
+            limits.output_bytes_per_stream,
+            self.secrets.values().map(|v| v.expose().to_owned()),
+        );
         let (tx, mut rx) = mpsc::channel::<SinkMsg>(16);
         let sink = EngineSink {
             chunker: &chunker,
@@ -350,7 +356,8 @@ impl Driver {
         let request = ExecRequest {
             argv: self.record.spec.command.clone(),
             cwd: self.record.spec.cwd.clone(),
-            env: self.env.clone(),
+            env: self.record.spec.env.clone(),
+            secrets: self.secrets.clone(),
         };
         let mut exec = Box::pin(sandbox.exec(&request, &sink));
 

@@ -37,6 +37,7 @@ use crate::evidence::EvidenceBundle;
 use crate::gc::GcPolicy;
 use crate::ids::{ArtifactId, RunId};
 use crate::run::{Artifact, RunOwner, RunRecord};
+use crate::secret::SecretValue;
 use crate::spec::{Limits, RunSpec};
 use crate::status::{Input, Outcome, RunStatus, transition};
 use crate::store::{CreateOutcome, RunCommit, RunQuery, Store};
@@ -133,7 +134,9 @@ pub(crate) struct Inner {
     owner: RunOwner,
     slots: Arc<Semaphore>,
     live: Mutex<HashMap<RunId, LiveRun>>,
-    secrets: Mutex<HashMap<RunId, BTreeMap<String, String>>>,
+    /// Per run created here and not started yet: its secret values (the only place they
+    /// are kept; see [`crate::secret`]).
+    secrets: Mutex<HashMap<RunId, BTreeMap<String, SecretValue>>>,
     /// Per run: the last committed batch, so caught-up subscribers need not re-read the store.
     watchers: Mutex<HashMap<RunId, watch::Sender<LiveBatch>>>,
     run_locks: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
@@ -327,6 +330,10 @@ impl WorkspaceRuns {
 
     /// Creates a run in `awaiting_archive`. With an `idempotencyKey` already used, returns
     /// that run instead (its spec is not compared).
+    ///
+    /// The spec's secret values stay in this engine's memory until [`start`](Self::start):
+    /// the stored record keeps their names only, so the run must be started through this
+    /// engine instance.
     pub async fn create(&self, spec: RunSpec) -> Result<RunRecord> {
         let limits = spec.validate(&self.inner.config.defaults, &self.inner.config.maxima)?;
         let backend = spec
@@ -334,7 +341,7 @@ impl WorkspaceRuns {
             .clone()
             .unwrap_or_else(|| self.inner.default_backend.clone());
         self.backend(&backend)?;
-        let env = spec.env.clone();
+        let secrets = spec.secrets.clone();
         let id = RunId::new();
         let mut record =
             RunRecord::new(id.clone(), spec, backend, limits, self.inner.owner.clone());
@@ -342,7 +349,9 @@ impl WorkspaceRuns {
         match created {
             CreateOutcome::Existing(existing) => Ok(existing),
             CreateOutcome::Created(_) => {
-                lock(&self.inner.secrets).insert(id.clone(), env);
+                if !secrets.is_empty() {
+                    lock(&self.inner.secrets).insert(id.clone(), secrets);
+                }
                 let first = NewEvent::now(EventKind::Status {
                     status: RunStatus::AwaitingArchive,
                     previous: None,
@@ -393,14 +402,15 @@ impl WorkspaceRuns {
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
         let to = transition(record.status, Input::Start)?;
-        let env = lock(&self.inner.secrets).remove(id);
-        let env = match env {
-            Some(env) => env,
-            None if record.env.is_empty() => BTreeMap::new(),
+        let secrets = lock(&self.inner.secrets).remove(id);
+        let secrets = match secrets {
+            Some(secrets) => secrets,
+            None if record.secret_names.is_empty() => BTreeMap::new(),
             None => {
                 return Err(Error::invalid(
-                    "env",
-                    "the env values of this run were given to another engine instance; start it there",
+                    "secrets",
+                    "the secret values of this run are held only in the memory of the engine \
+                     instance that created it (they are never stored); start it there",
                 ));
             }
         };
@@ -444,7 +454,7 @@ impl WorkspaceRuns {
         let driven = record.clone();
         tokio::spawn(async move {
             let id = driven.id.clone();
-            driver::Driver::new(engine.clone(), driven, backend, env, cancel_rx, permit)
+            driver::Driver::new(engine.clone(), driven, backend, secrets, cancel_rx, permit)
                 .run()
                 .await;
             lock(&engine.inner.live).remove(&id);
@@ -469,7 +479,6 @@ impl WorkspaceRuns {
         match record.status {
             RunStatus::AwaitingArchive | RunStatus::ArchiveReady => {
                 transition(record.status, Input::Cancel)?;
-                lock(&self.inner.secrets).remove(id);
                 self.terminate(&mut record, Outcome::Canceled, None, None, None)
                     .await?;
                 self.discard_transfers(id).await;
@@ -662,6 +671,9 @@ impl WorkspaceRuns {
         identity: Option<crate::backend::TemplateIdentity>,
         isolation: Option<crate::backend::IsolationReport>,
     ) -> Result<()> {
+        // An ended run never starts: forget its secrets (canceled, reclaimed or expired
+        // before `start`).
+        lock(&self.inner.secrets).remove(&record.id);
         let previous = record.status;
         let now = Timestamp::now();
         record.status = outcome.status();

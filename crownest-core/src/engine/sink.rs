@@ -1,6 +1,6 @@
 //! Turns raw command output into `stdout`/`stderr` events: UTF-8-safe chunks of at most
 //! 64 KiB, base64 for bytes that are not UTF-8, a stored cap per stream, and masking of
-//! env values.
+//! secret values (plain env values are never masked; see [`crate::secret`]).
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -52,12 +52,13 @@ fn idx(s: OutputStream) -> usize {
 const MASK: &[u8] = b"***";
 
 impl OutputChunker {
-    /// `secrets`: env values to mask (values shorter than 4 bytes are not masked: they
-    /// would mangle ordinary output and reveal little).
+    /// `secrets`: the run's secret values, each masked wherever it occurs exactly (an
+    /// accidental-echo guard: a transformed value passes). Every non-empty secret is
+    /// masked, however short: the client said it is one.
     pub(crate) fn new(cap: u64, secrets: impl IntoIterator<Item = String>) -> Self {
         let mut secrets: Vec<Vec<u8>> = secrets
             .into_iter()
-            .filter(|s| s.len() >= 4)
+            .filter(|s| !s.is_empty())
             .map(String::into_bytes)
             .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
