@@ -8,7 +8,6 @@
 //!   (`.creating-` + rename), used through its descriptor, removed through a `.removing-`
 //!   tombstone with the deletion in the background ([`Removal`]).
 //! * [`sweep`]: the one orphan sweep of a root.
-//! * [`TempDir`]: private scratch space under a root (the Docker backend's staging).
 //! * [`collect_artifact`]: artifact collection relative to an open workspace descriptor.
 
 mod remove;
@@ -21,9 +20,7 @@ use std::sync::Arc;
 
 pub use remove::{TOMBSTONE_PREFIX, remove_tree, remove_via_tombstone};
 pub use root::WorkRoot;
-pub use sandbox::{
-    CREATING_PREFIX, MARKER_FILE, Marker, Removal, SandboxDir, TEMP_PREFIX, TempDir,
-};
+pub use sandbox::{CREATING_PREFIX, MARKER_FILE, Marker, Removal, SandboxDir};
 pub use sweep::sweep;
 
 use crate::artifact::{ArtifactFailure, CollectedArtifact};

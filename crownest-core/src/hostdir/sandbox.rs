@@ -23,8 +23,6 @@ use crate::time::Timestamp;
 pub const MARKER_FILE: &str = "crownest-sandbox.json";
 /// Name prefix of a sandbox directory being built: `.creating-<pid>-<start ticks>-<name>`.
 pub const CREATING_PREFIX: &str = ".creating-";
-/// Name prefix of a private temporary directory: `.tmp-<pid>-<start ticks>-<random>`.
-pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// The marker of a sandbox directory: which backend, run, engine and process own it, until
 /// when it is kept, and backend-specific state (e.g. the processes it last ran).
@@ -300,47 +298,4 @@ pub(crate) fn read_marker_at(dir: BorrowedFd<'_>) -> io::Result<Marker> {
     let mut bytes = Vec::new();
     io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)?;
     serde_json::from_slice(&bytes).map_err(io::Error::other)
-}
-
-/// A private temporary directory under a work root (`.tmp-<pid>-<start>-<random>`, mode
-/// 0700), removed on drop; a sweep removes one whose creator is gone. Its path names the
-/// directory through the root's descriptor, which it keeps open.
-#[derive(Debug)]
-pub struct TempDir {
-    // Dropped before `root`: the path is only valid while the root's descriptor is open.
-    dir: tempfile::TempDir,
-    root: WorkRoot,
-}
-
-impl TempDir {
-    /// Creates one under `root`.
-    pub fn new(root: &WorkRoot) -> Result<Self> {
-        let owner = RunOwner::current("");
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{TEMP_PREFIX}{}-", owner_tag(&owner)))
-            .tempdir_in(root.proc_path())
-            .map_err(|e| {
-                Error::io(
-                    format!(
-                        "creating a temporary directory in {}",
-                        root.path().display()
-                    ),
-                    e,
-                )
-            })?;
-        Ok(Self {
-            dir,
-            root: root.clone(),
-        })
-    }
-
-    /// Its path (through the root's descriptor; valid in this process only).
-    pub fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    /// The root it lives in.
-    pub fn root(&self) -> &WorkRoot {
-        &self.root
-    }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::remove::{TOMBSTONE_PREFIX, remove_tree, remove_via_tombstone};
 use super::root::WorkRoot;
-use super::sandbox::{CREATING_PREFIX, Marker, TEMP_PREFIX, owner_in_name, read_marker_at};
+use super::sandbox::{CREATING_PREFIX, Marker, owner_in_name, read_marker_at};
 use crate::error::{Error, Result};
 use crate::ids::RunId;
 use crate::time::Timestamp;
@@ -19,7 +19,7 @@ const STAGING_GRACE: Duration = Duration::from_secs(600);
 ///   through a tombstone; its name is returned;
 /// * `.removing-*` tombstones (a removal cut short, or still running in the background of
 ///   a dead process) → deleted;
-/// * `.creating-<pid>-<start>-*` and `.tmp-<pid>-<start>-*` whose process is gone → deleted;
+/// * `.creating-<pid>-<start>-*` whose builder process is gone → deleted;
 /// * `.crownest-staging-*` older than ten minutes → deleted;
 /// * anything else (another backend's sandbox, a directory without a readable marker, other
 ///   dot names, non-directories) is never touched.
@@ -44,13 +44,8 @@ pub fn sweep(
             let _ = remove_tree(&path);
             continue;
         }
-        if name.starts_with(CREATING_PREFIX) || name.starts_with(TEMP_PREFIX) {
-            let prefix = if name.starts_with(CREATING_PREFIX) {
-                CREATING_PREFIX
-            } else {
-                TEMP_PREFIX
-            };
-            if owner_in_name(&name, prefix).is_some_and(|o| !o.is_alive()) {
+        if name.starts_with(CREATING_PREFIX) {
+            if owner_in_name(&name, CREATING_PREFIX).is_some_and(|o| !o.is_alive()) {
                 let _ = remove_tree(&path);
             }
             continue;
