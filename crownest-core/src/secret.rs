@@ -10,7 +10,7 @@
 //!
 //! | place | secret value |
 //! |---|---|
-//! | the memory of the engine that created the run, from `create` to `start` | yes (nowhere else: a run whose secrets were lost, e.g. by a host restart, ends like any other reclaimed run) |
+//! | the memory of the engine that created the run, from `create` to `start`, then its driver's until the run ends | yes (nowhere else: a run whose secrets were lost, e.g. by a host restart, ends like any other reclaimed run) |
 //! | the command's environment ([`ExecRequest::secrets`](crate::ExecRequest::secrets)) | yes; each backend documents how it delivers them (the Docker backend keeps them out of the container's config) |
 //! | stdout / stderr events | masked as `***` |
 //! | events, evidence, the run record, the store's files | never; only the **names** are recorded ([`RunRecord::secret_names`](crate::RunRecord::secret_names)) |
