@@ -277,6 +277,18 @@ impl EvidenceBundle {
         }
     }
 
+    /// `internalParameters.limits` of the in-toto view. A v1 bundle's view is the one it was
+    /// signed with: limits added to [`Limits`] since (`pathBytes`) are left out of it.
+    fn limits_parameter(&self) -> Value {
+        let mut limits = json!(self.limits);
+        if self.schema == EVIDENCE_SCHEMA_V1
+            && let Some(map) = limits.as_object_mut()
+        {
+            map.remove("pathBytes");
+        }
+        limits
+    }
+
     /// An in-toto Statement v1 with a SLSA Provenance v1 predicate; subjects = artifacts.
     pub fn to_in_toto(&self) -> Value {
         let subjects: Vec<Value> = self
@@ -304,7 +316,7 @@ impl EvidenceBundle {
                     "buildType": "https://crownest.dev/workspace-run/v1",
                     "externalParameters": external,
                     "internalParameters": {
-                        "limits": self.limits,
+                        "limits": self.limits_parameter(),
                         "isolation": self.isolation,
                         "templateIdentity": self.template.identity,
                     },
@@ -340,7 +352,13 @@ impl EvidenceBundle {
 
     /// sha256 of the bundle's canonical JSON.
     pub fn digest(&self) -> Sha256Digest {
-        let v = serde_json::to_value(self).unwrap_or(Value::Null);
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if self.schema == EVIDENCE_SCHEMA_V1
+            && let Some(limits) = v.get_mut("limits").and_then(Value::as_object_mut)
+        {
+            // Written before `pathBytes` existed: hash the bundle as it was written.
+            limits.remove("pathBytes");
+        }
         Sha256Digest::of(&crate::event::canonical_json(&v))
     }
 
