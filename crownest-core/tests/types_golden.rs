@@ -269,7 +269,11 @@ fn evidence_v1_bundles_round_trip_and_keep_their_in_toto_view() {
     assert_eq!(bundle.schema, EVIDENCE_SCHEMA_V1);
     assert_eq!(bundle.schema_problem(), None);
     assert_eq!(bundle.env_names.as_ref().map(Vec::len), Some(2));
-    assert_eq!(serde_json::to_value(&bundle).unwrap(), original);
+    // `limits.pathBytes` was added after v1 (it reads back as its default); the digest and
+    // the in-toto view of a v1 bundle leave it out, everything else is byte for byte.
+    let mut again = serde_json::to_value(&bundle).unwrap();
+    again["limits"].as_object_mut().unwrap().remove("pathBytes");
+    assert_eq!(again, original);
     let in_toto: Value = serde_json::from_str(&golden("evidence-v1/in-toto.json")).unwrap();
     assert_eq!(bundle.to_in_toto(), in_toto);
     let events: Vec<Event> = golden("evidence-v1/events.jsonl")
