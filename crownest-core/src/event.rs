@@ -1,8 +1,7 @@
 //! Events: the envelope, every kind, and the hash chain (DESIGN §2.3).
 //!
 //! `hash = sha256(previous hash ‖ canonical JSON of the event without "hash")`, the first
-//! event chaining from 32 zero bytes. Canonical JSON = object keys sorted by byte order, no
-//! whitespace, numbers as integers. [`seal`] is the only place an event gets its seq and
+//! event chaining from 32 zero bytes. Canonical JSON is RFC 8785 (JCS, [`crate::canonical`]). [`seal`] is the only place an event gets its seq and
 //! hash; stores call it inside their append transaction. [`verify_chain`] proves offline
 //! that no event was dropped, reordered, duplicated or edited.
 
@@ -188,6 +187,30 @@ impl OutputChunk {
 )]
 #[non_exhaustive]
 pub enum EventKind {
+    /// What the client asked for: the first event of every run (evidence v2).
+    Spec {
+        /// The accepted spec (secret names only, never their values).
+        spec: crate::evidence::SpecRecord,
+    },
+    /// The source archive was verified and attached to the run.
+    ArchiveVerified {
+        /// Size in bytes.
+        size_bytes: u64,
+        /// sha256 of the archive.
+        sha256: Sha256Digest,
+        /// How it arrived.
+        upload: crate::run::UploadKind,
+    },
+    /// What the host used for the command: the template's identity and the isolation the
+    /// backend enforced. Recorded when the sandbox is made, and again when what was
+    /// enforced changed by the end of the command (the last one holds).
+    Environment {
+        /// What the template resolved to (absent when the backend could not say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<crate::backend::TemplateIdentity>,
+        /// What the backend enforced.
+        isolation: crate::backend::IsolationReport,
+    },
     /// A state change.
     Status {
         /// The new state.
@@ -272,6 +295,20 @@ pub enum EventKind {
         failure: Option<Failure>,
         /// From creation to terminal, in milliseconds.
         duration_ms: u64,
+        /// Both output streams' totals and digests (absent when the command never ran, or
+        /// when the run was ended by recovery, which cannot know them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<crate::evidence::OutputSummary>,
+        /// What happened to the sandbox (evidence v2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<crate::evidence::EvidenceSandbox>,
+        /// The CrowNest version that ended the run (evidence v2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        crownest_version: Option<String>,
+        /// sha256 of the Evidence Bundle's canonical JSON without `events` and
+        /// `terminalEvent` (evidence v2): binds every field of the bundle to the chain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bundle_digest: Option<Sha256Digest>,
     },
     /// A non-terminal problem.
     Error {
@@ -286,6 +323,9 @@ impl EventKind {
     /// The wire `type` name.
     pub fn type_name(&self) -> &'static str {
         match self {
+            Self::Spec { .. } => "spec",
+            Self::ArchiveVerified { .. } => "archive_verified",
+            Self::Environment { .. } => "environment",
             Self::Status { .. } => "status",
             Self::ArchiveProgress { .. } => "archive_progress",
             Self::Stdout(_) => "stdout",
@@ -352,45 +392,9 @@ struct Unsealed<'a> {
     kind: &'a EventKind,
 }
 
-/// Canonical JSON: keys sorted by bytes, no whitespace. Independent of serde_json's
-/// `preserve_order` feature, so hashes never depend on feature unification.
+/// Canonical JSON (RFC 8785, see [`crate::canonical`]): what every hash is taken over.
 pub fn canonical_json(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    // Writing into a Vec cannot fail.
-    let _ = write_canonical(value, &mut out);
-    out
-}
-
-/// Writes `value` as canonical JSON (see [`canonical_json`]) into `out`: strings and
-/// numbers go through serde_json's own writer, with no intermediate `String`.
-fn write_canonical<W: std::io::Write>(value: &Value, out: &mut W) -> std::io::Result<()> {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.write_all(b"{")?;
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.write_all(b",")?;
-                }
-                serde_json::to_writer(&mut *out, k)?;
-                out.write_all(b":")?;
-                write_canonical(v, out)?;
-            }
-            out.write_all(b"}")
-        }
-        Value::Array(items) => {
-            out.write_all(b"[")?;
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.write_all(b",")?;
-                }
-                write_canonical(item, out)?;
-            }
-            out.write_all(b"]")
-        }
-        leaf => Ok(serde_json::to_writer(&mut *out, leaf)?),
-    }
+    crate::canonical::to_vec(value)
 }
 
 /// An `io::Write` that feeds a sha256 (behind a `BufWriter`, so that the many small writes
@@ -427,7 +431,7 @@ fn chain_hash(
     h.update(&prev);
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(h));
     // Writing into the hasher cannot fail.
-    let _ = write_canonical(&value, &mut w);
+    let _ = crate::canonical::write(&value, &mut w);
     let _ = std::io::Write::flush(&mut w);
     let (HashWriter(h), _) = w.into_parts();
     hex::encode(h.finalize())

@@ -22,6 +22,7 @@
 pub mod archive;
 pub mod artifact;
 pub mod backend;
+pub mod canonical;
 pub mod error;
 pub mod event;
 pub mod evidence;

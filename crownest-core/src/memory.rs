@@ -28,6 +28,7 @@ struct Inner {
     events: HashMap<RunId, Vec<Event>>,
     idempotency: HashMap<String, RunId>,
     evidence: HashMap<RunId, EvidenceBundle>,
+    envelopes: HashMap<RunId, crate::signing::DsseEnvelope>,
     blobs: HashMap<Sha256Digest, StoredBlob>,
     transfers: HashMap<TransferId, StoredTransfer>,
 }
@@ -183,6 +184,9 @@ impl Store for MemoryStore {
             .last()
             .map(|e| e.hash.clone())
             .unwrap_or(stored.chain_head);
+        if let Some(env) = commit.envelope {
+            g.envelopes.insert(id.clone(), env);
+        }
         if let Some(ev) = commit.evidence {
             g.evidence.insert(id.clone(), ev);
         }
@@ -359,6 +363,14 @@ impl Store for MemoryStore {
         } else {
             Err(Error::not_found("run", id))
         }
+    }
+
+    async fn get_evidence_envelope(
+        &self,
+        id: &RunId,
+    ) -> Result<Option<crate::signing::DsseEnvelope>> {
+        self.get_evidence(id).await?;
+        Ok(self.lock().envelopes.get(id).cloned())
     }
 
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {

@@ -133,6 +133,25 @@ pub struct RunTimestamps {
     pub terminal: Option<Timestamp>,
 }
 
+impl RunTimestamps {
+    /// Records the milestone a status change marks, at the time of its `status` event (the
+    /// one rule evidence v2 derives them by): `queued` → `started`, `running` →
+    /// `commandStarted`, `finalizing` after `running` → `commandEnded`. Only the first
+    /// occurrence counts.
+    pub fn on_status(&mut self, status: RunStatus, at: Timestamp) {
+        match status {
+            RunStatus::Queued if self.started.is_none() => self.started = Some(at),
+            RunStatus::Running if self.command_started.is_none() => self.command_started = Some(at),
+            RunStatus::Finalizing
+                if self.command_started.is_some() && self.command_ended.is_none() =>
+            {
+                self.command_ended = Some(at)
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Who drives a run: recovery reclaims a run only when its owner is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -246,6 +265,10 @@ pub struct RunRecord {
     pub next_seq: u64,
     /// Hash of the last event (maintained by the store).
     pub chain_head: String,
+    /// The run's chain starts with a `spec` event, so its evidence is v2 (every field bound
+    /// to the chain). False for runs created by earlier versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evidence_v2: bool,
 }
 
 impl RunRecord {
@@ -282,6 +305,7 @@ impl RunRecord {
             cancel_requested: false,
             next_seq: 1,
             chain_head: GENESIS_HASH.to_owned(),
+            evidence_v2: true,
         }
     }
 }

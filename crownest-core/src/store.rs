@@ -15,6 +15,7 @@ use crate::evidence::EvidenceBundle;
 use crate::gc::{GcPolicy, StoreGcReport};
 use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 use crate::run::{ArchiveDescriptor, Artifact, RunRecord};
+use crate::signing::DsseEnvelope;
 use crate::status::RunStatus;
 use crate::time::Timestamp;
 
@@ -65,6 +66,8 @@ pub struct RunCommit {
     pub record: Option<RunRecord>,
     /// Required exactly when `events` ends with `terminal`.
     pub evidence: Option<EvidenceBundle>,
+    /// The evidence's signed DSSE envelope, stored with it (only with `evidence`).
+    pub envelope: Option<DsseEnvelope>,
 }
 
 /// What a stored blob is.
@@ -219,6 +222,8 @@ impl TransferRecord {
 ///   than `transfer_ttl` ago; past those ages it deletes unnamed blobs and idle transfers,
 ///   and it reports what it deleted.
 /// * `get_evidence` of a run that has not ended is `Error::NotTerminal`.
+/// * `get_evidence_envelope` returns the envelope committed with the evidence, unchanged, or
+///   `None` when the evidence came without one; before the end it is `Error::NotTerminal`.
 /// * `get_artifact` finds an artifact of any run by id.
 /// * `list_unfinished` returns every run not in a terminal state.
 #[async_trait]
@@ -262,6 +267,9 @@ pub trait Store: Send + Sync + Debug {
     async fn collect_garbage(&self, policy: &GcPolicy) -> Result<StoreGcReport>;
     /// The Evidence Bundle of an ended run.
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle>;
+    /// The DSSE envelope stored with an ended run's evidence (`None` when it was stored
+    /// without one); `NotTerminal` before the run ended.
+    async fn get_evidence_envelope(&self, id: &RunId) -> Result<Option<DsseEnvelope>>;
     /// One artifact by id.
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact>;
 }
@@ -282,6 +290,11 @@ pub fn check_commit(stored: &RunRecord, commit: &RunCommit) -> Result<()> {
         &commit.events,
     )?;
     let ends_terminal = commit.events.last().is_some_and(|e| e.kind.is_terminal());
+    if commit.envelope.is_some() && commit.evidence.is_none() {
+        return Err(Error::Conflict {
+            message: "a signed envelope may only be stored with its evidence".into(),
+        });
+    }
     match (&commit.evidence, ends_terminal) {
         (Some(_), false) => Err(Error::Conflict {
             message: "evidence may only be stored with the terminal event".into(),

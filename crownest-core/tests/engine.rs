@@ -124,6 +124,11 @@ async fn assert_well_formed(e: &Env, run: &RunRecord, events: &[Event]) {
     verify_chain(&run.id, events).unwrap();
     let evidence = e.engine.evidence(&run.id).await.unwrap();
     evidence.verify_events(events).unwrap();
+    // Evidence v2: every field is what the chain says, and the terminal event binds it.
+    assert!(evidence.is_v2(), "new runs write evidence v2");
+    let problems =
+        crownest_core::evidence::verify(&serde_json::to_value(&evidence).unwrap(), events);
+    assert!(problems.is_empty(), "evidence v2 verifies: {problems:?}");
     assert_eq!(evidence.status, run.status);
     assert!(
         e.fake.live_sandboxes().is_empty() || run.spec.keep_sandbox.is_some(),
@@ -1000,6 +1005,7 @@ async fn recovery_fails_runs_of_dead_owners_and_leaves_live_ones() {
                     events: vec![NewEvent::now(EventKind::Heartbeat {})],
                     record: Some(r.clone()),
                     evidence: None,
+                    envelope: None,
                 },
             )
             .await

@@ -25,6 +25,10 @@ fn chain(n: usize) -> (RunId, Vec<Event>) {
         signal: None,
         failure: None,
         duration_ms: 5,
+        output: None,
+        sandbox: None,
+        crownest_version: None,
+        bundle_digest: None,
     }));
     let sealed = seal_all(GENESIS_HASH, &id, 1, events);
     (id, sealed)

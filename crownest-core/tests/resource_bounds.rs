@@ -556,6 +556,12 @@ impl Store for SlowFirstOpen {
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
         self.inner.get_evidence(id).await
     }
+    async fn get_evidence_envelope(
+        &self,
+        id: &RunId,
+    ) -> Result<Option<crownest_core::signing::DsseEnvelope>> {
+        self.inner.get_evidence_envelope(id).await
+    }
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
         self.inner.get_artifact(id).await
     }

@@ -94,6 +94,7 @@ async fn append_like_engine(
                     events,
                     record: Some(record.clone()),
                     evidence: None,
+                    envelope: None,
                 },
             )
             .await
@@ -135,6 +136,7 @@ async fn append(
                     events,
                     record: Some(record.clone()),
                     evidence: None,
+                    envelope: None,
                 },
             )
             .await

@@ -30,7 +30,7 @@
 //!     data_base64: None,
 //! }));
 //! let sealed = store
-//!     .commit(&id, RunCommit { expected_next_seq: 1, events: vec![stdout], record: None, evidence: None })
+//!     .commit(&id, RunCommit { expected_next_seq: 1, events: vec![stdout], record: None, evidence: None, envelope: None })
 //!     .await?;
 //! // `commit` returned: the event is fsynced, and every reader (any process) sees it.
 //! assert_eq!(store.list_events(&id, 0, 100).await?, sealed);

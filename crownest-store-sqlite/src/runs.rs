@@ -5,6 +5,7 @@
 //! in step with the columns on every write.
 
 use crownest_core::event::seal_all;
+use crownest_core::signing::DsseEnvelope;
 use crownest_core::store::{
     CreateOutcome, RunCommit, RunQuery, check_commit, check_sealed_evidence,
 };
@@ -147,6 +148,26 @@ pub(crate) fn list_events(
         out.push(from_json("event", &row.fatal("reading an event")?)?);
     }
     Ok(out)
+}
+
+/// `get_evidence_envelope`.
+pub(crate) fn get_evidence_envelope(
+    conn: &Connection,
+    id: &RunId,
+) -> Result<Option<DsseEnvelope>, OpError> {
+    let row: Option<Option<String>> = conn
+        .prepare_cached("SELECT envelope FROM evidence WHERE run_id = ?1")
+        .and_then(|mut st| st.query_row([id.as_str()], |r| r.get(0)).optional())
+        .fatal("reading the evidence envelope")?;
+    match row {
+        Some(Some(env)) => Ok(Some(from_json("evidence envelope", &env)?)),
+        Some(None) => Ok(None),
+        None if run_exists(conn, id)? => Err(Error::NotTerminal {
+            run_id: id.to_string(),
+        }
+        .into()),
+        None => Err(Error::not_found("run", id).into()),
+    }
 }
 
 /// `get_evidence`.
@@ -307,9 +328,15 @@ pub(crate) fn commit(
     }
     if let Some(ev) = &commit.evidence {
         let json = to_json("evidence", ev)?;
-        conn.prepare_cached("INSERT OR REPLACE INTO evidence (run_id, bundle) VALUES (?1, ?2)")
-            .and_then(|mut st| st.execute(params![id.as_str(), json]))
-            .fatal("storing evidence")?;
+        let envelope = match &commit.envelope {
+            Some(env) => Some(to_json("evidence envelope", env)?),
+            None => None,
+        };
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO evidence (run_id, bundle, envelope) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut st| st.execute(params![id.as_str(), json, envelope]))
+        .fatal("storing evidence")?;
     }
     Ok(sealed)
 }

@@ -96,10 +96,17 @@ INSERT OR IGNORE INTO artifacts (artifact_id, run_id, sha256, record)
     ORDER BY runs.id;
 ",
     },
+    Migration {
+        version: 3,
+        description: "evidence.envelope: the DSSE envelope signed in the terminal commit",
+        sql: "
+ALTER TABLE evidence ADD COLUMN envelope TEXT;                -- DsseEnvelope JSON, or NULL
+",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Opens a connection with the store's pragmas.
 pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> Result<Connection> {

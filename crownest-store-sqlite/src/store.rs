@@ -352,6 +352,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn get_evidence_envelope(
+        &self,
+        id: &RunId,
+    ) -> Result<Option<crownest_core::signing::DsseEnvelope>> {
+        let id = id.clone();
+        self.inner
+            .reads
+            .read(move |c| runs::get_evidence_envelope(c, &id))
+            .await
+    }
+
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
         let id = id.clone();
         self.inner

@@ -254,6 +254,7 @@ async fn recovery_after_a_crash_fails_the_orphaned_run() {
                     events: vec![],
                     record: Some(record),
                     evidence: None,
+                    envelope: None,
                 },
             )
             .await

@@ -60,6 +60,7 @@ async fn gc_deletes_only_unreferenced_blobs_abandoned_transfers_and_stale_temp_f
                 events: vec![],
                 record: Some(record),
                 evidence: None,
+                envelope: None,
             },
         )
         .await

@@ -48,6 +48,7 @@ async fn reopen_after_drop_keeps_everything() {
                     events: vec![out("one"), out("two")],
                     record: Some(record.clone()),
                     evidence: None,
+                    envelope: None,
                 },
             )
             .await

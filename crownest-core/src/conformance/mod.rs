@@ -33,6 +33,7 @@ macro_rules! store_conformance {
             terminal_must_be_last_with_evidence,
             nothing_appends_after_terminal,
             evidence_is_stored_with_terminal,
+            evidence_envelope_is_stored_with_evidence,
             cancel_flag_survives_commits,
             list_events_returns_a_window,
             blobs_are_content_addressed,

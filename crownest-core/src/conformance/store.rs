@@ -71,6 +71,7 @@ async fn append(store: &Arc<dyn Store>, run: &RunRecord, n: usize) -> RunRecord 
                 events,
                 record: None,
                 evidence: None,
+                envelope: None,
             },
         )
         .await
@@ -90,6 +91,10 @@ fn terminal_commit(stored: &RunRecord) -> RunCommit {
         signal: None,
         failure: None,
         duration_ms: 1,
+        output: None,
+        sandbox: None,
+        crownest_version: None,
+        bundle_digest: None,
     });
     let sealed = crate::event::seal(
         &stored.chain_head,
@@ -97,12 +102,13 @@ fn terminal_commit(stored: &RunRecord) -> RunCommit {
         stored.next_seq,
         terminal.clone(),
     );
-    let evidence = EvidenceBundle::build(&record, None, None, sealed);
+    let evidence = EvidenceBundle::build(&record, None, None, None, sealed);
     RunCommit {
         expected_next_seq: stored.next_seq,
         events: vec![terminal],
         record: Some(record),
         evidence: Some(evidence),
+        envelope: None,
     }
 }
 
@@ -232,6 +238,7 @@ pub async fn commit_seals_gap_free_hash_chain(store: Arc<dyn Store>) {
                 events: vec![out("a"), out("b")],
                 record: None,
                 evidence: None,
+                envelope: None,
             },
         )
         .await
@@ -266,6 +273,7 @@ pub async fn commit_with_stale_seq_conflicts_and_writes_nothing(store: Arc<dyn S
                 events: vec![out("x")],
                 record: Some(changed),
                 evidence: None,
+                envelope: None,
             },
         )
         .await
@@ -349,6 +357,7 @@ pub async fn nothing_appends_after_terminal(store: Arc<dyn Store>) {
                 events: vec![out("late")],
                 record: None,
                 evidence: None,
+                envelope: None,
             },
         )
         .await
@@ -386,6 +395,46 @@ pub async fn evidence_is_stored_with_terminal(store: Arc<dyn Store>) {
     );
 }
 
+/// `get_evidence_envelope`: `NotTerminal` before the end, the committed envelope unchanged
+/// after, and `None` for evidence stored without one.
+pub async fn evidence_envelope_is_stored_with_evidence(store: Arc<dyn Store>) {
+    let signed = created(&store, None).await;
+    assert!(matches!(
+        store.get_evidence_envelope(&signed.id).await,
+        Err(Error::NotTerminal { .. })
+    ));
+    assert!(matches!(
+        store.get_evidence_envelope(&RunId::new()).await,
+        Err(Error::NotFound { .. })
+    ));
+    let mut commit = terminal_commit(&signed);
+    let key = crate::signing::HostKey::from_seed([7; 32]);
+    let envelope = commit.evidence.as_ref().map(|e| e.to_dsse(&key));
+    commit.envelope.clone_from(&envelope);
+    store.commit(&signed.id, commit).await.unwrap();
+    let got = store.get_evidence_envelope(&signed.id).await.unwrap();
+    assert_eq!(got, envelope, "the envelope comes back unchanged");
+    let unsigned = created(&store, None).await;
+    store
+        .commit(&unsigned.id, terminal_commit(&unsigned))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_evidence_envelope(&unsigned.id).await.unwrap(),
+        None
+    );
+    // An envelope without evidence is refused.
+    let other = created(&store, None).await;
+    let mut bad = terminal_commit(&other);
+    bad.evidence = None;
+    bad.events.clear();
+    bad.envelope = envelope;
+    assert!(matches!(
+        store.commit(&other.id, bad).await,
+        Err(Error::Conflict { .. })
+    ));
+}
+
 /// `request_cancel` sets `cancel_requested`; `commit` never clears it.
 pub async fn cancel_flag_survives_commits(store: Arc<dyn Store>) {
     let run = created(&store, None).await;
@@ -401,6 +450,7 @@ pub async fn cancel_flag_survives_commits(store: Arc<dyn Store>) {
                 events: vec![out("x")],
                 record: Some(record),
                 evidence: None,
+                envelope: None,
             },
         )
         .await
@@ -563,6 +613,7 @@ pub async fn artifacts_are_found_by_id(store: Arc<dyn Store>) {
                 events: vec![],
                 record: Some(record),
                 evidence: None,
+                envelope: None,
             },
         )
         .await
@@ -606,6 +657,7 @@ pub async fn concurrent_commits_to_many_runs(store: Arc<dyn Store>) {
                             events: vec![out("x")],
                             record: None,
                             evidence: None,
+                            envelope: None,
                         },
                     )
                     .await
@@ -685,6 +737,7 @@ async fn named_and_loose_blobs(store: &Arc<dyn Store>) -> [Sha256Digest; 3] {
                 events: vec![],
                 record: Some(record),
                 evidence: None,
+                envelope: None,
             },
         )
         .await

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::event::{
     ArchivePhase, ArtifactErrorReason, EventKind, Failure, FailureKind, KillReason, NewEvent,
 };
+use crate::evidence::OutputSummary;
 use crate::ids::ArtifactId;
 use crate::run::{Artifact, ArtifactErrorRecord, RunRecord, SandboxRecord};
 use crate::secret::SecretValue;
@@ -95,6 +96,8 @@ pub(super) struct Driver {
     /// events nobody waits on, such as the final extraction progress).
     deferred: Vec<NewEvent>,
     isolation: Option<IsolationReport>,
+    /// The command's output totals and digests, once it ran.
+    output: Option<OutputSummary>,
 }
 
 impl Driver {
@@ -116,6 +119,7 @@ impl Driver {
             identity: None,
             deferred: Vec::new(),
             isolation: None,
+            output: None,
         }
     }
 
@@ -141,7 +145,14 @@ impl Driver {
                 );
                 let _ = self
                     .engine
-                    .terminate(&mut fresh, Outcome::Failed, Some(failure), None, None)
+                    .terminate(
+                        &mut fresh,
+                        Outcome::Failed,
+                        Some(failure),
+                        self.identity.clone(),
+                        self.isolation.clone(),
+                        self.output.clone(),
+                    )
                     .await;
             }
         }
@@ -213,7 +224,7 @@ impl Driver {
                     let mut rec = self.record.clone();
                     transition(rec.status, Input::Cancel)?;
                     self.engine
-                        .terminate(&mut rec, Outcome::Canceled, None, None, None)
+                        .terminate(&mut rec, Outcome::Canceled, None, None, None, None)
                         .await?;
                     self.record = rec;
                     return Ok(());
@@ -245,6 +256,8 @@ impl Driver {
         };
         self.identity = Some(sandbox.identity());
         self.isolation = Some(sandbox.isolation());
+        // What the host uses, in the chain (goes out with the next commit).
+        self.deferred.push(self.environment_event());
         self.record.sandbox = Some(SandboxRecord {
             id: sandbox.id().to_owned(),
             kept: false,
@@ -389,7 +402,6 @@ impl Driver {
                 msg = rx.recv(), if output.pending.len() < MAX_OUTPUT_BATCH => match msg {
                     Some(SinkMsg::Started) => {
                         self.flush_output(&mut output).await?;
-                        self.record.timestamps.command_started = Some(Timestamp::now());
                         self.status(Input::CommandStarted, Vec::new()).await?;
                     }
                     Some(SinkMsg::Events(events)) => {
@@ -400,7 +412,6 @@ impl Driver {
                                 Ok(SinkMsg::Events(more)) => output.pending.extend(more),
                                 Ok(SinkMsg::Started) => {
                                     self.flush_output(&mut output).await?;
-                                    self.record.timestamps.command_started = Some(Timestamp::now());
                                     self.status(Input::CommandStarted, Vec::new()).await?;
                                 }
                                 Err(_) => break,
@@ -468,7 +479,7 @@ impl Driver {
             let rest = tail.split_off(tail.len().min(MAX_OUTPUT_BATCH));
             self.commit(std::mem::replace(&mut tail, rest)).await?;
         }
-        self.record.timestamps.command_ended = Some(Timestamp::now());
+        self.output = Some(chunker.summary());
         if destroyed_by_ladder && let Some(sb) = self.record.sandbox.as_mut() {
             sb.destroyed = true;
         }
@@ -486,7 +497,9 @@ impl Driver {
         };
         // What the sandbox enforced may have changed while spawning (e.g. a containment
         // fallback): record what was true for this command.
+        let before = self.isolation.clone();
         self.isolation = Some(sandbox.isolation());
+        let mut events = Vec::new();
         if !outcome.survivors.is_empty() {
             let message = format!(
                 "{} process(es) survived the final kill: {}",
@@ -497,11 +510,16 @@ impl Driver {
                 iso.details
                     .insert("survivors".into(), outcome.survivors.join(", "));
             }
-            self.commit(vec![NewEvent::now(EventKind::Error {
+            events.push(NewEvent::now(EventKind::Error {
                 code: "survivors".into(),
                 message,
-            })])
-            .await?;
+            }));
+        }
+        if self.isolation != before {
+            events.push(self.environment_event());
+        }
+        if !events.is_empty() {
+            self.commit(events).await?;
         }
         match &outcome.status {
             ExitStatus::Exited(code) => self.record.exit_code = Some(*code),
@@ -631,10 +649,20 @@ impl Driver {
                 ending.failure,
                 self.identity.clone(),
                 self.isolation.clone(),
+                self.output.clone(),
             )
             .await?;
         self.record = rec;
         Ok(())
+    }
+
+    /// The `environment` event: what the host uses for this run right now.
+    fn environment_event(&self) -> NewEvent {
+        NewEvent::now(EventKind::Environment {
+            identity: self.identity.clone(),
+            // Always set before the event is made (right after `create`).
+            isolation: self.isolation.clone().unwrap_or_default(),
+        })
     }
 
     fn missing_required(&self) -> Option<String> {

@@ -96,6 +96,7 @@ impl WorkspaceRuns {
             Some(expiry_failure(ttl)),
             None,
             None,
+            None,
         )
         .await?;
         self.discard_transfers(id).await;

@@ -353,14 +353,26 @@ impl WorkspaceRuns {
             entries: summary.entries,
             extracted_bytes: summary.bytes,
         });
-        record.timestamps.archive_verified = Some(Timestamp::now());
-        let progress = NewEvent::now(EventKind::ArchiveProgress {
-            phase: ArchivePhase::Verifying,
-            bytes_done: total,
-            bytes_total: total,
-            entries: summary.entries,
-        });
-        self.set_status(record, RunStatus::ArchiveReady, vec![progress])
+        let now = Timestamp::now();
+        record.timestamps.archive_verified = Some(now);
+        let progress = NewEvent {
+            at: now,
+            kind: EventKind::ArchiveProgress {
+                phase: ArchivePhase::Verifying,
+                bytes_done: total,
+                bytes_total: total,
+                entries: summary.entries,
+            },
+        };
+        let verified = NewEvent {
+            at: now,
+            kind: EventKind::ArchiveVerified {
+                size_bytes: descriptor.size_bytes,
+                sha256: descriptor.sha256.clone(),
+                upload: kind,
+            },
+        };
+        self.set_status(record, RunStatus::ArchiveReady, vec![progress, verified])
             .await?;
         self.discard_transfers(&record.id).await;
         Ok(record.clone())

@@ -33,11 +33,12 @@ use tokio::sync::{Semaphore, watch};
 use crate::backend::SandboxBackend;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, Failure, FailureKind, NewEvent, seal};
-use crate::evidence::EvidenceBundle;
+use crate::evidence::{EvidenceBundle, EvidenceSandbox, OutputSummary, SpecRecord};
 use crate::gc::GcPolicy;
 use crate::ids::{ArtifactId, RunId};
 use crate::run::{Artifact, RunOwner, RunRecord};
 use crate::secret::SecretValue;
+use crate::signing::{DsseEnvelope, HostKey, HostPublicKey};
 use crate::spec::{Limits, RunSpec};
 use crate::status::{Input, Outcome, RunStatus, transition};
 use crate::store::{CreateOutcome, RunCommit, RunQuery, Store};
@@ -145,6 +146,8 @@ pub(crate) struct Inner {
     staging_admission: tokio::sync::Mutex<()>,
     /// Archives being uploaded or verified, by digest (see `rejected.rs`).
     verifying: rejected::Verifying,
+    /// Signs each run's evidence in its terminal commit, when set.
+    host_key: Option<Arc<HostKey>>,
 }
 
 #[derive(Debug, Default)]
@@ -198,6 +201,7 @@ pub struct WorkspaceRunsBuilder {
     backends: Vec<Arc<dyn SandboxBackend>>,
     config: EngineConfig,
     recover: bool,
+    host_key: Option<Arc<HostKey>>,
 }
 
 impl WorkspaceRunsBuilder {
@@ -210,6 +214,14 @@ impl WorkspaceRunsBuilder {
     /// Replaces the configuration.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Signs every run's evidence with `key` in its terminal commit (a DSSE envelope of the
+    /// bundle's in-toto view, stored with the bundle; see
+    /// [`WorkspaceRuns::evidence_envelope`]).
+    pub fn host_key(mut self, key: Arc<HostKey>) -> Self {
+        self.host_key = Some(key);
         self
     }
 
@@ -255,6 +267,7 @@ impl WorkspaceRunsBuilder {
                 metrics: Arc::default(),
                 staging_admission: tokio::sync::Mutex::default(),
                 verifying: rejected::Verifying::default(),
+                host_key: self.host_key,
             }),
         };
         if self.recover {
@@ -287,6 +300,7 @@ impl WorkspaceRuns {
             backends: Vec::new(),
             config: EngineConfig::default(),
             recover: true,
+            host_key: None,
         }
     }
 
@@ -352,11 +366,23 @@ impl WorkspaceRuns {
                 if !secrets.is_empty() {
                     lock(&self.inner.secrets).insert(id.clone(), secrets);
                 }
-                let first = NewEvent::now(EventKind::Status {
-                    status: RunStatus::AwaitingArchive,
-                    previous: None,
-                });
-                self.commit(&mut record, vec![first], None).await?;
+                // The chain opens with what the client asked for (evidence v2), at the
+                // record's creation time.
+                let created = record.timestamps.created.unwrap_or_else(Timestamp::now);
+                let spec = NewEvent {
+                    at: created,
+                    kind: EventKind::Spec {
+                        spec: SpecRecord::of(&record),
+                    },
+                };
+                let first = NewEvent {
+                    at: created,
+                    kind: EventKind::Status {
+                        status: RunStatus::AwaitingArchive,
+                        previous: None,
+                    },
+                };
+                self.commit(&mut record, vec![spec, first], None).await?;
                 Ok(record)
             }
         }
@@ -390,6 +416,17 @@ impl WorkspaceRuns {
         self.inner.store.get_evidence(id).await
     }
 
+    /// The DSSE envelope signed in the run's terminal commit, if the engine that ended it
+    /// had a host key; `Error::NotTerminal` before the run ended.
+    pub async fn evidence_envelope(&self, id: &RunId) -> Result<Option<DsseEnvelope>> {
+        self.inner.store.get_evidence_envelope(id).await
+    }
+
+    /// The public half of the key that signs evidence in terminal commits, if any.
+    pub fn host_public_key(&self) -> Option<HostPublicKey> {
+        self.inner.host_key.as_ref().map(|k| k.public_key())
+    }
+
     /// One artifact's record.
     pub async fn artifact(&self, id: &ArtifactId) -> Result<Artifact> {
         self.inner.store.get_artifact(id).await
@@ -415,7 +452,6 @@ impl WorkspaceRuns {
             }
         };
         let backend = self.backend(&record.backend)?.clone();
-        record.timestamps.started = Some(Timestamp::now());
         record.owner = Some(self.inner.owner.clone());
         // With a slot free right now, `queued` and `starting` are committed together (both
         // status events are recorded; one store write instead of two).
@@ -423,6 +459,7 @@ impl WorkspaceRuns {
         if permit.is_some() {
             let starting = transition(to, Input::SlotAcquired)?;
             let now = Timestamp::now();
+            record.timestamps.on_status(to, now);
             let events = vec![
                 NewEvent {
                     at: now,
@@ -479,7 +516,7 @@ impl WorkspaceRuns {
         match record.status {
             RunStatus::AwaitingArchive | RunStatus::ArchiveReady => {
                 transition(record.status, Input::Cancel)?;
-                self.terminate(&mut record, Outcome::Canceled, None, None, None)
+                self.terminate(&mut record, Outcome::Canceled, None, None, None, None)
                     .await?;
                 self.discard_transfers(id).await;
                 Ok(record)
@@ -549,7 +586,7 @@ impl WorkspaceRuns {
                 sb.destroyed = true;
             }
             match self
-                .terminate(&mut run, Outcome::Failed, Some(failure), None, None)
+                .terminate(&mut run, Outcome::Failed, Some(failure), None, None, None)
                 .await
             {
                 Ok(()) => report.reclaimed.push(run.id.clone()),
@@ -586,6 +623,28 @@ impl WorkspaceRuns {
         events: Vec<NewEvent>,
         evidence: Option<EvidenceBundle>,
     ) -> Result<Vec<Event>> {
+        self.commit_with(record, events, evidence, None).await
+    }
+
+    /// The terminal commit: events ending with `terminal`, the evidence and its envelope.
+    async fn commit_terminal(
+        &self,
+        record: &mut RunRecord,
+        events: Vec<NewEvent>,
+        evidence: EvidenceBundle,
+        envelope: Option<DsseEnvelope>,
+    ) -> Result<Vec<Event>> {
+        self.commit_with(record, events, Some(evidence), envelope)
+            .await
+    }
+
+    async fn commit_with(
+        &self,
+        record: &mut RunRecord,
+        events: Vec<NewEvent>,
+        evidence: Option<EvidenceBundle>,
+        envelope: Option<DsseEnvelope>,
+    ) -> Result<Vec<Event>> {
         let sealed = self
             .inner
             .store
@@ -596,6 +655,7 @@ impl WorkspaceRuns {
                     events,
                     record: Some(record.clone()),
                     evidence,
+                    envelope,
                 },
             )
             .await?;
@@ -653,16 +713,21 @@ impl WorkspaceRuns {
         mut extra: Vec<NewEvent>,
     ) -> Result<()> {
         let previous = record.status;
+        let now = Timestamp::now();
         record.status = to;
-        extra.push(NewEvent::now(EventKind::Status {
-            status: to,
-            previous: Some(previous),
-        }));
+        record.timestamps.on_status(to, now);
+        extra.push(NewEvent {
+            at: now,
+            kind: EventKind::Status {
+                status: to,
+                previous: Some(previous),
+            },
+        });
         self.commit(record, extra, None).await.map(|_| ())
     }
 
     /// Ends a run: `status` event, then the `terminal` event, terminal record and evidence
-    /// in ONE commit.
+    /// (and, with a host key, its signed envelope) in ONE commit.
     async fn terminate(
         &self,
         record: &mut RunRecord,
@@ -670,6 +735,7 @@ impl WorkspaceRuns {
         failure: Option<Failure>,
         identity: Option<crate::backend::TemplateIdentity>,
         isolation: Option<crate::backend::IsolationReport>,
+        output: Option<OutputSummary>,
     ) -> Result<()> {
         // An ended run never starts: forget its secrets (canceled, reclaimed or expired
         // before `start`).
@@ -687,7 +753,8 @@ impl WorkspaceRuns {
                 previous: Some(previous),
             },
         };
-        let terminal = NewEvent {
+        let v2 = record.evidence_v2;
+        let terminal_with = |bundle_digest: Option<crate::ids::Sha256Digest>| NewEvent {
             at: now,
             kind: EventKind::Terminal {
                 status: record.status,
@@ -695,6 +762,10 @@ impl WorkspaceRuns {
                 signal: record.signal,
                 failure: record.failure.clone(),
                 duration_ms,
+                output: if v2 { output.clone() } else { None },
+                sandbox: v2.then(|| EvidenceSandbox::of(record.sandbox.as_ref())),
+                crownest_version: v2.then(|| env!("CARGO_PKG_VERSION").to_owned()),
+                bundle_digest,
             },
         };
         // The evidence names the terminal event exactly as the store will seal it: the
@@ -705,14 +776,27 @@ impl WorkspaceRuns {
             record.next_seq,
             status_event.clone(),
         );
-        let terminal_sealed = seal(
-            &status_sealed.hash,
-            &record.id,
-            record.next_seq + 1,
-            terminal.clone(),
+        let seal_terminal =
+            |event: NewEvent| seal(&status_sealed.hash, &record.id, record.next_seq + 1, event);
+        let mut terminal = terminal_with(None);
+        let mut evidence = EvidenceBundle::build(
+            record,
+            identity,
+            isolation,
+            output.clone(),
+            seal_terminal(terminal.clone()),
         );
-        let evidence = EvidenceBundle::build(record, identity, isolation, terminal_sealed);
-        self.commit(record, vec![status_event, terminal], Some(evidence))
+        if v2 {
+            // Bind every field of the bundle to the chain: the terminal event carries the
+            // digest of the bundle without the two fields that name the terminal event.
+            terminal = terminal_with(Some(evidence.content_digest()));
+            evidence.set_terminal(seal_terminal(terminal.clone()));
+        }
+        let envelope = match (&self.inner.host_key, v2) {
+            (Some(key), true) => Some(evidence.to_dsse(key)),
+            _ => None,
+        };
+        self.commit_terminal(record, vec![status_event, terminal], evidence, envelope)
             .await
             .map(|_| ())
     }

@@ -9,8 +9,11 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use tokio::sync::mpsc;
 
+use sha2::{Digest as _, Sha256};
+
 use crate::backend::ExecSink;
 use crate::event::{EventKind, NewEvent, OutputChunk, OutputStream};
+use crate::evidence::{OutputSummary, StreamSummary};
 
 /// Largest chunk carried by one output event.
 pub(crate) const MAX_CHUNK: usize = 64 * 1024;
@@ -32,6 +35,10 @@ struct StreamState {
     carry: Vec<u8>,
     /// Tail held back because it might be the start of a secret.
     mask_hold: Vec<u8>,
+    /// Every byte after masking, stored or dropped.
+    total: u64,
+    /// sha256 of those bytes.
+    hasher: Sha256,
 }
 
 /// Output accounting of one exec, shared by the sink and the driver.
@@ -132,6 +139,22 @@ impl OutputChunker {
         ]
     }
 
+    /// Both streams' totals, stored and dropped bytes, and digests (call after
+    /// [`finish`](Self::finish)).
+    pub(crate) fn summary(&self) -> OutputSummary {
+        let g = self.lock();
+        let one = |st: &StreamState| StreamSummary {
+            total_bytes: st.total,
+            stored_bytes: st.stored,
+            dropped_bytes: st.dropped,
+            sha256: hex::encode(st.hasher.clone().finalize()),
+        };
+        OutputSummary {
+            stdout: one(&g[0]),
+            stderr: one(&g[1]),
+        }
+    }
+
     fn chunk(
         &self,
         stream: OutputStream,
@@ -139,6 +162,8 @@ impl OutputChunker {
         data: &[u8],
         flush: bool,
     ) -> Vec<NewEvent> {
+        st.total += data.len() as u64;
+        st.hasher.update(data);
         let room = self.cap.saturating_sub(st.stored + st.carry.len() as u64);
         let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
         st.dropped += (data.len() - take) as u64;

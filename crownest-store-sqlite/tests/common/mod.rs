@@ -136,6 +136,7 @@ pub fn events_commit(expected_next_seq: u64, events: Vec<NewEvent>) -> RunCommit
         events,
         record: None,
         evidence: None,
+        envelope: None,
     }
 }
 
@@ -151,6 +152,10 @@ pub fn terminal_commit(stored: &RunRecord) -> RunCommit {
         signal: None,
         failure: None,
         duration_ms: 1,
+        output: None,
+        sandbox: None,
+        crownest_version: None,
+        bundle_digest: None,
     });
     let sealed = seal(
         &stored.chain_head,
@@ -158,12 +163,13 @@ pub fn terminal_commit(stored: &RunRecord) -> RunCommit {
         stored.next_seq,
         terminal.clone(),
     );
-    let evidence = EvidenceBundle::build(&record, None, None, sealed);
+    let evidence = EvidenceBundle::build(&record, None, None, None, sealed);
     RunCommit {
         expected_next_seq: stored.next_seq,
         events: vec![terminal],
         record: Some(record),
         evidence: Some(evidence),
+        envelope: None,
     }
 }
 

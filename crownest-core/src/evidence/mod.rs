@@ -1,34 +1,48 @@
-//! The Evidence Bundle (DESIGN §2.6) and its in-toto view.
+//! The Evidence Bundle (DESIGN §2.6), how it is bound to the event chain, and its in-toto
+//! view. The exact format, step by step, is `docs/evidence.md`.
 //!
-//! Two layouts share this type, told apart by `schema`:
+//! Three layouts share [`EvidenceBundle`], told apart by `schema`:
 //!
-//! | schema | env fields |
+//! | schema | what proves it |
 //! |---|---|
-//! | [`EVIDENCE_SCHEMA`] `crownest.evidence/v1.1` (written now) | `env`: the plain settings, names and values; `secretNames`: the names of the secrets (no value, no hash) |
-//! | [`EVIDENCE_SCHEMA_V1`] `crownest.evidence/v1` (written before) | `envNames`: `[{name, valueSha256}]` with `valueSha256 = sha256(envSalt ‖ name ‖ 0 ‖ value)`, and `envSalt` |
+//! | [`EVIDENCE_SCHEMA`] `crownest.evidence/v2` (written now) | the event chain alone: every field is derived from the events ([`derive`]), and the terminal event carries the digest of the bundle's canonical form ([`EvidenceBundle::content_digest`]) |
+//! | [`EVIDENCE_SCHEMA_V1_1`] `crownest.evidence/v1.1` | the chain, the terminal outcome and the artifact list; other fields were not bound |
+//! | [`EVIDENCE_SCHEMA_V1`] `crownest.evidence/v1` | as v1.1; env as `envNames` with salted hashes and `envSalt` |
 //!
 //! v1 carried every env value as a salted hash next to its salt, so a short value (a PIN, a
-//! word) was recovered by an offline dictionary in well under a second; v1.1 records plain
-//! settings as they are and secrets by name only. Every other field is the same. v1
-//! bundles still in a store deserialize with their legacy fields intact and serialize back
-//! to the same JSON, so their digest, their in-toto view and a DSSE signature made over it
-//! keep verifying.
+//! word) was recovered by an offline dictionary in well under a second; v1.1 and v2 record
+//! plain settings as they are and secrets by name only. v1 and v1.1 bundles still in a
+//! store deserialize with their fields intact and serialize back to the same JSON, so their
+//! digest, their in-toto view and a DSSE signature made over it keep verifying under their
+//! own rules ([`verify`]).
+
+mod derive;
+mod in_toto;
+mod records;
+mod verify;
+
+pub use derive::derive;
+pub use records::{OutputSummary, SpecRecord, StreamSummary};
+pub use verify::{EvidenceProblem, verify};
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::backend::{IsolationReport, TemplateIdentity};
 use crate::error::{Error, Result};
 use crate::event::{ChainSummary, Event, Failure};
 use crate::ids::{ArtifactId, RunId, Sha256Digest};
 use crate::run::{ArtifactErrorRecord, RunRecord, RunTimestamps, UploadKind};
-use crate::spec::Limits;
+use crate::spec::{ArtifactRequest, KeepSandbox, Limits, Network};
 use crate::status::RunStatus;
 
 /// Schema id of the [`EvidenceBundle`]s written now.
-pub const EVIDENCE_SCHEMA: &str = "crownest.evidence/v1.1";
+pub const EVIDENCE_SCHEMA: &str = "crownest.evidence/v2";
+
+/// Schema id of the bundles written before evidence v2 (plain env, unbound fields).
+pub const EVIDENCE_SCHEMA_V1_1: &str = "crownest.evidence/v1.1";
 
 /// Schema id of the bundles written before secrets were split from env (see the module
 /// docs); still read and verified.
@@ -114,7 +128,8 @@ pub struct EvidenceSandbox {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceBundle {
-    /// [`EVIDENCE_SCHEMA`] (or [`EVIDENCE_SCHEMA_V1`] for a bundle written before).
+    /// [`EVIDENCE_SCHEMA`] (or [`EVIDENCE_SCHEMA_V1_1`] / [`EVIDENCE_SCHEMA_V1`] for a bundle
+    /// written before).
     pub schema: String,
     /// Run id.
     pub run_id: RunId,
@@ -158,6 +173,19 @@ pub struct EvidenceBundle {
     pub artifact_errors: Vec<ArtifactErrorRecord>,
     /// The limits that applied.
     pub limits: Limits,
+    /// Network access asked for (v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// The artifact paths asked for (v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_requested: Option<Vec<ArtifactRequest>>,
+    /// Keep the sandbox after the run, as asked (v2; absent: destroy it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_sandbox: Option<KeepSandbox>,
+    /// Both output streams' totals and digests (v2; absent when the command never ran or
+    /// recovery ended the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSummary>,
     /// What the backend actually enforced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<IsolationReport>,
@@ -172,16 +200,28 @@ pub struct EvidenceBundle {
 }
 
 impl EvidenceBundle {
-    /// Builds the bundle from the final run record and the sealed terminal event.
+    /// Builds the bundle from the final run record and the terminal event. A run created
+    /// before evidence v2 (its chain has no `spec` event) gets a v1.1 bundle.
+    ///
+    /// For v2 the engine seals the terminal event twice: first without `bundleDigest` (any
+    /// terminal event serves for [`content_digest`](Self::content_digest), which leaves it
+    /// out), then with it, and hands the final one to [`set_terminal`](Self::set_terminal).
     pub fn build(
         run: &RunRecord,
         identity: Option<TemplateIdentity>,
         isolation: Option<IsolationReport>,
+        output: Option<OutputSummary>,
         terminal_event: Event,
     ) -> Self {
+        let v2 = run.evidence_v2;
         let sandbox = run.sandbox.as_ref();
-        Self {
-            schema: EVIDENCE_SCHEMA.into(),
+        let mut bundle = Self {
+            schema: if v2 {
+                EVIDENCE_SCHEMA
+            } else {
+                EVIDENCE_SCHEMA_V1_1
+            }
+            .into(),
             run_id: run.id.clone(),
             status: run.status,
             exit_code: run.exit_code,
@@ -218,32 +258,49 @@ impl EvidenceBundle {
                 .collect(),
             artifact_errors: run.artifact_errors.clone(),
             limits: run.limits,
+            network: None,
+            artifacts_requested: None,
+            keep_sandbox: None,
+            output: None,
             isolation,
-            sandbox: EvidenceSandbox {
-                kept: sandbox.is_some_and(|s| s.kept),
-                destroyed: sandbox.is_none_or(|s| s.destroyed),
-                removal_pending: sandbox.is_some_and(|s| s.removal_pending),
-                keep_until: sandbox.and_then(|s| s.keep_until),
-            },
+            sandbox: EvidenceSandbox::of(sandbox),
             events: ChainSummary {
-                count: terminal_event.seq,
-                chain_head: terminal_event.hash.clone(),
+                count: 0,
+                chain_head: String::new(),
             },
-            terminal_event,
+            terminal_event: terminal_event.clone(),
             crownest_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        if v2 {
+            bundle.network = Some(run.spec.network);
+            bundle.artifacts_requested = Some(run.spec.artifacts.clone());
+            bundle.keep_sandbox = run.spec.keep_sandbox;
+            bundle.output = output;
         }
+        bundle.set_terminal(terminal_event);
+        bundle
+    }
+
+    /// Names `event` as the terminal event, with the chain's count and head.
+    pub fn set_terminal(&mut self, event: Event) {
+        self.events = ChainSummary {
+            count: event.seq,
+            chain_head: event.hash.clone(),
+        };
+        self.terminal_event = event;
     }
 
     /// Why this bundle's layout does not fit its `schema`, if it does not: an unknown
-    /// schema, a v1.1 bundle carrying v1's salted hashes, or a v1 bundle without them or
-    /// with v1.1's fields.
+    /// schema, a v1.1/v2 bundle carrying v1's salted hashes, or a v1 bundle without them or
+    /// with the later fields.
     pub fn schema_problem(&self) -> Option<String> {
         let legacy = self.env_names.is_some() || self.env_salt.is_some();
         match self.schema.as_str() {
-            EVIDENCE_SCHEMA if legacy => Some(format!(
-                "a {EVIDENCE_SCHEMA} bundle carries envNames/envSalt (salted env hashes)"
+            EVIDENCE_SCHEMA | EVIDENCE_SCHEMA_V1_1 if legacy => Some(format!(
+                "a {} bundle carries envNames/envSalt (salted env hashes)",
+                self.schema
             )),
-            EVIDENCE_SCHEMA => None,
+            EVIDENCE_SCHEMA | EVIDENCE_SCHEMA_V1_1 => None,
             EVIDENCE_SCHEMA_V1
                 if self.env_names.is_none()
                     || self.env_salt.is_none()
@@ -256,92 +313,14 @@ impl EvidenceBundle {
             }
             EVIDENCE_SCHEMA_V1 => None,
             other => Some(format!(
-                "evidence schema is {other:?}, expected {EVIDENCE_SCHEMA:?} or {EVIDENCE_SCHEMA_V1:?}"
+                "evidence schema is {other:?}, expected {EVIDENCE_SCHEMA:?}, {EVIDENCE_SCHEMA_V1_1:?} or {EVIDENCE_SCHEMA_V1:?}"
             )),
         }
     }
 
-    /// `externalParameters.env*` of the in-toto view: v1 bundles name their env variables
-    /// (exactly as they did when they were written, so old signatures hold); newer ones give
-    /// the plain settings and the secret names.
-    fn env_parameters(&self, params: &mut serde_json::Map<String, Value>) {
-        match &self.env_names {
-            Some(entries) => {
-                let names: Vec<&String> = entries.iter().map(|e| &e.name).collect();
-                params.insert("envNames".into(), json!(names));
-            }
-            None => {
-                params.insert("env".into(), json!(self.env));
-                params.insert("secretNames".into(), json!(self.secret_names));
-            }
-        }
-    }
-
-    /// `internalParameters.limits` of the in-toto view. A v1 bundle's view is the one it was
-    /// signed with: limits added to [`Limits`] since (`pathBytes`) are left out of it.
-    fn limits_parameter(&self) -> Value {
-        let mut limits = json!(self.limits);
-        if self.schema == EVIDENCE_SCHEMA_V1
-            && let Some(map) = limits.as_object_mut()
-        {
-            map.remove("pathBytes");
-        }
-        limits
-    }
-
-    /// An in-toto Statement v1 with a SLSA Provenance v1 predicate; subjects = artifacts.
-    pub fn to_in_toto(&self) -> Value {
-        let subjects: Vec<Value> = self
-            .artifacts
-            .iter()
-            .map(|a| json!({"name": a.path, "digest": {"sha256": a.sha256}}))
-            .collect();
-        let mut deps = Vec::new();
-        if let Some(sha) = &self.source.sha256 {
-            deps.push(json!({"name": "workspace.tar.gz", "digest": {"sha256": sha}}));
-        }
-        let mut external = serde_json::Map::new();
-        external.insert("command".into(), json!(self.command));
-        external.insert("cwd".into(), json!(self.cwd));
-        external.insert("template".into(), json!(self.template.name));
-        external.insert("backend".into(), json!(self.template.backend));
-        self.env_parameters(&mut external);
-        external.insert("labels".into(), json!(self.source.labels));
-        json!({
-            "_type": "https://in-toto.io/Statement/v1",
-            "subject": subjects,
-            "predicateType": "https://slsa.dev/provenance/v1",
-            "predicate": {
-                "buildDefinition": {
-                    "buildType": "https://crownest.dev/workspace-run/v1",
-                    "externalParameters": external,
-                    "internalParameters": {
-                        "limits": self.limits_parameter(),
-                        "isolation": self.isolation,
-                        "templateIdentity": self.template.identity,
-                    },
-                    "resolvedDependencies": deps,
-                },
-                "runDetails": {
-                    "builder": {"id": format!("https://crownest.dev/crownest@{}", self.crownest_version)},
-                    "metadata": {
-                        "invocationId": self.run_id,
-                        "startedOn": self.timestamps.command_started.or(self.timestamps.started),
-                        "finishedOn": self.timestamps.terminal,
-                    },
-                    "byproducts": [{
-                        "name": "crownest.evidence",
-                        "digest": {"sha256": self.digest()},
-                        "annotations": {
-                            "status": self.status,
-                            "exitCode": self.exit_code,
-                            "eventsChainHead": self.events.chain_head,
-                            "eventsCount": self.events.count,
-                        }
-                    }]
-                }
-            }
-        })
+    /// True for a bundle whose every field is bound to the chain ([`EVIDENCE_SCHEMA`]).
+    pub fn is_v2(&self) -> bool {
+        self.schema == EVIDENCE_SCHEMA
     }
 
     /// The in-toto view ([`to_in_toto`](Self::to_in_toto)) signed by `key` in a DSSE
@@ -350,16 +329,30 @@ impl EvidenceBundle {
         key.sign_statement(&self.to_in_toto())
     }
 
-    /// sha256 of the bundle's canonical JSON.
+    /// sha256 of the bundle's canonical JSON (RFC 8785; v1 and v1.1 bundles: the byte-order
+    /// variant they were written with, see [`crate::canonical::legacy_json`]).
     pub fn digest(&self) -> Sha256Digest {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if self.schema == EVIDENCE_SCHEMA_V1
-            && let Some(limits) = v.get_mut("limits").and_then(Value::as_object_mut)
-        {
-            // Written before `pathBytes` existed: hash the bundle as it was written.
-            limits.remove("pathBytes");
+        match self.schema.as_str() {
+            EVIDENCE_SCHEMA => Sha256Digest::of(&crate::canonical::to_vec(&v)),
+            schema => {
+                if schema == EVIDENCE_SCHEMA_V1
+                    && let Some(limits) = v.get_mut("limits").and_then(Value::as_object_mut)
+                {
+                    // Written before `pathBytes` existed: hash the bundle as it was written.
+                    limits.remove("pathBytes");
+                }
+                Sha256Digest::of(&crate::canonical::legacy_json(&v))
+            }
         }
-        Sha256Digest::of(&crate::event::canonical_json(&v))
+    }
+
+    /// The digest a v2 terminal event carries as `bundleDigest`: sha256 of the RFC 8785
+    /// form of the bundle without `events` and `terminalEvent` (the two fields that name
+    /// the terminal event itself).
+    pub fn content_digest(&self) -> Sha256Digest {
+        let v = serde_json::to_value(self).unwrap_or(Value::Null);
+        content_digest_of(&v)
     }
 
     /// Offline check: the events verify, end with this bundle's terminal event, and their
@@ -371,6 +364,29 @@ impl EvidenceBundle {
             _ => Err(Error::Conflict {
                 message: "last event is not the bundle's terminal event".into(),
             }),
+        }
+    }
+}
+
+/// [`EvidenceBundle::content_digest`] of a bundle as JSON (as read from a file: fields this
+/// build does not know are hashed too).
+pub fn content_digest_of(bundle: &Value) -> Sha256Digest {
+    let mut v = bundle.clone();
+    if let Some(map) = v.as_object_mut() {
+        map.remove("events");
+        map.remove("terminalEvent");
+    }
+    Sha256Digest::of(&crate::canonical::to_vec(&v))
+}
+
+impl EvidenceSandbox {
+    /// The fate of a run's sandbox (none made: nothing kept, nothing left to destroy).
+    pub fn of(sandbox: Option<&crate::run::SandboxRecord>) -> Self {
+        Self {
+            kept: sandbox.is_some_and(|s| s.kept),
+            destroyed: sandbox.is_none_or(|s| s.destroyed),
+            removal_pending: sandbox.is_some_and(|s| s.removal_pending),
+            keep_until: sandbox.and_then(|s| s.keep_until),
         }
     }
 }
