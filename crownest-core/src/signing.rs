@@ -165,7 +165,7 @@ impl HostKey {
 
     /// Signs `statement` (its canonical JSON) into a DSSE envelope.
     pub fn sign_statement(&self, statement: &Value) -> DsseEnvelope {
-        let body = crate::event::canonical_json(statement);
+        let body = crate::canonical::to_vec(statement);
         let sig = self.key.sign(&pae(IN_TOTO_PAYLOAD_TYPE, &body));
         DsseEnvelope {
             payload_type: IN_TOTO_PAYLOAD_TYPE.into(),
@@ -183,14 +183,38 @@ impl HostKey {
 pub struct HostPublicKey(VerifyingKey);
 
 impl HostPublicKey {
-    /// Parses 64 hex digits (surrounding whitespace ignored).
-    pub fn parse(hex_text: &str) -> std::result::Result<Self, SignatureError> {
+    /// Parses a public key: a PEM `PUBLIC KEY` block (SubjectPublicKeyInfo, RFC 8410, as
+    /// `openssl pkey -pubout` writes it), or the 32 raw bytes as 64 hex digits (surrounding
+    /// whitespace ignored).
+    pub fn parse(text: &str) -> std::result::Result<Self, SignatureError> {
+        use ed25519_dalek::pkcs8::DecodePublicKey as _;
+        if text.contains("-----BEGIN") {
+            return VerifyingKey::from_public_key_pem(text.trim())
+                .map(Self)
+                .map_err(|e| {
+                    SignatureError::Malformed(format!("not an ed25519 PEM public key: {e}"))
+                });
+        }
+        let hex_text = text;
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_text.trim(), &mut bytes)
-            .map_err(|_| SignatureError::Malformed("a public key is 64 hex digits".into()))?;
+        hex::decode_to_slice(hex_text.trim(), &mut bytes).map_err(|_| {
+            SignatureError::Malformed(
+                "a public key is a PEM PUBLIC KEY block or 64 hex digits".into(),
+            )
+        })?;
         VerifyingKey::from_bytes(&bytes)
             .map(Self)
             .map_err(|e| SignatureError::Malformed(format!("not an ed25519 public key: {e}")))
+    }
+
+    /// The key as a PEM `PUBLIC KEY` block (SubjectPublicKeyInfo, RFC 8410), as
+    /// `openssl`, `cosign` and the `cryptography` package read it.
+    pub fn to_pem(&self) -> String {
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+        self.0
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap_or_default()
     }
 
     /// The 32 bytes in hex.
@@ -292,6 +316,23 @@ fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_keys_round_trip_as_pem_and_hex() {
+        let key = HostKey::from_seed([9; 32]).public_key();
+        let pem = key.to_pem();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+        assert_eq!(HostPublicKey::parse(&pem).unwrap(), key);
+        assert_eq!(HostPublicKey::parse(&key.to_hex()).unwrap(), key);
+        // RFC 8410's SPKI: a 12-byte prefix, then the raw key.
+        let der = B64
+            .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+            .unwrap();
+        assert_eq!(der.len(), 44);
+        assert_eq!(hex::encode(&der[..12]), "302a300506032b6570032100");
+        assert_eq!(hex::encode(&der[12..]), key.to_hex());
+        assert!(HostPublicKey::parse("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+    }
 
     #[test]
     fn pae_matches_the_dsse_spec_example() {
