@@ -88,8 +88,7 @@ pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
     /// Moves staged blob bytes to the address of their digest (replacing equal bytes).
     async fn install_blob(&self, staged: Staged) -> Result<()>;
     /// Moves staged chunk bytes to chunk `index` of `transfer`.
-    async fn install_chunk(&self, staged: Staged, transfer: &TransferId, index: u64)
-    -> Result<()>;
+    async fn install_chunk(&self, staged: Staged, transfer: &TransferId, index: u64) -> Result<()>;
     /// A blocking reader of a blob's bytes (`Error::NotFound` when they are missing).
     async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader>;
     /// Removes a blob's bytes; whether there were any.
@@ -113,7 +112,8 @@ pub(crate) fn lock_key(sha: &Sha256Digest) -> i64 {
 }
 
 /// SQL condition: no run names the `blobs` row as its archive, no artifact as its bytes.
-pub(crate) const UNNAMED: &str = "NOT EXISTS (SELECT 1 FROM runs WHERE runs.archive_sha256 = blobs.sha256)
+pub(crate) const UNNAMED: &str =
+    "NOT EXISTS (SELECT 1 FROM runs WHERE runs.archive_sha256 = blobs.sha256)
      AND NOT EXISTS (SELECT 1 FROM artifacts WHERE artifacts.sha256 = blobs.sha256)";
 
 /// A session advisory lock on one blob, held by one pooled connection.
@@ -145,10 +145,12 @@ impl BlobLock {
 
     /// The connection holding the lock.
     pub(crate) fn client(&mut self) -> Result<&Object> {
-        self.client.as_ref().ok_or_else(|| crownest_core::Error::Store {
-            message: "the blob lock was released".into(),
-            source: None,
-        })
+        self.client
+            .as_ref()
+            .ok_or_else(|| crownest_core::Error::Store {
+                message: "the blob lock was released".into(),
+                source: None,
+            })
     }
 
     /// Unlocks and returns the connection to the pool.

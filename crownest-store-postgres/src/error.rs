@@ -26,7 +26,9 @@ pub(crate) fn db(context: &str, e: tokio_postgres::Error) -> Error {
 pub(crate) fn commit_failed(context: &str, e: tokio_postgres::Error) -> Error {
     if e.code().is_none() {
         Error::store(
-            format!("{context}: the connection failed during COMMIT, outcome unknown (read the run again)"),
+            format!(
+                "{context}: the connection failed during COMMIT, outcome unknown (read the run again)"
+            ),
             e,
         )
     } else {

@@ -182,7 +182,10 @@ impl BlobBackend for LocalDirBlobs {
         let path = self.temp_path("blob");
         let open_path = path.clone();
         let file = blocking("creating a blob temp file", move || {
-            File::options().write(true).create_new(true).open(&open_path)
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(&open_path)
         })
         .await?;
         // From here on the temp file is removed on every early return.
@@ -253,12 +256,7 @@ impl BlobBackend for LocalDirBlobs {
         Self::install(staged, to).await
     }
 
-    async fn install_chunk(
-        &self,
-        staged: Staged,
-        transfer: &TransferId,
-        index: u64,
-    ) -> Result<()> {
+    async fn install_chunk(&self, staged: Staged, transfer: &TransferId, index: u64) -> Result<()> {
         let to = self.transfer_dir(transfer).join(index.to_string());
         Self::install(staged, to).await
     }
@@ -313,8 +311,7 @@ impl BlobBackend for LocalDirBlobs {
                     let Ok(digest) = Sha256Digest::parse(&name) else {
                         continue;
                     };
-                    if digest.as_str() == name
-                        && file.metadata().is_ok_and(|m| older_than(&m, age))
+                    if digest.as_str() == name && file.metadata().is_ok_and(|m| older_than(&m, age))
                     {
                         out.push(digest);
                     }
@@ -352,13 +349,14 @@ impl BlobBackend for LocalDirBlobs {
     async fn delete_chunks(&self, transfer: &TransferId) -> Result<()> {
         let dir = self.transfer_dir(transfer);
         let parent = self.transfers.clone();
-        blocking("removing a transfer's chunks", move || {
-            match std::fs::remove_dir_all(&dir) {
+        blocking(
+            "removing a transfer's chunks",
+            move || match std::fs::remove_dir_all(&dir) {
                 Ok(()) => fsync_dir(&parent),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(e),
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -11,12 +11,8 @@ use crate::config::PostgresConfig;
 
 /// Builds the pool (no connection is opened yet).
 pub(crate) fn build(config: &PostgresConfig) -> Result<Pool> {
-    let mut pg = tokio_postgres::Config::from_str(&config.url).map_err(|e| {
-        Error::invalid(
-            "url",
-            format!("not a PostgreSQL connection string ({e})"),
-        )
-    })?;
+    let mut pg = tokio_postgres::Config::from_str(&config.url)
+        .map_err(|e| Error::invalid("url", format!("not a PostgreSQL connection string ({e})")))?;
     pg.connect_timeout(config.connect_timeout);
     if pg.get_application_name().is_none() {
         pg.application_name("crownest");

@@ -343,7 +343,10 @@ pub(crate) async fn commit(
             .map_err(|e| {
                 if is_unique_violation(&e) {
                     Error::Conflict {
-                        message: format!("run {id}: seq {} was appended by another writer", stored.next_seq),
+                        message: format!(
+                            "run {id}: seq {} was appended by another writer",
+                            stored.next_seq
+                        ),
                     }
                 } else {
                     db("appending events", e)

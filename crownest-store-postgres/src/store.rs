@@ -62,10 +62,7 @@ impl PostgresStore {
         );
         let mut client = pool.get().await.map_err(|e| {
             Error::store(
-                format!(
-                    "connecting to PostgreSQL at {}",
-                    redact(&config.url)
-                ),
+                format!("connecting to PostgreSQL at {}", redact(&config.url)),
                 e,
             )
         })?;
@@ -173,9 +170,11 @@ impl Store for PostgresStore {
     }
 
     async fn discard_blob(&self, sha256: &Sha256Digest) -> Result<bool> {
-        Ok(gc::discard(&self.inner.pool, &*self.inner.blobs, sha256, None)
-            .await?
-            .is_some())
+        Ok(
+            gc::discard(&self.inner.pool, &*self.inner.blobs, sha256, None)
+                .await?
+                .is_some(),
+        )
     }
 
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {

@@ -52,7 +52,10 @@ pub(crate) async fn get(
 }
 
 /// `list_transfers`: every transfer, or those of one run, oldest first (two queries).
-pub(crate) async fn list(c: &impl GenericClient, run: Option<&RunId>) -> Result<Vec<TransferRecord>> {
+pub(crate) async fn list(
+    c: &impl GenericClient,
+    run: Option<&RunId>,
+) -> Result<Vec<TransferRecord>> {
     let run = run.map(RunId::as_str);
     let rows = query(
         c,
@@ -72,10 +75,7 @@ pub(crate) async fn list(c: &impl GenericClient, run: Option<&RunId>) -> Result<
     .await?;
     let mut received: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in &chunks {
-        received
-            .entry(r.get(0))
-            .or_default()
-            .push(to_u64(r.get(1)));
+        received.entry(r.get(0)).or_default().push(to_u64(r.get(1)));
     }
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {

@@ -8,8 +8,7 @@
 mod common;
 
 crownest_core::store_conformance!(match common::TempStore::open().await {
-    Some(s) => ::std::future::ready(
-        ::std::sync::Arc::new(s) as ::std::sync::Arc<dyn crownest_core::Store>
-    ),
+    Some(s) =>
+        ::std::future::ready(::std::sync::Arc::new(s) as ::std::sync::Arc<dyn crownest_core::Store>),
     None => return,
 });

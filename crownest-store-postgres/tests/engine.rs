@@ -29,7 +29,11 @@ fn fast() -> EngineConfig {
 }
 
 /// An engine on `store` with a process backend whose work root is under `work`.
-async fn engine_on(store: PostgresStore, work: &std::path::Path, config: EngineConfig) -> WorkspaceRuns {
+async fn engine_on(
+    store: PostgresStore,
+    work: &std::path::Path,
+    config: EngineConfig,
+) -> WorkspaceRuns {
     let backend = ProcessBackend::new(ProcessConfig::with_root(work.join("sandboxes"))).unwrap();
     WorkspaceRuns::builder(Arc::new(store))
         .backend(Arc::new(backend))
@@ -135,10 +139,7 @@ async fn a_staged_upload_whose_chunks_go_through_two_engines() {
     let a = engine_on(t.store.clone(), &work.path().join("a"), config()).await;
     let b = engine_on(t.reopen().await, &work.path().join("b"), config()).await;
     let bytes = archive();
-    let run = a
-        .create(RunSpec::new(["cat", "data.txt"]))
-        .await
-        .unwrap();
+    let run = a.create(RunSpec::new(["cat", "data.txt"])).await.unwrap();
     let transfer = a
         .begin_transfer(&run.id, &descriptor_of(&bytes))
         .await
@@ -200,7 +201,13 @@ async fn a_cancel_from_another_instance_stops_the_run() {
 
     // `crownest cancel` on another host: its own store instance on the same database.
     let other = t.reopen().await;
-    assert!(other.request_cancel(&run.id).await.unwrap().cancel_requested);
+    assert!(
+        other
+            .request_cancel(&run.id)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
 
     let done = wait(&engine, &run).await;
     assert_eq!(done.status, RunStatus::Canceled);

@@ -32,11 +32,17 @@ async fn append_racing(store: &PostgresStore, id: &RunId, who: &str) -> usize {
     let mut conflicts = 0;
     while mine < EACH {
         let n = (1 + mine % 3).min(EACH - mine);
-        let batch = (mine..mine + n).map(|k| out(&format!("{who}:{k}"))).collect();
+        let batch = (mine..mine + n)
+            .map(|k| out(&format!("{who}:{k}")))
+            .collect();
         let next = store.get_run(id).await.unwrap().next_seq;
         match store.commit(id, events_commit(next, batch)).await {
             Ok(sealed) => {
-                assert_eq!(sealed.first().unwrap().seq, next, "{who}: sealed from next_seq");
+                assert_eq!(
+                    sealed.first().unwrap().seq,
+                    next,
+                    "{who}: sealed from next_seq"
+                );
                 mine += n;
             }
             Err(Error::Conflict { .. }) => conflicts += 1,

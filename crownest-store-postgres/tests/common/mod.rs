@@ -118,8 +118,7 @@ pub fn drop_schema(url: &str, schema: &str) {
             .build()
             .unwrap();
         rt.block_on(async {
-            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-            {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                 let task = tokio::spawn(conn);
                 let _ = client
                     .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
