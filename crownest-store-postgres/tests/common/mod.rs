@@ -83,7 +83,15 @@ impl TempStore {
                 schema,
                 url,
             }),
-            Err(e) => skip(&format!("PostgreSQL is unreachable: {}", e.chain())),
+            // Skipped only when the server itself is unreachable: a store that fails on a
+            // reachable server is a failure, whatever the environment says.
+            Err(e) => match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Err(reach) => skip(&format!("PostgreSQL at {URL_VAR} is unreachable: {reach}")),
+                Ok(_) => panic!(
+                    "the server is reachable but the store failed: {}",
+                    e.chain()
+                ),
+            },
         }
     }
 
