@@ -90,10 +90,12 @@
 //! ## Not done here
 //!
 //! Leases, a shared run queue, `LISTEN/NOTIFY` wake-ups and an object-store blob backend
-//! are later steps of the scale-out work (the repository's `docs/scale-out.md`): today a
+//! are later steps of the scale-out work (the repository's `docs/scale-out.md`). Today a
 //! run is still owned by its engine's process (pid + start time), which is meaningful only
-//! on the host that runs it, so recovery on another host must not be relied on yet. Runs
-//! are never deleted.
+//! on the host that runs it: engines (`WorkspaceRuns`) on several hosts must not share one
+//! store yet, because an engine's recovery at open would judge another host's live runs by
+//! its own process table and fail them. Several processes on one host are fine, and other
+//! hosts may use the `Store` API directly (read, follow, cancel). Runs are never deleted.
 
 mod blobs;
 mod config;
