@@ -136,7 +136,7 @@ async fn gc_removes_bytes_without_rows_and_keeps_named_ones() {
     let patient = t.collect_garbage(&GcPolicy::default()).await.unwrap();
     assert_eq!(patient.orphan_blob_files_deleted, 0, "young bytes are kept");
     assert!(
-        gone_dir.exists() == false,
+        !gone_dir.exists(),
         "chunks without a transfer row go at once"
     );
     assert!(orphan_path.exists());
