@@ -56,9 +56,10 @@ ensure_installed() {
 }
 
 # Runs a command as the server's user (root cannot run PostgreSQL).
+# From `/`: the caller's directory (e.g. a clone under /root) may be closed to that user.
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
-    runuser -u "$PG_USER" -- "$@"
+    (cd / && runuser -u "$PG_USER" -- "$@")
   else
     "$@"
   fi
