@@ -130,10 +130,11 @@ cmd_stop() {
 cmd_run() {
   [ "${1:-}" = "--" ] && shift
   [ $# -gt 0 ] || die "usage: postgres.sh run -- CMD..."
-  local dir
-  dir="$(mktemp -d "${TMPDIR:-/tmp}/crownest-pg.XXXXXX")"
-  trap 'cmd_stop "$dir"' EXIT INT TERM
-  CROWNEST_POSTGRES_URL="$(cmd_start "$dir")"
+  # Global: the EXIT trap runs after this function has returned.
+  RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/crownest-pg.XXXXXX")"
+  trap 'cmd_stop "$RUN_DIR"' EXIT
+  trap 'exit 130' INT TERM
+  CROWNEST_POSTGRES_URL="$(cmd_start "$RUN_DIR")"
   export CROWNEST_POSTGRES_URL
   local status=0
   "$@" || status=$?
