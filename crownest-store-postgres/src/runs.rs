@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 
-use crownest_core::signing::DsseEnvelope;
 use crownest_core::event::seal_all;
+use crownest_core::signing::DsseEnvelope;
 use crownest_core::store::{
     CreateOutcome, RunCommit, RunQuery, check_commit, check_sealed_evidence,
 };
