@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) stat_cache: StatCache,
     /// The private work root of host staging, opened at first use.
     pub(crate) root: std::sync::Mutex<Option<crownest_core::hostdir::WorkRoot>>,
+    /// Interpreter facts per image id (see `interpreters.rs`).
+    pub(crate) interpreters: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>>,
 }
 
 impl Shared {
@@ -81,6 +83,7 @@ impl DockerBackend {
                 config,
                 stat_cache: Mutex::new(HashMap::new()),
                 root: Mutex::new(None),
+                interpreters: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -95,8 +98,18 @@ impl DockerBackend {
         &self.shared.docker
     }
 
+    /// The template image, with its interpreters measured (once per image id).
     async fn image(&self) -> Result<ImageInfo, DockerError> {
-        image::inspect(&self.shared.docker, &self.shared.config.image).await
+        let mut image = image::inspect(&self.shared.docker, &self.shared.config.image).await?;
+        image.interpreters = match crate::interpreters::facts(&self.shared, &image).await {
+            Ok(f) => f,
+            // The run can go on; the evidence says what could not be measured.
+            Err(e) => std::collections::BTreeMap::from([(
+                "interpreters.unknown".to_owned(),
+                Error::from(e).chain(),
+            )]),
+        };
+        Ok(image)
     }
 }
 

@@ -18,6 +18,9 @@ pub(crate) struct ImageInfo {
     pub(crate) id: String,
     /// The `crownest.image-key` label, when present.
     pub(crate) key: Option<String>,
+    /// `python3.path`, `python3.version`, `node.path`, `node.version`, as measured in the
+    /// image (see `interpreters.rs`).
+    pub(crate) interpreters: std::collections::BTreeMap<String, String>,
 }
 
 impl ImageInfo {
@@ -28,6 +31,9 @@ impl ImageInfo {
             .with("imageId", self.id.clone());
         if let Some(key) = &self.key {
             id = id.with("imageKey", key.clone());
+        }
+        for (k, v) in &self.interpreters {
+            id = id.with(k.clone(), v.clone());
         }
         id
     }
@@ -58,5 +64,6 @@ pub(crate) async fn inspect(docker: &Docker, reference: &str) -> Result<ImageInf
         reference: reference.to_owned(),
         id,
         key,
+        interpreters: std::collections::BTreeMap::new(),
     })
 }

@@ -103,6 +103,7 @@ mod download;
 mod error;
 mod exec;
 mod image;
+mod interpreters;
 mod sandbox;
 mod secrets;
 mod sweep;

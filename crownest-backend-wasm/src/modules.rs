@@ -104,6 +104,20 @@ fn describe(sha256: &str) -> &'static str {
     }
 }
 
+/// What `<argv[0]> --version` names for a pinned module, under the same fact keys as the
+/// other backends (`python3.version`, `node.version`).
+fn version_line(sha256: &str) -> &'static str {
+    match sha256 {
+        "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763" => {
+            "Python 3.12.0 (CPython for wasm32-wasi)"
+        }
+        "f9742952f9989b1558c4a79bedfb351d6ca33ff22a41e886517cae5196e6d783" => {
+            "QuickJS-NG 0.11.0 (not Node.js)"
+        }
+        _ => "unknown (identified by its sha256 only)",
+    }
+}
+
 /// A module file that matched its pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct VerifiedModule {
@@ -145,6 +159,17 @@ impl TemplateModules {
                     format!("{p}.source"),
                     format!("PyPI wheel {}", m.pin.requirement),
                 );
+            // The keys every backend records for the interpreters that ran.
+            let argv0 = match i {
+                Interpreter::Python => "python3",
+                Interpreter::Node => "node",
+            };
+            id = id
+                .with(
+                    format!("{argv0}.path"),
+                    format!("{} (WASI module)", m.path.display()),
+                )
+                .with(format!("{argv0}.version"), version_line(&m.pin.sha256));
         }
         id
     }

@@ -48,6 +48,11 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Write a run's artifacts under a directory.
     Artifacts(ArtifactsArgs),
+    /// Export everything an offline verifier needs (events, evidence, its signed envelope,
+    /// the public key, the artifacts) into a directory (format: docs/evidence.md).
+    Export(ArtifactsArgs),
+    /// Print the public key that signs evidence (hex; --pem: SubjectPublicKeyInfo PEM).
+    HostKey(HostKeyArgs),
     /// Cancel a run (also one that `crownest run` drives in another process).
     Cancel(RunRef),
     /// Which backends and templates are usable here, and why not (with --server: whether
@@ -136,6 +141,10 @@ pub(crate) struct RunArgs {
     /// Working directory inside the workspace.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub(crate) cwd: String,
+    /// A label K=V for the host application, copied into the evidence; repeatable. Keys
+    /// and values are any UTF-8 text.
+    #[arg(long = "label", value_name = "K=V")]
+    pub(crate) labels: Vec<String>,
     /// The command (argv) to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
@@ -201,7 +210,7 @@ pub(crate) struct VerifyArgs {
     /// A stored run to verify (events, evidence, and the artifact blobs re-hashed).
     #[arg(required_unless_present_any = ["evidence", "dsse"], conflicts_with_all = ["evidence", "events"])]
     pub(crate) run: Option<String>,
-    /// Offline: an Evidence Bundle exported with `crownest evidence RUN`.
+    /// Offline: an Evidence Bundle exported with `crownest evidence RUN` (or `export`).
     #[arg(long, value_name = "FILE", requires = "events")]
     pub(crate) evidence: Option<PathBuf>,
     /// Offline: the run's events exported with `crownest events RUN` (JSON lines).
@@ -211,10 +220,20 @@ pub(crate) struct VerifyArgs {
     /// with a RUN or --evidence, its statement must be that bundle's in-toto view.
     #[arg(long, value_name = "FILE")]
     pub(crate) dsse: Option<PathBuf>,
-    /// With --dsse: the signer's public key, 64 hex digits or a file holding them [default:
-    /// the server's with --server, else the host key in --home].
+    /// With --dsse: the signer's public key, 64 hex digits or a PEM PUBLIC KEY block, or a
+    /// file holding either [default: the server's with --server, else the host key in
+    /// --home].
     #[arg(long, value_name = "KEY", requires = "dsse")]
     pub(crate) public_key: Option<String>,
+}
+
+/// `host-key`.
+#[derive(Debug, Args)]
+pub(crate) struct HostKeyArgs {
+    /// Print the key as a PEM PUBLIC KEY block (SubjectPublicKeyInfo, RFC 8410) instead of
+    /// 64 hex digits.
+    #[arg(long)]
+    pub(crate) pem: bool,
 }
 
 /// `artifacts`.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use crownest_core::{EngineConfig, SandboxBackend, Store, WorkspaceRuns};
+use crownest_core::signing::HostKey;
+use crownest_core::{EngineConfig, SandboxBackend, Store, WorkspaceRuns, WorkspaceRunsBuilder};
 use crownest_store_sqlite::SqliteStore;
 
 use crate::exit::usage;
@@ -96,6 +97,26 @@ fn wasm_backend() -> Result<Arc<dyn SandboxBackend>, String> {
         .map_err(|e| e.chain())
 }
 
+/// The home's host key (`<home>/host-key.ed25519`, created on first use), which signs every
+/// run's evidence in its terminal commit. Without one (an unwritable home) runs still end,
+/// unsigned, and a warning says so.
+fn host_key(home: &Path) -> Option<Arc<HostKey>> {
+    match crate::hostkey::signing_key(home, None) {
+        Ok(k) => Some(Arc::new(k)),
+        Err(e) => {
+            eprintln!("crownest: warning: no host key, evidence will not be signed: {e:#}");
+            None
+        }
+    }
+}
+
+fn with_host_key(builder: WorkspaceRunsBuilder, home: &Path) -> WorkspaceRunsBuilder {
+    match host_key(home) {
+        Some(k) => builder.host_key(k),
+        None => builder,
+    }
+}
+
 /// Opens the store and the engine with every usable backend; recovery runs (it never
 /// touches a run whose owner process is alive).
 pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
@@ -115,7 +136,7 @@ pub(crate) async fn open_with(
         ..EngineConfig::default()
     };
     configure(&mut config);
-    let mut builder = WorkspaceRuns::builder(store).config(config);
+    let mut builder = with_host_key(WorkspaceRuns::builder(store).config(config), home);
     let mut any = false;
     for slot in &backends {
         if let Ok(b) = &slot.backend {
@@ -153,6 +174,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         .await
         .unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
         .map_err(|why| anyhow::anyhow!("the process backend cannot be set up here: {why}"))?;
+    let key = host_key(home);
     let mut builder = WorkspaceRuns::builder(store.clone())
         .config(EngineConfig {
             default_backend: Some("process".into()),
@@ -160,6 +182,9 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         })
         .backend(process.clone())
         .without_recovery();
+    if let Some(k) = &key {
+        builder = builder.host_key(k.clone());
+    }
     match backend {
         None | Some("process") => {}
         Some(name) => {
@@ -176,6 +201,9 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     let recovery = tokio::spawn(async move {
         // The process backend is shared (its containment probe is the costly part).
         let mut builder = WorkspaceRuns::builder(store).backend(process);
+        if let Some(k) = key {
+            builder = builder.host_key(k);
+        }
         for name in ["docker", "wasm"] {
             if let Some(BackendSlot { backend: Ok(b), .. }) = other_backend(name).await {
                 builder = builder.backend(b);

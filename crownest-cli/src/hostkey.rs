@@ -58,3 +58,24 @@ pub(crate) async fn verifying_key(
     }
     Ok(HostKey::load(&path)?.public_key())
 }
+
+/// `crownest host-key [--pem]`: the public key that signs evidence (the home's, created on
+/// first use; with `--server`, the server's).
+pub(crate) async fn print(
+    target: &Target,
+    args: crate::cli::HostKeyArgs,
+) -> anyhow::Result<crate::exit::Exit> {
+    let key = match target.server() {
+        Some(client) => client
+            .host_key()
+            .await?
+            .ok_or_else(|| usage("the server has no host key"))?,
+        None => signing_key(&target.home()?, None)?.public_key(),
+    };
+    if args.pem {
+        print!("{}", key.to_pem());
+    } else {
+        println!("{}", key.to_hex());
+    }
+    Ok(crate::exit::Exit::Success)
+}

@@ -10,7 +10,7 @@ use crownest_core::{Event, RunId, RunRecord, RunStatus};
 use futures::StreamExt as _;
 
 use crate::cli::{EventsArgs, EvidenceArgs, RunRef, RunsArgs};
-use crate::connection::Target;
+use crate::connection::{Connection, Target};
 use crate::exit::{Exit, usage};
 
 /// Parses a run id (an unknown shape is "not found", exit 2).
@@ -148,8 +148,24 @@ pub(crate) async fn evidence(target: &Target, args: EvidenceArgs) -> anyhow::Res
             }
             Some(client) => client.evidence_dsse(&id).await?,
             None => {
-                let key = crate::hostkey::signing_key(&target.home()?, args.key.as_deref())?;
-                conn.evidence(&id).await?.to_dsse(&key)
+                let stored = match (&conn, &args.key) {
+                    (Connection::Local(engine), None) => engine.evidence_envelope(&id).await?,
+                    _ => None,
+                };
+                match stored {
+                    // Signed in the run's terminal commit: what the host saw at the end.
+                    Some(envelope) => envelope,
+                    None => {
+                        let key =
+                            crate::hostkey::signing_key(&target.home()?, args.key.as_deref())?;
+                        if args.key.is_none() {
+                            eprintln!(
+                                "crownest: evidence: run {id} ended without a signed envelope                                  (no host key then, or an older run); signing the stored bundle now"
+                            );
+                        }
+                        conn.evidence(&id).await?.to_dsse(&key)
+                    }
+                }
             }
         };
         serde_json::to_writer_pretty(&mut out, &envelope)?;

@@ -23,6 +23,7 @@ mod cli;
 mod connection;
 mod doctor;
 mod exit;
+mod export;
 mod gc;
 mod home;
 mod hostkey;
@@ -80,6 +81,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Evidence(args) => inspect::evidence(&target, args).await,
         Command::Verify(args) => verify::verify(&target, args).await,
         Command::Artifacts(args) => artifacts::export(&target, args).await,
+        Command::Export(args) => export::export(&target, args).await,
+        Command::HostKey(args) => hostkey::print(&target, args).await,
         Command::Cancel(args) => inspect::cancel(&target, args).await,
         Command::Doctor(args) => doctor::doctor(&target, args).await,
         Command::Serve(args) => {

@@ -65,6 +65,15 @@ fn spec(args: &RunArgs) -> anyhow::Result<RunSpec> {
             },
         }
     }
+    for kv in &args.labels {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--label {kv}: give K=V")))?;
+        if k.is_empty() {
+            return Err(usage(format!("--label {kv}: the key is empty")));
+        }
+        spec.labels.insert(k.to_owned(), v.to_owned());
+    }
     for (name, value) in secrets(args)? {
         spec = spec.with_secret(name, value);
     }

@@ -1,13 +1,15 @@
 //! `crownest verify`: proves that a run's record is intact.
 //!
-//! Both modes check, from the Evidence Bundle and the full event list:
+//! Both modes check, from the Evidence Bundle and the full event list, under the rules of
+//! the bundle's schema (`crownest_core::evidence::verify`, format in `docs/evidence.md`):
 //!
 //! 1. the hash chain: seqs gap-free from 1, every hash recomputed, `terminal` last, count and
 //!    head equal to what the bundle recorded, and the last event equal to the bundle's
 //!    terminal event (so no event was dropped, reordered, duplicated or edited);
-//! 2. the bundle against the chain: its status, exit code, signal and failure equal the
-//!    terminal event's, and its artifact list (ids, paths, sizes, sha256) equals the
-//!    `artifact_collected` events', in order (so an edited digest in the bundle is caught);
+//! 2. the bundle against the chain: for `crownest.evidence/v2`, every field equals what the
+//!    events say (each difference is printed with the field's name) and the terminal event's
+//!    `bundleDigest` is the bundle's; for the older v1 and v1.1, the fields those layouts
+//!    bound (outcome, artifact list);
 //! 3. for a stored run only: every artifact blob is re-read from the store (with
 //!    `--server`: fetched from the server) and re-hashed, and its size and sha256 must match.
 //!    With `--server`, checks 1 and 2 also run here, on the events and bundle fetched: the
@@ -19,11 +21,6 @@
 //! `--evidence`, the signed statement must also equal that bundle's in-toto view, so the
 //! signature covers the bundle checked above.
 //!
-//! Both evidence layouts verify: `crownest.evidence/v1.1` (plain `env` and `secretNames`) and
-//! `crownest.evidence/v1`, written by earlier versions (`envNames` with salted hashes and
-//! `envSalt`, read back unchanged so their DSSE signatures still hold); a bundle whose env
-//! fields do not match its schema is a problem.
-//!
 //! Exit 0 when everything holds, 1 on any mismatch (each is printed on stderr), 2 when the
 //! run or a file does not exist or a file is not an evidence bundle at all.
 
@@ -33,7 +30,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use crownest_core::evidence::EvidenceArtifact;
 use crownest_core::signing::DsseEnvelope;
-use crownest_core::{Error, Event, EventKind, EvidenceBundle, Sha256Digest};
+use crownest_core::{Error, Event, EvidenceBundle, Sha256Digest};
 use sha2::{Digest as _, Sha256};
 
 use crate::cli::VerifyArgs;
@@ -67,24 +64,26 @@ pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
             }
         };
     }
-    let (bundle, events, problems_so_far, conn) = match (&args.run, &args.evidence, &args.events) {
-        (Some(run), _, _) => {
-            let id = run_id(run)?;
-            let conn = target.open().await?;
-            conn.get(&id).await?;
-            let bundle = conn.evidence(&id).await?;
-            let events = conn.all_events(&id).await?;
-            (bundle, events, Vec::new(), Some(conn))
-        }
-        (None, Some(evidence), Some(events)) => {
-            let bundle = read_bundle(evidence)?;
-            let (events, problems) = read_events(events)?;
-            (bundle, events, problems, None)
-        }
-        _ => return Err(usage("give a RUN, or --evidence FILE and --events FILE")),
-    };
+    let (raw, bundle, events, problems_so_far, conn) =
+        match (&args.run, &args.evidence, &args.events) {
+            (Some(run), _, _) => {
+                let id = run_id(run)?;
+                let conn = target.open().await?;
+                conn.get(&id).await?;
+                let bundle = conn.evidence(&id).await?;
+                let raw = serde_json::to_value(&bundle)?;
+                let events = conn.all_events(&id).await?;
+                (raw, bundle, events, Vec::new(), Some(conn))
+            }
+            (None, Some(evidence), Some(events)) => {
+                let (raw, bundle) = read_bundle(evidence)?;
+                let (events, problems) = read_events(events)?;
+                (raw, bundle, events, problems, None)
+            }
+            _ => return Err(usage("give a RUN, or --evidence FILE and --events FILE")),
+        };
     let mut problems = problems_so_far;
-    problems.extend(check(&bundle, &events));
+    problems.extend(check(&raw, &events));
     let mut signed_by = None;
     if let Some(envelope) = &envelope {
         let key = crate::hostkey::verifying_key(target, args.public_key.as_deref()).await?;
@@ -109,7 +108,7 @@ pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
     }
     if problems.is_empty() {
         println!(
-            "ok: run {} {}: {} events, chain head {}, {} artifact(s){}",
+            "ok: run {} {}: {} events, chain head {}, {} artifact(s){}; {}",
             bundle.run_id,
             bundle.status,
             bundle.events.count,
@@ -119,6 +118,14 @@ pub(crate) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
                 format!(", {rehashed} blob(s) re-hashed")
             } else {
                 String::new()
+            },
+            if bundle.is_v2() {
+                format!("{}: every field bound to the chain", bundle.schema)
+            } else {
+                format!(
+                    "{} rules: chain, outcome and artifacts bound; its other fields were not provable",
+                    bundle.schema
+                )
             }
         );
         if let Some(key_id) = signed_by {
@@ -149,12 +156,14 @@ fn read_envelope(path: &Path) -> anyhow::Result<DsseEnvelope> {
     })
 }
 
-fn read_bundle(path: &Path) -> anyhow::Result<EvidenceBundle> {
+fn read_bundle(path: &Path) -> anyhow::Result<(serde_json::Value, EvidenceBundle)> {
     let text =
         std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-    let bundle: EvidenceBundle = serde_json::from_str(&text)
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| usage(format!("{} is not JSON: {e}", path.display())))?;
+    let bundle: EvidenceBundle = serde_json::from_value(raw.clone())
         .map_err(|e| usage(format!("{} is not an Evidence Bundle: {e}", path.display())))?;
-    Ok(bundle)
+    Ok((raw, bundle))
 }
 
 /// Reads JSON lines; a line that does not parse as an event is a problem (it was edited),
@@ -181,76 +190,11 @@ fn read_events(path: &Path) -> anyhow::Result<(Vec<Event>, Vec<String>)> {
 }
 
 /// Checks 1 and 2 of the module docs; returns every problem found.
-pub(crate) fn check(bundle: &EvidenceBundle, events: &[Event]) -> Vec<String> {
-    let mut problems = Vec::new();
-    // Bundles written before secrets were split from env (`crownest.evidence/v1`) verify
-    // under the same rules: only their env fields differ.
-    if let Some(problem) = bundle.schema_problem() {
-        problems.push(problem);
-    }
-    if let Err(e) = bundle.verify_events(events) {
-        problems.push(format!("event chain: {e}"));
-    }
-    match &bundle.terminal_event.kind {
-        EventKind::Terminal {
-            status,
-            exit_code,
-            signal,
-            failure,
-            ..
-        } => {
-            if *status != bundle.status
-                || *exit_code != bundle.exit_code
-                || *signal != bundle.signal
-                || *failure != bundle.failure
-            {
-                problems.push(format!(
-                    "evidence says {} (exit {:?}), its terminal event says {status} (exit {exit_code:?})",
-                    bundle.status, bundle.exit_code
-                ));
-            }
-        }
-        other => problems.push(format!(
-            "evidence's terminal event is a {} event",
-            other.type_name()
-        )),
-    }
-    let collected: Vec<EvidenceArtifact> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::ArtifactCollected {
-                artifact_id,
-                path,
-                size_bytes,
-                sha256,
-                skipped,
-                ..
-            } => Some(EvidenceArtifact {
-                artifact_id: artifact_id.clone(),
-                path: path.clone(),
-                size_bytes: *size_bytes,
-                sha256: sha256.clone(),
-                skipped: skipped.clone(),
-            }),
-            _ => None,
-        })
-        .collect();
-    if collected.len() != bundle.artifacts.len() {
-        problems.push(format!(
-            "evidence lists {} artifact(s), the events record {}",
-            bundle.artifacts.len(),
-            collected.len()
-        ));
-    }
-    for (ev, rec) in collected.iter().zip(&bundle.artifacts) {
-        if ev != rec {
-            problems.push(format!(
-                "artifact {}: evidence says {} bytes sha256 {}, the event says {} at {} bytes sha256 {}",
-                rec.path, rec.size_bytes, rec.sha256, ev.path, ev.size_bytes, ev.sha256
-            ));
-        }
-    }
-    problems
+pub(crate) fn check(bundle: &serde_json::Value, events: &[Event]) -> Vec<String> {
+    crownest_core::evidence::verify(bundle, events)
+        .into_iter()
+        .map(|p| p.to_string())
+        .collect()
 }
 
 /// Re-reads an artifact's bytes (the stored blob, or fetched from the server) and compares

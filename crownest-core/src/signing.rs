@@ -212,9 +212,7 @@ impl HostPublicKey {
     pub fn to_pem(&self) -> String {
         use ed25519_dalek::pkcs8::EncodePublicKey as _;
         use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-        self.0
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_default()
+        self.0.to_public_key_pem(LineEnding::LF).unwrap_or_default()
     }
 
     /// The 32 bytes in hex.
@@ -326,12 +324,19 @@ mod tests {
         assert_eq!(HostPublicKey::parse(&key.to_hex()).unwrap(), key);
         // RFC 8410's SPKI: a 12-byte prefix, then the raw key.
         let der = B64
-            .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+            .decode(
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
             .unwrap();
         assert_eq!(der.len(), 44);
         assert_eq!(hex::encode(&der[..12]), "302a300506032b6570032100");
         assert_eq!(hex::encode(&der[12..]), key.to_hex());
-        assert!(HostPublicKey::parse("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+        assert!(
+            HostPublicKey::parse("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .is_err()
+        );
     }
 
     #[test]

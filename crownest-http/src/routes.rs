@@ -401,11 +401,17 @@ async fn evidence(
     Path(id): Path<String>,
     Query(q): Query<EvidenceQuery>,
 ) -> ApiResult<Response> {
-    let bundle = s.engine.evidence(&run_id(&id)?).await?;
+    let id = run_id(&id)?;
+    let bundle = s.engine.evidence(&id).await?;
     match q.format.as_deref() {
         None | Some("crownest") => Ok(Json(bundle).into_response()),
         Some("in-toto") => Ok(Json(bundle.to_in_toto()).into_response()),
-        Some("dsse") => Ok(Json(bundle.to_dsse(signing_key(&s)?)).into_response()),
+        // The envelope signed in the run's terminal commit; a run ended without a key (or
+        // before evidence v2) is signed now.
+        Some("dsse") => match s.engine.evidence_envelope(&id).await? {
+            Some(stored) => Ok(Json(stored).into_response()),
+            None => Ok(Json(bundle.to_dsse(signing_key(&s)?)).into_response()),
+        },
         Some(other) => Err(ApiError::bad_request(format!(
             "unknown format {other:?}; use in-toto or dsse"
         ))),
@@ -424,7 +430,12 @@ fn signing_key(s: &AppState) -> ApiResult<&crownest_core::signing::HostKey> {
 
 async fn host_key(State(s): State<AppState>) -> ApiResult<Response> {
     let public = signing_key(&s)?.public_key();
-    Ok(Json(json!({"keyId": public.key_id(), "publicKey": public.to_hex()})).into_response())
+    Ok(Json(json!({
+        "keyId": public.key_id(),
+        "publicKey": public.to_hex(),
+        "publicKeyPem": public.to_pem(),
+    }))
+    .into_response())
 }
 
 async fn artifact(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
