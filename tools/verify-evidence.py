@@ -580,8 +580,11 @@ class Verifier:
                         "cwd": bundle.get("cwd"),
                         "template": g(template, "name"),
                         "backend": g(template, "backend"),
-                        "env": bundle.get("env"),
-                        "secretNames": bundle.get("secretNames"),
+                        # §6 says "absent values are null", but the bundle omits env and
+                        # secretNames when empty (§4) and the Statements CrowNest signs carry
+                        # {} and [] for them: an empty map / list, not null.
+                        "env": bundle.get("env", {}),
+                        "secretNames": bundle.get("secretNames", []),
                         "labels": g(source, "labels"),
                         "network": bundle.get("network"),
                         "artifacts": bundle.get("artifactsRequested"),
