@@ -13,6 +13,7 @@
 # Python: a venv under $CROWNEST_CACHE_DIR/venv-evidence-<sha256 of
 # tools/requirements-evidence.txt>, made with the machine's python3 (`python3 -m venv`,
 # `pip install -r`) and reused while the file is unchanged.
+# CROWNEST_EVIDENCE_KEEP=1 keeps the temp dir (home, exports, tampered copies, reports).
 # The CLI: $CROWNEST_BIN, else $CARGO_TARGET_DIR/debug/crownest, else target/debug/crownest;
 # built (`cargo build -p crownest-cli`) when missing.
 set -euo pipefail
@@ -53,7 +54,11 @@ cleanup() {
   for p in "${bg_pids[@]}"; do
     if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
   done
-  rm -rf "$work"
+  if [ -n "${CROWNEST_EVIDENCE_KEEP:-}" ]; then
+    echo "evidence-check: kept $work (runs, exports, tampered copies and reports)"
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 home="$work/home"
@@ -163,7 +168,7 @@ st, code, kind = b.get("status"), b.get("exitCode"), (b.get("failure") or {}).ge
 ok = {
     "succeeded": st == "succeeded" and code == 0 and b["artifacts"] and "\U0001F600key" in b["source"]["labels"],
     "failed": st == "failed" and code == 3,
-    "timed-out": st == "failed" and "timeout" in kind.replace("_", ""),
+    "timed-out": st == "failed" and kind in ("timeout", "timed_out"),
     "canceled": st == "canceled",
     "host-restarted": st == "failed" and kind == "host_restarted",
 }[want]
@@ -198,7 +203,7 @@ EOF
     "${TAMPER[@]}" "$out" "$t" "$c" >"$t.args" 2>"$t.why"
     rc=$?
     set -e
-    IFS=$'\t' read -r args expect <"$t.args" || true
+    { read -r args; read -r expect; } <"$t.args" || true
     if [ "$rc" = 3 ]; then
       na+=("$c")
       continue
@@ -280,9 +285,8 @@ for b in "${backends[@]}"; do
   if ! wait_for "$L/$b-restart.jsonl" sleeping 60; then
     bad "$b-host-restarted: the command never started: $(cat "$L/$b-restart.err")"
   fi
-  kill -KILL "$pid"
   set +e
-  wait "$pid"
+  { kill -KILL "$pid"; wait "$pid"; } 2>/dev/null
   code=$?
   set -e
   cn runs >"$L/$b-restart.runs" 2>&1 || bad "$b-host-restarted: crownest runs failed"

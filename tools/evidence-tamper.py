@@ -3,9 +3,9 @@
 
     evidence-tamper.py SRC DST CASE
 
-Copies SRC (from `crownest export`) to DST and applies CASE. Prints, on one line, the
-extra arguments to give tools/verify-evidence.py (e.g. `--public-key DST/wrong-key.pem`)
-after a tab, the text its report must contain. Exit 3 when CASE does not apply to this run
+Copies SRC (from `crownest export`) to DST and applies CASE. Prints two lines: the extra
+arguments to give tools/verify-evidence.py (e.g. `--public-key DST/wrong-key.pem`, often
+empty), then a text its report must contain. Exit 3 when CASE does not apply to this run
 (no artifact, no stdout, no isolation, ...); exit 2 on usage errors.
 
 Cases (every one must make the verifier exit 1):
@@ -16,7 +16,8 @@ Cases (every one must make the verifier exit 1):
   wrong-key         a fresh ed25519 key as --public-key
   stdout-chunk      edit the first stdout chunk's bytes
   stdout-rechained  edit the first stdout chunk, then recompute every hash and the bundle's
-                    `events`/`terminalEvent` (what a store writer without the key can do)
+                    `events`/`terminalEvent` (what a store writer without the key can do):
+                    the output digest catches it, or without one (recovered runs) the signature
   bundle-rebound    edit the command, then recompute bundleDigest in the terminal event, the
                     chain and the bundle (consistent forgery: only the signature catches it)
 """
@@ -177,7 +178,13 @@ def main() -> None:
         rebind(b, events)
         save_events(dst, events)
         save_bundle(dst, b)
-        expect = "output.stdout.sha256"
+        out = (b.get("output") or {}).get("stdout") or {}
+        if out.get("droppedBytes") == 0:
+            expect = "output.stdout.sha256"
+        else:
+            # No output digest to catch it (a recovered run has no `output`, §2.3): only
+            # the signature over the chain head does.
+            expect = "signed Statement differs"
     elif case == "bundle-rebound":
         if not os.path.exists(os.path.join(dst, "evidence.dsse.json")):
             not_applicable("no envelope")
@@ -191,7 +198,8 @@ def main() -> None:
         save_events(dst, events)
         save_bundle(dst, b)
         expect = "signed Statement differs"
-    print(f"{extra}\t{expect}")
+    print(extra)
+    print(expect)
 
 
 if __name__ == "__main__":
