@@ -343,11 +343,12 @@ class Verifier:
     def check_chain(self, events: list[dict[str, Any]], run_id: Any) -> bool:
         ok = True
         prev = ZERO32
+        bad_seqs: list[str] = []
         for i, ev in enumerate(events, 1):
             seq = ev.get("seq")
             where = f"event #{i} (seq {seq}, {ev.get('type')})"
             if kind(seq) != "number" or seq != i:
-                self.problem(f"{where}: seq {short(seq)}, expected {i} (seqs are 1..N in order)")
+                bad_seqs.append(f"{where}: seq {short(seq)}, expected {i}")
                 ok = False
             if ev.get("runId") != run_id:
                 self.problem(f"{where}: runId {short(ev.get('runId'))} is not the run's ({short(run_id)})")
@@ -370,6 +371,9 @@ class Verifier:
                     prev = h
             else:
                 prev = h
+        if bad_seqs:
+            more = f" (and {len(bad_seqs) - 3} more)" if len(bad_seqs) > 3 else ""
+            self.problem(f"seqs are not 1..N in order: {'; '.join(bad_seqs[:3])}{more}")
         terminals = [i for i, ev in enumerate(events) if ev.get("type") == "terminal"]
         if len(terminals) != 1:
             self.problem(f"the events have {len(terminals)} terminal event(s), expected exactly one")
@@ -794,7 +798,10 @@ class Verifier:
                 self.summary.append("bundleDigest bound")
         self.check_no_null("evidence.json", bundle)
 
+        before = len(self.problems)
         self.check_output(events, bundle.get("output"))
+        if len(self.problems) == before:
+            self.summary.append("output streams consistent" if "output" in bundle else "no output totals (stream offsets consistent)")
         n = self.check_artifacts(bundle.get("artifacts"))
         self.summary.append(f"{n} artifact(s) match")
 
