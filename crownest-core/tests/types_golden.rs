@@ -164,6 +164,9 @@ fn every_event_kind_round_trips() {
         "artifact_error",
         "error",
         "terminal",
+        "spec",
+        "archive_verified",
+        "environment",
     ] {
         assert!(kinds.contains(&want), "golden file covers {want}");
     }
@@ -281,6 +284,8 @@ fn evidence_v1_bundles_round_trip_and_keep_their_in_toto_view() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     bundle.verify_events(&events).unwrap();
+    // The stored JSON verifies under v1's own rules (chain, outcome, artifacts).
+    assert_eq!(crownest_core::evidence::verify(&original, &events), vec![]);
 
     // A v1.1 bundle carrying v1's salted hashes, or a v1 one without them, is malformed.
     let mut odd = bundle.clone();

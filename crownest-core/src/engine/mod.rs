@@ -585,8 +585,11 @@ impl WorkspaceRuns {
                 // The sweep below destroys it.
                 sb.destroyed = true;
             }
+            // What the host had recorded of the sandbox before it went away (the evidence
+            // must say what the chain says).
+            let (identity, isolation) = self.recorded_environment(&run.id).await?;
             match self
-                .terminate(&mut run, Outcome::Failed, Some(failure), None, None, None)
+                .terminate(&mut run, Outcome::Failed, Some(failure), identity, isolation, None)
                 .await
             {
                 Ok(()) => report.reclaimed.push(run.id.clone()),
@@ -606,6 +609,34 @@ impl WorkspaceRuns {
             }
         }
         Ok(report)
+    }
+
+    /// The identity and isolation of the run's last `environment` event, if it has one.
+    async fn recorded_environment(
+        &self,
+        id: &RunId,
+    ) -> Result<(
+        Option<crate::backend::TemplateIdentity>,
+        Option<crate::backend::IsolationReport>,
+    )> {
+        let mut found = (None, None);
+        let mut after = 0;
+        loop {
+            let batch = self.inner.store.list_events(id, after, 1000).await?;
+            let Some(last) = batch.last() else {
+                return Ok(found);
+            };
+            after = last.seq;
+            for e in batch {
+                if let EventKind::Environment {
+                    identity,
+                    isolation,
+                } = e.kind
+                {
+                    found = (identity, Some(isolation));
+                }
+            }
+        }
     }
 
     fn run_lock(&self, id: &RunId) -> Arc<tokio::sync::Mutex<()>> {
