@@ -765,6 +765,17 @@ class Verifier:
             self.problem(f"evidence.json: schema {short(schema)} is not one this verifier knows ({SCHEMA_V2}, {', '.join(OLD_SCHEMAS)})")
             return self.report(bundle)
 
+        if last.get("type") == "terminal":
+            missing = [f for f in ("sandbox", "crownestVersion", "bundleDigest") if f not in last]
+            if missing:
+                self.problem(f"terminal event: missing {', '.join(missing)} (present in every v2 run, §2.3)")
+        statuses = [ev for ev in events if ev.get("type") == "status"]
+        for i, ev in enumerate(statuses):
+            if i == 0 and "previous" in ev:
+                self.problem(f"event seq {ev.get('seq')} (status): the first status has `previous`")
+            elif i > 0 and "previous" not in ev:
+                self.problem(f"event seq {ev.get('seq')} (status): `previous` missing (absent only on the first status)")
+
         derived = self.derive_bundle(events)
         if derived is not None:
             d = []
@@ -874,7 +885,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--public-key", metavar="PEM", help="ed25519 public key (SPKI PEM, or 64 hex digits); default DIR/host-key.pem")
     ap.add_argument("--require-signature", action="store_true", help="fail unless a DSSE envelope is present and its signature checks")
     args = ap.parse_args(argv)
-    return Verifier(args.dir, args.public_key, args.require_signature).run()
+    v = Verifier(args.dir, args.public_key, args.require_signature)
+    try:
+        return v.run()
+    except Exception as e:  # a malformed export must fail with a report, not a traceback
+        v.problem(f"cannot check further: {type(e).__name__}: {e}")
+        return v.report(None)
 
 
 if __name__ == "__main__":
