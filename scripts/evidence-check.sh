@@ -305,4 +305,6 @@ if [ "$failures" -gt 0 ]; then
   echo "evidence-check: FAILED: $failures unexpected result(s) (above)" >&2
   exit 1
 fi
-echo "evidence-check: ok: ${#rows[@]} runs on ${backends[*]} verified, every tampered copy rejected"
+skipped=""
+if [ "$docker_ok" != yes ]; then skipped=" (docker SKIPPED: not usable here)"; fi
+echo "evidence-check: ok: ${#rows[@]} runs on ${backends[*]} verified, every tampered copy rejected$skipped"
