@@ -159,6 +159,7 @@ check() {
     rows+=("$name|$backend|$outcome|$run|no|no|-")
     return
   fi
+  if grep -rqF not-in-the-record "$out"; then bad "$name: the secret's value is in the export"; fi
   # The outcome is the one asked for.
   if ! "$PY" - "$out/evidence.json" "$outcome" >"$work/$name.outcome" 2>&1 <<'EOF'; then
 import json, sys
@@ -166,7 +167,8 @@ b = json.load(open(sys.argv[1], encoding="utf-8"))
 want = sys.argv[2]
 st, code, kind = b.get("status"), b.get("exitCode"), (b.get("failure") or {}).get("kind", "")
 ok = {
-    "succeeded": st == "succeeded" and code == 0 and b["artifacts"] and "\U0001F600key" in b["source"]["labels"],
+    "succeeded": st == "succeeded" and code == 0 and b["artifacts"] and "\U0001F600key" in b["source"]["labels"]
+    and b.get("secretNames") == ["EVIDENCE_SECRET"] and b.get("env") == {"CI": "true"},
     "failed": st == "failed" and code == 3,
     "timed-out": st == "failed" and kind in ("timeout", "timed_out"),
     "canceled": st == "canceled",
@@ -240,8 +242,8 @@ for b in "${backends[@]}"; do
   L="$work/logs"
 
   set +e
-  cn run "$src" --backend "$b" --json --artifact out/result.bin --env CI=true \
-    --label '😀key=v' --label 'plain=1' -- python3 evidence_case.py ok >"$L/$b-ok.jsonl" 2>"$L/$b-ok.err"
+  EVIDENCE_SECRET=not-in-the-record cn run "$src" --backend "$b" --json --artifact out/result.bin \
+    --env CI=true --secret EVIDENCE_SECRET --label '😀key=v' --label 'plain=1' -- python3 evidence_case.py ok >"$L/$b-ok.jsonl" 2>"$L/$b-ok.err"
   code=$?
   set -e
   check "$b-succeeded" "$b" succeeded "$code" 0 "$L/$b-ok.jsonl"
@@ -295,10 +297,10 @@ done
 
 # --- the table ---------------------------------------------------------------------------
 echo
-printf '%-22s %-8s %-15s %-32s %-9s %-16s %s\n' run backend outcome "run id" verified "crownest verify" "tamper cases rejected"
+printf '%-22s %-8s %-15s %-36s %-9s %-16s %s\n' run backend outcome "run id" verified "crownest verify" "tamper cases rejected"
 for r in "${rows[@]}"; do
   IFS='|' read -r n be oc id v cv tr <<<"$r"
-  printf '%-22s %-8s %-15s %-32s %-9s %-16s %s\n' "$n" "$be" "$oc" "$id" "$v" "$cv" "$tr"
+  printf '%-22s %-8s %-15s %-36s %-9s %-16s %s\n' "$n" "$be" "$oc" "$id" "$v" "$cv" "$tr"
 done
 echo
 if [ "$failures" -gt 0 ]; then
