@@ -105,6 +105,12 @@ pub(crate) fn describe(e: &anyhow::Error) -> String {
         }
         out.push_str(&cause.to_string());
     }
+    if out.contains("401") && out.contains("unauthorized") {
+        out.push_str(
+            "\ncrownest: the server wants a bearer token: set CROWNEST_TOKEN in the environment \
+             (the token `crownest serve` printed, or one from its tokens file)",
+        );
+    }
     out
 }
 

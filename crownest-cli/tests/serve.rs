@@ -174,7 +174,12 @@ fn auth_is_required_except_for_healthz() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"));
+    assert!(
+        stderr.contains("set CROWNEST_TOKEN"),
+        "an auth failure says how to pass a token: {stderr}"
+    );
     let out = crownest()
         .args(["--server", &s.url, "--token", "wrong", "doctor", "--json"])
         .output()
