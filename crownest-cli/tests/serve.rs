@@ -310,6 +310,78 @@ fn runs_end_to_end_through_the_server() {
     assert!(s.stop().success());
 }
 
+/// Runs `c` to its end, or kills it and fails the test after `secs` (a hang guard, not a
+/// timing assertion).
+fn output_within(c: &mut Command, secs: u64) -> std::process::Output {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{c:?} did not end: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `events --follow` of a finished run resumed at (or past) its end ends at once, through
+/// the server (SSE 204) and on the server's home directly.
+#[test]
+fn events_follow_of_a_finished_run_ends_at_its_end() {
+    let s = Server::start();
+    let out = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--json", "--", "python3", "-c", "print(1)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events = json_lines(&out.stdout);
+    let last = events.last().unwrap();
+    let run = last["runId"].as_str().unwrap().to_owned();
+    let seq = last["seq"].as_u64().unwrap();
+    for after in [seq, seq + 5] {
+        let after = after.to_string();
+        let out = output_within(
+            s.client()
+                .args(["events", &run, "--follow", "--after-seq", &after]),
+            60,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let out = output_within(
+            crownest().arg("--home").arg(s._home.path()).args([
+                "events",
+                &run,
+                "--follow",
+                "--after-seq",
+                &after,
+            ]),
+            60,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+    let before = (seq - 1).to_string();
+    let out = output_within(
+        s.client()
+            .args(["events", &run, "--follow", "--after-seq", &before]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let tail = json_lines(&out.stdout);
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0]["type"], "terminal");
+    assert!(s.stop().success());
+}
+
 #[test]
 fn cancel_goes_through_the_server() {
     let s = Server::start();

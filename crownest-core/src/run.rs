@@ -249,6 +249,14 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// True when the run has ended and no event has a seq greater than `after_seq`: a
+    /// reader whose cursor is `after_seq` has seen (or skipped) the `terminal` event and
+    /// will never see another one. The store seals `terminal` in the same commit as the
+    /// terminal record, so a terminal record's `next_seq` is final.
+    pub fn ended_by(&self, after_seq: u64) -> bool {
+        self.status.is_terminal() && self.next_seq.saturating_sub(1) <= after_seq
+    }
+
     /// A new record in `awaiting_archive`. `spec.secrets` is emptied: the record keeps only
     /// their names.
     pub fn new(

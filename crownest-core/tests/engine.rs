@@ -725,6 +725,60 @@ async fn subscribers_see_every_event_once_in_order() {
     assert!(stored.last().unwrap().kind.is_terminal());
 }
 
+/// A stream resumed at or past the end of a finished run ends at once (a browser resumes
+/// every closed stream with `Last-Event-ID` = the terminal seq); one just before the end
+/// yields `terminal` and ends. Also through a second engine on the same store (the run
+/// ended in "another process": no in-process notification will ever come).
+#[tokio::test]
+async fn a_stream_resumed_at_the_end_of_a_finished_run_ends_at_once() {
+    let e = env().await;
+    let (run, events) = e.run(fake(&["out:a", "exit:0"])).await;
+    let last = events.last().unwrap().seq;
+    let other = WorkspaceRuns::builder(e.store.clone())
+        .backend(Arc::new(FakeBackend::new()))
+        .config(fast())
+        .without_recovery()
+        .open()
+        .await
+        .unwrap();
+    for engine in [&e.engine, &other] {
+        for after in [last, last + 1, last + 1000] {
+            let got: Vec<Event> = tokio::time::timeout(
+                Duration::from_secs(10),
+                engine
+                    .subscribe(&run.id, after)
+                    .map(|r| r.unwrap())
+                    .collect(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the stream after seq {after} of an ended run never ended"));
+            assert!(got.is_empty(), "after {after}: {got:?}");
+        }
+        let tail: Vec<Event> = tokio::time::timeout(
+            Duration::from_secs(10),
+            engine
+                .subscribe(&run.id, last - 1)
+                .map(|r| r.unwrap())
+                .collect(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(tail, events[events.len() - 1..]);
+    }
+    // An unknown run is an error, not a stream that waits for ever.
+    let unknown = RunId::new();
+    let got: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        e.engine.subscribe(&unknown, 0).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(got.as_slice(), [Err(Error::NotFound { .. })]),
+        "{got:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evidence_is_readable_exactly_when_terminal_is_visible() {
     let e = env().await;

@@ -584,7 +584,9 @@ impl Client {
     }
 
     /// The run's events from `after_seq` over SSE, reconnecting with `Last-Event-ID` when
-    /// the connection drops; ends after `terminal`. Each event arrives exactly once.
+    /// the connection drops; ends after `terminal`, or at once (with no item) when the run
+    /// has ended and nothing follows `after_seq` (the server answers 204). Each event
+    /// arrives exactly once.
     pub fn events(
         &self,
         id: &RunId,
@@ -635,6 +637,10 @@ impl Client {
                         .header("Last-Event-ID", st.last.to_string())
                         .header(reqwest::header::ACCEPT, "text/event-stream");
                     match st.client.send(r).await {
+                        // The run has ended and nothing follows the cursor.
+                        Ok(resp) if resp.status() == reqwest::StatusCode::NO_CONTENT => {
+                            st.done = true;
+                        }
                         Ok(resp) => {
                             st.body = Some(Box::pin(resp.bytes_stream()));
                             st.buf.clear();

@@ -20,7 +20,7 @@ use crownest_core::{
     ArchiveDescriptor, ArtifactId, RunId, RunSpec, RunStatus, Sha256Digest, TransferId,
     WorkspaceRuns,
 };
-use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -359,9 +359,9 @@ async fn stream_events(
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+) -> ApiResult<Response> {
     let id = run_id(&id)?;
-    s.engine.get(&id).await?;
+    let run = s.engine.get(&id).await?;
     let last_event_id = header_str(&headers, "last-event-id")?
         .map(|v| {
             v.trim()
@@ -371,11 +371,16 @@ async fn stream_events(
         .transpose()?;
     // `afterSeq` wins when both are given.
     let after = q.after_seq.or(last_event_id).unwrap_or(0);
+    // An ended run with nothing after the cursor: 204, which tells an EventSource to stop
+    // reconnecting (an empty 200 stream would make it reconnect for ever).
+    if run.ended_by(after) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     s.subscribers.fetch_add(1, Ordering::Relaxed);
     let guard = SubscriberGuard(s.subscribers.clone());
     let stream = s.engine.subscribe(&id, after).map(move |item| {
         let _keep = &guard;
-        Ok(match item {
+        Ok::<_, Infallible>(match item {
             Ok(e) => SseEvent::default()
                 .id(e.seq.to_string())
                 .event(e.kind.type_name())
@@ -388,7 +393,7 @@ async fn stream_events(
     let keep_alive = KeepAlive::new()
         .interval(s.config.sse_keep_alive)
         .text("keep-alive");
-    Ok(Sse::new(stream).keep_alive(keep_alive))
+    Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
 }
 
 #[derive(Debug, Deserialize)]
