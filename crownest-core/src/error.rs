@@ -181,6 +181,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An idempotency key was used again with a different request: the run it names was
+    /// created from another spec, and is not returned.
+    #[error("idempotency key {key:?} was already used for run {run_id} with a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// The run created with it.
+        run_id: String,
+    },
     /// The engine is shutting down.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -264,6 +273,7 @@ impl Error {
             Self::Backend { .. } => "backend_error",
             Self::Store { .. } => "store_error",
             Self::Io { .. } => "io_error",
+            Self::IdempotencyKeyReused { .. } => "idempotency_key_reused",
             Self::ShuttingDown => "shutting_down",
             Self::UnsafeWorkRoot { .. } => "unsafe_work_root",
         }

@@ -194,6 +194,9 @@ impl TransferRecord {
 ///
 /// * `create_run` stores a new run; a second create with the same `idempotency_key`
 ///   returns the first run as `Existing` and stores nothing.
+/// * A run comes back with its spec exactly as it was created (also as `Existing`), so
+///   the engine can refuse a reused idempotency key whose request differs
+///   ([`RunRecord::same_request`]).
 /// * `get_run` of an unknown id is `Error::NotFound`.
 /// * `list_runs` returns runs newest first, filtered by status, paged with `before`.
 /// * `commit` is atomic and all-or-nothing: it checks `expected_next_seq` (else

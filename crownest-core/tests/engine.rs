@@ -823,19 +823,76 @@ async fn evidence_is_readable_exactly_when_terminal_is_visible() {
 }
 
 #[tokio::test]
-async fn idempotency_key_returns_the_same_run() {
+async fn idempotency_key_returns_the_same_run_for_the_same_request_only() {
     let e = env().await;
-    let a = e
+    let spec = fake(&["exit:0"])
+        .with_env("CI", "true")
+        .with_secret("TOKEN", "v1")
+        .with_idempotency_key("k1");
+    let a = e.engine.create(spec.clone()).await.unwrap();
+    let b = e.engine.create(spec.clone()).await.unwrap();
+    assert_eq!(a.id, b.id, "a retry of the same request gets the same run");
+    // Secret values are never stored nor hashed: a retry differing only in them is the
+    // same request as far as the engine can tell.
+    let c = e
         .engine
-        .create(fake(&["exit:0"]).with_idempotency_key("k1"))
+        .create(spec.clone().with_secret("TOKEN", "v2"))
         .await
         .unwrap();
-    let b = e
+    assert_eq!(a.id, c.id);
+    for other in [
+        fake(&["exit:1"]).with_idempotency_key("k1"),
+        spec.clone().with_env("CI", "false"),
+        spec.clone().with_label("commit", "abc"),
+        spec.clone().with_secret("OTHER", "x"),
+    ] {
+        let err = e.engine.create(other).await.unwrap_err();
+        match &err {
+            Error::IdempotencyKeyReused { key, run_id } => {
+                assert_eq!(key, "k1");
+                assert_eq!(*run_id, a.id.to_string());
+            }
+            other => panic!("expected IdempotencyKeyReused, got {other:?}"),
+        }
+        assert_eq!(err.code(), "idempotency_key_reused");
+    }
+    let runs = e
         .engine
-        .create(fake(&["exit:1"]).with_idempotency_key("k1"))
+        .list(&crownest_core::store::RunQuery::default())
         .await
         .unwrap();
-    assert_eq!(a.id, b.id);
+    assert_eq!(runs.len(), 1, "nothing else was stored");
+}
+
+/// A template the backend does not offer is refused at create (nothing stored), not found
+/// out at start as a `spawn_failed` run.
+#[tokio::test]
+async fn an_unknown_template_is_refused_at_create() {
+    let e = env().await;
+    let err = e
+        .engine
+        .create(fake(&["exit:0"]).with_template("python-nodee"))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::InvalidSpec { field, message } => {
+            assert_eq!(field, "template");
+            assert!(message.contains("python-nodee"), "{message}");
+            assert!(
+                message.contains("\"python-node\""),
+                "names what exists: {message}"
+            );
+        }
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    let runs = e
+        .engine
+        .list(&crownest_core::store::RunQuery::default())
+        .await
+        .unwrap();
+    assert!(runs.is_empty(), "{runs:?}");
+    // The known one still works.
+    e.engine.create(fake(&["exit:0"])).await.unwrap();
 }
 
 #[tokio::test]

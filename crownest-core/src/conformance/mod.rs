@@ -26,6 +26,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@cases $factory;
             create_and_get,
             idempotency_key_returns_existing,
+            idempotency_key_keeps_the_first_spec,
             unknown_run_is_not_found,
             list_runs_newest_first_filtered_and_paged,
             commit_seals_gap_free_hash_chain,

@@ -140,6 +140,58 @@ pub async fn idempotency_key_returns_existing(store: Arc<dyn Store>) {
     );
 }
 
+/// A second create with the same idempotency key and a *different* spec returns the first
+/// run as `Existing` with its spec exactly as it was stored (so the engine can tell the
+/// requests apart, see `RunRecord::same_request`), and stores nothing of the second.
+pub async fn idempotency_key_keeps_the_first_spec(store: Arc<dyn Store>) {
+    let mut spec = RunSpec::new(["python3", "main.py"])
+        .with_env("CI", "true")
+        .with_label("commit", "abc123")
+        .with_artifact("out/result.json", true)
+        .with_timeout_ms(30_000)
+        .with_idempotency_key("key-spec");
+    spec.secrets
+        .insert("TOKEN".into(), crate::secret::SecretValue::from("s3cret"));
+    let first = RunRecord::new(
+        RunId::new(),
+        spec.clone(),
+        "fake".into(),
+        Limits::default(),
+        RunOwner::current("conformance"),
+    );
+    let stored = store.create_run(first.clone()).await.unwrap().into_run();
+    assert!(
+        stored.same_request(&first),
+        "the stored spec is the spec as asked"
+    );
+    let other = RunRecord::new(
+        RunId::new(),
+        spec.clone().with_env("CI", "false"),
+        "fake".into(),
+        Limits::default(),
+        RunOwner::current("conformance"),
+    );
+    match store.create_run(other.clone()).await.unwrap() {
+        CreateOutcome::Existing(existing) => {
+            assert_eq!(existing.id, first.id, "same key → the first run");
+            assert!(
+                existing.same_request(&first),
+                "the first run comes back with the first spec: {:?}",
+                existing.spec
+            );
+            assert!(
+                !existing.same_request(&other),
+                "and differs from the second"
+            );
+        }
+        CreateOutcome::Created(r) => panic!("a reused key created run {}", r.id),
+    }
+    assert!(
+        matches!(store.get_run(&other.id).await, Err(Error::NotFound { .. })),
+        "nothing of the second request is stored"
+    );
+}
+
 /// `get_run` of an unknown id is `NotFound`.
 pub async fn unknown_run_is_not_found(store: Arc<dyn Store>) {
     let err = store.get_run(&RunId::new()).await.unwrap_err();
