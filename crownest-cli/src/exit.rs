@@ -63,6 +63,7 @@ pub(crate) fn is_rejection(e: &Error) -> bool {
             | Error::ArchiveRejected { .. }
             | Error::LimitExceeded { .. }
             | Error::NotTerminal { .. }
+            | Error::IdempotencyKeyReused { .. }
     )
 }
 

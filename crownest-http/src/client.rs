@@ -152,7 +152,8 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             kind: "host key",
             id: message,
         },
-        "invalid_spec" => Error::InvalidSpec {
+        // The server's backend policy refused the create: rejected input, like a spec.
+        "invalid_spec" | "backend_not_allowed" => Error::InvalidSpec {
             field: err["field"].as_str().unwrap_or("").to_owned(),
             message,
         },
@@ -178,6 +179,10 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             Err(_) => Error::Conflict { message },
         },
         "conflict" => Error::Conflict { message },
+        "idempotency_key_reused" => Error::IdempotencyKeyReused {
+            key: err["idempotencyKey"].as_str().unwrap_or("").to_owned(),
+            run_id: err["runId"].as_str().unwrap_or("").to_owned(),
+        },
         _ => Error::Backend {
             backend: format!("http {status}"),
             source: format!("{code}: {message}").into(),

@@ -44,12 +44,14 @@ mod config;
 mod error;
 pub mod openapi;
 mod routes;
+pub mod tokens;
 
 #[cfg(feature = "client")]
 mod client;
 
 #[cfg(feature = "client")]
 pub use client::{Client, MAX_CHUNK_BYTES, RunPage, UploadProgress};
-pub use config::HttpConfig;
+pub use config::{HttpConfig, PROCESS_BACKEND};
 pub use error::{ApiError, ApiResult};
 pub use routes::{ROUTES, router};
+pub use tokens::{Scope, TokenEntry, TokenSet};

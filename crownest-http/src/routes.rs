@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ApiResult};
+use crate::tokens::{Scope, constant_time_eq};
 
 /// Every route of the API as `(method, path)`, in OpenAPI path syntax. The OpenAPI document
 /// and a test keep this list, the router and `/v1/openapi.json` in sync.
@@ -109,34 +110,69 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.config.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
-        if !ok {
-            let mut resp = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
-    }
-    next.run(request).await
+/// Who made a request (put in the request's extensions by the auth layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The token's name (`token` for the single admin token).
+    pub(crate) name: String,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let config = &state.config;
+    if config.token.is_none() && config.tokens.is_empty() {
+        return next.run(request).await;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let needed = Scope::required_for(request.method(), request.uri().path());
+    let single = config
+        .token
+        .as_ref()
+        .zip(given)
+        .is_some_and(|(t, g)| constant_time_eq(g.as_bytes(), t.as_bytes()));
+    let caller = if single {
+        Caller {
+            name: "token".into(),
+        }
+    } else {
+        match given.and_then(|g| config.tokens.find(g)) {
+            Some(entry) if entry.allows(needed) => Caller {
+                name: entry.name.clone(),
+            },
+            Some(entry) => {
+                let mut err = ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "token {:?} lacks the {needed} scope this request needs",
+                        entry.name
+                    ),
+                );
+                err.insert("scope", json!(needed));
+                return err.into_response();
+            }
+            None => {
+                let mut resp = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid bearer token is required",
+                )
+                .into_response();
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 fn run_id(s: &str) -> ApiResult<RunId> {
@@ -167,8 +203,43 @@ async fn create_run(
             .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
         spec.idempotency_key = Some(key.to_owned());
     }
+    check_backend_allowed(&s, &spec)?;
     let run = s.engine.create(spec).await?;
     Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+/// The server's backend policy ([`HttpConfig::allowed_backends`]): 400
+/// `backend_not_allowed` for a backend a client may not choose, named or by default.
+fn check_backend_allowed(s: &AppState, spec: &RunSpec) -> ApiResult<()> {
+    let backend = spec
+        .backend
+        .as_deref()
+        .unwrap_or_else(|| s.engine.default_backend());
+    let allowed = s.config.allowed_backends_of(&s.engine);
+    if allowed.iter().any(|b| b == backend) {
+        return Ok(());
+    }
+    let how = if spec.backend.is_some() {
+        "backend"
+    } else {
+        "the default backend"
+    };
+    let mut err = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "backend_not_allowed",
+        format!(
+            "{how} {backend:?} is not allowed on this server; allowed: {}",
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        ),
+    );
+    err.insert("field", json!("backend"));
+    err.insert("backend", json!(backend));
+    err.insert("allowed", json!(allowed));
+    Err(err)
 }
 
 #[derive(Debug, Deserialize)]

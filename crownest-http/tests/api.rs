@@ -830,7 +830,13 @@ async fn full_lifecycle_on_the_process_backend() {
         .open()
         .await
         .unwrap();
-    let app = router(engine.clone(), HttpConfig::default().with_token(TOKEN));
+    // A server offers the process backend only when it is named.
+    let app = router(
+        engine.clone(),
+        HttpConfig::default()
+            .with_token(TOKEN)
+            .with_backends(["process"]),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
