@@ -28,6 +28,14 @@
 //! | `GET /v1/artifacts/{id}` | artifact bytes, `X-Artifact-Sha256` |
 //! | `GET /healthz`, `GET /metrics`, `GET /v1/openapi.json` | ops |
 //!
+//! **Policy** ([`HttpConfig`]). `allowed_backends` lists the backends a create may choose
+//! (default: every registered one but `process`, which runs host processes and is offered
+//! only when named; another is 400 `backend_not_allowed`). `tokens` ([`TokenSet`], a file
+//! of sha256 hashes with [`Scope`]s `read`, `submit`, `admin`) and the single admin
+//! `token` authenticate requests (401 `unauthorized`, 403 `forbidden`). A template the
+//! backend does not offer is 400 `invalid_spec` at create, and an `Idempotency-Key` reused
+//! with a different body 422 `idempotency_key_reused`.
+//!
 //! Errors are `{"error": {"code", "message", ...}}`. A slow SSE client never blocks a run:
 //! each stream reads the store at its own pace (see `WorkspaceRuns::subscribe`).
 //!

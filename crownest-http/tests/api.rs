@@ -778,6 +778,19 @@ async fn openapi_matches_the_routes() {
         documented, routes,
         "openapi.json and ROUTES list the same operations"
     );
+    // Each secured operation documents the scope the server really requires.
+    for (method, path) in &routes {
+        let op = &doc["paths"][path][method.to_lowercase()];
+        if path == "/healthz" {
+            continue;
+        }
+        let want = crownest_http::Scope::required_for(
+            &reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            path,
+        );
+        assert_eq!(op["x-crownest-scope"], want.as_str(), "{method} {path}");
+        assert!(op["responses"]["403"].is_object(), "{method} {path}");
+    }
     // Every listed route is really routed: it never answers the fallback's `no_route`.
     for (method, path) in &routes {
         let url = format!(
