@@ -64,6 +64,8 @@ pub(crate) fn is_rejection(e: &Error) -> bool {
             | Error::LimitExceeded { .. }
             | Error::NotTerminal { .. }
             | Error::IdempotencyKeyReused { .. }
+            | Error::ChunkRejected { .. }
+            | Error::TransferIncomplete { .. }
     )
 }
 

@@ -287,6 +287,11 @@ impl Store for MemoryStore {
                 format!("chunk {index} has the wrong length"),
             ));
         }
+        if let Some(stored) = t.chunks.get(&index)
+            && *stored != data
+        {
+            return Err(t.record.chunk_conflict(index));
+        }
         t.chunks.insert(index, data);
         t.record.received.insert(index);
         t.touched = Instant::now();

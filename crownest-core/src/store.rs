@@ -186,6 +186,20 @@ impl TransferRecord {
     pub fn is_complete(&self) -> bool {
         self.received.len() as u64 == self.chunk_count()
     }
+
+    /// The error of a chunk whose bytes differ from the chunk already stored at `index`
+    /// (every store words it the same).
+    pub fn chunk_conflict(&self, index: u64) -> Error {
+        Error::ChunkRejected {
+            offset: index.saturating_mul(self.chunk_size_bytes),
+            reason: crate::error::ChunkRejectReason::Conflict,
+            message: format!(
+                "chunk {index} of transfer {} was already received with other bytes; the \
+                 stored chunk is kept (send the same bytes, or begin a new transfer)",
+                self.transfer_id
+            ),
+        }
+    }
 }
 
 /// Durable storage of runs, events, blobs, transfers and evidence.
@@ -215,6 +229,9 @@ impl TransferRecord {
 ///   names it, and says whether it deleted it (an unknown blob is `Ok(false)`).
 /// * Transfers: `put_chunk` is idempotent and accepts chunks in any order; `open_transfer`
 ///   yields the chunks concatenated in order, and fails if one is missing.
+/// * `put_chunk` of an index already received with *other* bytes is
+///   `Error::ChunkRejected { reason: Conflict }` ([`TransferRecord::chunk_conflict`]) and
+///   changes nothing: the stored chunk stays as it was. The same bytes again are accepted.
 /// * `list_transfers` returns every stored transfer (of one run, when given) with its
 ///   received chunks; a deleted transfer is not listed.
 /// * `collect_garbage` never deletes a blob a run or an artifact names, a blob stored (or
@@ -253,7 +270,8 @@ pub trait Store: Send + Sync + Debug {
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()>;
     /// One transfer.
     async fn get_transfer(&self, id: &TransferId) -> Result<TransferRecord>;
-    /// Stores chunk `index` (its length already checked by the caller).
+    /// Stores chunk `index` (its length already checked by the caller); other bytes for a
+    /// chunk already stored are refused.
     async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord>;
     /// The received chunks concatenated in order.
     async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader>;

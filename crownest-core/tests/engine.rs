@@ -1018,9 +1018,61 @@ async fn staged_transfer_out_of_order_and_resumed() {
     let status = e.engine.transfer_status(&t.transfer_id).await.unwrap();
     assert!(!status.complete);
     assert!(!status.missing.is_empty());
+    match e.engine.complete_transfer(&t.transfer_id).await {
+        Err(Error::TransferIncomplete {
+            transfer_id,
+            missing,
+        }) => {
+            assert_eq!(transfer_id, t.transfer_id.to_string());
+            assert_eq!(missing, status.missing, "the missing ranges, typed");
+        }
+        other => panic!("incomplete transfer must be refused: {other:?}"),
+    }
+    // A chunk whose bytes do not have its declared sha256 is refused and not stored; other
+    // bytes for a chunk already received conflict.
+    let wrong = crownest_core::Sha256Digest::of(b"not this chunk");
+    let missing_index = (0..n).find(|i| (n - 1 - i) % 2 == 1).unwrap();
+    let err = e
+        .engine
+        .put_chunk_checked(
+            &t.transfer_id,
+            (missing_index * 64) as u64,
+            chunk(missing_index),
+            Some(&wrong),
+        )
+        .await
+        .unwrap_err();
     assert!(
-        e.engine.complete_transfer(&t.transfer_id).await.is_err(),
-        "incomplete transfer refused"
+        matches!(
+            err,
+            Error::ChunkRejected {
+                reason: crownest_core::ChunkRejectReason::DigestMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        e.engine.transfer_status(&t.transfer_id).await.unwrap(),
+        status,
+        "nothing stored"
+    );
+    let mut flipped = chunk(n - 1).to_vec();
+    flipped[0] ^= 0xff;
+    let err = e
+        .engine
+        .put_chunk(&t.transfer_id, ((n - 1) * 64) as u64, flipped.into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ChunkRejected {
+                reason: crownest_core::ChunkRejectReason::Conflict,
+                ..
+            }
+        ),
+        "{err:?}"
     );
     // A bad offset or length is refused.
     assert!(

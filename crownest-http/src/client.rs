@@ -11,8 +11,8 @@ use crownest_core::engine::staging::{OPEN_TRANSFERS_PER_RUN, STAGED_BYTES_PER_EN
 use crownest_core::event::Event;
 use crownest_core::signing::{DsseEnvelope, HostPublicKey};
 use crownest_core::{
-    ArchiveDescriptor, Error, EvidenceBundle, RejectReason, RunId, RunRecord, RunSpec, RunStatus,
-    Sha256Digest, TransferStatus,
+    ArchiveDescriptor, ChunkRejectReason, Error, EvidenceBundle, RejectReason, RunId, RunRecord,
+    RunSpec, RunStatus, Sha256Digest, TransferStatus,
 };
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
@@ -179,6 +179,16 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             Err(_) => Error::Conflict { message },
         },
         "conflict" => Error::Conflict { message },
+        "chunk_rejected" => Error::ChunkRejected {
+            offset: err["offset"].as_u64().unwrap_or(0),
+            reason: serde_json::from_value(err["reason"].clone())
+                .unwrap_or(ChunkRejectReason::Conflict),
+            message,
+        },
+        "transfer_incomplete" => Error::TransferIncomplete {
+            transfer_id: err["transferId"].as_str().unwrap_or("").to_owned(),
+            missing: serde_json::from_value(err["missing"].clone()).unwrap_or_default(),
+        },
         "idempotency_key_reused" => Error::IdempotencyKeyReused {
             key: err["idempotencyKey"].as_str().unwrap_or("").to_owned(),
             run_id: err["runId"].as_str().unwrap_or("").to_owned(),
@@ -354,16 +364,20 @@ impl Client {
         .await
     }
 
-    /// `PUT /v1/transfers/{tid}?offset=N`.
+    /// `PUT /v1/transfers/{tid}?offset=N`, with the chunk's sha256 in `Content-Digest`
+    /// (RFC 9530), so a chunk corrupted on the way is refused (409 `chunk_rejected`,
+    /// `digest_mismatch`) instead of stored.
     pub async fn put_chunk(
         &self,
         tid: &crownest_core::TransferId,
         offset: u64,
         data: Bytes,
     ) -> Result<TransferStatus> {
+        let digest = crate::digest::content_digest_of(&Sha256Digest::of(&data));
         let r = self
             .req(reqwest::Method::PUT, &format!("/v1/transfers/{tid}"))
             .query(&[("offset", offset)])
+            .header("Content-Digest", digest)
             .body(data);
         self.json(r).await
     }
@@ -475,6 +489,14 @@ impl Client {
                     let chunk = source.read(offset, stop).await?;
                     match self.put_chunk(&status.transfer_id, offset, chunk).await {
                         Ok(s) => report(s.bytes_received),
+                        // The server holds other bytes at this offset: sending ours again
+                        // cannot fix that.
+                        Err(
+                            e @ Error::ChunkRejected {
+                                reason: ChunkRejectReason::Conflict,
+                                ..
+                            },
+                        ) => return Err(e),
                         Err(e) => {
                             tracing::warn!(offset, error = %e, "chunk upload failed; will retry");
                         }

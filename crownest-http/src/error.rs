@@ -55,7 +55,9 @@ impl From<Error> for ApiError {
             Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
             Error::InvalidTransition { .. }
             | Error::Conflict { .. }
-            | Error::NotTerminal { .. } => StatusCode::CONFLICT,
+            | Error::NotTerminal { .. }
+            | Error::ChunkRejected { .. }
+            | Error::TransferIncomplete { .. } => StatusCode::CONFLICT,
             Error::ArchiveRejected { reason, .. } => match reason {
                 crownest_core::RejectReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -85,6 +87,17 @@ impl From<Error> for ApiError {
             }
             Error::InvalidSpec { field, .. } => {
                 out.extra.insert("field".into(), json!(field));
+            }
+            Error::ChunkRejected { offset, reason, .. } => {
+                out.extra.insert("reason".into(), json!(reason));
+                out.extra.insert("offset".into(), json!(offset));
+            }
+            Error::TransferIncomplete {
+                transfer_id,
+                missing,
+            } => {
+                out.extra.insert("transferId".into(), json!(transfer_id));
+                out.extra.insert("missing".into(), json!(missing));
             }
             Error::IdempotencyKeyReused { key, run_id } => {
                 out.extra.insert("idempotencyKey".into(), json!(key));

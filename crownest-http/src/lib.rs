@@ -49,6 +49,7 @@
 //! travel: the request body carries them in clear.
 
 mod config;
+pub mod digest;
 mod error;
 pub mod openapi;
 mod routes;

@@ -364,10 +364,20 @@ async fn put_chunk(
     State(s): State<AppState>,
     Path(tid): Path<String>,
     Query(q): Query<OffsetQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
     let tid = TransferId::parse(&tid)?;
-    Ok(Json(s.engine.put_chunk(&tid, q.offset, body).await?).into_response())
+    let declared = crate::digest::declared_chunk_sha256(
+        header_str(&headers, crate::digest::CONTENT_DIGEST)?,
+        header_str(&headers, crate::digest::X_CHUNK_SHA256)?,
+    )
+    .map_err(ApiError::bad_request)?;
+    let status = s
+        .engine
+        .put_chunk_checked(&tid, q.offset, body, declared.as_ref())
+        .await?;
+    Ok(Json(status).into_response())
 }
 
 async fn get_transfer(State(s): State<AppState>, Path(tid): Path<String>) -> ApiResult<Response> {

@@ -39,6 +39,7 @@ macro_rules! store_conformance {
             blobs_are_content_addressed,
             blob_mismatch_keeps_nothing,
             transfer_chunks_any_order_idempotent,
+            transfer_chunk_conflict_keeps_the_stored_chunk,
             artifacts_are_found_by_id,
             list_unfinished_returns_non_terminal,
             concurrent_commits_to_many_runs,

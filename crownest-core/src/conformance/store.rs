@@ -582,6 +582,56 @@ pub async fn transfer_chunks_any_order_idempotent(store: Arc<dyn Store>) {
     ));
 }
 
+/// `put_chunk` of a chunk already received with other bytes is `ChunkRejected` (conflict)
+/// and leaves the stored chunk as it was; the same bytes again are accepted.
+pub async fn transfer_chunk_conflict_keeps_the_stored_chunk(store: Arc<dyn Store>) {
+    let run = created(&store, None).await;
+    let data: Vec<u8> = (0..2000u32).map(|i| (i % 241) as u8).collect();
+    let t = TransferRecord {
+        transfer_id: TransferId::new(),
+        run_id: run.id.clone(),
+        descriptor: ArchiveDescriptor {
+            size_bytes: data.len() as u64,
+            sha256: Sha256Digest::of(&data),
+        },
+        chunk_size_bytes: 1000,
+        received: BTreeSet::new(),
+        created_at: Timestamp::now(),
+    };
+    store.create_transfer(&t).await.unwrap();
+    let first = Bytes::copy_from_slice(&data[1000..]);
+    store
+        .put_chunk(&t.transfer_id, 1, first.clone())
+        .await
+        .unwrap();
+    let mut other = first.to_vec();
+    other[500] ^= 0xff;
+    let err = store
+        .put_chunk(&t.transfer_id, 1, Bytes::from(other))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::ChunkRejected { offset, reason, .. } => {
+            assert_eq!(*offset, 1000, "the offset of the chunk");
+            assert_eq!(*reason, crate::error::ChunkRejectReason::Conflict);
+        }
+        e => panic!("other bytes for a stored chunk must be a conflict, got {e:?}"),
+    }
+    // The same bytes again are fine, and what is stored is the first chunk.
+    store.put_chunk(&t.transfer_id, 1, first).await.unwrap();
+    store
+        .put_chunk(&t.transfer_id, 0, Bytes::copy_from_slice(&data[..1000]))
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(
+        &mut store.open_transfer(&t.transfer_id).await.unwrap(),
+        &mut back,
+    )
+    .unwrap();
+    assert_eq!(back, data, "the conflicting chunk changed nothing");
+}
+
 /// `get_artifact` finds an artifact of any run by id.
 pub async fn artifacts_are_found_by_id(store: Arc<dyn Store>) {
     let run = created(&store, None).await;
