@@ -199,6 +199,7 @@ async fn cancel_own_runs(engine: &WorkspaceRuns) {
                 status: Some(status),
                 limit: 10_000,
                 before: None,
+                ..Default::default()
             })
             .await
         else {

@@ -268,6 +268,7 @@ async fn list_runs(
             status,
             limit,
             before,
+            ..Default::default()
         })
         .await?;
     let next = (runs.len() == limit)
@@ -548,6 +549,7 @@ async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
                 status: Some(status),
                 limit: 10_000,
                 before: None,
+                ..Default::default()
             })
             .await?
             .len();

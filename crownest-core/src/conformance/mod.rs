@@ -29,6 +29,8 @@ macro_rules! store_conformance {
             idempotency_key_keeps_the_first_spec,
             unknown_run_is_not_found,
             list_runs_newest_first_filtered_and_paged,
+            list_runs_filtered_by_backend_labels_and_created,
+            delete_run_removes_an_ended_run_and_refuses_a_live_one,
             commit_seals_gap_free_hash_chain,
             commit_with_stale_seq_conflicts_and_writes_nothing,
             terminal_must_be_last_with_evidence,

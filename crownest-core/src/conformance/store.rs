@@ -679,6 +679,195 @@ pub async fn artifacts_are_found_by_id(store: Arc<dyn Store>) {
     ));
 }
 
+/// `list_runs` filters by backend, labels and creation time (with status and paging), as
+/// `RunQuery::matches` says; `limit` counts matching runs.
+pub async fn list_runs_filtered_by_backend_labels_and_created(store: Arc<dyn Store>) {
+    let base = Timestamp::now();
+    let mut made = Vec::new();
+    for i in 0..8u64 {
+        let mut spec = RunSpec::new(["true"]);
+        if i % 2 == 0 {
+            spec = spec.with_label("team", "a");
+        }
+        if i % 3 == 0 {
+            spec = spec.with_label("commit", format!("c{i}"));
+        }
+        let mut run = RunRecord::new(
+            RunId::new(),
+            spec,
+            if i < 4 { "docker" } else { "wasm" }.into(),
+            Limits::default(),
+            RunOwner::current("conformance"),
+        );
+        run.timestamps.created = Some(base.plus_millis(i * 60_000));
+        made.push(store.create_run(run).await.unwrap().into_run());
+    }
+    let queries = [
+        RunQuery {
+            backend: Some("docker".into()),
+            ..Default::default()
+        },
+        RunQuery {
+            labels: [("team".to_owned(), "a".to_owned())].into(),
+            ..Default::default()
+        },
+        RunQuery {
+            labels: [
+                ("team".to_owned(), "a".to_owned()),
+                ("commit".to_owned(), "c6".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        },
+        RunQuery {
+            labels: [("team".to_owned(), "b".to_owned())].into(),
+            ..Default::default()
+        },
+        RunQuery {
+            created_after: Some(base.plus_millis(2 * 60_000)),
+            created_before: Some(base.plus_millis(6 * 60_000)),
+            ..Default::default()
+        },
+        RunQuery {
+            backend: Some("wasm".into()),
+            labels: [("team".to_owned(), "a".to_owned())].into(),
+            created_after: Some(base.plus_millis(5 * 60_000)),
+            status: Some(RunStatus::AwaitingArchive),
+            ..Default::default()
+        },
+    ];
+    for q in queries {
+        let got: Vec<RunId> = store
+            .list_runs(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let mut want: Vec<RunId> = made
+            .iter()
+            .filter(|r| q.matches(r))
+            .map(|r| r.id.clone())
+            .collect();
+        want.sort();
+        want.reverse();
+        assert_eq!(
+            got, want,
+            "list_runs({q:?}) returns exactly the matching runs"
+        );
+        // `limit` and `before` page through the matching runs only.
+        if want.len() >= 2 {
+            let page = store
+                .list_runs(&RunQuery {
+                    limit: 1,
+                    before: Some(want[0].clone()),
+                    ..q.clone()
+                })
+                .await
+                .unwrap();
+            assert_eq!(page.len(), 1);
+            assert_eq!(page[0].id, want[1], "the next matching run: {q:?}");
+        }
+    }
+}
+
+/// `delete_run` deletes an ended run with its events, evidence, artifact records and
+/// transfers, and frees its idempotency key; a run that has not ended is refused and kept;
+/// an unknown run is `NotFound`.
+pub async fn delete_run_removes_an_ended_run_and_refuses_a_live_one(store: Arc<dyn Store>) {
+    let live = created(&store, Some("live-key")).await;
+    let err = store.delete_run(&live.id).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidTransition {
+                input: "delete",
+                ..
+            }
+        ),
+        "deleting a run that has not ended: {err:?}"
+    );
+    assert!(store.get_run(&live.id).await.is_ok(), "it is kept");
+    assert!(matches!(
+        store.delete_run(&RunId::new()).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    let run = created(&store, Some("done-key")).await;
+    let run = append(&store, &run, 3).await;
+    let artifact = Artifact {
+        artifact_id: ArtifactId::new(),
+        run_id: run.id.clone(),
+        path: "out/a.txt".into(),
+        kind: ArtifactKind::File,
+        size_bytes: 1,
+        sha256: Sha256Digest::of(b"a"),
+        mode: 0o644,
+        skipped: Vec::new(),
+    };
+    let mut record = run.clone();
+    record.artifacts.push(artifact.clone());
+    store
+        .commit(
+            &run.id,
+            RunCommit {
+                expected_next_seq: run.next_seq,
+                events: vec![],
+                record: Some(record),
+                evidence: None,
+            },
+        )
+        .await
+        .unwrap();
+    let data = b"transfer bytes".to_vec();
+    store
+        .create_transfer(&transfer_for(&run.id, &data))
+        .await
+        .unwrap();
+    let stored = store.get_run(&run.id).await.unwrap();
+    store
+        .commit(&run.id, terminal_commit(&stored))
+        .await
+        .unwrap();
+    store.delete_run(&run.id).await.unwrap();
+    assert!(matches!(
+        store.get_run(&run.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.list_events(&run.id, 0, 10).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get_evidence(&run.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get_artifact(&artifact.artifact_id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(
+        store
+            .list_transfers(Some(&run.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .list_runs(&RunQuery::default())
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == run.id),
+        "not listed"
+    );
+    // Its idempotency key is free again; the other run is untouched.
+    let again = store.create_run(new_run(Some("done-key"))).await.unwrap();
+    assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
+    assert_eq!(store.get_run(&live.id).await.unwrap().id, live.id);
+}
+
 /// `list_unfinished` returns every run not in a terminal state.
 pub async fn list_unfinished_returns_non_terminal(store: Arc<dyn Store>) {
     let open = created(&store, None).await;

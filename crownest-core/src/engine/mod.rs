@@ -519,6 +519,18 @@ impl WorkspaceRuns {
         }
     }
 
+    /// Deletes an ended run (retention): its record, its events, its Evidence Bundle, its
+    /// artifact records and any transfer left, through [`Store::delete_run`]. **The
+    /// evidence is gone**: nothing can verify the run afterwards; export it first
+    /// (`evidence`, `list_events`) if it must be kept. The archive and artifact blobs no
+    /// other run names are deleted by the next garbage collection after `blob_grace`. A
+    /// run that has not ended is `Error::InvalidTransition` (cancel it first).
+    pub async fn delete(&self, id: &RunId) -> Result<()> {
+        self.inner.store.delete_run(id).await?;
+        lock(&self.inner.run_locks).remove(id);
+        Ok(())
+    }
+
     /// Waits until the run is terminal and returns its final record.
     ///
     /// It reads only the run record: woken by this engine's commits, and polling
