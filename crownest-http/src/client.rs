@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crownest_core::engine::staging::{OPEN_TRANSFERS_PER_RUN, STAGED_BYTES_PER_ENGINE};
 use crownest_core::event::Event;
 use crownest_core::signing::{DsseEnvelope, HostPublicKey};
+use crownest_core::store::RunQuery;
 use crownest_core::{
     ArchiveDescriptor, ChunkRejectReason, Error, EvidenceBundle, RejectReason, RunId, RunRecord,
     RunSpec, RunStatus, Sha256Digest, TransferStatus,
@@ -301,6 +302,43 @@ impl Client {
         }
         self.json(self.req(reqwest::Method::GET, "/v1/runs").query(&q))
             .await
+    }
+
+    /// `GET /v1/runs` with every filter of `query` (status, backend, labels, creation
+    /// time, `limit`, `before` as the cursor).
+    pub async fn list_runs_where(&self, query: &RunQuery) -> Result<RunPage> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if query.limit > 0 {
+            q.push(("limit", query.limit.to_string()));
+        }
+        if let Some(s) = query.status {
+            q.push(("status", s.to_string()));
+        }
+        if let Some(c) = &query.before {
+            q.push(("cursor", c.to_string()));
+        }
+        if let Some(b) = &query.backend {
+            q.push(("backend", b.clone()));
+        }
+        for (k, v) in &query.labels {
+            q.push(("label", format!("{k}={v}")));
+        }
+        if let Some(t) = query.created_after {
+            q.push(("createdAfter", t.to_string()));
+        }
+        if let Some(t) = query.created_before {
+            q.push(("createdBefore", t.to_string()));
+        }
+        self.json(self.req(reqwest::Method::GET, "/v1/runs").query(&q))
+            .await
+    }
+
+    /// `DELETE /v1/runs/{id}` (admin scope): deletes an ended run with its events and
+    /// evidence, for good.
+    pub async fn delete_run(&self, id: &RunId) -> Result<()> {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/v1/runs/{id}")))
+            .await
+            .map(|_| ())
     }
 
     /// `PUT /v1/runs/{id}/archive` (direct upload): `body` is the archive's bytes (a

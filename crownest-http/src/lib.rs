@@ -16,7 +16,8 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/runs` | create (RunSpec; `Idempotency-Key`) → 201 |
-//! | `GET /v1/runs`, `GET /v1/runs/{id}` | list (`status`, `limit`, `cursor`), get |
+//! | `GET /v1/runs`, `GET /v1/runs/{id}` | list (`status`, `backend`, `label`, `createdAfter`, `createdBefore`, `limit`, `cursor`), get |
+//! | `DELETE /v1/runs/{id}` | delete an ended run with its events and evidence (admin; retention) |
 //! | `PUT /v1/runs/{id}/archive` | direct upload (`X-Archive-Sha256`, `Content-Length`); 413 / 422 |
 //! | `HEAD /v1/archives/{sha256}`, `POST /v1/runs/{id}/archive/attach` | dedupe by digest |
 //! | `POST /v1/runs/{id}/transfers`, `PUT /v1/transfers/{tid}?offset=N`, `GET /v1/transfers/{tid}`, `POST /v1/transfers/{tid}/complete` | staged transfer |

@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/runs"),
     ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{id}"),
+    ("DELETE", "/v1/runs/{id}"),
     ("PUT", "/v1/runs/{id}/archive"),
     ("POST", "/v1/runs/{id}/archive/attach"),
     ("HEAD", "/v1/archives/{sha256}"),
@@ -78,7 +79,7 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/runs", post(create_run).get(list_runs))
-        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}", get(get_run).delete(delete_run))
         // Streamed from the body; the engine caps it at the direct-upload limit.
         .route(
             "/v1/runs/{id}/archive",
@@ -242,39 +243,72 @@ fn check_backend_allowed(s: &AppState, spec: &RunSpec) -> ApiResult<()> {
     Err(err)
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    status: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
+/// `GET /v1/runs` query: `status`, `backend`, `label=KEY=VALUE` (repeatable; every one
+/// must match), `createdAfter` / `createdBefore` (RFC 3339), `limit`, `cursor`. An unknown
+/// parameter is refused, so a misspelt filter never silently lists everything.
+fn parse_list_query(pairs: Vec<(String, String)>) -> ApiResult<(RunQuery, usize)> {
+    let mut q = RunQuery::default();
+    let mut limit = 50usize;
+    let time = |name: &str, v: &str| {
+        crownest_core::Timestamp::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z, got {v:?}"
+            ))
+        })
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => {
+                q.status =
+                    Some(RunStatus::parse(&value).ok_or_else(|| {
+                        ApiError::bad_request(format!("unknown status {value:?}"))
+                    })?);
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .map_err(|_| ApiError::bad_request("limit must be a number"))?;
+            }
+            "cursor" => q.before = Some(run_id(&value)?),
+            "backend" => q.backend = Some(value),
+            "label" => {
+                let (k, v) = value.split_once('=').ok_or_else(|| {
+                    ApiError::bad_request(format!("label must be KEY=VALUE, got {value:?}"))
+                })?;
+                q.labels.insert(k.to_owned(), v.to_owned());
+            }
+            "createdAfter" => q.created_after = Some(time("createdAfter", &value)?),
+            "createdBefore" => q.created_before = Some(time("createdBefore", &value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (status, backend, label, createdAfter, \
+                     createdBefore, limit, cursor)"
+                )));
+            }
+        }
+    }
+    let limit = limit.clamp(1, 500);
+    q.limit = limit;
+    Ok((q, limit))
 }
 
 async fn list_runs(
     State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(v) => Some(
-            RunStatus::parse(v)
-                .ok_or_else(|| ApiError::bad_request(format!("unknown status {v:?}")))?,
-        ),
-    };
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let before = q.cursor.as_deref().map(run_id).transpose()?;
-    let runs = s
-        .engine
-        .list(&RunQuery {
-            status,
-            limit,
-            before,
-            ..Default::default()
-        })
-        .await?;
+    let (query, limit) = parse_list_query(pairs)?;
+    let runs = s.engine.list(&query).await?;
     let next = (runs.len() == limit)
         .then(|| runs.last().map(|r| r.id.clone()))
         .flatten();
     Ok(Json(json!({ "runs": runs, "nextCursor": next })))
+}
+
+/// `DELETE /v1/runs/{id}`: retention. The run's record, events, evidence and artifact
+/// records are deleted for good (its blobs go at the next garbage collection).
+async fn delete_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    s.engine.delete(&run_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
