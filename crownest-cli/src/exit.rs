@@ -66,6 +66,9 @@ pub(crate) fn is_rejection(e: &Error) -> bool {
             | Error::ArchiveRejected { .. }
             | Error::LimitExceeded { .. }
             | Error::NotTerminal { .. }
+            | Error::IdempotencyKeyReused { .. }
+            | Error::ChunkRejected { .. }
+            | Error::TransferIncomplete { .. }
     )
 }
 
