@@ -866,6 +866,7 @@ pub async fn delete_run_removes_an_ended_run_and_refuses_a_live_one(store: Arc<d
                 events: vec![],
                 record: Some(record),
                 evidence: None,
+                envelope: None,
             },
         )
         .await
