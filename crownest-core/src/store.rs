@@ -328,14 +328,8 @@ pub trait Store: Send + Sync + Debug {
     async fn get_evidence_envelope(&self, id: &RunId) -> Result<Option<DsseEnvelope>>;
     /// One artifact by id.
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact>;
-    /// Deletes an ended run and everything recorded about it (retention). The default
-    /// answers `Error::Unsupported`, for stores written before this method existed.
-    async fn delete_run(&self, id: &RunId) -> Result<()> {
-        Err(Error::Unsupported {
-            operation: format!("delete_run({id})"),
-            backend: "this store".into(),
-        })
-    }
+    /// Deletes an ended run and everything recorded about it (retention).
+    async fn delete_run(&self, id: &RunId) -> Result<()>;
 }
 
 /// The checks every store applies to a commit before writing, given the stored record.

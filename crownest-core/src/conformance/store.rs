@@ -846,6 +846,8 @@ pub async fn delete_run_removes_an_ended_run_and_refuses_a_live_one(store: Arc<d
 
     let run = created(&store, Some("done-key")).await;
     let run = append(&store, &run, 3).await;
+    // The artifact's bytes are stored first, as the engine does.
+    store.put_blob(stream_of(b"a"), any_blob()).await.unwrap();
     let artifact = Artifact {
         artifact_id: ArtifactId::new(),
         run_id: run.id.clone(),
