@@ -29,9 +29,10 @@ use crate::event::{
 };
 use crate::evidence::OutputSummary;
 use crate::ids::ArtifactId;
+use crate::lifecycle::{Input, Outcome};
 use crate::run::{Artifact, ArtifactErrorRecord, RunRecord, SandboxRecord};
 use crate::secret::SecretValue;
-use crate::status::{Input, Outcome, RunStatus, transition};
+use crate::status::RunStatus;
 use crate::store::BlobExpect;
 use crate::time::Timestamp;
 
@@ -136,9 +137,16 @@ impl Driver {
                 if fresh.status == RunStatus::Running || fresh.status == RunStatus::Starting {
                     let _ = self
                         .engine
-                        .set_status(&mut fresh, RunStatus::Finalizing, Vec::new())
+                        .set_status(&mut fresh, Input::CommandEnded, Vec::new())
                         .await;
                 }
+                // From `finalizing` the run ends through the table like any other; from
+                // anywhere else (still `queued`) its driver is gone, as after a restart.
+                let input = if fresh.status == RunStatus::Finalizing {
+                    Input::Finalized(Outcome::Failed)
+                } else {
+                    Input::HostRestarted
+                };
                 let failure = Failure::new(
                     FailureKind::SandboxError,
                     format!("engine error: {}", e.chain()),
@@ -147,7 +155,7 @@ impl Driver {
                     .engine
                     .terminate(
                         &mut fresh,
-                        Outcome::Failed,
+                        input,
                         Some(failure),
                         self.identity.clone(),
                         self.isolation.clone(),
@@ -208,10 +216,9 @@ impl Driver {
     }
 
     async fn status(&mut self, input: Input, extra: Vec<NewEvent>) -> Result<()> {
-        let to = transition(self.record.status, input)?;
         let mut all = std::mem::take(&mut self.deferred);
         all.extend(extra);
-        self.engine.set_status(&mut self.record, to, all).await
+        self.engine.set_status(&mut self.record, input, all).await
     }
 
     async fn drive(&mut self) -> Result<()> {
@@ -222,9 +229,8 @@ impl Driver {
             None => {
                 let Some(permit) = self.acquire_slot().await? else {
                     let mut rec = self.record.clone();
-                    transition(rec.status, Input::Cancel)?;
                     self.engine
-                        .terminate(&mut rec, Outcome::Canceled, None, None, None, None)
+                        .terminate(&mut rec, Input::Cancel, None, None, None, None)
                         .await?;
                     self.record = rec;
                     return Ok(());
@@ -645,7 +651,7 @@ impl Driver {
         self.engine
             .terminate(
                 &mut rec,
-                ending.outcome,
+                Input::Finalized(ending.outcome),
                 ending.failure,
                 self.identity.clone(),
                 self.isolation.clone(),
