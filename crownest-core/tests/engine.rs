@@ -262,6 +262,8 @@ async fn timeout_climbs_the_kill_ladder_as_far_as_needed() {
     let rungs = kill_rungs(&events);
     assert_eq!(rungs.len(), 3, "{rungs:?}");
     assert_eq!(rungs[2].1.as_deref(), Some("destroy"));
+    // The command never ended: it has no exit status, and none is made up.
+    assert_eq!((done.exit_code, done.signal), (None, None));
     assert_well_formed(&e, &done, &events).await;
 }
 

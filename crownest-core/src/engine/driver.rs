@@ -16,12 +16,13 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::sleep_until;
 
 use super::WorkspaceRuns;
+use super::ladder::{KillAction, KillLadder, KillTiming};
 use super::sink::{EngineSink, OutputChunker, SinkMsg};
 use crate::archive::ExtractPolicy;
 use crate::artifact::CollectedArtifact;
 use crate::backend::{
-    Destroyed, ExecOutcome, ExecRequest, ExitStatus, IsolationReport, KillSignal, Sandbox,
-    SandboxBackend, SandboxSpec, TemplateIdentity,
+    Destroyed, ExecOutcome, ExecRequest, ExitStatus, IsolationReport, Sandbox, SandboxBackend,
+    SandboxSpec, TemplateIdentity,
 };
 use crate::error::{Error, Result};
 use crate::event::{
@@ -59,6 +60,25 @@ async fn in_flight(commit: &mut Option<OutputCommit>) -> Result<(u64, String)> {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
+}
+
+/// Sleeps until `due`; never wakes without one.
+async fn until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How the command's execution ended.
+enum CommandEnd {
+    /// `exec` returned: the command ended (on its own, or on a signal of the ladder) with
+    /// this outcome, or the sandbox could not run it.
+    Returned(Result<ExecOutcome>),
+    /// The ladder's last rung destroyed the sandbox with the command still in it: the
+    /// command did not end, so there is no exit status (the run's failure says why the
+    /// ladder climbed).
+    DestroyedByLadder,
 }
 
 /// How the execution phase ended, before artifacts are considered.
@@ -359,7 +379,6 @@ impl Driver {
 
     /// Runs the command: output, heartbeats, deadline, cancel and the kill ladder.
     async fn execute(&mut self, sandbox: &dyn Sandbox) -> Result<Ending> {
-        let cfg = self.engine.config().clone();
         let limits = self.record.limits;
         // Only secret values are masked: plain env values are provenance, and masking them
         // would garble ordinary output (`CI=true` turns every "true" into `***`).
@@ -378,94 +397,166 @@ impl Driver {
             env: self.record.spec.env.clone(),
             secrets: self.secrets.clone(),
         };
-        let mut exec = Box::pin(sandbox.exec(&request, &sink));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.timeout_ms);
+        let mut ladder = KillLadder::new(
+            deadline.into_std(),
+            KillTiming {
+                grace: Duration::from_millis(limits.kill_grace_ms),
+                confirm: self.engine.config().kill_confirm_timeout,
+            },
+        );
+        // Output commits run behind the command: one commit is in flight while the
+        // next batch gathers, and `exec` (which reads the pipes) keeps being polled
+        // meanwhile. Awaiting each commit inside the loop would stop reading output for
+        // the length of every store write (an fsync on disk), one 64 KiB read per commit.
+        let mut output = OutputCommits::default();
+        let end = self
+            .supervise(
+                sandbox,
+                sandbox.exec(&request, &sink),
+                &mut rx,
+                &mut output,
+                &mut ladder,
+            )
+            .await?;
+        drop(sink);
+        self.finish_output(&chunker, &mut rx, output).await?;
+        self.output = Some(chunker.summary());
+        self.conclude(sandbox, end, ladder.reason()).await
+    }
 
+    /// While the command runs: output commits, the `running` status, heartbeats, cancel,
+    /// and the kill ladder (woken at its deadline or next rung). Returns when the command
+    /// ended or the ladder's last rung destroyed the sandbox around it.
+    async fn supervise(
+        &mut self,
+        sandbox: &dyn Sandbox,
+        exec: impl Future<Output = Result<ExecOutcome>>,
+        rx: &mut mpsc::Receiver<SinkMsg>,
+        output: &mut OutputCommits,
+        ladder: &mut KillLadder,
+    ) -> Result<CommandEnd> {
+        let cfg = self.engine.config().clone();
+        let mut exec = std::pin::pin!(exec);
         let begun = tokio::time::Instant::now();
-        let deadline = begun + Duration::from_millis(limits.timeout_ms);
         let mut heartbeat =
             tokio::time::interval_at(begun + cfg.heartbeat_interval, cfg.heartbeat_interval);
         let mut cancel_poll = tokio::time::interval(cfg.cancel_poll_interval);
-        // (reason, next rung, when)
-        let mut ladder: Option<(KillReason, u8, tokio::time::Instant)> = None;
-        let mut exec_result: Option<Result<ExecOutcome>> = None;
-        let mut destroyed_by_ladder = false;
-
-        // Output commits run behind the command: one commit is in flight while the
-        // next batch gathers, and `exec` (which reads the pipes) keeps being polled
-        // meanwhile. Awaiting each commit inside this loop would stop reading output for
-        // the length of every store write (an fsync on disk), one 64 KiB read per commit.
-        let mut output = OutputCommits::default();
-
-        while exec_result.is_none() {
-            let ladder_at = ladder.map_or(deadline, |(_, _, at)| at);
+        loop {
+            let due = ladder.due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 done = in_flight(&mut output.in_flight), if output.in_flight.is_some() => {
                     output.in_flight = None;
                     self.committed(done)?;
-                    self.start_output_commit(&mut output);
+                    self.start_output_commit(output);
                 }
-                msg = rx.recv(), if output.pending.len() < MAX_OUTPUT_BATCH => match msg {
-                    Some(SinkMsg::Started) => {
-                        self.flush_output(&mut output).await?;
-                        self.status(Input::CommandStarted, Vec::new()).await?;
-                    }
-                    Some(SinkMsg::Events(events)) => {
-                        // Coalesce what is already queued into the next commit.
-                        output.pending.extend(events);
-                        while output.pending.len() < MAX_OUTPUT_BATCH {
-                            match rx.try_recv() {
-                                Ok(SinkMsg::Events(more)) => output.pending.extend(more),
-                                Ok(SinkMsg::Started) => {
-                                    self.flush_output(&mut output).await?;
-                                    self.status(Input::CommandStarted, Vec::new()).await?;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        self.start_output_commit(&mut output);
-                    }
-                    None => {}
-                },
-                r = &mut exec => exec_result = Some(r),
-                _ = sleep_until(ladder_at) => {
-                    self.flush_output(&mut output).await?;
-                    let (reason, rung) = ladder.map_or((KillReason::Timeout, 0), |(r, n, _)| (r, n));
-                    match self.kill_rung(sandbox, reason, rung, &cfg, limits.kill_grace_ms).await? {
-                        Some(next_at) => ladder = Some((reason, rung + 1, next_at)),
-                        None => {
-                            destroyed_by_ladder = true;
-                            exec_result = Some(Ok(ExecOutcome::new(ExitStatus::Signaled(9))));
-                        }
+                msg = rx.recv(), if output.pending.len() < MAX_OUTPUT_BATCH => {
+                    if let Some(msg) = msg {
+                        self.received(msg, rx, output).await?;
                     }
                 }
-                _ = self.cancel.changed(), if ladder.is_none() => {
+                r = &mut exec => {
+                    ladder.command_ended();
+                    return Ok(CommandEnd::Returned(r));
+                }
+                _ = until(due) => {
+                    if self.climb(sandbox, ladder, output).await? {
+                        return Ok(CommandEnd::DestroyedByLadder);
+                    }
+                }
+                _ = self.cancel.changed(), if !ladder.is_climbing() => {
                     if self.cancel_requested() {
-                        self.flush_output(&mut output).await?;
-                        let next = self.kill_rung(sandbox, KillReason::Cancel, 0, &cfg, limits.kill_grace_ms).await?;
-                        ladder = next.map(|at| (KillReason::Cancel, 1, at));
+                        ladder.cancel(tokio::time::Instant::now().into_std());
+                        self.climb(sandbox, ladder, output).await?;
                     }
                 }
-                _ = cancel_poll.tick(), if ladder.is_none() => {
+                _ = cancel_poll.tick(), if !ladder.is_climbing() => {
                     if self.engine.get(&self.record.id).await?.cancel_requested {
-                        self.flush_output(&mut output).await?;
-                        let next = self.kill_rung(sandbox, KillReason::Cancel, 0, &cfg, limits.kill_grace_ms).await?;
-                        ladder = next.map(|at| (KillReason::Cancel, 1, at));
+                        ladder.cancel(tokio::time::Instant::now().into_std());
+                        self.climb(sandbox, ladder, output).await?;
                     }
                 }
                 _ = heartbeat.tick(), if self.record.status == RunStatus::Running => {
-                    self.flush_output(&mut output).await?;
+                    self.flush_output(output).await?;
                     self.commit(vec![NewEvent::now(EventKind::Heartbeat {})]).await?;
                 }
             }
         }
-        drop(exec);
-        drop(sink);
-        // Wait for the commit in flight; what was gathered but not committed goes first.
+    }
+
+    /// A message from the sink: `started` moves the run to `running` (after the output
+    /// before it); output events gather, with whatever else is already queued, into the
+    /// next commit.
+    async fn received(
+        &mut self,
+        msg: SinkMsg,
+        rx: &mut mpsc::Receiver<SinkMsg>,
+        output: &mut OutputCommits,
+    ) -> Result<()> {
+        match msg {
+            SinkMsg::Started => self.command_started(output).await?,
+            SinkMsg::Events(events) => {
+                output.pending.extend(events);
+                while output.pending.len() < MAX_OUTPUT_BATCH {
+                    match rx.try_recv() {
+                        Ok(SinkMsg::Events(more)) => output.pending.extend(more),
+                        Ok(SinkMsg::Started) => self.command_started(output).await?,
+                        Err(_) => break,
+                    }
+                }
+                self.start_output_commit(output);
+            }
+        }
+        Ok(())
+    }
+
+    /// `running`, after the output received before it.
+    async fn command_started(&mut self, output: &mut OutputCommits) -> Result<()> {
+        self.flush_output(output).await?;
+        self.status(Input::CommandStarted, Vec::new()).await
+    }
+
+    /// Carries out the ladder's rung that is due now: the output so far, the `kill` event,
+    /// then the signal or the destroy (a failure is an `error` event, and the ladder climbs
+    /// on). Returns true when that was the last rung: the sandbox is destroyed.
+    async fn climb(
+        &mut self,
+        sandbox: &dyn Sandbox,
+        ladder: &mut KillLadder,
+        output: &mut OutputCommits,
+    ) -> Result<bool> {
+        self.flush_output(output).await?;
+        let Some(rung) = ladder.poll(tokio::time::Instant::now().into_std()) else {
+            return Ok(false);
+        };
+        self.commit(vec![NewEvent::now(rung.event())]).await?;
+        let result = match rung.action {
+            KillAction::Signal(signal) => sandbox.signal(signal).await,
+            KillAction::Destroy => sandbox.destroy().await.map(|_| ()),
+        };
+        if let Err(e) = result {
+            self.commit(vec![NewEvent::now(EventKind::Error {
+                code: "kill_failed".into(),
+                message: e.chain(),
+            })])
+            .await?;
+        }
+        Ok(ladder.destroyed().is_some())
+    }
+
+    /// After the command: the commit in flight, then what the sink produced before the
+    /// command ended, the bytes the chunker still holds, and `output_truncated` per stream
+    /// that dropped bytes.
+    async fn finish_output(
+        &mut self,
+        chunker: &OutputChunker,
+        rx: &mut mpsc::Receiver<SinkMsg>,
+        mut output: OutputCommits,
+    ) -> Result<()> {
         if let Some(f) = output.in_flight.take() {
             self.committed(f.await)?;
         }
-        // Drain what the sink produced before the command ended, then flush held bytes.
         let mut tail = std::mem::take(&mut output.pending);
         while let Some(msg) = rx.recv().await {
             if let SinkMsg::Events(events) = msg {
@@ -485,20 +576,29 @@ impl Driver {
             let rest = tail.split_off(tail.len().min(MAX_OUTPUT_BATCH));
             self.commit(std::mem::replace(&mut tail, rest)).await?;
         }
-        self.output = Some(chunker.summary());
-        if destroyed_by_ladder && let Some(sb) = self.record.sandbox.as_mut() {
-            sb.destroyed = true;
-        }
+        Ok(())
+    }
 
-        let reason = ladder.map(|(r, _, _)| r);
-        let outcome = match exec_result {
-            Some(Ok(o)) => o,
-            Some(Err(e)) => return Ok(Ending::failed(FailureKind::SandboxError, e.chain())),
-            None => {
-                return Ok(Ending::failed(
-                    FailureKind::SandboxError,
-                    "exec did not finish",
-                ));
+    /// What the command's end means for the run, before artifacts: the ladder's reason
+    /// first (a timeout is `timed_out` whatever the killed command reports), then the exit
+    /// status. Records what the sandbox enforced for this command, survivors, and the exit
+    /// code or signal when there is one.
+    async fn conclude(
+        &mut self,
+        sandbox: &dyn Sandbox,
+        end: CommandEnd,
+        killed: Option<KillReason>,
+    ) -> Result<Ending> {
+        let outcome = match end {
+            CommandEnd::Returned(Ok(outcome)) => Some(outcome),
+            CommandEnd::Returned(Err(e)) => {
+                return Ok(Ending::failed(FailureKind::SandboxError, e.chain()));
+            }
+            CommandEnd::DestroyedByLadder => {
+                if let Some(sb) = self.record.sandbox.as_mut() {
+                    sb.destroyed = true;
+                }
+                None
             }
         };
         // What the sandbox enforced may have changed while spawning (e.g. a containment
@@ -506,15 +606,15 @@ impl Driver {
         let before = self.isolation.clone();
         self.isolation = Some(sandbox.isolation());
         let mut events = Vec::new();
-        if !outcome.survivors.is_empty() {
+        let survivors = outcome.as_ref().map_or(&[][..], |o| &o.survivors[..]);
+        if !survivors.is_empty() {
             let message = format!(
                 "{} process(es) survived the final kill: {}",
-                outcome.survivors.len(),
-                outcome.survivors.join(", ")
+                survivors.len(),
+                survivors.join(", ")
             );
             if let Some(iso) = self.isolation.as_mut() {
-                iso.details
-                    .insert("survivors".into(), outcome.survivors.join(", "));
+                iso.details.insert("survivors".into(), survivors.join(", "));
             }
             events.push(NewEvent::now(EventKind::Error {
                 code: "survivors".into(),
@@ -527,74 +627,49 @@ impl Driver {
         if !events.is_empty() {
             self.commit(events).await?;
         }
-        match &outcome.status {
-            ExitStatus::Exited(code) => self.record.exit_code = Some(*code),
-            ExitStatus::Signaled(sig) => self.record.signal = Some(*sig),
+        if let Some(outcome) = &outcome {
+            match &outcome.status {
+                ExitStatus::Exited(code) => self.record.exit_code = Some(*code),
+                ExitStatus::Signaled(sig) => self.record.signal = Some(*sig),
+                _ => {}
+            }
+        }
+        match killed {
+            Some(KillReason::Cancel) => return Ok(Ending::canceled()),
+            Some(KillReason::Timeout) => {
+                return Ok(Ending::failed(
+                    FailureKind::TimedOut,
+                    format!(
+                        "the command ran past its {} ms deadline and was killed",
+                        self.record.limits.timeout_ms
+                    ),
+                ));
+            }
             _ => {}
         }
-        Ok(match (reason, outcome.status) {
-            (Some(KillReason::Cancel), _) => Ending::canceled(),
-            (Some(KillReason::Timeout), _) => Ending::failed(
-                FailureKind::TimedOut,
-                format!(
-                    "the command ran past its {} ms deadline and was killed",
-                    limits.timeout_ms
-                ),
-            ),
-            (_, ExitStatus::Exited(0)) => Ending {
+        let Some(outcome) = outcome else {
+            // The ladder climbs only for a timeout or a cancel, both handled above.
+            return Ok(Ending::failed(
+                FailureKind::SandboxError,
+                "the sandbox was destroyed before the command ended",
+            ));
+        };
+        Ok(match outcome.status {
+            ExitStatus::Exited(0) => Ending {
                 outcome: Outcome::Succeeded,
                 failure: None,
             },
-            (_, ExitStatus::Exited(code)) => Ending::failed(
+            ExitStatus::Exited(code) => Ending::failed(
                 FailureKind::ExitNonzero,
                 format!("the command exited with code {code}"),
             ),
-            (_, ExitStatus::Signaled(sig)) => Ending::failed(
+            ExitStatus::Signaled(sig) => Ending::failed(
                 FailureKind::Signaled,
                 format!("the command was killed by signal {sig}"),
             ),
-            (_, ExitStatus::SpawnFailed(msg)) => Ending::failed(FailureKind::SpawnFailed, msg),
-            (_, ExitStatus::LimitExceeded(msg)) => Ending::failed(FailureKind::LimitExceeded, msg),
+            ExitStatus::SpawnFailed(msg) => Ending::failed(FailureKind::SpawnFailed, msg),
+            ExitStatus::LimitExceeded(msg) => Ending::failed(FailureKind::LimitExceeded, msg),
         })
-    }
-
-    /// One rung of the kill ladder: 0 = SIGTERM, 1 = SIGKILL, 2 = destroy. Returns when the
-    /// next rung is due, or `None` after destroy.
-    async fn kill_rung(
-        &mut self,
-        sandbox: &dyn Sandbox,
-        reason: KillReason,
-        rung: u8,
-        cfg: &super::EngineConfig,
-        grace_ms: u64,
-    ) -> Result<Option<tokio::time::Instant>> {
-        let now = tokio::time::Instant::now();
-        let (signal, next) = match rung {
-            0 => (
-                Some(KillSignal::Term),
-                Some(now + Duration::from_millis(grace_ms)),
-            ),
-            1 => (Some(KillSignal::Kill), Some(now + cfg.kill_confirm_timeout)),
-            _ => (None, None),
-        };
-        let event = NewEvent::now(EventKind::Kill {
-            signal: signal.map(|s| s.name().to_owned()),
-            action: signal.is_none().then(|| "destroy".to_owned()),
-            reason,
-        });
-        self.commit(vec![event]).await?;
-        let result = match signal {
-            Some(sig) => sandbox.signal(sig).await,
-            None => sandbox.destroy().await.map(|_| ()),
-        };
-        if let Err(e) = result {
-            self.commit(vec![NewEvent::now(EventKind::Error {
-                code: "kill_failed".into(),
-                message: e.chain(),
-            })])
-            .await?;
-        }
-        Ok(next)
     }
 
     /// `finalizing`: artifacts, destroy or keep, then the terminal commit.

@@ -18,6 +18,7 @@ mod driver;
 mod expiry;
 mod gc;
 mod intake;
+mod ladder;
 mod rejected;
 pub(crate) mod sink;
 pub mod staging;
