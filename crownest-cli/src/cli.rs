@@ -35,7 +35,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run COMMAND on SOURCE (a .tar.gz/.tgz, or a directory packed deterministically).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List runs, newest first.
     Runs(RunsArgs),
     /// Print one run's record as JSON.

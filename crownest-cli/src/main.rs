@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
     let target = Target::new(cli.home, cli.server, cli.token.clone())?;
     match cli.command {
-        Command::Run(args) => run::run(&target, args).await,
+        Command::Run(args) => run::run(&target, *args).await,
         Command::Runs(args) => inspect::runs(&target, args).await,
         Command::Show(args) => inspect::show(&target, args).await,
         Command::Events(args) => inspect::events(&target, args).await,

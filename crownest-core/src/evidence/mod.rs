@@ -5,7 +5,7 @@
 //!
 //! | schema | what proves it |
 //! |---|---|
-//! | [`EVIDENCE_SCHEMA`] `crownest.evidence/v2` (written now) | the event chain alone: every field is derived from the events ([`derive`]), and the terminal event carries the digest of the bundle's canonical form ([`EvidenceBundle::content_digest`]) |
+//! | [`EVIDENCE_SCHEMA`] `crownest.evidence/v2` (written now) | the event chain alone: every field is derived from the events ([`derive()`]), and the terminal event carries the digest of the bundle's canonical form ([`EvidenceBundle::content_digest`]) |
 //! | [`EVIDENCE_SCHEMA_V1_1`] `crownest.evidence/v1.1` | the chain, the terminal outcome and the artifact list; other fields were not bound |
 //! | [`EVIDENCE_SCHEMA_V1`] `crownest.evidence/v1` | as v1.1; env as `envNames` with salted hashes and `envSalt` |
 //!
