@@ -138,7 +138,7 @@ fn sources() -> (PathBuf, Vec<PathBuf>) {
 fn only_the_lifecycle_room_writes_a_run_status() {
     let (root, files) = sources();
     assert!(
-        files.iter().any(|f| f.ends_with("src/engine/driver.rs")),
+        files.iter().any(|f| f.ends_with("crownest-core/src/engine/mod.rs")),
         "the scan sees the engine"
     );
     let mut at_the_gate = 0;
