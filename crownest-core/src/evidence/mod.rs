@@ -379,6 +379,29 @@ pub fn content_digest_of(bundle: &Value) -> Sha256Digest {
     Sha256Digest::of(&crate::canonical::to_vec(&v))
 }
 
+impl EvidenceArtifact {
+    /// The artifact an `artifact_collected` event records (`None` for any other event).
+    pub fn of_event(kind: &crate::event::EventKind) -> Option<Self> {
+        match kind {
+            crate::event::EventKind::ArtifactCollected {
+                artifact_id,
+                path,
+                size_bytes,
+                sha256,
+                skipped,
+                ..
+            } => Some(Self {
+                artifact_id: artifact_id.clone(),
+                path: path.clone(),
+                size_bytes: *size_bytes,
+                sha256: sha256.clone(),
+                skipped: skipped.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl EvidenceSandbox {
     /// The fate of a run's sandbox (none made: nothing kept, nothing left to destroy).
     pub fn of(sandbox: Option<&crate::run::SandboxRecord>) -> Self {
