@@ -14,8 +14,8 @@ use crownest_core::run::{RunOwner, RunRecord};
 use crownest_core::store::{RunCommit, Store};
 use crownest_core::testing::{FakeBackend, descriptor_of, tar_gz, tar_gz_raw_name};
 use crownest_core::{
-    EngineConfig, Error, MemoryStore, NewEvent, RejectReason, RunId, RunSpec, RunStatus,
-    WorkspaceRuns,
+    EngineConfig, Error, Input, MemoryStore, NewEvent, RejectReason, RunId, RunSpec, RunStatus,
+    WorkspaceRuns, transition,
 };
 
 struct Env {
@@ -113,8 +113,32 @@ fn failure(r: &RunRecord) -> Option<FailureKind> {
     r.failure.as_ref().map(|f| f.kind)
 }
 
-/// Every run: one terminal event, last; a verifying chain; evidence naming it.
+/// Every `status` event is an edge of the transition table (some `Input` takes its
+/// `previous` to its `status`) and names the status the chain was in: the behaviour half of
+/// `tests/status_gate.rs`.
+fn assert_statuses_follow_the_table(events: &[Event]) {
+    let mut current: Option<RunStatus> = None;
+    for e in events {
+        if let EventKind::Status { status, previous } = e.kind {
+            assert_eq!(previous, current, "seq {}: previous status", e.seq);
+            if let Some(from) = previous {
+                assert!(
+                    Input::ALL
+                        .iter()
+                        .any(|&i| transition(from, i).ok() == Some(status)),
+                    "seq {}: {from} -> {status} is not an edge of the table",
+                    e.seq
+                );
+            }
+            current = Some(status);
+        }
+    }
+}
+
+/// Every run: one terminal event, last; a verifying chain; evidence naming it; statuses
+/// that follow the table.
 async fn assert_well_formed(e: &Env, run: &RunRecord, events: &[Event]) {
+    assert_statuses_follow_the_table(events);
     let terminals = events.iter().filter(|e| e.kind.is_terminal()).count();
     assert_eq!(terminals, 1, "exactly one terminal event");
     assert!(
@@ -238,6 +262,8 @@ async fn timeout_climbs_the_kill_ladder_as_far_as_needed() {
     let rungs = kill_rungs(&events);
     assert_eq!(rungs.len(), 3, "{rungs:?}");
     assert_eq!(rungs[2].1.as_deref(), Some("destroy"));
+    // The command never ended: it has no exit status, and none is made up.
+    assert_eq!((done.exit_code, done.signal), (None, None));
     assert_well_formed(&e, &done, &events).await;
 }
 

@@ -17,8 +17,8 @@ use crate::archive::{self, ExtractPolicy};
 use crate::error::{ChunkRejectReason, Error, Result};
 use crate::event::{ArchivePhase, EventKind, NewEvent};
 use crate::ids::{RunId, Sha256Digest, TransferId};
+use crate::lifecycle::{Input, transition};
 use crate::run::{ArchiveDescriptor, ArchiveInfo, RunRecord, UploadKind};
-use crate::status::{Input, RunStatus, transition};
 use crate::store::{BlobExpect, BlobReader, ByteStream, TransferRecord};
 use crate::time::Timestamp;
 
@@ -396,7 +396,7 @@ impl WorkspaceRuns {
                 upload: kind,
             },
         };
-        self.set_status(record, RunStatus::ArchiveReady, vec![progress, verified])
+        self.set_status(record, Input::ArchiveVerified, vec![progress, verified])
             .await?;
         self.discard_transfers(&record.id).await;
         Ok(record.clone())

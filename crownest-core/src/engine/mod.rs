@@ -18,6 +18,7 @@ mod driver;
 mod expiry;
 mod gc;
 mod intake;
+mod ladder;
 mod rejected;
 pub(crate) mod sink;
 pub mod staging;
@@ -37,11 +38,12 @@ use crate::event::{Event, EventKind, Failure, FailureKind, NewEvent, seal};
 use crate::evidence::{EvidenceBundle, EvidenceSandbox, OutputSummary, SpecRecord};
 use crate::gc::GcPolicy;
 use crate::ids::{ArtifactId, RunId};
+use crate::lifecycle::{self, Input, transition};
 use crate::run::{Artifact, RunOwner, RunRecord};
 use crate::secret::SecretValue;
 use crate::signing::{DsseEnvelope, HostKey, HostPublicKey};
 use crate::spec::{Limits, RunSpec};
-use crate::status::{Input, Outcome, RunStatus, transition};
+use crate::status::RunStatus;
 use crate::store::{CreateOutcome, RunCommit, RunQuery, Store};
 use crate::time::Timestamp;
 
@@ -401,13 +403,7 @@ impl WorkspaceRuns {
                         spec: SpecRecord::of(&record),
                     },
                 };
-                let first = NewEvent {
-                    at: created,
-                    kind: EventKind::Status {
-                        status: RunStatus::AwaitingArchive,
-                        previous: None,
-                    },
-                };
+                let first = lifecycle::opened(&record, created);
                 self.commit(&mut record, vec![spec, first], None).await?;
                 Ok(record)
             }
@@ -464,7 +460,7 @@ impl WorkspaceRuns {
         let run_lock = self.run_lock(id);
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
-        let to = transition(record.status, Input::Start)?;
+        transition(record.status, Input::Start)?;
         let secrets = lock(&self.inner.secrets).remove(id);
         let secrets = match secrets {
             Some(secrets) => secrets,
@@ -483,29 +479,14 @@ impl WorkspaceRuns {
         // status events are recorded; one store write instead of two).
         let permit = self.inner.slots.clone().try_acquire_owned().ok();
         if permit.is_some() {
-            let starting = transition(to, Input::SlotAcquired)?;
             let now = Timestamp::now();
-            record.timestamps.on_status(to, now);
-            let events = vec![
-                NewEvent {
-                    at: now,
-                    kind: EventKind::Status {
-                        status: to,
-                        previous: Some(record.status),
-                    },
-                },
-                NewEvent {
-                    at: now,
-                    kind: EventKind::Status {
-                        status: starting,
-                        previous: Some(to),
-                    },
-                },
-            ];
-            record.status = starting;
-            self.commit(&mut record, events, None).await?;
+            let queued = lifecycle::advance(&mut record, Input::Start, now)?;
+            let starting = lifecycle::advance(&mut record, Input::SlotAcquired, now)?;
+            self.commit(&mut record, vec![queued, starting], None)
+                .await?;
         } else {
-            self.set_status(&mut record, to, Vec::new()).await?;
+            self.set_status(&mut record, Input::Start, Vec::new())
+                .await?;
         }
         self.inner
             .metrics
@@ -541,8 +522,7 @@ impl WorkspaceRuns {
         let mut record = self.get(id).await?;
         match record.status {
             RunStatus::AwaitingArchive | RunStatus::ArchiveReady => {
-                transition(record.status, Input::Cancel)?;
-                self.terminate(&mut record, Outcome::Canceled, None, None, None, None)
+                self.terminate(&mut record, Input::Cancel, None, None, None, None)
                     .await?;
                 self.discard_transfers(id).await;
                 Ok(record)
@@ -629,7 +609,7 @@ impl WorkspaceRuns {
             match self
                 .terminate(
                     &mut run,
-                    Outcome::Failed,
+                    Input::HostRestarted,
                     Some(failure),
                     identity,
                     isolation,
@@ -781,54 +761,47 @@ impl WorkspaceRuns {
         }
     }
 
-    /// Transition + `status` event (plus `extra` events before it) in one commit.
+    /// `input` through the status gate ([`lifecycle::advance`]) + its `status` event (plus
+    /// `extra` events before it) in one commit.
     async fn set_status(
         &self,
         record: &mut RunRecord,
-        to: RunStatus,
+        input: Input,
         mut extra: Vec<NewEvent>,
     ) -> Result<()> {
-        let previous = record.status;
-        let now = Timestamp::now();
-        record.status = to;
-        record.timestamps.on_status(to, now);
-        extra.push(NewEvent {
-            at: now,
-            kind: EventKind::Status {
-                status: to,
-                previous: Some(previous),
-            },
-        });
+        extra.push(lifecycle::advance(record, input, Timestamp::now())?);
         self.commit(record, extra, None).await.map(|_| ())
     }
 
-    /// Ends a run: `status` event, then the `terminal` event, terminal record and evidence
-    /// (and, with a host key, its signed envelope) in ONE commit.
+    /// Ends a run on `input`, which must take it to a terminal status
+    /// (`Finalized(outcome)` from `finalizing`, `Cancel` before `starting`,
+    /// `ArchiveTtlExpired`, `HostRestarted`; anything else is `InvalidTransition` and
+    /// changes nothing): `status` event, then the `terminal` event, terminal record and
+    /// evidence (and, with a host key, its signed envelope) in ONE commit.
     async fn terminate(
         &self,
         record: &mut RunRecord,
-        outcome: Outcome,
+        input: Input,
         failure: Option<Failure>,
         identity: Option<crate::backend::TemplateIdentity>,
         isolation: Option<crate::backend::IsolationReport>,
         output: Option<OutputSummary>,
     ) -> Result<()> {
+        let from = record.status;
+        if !transition(from, input)?.is_terminal() {
+            return Err(Error::InvalidTransition {
+                from,
+                input: input.name(),
+            });
+        }
         // An ended run never starts: forget its secrets (canceled, reclaimed or expired
         // before `start`).
         lock(&self.inner.secrets).remove(&record.id);
-        let previous = record.status;
         let now = Timestamp::now();
-        record.status = outcome.status();
+        let status_event = lifecycle::advance(record, input, now)?;
         record.failure = failure;
         record.timestamps.terminal = Some(now);
         let duration_ms = record.timestamps.created.map_or(0, |c| now.millis_since(c));
-        let status_event = NewEvent {
-            at: now,
-            kind: EventKind::Status {
-                status: record.status,
-                previous: Some(previous),
-            },
-        };
         let v2 = record.evidence_v2;
         let terminal_with = |bundle_digest: Option<crate::ids::Sha256Digest>| NewEvent {
             at: now,
