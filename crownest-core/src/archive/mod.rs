@@ -13,8 +13,12 @@ use crate::run::ArchiveDescriptor;
 use crate::spec::Limits;
 
 mod confined;
-mod extract;
+mod parse;
+mod pass;
 mod policy;
+mod source;
+mod staging;
+mod writer;
 
 /// The rules an archive must pass, from a run's [`Limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +134,7 @@ pub fn validate(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, None, None, policy, progress)
+    pass::run(reader, None, None, policy, progress)
 }
 
 /// Extracts a `.tar.gz` into `dest` (which must not exist yet; its parent must). Entries are
@@ -143,7 +147,7 @@ pub fn extract(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, Some(dest), None, policy, progress)
+    pass::run(reader, Some(dest), None, policy, progress)
 }
 
 /// [`validate`], also checking that the bytes are exactly the declared archive: more bytes
@@ -159,7 +163,7 @@ pub fn validate_verified(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, None, Some(expected), policy, progress)
+    pass::run(reader, None, Some(expected), policy, progress)
 }
 
 /// [`extract`], also checking that the bytes are exactly the declared archive (as
@@ -173,5 +177,5 @@ pub fn extract_verified(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, Some(dest), Some(expected), policy, progress)
+    pass::run(reader, Some(dest), Some(expected), policy, progress)
 }
