@@ -1,5 +1,17 @@
 //! Archive intake: the one extraction policy and extractor shared by every backend
 //! (DESIGN §2.4). Every archive is treated as hostile.
+//!
+//! One file per stage of the pass (`docs/archive.md`):
+//!
+//! | file | concern |
+//! |---|---|
+//! | `pass.rs` | the pipeline: wires the stages, keeps the summary and progress |
+//! | `source.rs` | the byte readers: sha256 and count, declared size, inflate, ratio |
+//! | `parse.rs` | raw tar entries and PAX/GNU metadata records → typed entries |
+//! | `policy.rs` | every accept/refuse decision, as pure functions (with `policy/paths.rs`, `policy/tree.rs`) |
+//! | `writer.rs` | the writer thread, its lanes and the one batcher feeding them |
+//! | `staging.rs` | the private staging directory and its no-replace commit |
+//! | `confined.rs` | the confined directory handle every write goes through |
 
 use std::io::Read;
 use std::path::Path;
