@@ -6,6 +6,9 @@
 #   $CROWNEST_CACHE_DIR (default ~/.cache/crownest): images/, wasm/ modules and compiled
 #   modules, and target/ (CARGO_TARGET_DIR) unless CARGO_TARGET_DIR is already set.
 # Set CROWNEST_REQUIRE_DOCKER=1 to make Docker tests fail (not skip) without an engine/image.
+# PostgreSQL: a private server is started for the run (scripts/postgres.sh, installed from
+# Debian's packages when missing) and stopped at exit, unless CROWNEST_POSTGRES_URL is set.
+# Set CROWNEST_REQUIRE_POSTGRES=1 to make PostgreSQL tests fail (not skip) without a server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,11 +41,30 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
+step "postgres"
+if [ -n "${CROWNEST_POSTGRES_URL:-}" ]; then
+  echo "using the server of CROWNEST_POSTGRES_URL"
+else
+  PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/crownest-pg.XXXXXX")"
+  trap 'scripts/postgres.sh stop "$PG_DIR"' EXIT
+  if url="$(scripts/postgres.sh start "$PG_DIR")"; then
+    export CROWNEST_POSTGRES_URL="$url"
+  elif [ "${CROWNEST_REQUIRE_POSTGRES:-0}" = 1 ]; then
+    echo "CROWNEST_REQUIRE_POSTGRES=1 but PostgreSQL could not be started" >&2
+    exit 1
+  else
+    echo "no PostgreSQL: PostgreSQL tests will skip (set CROWNEST_REQUIRE_POSTGRES=1 to fail instead)"
+  fi
+fi
+
 step "tests"
 cargo test --workspace --all-targets "$@"
 
 step "curl walk-through (crownest serve)"
 scripts/curl-walkthrough.sh
+
+step "independent evidence verifier"
+scripts/evidence-check.sh
 
 step "doctests"
 cargo test --workspace --doc

@@ -42,6 +42,8 @@ pub(crate) enum Command {
     Show(RunRef),
     /// Print a run's events as JSON lines.
     Events(EventsArgs),
+    /// Print the raw bytes of a run's output streams (stdout to stdout, stderr to stderr).
+    Logs(LogsArgs),
     /// Print a run's Evidence Bundle (JSON).
     Evidence(EvidenceArgs),
     /// Verify a run's event chain and artifact digests (stored, or offline from files).
@@ -145,6 +147,33 @@ pub(crate) struct RunArgs {
     /// and values are any UTF-8 text.
     #[arg(long = "label", value_name = "K=V")]
     pub(crate) labels: Vec<String>,
+    /// Network access for the command: none (default) or enabled.
+    #[arg(long, value_name = "MODE", value_parser = ["none", "enabled"])]
+    pub(crate) network: Option<String>,
+    /// Creating twice with this key returns the first run (a retried `run` does not run
+    /// the command twice).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) idempotency_key: Option<String>,
+    /// Memory limit of the command, e.g. 512M, 2G (bytes without a suffix).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) memory: Option<u64>,
+    /// Stored output per stream, e.g. 1M; more is dropped (counted and digested).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) output_limit: Option<u64>,
+    /// Most processes the command may have.
+    #[arg(long, value_name = "N")]
+    pub(crate) pids: Option<u64>,
+    /// Exit with the command's own exit code (as `docker run` does) instead of 1 for a
+    /// failed run; a command killed by a signal exits 128 + the signal.
+    #[arg(long)]
+    pub(crate) propagate_exit_code: bool,
+    /// Print the run id and return once the run is started; the run goes on (with
+    /// `--server`, on the server; locally, in a background `crownest` process).
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) detach: bool,
+    /// Internal: write the run id to this file once it exists (used by --detach).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub(crate) report_id_to: Option<PathBuf>,
     /// The command (argv) to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
@@ -227,6 +256,22 @@ pub(crate) struct VerifyArgs {
     pub(crate) public_key: Option<String>,
 }
 
+/// `logs`.
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The run id.
+    pub(crate) run: String,
+    /// Only standard output.
+    #[arg(long, conflicts_with = "stderr")]
+    pub(crate) stdout: bool,
+    /// Only standard error (printed to stdout, so it can be piped).
+    #[arg(long)]
+    pub(crate) stderr: bool,
+    /// Keep printing output as it comes until the run ends.
+    #[arg(long)]
+    pub(crate) follow: bool,
+}
+
 /// `host-key`.
 #[derive(Debug, Args)]
 pub(crate) struct HostKeyArgs {
@@ -257,30 +302,55 @@ pub(crate) struct DoctorArgs {
 /// `30s`, `500ms`, `2m`, `1h`, `1d`; a bare number is seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    // One number and a unit (`30s`, `1.5s`, `500ms`, a bare number of seconds), or any
+    // humantime duration (`1h30m`, `2m 5s`).
+    let d = match simple_duration(s) {
+        Some(d) => d,
+        None => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like 30s, 500ms, 2m or 1h30m: {e}"))?,
+    };
+    if d < Duration::from_millis(1) || d > Duration::from_secs(1_000_000_000) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(d)
+}
+
+fn simple_duration(s: &str) -> Option<Duration> {
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m or 1h"))?;
+    let value: f64 = num.parse().ok()?;
     let factor_ms = match unit.trim() {
         "ms" => 1.0,
         "" | "s" | "sec" | "secs" => 1_000.0,
         "m" | "min" | "mins" => 60_000.0,
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} (use ms, s, m, h or d)"
-            ));
-        }
+        _ => return None,
     };
     let ms = value * factor_ms;
-    if !ms.is_finite() || !(1.0..=1e15).contains(&ms) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_millis(ms.round() as u64))
+    (ms.is_finite() && (0.0..=1e15).contains(&ms)).then(|| Duration::from_millis(ms.round() as u64))
+}
+
+/// `512M`, `2G`, `64K`, `1000` (bytes): binary units (K = 1024).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 #[cfg(test)]
@@ -295,6 +365,12 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2m 5s"), Ok(Duration::from_secs(125)));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("12 parsecs").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("3 fortnights").is_err());
         assert!(parse_duration("s").is_err());

@@ -23,6 +23,8 @@ pub(crate) enum Exit {
     Rejected,
     /// 130.
     Canceled,
+    /// The command's own exit code (`run --propagate-exit-code`).
+    Code(u8),
 }
 
 impl From<Exit> for ExitCode {
@@ -32,6 +34,7 @@ impl From<Exit> for ExitCode {
             Exit::Failure => 1,
             Exit::Rejected => 2,
             Exit::Canceled => 130,
+            Exit::Code(c) => c,
         })
     }
 }

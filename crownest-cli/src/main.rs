@@ -21,6 +21,7 @@
 mod artifacts;
 mod cli;
 mod connection;
+mod detach;
 mod doctor;
 mod exit;
 mod export;
@@ -78,6 +79,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Runs(args) => inspect::runs(&target, args).await,
         Command::Show(args) => inspect::show(&target, args).await,
         Command::Events(args) => inspect::events(&target, args).await,
+        Command::Logs(args) => inspect::logs(&target, args).await,
         Command::Evidence(args) => inspect::evidence(&target, args).await,
         Command::Verify(args) => verify::verify(&target, args).await,
         Command::Artifacts(args) => artifacts::export(&target, args).await,

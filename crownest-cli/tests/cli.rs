@@ -832,7 +832,8 @@ fn evidence_signed_with_the_host_key_verifies_and_tampering_or_another_key_fails
         .assert()
         .code(0)
         .stdout(predicate::str::contains(format!(
-            "in-toto statement for run {run}, 2 subject(s)"
+            // Two artifacts, the stdout log and the bundle itself (stderr was empty).
+            "in-toto statement for run {run}, 4 subject(s)"
         )));
     crownest(home.path())
         .args(["verify", &run, "--dsse"])

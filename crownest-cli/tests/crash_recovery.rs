@@ -155,6 +155,13 @@ fn twenty_sigkills_lose_nothing() {
                 verify_chain(&run.id, &all).unwrap_or_else(|e| panic!("round {round}: {e}"));
                 let evidence = engine.evidence(&run.id).await.unwrap();
                 evidence.verify_events(&all).unwrap();
+                // Every field of the bundle, also of a run recovery ended, is what the
+                // chain says.
+                let problems = crownest_core::evidence::verify(
+                    &serde_json::to_value(&evidence).unwrap(),
+                    &all,
+                );
+                assert!(problems.is_empty(), "round {round}: {problems:?}");
                 if run.status == RunStatus::Failed {
                     assert_eq!(
                         run.failure.as_ref().map(|f| f.kind),

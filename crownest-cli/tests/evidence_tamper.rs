@@ -59,12 +59,16 @@ fn each_edited_field_fails_verify_naming_it() {
         .args(["verify", &run])
         .assert()
         .success()
-        .stdout(predicates::str::contains("crownest.evidence/v2: every field bound"));
+        .stdout(predicates::str::contains(
+            "crownest.evidence/v2: every field bound",
+        ));
 
     let original: String = db(home)
-        .query_row("SELECT bundle FROM evidence WHERE run_id = ?1", [&run], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT bundle FROM evidence WHERE run_id = ?1",
+            [&run],
+            |r| r.get(0),
+        )
         .unwrap();
     // (JSON path in the stored bundle, new value as JSON, the field `verify` must name)
     let cases = [
@@ -73,15 +77,31 @@ fn each_edited_field_fails_verify_naming_it() {
         ("$.env.CI", "\"false\"", "env.CI"),
         ("$.limits.memoryBytes", "1", "limits.memoryBytes"),
         ("$.source.labels.team", "\"evil\"", "source.labels.team"),
-        ("$.source.sha256", "\"00\"", "source.sha256"),
+        (
+            "$.source.sha256",
+            "\"0000000000000000000000000000000000000000000000000000000000000000\"",
+            "source.sha256",
+        ),
         (
             "$.template.identity.facts.\"python3.version\"",
             "\"Python 9\"",
             "template.identity.facts.python3.version",
         ),
-        ("$.isolation.securityBoundary", "true", "isolation.securityBoundary"),
-        ("$.artifacts[0].sha256", "\"11\"", "artifacts[0].sha256"),
-        ("$.timestamps.commandStarted", "\"2020-01-01T00:00:00.000Z\"", "timestamps.commandStarted"),
+        (
+            "$.isolation.securityBoundary",
+            "true",
+            "isolation.securityBoundary",
+        ),
+        (
+            "$.artifacts[0].sha256",
+            "\"1111111111111111111111111111111111111111111111111111111111111111\"",
+            "artifacts[0].sha256",
+        ),
+        (
+            "$.timestamps.commandStarted",
+            "\"2020-01-01T00:00:00.000Z\"",
+            "timestamps.commandStarted",
+        ),
         ("$.sandbox.destroyed", "false", "sandbox.destroyed"),
     ];
     for (path, value, field) in cases {
@@ -94,7 +114,11 @@ fn each_edited_field_fails_verify_naming_it() {
             .unwrap();
         assert_eq!(changed, 1);
         let edited: String = conn
-            .query_row("SELECT bundle FROM evidence WHERE run_id = ?1", [&run], |r| r.get(0))
+            .query_row(
+                "SELECT bundle FROM evidence WHERE run_id = ?1",
+                [&run],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_ne!(edited, original, "{path} was edited");
         drop(conn);
@@ -125,14 +149,25 @@ fn the_export_and_its_stored_envelope_verify_offline() {
         .arg(&out)
         .assert()
         .success();
-    for f in ["events.jsonl", "evidence.json", "evidence.dsse.json", "host-key.pem"] {
+    for f in [
+        "events.jsonl",
+        "evidence.json",
+        "evidence.dsse.json",
+        "host-key.pem",
+    ] {
         assert!(out.join(f).is_file(), "{f} exported");
     }
     let pem = std::fs::read_to_string(out.join("host-key.pem")).unwrap();
-    let printed = crownest(home).args(["host-key", "--pem"]).assert().success();
+    let printed = crownest(home)
+        .args(["host-key", "--pem"])
+        .assert()
+        .success();
     assert_eq!(String::from_utf8_lossy(&printed.get_output().stdout), pem);
     // The envelope `evidence --dsse` returns is the one stored in the terminal commit.
-    let dsse = crownest(home).args(["evidence", &run, "--dsse"]).assert().success();
+    let dsse = crownest(home)
+        .args(["evidence", &run, "--dsse"])
+        .assert()
+        .success();
     let printed: Value = serde_json::from_slice(&dsse.get_output().stdout).unwrap();
     let stored: Value =
         serde_json::from_slice(&std::fs::read(out.join("evidence.dsse.json")).unwrap()).unwrap();
@@ -166,5 +201,8 @@ fn the_export_and_its_stored_envelope_verify_offline() {
         serde_json::from_slice(&std::fs::read(out.join("evidence.json")).unwrap()).unwrap();
     let id = bundle["artifacts"][0]["artifactId"].as_str().unwrap();
     let bytes = std::fs::read(out.join("artifacts").join(id)).unwrap();
-    assert_eq!(bytes.len() as u64, bundle["artifacts"][0]["sizeBytes"].as_u64().unwrap());
+    assert_eq!(
+        bytes.len() as u64,
+        bundle["artifacts"][0]["sizeBytes"].as_u64().unwrap()
+    );
 }

@@ -118,7 +118,7 @@ fn a_secret_from_the_environment_reaches_the_command_masked_and_is_stored_nowher
     assert_eq!(record["secretNames"], serde_json::json!(["CN_TOKEN"]));
     assert_eq!(record["spec"]["env"]["CI"], "true");
     let bundle: Value = serde_json::from_str(&evidence).unwrap();
-    assert_eq!(bundle["schema"], "crownest.evidence/v1.1");
+    assert_eq!(bundle["schema"], "crownest.evidence/v2");
     assert_eq!(bundle["secretNames"], serde_json::json!(["CN_TOKEN"]));
     assert_eq!(bundle["env"]["CN_PLAIN"], "plain-marker-77");
     assert!(bundle.get("envSalt").is_none(), "no salted hashes any more");

@@ -234,3 +234,39 @@ async fn in_toto_always_has_subjects_and_the_envelope_is_made_at_the_end() {
         );
     }
 }
+
+/// A run whose creation was interrupted between storing its record and its first commit has
+/// no events; recovery still ends it with a v2 bundle whose chain opens with `spec`.
+#[tokio::test]
+async fn a_run_interrupted_at_creation_is_recovered_with_verifying_evidence() {
+    use crownest_core::Store as _;
+    use crownest_core::run::RunOwner;
+    let store = Arc::new(MemoryStore::new());
+    let dead = RunOwner {
+        instance: "gone".into(),
+        pid: 4_194_305,
+        pid_start: Some(1),
+    };
+    let record = RunRecord::new(
+        crownest_core::RunId::new(),
+        spec(),
+        "fake".into(),
+        Default::default(),
+        dead,
+    );
+    store.create_run(record.clone()).await.unwrap();
+    let engine = WorkspaceRuns::builder(store.clone())
+        .backend(Arc::new(FakeBackend::new()))
+        .open()
+        .await
+        .unwrap();
+    let done = engine.get(&record.id).await.unwrap();
+    assert_eq!(done.status, crownest_core::RunStatus::Failed);
+    let events = engine.list_events(&record.id, 0, 100).await.unwrap();
+    assert!(matches!(events[0].kind, EventKind::Spec { .. }));
+    let bundle = engine.evidence(&record.id).await.unwrap();
+    assert_eq!(
+        verify(&serde_json::to_value(&bundle).unwrap(), &events),
+        vec![]
+    );
+}

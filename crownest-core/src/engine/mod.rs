@@ -585,8 +585,18 @@ impl WorkspaceRuns {
                 // The sweep below destroys it.
                 sb.destroyed = true;
             }
+            // What the host had recorded of the sandbox before it went away (the evidence
+            // must say what the chain says).
+            let (identity, isolation) = self.recorded_environment(&run.id).await?;
             match self
-                .terminate(&mut run, Outcome::Failed, Some(failure), None, None, None)
+                .terminate(
+                    &mut run,
+                    Outcome::Failed,
+                    Some(failure),
+                    identity,
+                    isolation,
+                    None,
+                )
                 .await
             {
                 Ok(()) => report.reclaimed.push(run.id.clone()),
@@ -606,6 +616,34 @@ impl WorkspaceRuns {
             }
         }
         Ok(report)
+    }
+
+    /// The identity and isolation of the run's last `environment` event, if it has one.
+    async fn recorded_environment(
+        &self,
+        id: &RunId,
+    ) -> Result<(
+        Option<crate::backend::TemplateIdentity>,
+        Option<crate::backend::IsolationReport>,
+    )> {
+        let mut found = (None, None);
+        let mut after = 0;
+        loop {
+            let batch = self.inner.store.list_events(id, after, 1000).await?;
+            let Some(last) = batch.last() else {
+                return Ok(found);
+            };
+            after = last.seq;
+            for e in batch {
+                if let EventKind::Environment {
+                    identity,
+                    isolation,
+                } = e.kind
+                {
+                    found = (identity, Some(isolation));
+                }
+            }
+        }
     }
 
     fn run_lock(&self, id: &RunId) -> Arc<tokio::sync::Mutex<()>> {
@@ -768,16 +806,31 @@ impl WorkspaceRuns {
                 bundle_digest,
             },
         };
+        // A run whose creation was interrupted before its first commit has no events: its
+        // chain still opens with what was asked (evidence v2 derives the bundle from it).
+        let mut events = Vec::new();
+        if v2 && record.next_seq == 1 {
+            events.push(NewEvent {
+                at: record.timestamps.created.unwrap_or(now),
+                kind: EventKind::Spec {
+                    spec: SpecRecord::of(record),
+                },
+            });
+        }
+        events.push(status_event);
         // The evidence names the terminal event exactly as the store will seal it: the
         // chain is deterministic, so seal it here from the current head.
-        let status_sealed = seal(
+        let before = crate::event::seal_all(
             &record.chain_head,
             &record.id,
             record.next_seq,
-            status_event.clone(),
+            events.clone(),
         );
-        let seal_terminal =
-            |event: NewEvent| seal(&status_sealed.hash, &record.id, record.next_seq + 1, event);
+        let head = before
+            .last()
+            .map_or(record.chain_head.clone(), |e| e.hash.clone());
+        let terminal_seq = record.next_seq + events.len() as u64;
+        let seal_terminal = |event: NewEvent| seal(&head, &record.id, terminal_seq, event);
         let mut terminal = terminal_with(None);
         let mut evidence = EvidenceBundle::build(
             record,
@@ -796,7 +849,8 @@ impl WorkspaceRuns {
             (Some(key), true) => Some(evidence.to_dsse(key)),
             _ => None,
         };
-        self.commit_terminal(record, vec![status_event, terminal], evidence, envelope)
+        events.push(terminal);
+        self.commit_terminal(record, events, evidence, envelope)
             .await
             .map(|_| ())
     }

@@ -81,6 +81,12 @@ fn verify_v2(bundle: &Value, events: &[Event], problems: &mut Vec<EvidenceProble
     };
     let mut diffs = Vec::new();
     diff("", bundle, &expected, &mut diffs);
+    // Name the artifact a difference inside `artifacts[i]` is about.
+    for d in &mut diffs {
+        if let Some(path) = d.field.as_deref().and_then(|f| artifact_path(f, &expected)) {
+            d.message = format!("artifact {path}: {}", d.message);
+        }
+    }
     problems.extend(diffs);
     let recorded = events.last().and_then(|e| match &e.kind {
         EventKind::Terminal { bundle_digest, .. } => bundle_digest.clone(),
@@ -146,6 +152,15 @@ fn diff(path: &str, got: &Value, want: &Value, out: &mut Vec<EvidenceProblem>) {
             ),
         )),
     }
+}
+
+/// The requested path of the artifact a field path like `artifacts[2].sha256` is in.
+fn artifact_path(field: &str, expected: &Value) -> Option<String> {
+    let rest = field.strip_prefix("artifacts[")?;
+    let index: usize = rest.split(']').next()?.parse().ok()?;
+    expected["artifacts"][index]["path"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// A value for a message, cut at 160 characters.

@@ -99,6 +99,12 @@ impl Store for TempStore {
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
         self.store.get_evidence(id).await
     }
+    async fn get_evidence_envelope(
+        &self,
+        id: &RunId,
+    ) -> Result<Option<crownest_core::signing::DsseEnvelope>> {
+        self.store.get_evidence_envelope(id).await
+    }
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
         self.store.get_artifact(id).await
     }

@@ -1,0 +1,231 @@
+//! [`PostgresStore`]: the [`Store`] implementation.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use crownest_core::gc::{GcPolicy, StoreGcReport};
+use crownest_core::store::{
+    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, RunCommit, RunQuery, Store,
+    TransferRecord,
+};
+use crownest_core::{
+    Artifact, ArtifactId, Error, Event, EvidenceBundle, Result, RunId, RunRecord, Sha256Digest,
+    TransferId,
+};
+use deadpool_postgres::{Object, Pool};
+
+use crate::blobs::{self, BlobBackend, lock_key};
+use crate::config::{PostgresConfig, redact};
+use crate::error::{commit_failed, db, pool as pool_error};
+use crate::localdir::LocalDirBlobs;
+use crate::runs::{self, execute};
+use crate::schema;
+use crate::transfers;
+use crate::{gc, pool};
+
+/// A [`Store`] on a PostgreSQL server (runs, events, evidence, metadata) plus a
+/// content-addressed blob directory. Cheap to clone (clones share one connection pool).
+///
+/// See the [crate docs](crate) for what it guarantees across processes and hosts.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    blobs: Arc<dyn BlobBackend>,
+    config: PostgresConfig,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &redact(&self.inner.config.url))
+            .field("schema", &self.inner.config.schema)
+            .field("blobs", &self.inner.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema to the current version (creating it when missing) and
+    /// creates the blob directory. Safe to call from several processes at once.
+    pub async fn open(config: PostgresConfig) -> Result<Self> {
+        let pool = pool::build(&config)?;
+        let blob_dir = config.blob_dir.clone();
+        let blobs: Arc<dyn BlobBackend> = Arc::new(
+            tokio::task::spawn_blocking(move || LocalDirBlobs::open(&blob_dir))
+                .await
+                .map_err(|e| Error::store("opening the blob directory", e))??,
+        );
+        let mut client = pool.get().await.map_err(|e| {
+            Error::store(
+                format!("connecting to PostgreSQL at {}", redact(&config.url)),
+                e,
+            )
+        })?;
+        schema::migrate(&mut client, config.checked_schema()?).await?;
+        drop(client);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                blobs,
+                config,
+            }),
+        })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.inner.config
+    }
+
+    /// The schema version recorded in the database.
+    pub async fn schema_version(&self) -> Result<i32> {
+        schema::current_version(&**self.client().await?).await
+    }
+
+    /// Closes the pool: later calls fail with `Error::Store`; connections in use close when
+    /// their call returns.
+    pub fn close(&self) {
+        self.inner.pool.close();
+    }
+
+    /// One garbage-collection pass with explicit ages (also `Store::collect_garbage`).
+    pub async fn gc_with(&self, policy: GcPolicy) -> Result<StoreGcReport> {
+        gc::collect(&self.inner.pool, &*self.inner.blobs, &policy).await
+    }
+
+    async fn client(&self) -> Result<Object> {
+        self.inner.pool.get().await.map_err(pool_error)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome> {
+        runs::create_run(&mut self.client().await?, run).await
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
+        runs::get_run(&self.client().await?, id).await
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>> {
+        runs::list_runs(&self.client().await?, query).await
+    }
+
+    async fn list_unfinished(&self) -> Result<Vec<RunRecord>> {
+        runs::list_unfinished(&self.client().await?).await
+    }
+
+    async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
+        runs::commit(&mut self.client().await?, id, commit).await
+    }
+
+    async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {
+        runs::request_cancel(&self.client().await?, id).await
+    }
+
+    async fn list_events(&self, id: &RunId, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        runs::list_events(&self.client().await?, id, after_seq, limit).await
+    }
+
+    async fn put_blob(&self, data: ByteStream, expect: BlobExpect<'_>) -> Result<BlobInfo> {
+        // Streamed into the staging area with no connection held.
+        let staged = self.inner.blobs.receive(data, expect).await?;
+        let info = staged.info.clone();
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| db("starting put_blob", e))?;
+        // Exclusive against discard/gc of these bytes (a session lock elsewhere).
+        execute(
+            &tx,
+            "locking a blob",
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&lock_key(&info.sha256)],
+        )
+        .await?;
+        self.inner.blobs.install_blob(staged).await?;
+        blobs::record(&tx, &info).await?;
+        tx.commit()
+            .await
+            .map_err(|e| commit_failed("committing put_blob", e))?;
+        Ok(info)
+    }
+
+    async fn has_blob(&self, sha256: &Sha256Digest) -> Result<Option<u64>> {
+        blobs::size(&self.client().await?, sha256).await
+    }
+
+    async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader> {
+        if blobs::size(&self.client().await?, sha256).await?.is_none() {
+            return Err(Error::not_found("blob", sha256));
+        }
+        self.inner.blobs.open_blob(sha256).await
+    }
+
+    async fn discard_blob(&self, sha256: &Sha256Digest) -> Result<bool> {
+        Ok(
+            gc::discard(&self.inner.pool, &*self.inner.blobs, sha256, None)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()> {
+        transfers::create(&mut self.client().await?, &*self.inner.blobs, transfer).await
+    }
+
+    async fn get_transfer(&self, id: &TransferId) -> Result<TransferRecord> {
+        transfers::get(&self.client().await?, id, false)
+            .await?
+            .ok_or_else(|| Error::not_found("transfer", id))
+    }
+
+    async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord> {
+        transfers::put_chunk(
+            &mut self.client().await?,
+            &*self.inner.blobs,
+            id,
+            index,
+            data,
+        )
+        .await
+    }
+
+    async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader> {
+        transfers::open(&self.client().await?, &*self.inner.blobs, id).await
+    }
+
+    async fn delete_transfer(&self, id: &TransferId) -> Result<()> {
+        transfers::delete(&self.client().await?, &*self.inner.blobs, id).await
+    }
+
+    async fn list_transfers(&self, run: Option<&RunId>) -> Result<Vec<TransferRecord>> {
+        transfers::list(&self.client().await?, run).await
+    }
+
+    async fn collect_garbage(&self, policy: &GcPolicy) -> Result<StoreGcReport> {
+        self.gc_with(*policy).await
+    }
+
+    async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
+        runs::get_evidence(&self.client().await?, id).await
+    }
+
+    async fn get_evidence_envelope(
+        &self,
+        id: &RunId,
+    ) -> Result<Option<crownest_core::signing::DsseEnvelope>> {
+        runs::get_evidence_envelope(&self.client().await?, id).await
+    }
+
+    async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
+        runs::get_artifact(&self.client().await?, id).await
+    }
+}
