@@ -19,15 +19,13 @@ pub(crate) struct Cli {
     /// instead of the local store, e.g. http://127.0.0.1:7700.
     #[arg(long, global = true, value_name = "URL", env = "CROWNEST_SERVER")]
     pub(crate) server: Option<String>,
-    /// Bearer token: the one `--server` requires, or the one `serve` requires of its clients.
-    #[arg(
-        long,
-        global = true,
-        value_name = "T",
-        env = "CROWNEST_TOKEN",
-        hide_env_values = true
-    )]
+    /// Bearer token: the one `--server` sends, or the admin token `serve` accepts.
+    /// Discouraged: every user sees argv (`ps`); prefer $CROWNEST_TOKEN or --token-file.
+    #[arg(long, global = true, value_name = "T", conflicts_with = "token_file")]
     pub(crate) token: Option<String>,
+    /// Read the bearer token from FILE (its first line) [default: $CROWNEST_TOKEN].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -35,7 +33,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run COMMAND on SOURCE (a .tar.gz/.tgz, or a directory packed deterministically).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List runs, newest first.
     Runs(RunsArgs),
     /// Print one run's record as JSON.
@@ -65,6 +63,39 @@ pub(crate) enum Command {
     /// Collect garbage in --home once: expire runs idle in awaiting_archive past their TTL,
     /// discard unusable staged transfers, delete unreferenced blobs and stale temp files.
     Gc(GcArgs),
+    /// Manage the tokens a `serve` accepts (a tokens file of sha256 hashes with scopes).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `token`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint a token, print it once on stdout, and append its hash and scopes to the file.
+    Add(TokenAddArgs),
+    /// List the tokens of the file: name and scopes (the tokens themselves are not kept).
+    List(TokenListArgs),
+}
+
+/// `token add`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenAddArgs {
+    /// A name for the token ([A-Za-z0-9._-], unique in the file).
+    pub(crate) name: String,
+    /// What it may do: read, submit, admin (comma-separated).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', required = true)]
+    pub(crate) scopes: Vec<String>,
+    /// The tokens file [default: <home>/tokens.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens: Option<PathBuf>,
+}
+
+/// `token list`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenListArgs {
+    /// The tokens file [default: <home>/tokens.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens: Option<PathBuf>,
 }
 
 /// `gc`.
@@ -91,6 +122,23 @@ pub(crate) struct ServeArgs {
     /// End runs still in awaiting_archive this long after their creation [default: 24h].
     #[arg(long, value_name = "TTL", value_parser = parse_duration)]
     pub(crate) awaiting_archive_ttl: Option<Duration>,
+    /// The backends clients may choose, comma-separated; the first is the default for a
+    /// run that names none [default: every usable backend but process]. `process` runs
+    /// commands as host processes of this server's user: it is offered only when named.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) backends: Option<Vec<String>>,
+    /// Tokens with scopes (JSON lines of name, sha256, scopes; see `crownest token add`)
+    /// [default: <home>/tokens.jsonl when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens: Option<PathBuf>,
+    /// Runs executing at once; more wait in `queued` [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_concurrent_runs: Option<u32>,
+    /// Lower (or raise) the most a run may ask for, one limit of the `limits` object each,
+    /// e.g. --max timeoutMs=1800000 --max memoryBytes=4294967296; repeatable. A default
+    /// above the new maximum is lowered to it.
+    #[arg(long = "max", value_name = "LIMIT=N")]
+    pub(crate) max: Vec<String>,
 }
 
 /// `run`.

@@ -66,6 +66,9 @@ pub(crate) fn is_rejection(e: &Error) -> bool {
             | Error::ArchiveRejected { .. }
             | Error::LimitExceeded { .. }
             | Error::NotTerminal { .. }
+            | Error::IdempotencyKeyReused { .. }
+            | Error::ChunkRejected { .. }
+            | Error::TransferIncomplete { .. }
     )
 }
 
@@ -104,6 +107,12 @@ pub(crate) fn describe(e: &anyhow::Error) -> String {
             out.push_str(": ");
         }
         out.push_str(&cause.to_string());
+    }
+    if out.contains("401") && out.contains("unauthorized") {
+        out.push_str(
+            "\ncrownest: the server wants a bearer token: set CROWNEST_TOKEN in the environment \
+             (the token `crownest serve` printed, or one from its tokens file)",
+        );
     }
     out
 }

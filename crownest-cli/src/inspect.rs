@@ -68,7 +68,14 @@ fn table_row(r: &RunRecord) -> String {
         (None, Some(s)) => format!("sig{s}"),
         _ => "-".into(),
     };
-    let mut command = r.spec.command.join(" ");
+    // One line per run: newlines, tabs and other control characters are shown escaped.
+    let mut command: String = r
+        .spec
+        .command
+        .join(" ")
+        .chars()
+        .flat_map(char::escape_debug)
+        .collect();
     if command.chars().count() > 60 {
         command = command.chars().take(57).collect::<String>() + "...";
     }
@@ -103,15 +110,13 @@ pub(crate) async fn events(target: &Target, args: EventsArgs) -> anyhow::Result<
         return Ok(Exit::Success);
     }
     if args.follow {
+        // `--limit` bounds a window; with `--follow` the window is printed and following
+        // goes on after it, without gap, until the run ends.
         let mut stream = conn.subscribe(&id, args.after_seq);
         while let Some(ev) = stream.next().await {
             let ev: Event = ev?;
             let mut out = std::io::stdout().lock();
             if !json_line(&mut out, &ev) || out.flush().is_err() {
-                break;
-            }
-            remaining -= 1;
-            if remaining == 0 {
                 break;
             }
         }

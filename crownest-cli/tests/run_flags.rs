@@ -65,8 +65,15 @@ fn logs_prints_the_raw_bytes_of_each_stream() {
         .assert()
         .success();
     let run = newest_run(home.path())["id"].as_str().unwrap().to_owned();
-    let out = crownest(home.path()).args(["logs", &run]).assert().success();
-    assert_eq!(out.get_output().stdout, b"a\xffb", "stdout's raw bytes, binary included");
+    let out = crownest(home.path())
+        .args(["logs", &run])
+        .assert()
+        .success();
+    assert_eq!(
+        out.get_output().stdout,
+        b"a\xffb",
+        "stdout's raw bytes, binary included"
+    );
     assert_eq!(out.get_output().stderr, b"warn");
     let only_err = crownest(home.path())
         .args(["logs", &run, "--stderr"])
@@ -210,7 +217,54 @@ fn a_refused_archive_is_reported_once_and_hints_repeat_home() {
         .success();
     let stderr = String::from_utf8_lossy(&ok.get_output().stderr).into_owned();
     assert!(
-        stderr.contains(&format!("crownest --home {} evidence run_", home.path().display())),
+        stderr.contains(&format!(
+            "crownest --home {} evidence run_",
+            home.path().display()
+        )),
         "the hint can be copied as is: {stderr}"
+    );
+}
+
+#[test]
+fn the_runs_table_keeps_one_line_per_run() {
+    let home = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "echo one\necho two"])
+        .assert()
+        .success();
+    let table = stdout_of(crownest(home.path()).arg("runs"));
+    assert_eq!(table.lines().count(), 2, "a header and one line: {table}");
+    assert!(table.contains("echo one\\necho two"), "{table}");
+}
+
+#[test]
+fn events_follow_goes_on_after_the_window() {
+    let home = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .success();
+    let run = newest_run(home.path())["id"].as_str().unwrap().to_owned();
+    let all = stdout_of(crownest(home.path()).args(["events", &run]));
+    let window =
+        stdout_of(crownest(home.path()).args(["events", &run, "--after-seq", "1", "--limit", "2"]));
+    assert_eq!(window.lines().count(), 2);
+    let followed = stdout_of(crownest(home.path()).args([
+        "events",
+        &run,
+        "--after-seq",
+        "1",
+        "--limit",
+        "2",
+        "--follow",
+    ]));
+    assert_eq!(
+        followed.lines().count(),
+        all.lines().count() - 1,
+        "the window, then every later event to the end"
     );
 }

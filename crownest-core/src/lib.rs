@@ -41,7 +41,7 @@ pub use backend::{
     Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
     KillSignal, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
 };
-pub use error::{Error, RejectReason, Result};
+pub use error::{ChunkRejectReason, Error, RejectReason, Result};
 pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};
 pub use evidence::EvidenceBundle;
 pub use ids::{ArtifactId, RunId, Sha256Digest, TransferId};

@@ -51,6 +51,7 @@ impl WorkspaceRuns {
                     status: Some(RunStatus::AwaitingArchive),
                     limit: 500,
                     before: before.clone(),
+                    ..Default::default()
                 })
                 .await?;
             let Some(last) = page.last() else { break };

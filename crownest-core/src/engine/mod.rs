@@ -22,6 +22,7 @@ mod rejected;
 pub(crate) mod sink;
 pub mod staging;
 mod subscribe;
+mod templates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +149,8 @@ pub(crate) struct Inner {
     verifying: rejected::Verifying,
     /// Signs each run's evidence in its terminal commit, when set.
     host_key: Option<Arc<HostKey>>,
+    /// Template names per backend, for the check at `create` (see `templates.rs`).
+    templates: templates::TemplateNames,
 }
 
 #[derive(Debug, Default)]
@@ -268,6 +271,7 @@ impl WorkspaceRunsBuilder {
                 staging_admission: tokio::sync::Mutex::default(),
                 verifying: rejected::Verifying::default(),
                 host_key: self.host_key,
+                templates: templates::TemplateNames::default(),
             }),
         };
         if self.recover {
@@ -335,6 +339,11 @@ impl WorkspaceRuns {
         &self.inner.backends
     }
 
+    /// The backend a spec that names none runs on.
+    pub fn default_backend(&self) -> &str {
+        &self.inner.default_backend
+    }
+
     fn backend(&self, name: &str) -> Result<&Arc<dyn SandboxBackend>> {
         self.inner
             .backends
@@ -342,8 +351,17 @@ impl WorkspaceRuns {
             .ok_or_else(|| Error::invalid("backend", format!("no backend named {name:?}")))
     }
 
-    /// Creates a run in `awaiting_archive`. With an `idempotencyKey` already used, returns
-    /// that run instead (its spec is not compared).
+    /// Creates a run in `awaiting_archive`.
+    ///
+    /// Refused with `Error::InvalidSpec`: an invalid spec, an unknown backend, and a
+    /// template the backend does not offer (field `template`), so nothing is stored for a
+    /// run that could never start.
+    ///
+    /// With an `idempotencyKey` already used, returns that run when the spec is the same
+    /// request ([`RunRecord::same_request`]: every field, plain `env` values included, and
+    /// the secret names), and `Error::IdempotencyKeyReused` when it differs. Secret values
+    /// are never stored nor hashed, so a retry that differs only in them returns the first
+    /// run.
     ///
     /// The spec's secret values stay in this engine's memory until [`start`](Self::start):
     /// the stored record keeps their names only, so the run must be started through this
@@ -354,14 +372,22 @@ impl WorkspaceRuns {
             .backend
             .clone()
             .unwrap_or_else(|| self.inner.default_backend.clone());
-        self.backend(&backend)?;
+        let chosen = self.backend(&backend)?;
+        self.inner
+            .templates
+            .check(&backend, chosen, &spec.template)
+            .await?;
         let secrets = spec.secrets.clone();
         let id = RunId::new();
         let mut record =
             RunRecord::new(id.clone(), spec, backend, limits, self.inner.owner.clone());
         let created = self.inner.store.create_run(record.clone()).await?;
         match created {
-            CreateOutcome::Existing(existing) => Ok(existing),
+            CreateOutcome::Existing(existing) if existing.same_request(&record) => Ok(existing),
+            CreateOutcome::Existing(existing) => Err(Error::IdempotencyKeyReused {
+                key: existing.spec.idempotency_key.unwrap_or_default(),
+                run_id: existing.id.to_string(),
+            }),
             CreateOutcome::Created(_) => {
                 if !secrets.is_empty() {
                     lock(&self.inner.secrets).insert(id.clone(), secrets);
@@ -528,6 +554,18 @@ impl WorkspaceRuns {
             // Driven elsewhere: the owner's driver polls for this flag.
             _ => self.inner.store.request_cancel(id).await,
         }
+    }
+
+    /// Deletes an ended run (retention): its record, its events, its Evidence Bundle, its
+    /// artifact records and any transfer left, through [`Store::delete_run`]. **The
+    /// evidence is gone**: nothing can verify the run afterwards; export it first
+    /// (`evidence`, `list_events`) if it must be kept. The archive and artifact blobs no
+    /// other run names are deleted by the next garbage collection after `blob_grace`. A
+    /// run that has not ended is `Error::InvalidTransition` (cancel it first).
+    pub async fn delete(&self, id: &RunId) -> Result<()> {
+        self.inner.store.delete_run(id).await?;
+        lock(&self.inner.run_locks).remove(id);
+        Ok(())
     }
 
     /// Waits until the run is terminal and returns its final record.

@@ -151,20 +151,9 @@ pub fn derive(events: &[Event]) -> Result<EvidenceBundle, String> {
                 identity.clone_from(id);
                 isolation = Some(iso.clone());
             }
-            EventKind::ArtifactCollected {
-                artifact_id,
-                path,
-                size_bytes,
-                sha256,
-                skipped,
-                ..
-            } => artifacts.push(EvidenceArtifact {
-                artifact_id: artifact_id.clone(),
-                path: path.clone(),
-                size_bytes: *size_bytes,
-                sha256: sha256.clone(),
-                skipped: skipped.clone(),
-            }),
+            kind @ EventKind::ArtifactCollected { .. } => {
+                artifacts.extend(EvidenceArtifact::of_event(kind));
+            }
             EventKind::ArtifactError {
                 path,
                 reason,
