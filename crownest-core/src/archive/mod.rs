@@ -1,5 +1,17 @@
 //! Archive intake: the one extraction policy and extractor shared by every backend
 //! (DESIGN §2.4). Every archive is treated as hostile.
+//!
+//! One file per stage of the pass (`docs/archive.md`):
+//!
+//! | file | concern |
+//! |---|---|
+//! | `pass.rs` | the pipeline: wires the stages, keeps the summary and progress |
+//! | `source.rs` | the byte readers: sha256 and count, declared size, inflate, ratio |
+//! | `parse.rs` | raw tar entries and PAX/GNU metadata records → typed entries |
+//! | `policy.rs` | every accept/refuse decision, as pure functions (with `policy/paths.rs`, `policy/tree.rs`) |
+//! | `writer.rs` | the writer thread, its lanes and the one batcher feeding them |
+//! | `staging.rs` | the private staging directory and its no-replace commit |
+//! | `confined.rs` | the confined directory handle every write goes through |
 
 use std::io::Read;
 use std::path::Path;
@@ -13,8 +25,12 @@ use crate::run::ArchiveDescriptor;
 use crate::spec::Limits;
 
 mod confined;
-mod extract;
+mod parse;
+mod pass;
 mod policy;
+mod source;
+mod staging;
+mod writer;
 
 /// The rules an archive must pass, from a run's [`Limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +146,7 @@ pub fn validate(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, None, None, policy, progress)
+    pass::run(reader, None, None, policy, progress)
 }
 
 /// Extracts a `.tar.gz` into `dest` (which must not exist yet; its parent must). Entries are
@@ -143,7 +159,7 @@ pub fn extract(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, Some(dest), None, policy, progress)
+    pass::run(reader, Some(dest), None, policy, progress)
 }
 
 /// [`validate`], also checking that the bytes are exactly the declared archive: more bytes
@@ -159,7 +175,7 @@ pub fn validate_verified(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, None, Some(expected), policy, progress)
+    pass::run(reader, None, Some(expected), policy, progress)
 }
 
 /// [`extract`], also checking that the bytes are exactly the declared archive (as
@@ -173,5 +189,5 @@ pub fn extract_verified(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    extract::run(reader, Some(dest), Some(expected), policy, progress)
+    pass::run(reader, Some(dest), Some(expected), policy, progress)
 }

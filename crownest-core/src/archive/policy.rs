@@ -1,506 +1,331 @@
-//! The pure, lexical half of the extraction policy: entry paths, link targets, metadata
-//! records and the in-memory model of the tree built so far. No I/O happens here, so
-//! `validate` and `extract` make exactly the same decisions.
+//! The extraction policy: every accept/refuse decision of the archive pass, as pure
+//! functions (no I/O), so `validate` and `extract` decide exactly the same way and each rule
+//! is unit-tested on its own. The readers, the parser and the pass only ask; they decide
+//! nothing themselves.
+//!
+//! The rules, in the order the pass meets them:
+//!
+//! | rule | function | reason |
+//! |---|---|---|
+//! | compressed bytes over the declared `sizeBytes` | [`check_declared_size`] | `size_mismatch` |
+//! | inflated/compressed over `max_ratio` after the grace | [`check_ratio`] | `compression_ratio` |
+//! | more than 4 × `max_entries` metadata records | [`check_metadata_count`] | `too_many_entries` |
+//! | a PAX or GNU long name/link record over `max_metadata_bytes` | [`check_metadata_size`] | `metadata_too_large` |
+//! | two metadata records of one kind for one entry | [`check_metadata_once`] | `corrupt` |
+//! | a PAX global header with per-entry keys | [`check_pax_global`] | `corrupt` |
+//! | a metadata record that describes no entry | [`check_no_orphan_metadata`] | `corrupt` |
+//! | over `max_entries` entries (counted before the path is read) | [`Tree::count_entry`] | `too_many_entries` |
+//! | entry path: absolute, `..`, not UTF-8, bad characters, too long or deep | [`normalize_entry_path`] | `absolute_path`, `parent_traversal`, `invalid_path` |
+//! | devices, fifos, sparse files, unknown types; v7 `name/` files are directories | [`entry_kind`] | `special_file` |
+//! | a PAX `size` other than the header's | [`check_pax_size`] | `corrupt` |
+//! | modes: `& 0o777`; directories keep the owner's `rwx` | [`entry_mode`], [`dir_mode`] | — |
+//! | only a directory may name the root (`./`) | [`root_mode`] | `invalid_path` |
+//! | symlink target absolute, climbing out, or `..` after a normal component | [`check_symlink_target`] | `link_escapes`, `invalid_path` |
+//! | hardlink target absolute or with `..` | [`normalize_hardlink_target`] | `link_escapes`, `invalid_path` |
+//! | hardlink target not an earlier regular file (or hardlink) | [`check_hardlink_target`] | `link_escapes` |
+//! | a file over `max_entry_bytes`, or the total over `max_total_bytes` | [`check_file_size`] | `too_many_bytes` |
+//! | a path through a symlink / a regular file, or reused with another kind | [`Tree::place`] | `through_symlink` / `duplicate_entry` |
+//! | implied directories over `max_entries`, paths over `max_path_bytes` | [`Tree::place`] | `too_many_entries`, `too_many_path_bytes` |
+//! | the tar end-of-archive marker missing | [`check_end_marker`] | `corrupt` |
+//! | non-zero bytes, or over 1 MiB of zeros, after the end-of-archive marker | [`check_padding`] | `trailing_data` |
+//! | bytes after the gzip member | [`check_gzip_end`] | `trailing_data` |
+//! | another size or sha256 than declared (`_verified`; shared with the stores) | [`ArchiveDescriptor::check`] | `size_mismatch`, `digest_mismatch` |
+//! | the kernel refused a path of the confined tree (the second wall) | [`kernel_refusal`] | `through_symlink` |
+//!
+//! [`ArchiveDescriptor::check`]: crate::run::ArchiveDescriptor::check
+//!
+//! Malformed input that cannot be parsed at all (bad gzip, bad tar checksums, truncation, a
+//! malformed PAX record, a bad mode field) is `corrupt`, reported where it is parsed.
 
-use std::collections::HashMap;
+use std::io;
+
+use tar::EntryType;
 
 use super::ExtractPolicy;
-use crate::error::RejectReason;
+use crate::error::{Error, RejectReason};
+
+mod paths;
+mod tree;
+
+pub(super) use paths::{check_symlink_target, normalize_entry_path, normalize_hardlink_target};
+pub(super) use tree::{Kind, Placement, Tree};
 
 /// A refusal before it is attached to an entry name.
 pub(super) type Refusal = (RejectReason, String);
 
-/// Longest single path component (Linux `NAME_MAX`), refused lexically so that `validate`
-/// never accepts what `extract` would fail to create.
-const NAME_MAX: usize = 255;
-
-/// What a path of the archive holds, in the lexical model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    /// A directory (explicit or implied by a deeper entry).
-    Dir,
-    /// A regular file.
-    File,
-    /// A symlink.
-    Symlink,
-    /// A hardlink to an earlier regular file (a regular file on disk).
-    Hardlink,
+/// The typed error of a refusal, naming `entry` (as written in the archive) when the
+/// refusal is about one entry.
+pub(super) fn rejection((reason, message): Refusal, entry: Option<&str>) -> Error {
+    Error::rejected(reason, entry.map(str::to_string), message)
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Dir => "directory",
-            Kind::File => "regular file",
-            Kind::Symlink => "symlink",
-            Kind::Hardlink => "hardlink",
-        }
-    }
-}
+/// Zero padding tolerated after the tar end-of-archive marker (tar pads to its record size,
+/// 10 KiB by default).
+pub(super) const MAX_PADDING: u64 = 1 << 20;
+/// Mode of directories implied by deeper entries.
+pub(super) const IMPLIED_DIR_MODE: u32 = 0o755;
+/// Mode of the extraction root unless the archive has a `./` entry.
+pub(super) const ROOT_MODE: u32 = 0o755;
 
-/// Characters refused in entry paths and link targets: NUL, backslash and ASCII control
-/// characters (legal on Linux, but a classic source of confusion and log spoofing).
-fn bad_char(c: char) -> bool {
-    c == '\0' || c == '\\' || c.is_ascii_control()
-}
-
-/// Normalizes an entry path (`./a//b/` → `a/b`, `./` → the empty root path), refusing
-/// non-UTF-8, NUL/backslash/control characters, absolute paths, `..` components, and
-/// paths over the length, depth or component-length limits.
-pub(super) fn normalize_entry_path(raw: &[u8], policy: &ExtractPolicy) -> Result<String, Refusal> {
-    normalize(
-        raw,
-        policy,
-        RejectReason::AbsolutePath,
-        RejectReason::ParentTraversal,
-    )
-}
-
-/// Normalizes the target of a hardlink: it names an archive path (relative to the root), so
-/// it follows the entry path rules, but an escape is reported as [`RejectReason::LinkEscapes`].
-pub(super) fn normalize_hardlink_target(
-    raw: &[u8],
-    policy: &ExtractPolicy,
-) -> Result<String, Refusal> {
-    normalize(
-        raw,
-        policy,
-        RejectReason::LinkEscapes,
-        RejectReason::LinkEscapes,
-    )
-}
-
-fn normalize(
-    raw: &[u8],
-    policy: &ExtractPolicy,
-    absolute: RejectReason,
-    parent: RejectReason,
-) -> Result<String, Refusal> {
-    if raw.is_empty() {
-        return Err((RejectReason::InvalidPath, "empty path".into()));
-    }
-    if raw.len() as u64 > policy.max_path_len {
+/// Refuses a source that has yielded more than its declared size (`total` bytes so far).
+pub(super) fn check_declared_size(total: u64, declared: Option<u64>) -> Result<(), Refusal> {
+    if declared.is_some_and(|d| total > d) {
         return Err((
-            RejectReason::InvalidPath,
+            RejectReason::SizeMismatch,
+            "the archive is longer than its declared sizeBytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an inflated/compressed ratio over `max_ratio` once more than
+/// `ratio_grace_bytes` were inflated.
+#[inline]
+pub(super) fn check_ratio(
+    inflated: u64,
+    compressed: u64,
+    policy: &ExtractPolicy,
+) -> Result<(), Refusal> {
+    if inflated > policy.ratio_grace_bytes && inflated > compressed.saturating_mul(policy.max_ratio)
+    {
+        return Err((
+            RejectReason::CompressionRatio,
             format!(
-                "path is {} bytes long, over the limit of {}",
-                raw.len(),
-                policy.max_path_len
+                "{inflated} bytes inflated from {compressed} compressed bytes, over the ratio limit of {}",
+                policy.max_ratio
             ),
         ));
     }
-    let s = std::str::from_utf8(raw).map_err(|_| {
-        (
-            RejectReason::InvalidPath,
-            "path is not valid UTF-8".to_string(),
-        )
-    })?;
-    if s.chars().any(bad_char) {
-        return Err((
-            RejectReason::InvalidPath,
-            "path contains NUL, a backslash or a control character".into(),
-        ));
-    }
-    if s.starts_with('/') {
-        return Err((absolute, "absolute path".into()));
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut depth = 0u64;
-    for c in s.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => return Err((parent, "path has a '..' component".into())),
-            c => {
-                if c.len() > NAME_MAX {
-                    return Err((
-                        RejectReason::InvalidPath,
-                        format!("a path component is longer than {NAME_MAX} bytes"),
-                    ));
-                }
-                depth += 1;
-                if depth > policy.max_depth {
-                    return Err((
-                        RejectReason::InvalidPath,
-                        format!("path is deeper than {} components", policy.max_depth),
-                    ));
-                }
-                if !out.is_empty() {
-                    out.push('/');
-                }
-                out.push_str(c);
-            }
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
-/// Checks a symlink target, resolved lexically from the directory holding the link
-/// (`link` is the normalized link path). Absolute targets are refused, and so is any `..`
-/// that would climb above the root. A `..` after a normal component (`a/../b`) is refused
-/// too: the kernel resolves `..` physically, so after a component that is (or later becomes)
-/// a symlink it could climb somewhere the lexical view does not see. Leading `..` runs are
-/// fine (`../lib/x`): the link's own ancestors are real directories (checked by [`Tree`]).
-pub(super) fn check_symlink_target(
-    link: &str,
-    raw: &[u8],
+/// Refuses the `records`-th metadata record (PAX or GNU long name/link) over four per
+/// allowed entry: records are not entries, but they cost a header each.
+pub(super) fn check_metadata_count(records: u64, policy: &ExtractPolicy) -> Result<(), Refusal> {
+    if records > policy.max_entries.saturating_mul(4) {
+        return Err((
+            RejectReason::TooManyEntries,
+            "too many metadata records".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a metadata record over `max_metadata_bytes`, from its header's size, before a
+/// byte of it is buffered. `gnu` tells a GNU long name/link record from a PAX one.
+pub(super) fn check_metadata_size(
+    size: u64,
+    gnu: bool,
     policy: &ExtractPolicy,
-) -> Result<String, Refusal> {
-    if raw.is_empty() {
-        return Err((RejectReason::InvalidPath, "empty symlink target".into()));
-    }
-    if raw.len() as u64 > policy.max_path_len {
+) -> Result<(), Refusal> {
+    if size > policy.max_metadata_bytes {
         return Err((
-            RejectReason::InvalidPath,
-            "symlink target over the path length limit".into(),
+            RejectReason::MetadataTooLarge,
+            format!(
+                "a {} record of {size} bytes, over the limit of {}",
+                if gnu { "GNU long name" } else { "PAX" },
+                policy.max_metadata_bytes
+            ),
         ));
     }
-    let s = std::str::from_utf8(raw).map_err(|_| {
-        (
-            RejectReason::InvalidPath,
-            "symlink target is not valid UTF-8".to_string(),
-        )
-    })?;
-    if s.chars().any(bad_char) {
+    Ok(())
+}
+
+/// Refuses a second metadata record of one kind (`already`: one is pending) for one entry:
+/// which one would win is ambiguous.
+pub(super) fn check_metadata_once(already: bool) -> Result<(), Refusal> {
+    if already {
         return Err((
-            RejectReason::InvalidPath,
-            "symlink target contains NUL, a backslash or a control character".into(),
+            RejectReason::Corrupt,
+            "two metadata records of the same kind for one entry".into(),
         ));
     }
-    if s.starts_with('/') {
+    Ok(())
+}
+
+/// Refuses a PAX global header that sets per-entry keys (path, linkpath, size or
+/// `GNU.sparse.*`): they would apply to every later entry, which CrowNest does not support.
+pub(super) fn check_pax_global(per_entry_keys: bool) -> Result<(), Refusal> {
+    if per_entry_keys {
+        return Err((
+            RejectReason::Corrupt,
+            "a PAX global header with path, linkpath, size or sparse keys is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses metadata records still pending at the end of the entries (`pending`).
+pub(super) fn check_no_orphan_metadata(pending: bool) -> Result<(), Refusal> {
+    if pending {
+        return Err((
+            RejectReason::Corrupt,
+            "a metadata record at the end of the archive describes no entry".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The kind of an entry of type `ty` (`sparse`: its PAX header has `GNU.sparse.*` keys):
+/// regular files (a v7 regular file whose `raw_path` ends in `/` is a directory),
+/// directories, symlinks and hardlinks. Sparse files, devices, fifos and any other type are
+/// refused.
+pub(super) fn entry_kind(ty: EntryType, sparse: bool, raw_path: &[u8]) -> Result<Kind, Refusal> {
+    match ty {
+        _ if sparse || ty.is_gnu_sparse() => Err((
+            RejectReason::SpecialFile,
+            "sparse files are not supported".into(),
+        )),
+        EntryType::Regular | EntryType::Continuous if raw_path.ends_with(b"/") => Ok(Kind::Dir),
+        EntryType::Regular | EntryType::Continuous => Ok(Kind::File),
+        EntryType::Directory => Ok(Kind::Dir),
+        EntryType::Symlink => Ok(Kind::Symlink),
+        EntryType::Link => Ok(Kind::Hardlink),
+        other => {
+            let what = match other {
+                EntryType::Char => "a character device".to_string(),
+                EntryType::Block => "a block device".to_string(),
+                EntryType::Fifo => "a fifo".to_string(),
+                t => format!("an unsupported entry type {:?}", t.as_byte() as char),
+            };
+            Err((RejectReason::SpecialFile, format!("{what} is not allowed")))
+        }
+    }
+}
+
+/// Refuses a PAX `size` that disagrees with the header's `size`.
+pub(super) fn check_pax_size(pax_size: Option<u64>, size: u64) -> Result<(), Refusal> {
+    if pax_size.is_some_and(|s| s != size) {
+        return Err((
+            RejectReason::Corrupt,
+            "the PAX size disagrees with the header size".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The mode an entry gets: ownership is ignored and setuid, setgid and sticky are stripped.
+pub(super) fn entry_mode(header_mode: u32) -> u32 {
+    header_mode & 0o777
+}
+
+/// The mode of an explicit directory: at least `rwx` for the owner, so extraction and
+/// cleanup can proceed (and writer lanes need no fence around a mode change).
+pub(super) fn dir_mode(mode: u32) -> u32 {
+    mode | 0o700
+}
+
+/// The root's mode from an entry naming the root (`./`), which must be a directory.
+pub(super) fn root_mode(kind: Kind, mode: u32) -> Result<u32, Refusal> {
+    if kind != Kind::Dir {
+        return Err((
+            RejectReason::InvalidPath,
+            "only a directory may name the extraction root".into(),
+        ));
+    }
+    Ok(dir_mode(mode))
+}
+
+/// Refuses a hardlink whose (normalized) `target` is not an earlier regular file or
+/// hardlink of the archive (`found`: what the tree holds at `target`).
+pub(super) fn check_hardlink_target(target: &str, found: Option<Kind>) -> Result<(), Refusal> {
+    if !matches!(found, Some(Kind::File | Kind::Hardlink)) {
         return Err((
             RejectReason::LinkEscapes,
-            format!("symlink target {s:?} is absolute"),
+            format!("hardlink target {target:?} is not an earlier regular file of the archive"),
         ));
     }
-    let link_dir_depth = link.split('/').count().saturating_sub(1);
-    let mut ups = 0usize;
-    let mut seen_normal = false;
-    for c in s.split('/') {
-        match c {
-            "" | "." => {}
-            ".." if seen_normal => {
-                return Err((
-                    RejectReason::LinkEscapes,
-                    format!("symlink target {s:?} has '..' after a normal component"),
-                ));
-            }
-            ".." => {
-                ups += 1;
-                if ups > link_dir_depth {
-                    return Err((
-                        RejectReason::LinkEscapes,
-                        format!("symlink target {s:?} leaves the extraction root"),
-                    ));
-                }
-            }
-            c if c.len() > NAME_MAX => {
-                return Err((
-                    RejectReason::InvalidPath,
-                    format!("a symlink target component is longer than {NAME_MAX} bytes"),
-                ));
-            }
-            _ => seen_normal = true,
-        }
-    }
-    Ok(s.to_string())
+    Ok(())
 }
 
-/// The keys of a PAX extended header that CrowNest honours.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct Pax {
-    /// `path`.
-    pub(super) path: Option<Vec<u8>>,
-    /// `linkpath`.
-    pub(super) linkpath: Option<Vec<u8>>,
-    /// `size`.
-    pub(super) size: Option<u64>,
-    /// Any `GNU.sparse.*` key (sparse files are refused).
-    pub(super) sparse: bool,
+/// Refuses a file of `size` bytes over `max_entry_bytes`, or making the files' total (so
+/// far `total`) over `max_total_bytes`; returns the new total. Checked from the header,
+/// before any data is read or written.
+pub(super) fn check_file_size(
+    size: u64,
+    total: u64,
+    policy: &ExtractPolicy,
+) -> Result<u64, Refusal> {
+    if size > policy.max_entry_bytes {
+        return Err((
+            RejectReason::TooManyBytes,
+            format!(
+                "{size} bytes, over the per-entry limit of {}",
+                policy.max_entry_bytes
+            ),
+        ));
+    }
+    let total = total.saturating_add(size);
+    if total > policy.max_total_bytes {
+        return Err((
+            RejectReason::TooManyBytes,
+            format!(
+                "more than {} extracted bytes in total",
+                policy.max_total_bytes
+            ),
+        ));
+    }
+    Ok(total)
 }
 
-/// Parses PAX records (`"<len> <key>=<value>\n"`) strictly; a malformed record is an error.
-pub(super) fn parse_pax(mut data: &[u8]) -> Result<Pax, String> {
-    let mut pax = Pax::default();
-    while !data.is_empty() {
-        if data.iter().all(|b| *b == 0) {
-            break;
-        }
-        let sp = data
-            .iter()
-            .position(|b| *b == b' ')
-            .ok_or("PAX record without a length")?;
-        let len: usize = std::str::from_utf8(&data[..sp])
-            .ok()
-            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|l| l.parse().ok())
-            .ok_or("PAX record with an invalid length")?;
-        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err("PAX record length does not match its contents".into());
-        }
-        let record = &data[sp + 1..len - 1];
-        let eq = record
-            .iter()
-            .position(|b| *b == b'=')
-            .ok_or("PAX record without '='")?;
-        let (key, value) = (&record[..eq], &record[eq + 1..]);
-        match key {
-            b"path" => pax.path = Some(value.to_vec()),
-            b"linkpath" => pax.linkpath = Some(value.to_vec()),
-            b"size" => {
-                let size = std::str::from_utf8(value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("PAX size is not a decimal number")?;
-                pax.size = Some(size);
-            }
-            k if k.starts_with(b"GNU.sparse.") => pax.sparse = true,
-            _ => {}
-        }
-        data = &data[len..];
+/// Refuses an archive whose entries ended where the inflated stream ended (`inflated`
+/// equals `end_of_entries`): the end-of-archive marker is missing.
+pub(super) fn check_end_marker(inflated: u64, end_of_entries: u64) -> Result<(), Refusal> {
+    if inflated == end_of_entries {
+        return Err((
+            RejectReason::Corrupt,
+            "truncated archive: the tar end-of-archive marker is missing".into(),
+        ));
     }
-    Ok(pax)
+    Ok(())
 }
 
-/// What placing an entry in the tree means for the writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Placement {
-    /// A new path; the listed ancestor directories are implied and must be made first.
-    New {
-        /// Implied ancestors not seen before, top-down, as the byte length of their path
-        /// within the entry path (the ancestor is `&path[..n]`).
-        implied_dirs: Vec<usize>,
-    },
-    /// A directory seen before (explicitly or implied): only its mode changes.
-    RepeatDir,
-    /// A regular file replacing an earlier regular file or hardlink at the same path (the
-    /// earlier one is unlinked first, as GNU tar does).
-    ReplaceFile,
+/// Checks `chunk`, read after the end-of-archive marker once `padding` bytes were: only
+/// zeros, at most [`MAX_PADDING`] in all. Returns the new padding total.
+pub(super) fn check_padding(chunk: &[u8], padding: u64) -> Result<u64, Refusal> {
+    if chunk.iter().any(|b| *b != 0) {
+        return Err((
+            RejectReason::TrailingData,
+            "data after the tar end-of-archive marker".into(),
+        ));
+    }
+    let padding = padding + chunk.len() as u64;
+    if padding > MAX_PADDING {
+        return Err((
+            RejectReason::TrailingData,
+            format!("more than {MAX_PADDING} bytes of padding after the tar end-of-archive marker"),
+        ));
+    }
+    Ok(padding)
 }
 
-/// A node of the [`Tree`]: its id (the parent part of its children's keys) and its kind.
-#[derive(Debug, Clone, Copy)]
-struct Node {
-    id: u64,
-    kind: Kind,
+/// Refuses bytes after the gzip member (`rest`: what follows it): a second member is
+/// trailing data too.
+pub(super) fn check_gzip_end(rest: &[u8]) -> Result<(), Refusal> {
+    if !rest.is_empty() {
+        return Err((
+            RejectReason::TrailingData,
+            "bytes follow the end of the gzip stream".into(),
+        ));
+    }
+    Ok(())
 }
 
-/// The id of the extraction root, the parent of the top-level entries.
-const ROOT: u64 = 0;
-
-/// The lexical model of the tree the archive has built so far, and the two budgets every
-/// node of it is charged to: entries and path bytes. Invariant: every ancestor of a node is
-/// a [`Kind::Dir`] node.
-///
-/// A trie of path components: a node is keyed by its parent's id and its own component,
-/// never by its whole path, so memory is O(nodes + component bytes) however deep the
-/// paths are. Nodes are bounded by `max_entries` (implied directories count) and the
-/// component bytes by `max_path_bytes`, so the model's memory is bounded by the limits.
-#[derive(Debug)]
-pub(super) struct Tree {
-    /// (parent id, component) → node. Key bytes: the parent id (8 bytes, little endian)
-    /// followed by the component.
-    edges: HashMap<Box<[u8]>, Node>,
-    /// The last id handed out ([`ROOT`] is never handed out).
-    last_id: u64,
-    /// Entries so far: every entry of the archive (repeats included) and every directory
-    /// implied by a deeper path.
-    entries: u64,
-    /// Bytes of the normalized paths of those entries.
-    path_bytes: u64,
-    max_entries: u64,
-    max_path_bytes: u64,
-}
-
-/// The key of the edge from `parent` to its child `name`, built in `key`.
-fn edge_key<'k>(key: &'k mut Vec<u8>, parent: u64, name: &str) -> &'k [u8] {
-    key.clear();
-    key.extend_from_slice(&parent.to_le_bytes());
-    key.extend_from_slice(name.as_bytes());
-    key
-}
-
-impl Tree {
-    /// An empty tree (only the root) with the budgets of `policy`.
-    pub(super) fn new(policy: &ExtractPolicy) -> Self {
-        Self {
-            edges: HashMap::new(),
-            last_id: ROOT,
-            entries: 0,
-            path_bytes: 0,
-            max_entries: policy.max_entries,
-            max_path_bytes: policy.max_path_bytes,
+/// The refusal a write error stands for when the confined directory handle refused to
+/// resolve through a symlink or out of the root (`ELOOP`, `EXDEV`): the lexical policy
+/// should have caught it first, but the kernel is the last word. `None`: a plain I/O error.
+pub(super) fn kernel_refusal(e: &io::Error) -> Option<Refusal> {
+    match e.raw_os_error() {
+        Some(code)
+            if code == rustix::io::Errno::LOOP.raw_os_error()
+                || code == rustix::io::Errno::XDEV.raw_os_error() =>
+        {
+            Some((
+                RejectReason::ThroughSymlink,
+                format!("the confined directory handle refused the path: {e}"),
+            ))
         }
-    }
-
-    /// Entries counted so far (implied directories included).
-    pub(super) fn entries(&self) -> u64 {
-        self.entries
-    }
-
-    /// Counts one entry of the archive, before its path is looked at, refusing it over
-    /// `max_entries` ([`RejectReason::TooManyEntries`]).
-    pub(super) fn count_entry(&mut self) -> Result<(), Refusal> {
-        let entries = self.entries.saturating_add(1);
-        if entries > self.max_entries {
-            return Err((
-                RejectReason::TooManyEntries,
-                format!(
-                    "more than {} entries (directories implied by deeper paths count as entries)",
-                    self.max_entries
-                ),
-            ));
-        }
-        self.entries = entries;
-        Ok(())
-    }
-
-    /// The kind at a normalized path, if any.
-    pub(super) fn get(&self, path: &str) -> Option<Kind> {
-        let mut key = Vec::with_capacity(8 + NAME_MAX);
-        let mut node = Node {
-            id: ROOT,
-            kind: Kind::Dir,
-        };
-        for name in path.split('/') {
-            if node.kind != Kind::Dir {
-                return None;
-            }
-            node = *self.edges.get(edge_key(&mut key, node.id, name))?;
-        }
-        Some(node.kind)
-    }
-
-    /// Places an entry of `kind` at the normalized, non-empty `path` (already counted by
-    /// [`Tree::count_entry`]), refusing paths through symlinks
-    /// ([`RejectReason::ThroughSymlink`]), paths through regular files and kind changes
-    /// ([`RejectReason::DuplicateEntry`]), then the directories it implies over
-    /// `max_entries` ([`RejectReason::TooManyEntries`]) and its path bytes, with those of
-    /// the directories it implies, over `max_path_bytes`
-    /// ([`RejectReason::TooManyPathBytes`]). A refused entry leaves the tree unchanged.
-    pub(super) fn place(&mut self, path: &str, kind: Kind) -> Result<Placement, Refusal> {
-        let mut key = Vec::with_capacity(8 + NAME_MAX);
-        // The deepest existing ancestor; once one is missing, every deeper one is too.
-        let mut parent = ROOT;
-        let mut implied: Vec<usize> = Vec::new();
-        let mut start = 0;
-        for (end, _) in path.match_indices('/') {
-            if implied.is_empty() {
-                match self
-                    .edges
-                    .get(edge_key(&mut key, parent, &path[start..end]))
-                {
-                    Some(Node {
-                        id,
-                        kind: Kind::Dir,
-                    }) => parent = *id,
-                    Some(Node {
-                        kind: Kind::Symlink,
-                        ..
-                    }) => {
-                        return Err((
-                            RejectReason::ThroughSymlink,
-                            format!("{:?} is a symlink earlier in the archive", &path[..end]),
-                        ));
-                    }
-                    Some(Node { kind, .. }) => {
-                        return Err((
-                            RejectReason::DuplicateEntry,
-                            format!(
-                                "{:?} is a {} earlier in the archive",
-                                &path[..end],
-                                kind.name()
-                            ),
-                        ));
-                    }
-                    None => implied.push(end),
-                }
-            } else {
-                implied.push(end);
-            }
-            start = end + 1;
-        }
-        let name = &path[start..];
-        let existing = if implied.is_empty() {
-            self.edges
-                .get(edge_key(&mut key, parent, name))
-                .map(|n| n.kind)
-        } else {
-            None
-        };
-        let placement = match (existing, kind) {
-            (None, _) => Placement::New {
-                implied_dirs: implied,
-            },
-            (Some(Kind::Dir), Kind::Dir) => Placement::RepeatDir,
-            (Some(Kind::File | Kind::Hardlink), Kind::File) => Placement::ReplaceFile,
-            (Some(old), new) => {
-                return Err((
-                    RejectReason::DuplicateEntry,
-                    format!(
-                        "a {} replaces a {} at the same path",
-                        new.name(),
-                        old.name()
-                    ),
-                ));
-            }
-        };
-        let implied: &[usize] = match &placement {
-            Placement::New { implied_dirs } => implied_dirs,
-            _ => &[],
-        };
-        self.charge(path, implied)?;
-        for &end in implied {
-            let from = path[..end].rfind('/').map_or(0, |i| i + 1);
-            parent = self.insert(parent, &path[from..end], Kind::Dir, &mut key);
-        }
-        self.insert(parent, name, kind, &mut key);
-        Ok(placement)
-    }
-
-    /// Charges an entry at `path` and the directories it implies (prefixes of `path`) to
-    /// the budgets.
-    fn charge(&mut self, path: &str, implied: &[usize]) -> Result<(), Refusal> {
-        let entries = self.entries.saturating_add(implied.len() as u64);
-        if entries > self.max_entries {
-            return Err((
-                RejectReason::TooManyEntries,
-                format!(
-                    "the entry implies {} new directories, making {entries} entries, over the limit of {} (directories implied by deeper paths count as entries)",
-                    implied.len(),
-                    self.max_entries
-                ),
-            ));
-        }
-        let bytes = implied
-            .iter()
-            .fold(path.len() as u64, |sum, &n| sum.saturating_add(n as u64));
-        let path_bytes = self.path_bytes.saturating_add(bytes);
-        if path_bytes > self.max_path_bytes {
-            return Err((
-                RejectReason::TooManyPathBytes,
-                format!(
-                    "the entry paths add up to {path_bytes} bytes with this one ({bytes} bytes, the paths of the directories it implies included), over the limit of {}",
-                    self.max_path_bytes
-                ),
-            ));
-        }
-        self.entries = entries;
-        self.path_bytes = path_bytes;
-        Ok(())
-    }
-
-    /// Sets the node `name` under `parent` to `kind` (a new node, or a new kind for an
-    /// existing one) and returns its id.
-    fn insert(&mut self, parent: u64, name: &str, kind: Kind, key: &mut Vec<u8>) -> u64 {
-        if let Some(node) = self.edges.get_mut(edge_key(key, parent, name)) {
-            node.kind = kind;
-            return node.id;
-        }
-        self.last_id += 1;
-        let id = self.last_id;
-        self.edges.insert(key.as_slice().into(), Node { id, kind });
-        id
+        _ => None,
     }
 }
 
@@ -513,134 +338,174 @@ mod tests {
         ExtractPolicy::default()
     }
 
+    fn reason<T: std::fmt::Debug>(r: Result<T, Refusal>) -> RejectReason {
+        r.unwrap_err().0
+    }
+
     #[test]
-    fn normalizes_and_refuses_paths() {
-        assert_eq!(normalize_entry_path(b"./a//b/", &p()).unwrap(), "a/b");
-        assert_eq!(normalize_entry_path(b"./", &p()).unwrap(), "");
-        let r = |b: &[u8]| normalize_entry_path(b, &p()).unwrap_err().0;
-        assert_eq!(r(b"/etc/passwd"), RejectReason::AbsolutePath);
-        assert_eq!(r(b"a/../../x"), RejectReason::ParentTraversal);
-        assert_eq!(r(b"a\\b"), RejectReason::InvalidPath);
-        assert_eq!(r(b"a\nb"), RejectReason::InvalidPath);
-        assert_eq!(r(b"\xff"), RejectReason::InvalidPath);
-        assert_eq!(r(&[b'a'; 256]), RejectReason::InvalidPath);
-        let mut pol = p();
-        pol.max_depth = 2;
+    fn stream_limits() {
+        assert!(check_declared_size(10, None).is_ok());
+        assert!(check_declared_size(10, Some(10)).is_ok());
         assert_eq!(
-            normalize_entry_path(b"a/b/c", &pol).unwrap_err().0,
-            RejectReason::InvalidPath
+            reason(check_declared_size(11, Some(10))),
+            RejectReason::SizeMismatch
+        );
+        let pol = ExtractPolicy {
+            max_ratio: 10,
+            ratio_grace_bytes: 100,
+            ..p()
+        };
+        // Within the grace any ratio passes; after it, the ratio counts.
+        assert!(check_ratio(100, 1, &pol).is_ok());
+        assert!(check_ratio(101, 11, &pol).is_ok());
+        assert_eq!(
+            reason(check_ratio(101, 10, &pol)),
+            RejectReason::CompressionRatio
         );
     }
 
     #[test]
-    fn symlink_targets() {
-        let ok = |l: &str, t: &str| check_symlink_target(l, t.as_bytes(), &p()).is_ok();
-        assert!(ok("a/l", "../b"));
-        assert!(ok("a/l", "b/c"));
-        assert!(ok("a/l", ".."));
-        assert!(!ok("l", "../x"));
-        assert!(!ok("a/l", "../../x"));
-        assert!(!ok("a/l", "/etc"));
-        assert!(!ok("a/l", "b/../../x"));
-        assert!(!ok("a/l", "b/.."));
-    }
-
-    #[test]
-    fn tree_rules() {
-        let mut t = Tree::new(&p());
+    fn metadata_records() {
+        let pol = ExtractPolicy {
+            max_entries: 2,
+            max_metadata_bytes: 10,
+            ..p()
+        };
+        assert!(check_metadata_count(8, &pol).is_ok());
         assert_eq!(
-            t.place("a/b/f", Kind::File).unwrap(),
-            Placement::New {
-                implied_dirs: vec![1, 3]
-            }
-        );
-        assert_eq!(t.get("a"), Some(Kind::Dir));
-        assert_eq!(t.get("a/b"), Some(Kind::Dir));
-        assert_eq!(t.get("a/b/f"), Some(Kind::File));
-        assert_eq!(t.get("b"), None);
-        assert_eq!(t.place("a/b", Kind::Dir).unwrap(), Placement::RepeatDir);
-        assert_eq!(
-            t.place("a/b/f", Kind::File).unwrap(),
-            Placement::ReplaceFile
-        );
-        assert_eq!(
-            t.place("a/b/f", Kind::Dir).unwrap_err().0,
-            RejectReason::DuplicateEntry
-        );
-        t.place("a/l", Kind::Symlink).unwrap();
-        assert_eq!(
-            t.place("a/l/x/y", Kind::File).unwrap_err().0,
-            RejectReason::ThroughSymlink
-        );
-        assert_eq!(
-            t.place("a/b/f/x", Kind::File).unwrap_err().0,
-            RejectReason::DuplicateEntry
-        );
-        assert_eq!(t.get("a/l/x"), None);
-        // A hardlink replaced by a regular file becomes a regular file.
-        t.place("h", Kind::Hardlink).unwrap();
-        assert_eq!(t.place("h", Kind::File).unwrap(), Placement::ReplaceFile);
-        assert_eq!(t.get("h"), Some(Kind::File));
-    }
-
-    #[test]
-    fn implied_directories_are_charged_like_entries() {
-        let mut pol = p();
-        pol.max_entries = 4;
-        // "a", "a/b" and "a/b/c" would cost 1 + 3 + 5 bytes as entries; the file 7.
-        pol.max_path_bytes = 16;
-        let mut t = Tree::new(&pol);
-        t.count_entry().unwrap();
-        t.place("a/b/c/f", Kind::File).unwrap();
-        assert_eq!(t.entries(), 4);
-        // One more entry of any kind is over the entry limit, before its path is read.
-        assert_eq!(t.count_entry().unwrap_err().0, RejectReason::TooManyEntries);
-
-        let mut t = Tree::new(&pol);
-        t.count_entry().unwrap();
-        t.place("a/f", Kind::File).unwrap(); // 2 entries, 1 + 3 bytes
-        t.count_entry().unwrap();
-        // 2 more implied directories: 5 entries.
-        assert_eq!(
-            t.place("x/y/f", Kind::File).unwrap_err().0,
+            reason(check_metadata_count(9, &pol)),
             RejectReason::TooManyEntries
         );
-        // The refused entry left nothing behind.
-        assert_eq!(t.get("x"), None);
-        assert_eq!(t.entries(), 3);
-        // A repeat costs its path bytes again.
-        assert_eq!(t.path_bytes, 4);
-        t.place("a/f", Kind::File).unwrap();
-        assert_eq!(t.path_bytes, 7);
-        let mut t2 = Tree::new(&pol);
-        t2.count_entry().unwrap();
-        t2.place("abcdefghijklmnop", Kind::File).unwrap();
-        t2.count_entry().unwrap();
+        assert!(check_metadata_size(10, true, &pol).is_ok());
+        let (r, m) = check_metadata_size(11, true, &pol).unwrap_err();
+        assert_eq!(r, RejectReason::MetadataTooLarge);
+        assert!(m.contains("GNU long name"), "{m}");
+        assert!(
+            check_metadata_size(11, false, &pol)
+                .unwrap_err()
+                .1
+                .contains("PAX")
+        );
+        assert!(check_metadata_once(false).is_ok());
+        assert_eq!(reason(check_metadata_once(true)), RejectReason::Corrupt);
+        assert!(check_pax_global(false).is_ok());
+        assert_eq!(reason(check_pax_global(true)), RejectReason::Corrupt);
+        assert!(check_no_orphan_metadata(false).is_ok());
         assert_eq!(
-            t2.place("q", Kind::File).unwrap_err().0,
-            RejectReason::TooManyPathBytes
+            reason(check_no_orphan_metadata(true)),
+            RejectReason::Corrupt
         );
     }
 
     #[test]
-    fn tree_memory_does_not_grow_with_path_length() {
-        // 64 levels of 60-byte components: each node keeps its own component only.
-        let name = "c".repeat(60);
-        let path = vec![name.as_str(); 64].join("/");
-        let mut t = Tree::new(&p());
-        t.count_entry().unwrap();
-        t.place(&path, Kind::File).unwrap();
-        let stored: usize = t.edges.keys().map(|k| k.len()).sum();
-        assert_eq!(stored, 64 * (8 + 60));
-        assert_eq!(t.path_bytes, (1..=64).map(|d| d * 61 - 1).sum::<u64>());
+    fn entry_kinds() {
+        let k = |ty, sparse, path: &[u8]| entry_kind(ty, sparse, path);
+        assert_eq!(k(EntryType::Regular, false, b"a").unwrap(), Kind::File);
+        assert_eq!(k(EntryType::Continuous, false, b"a").unwrap(), Kind::File);
+        assert_eq!(k(EntryType::Regular, false, b"a/").unwrap(), Kind::Dir);
+        assert_eq!(k(EntryType::Directory, false, b"a").unwrap(), Kind::Dir);
+        assert_eq!(k(EntryType::Symlink, false, b"a").unwrap(), Kind::Symlink);
+        assert_eq!(k(EntryType::Link, false, b"a").unwrap(), Kind::Hardlink);
+        for ty in [
+            EntryType::Char,
+            EntryType::Block,
+            EntryType::Fifo,
+            EntryType::GNUSparse,
+            EntryType::new(b'Z'),
+        ] {
+            assert_eq!(
+                reason(k(ty, false, b"a")),
+                RejectReason::SpecialFile,
+                "{ty:?}"
+            );
+        }
+        // A PAX header with GNU.sparse.* keys makes any entry sparse.
+        assert_eq!(
+            reason(k(EntryType::Regular, true, b"a")),
+            RejectReason::SpecialFile
+        );
+        assert!(check_pax_size(None, 5).is_ok());
+        assert!(check_pax_size(Some(5), 5).is_ok());
+        assert_eq!(reason(check_pax_size(Some(6), 5)), RejectReason::Corrupt);
     }
 
     #[test]
-    fn pax_records() {
-        let pax = parse_pax(b"16 path=abc/def\n13 size=1234\n").unwrap();
-        assert_eq!(pax.path.as_deref(), Some(&b"abc/def"[..]));
-        assert_eq!(pax.size, Some(1234));
-        assert!(parse_pax(b"99 path=x\n").is_err());
-        assert!(parse_pax(b"x").is_err());
+    fn modes() {
+        assert_eq!(entry_mode(0o107_755), 0o755);
+        assert_eq!(entry_mode(0o4755), 0o755);
+        assert_eq!(dir_mode(0o000), 0o700);
+        assert_eq!(dir_mode(0o555), 0o755);
+        assert_eq!(root_mode(Kind::Dir, 0o500).unwrap(), 0o700);
+        assert_eq!(
+            reason(root_mode(Kind::File, 0o644)),
+            RejectReason::InvalidPath
+        );
+        assert_eq!(IMPLIED_DIR_MODE & 0o700, 0o700);
+        assert_eq!(ROOT_MODE & 0o700, 0o700);
+    }
+
+    #[test]
+    fn hardlink_targets_and_sizes() {
+        assert!(check_hardlink_target("f", Some(Kind::File)).is_ok());
+        assert!(check_hardlink_target("f", Some(Kind::Hardlink)).is_ok());
+        for found in [None, Some(Kind::Dir), Some(Kind::Symlink)] {
+            assert_eq!(
+                reason(check_hardlink_target("f", found)),
+                RejectReason::LinkEscapes
+            );
+        }
+        let pol = ExtractPolicy {
+            max_entry_bytes: 10,
+            max_total_bytes: 15,
+            ..p()
+        };
+        assert_eq!(check_file_size(10, 0, &pol).unwrap(), 10);
+        assert_eq!(
+            reason(check_file_size(11, 0, &pol)),
+            RejectReason::TooManyBytes
+        );
+        assert_eq!(check_file_size(5, 10, &pol).unwrap(), 15);
+        assert_eq!(
+            reason(check_file_size(6, 10, &pol)),
+            RejectReason::TooManyBytes
+        );
+        assert_eq!(
+            reason(check_file_size(1, u64::MAX, &pol)),
+            RejectReason::TooManyBytes
+        );
+    }
+
+    #[test]
+    fn end_of_archive() {
+        assert!(check_end_marker(1024, 512).is_ok());
+        assert_eq!(reason(check_end_marker(512, 512)), RejectReason::Corrupt);
+        assert_eq!(check_padding(&[0; 100], 0).unwrap(), 100);
+        assert_eq!(
+            reason(check_padding(&[0, 1], 0)),
+            RejectReason::TrailingData
+        );
+        assert_eq!(
+            check_padding(&[0; 10], MAX_PADDING - 10).unwrap(),
+            MAX_PADDING
+        );
+        assert_eq!(
+            reason(check_padding(&[0; 11], MAX_PADDING - 10)),
+            RejectReason::TrailingData
+        );
+        assert!(check_gzip_end(b"").is_ok());
+        assert_eq!(reason(check_gzip_end(b"\x1f")), RejectReason::TrailingData);
+    }
+
+    #[test]
+    fn kernel_refusals() {
+        let e = |code: rustix::io::Errno| io::Error::from_raw_os_error(code.raw_os_error());
+        for code in [rustix::io::Errno::LOOP, rustix::io::Errno::XDEV] {
+            assert_eq!(
+                kernel_refusal(&e(code)).unwrap().0,
+                RejectReason::ThroughSymlink
+            );
+        }
+        assert!(kernel_refusal(&e(rustix::io::Errno::NOSPC)).is_none());
+        assert!(kernel_refusal(&io::Error::other("x")).is_none());
     }
 }
