@@ -237,7 +237,7 @@ async fn containers_carry_the_hardened_config_and_labels() {
     assert_eq!(run.len(), 1, "one run container: {after:?}");
     assert_hardened(&b, run[0], sb.id()).await;
     let iso = sb.isolation();
-    assert_eq!(iso.network, "none");
+    assert_eq!(iso.network, crownest_core::NetworkIsolation::None);
     assert_eq!(iso.pids, Some(77));
     assert_eq!(iso.user.as_deref(), Some("10001:10001"));
     assert!(
@@ -452,7 +452,10 @@ async fn network_enabled_is_only_used_when_asked_and_reported() {
     let sink = common::CollectSink::default();
     let out = sb.exec(&common::request(&["true"]), &sink).await.unwrap();
     assert_eq!(out.status, crownest_core::ExitStatus::Exited(0));
-    assert_eq!(sb.isolation().network, "enabled");
+    assert_eq!(
+        sb.isolation().network,
+        crownest_core::NetworkIsolation::Enabled
+    );
     let run = b.docker().inspect_container(sb.id(), None).await.unwrap();
     assert_eq!(
         run.host_config.unwrap().network_mode.as_deref(),

@@ -43,6 +43,8 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
+            // The spec is fine; this backend cannot enforce what it requires.
+            Error::NotEnforceable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidTransition { .. }
             | Error::Conflict { .. }
             | Error::NotTerminal { .. } => StatusCode::CONFLICT,
@@ -73,6 +75,15 @@ impl From<Error> for ApiError {
             }
             Error::InvalidSpec { field, .. } => {
                 out.extra.insert("field".into(), json!(field));
+            }
+            Error::NotEnforceable {
+                field,
+                capability,
+                backend,
+            } => {
+                out.extra.insert("field".into(), json!(field));
+                out.extra.insert("capability".into(), json!(capability));
+                out.extra.insert("backend".into(), json!(backend));
             }
             Error::LimitExceeded { limit, max } => {
                 out.extra.insert("limit".into(), json!(limit));

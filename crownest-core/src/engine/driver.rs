@@ -23,6 +23,7 @@ use crate::backend::{
     Destroyed, ExecOutcome, ExecRequest, ExitStatus, IsolationReport, KillSignal, Sandbox,
     SandboxBackend, SandboxSpec, TemplateIdentity,
 };
+use crate::capability;
 use crate::error::{Error, Result};
 use crate::event::{
     ArchivePhase, ArtifactErrorReason, EventKind, Failure, FailureKind, KillReason, NewEvent,
@@ -255,7 +256,7 @@ impl Driver {
             }
         };
         self.identity = Some(sandbox.identity());
-        self.isolation = Some(sandbox.isolation());
+        self.isolation = Some(self.enforced(sandbox.isolation()));
         // What the host uses, in the chain (goes out with the next commit).
         self.deferred.push(self.environment_event());
         self.record.sandbox = Some(SandboxRecord {
@@ -498,7 +499,7 @@ impl Driver {
         // What the sandbox enforced may have changed while spawning (e.g. a containment
         // fallback): record what was true for this command.
         let before = self.isolation.clone();
-        self.isolation = Some(sandbox.isolation());
+        self.isolation = Some(self.enforced(sandbox.isolation()));
         let mut events = Vec::new();
         if !outcome.survivors.is_empty() {
             let message = format!(
@@ -654,6 +655,12 @@ impl Driver {
             .await?;
         self.record = rec;
         Ok(())
+    }
+
+    /// A sandbox's report with what the run asked for and did not get (`notEnforced`).
+    fn enforced(&self, mut report: IsolationReport) -> IsolationReport {
+        report.not_enforced = capability::not_enforced(&self.record.spec.requirements(), &report);
+        report
     }
 
     /// The `environment` event: what the host uses for this run right now.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
 use crate::backend::SandboxBackend;
+use crate::capability;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, Failure, FailureKind, NewEvent, seal};
 use crate::evidence::{EvidenceBundle, EvidenceSandbox, OutputSummary, SpecRecord};
@@ -354,7 +355,12 @@ impl WorkspaceRuns {
             .backend
             .clone()
             .unwrap_or_else(|| self.inner.default_backend.clone());
-        self.backend(&backend)?;
+        // Capabilities are data: a hard requirement the backend cannot enforce is refused
+        // here, before anything is stored (`crate::capability`).
+        let capabilities = self.backend(&backend)?.capabilities();
+        if let Some(missing) = capability::unenforceable(&spec.requirements(), &capabilities) {
+            return Err(Error::not_enforceable(&missing, backend));
+        }
         let secrets = spec.secrets.clone();
         let id = RunId::new();
         let mut record =
