@@ -177,6 +177,8 @@ impl SandboxBackend for DockerBackend {
             keep_sandbox: true,
             non_root: true,
             security_boundary: true,
+            // docker-init reports a child's signal death as `128 + n`, like `exit(128 + n)`.
+            exit_signal: false,
         }
     }
 

@@ -201,6 +201,7 @@ impl SandboxBackend for ProcessBackend {
             keep_sandbox: true,
             non_root: !rustix::process::geteuid().is_root(),
             security_boundary: false,
+            exit_signal: true,
         }
     }
 

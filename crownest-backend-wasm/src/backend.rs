@@ -172,6 +172,8 @@ impl SandboxBackend for WasmBackend {
             keep_sandbox: true,
             non_root: false,
             security_boundary: true,
+            // A trap is `Signaled(6)`; a guest cannot signal itself otherwise.
+            exit_signal: true,
         }
     }
 

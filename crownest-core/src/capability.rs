@@ -52,6 +52,10 @@ pub struct Capabilities {
     pub non_root: bool,
     /// This backend is a security boundary against hostile code.
     pub security_boundary: bool,
+    /// A command that dies of a signal the sandbox did not send is reported as
+    /// `Signaled(n)`, not as the exit code `128 + n` (Docker's init cannot tell them apart).
+    #[serde(default)]
+    pub exit_signal: bool,
 }
 
 impl Capabilities {
@@ -67,6 +71,7 @@ impl Capabilities {
             Capability::KeepSandbox => self.keep_sandbox,
             Capability::NonRoot => self.non_root,
             Capability::SecurityBoundary => self.security_boundary,
+            Capability::ExitSignal => self.exit_signal,
         }
     }
 }
@@ -94,6 +99,8 @@ pub enum Capability {
     NonRoot,
     /// [`Capabilities::security_boundary`].
     SecurityBoundary,
+    /// [`Capabilities::exit_signal`].
+    ExitSignal,
 }
 
 impl Capability {
@@ -109,6 +116,7 @@ impl Capability {
             Self::KeepSandbox => "keep_sandbox",
             Self::NonRoot => "non_root",
             Self::SecurityBoundary => "security_boundary",
+            Self::ExitSignal => "exit_signal",
         }
     }
 

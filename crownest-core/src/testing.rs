@@ -146,6 +146,7 @@ impl SandboxBackend for FakeBackend {
             keep_sandbox: true,
             non_root: true,
             security_boundary: false,
+            exit_signal: true,
         }
     }
 

@@ -74,7 +74,7 @@ macro_rules! backend_conformance {
             unknown_template_is_invalid_spec: [],
             materialize_extracts_the_archive: [],
             exit_codes_pass_through: [],
-            a_signal_death_is_signaled: [program die_by_sigterm],
+            a_signal_death_is_signaled: [cap ExitSignal, program die_by_sigterm],
             unknown_program_is_spawn_failed: [],
             a_bad_cwd_is_spawn_failed: [],
             env_is_exactly_the_spec: [],

@@ -149,7 +149,9 @@ pub async fn exec_calls_started_once_before_any_output(h: BackendHarness) {
     );
     assert_eq!(sink.text(OutputStream::Stdout), "out-1\n");
     assert_eq!(sink.text(OutputStream::Stderr), "err-1\n");
-    // A command that cannot start does not call started().
+    sandbox.destroy().await.unwrap();
+    // A command that cannot start does not call started() (a sandbox runs one command).
+    let sandbox = h.sandbox_with(sample_archive()).await;
     let sink = RecordingSink::default();
     let out = sandbox
         .exec(&ExecRequest::new(["crownest-no-such-program-xyz"]), &sink)
