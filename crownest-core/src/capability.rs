@@ -211,6 +211,12 @@ impl PartialEq<&str> for ProcessContainment {
     }
 }
 
+impl PartialEq<ProcessContainment> for &str {
+    fn eq(&self, other: &ProcessContainment) -> bool {
+        *self == other.as_str()
+    }
+}
+
 impl Serialize for ProcessContainment {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
