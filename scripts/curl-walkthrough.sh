@@ -33,8 +33,10 @@ fail() {
 }
 
 export TOKEN="walkthrough-token"
-env -u CROWNEST_SERVER -u CROWNEST_TOKEN "$BIN" --home "$work/home" \
-  serve --listen 127.0.0.1:0 --token "$TOKEN" 2>"$work/serve.log" &
+# The token through the environment (argv is visible to every user); the process backend
+# named explicitly (a server offers host processes only when told to).
+env -u CROWNEST_SERVER CROWNEST_TOKEN="$TOKEN" "$BIN" --home "$work/home" \
+  serve --listen 127.0.0.1:0 --backends process 2>"$work/serve.log" &
 server_pid=$!
 for _ in $(seq 1 300); do
   grep -q '^listening on ' "$work/serve.log" 2>/dev/null && break

@@ -19,15 +19,13 @@ pub(crate) struct Cli {
     /// instead of the local store, e.g. http://127.0.0.1:7700.
     #[arg(long, global = true, value_name = "URL", env = "CROWNEST_SERVER")]
     pub(crate) server: Option<String>,
-    /// Bearer token: the one `--server` requires, or the one `serve` requires of its clients.
-    #[arg(
-        long,
-        global = true,
-        value_name = "T",
-        env = "CROWNEST_TOKEN",
-        hide_env_values = true
-    )]
+    /// Bearer token: the one `--server` sends, or the admin token `serve` accepts.
+    /// Discouraged: every user sees argv (`ps`); prefer $CROWNEST_TOKEN or --token-file.
+    #[arg(long, global = true, value_name = "T", conflicts_with = "token_file")]
     pub(crate) token: Option<String>,
+    /// Read the bearer token from FILE (its first line) [default: $CROWNEST_TOKEN].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -35,13 +33,15 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run COMMAND on SOURCE (a .tar.gz/.tgz, or a directory packed deterministically).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List runs, newest first.
     Runs(RunsArgs),
     /// Print one run's record as JSON.
     Show(RunRef),
     /// Print a run's events as JSON lines.
     Events(EventsArgs),
+    /// Print the raw bytes of a run's output streams (stdout to stdout, stderr to stderr).
+    Logs(LogsArgs),
     /// Print a run's Evidence Bundle (JSON).
     Evidence(EvidenceArgs),
     /// Verify a run's event chain and artifact digests (stored, or offline from files).
@@ -63,6 +63,39 @@ pub(crate) enum Command {
     /// Collect garbage in --home once: expire runs idle in awaiting_archive past their TTL,
     /// discard unusable staged transfers, delete unreferenced blobs and stale temp files.
     Gc(GcArgs),
+    /// Manage the tokens a `serve` accepts (a tokens file of sha256 hashes with scopes).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `token`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint a token, print it once on stdout, and append its hash and scopes to the file.
+    Add(TokenAddArgs),
+    /// List the tokens of the file: name and scopes (the tokens themselves are not kept).
+    List(TokenListArgs),
+}
+
+/// `token add`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenAddArgs {
+    /// A name for the token ([A-Za-z0-9._-], unique in the file).
+    pub(crate) name: String,
+    /// What it may do: read, submit, admin (comma-separated).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', required = true)]
+    pub(crate) scopes: Vec<String>,
+    /// The tokens file [default: <home>/tokens.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens: Option<PathBuf>,
+}
+
+/// `token list`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenListArgs {
+    /// The tokens file [default: <home>/tokens.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens: Option<PathBuf>,
 }
 
 /// `gc`.
@@ -89,6 +122,23 @@ pub(crate) struct ServeArgs {
     /// End runs still in awaiting_archive this long after their creation [default: 24h].
     #[arg(long, value_name = "TTL", value_parser = parse_duration)]
     pub(crate) awaiting_archive_ttl: Option<Duration>,
+    /// The backends clients may choose, comma-separated; the first is the default for a
+    /// run that names none [default: every usable backend but process]. `process` runs
+    /// commands as host processes of this server's user: it is offered only when named.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) backends: Option<Vec<String>>,
+    /// Tokens with scopes (JSON lines of name, sha256, scopes; see `crownest token add`)
+    /// [default: <home>/tokens.jsonl when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens: Option<PathBuf>,
+    /// Runs executing at once; more wait in `queued` [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_concurrent_runs: Option<u32>,
+    /// Lower (or raise) the most a run may ask for, one limit of the `limits` object each,
+    /// e.g. --max timeoutMs=1800000 --max memoryBytes=4294967296; repeatable. A default
+    /// above the new maximum is lowered to it.
+    #[arg(long = "max", value_name = "LIMIT=N")]
+    pub(crate) max: Vec<String>,
 }
 
 /// `run`.
@@ -145,6 +195,33 @@ pub(crate) struct RunArgs {
     /// and values are any UTF-8 text.
     #[arg(long = "label", value_name = "K=V")]
     pub(crate) labels: Vec<String>,
+    /// Network access for the command: none (default) or enabled.
+    #[arg(long, value_name = "MODE", value_parser = ["none", "enabled"])]
+    pub(crate) network: Option<String>,
+    /// Creating twice with this key returns the first run (a retried `run` does not run
+    /// the command twice).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) idempotency_key: Option<String>,
+    /// Memory limit of the command, e.g. 512M, 2G (bytes without a suffix).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) memory: Option<u64>,
+    /// Stored output per stream, e.g. 1M; more is dropped (counted and digested).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) output_limit: Option<u64>,
+    /// Most processes the command may have.
+    #[arg(long, value_name = "N")]
+    pub(crate) pids: Option<u64>,
+    /// Exit with the command's own exit code (as `docker run` does) instead of 1 for a
+    /// failed run; a command killed by a signal exits 128 + the signal.
+    #[arg(long)]
+    pub(crate) propagate_exit_code: bool,
+    /// Print the run id and return once the run is started; the run goes on (with
+    /// `--server`, on the server; locally, in a background `crownest` process).
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) detach: bool,
+    /// Internal: write the run id to this file once it exists (used by --detach).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub(crate) report_id_to: Option<PathBuf>,
     /// The command (argv) to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
@@ -227,6 +304,22 @@ pub(crate) struct VerifyArgs {
     pub(crate) public_key: Option<String>,
 }
 
+/// `logs`.
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The run id.
+    pub(crate) run: String,
+    /// Only standard output.
+    #[arg(long, conflicts_with = "stderr")]
+    pub(crate) stdout: bool,
+    /// Only standard error (printed to stdout, so it can be piped).
+    #[arg(long)]
+    pub(crate) stderr: bool,
+    /// Keep printing output as it comes until the run ends.
+    #[arg(long)]
+    pub(crate) follow: bool,
+}
+
 /// `host-key`.
 #[derive(Debug, Args)]
 pub(crate) struct HostKeyArgs {
@@ -257,30 +350,55 @@ pub(crate) struct DoctorArgs {
 /// `30s`, `500ms`, `2m`, `1h`, `1d`; a bare number is seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    // One number and a unit (`30s`, `1.5s`, `500ms`, a bare number of seconds), or any
+    // humantime duration (`1h30m`, `2m 5s`).
+    let d = match simple_duration(s) {
+        Some(d) => d,
+        None => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like 30s, 500ms, 2m or 1h30m: {e}"))?,
+    };
+    if d < Duration::from_millis(1) || d > Duration::from_secs(1_000_000_000) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(d)
+}
+
+fn simple_duration(s: &str) -> Option<Duration> {
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms, 2m or 1h"))?;
+    let value: f64 = num.parse().ok()?;
     let factor_ms = match unit.trim() {
         "ms" => 1.0,
         "" | "s" | "sec" | "secs" => 1_000.0,
         "m" | "min" | "mins" => 60_000.0,
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} (use ms, s, m, h or d)"
-            ));
-        }
+        _ => return None,
     };
     let ms = value * factor_ms;
-    if !ms.is_finite() || !(1.0..=1e15).contains(&ms) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_millis(ms.round() as u64))
+    (ms.is_finite() && (0.0..=1e15).contains(&ms)).then(|| Duration::from_millis(ms.round() as u64))
+}
+
+/// `512M`, `2G`, `64K`, `1000` (bytes): binary units (K = 1024).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 #[cfg(test)]
@@ -295,6 +413,12 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2m 5s"), Ok(Duration::from_secs(125)));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("12 parsecs").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("3 fortnights").is_err());
         assert!(parse_duration("s").is_err());

@@ -113,6 +113,7 @@ impl Connection {
                     status,
                     limit,
                     before: None,
+                    ..Default::default()
                 })
                 .await
             }

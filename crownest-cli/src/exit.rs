@@ -23,6 +23,8 @@ pub(crate) enum Exit {
     Rejected,
     /// 130.
     Canceled,
+    /// The command's own exit code (`run --propagate-exit-code`).
+    Code(u8),
 }
 
 impl From<Exit> for ExitCode {
@@ -32,6 +34,7 @@ impl From<Exit> for ExitCode {
             Exit::Failure => 1,
             Exit::Rejected => 2,
             Exit::Canceled => 130,
+            Exit::Code(c) => c,
         })
     }
 }
@@ -64,6 +67,9 @@ pub(crate) fn is_rejection(e: &Error) -> bool {
             | Error::ArchiveRejected { .. }
             | Error::LimitExceeded { .. }
             | Error::NotTerminal { .. }
+            | Error::IdempotencyKeyReused { .. }
+            | Error::ChunkRejected { .. }
+            | Error::TransferIncomplete { .. }
     )
 }
 
@@ -102,6 +108,12 @@ pub(crate) fn describe(e: &anyhow::Error) -> String {
             out.push_str(": ");
         }
         out.push_str(&cause.to_string());
+    }
+    if out.contains("401") && out.contains("unauthorized") {
+        out.push_str(
+            "\ncrownest: the server wants a bearer token: set CROWNEST_TOKEN in the environment \
+             (the token `crownest serve` printed, or one from its tokens file)",
+        );
     }
     out
 }

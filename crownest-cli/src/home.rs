@@ -120,14 +120,15 @@ fn with_host_key(builder: WorkspaceRunsBuilder, home: &Path) -> WorkspaceRunsBui
 /// Opens the store and the engine with every usable backend; recovery runs (it never
 /// touches a run whose owner process is alive).
 pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
-    open_with(home, |_| {}).await
+    open_with(home, |_, _| Ok(())).await
 }
 
 /// [`open`], with the engine configuration adjusted by `configure` (e.g. `serve`'s
-/// `--awaiting-archive-ttl`).
+/// `--awaiting-archive-ttl`), which also sees every backend of this build (usable or not,
+/// and why) and may refuse to go on.
 pub(crate) async fn open_with(
     home: &Path,
-    configure: impl FnOnce(&mut EngineConfig),
+    configure: impl FnOnce(&mut EngineConfig, &[BackendSlot]) -> anyhow::Result<()>,
 ) -> anyhow::Result<WorkspaceRuns> {
     let (store, backends) = tokio::join!(open_store(home), backends());
     let store = store?;
@@ -135,7 +136,7 @@ pub(crate) async fn open_with(
         default_backend: Some("process".into()),
         ..EngineConfig::default()
     };
-    configure(&mut config);
+    configure(&mut config, &backends)?;
     let mut builder = with_host_key(WorkspaceRuns::builder(store).config(config), home);
     let mut any = false;
     for slot in &backends {

@@ -6,10 +6,10 @@
 
 use std::io::Write as _;
 
-use crownest_core::{Event, RunId, RunRecord, RunStatus};
+use crownest_core::{Event, EventKind, RunId, RunRecord, RunStatus};
 use futures::StreamExt as _;
 
-use crate::cli::{EventsArgs, EvidenceArgs, RunRef, RunsArgs};
+use crate::cli::{EventsArgs, EvidenceArgs, LogsArgs, RunRef, RunsArgs};
 use crate::connection::{Connection, Target};
 use crate::exit::{Exit, usage};
 
@@ -68,7 +68,14 @@ fn table_row(r: &RunRecord) -> String {
         (None, Some(s)) => format!("sig{s}"),
         _ => "-".into(),
     };
-    let mut command = r.spec.command.join(" ");
+    // One line per run: newlines, tabs and other control characters are shown escaped.
+    let mut command: String = r
+        .spec
+        .command
+        .join(" ")
+        .chars()
+        .flat_map(char::escape_debug)
+        .collect();
     if command.chars().count() > 60 {
         command = command.chars().take(57).collect::<String>() + "...";
     }
@@ -103,15 +110,13 @@ pub(crate) async fn events(target: &Target, args: EventsArgs) -> anyhow::Result<
         return Ok(Exit::Success);
     }
     if args.follow {
+        // `--limit` bounds a window; with `--follow` the window is printed and following
+        // goes on after it, without gap, until the run ends.
         let mut stream = conn.subscribe(&id, args.after_seq);
         while let Some(ev) = stream.next().await {
             let ev: Event = ev?;
             let mut out = std::io::stdout().lock();
             if !json_line(&mut out, &ev) || out.flush().is_err() {
-                break;
-            }
-            remaining -= 1;
-            if remaining == 0 {
                 break;
             }
         }
@@ -175,6 +180,51 @@ pub(crate) async fn evidence(target: &Target, args: EvidenceArgs) -> anyhow::Res
         serde_json::to_writer_pretty(&mut out, &conn.evidence(&id).await?)?;
     }
     writeln!(out)?;
+    Ok(Exit::Success)
+}
+
+/// `crownest logs RUN [--stdout|--stderr] [--follow]`: the raw bytes of the run's output
+/// streams as stored (stdout to stdout, stderr to stderr; with `--stderr` alone, stderr's
+/// bytes go to stdout so they can be piped). With `--follow`, live until the run ends.
+pub(crate) async fn logs(target: &Target, args: LogsArgs) -> anyhow::Result<Exit> {
+    let id = run_id(&args.run)?;
+    let conn = target.open().await?;
+    conn.get(&id).await?;
+    let want_out = !args.stderr;
+    let want_err = !args.stdout;
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let mut write = |ev: &Event| -> bool {
+        let (chunk, to_err) = match &ev.kind {
+            EventKind::Stdout(c) if want_out => (c, false),
+            EventKind::Stderr(c) if want_err => (c, want_out),
+            _ => return true,
+        };
+        let bytes = chunk.bytes();
+        if to_err {
+            err.write_all(&bytes).is_ok()
+        } else {
+            out.write_all(&bytes).and_then(|()| out.flush()).is_ok()
+        }
+    };
+    if args.follow {
+        let mut events = conn.subscribe(&id, 0);
+        while let Some(ev) = events.next().await {
+            if !write(&ev?) {
+                break;
+            }
+        }
+    } else {
+        let mut after = 0;
+        loop {
+            let batch = conn.list_events(&id, after, 1000).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.seq;
+            if !batch.iter().all(&mut write) {
+                break;
+            }
+        }
+    }
     Ok(Exit::Success)
 }
 

@@ -6,9 +6,11 @@
 //! recovery first: runs left unfinished by a process that is gone end `failed`
 //! (`host_restarted`); runs driven by a live process are never touched.
 //!
-//! With `--server URL` (or `$CROWNEST_SERVER`) and `--token T` (or `$CROWNEST_TOKEN`), every
-//! command goes to that server through the typed HTTP client instead; `crownest serve` is
-//! such a server over the local store.
+//! With `--server URL` (or `$CROWNEST_SERVER`) and a token (`$CROWNEST_TOKEN`, or
+//! `--token-file FILE`; `--token T` works but puts it on argv), every command goes to that
+//! server through the typed HTTP client instead; `crownest serve` is such a server over
+//! the local store, with a backend policy (`--backends`) and tokens with scopes
+//! (`--tokens`, `crownest token add`).
 //!
 //! `run --env K=V` passes a plain setting (recorded with its value, never masked);
 //! `run --secret K` (from this environment) and `--secret-file K=PATH` pass secrets: masked
@@ -21,6 +23,7 @@
 mod artifacts;
 mod cli;
 mod connection;
+mod detach;
 mod doctor;
 mod exit;
 mod export;
@@ -29,9 +32,11 @@ mod home;
 mod hostkey;
 mod inspect;
 mod pack;
+mod policy;
 mod progress;
 mod run;
 mod serve;
+mod tokens;
 mod upload;
 mod verify;
 
@@ -72,12 +77,14 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
-    let target = Target::new(cli.home, cli.server, cli.token.clone())?;
+    let token = tokens::resolve(cli.token, cli.token_file.as_deref())?;
+    let target = Target::new(cli.home, cli.server, token.clone())?;
     match cli.command {
-        Command::Run(args) => run::run(&target, args).await,
+        Command::Run(args) => run::run(&target, *args).await,
         Command::Runs(args) => inspect::runs(&target, args).await,
         Command::Show(args) => inspect::show(&target, args).await,
         Command::Events(args) => inspect::events(&target, args).await,
+        Command::Logs(args) => inspect::logs(&target, args).await,
         Command::Evidence(args) => inspect::evidence(&target, args).await,
         Command::Verify(args) => verify::verify(&target, args).await,
         Command::Artifacts(args) => artifacts::export(&target, args).await,
@@ -91,7 +98,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
                     "serve runs a server over the local store; it does not take --server",
                 ));
             }
-            serve::serve(&target.home()?, args, cli.token).await
+            serve::serve(&target.home()?, args, token).await
+        }
+        Command::Token(command) => {
+            if target.server().is_some() {
+                return Err(exit::usage(
+                    "token edits a tokens file here; it does not take --server",
+                ));
+            }
+            tokens::token(&target.home()?, command)
         }
         Command::Gc(args) => {
             if target.server().is_some() {

@@ -74,6 +74,22 @@ fn spec(args: &RunArgs) -> anyhow::Result<RunSpec> {
         }
         spec.labels.insert(k.to_owned(), v.to_owned());
     }
+    if let Some(n) = &args.network {
+        spec.network = match n.as_str() {
+            "enabled" => crownest_core::Network::Enabled,
+            _ => crownest_core::Network::None,
+        };
+    }
+    spec.idempotency_key.clone_from(&args.idempotency_key);
+    if args.memory.is_some() {
+        spec.limits.memory_bytes = args.memory;
+    }
+    if args.output_limit.is_some() {
+        spec.limits.output_bytes_per_stream = args.output_limit;
+    }
+    if args.pids.is_some() {
+        spec.limits.pids = args.pids;
+    }
     for (name, value) in secrets(args)? {
         spec = spec.with_secret(name, value);
     }
@@ -136,6 +152,8 @@ struct Renderer {
     stdout_open: bool,
     /// Status and failure of the `terminal` event, once seen.
     terminal: Option<(RunStatus, Option<Failure>)>,
+    /// `error` events printed (so a refusal is not printed twice).
+    errors_shown: usize,
 }
 
 impl Renderer {
@@ -216,6 +234,7 @@ impl Renderer {
             EventKind::Error { code, message } => {
                 self.progress.finish();
                 eprintln!("crownest: error: {code}: {message}");
+                self.errors_shown += 1;
             }
             _ => {}
         }
@@ -247,6 +266,9 @@ impl Interrupts {
 /// `crownest run`.
 pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> {
     let spec = spec(&args)?;
+    if args.detach && target.server().is_none() {
+        return crate::detach::detach(&target.home()?).await;
+    }
     let declared = upload::declared(args.sha256.as_deref(), args.size_bytes)?;
     let mut interrupts = Interrupts::new()?;
     let tty = !args.json && std::io::stderr().is_terminal();
@@ -304,8 +326,14 @@ async fn drive(
     let tty = !args.json && std::io::stderr().is_terminal();
     let record = conn.create(spec).await?;
     let id = record.id.clone();
+    if let Some(path) = &args.report_id_to {
+        report(path, &format!("id {id}"))?;
+    }
     if tty {
-        eprintln!("crownest: run {id} (cancel with Ctrl-C or `crownest cancel {id}`)");
+        eprintln!(
+            "crownest: run {id} (cancel with Ctrl-C or `crownest{} cancel {id}`)",
+            global_flags()
+        );
     }
     let mut render = Renderer {
         json: args.json,
@@ -313,8 +341,18 @@ async fn drive(
         last_seq: 0,
         stdout_open: true,
         terminal: None,
+        errors_shown: 0,
     };
     let mut events = conn.subscribe(&id, 0);
+    if record.status != RunStatus::AwaitingArchive {
+        // `--idempotency-key` named a run that exists already: follow it instead of
+        // uploading and starting again (a retried `run` never runs the command twice).
+        eprintln!("crownest: run {id} exists already (same idempotency key): following it");
+        if record.status == RunStatus::ArchiveReady {
+            conn.start(&id).await?;
+        }
+        return follow(conn, &id, args, &mut render, events, interrupts).await;
+    }
 
     // Upload, rendering events meanwhile.
     render
@@ -342,7 +380,11 @@ async fn drive(
         }
         Some(Err(e)) => {
             finish_unstarted(conn, &id, &mut render).await;
-            eprintln!("crownest: {}", e.chain());
+            // A refusal is an `error` event of this run, printed by now; other errors
+            // (I/O, the server) are not.
+            if render.errors_shown == 0 || args.json {
+                eprintln!("crownest: {}", e.chain());
+            }
             if matches!(e, Error::ArchiveRejected { .. }) {
                 eprintln!(
                     "crownest: the archive was refused at upload; the command was not started"
@@ -359,6 +401,27 @@ async fn drive(
     drop(source);
 
     conn.start(&id).await?;
+    if let Some(path) = &args.report_id_to {
+        report(path, "started")?;
+    }
+    if args.detach {
+        // With --server: the server drives the run from here on.
+        println!("{id}");
+        return Ok(Exit::Success);
+    }
+    follow(conn, &id, args, &mut render, events, interrupts).await
+}
+
+/// Follows a started run to its end, printing events; Ctrl-C cancels it.
+async fn follow(
+    conn: &Connection,
+    id: &RunId,
+    args: &RunArgs,
+    render: &mut Renderer,
+    mut events: crate::connection::Events,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<Exit> {
+    let id = id.clone();
     let mut cancel_sent = false;
     loop {
         tokio::select! {
@@ -408,7 +471,31 @@ async fn drive(
     } else {
         summary(&record);
     }
+    if args.propagate_exit_code {
+        return Ok(propagated_exit(&record));
+    }
     Ok(exit_for(&record))
+}
+
+/// `--propagate-exit-code`: the command's own exit code, 128 + the signal that killed it,
+/// else the usual mapping (a run that never ran its command).
+fn propagated_exit(record: &RunRecord) -> Exit {
+    match (record.exit_code, record.signal) {
+        (Some(code), _) => Exit::Code(u8::try_from(code.rem_euclid(256)).unwrap_or(1)),
+        (None, Some(sig)) => Exit::Code(u8::try_from((128 + sig).clamp(0, 255)).unwrap_or(1)),
+        _ => exit_for(record),
+    }
+}
+
+/// Appends one line to the `--report-id-to` file of a detached run.
+fn report(path: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{line}")?;
+    Ok(())
 }
 
 /// After a refused or interrupted upload: cancel the run (so it does not wait for an
@@ -508,10 +595,46 @@ fn summary(record: &RunRecord) {
         let _ = writeln!(err, "crownest:   sandbox {} kept until {until}", sb.id);
     }
     if record.status.is_terminal() {
+        let g = global_flags();
         let _ = writeln!(
             err,
-            "crownest:   evidence: crownest evidence {id}  (verify: crownest verify {id})"
+            "crownest:   evidence: crownest{g} evidence {id}  (verify: crownest{g} verify {id})"
         );
+    }
+}
+
+/// The `--home` / `--server` given on this command line, as they must be repeated for a
+/// printed hint to work when copied (`" --home /tmp/h"`, or empty). Tokens are never
+/// repeated (they come from `CROWNEST_TOKEN` or a file).
+pub(crate) fn global_flags() -> String {
+    let mut out = String::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--" {
+            break;
+        }
+        for flag in ["--home", "--server"] {
+            if a == flag {
+                if let Some(v) = args.next() {
+                    out.push_str(&format!(" {flag} {}", shell_quote(&v)));
+                }
+            } else if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+                out.push_str(&format!(" {flag} {}", shell_quote(v)));
+            }
+        }
+    }
+    out
+}
+
+/// `s` quoted for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@%+,".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

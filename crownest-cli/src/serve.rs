@@ -3,9 +3,15 @@
 //!
 //! * The engine is opened exactly like the other commands open it: the SQLite store under
 //!   `--home`, every backend usable here, recovery first.
-//! * Security: every route but `/healthz` needs `Authorization: Bearer <token>`. A
-//!   non-loopback address without `--token` (or `$CROWNEST_TOKEN`) is refused (exit 2); on
-//!   loopback without one, a random token is generated and printed on stderr (`token: ...`).
+//! * Policy: `--backends` lists the backends clients may choose (default: every usable one
+//!   but `process`, which is offered only when named); `--max LIMIT=N` and
+//!   `--max-concurrent-runs` bound what runs may ask for and how many execute at once.
+//! * Security: every route but `/healthz` needs `Authorization: Bearer <token>`: a token of
+//!   the tokens file (`--tokens`, default `<home>/tokens.jsonl` when it exists; sha256
+//!   hashes with scopes `read`, `submit`, `admin`), or the single admin token
+//!   (`$CROWNEST_TOKEN`, `--token-file`, or the discouraged `--token`). A non-loopback
+//!   address with neither is refused (exit 2); on loopback, a random admin token is
+//!   generated and printed on stderr (`token: ...`).
 //! * Once bound, `listening on http://ADDR` goes to stderr (with the real port when
 //!   `--listen` says port 0).
 //! * Garbage collection (`crownest gc`'s pass) runs at start-up and every `--gc-interval`
@@ -28,8 +34,8 @@ use crownest_http::HttpConfig;
 
 use crate::cli::ServeArgs;
 use crate::exit::{Exit, usage};
-use crate::home;
 use crate::run::Interrupts;
+use crate::{home, policy, tokens};
 
 /// How long a shutdown waits for canceled runs and open connections.
 pub(crate) const SHUTDOWN_BUDGET: Duration = Duration::from_secs(20);
@@ -41,6 +47,11 @@ pub(crate) async fn serve(
     token: Option<String>,
 ) -> anyhow::Result<Exit> {
     let token = token.filter(|t| !t.is_empty());
+    let tokens_path = args
+        .tokens
+        .clone()
+        .unwrap_or_else(|| tokens::default_file(home_dir));
+    let tokens = tokens::load(&tokens_path, args.tokens.is_some())?;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(args.listen.as_str())
         .await
         .map_err(|e| usage(format!("--listen {}: {e}", args.listen)))?
@@ -51,19 +62,28 @@ pub(crate) async fn serve(
             args.listen
         )));
     }
-    if token.is_none() && !addrs.iter().all(|a| a.ip().is_loopback()) {
+    let has_tokens = tokens.as_ref().is_some_and(|t| !t.is_empty());
+    if token.is_none() && !has_tokens && !addrs.iter().all(|a| a.ip().is_loopback()) {
         return Err(usage(format!(
             "refusing to listen on {} without a token: it is not a loopback address, so \
-             anyone who can reach it could run commands here. Pass --token T (or set \
-             CROWNEST_TOKEN), or listen on 127.0.0.1",
+             anyone who can reach it could run commands here. Give a tokens file (--tokens, \
+             see `crownest token add`) or a token ($CROWNEST_TOKEN or --token-file), or \
+             listen on 127.0.0.1",
             args.listen
         )));
     }
     let mut interrupts = Interrupts::new()?;
-    let engine = home::open_with(home_dir, |config| {
+    let mut allowed = Vec::new();
+    let engine = home::open_with(home_dir, |config, slots| {
+        allowed = policy::allowed_backends(args.backends.as_deref(), slots)?;
+        config.default_backend = allowed.first().cloned();
         if let Some(ttl) = args.awaiting_archive_ttl {
             config.awaiting_archive_ttl = ttl;
         }
+        if let Some(n) = args.max_concurrent_runs {
+            config.max_concurrent_runs = n as usize;
+        }
+        policy::apply_maxima(config, &args.max)
     })
     .await?;
     let mut listener = None;
@@ -82,19 +102,24 @@ pub(crate) async fn serve(
         return Err(anyhow::Error::new(e).context(format!("binding {}", args.listen)));
     };
     let local = listener.local_addr().context("reading the bound address")?;
-    let generated = token.is_none();
-    let token = token.unwrap_or_else(HttpConfig::generate_token);
+    // Without any token, a loopback server makes one up and prints it.
+    let generated = (token.is_none() && !has_tokens).then(HttpConfig::generate_token);
     let key = crate::hostkey::signing_key(home_dir, None)?;
     let public = key.public_key();
-    let app = crownest_http::router(
-        engine.clone(),
-        HttpConfig::default()
-            .with_token(&token)
-            .with_signing_key(key),
-    );
+    let mut http = HttpConfig::default()
+        .with_backends(allowed.iter().cloned())
+        .with_signing_key(key);
+    if let Some(t) = token.as_ref().or(generated.as_ref()) {
+        http = http.with_token(t);
+    }
+    let token_count = tokens.as_ref().map_or(0, |t| t.entries().len());
+    if let Some(set) = tokens {
+        http = http.with_tokens(set);
+    }
+    let app = crownest_http::router(engine.clone(), http);
 
-    if generated {
-        eprintln!("token: {token}");
+    if let Some(t) = &generated {
+        eprintln!("token: {t}");
     }
     eprintln!("listening on http://{local}");
     eprintln!(
@@ -103,13 +128,19 @@ pub(crate) async fn serve(
         public.to_hex()
     );
     eprintln!(
-        "crownest: home {}; try: crownest --server http://{local} --token {} runs",
+        "crownest: backends offered: {} (default {})",
+        allowed.join(", "),
+        engine.default_backend()
+    );
+    if token_count > 0 {
+        eprintln!(
+            "crownest: {token_count} token(s) with scopes from {}",
+            tokens_path.display()
+        );
+    }
+    eprintln!(
+        "crownest: home {}; try: CROWNEST_TOKEN=... crownest --server http://{local} runs",
         home_dir.display(),
-        if generated {
-            token.as_str()
-        } else {
-            "$CROWNEST_TOKEN"
-        }
     );
 
     eprintln!(
@@ -168,6 +199,7 @@ async fn cancel_own_runs(engine: &WorkspaceRuns) {
                 status: Some(status),
                 limit: 10_000,
                 before: None,
+                ..Default::default()
             })
             .await
         else {

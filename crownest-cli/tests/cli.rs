@@ -153,7 +153,11 @@ fn run_on_the_sample_directory_succeeds_with_output_and_an_artifact() {
         .stdout(predicate::str::contains("read 8 numbers, sum 31"))
         .stderr(predicate::str::contains("succeeded, exit code 0"))
         .stderr(predicate::str::contains("artifact out/result.json"))
-        .stderr(predicate::str::contains("crownest evidence run_"));
+        // The hint repeats the --home given, so it works when copied.
+        .stderr(predicate::str::contains(format!(
+            "crownest --home {} evidence run_",
+            home.path().display()
+        )));
     // Nothing but the command's output on stdout when piped (no progress, no summary).
     let stdout = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
     assert!(

@@ -34,18 +34,28 @@ struct Server {
     url: String,
     addr: String,
     token: String,
+    /// Its stderr lines after `listening on`.
+    stderr: mpsc::Receiver<String>,
     _home: tempfile::TempDir,
 }
 
 impl Server {
+    /// A server offering the process backend (these tests run `python3` on the host), with
+    /// a generated token.
+    fn start() -> Self {
+        Self::start_with(tempfile::tempdir().unwrap(), &["--backends", "process"])
+    }
+
+    /// `crownest --home HOME serve --listen 127.0.0.1:0 ARGS...`; `token` is the generated
+    /// one when it printed one, else empty.
     // The child is waited for by `stop` or `Drop`.
     #[allow(clippy::zombie_processes)]
-    fn start() -> Self {
-        let home = tempfile::tempdir().unwrap();
+    fn start_with(home: tempfile::TempDir, args: &[&str]) -> Self {
         let mut child = crownest()
             .arg("--home")
             .arg(home.path())
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -61,26 +71,26 @@ impl Server {
                 }
             }
         });
-        let mut token = None;
+        let mut token = String::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("serve printed no `listening on` line");
             if let Some(t) = line.strip_prefix("token: ") {
-                token = Some(t.to_owned());
+                t.clone_into(&mut token);
+                assert_eq!(token.len(), 64, "{token}");
             }
             if let Some(url) = line.strip_prefix("listening on ") {
                 let url = url.trim().to_owned();
                 let addr = url.trim_start_matches("http://").to_owned();
                 assert!(!addr.ends_with(":0"), "the real port is printed: {url}");
-                let token = token.expect("a generated token is printed before the URL");
-                assert_eq!(token.len(), 64, "{token}");
                 return Self {
                     child,
                     url,
                     addr,
                     token,
+                    stderr: rx,
                     _home: home,
                 };
             }
@@ -119,6 +129,20 @@ impl Server {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         (status, body)
+    }
+
+    /// The next stderr line that contains `needle` (waiting up to 60 s for it).
+    fn stderr_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("serve printed no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
     }
 
     /// SIGTERM, then the exit status within the shutdown budget.
@@ -174,7 +198,12 @@ fn auth_is_required_except_for_healthz() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"));
+    assert!(
+        stderr.contains("set CROWNEST_TOKEN"),
+        "an auth failure says how to pass a token: {stderr}"
+    );
     let out = crownest()
         .args(["--server", &s.url, "--token", "wrong", "doctor", "--json"])
         .output()
@@ -307,6 +336,78 @@ fn runs_end_to_end_through_the_server() {
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[2]["id"], run.as_str());
 
+    assert!(s.stop().success());
+}
+
+/// Runs `c` to its end, or kills it and fails the test after `secs` (a hang guard, not a
+/// timing assertion).
+fn output_within(c: &mut Command, secs: u64) -> std::process::Output {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{c:?} did not end: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `events --follow` of a finished run resumed at (or past) its end ends at once, through
+/// the server (SSE 204) and on the server's home directly.
+#[test]
+fn events_follow_of_a_finished_run_ends_at_its_end() {
+    let s = Server::start();
+    let out = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--json", "--", "python3", "-c", "print(1)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events = json_lines(&out.stdout);
+    let last = events.last().unwrap();
+    let run = last["runId"].as_str().unwrap().to_owned();
+    let seq = last["seq"].as_u64().unwrap();
+    for after in [seq, seq + 5] {
+        let after = after.to_string();
+        let out = output_within(
+            s.client()
+                .args(["events", &run, "--follow", "--after-seq", &after]),
+            60,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        let out = output_within(
+            crownest().arg("--home").arg(s._home.path()).args([
+                "events",
+                &run,
+                "--follow",
+                "--after-seq",
+                &after,
+            ]),
+            60,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+    let before = (seq - 1).to_string();
+    let out = output_within(
+        s.client()
+            .args(["events", &run, "--follow", "--after-seq", &before]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let tail = json_lines(&out.stdout);
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0]["type"], "terminal");
     assert!(s.stop().success());
 }
 
@@ -468,5 +569,202 @@ fn secrets_travel_to_the_server_and_never_come_back_or_get_stored() {
             f.display()
         );
     }
+    assert!(s.stop().success());
+}
+
+/// A client of `s` with a token from the environment (never on argv).
+fn client_with_env_token(s: &Server, token: &str) -> Command {
+    let mut c = crownest();
+    c.args(["--server", &s.url]).env("CROWNEST_TOKEN", token);
+    c
+}
+
+/// `--backends` is the server's policy: a backend it does not list is refused at create
+/// (400 `backend_not_allowed`, exit 2), process included when it is not named; an unknown
+/// template is refused at create (exit 2) and nothing is stored; `--max` bounds what a run
+/// may ask for; `--max-concurrent-runs` is taken.
+#[test]
+fn serve_policy_backends_templates_and_maxima() {
+    let s = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--backends",
+            "process",
+            "--max",
+            "timeoutMs=60000",
+            "--max-concurrent-runs",
+            "2",
+        ],
+    );
+    let offered = s.stderr_line("backends offered");
+    assert!(offered.contains("process (default process)"), "{offered}");
+    let refuse = |args: &[&str], needle: &str| {
+        let out = client_with_env_token(&s, &s.token)
+            .arg("run")
+            .arg(sample_repo())
+            .args(args)
+            .args(["--", "python3", "main.py"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    refuse(&["--backend", "wasm"], "not allowed on this server");
+    refuse(&["--template", "python-nodee"], "unknown template");
+    refuse(&["--timeout", "2m"], "above the engine maximum 60000");
+    // Nothing of the refused runs was stored; a run within the policy works.
+    let out = client_with_env_token(&s, &s.token)
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--timeout", "30s", "--", "python3", "-c", "print('ok')"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = client_with_env_token(&s, &s.token)
+        .args(["runs", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_lines(&out.stdout).len(), 1, "{out:?}");
+    assert!(s.stop().success());
+
+    // Process is off unless named.
+    let s = Server::start_with(tempfile::tempdir().unwrap(), &["--backends", "wasm"]);
+    let out = s
+        .client()
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--backend", "process", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"process\" is not allowed"),
+        "{out:?}"
+    );
+    assert!(s.stop().success());
+
+    // A backend this build does not have, or an unknown limit, is a usage error.
+    for args in [
+        &["--backends", "k8s"][..],
+        &["--backends", "process", "--max", "nonsense=1"][..],
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        let out = crownest()
+            .arg("--home")
+            .arg(home.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}
+
+/// `token add` mints a token, prints it once and keeps only its sha256 with its scopes;
+/// `serve` reads the file (from the home by default) and checks each request's scope;
+/// clients give the token through `CROWNEST_TOKEN` or `--token-file`, never argv.
+#[test]
+fn tokens_file_with_scopes() {
+    let home = tempfile::tempdir().unwrap();
+    let add = |name: &str, scopes: &str| -> String {
+        let out = crownest()
+            .arg("--home")
+            .arg(home.path())
+            .args(["token", "add", name, "--scopes", scopes])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert_eq!(token.len(), 64, "{token}");
+        token
+    };
+    let ci = add("ci", "submit,read");
+    let reader = add("dashboard", "read");
+    let ops = add("ops", "admin");
+    // A duplicate name and an unknown scope are refused.
+    for (name, scopes) in [("ci", "read"), ("x", "write")] {
+        let out = crownest()
+            .arg("--home")
+            .arg(home.path())
+            .args(["token", "add", name, "--scopes", scopes])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    }
+    let file = home.path().join("tokens.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for t in [&ci, &reader, &ops] {
+        assert!(!text.contains(t.as_str()), "the file keeps hashes only");
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o077,
+        0
+    );
+    let out = crownest()
+        .arg("--home")
+        .arg(home.path())
+        .args(["token", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ci\tread,submit\ndashboard\tread\nops\tadmin\n"
+    );
+
+    let s = Server::start_with(home, &["--backends", "process"]);
+    assert!(
+        s.token.is_empty(),
+        "no token is generated when a tokens file exists"
+    );
+    let line = s.stderr_line("token(s) with scopes");
+    assert!(line.contains("3 token(s)"), "{line}");
+    // ci (submit + read) runs a whole run through the server, token from the environment.
+    let out = client_with_env_token(&s, &ci)
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--json", "--", "python3", "-c", "print(1)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The read-only token lists runs (from a file) but cannot submit one.
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), format!("{reader}\n")).unwrap();
+    let out = crownest()
+        .args(["--server", &s.url, "--token-file"])
+        .arg(token_file.path())
+        .args(["runs", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json_lines(&out.stdout).len(), 1);
+    let out = client_with_env_token(&s, &reader)
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{out:?}"
+    );
+    // Metrics need admin.
+    let (status, body) = s.http("GET", "/metrics", Some(&ci));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = s.http("GET", "/metrics", Some(&ops));
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s.http("GET", "/v1/runs", Some("not-a-token"));
+    assert_eq!(status, 401);
+    // --token and --token-file together are a usage error.
+    let out = crownest()
+        .args(["--server", &s.url, "--token", "x", "--token-file"])
+        .arg(token_file.path())
+        .arg("runs")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(s.stop().success());
 }

@@ -89,6 +89,33 @@ impl fmt::Display for RejectReason {
     }
 }
 
+/// Why a chunk of a staged transfer was refused. Serialized as a snake_case string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ChunkRejectReason {
+    /// The chunk's bytes do not have the sha256 sent with them.
+    DigestMismatch,
+    /// A chunk was already received at this offset with other bytes.
+    Conflict,
+}
+
+impl ChunkRejectReason {
+    /// The snake_case wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DigestMismatch => "digest_mismatch",
+            Self::Conflict => "conflict",
+        }
+    }
+}
+
+impl fmt::Display for ChunkRejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The error type of every CrowNest API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -193,6 +220,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A chunk of a staged transfer was refused; what was stored is untouched.
+    #[error("chunk at offset {offset} rejected ({reason}): {message}")]
+    ChunkRejected {
+        /// The chunk's byte offset.
+        offset: u64,
+        /// The typed reason.
+        reason: ChunkRejectReason,
+        /// A human-readable explanation.
+        message: String,
+    },
+    /// A staged transfer was completed before every chunk arrived; it is kept, so the
+    /// client can send what is missing and complete again.
+    #[error("transfer {transfer_id} is incomplete: {} byte range(s) missing", missing.len())]
+    TransferIncomplete {
+        /// The transfer.
+        transfer_id: String,
+        /// The missing byte ranges `[start, end)`, merged, in order.
+        missing: Vec<[u64; 2]>,
+    },
+    /// An idempotency key was used again with a different request: the run it names was
+    /// created from another spec, and is not returned.
+    #[error("idempotency key {key:?} was already used for run {run_id} with a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// The run created with it.
+        run_id: String,
+    },
     /// The engine is shutting down.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -286,6 +341,9 @@ impl Error {
             Self::Backend { .. } => "backend_error",
             Self::Store { .. } => "store_error",
             Self::Io { .. } => "io_error",
+            Self::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Self::ChunkRejected { .. } => "chunk_rejected",
+            Self::TransferIncomplete { .. } => "transfer_incomplete",
             Self::ShuttingDown => "shutting_down",
             Self::UnsafeWorkRoot { .. } => "unsafe_work_root",
         }

@@ -30,6 +30,7 @@ pub mod evidence;
 pub mod gc;
 pub mod hostdir;
 pub mod ids;
+pub mod lifecycle;
 pub mod run;
 pub mod secret;
 pub mod signing;
@@ -43,14 +44,15 @@ pub use backend::{
     IsolationReport, KillSignal, NetworkIsolation, ProcessContainment, Sandbox, SandboxBackend,
     SandboxSpec, TemplateIdentity, TemplateInfo,
 };
-pub use error::{Error, RejectReason, Result};
+pub use error::{ChunkRejectReason, Error, RejectReason, Result};
 pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};
 pub use evidence::EvidenceBundle;
 pub use ids::{ArtifactId, RunId, Sha256Digest, TransferId};
+pub use lifecycle::{Input, Outcome, transition};
 pub use run::{ArchiveDescriptor, Artifact, RunRecord, UploadKind};
 pub use secret::SecretValue;
 pub use spec::{ArtifactRequest, LimitOverrides, Limits, Network, RunSpec};
-pub use status::{Input, Outcome, RunStatus, transition};
+pub use status::RunStatus;
 pub use store::Store;
 pub use time::Timestamp;
 

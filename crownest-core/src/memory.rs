@@ -150,7 +150,7 @@ impl Store for MemoryStore {
             .values()
             .rev()
             .filter(|r| query.before.as_ref().is_none_or(|b| r.id < *b))
-            .filter(|r| query.status.is_none_or(|s| r.status == s))
+            .filter(|r| query.matches(r))
             .take(limit)
             .cloned()
             .collect())
@@ -291,6 +291,11 @@ impl Store for MemoryStore {
                 format!("chunk {index} has the wrong length"),
             ));
         }
+        if let Some(stored) = t.chunks.get(&index)
+            && *stored != data
+        {
+            return Err(t.record.chunk_conflict(index));
+        }
         t.chunks.insert(index, data);
         t.record.received.insert(index);
         t.touched = Instant::now();
@@ -371,6 +376,29 @@ impl Store for MemoryStore {
     ) -> Result<Option<crate::signing::DsseEnvelope>> {
         self.get_evidence(id).await?;
         Ok(self.lock().envelopes.get(id).cloned())
+    }
+
+    async fn delete_run(&self, id: &RunId) -> Result<()> {
+        let mut g = self.lock();
+        let run = g.runs.get(id).ok_or_else(|| Error::not_found("run", id))?;
+        if !run.status.is_terminal() {
+            return Err(Error::InvalidTransition {
+                from: run.status,
+                input: "delete",
+            });
+        }
+        let key = run.spec.idempotency_key.clone();
+        if let Some(key) = key
+            && g.idempotency.get(&key) == Some(id)
+        {
+            g.idempotency.remove(&key);
+        }
+        g.runs.remove(id);
+        g.events.remove(id);
+        g.evidence.remove(id);
+        g.envelopes.remove(id);
+        g.transfers.retain(|_, t| t.record.run_id != *id);
+        Ok(())
     }
 
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {

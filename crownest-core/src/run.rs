@@ -272,6 +272,23 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// True when the run has ended and no event has a seq greater than `after_seq`: a
+    /// reader whose cursor is `after_seq` has seen (or skipped) the `terminal` event and
+    /// will never see another one. The store seals `terminal` in the same commit as the
+    /// terminal record, so a terminal record's `next_seq` is final.
+    pub fn ended_by(&self, after_seq: u64) -> bool {
+        self.status.is_terminal() && self.next_seq.saturating_sub(1) <= after_seq
+    }
+
+    /// True when `other` records the same create request as `self`, as far as a record can
+    /// tell: the whole spec (plain `env` values included) and the secret names. Secret
+    /// values are never stored, so they cannot be compared. This is the rule for an
+    /// idempotency key used twice: the same request gets the first run back, another one
+    /// is refused.
+    pub fn same_request(&self, other: &RunRecord) -> bool {
+        self.spec == other.spec && self.secret_names == other.secret_names
+    }
+
     /// A new record in `awaiting_archive`. `spec.secrets` is emptied: the record keeps only
     /// their names.
     pub fn new(

@@ -1,6 +1,6 @@
 //! The [`Store`] trait: durable runs, events, blobs, transfers and evidence.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io::Read;
 
@@ -43,7 +43,8 @@ impl CreateOutcome {
     }
 }
 
-/// A page query over runs, newest first.
+/// A page query over runs, newest first. Every filter given must hold
+/// ([`RunQuery::matches`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunQuery {
     /// Only runs in this state.
@@ -52,6 +53,34 @@ pub struct RunQuery {
     pub limit: usize,
     /// Only runs older than this id (the last id of the previous page).
     pub before: Option<RunId>,
+    /// Only runs on this backend (the resolved one, `RunRecord::backend`).
+    pub backend: Option<String>,
+    /// Only runs whose spec has every one of these labels with this value.
+    pub labels: BTreeMap<String, String>,
+    /// Only runs created at or after this time.
+    pub created_after: Option<Timestamp>,
+    /// Only runs created before this time.
+    pub created_before: Option<Timestamp>,
+}
+
+impl RunQuery {
+    /// The filters (status, backend, labels, creation time; not the paging) as one rule,
+    /// for stores that filter in memory and for tests of those that filter elsewhere.
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        let created = run.timestamps.created;
+        self.status.is_none_or(|s| run.status == s)
+            && self.backend.as_ref().is_none_or(|b| run.backend == *b)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| run.spec.labels.get(k) == Some(v))
+            && self
+                .created_after
+                .is_none_or(|t| created.is_some_and(|c| c >= t))
+            && self
+                .created_before
+                .is_none_or(|t| created.is_some_and(|c| c < t))
+    }
 }
 
 /// One atomic write to a run: events, the new record, and (with `terminal`) the evidence.
@@ -189,6 +218,20 @@ impl TransferRecord {
     pub fn is_complete(&self) -> bool {
         self.received.len() as u64 == self.chunk_count()
     }
+
+    /// The error of a chunk whose bytes differ from the chunk already stored at `index`
+    /// (every store words it the same).
+    pub fn chunk_conflict(&self, index: u64) -> Error {
+        Error::ChunkRejected {
+            offset: index.saturating_mul(self.chunk_size_bytes),
+            reason: crate::error::ChunkRejectReason::Conflict,
+            message: format!(
+                "chunk {index} of transfer {} was already received with other bytes; the \
+                 stored chunk is kept (send the same bytes, or begin a new transfer)",
+                self.transfer_id
+            ),
+        }
+    }
 }
 
 /// Durable storage of runs, events, blobs, transfers and evidence.
@@ -197,8 +240,17 @@ impl TransferRecord {
 ///
 /// * `create_run` stores a new run; a second create with the same `idempotency_key`
 ///   returns the first run as `Existing` and stores nothing.
+/// * A run comes back with its spec exactly as it was created (also as `Existing`), so
+///   the engine can refuse a reused idempotency key whose request differs
+///   ([`RunRecord::same_request`]).
 /// * `get_run` of an unknown id is `Error::NotFound`.
-/// * `list_runs` returns runs newest first, filtered by status, paged with `before`.
+/// * `list_runs` returns runs newest first, filtered as [`RunQuery::matches`] says (status,
+///   backend, labels, creation time), paged with `before`; `limit` counts matching runs.
+/// * `delete_run` deletes an ended run with its events, evidence, artifact records and
+///   transfers (the blobs they named become unnamed, for garbage collection): afterwards
+///   `get_run`, `list_events`, `get_evidence` and `get_artifact` answer `NotFound`, and its
+///   idempotency key is free. A run that has not ended is `Error::InvalidTransition`
+///   (input `delete`) and nothing changes; an unknown run is `NotFound`.
 /// * `commit` is atomic and all-or-nothing: it checks `expected_next_seq` (else
 ///   `Error::Conflict`), seals the events with gap-free seqs from the run's `next_seq` and
 ///   the hash chain ([`crate::event::seal_all`]), stores the record and the evidence.
@@ -215,6 +267,9 @@ impl TransferRecord {
 ///   names it, and says whether it deleted it (an unknown blob is `Ok(false)`).
 /// * Transfers: `put_chunk` is idempotent and accepts chunks in any order; `open_transfer`
 ///   yields the chunks concatenated in order, and fails if one is missing.
+/// * `put_chunk` of an index already received with *other* bytes is
+///   `Error::ChunkRejected { reason: Conflict }` ([`TransferRecord::chunk_conflict`]) and
+///   changes nothing: the stored chunk stays as it was. The same bytes again are accepted.
 /// * `list_transfers` returns every stored transfer (of one run, when given) with its
 ///   received chunks; a deleted transfer is not listed.
 /// * `collect_garbage` never deletes a blob a run or an artifact names, a blob stored (or
@@ -255,7 +310,8 @@ pub trait Store: Send + Sync + Debug {
     async fn create_transfer(&self, transfer: &TransferRecord) -> Result<()>;
     /// One transfer.
     async fn get_transfer(&self, id: &TransferId) -> Result<TransferRecord>;
-    /// Stores chunk `index` (its length already checked by the caller).
+    /// Stores chunk `index` (its length already checked by the caller); other bytes for a
+    /// chunk already stored are refused.
     async fn put_chunk(&self, id: &TransferId, index: u64, data: Bytes) -> Result<TransferRecord>;
     /// The received chunks concatenated in order.
     async fn open_transfer(&self, id: &TransferId) -> Result<BlobReader>;
@@ -272,6 +328,8 @@ pub trait Store: Send + Sync + Debug {
     async fn get_evidence_envelope(&self, id: &RunId) -> Result<Option<DsseEnvelope>>;
     /// One artifact by id.
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact>;
+    /// Deletes an ended run and everything recorded about it (retention).
+    async fn delete_run(&self, id: &RunId) -> Result<()>;
 }
 
 /// The checks every store applies to a commit before writing, given the stored record.

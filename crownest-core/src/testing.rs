@@ -84,12 +84,22 @@ struct Shared {
 #[derive(Debug, Clone, Default)]
 pub struct FakeBackend {
     shared: Arc<Shared>,
+    name: Option<Arc<str>>,
 }
 
 impl FakeBackend {
     /// A fake backend named `fake`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fake backend registered under another name (e.g. to stand in for `process` in a
+    /// policy test).
+    pub fn named(name: &str) -> Self {
+        Self {
+            shared: Arc::default(),
+            name: Some(name.into()),
+        }
     }
 
     /// Makes every later `create` fail.
@@ -132,7 +142,7 @@ impl FakeBackend {
 #[async_trait]
 impl SandboxBackend for FakeBackend {
     fn name(&self) -> &str {
-        "fake"
+        self.name.as_deref().unwrap_or("fake")
     }
 
     fn capabilities(&self) -> Capabilities {

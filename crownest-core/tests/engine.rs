@@ -14,8 +14,8 @@ use crownest_core::run::{RunOwner, RunRecord};
 use crownest_core::store::{RunCommit, Store};
 use crownest_core::testing::{FakeBackend, descriptor_of, tar_gz, tar_gz_raw_name};
 use crownest_core::{
-    EngineConfig, Error, MemoryStore, NewEvent, RejectReason, RunId, RunSpec, RunStatus,
-    WorkspaceRuns,
+    EngineConfig, Error, Input, MemoryStore, NewEvent, RejectReason, RunId, RunSpec, RunStatus,
+    WorkspaceRuns, transition,
 };
 
 struct Env {
@@ -113,8 +113,32 @@ fn failure(r: &RunRecord) -> Option<FailureKind> {
     r.failure.as_ref().map(|f| f.kind)
 }
 
-/// Every run: one terminal event, last; a verifying chain; evidence naming it.
+/// Every `status` event is an edge of the transition table (some `Input` takes its
+/// `previous` to its `status`) and names the status the chain was in: the behaviour half of
+/// `tests/status_gate.rs`.
+fn assert_statuses_follow_the_table(events: &[Event]) {
+    let mut current: Option<RunStatus> = None;
+    for e in events {
+        if let EventKind::Status { status, previous } = e.kind {
+            assert_eq!(previous, current, "seq {}: previous status", e.seq);
+            if let Some(from) = previous {
+                assert!(
+                    Input::ALL
+                        .iter()
+                        .any(|&i| transition(from, i).ok() == Some(status)),
+                    "seq {}: {from} -> {status} is not an edge of the table",
+                    e.seq
+                );
+            }
+            current = Some(status);
+        }
+    }
+}
+
+/// Every run: one terminal event, last; a verifying chain; evidence naming it; statuses
+/// that follow the table.
 async fn assert_well_formed(e: &Env, run: &RunRecord, events: &[Event]) {
+    assert_statuses_follow_the_table(events);
     let terminals = events.iter().filter(|e| e.kind.is_terminal()).count();
     assert_eq!(terminals, 1, "exactly one terminal event");
     assert!(
@@ -238,6 +262,8 @@ async fn timeout_climbs_the_kill_ladder_as_far_as_needed() {
     let rungs = kill_rungs(&events);
     assert_eq!(rungs.len(), 3, "{rungs:?}");
     assert_eq!(rungs[2].1.as_deref(), Some("destroy"));
+    // The command never ended: it has no exit status, and none is made up.
+    assert_eq!((done.exit_code, done.signal), (None, None));
     assert_well_formed(&e, &done, &events).await;
 }
 
@@ -730,6 +756,60 @@ async fn subscribers_see_every_event_once_in_order() {
     assert!(stored.last().unwrap().kind.is_terminal());
 }
 
+/// A stream resumed at or past the end of a finished run ends at once (a browser resumes
+/// every closed stream with `Last-Event-ID` = the terminal seq); one just before the end
+/// yields `terminal` and ends. Also through a second engine on the same store (the run
+/// ended in "another process": no in-process notification will ever come).
+#[tokio::test]
+async fn a_stream_resumed_at_the_end_of_a_finished_run_ends_at_once() {
+    let e = env().await;
+    let (run, events) = e.run(fake(&["out:a", "exit:0"])).await;
+    let last = events.last().unwrap().seq;
+    let other = WorkspaceRuns::builder(e.store.clone())
+        .backend(Arc::new(FakeBackend::new()))
+        .config(fast())
+        .without_recovery()
+        .open()
+        .await
+        .unwrap();
+    for engine in [&e.engine, &other] {
+        for after in [last, last + 1, last + 1000] {
+            let got: Vec<Event> = tokio::time::timeout(
+                Duration::from_secs(10),
+                engine
+                    .subscribe(&run.id, after)
+                    .map(|r| r.unwrap())
+                    .collect(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the stream after seq {after} of an ended run never ended"));
+            assert!(got.is_empty(), "after {after}: {got:?}");
+        }
+        let tail: Vec<Event> = tokio::time::timeout(
+            Duration::from_secs(10),
+            engine
+                .subscribe(&run.id, last - 1)
+                .map(|r| r.unwrap())
+                .collect(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(tail, events[events.len() - 1..]);
+    }
+    // An unknown run is an error, not a stream that waits for ever.
+    let unknown = RunId::new();
+    let got: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        e.engine.subscribe(&unknown, 0).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(got.as_slice(), [Err(Error::NotFound { .. })]),
+        "{got:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evidence_is_readable_exactly_when_terminal_is_visible() {
     let e = env().await;
@@ -774,19 +854,76 @@ async fn evidence_is_readable_exactly_when_terminal_is_visible() {
 }
 
 #[tokio::test]
-async fn idempotency_key_returns_the_same_run() {
+async fn idempotency_key_returns_the_same_run_for_the_same_request_only() {
     let e = env().await;
-    let a = e
+    let spec = fake(&["exit:0"])
+        .with_env("CI", "true")
+        .with_secret("TOKEN", "v1")
+        .with_idempotency_key("k1");
+    let a = e.engine.create(spec.clone()).await.unwrap();
+    let b = e.engine.create(spec.clone()).await.unwrap();
+    assert_eq!(a.id, b.id, "a retry of the same request gets the same run");
+    // Secret values are never stored nor hashed: a retry differing only in them is the
+    // same request as far as the engine can tell.
+    let c = e
         .engine
-        .create(fake(&["exit:0"]).with_idempotency_key("k1"))
+        .create(spec.clone().with_secret("TOKEN", "v2"))
         .await
         .unwrap();
-    let b = e
+    assert_eq!(a.id, c.id);
+    for other in [
+        fake(&["exit:1"]).with_idempotency_key("k1"),
+        spec.clone().with_env("CI", "false"),
+        spec.clone().with_label("commit", "abc"),
+        spec.clone().with_secret("OTHER", "x"),
+    ] {
+        let err = e.engine.create(other).await.unwrap_err();
+        match &err {
+            Error::IdempotencyKeyReused { key, run_id } => {
+                assert_eq!(key, "k1");
+                assert_eq!(*run_id, a.id.to_string());
+            }
+            other => panic!("expected IdempotencyKeyReused, got {other:?}"),
+        }
+        assert_eq!(err.code(), "idempotency_key_reused");
+    }
+    let runs = e
         .engine
-        .create(fake(&["exit:1"]).with_idempotency_key("k1"))
+        .list(&crownest_core::store::RunQuery::default())
         .await
         .unwrap();
-    assert_eq!(a.id, b.id);
+    assert_eq!(runs.len(), 1, "nothing else was stored");
+}
+
+/// A template the backend does not offer is refused at create (nothing stored), not found
+/// out at start as a `spawn_failed` run.
+#[tokio::test]
+async fn an_unknown_template_is_refused_at_create() {
+    let e = env().await;
+    let err = e
+        .engine
+        .create(fake(&["exit:0"]).with_template("python-nodee"))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::InvalidSpec { field, message } => {
+            assert_eq!(field, "template");
+            assert!(message.contains("python-nodee"), "{message}");
+            assert!(
+                message.contains("\"python-node\""),
+                "names what exists: {message}"
+            );
+        }
+        other => panic!("expected InvalidSpec, got {other:?}"),
+    }
+    let runs = e
+        .engine
+        .list(&crownest_core::store::RunQuery::default())
+        .await
+        .unwrap();
+    assert!(runs.is_empty(), "{runs:?}");
+    // The known one still works.
+    e.engine.create(fake(&["exit:0"])).await.unwrap();
 }
 
 #[tokio::test]
@@ -912,9 +1049,61 @@ async fn staged_transfer_out_of_order_and_resumed() {
     let status = e.engine.transfer_status(&t.transfer_id).await.unwrap();
     assert!(!status.complete);
     assert!(!status.missing.is_empty());
+    match e.engine.complete_transfer(&t.transfer_id).await {
+        Err(Error::TransferIncomplete {
+            transfer_id,
+            missing,
+        }) => {
+            assert_eq!(transfer_id, t.transfer_id.to_string());
+            assert_eq!(missing, status.missing, "the missing ranges, typed");
+        }
+        other => panic!("incomplete transfer must be refused: {other:?}"),
+    }
+    // A chunk whose bytes do not have its declared sha256 is refused and not stored; other
+    // bytes for a chunk already received conflict.
+    let wrong = crownest_core::Sha256Digest::of(b"not this chunk");
+    let missing_index = (0..n).find(|i| (n - 1 - i) % 2 == 1).unwrap();
+    let err = e
+        .engine
+        .put_chunk_checked(
+            &t.transfer_id,
+            (missing_index * 64) as u64,
+            chunk(missing_index),
+            Some(&wrong),
+        )
+        .await
+        .unwrap_err();
     assert!(
-        e.engine.complete_transfer(&t.transfer_id).await.is_err(),
-        "incomplete transfer refused"
+        matches!(
+            err,
+            Error::ChunkRejected {
+                reason: crownest_core::ChunkRejectReason::DigestMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        e.engine.transfer_status(&t.transfer_id).await.unwrap(),
+        status,
+        "nothing stored"
+    );
+    let mut flipped = chunk(n - 1).to_vec();
+    flipped[0] ^= 0xff;
+    let err = e
+        .engine
+        .put_chunk(&t.transfer_id, ((n - 1) * 64) as u64, flipped.into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ChunkRejected {
+                reason: crownest_core::ChunkRejectReason::Conflict,
+                ..
+            }
+        ),
+        "{err:?}"
     );
     // A bad offset or length is refused.
     assert!(

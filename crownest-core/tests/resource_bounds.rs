@@ -556,6 +556,9 @@ impl Store for SlowFirstOpen {
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
         self.inner.get_evidence(id).await
     }
+    async fn delete_run(&self, id: &RunId) -> Result<()> {
+        self.inner.delete_run(id).await
+    }
     async fn get_evidence_envelope(
         &self,
         id: &RunId,

@@ -1,7 +1,8 @@
 //! Property tests of the pure transition function.
 
 use crownest_core::Error;
-use crownest_core::status::{Input, Outcome, RunStatus, transition};
+use crownest_core::lifecycle::{Input, Outcome, transition};
+use crownest_core::status::RunStatus;
 use proptest::prelude::*;
 
 fn input() -> impl Strategy<Value = Input> {

@@ -168,7 +168,13 @@ async fn server(a: ServerArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = router(engine.clone(), HttpConfig::default().with_token(TOKEN));
+    // A router offers the process backend only when it is named.
+    let app = router(
+        engine.clone(),
+        HttpConfig::default()
+            .with_token(TOKEN)
+            .with_backends(["process"]),
+    );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             eprintln!("sse_fanout: serve: {e}");

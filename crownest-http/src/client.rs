@@ -10,9 +10,10 @@ use bytes::Bytes;
 use crownest_core::engine::staging::{OPEN_TRANSFERS_PER_RUN, STAGED_BYTES_PER_ENGINE};
 use crownest_core::event::Event;
 use crownest_core::signing::{DsseEnvelope, HostPublicKey};
+use crownest_core::store::RunQuery;
 use crownest_core::{
-    ArchiveDescriptor, Error, EvidenceBundle, RejectReason, RunId, RunRecord, RunSpec, RunStatus,
-    Sha256Digest, TransferStatus,
+    ArchiveDescriptor, ChunkRejectReason, Error, EvidenceBundle, RejectReason, RunId, RunRecord,
+    RunSpec, RunStatus, Sha256Digest, TransferStatus,
 };
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
@@ -152,7 +153,8 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             kind: "host key",
             id: message,
         },
-        "invalid_spec" => Error::InvalidSpec {
+        // The server's backend policy refused the create: rejected input, like a spec.
+        "invalid_spec" | "backend_not_allowed" => Error::InvalidSpec {
             field: err["field"].as_str().unwrap_or("").to_owned(),
             message,
         },
@@ -189,6 +191,20 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             Err(_) => Error::Conflict { message },
         },
         "conflict" => Error::Conflict { message },
+        "chunk_rejected" => Error::ChunkRejected {
+            offset: err["offset"].as_u64().unwrap_or(0),
+            reason: serde_json::from_value(err["reason"].clone())
+                .unwrap_or(ChunkRejectReason::Conflict),
+            message,
+        },
+        "transfer_incomplete" => Error::TransferIncomplete {
+            transfer_id: err["transferId"].as_str().unwrap_or("").to_owned(),
+            missing: serde_json::from_value(err["missing"].clone()).unwrap_or_default(),
+        },
+        "idempotency_key_reused" => Error::IdempotencyKeyReused {
+            key: err["idempotencyKey"].as_str().unwrap_or("").to_owned(),
+            run_id: err["runId"].as_str().unwrap_or("").to_owned(),
+        },
         _ => Error::Backend {
             backend: format!("http {status}"),
             source: format!("{code}: {message}").into(),
@@ -299,6 +315,43 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/runs` with every filter of `query` (status, backend, labels, creation
+    /// time, `limit`, `before` as the cursor).
+    pub async fn list_runs_where(&self, query: &RunQuery) -> Result<RunPage> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if query.limit > 0 {
+            q.push(("limit", query.limit.to_string()));
+        }
+        if let Some(s) = query.status {
+            q.push(("status", s.to_string()));
+        }
+        if let Some(c) = &query.before {
+            q.push(("cursor", c.to_string()));
+        }
+        if let Some(b) = &query.backend {
+            q.push(("backend", b.clone()));
+        }
+        for (k, v) in &query.labels {
+            q.push(("label", format!("{k}={v}")));
+        }
+        if let Some(t) = query.created_after {
+            q.push(("createdAfter", t.to_string()));
+        }
+        if let Some(t) = query.created_before {
+            q.push(("createdBefore", t.to_string()));
+        }
+        self.json(self.req(reqwest::Method::GET, "/v1/runs").query(&q))
+            .await
+    }
+
+    /// `DELETE /v1/runs/{id}` (admin scope): deletes an ended run with its events and
+    /// evidence, for good.
+    pub async fn delete_run(&self, id: &RunId) -> Result<()> {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/v1/runs/{id}")))
+            .await
+            .map(|_| ())
+    }
+
     /// `PUT /v1/runs/{id}/archive` (direct upload): `body` is the archive's bytes (a
     /// [`Bytes`], or a streamed [`reqwest::Body`] of exactly `desc.size_bytes`).
     pub async fn upload_archive(
@@ -360,16 +413,20 @@ impl Client {
         .await
     }
 
-    /// `PUT /v1/transfers/{tid}?offset=N`.
+    /// `PUT /v1/transfers/{tid}?offset=N`, with the chunk's sha256 in `Content-Digest`
+    /// (RFC 9530), so a chunk corrupted on the way is refused (409 `chunk_rejected`,
+    /// `digest_mismatch`) instead of stored.
     pub async fn put_chunk(
         &self,
         tid: &crownest_core::TransferId,
         offset: u64,
         data: Bytes,
     ) -> Result<TransferStatus> {
+        let digest = crate::digest::content_digest_of(&Sha256Digest::of(&data));
         let r = self
             .req(reqwest::Method::PUT, &format!("/v1/transfers/{tid}"))
             .query(&[("offset", offset)])
+            .header("Content-Digest", digest)
             .body(data);
         self.json(r).await
     }
@@ -481,6 +538,14 @@ impl Client {
                     let chunk = source.read(offset, stop).await?;
                     match self.put_chunk(&status.transfer_id, offset, chunk).await {
                         Ok(s) => report(s.bytes_received),
+                        // The server holds other bytes at this offset: sending ours again
+                        // cannot fix that.
+                        Err(
+                            e @ Error::ChunkRejected {
+                                reason: ChunkRejectReason::Conflict,
+                                ..
+                            },
+                        ) => return Err(e),
                         Err(e) => {
                             tracing::warn!(offset, error = %e, "chunk upload failed; will retry");
                         }
@@ -595,7 +660,9 @@ impl Client {
     }
 
     /// The run's events from `after_seq` over SSE, reconnecting with `Last-Event-ID` when
-    /// the connection drops; ends after `terminal`. Each event arrives exactly once.
+    /// the connection drops; ends after `terminal`, or at once (with no item) when the run
+    /// has ended and nothing follows `after_seq` (the server answers 204). Each event
+    /// arrives exactly once.
     pub fn events(
         &self,
         id: &RunId,
@@ -646,6 +713,10 @@ impl Client {
                         .header("Last-Event-ID", st.last.to_string())
                         .header(reqwest::header::ACCEPT, "text/event-stream");
                     match st.client.send(r).await {
+                        // The run has ended and nothing follows the cursor.
+                        Ok(resp) if resp.status() == reqwest::StatusCode::NO_CONTENT => {
+                            st.done = true;
+                        }
                         Ok(resp) => {
                             st.body = Some(Box::pin(resp.bytes_stream()));
                             st.buf.clear();

@@ -36,6 +36,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The `code` of the body.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// Adds a field to the error object (beside `code` and `message`).
+    pub fn insert(&mut self, key: &str, value: serde_json::Value) {
+        self.extra.insert(key.to_owned(), value);
+    }
 }
 
 impl From<Error> for ApiError {
@@ -47,7 +57,9 @@ impl From<Error> for ApiError {
             Error::NotEnforceable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidTransition { .. }
             | Error::Conflict { .. }
-            | Error::NotTerminal { .. } => StatusCode::CONFLICT,
+            | Error::NotTerminal { .. }
+            | Error::ChunkRejected { .. }
+            | Error::TransferIncomplete { .. } => StatusCode::CONFLICT,
             Error::ArchiveRejected { reason, .. } => match reason {
                 crownest_core::RejectReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -58,6 +70,8 @@ impl From<Error> for ApiError {
             }
             Error::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+            // The key names another request: retrying this one cannot succeed.
+            Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -84,6 +98,21 @@ impl From<Error> for ApiError {
                 out.extra.insert("field".into(), json!(field));
                 out.extra.insert("capability".into(), json!(capability));
                 out.extra.insert("backend".into(), json!(backend));
+            }
+            Error::ChunkRejected { offset, reason, .. } => {
+                out.extra.insert("reason".into(), json!(reason));
+                out.extra.insert("offset".into(), json!(offset));
+            }
+            Error::TransferIncomplete {
+                transfer_id,
+                missing,
+            } => {
+                out.extra.insert("transferId".into(), json!(transfer_id));
+                out.extra.insert("missing".into(), json!(missing));
+            }
+            Error::IdempotencyKeyReused { key, run_id } => {
+                out.extra.insert("idempotencyKey".into(), json!(key));
+                out.extra.insert("runId".into(), json!(run_id));
             }
             Error::LimitExceeded { limit, max } => {
                 out.extra.insert("limit".into(), json!(limit));

@@ -16,7 +16,8 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/runs` | create (RunSpec; `Idempotency-Key`) → 201 |
-//! | `GET /v1/runs`, `GET /v1/runs/{id}` | list (`status`, `limit`, `cursor`), get |
+//! | `GET /v1/runs`, `GET /v1/runs/{id}` | list (`status`, `backend`, `label`, `createdAfter`, `createdBefore`, `limit`, `cursor`), get |
+//! | `DELETE /v1/runs/{id}` | delete an ended run with its events and evidence (admin; retention) |
 //! | `PUT /v1/runs/{id}/archive` | direct upload (`X-Archive-Sha256`, `Content-Length`); 413 / 422 |
 //! | `HEAD /v1/archives/{sha256}`, `POST /v1/runs/{id}/archive/attach` | dedupe by digest |
 //! | `POST /v1/runs/{id}/transfers`, `PUT /v1/transfers/{tid}?offset=N`, `GET /v1/transfers/{tid}`, `POST /v1/transfers/{tid}/complete` | staged transfer |
@@ -27,6 +28,14 @@
 //! | `GET /v1/host-key` | the ed25519 public key that signs `format=dsse` evidence; 404 without one |
 //! | `GET /v1/artifacts/{id}` | artifact bytes, `X-Artifact-Sha256` |
 //! | `GET /healthz`, `GET /metrics`, `GET /v1/openapi.json` | ops |
+//!
+//! **Policy** ([`HttpConfig`]). `allowed_backends` lists the backends a create may choose
+//! (default: every registered one but `process`, which runs host processes and is offered
+//! only when named; another is 400 `backend_not_allowed`). `tokens` ([`TokenSet`], a file
+//! of sha256 hashes with [`Scope`]s `read`, `submit`, `admin`) and the single admin
+//! `token` authenticate requests (401 `unauthorized`, 403 `forbidden`). A template the
+//! backend does not offer is 400 `invalid_spec` at create, and an `Idempotency-Key` reused
+//! with a different body 422 `idempotency_key_reused`.
 //!
 //! Errors are `{"error": {"code", "message", ...}}`. A slow SSE client never blocks a run:
 //! each stream reads the store at its own pace (see `WorkspaceRuns::subscribe`).
@@ -41,15 +50,18 @@
 //! travel: the request body carries them in clear.
 
 mod config;
+pub mod digest;
 mod error;
 pub mod openapi;
 mod routes;
+pub mod tokens;
 
 #[cfg(feature = "client")]
 mod client;
 
 #[cfg(feature = "client")]
 pub use client::{Client, MAX_CHUNK_BYTES, RunPage, UploadProgress};
-pub use config::HttpConfig;
+pub use config::{HttpConfig, PROCESS_BACKEND};
 pub use error::{ApiError, ApiResult};
 pub use routes::{ROUTES, router};
+pub use tokens::{Scope, TokenEntry, TokenSet};

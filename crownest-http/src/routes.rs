@@ -20,12 +20,13 @@ use crownest_core::{
     ArchiveDescriptor, ArtifactId, RunId, RunSpec, RunStatus, Sha256Digest, TransferId,
     WorkspaceRuns,
 };
-use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::HttpConfig;
 use crate::error::{ApiError, ApiResult};
+use crate::tokens::{Scope, constant_time_eq};
 
 /// Every route of the API as `(method, path)`, in OpenAPI path syntax. The OpenAPI document
 /// and a test keep this list, the router and `/v1/openapi.json` in sync.
@@ -36,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/runs"),
     ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{id}"),
+    ("DELETE", "/v1/runs/{id}"),
     ("PUT", "/v1/runs/{id}/archive"),
     ("POST", "/v1/runs/{id}/archive/attach"),
     ("HEAD", "/v1/archives/{sha256}"),
@@ -77,7 +79,7 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/runs", post(create_run).get(list_runs))
-        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}", get(get_run).delete(delete_run))
         // Streamed from the body; the engine caps it at the direct-upload limit.
         .route(
             "/v1/runs/{id}/archive",
@@ -109,34 +111,69 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.config.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
-        if !ok {
-            let mut resp = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
-        }
-    }
-    next.run(request).await
+/// Who made a request (put in the request's extensions by the auth layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The token's name (`token` for the single admin token).
+    pub(crate) name: String,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let config = &state.config;
+    if config.token.is_none() && config.tokens.is_empty() {
+        return next.run(request).await;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let needed = Scope::required_for(request.method(), request.uri().path());
+    let single = config
+        .token
+        .as_ref()
+        .zip(given)
+        .is_some_and(|(t, g)| constant_time_eq(g.as_bytes(), t.as_bytes()));
+    let caller = if single {
+        Caller {
+            name: "token".into(),
+        }
+    } else {
+        match given.and_then(|g| config.tokens.find(g)) {
+            Some(entry) if entry.allows(needed) => Caller {
+                name: entry.name.clone(),
+            },
+            Some(entry) => {
+                let mut err = ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "token {:?} lacks the {needed} scope this request needs",
+                        entry.name
+                    ),
+                );
+                err.insert("scope", json!(needed));
+                return err.into_response();
+            }
+            None => {
+                let mut resp = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid bearer token is required",
+                )
+                .into_response();
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 fn run_id(s: &str) -> ApiResult<RunId> {
@@ -167,42 +204,111 @@ async fn create_run(
             .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
         spec.idempotency_key = Some(key.to_owned());
     }
+    check_backend_allowed(&s, &spec)?;
     let run = s.engine.create(spec).await?;
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    status: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
+/// The server's backend policy ([`HttpConfig::allowed_backends`]): 400
+/// `backend_not_allowed` for a backend a client may not choose, named or by default.
+fn check_backend_allowed(s: &AppState, spec: &RunSpec) -> ApiResult<()> {
+    let backend = spec
+        .backend
+        .as_deref()
+        .unwrap_or_else(|| s.engine.default_backend());
+    let allowed = s.config.allowed_backends_of(&s.engine);
+    if allowed.iter().any(|b| b == backend) {
+        return Ok(());
+    }
+    let how = if spec.backend.is_some() {
+        "backend"
+    } else {
+        "the default backend"
+    };
+    let mut err = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "backend_not_allowed",
+        format!(
+            "{how} {backend:?} is not allowed on this server; allowed: {}",
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        ),
+    );
+    err.insert("field", json!("backend"));
+    err.insert("backend", json!(backend));
+    err.insert("allowed", json!(allowed));
+    Err(err)
+}
+
+/// `GET /v1/runs` query: `status`, `backend`, `label=KEY=VALUE` (repeatable; every one
+/// must match), `createdAfter` / `createdBefore` (RFC 3339), `limit`, `cursor`. An unknown
+/// parameter is refused, so a misspelt filter never silently lists everything.
+fn parse_list_query(pairs: Vec<(String, String)>) -> ApiResult<(RunQuery, usize)> {
+    let mut q = RunQuery::default();
+    let mut limit = 50usize;
+    let time = |name: &str, v: &str| {
+        crownest_core::Timestamp::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z, got {v:?}"
+            ))
+        })
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => {
+                q.status =
+                    Some(RunStatus::parse(&value).ok_or_else(|| {
+                        ApiError::bad_request(format!("unknown status {value:?}"))
+                    })?);
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .map_err(|_| ApiError::bad_request("limit must be a number"))?;
+            }
+            "cursor" => q.before = Some(run_id(&value)?),
+            "backend" => q.backend = Some(value),
+            "label" => {
+                let (k, v) = value.split_once('=').ok_or_else(|| {
+                    ApiError::bad_request(format!("label must be KEY=VALUE, got {value:?}"))
+                })?;
+                q.labels.insert(k.to_owned(), v.to_owned());
+            }
+            "createdAfter" => q.created_after = Some(time("createdAfter", &value)?),
+            "createdBefore" => q.created_before = Some(time("createdBefore", &value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (status, backend, label, createdAfter, \
+                     createdBefore, limit, cursor)"
+                )));
+            }
+        }
+    }
+    let limit = limit.clamp(1, 500);
+    q.limit = limit;
+    Ok((q, limit))
 }
 
 async fn list_runs(
     State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(v) => Some(
-            RunStatus::parse(v)
-                .ok_or_else(|| ApiError::bad_request(format!("unknown status {v:?}")))?,
-        ),
-    };
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let before = q.cursor.as_deref().map(run_id).transpose()?;
-    let runs = s
-        .engine
-        .list(&RunQuery {
-            status,
-            limit,
-            before,
-        })
-        .await?;
+    let (query, limit) = parse_list_query(pairs)?;
+    let runs = s.engine.list(&query).await?;
     let next = (runs.len() == limit)
         .then(|| runs.last().map(|r| r.id.clone()))
         .flatten();
     Ok(Json(json!({ "runs": runs, "nextCursor": next })))
+}
+
+/// `DELETE /v1/runs/{id}`: retention. The run's record, events, evidence and artifact
+/// records are deleted for good (its blobs go at the next garbage collection).
+async fn delete_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    s.engine.delete(&run_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_run(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -293,10 +399,20 @@ async fn put_chunk(
     State(s): State<AppState>,
     Path(tid): Path<String>,
     Query(q): Query<OffsetQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
     let tid = TransferId::parse(&tid)?;
-    Ok(Json(s.engine.put_chunk(&tid, q.offset, body).await?).into_response())
+    let declared = crate::digest::declared_chunk_sha256(
+        header_str(&headers, crate::digest::CONTENT_DIGEST)?,
+        header_str(&headers, crate::digest::X_CHUNK_SHA256)?,
+    )
+    .map_err(ApiError::bad_request)?;
+    let status = s
+        .engine
+        .put_chunk_checked(&tid, q.offset, body, declared.as_ref())
+        .await?;
+    Ok(Json(status).into_response())
 }
 
 async fn get_transfer(State(s): State<AppState>, Path(tid): Path<String>) -> ApiResult<Response> {
@@ -359,9 +475,9 @@ async fn stream_events(
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+) -> ApiResult<Response> {
     let id = run_id(&id)?;
-    s.engine.get(&id).await?;
+    let run = s.engine.get(&id).await?;
     let last_event_id = header_str(&headers, "last-event-id")?
         .map(|v| {
             v.trim()
@@ -371,11 +487,16 @@ async fn stream_events(
         .transpose()?;
     // `afterSeq` wins when both are given.
     let after = q.after_seq.or(last_event_id).unwrap_or(0);
+    // An ended run with nothing after the cursor: 204, which tells an EventSource to stop
+    // reconnecting (an empty 200 stream would make it reconnect for ever).
+    if run.ended_by(after) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     s.subscribers.fetch_add(1, Ordering::Relaxed);
     let guard = SubscriberGuard(s.subscribers.clone());
     let stream = s.engine.subscribe(&id, after).map(move |item| {
         let _keep = &guard;
-        Ok(match item {
+        Ok::<_, Infallible>(match item {
             Ok(e) => SseEvent::default()
                 .id(e.seq.to_string())
                 .event(e.kind.type_name())
@@ -388,7 +509,7 @@ async fn stream_events(
     let keep_alive = KeepAlive::new()
         .interval(s.config.sse_keep_alive)
         .text("keep-alive");
-    Ok(Sse::new(stream).keep_alive(keep_alive))
+    Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -473,6 +594,7 @@ async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
                 status: Some(status),
                 limit: 10_000,
                 before: None,
+                ..Default::default()
             })
             .await?
             .len();

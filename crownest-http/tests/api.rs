@@ -511,6 +511,71 @@ async fn read_sse(resp: reqwest::Response, stop: Option<usize>) -> Vec<(u64, Str
     out
 }
 
+/// An EventSource reconnects after every normal close with `Last-Event-ID` = the last seq
+/// it saw: for a finished run that is the terminal seq, and the answer must be 204 (which
+/// stops it), not a stream that stays open with keep-alives.
+#[tokio::test]
+async fn sse_of_a_finished_run_resumed_at_its_end_is_204_and_the_client_ends() {
+    let s = server().await;
+    let run = s
+        .client
+        .create_run(&fake(&["out:x", "exit:0"]))
+        .await
+        .unwrap();
+    s.client.upload(&run.id, archive()).await.unwrap();
+    s.client.start(&run.id).await.unwrap();
+    let all: Vec<Event> = tokio::time::timeout(
+        Duration::from_secs(30),
+        s.client.events(&run.id, 0).map(|e| e.unwrap()).collect(),
+    )
+    .await
+    .unwrap();
+    let last = all.last().unwrap().seq;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/runs/{}/events/stream", s.base, run.id);
+    let requests = [
+        http.get(&url)
+            .bearer_auth(TOKEN)
+            .header("Last-Event-ID", last.to_string()),
+        http.get(&url)
+            .bearer_auth(TOKEN)
+            .query(&[("afterSeq", last + 7)]),
+    ];
+    for request in requests {
+        let resp = tokio::time::timeout(Duration::from_secs(10), async {
+            let resp = request.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.bytes().await.unwrap())
+        })
+        .await
+        .expect("the stream of a finished run stayed open");
+        assert_eq!(resp.0, 204);
+        assert!(resp.1.is_empty());
+    }
+    // Just before the end: the terminal event, then the stream closes.
+    let resp = http
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", (last - 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let tail = tokio::time::timeout(Duration::from_secs(10), read_sse(resp, None))
+        .await
+        .unwrap();
+    assert_eq!(tail.len(), 1);
+    assert!(tail[0].2.kind.is_terminal());
+    // The Rust client resumed at the end ends at once, without an item.
+    let rest: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        s.client.events(&run.id, last).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("Client::events of a finished run never ended");
+    assert!(rest.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_reconnects_with_last_event_id_and_sees_every_event_once() {
     let s = server().await;
@@ -713,6 +778,19 @@ async fn openapi_matches_the_routes() {
         documented, routes,
         "openapi.json and ROUTES list the same operations"
     );
+    // Each secured operation documents the scope the server really requires.
+    for (method, path) in &routes {
+        let op = &doc["paths"][path][method.to_lowercase()];
+        if path == "/healthz" {
+            continue;
+        }
+        let want = crownest_http::Scope::required_for(
+            &reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            path,
+        );
+        assert_eq!(op["x-crownest-scope"], want.as_str(), "{method} {path}");
+        assert!(op["responses"]["403"].is_object(), "{method} {path}");
+    }
     // Every listed route is really routed: it never answers the fallback's `no_route`.
     for (method, path) in &routes {
         let url = format!(
@@ -765,7 +843,13 @@ async fn full_lifecycle_on_the_process_backend() {
         .open()
         .await
         .unwrap();
-    let app = router(engine.clone(), HttpConfig::default().with_token(TOKEN));
+    // A server offers the process backend only when it is named.
+    let app = router(
+        engine.clone(),
+        HttpConfig::default()
+            .with_token(TOKEN)
+            .with_backends(["process"]),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });

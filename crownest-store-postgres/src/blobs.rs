@@ -89,6 +89,8 @@ pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
     async fn install_blob(&self, staged: Staged) -> Result<()>;
     /// Moves staged chunk bytes to chunk `index` of `transfer`.
     async fn install_chunk(&self, staged: Staged, transfer: &TransferId, index: u64) -> Result<()>;
+    /// The bytes of chunk `index` of `transfer`, as stored (to compare a chunk sent again).
+    async fn read_chunk(&self, transfer: &TransferId, index: u64) -> Result<Vec<u8>>;
     /// A blocking reader of a blob's bytes (`Error::NotFound` when they are missing).
     async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader>;
     /// Removes a blob's bytes; whether there were any.

@@ -261,6 +261,14 @@ impl BlobBackend for LocalDirBlobs {
         Self::install(staged, to).await
     }
 
+    async fn read_chunk(&self, transfer: &TransferId, index: u64) -> Result<Vec<u8>> {
+        let path = self.transfer_dir(transfer).join(index.to_string());
+        tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|e| task("reading a chunk", e))?
+            .map_err(|e| io("reading a stored chunk", e))
+    }
+
     async fn open_blob(&self, sha256: &Sha256Digest) -> Result<BlobReader> {
         let path = self.blob_path(sha256);
         match tokio::task::spawn_blocking(move || File::open(path))

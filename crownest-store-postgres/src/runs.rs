@@ -98,22 +98,100 @@ pub(crate) async fn get_run(c: &impl GenericClient, id: &RunId) -> Result<RunRec
 /// `list_runs`: newest (largest id) first, like `MemoryStore`.
 pub(crate) async fn list_runs(c: &impl GenericClient, q: &RunQuery) -> Result<Vec<RunRecord>> {
     let limit = if q.limit == 0 { 100 } else { q.limit };
+    // Status and paging in SQL; backend, labels and creation time with the one rule
+    // (`RunQuery::matches`) on the records, page by page until `limit` matched.
+    let page = (limit * 4).clamp(100, 2000);
+    let mut out = Vec::new();
+    let mut before = q.before.as_ref().map(|b| b.as_str().to_owned());
+    loop {
+        let rows = query(
+            c,
+            "listing runs",
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs
+                 WHERE ($1::text IS NULL OR id < $1) AND ($2::text IS NULL OR status = $2)
+                 ORDER BY id DESC LIMIT $3"
+            ),
+            &[
+                &before,
+                &q.status.map(RunStatus::as_str),
+                &to_i64(page as u64),
+            ],
+        )
+        .await?;
+        let n = rows.len();
+        for row in &rows {
+            let record = row_to_record(row)?;
+            before = Some(record.id.as_str().to_owned());
+            if q.matches(&record) {
+                out.push(record);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if n < page {
+            return Ok(out);
+        }
+    }
+}
+
+/// `delete_run`: an ended run's record, events, evidence, artifact records and transfers,
+/// in one transaction (blobs go with the next garbage collection).
+pub(crate) async fn delete_run(
+    client: &mut deadpool_postgres::Object,
+    blobs: &dyn crate::blobs::BlobBackend,
+    id: &RunId,
+) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| crate::error::db("starting delete_run", e))?;
     let rows = query(
-        c,
-        "listing runs",
-        &format!(
-            "SELECT {RUN_COLUMNS} FROM runs
-             WHERE ($1::text IS NULL OR id < $1) AND ($2::text IS NULL OR status = $2)
-             ORDER BY id DESC LIMIT $3"
-        ),
-        &[
-            &q.before.as_ref().map(RunId::as_str),
-            &q.status.map(RunStatus::as_str),
-            &to_i64(limit as u64),
-        ],
+        &tx,
+        "reading a run to delete",
+        "SELECT status FROM runs WHERE id = $1 FOR UPDATE",
+        &[&id.as_str()],
     )
     .await?;
-    rows.iter().map(row_to_record).collect()
+    let Some(row) = rows.first() else {
+        return Err(Error::not_found("run", id));
+    };
+    let status = RunStatus::parse(row.get::<_, &str>(0))
+        .ok_or_else(|| Error::invalid("status", "unknown status in the store"))?;
+    if !status.is_terminal() {
+        return Err(Error::InvalidTransition {
+            from: status,
+            input: "delete",
+        });
+    }
+    let transfers = query(
+        &tx,
+        "listing a run's transfers",
+        "SELECT transfer_id FROM transfers WHERE run_id = $1",
+        &[&id.as_str()],
+    )
+    .await?;
+    for sql in [
+        "DELETE FROM chunks WHERE transfer_id IN (SELECT transfer_id FROM transfers WHERE run_id = $1)",
+        "DELETE FROM transfers WHERE run_id = $1",
+        "DELETE FROM artifacts WHERE run_id = $1",
+        "DELETE FROM evidence WHERE run_id = $1",
+        "DELETE FROM events WHERE run_id = $1",
+        "DELETE FROM runs WHERE id = $1",
+    ] {
+        execute(&tx, "deleting a run", sql, &[&id.as_str()]).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| crate::error::db("committing delete_run", e))?;
+    for row in &transfers {
+        if let Ok(t) = crownest_core::TransferId::parse(row.get::<_, &str>(0)) {
+            // Best effort: the rows are gone; leftover chunk files are removed by gc.
+            let _ = blobs.delete_chunks(&t).await;
+        }
+    }
+    Ok(())
 }
 
 /// `list_unfinished`: every run not in a terminal state, oldest id first.

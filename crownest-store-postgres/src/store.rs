@@ -214,6 +214,10 @@ impl Store for PostgresStore {
         self.gc_with(*policy).await
     }
 
+    async fn delete_run(&self, id: &RunId) -> Result<()> {
+        runs::delete_run(&mut self.client().await?, &*self.inner.blobs, id).await
+    }
+
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
         runs::get_evidence(&self.client().await?, id).await
     }

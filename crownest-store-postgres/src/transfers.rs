@@ -153,6 +153,7 @@ pub(crate) async fn put_chunk(
         .await?
         .ok_or_else(|| Error::not_found("transfer", id))?;
     check_len(&t)?;
+    let sent = data.clone();
     let staged = blobs.stage_chunk(data).await?;
     let tx = client
         .transaction()
@@ -162,6 +163,25 @@ pub(crate) async fn put_chunk(
         .await?
         .ok_or_else(|| Error::not_found("transfer", id))?;
     check_len(&t)?;
+    if t.received.contains(&index) {
+        // Sent again (under the transfer's row lock): the same bytes are a no-op, other
+        // bytes are refused and the stored chunk stays. The staged copy is dropped.
+        drop(staged);
+        if blobs.read_chunk(id, index).await? != sent {
+            return Err(t.chunk_conflict(index));
+        }
+        execute(
+            &tx,
+            "touching a transfer",
+            "UPDATE transfers SET updated_at = now() WHERE transfer_id = $1",
+            &[&id.as_str()],
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| commit_failed("committing put_chunk", e))?;
+        return Ok(t);
+    }
     blobs.install_chunk(staged, id, index).await?;
     execute(
         &tx,

@@ -112,6 +112,11 @@ impl TempPath {
         }
     }
 
+    /// The temp file's path (none once persisted).
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// Renames the file to `to` and stops tracking it.
     pub(crate) fn persist(mut self, to: &Path) -> std::io::Result<()> {
         if let Some(p) = &self.path {

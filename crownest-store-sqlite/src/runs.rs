@@ -87,22 +87,84 @@ pub(crate) fn get_run(conn: &Connection, id: &RunId) -> Result<RunRecord, OpErro
     read_run(conn, id)?.ok_or_else(|| Error::not_found("run", id).into())
 }
 
-/// `list_runs`: newest (largest id) first, like `MemoryStore`.
+/// `list_runs`: newest (largest id) first, like `MemoryStore`, filtered as
+/// [`RunQuery::matches`] says. Backend, labels and creation time are read from the record's
+/// JSON (`json_extract`, `json_each`); timestamps are fixed-width RFC 3339 UTC strings, so
+/// comparing them as text compares the instants.
 pub(crate) fn list_runs(conn: &Connection, q: &RunQuery) -> Result<Vec<RunRecord>, OpError> {
     let limit = if q.limit == 0 { 100 } else { q.limit };
+    let labels = if q.labels.is_empty() {
+        None
+    } else {
+        Some(to_json("label filter", &q.labels)?)
+    };
     query_runs(
         conn,
         &format!(
             "SELECT {RUN_COLUMNS} FROM runs
              WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?4 IS NULL OR json_extract(record, '$.backend') = ?4)
+               AND (?5 IS NULL OR json_extract(record, '$.timestamps.created') >= ?5)
+               AND (?6 IS NULL OR json_extract(record, '$.timestamps.created') < ?6)
+               AND (?7 IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM json_each(?7) AS want
+                   WHERE NOT EXISTS (
+                       SELECT 1 FROM json_each(record, '$.spec.labels') AS have
+                       WHERE have.key = want.key AND have.value = want.value)))
              ORDER BY id DESC LIMIT ?3"
         ),
         params![
             q.before.as_ref().map(RunId::as_str),
             q.status.map(RunStatus::as_str),
-            to_i64(limit as u64)
+            to_i64(limit as u64),
+            q.backend.as_deref(),
+            q.created_after.map(|t| t.to_string()),
+            q.created_before.map(|t| t.to_string()),
+            labels,
         ],
     )
+}
+
+/// Writer op: `delete_run` of an ended run, with its events, evidence, artifact rows and
+/// transfers.
+pub(crate) fn delete_run(
+    conn: &Connection,
+    ctx: &mut crate::writer::OpCtx<'_>,
+    id: &RunId,
+) -> Result<(), OpError> {
+    let run = get_run(conn, id)?;
+    if !run.status.is_terminal() {
+        return Err(Error::InvalidTransition {
+            from: run.status,
+            input: "delete",
+        }
+        .into());
+    }
+    let transfers: Vec<String> = {
+        let mut st = conn
+            .prepare_cached("SELECT transfer_id FROM transfers WHERE run_id = ?1")
+            .fatal("preparing the transfer query")?;
+        let rows = st
+            .query_map([id.as_str()], |r| r.get(0))
+            .fatal("listing a run's transfers")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .fatal("reading a run's transfers")?
+    };
+    for t in transfers {
+        let t = crownest_core::TransferId::parse(&t).map_err(OpError::Logical)?;
+        crate::transfers::delete(conn, ctx, &t)?;
+    }
+    for sql in [
+        "DELETE FROM artifacts WHERE run_id = ?1",
+        "DELETE FROM evidence WHERE run_id = ?1",
+        "DELETE FROM events WHERE run_id = ?1",
+        "DELETE FROM runs WHERE id = ?1",
+    ] {
+        conn.prepare_cached(sql)
+            .and_then(|mut st| st.execute([id.as_str()]))
+            .fatal("deleting a run")?;
+    }
+    Ok(())
 }
 
 /// `list_unfinished`: every run not in a terminal state, oldest id first.

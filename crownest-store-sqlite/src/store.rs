@@ -214,6 +214,14 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_run(&self, id: &RunId) -> Result<()> {
+        let id = id.clone();
+        self.inner
+            .writer
+            .submit(0, move |conn, ctx| runs::delete_run(conn, ctx, &id))
+            .await
+    }
+
     async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {
         let id = id.clone();
         self.inner

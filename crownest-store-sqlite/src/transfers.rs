@@ -147,6 +147,22 @@ pub(crate) fn install_chunk(
     }
     temp.check_present()?;
     let layout = &ctx.shared.layout;
+    if t.received.contains(&index) {
+        // Sent again: the same bytes are a no-op (the temp file goes), other bytes are
+        // refused and the stored chunk stays.
+        let stored = layout.chunk_path(id, index);
+        let same = match temp.path() {
+            Some(new) => same_bytes(&stored, new).fatal("comparing a chunk with the stored one")?,
+            None => false,
+        };
+        if !same {
+            return Err(t.chunk_conflict(index).into());
+        }
+        conn.prepare_cached("UPDATE transfers SET updated_at = ?2 WHERE transfer_id = ?1")
+            .and_then(|mut st| st.execute(params![id.as_str(), now_ms]))
+            .fatal("touching a transfer")?;
+        return Ok(t);
+    }
     let dir = layout.transfer_dir(id);
     ensure_dir(&dir).fatal("creating a transfer directory")?;
     temp.persist(&layout.chunk_path(id, index))
@@ -163,6 +179,37 @@ pub(crate) fn install_chunk(
     let mut t = t;
     t.received.insert(index);
     Ok(t)
+}
+
+/// True when the two files hold the same bytes (read in blocks, never whole).
+fn same_bytes(a: &std::path::Path, b: &std::path::Path) -> std::io::Result<bool> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = read_full(&mut fa, &mut ba)?;
+        let m = read_full(&mut fb, &mut bb)?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Writer op: `delete_transfer` (unknown ids are fine).

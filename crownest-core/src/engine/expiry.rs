@@ -14,7 +14,8 @@ use super::{WorkspaceRuns, lock};
 use crate::error::{Error, Result};
 use crate::event::{Failure, FailureKind};
 use crate::ids::RunId;
-use crate::status::{Input, Outcome, RunStatus, transition};
+use crate::lifecycle::{Input, transition};
+use crate::status::RunStatus;
 use crate::store::RunQuery;
 use crate::time::Timestamp;
 
@@ -51,6 +52,7 @@ impl WorkspaceRuns {
                     status: Some(RunStatus::AwaitingArchive),
                     limit: 500,
                     before: before.clone(),
+                    ..Default::default()
                 })
                 .await?;
             let Some(last) = page.last() else { break };
@@ -92,7 +94,7 @@ impl WorkspaceRuns {
         lock(&self.inner.secrets).remove(id);
         self.terminate(
             &mut record,
-            Outcome::Canceled,
+            Input::ArchiveTtlExpired,
             Some(expiry_failure(ttl)),
             None,
             None,

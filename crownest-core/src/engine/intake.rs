@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 use super::WorkspaceRuns;
 use super::rejected::VerifyingGuard;
 use crate::archive::{self, ExtractPolicy};
-use crate::error::{Error, Result};
+use crate::error::{ChunkRejectReason, Error, Result};
 use crate::event::{ArchivePhase, EventKind, NewEvent};
 use crate::ids::{RunId, Sha256Digest, TransferId};
+use crate::lifecycle::{Input, transition};
 use crate::run::{ArchiveDescriptor, ArchiveInfo, RunRecord, UploadKind};
-use crate::status::{Input, RunStatus, transition};
 use crate::store::{BlobExpect, BlobReader, ByteStream, TransferRecord};
 use crate::time::Timestamp;
 
@@ -181,15 +181,40 @@ impl WorkspaceRuns {
     }
 
     /// Stores one chunk at `offset` (a multiple of the chunk size; exact length). Idempotent;
-    /// chunks may arrive in any order and be resent after a dropped connection.
+    /// chunks may arrive in any order and be resent after a dropped connection. Sending
+    /// other bytes for a chunk already received is refused
+    /// (`ChunkRejected { reason: Conflict }`) and keeps the stored chunk.
     pub async fn put_chunk(
         &self,
         transfer: &TransferId,
         offset: u64,
         data: Bytes,
     ) -> Result<TransferStatus> {
+        self.put_chunk_checked(transfer, offset, data, None).await
+    }
+
+    /// [`put_chunk`](Self::put_chunk) of a chunk sent with its sha256: bytes that do not
+    /// have it are refused (`ChunkRejected { reason: DigestMismatch }`) before anything is
+    /// stored, so a chunk corrupted on the way never replaces or joins what was received.
+    pub async fn put_chunk_checked(
+        &self,
+        transfer: &TransferId,
+        offset: u64,
+        data: Bytes,
+        sha256: Option<&Sha256Digest>,
+    ) -> Result<TransferStatus> {
         let t = self.inner.store.get_transfer(transfer).await?;
         let index = t.check_chunk(offset, data.len() as u64)?;
+        if let Some(declared) = sha256 {
+            let actual = Sha256Digest::of(&data);
+            if actual != *declared {
+                return Err(Error::ChunkRejected {
+                    offset,
+                    reason: ChunkRejectReason::DigestMismatch,
+                    message: format!("declared sha256 {declared}, received {actual}"),
+                });
+            }
+        }
         let t = self.inner.store.put_chunk(transfer, index, data).await?;
         Ok((&t).into())
     }
@@ -205,15 +230,14 @@ impl WorkspaceRuns {
     pub async fn complete_transfer(&self, transfer: &TransferId) -> Result<RunRecord> {
         let t = self.inner.store.get_transfer(transfer).await?;
         if !t.is_complete() {
-            let missing = t.missing_ranges();
-            return Err(Error::invalid(
-                "transfer",
-                format!(
-                    "{} byte range(s) missing, first at {:?}",
-                    missing.len(),
-                    missing.first()
-                ),
-            ));
+            return Err(Error::TransferIncomplete {
+                transfer_id: transfer.to_string(),
+                missing: t
+                    .missing_ranges()
+                    .into_iter()
+                    .map(|(a, b)| [a, b])
+                    .collect(),
+            });
         }
         let reader = self.inner.store.open_transfer(transfer).await?;
         let result = self
@@ -372,7 +396,7 @@ impl WorkspaceRuns {
                 upload: kind,
             },
         };
-        self.set_status(record, RunStatus::ArchiveReady, vec![progress, verified])
+        self.set_status(record, Input::ArchiveVerified, vec![progress, verified])
             .await?;
         self.discard_transfers(&record.id).await;
         Ok(record.clone())

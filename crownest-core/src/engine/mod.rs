@@ -18,10 +18,12 @@ mod driver;
 mod expiry;
 mod gc;
 mod intake;
+mod ladder;
 mod rejected;
 pub(crate) mod sink;
 pub mod staging;
 mod subscribe;
+mod templates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,11 +39,12 @@ use crate::event::{Event, EventKind, Failure, FailureKind, NewEvent, seal};
 use crate::evidence::{EvidenceBundle, EvidenceSandbox, OutputSummary, SpecRecord};
 use crate::gc::GcPolicy;
 use crate::ids::{ArtifactId, RunId};
+use crate::lifecycle::{self, Input, transition};
 use crate::run::{Artifact, RunOwner, RunRecord};
 use crate::secret::SecretValue;
 use crate::signing::{DsseEnvelope, HostKey, HostPublicKey};
 use crate::spec::{Limits, RunSpec};
-use crate::status::{Input, Outcome, RunStatus, transition};
+use crate::status::RunStatus;
 use crate::store::{CreateOutcome, RunCommit, RunQuery, Store};
 use crate::time::Timestamp;
 
@@ -149,6 +152,8 @@ pub(crate) struct Inner {
     verifying: rejected::Verifying,
     /// Signs each run's evidence in its terminal commit, when set.
     host_key: Option<Arc<HostKey>>,
+    /// Template names per backend, for the check at `create` (see `templates.rs`).
+    templates: templates::TemplateNames,
 }
 
 #[derive(Debug, Default)]
@@ -269,6 +274,7 @@ impl WorkspaceRunsBuilder {
                 staging_admission: tokio::sync::Mutex::default(),
                 verifying: rejected::Verifying::default(),
                 host_key: self.host_key,
+                templates: templates::TemplateNames::default(),
             }),
         };
         if self.recover {
@@ -336,6 +342,11 @@ impl WorkspaceRuns {
         &self.inner.backends
     }
 
+    /// The backend a spec that names none runs on.
+    pub fn default_backend(&self) -> &str {
+        &self.inner.default_backend
+    }
+
     fn backend(&self, name: &str) -> Result<&Arc<dyn SandboxBackend>> {
         self.inner
             .backends
@@ -343,8 +354,17 @@ impl WorkspaceRuns {
             .ok_or_else(|| Error::invalid("backend", format!("no backend named {name:?}")))
     }
 
-    /// Creates a run in `awaiting_archive`. With an `idempotencyKey` already used, returns
-    /// that run instead (its spec is not compared).
+    /// Creates a run in `awaiting_archive`.
+    ///
+    /// Refused with `Error::InvalidSpec`: an invalid spec, an unknown backend, and a
+    /// template the backend does not offer (field `template`), so nothing is stored for a
+    /// run that could never start.
+    ///
+    /// With an `idempotencyKey` already used, returns that run when the spec is the same
+    /// request ([`RunRecord::same_request`]: every field, plain `env` values included, and
+    /// the secret names), and `Error::IdempotencyKeyReused` when it differs. Secret values
+    /// are never stored nor hashed, so a retry that differs only in them returns the first
+    /// run.
     ///
     /// The spec's secret values stay in this engine's memory until [`start`](Self::start):
     /// the stored record keeps their names only, so the run must be started through this
@@ -355,19 +375,29 @@ impl WorkspaceRuns {
             .backend
             .clone()
             .unwrap_or_else(|| self.inner.default_backend.clone());
+        let chosen = self.backend(&backend)?;
         // Capabilities are data: a hard requirement the backend cannot enforce is refused
         // here, before anything is stored (`crate::capability`).
-        let capabilities = self.backend(&backend)?.capabilities();
-        if let Some(missing) = capability::unenforceable(&spec.requirements(), &capabilities) {
+        if let Some(missing) =
+            capability::unenforceable(&spec.requirements(), &chosen.capabilities())
+        {
             return Err(Error::not_enforceable(&missing, backend));
         }
+        self.inner
+            .templates
+            .check(&backend, chosen, &spec.template)
+            .await?;
         let secrets = spec.secrets.clone();
         let id = RunId::new();
         let mut record =
             RunRecord::new(id.clone(), spec, backend, limits, self.inner.owner.clone());
         let created = self.inner.store.create_run(record.clone()).await?;
         match created {
-            CreateOutcome::Existing(existing) => Ok(existing),
+            CreateOutcome::Existing(existing) if existing.same_request(&record) => Ok(existing),
+            CreateOutcome::Existing(existing) => Err(Error::IdempotencyKeyReused {
+                key: existing.spec.idempotency_key.unwrap_or_default(),
+                run_id: existing.id.to_string(),
+            }),
             CreateOutcome::Created(_) => {
                 if !secrets.is_empty() {
                     lock(&self.inner.secrets).insert(id.clone(), secrets);
@@ -381,13 +411,7 @@ impl WorkspaceRuns {
                         spec: SpecRecord::of(&record),
                     },
                 };
-                let first = NewEvent {
-                    at: created,
-                    kind: EventKind::Status {
-                        status: RunStatus::AwaitingArchive,
-                        previous: None,
-                    },
-                };
+                let first = lifecycle::opened(&record, created);
                 self.commit(&mut record, vec![spec, first], None).await?;
                 Ok(record)
             }
@@ -444,7 +468,7 @@ impl WorkspaceRuns {
         let run_lock = self.run_lock(id);
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
-        let to = transition(record.status, Input::Start)?;
+        transition(record.status, Input::Start)?;
         let secrets = lock(&self.inner.secrets).remove(id);
         let secrets = match secrets {
             Some(secrets) => secrets,
@@ -463,29 +487,14 @@ impl WorkspaceRuns {
         // status events are recorded; one store write instead of two).
         let permit = self.inner.slots.clone().try_acquire_owned().ok();
         if permit.is_some() {
-            let starting = transition(to, Input::SlotAcquired)?;
             let now = Timestamp::now();
-            record.timestamps.on_status(to, now);
-            let events = vec![
-                NewEvent {
-                    at: now,
-                    kind: EventKind::Status {
-                        status: to,
-                        previous: Some(record.status),
-                    },
-                },
-                NewEvent {
-                    at: now,
-                    kind: EventKind::Status {
-                        status: starting,
-                        previous: Some(to),
-                    },
-                },
-            ];
-            record.status = starting;
-            self.commit(&mut record, events, None).await?;
+            let queued = lifecycle::advance(&mut record, Input::Start, now)?;
+            let starting = lifecycle::advance(&mut record, Input::SlotAcquired, now)?;
+            self.commit(&mut record, vec![queued, starting], None)
+                .await?;
         } else {
-            self.set_status(&mut record, to, Vec::new()).await?;
+            self.set_status(&mut record, Input::Start, Vec::new())
+                .await?;
         }
         self.inner
             .metrics
@@ -521,8 +530,7 @@ impl WorkspaceRuns {
         let mut record = self.get(id).await?;
         match record.status {
             RunStatus::AwaitingArchive | RunStatus::ArchiveReady => {
-                transition(record.status, Input::Cancel)?;
-                self.terminate(&mut record, Outcome::Canceled, None, None, None, None)
+                self.terminate(&mut record, Input::Cancel, None, None, None, None)
                     .await?;
                 self.discard_transfers(id).await;
                 Ok(record)
@@ -534,6 +542,18 @@ impl WorkspaceRuns {
             // Driven elsewhere: the owner's driver polls for this flag.
             _ => self.inner.store.request_cancel(id).await,
         }
+    }
+
+    /// Deletes an ended run (retention): its record, its events, its Evidence Bundle, its
+    /// artifact records and any transfer left, through [`Store::delete_run`]. **The
+    /// evidence is gone**: nothing can verify the run afterwards; export it first
+    /// (`evidence`, `list_events`) if it must be kept. The archive and artifact blobs no
+    /// other run names are deleted by the next garbage collection after `blob_grace`. A
+    /// run that has not ended is `Error::InvalidTransition` (cancel it first).
+    pub async fn delete(&self, id: &RunId) -> Result<()> {
+        self.inner.store.delete_run(id).await?;
+        lock(&self.inner.run_locks).remove(id);
+        Ok(())
     }
 
     /// Waits until the run is terminal and returns its final record.
@@ -597,7 +617,7 @@ impl WorkspaceRuns {
             match self
                 .terminate(
                     &mut run,
-                    Outcome::Failed,
+                    Input::HostRestarted,
                     Some(failure),
                     identity,
                     isolation,
@@ -749,54 +769,47 @@ impl WorkspaceRuns {
         }
     }
 
-    /// Transition + `status` event (plus `extra` events before it) in one commit.
+    /// `input` through the status gate ([`lifecycle::advance`]) + its `status` event (plus
+    /// `extra` events before it) in one commit.
     async fn set_status(
         &self,
         record: &mut RunRecord,
-        to: RunStatus,
+        input: Input,
         mut extra: Vec<NewEvent>,
     ) -> Result<()> {
-        let previous = record.status;
-        let now = Timestamp::now();
-        record.status = to;
-        record.timestamps.on_status(to, now);
-        extra.push(NewEvent {
-            at: now,
-            kind: EventKind::Status {
-                status: to,
-                previous: Some(previous),
-            },
-        });
+        extra.push(lifecycle::advance(record, input, Timestamp::now())?);
         self.commit(record, extra, None).await.map(|_| ())
     }
 
-    /// Ends a run: `status` event, then the `terminal` event, terminal record and evidence
-    /// (and, with a host key, its signed envelope) in ONE commit.
+    /// Ends a run on `input`, which must take it to a terminal status
+    /// (`Finalized(outcome)` from `finalizing`, `Cancel` before `starting`,
+    /// `ArchiveTtlExpired`, `HostRestarted`; anything else is `InvalidTransition` and
+    /// changes nothing): `status` event, then the `terminal` event, terminal record and
+    /// evidence (and, with a host key, its signed envelope) in ONE commit.
     async fn terminate(
         &self,
         record: &mut RunRecord,
-        outcome: Outcome,
+        input: Input,
         failure: Option<Failure>,
         identity: Option<crate::backend::TemplateIdentity>,
         isolation: Option<crate::backend::IsolationReport>,
         output: Option<OutputSummary>,
     ) -> Result<()> {
+        let from = record.status;
+        if !transition(from, input)?.is_terminal() {
+            return Err(Error::InvalidTransition {
+                from,
+                input: input.name(),
+            });
+        }
         // An ended run never starts: forget its secrets (canceled, reclaimed or expired
         // before `start`).
         lock(&self.inner.secrets).remove(&record.id);
-        let previous = record.status;
         let now = Timestamp::now();
-        record.status = outcome.status();
+        let status_event = lifecycle::advance(record, input, now)?;
         record.failure = failure;
         record.timestamps.terminal = Some(now);
         let duration_ms = record.timestamps.created.map_or(0, |c| now.millis_since(c));
-        let status_event = NewEvent {
-            at: now,
-            kind: EventKind::Status {
-                status: record.status,
-                previous: Some(previous),
-            },
-        };
         let v2 = record.evidence_v2;
         let terminal_with = |bundle_digest: Option<crate::ids::Sha256Digest>| NewEvent {
             at: now,

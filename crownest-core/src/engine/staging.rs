@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use super::WorkspaceRuns;
 use crate::error::{Error, Result};
 use crate::ids::RunId;
-use crate::status::{Input, RunStatus, transition};
+use crate::lifecycle::{Input, transition};
+use crate::status::RunStatus;
 use crate::store::TransferRecord;
 
 /// `LimitExceeded.limit` when a run already has its maximum of open transfers.

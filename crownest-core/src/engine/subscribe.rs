@@ -59,6 +59,10 @@ impl State {
 impl WorkspaceRuns {
     /// Events with `seq > after_seq`: first those already stored, then live ones as they
     /// become durable, each exactly once and in order; the stream ends after `terminal`.
+    ///
+    /// A stream of an ended run whose cursor is already at or past its `terminal` event
+    /// (or past its last seq) ends at once, without an item: nothing can follow. A stream
+    /// of an unknown run yields `Error::NotFound` and ends.
     pub fn subscribe(&self, id: &RunId, after_seq: u64) -> EventStream {
         let rx = self.watch_run(id);
         let state = State {
@@ -104,6 +108,22 @@ impl WorkspaceRuns {
                         }
                         Ok(events) if !events.is_empty() => st.buffer.extend(events),
                         Ok(_) => {
+                            // Nothing after the cursor. If the run has ended, nothing ever
+                            // will be: end now (a cursor at or past `terminal`, e.g. a client
+                            // resuming a finished run with `Last-Event-ID`).
+                            match st.engine.inner.store.get_run(&st.id).await {
+                                Err(e) => {
+                                    st.done = true;
+                                    return Some((Err(e), st));
+                                }
+                                Ok(run) if run.ended_by(st.after) => {
+                                    st.release_watch();
+                                    return None;
+                                }
+                                // Still going (or it ended between the two reads: the wait
+                                // below wakes at once, its channel closed, and reads it).
+                                Ok(_) => {}
+                            }
                             let poll = st.engine.inner.config.subscribe_poll_interval;
                             match st.watch.as_mut() {
                                 Some(rx) => {

@@ -23,7 +23,6 @@ use super::{
 };
 use crate::event::{ChainSummary, Event, EventKind, OutputStream};
 use crate::run::{ArtifactErrorRecord, RunTimestamps};
-use crate::status::RunStatus;
 
 /// Stored bytes of one stream, as the chunks carry them.
 #[derive(Default)]
@@ -129,21 +128,8 @@ pub fn derive(events: &[Event]) -> Result<EvidenceBundle, String> {
                 source.upload = Some(*upload);
                 timestamps.archive_verified = Some(e.at);
             }
-            EventKind::Status { status, .. } => match status {
-                RunStatus::Queued if timestamps.started.is_none() => {
-                    timestamps.started = Some(e.at)
-                }
-                RunStatus::Running if timestamps.command_started.is_none() => {
-                    timestamps.command_started = Some(e.at)
-                }
-                RunStatus::Finalizing
-                    if timestamps.command_started.is_some()
-                        && timestamps.command_ended.is_none() =>
-                {
-                    timestamps.command_ended = Some(e.at)
-                }
-                _ => {}
-            },
+            // The same rule the engine records them by, at the status event's `at`.
+            EventKind::Status { status, .. } => timestamps.on_status(*status, e.at),
             EventKind::Environment {
                 identity: id,
                 isolation: iso,
@@ -151,20 +137,9 @@ pub fn derive(events: &[Event]) -> Result<EvidenceBundle, String> {
                 identity.clone_from(id);
                 isolation = Some(iso.clone());
             }
-            EventKind::ArtifactCollected {
-                artifact_id,
-                path,
-                size_bytes,
-                sha256,
-                skipped,
-                ..
-            } => artifacts.push(EvidenceArtifact {
-                artifact_id: artifact_id.clone(),
-                path: path.clone(),
-                size_bytes: *size_bytes,
-                sha256: sha256.clone(),
-                skipped: skipped.clone(),
-            }),
+            kind @ EventKind::ArtifactCollected { .. } => {
+                artifacts.extend(EvidenceArtifact::of_event(kind));
+            }
             EventKind::ArtifactError {
                 path,
                 reason,

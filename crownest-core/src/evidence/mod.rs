@@ -5,7 +5,7 @@
 //!
 //! | schema | what proves it |
 //! |---|---|
-//! | [`EVIDENCE_SCHEMA`] `crownest.evidence/v2` (written now) | the event chain alone: every field is derived from the events ([`derive`]), and the terminal event carries the digest of the bundle's canonical form ([`EvidenceBundle::content_digest`]) |
+//! | [`EVIDENCE_SCHEMA`] `crownest.evidence/v2` (written now) | the event chain alone: every field is derived from the events ([`derive()`]), and the terminal event carries the digest of the bundle's canonical form ([`EvidenceBundle::content_digest`]) |
 //! | [`EVIDENCE_SCHEMA_V1_1`] `crownest.evidence/v1.1` | the chain, the terminal outcome and the artifact list; other fields were not bound |
 //! | [`EVIDENCE_SCHEMA_V1`] `crownest.evidence/v1` | as v1.1; env as `envNames` with salted hashes and `envSalt` |
 //!
@@ -377,6 +377,29 @@ pub fn content_digest_of(bundle: &Value) -> Sha256Digest {
         map.remove("terminalEvent");
     }
     Sha256Digest::of(&crate::canonical::to_vec(&v))
+}
+
+impl EvidenceArtifact {
+    /// The artifact an `artifact_collected` event records (`None` for any other event).
+    pub fn of_event(kind: &crate::event::EventKind) -> Option<Self> {
+        match kind {
+            crate::event::EventKind::ArtifactCollected {
+                artifact_id,
+                path,
+                size_bytes,
+                sha256,
+                skipped,
+                ..
+            } => Some(Self {
+                artifact_id: artifact_id.clone(),
+                path: path.clone(),
+                size_bytes: *size_bytes,
+                sha256: sha256.clone(),
+                skipped: skipped.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl EvidenceSandbox {

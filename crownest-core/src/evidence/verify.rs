@@ -207,23 +207,7 @@ fn verify_v1(bundle: &EvidenceBundle, events: &[Event], problems: &mut Vec<Evide
     }
     let collected: Vec<EvidenceArtifact> = events
         .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::ArtifactCollected {
-                artifact_id,
-                path,
-                size_bytes,
-                sha256,
-                skipped,
-                ..
-            } => Some(EvidenceArtifact {
-                artifact_id: artifact_id.clone(),
-                path: path.clone(),
-                size_bytes: *size_bytes,
-                sha256: sha256.clone(),
-                skipped: skipped.clone(),
-            }),
-            _ => None,
-        })
+        .filter_map(|e| EvidenceArtifact::of_event(&e.kind))
         .collect();
     if collected.len() != bundle.artifacts.len() {
         problems.push(problem(

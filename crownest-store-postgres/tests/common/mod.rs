@@ -218,6 +218,9 @@ impl Store for TempStore {
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
         self.store.get_evidence(id).await
     }
+    async fn delete_run(&self, id: &RunId) -> Result<()> {
+        self.store.delete_run(id).await
+    }
     async fn get_evidence_envelope(
         &self,
         id: &RunId,

@@ -108,6 +108,9 @@ impl Store for TempStore {
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
         self.store.get_artifact(id).await
     }
+    async fn delete_run(&self, id: &RunId) -> Result<()> {
+        self.store.delete_run(id).await
+    }
 }
 
 use crownest_core::event::{EventKind, NewEvent, OutputChunk, seal};

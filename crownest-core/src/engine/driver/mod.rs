@@ -4,62 +4,36 @@
 //! `running`: stream output, heartbeats, deadline, cancel, kill ladder →
 //! `finalizing`: collect artifacts, destroy or keep the sandbox →
 //! terminal event + terminal record + evidence in one commit.
+//!
+//! The `running` phase (the command, its output, heartbeats, cancel, the kill ladder) is
+//! `command.rs`.
+
+mod command;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
-use tokio::time::sleep_until;
 
 use super::WorkspaceRuns;
-use super::sink::{EngineSink, OutputChunker, SinkMsg};
 use crate::archive::ExtractPolicy;
 use crate::artifact::CollectedArtifact;
 use crate::backend::{
-    Destroyed, ExecOutcome, ExecRequest, ExitStatus, IsolationReport, KillSignal, Sandbox,
-    SandboxBackend, SandboxSpec, TemplateIdentity,
+    Destroyed, IsolationReport, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity,
 };
 use crate::capability;
 use crate::error::{Error, Result};
-use crate::event::{
-    ArchivePhase, ArtifactErrorReason, EventKind, Failure, FailureKind, KillReason, NewEvent,
-};
+use crate::event::{ArchivePhase, ArtifactErrorReason, EventKind, Failure, FailureKind, NewEvent};
 use crate::evidence::OutputSummary;
 use crate::ids::ArtifactId;
+use crate::lifecycle::{Input, Outcome};
 use crate::run::{Artifact, ArtifactErrorRecord, RunRecord, SandboxRecord};
 use crate::secret::SecretValue;
-use crate::status::{Input, Outcome, RunStatus, transition};
+use crate::status::RunStatus;
 use crate::store::BlobExpect;
 use crate::time::Timestamp;
-
-/// Most output events in one commit (and gathered while one is in flight): with chunks of
-/// at most 64 KiB, about 4 MiB of output (5.3 MiB as base64) per store write.
-const MAX_OUTPUT_BATCH: usize = 64;
-
-/// A commit of output events running behind the command; yields the run's new
-/// `(next_seq, chain_head)`.
-type OutputCommit = Pin<Box<dyn Future<Output = Result<(u64, String)>> + Send>>;
-
-/// Output events of the running command on their way to the store.
-#[derive(Default)]
-struct OutputCommits {
-    /// The commit in flight, if any.
-    in_flight: Option<OutputCommit>,
-    /// Events received while it was in flight: the next commit.
-    pending: Vec<NewEvent>,
-}
-
-/// Completes the commit in flight (never resolves without one: the caller guards it).
-async fn in_flight(commit: &mut Option<OutputCommit>) -> Result<(u64, String)> {
-    match commit {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
 
 /// How the execution phase ended, before artifacts are considered.
 struct Ending {
@@ -137,9 +111,16 @@ impl Driver {
                 if fresh.status == RunStatus::Running || fresh.status == RunStatus::Starting {
                     let _ = self
                         .engine
-                        .set_status(&mut fresh, RunStatus::Finalizing, Vec::new())
+                        .set_status(&mut fresh, Input::CommandEnded, Vec::new())
                         .await;
                 }
+                // From `finalizing` the run ends through the table like any other; from
+                // anywhere else (still `queued`) its driver is gone, as after a restart.
+                let input = if fresh.status == RunStatus::Finalizing {
+                    Input::Finalized(Outcome::Failed)
+                } else {
+                    Input::HostRestarted
+                };
                 let failure = Failure::new(
                     FailureKind::SandboxError,
                     format!("engine error: {}", e.chain()),
@@ -148,7 +129,7 @@ impl Driver {
                     .engine
                     .terminate(
                         &mut fresh,
-                        Outcome::Failed,
+                        input,
                         Some(failure),
                         self.identity.clone(),
                         self.isolation.clone(),
@@ -172,47 +153,10 @@ impl Driver {
             .map(|_| ())
     }
 
-    /// Starts committing the gathered output events, unless a commit is in flight (then
-    /// they go with the next one, when it completes).
-    fn start_output_commit(&self, output: &mut OutputCommits) {
-        if output.in_flight.is_some() || output.pending.is_empty() {
-            return;
-        }
-        let events = std::mem::take(&mut output.pending);
-        let engine = self.engine.clone();
-        let mut record = self.record.clone();
-        output.in_flight = Some(Box::pin(async move {
-            let result = engine.commit(&mut record, events, None).await.map(|_| ());
-            result.map(|()| (record.next_seq, record.chain_head))
-        }));
-    }
-
-    /// Applies a completed output commit to the driver's record.
-    fn committed(&mut self, done: Result<(u64, String)>) -> Result<()> {
-        let (next_seq, chain_head) = done?;
-        self.record.next_seq = next_seq;
-        self.record.chain_head = chain_head;
-        Ok(())
-    }
-
-    /// Commits every output event received so far (before any other event is committed,
-    /// so the log keeps the order in which things happened).
-    async fn flush_output(&mut self, output: &mut OutputCommits) -> Result<()> {
-        if let Some(f) = output.in_flight.take() {
-            self.committed(f.await)?;
-        }
-        if !output.pending.is_empty() {
-            let events = std::mem::take(&mut output.pending);
-            self.commit(events).await?;
-        }
-        Ok(())
-    }
-
     async fn status(&mut self, input: Input, extra: Vec<NewEvent>) -> Result<()> {
-        let to = transition(self.record.status, input)?;
         let mut all = std::mem::take(&mut self.deferred);
         all.extend(extra);
-        self.engine.set_status(&mut self.record, to, all).await
+        self.engine.set_status(&mut self.record, input, all).await
     }
 
     async fn drive(&mut self) -> Result<()> {
@@ -223,9 +167,8 @@ impl Driver {
             None => {
                 let Some(permit) = self.acquire_slot().await? else {
                     let mut rec = self.record.clone();
-                    transition(rec.status, Input::Cancel)?;
                     self.engine
-                        .terminate(&mut rec, Outcome::Canceled, None, None, None, None)
+                        .terminate(&mut rec, Input::Cancel, None, None, None, None)
                         .await?;
                     self.record = rec;
                     return Ok(());
@@ -352,246 +295,6 @@ impl Driver {
         Ok(())
     }
 
-    /// Runs the command: output, heartbeats, deadline, cancel and the kill ladder.
-    async fn execute(&mut self, sandbox: &dyn Sandbox) -> Result<Ending> {
-        let cfg = self.engine.config().clone();
-        let limits = self.record.limits;
-        // Only secret values are masked: plain env values are provenance, and masking them
-        // would garble ordinary output (`CI=true` turns every "true" into `***`).
-        let chunker = OutputChunker::new(
-            limits.output_bytes_per_stream,
-            self.secrets.values().map(|v| v.expose().to_owned()),
-        );
-        let (tx, mut rx) = mpsc::channel::<SinkMsg>(16);
-        let sink = EngineSink {
-            chunker: &chunker,
-            tx,
-        };
-        let request = ExecRequest {
-            argv: self.record.spec.command.clone(),
-            cwd: self.record.spec.cwd.clone(),
-            env: self.record.spec.env.clone(),
-            secrets: self.secrets.clone(),
-        };
-        let mut exec = Box::pin(sandbox.exec(&request, &sink));
-
-        let begun = tokio::time::Instant::now();
-        let deadline = begun + Duration::from_millis(limits.timeout_ms);
-        let mut heartbeat =
-            tokio::time::interval_at(begun + cfg.heartbeat_interval, cfg.heartbeat_interval);
-        let mut cancel_poll = tokio::time::interval(cfg.cancel_poll_interval);
-        // (reason, next rung, when)
-        let mut ladder: Option<(KillReason, u8, tokio::time::Instant)> = None;
-        let mut exec_result: Option<Result<ExecOutcome>> = None;
-        let mut destroyed_by_ladder = false;
-
-        // Output commits run behind the command: one commit is in flight while the
-        // next batch gathers, and `exec` (which reads the pipes) keeps being polled
-        // meanwhile. Awaiting each commit inside this loop would stop reading output for
-        // the length of every store write (an fsync on disk), one 64 KiB read per commit.
-        let mut output = OutputCommits::default();
-
-        while exec_result.is_none() {
-            let ladder_at = ladder.map_or(deadline, |(_, _, at)| at);
-            tokio::select! {
-                biased;
-                done = in_flight(&mut output.in_flight), if output.in_flight.is_some() => {
-                    output.in_flight = None;
-                    self.committed(done)?;
-                    self.start_output_commit(&mut output);
-                }
-                msg = rx.recv(), if output.pending.len() < MAX_OUTPUT_BATCH => match msg {
-                    Some(SinkMsg::Started) => {
-                        self.flush_output(&mut output).await?;
-                        self.status(Input::CommandStarted, Vec::new()).await?;
-                    }
-                    Some(SinkMsg::Events(events)) => {
-                        // Coalesce what is already queued into the next commit.
-                        output.pending.extend(events);
-                        while output.pending.len() < MAX_OUTPUT_BATCH {
-                            match rx.try_recv() {
-                                Ok(SinkMsg::Events(more)) => output.pending.extend(more),
-                                Ok(SinkMsg::Started) => {
-                                    self.flush_output(&mut output).await?;
-                                    self.status(Input::CommandStarted, Vec::new()).await?;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        self.start_output_commit(&mut output);
-                    }
-                    None => {}
-                },
-                r = &mut exec => exec_result = Some(r),
-                _ = sleep_until(ladder_at) => {
-                    self.flush_output(&mut output).await?;
-                    let (reason, rung) = ladder.map_or((KillReason::Timeout, 0), |(r, n, _)| (r, n));
-                    match self.kill_rung(sandbox, reason, rung, &cfg, limits.kill_grace_ms).await? {
-                        Some(next_at) => ladder = Some((reason, rung + 1, next_at)),
-                        None => {
-                            destroyed_by_ladder = true;
-                            exec_result = Some(Ok(ExecOutcome::new(ExitStatus::Signaled(9))));
-                        }
-                    }
-                }
-                _ = self.cancel.changed(), if ladder.is_none() => {
-                    if self.cancel_requested() {
-                        self.flush_output(&mut output).await?;
-                        let next = self.kill_rung(sandbox, KillReason::Cancel, 0, &cfg, limits.kill_grace_ms).await?;
-                        ladder = next.map(|at| (KillReason::Cancel, 1, at));
-                    }
-                }
-                _ = cancel_poll.tick(), if ladder.is_none() => {
-                    if self.engine.get(&self.record.id).await?.cancel_requested {
-                        self.flush_output(&mut output).await?;
-                        let next = self.kill_rung(sandbox, KillReason::Cancel, 0, &cfg, limits.kill_grace_ms).await?;
-                        ladder = next.map(|at| (KillReason::Cancel, 1, at));
-                    }
-                }
-                _ = heartbeat.tick(), if self.record.status == RunStatus::Running => {
-                    self.flush_output(&mut output).await?;
-                    self.commit(vec![NewEvent::now(EventKind::Heartbeat {})]).await?;
-                }
-            }
-        }
-        drop(exec);
-        drop(sink);
-        // Wait for the commit in flight; what was gathered but not committed goes first.
-        if let Some(f) = output.in_flight.take() {
-            self.committed(f.await)?;
-        }
-        // Drain what the sink produced before the command ended, then flush held bytes.
-        let mut tail = std::mem::take(&mut output.pending);
-        while let Some(msg) = rx.recv().await {
-            if let SinkMsg::Events(events) = msg {
-                tail.extend(events);
-            }
-        }
-        tail.extend(chunker.finish());
-        for (stream, dropped) in chunker.dropped() {
-            if dropped > 0 {
-                tail.push(NewEvent::now(EventKind::OutputTruncated {
-                    stream,
-                    bytes_dropped: dropped,
-                }));
-            }
-        }
-        while !tail.is_empty() {
-            let rest = tail.split_off(tail.len().min(MAX_OUTPUT_BATCH));
-            self.commit(std::mem::replace(&mut tail, rest)).await?;
-        }
-        self.output = Some(chunker.summary());
-        if destroyed_by_ladder && let Some(sb) = self.record.sandbox.as_mut() {
-            sb.destroyed = true;
-        }
-
-        let reason = ladder.map(|(r, _, _)| r);
-        let outcome = match exec_result {
-            Some(Ok(o)) => o,
-            Some(Err(e)) => return Ok(Ending::failed(FailureKind::SandboxError, e.chain())),
-            None => {
-                return Ok(Ending::failed(
-                    FailureKind::SandboxError,
-                    "exec did not finish",
-                ));
-            }
-        };
-        // What the sandbox enforced may have changed while spawning (e.g. a containment
-        // fallback): record what was true for this command.
-        let before = self.isolation.clone();
-        self.isolation = Some(self.enforced(sandbox.isolation()));
-        let mut events = Vec::new();
-        if !outcome.survivors.is_empty() {
-            let message = format!(
-                "{} process(es) survived the final kill: {}",
-                outcome.survivors.len(),
-                outcome.survivors.join(", ")
-            );
-            if let Some(iso) = self.isolation.as_mut() {
-                iso.details
-                    .insert("survivors".into(), outcome.survivors.join(", "));
-            }
-            events.push(NewEvent::now(EventKind::Error {
-                code: "survivors".into(),
-                message,
-            }));
-        }
-        if self.isolation != before {
-            events.push(self.environment_event());
-        }
-        if !events.is_empty() {
-            self.commit(events).await?;
-        }
-        match &outcome.status {
-            ExitStatus::Exited(code) => self.record.exit_code = Some(*code),
-            ExitStatus::Signaled(sig) => self.record.signal = Some(*sig),
-            _ => {}
-        }
-        Ok(match (reason, outcome.status) {
-            (Some(KillReason::Cancel), _) => Ending::canceled(),
-            (Some(KillReason::Timeout), _) => Ending::failed(
-                FailureKind::TimedOut,
-                format!(
-                    "the command ran past its {} ms deadline and was killed",
-                    limits.timeout_ms
-                ),
-            ),
-            (_, ExitStatus::Exited(0)) => Ending {
-                outcome: Outcome::Succeeded,
-                failure: None,
-            },
-            (_, ExitStatus::Exited(code)) => Ending::failed(
-                FailureKind::ExitNonzero,
-                format!("the command exited with code {code}"),
-            ),
-            (_, ExitStatus::Signaled(sig)) => Ending::failed(
-                FailureKind::Signaled,
-                format!("the command was killed by signal {sig}"),
-            ),
-            (_, ExitStatus::SpawnFailed(msg)) => Ending::failed(FailureKind::SpawnFailed, msg),
-            (_, ExitStatus::LimitExceeded(msg)) => Ending::failed(FailureKind::LimitExceeded, msg),
-        })
-    }
-
-    /// One rung of the kill ladder: 0 = SIGTERM, 1 = SIGKILL, 2 = destroy. Returns when the
-    /// next rung is due, or `None` after destroy.
-    async fn kill_rung(
-        &mut self,
-        sandbox: &dyn Sandbox,
-        reason: KillReason,
-        rung: u8,
-        cfg: &super::EngineConfig,
-        grace_ms: u64,
-    ) -> Result<Option<tokio::time::Instant>> {
-        let now = tokio::time::Instant::now();
-        let (signal, next) = match rung {
-            0 => (
-                Some(KillSignal::Term),
-                Some(now + Duration::from_millis(grace_ms)),
-            ),
-            1 => (Some(KillSignal::Kill), Some(now + cfg.kill_confirm_timeout)),
-            _ => (None, None),
-        };
-        let event = NewEvent::now(EventKind::Kill {
-            signal: signal.map(|s| s.name().to_owned()),
-            action: signal.is_none().then(|| "destroy".to_owned()),
-            reason,
-        });
-        self.commit(vec![event]).await?;
-        let result = match signal {
-            Some(sig) => sandbox.signal(sig).await,
-            None => sandbox.destroy().await.map(|_| ()),
-        };
-        if let Err(e) = result {
-            self.commit(vec![NewEvent::now(EventKind::Error {
-                code: "kill_failed".into(),
-                message: e.chain(),
-            })])
-            .await?;
-        }
-        Ok(next)
-    }
-
     /// `finalizing`: artifacts, destroy or keep, then the terminal commit.
     async fn finalize(
         &mut self,
@@ -646,7 +349,7 @@ impl Driver {
         self.engine
             .terminate(
                 &mut rec,
-                ending.outcome,
+                Input::Finalized(ending.outcome),
                 ending.failure,
                 self.identity.clone(),
                 self.isolation.clone(),

@@ -1,0 +1,270 @@
+//! `crownest run`'s flags for what the spec supports, `logs`, and output a person reads:
+//! each behaviour through the built binary on the process backend.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn crownest(home: &Path) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("crownest"));
+    c.env_remove("CROWNEST_HOME")
+        .arg("--home")
+        .arg(home)
+        .timeout(Duration::from_secs(120));
+    c
+}
+
+fn sample_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample-repo")
+}
+
+fn stdout_of(c: &mut Command) -> String {
+    String::from_utf8_lossy(&c.assert().get_output().stdout).into_owned()
+}
+
+fn newest_run(home: &Path) -> Value {
+    let text = stdout_of(crownest(home).args(["runs", "--json"]));
+    serde_json::from_str(text.lines().next().expect("a run")).unwrap()
+}
+
+#[test]
+fn propagate_exit_code_returns_the_commands_own_code() {
+    let home = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .args(["run", "--propagate-exit-code"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "exit 7"])
+        .assert()
+        .code(7);
+    // Without the flag a failed run is 1.
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "exit 7"])
+        .assert()
+        .code(1);
+    // Killed by a signal: 128 + the signal.
+    crownest(home.path())
+        .args(["run", "--propagate-exit-code"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "kill -TERM $$"])
+        .assert()
+        .code(143);
+}
+
+#[test]
+fn logs_prints_the_raw_bytes_of_each_stream() {
+    let home = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "printf 'a\\377b'; printf 'warn' >&2"])
+        .assert()
+        .success();
+    let run = newest_run(home.path())["id"].as_str().unwrap().to_owned();
+    let out = crownest(home.path())
+        .args(["logs", &run])
+        .assert()
+        .success();
+    assert_eq!(
+        out.get_output().stdout,
+        b"a\xffb",
+        "stdout's raw bytes, binary included"
+    );
+    assert_eq!(out.get_output().stderr, b"warn");
+    let only_err = crownest(home.path())
+        .args(["logs", &run, "--stderr"])
+        .assert()
+        .success();
+    assert_eq!(only_err.get_output().stdout, b"warn");
+    let only_out = crownest(home.path())
+        .args(["logs", &run, "--stdout"])
+        .assert()
+        .success();
+    assert_eq!(only_out.get_output().stdout, b"a\xffb");
+    assert!(only_out.get_output().stderr.is_empty());
+    // --follow on an ended run prints everything and ends.
+    let followed = crownest(home.path())
+        .args(["logs", &run, "--follow", "--stdout"])
+        .assert()
+        .success();
+    assert_eq!(followed.get_output().stdout, b"a\xffb");
+}
+
+#[test]
+fn spec_flags_reach_the_run_and_its_evidence() {
+    let home = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .args([
+            "run",
+            "--label",
+            "commit=abc",
+            "--network",
+            "none",
+            "--memory",
+            "512M",
+            "--output-limit",
+            "1K",
+            "--pids",
+            "100",
+            "--timeout",
+            "1h30m",
+        ])
+        .arg(sample_repo())
+        .args(["--", "python3", "main.py"])
+        .assert()
+        .success();
+    let run = newest_run(home.path());
+    let id = run["id"].as_str().unwrap();
+    let bundle: Value =
+        serde_json::from_str(&stdout_of(crownest(home.path()).args(["evidence", id]))).unwrap();
+    assert_eq!(bundle["source"]["labels"]["commit"], "abc");
+    assert_eq!(bundle["network"], "none");
+    assert_eq!(bundle["limits"]["memoryBytes"], 512 << 20);
+    assert_eq!(bundle["limits"]["outputBytesPerStream"], 1024);
+    assert_eq!(bundle["limits"]["pids"], 100);
+    assert_eq!(bundle["limits"]["timeoutMs"], 5_400_000);
+    crownest(home.path())
+        .args(["run", "--network", "sometimes"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn an_idempotency_key_never_runs_the_command_twice() {
+    let home = tempfile::tempdir().unwrap();
+    let marker = home.path().join("count");
+    let cmd = format!("echo x >> {}", marker.display());
+    for _ in 0..2 {
+        crownest(home.path())
+            .args(["run", "--idempotency-key", "deploy-42"])
+            .arg(sample_repo())
+            .args(["--", "sh", "-c", &cmd])
+            .assert()
+            .success();
+    }
+    let runs = stdout_of(crownest(home.path()).args(["runs", "--json"]));
+    assert_eq!(runs.lines().count(), 1, "one run for one key");
+    // The process backend runs on the host: the marker shows how often the command ran.
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x\n");
+}
+
+#[test]
+fn detach_prints_the_run_id_and_the_run_goes_on() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--detach"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "sleep 1; echo finished"])
+        .assert()
+        .success();
+    let id = String::from_utf8_lossy(&out.get_output().stdout)
+        .trim()
+        .to_owned();
+    assert!(id.starts_with("run_"), "{id:?}");
+    let followed = crownest(home.path())
+        .args(["logs", &id, "--follow"])
+        .assert()
+        .success();
+    assert_eq!(followed.get_output().stdout, b"finished\n");
+    let record: Value =
+        serde_json::from_str(&stdout_of(crownest(home.path()).args(["show", &id]))).unwrap();
+    assert_eq!(record["status"], "succeeded");
+}
+
+#[test]
+fn a_refused_archive_is_reported_once_and_hints_repeat_home() {
+    let home = tempfile::tempdir().unwrap();
+    let bad = home.path().join("bad.tgz");
+    let mut tar = Vec::new();
+    {
+        let mut header = tar::Header::new_old();
+        let name = b"../escape";
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(1);
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        tar.extend_from_slice(b"x");
+        tar.resize(1024 + 1024, 0);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    std::fs::write(&bad, gz.finish().unwrap()).unwrap();
+    let out = crownest(home.path())
+        .arg("run")
+        .arg(&bad)
+        .args(["--", "true"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert_eq!(
+        stderr.matches("../escape").count(),
+        1,
+        "the refusal and its entry are printed once: {stderr}"
+    );
+    let ok = crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&ok.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains(&format!(
+            "crownest --home {} evidence run_",
+            home.path().display()
+        )),
+        "the hint can be copied as is: {stderr}"
+    );
+}
+
+#[test]
+fn the_runs_table_keeps_one_line_per_run() {
+    let home = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "echo one\necho two"])
+        .assert()
+        .success();
+    let table = stdout_of(crownest(home.path()).arg("runs"));
+    assert_eq!(table.lines().count(), 2, "a header and one line: {table}");
+    assert!(table.contains("echo one\\necho two"), "{table}");
+}
+
+#[test]
+fn events_follow_goes_on_after_the_window() {
+    let home = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .success();
+    let run = newest_run(home.path())["id"].as_str().unwrap().to_owned();
+    let all = stdout_of(crownest(home.path()).args(["events", &run]));
+    let window =
+        stdout_of(crownest(home.path()).args(["events", &run, "--after-seq", "1", "--limit", "2"]));
+    assert_eq!(window.lines().count(), 2);
+    let followed = stdout_of(crownest(home.path()).args([
+        "events",
+        &run,
+        "--after-seq",
+        "1",
+        "--limit",
+        "2",
+        "--follow",
+    ]));
+    assert_eq!(
+        followed.lines().count(),
+        all.lines().count() - 1,
+        "the window, then every later event to the end"
+    );
+}
