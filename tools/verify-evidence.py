@@ -92,11 +92,11 @@ COMMON_FIELDS = {"runId", "seq", "at", "type", "hash"}
 SPEC_FIELDS = (
     {"template", "backend", "command", "cwd", "env", "secretNames", "artifacts", "limits",
      "network", "labels"},
-    {"keepSandbox", "idempotencyKey"},
+    {"keepSandbox", "idempotencyKey", "bestEffort"},
 )  # fmt: skip
 ISOLATION_FIELDS = (
     {"backend", "network", "processContainment", "securityBoundary"},
-    {"memoryBytes", "pids", "user", "details"},
+    {"memoryBytes", "pids", "user", "details", "notEnforced"},
 )
 SANDBOX_FIELDS = ({"kept", "destroyed"}, {"removalPending", "keepUntil"})
 STREAM_FIELDS = ({"totalBytes", "storedBytes", "droppedBytes", "sha256"}, set())

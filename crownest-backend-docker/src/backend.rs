@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bollard::Docker;
 use crownest_core::{
-    Capabilities, Error, IsolationReport, Network, Result, RunId, Sandbox, SandboxBackend,
-    SandboxSpec, TemplateInfo,
+    Capabilities, Error, IsolationReport, Network, NetworkIsolation, ProcessContainment, Result,
+    RunId, Sandbox, SandboxBackend, SandboxSpec, TemplateInfo,
 };
 
 use crate::config::DockerConfig;
@@ -147,15 +147,16 @@ pub(crate) fn isolation_report(
     IsolationReport {
         backend: "docker".into(),
         network: match spec.network {
-            Network::None => "none".into(),
-            Network::Enabled => "enabled".into(),
+            Network::None => NetworkIsolation::None,
+            Network::Enabled => NetworkIsolation::Enabled,
         },
         memory_bytes: Some(spec.limits.memory_bytes),
         pids: Some(spec.limits.pids),
-        process_containment: "container".into(),
+        process_containment: ProcessContainment::Container,
         user: Some(config.user.clone()),
         security_boundary: true,
         details,
+        not_enforced: Vec::new(),
     }
 }
 
@@ -168,6 +169,7 @@ impl SandboxBackend for DockerBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             network_isolation: true,
+            network_access: true,
             memory_limit: true,
             pids_limit: true,
             filesystem_isolation: true,
@@ -175,6 +177,8 @@ impl SandboxBackend for DockerBackend {
             keep_sandbox: true,
             non_root: true,
             security_boundary: true,
+            // docker-init reports a child's signal death as `128 + n`, like `exit(128 + n)`.
+            exit_signal: false,
         }
     }
 

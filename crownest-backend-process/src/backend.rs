@@ -16,8 +16,8 @@ use crownest_core::backend::ProgressFn;
 use crownest_core::hostdir::{Marker, Removal, SandboxDir, WorkRoot};
 use crownest_core::{
     Capabilities, Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus,
-    IsolationReport, KillSignal, Network, OutputStream, Result, RunId, Sandbox, SandboxBackend,
-    SandboxSpec, TemplateIdentity, TemplateInfo, Timestamp,
+    IsolationReport, KillSignal, Network, NetworkIsolation, OutputStream, Result, RunId, Sandbox,
+    SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo, Timestamp,
 };
 use tokio::sync::{OnceCell, watch};
 
@@ -193,6 +193,7 @@ impl SandboxBackend for ProcessBackend {
         let applied = &probe.applied;
         Capabilities {
             network_isolation: matches!(applied, Applied::PidNamespace { network: true, .. }),
+            network_access: true,
             memory_limit: false,
             pids_limit: false,
             filesystem_isolation: false,
@@ -200,6 +201,7 @@ impl SandboxBackend for ProcessBackend {
             keep_sandbox: true,
             non_root: !rustix::process::geteuid().is_root(),
             security_boundary: false,
+            exit_signal: true,
         }
     }
 
@@ -628,18 +630,19 @@ impl Sandbox for ProcessSandbox {
 
     fn isolation(&self) -> IsolationReport {
         let network = match (self.spec.network, self.applied()) {
-            (Network::Enabled, _) => "enabled",
-            (Network::None, Applied::PidNamespace { network: true, .. }) => "none",
-            (Network::None, _) => "not_isolated",
+            (Network::Enabled, _) => NetworkIsolation::Enabled,
+            (Network::None, Applied::PidNamespace { network: true, .. }) => NetworkIsolation::None,
+            (Network::None, _) => NetworkIsolation::NotIsolated,
         };
         IsolationReport {
             backend: BACKEND.into(),
-            network: network.into(),
+            network,
             memory_bytes: None,
             pids: None,
-            process_containment: self.applied().name().into(),
+            process_containment: self.applied().containment(),
             user: Some(format!("uid {}", rustix::process::geteuid().as_raw())),
             security_boundary: false,
+            not_enforced: Vec::new(),
             details: self.isolation_details(),
         }
     }

@@ -40,6 +40,15 @@ impl Applied {
         }
     }
 
+    /// The typed `processContainment` of the isolation report.
+    pub(crate) fn containment(&self) -> crownest_core::ProcessContainment {
+        match self {
+            Self::PidNamespace { .. } => crownest_core::ProcessContainment::PidNamespace,
+            Self::Cgroup { .. } => crownest_core::ProcessContainment::Cgroup,
+            Self::ProcessGroup => crownest_core::ProcessContainment::ProcessGroup,
+        }
+    }
+
     /// True when every process the command started is killed, wherever it went.
     pub(crate) fn kills_whole_tree(&self) -> bool {
         !matches!(self, Self::ProcessGroup)

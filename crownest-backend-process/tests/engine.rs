@@ -382,7 +382,7 @@ async fn network_none_is_enforced_and_enabled_works() {
             .isolation
             .unwrap()
             .network,
-        "none"
+        crownest_core::NetworkIsolation::None
     );
 
     let spec = RunSpec::new(["python3", "-c", &code]).with_network(Network::Enabled);
@@ -396,7 +396,7 @@ async fn network_none_is_enforced_and_enabled_works() {
             .isolation
             .unwrap()
             .network,
-        "enabled"
+        crownest_core::NetworkIsolation::Enabled
     );
 }
 

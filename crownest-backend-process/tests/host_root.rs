@@ -98,9 +98,13 @@ else:
     );
     let iso = isolation_of(&engine, &done).await;
     if is_root() {
-        assert_eq!(iso.network, "none", "root here: namespaces work");
+        assert_eq!(
+            iso.network,
+            crownest_core::NetworkIsolation::None,
+            "root here: namespaces work"
+        );
     }
-    if iso.network == "none" {
+    if iso.network == crownest_core::NetworkIsolation::None {
         assert!(b.capabilities().network_isolation);
         assert_eq!(reached, 0, "the evidence says network none: {out}");
         assert!(out.contains("plain refused"), "{out}");
@@ -110,7 +114,11 @@ else:
         }
         assert!(!out.contains("connected"), "{out}");
     } else {
-        assert_eq!(iso.network, "not_isolated", "{iso:?}");
+        assert_eq!(
+            iso.network,
+            crownest_core::NetworkIsolation::NotIsolated,
+            "{iso:?}"
+        );
         assert!(!b.capabilities().network_isolation);
     }
     if is_root() {

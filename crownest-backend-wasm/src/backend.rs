@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use crownest_core::{
-    Capabilities, Error, IsolationReport, Limits, Network, Result, RunId, Sandbox, SandboxBackend,
-    SandboxSpec, TemplateInfo,
+    Capabilities, Error, IsolationReport, Limits, Network, NetworkIsolation, ProcessContainment,
+    Result, RunId, Sandbox, SandboxBackend, SandboxSpec, TemplateInfo,
 };
 
 use crate::compile::{ModuleSource, Runtime};
@@ -111,12 +111,13 @@ impl WasmBackend {
 pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
     let mut report = IsolationReport {
         backend: BACKEND_NAME.into(),
-        network: "none".into(),
+        network: NetworkIsolation::None,
         memory_bytes: Some(limits.memory_bytes),
         pids: Some(1),
-        process_containment: "wasm".into(),
+        process_containment: ProcessContainment::Wasm,
         user: None,
         security_boundary: true,
+        not_enforced: Vec::new(),
         details: Default::default(),
     };
     let d = &mut report.details;
@@ -163,6 +164,7 @@ impl SandboxBackend for WasmBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             network_isolation: true,
+            network_access: false,
             memory_limit: true,
             pids_limit: true,
             filesystem_isolation: true,
@@ -170,6 +172,8 @@ impl SandboxBackend for WasmBackend {
             keep_sandbox: true,
             non_root: false,
             security_boundary: true,
+            // A trap is `Signaled(6)`; a guest cannot signal itself otherwise.
+            exit_signal: true,
         }
     }
 

@@ -1,4 +1,6 @@
-//! Behaviour of the wasm backend: real wasmtime, real CPython and QuickJS modules.
+//! Behaviour of the wasm backend: real wasmtime, real CPython and QuickJS modules. (The
+//! memory bomb and the output flood are backend conformance cases now:
+//! `crownest_core::conformance`, run by `tests/conformance.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -14,8 +16,8 @@ use crownest_core::run::RunOwner;
 use crownest_core::testing::{descriptor_of, tar_gz};
 use crownest_core::{
     EngineConfig, Error, Event, EventKind, ExecRequest, ExecSink, ExitStatus, FailureKind,
-    KillSignal, LimitOverrides, Limits, MemoryStore, Network, OutputStream, RunId, RunRecord,
-    RunSpec, RunStatus, Sandbox, SandboxBackend, SandboxSpec, WorkspaceRuns,
+    KillSignal, Limits, MemoryStore, Network, OutputStream, RunId, RunRecord, RunSpec, RunStatus,
+    Sandbox, SandboxBackend, SandboxSpec, WorkspaceRuns,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -351,60 +353,6 @@ async fn signal_stops_a_sleeping_or_spinning_guest_at_once() {
 }
 
 // ---------------------------------------------------------------- limits
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_memory_bomb_ends_limit_exceeded() {
-    let limits = LimitOverrides {
-        memory_bytes: Some(128 * 1024 * 1024),
-        ..LimitOverrides::default()
-    };
-    let (_, done, _) = run(
-        &[],
-        py("chunks = []\nwhile True: chunks.append(bytearray(16 << 20))").with_limits(limits),
-    )
-    .await;
-    assert_eq!(done.status, RunStatus::Failed);
-    assert_eq!(
-        failure_kind(&done),
-        Some(FailureKind::LimitExceeded),
-        "{:?}",
-        done.failure
-    );
-    let message = &done.failure.as_ref().unwrap().message;
-    assert!(
-        message.contains("memory limit of 134217728 bytes"),
-        "{message}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_output_flood_is_capped_and_drained() {
-    let limits = LimitOverrides {
-        output_bytes_per_stream: Some(64 * 1024),
-        ..LimitOverrides::default()
-    };
-    let code = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(8 * 1024): sys.stdout.write(line)\nprint('done', file=sys.stderr)";
-    let (_, done, events) = run(&[], py(code).with_limits(limits)).await;
-    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
-    let stdout = stream_of(&events, OutputStream::Stdout);
-    assert!(stdout.len() <= 64 * 1024, "stored {} bytes", stdout.len());
-    let dropped: u64 = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::OutputTruncated {
-                stream: OutputStream::Stdout,
-                bytes_dropped,
-            } => Some(*bytes_dropped),
-            _ => None,
-        })
-        .sum();
-    assert_eq!(
-        dropped + stdout.len() as u64,
-        8 * 1024 * 1024,
-        "every byte was drained: stored + dropped"
-    );
-    assert_eq!(stream_of(&events, OutputStream::Stderr), "done\n");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sink_slows_the_guest_down_without_losing_output() {

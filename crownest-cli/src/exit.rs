@@ -62,6 +62,7 @@ pub(crate) fn is_rejection(e: &Error) -> bool {
         e,
         Error::NotFound { .. }
             | Error::InvalidSpec { .. }
+            | Error::NotEnforceable { .. }
             | Error::InvalidTransition { .. }
             | Error::ArchiveRejected { .. }
             | Error::LimitExceeded { .. }

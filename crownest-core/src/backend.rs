@@ -2,8 +2,9 @@
 //!
 //! A backend reports what it can enforce as data ([`Capabilities`]); each sandbox reports
 //! what it actually enforced ([`IsolationReport`]), which goes into the Evidence Bundle.
-//! The engine never pretends: a run that needs `network: none` on a backend that cannot
-//! isolate the network is recorded as not isolated.
+//! The engine never pretends: it refuses a run that requires what the backend cannot
+//! enforce, and records what a run asked for by default and did not get (`notEnforced`);
+//! the rule lives in [`crate::capability`].
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -11,6 +12,10 @@ use std::io::Read;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+pub use crate::capability::{
+    Capabilities, Capability, IsolationReport, NetworkIsolation, ProcessContainment,
+};
 
 use crate::archive::{ExtractPolicy, ExtractProgress, ExtractSummary};
 use crate::artifact::{ArtifactFailure, CollectedArtifact};
@@ -21,55 +26,6 @@ use crate::run::RunOwner;
 use crate::secret::SecretValue;
 use crate::spec::{Limits, Network};
 use crate::time::Timestamp;
-
-/// What a backend can enforce. Capabilities are data: the conformance suite skips only
-/// what a backend declares it cannot do, and the engine records the truth in evidence.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Capabilities {
-    /// The command cannot reach any network when the spec says `none`.
-    pub network_isolation: bool,
-    /// Memory is capped (`limits.memoryBytes`).
-    pub memory_limit: bool,
-    /// Process count is capped (`limits.pids`).
-    pub pids_limit: bool,
-    /// The command cannot read host files outside its workspace.
-    pub filesystem_isolation: bool,
-    /// Every process the command started is killed, including ones that left its group.
-    pub process_tree_kill: bool,
-    /// `keepSandbox` is supported.
-    pub keep_sandbox: bool,
-    /// The command runs as a non-root user.
-    pub non_root: bool,
-    /// This backend is a security boundary against hostile code.
-    pub security_boundary: bool,
-}
-
-/// What one sandbox actually enforced (copied into the Evidence Bundle).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IsolationReport {
-    /// Backend name.
-    pub backend: String,
-    /// `none` (enforced), `enabled`, or `not_isolated` (asked none, backend cannot).
-    pub network: String,
-    /// Memory cap in bytes, when enforced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_bytes: Option<u64>,
-    /// Pids cap, when enforced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids: Option<u64>,
-    /// How processes are contained: `pid_namespace`, `cgroup`, `process_group`, `container`, `wasm`.
-    pub process_containment: String,
-    /// User the command ran as.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// True when this is a security boundary against hostile code.
-    pub security_boundary: bool,
-    /// Anything else worth recording (`readOnlyRoot`, `capDrop`, `rlimits`, survivors ...).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub details: BTreeMap<String, String>,
-}
 
 /// What exactly a template resolved to (image id, module digests, interpreter versions).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::capability::{Capability, Requirement};
 use crate::status::RunStatus;
 
 /// Result alias used across CrowNest.
@@ -173,6 +174,17 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
+    /// The run requires what its backend cannot enforce (a hard requirement of its spec,
+    /// `crate::capability`); refused at `create`.
+    #[error("{field} needs {capability}, which backend {backend} cannot enforce")]
+    NotEnforceable {
+        /// The spec field that asks for it (`limits.memoryBytes`, `network`, ...).
+        field: String,
+        /// The capability the backend lacks.
+        capability: Capability,
+        /// The backend name.
+        backend: String,
+    },
     /// A backend or store cannot do this.
     #[error("{operation} is not supported by {backend}")]
     Unsupported {
@@ -268,6 +280,15 @@ impl Error {
         }
     }
 
+    /// [`Error::NotEnforceable`] for a requirement `backend` cannot meet.
+    pub fn not_enforceable(requirement: &Requirement, backend: impl Into<String>) -> Self {
+        Self::NotEnforceable {
+            field: requirement.field.to_owned(),
+            capability: requirement.capability,
+            backend: backend.into(),
+        }
+    }
+
     /// Shorthand for [`Error::ArchiveRejected`].
     pub fn rejected(
         reason: RejectReason,
@@ -316,6 +337,7 @@ impl Error {
             Self::Conflict { .. } => "conflict",
             Self::NotTerminal { .. } => "not_terminal",
             Self::Unsupported { .. } => "unsupported",
+            Self::NotEnforceable { .. } => "not_enforceable",
             Self::Backend { .. } => "backend_error",
             Self::Store { .. } => "store_error",
             Self::Io { .. } => "io_error",

@@ -23,6 +23,7 @@ pub mod archive;
 pub mod artifact;
 pub mod backend;
 pub mod canonical;
+pub mod capability;
 pub mod error;
 pub mod event;
 pub mod evidence;
@@ -39,8 +40,9 @@ pub mod store;
 pub mod time;
 
 pub use backend::{
-    Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
-    KillSignal, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
+    Capabilities, Capability, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus,
+    IsolationReport, KillSignal, NetworkIsolation, ProcessContainment, Sandbox, SandboxBackend,
+    SandboxSpec, TemplateIdentity, TemplateInfo,
 };
 pub use error::{ChunkRejectReason, Error, RejectReason, Result};
 pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};

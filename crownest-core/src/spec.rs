@@ -6,10 +6,11 @@
 //! `env` holds plain settings (recorded by name and value); `secrets` holds values that are
 //! masked in output and never stored (see [`crate::secret`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capability::{Capability, Requirement};
 use crate::error::{Error, Result};
 use crate::secret::{
     MAX_SECRET_BYTES, MAX_SECRETS, MAX_SECRETS_TOTAL_BYTES, SecretValue, is_portable_name,
@@ -290,6 +291,12 @@ pub struct RunSpec {
     /// Keep the sandbox after the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_sandbox: Option<KeepSandbox>,
+    /// Explicit limits the run accepts as best-effort: on a backend that cannot enforce
+    /// them the run goes on and the evidence records them in `isolation.notEnforced`,
+    /// instead of being refused at create (see [`crate::capability`] for which fields are
+    /// hard requirements). Only `memory_limit`, `pids_limit` and `network_isolation`.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub best_effort: BTreeSet<Capability>,
     /// Free labels for the host app, copied into evidence.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -329,6 +336,7 @@ impl RunSpec {
             limits: LimitOverrides::default(),
             network: Network::None,
             keep_sandbox: None,
+            best_effort: BTreeSet::new(),
             labels: BTreeMap::new(),
             idempotency_key: None,
         }
@@ -415,6 +423,56 @@ impl RunSpec {
         self
     }
 
+    /// Accepts `capability` as best-effort (see [`RunSpec::best_effort`]).
+    pub fn with_best_effort(mut self, capability: Capability) -> Self {
+        self.best_effort.insert(capability);
+        self
+    }
+
+    /// What this spec asks of its backend, and how strictly (the table of
+    /// [`crate::capability`]): explicit limits are hard unless `bestEffort` lists them,
+    /// `network: enabled` and `keepSandbox` are hard, the default `network: none` and the
+    /// engine's default limits are best-effort.
+    pub fn requirements(&self) -> Vec<Requirement> {
+        let explicit = |capability: Capability, field: &'static str, set: bool| Requirement {
+            capability,
+            field,
+            hard: set && !self.best_effort.contains(&capability),
+        };
+        let mut out = vec![
+            explicit(
+                Capability::MemoryLimit,
+                "limits.memoryBytes",
+                self.limits.memory_bytes.is_some(),
+            ),
+            explicit(
+                Capability::PidsLimit,
+                "limits.pids",
+                self.limits.pids.is_some(),
+            ),
+            match self.network {
+                Network::None => Requirement {
+                    capability: Capability::NetworkIsolation,
+                    field: "network",
+                    hard: false,
+                },
+                Network::Enabled => Requirement {
+                    capability: Capability::NetworkAccess,
+                    field: "network",
+                    hard: true,
+                },
+            },
+        ];
+        if self.keep_sandbox.is_some() {
+            out.push(Requirement {
+                capability: Capability::KeepSandbox,
+                field: "keepSandbox",
+                hard: true,
+            });
+        }
+        out
+    }
+
     /// Adds a label.
     pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
@@ -481,6 +539,18 @@ impl RunSpec {
             return Err(Error::invalid(
                 "keepSandbox.ttlMs",
                 "must be greater than zero",
+            ));
+        }
+        if let Some(c) = self
+            .best_effort
+            .iter()
+            .find(|c| !Capability::BEST_EFFORT.contains(c))
+        {
+            return Err(Error::invalid(
+                "bestEffort",
+                format!(
+                    "{c} cannot be best-effort (only memory_limit, pids_limit, network_isolation)"
+                ),
             ));
         }
         if let Some(k) = &self.idempotency_key

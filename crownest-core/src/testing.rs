@@ -12,6 +12,10 @@
 //! | `stdin` | prints `0` (stdin is closed) |
 //! | `write:PATH=CONTENT` | creates a workspace file |
 //! | `link:PATH=TARGET` | creates a symlink |
+//! | `fifo:PATH` | creates a fifo |
+//! | `ls` | prints the names in the working directory, sorted, one per line |
+//! | `tryread:PATH` | prints `OPENED <content>` for a workspace file, else `denied` |
+//! | `die:N` | ends as killed by signal N |
 //! | `sleep:MS` | sleeps (SIGTERM/SIGKILL end it) |
 //! | `hang` | sleeps forever (SIGTERM/SIGKILL end it) |
 //! | `ignore-term` | later SIGTERMs are ignored |
@@ -20,7 +24,8 @@
 //! | `oom` | ends as `LimitExceeded` |
 //! | `crash` | `exec` returns an error (sandbox failure) |
 //!
-//! The first element must be `fake`; anything else is `SpawnFailed`. Failures of
+//! The first element must be `fake`, and the cwd an existing directory of the workspace;
+//! anything else is `SpawnFailed`. A directory artifact is a tar of its files. Failures of
 //! `create`/`destroy` are injected with [`FakeBackend::fail_create`] and friends.
 
 use std::collections::BTreeMap;
@@ -37,7 +42,8 @@ use crate::archive::{self, ExtractPolicy, ExtractSummary};
 use crate::artifact::{ArtifactFailure, CollectedArtifact};
 use crate::backend::{
     Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
-    KillSignal, ProgressFn, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
+    KillSignal, NetworkIsolation, ProcessContainment, ProgressFn, Sandbox, SandboxBackend,
+    SandboxSpec, TemplateIdentity, TemplateInfo,
 };
 use crate::error::{Error, Result};
 use crate::event::{ArtifactErrorReason, OutputStream};
@@ -50,6 +56,7 @@ enum Node {
     File(Vec<u8>, u32),
     Dir,
     Link(String),
+    Fifo,
 }
 
 /// What the fake knows about one of its sandboxes.
@@ -141,6 +148,7 @@ impl SandboxBackend for FakeBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             network_isolation: true,
+            network_access: true,
             memory_limit: false,
             pids_limit: false,
             filesystem_isolation: true,
@@ -148,6 +156,7 @@ impl SandboxBackend for FakeBackend {
             keep_sandbox: true,
             non_root: true,
             security_boundary: false,
+            exit_signal: true,
         }
     }
 
@@ -190,6 +199,7 @@ impl SandboxBackend for FakeBackend {
             shared: self.shared.clone(),
             files: Mutex::new(BTreeMap::new()),
             signal: signal_tx,
+            network: spec.network,
         }))
     }
 
@@ -224,12 +234,97 @@ pub struct FakeSandbox {
     shared: Arc<Shared>,
     files: Mutex<BTreeMap<String, Node>>,
     signal: watch::Sender<Option<KillSignal>>,
+    network: crate::spec::Network,
 }
 
 impl FakeSandbox {
     fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Node>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Why `cwd` (normalized) is not a directory of the workspace, if it is not.
+    fn bad_cwd(&self, cwd: &str) -> Option<String> {
+        if cwd.is_empty() {
+            return None;
+        }
+        let files = self.files();
+        match files.get(cwd) {
+            Some(Node::Dir) => None,
+            Some(_) => Some(format!("cwd {cwd:?}: not a directory")),
+            None if files.keys().any(|k| k.starts_with(&format!("{cwd}/"))) => None,
+            None => Some(format!("cwd {cwd:?}: no such directory")),
+        }
+    }
+
+    /// A tar of the regular files and directories under `dir`; links and fifos skipped.
+    fn pack(
+        files: &BTreeMap<String, Node>,
+        dir: &str,
+        max_bytes: u64,
+    ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut skipped = Vec::new();
+        let prefix = format!("{dir}/");
+        let failed = |e: std::io::Error| {
+            ArtifactFailure::new(ArtifactErrorReason::NotRegular, format!("packing: {e}"))
+        };
+        for (path, node) in files.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+            let mut header = tar::Header::new_gnu();
+            header.set_mtime(0);
+            match node {
+                Node::File(data, mode) => {
+                    header.set_size(data.len() as u64);
+                    header.set_mode(*mode);
+                    header.set_entry_type(tar::EntryType::Regular);
+                    builder
+                        .append_data(&mut header, path, &data[..])
+                        .map_err(failed)?;
+                }
+                Node::Dir => {
+                    header.set_size(0);
+                    header.set_mode(0o755);
+                    header.set_entry_type(tar::EntryType::Directory);
+                    builder
+                        .append_data(&mut header, path, std::io::empty())
+                        .map_err(failed)?;
+                }
+                Node::Link(_) => skipped.push(crate::artifact::SkippedEntry {
+                    path: path.clone(),
+                    reason: crate::artifact::SkipReason::Symlink,
+                }),
+                Node::Fifo => skipped.push(crate::artifact::SkippedEntry {
+                    path: path.clone(),
+                    reason: crate::artifact::SkipReason::SpecialFile,
+                }),
+            }
+        }
+        let tar = builder.into_inner().map_err(failed)?;
+        if tar.len() as u64 > max_bytes {
+            return Err(ArtifactFailure::new(
+                ArtifactErrorReason::TooLarge,
+                format!("{dir:?} packs to {} bytes, over {max_bytes}", tar.len()),
+            ));
+        }
+        Ok(CollectedArtifact {
+            kind: ArtifactKind::Directory,
+            mode: 0o755,
+            size_bytes: tar.len() as u64,
+            reader: Box::new(std::io::Cursor::new(tar)),
+            skipped,
+        })
+    }
+}
+
+fn link_failure(path: &str, target: &str) -> ArtifactFailure {
+    let reason = if target.starts_with('/') || target.contains("..") {
+        ArtifactErrorReason::EscapesWorkspace
+    } else {
+        ArtifactErrorReason::NotRegular
+    };
+    ArtifactFailure::new(
+        reason,
+        format!("{path:?} is or passes through a symlink; links are not followed"),
+    )
 }
 
 /// Ends when a signal arrives that the script does not ignore.
@@ -269,8 +364,11 @@ impl Sandbox for FakeSandbox {
     fn isolation(&self) -> IsolationReport {
         IsolationReport {
             backend: "fake".into(),
-            network: "none".into(),
-            process_containment: "simulated".into(),
+            network: match self.network {
+                crate::spec::Network::None => NetworkIsolation::None,
+                crate::spec::Network::Enabled => NetworkIsolation::Enabled,
+            },
+            process_containment: ProcessContainment::Simulated,
             ..Default::default()
         }
     }
@@ -335,6 +433,12 @@ impl Sandbox for FakeSandbox {
                 request.argv.first()
             ))));
         }
+        let cwd = crate::spec::normalize_relative(&request.cwd);
+        if let Some(why) = self.bad_cwd(&cwd) {
+            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(why)));
+        }
+        // A signal sent while nothing ran does not reach this command.
+        self.signal.send_replace(None);
         sink.started().await;
         let mut rx = self.signal.subscribe();
         let (mut ignore_term, mut stuck) = (false, false);
@@ -395,6 +499,48 @@ impl Sandbox for FakeSandbox {
                     }
                 }
                 "stdin" => sink.output(OutputStream::Stdout, b"0\n").await,
+                "ls" => {
+                    let prefix = if cwd.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{cwd}/")
+                    };
+                    let names: std::collections::BTreeSet<String> = self
+                        .files()
+                        .keys()
+                        .filter_map(|k| k.strip_prefix(&prefix))
+                        .filter_map(|rest| rest.split('/').next())
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    let text: String = names.into_iter().map(|n| n + "\n").collect();
+                    sink.output(OutputStream::Stdout, text.as_bytes()).await;
+                }
+                "tryread" => {
+                    let node = crate::spec::validate_relative_path(arg, false)
+                        .ok()
+                        .and_then(|()| {
+                            self.files()
+                                .get(&crate::spec::normalize_relative(arg))
+                                .cloned()
+                        });
+                    let line = match node {
+                        Some(Node::File(data, _)) => {
+                            format!("OPENED {}\n", String::from_utf8_lossy(&data))
+                        }
+                        _ => "denied\n".to_owned(),
+                    };
+                    sink.output(OutputStream::Stdout, line.as_bytes()).await;
+                }
+                "fifo" => {
+                    self.files()
+                        .insert(crate::spec::normalize_relative(arg), Node::Fifo);
+                }
+                "die" => {
+                    return Ok(ExecOutcome::new(ExitStatus::Signaled(
+                        arg.parse().unwrap_or(15),
+                    )));
+                }
                 "write" => {
                     let (p, c) = arg.split_once('=').unwrap_or((arg, ""));
                     self.files().insert(
@@ -461,26 +607,30 @@ impl Sandbox for FakeSandbox {
             .map_err(|m| ArtifactFailure::new(ArtifactErrorReason::InvalidPath, m))?;
         let key = crate::spec::normalize_relative(path);
         let files = self.files();
+        // A symlinked parent is never followed.
+        let mut parent = String::new();
+        for component in key.split('/') {
+            if let Some(Node::Link(target)) = files.get(&parent) {
+                return Err(link_failure(path, target));
+            }
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(component);
+        }
+        let implied_dir = files.keys().any(|k| k.starts_with(&format!("{key}/")));
         match files.get(&key) {
+            None if implied_dir => Self::pack(&files, &key, max_bytes),
             None => Err(ArtifactFailure::new(
                 ArtifactErrorReason::NotFound,
                 format!("{path:?} does not exist"),
             )),
-            Some(Node::Link(target)) => {
-                let reason = if target.starts_with('/') || target.contains("..") {
-                    ArtifactErrorReason::EscapesWorkspace
-                } else {
-                    ArtifactErrorReason::NotRegular
-                };
-                Err(ArtifactFailure::new(
-                    reason,
-                    format!("{path:?} is a symlink; links are not followed"),
-                ))
-            }
-            Some(Node::Dir) => Err(ArtifactFailure::new(
+            Some(Node::Link(target)) => Err(link_failure(path, target)),
+            Some(Node::Fifo) => Err(ArtifactFailure::new(
                 ArtifactErrorReason::NotRegular,
-                "the fake backend does not pack directories",
+                format!("{path:?} is a fifo"),
             )),
+            Some(Node::Dir) => Self::pack(&files, &key, max_bytes),
             Some(Node::File(data, mode)) => {
                 if data.len() as u64 > max_bytes {
                     return Err(ArtifactFailure::new(
@@ -557,21 +707,29 @@ pub fn tar_gz(files: &[(&str, &[u8], u32)]) -> Bytes {
 /// Builds a `.tar.gz` whose single entry has a raw, unchecked name (for hostile cases the
 /// `tar` builder refuses, such as `../escape`).
 pub fn tar_gz_raw_name(name: &str, content: &[u8]) -> Bytes {
-    let mut header = tar::Header::new_old();
-    {
-        let old = header.as_old_mut();
-        let n = name.as_bytes();
-        let len = n.len().min(old.name.len());
-        old.name[..len].copy_from_slice(&n[..len]);
-    }
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
+    tar_gz_raw_entries(&[(name, content)])
+}
+
+/// Builds a `.tar.gz` of regular-file entries with raw, unchecked names, in order (e.g.
+/// good entries followed by a hostile one).
+pub fn tar_gz_raw_entries(entries: &[(&str, &[u8])]) -> Bytes {
     let mut raw = Vec::new();
-    raw.extend_from_slice(header.as_bytes());
-    raw.extend_from_slice(content);
-    raw.resize(raw.len().div_ceil(512) * 512, 0);
+    for (name, content) in entries {
+        let mut header = tar::Header::new_old();
+        {
+            let old = header.as_old_mut();
+            let n = name.as_bytes();
+            let len = n.len().min(old.name.len());
+            old.name[..len].copy_from_slice(&n[..len]);
+        }
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        raw.extend_from_slice(header.as_bytes());
+        raw.extend_from_slice(content);
+        raw.resize(raw.len().div_ceil(512) * 512, 0);
+    }
     raw.extend_from_slice(&[0u8; 1024]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     if std::io::Write::write_all(&mut gz, &raw).is_err() {

@@ -171,6 +171,17 @@ fn api_error(status: reqwest::StatusCode, body: &str) -> Error {
             },
             max: err["max"].as_u64().unwrap_or(0),
         },
+        "not_enforceable" => match serde_json::from_value(err["capability"].clone()) {
+            Ok(capability) => Error::NotEnforceable {
+                field: err["field"].as_str().unwrap_or("").to_owned(),
+                capability,
+                backend: err["backend"].as_str().unwrap_or("").to_owned(),
+            },
+            Err(_) => Error::InvalidSpec {
+                field: err["field"].as_str().unwrap_or("").to_owned(),
+                message,
+            },
+        },
         "not_terminal" => Error::NotTerminal { run_id: message },
         "invalid_transition" => match serde_json::from_value::<RunStatus>(err["from"].clone()) {
             Ok(from) => Error::InvalidTransition {

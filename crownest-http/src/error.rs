@@ -53,6 +53,8 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::InvalidSpec { .. } => StatusCode::BAD_REQUEST,
+            // The spec is fine; this backend cannot enforce what it requires.
+            Error::NotEnforceable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::InvalidTransition { .. }
             | Error::Conflict { .. }
             | Error::NotTerminal { .. }
@@ -87,6 +89,15 @@ impl From<Error> for ApiError {
             }
             Error::InvalidSpec { field, .. } => {
                 out.extra.insert("field".into(), json!(field));
+            }
+            Error::NotEnforceable {
+                field,
+                capability,
+                backend,
+            } => {
+                out.extra.insert("field".into(), json!(field));
+                out.extra.insert("capability".into(), json!(capability));
+                out.extra.insert("backend".into(), json!(backend));
             }
             Error::ChunkRejected { offset, reason, .. } => {
                 out.extra.insert("reason".into(), json!(reason));

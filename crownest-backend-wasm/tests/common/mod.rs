@@ -59,13 +59,20 @@ fn py(code: &str, args: &[&str]) -> Vec<String> {
     v
 }
 
-/// The conformance programs: CPython's, except that there is no SIGTERM to ignore (WASI
-/// has no signals; `signal` stops the guest directly), and the symlink program falls back
+/// The conformance programs: CPython's, except those that need processes, signals or fifos
+/// (WASI has none; `signal` stops the guest directly), and the symlink program falls back
 /// to a relative target when WASI refuses an absolute one (the link still points outside
 /// the workspace).
 pub(crate) fn programs() -> Programs {
     Programs {
         run_forever_ignoring_term: None,
+        // WASI preview 1 has no processes, no signals and no fifos.
+        die_by_sigterm: None,
+        fork_bomb: None,
+        background_writer: None,
+        term_tree: None,
+        stubborn_tree: None,
+        mkfifo: None,
         symlink: |t, l| {
             py(
                 "import os, sys\nt, l = sys.argv[1], sys.argv[2]\ntry:\n    os.symlink(t, l)\nexcept OSError:\n    os.symlink('../' * 16 + t.lstrip('/'), l)",

@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
 use crate::backend::SandboxBackend;
+use crate::capability;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind, Failure, FailureKind, NewEvent, seal};
 use crate::evidence::{EvidenceBundle, EvidenceSandbox, OutputSummary, SpecRecord};
@@ -375,6 +376,13 @@ impl WorkspaceRuns {
             .clone()
             .unwrap_or_else(|| self.inner.default_backend.clone());
         let chosen = self.backend(&backend)?;
+        // Capabilities are data: a hard requirement the backend cannot enforce is refused
+        // here, before anything is stored (`crate::capability`).
+        if let Some(missing) =
+            capability::unenforceable(&spec.requirements(), &chosen.capabilities())
+        {
+            return Err(Error::not_enforceable(&missing, backend));
+        }
         self.inner
             .templates
             .check(&backend, chosen, &spec.template)

@@ -2,10 +2,11 @@
 //! client asked for (`spec`), what the host used (`environment`), and how the run ended
 //! beyond its status (the `terminal` event's output and sandbox summaries).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capability::Capability;
 use crate::run::RunRecord;
 use crate::spec::{ArtifactRequest, KeepSandbox, Limits, Network};
 
@@ -35,6 +36,9 @@ pub struct SpecRecord {
     /// Keep the sandbox after the run (absent: destroy it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_sandbox: Option<KeepSandbox>,
+    /// Explicit limits the run accepted as best-effort (`RunSpec::best_effort`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub best_effort: BTreeSet<Capability>,
     /// The host app's labels.
     pub labels: BTreeMap<String, String>,
     /// The idempotency key, when one was given.
@@ -56,6 +60,7 @@ impl SpecRecord {
             limits: run.limits,
             network: run.spec.network,
             keep_sandbox: run.spec.keep_sandbox,
+            best_effort: run.spec.best_effort.clone(),
             labels: run.spec.labels.clone(),
             idempotency_key: run.spec.idempotency_key.clone(),
         }

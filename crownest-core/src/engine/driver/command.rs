@@ -290,7 +290,7 @@ impl Driver {
         // What the sandbox enforced may have changed while spawning (e.g. a containment
         // fallback): record what was true for this command.
         let before = self.isolation.clone();
-        self.isolation = Some(sandbox.isolation());
+        self.isolation = Some(self.enforced(sandbox.isolation()));
         let mut events = Vec::new();
         let survivors = outcome.as_ref().map_or(&[][..], |o| &o.survivors[..]);
         if !survivors.is_empty() {

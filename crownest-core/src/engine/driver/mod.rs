@@ -23,6 +23,7 @@ use crate::artifact::CollectedArtifact;
 use crate::backend::{
     Destroyed, IsolationReport, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity,
 };
+use crate::capability;
 use crate::error::{Error, Result};
 use crate::event::{ArchivePhase, ArtifactErrorReason, EventKind, Failure, FailureKind, NewEvent};
 use crate::evidence::OutputSummary;
@@ -198,7 +199,7 @@ impl Driver {
             }
         };
         self.identity = Some(sandbox.identity());
-        self.isolation = Some(sandbox.isolation());
+        self.isolation = Some(self.enforced(sandbox.isolation()));
         // What the host uses, in the chain (goes out with the next commit).
         self.deferred.push(self.environment_event());
         self.record.sandbox = Some(SandboxRecord {
@@ -357,6 +358,12 @@ impl Driver {
             .await?;
         self.record = rec;
         Ok(())
+    }
+
+    /// A sandbox's report with what the run asked for and did not get (`notEnforced`).
+    fn enforced(&self, mut report: IsolationReport) -> IsolationReport {
+        report.not_enforced = capability::not_enforced(&self.record.spec.requirements(), &report);
+        report
     }
 
     /// The `environment` event: what the host uses for this run right now.
