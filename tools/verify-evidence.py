@@ -760,6 +760,11 @@ class Verifier:
             self.problem(f"bundle field {line}")
 
         if schema in OLD_SCHEMAS:
+            # A chain that opens with `spec` or ends with a bundle digest is a v2 chain
+            # (§2.1, §5): the older, weaker rules must not be applied to it (§9).
+            if (events and events[0].get("type") == "spec") or "bundleDigest" in last:
+                self.problem(f"evidence.json: schema {short(schema)}, but the events are an evidence v2 chain (§9)")
+                return self.report(bundle)
             return self.run_old(events, bundle, schema)
         if schema != SCHEMA_V2:
             self.problem(f"evidence.json: schema {short(schema)} is not one this verifier knows ({SCHEMA_V2}, {', '.join(OLD_SCHEMAS)})")

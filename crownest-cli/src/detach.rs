@@ -1,6 +1,7 @@
 //! `crownest run --detach` on the local store: the run is driven by a background
 //! `crownest` process (the engine that creates a run is the one that drives it and holds its
-//! secrets), started in its own session so a closed terminal or Ctrl-C does not stop it.
+//! secrets), started in its own process group so Ctrl-C in the terminal does not reach it
+//! (it still shares the terminal's session: `nohup` or `setsid` if the terminal will close).
 //!
 //! This process re-runs itself with the same arguments minus `--detach`, plus a hidden
 //! `--report-id-to FILE`; the child writes `id <run>` once the run exists and `started` once
@@ -33,10 +34,17 @@ pub(crate) async fn detach(home: &Path) -> anyhow::Result<Exit> {
         .context("creating the log file")?;
     let (log_file, log_path) = log.keep().context("keeping the log file")?;
     let exe = std::env::current_exe().context("locating the crownest binary")?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os()
-        .skip(1)
-        .filter(|a| a != "--detach")
-        .collect();
+    // Drop `--detach` from crownest's own options only: the command after `--` is the
+    // user's and is passed on untouched (`-- docker run --detach img` stays as it is).
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut in_command = false;
+    for a in std::env::args_os().skip(1) {
+        if !in_command && a == "--detach" {
+            continue;
+        }
+        in_command |= a == "--";
+        args.push(a);
+    }
     let mut cmd = std::process::Command::new(exe);
     // Options go before `run`'s trailing `-- COMMAND`: insert them right after `run`.
     let run_at = args.iter().position(|a| a == "run").unwrap_or(0);

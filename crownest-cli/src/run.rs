@@ -351,6 +351,13 @@ async fn drive(
         if record.status == RunStatus::ArchiveReady {
             conn.start(&id).await?;
         }
+        if let Some(path) = &args.report_id_to {
+            report(path, "started")?;
+        }
+        if args.detach {
+            println!("{id}");
+            return Ok(Exit::Success);
+        }
         return follow(conn, &id, args, &mut render, events, interrupts).await;
     }
 
@@ -480,11 +487,20 @@ async fn follow(
 /// `--propagate-exit-code`: the command's own exit code, 128 + the signal that killed it,
 /// else the usual mapping (a run that never ran its command).
 fn propagated_exit(record: &RunRecord) -> Exit {
-    match (record.exit_code, record.signal) {
-        (Some(code), _) => Exit::Code(u8::try_from(code.rem_euclid(256)).unwrap_or(1)),
-        (None, Some(sig)) => Exit::Code(u8::try_from((128 + sig).clamp(0, 255)).unwrap_or(1)),
-        _ => exit_for(record),
+    if record.status == RunStatus::Canceled {
+        return Exit::Canceled;
     }
+    let code = match (record.exit_code, record.signal) {
+        (Some(code), _) => u8::try_from(code.rem_euclid(256)).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from((128 + sig).clamp(0, 255)).unwrap_or(1),
+        _ => return exit_for(record),
+    };
+    // A failed run never exits 0 (a command that exited 0 but timed out, or left a
+    // required artifact missing, or exited 256).
+    if code == 0 && record.status != RunStatus::Succeeded {
+        return exit_for(record);
+    }
+    Exit::Code(code)
 }
 
 /// Appends one line to the `--report-id-to` file of a detached run.

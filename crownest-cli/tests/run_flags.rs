@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use assert_cmd::Command;
+use predicates::prelude::*;
 use serde_json::Value;
 
 fn crownest(home: &Path) -> Command {
@@ -104,12 +105,8 @@ fn spec_flags_reach_the_run_and_its_evidence() {
             "commit=abc",
             "--network",
             "none",
-            "--memory",
-            "512M",
             "--output-limit",
             "1K",
-            "--pids",
-            "100",
             "--timeout",
             "1h30m",
         ])
@@ -123,9 +120,22 @@ fn spec_flags_reach_the_run_and_its_evidence() {
         serde_json::from_str(&stdout_of(crownest(home.path()).args(["evidence", id]))).unwrap();
     assert_eq!(bundle["source"]["labels"]["commit"], "abc");
     assert_eq!(bundle["network"], "none");
-    assert_eq!(bundle["limits"]["memoryBytes"], 512 << 20);
     assert_eq!(bundle["limits"]["outputBytesPerStream"], 1024);
-    assert_eq!(bundle["limits"]["pids"], 100);
+    // The process backend cannot enforce a memory or pids limit: asking for one is refused
+    // before anything runs (exit 2), never silently ignored.
+    for flag in [["--memory", "512M"], ["--pids", "100"]] {
+        crownest(home.path())
+            .arg("run")
+            .args(flag)
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .assert()
+            .code(2)
+            .stderr(
+                predicates::str::contains("not_enforceable")
+                    .or(predicates::str::contains("cannot enforce")),
+            );
+    }
     assert_eq!(bundle["limits"]["timeoutMs"], 5_400_000);
     crownest(home.path())
         .args(["run", "--network", "sometimes"])

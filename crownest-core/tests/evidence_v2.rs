@@ -157,6 +157,22 @@ async fn every_field_edit_is_found_and_named() {
 }
 
 #[tokio::test]
+async fn a_v2_chain_cannot_be_verified_under_older_rules() {
+    let e = engine(None).await;
+    let (_, bundle, events) = run(&e, spec()).await;
+    let value = serde_json::to_value(&bundle).unwrap();
+    let mut downgraded = edit(&value, "/schema", json!("crownest.evidence/v1.1"));
+    downgraded["command"] = json!(["python3", "-m", "pytest"]);
+    let problems = verify(&downgraded, &events);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field.as_deref() == Some("schema")),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test]
 async fn chain_edits_are_found() {
     let e = engine(None).await;
     let (_, bundle, events) = run(&e, spec()).await;

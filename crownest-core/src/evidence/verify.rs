@@ -62,10 +62,37 @@ pub fn verify(bundle: &Value, events: &[Event]) -> Vec<EvidenceProblem> {
     }
     if typed.is_v2() {
         verify_v2(bundle, events, &mut problems);
+    } else if is_v2_chain(events) {
+        // The chain binds every field (it opens with `spec`, its end carries a bundle
+        // digest): an older schema's weaker rules must not apply to it.
+        problems.push(problem(
+            Some("schema"),
+            format!(
+                "the events are an evidence v2 chain, but the bundle says {}",
+                typed.schema
+            ),
+        ));
     } else {
         verify_v1(&typed, events, &mut problems);
     }
     problems
+}
+
+/// A chain written for evidence v2: it opens with `spec`, or its terminal event carries a
+/// bundle digest.
+fn is_v2_chain(events: &[Event]) -> bool {
+    matches!(
+        events.first().map(|e| &e.kind),
+        Some(EventKind::Spec { .. })
+    ) || events.iter().any(|e| {
+        matches!(
+            &e.kind,
+            EventKind::Terminal {
+                bundle_digest: Some(_),
+                ..
+            }
+        )
+    })
 }
 
 fn verify_v2(bundle: &Value, events: &[Event], problems: &mut Vec<EvidenceProblem>) {

@@ -125,16 +125,17 @@ impl Driver {
                     FailureKind::SandboxError,
                     format!("engine error: {}", e.chain()),
                 );
+                // After an engine error the driver's memory may be ahead of the chain (an
+                // `environment` or output commit that failed): take what the store holds,
+                // and claim no output totals (as recovery does).
+                let (identity, isolation) = self
+                    .engine
+                    .recorded_environment(&fresh.id)
+                    .await
+                    .unwrap_or((None, None));
                 let _ = self
                     .engine
-                    .terminate(
-                        &mut fresh,
-                        input,
-                        Some(failure),
-                        self.identity.clone(),
-                        self.isolation.clone(),
-                        self.output.clone(),
-                    )
+                    .terminate(&mut fresh, input, Some(failure), identity, isolation, None)
                     .await;
             }
         }
