@@ -177,8 +177,27 @@ fn read_events(path: &Path) -> anyhow::Result<(Vec<Event>, Vec<String>)> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Event>(&line) {
-            Ok(ev) => events.push(ev),
+        let raw: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("{} line {}: not JSON: {e}", path.display(), i + 1));
+                continue;
+            }
+        };
+        match serde_json::from_value::<Event>(raw.clone()) {
+            // The hash is recomputed from the typed event: a line must be exactly that
+            // event (no extra member, no other spelling of a value), or an edit could hide
+            // in what the typed form drops.
+            Ok(ev) if serde_json::to_value(&ev).ok().as_ref() == Some(&raw) => events.push(ev),
+            Ok(ev) => {
+                problems.push(format!(
+                    "{} line {}: event seq {} has members or values that are not its canonical form",
+                    path.display(),
+                    i + 1,
+                    ev.seq
+                ));
+                events.push(ev);
+            }
             Err(e) => problems.push(format!(
                 "{} line {}: not a valid event: {e}",
                 path.display(),

@@ -196,6 +196,24 @@ fn the_export_and_its_stored_envelope_verify_offline() {
         .args(["--public-key", &"ab".repeat(32)])
         .assert()
         .code(predicates::ord::ne(0));
+    // An exported event line with an extra member is refused (the typed form would drop it).
+    let lines = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+    let mut first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    first["note"] = Value::from("added");
+    let edited: String = std::iter::once(first.to_string())
+        .chain(lines.lines().skip(1).map(str::to_owned))
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(home.join("edited.jsonl"), edited).unwrap();
+    crownest(home)
+        .arg("verify")
+        .arg("--evidence")
+        .arg(out.join("evidence.json"))
+        .arg("--events")
+        .arg(home.join("edited.jsonl"))
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("not its canonical form"));
     // Each artifact's bytes are in the export under its id.
     let bundle: Value =
         serde_json::from_slice(&std::fs::read(out.join("evidence.json")).unwrap()).unwrap();

@@ -55,7 +55,11 @@ impl StreamTally {
                 summary.stored_bytes, self.bytes
             ));
         }
-        if summary.total_bytes != summary.stored_bytes + summary.dropped_bytes {
+        if summary
+            .stored_bytes
+            .checked_add(summary.dropped_bytes)
+            .is_none_or(|sum| sum != summary.total_bytes)
+        {
             return Err(format!(
                 "output.{name}.totalBytes: {} is not stored {} + dropped {}",
                 summary.total_bytes, summary.stored_bytes, summary.dropped_bytes
