@@ -43,8 +43,8 @@ impl EvidenceBundle {
         limits
     }
 
-    /// The Statement's subjects (see the module docs).
-    fn subjects(&self) -> Vec<Value> {
+    /// The Statement's subjects (see the module docs); `digest` is the bundle's.
+    fn subjects(&self, digest: &crate::ids::Sha256Digest) -> Vec<Value> {
         let mut subjects: Vec<Value> = self
             .artifacts
             .iter()
@@ -65,13 +65,15 @@ impl EvidenceBundle {
         }
         subjects.push(json!({
             "name": format!("crownest-evidence/{}.json", self.run_id),
-            "digest": {"sha256": self.digest()},
+            "digest": {"sha256": digest},
         }));
         subjects
     }
 
     /// An in-toto Statement v1 with a SLSA Provenance v1 predicate.
     pub fn to_in_toto(&self) -> Value {
+        // The bundle's digest names it twice (a subject and the byproduct): hash it once.
+        let digest = self.digest();
         let mut deps = Vec::new();
         if let Some(sha) = &self.source.sha256 {
             deps.push(json!({"name": "workspace.tar.gz", "digest": {"sha256": sha}}));
@@ -95,7 +97,7 @@ impl EvidenceBundle {
         }
         json!({
             "_type": "https://in-toto.io/Statement/v1",
-            "subject": self.subjects(),
+            "subject": self.subjects(&digest),
             "predicateType": "https://slsa.dev/provenance/v1",
             "predicate": {
                 "buildDefinition": {
@@ -113,7 +115,7 @@ impl EvidenceBundle {
                     },
                     "byproducts": [{
                         "name": "crownest.evidence",
-                        "digest": {"sha256": self.digest()},
+                        "digest": {"sha256": digest},
                         "annotations": {
                             "status": self.status,
                             "exitCode": self.exit_code,
