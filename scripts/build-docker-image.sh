@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local Docker image crownest/python-node:latest (DESIGN.md §5).
 #
-# Debian bookworm + python3 + nodejs, non-root user crownest (uid/gid 10001),
+# Debian trixie (13) + python3 + nodejs, non-root user crownest (uid/gid 10001),
 # /workspace owned by it. No registry is needed: the root filesystem is made
 # with debootstrap from the Debian mirror configured in this machine's apt
 # sources and loaded with `docker import`.
@@ -22,12 +22,12 @@
 # Environment:
 #   CROWNEST_CACHE_DIR       cache root (default $HOME/.cache/crownest)
 #   CROWNEST_IMAGE           image tag (default crownest/python-node:latest)
-#   CROWNEST_DEBIAN_SUITE    Debian suite (default bookworm)
+#   CROWNEST_DEBIAN_SUITE    Debian suite (default trixie: Python 3.13, Node.js 20)
 #   CROWNEST_DEBIAN_MIRROR   override the mirror read from the apt sources
 #   CROWNEST_APT_SOURCES     apt source files to read (default: the system's)
 #   CROWNEST_IMAGE_NO_UPDATES=1  skip applying <suite>-updates/-security
 #   CROWNEST_DOCKER_BASE     --method dockerfile only: base image (build arg
-#                            BASE, default debian:bookworm-slim)
+#                            BASE, default debian:trixie-slim)
 set -euo pipefail
 
 SCRIPT_PATH="$(readlink -f -- "${BASH_SOURCE[0]}")"
@@ -37,7 +37,7 @@ DOCKERFILE="$CTX_DIR/Dockerfile"
 PACKAGES_FILE="$CTX_DIR/packages.txt"
 
 IMAGE="${CROWNEST_IMAGE:-crownest/python-node:latest}"
-SUITE="${CROWNEST_DEBIAN_SUITE:-bookworm}"
+SUITE="${CROWNEST_DEBIAN_SUITE:-trixie}"
 CACHE_ROOT="${CROWNEST_CACHE_DIR:-${HOME:-/root}/.cache/crownest}"
 IMG_CACHE="$CACHE_ROOT/images"
 LABEL_KEY="crownest.image-key"
@@ -263,6 +263,8 @@ ENTRIES="$(apt_source_entries "${SOURCE_FILES[@]}" | awk -F'\t' '$1 ~ /^https?:\
 
 # First URI serving exactly suite $1.
 uri_for_suite() { printf '%s\n' "$ENTRIES" | awk -F'\t' -v s="$1" '$2 == s { print $1; exit }'; }
+# First URI serving some suite named <release>-$1 (updates, security).
+uri_for_suffix() { printf '%s\n' "$ENTRIES" | awk -F'\t' -v x="-$1" 'substr($2, length($2) - length(x) + 1) == x { print $1; exit }'; }
 
 MIRROR="${CROWNEST_DEBIAN_MIRROR:-}"
 if [ -z "$MIRROR" ]; then
@@ -281,6 +283,11 @@ UPDATES_URI=""; SECURITY_URI=""
 if [ "${CROWNEST_IMAGE_NO_UPDATES:-0}" != 1 ]; then
     UPDATES_URI="$(uri_for_suite "$SUITE-updates")"
     SECURITY_URI="$(uri_for_suite "$SUITE-security")"
+    # The host may run another release than the image (e.g. a bookworm host building the
+    # trixie image): the archive that serves the host's -updates / -security suites serves
+    # the image's too.
+    [ -n "$UPDATES_URI" ] || UPDATES_URI="$(uri_for_suffix updates)"
+    [ -n "$SECURITY_URI" ] || SECURITY_URI="$(uri_for_suffix security)"
 fi
 log "mirror $MIRROR (from apt sources), suite $SUITE, arch $ARCH, packages: $INCLUDE"
 [ -z "$UPDATES_URI$SECURITY_URI" ] || log "updates: ${UPDATES_URI:-none}  security: ${SECURITY_URI:-none}"
@@ -366,8 +373,8 @@ install -d -o "$USER_ID" -g "$USER_ID" -m 0755 "$ROOTFS/workspace"
 # Sanity check inside the rootfs before shipping it.
 in_chroot /usr/bin/python3 -c 'import sys; assert sys.version_info >= (3, 11)' ||
     die "python3 does not run in the new rootfs"
-in_chroot /usr/bin/node -e 'process.exit(0)' ||
-    die "node does not run in the new rootfs"
+in_chroot /usr/bin/node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' ||
+    die "node does not run in the new rootfs, or is older than Node.js 20"
 # shellcheck disable=SC2086
 in_chroot /usr/bin/dpkg-query -W -f '${Package} ${Version}\n' $PACKAGES >"$WORK_DIR/versions.txt"
 log "versions: $(tr '\n' ' ' < "$WORK_DIR/versions.txt")"
