@@ -98,9 +98,9 @@ impl DockerBackend {
         &self.shared.docker
     }
 
-    /// The template image, with its interpreters measured (once per image id).
-    async fn image(&self) -> Result<ImageInfo, DockerError> {
-        let mut image = image::inspect(&self.shared.docker, &self.shared.config.image).await?;
+    /// The image of a template, with its interpreters measured (once per image id).
+    async fn image(&self, reference: &str) -> Result<ImageInfo, DockerError> {
+        let mut image = image::inspect(&self.shared.docker, reference).await?;
         image.interpreters = match crate::interpreters::facts(&self.shared, &image).await {
             Ok(f) => f,
             // The run can go on; the evidence says what could not be measured.
@@ -183,45 +183,54 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        let name = self.shared.config.template.clone();
-        Ok(vec![match self.image().await {
-            Ok(image) => TemplateInfo {
-                name,
-                available: true,
-                reason: None,
-                identity: Some(image.identity()),
-            },
-            Err(e) => TemplateInfo {
-                name,
-                available: false,
-                reason: Some(
-                    Error::from(e)
-                        .chain()
-                        .trim_start_matches("backend docker failed: ")
-                        .to_owned(),
-                ),
-                identity: None,
-            },
-        }])
+        let mut list = Vec::with_capacity(self.shared.config.templates.len());
+        for (name, reference) in &self.shared.config.templates {
+            list.push(match self.image(reference).await {
+                Ok(image) => TemplateInfo {
+                    name: name.clone(),
+                    available: true,
+                    reason: None,
+                    identity: Some(image.identity()),
+                },
+                Err(e) => TemplateInfo {
+                    name: name.clone(),
+                    available: false,
+                    reason: Some(
+                        Error::from(e)
+                            .chain()
+                            .trim_start_matches("backend docker failed: ")
+                            .to_owned(),
+                    ),
+                    identity: None,
+                },
+            });
+        }
+        Ok(list)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        if spec.template != self.shared.config.template {
+        let templates = &self.shared.config.templates;
+        let Some(reference) = templates.get(&spec.template) else {
             return Err(Error::invalid(
                 "template",
                 format!(
-                    "unknown template {:?} (the docker backend serves {:?})",
-                    spec.template, self.shared.config.template
+                    "unknown template {:?} (the docker backend serves {})",
+                    spec.template,
+                    templates
+                        .keys()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
-        }
+        };
         if self.shared.config.uid_gid().is_none_or(|(u, _)| u == 0) {
             return Err(Error::invalid(
                 "user",
                 "the docker backend never runs commands as root",
             ));
         }
-        let image = self.image().await?;
+        let image = self.image(reference).await?;
         let sandbox = DockerSandbox::create(self.shared.clone(), spec, image).await?;
         Ok(Box::new(sandbox))
     }

@@ -1,10 +1,14 @@
-//! [`DockerConfig`]: where the engine is, which image is the template, and the hardening knobs.
+//! [`DockerConfig`]: where the engine is, which image each template is, and the hardening
+//! knobs.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The default image of the `python-node` template, built by `scripts/build-docker-image.sh`.
 pub const DEFAULT_IMAGE: &str = "crownest/python-node:latest";
+/// The template every backend offers.
+pub const PYTHON_NODE: &str = "python-node";
 
 /// How to reach Docker and how to shape containers.
 ///
@@ -13,8 +17,7 @@ pub const DEFAULT_IMAGE: &str = "crownest/python-node:latest";
 /// | field | default |
 /// |---|---|
 /// | `host` | `None`: `$DOCKER_HOST`, else the local socket `/var/run/docker.sock` |
-/// | `image` | `crownest/python-node:latest` (the `python-node` template) |
-/// | `template` | `python-node` |
+/// | `templates` | `python-node` → `crownest/python-node:latest`; a host application adds its own with [`DockerConfig::with_template`] |
 /// | `user` | `10001:10001` (the image's `crownest` user; never root) |
 /// | `work_dir` | [`WorkRoot::default_path`](crownest_core::hostdir::WorkRoot::default_path)`("docker")`: `$XDG_RUNTIME_DIR/crownest/docker`, else `/dev/shm/crownest-<euid>/docker` (tmpfs), else `<temp dir>/crownest-<euid>/docker` (host staging for archives and artifacts; a private work root, refused when another user could change it) |
 /// | `tmp_size_bytes` | 64 MiB (size of the `/tmp` tmpfs; counts against the memory limit) |
@@ -24,10 +27,9 @@ pub const DEFAULT_IMAGE: &str = "crownest/python-node:latest";
 pub struct DockerConfig {
     /// Docker endpoint (`unix:///var/run/docker.sock`, `tcp://...`); `None` = local defaults.
     pub host: Option<String>,
-    /// Image reference of the template.
-    pub image: String,
-    /// Template name served by this backend.
-    pub template: String,
+    /// The templates served: name → image reference. An image that is missing makes its
+    /// template unavailable (reported by `templates()`), never the backend unusable.
+    pub templates: BTreeMap<String, String>,
     /// `uid:gid` the command runs as (numeric; must not be 0).
     pub user: String,
     /// Host directory for private staging (extracted archives, downloaded artifacts).
@@ -44,8 +46,7 @@ impl Default for DockerConfig {
     fn default() -> Self {
         Self {
             host: None,
-            image: DEFAULT_IMAGE.to_owned(),
-            template: "python-node".to_owned(),
+            templates: BTreeMap::from([(PYTHON_NODE.to_owned(), DEFAULT_IMAGE.to_owned())]),
             user: "10001:10001".to_owned(),
             work_dir: crownest_core::hostdir::WorkRoot::default_path("docker"),
             tmp_size_bytes: 64 * 1024 * 1024,
@@ -67,9 +68,18 @@ impl DockerConfig {
         self
     }
 
-    /// Sets the template image.
+    /// Sets the image of the `python-node` template.
     pub fn with_image(mut self, image: impl Into<String>) -> Self {
-        self.image = image.into();
+        self.templates.insert(PYTHON_NODE.to_owned(), image.into());
+        self
+    }
+
+    /// Serves `name` from `image` (an image the host built or loaded; nothing is pulled),
+    /// replacing a template of that name. The image should keep the `python-node`
+    /// contract's shape: a non-root `uid:gid` matching [`DockerConfig::user`] can write
+    /// `/workspace`, and `/bin/sh` exists (see `docs/images.md`).
+    pub fn with_template(mut self, name: impl Into<String>, image: impl Into<String>) -> Self {
+        self.templates.insert(name.into(), image.into());
         self
     }
 

@@ -17,7 +17,10 @@ pub enum DockerError {
         source: bollard::errors::Error,
     },
     /// The template image is not on this host.
-    #[error("image {image} is missing: build it with scripts/build-docker-image.sh")]
+    #[error(
+        "image {image} is missing: build it (scripts/build-docker-image.sh makes the python-node \
+         image) or load it on this host; nothing is pulled"
+    )]
     ImageMissing {
         /// The image reference.
         image: String,

@@ -110,7 +110,7 @@ mod sweep;
 mod upload;
 
 pub use backend::DockerBackend;
-pub use config::{DEFAULT_IMAGE, DockerConfig};
+pub use config::{DEFAULT_IMAGE, DockerConfig, PYTHON_NODE};
 pub use container::{
     LABEL_INSTANCE, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_ROLE, LABEL_RUN, LABEL_SANDBOX,
 };

@@ -335,3 +335,35 @@ async fn network_enabled_is_only_used_when_asked_and_reported() {
         common::assert_gone(&b, &id).await;
     }
 }
+
+/// The `python-node` promise (docs/images.md): Python ≥ 3.11 and Node.js ≥ 20 on `PATH`, with
+/// Node 20's globals (the `crypto` a real project missed on the old Node 18 image).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_keeps_the_python_node_promise() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let code = "import subprocess, sys\n\
+                assert sys.version_info >= (3, 11), sys.version\n\
+                js = 'const [m] = process.versions.node.split(\".\").map(Number);\
+                 if (m < 20 || typeof crypto !== \"object\") process.exit(1);\
+                 console.log(\"node\", m)'\n\
+                r = subprocess.run(['node', '-e', js], capture_output=True, text=True)\n\
+                print('python', sys.version_info[0], sys.version_info[1] >= 11)\n\
+                print(r.returncode, r.stdout.strip(), r.stderr.strip())";
+    let (done, events) = run(&b, py(code)).await;
+    let out = output_of(&events, OutputStream::Stdout);
+    assert_eq!(
+        done.status,
+        RunStatus::Succeeded,
+        "{:?}: {out}",
+        done.failure
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("python 3 True"), "{out}");
+    let node = lines.next().unwrap_or_default();
+    assert!(
+        node.starts_with("0 node "),
+        "node ≥ 20 with a global crypto: {out}"
+    );
+}

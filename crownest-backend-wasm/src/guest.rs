@@ -47,6 +47,43 @@ def _crownest_init():
 
 _crownest_init()
 del _crownest_init
+
+# WASI has no /dev: `open(os.devnull)` (logging handlers, pytest's capture, tools that
+# silence output) would fail. Opening /dev/null through `open`/`io.open` gives an empty,
+# write-discarding file, as on a native host. `os.open("/dev/null")` still fails.
+def _crownest_devnull():
+    import builtins, io, os
+    real_open = io.open
+
+    class DevNull(io.RawIOBase):
+        name = "/dev/null"
+        def readable(self): return True
+        def writable(self): return True
+        def seekable(self): return True
+        def seek(self, offset, whence=0): return 0
+        def readinto(self, b): return 0
+        def write(self, b): return len(b)
+
+    def open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
+             closefd=True, opener=None):
+        try:
+            target = os.fsdecode(file) if not isinstance(file, int) else None
+        except TypeError:
+            target = None
+        if target != "/dev/null" or opener is not None:
+            return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        raw = DevNull()
+        if "b" in mode:
+            return raw if buffering == 0 else io.BufferedRandom(raw)
+        text = io.TextIOWrapper(io.BufferedRandom(raw), encoding=encoding or "utf-8",
+                                errors=errors, newline=newline)
+        text.mode = mode
+        return text
+
+    builtins.open = io.open = open
+
+_crownest_devnull()
+del _crownest_devnull
 "#;
 
 /// What the store holds for one guest.
@@ -100,8 +137,16 @@ fn wasi_ctx(
     }
     if cmd.interpreter == Interpreter::Python {
         let user = cmd.env.get("PYTHONPATH");
+        // CPython resolves a relative entry against the directory it starts in, which is
+        // `/` under WASI preview 1 (it would find `//x`, outside the workspace): resolve
+        // them against the run's working directory here, as a native start would.
         let path = match user {
-            Some(u) if !u.is_empty() => format!("{PYTHON_SITE_GUEST_PATH}:{u}"),
+            Some(u) if !u.is_empty() => {
+                format!(
+                    "{PYTHON_SITE_GUEST_PATH}:{}",
+                    resolve_search_path(u, &guest_cwd)
+                )
+            }
             _ => PYTHON_SITE_GUEST_PATH.to_owned(),
         };
         b.env("PYTHONPATH", path);
@@ -124,6 +169,37 @@ fn wasi_ctx(
             .map_err(preopen)?;
     }
     Ok(b.build_p1())
+}
+
+/// A `PYTHONPATH` value with each relative (or empty) entry made absolute against `cwd` and
+/// every entry normalized (`.`, `..`, repeated `/`), as CPython's own start-up does natively.
+pub(crate) fn resolve_search_path(value: &str, cwd: &str) -> String {
+    value
+        .split(':')
+        .map(|entry| {
+            if entry.starts_with('/') {
+                normalize(entry)
+            } else {
+                normalize(&format!("{cwd}/{entry}"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Lexical normalization of an absolute guest path (never above `/`).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// How a guest run ended, before mapping to [`ExitStatus`].
@@ -229,4 +305,20 @@ async fn forward(sink: &dyn ExecSink, chunk: OutputChunk) {
     let OutputChunk { stream, data, ack } = chunk;
     sink.output(stream, &data).await;
     let _ = ack.send(());
+}
+
+#[cfg(test)]
+mod search_path_tests {
+    use super::resolve_search_path;
+
+    #[test]
+    fn relative_entries_resolve_against_the_working_directory() {
+        let cwd = "/workspace/pkg";
+        assert_eq!(resolve_search_path("src", cwd), "/workspace/pkg/src");
+        assert_eq!(
+            resolve_search_path(".:./lib::../z:/abs//x/./y", cwd),
+            "/workspace/pkg:/workspace/pkg/lib:/workspace/pkg:/workspace/z:/abs/x/y"
+        );
+        assert_eq!(resolve_search_path("../../../..", cwd), "/");
+    }
 }

@@ -72,6 +72,19 @@
 //! no event loop beyond promises and `os.setTimeout`, and `os.getcwd()` reports `/` (the
 //! working directory's contents are there).
 //!
+//! ## What CPython on WASI cannot do
+//!
+//! [`LIMITATIONS`] lists it (and `crownest doctor` prints it): no threads
+//! (`threading.Thread.start` raises `RuntimeError: can't start new thread`), no processes
+//! (`subprocess`, `os.fork`), no `os.dup` (file-descriptor capture, `faulthandler`), no
+//! `os.umask`, no `os.getuid` and friends (no users), no signals, no sockets. Two things a
+//! test runner needs are bridged: a relative `PYTHONPATH` entry resolves against the run's
+//! working directory (CPython would resolve it against `/`), and `open("/dev/null")` gives
+//! an empty, write-discarding file (WASI has no `/dev`; `os.open` of it still fails).
+//! pytest runs with `-p no:cacheprovider -p no:faulthandler --capture=sys` (the cache
+//! needs `os.umask`, the others `os.dup`); its `tmp_path` / `tmpdir` fixtures need
+//! `os.getuid` and are unavailable.
+//!
 //! ## Compiled modules
 //!
 //! Compiling CPython takes seconds, so compiled modules are cached on disk in
@@ -109,6 +122,18 @@ pub use sandbox::WasmSandbox;
 
 /// The registered backend name.
 pub const BACKEND_NAME: &str = "wasm";
+
+/// What CPython-on-WASI programs cannot do here, one line each (shown by `crownest doctor`;
+/// explained in the crate docs).
+pub const LIMITATIONS: &[&str] = &[
+    "no threads: threading.Thread.start raises RuntimeError",
+    "no processes: subprocess, os.fork, os.exec* are unavailable",
+    "no os.dup: pytest needs --capture=sys and -p no:faulthandler",
+    "no os.umask: pytest needs -p no:cacheprovider",
+    "no users: os.getuid & co. are missing (pytest's tmp_path/tmpdir fail)",
+    "no signals, no sockets; node is QuickJS (no npm, no Node built-ins)",
+    "relative PYTHONPATH entries resolve against the working directory; open('/dev/null') works, os.open of it does not",
+];
 
 /// The wasmtime version this crate is built against (pinned in the workspace).
 pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -684,3 +684,41 @@ async fn a_corrupted_cache_entry_is_recompiled_not_loaded() {
     );
     sandbox.destroy().await.unwrap();
 }
+
+/// What a test runner hits under WASI: a relative `PYTHONPATH` resolves against the run's
+/// working directory (not `/`), and `/dev/null` opens through `open` (logging, capture).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_pythonpath_and_dev_null_work_as_on_a_native_host() {
+    let code = "import logging, os, sys\n\
+                import helper\n\
+                print(helper.NAME, os.getcwd(), os.environ['PYTHONPATH'])\n\
+                print([p for p in sys.path if p.startswith('/workspace')])\n\
+                with open(os.devnull, 'w') as f: print(f.write('discarded'), f.name)\n\
+                print(repr(open(os.devnull).read()), repr(open(os.devnull, 'rb').read()))\n\
+                logging.basicConfig(filename=os.devnull, level=logging.INFO)\n\
+                logging.info('to nowhere')\n\
+                print('logged')\n";
+    let files: &[(&str, &[u8], u32)] = &[("pkg/src/helper.py", b"NAME = 'helper'\n", 0o644)];
+    let (_engine, done, events) = run(
+        files,
+        py(code)
+            .with_cwd("pkg")
+            .with_env("PYTHONPATH", "src:./src/../lib"),
+    )
+    .await;
+    let stderr = stream_of(&events, OutputStream::Stderr);
+    assert_eq!(
+        done.status,
+        RunStatus::Succeeded,
+        "{:?}\n{stderr}",
+        done.failure
+    );
+    assert_eq!(
+        stream_of(&events, OutputStream::Stdout),
+        "helper /workspace/pkg src:./src/../lib\n\
+         ['/workspace/pkg/src', '/workspace/pkg/lib']\n\
+         9 /dev/null\n\
+         '' b''\n\
+         logged\n"
+    );
+}

@@ -58,6 +58,9 @@ pub(crate) enum Command {
     /// Which backends and templates are usable here, and why not (with --server: whether
     /// the server answers and accepts the token).
     Doctor(DoctorArgs),
+    /// List every backend's templates, whether each is usable here, and the interpreter
+    /// versions it resolves to (register your own in <home>/templates.json).
+    Templates(TemplatesArgs),
     /// Serve the HTTP + SSE API over the store in --home (Ctrl-C or SIGTERM stops it).
     Serve(ServeArgs),
     /// Collect garbage in --home once: expire runs idle in awaiting_archive past their TTL,
@@ -96,6 +99,14 @@ pub(crate) struct TokenListArgs {
     /// The tokens file [default: <home>/tokens.jsonl].
     #[arg(long, value_name = "FILE")]
     pub(crate) tokens: Option<PathBuf>,
+}
+
+/// `templates`.
+#[derive(Debug, Args)]
+pub(crate) struct TemplatesArgs {
+    /// Print JSON (backend, reason, templates with availability and identity).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `gc`.

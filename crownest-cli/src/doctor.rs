@@ -25,7 +25,22 @@ struct BackendReport {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     capabilities: Option<Capabilities>,
+    /// What programs cannot do on this backend even when it is usable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    limitations: Vec<String>,
     templates: Vec<TemplateInfo>,
+}
+
+/// What the backend named `name` cannot do for the programs it runs.
+fn limitations(name: &str) -> Vec<String> {
+    match name {
+        #[cfg(feature = "wasm")]
+        "wasm" => crownest_backend_wasm::LIMITATIONS
+            .iter()
+            .map(|l| (*l).to_owned())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -110,13 +125,14 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
         Err(e) => format!("cannot open: {}", crate::exit::describe(&e)),
     };
     let mut backends = Vec::new();
-    for slot in home::backends().await {
+    for slot in home::backends(home_dir).await? {
         let report = match &slot.backend {
             Err(why) => BackendReport {
                 name: slot.name.to_owned(),
                 usable: false,
                 reason: Some(why.clone()),
                 capabilities: None,
+                limitations: limitations(slot.name),
                 templates: Vec::new(),
             },
             Ok(b) => match b.templates().await {
@@ -126,6 +142,7 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
                     reason: (!templates.iter().any(|t| t.available))
                         .then(|| "no template is available".to_owned()),
                     capabilities: Some(b.capabilities()),
+                    limitations: limitations(slot.name),
                     templates,
                 },
                 Err(e) => BackendReport {
@@ -133,6 +150,7 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
                     usable: false,
                     reason: Some(format!("listing templates failed: {}", e.chain())),
                     capabilities: Some(b.capabilities()),
+                    limitations: limitations(slot.name),
                     templates: Vec::new(),
                 },
             },
@@ -210,6 +228,9 @@ fn print_human(r: &Report) {
                     cannot.join(", ")
                 }
             );
+        }
+        for l in &b.limitations {
+            let _ = writeln!(o, "  cannot: {l}");
         }
         for t in &b.templates {
             if t.available {

@@ -46,12 +46,16 @@ pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
 /// Every backend of this build, constructed (not yet probed for templates). They are set up
 /// concurrently: the process backend's containment probe (a fork into fresh namespaces) and
 /// the Docker handshake each take a few milliseconds, and every command pays for them.
-pub(crate) async fn backends() -> Vec<BackendSlot> {
+/// Templates registered in `<home>/templates.json` are added to their backends; a malformed
+/// registry is a usage error.
+pub(crate) async fn backends(home: &Path) -> anyhow::Result<Vec<BackendSlot>> {
+    #[cfg_attr(not(feature = "docker"), allow(unused_variables))]
+    let registered = crate::templates::Registered::load(home)?;
     let process = tokio::task::spawn_blocking(process_backend);
     #[cfg(feature = "wasm")]
     let wasm = tokio::task::spawn_blocking(wasm_backend);
     #[cfg(feature = "docker")]
-    let docker = docker_backend().await;
+    let docker = docker_backend(&registered).await;
     let joined = |r: Result<Result<Arc<dyn SandboxBackend>, String>, tokio::task::JoinError>| {
         r.unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
     };
@@ -70,7 +74,7 @@ pub(crate) async fn backends() -> Vec<BackendSlot> {
         name: "wasm",
         backend: joined(wasm.await),
     });
-    out
+    Ok(out)
 }
 
 fn process_backend() -> Result<Arc<dyn SandboxBackend>, String> {
@@ -81,9 +85,17 @@ fn process_backend() -> Result<Arc<dyn SandboxBackend>, String> {
 }
 
 #[cfg(feature = "docker")]
-async fn docker_backend() -> Result<Arc<dyn SandboxBackend>, String> {
+async fn docker_backend(
+    registered: &crate::templates::Registered,
+) -> Result<Arc<dyn SandboxBackend>, String> {
     use crownest_backend_docker::{DockerBackend, DockerConfig};
-    DockerBackend::connect(DockerConfig::default())
+    let config = registered
+        .docker
+        .iter()
+        .fold(DockerConfig::default(), |c, (name, image)| {
+            c.with_template(name, image)
+        });
+    DockerBackend::connect(config)
         .await
         .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
         .map_err(|e| e.chain())
@@ -130,8 +142,8 @@ pub(crate) async fn open_with(
     home: &Path,
     configure: impl FnOnce(&mut EngineConfig, &[BackendSlot]) -> anyhow::Result<()>,
 ) -> anyhow::Result<WorkspaceRuns> {
-    let (store, backends) = tokio::join!(open_store(home), backends());
-    let store = store?;
+    let (store, backends) = tokio::join!(open_store(home), backends(home));
+    let (store, backends) = (store?, backends?);
     let mut config = EngineConfig {
         default_backend: Some("process".into()),
         ..EngineConfig::default()
@@ -169,6 +181,9 @@ pub(crate) struct ForRun {
 /// engine instance with every backend runs recovery concurrently (it leaves this process's
 /// run alone: its owner is alive). `run` waits for it before exiting.
 pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::Result<ForRun> {
+    // A malformed template registry is refused whatever the backend (a typo must not pass
+    // unnoticed on one backend and fail on another).
+    crate::templates::Registered::load(home)?;
     let process = tokio::task::spawn_blocking(process_backend);
     let store = open_store(home).await?;
     let process = process
@@ -189,8 +204,8 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     match backend {
         None | Some("process") => {}
         Some(name) => {
-            let slot = other_backend(name)
-                .await
+            let slot = other_backend(name, home)
+                .await?
                 .ok_or_else(|| usage(format!("no backend named {name:?} in this build")))?;
             let chosen = slot
                 .backend
@@ -199,6 +214,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         }
     }
     let engine = builder.open().await.context("opening the engine")?;
+    let home = home.to_owned();
     let recovery = tokio::spawn(async move {
         // The process backend is shared (its containment probe is the costly part).
         let mut builder = WorkspaceRuns::builder(store).backend(process);
@@ -206,7 +222,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
             builder = builder.host_key(k);
         }
         for name in ["docker", "wasm"] {
-            if let Some(BackendSlot { backend: Ok(b), .. }) = other_backend(name).await {
+            if let Ok(Some(BackendSlot { backend: Ok(b), .. })) = other_backend(name, &home).await {
                 builder = builder.backend(b);
             }
         }
@@ -217,12 +233,14 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
 }
 
 /// A backend other than `process`, by name, if this build has it.
-async fn other_backend(name: &str) -> Option<BackendSlot> {
-    match name {
+async fn other_backend(name: &str, home: &Path) -> anyhow::Result<Option<BackendSlot>> {
+    #[cfg_attr(not(feature = "docker"), allow(unused_variables))]
+    let registered = crate::templates::Registered::load(home)?;
+    Ok(match name {
         #[cfg(feature = "docker")]
         "docker" => Some(BackendSlot {
             name: "docker",
-            backend: docker_backend().await,
+            backend: docker_backend(&registered).await,
         }),
         #[cfg(feature = "wasm")]
         "wasm" => Some(BackendSlot {
@@ -230,5 +248,5 @@ async fn other_backend(name: &str) -> Option<BackendSlot> {
             backend: wasm_backend(),
         }),
         _ => None,
-    }
+    })
 }

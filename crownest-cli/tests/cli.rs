@@ -728,6 +728,17 @@ fn doctor_reports_backends_and_templates() {
     for b in backends {
         assert!(b["usable"] == true || b["reason"].is_string(), "{b}");
     }
+    // What CPython on WASI cannot do is said, with the pytest flags that work.
+    let wasm = backends.iter().find(|b| b["name"] == "wasm").unwrap();
+    let limits = wasm["limitations"].to_string();
+    assert!(
+        limits.contains("no threads") && limits.contains("--capture=sys"),
+        "{limits}"
+    );
+    assert!(
+        String::from_utf8_lossy(&crownest(home.path()).arg("doctor").output().unwrap().stdout)
+            .contains("  cannot: no os.dup: pytest needs --capture=sys")
+    );
 }
 
 #[test]
