@@ -156,8 +156,12 @@ pub(crate) struct ServeArgs {
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// A .tar.gz / .tgz file, or a directory (packed: sorted paths, mtime 0, uid/gid 0,
-    /// permission bits kept; regular files, directories and symlinks; nothing ignored).
+    /// permission bits kept; regular files, directories and symlinks; .git and what the
+    /// tree's .gitignore / .crownestignore files exclude are left out, and listed).
     pub(crate) source: PathBuf,
+    /// Pack the directory whole: no .git exclusion, no .gitignore / .crownestignore.
+    #[arg(long)]
+    pub(crate) no_ignore: bool,
     /// Backend: process, docker, wasm [default: process].
     #[arg(long, value_name = "B")]
     pub(crate) backend: Option<String>,

@@ -10,8 +10,15 @@
 //! * mtime 0, uid/gid 0, no user/group names, permission bits kept (`mode & 0o777`);
 //! * GNU tar headers (long names as GNU long-name records), gzip level 6, gzip mtime 0.
 //!
-//! Nothing is ignored: no `.gitignore`, no `.git` exclusion. Pack what you mean to run
-//! (e.g. `git archive --format=tar.gz HEAD > src.tgz` for a clean checkout).
+//! What is left out ([`Ignore::Files`], the default; [`Ignore::Nothing`] is `--no-ignore`):
+//!
+//! * every `.git` directory (the repository's history is not the work);
+//! * what the tree's own `.gitignore` and `.crownestignore` files say, with git's syntax and
+//!   precedence (a deeper file overrides a shallower one; in one directory `.crownestignore`
+//!   overrides `.gitignore`; `!pattern` re-includes; an excluded directory is not entered).
+//!   Only files inside the tree count (not `~/.gitignore`, `.git/info/exclude` or files
+//!   above the root), so the same tree packs the same on every machine. The ignore files
+//!   themselves are packed.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -23,6 +30,8 @@ use anyhow::Context as _;
 use crownest_core::{ArchiveDescriptor, Sha256Digest};
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use ignore::Match;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest as _, Sha256};
 
 use crate::exit::usage;
@@ -57,11 +66,70 @@ impl Item {
     }
 }
 
-/// Walks `root` without following symlinks and lists every entry, sorted by relative path.
-fn walk(root: &Path) -> anyhow::Result<Vec<Item>> {
+/// What packing a directory leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ignore {
+    /// `.git` directories and what `.gitignore` / `.crownestignore` files exclude.
+    Files,
+    /// Nothing (`--no-ignore`).
+    Nothing,
+}
+
+/// The ignore files read in each directory, lowest precedence first.
+const IGNORE_FILES: [&str; 2] = [".gitignore", ".crownestignore"];
+
+/// The matchers that apply in one directory: its ancestors' (inside the tree) and its own.
+type Matchers = std::rc::Rc<Vec<Gitignore>>;
+
+/// Adds `dir`'s own ignore files to `parent`'s matchers.
+fn matchers_of(dir: &Path, parent: &Matchers) -> anyhow::Result<Matchers> {
+    let mut own = Vec::new();
+    for name in IGNORE_FILES {
+        let file = dir.join(name);
+        if !fs::symlink_metadata(&file).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let mut builder = GitignoreBuilder::new(dir);
+        if let Some(e) = builder.add(&file) {
+            return Err(usage(format!("cannot read {}: {e}", file.display())));
+        }
+        let matcher = builder
+            .build()
+            .map_err(|e| usage(format!("{}: {e}", file.display())))?;
+        own.push(matcher);
+    }
+    if own.is_empty() {
+        return Ok(parent.clone());
+    }
+    let mut all = Vec::clone(parent);
+    all.extend(own);
+    Ok(std::rc::Rc::new(all))
+}
+
+/// True when `path` is excluded: the most precise matcher that has an opinion decides.
+fn excluded(matchers: &[Gitignore], path: &Path, is_dir: bool) -> bool {
+    for m in matchers.iter().rev() {
+        match m.matched(path, is_dir) {
+            Match::None => continue,
+            Match::Ignore(_) => return true,
+            Match::Whitelist(_) => return false,
+        }
+    }
+    false
+}
+
+/// Walks `root` without following symlinks and lists every entry, sorted by relative path,
+/// and what `ignore` left out (relative paths, directories with a trailing `/`).
+fn walk(root: &Path, ignore: Ignore) -> anyhow::Result<(Vec<Item>, Vec<String>)> {
     let mut items = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new())];
-    while let Some((dir, rel_dir)) = stack.pop() {
+    let mut left_out = Vec::new();
+    let none: Matchers = std::rc::Rc::new(Vec::new());
+    let top = match ignore {
+        Ignore::Files => matchers_of(root, &none)?,
+        Ignore::Nothing => none,
+    };
+    let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new(), top)];
+    while let Some((dir, rel_dir, matchers)) = stack.pop() {
         let entries = fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
         for entry in entries {
             let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
@@ -74,6 +142,17 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Item>> {
             let meta =
                 fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
             let ft = meta.file_type();
+            if ignore == Ignore::Files
+                && ((ft.is_dir() && entry.file_name() == ".git")
+                    || excluded(&matchers, &path, ft.is_dir()))
+            {
+                let mut shown = String::from_utf8_lossy(&rel).into_owned();
+                if ft.is_dir() {
+                    shown.push('/');
+                }
+                left_out.push(shown);
+                continue;
+            }
             let mode = meta.permissions().mode() & 0o777;
             if ft.is_symlink() {
                 let target =
@@ -84,7 +163,11 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Item>> {
                     rel: rel.clone(),
                     mode,
                 });
-                stack.push((path, rel));
+                let inner = match ignore {
+                    Ignore::Files => matchers_of(&path, &matchers)?,
+                    Ignore::Nothing => matchers.clone(),
+                };
+                stack.push((path, rel, inner));
             } else if ft.is_file() {
                 items.push(Item::File {
                     rel,
@@ -101,7 +184,8 @@ fn walk(root: &Path) -> anyhow::Result<Vec<Item>> {
         }
     }
     items.sort_by(|a, b| a.rel().cmp(b.rel()));
-    Ok(items)
+    left_out.sort();
+    Ok((items, left_out))
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -151,13 +235,23 @@ impl<R: Read> Read for CountingReader<'_, '_, R> {
     }
 }
 
-/// Packs `root` into `out` (see the module docs) and returns the archive's descriptor.
+/// What [`pack_dir`] made.
+#[derive(Debug)]
+pub(crate) struct Packed {
+    /// The archive's descriptor.
+    pub(crate) descriptor: ArchiveDescriptor,
+    /// What was left out (sorted relative paths; directories end with `/`).
+    pub(crate) left_out: Vec<String>,
+}
+
+/// Packs `root` into `out` (see the module docs).
 pub(crate) fn pack_dir(
     root: &Path,
     out: &mut File,
+    ignore: Ignore,
     mut progress: PackProgress<'_>,
-) -> anyhow::Result<ArchiveDescriptor> {
-    let items = walk(root)?;
+) -> anyhow::Result<Packed> {
+    let (items, left_out) = walk(root, ignore)?;
     let total: u64 = items
         .iter()
         .map(|i| match i {
@@ -213,9 +307,12 @@ pub(crate) fn pack_dir(
     let gz = builder.into_inner().context("finishing the tar")?;
     let mut hashing = gz.finish().context("finishing the gzip stream")?;
     hashing.flush().context("writing the packed archive")?;
-    Ok(ArchiveDescriptor {
-        size_bytes: hashing.count,
-        sha256: Sha256Digest::from_bytes(&hashing.hasher.finalize().into()),
+    Ok(Packed {
+        descriptor: ArchiveDescriptor {
+            size_bytes: hashing.count,
+            sha256: Sha256Digest::from_bytes(&hashing.hasher.finalize().into()),
+        },
+        left_out,
     })
 }
 
@@ -261,13 +358,89 @@ mod tests {
     }
 
     fn pack(dir: &Path) -> (Vec<u8>, ArchiveDescriptor) {
+        let (bytes, packed) = pack_with(dir, Ignore::Nothing);
+        assert!(packed.left_out.is_empty());
+        (bytes, packed.descriptor)
+    }
+
+    fn pack_with(dir: &Path, ignore: Ignore) -> (Vec<u8>, Packed) {
         let mut out = tempfile::tempfile().unwrap();
-        let d = pack_dir(dir, &mut out, &mut |_, _| {}).unwrap();
+        let d = pack_dir(dir, &mut out, ignore, &mut |_, _| {}).unwrap();
         use std::io::Seek as _;
         out.rewind().unwrap();
         let mut bytes = Vec::new();
         out.read_to_end(&mut bytes).unwrap();
         (bytes, d)
+    }
+
+    fn names(bytes: &[u8]) -> Vec<String> {
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+        ar.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn ignore_files_are_honoured_with_gits_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in [".git/objects", "node_modules/x", "src/gen", "docs", "keep"] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for f in [
+            ".git/HEAD",
+            "node_modules/x/i.js",
+            "src/a.py",
+            "src/a.pyc",
+            "src/gen/out.txt",
+            "src/gen/keep.txt",
+            "docs/big.pdf",
+            "keep/a.log",
+            "b.log",
+            "secret.env",
+        ] {
+            fs::write(d.join(f), f).unwrap();
+        }
+        fs::write(
+            d.join(".gitignore"),
+            "node_modules/\n*.pyc\n*.log\n!keep/a.log\n",
+        )
+        .unwrap();
+        // The deeper file overrides; .crownestignore overrides .gitignore in one directory.
+        fs::write(d.join("src/.gitignore"), "gen/*\n!gen/keep.txt\n").unwrap();
+        fs::write(d.join(".crownestignore"), "docs/\nsecret.env\n!b.log\n").unwrap();
+        let (bytes, packed) = pack_with(d, Ignore::Files);
+        assert_eq!(
+            names(&bytes),
+            [
+                ".crownestignore",
+                ".gitignore",
+                "b.log",
+                "keep",
+                "keep/a.log",
+                "src",
+                "src/.gitignore",
+                "src/a.py",
+                "src/gen",
+                "src/gen/keep.txt",
+            ]
+        );
+        assert_eq!(
+            packed.left_out,
+            [
+                ".git/",
+                "docs/",
+                "node_modules/",
+                "secret.env",
+                "src/a.pyc",
+                "src/gen/out.txt"
+            ]
+        );
+        // --no-ignore packs everything, .git included.
+        let (bytes, packed) = pack_with(d, Ignore::Nothing);
+        assert!(packed.left_out.is_empty());
+        assert_eq!(names(&bytes).len(), 21);
     }
 
     #[test]
@@ -331,7 +504,7 @@ mod tests {
         )
         .unwrap();
         let mut out = tempfile::tempfile().unwrap();
-        let err = pack_dir(dir.path(), &mut out, &mut |_, _| {}).unwrap_err();
+        let err = pack_dir(dir.path(), &mut out, Ignore::Nothing, &mut |_, _| {}).unwrap_err();
         assert!(err.to_string().contains("pipe"), "{err}");
     }
 }

@@ -273,7 +273,12 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     let mut interrupts = Interrupts::new()?;
     let tty = !args.json && std::io::stderr().is_terminal();
     let mut progress = Progress::new(tty);
-    let source = upload::prepare(&args.source, declared, &mut progress)?;
+    let ignore = if args.no_ignore {
+        crate::pack::Ignore::Nothing
+    } else {
+        crate::pack::Ignore::Files
+    };
+    let source = upload::prepare(&args.source, declared, ignore, &mut progress)?;
 
     if let Some(client) = target.server() {
         let conn = Connection::Remote(client.clone());

@@ -26,10 +26,12 @@ pub(crate) struct PreparedSource {
     _temp: Option<tempfile::TempPath>,
 }
 
-/// Packs a directory or takes a file; the descriptor is the declared one if given.
+/// Packs a directory (leaving out what `ignore` says, and saying so on stderr) or takes a
+/// file; the descriptor is the declared one if given.
 pub(crate) fn prepare(
     source: &Path,
     declared: Option<ArchiveDescriptor>,
+    ignore: pack::Ignore,
     progress: &mut Progress,
 ) -> anyhow::Result<PreparedSource> {
     let meta = std::fs::metadata(source)
@@ -43,16 +45,19 @@ pub(crate) fn prepare(
         let (mut file, temp_path) = tmp.into_parts();
         progress.phase("packing", 0);
         let bar = progress.bar();
-        let computed = pack::pack_dir(source, &mut file, &mut |done, total| {
+        let packed = pack::pack_dir(source, &mut file, ignore, &mut |done, total| {
             if let Some(bar) = &bar {
                 bar.set_length(total.max(1));
                 bar.set_position(done);
             }
         })?;
         progress.finish();
+        if let Some(note) = left_out_note(&packed.left_out) {
+            eprintln!("crownest: {note}");
+        }
         Ok(PreparedSource {
             path: temp_path.to_path_buf(),
-            declared: declared.unwrap_or(computed),
+            declared: declared.unwrap_or(packed.descriptor),
             _temp: Some(temp_path),
         })
     } else if meta.is_file() {
@@ -71,6 +76,28 @@ pub(crate) fn prepare(
             source.display()
         )))
     }
+}
+
+/// "left out 3 paths (...): .git/, dist/, x.log" — at most ten named.
+fn left_out_note(left_out: &[String]) -> Option<String> {
+    const SHOWN: usize = 10;
+    if left_out.is_empty() {
+        return None;
+    }
+    let mut names = left_out
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if left_out.len() > SHOWN {
+        names.push_str(&format!(" and {} more", left_out.len() - SHOWN));
+    }
+    let n = left_out.len();
+    let paths = if n == 1 { "path" } else { "paths" };
+    Some(format!(
+        "left out {n} {paths} (.git, .gitignore, .crownestignore; --no-ignore packs everything): {names}"
+    ))
 }
 
 /// Parses `--sha256 HEX --size-bytes N`.

@@ -278,3 +278,50 @@ fn events_follow_goes_on_after_the_window() {
         "the window, then every later event to the end"
     );
 }
+
+#[test]
+fn packing_a_directory_leaves_out_what_its_ignore_files_say_and_tells() {
+    let home = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let d = src.path();
+    std::fs::create_dir_all(d.join(".git")).unwrap();
+    std::fs::create_dir_all(d.join("node_modules/x")).unwrap();
+    std::fs::write(d.join(".git/HEAD"), "ref").unwrap();
+    std::fs::write(d.join("node_modules/x/i.js"), "x").unwrap();
+    std::fs::write(d.join("app.py"), "print('hi')").unwrap();
+    std::fs::write(d.join("local.env"), "TOKEN=1").unwrap();
+    std::fs::write(d.join(".gitignore"), "node_modules/\n").unwrap();
+    std::fs::write(d.join(".crownestignore"), "*.env\n").unwrap();
+    let list = "find . -mindepth 1 | sort | tr '\\n' ' '";
+    let out = crownest(home.path())
+        .arg("run")
+        .arg(d)
+        .args(["--", "sh", "-c", list])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "./.crownestignore ./.gitignore ./app.py "
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("left out 3 paths").count(),
+        1,
+        "said once: {err}"
+    );
+    assert!(err.contains(".git/, local.env, node_modules/"), "{err}");
+    // --no-ignore packs everything and says nothing about it.
+    let out = crownest(home.path())
+        .args(["run", "--no-ignore"])
+        .arg(d)
+        .args(["--", "sh", "-c", list])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for p in ["./.git/HEAD", "./local.env", "./node_modules/x/i.js"] {
+        assert!(listed.contains(p), "{p} in {listed}");
+    }
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("left out"));
+}
