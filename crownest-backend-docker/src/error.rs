@@ -18,8 +18,9 @@ pub enum DockerError {
     },
     /// The template image is not on this host.
     #[error(
-        "image {image} is missing: build it (scripts/build-docker-image.sh makes the python-node \
-         image) or load it on this host; nothing is pulled"
+        "image {image} is missing: `crownest setup docker` (or scripts/build-docker-image.sh in \
+         a source checkout) builds the python-node image; build or load any other on this \
+         host, nothing is pulled"
     )]
     ImageMissing {
         /// The image reference.

@@ -16,6 +16,8 @@ const LOCK: &str = include_str!("../modules.lock");
 
 /// The script that fetches the modules (named in every "unavailable" reason).
 pub(crate) const FETCH_SCRIPT: &str = "scripts/fetch-wasm-modules.sh";
+/// The command that fetches them for a user of the `crownest` binary.
+pub(crate) const SETUP_COMMAND: &str = "crownest setup wasm";
 
 /// The template this backend offers.
 pub(crate) const TEMPLATE: &str = "python-node";
@@ -208,7 +210,9 @@ impl ModuleVerifier {
     }
 
     fn check(&self, path: &Path, pin: &PinnedModule) -> Result<(), String> {
-        let fix = format!("run {FETCH_SCRIPT} to fetch and verify it");
+        let fix = format!(
+            "run `{SETUP_COMMAND}` (or {FETCH_SCRIPT} in a source checkout) to fetch and verify it"
+        );
         let meta = std::fs::metadata(path)
             .map_err(|e| format!("{} is missing ({e}); {fix}", path.display()))?;
         if !meta.is_file() || meta.len() != pin.size {
@@ -247,7 +251,7 @@ impl ModuleVerifier {
         };
         if digest != pin.sha256 {
             return Err(format!(
-                "{} has sha256 {digest}, modules.lock pins {}; {FETCH_SCRIPT} --force fetches it again",
+                "{} has sha256 {digest}, modules.lock pins {}; `{SETUP_COMMAND} --force` fetches it again",
                 path.display(),
                 pin.sha256
             ));

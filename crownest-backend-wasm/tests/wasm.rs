@@ -573,6 +573,31 @@ async fn missing_modules_make_the_template_unavailable() {
         matches!(&err, Error::InvalidSpec { field, message } if field == "template" && message.contains("fetch-wasm-modules")),
         "{err:?}"
     );
+    // The engine refuses the run at create (HTTP 400, CLI exit 2), before anything is
+    // stored, naming the command that fixes it.
+    let store = Arc::new(MemoryStore::new());
+    let engine = WorkspaceRuns::builder(store.clone())
+        .backend(Arc::new(backend))
+        .without_recovery()
+        .open()
+        .await
+        .unwrap();
+    let err = engine
+        .create(py("print(1)").with_backend("wasm"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidSpec { field, message }
+            if field == "template" && message.contains("unavailable") && message.contains("crownest setup wasm")),
+        "{err:?}"
+    );
+    assert!(
+        engine
+            .list(&crownest_core::store::RunQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

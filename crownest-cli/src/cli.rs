@@ -58,6 +58,9 @@ pub(crate) enum Command {
     /// Which backends and templates are usable here, and why not (with --server: whether
     /// the server answers and accepts the token).
     Doctor(DoctorArgs),
+    /// Make the docker or wasm backend usable: build the python-node image from Debian
+    /// packages, or fetch the pinned WASI modules (the recipes are in this binary).
+    Setup(SetupArgs),
     /// List every backend's templates, whether each is usable here, and the interpreter
     /// versions it resolves to (register your own in <home>/templates.json).
     Templates(TemplatesArgs),
@@ -99,6 +102,28 @@ pub(crate) struct TokenListArgs {
     /// The tokens file [default: <home>/tokens.jsonl].
     #[arg(long, value_name = "FILE")]
     pub(crate) tokens: Option<PathBuf>,
+}
+
+/// `setup`.
+#[derive(Debug, Args)]
+pub(crate) struct SetupArgs {
+    /// What to set up.
+    #[arg(value_enum)]
+    pub(crate) target: SetupTarget,
+    /// Ignore the caches and build or fetch again.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// What `setup` makes usable.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum SetupTarget {
+    /// The Docker backend's python-node image.
+    Docker,
+    /// The WASI backend's modules.
+    Wasm,
+    /// Both.
+    All,
 }
 
 /// `templates`.

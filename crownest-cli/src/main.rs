@@ -36,6 +36,7 @@ mod policy;
 mod progress;
 mod run;
 mod serve;
+mod setup;
 mod templates;
 mod tokens;
 mod upload;
@@ -94,6 +95,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Cancel(args) => inspect::cancel(&target, args).await,
         Command::Doctor(args) => doctor::doctor(&target, args).await,
         Command::Templates(args) => templates::list(&target, args).await,
+        Command::Setup(args) => setup::setup(args).await,
         Command::Serve(args) => {
             if target.server().is_some() {
                 return Err(exit::usage(

