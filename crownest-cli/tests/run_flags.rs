@@ -325,3 +325,32 @@ fn packing_a_directory_leaves_out_what_its_ignore_files_say_and_tells() {
     }
     assert!(!String::from_utf8_lossy(&out.stderr).contains("left out"));
 }
+
+#[test]
+fn an_artifact_missing_at_the_root_but_present_under_cwd_is_named() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--cwd", "data", "--artifact", "out/report.txt"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "mkdir -p out && echo r > out/report.txt"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relative to the workspace root")
+            && err.contains("\"data/out/report.txt\" exists"),
+        "{err}"
+    );
+    // Without a working directory, or when nothing is there, no hint.
+    let out = crownest(home.path())
+        .args(["run", "--cwd", "data", "--artifact", "nowhere.txt"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nowhere.txt") && !err.contains("exists (ask"),
+        "{err}"
+    );
+}

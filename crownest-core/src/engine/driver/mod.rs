@@ -406,6 +406,9 @@ impl Driver {
             };
             let stored = match result {
                 Ok(collected) => self.store_artifact(&req.path, collected, max).await,
+                Err(f) if materialized && f.reason == ArtifactErrorReason::NotFound => {
+                    Err(self.under_cwd_hint(sandbox, &req.path, f).await)
+                }
                 Err(f) => Err(f),
             };
             match stored {
@@ -438,6 +441,34 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Artifact paths are relative to the workspace root, not to `cwd`: when one is not
+    /// found but exists under the run's working directory, the failure says so and names
+    /// the path to ask for (a probe with `max_bytes = 0`, so nothing is read).
+    async fn under_cwd_hint(
+        &self,
+        sandbox: &dyn Sandbox,
+        path: &str,
+        mut failure: crate::artifact::ArtifactFailure,
+    ) -> crate::artifact::ArtifactFailure {
+        let cwd = crate::spec::normalize_relative(&self.record.spec.cwd);
+        if cwd.is_empty() {
+            return failure;
+        }
+        let candidate = format!("{cwd}/{}", crate::spec::normalize_relative(path));
+        let exists = match sandbox.collect_artifact(&candidate, 0).await {
+            Ok(_) => true,
+            Err(f) => f.reason != ArtifactErrorReason::NotFound,
+        };
+        if exists {
+            failure.message = format!(
+                "{}; artifact paths are relative to the workspace root, not to the working \
+                 directory {cwd:?}: {candidate:?} exists (ask for that path)",
+                failure.message
+            );
+        }
+        failure
     }
 
     async fn store_artifact(
