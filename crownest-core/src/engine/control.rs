@@ -167,8 +167,9 @@ impl WorkspaceRuns {
     }
 
     /// Deletes an ended run (retention): its record, its events, its Evidence Bundle, its
-    /// artifact records and any transfer left, through [`Store::delete_run`]. **The
-    /// evidence is gone**: nothing can verify the run afterwards; export it first
+    /// artifact records and any transfer left, through
+    /// [`Store::delete_run`](crate::store::Store::delete_run). **The evidence is gone**:
+    /// nothing can verify the run afterwards; export it first
     /// (`evidence`, `list_events`) if it must be kept. The archive and artifact blobs no
     /// other run names are deleted by the next garbage collection after `blob_grace`. A
     /// run that has not ended is `Error::InvalidTransition` (cancel it first).
