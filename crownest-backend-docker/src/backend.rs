@@ -237,6 +237,16 @@ impl SandboxBackend for DockerBackend {
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
         let root = self.shared.root()?;
-        Ok(crate::sweep::sweep(&self.shared.docker, &root.proc_path(), live).await?)
+        let swept = crate::sweep::sweep(&self.shared.docker, &root.proc_path(), live).await?;
+        // Host staging directories a crash left (marked, like every host-directory
+        // sandbox): the one host-directory sweep. They are not sandboxes, so they are not
+        // reported.
+        let live = live.to_vec();
+        tokio::task::spawn_blocking(move || {
+            crownest_core::hostdir::sweep(&root, "docker", &live, &mut |_| {})
+        })
+        .await
+        .map_err(|e| Error::backend("docker", format!("the staging sweep task failed: {e}")))??;
+        Ok(swept)
     }
 }

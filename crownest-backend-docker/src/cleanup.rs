@@ -109,7 +109,8 @@ pub(crate) async fn remove_sandbox(
     }
 }
 
-/// Removes host staging left by a sandbox (`<work_dir>/<sandbox>*`), best effort.
+/// Removes host staging left by a sandbox (`<work_dir>/<sandbox>*`: artifact mirrors),
+/// best effort, through the one host-directory removal.
 pub(crate) fn remove_host_leftovers(work_dir: &Path, sandbox: &str) {
     let Ok(entries) = std::fs::read_dir(work_dir) else {
         return;
@@ -119,7 +120,7 @@ pub(crate) fn remove_host_leftovers(work_dir: &Path, sandbox: &str) {
             .to_str()
             .is_some_and(|n| n.starts_with(sandbox))
         {
-            let _ = std::fs::remove_dir_all(e.path());
+            let _ = crownest_core::hostdir::remove_via_tombstone(&e.path());
         }
     }
 }

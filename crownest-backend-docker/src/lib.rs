@@ -55,7 +55,9 @@
 //!   before start);
 //! * a **stage** container `<sandbox>-stage`, created at `create()` and never started: it
 //!   holds the volume so `materialize` can upload into it. The archive is extracted by the
-//!   core extractor into a private host staging directory, then streamed as a tar (every
+//!   core extractor into a host staging directory (a marked core
+//!   [`SandboxDir`](crownest_core::hostdir::SandboxDir) of the private work root, which the
+//!   core host-directory sweep removes if a crash leaves it), then streamed as a tar (every
 //!   entry owned by uid/gid 10001, hardlinks as links) into the volume with
 //!   `PUT /containers/{id}/archive`. Nothing of the host is bind-mounted. The stage
 //!   container is removed (in the background, while the command starts) as soon as the run

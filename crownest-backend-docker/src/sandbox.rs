@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +15,11 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, RenameContainerOptionsBuilder,
     UploadToContainerOptionsBuilder,
 };
-use crownest_core::archive::{self, ExtractPolicy, ExtractSummary};
+use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
 use crownest_core::event::ArtifactErrorReason;
+use crownest_core::hostdir::{Marker, SandboxDir};
 use crownest_core::{
     Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
     Network, Result, Sandbox, SandboxSpec, TemplateIdentity, Timestamp,
@@ -30,6 +32,13 @@ use crate::error::{DockerError, is_not_found, status_of};
 use crate::exec::{self, Started};
 use crate::image::ImageInfo;
 use crate::upload::{self, WorkspaceIndex};
+
+/// The registered backend name (also the `backend` of its host staging markers).
+const BACKEND: &str = "docker";
+
+/// How long a materialize waits for its host staging directory to be deleted before it
+/// leaves the rest to the background.
+const STAGING_REMOVAL_WAIT: Duration = Duration::from_secs(5);
 
 /// A sandbox made of Docker resources, all labelled with the run, the engine instance and
 /// the owner process (see the crate docs for the layout).
@@ -322,6 +331,40 @@ impl DockerSandbox {
         }
         Ok(())
     }
+
+    /// Streams a tar of the staged tree `dest` into the volume (through the stage
+    /// container), owned by the sandbox user; returns the index of what was sent.
+    async fn upload_staged(&self, dest: PathBuf) -> Result<WorkspaceIndex> {
+        let (uid, gid) = self.shared.config.uid_gid().unwrap_or((10001, 10001));
+        let (tx, rx) = mpsc::channel(4);
+        let walker = tokio::task::spawn_blocking(move || {
+            let mut out = upload::ChannelWriter::new(tx.clone());
+            let r = upload::write_tar(&dest, uid, gid, &mut out);
+            if let Err(e) = &r {
+                let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+            }
+            r
+        });
+        let body = bollard::body_try_stream(tokio_stream_of(rx));
+        let opts = UploadToContainerOptionsBuilder::new()
+            .path(WORKSPACE)
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        let uploaded = self
+            .shared
+            .docker
+            .upload_to_container(&self.stage, Some(opts), body)
+            .await;
+        let index = walker
+            .await
+            .map_err(|e| Error::backend(BACKEND, format!("staging walker failed: {e}")))?
+            .map_err(|e| DockerError::Io {
+                context: "reading the staged workspace".into(),
+                source: e,
+            })?;
+        uploaded.map_err(DockerError::api("upload archive"))?;
+        Ok(index)
+    }
 }
 
 #[async_trait]
@@ -345,69 +388,40 @@ impl Sandbox for DockerSandbox {
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
         self.check_alive()?;
-        // The private work root, used through its descriptor (and kept open until the
-        // staging dir is gone: it is dropped after `staging`).
+        // 1. Extract on the host into a staging directory of the private work root: a
+        //    marked sandbox directory (crash-safe create; a sweep removes it once this
+        //    process is gone), through the one extraction bridge.
         let root = self.shared.root()?;
-        let staging = tempfile::Builder::new()
-            .prefix(&format!("{}-stage-", self.id))
-            .tempdir_in(root.proc_path())
-            .map_err(|e| {
-                Error::io(
-                    format!("creating a staging dir in {}", root.path().display()),
-                    e,
-                )
-            })?;
-        let dest = staging.path().join("workspace");
-        // 1. Extract with the core extractor on a blocking thread, forwarding progress.
-        let (ptx, mut prx) = mpsc::unbounded_channel();
-        let policy = *policy;
-        let dest_clone = dest.clone();
-        let mut extract = tokio::task::spawn_blocking(move || {
-            archive::extract(archive, &dest_clone, &policy, &mut |p| {
-                let _ = ptx.send(p);
+        let marker = Marker::new(
+            BACKEND,
+            &self.spec.run_id,
+            &self.spec.instance,
+            self.spec.owner.clone(),
+        );
+        let staging = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || {
+                SandboxDir::create(&root, &marker, |d| d.mkdir("workspace", 0o700))
             })
-        });
-        let summary = loop {
-            tokio::select! {
-                r = &mut extract => {
-                    while let Ok(p) = prx.try_recv() { progress(p); }
-                    break r.map_err(|e| Error::backend("docker", format!("extraction task failed: {e}")))??;
-                }
-                Some(p) = prx.recv() => progress(p),
+            .await
+            .map_err(|e| Error::backend(BACKEND, format!("staging task failed: {e}")))??
+        };
+        let extracted = staging
+            .materialize("workspace", archive, policy, progress)
+            .await;
+        let summary = match extracted {
+            Ok(summary) => summary,
+            Err(e) => {
+                remove_staging(&staging).await;
+                return Err(e);
             }
         };
         // 2. Stream a tar of the staged tree into the volume, owned by the sandbox user.
-        let (uid, gid) = self.shared.config.uid_gid().unwrap_or((10001, 10001));
-        let (tx, rx) = mpsc::channel(4);
-        let walker = tokio::task::spawn_blocking(move || {
-            let mut out = upload::ChannelWriter::new(tx.clone());
-            let r = upload::write_tar(&dest, uid, gid, &mut out);
-            if let Err(e) = &r {
-                let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
-            }
-            r
-        });
-        let body = bollard::body_try_stream(tokio_stream_of(rx));
-        let opts = UploadToContainerOptionsBuilder::new()
-            .path(WORKSPACE)
-            .no_overwrite_dir_non_dir("true")
-            .build();
         let uploaded = self
-            .shared
-            .docker
-            .upload_to_container(&self.stage, Some(opts), body)
+            .upload_staged(staging.proc_path().join("workspace"))
             .await;
-        let index = walker
-            .await
-            .map_err(|e| Error::backend("docker", format!("staging walker failed: {e}")))?
-            .map_err(|e| DockerError::Io {
-                context: "reading the staged workspace".into(),
-                source: e,
-            })?;
-        uploaded.map_err(DockerError::api("upload archive"))?;
-        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
-        drop(staging);
-        drop(root);
+        remove_staging(&staging).await;
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded?);
         Ok(summary)
     }
 
@@ -487,4 +501,12 @@ fn tokio_stream_of<T: Send + 'static>(
     mut rx: mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Removes a host staging directory (through a tombstone; a sweep finishes what a crash cut
+/// short).
+async fn remove_staging(staging: &SandboxDir) {
+    if let Err(e) = staging.remove(STAGING_REMOVAL_WAIT).await {
+        tracing::warn!(staging = %staging.host_path().display(), error = %e, "removing the host staging directory failed; a sweep retries");
+    }
 }

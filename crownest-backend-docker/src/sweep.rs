@@ -5,6 +5,7 @@ use std::path::Path;
 
 use bollard::Docker;
 use bollard::query_parameters::ListVolumesOptionsBuilder;
+use crownest_core::ownership::{self, Liveness};
 use crownest_core::{RunId, Timestamp};
 
 use crate::cleanup::{containers_with_label, remove_host_leftovers, remove_sandbox};
@@ -18,19 +19,18 @@ struct Found {
     kept_until: Option<i64>,
 }
 
-/// Whether a sandbox must go: kept and expired; or not kept, its owner process gone and
-/// its run not live. A sandbox whose owner is alive is never touched unless its keep
-/// deadline passed (another engine may be using it).
+/// Whether a sandbox must go: the one orphan rule ([`ownership::is_orphan`]) with the owner
+/// in its labels (incomplete labels: gone), its run label and the keep deadline in its
+/// container name.
 fn must_go(found: &Found, live: &[RunId], now_ms: i64) -> bool {
-    if let Some(until) = found.kept_until {
-        return until <= now_ms;
-    }
-    let owner_alive = owner_of(&found.labels).is_some_and(|o| o.is_alive());
-    let run_live = found
-        .labels
-        .get(LABEL_RUN)
-        .is_some_and(|r| live.iter().any(|l| l.as_str() == r));
-    !owner_alive && !run_live
+    let owner = owner_of(&found.labels).map_or(Liveness::Gone, |o| o.liveness());
+    ownership::is_orphan(
+        owner,
+        found.labels.get(LABEL_RUN).map(String::as_str),
+        found.kept_until.map(Timestamp::from_millis),
+        live,
+        Timestamp::from_millis(now_ms),
+    )
 }
 
 /// Destroys orphaned sandboxes; returns their ids.
@@ -94,7 +94,7 @@ mod tests {
         let mut labels = HashMap::new();
         labels.insert(LABEL_OWNER_PID.to_owned(), pid.to_string());
         if pid == std::process::id()
-            && let Some(start) = crownest_core::run::process_start_ticks(pid)
+            && let Some(start) = crownest_core::ownership::process_start_ticks(pid)
         {
             labels.insert(LABEL_OWNER_START.to_owned(), start.to_string());
         }

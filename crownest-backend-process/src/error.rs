@@ -27,9 +27,6 @@ pub enum ProcessError {
     /// An exec is already running in this sandbox.
     #[error("sandbox {0} is already running a command")]
     Busy(String),
-    /// The workspace was already materialized.
-    #[error("the workspace of sandbox {0} is not empty: it was already materialized")]
-    AlreadyMaterialized(String),
     /// Processes survived the final kill.
     #[error("processes of sandbox {id} survived the kill: {survivors}")]
     Survivors {

@@ -1,52 +1,20 @@
 //! Reading `/proc`: process identity (pid + start time, so a reused pid is never mistaken
-//! for a process of ours) and the process table for descendant scans.
+//! for a process of ours) and the process table for descendant scans. The stat parser is
+//! core's one parser ([`crownest_core::ownership::parse_stat`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One line of `/proc/<pid>/stat`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ProcStat {
-    pub(crate) pid: i32,
-    pub(crate) comm: String,
-    pub(crate) state: char,
-    pub(crate) ppid: i32,
-    pub(crate) pgid: i32,
-    pub(crate) sid: i32,
-    pub(crate) start: u64,
-}
+pub(crate) use crownest_core::ownership::ProcStat;
 
-/// Parses `/proc/<pid>/stat` content.
-pub(crate) fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    let mut f = text.get(close + 1..)?.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgid = f.next()?.parse().ok()?;
-    let sid = f.next()?.parse().ok()?;
-    // Fields 7..=21 of stat; starttime is field 22 (index 19 after the comm).
-    let start = f.nth(15)?.parse().ok()?;
-    Some(ProcStat {
-        pid,
-        comm,
-        state,
-        ppid,
-        pgid,
-        sid,
-        start,
-    })
-}
-
-/// The stat of one process, `None` when it does not exist.
+/// The stat of one process, `None` when it does not exist (the one parser:
+/// [`crownest_core::ownership::parse_stat`]).
 pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(pid, &text)
+    crownest_core::ownership::read_stat(pid)
 }
 
 /// True when `pid` is alive (not a zombie) with start time `start`.
 pub(crate) fn alive(pid: i32, start: u64) -> bool {
-    stat(pid).is_some_and(|s| s.start == start && s.state != 'Z' && s.state != 'X')
+    stat(pid).is_some_and(|s| s.start == start && s.is_running())
 }
 
 /// Every process on the host.
@@ -80,7 +48,7 @@ pub(crate) fn tree_of(root: i32, pgid: i32) -> BTreeMap<i32, ProcStat> {
     procs
         .into_iter()
         .filter(|p| p.pid != root && (seen.contains(&p.pid) || p.pgid == pgid))
-        .filter(|p| p.state != 'Z' && p.state != 'X')
+        .filter(ProcStat::is_running)
         .map(|p| (p.pid, p))
         .collect()
 }
@@ -89,17 +57,6 @@ pub(crate) fn tree_of(root: i32, pgid: i32) -> BTreeMap<i32, ProcStat> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn parses_stat_with_spaces_and_parens_in_comm() {
-        let line = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        let s = parse_stat(4242, line).unwrap();
-        assert_eq!(s.comm, "my (odd) prog");
-        assert_eq!(
-            (s.state, s.ppid, s.pgid, s.sid, s.start),
-            ('S', 1, 4242, 4242, 987654)
-        );
-    }
 
     #[test]
     fn own_process_is_alive() {

@@ -43,16 +43,9 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::descriptors::{cloexec_from, close_all_except};
 use crate::privilege::HostPrivilege;
-
-/// A report record written to the report pipe: 1 tag byte + 4 bytes (i32, little endian).
-pub(crate) const RECORD_LEN: usize = 5;
-/// C → parent: the host pid of the init (G).
-pub(crate) const TAG_INIT_PID: u8 = b'G';
-/// G → parent: the raw wait status of the command (H).
-pub(crate) const TAG_COMMAND_STATUS: u8 = b'S';
-/// C → parent: the raw wait status of the init (G), when it ended.
-pub(crate) const TAG_INIT_STATUS: u8 = b'C';
+use crate::report::{TAG_COMMAND_STATUS, TAG_INIT_PID, TAG_INIT_STATUS, report};
 
 /// The kind of containment the hook sets up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,18 +413,6 @@ unsafe fn raw_fork() -> libc::pid_t {
     }
 }
 
-unsafe fn report(fd: RawFd, tag: u8, value: libc::c_int) {
-    if fd < 0 {
-        return;
-    }
-    let v = value.to_le_bytes();
-    let rec: [u8; RECORD_LEN] = [tag, v[0], v[1], v[2], v[3]];
-    // SAFETY: valid buffer; a 5-byte pipe write is atomic.
-    unsafe {
-        libc::write(fd, rec.as_ptr().cast(), rec.len());
-    }
-}
-
 unsafe fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
     // SAFETY: NUL-terminated path, valid buffer.
     unsafe {
@@ -449,206 +430,10 @@ unsafe fn write_file(path: &CString, data: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Closes every descriptor but the (up to two) given ones (-1 = none).
-unsafe fn close_all_except(keep: [RawFd; 2]) {
-    let mut keep = keep;
-    keep.sort_unstable();
-    let mut start: libc::c_uint = 0;
-    for fd in keep {
-        if fd < 0 {
-            continue;
-        }
-        let fd = fd as libc::c_uint;
-        if fd > start {
-            // SAFETY: closing descriptors of this (child) process.
-            unsafe { close_range(start, fd - 1) };
-        }
-        start = fd + 1;
-    }
-    // SAFETY: as above.
-    unsafe { close_range(start, libc::c_uint::MAX) };
-}
-
-unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
-    // SAFETY: close_range(2) / close(2) on this process's descriptors.
-    unsafe {
-        if libc::syscall(libc::SYS_close_range, first, last, 0) != 0 {
-            let last = last.min(65_535);
-            let mut fd = first;
-            while fd <= last {
-                libc::close(fd as libc::c_int);
-                fd += 1;
-            }
-        }
-    }
-}
-
-/// Marks every descriptor from `first` up close-on-exec (`close_range` with
-/// `CLOSE_RANGE_CLOEXEC`, Linux ≥ 5.11; else each entry of `/proc/self/fd`).
-unsafe fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
-    // SAFETY (whole fn): close_range/open/getdents64/fcntl/close on this process's
-    // descriptors; the buffer is a local array.
-    unsafe {
-        let all = libc::c_uint::MAX;
-        if libc::syscall(libc::SYS_close_range, first, all, libc::CLOSE_RANGE_CLOEXEC) == 0 {
-            return Ok(());
-        }
-        cloexec_listed_from(first)
-    }
-}
-
-/// [`cloexec_from`] for kernels without `CLOSE_RANGE_CLOEXEC`: each entry of
-/// `/proc/self/fd`.
-unsafe fn cloexec_listed_from(first: libc::c_uint) -> io::Result<()> {
-    // SAFETY (whole fn): as in `cloexec_from`.
-    unsafe {
-        let dir = libc::open(
-            c"/proc/self/fd".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        );
-        if dir < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = [0u8; 2048];
-        loop {
-            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                libc::close(dir);
-                return Err(e);
-            }
-            if n == 0 {
-                break;
-            }
-            for_each_dirent_name(&buf[..n as usize], |name| {
-                if let Some(fd) = fd_of(name)
-                    && fd >= first as libc::c_int
-                    && fd != dir
-                {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            });
-        }
-        libc::close(dir);
-        Ok(())
-    }
-}
-
-/// Calls `f` with the name of each `linux_dirent64` record in `buf` (a `getdents64` result:
-/// `d_ino` u64, `d_off` i64, `d_reclen` u16, `d_type` u8, then the NUL-terminated name).
-fn for_each_dirent_name(buf: &[u8], mut f: impl FnMut(&[u8])) {
-    const NAME: usize = 19;
-    let mut at = 0;
-    while let Some(len) = buf.get(at + 16..at + 18) {
-        let reclen = usize::from(u16::from_ne_bytes([len[0], len[1]]));
-        let Some(rec) = buf.get(at..at + reclen).filter(|_| reclen > NAME) else {
-            return;
-        };
-        let name = &rec[NAME..];
-        f(&name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())]);
-        at += reclen;
-    }
-}
-
-/// The descriptor number a `/proc/self/fd` entry names (`.`/`..` and junk: `None`).
-fn fd_of(name: &[u8]) -> Option<libc::c_int> {
-    if name.is_empty() || name.len() > 9 {
-        return None;
-    }
-    let mut n: libc::c_int = 0;
-    for &b in name {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + libc::c_int::from(b - b'0');
-    }
-    Some(n)
-}
-
-/// Parses the report pipe's records.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Reports {
-    /// Host pid of the init.
-    pub(crate) init_pid: Option<i32>,
-    /// Wait status of the command.
-    pub(crate) command_status: Option<i32>,
-    /// Wait status of the init.
-    pub(crate) init_status: Option<i32>,
-}
-
-impl Reports {
-    pub(crate) fn parse(&mut self, bytes: &[u8]) {
-        for rec in bytes.chunks_exact(RECORD_LEN) {
-            let v = i32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
-            match rec[0] {
-                TAG_INIT_PID => self.init_pid = Some(v),
-                TAG_COMMAND_STATUS => self.command_status = Some(v),
-                TAG_INIT_STATUS => self.init_status = Some(v),
-                _ => {}
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn reports_parse_records() {
-        let mut r = Reports::default();
-        let mut bytes = vec![TAG_INIT_PID];
-        bytes.extend(1234i32.to_le_bytes());
-        bytes.push(TAG_COMMAND_STATUS);
-        bytes.extend((3i32 << 8).to_le_bytes());
-        r.parse(&bytes);
-        assert_eq!(r.init_pid, Some(1234));
-        assert_eq!(r.command_status.map(|s| libc::WEXITSTATUS(s)), Some(3));
-        assert_eq!(r.init_status, None);
-    }
-
-    #[test]
-    fn dirent_names_and_descriptor_numbers() {
-        let mut buf = Vec::new();
-        for name in [&b"."[..], b"..", b"0", b"17", b"300"] {
-            // Records are 8-byte aligned: header (19) + name + NUL, rounded up.
-            let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
-            let mut rec = vec![0u8; reclen];
-            rec[16..18].copy_from_slice(&(reclen as u16).to_ne_bytes());
-            rec[19..19 + name.len()].copy_from_slice(name);
-            buf.extend(rec);
-        }
-        let mut fds = Vec::new();
-        for_each_dirent_name(&buf, |n| fds.push(fd_of(n)));
-        assert_eq!(fds, [None, None, Some(0), Some(17), Some(300)]);
-        // A truncated record ends the walk instead of reading past it.
-        let mut calls = 0;
-        for_each_dirent_name(&buf[..buf.len() - 3], |_| calls += 1);
-        assert_eq!(calls, 4);
-        assert_eq!(fd_of(b"12a"), None);
-        assert_eq!(fd_of(b"1234567890"), None);
-    }
-
-    #[test]
-    fn cloexec_from_marks_inherited_descriptors() {
-        use std::os::fd::AsRawFd as _;
-        let f = std::fs::File::open("/dev/null").unwrap();
-        // SAFETY: fcntl on descriptors of this test process.
-        unsafe {
-            let raw = libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, 500);
-            assert!(raw >= 500);
-            assert_eq!(libc::fcntl(raw, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
-            // Only from `raw` up: the test harness's own descriptors are left alone.
-            cloexec_from(raw as libc::c_uint).unwrap();
-            assert_ne!(libc::fcntl(raw, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
-            // The fallback for Linux < 5.11 does the same.
-            assert_eq!(libc::fcntl(raw, libc::F_SETFD, 0), 0);
-            cloexec_listed_from(raw as libc::c_uint).unwrap();
-            assert_ne!(libc::fcntl(raw, libc::F_GETFD) & libc::FD_CLOEXEC, 0);
-            libc::close(raw);
-        }
-    }
 
     #[test]
     fn exit_codes_mirror_wait_statuses() {

@@ -107,6 +107,19 @@ impl WasmBackend {
     }
 }
 
+/// The layout of a wasm sandbox directory, built by [`SandboxDir::create`] before the
+/// directory is renamed into place: `workspace/` (the only read-write preopen) and
+/// `python/sitecustomize.py`.
+fn layout(d: &SandboxDir) -> std::io::Result<()> {
+    d.mkdir("workspace", 0o755)?;
+    d.mkdir("python", 0o755)?;
+    d.write_file(
+        "python/sitecustomize.py",
+        PYTHON_SITECUSTOMIZE.as_bytes(),
+        0o644,
+    )
+}
+
 /// What the backend enforces; the same for every sandbox.
 pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
     let mut report = IsolationReport {
@@ -233,15 +246,8 @@ impl SandboxBackend for WasmBackend {
                 spec.owner.clone(),
             );
             let root = this.shared.root()?;
-            let dir = SandboxDir::create(&root, &marker, |d| {
-                d.mkdir("workspace", 0o755)?;
-                d.mkdir("python", 0o755)?;
-                d.write_file(
-                    "python/sitecustomize.py",
-                    PYTHON_SITECUSTOMIZE.as_bytes(),
-                    0o644,
-                )
-            })?;
+            // The one crash-safe create: built under `.creating-`, renamed into place.
+            let dir = SandboxDir::create(&root, &marker, layout)?;
             Ok(WasmSandbox::new(
                 this.shared.clone(),
                 dir,
@@ -270,5 +276,84 @@ impl SandboxBackend for WasmBackend {
             source: Box::new(e),
         })??;
         Ok(swept)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crownest_core::run::RunOwner;
+
+    const CRASH_ROOT: &str = "CROWNEST_WASM_TEST_CRASH_ROOT";
+    const CRASH_TEST: &str = "backend::tests::a_crash_mid_create_leaves_only_a_creating_dir";
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// A process killed while it builds a wasm sandbox (its layout done, the rename not)
+    /// leaves only a `.creating-` directory, which the backend's sweep removes once that
+    /// process is gone. The crash is real: this test runs itself in a child process that
+    /// kills itself (SIGKILL) inside `SandboxDir::create`.
+    #[tokio::test]
+    async fn a_crash_mid_create_leaves_only_a_creating_dir() {
+        if let Some(root) = std::env::var_os(CRASH_ROOT) {
+            let root = WorkRoot::open(std::path::PathBuf::from(root)).unwrap();
+            let marker = Marker::new(
+                BACKEND_NAME,
+                &RunId::new(),
+                "crashing",
+                RunOwner::current("crashing"),
+            );
+            let _ = SandboxDir::create(&root, &marker, |d| {
+                layout(d)?;
+                rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                )?;
+                unreachable!("the process was killed")
+            });
+            unreachable!("the process was killed");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let ws_root = tmp.path().join("ws");
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([CRASH_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CRASH_ROOT, &ws_root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            !status.success(),
+            "the child must have been killed: {status:?}"
+        );
+        let left = names(&ws_root);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with(".creating-"), "{left:?}");
+        // The layout was built inside it, never under a sandbox name.
+        let building = ws_root.join(&left[0]);
+        assert_eq!(
+            names(&building),
+            ["crownest-sandbox.json", "python", "workspace"]
+        );
+
+        let backend = WasmBackend::new(
+            WasmConfig::with_modules_dir(tmp.path().join("no-modules"))
+                .with_workspace_root(&ws_root),
+        )
+        .unwrap();
+        let swept = backend.sweep_orphans(&[]).await.unwrap();
+        assert!(
+            swept.is_empty(),
+            "a half-built directory is not a sandbox: {swept:?}"
+        );
+        assert!(names(&ws_root).is_empty(), "{:?}", names(&ws_root));
     }
 }

@@ -94,12 +94,16 @@
 //!
 //! ## Workspaces
 //!
-//! Each sandbox is `<workspace_root>/<run id>-<random>/` with `workspace/` (extracted with
-//! the core extractor through a staging directory renamed into place), a `sandbox.json`
-//! marker (run id, owner process, keep-until) outside the workspace, and CPython's
-//! `python/sitecustomize.py`. `destroy` removes the directory and checks it is gone;
-//! `sweep_orphans` removes directories whose owner process is gone and whose run is not
-//! live, and kept ones past their keep-until.
+//! Each sandbox is `<workspace_root>/<run id>-<random>/` (a core
+//! [`SandboxDir`](crownest_core::hostdir::SandboxDir): built under `.creating-` and renamed
+//! into place complete) with `workspace/` (extracted by
+//! [`SandboxDir::materialize`](crownest_core::hostdir::SandboxDir::materialize): the core
+//! extractor's staging directory renamed into place), the `crownest-sandbox.json` marker
+//! (run id, owner process, keep-until) outside the workspace, and CPython's
+//! `python/sitecustomize.py`. `destroy` removes the directory through a tombstone;
+//! `sweep_orphans` is the core host-directory sweep: directories whose owner process is gone
+//! and whose run is not live, kept ones past their keep-until, `.creating-` directories of
+//! a builder that died.
 
 pub mod compile;
 mod config;

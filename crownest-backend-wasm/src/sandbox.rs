@@ -18,7 +18,7 @@ use crate::backend::Shared;
 use crate::error::WasmError;
 use crate::guest::{self, GuestCommand};
 use crate::modules::{FETCH_SCRIPT, Interpreter, TemplateModules};
-use crownest_core::hostdir::{Marker, Removal, SandboxDir, remove_tree};
+use crownest_core::hostdir::{Marker, Removal, SandboxDir};
 use std::os::fd::OwnedFd;
 
 /// A sandbox of the wasm backend: a host directory whose `workspace/` is the only
@@ -61,14 +61,6 @@ impl Drop for RunningGuard<'_> {
 
 fn spawn_failed(message: impl Into<String>) -> Result<ExecOutcome> {
     Ok(ExecOutcome::new(ExitStatus::SpawnFailed(message.into())))
-}
-
-fn join_error(e: tokio::task::JoinError) -> Error {
-    WasmError::Io {
-        context: "joining a blocking task".into(),
-        source: std::io::Error::other(e),
-    }
-    .into()
 }
 
 impl WasmSandbox {
@@ -159,39 +151,10 @@ impl Sandbox for WasmSandbox {
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
-        // Both through the sandbox's descriptor: no component of the host path is resolved.
-        let staging = self.dir.proc_path().join("workspace.staging");
-        let workspace = self.dir.proc_path().join("workspace");
-        let policy = *policy;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::task::spawn_blocking(move || {
-            let _ = remove_tree(&staging);
-            let summary = crownest_core::archive::extract(archive, &staging, &policy, &mut |p| {
-                let _ = tx.send(p);
-            })?;
-            // Replace the empty workspace with the complete tree in one rename: the
-            // command never sees a partial tree.
-            if let Err(e) = std::fs::rename(&staging, &workspace) {
-                let _ = remove_tree(&staging);
-                return Err(WasmError::io(
-                    "moving the extracted archive into the workspace (is it not empty?)",
-                )(e)
-                .into());
-            }
-            Ok(summary)
-        });
-        tokio::pin!(task);
-        loop {
-            tokio::select! {
-                Some(p) = rx.recv() => progress(p),
-                r = &mut task => {
-                    while let Ok(p) = rx.try_recv() {
-                        progress(p);
-                    }
-                    return r.map_err(join_error)?;
-                }
-            }
-        }
+        // Through the sandbox's descriptor: no component of the host path is resolved.
+        self.dir
+            .materialize("workspace", archive, policy, progress)
+            .await
     }
 
     async fn exec(&self, request: &ExecRequest, sink: &dyn ExecSink) -> Result<ExecOutcome> {

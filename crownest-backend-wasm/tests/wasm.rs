@@ -433,21 +433,25 @@ async fn symlinks_pointing_outside_the_workspace_cannot_be_followed() {
     // Links made on the host (as a hostile archive could not, but a previous step might):
     // to an absolute host path, and to the sandbox's own marker next to the workspace.
     std::os::unix::fs::symlink("/etc/passwd", ws.join("abs")).unwrap();
-    std::os::unix::fs::symlink("../sandbox.json", ws.join("up")).unwrap();
+    // The marker exists (so a link reaching it would open it, not fail on a missing file).
+    let marker = crownest_core::hostdir::MARKER_FILE;
+    assert!(ws.join("..").join(marker).is_file());
+    std::os::unix::fs::symlink(format!("../{marker}"), ws.join("up")).unwrap();
     std::os::unix::fs::symlink("inside.txt", ws.join("ok")).unwrap();
     let code = r#"
 import os
-os.symlink('../../sandbox.json', 'guest-made')
+os.symlink('../../MARKER', 'guest-made')
 for p in ['abs', 'up', 'guest-made', '/workspace/up']:
     try:
         print('OPENED', p, open(p).read()[:20])
     except OSError as e:
         print('blocked', p, type(e).__name__)
 print('ok', open('ok').read())
-"#;
+"#
+    .replace("MARKER", marker);
     let sink = RecordingSink::default();
     let outcome = sandbox
-        .exec(&request(&["python3", "-c", code]), &sink)
+        .exec(&request(&["python3", "-c", code.as_str()]), &sink)
         .await
         .unwrap();
     let out = sink.text(OutputStream::Stdout);

@@ -22,7 +22,7 @@ use crate::artifact::{ArtifactFailure, CollectedArtifact};
 use crate::error::Result;
 use crate::event::OutputStream;
 use crate::ids::RunId;
-use crate::run::RunOwner;
+use crate::ownership::RunOwner;
 use crate::secret::SecretValue;
 use crate::spec::{Limits, Network};
 use crate::time::Timestamp;

@@ -31,6 +31,7 @@ pub mod gc;
 pub mod hostdir;
 pub mod ids;
 pub mod lifecycle;
+pub mod ownership;
 pub mod run;
 pub mod secret;
 pub mod signing;

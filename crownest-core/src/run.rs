@@ -152,47 +152,7 @@ impl RunTimestamps {
     }
 }
 
-/// Who drives a run: recovery reclaims a run only when its owner is gone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunOwner {
-    /// The engine instance (random per `WorkspaceRuns`).
-    pub instance: String,
-    /// Host process id.
-    pub pid: u32,
-    /// Process start time (clock ticks since boot, from `/proc/<pid>/stat`), so a reused
-    /// pid is not mistaken for the owner.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_start: Option<u64>,
-}
-
-impl RunOwner {
-    /// The owner record of this process for the given engine instance.
-    pub fn current(instance: &str) -> Self {
-        let pid = std::process::id();
-        Self {
-            instance: instance.to_owned(),
-            pid,
-            pid_start: process_start_ticks(pid),
-        }
-    }
-
-    /// True when the owning process still exists (same pid and start time).
-    pub fn is_alive(&self) -> bool {
-        match process_start_ticks(self.pid) {
-            None => false,
-            Some(start) => self.pid_start.is_none_or(|s| s == start),
-        }
-    }
-}
-
-/// Start time of a process in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
-pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The comm field may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+pub use crate::ownership::{RunOwner, process_start_ticks};
 
 /// The sandbox of a run, as far as the record knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -212,9 +212,14 @@ impl SandboxBackend for FakeBackend {
             .unwrap_or_else(|p| p.into_inner());
         let mut swept = Vec::new();
         for (id, s) in g.iter_mut() {
-            let expired = s.keep_until.is_some_and(|u| u <= now);
-            let orphan = s.keep_until.is_none() && !s.owner.is_alive() && !live.contains(&s.run_id);
-            if !s.destroyed && (orphan || expired) {
+            let orphan = crate::ownership::is_orphan(
+                s.owner.liveness(),
+                Some(s.run_id.as_str()),
+                s.keep_until,
+                live,
+                now,
+            );
+            if !s.destroyed && orphan {
                 s.destroyed = true;
                 swept.push(id.clone());
             }

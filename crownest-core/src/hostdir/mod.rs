@@ -7,9 +7,14 @@
 //! * [`SandboxDir`]: one sandbox directory with its [`Marker`], created crash-safe
 //!   (`.creating-` + rename), used through its descriptor, removed through a `.removing-`
 //!   tombstone with the deletion in the background ([`Removal`]).
-//! * [`sweep`]: the one orphan sweep of a root.
+//! * [`sweep`]: the one orphan sweep of a root (the decision is
+//!   [`ownership::is_orphan`](crate::ownership::is_orphan)).
+//! * [`extract`] and [`SandboxDir::materialize`]: the one bridge from the blocking
+//!   extractor to a backend's async `materialize` (staging is the extractor's own; progress
+//!   is coalesced, never queued, and throttled once, by the engine).
 //! * [`collect_artifact`]: artifact collection relative to an open workspace descriptor.
 
+mod extract;
 mod remove;
 mod root;
 mod sandbox;
@@ -18,6 +23,7 @@ mod sweep;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 
+pub use extract::extract;
 pub use remove::{TOMBSTONE_PREFIX, remove_tree, remove_via_tombstone};
 pub use root::WorkRoot;
 pub use sandbox::{CREATING_PREFIX, MARKER_FILE, Marker, Removal, SandboxDir};

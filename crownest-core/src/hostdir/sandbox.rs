@@ -15,7 +15,7 @@ use super::remove::{TOMBSTONE_PREFIX, remove_tree};
 use super::root::{WorkRoot, proc_fd_path};
 use crate::error::{Error, Result};
 use crate::ids::RunId;
-use crate::run::RunOwner;
+use crate::ownership::{self, RunOwner};
 use crate::time::Timestamp;
 
 /// File name of the marker inside a sandbox directory (outside the workspace, so a command
@@ -67,14 +67,16 @@ impl Marker {
         }
     }
 
-    /// True when a sweep may destroy this sandbox: kept and its time is up, or not kept,
-    /// its run not in `live` and its owner process gone. A sandbox whose owner lives is
-    /// never touched otherwise (other engines may share the root).
+    /// True when a sweep may destroy this sandbox: [`ownership::is_orphan`] with its
+    /// owner's liveness, its run and its keep deadline.
     pub fn is_orphan(&self, live: &[RunId], now: Timestamp) -> bool {
-        if let Some(until) = self.keep_until {
-            return until <= now;
-        }
-        !live.iter().any(|r| r.as_str() == self.run_id) && !self.owner.is_alive()
+        ownership::is_orphan(
+            self.owner.liveness(),
+            Some(&self.run_id),
+            self.keep_until,
+            live,
+            now,
+        )
     }
 }
 

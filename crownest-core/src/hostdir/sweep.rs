@@ -7,6 +7,7 @@ use super::root::WorkRoot;
 use super::sandbox::{CREATING_PREFIX, Marker, owner_in_name, read_marker_at};
 use crate::error::{Error, Result};
 use crate::ids::RunId;
+use crate::ownership;
 use crate::time::Timestamp;
 
 /// Extraction staging directories (`.crownest-staging-*`) older than this are leftovers.
@@ -45,7 +46,9 @@ pub fn sweep(
             continue;
         }
         if name.starts_with(CREATING_PREFIX) {
-            if owner_in_name(&name, CREATING_PREFIX).is_some_and(|o| !o.is_alive()) {
+            let orphan = owner_in_name(&name, CREATING_PREFIX)
+                .is_some_and(|o| ownership::is_orphan(o.liveness(), None, None, live, now));
+            if orphan {
                 let _ = remove_tree(&path);
             }
             continue;

@@ -1,0 +1,111 @@
+//! [`WorkspaceRunsBuilder`]: registering backends, configuration, the host key, and opening
+//! (which runs recovery unless disabled).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use super::{EngineConfig, Inner, WorkspaceRuns, rejected, templates};
+use crate::backend::SandboxBackend;
+use crate::error::{Error, Result};
+use crate::ownership::RunOwner;
+use crate::signing::HostKey;
+use crate::store::Store;
+
+/// Builds a [`WorkspaceRuns`].
+#[derive(Debug)]
+pub struct WorkspaceRunsBuilder {
+    store: Arc<dyn Store>,
+    backends: Vec<Arc<dyn SandboxBackend>>,
+    config: EngineConfig,
+    recover: bool,
+    host_key: Option<Arc<HostKey>>,
+}
+
+impl WorkspaceRunsBuilder {
+    /// Registers a backend under its `name()`.
+    pub fn backend(mut self, backend: Arc<dyn SandboxBackend>) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Signs every run's evidence with `key` in its terminal commit (a DSSE envelope of the
+    /// bundle's in-toto view, stored with the bundle; see
+    /// [`WorkspaceRuns::evidence_envelope`]).
+    pub fn host_key(mut self, key: Arc<HostKey>) -> Self {
+        self.host_key = Some(key);
+        self
+    }
+
+    /// Skips recovery on open (for read-only tools that must not touch other runs).
+    pub fn without_recovery(mut self) -> Self {
+        self.recover = false;
+        self
+    }
+
+    /// Opens the engine and, unless disabled, runs [`WorkspaceRuns::recover`].
+    pub async fn open(self) -> Result<WorkspaceRuns> {
+        if self.backends.is_empty() {
+            return Err(Error::invalid("backends", "register at least one backend"));
+        }
+        let mut backends = BTreeMap::new();
+        for b in &self.backends {
+            backends.insert(b.name().to_owned(), b.clone());
+        }
+        let default_backend = match &self.config.default_backend {
+            Some(name) if backends.contains_key(name) => name.clone(),
+            Some(name) => {
+                return Err(Error::invalid(
+                    "defaultBackend",
+                    format!("no backend named {name:?}"),
+                ));
+            }
+            None => self.backends[0].name().to_owned(),
+        };
+        let instance = format!("eng_{}", uuid::Uuid::new_v4().simple());
+        let engine = WorkspaceRuns {
+            inner: Arc::new(Inner {
+                store: self.store,
+                backends,
+                default_backend,
+                slots: Arc::new(Semaphore::new(self.config.max_concurrent_runs.max(1))),
+                config: self.config,
+                owner: RunOwner::current(&instance),
+                instance,
+                live: Mutex::default(),
+                secrets: Mutex::default(),
+                watchers: Mutex::default(),
+                run_locks: Mutex::default(),
+                metrics: Arc::default(),
+                staging_admission: tokio::sync::Mutex::default(),
+                verifying: rejected::Verifying::default(),
+                host_key: self.host_key,
+                templates: templates::TemplateNames::default(),
+            }),
+        };
+        if self.recover {
+            engine.recover().await?;
+        }
+        Ok(engine)
+    }
+}
+
+impl WorkspaceRuns {
+    /// Starts building an engine over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> WorkspaceRunsBuilder {
+        WorkspaceRunsBuilder {
+            store,
+            backends: Vec::new(),
+            config: EngineConfig::default(),
+            recover: true,
+            host_key: None,
+        }
+    }
+}
