@@ -568,6 +568,21 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// The end-of-run summary on stderr.
+/// Where a kept sandbox is, for a person to look at it.
+fn kept_location(backend: &str, id: &str) -> String {
+    match backend {
+        "process" | "wasm" => {
+            let dir = crownest_core::hostdir::WorkRoot::default_path(backend).join(id);
+            format!("{} (the workspace is its workspace/)", dir.display())
+        }
+        "docker" => format!(
+            "container {id} (docker ps -a --filter label=crownest.sandbox={id}; its /workspace \
+             is the volume {id})"
+        ),
+        _ => format!("sandbox {id} of backend {backend}"),
+    }
+}
+
 fn summary(record: &RunRecord) {
     let id = &record.id;
     let duration = match (record.timestamps.created, record.timestamps.terminal) {
@@ -612,8 +627,21 @@ fn summary(record: &RunRecord) {
     if let Some(sb) = &record.sandbox
         && sb.kept
     {
-        let until = sb.keep_until.map(|t| t.to_string()).unwrap_or_default();
-        let _ = writeln!(err, "crownest:   sandbox {} kept until {until}", sb.id);
+        let until = match sb.keep_until {
+            Some(t) => {
+                let left = t.as_millis() - crownest_core::Timestamp::now().as_millis();
+                let left = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                let left =
+                    humantime::format_duration(std::time::Duration::from_secs(left.as_secs()));
+                format!("until {t} (for {left}), then destroyed")
+            }
+            None => "(no expiry recorded)".to_owned(),
+        };
+        let _ = writeln!(
+            err,
+            "crownest:   sandbox kept {until}: {}",
+            kept_location(&record.backend, &sb.id)
+        );
     }
     if record.status.is_terminal() {
         let g = global_flags();

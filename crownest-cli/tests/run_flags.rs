@@ -354,3 +354,30 @@ fn an_artifact_missing_at_the_root_but_present_under_cwd_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_kept_sandbox_says_where_it_is_and_how_long_it_lives() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--keep-sandbox", "10m"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "echo kept > mark.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("sandbox kept until"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("(for 9m") || line.contains("(for 10m"),
+        "{line}"
+    );
+    let dir = line
+        .rsplit_once("destroyed: ")
+        .and_then(|(_, rest)| rest.split(" (the workspace").next())
+        .unwrap_or_else(|| panic!("{line}"));
+    let mark = Path::new(dir).join("workspace/mark.txt");
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "kept\n", "{line}");
+}
