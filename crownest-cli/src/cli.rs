@@ -5,11 +5,21 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `0.1.0 (commit 1a2b3c4d5e6f, built 2026-12-06)`: what `--version` prints (build.rs).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CROWNEST_COMMIT"),
+    ", built ",
+    env!("CROWNEST_BUILD_DATE"),
+    ")"
+);
+
 /// Run repo-shaped archives in sandboxes, with a durable, verifiable record.
 ///
 /// Exit codes: 0 succeeded, 1 failed, 2 usage error or rejected input, 130 canceled.
 #[derive(Debug, Parser)]
-#[command(name = "crownest", version, about, long_about = None)]
+#[command(name = "crownest", version = VERSION, about, long_about = None)]
 pub(crate) struct Cli {
     /// Where runs, events, archives and artifacts are kept [default: $CROWNEST_HOME, else the
     /// platform data dir, e.g. ~/.local/share/crownest].
@@ -58,6 +68,10 @@ pub(crate) enum Command {
     /// Which backends and templates are usable here, and why not (with --server: whether
     /// the server answers and accepts the token).
     Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, or write one page per command into --out DIR.
+    Man(ManArgs),
     /// Make the docker or wasm backend usable: build the python-node image from Debian
     /// packages, or fetch the pinned WASI modules (the recipes are in this binary).
     Setup(SetupArgs),
@@ -102,6 +116,22 @@ pub(crate) struct TokenListArgs {
     /// The tokens file [default: <home>/tokens.jsonl].
     #[arg(long, value_name = "FILE")]
     pub(crate) tokens: Option<PathBuf>,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+/// `man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Write crownest.1 and crownest-<command>.1 into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
 }
 
 /// `setup`.

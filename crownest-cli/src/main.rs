@@ -24,6 +24,7 @@ mod artifacts;
 mod cli;
 mod connection;
 mod detach;
+mod docs;
 mod doctor;
 mod exit;
 mod export;
@@ -96,6 +97,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Doctor(args) => doctor::doctor(&target, args).await,
         Command::Templates(args) => templates::list(&target, args).await,
         Command::Setup(args) => setup::setup(args).await,
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
         Command::Serve(args) => {
             if target.server().is_some() {
                 return Err(exit::usage(

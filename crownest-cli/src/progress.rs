@@ -38,10 +38,11 @@ impl Progress {
         }
         self.finish();
         let bar = ProgressBar::with_draw_target(Some(total.max(1)), ProgressDrawTarget::stderr());
-        let style =
-            ProgressStyle::with_template("{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {msg}")
-                .map(|s| s.progress_chars("=> "))
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_prefix(phase);
         bar.enable_steady_tick(Duration::from_millis(100));

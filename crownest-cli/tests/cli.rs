@@ -937,3 +937,39 @@ fn evidence_signed_with_the_host_key_verifies_and_tampering_or_another_key_fails
         .assert()
         .code(2);
 }
+
+#[test]
+fn version_completions_and_man_pages_come_from_the_binary() {
+    let home = tempfile::tempdir().unwrap();
+    let version = crownest(home.path()).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.starts_with("crownest ")
+            && version.contains("(commit ")
+            && version.contains(", built 20"),
+        "{version}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = crownest(home.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("crownest") && script.contains("keep-sandbox"),
+            "{shell}"
+        );
+    }
+    let man = crownest(home.path()).arg("man").output().unwrap();
+    assert!(String::from_utf8_lossy(&man.stdout).starts_with(".ie"));
+    let dir = tempfile::tempdir().unwrap();
+    crownest(home.path())
+        .args(["man", "--out"])
+        .arg(dir.path())
+        .assert()
+        .code(0);
+    let run = std::fs::read_to_string(dir.path().join("crownest-run.1")).unwrap();
+    assert!(run.contains("keep\\-sandbox"), "{run}");
+    assert!(dir.path().join("crownest.1").is_file());
+}

@@ -1,0 +1,55 @@
+//! Stamps the binary with the commit it was built from and the build date, for
+//! `crownest --version` (`crownest 0.1.0 (commit 1a2b3c4d5e6f, built 2026-12-06)`).
+//! Outside a git checkout (a source tarball) the commit is "unknown". `SOURCE_DATE_EPOCH`
+//! (reproducible builds) sets the date; otherwise it is the UTC date of the build.
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Days since 1970-01-01 → `YYYY-MM-DD` (proleptic Gregorian, Howard Hinnant's algorithm).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn main() {
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                .unwrap_or(0)
+        });
+    println!("cargo:rustc-env=CROWNEST_COMMIT={commit}");
+    println!(
+        "cargo:rustc-env=CROWNEST_BUILD_DATE={}",
+        civil_date(secs.div_euclid(86_400))
+    );
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    // A new commit re-stamps the binary; other edits do not re-run this script.
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={dir}/{head}");
+        }
+        println!("cargo:rerun-if-changed={dir}/packed-refs");
+    }
+}
