@@ -139,10 +139,8 @@ impl DockerSandbox {
                 i.dirs.insert(String::new());
                 i
             });
-        let cwd = crownest_core::spec::normalize_relative(&request.cwd);
-        if crownest_core::spec::validate_relative_path(&request.cwd, true).is_err()
-            || !index.dirs.contains(&cwd)
-        {
+        let cwd = crownest_core::WorkspacePath::parse(&request.cwd);
+        if !cwd.is_ok_and(|cwd| index.dirs.contains(cwd.as_str())) {
             return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
                 "cwd {:?} is not a directory of the workspace",
                 request.cwd
@@ -351,11 +349,9 @@ impl Sandbox for DockerSandbox {
         let staging = tempfile::Builder::new()
             .prefix(&format!("{}-stage-", self.id))
             .tempdir_in(root.proc_path())
-            .map_err(|e| {
-                Error::io(
-                    format!("creating a staging dir in {}", root.path().display()),
-                    e,
-                )
+            .map_err(|source| DockerError::Io {
+                context: format!("creating a staging dir in {}", root.path().display()),
+                source,
             })?;
         let dest = staging.path().join("workspace");
         // 1. Extract with the core extractor on a blocking thread, forwarding progress.
@@ -371,7 +367,7 @@ impl Sandbox for DockerSandbox {
             tokio::select! {
                 r = &mut extract => {
                     while let Ok(p) = prx.try_recv() { progress(p); }
-                    break r.map_err(|e| Error::backend("docker", format!("extraction task failed: {e}")))??;
+                    break r.map_err(|e| Error::backend(crate::BACKEND, format!("extraction task failed: {e}")))??;
                 }
                 Some(p) = prx.recv() => progress(p),
             }
@@ -399,7 +395,7 @@ impl Sandbox for DockerSandbox {
             .await;
         let index = walker
             .await
-            .map_err(|e| Error::backend("docker", format!("staging walker failed: {e}")))?
+            .map_err(|e| Error::backend(crate::BACKEND, format!("staging walker failed: {e}")))?
             .map_err(|e| DockerError::Io {
                 context: "reading the staged workspace".into(),
                 source: e,

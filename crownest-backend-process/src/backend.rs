@@ -25,7 +25,8 @@ use crate::cgroup::Cgroup;
 use crate::config::ProcessConfig;
 use crate::containment::ProcessRecord;
 use crate::containment::{self, Applied, Init, Probe, Tree};
-use crate::error::{BACKEND, ProcessError};
+use crate::BACKEND;
+use crate::error::ProcessError;
 use crate::output::{PumpEnd, pump};
 use crate::privilege::HostPrivilege;
 use crate::probe_cache::{self, MemCache};
@@ -669,7 +670,13 @@ impl Sandbox for ProcessSandbox {
             Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
                 return Err(ProcessError::AlreadyMaterialized(self.id.clone()).into());
             }
-            Err(e) => return Err(Error::io(format!("preparing {}", ws.display()), e)),
+            Err(source) => {
+                return Err(ProcessError::Io {
+                    context: format!("preparing {}", ws.display()),
+                    source,
+                }
+                .into());
+            }
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let policy = *policy;
@@ -792,7 +799,10 @@ impl Sandbox for ProcessSandbox {
                 ));
             }
         }
-        let status = status.map_err(|e| Error::io("waiting for the command", e))?;
+        let status = status.map_err(|source| ProcessError::Io {
+            context: "waiting for the command".into(),
+            source,
+        })?;
         if let Some(r) = &report {
             reports.parse(&read_available(r));
         }
@@ -846,7 +856,12 @@ impl Sandbox for ProcessSandbox {
             return Err(ProcessError::Destroyed(self.id.clone()).into());
         }
         self.write_marker(|m| m.keep_until = Some(until))
-            .map_err(|e| Error::io(format!("updating the marker of {}", self.host.display()), e))
+            .map_err(|source| {
+                Error::from(ProcessError::Io {
+                    context: format!("updating the marker of {}", self.host.display()),
+                    source,
+                })
+            })
     }
 
     async fn destroy(&self) -> Result<Destroyed> {

@@ -129,3 +129,6 @@ mod workspace;
 pub use backend::{ProcessBackend, ProcessSandbox};
 pub use config::{Containment, ProcessConfig};
 pub use error::ProcessError;
+
+/// The registered backend name ([`crownest_core::SandboxBackend::name`]).
+pub const BACKEND: &str = "process";

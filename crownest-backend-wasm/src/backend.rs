@@ -13,7 +13,7 @@ use crate::compile::{ModuleSource, Runtime};
 use crate::guest::PYTHON_SITECUSTOMIZE;
 use crate::modules::{Interpreter, ModuleVerifier, TEMPLATE, TemplateModules};
 use crate::sandbox::WasmSandbox;
-use crate::{BACKEND_NAME, WasmConfig};
+use crate::{BACKEND, WasmConfig};
 use crownest_core::hostdir::{Marker, SandboxDir, WorkRoot};
 
 /// State shared by a backend and its sandboxes.
@@ -87,7 +87,7 @@ impl WasmBackend {
     pub async fn preload(&self) -> Result<Vec<Preloaded>> {
         let modules = self.modules().map_err(|reason| Error::Unsupported {
             operation: format!("the python-node template ({reason})"),
-            backend: BACKEND_NAME.into(),
+            backend: BACKEND.into(),
         })?;
         let mut out = Vec::new();
         for interpreter in Interpreter::ALL {
@@ -110,7 +110,7 @@ impl WasmBackend {
 /// What the backend enforces; the same for every sandbox.
 pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
     let mut report = IsolationReport {
-        backend: BACKEND_NAME.into(),
+        backend: BACKEND.into(),
         network: NetworkIsolation::None,
         memory_bytes: Some(limits.memory_bytes),
         pids: Some(1),
@@ -158,7 +158,7 @@ pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
 #[async_trait]
 impl SandboxBackend for WasmBackend {
     fn name(&self) -> &str {
-        BACKEND_NAME
+        BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -182,7 +182,7 @@ impl SandboxBackend for WasmBackend {
         let verified = tokio::task::spawn_blocking(move || this.modules())
             .await
             .map_err(|e| Error::Backend {
-                backend: BACKEND_NAME.into(),
+                backend: BACKEND.into(),
                 source: Box::new(e),
             })?;
         Ok(vec![match verified {
@@ -227,7 +227,7 @@ impl SandboxBackend for WasmBackend {
                 )
             })?;
             let marker = Marker::new(
-                BACKEND_NAME,
+                BACKEND,
                 &spec.run_id,
                 &spec.instance,
                 spec.owner.clone(),
@@ -252,7 +252,7 @@ impl SandboxBackend for WasmBackend {
         })
         .await
         .map_err(|e| Error::Backend {
-            backend: BACKEND_NAME.into(),
+            backend: BACKEND.into(),
             source: Box::new(e),
         })??;
         Ok(Box::new(made))
@@ -262,11 +262,11 @@ impl SandboxBackend for WasmBackend {
         let root = self.shared.root()?;
         let live = live.to_vec();
         let swept = tokio::task::spawn_blocking(move || {
-            crownest_core::hostdir::sweep(&root, BACKEND_NAME, &live, &mut |_| {})
+            crownest_core::hostdir::sweep(&root, BACKEND, &live, &mut |_| {})
         })
         .await
         .map_err(|e| Error::Backend {
-            backend: BACKEND_NAME.into(),
+            backend: BACKEND.into(),
             source: Box::new(e),
         })??;
         Ok(swept)

@@ -107,8 +107,8 @@ pub use guest::TRAP_SIGNAL;
 pub use modules::Interpreter;
 pub use sandbox::WasmSandbox;
 
-/// The registered backend name.
-pub const BACKEND_NAME: &str = "wasm";
+/// The registered backend name ([`crownest_core::SandboxBackend::name`]).
+pub const BACKEND: &str = "wasm";
 
 /// The wasmtime version this crate is built against (pinned in the workspace).
 pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -4,7 +4,7 @@
 
 use crownest_core::EngineConfig;
 use crownest_core::spec::Limits;
-use crownest_http::PROCESS_BACKEND;
+use crownest_backend_process::BACKEND as PROCESS_BACKEND;
 
 use crate::exit::usage;
 use crate::home::BackendSlot;

@@ -665,7 +665,7 @@ mod tests {
         let mut r = RunRecord::new(
             RunId::new(),
             RunSpec::new(["true"]),
-            "process".into(),
+            crownest_backend_process::BACKEND.into(),
             Limits::default(),
             RunOwner::current("test"),
         );

@@ -396,12 +396,11 @@ impl Sandbox for FakeSandbox {
         let mut files = BTreeMap::new();
         for entry in tar.entries().map_err(|e| Error::io("reading tar", e))? {
             let mut entry = entry.map_err(|e| Error::io("reading tar", e))?;
-            let path = crate::spec::normalize_relative(
-                &entry
-                    .path()
-                    .map_err(|e| Error::io("tar path", e))?
-                    .to_string_lossy(),
-            );
+            let raw = entry.path().map_err(|e| Error::io("tar path", e))?;
+            let path = WorkspacePath::parse(&raw.to_string_lossy())
+                .map_err(|e| Error::rejected(RejectReason::InvalidPath, None, e.to_string()))?
+                .as_str()
+                .to_owned();
             let node = match entry.header().entry_type() {
                 tar::EntryType::Directory => Node::Dir,
                 tar::EntryType::Symlink => Node::Link(
@@ -433,7 +432,15 @@ impl Sandbox for FakeSandbox {
                 request.argv.first()
             ))));
         }
-        let cwd = crate::spec::normalize_relative(&request.cwd);
+        let cwd = match WorkspacePath::parse(&request.cwd) {
+            Ok(cwd) => cwd.as_str().to_owned(),
+            Err(e) => {
+                return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
+                    "invalid cwd {:?}: {e}",
+                    request.cwd
+                ))));
+            }
+        };
         if let Some(why) = self.bad_cwd(&cwd) {
             return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(why)));
         }
@@ -480,7 +487,6 @@ impl Sandbox for FakeSandbox {
                         .await;
                 }
                 "cwd" => {
-                    let cwd = crate::spec::normalize_relative(&request.cwd);
                     let line = if cwd.is_empty() {
                         "/workspace\n".to_owned()
                     } else {
@@ -489,10 +495,7 @@ impl Sandbox for FakeSandbox {
                     sink.output(OutputStream::Stdout, line.as_bytes()).await;
                 }
                 "cat" => {
-                    let node = self
-                        .files()
-                        .get(&crate::spec::normalize_relative(arg))
-                        .cloned();
+                    let node = key(arg).and_then(|k| self.files().get(&k).cloned());
                     match node {
                         Some(Node::File(data, _)) => sink.output(OutputStream::Stdout, &data).await,
                         _ => return Ok(ExecOutcome::new(ExitStatus::Exited(1))),
@@ -517,13 +520,9 @@ impl Sandbox for FakeSandbox {
                     sink.output(OutputStream::Stdout, text.as_bytes()).await;
                 }
                 "tryread" => {
-                    let node = crate::spec::validate_relative_path(arg, false)
+                    let node = WorkspacePath::parse_entry(arg)
                         .ok()
-                        .and_then(|()| {
-                            self.files()
-                                .get(&crate::spec::normalize_relative(arg))
-                                .cloned()
-                        });
+                        .and_then(|p| self.files().get(p.as_str()).cloned());
                     let line = match node {
                         Some(Node::File(data, _)) => {
                             format!("OPENED {}\n", String::from_utf8_lossy(&data))
@@ -533,8 +532,9 @@ impl Sandbox for FakeSandbox {
                     sink.output(OutputStream::Stdout, line.as_bytes()).await;
                 }
                 "fifo" => {
-                    self.files()
-                        .insert(crate::spec::normalize_relative(arg), Node::Fifo);
+                    if let Some(k) = key(arg) {
+                        self.files().insert(k, Node::Fifo);
+                    }
                 }
                 "die" => {
                     return Ok(ExecOutcome::new(ExitStatus::Signaled(
@@ -543,15 +543,16 @@ impl Sandbox for FakeSandbox {
                 }
                 "write" => {
                     let (p, c) = arg.split_once('=').unwrap_or((arg, ""));
-                    self.files().insert(
-                        crate::spec::normalize_relative(p),
-                        Node::File(c.as_bytes().to_vec(), 0o644),
-                    );
+                    if let Some(k) = key(p) {
+                        self.files()
+                            .insert(k, Node::File(c.as_bytes().to_vec(), 0o644));
+                    }
                 }
                 "link" => {
                     let (p, t) = arg.split_once('=').unwrap_or((arg, ""));
-                    self.files()
-                        .insert(crate::spec::normalize_relative(p), Node::Link(t.to_owned()));
+                    if let Some(k) = key(p) {
+                        self.files().insert(k, Node::Link(t.to_owned()));
+                    }
                 }
                 "sleep" => {
                     let ms = arg.parse().unwrap_or(0);
@@ -603,9 +604,10 @@ impl Sandbox for FakeSandbox {
         path: &str,
         max_bytes: u64,
     ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
-        crate::spec::validate_relative_path(path, false)
-            .map_err(|m| ArtifactFailure::new(ArtifactErrorReason::InvalidPath, m))?;
-        let key = crate::spec::normalize_relative(path);
+        let key = WorkspacePath::parse_entry(path)
+            .map_err(|e| ArtifactFailure::new(ArtifactErrorReason::InvalidPath, e.to_string()))?
+            .as_str()
+            .to_owned();
         let files = self.files();
         // A symlinked parent is never followed.
         let mut parent = String::new();

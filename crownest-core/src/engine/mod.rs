@@ -14,6 +14,7 @@
 //! (`expiry.rs`), and [`WorkspaceRuns::collect_garbage`] (`gc.rs`) runs both with the
 //! store's own pass.
 
+mod artifacts;
 mod driver;
 mod expiry;
 mod gc;
@@ -311,8 +312,9 @@ impl WorkspaceRuns {
         }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The store (the engine's own; the HTTP layer, the CLI and tests read through the
+    /// engine's methods, e.g. [`WorkspaceRuns::open_artifact`]).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
