@@ -35,8 +35,9 @@ fn tar_gz(files: &[(&str, &[u8])]) -> bytes::Bytes {
 async fn a_run_from_archive_to_verified_evidence() {
     let home = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(home.path().join("store")).await.unwrap());
-    let backend =
-        Arc::new(ProcessBackend::new(ProcessConfig::with_root(home.path().join("sandboxes"))).unwrap());
+    let backend = Arc::new(
+        ProcessBackend::new(ProcessConfig::with_root(home.path().join("sandboxes"))).unwrap(),
+    );
     let runs = WorkspaceRuns::builder(store)
         .backend(backend)
         .host_key(Arc::new(HostKey::generate()))
@@ -46,7 +47,10 @@ async fn a_run_from_archive_to_verified_evidence() {
 
     let archive = tar_gz(&[
         ("input.txt", b"seven\n"),
-        ("job.sh", b"mkdir -p out && tr a-z A-Z < input.txt > out/result.txt && echo done\n"),
+        (
+            "job.sh",
+            b"mkdir -p out && tr a-z A-Z < input.txt > out/result.txt && echo done\n",
+        ),
     ]);
     let descriptor = ArchiveDescriptor {
         size_bytes: archive.len() as u64,
@@ -65,7 +69,9 @@ async fn a_run_from_archive_to_verified_evidence() {
     // Follow the run until its terminal event (the stream ends after it).
     let followed: Vec<_> = tokio::time::timeout(
         Duration::from_secs(60),
-        runs.subscribe(&run.id, 0).map(Result::unwrap).collect::<Vec<_>>(),
+        runs.subscribe(&run.id, 0)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>(),
     )
     .await
     .expect("the run ends within 60 s");
@@ -87,11 +93,13 @@ async fn a_run_from_archive_to_verified_evidence() {
         .flatten()
         .collect();
     assert_eq!(stdout, b"done\n");
-    assert!(
-        followed
-            .iter()
-            .all(|e| !matches!(&e.kind, EventKind::OutputTruncated { stream: OutputStream::Stdout, .. }))
-    );
+    assert!(followed.iter().all(|e| !matches!(
+        &e.kind,
+        EventKind::OutputTruncated {
+            stream: OutputStream::Stdout,
+            ..
+        }
+    )));
 
     // The artifact, through the engine.
     let done = runs.get(&run.id).await.unwrap();

@@ -21,11 +21,11 @@ use crownest_core::{
 };
 use tokio::sync::{OnceCell, watch};
 
+use crate::BACKEND;
 use crate::cgroup::Cgroup;
 use crate::config::ProcessConfig;
 use crate::containment::ProcessRecord;
 use crate::containment::{self, Applied, Init, Probe, Tree};
-use crate::BACKEND;
 use crate::error::ProcessError;
 use crate::output::{PumpEnd, pump};
 use crate::privilege::HostPrivilege;

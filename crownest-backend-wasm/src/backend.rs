@@ -226,12 +226,7 @@ impl SandboxBackend for WasmBackend {
                     format!("{TEMPLATE} is unavailable on the wasm backend: {reason}"),
                 )
             })?;
-            let marker = Marker::new(
-                BACKEND,
-                &spec.run_id,
-                &spec.instance,
-                spec.owner.clone(),
-            );
+            let marker = Marker::new(BACKEND, &spec.run_id, &spec.instance, spec.owner.clone());
             let root = this.shared.root()?;
             let dir = SandboxDir::create(&root, &marker, |d| {
                 d.mkdir("workspace", 0o755)?;

@@ -21,8 +21,8 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path};
 
 use anyhow::{Context as _, bail};
-use crownest_core::run::ArtifactKind;
 use crownest_core::WorkspacePath;
+use crownest_core::run::ArtifactKind;
 use crownest_core::store::BlobReader;
 use crownest_core::{Artifact, Sha256Digest};
 use rustix::fs::{Mode, OFlags};

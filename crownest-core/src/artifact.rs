@@ -178,7 +178,7 @@ pub fn collect_from_fd(
         FileType::Directory => {
             let fd = rustix::fs::openat(&dir, name, DIR_FLAGS, Mode::empty())
                 .map_err(|e| classify(&dir, name, parents.len(), path, e))?;
-            collect_dir(fd, &st, &norm, max_bytes)
+            collect_dir(fd, &st, norm.as_str(), max_bytes)
         }
         FileType::Symlink => Err(symlink_failure(&dir, name, parents.len(), path)),
         other => Err(ArtifactFailure::new(

@@ -18,8 +18,8 @@ use crate::gc::{GcPolicy, StoreGcReport};
 use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 use crate::run::{Artifact, RunRecord};
 use crate::store::{
-    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, RunCommit, RunQuery, Store,
-    PreparedCommit, TransferRecord, check_blob_expectations, prepare_commit,
+    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, PreparedCommit, RunCommit,
+    RunQuery, Store, TransferRecord, check_blob_expectations, prepare_commit,
 };
 
 #[derive(Debug, Default)]

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use crownest_core::store::blob_dir::{self, BlobDir, ReceiveError, WriteHook, ensure_dir, fsync_dir};
+use crownest_core::store::blob_dir::{
+    self, BlobDir, ReceiveError, WriteHook, ensure_dir, fsync_dir,
+};
 use crownest_core::store::{BlobExpect, BlobInfo, BlobReader, ByteStream};
 use crownest_core::{Error, Result, Sha256Digest, TransferId};
 

@@ -85,5 +85,4 @@ mod tests {
         ));
         assert_eq!(exit_for(&r), Exit::Rejected);
     }
-
 }

@@ -2,7 +2,7 @@
 //! "hash")`. [`seal`] is the only place an event gets its seq and hash; [`verify_chain`]
 //! checks a chain offline; [`check_append`] is the rule that nothing follows `terminal`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 

@@ -9,10 +9,7 @@
 //! the chain, and the append rule after `terminal`).
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
 use crate::ids::{ArtifactId, RunId, Sha256Digest};
 use crate::status::RunStatus;
 use crate::time::Timestamp;

@@ -177,10 +177,22 @@ mod tests {
     fn refuses_what_could_leave_or_confuse_the_workspace() {
         use WorkspacePathError as E;
         assert_eq!(WorkspacePath::parse(""), Err(E::Empty));
-        assert_eq!(WorkspacePath::parse("/etc/passwd"), Err(E::Absolute("/etc/passwd".into())));
-        assert_eq!(WorkspacePath::parse(".."), Err(E::ParentComponent("..".into())));
-        assert_eq!(WorkspacePath::parse("a/../../b"), Err(E::ParentComponent("a/../../b".into())));
-        assert_eq!(WorkspacePath::parse("a/.."), Err(E::ParentComponent("a/..".into())));
+        assert_eq!(
+            WorkspacePath::parse("/etc/passwd"),
+            Err(E::Absolute("/etc/passwd".into()))
+        );
+        assert_eq!(
+            WorkspacePath::parse(".."),
+            Err(E::ParentComponent("..".into()))
+        );
+        assert_eq!(
+            WorkspacePath::parse("a/../../b"),
+            Err(E::ParentComponent("a/../../b".into()))
+        );
+        assert_eq!(
+            WorkspacePath::parse("a/.."),
+            Err(E::ParentComponent("a/..".into()))
+        );
         assert_eq!(WorkspacePath::parse("a\0b"), Err(E::Nul));
         assert_eq!(WorkspacePath::parse("a\\b"), Err(E::Backslash));
         assert_eq!(WorkspacePath::parse(&"a".repeat(4097)), Err(E::TooLong));

@@ -325,9 +325,14 @@ mod tests {
             descriptor: None,
             max_bytes: 100,
         };
-        let info = receive(&temp, stream_of(vec![b"hello ", b"world"]), expect, &no_hook())
-            .await
-            .unwrap();
+        let info = receive(
+            &temp,
+            stream_of(vec![b"hello ", b"world"]),
+            expect,
+            &no_hook(),
+        )
+        .await
+        .unwrap();
         assert_eq!(info.sha256, Sha256Digest::of(b"hello world"));
         assert_eq!(info.size_bytes, 11);
         assert_eq!(std::fs::read(&temp).unwrap(), b"hello world");
@@ -339,7 +344,11 @@ mod tests {
         std::fs::write(to.parent().unwrap().join("not-a-digest"), b"x").unwrap();
         let files = dir.blob_files(Duration::ZERO).unwrap();
         assert_eq!(files, vec![(info.sha256.clone(), to.clone())]);
-        assert!(dir.blob_files(Duration::from_secs(3600)).unwrap().is_empty());
+        assert!(
+            dir.blob_files(Duration::from_secs(3600))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,9 @@
 pub mod blob_dir;
 mod commit;
 
-pub use commit::{PreparedCommit, check_blob_expectations, check_commit, check_sealed_evidence, prepare_commit};
+pub use commit::{
+    PreparedCommit, check_blob_expectations, check_commit, check_sealed_evidence, prepare_commit,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;

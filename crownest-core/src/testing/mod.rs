@@ -49,14 +49,15 @@ use tokio::sync::watch;
 use crate::archive::{self, ExtractPolicy, ExtractSummary};
 use crate::artifact::{ArtifactFailure, CollectedArtifact};
 use crate::backend::{
-    Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
-    KillSignal, NetworkIsolation, ProcessContainment, ProgressFn, Sandbox, SandboxBackend,
-    SandboxSpec, TemplateIdentity, TemplateInfo,
+    Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, IsolationReport, KillSignal,
+    NetworkIsolation, ProcessContainment, ProgressFn, Sandbox, SandboxBackend, SandboxSpec,
+    TemplateIdentity, TemplateInfo,
 };
-use crate::error::{Error, Result};
-use crate::event::{ArtifactErrorReason, OutputStream};
+use crate::error::{Error, RejectReason, Result};
+use crate::event::ArtifactErrorReason;
 use crate::ids::RunId;
 use crate::run::ArtifactKind;
+use crate::spec::WorkspacePath;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone)]

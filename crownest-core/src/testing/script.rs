@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::backend::{ExecOutcome, ExecRequest, ExecSink, ExitStatus, KillSignal};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::OutputStream;
 use crate::spec::WorkspacePath;
 

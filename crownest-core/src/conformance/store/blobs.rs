@@ -1,27 +1,14 @@
 //! Blobs: content addressing, refusals, `discard_blob`, garbage collection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt as _;
-
 use crate::error::{Error, RejectReason};
-use crate::event::{EventKind, NewEvent, OutputChunk, verify_chain};
-use crate::evidence::EvidenceBundle;
 use crate::gc::GcPolicy;
-use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
-use crate::run::{
-    ArchiveDescriptor, ArchiveInfo, Artifact, ArtifactKind, RunOwner, RunRecord, UploadKind,
-};
-use crate::spec::{Limits, RunSpec};
-use crate::status::RunStatus;
-use crate::store::{
-    BlobExpect, ByteStream, CreateOutcome, RunCommit, RunQuery, Store, TransferRecord,
-};
-use crate::time::Timestamp;
+use crate::ids::{ArtifactId, Sha256Digest};
+use crate::run::{ArchiveDescriptor, ArchiveInfo, Artifact, ArtifactKind, UploadKind};
+use crate::store::{BlobExpect, RunCommit, Store};
 
 use super::*;
 
@@ -85,13 +72,6 @@ pub async fn blob_mismatch_keeps_nothing(store: Arc<dyn Store>) {
             None,
             "nothing kept after {reason:?}"
         );
-    }
-}
-
-fn any_blob() -> BlobExpect<'static> {
-    BlobExpect {
-        descriptor: None,
-        max_bytes: 1 << 20,
     }
 }
 

@@ -1,27 +1,13 @@
 //! Commits: the sealed, gap-free chain, conflicts, the terminal rules, evidence and its envelope, the cancel flag, event windows, concurrency.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt as _;
-
-use crate::error::{Error, RejectReason};
-use crate::event::{EventKind, NewEvent, OutputChunk, verify_chain};
-use crate::evidence::EvidenceBundle;
-use crate::gc::GcPolicy;
-use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
-use crate::run::{
-    ArchiveDescriptor, ArchiveInfo, Artifact, ArtifactKind, RunOwner, RunRecord, UploadKind,
-};
-use crate::spec::{Limits, RunSpec};
+use crate::error::Error;
+use crate::event::verify_chain;
+use crate::ids::RunId;
 use crate::status::RunStatus;
-use crate::store::{
-    BlobExpect, ByteStream, CreateOutcome, RunCommit, RunQuery, Store, TransferRecord,
-};
-use crate::time::Timestamp;
+use crate::store::{RunCommit, Store};
 
 use super::*;
 

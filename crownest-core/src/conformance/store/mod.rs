@@ -4,24 +4,17 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 
-use crate::error::{Error, RejectReason};
-use crate::event::{EventKind, NewEvent, OutputChunk, verify_chain};
+use crate::event::{EventKind, NewEvent, OutputChunk};
 use crate::evidence::EvidenceBundle;
-use crate::gc::GcPolicy;
-use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
-use crate::run::{
-    ArchiveDescriptor, ArchiveInfo, Artifact, ArtifactKind, RunOwner, RunRecord, UploadKind,
-};
+use crate::ids::{RunId, Sha256Digest, TransferId};
+use crate::run::{ArchiveDescriptor, RunOwner, RunRecord};
 use crate::spec::{Limits, RunSpec};
 use crate::status::RunStatus;
-use crate::store::{
-    BlobExpect, ByteStream, CreateOutcome, RunCommit, RunQuery, Store, TransferRecord,
-};
+use crate::store::{BlobExpect, ByteStream, RunCommit, Store, TransferRecord};
 use crate::time::Timestamp;
 
 mod blobs;
@@ -120,5 +113,26 @@ fn terminal_commit(stored: &RunRecord) -> RunCommit {
         record: Some(record),
         evidence: Some(evidence),
         envelope: None,
+    }
+}
+
+fn any_blob() -> BlobExpect<'static> {
+    BlobExpect {
+        descriptor: None,
+        max_bytes: 1 << 20,
+    }
+}
+
+fn transfer_for(run: &RunId, data: &[u8]) -> TransferRecord {
+    TransferRecord {
+        transfer_id: TransferId::new(),
+        run_id: run.clone(),
+        descriptor: ArchiveDescriptor {
+            size_bytes: data.len() as u64,
+            sha256: Sha256Digest::of(data),
+        },
+        chunk_size_bytes: 1000,
+        received: BTreeSet::new(),
+        created_at: Timestamp::now(),
     }
 }

@@ -1,26 +1,14 @@
 //! Runs: create (and idempotency), get, list and filter, delete, unfinished; artifacts by id.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt as _;
-
-use crate::error::{Error, RejectReason};
-use crate::event::{EventKind, NewEvent, OutputChunk, verify_chain};
-use crate::evidence::EvidenceBundle;
-use crate::gc::GcPolicy;
-use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
-use crate::run::{
-    ArchiveDescriptor, ArchiveInfo, Artifact, ArtifactKind, RunOwner, RunRecord, UploadKind,
-};
+use crate::error::Error;
+use crate::ids::{ArtifactId, RunId, Sha256Digest};
+use crate::run::{Artifact, ArtifactKind, RunOwner, RunRecord};
 use crate::spec::{Limits, RunSpec};
 use crate::status::RunStatus;
-use crate::store::{
-    BlobExpect, ByteStream, CreateOutcome, RunCommit, RunQuery, Store, TransferRecord,
-};
+use crate::store::{BlobExpect, CreateOutcome, RunCommit, RunQuery, Store};
 use crate::time::Timestamp;
 
 use super::*;

@@ -3,24 +3,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt as _;
 
-use crate::error::{Error, RejectReason};
-use crate::event::{EventKind, NewEvent, OutputChunk, verify_chain};
-use crate::evidence::EvidenceBundle;
-use crate::gc::GcPolicy;
-use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
-use crate::run::{
-    ArchiveDescriptor, ArchiveInfo, Artifact, ArtifactKind, RunOwner, RunRecord, UploadKind,
-};
-use crate::spec::{Limits, RunSpec};
-use crate::status::RunStatus;
-use crate::store::{
-    BlobExpect, ByteStream, CreateOutcome, RunCommit, RunQuery, Store, TransferRecord,
-};
+use crate::error::Error;
+use crate::ids::{RunId, Sha256Digest, TransferId};
+use crate::run::ArchiveDescriptor;
+use crate::store::{Store, TransferRecord};
 use crate::time::Timestamp;
 
 use super::*;
@@ -117,20 +106,6 @@ pub async fn transfer_chunk_conflict_keeps_the_stored_chunk(store: Arc<dyn Store
     )
     .unwrap();
     assert_eq!(back, data, "the conflicting chunk changed nothing");
-}
-
-fn transfer_for(run: &RunId, data: &[u8]) -> TransferRecord {
-    TransferRecord {
-        transfer_id: TransferId::new(),
-        run_id: run.clone(),
-        descriptor: ArchiveDescriptor {
-            size_bytes: data.len() as u64,
-            sha256: Sha256Digest::of(data),
-        },
-        chunk_size_bytes: 1000,
-        received: BTreeSet::new(),
-        created_at: Timestamp::now(),
-    }
 }
 
 /// `list_transfers` lists every stored transfer, or one run's, and not deleted ones.
