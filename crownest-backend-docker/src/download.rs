@@ -132,7 +132,7 @@ pub(crate) async fn collect(
     }
     let norm_owned = norm.clone();
     tokio::task::spawn_blocking(move || {
-        let r = collect_from_dir(&root, &norm_owned, max_bytes);
+        let r = collect_from_dir(&root, norm_owned.as_str(), max_bytes);
         // File artifacts hold an open fd and directory tars are spooled to an anonymous
         // temp file, so the mirror can go now.
         drop(mirror);

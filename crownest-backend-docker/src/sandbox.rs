@@ -139,13 +139,15 @@ impl DockerSandbox {
                 i.dirs.insert(String::new());
                 i
             });
-        let cwd = crownest_core::WorkspacePath::parse(&request.cwd);
-        if !cwd.is_ok_and(|cwd| index.dirs.contains(cwd.as_str())) {
-            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
-                "cwd {:?} is not a directory of the workspace",
-                request.cwd
-            ))));
-        }
+        let cwd = match crownest_core::WorkspacePath::parse(&request.cwd) {
+            Ok(cwd) if index.dirs.contains(cwd.as_str()) => cwd.as_str().to_owned(),
+            _ => {
+                return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
+                    "cwd {:?} is not a directory of the workspace",
+                    request.cwd
+                ))));
+            }
+        };
         let Some(argv0) = request.argv.first() else {
             return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(
                 "empty argv".into(),

@@ -278,7 +278,7 @@ impl Sandbox for WasmSandbox {
             argv: &request.argv,
             env: &env,
             workspace: &workspace,
-            cwd: &cwd,
+            cwd: cwd.as_str(),
             host_cwd: &host_cwd,
             python_site: &python_site,
             memory_bytes: self.limits.memory_bytes,

@@ -33,17 +33,13 @@ use std::io::{IsTerminal as _, Write as _};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use crownest_core::event::{ArchivePhase, KillReason};
-use crownest_core::{
-    Error, Event, EventKind, Failure, FailureKind, RunId, RunRecord, RunSpec, RunStatus,
-    SecretValue,
-};
+use crownest_core::{Error, FailureKind, RunId, RunSpec, RunStatus};
 use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::RunArgs;
 use crate::connection::{Connection, Target};
-use crate::exit::{Exit, is_rejection, usage};
+use crate::exit::{Exit, is_rejection};
 use crate::home;
 use crate::progress::Progress;
 use crate::upload;

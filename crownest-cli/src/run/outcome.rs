@@ -1,24 +1,9 @@
 //! The exit code of `crownest run`: from the outcome, or the command's own
 //! (`--propagate-exit-code`).
 
-use std::io::{IsTerminal as _, Write as _};
-use std::sync::Arc;
+use crownest_core::{Failure, FailureKind, RunRecord, RunStatus};
 
-use anyhow::Context as _;
-use crownest_core::event::{ArchivePhase, KillReason};
-use crownest_core::{
-    Error, Event, EventKind, Failure, FailureKind, RunId, RunRecord, RunSpec, RunStatus,
-    SecretValue,
-};
-use futures::StreamExt as _;
-use tokio::signal::unix::{SignalKind, signal};
-
-use crate::cli::RunArgs;
-use crate::connection::{Connection, Target};
-use crate::exit::{Exit, is_rejection, usage};
-use crate::home;
-use crate::progress::Progress;
-use crate::upload;
+use crate::exit::Exit;
 
 /// `--propagate-exit-code`: the command's own exit code, 128 + the signal that killed it,
 /// else the usual mapping (a run that never ran its command).
@@ -58,6 +43,8 @@ pub(super) fn exit_for_outcome(status: RunStatus, failure: Option<&Failure>) -> 
 
 #[cfg(test)]
 mod tests {
+    use crownest_core::{RunId, RunSpec};
+
     use super::*;
 
     #[test]

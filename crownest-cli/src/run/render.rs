@@ -1,24 +1,13 @@
 //! What `crownest run` prints: the command's output or JSON lines while it runs, the
 //! summary after.
 
-use std::io::{IsTerminal as _, Write as _};
-use std::sync::Arc;
+use std::io::Write as _;
 
-use anyhow::Context as _;
 use crownest_core::event::{ArchivePhase, KillReason};
-use crownest_core::{
-    Error, Event, EventKind, Failure, FailureKind, RunId, RunRecord, RunSpec, RunStatus,
-    SecretValue,
-};
-use futures::StreamExt as _;
-use tokio::signal::unix::{SignalKind, signal};
+use crownest_core::{Event, EventKind, Failure, FailureKind, RunRecord, RunStatus};
 
-use crate::cli::RunArgs;
-use crate::connection::{Connection, Target};
-use crate::exit::{Exit, is_rejection, usage};
-use crate::home;
+use super::global_flags;
 use crate::progress::Progress;
-use crate::upload;
 
 /// Prints events as they come: the command's output, or JSON lines.
 pub(super) struct Renderer {

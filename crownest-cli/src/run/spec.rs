@@ -1,23 +1,9 @@
 //! The run spec from `crownest run`'s flags (and its secrets from their sources).
 
-use std::io::{IsTerminal as _, Write as _};
-use std::sync::Arc;
-
-use anyhow::Context as _;
-use crownest_core::event::{ArchivePhase, KillReason};
-use crownest_core::{
-    Error, Event, EventKind, Failure, FailureKind, RunId, RunRecord, RunSpec, RunStatus,
-    SecretValue,
-};
-use futures::StreamExt as _;
-use tokio::signal::unix::{SignalKind, signal};
+use crownest_core::{RunSpec, SecretValue};
 
 use crate::cli::RunArgs;
-use crate::connection::{Connection, Target};
-use crate::exit::{Exit, is_rejection, usage};
-use crate::home;
-use crate::progress::Progress;
-use crate::upload;
+use crate::exit::usage;
 
 /// Builds the run spec from the arguments.
 pub(super) fn spec(args: &RunArgs) -> anyhow::Result<RunSpec> {

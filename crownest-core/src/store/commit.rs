@@ -17,7 +17,6 @@ use super::{BlobExpect, BlobInfo, RunCommit};
 
 /// A commit checked and sealed against the stored record: exactly what a store writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct PreparedCommit {
     /// The sealed events (gap-free seqs from the stored `next_seq`, chained from the
     /// stored head), to append and to return from `commit`.
