@@ -38,11 +38,12 @@ pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
 /// The message of every error of a poisoned store (its `source()` says why).
 const POISONED: &str = "store poisoned";
 
-/// The source of a later write's error on a poisoned store: the first failure's whole chain
-/// (that error itself went to the write that failed).
+/// A cause kept as text: the chain of an error that went elsewhere (the first failure of a
+/// poisoned store went to the write that failed; a failed batch's cause is given to each of
+/// its writes).
 #[derive(Debug, thiserror::Error)]
-#[error("poisoned by an earlier write failure: {0}")]
-struct FirstFailure(String);
+#[error("{0}")]
+pub(crate) struct Cause(pub(crate) String);
 
 /// The first write failure of this store instance, once there is one.
 #[derive(Debug, Default)]
@@ -61,7 +62,7 @@ impl Poison {
             None => Ok(()),
             Some(first) => Err(Error::Store {
                 message: POISONED.into(),
-                source: Some(Box::new(FirstFailure(first.clone()))),
+                source: Some(Box::new(Cause(first.clone()))),
             }),
         }
     }
