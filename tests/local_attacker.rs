@@ -268,7 +268,7 @@ async fn run(kind: &Kind, root: &Path) -> Option<Result<RunRecord, Error>> {
     for a in &done.artifacts {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
-            &mut engine.store().open_blob(&a.sha256).await.unwrap(),
+            &mut engine.open_artifact(&a.artifact_id).await.unwrap().1,
             &mut bytes,
         )
         .unwrap();

@@ -145,7 +145,7 @@ pub(crate) fn isolation_report(
     );
     details.insert("logDriver".into(), "none (output is attached)".into());
     IsolationReport {
-        backend: "docker".into(),
+        backend: crate::BACKEND.into(),
         network: match spec.network {
             Network::None => NetworkIsolation::None,
             Network::Enabled => NetworkIsolation::Enabled,
@@ -163,7 +163,7 @@ pub(crate) fn isolation_report(
 #[async_trait]
 impl SandboxBackend for DockerBackend {
     fn name(&self) -> &str {
-        "docker"
+        crate::BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {

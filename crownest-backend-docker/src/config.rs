@@ -48,7 +48,7 @@ impl Default for DockerConfig {
             host: None,
             templates: BTreeMap::from([(PYTHON_NODE.to_owned(), DEFAULT_IMAGE.to_owned())]),
             user: "10001:10001".to_owned(),
-            work_dir: crownest_core::hostdir::WorkRoot::default_path("docker"),
+            work_dir: crownest_core::hostdir::WorkRoot::default_path(crate::BACKEND),
             tmp_size_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             enabled_network_mode: "bridge".to_owned(),

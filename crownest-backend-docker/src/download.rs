@@ -56,14 +56,13 @@ pub(crate) async fn collect(
     max_bytes: u64,
     max_entries: u64,
 ) -> Result<CollectedArtifact, ArtifactFailure> {
-    crownest_core::spec::validate_relative_path(path, false).map_err(|m| {
+    let norm = crownest_core::WorkspacePath::parse_entry(path).map_err(|e| {
         ArtifactFailure::new(
             ArtifactErrorReason::InvalidPath,
-            format!("invalid artifact path {path:?}: {m}"),
+            format!("invalid artifact path {path:?}: {e}"),
         )
     })?;
-    let norm = crownest_core::spec::normalize_relative(path);
-    let comps: Vec<&str> = norm.split('/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&str> = norm.components().collect();
     let mirror = tempfile::Builder::new()
         .prefix(&format!("{sandbox}-artifact-"))
         .tempdir_in(work_dir)
@@ -133,7 +132,7 @@ pub(crate) async fn collect(
     }
     let norm_owned = norm.clone();
     tokio::task::spawn_blocking(move || {
-        let r = collect_from_dir(&root, &norm_owned, max_bytes);
+        let r = collect_from_dir(&root, norm_owned.as_str(), max_bytes);
         // File artifacts hold an open fd and directory tars are spooled to an anonymous
         // temp file, so the mirror can go now.
         drop(mirror);

@@ -64,7 +64,7 @@ impl DockerError {
 
 impl From<DockerError> for Error {
     fn from(e: DockerError) -> Self {
-        Error::backend("docker", e)
+        Error::backend(crate::BACKEND, e)
     }
 }
 

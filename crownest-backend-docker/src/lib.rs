@@ -119,3 +119,6 @@ pub use container::{
 pub use error::DockerError;
 pub use image::IMAGE_KEY_LABEL;
 pub use sandbox::DockerSandbox;
+
+/// The registered backend name ([`crownest_core::SandboxBackend::name`]).
+pub const BACKEND: &str = "docker";

@@ -34,7 +34,7 @@ use crate::image::ImageInfo;
 use crate::upload::{self, WorkspaceIndex};
 
 /// The registered backend name (also the `backend` of its host staging markers).
-const BACKEND: &str = "docker";
+use crate::BACKEND;
 
 /// How long a materialize waits for its host staging directory to be deleted before it
 /// leaves the rest to the background.
@@ -148,15 +148,15 @@ impl DockerSandbox {
                 i.dirs.insert(String::new());
                 i
             });
-        let cwd = crownest_core::spec::normalize_relative(&request.cwd);
-        if crownest_core::spec::validate_relative_path(&request.cwd, true).is_err()
-            || !index.dirs.contains(&cwd)
-        {
-            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
-                "cwd {:?} is not a directory of the workspace",
-                request.cwd
-            ))));
-        }
+        let cwd = match crownest_core::WorkspacePath::parse(&request.cwd) {
+            Ok(cwd) if index.dirs.contains(cwd.as_str()) => cwd.as_str().to_owned(),
+            _ => {
+                return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
+                    "cwd {:?} is not a directory of the workspace",
+                    request.cwd
+                ))));
+            }
+        };
         let Some(argv0) = request.argv.first() else {
             return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(
                 "empty argv".into(),

@@ -11,9 +11,10 @@ use crownest_core::{
 };
 use tokio::sync::OnceCell;
 
+use crate::BACKEND;
 use crate::config::ProcessConfig;
 use crate::containment::{self, Applied, ProcessRecord};
-use crate::error::{BACKEND, ProcessError};
+use crate::error::ProcessError;
 use crate::probe_cache::{self, MemCache};
 use crate::sandbox::ProcessSandbox;
 use crate::shared::{ProbeState, Shared};

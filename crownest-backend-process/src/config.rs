@@ -95,5 +95,5 @@ impl ProcessConfig {
 }
 
 fn default_root() -> PathBuf {
-    crownest_core::hostdir::WorkRoot::default_path("process")
+    crownest_core::hostdir::WorkRoot::default_path(crate::BACKEND)
 }

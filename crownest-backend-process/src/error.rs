@@ -3,8 +3,7 @@
 
 use crownest_core::Error;
 
-/// The registered backend name.
-pub(crate) const BACKEND: &str = "process";
+use crate::BACKEND;
 
 /// What went wrong inside the process backend (the `source` of `Error::Backend`).
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +35,19 @@ pub enum ProcessError {
         survivors: String,
     },
     /// The sandbox directory could not be removed.
-    #[error("removing {path} failed: {source}")]
+    #[error("removing {path} failed")]
     Remove {
         /// The directory.
         path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A filesystem or process call of the backend failed.
+    #[error("i/o error while {context}")]
+    Io {
+        /// What the backend was doing.
+        context: String,
         /// Why.
         #[source]
         source: std::io::Error,

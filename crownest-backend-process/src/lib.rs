@@ -136,3 +136,6 @@ pub use backend::ProcessBackend;
 pub use config::{Containment, ProcessConfig};
 pub use error::ProcessError;
 pub use sandbox::ProcessSandbox;
+
+/// The registered backend name ([`crownest_core::SandboxBackend::name`]).
+pub const BACKEND: &str = "process";

@@ -19,8 +19,9 @@ use crownest_core::{
 };
 use tokio::sync::watch;
 
+use crate::BACKEND;
 use crate::containment::{Applied, Probe, Tree};
-use crate::error::{BACKEND, ProcessError};
+use crate::error::ProcessError;
 use crate::output::{PumpEnd, pump};
 use crate::privilege::HostPrivilege;
 use crate::report::read_available;
@@ -288,7 +289,10 @@ impl Sandbox for ProcessSandbox {
                 ));
             }
         }
-        let status = status.map_err(|e| Error::io("waiting for the command", e))?;
+        let status = status.map_err(|source| ProcessError::Io {
+            context: "waiting for the command".into(),
+            source,
+        })?;
         if let Some(r) = &report {
             reports.parse(&read_available(r));
         }
@@ -342,7 +346,12 @@ impl Sandbox for ProcessSandbox {
             return Err(ProcessError::Destroyed(self.id.clone()).into());
         }
         self.write_marker(|m| m.keep_until = Some(until))
-            .map_err(|e| Error::io(format!("updating the marker of {}", self.host.display()), e))
+            .map_err(|source| {
+                Error::from(ProcessError::Io {
+                    context: format!("updating the marker of {}", self.host.display()),
+                    source,
+                })
+            })
     }
 
     async fn destroy(&self) -> Result<Destroyed> {

@@ -11,8 +11,8 @@ use rustix::fs::{Mode, OFlags};
 /// symlink; every component must be a directory. Returns an `O_PATH` fd (for `fchdir`) and
 /// the path.
 pub(crate) fn open_cwd(workspace: &Path, rel: &str) -> Result<(OwnedFd, PathBuf), String> {
-    crownest_core::spec::validate_relative_path(rel, true)
-        .map_err(|m| format!("invalid cwd: {m}"))?;
+    let normalized =
+        crownest_core::WorkspacePath::parse(rel).map_err(|e| format!("invalid cwd: {e}"))?;
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut fd = rustix::fs::open(workspace, flags, Mode::empty()).map_err(|e| {
         format!(
@@ -21,8 +21,7 @@ pub(crate) fn open_cwd(workspace: &Path, rel: &str) -> Result<(OwnedFd, PathBuf)
         )
     })?;
     let mut path = workspace.to_path_buf();
-    let normalized = crownest_core::spec::normalize_relative(rel);
-    for comp in normalized.split('/').filter(|c| !c.is_empty()) {
+    for comp in normalized.components() {
         fd = rustix::fs::openat(&fd, comp, flags, Mode::empty()).map_err(|e| {
             format!("cwd {rel:?} is not a directory inside the workspace ({comp:?}: {e})")
         })?;

@@ -94,10 +94,9 @@ async fn timeout_kills_the_tree(containment: Containment) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let started = Instant::now();
-    let done = tokio::time::timeout(Duration::from_secs(60), engine.wait(&id))
+    let done = tokio::time::timeout(Duration::from_secs(30), engine.wait(&id))
         .await
-        .unwrap()
+        .expect("the run ends within 30 s")
         .unwrap();
     let left = processes_with_arg(&n);
     kill_all(&left);
@@ -114,7 +113,6 @@ async fn timeout_kills_the_tree(containment: Containment) {
         "{:?}",
         survivor_errors(&events)
     );
-    assert!(started.elapsed() < Duration::from_secs(30));
     let ev = engine.evidence(&id).await.unwrap();
     let iso = ev.isolation.unwrap();
     assert_eq!(iso.process_containment, b.containment());
@@ -149,14 +147,17 @@ async fn main_exit_ends_leftovers(containment: Containment) {
         return;
     };
     let n = unique_sleep();
-    let started = Instant::now();
-    let (_, done, events) = run(
-        b,
-        sh(&format!(
-            "sleep {n} & setsid sleep {n} & sleep 0.3; echo done"
-        )),
+    let (_, done, events) = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(
+            b,
+            sh(&format!(
+                "sleep {n} & setsid sleep {n} & sleep 0.3; echo done"
+            )),
+        ),
     )
-    .await;
+    .await
+    .expect("the run did not hang on the held pipe");
     let left = processes_with_arg(&n);
     kill_all(&left);
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
@@ -164,10 +165,6 @@ async fn main_exit_ends_leftovers(containment: Containment) {
     assert!(
         left.is_empty(),
         "{containment:?}: leftovers survived: {left:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the run did not hang on the held pipe"
     );
 }
 
@@ -329,7 +326,7 @@ async fn artifact_cases() {
     assert_eq!(dir.kind, ArtifactKind::Directory);
     let mut tar_bytes = Vec::new();
     std::io::Read::read_to_end(
-        &mut engine.store().open_blob(&dir.sha256).await.unwrap(),
+        &mut engine.open_artifact(&dir.artifact_id).await.unwrap().1,
         &mut tar_bytes,
     )
     .unwrap();

@@ -28,7 +28,12 @@ async fn one_gib_of_stdout_with_bounded_memory() {
         });
     let before = vm_hwm_bytes();
     let started = Instant::now();
-    let (_, done, events) = run(backend(Containment::Auto), spec).await;
+    let (_, done, events) = tokio::time::timeout(
+        Duration::from_secs(120),
+        run(backend(Containment::Auto), spec),
+    )
+    .await
+    .expect("the flood ends within 120 s");
     let elapsed = started.elapsed();
     let peak = vm_hwm_bytes();
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
@@ -63,5 +68,4 @@ async fn one_gib_of_stdout_with_bounded_memory() {
         before >> 20
     );
     assert!(peak < 200 * 1024 * 1024, "peak RSS {} MB", peak >> 20);
-    assert!(elapsed < Duration::from_secs(120));
 }

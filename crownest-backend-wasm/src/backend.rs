@@ -13,7 +13,7 @@ use crate::compile::{ModuleSource, Runtime};
 use crate::guest::PYTHON_SITECUSTOMIZE;
 use crate::modules::{Interpreter, ModuleVerifier, TEMPLATE, TemplateModules};
 use crate::sandbox::WasmSandbox;
-use crate::{BACKEND_NAME, WasmConfig};
+use crate::{BACKEND, WasmConfig};
 use crownest_core::hostdir::{Marker, SandboxDir, WorkRoot};
 
 /// State shared by a backend and its sandboxes.
@@ -87,7 +87,7 @@ impl WasmBackend {
     pub async fn preload(&self) -> Result<Vec<Preloaded>> {
         let modules = self.modules().map_err(|reason| Error::Unsupported {
             operation: format!("the python-node template ({reason})"),
-            backend: BACKEND_NAME.into(),
+            backend: BACKEND.into(),
         })?;
         let mut out = Vec::new();
         for interpreter in Interpreter::ALL {
@@ -123,7 +123,7 @@ fn layout(d: &SandboxDir) -> std::io::Result<()> {
 /// What the backend enforces; the same for every sandbox.
 pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
     let mut report = IsolationReport {
-        backend: BACKEND_NAME.into(),
+        backend: BACKEND.into(),
         network: NetworkIsolation::None,
         memory_bytes: Some(limits.memory_bytes),
         pids: Some(1),
@@ -171,7 +171,7 @@ pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
 #[async_trait]
 impl SandboxBackend for WasmBackend {
     fn name(&self) -> &str {
-        BACKEND_NAME
+        BACKEND
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -195,7 +195,7 @@ impl SandboxBackend for WasmBackend {
         let verified = tokio::task::spawn_blocking(move || this.modules())
             .await
             .map_err(|e| Error::Backend {
-                backend: BACKEND_NAME.into(),
+                backend: BACKEND.into(),
                 source: Box::new(e),
             })?;
         Ok(vec![match verified {
@@ -239,12 +239,7 @@ impl SandboxBackend for WasmBackend {
                     format!("{TEMPLATE} is unavailable on the wasm backend: {reason}"),
                 )
             })?;
-            let marker = Marker::new(
-                BACKEND_NAME,
-                &spec.run_id,
-                &spec.instance,
-                spec.owner.clone(),
-            );
+            let marker = Marker::new(BACKEND, &spec.run_id, &spec.instance, spec.owner.clone());
             let root = this.shared.root()?;
             // The one crash-safe create: built under `.creating-`, renamed into place.
             let dir = SandboxDir::create(&root, &marker, layout)?;
@@ -258,7 +253,7 @@ impl SandboxBackend for WasmBackend {
         })
         .await
         .map_err(|e| Error::Backend {
-            backend: BACKEND_NAME.into(),
+            backend: BACKEND.into(),
             source: Box::new(e),
         })??;
         Ok(Box::new(made))
@@ -268,11 +263,11 @@ impl SandboxBackend for WasmBackend {
         let root = self.shared.root()?;
         let live = live.to_vec();
         let swept = tokio::task::spawn_blocking(move || {
-            crownest_core::hostdir::sweep(&root, BACKEND_NAME, &live, &mut |_| {})
+            crownest_core::hostdir::sweep(&root, BACKEND, &live, &mut |_| {})
         })
         .await
         .map_err(|e| Error::Backend {
-            backend: BACKEND_NAME.into(),
+            backend: BACKEND.into(),
             source: Box::new(e),
         })??;
         Ok(swept)
@@ -306,7 +301,7 @@ mod tests {
         if let Some(root) = std::env::var_os(CRASH_ROOT) {
             let root = WorkRoot::open(std::path::PathBuf::from(root)).unwrap();
             let marker = Marker::new(
-                BACKEND_NAME,
+                crate::BACKEND,
                 &RunId::new(),
                 "crashing",
                 RunOwner::current("crashing"),

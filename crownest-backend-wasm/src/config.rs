@@ -91,7 +91,7 @@ impl Default for WasmConfig {
         Self {
             cache_dir: modules_dir.join("compiled"),
             modules_dir,
-            workspace_root: crownest_core::hostdir::WorkRoot::default_path("wasm"),
+            workspace_root: crownest_core::hostdir::WorkRoot::default_path(crate::BACKEND),
             epoch_tick: Duration::from_millis(10),
             max_instances: 4,
             max_tables: 16,

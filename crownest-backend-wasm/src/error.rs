@@ -56,7 +56,7 @@ impl WasmError {
 impl From<WasmError> for crownest_core::Error {
     fn from(e: WasmError) -> Self {
         crownest_core::Error::Backend {
-            backend: crate::BACKEND_NAME.to_owned(),
+            backend: crate::BACKEND.to_owned(),
             source: Box::new(e),
         }
     }

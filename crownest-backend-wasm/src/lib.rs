@@ -124,8 +124,8 @@ pub use guest::TRAP_SIGNAL;
 pub use modules::Interpreter;
 pub use sandbox::WasmSandbox;
 
-/// The registered backend name.
-pub const BACKEND_NAME: &str = "wasm";
+/// The registered backend name ([`crownest_core::SandboxBackend::name`]).
+pub const BACKEND: &str = "wasm";
 
 /// What CPython-on-WASI programs cannot do here, one line each (shown by `crownest doctor`;
 /// explained in the crate docs).

@@ -10,7 +10,7 @@ use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::ProgressFn;
 use crownest_core::{
     Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
-    Limits, Result, Sandbox, TemplateIdentity, Timestamp,
+    Limits, Result, Sandbox, TemplateIdentity, Timestamp, WorkspacePath,
 };
 use tokio::sync::watch;
 
@@ -94,7 +94,7 @@ impl WasmSandbox {
 
     /// Opens the workspace and the cwd (validated, normalized) inside it, one component at
     /// a time from the sandbox's descriptor, never following a symlink.
-    fn open_cwd(&self, cwd: &str) -> std::result::Result<(OwnedFd, OwnedFd), String> {
+    fn open_cwd(&self, cwd: &WorkspacePath) -> std::result::Result<(OwnedFd, OwnedFd), String> {
         let workspace = self
             .dir
             .open_dir("workspace")
@@ -103,7 +103,7 @@ impl WasmSandbox {
             .dir
             .open_dir("workspace")
             .map_err(|e| format!("the workspace cannot be opened: {e}"))?;
-        for c in cwd.split('/').filter(|c| !c.is_empty()) {
+        for c in cwd.components() {
             let flags = rustix::fs::OFlags::RDONLY
                 | rustix::fs::OFlags::DIRECTORY
                 | rustix::fs::OFlags::NOFOLLOW
@@ -168,10 +168,10 @@ impl Sandbox for WasmSandbox {
                  there is no shell, no PATH and no other program"
             ));
         };
-        if let Err(m) = crownest_core::spec::validate_relative_path(&request.cwd, true) {
-            return spawn_failed(format!("invalid cwd {:?}: {m}", request.cwd));
-        }
-        let cwd = crownest_core::spec::normalize_relative(&request.cwd);
+        let cwd = match WorkspacePath::parse(&request.cwd) {
+            Ok(cwd) => cwd,
+            Err(e) => return spawn_failed(format!("invalid cwd {:?}: {e}", request.cwd)),
+        };
         let (workspace_fd, cwd_fd) = match self.open_cwd(&cwd) {
             Ok(fds) => fds,
             Err(m) => return spawn_failed(m),
@@ -241,7 +241,7 @@ impl Sandbox for WasmSandbox {
             argv: &request.argv,
             env: &env,
             workspace: &workspace,
-            cwd: &cwd,
+            cwd: cwd.as_str(),
             host_cwd: &host_cwd,
             python_site: &python_site,
             memory_bytes: self.limits.memory_bytes,

@@ -78,7 +78,7 @@ async fn blob(engine: &WorkspaceRuns, done: &RunRecord, path: &str) -> Vec<u8> {
         });
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(
-        &mut engine.store().open_blob(&a.sha256).await.unwrap(),
+        &mut engine.open_artifact(&a.artifact_id).await.unwrap().1,
         &mut bytes,
     )
     .unwrap();
@@ -250,12 +250,15 @@ async fn exit_codes_pass_through_for_both_interpreters() {
 async fn a_busy_loop_in_guest_code_times_out() {
     // Loaded first, so the deadline falls inside the guest's loop, not in module loading.
     common::backend().preload().await.unwrap();
-    let started = Instant::now();
-    let (_, done, events) = run(
-        &[],
-        py("print('spinning', flush=True)\nwhile True: pass").with_timeout_ms(4000),
+    let (_, done, events) = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(
+            &[],
+            py("print('spinning', flush=True)\nwhile True: pass").with_timeout_ms(4000),
+        ),
     )
-    .await;
+    .await
+    .expect("the timed-out run ends within 30 s");
     assert_eq!(done.status, RunStatus::Failed);
     assert_eq!(
         failure_kind(&done),
@@ -273,22 +276,21 @@ async fn a_busy_loop_in_guest_code_times_out() {
         "stopped at the first rung (SIGTERM): {timeline:#?}"
     );
     assert!(stream_of(&events, OutputStream::Stdout).contains("spinning"));
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_blocked_in_a_host_sleep_times_out() {
     common::backend().preload().await.unwrap();
-    let started = Instant::now();
-    let (_, done, events) = run(
-        &[],
-        py("import time\nprint('sleeping', flush=True)\ntime.sleep(1000)").with_timeout_ms(4000),
+    let (_, done, events) = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(
+            &[],
+            py("import time\nprint('sleeping', flush=True)\ntime.sleep(1000)")
+                .with_timeout_ms(4000),
+        ),
     )
-    .await;
+    .await
+    .expect("the timed-out run ends within 30 s");
     assert!(
         stream_of(&events, OutputStream::Stdout).contains("sleeping"),
         "the deadline fell inside the sleep"
@@ -300,11 +302,6 @@ async fn a_guest_blocked_in_a_host_sleep_times_out() {
         done.failure
     );
     assert_eq!(done.signal, Some(15));
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,19 +330,15 @@ async fn signal_stops_a_sleeping_or_spinning_guest_at_once() {
             assert!(Instant::now() < deadline, "the guest never became ready");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let signalled = Instant::now();
-        sandbox.signal(signal).await.unwrap();
-        let outcome = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("exec returns")
-            .unwrap()
-            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+            sandbox.signal(signal).await.unwrap();
+            task.await
+        })
+        .await
+        .expect("exec returns within 5 s of the signal")
+        .unwrap()
+        .unwrap();
         assert_eq!(outcome.status, ExitStatus::Signaled(want));
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "stop took {:?}",
-            signalled.elapsed()
-        );
         // Signalling with nothing running is fine.
         sandbox.signal(KillSignal::Kill).await.unwrap();
         sandbox.destroy().await.unwrap();

@@ -21,8 +21,8 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path};
 
 use anyhow::{Context as _, bail};
+use crownest_core::WorkspacePath;
 use crownest_core::run::ArtifactKind;
-use crownest_core::spec::{normalize_relative, validate_relative_path};
 use crownest_core::store::BlobReader;
 use crownest_core::{Artifact, Sha256Digest};
 use rustix::fs::{Mode, OFlags};
@@ -126,7 +126,9 @@ fn write_artifact(
     let (reader, second) = readers;
     match a.kind {
         ArtifactKind::File => {
-            let (parents, name) = split(&rel)?;
+            let (parents, name) = rel
+                .split_last()
+                .ok_or_else(|| anyhow::anyhow!("empty artifact path"))?;
             let dir = open_dirs(root, &parents)?;
             write_file(&dir, name, reader, a.mode, Some((&a.sha256, a.size_bytes)))
         }
@@ -140,7 +142,7 @@ fn write_artifact(
                     a.sha256
                 );
             }
-            let comps: Vec<&str> = rel.split('/').collect();
+            let comps: Vec<&str> = rel.components().collect();
             let dir = open_dirs(root, &comps)?;
             let reader = second.ok_or_else(|| anyhow::anyhow!("no second reader of the tar"))?;
             unpack_dir_tar(&dir, reader)
@@ -148,19 +150,9 @@ fn write_artifact(
     }
 }
 
-/// Lexical checks: relative, no `..`, not the root; returns the normalized path.
-fn checked_path(path: &str) -> anyhow::Result<String> {
-    validate_relative_path(path, false)
-        .map_err(|m| anyhow::anyhow!("refusing artifact path: {m}"))?;
-    Ok(normalize_relative(path))
-}
-
-fn split(rel: &str) -> anyhow::Result<(Vec<&str>, &str)> {
-    let comps: Vec<&str> = rel.split('/').collect();
-    match comps.split_last() {
-        Some((name, parents)) => Ok((parents.to_vec(), name)),
-        None => bail!("empty artifact path"),
-    }
+/// Lexical checks ([`WorkspacePath::parse_entry`]): relative, no `..`, not the root.
+fn checked_path(path: &str) -> anyhow::Result<WorkspacePath> {
+    WorkspacePath::parse_entry(path).map_err(|e| anyhow::anyhow!("refusing artifact path: {e}"))
 }
 
 /// Opens (creating as needed) `comps` below `root`, never following a symlink.
@@ -344,7 +336,8 @@ mod tests {
         assert!(checked_path("../x").is_err());
         assert!(checked_path("a/../../x").is_err());
         assert!(checked_path("/etc/passwd").is_err());
-        assert_eq!(checked_path("./a//b").unwrap(), "a/b");
+        assert_eq!(checked_path("./a//b").unwrap().as_str(), "a/b");
+        assert!(checked_path("./").is_err());
     }
 
     #[test]

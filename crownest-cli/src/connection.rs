@@ -217,7 +217,16 @@ impl Connection {
             Self::Local(e) => {
                 let mut out = Vec::with_capacity(n);
                 for _ in 0..n {
-                    out.push(e.store().open_blob(sha256).await?);
+                    let (artifact, reader) = e.open_artifact(id).await?;
+                    if artifact.sha256 != *sha256 {
+                        return Err(Error::Conflict {
+                            message: format!(
+                                "artifact {id} has sha256 {}, expected {sha256}",
+                                artifact.sha256
+                            ),
+                        });
+                    }
+                    out.push(reader);
                 }
                 Ok(out)
             }

@@ -61,17 +61,17 @@ pub(crate) async fn backends(home: &Path) -> anyhow::Result<Vec<BackendSlot>> {
     };
     #[cfg_attr(not(any(feature = "docker", feature = "wasm")), allow(unused_mut))]
     let mut out = vec![BackendSlot {
-        name: "process",
+        name: crownest_backend_process::BACKEND,
         backend: joined(process.await),
     }];
     #[cfg(feature = "docker")]
     out.push(BackendSlot {
-        name: "docker",
+        name: crownest_backend_docker::BACKEND,
         backend: docker,
     });
     #[cfg(feature = "wasm")]
     out.push(BackendSlot {
-        name: "wasm",
+        name: crownest_backend_wasm::BACKEND,
         backend: joined(wasm.await),
     });
     Ok(out)
@@ -145,7 +145,7 @@ pub(crate) async fn open_with(
     let (store, backends) = tokio::join!(open_store(home), backends(home));
     let (store, backends) = (store?, backends?);
     let mut config = EngineConfig {
-        default_backend: Some("process".into()),
+        default_backend: Some(crownest_backend_process::BACKEND.into()),
         ..EngineConfig::default()
     };
     configure(&mut config, &backends)?;
@@ -193,7 +193,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     let key = host_key(home);
     let mut builder = WorkspaceRuns::builder(store.clone())
         .config(EngineConfig {
-            default_backend: Some("process".into()),
+            default_backend: Some(crownest_backend_process::BACKEND.into()),
             ..EngineConfig::default()
         })
         .backend(process.clone())
@@ -202,7 +202,8 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         builder = builder.host_key(k.clone());
     }
     match backend {
-        None | Some("process") => {}
+        None => {}
+        Some(name) if name == crownest_backend_process::BACKEND => {}
         Some(name) => {
             let slot = other_backend(name, home)
                 .await?
@@ -221,7 +222,13 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         if let Some(k) = key {
             builder = builder.host_key(k);
         }
-        for name in ["docker", "wasm"] {
+        let others = [
+            #[cfg(feature = "docker")]
+            crownest_backend_docker::BACKEND,
+            #[cfg(feature = "wasm")]
+            crownest_backend_wasm::BACKEND,
+        ];
+        for name in others {
             if let Ok(Some(BackendSlot { backend: Ok(b), .. })) = other_backend(name, &home).await {
                 builder = builder.backend(b);
             }
@@ -238,13 +245,13 @@ async fn other_backend(name: &str, home: &Path) -> anyhow::Result<Option<Backend
     let registered = crate::templates::Registered::load(home)?;
     Ok(match name {
         #[cfg(feature = "docker")]
-        "docker" => Some(BackendSlot {
-            name: "docker",
+        crownest_backend_docker::BACKEND => Some(BackendSlot {
+            name: crownest_backend_docker::BACKEND,
             backend: docker_backend(&registered).await,
         }),
         #[cfg(feature = "wasm")]
-        "wasm" => Some(BackendSlot {
-            name: "wasm",
+        crownest_backend_wasm::BACKEND => Some(BackendSlot {
+            name: crownest_backend_wasm::BACKEND,
             backend: wasm_backend(),
         }),
         _ => None,

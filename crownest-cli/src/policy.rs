@@ -2,9 +2,9 @@
 //! engine maxima a run may ask for (`--max LIMIT=N`, `--max-concurrent-runs`). Pure
 //! functions over the parsed arguments, so each rule is tested without a server.
 
+use crownest_backend_process::BACKEND as PROCESS_BACKEND;
 use crownest_core::EngineConfig;
 use crownest_core::spec::Limits;
-use crownest_http::PROCESS_BACKEND;
 
 use crate::exit::usage;
 use crate::home::BackendSlot;

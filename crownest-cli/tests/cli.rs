@@ -243,15 +243,15 @@ fn a_missing_required_artifact_and_a_timeout_fail_with_exit_1() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("missing_required_artifact"));
-    let started = Instant::now();
+    // Killed (no exit code) if it waited for the 30 s sleep instead of its 1 s deadline.
     crownest(home.path())
         .arg("run")
         .arg(sample_repo())
         .args(["--timeout", "1s", "--", "sleep", "30"])
+        .timeout(Duration::from_secs(20))
         .assert()
         .code(1)
         .stderr(predicate::str::contains("timed_out"));
-    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 #[test]
@@ -434,7 +434,6 @@ fn cancel_from_another_process_ends_the_run_with_130() {
         .code(0)
         .stdout(predicate::str::contains(run.as_str()));
     // ...and cancels it.
-    let started = Instant::now();
     crownest(home.path())
         .args(["cancel", &run])
         .assert()
@@ -442,9 +441,9 @@ fn cancel_from_another_process_ends_the_run_with_130() {
         .stdout(predicate::str::contains("cancel requested"));
     let terminal = read_until(&mut out, |e| e["type"] == "terminal");
     assert_eq!(terminal["status"], "canceled");
+    // At most 30 s, half the command's sleep: the cancel ended it.
     let status = wait_with_timeout(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(130));
-    assert!(started.elapsed() < Duration::from_secs(15));
     crownest(home.path())
         .args(["show", &run])
         .assert()

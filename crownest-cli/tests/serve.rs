@@ -478,9 +478,9 @@ fn serve_shutdown_cancels_its_running_runs() {
             break;
         }
     }
-    let started = Instant::now();
+    // `stop` waits at most 30 s, far less than the command's 120 s sleep: the server
+    // canceled the run rather than waiting for it.
     assert!(s.stop().success());
-    assert!(started.elapsed() < Duration::from_secs(15));
     let last: Value = serde_json::from_str(&lines.last().unwrap().unwrap()).unwrap();
     assert_eq!(last["type"], "terminal", "the client saw the end over SSE");
     assert_eq!(last["status"], "canceled");

@@ -103,7 +103,7 @@ impl ArtifactFailure {
 /// subdirectories; links are skipped and reported), refusing anything over `max_bytes`
 /// before reading it.
 ///
-/// * A lexically invalid path (see [`crate::spec::validate_relative_path`]) →
+/// * A lexically invalid path (see [`crate::spec::WorkspacePath::parse_entry`]) →
 ///   [`ArtifactErrorReason::InvalidPath`].
 /// * Nothing at the path, or a component that is not a directory →
 ///   [`ArtifactErrorReason::NotFound`] (an I/O error while reading is reported the same way,
@@ -149,15 +149,13 @@ pub fn collect_from_fd(
     path: &str,
     max_bytes: u64,
 ) -> Result<CollectedArtifact, ArtifactFailure> {
-    crate::spec::validate_relative_path(path, false).map_err(|m| {
+    let norm = crate::spec::WorkspacePath::parse_entry(path).map_err(|e| {
         ArtifactFailure::new(
             ArtifactErrorReason::InvalidPath,
-            format!("invalid artifact path {path:?}: {m}"),
+            format!("invalid artifact path {path:?}: {e}"),
         )
     })?;
-    let norm = crate::spec::normalize_relative(path);
-    let comps: Vec<&str> = norm.split('/').collect();
-    let Some((name, parents)) = comps.split_last() else {
+    let Some((parents, name)) = norm.split_last() else {
         return Err(ArtifactFailure::new(
             ArtifactErrorReason::InvalidPath,
             format!("invalid artifact path {path:?}"),
@@ -173,14 +171,14 @@ pub fn collect_from_fd(
         dir = rustix::fs::openat(&dir, *c, DIR_FLAGS, Mode::empty())
             .map_err(|e| classify(&dir, c, i, path, e))?;
     }
-    let st = rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW)
+    let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| classify(&dir, name, parents.len(), path, e))?;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => collect_file(&dir, name, &st, path, max_bytes),
         FileType::Directory => {
-            let fd = rustix::fs::openat(&dir, *name, DIR_FLAGS, Mode::empty())
+            let fd = rustix::fs::openat(&dir, name, DIR_FLAGS, Mode::empty())
                 .map_err(|e| classify(&dir, name, parents.len(), path, e))?;
-            collect_dir(fd, &st, &norm, max_bytes)
+            collect_dir(fd, &st, norm.as_str(), max_bytes)
         }
         FileType::Symlink => Err(symlink_failure(&dir, name, parents.len(), path)),
         other => Err(ArtifactFailure::new(

@@ -52,7 +52,7 @@ pub use ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 pub use lifecycle::{Input, Outcome, transition};
 pub use run::{ArchiveDescriptor, Artifact, RunRecord, UploadKind};
 pub use secret::SecretValue;
-pub use spec::{ArtifactRequest, LimitOverrides, Limits, Network, RunSpec};
+pub use spec::{ArtifactRequest, LimitOverrides, Limits, Network, RunSpec, WorkspacePath};
 pub use status::RunStatus;
 pub use store::Store;
 pub use time::Timestamp;

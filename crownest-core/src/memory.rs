@@ -12,14 +12,14 @@ use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, RejectReason, Result};
-use crate::event::{Event, seal_all};
+use crate::event::Event;
 use crate::evidence::EvidenceBundle;
 use crate::gc::{GcPolicy, StoreGcReport};
 use crate::ids::{ArtifactId, RunId, Sha256Digest, TransferId};
 use crate::run::{Artifact, RunRecord};
 use crate::store::{
-    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, RunCommit, RunQuery, Store,
-    TransferRecord, check_commit, check_sealed_evidence,
+    BlobExpect, BlobInfo, BlobReader, ByteStream, CreateOutcome, PreparedCommit, RunCommit,
+    RunQuery, Store, TransferRecord, check_blob_expectations, prepare_commit,
 };
 
 #[derive(Debug, Default)]
@@ -104,14 +104,6 @@ pub async fn collect_verified(
     Ok((buf.freeze(), info))
 }
 
-/// Compares a finished blob with the declared descriptor.
-pub fn check_blob_expectations(info: &BlobInfo, expect: BlobExpect<'_>) -> Result<()> {
-    match expect.descriptor {
-        Some(d) => d.check(info.size_bytes, &info.sha256),
-        None => Ok(()),
-    }
-}
-
 #[async_trait]
 impl Store for MemoryStore {
     async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome> {
@@ -173,21 +165,16 @@ impl Store for MemoryStore {
             .get(id)
             .ok_or_else(|| Error::not_found("run", id))?
             .clone();
-        check_commit(&stored, &commit)?;
-        let sealed = seal_all(&stored.chain_head, id, stored.next_seq, commit.events);
-        check_sealed_evidence(&sealed, commit.evidence.as_ref())?;
-        let mut record = commit.record.unwrap_or(stored.clone());
-        record.id = id.clone();
-        record.cancel_requested = stored.cancel_requested;
-        record.next_seq = stored.next_seq + sealed.len() as u64;
-        record.chain_head = sealed
-            .last()
-            .map(|e| e.hash.clone())
-            .unwrap_or(stored.chain_head);
-        if let Some(env) = commit.envelope {
+        let PreparedCommit {
+            events: sealed,
+            record,
+            evidence,
+            envelope,
+        } = prepare_commit(id, &stored, commit)?;
+        if let Some(env) = envelope {
             g.envelopes.insert(id.clone(), env);
         }
-        if let Some(ev) = commit.evidence {
+        if let Some(ev) = evidence {
             g.evidence.insert(id.clone(), ev);
         }
         g.events

@@ -8,7 +8,9 @@ use crownest_core::signing::HostKey;
 
 use crate::tokens::TokenSet;
 
-/// The name of the host-process backend, off on a server unless named.
+/// The name of the host-process backend, off on a server unless named: the same string as
+/// `crownest_backend_process::BACKEND` (this crate does not depend on that backend; a unit
+/// test checks the two agree).
 pub const PROCESS_BACKEND: &str = "process";
 
 /// Configuration of the API router. Defaults: no token (set one for anything but tests on
@@ -107,5 +109,13 @@ impl HttpConfig {
     /// A random 32-byte hex token.
     pub fn generate_token() -> String {
         hex::encode(rand::random::<[u8; 32]>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_process_backend_name_is_the_backends_own() {
+        assert_eq!(super::PROCESS_BACKEND, crownest_backend_process::BACKEND);
     }
 }

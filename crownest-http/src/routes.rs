@@ -560,8 +560,7 @@ async fn host_key(State(s): State<AppState>) -> ApiResult<Response> {
 }
 
 async fn artifact(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let a = s.engine.artifact(&ArtifactId::parse(&id)?).await?;
-    let reader = s.engine.store().open_blob(&a.sha256).await?;
+    let (a, reader) = s.engine.open_artifact(&ArtifactId::parse(&id)?).await?;
     let body = Body::from_stream(crownest_core::engine::reader_stream(reader));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();

@@ -60,7 +60,7 @@
 //! | concern | how |
 //! |---|---|
 //! | schema | versioned steps recorded in a `schema_version` table, applied at [`PostgresStore::open`] in one transaction under an advisory lock (several processes opening at once migrate once); a newer database is refused; an optional schema of its own ([`PostgresConfig::with_schema`]) |
-//! | `commit` | ONE transaction: the run row read `FOR UPDATE`, `check_commit`, `seal_all` from the stored chain head, `check_sealed_evidence`, events inserted under the `(run_id, seq)` primary key, the run row, its artifacts and (with `terminal`) the Evidence Bundle written; committed or nothing |
+//! | `commit` | ONE transaction: the run row read `FOR UPDATE`, `crownest_core::store::prepare_commit` (the checks, `seal_all` from the stored chain head, the evidence check, the new record), events inserted under the `(run_id, seq)` primary key, the run row, its artifacts and (with `terminal`) the Evidence Bundle written; committed or nothing |
 //! | concurrency | commits to one run from any process or host queue on its row lock; the later one sees the new `next_seq` and gets `Error::Conflict`, never a fork of the chain or a gap; commits to different runs do not wait for each other |
 //! | reads | pooled connections, prepared statements cached per connection; a read sees every commit that returned before it started |
 //! | JSON | `text` columns (records, events, evidence): exactly the serialized bytes; `jsonb` would refuse the `\u0000` that command output may hold |

@@ -6,11 +6,8 @@
 
 use std::collections::BTreeSet;
 
-use crownest_core::event::seal_all;
 use crownest_core::signing::DsseEnvelope;
-use crownest_core::store::{
-    CreateOutcome, RunCommit, RunQuery, check_commit, check_sealed_evidence,
-};
+use crownest_core::store::{CreateOutcome, PreparedCommit, RunCommit, RunQuery, prepare_commit};
 use crownest_core::{
     Artifact, ArtifactId, Error, Event, EvidenceBundle, Result, RunId, RunRecord, RunStatus,
     Sha256Digest,
@@ -400,9 +397,10 @@ fn newly_named(stored: &RunRecord, record: &RunRecord) -> Vec<Sha256Digest> {
         .collect()
 }
 
-/// `commit`: ONE transaction that mirrors `MemoryStore::commit` step for step. The run row
-/// is read `FOR UPDATE`, so concurrent commits to one run (any process, any host) queue,
-/// and the second sees the first's `next_seq`: `check_commit` refuses it with `Conflict`.
+/// `commit`: ONE transaction: the stored row, the shared rule ([`prepare_commit`]), then the
+/// writes. The run row is read `FOR UPDATE`, so concurrent commits to one run (any process,
+/// any host) queue, and the second sees the first's `next_seq`: `prepare_commit` refuses it
+/// with `Conflict`.
 /// The `(run_id, seq)` primary key is the backstop.
 pub(crate) async fn commit(
     client: &mut Object,
@@ -416,17 +414,12 @@ pub(crate) async fn commit(
     let stored = read_run(&tx, id, true)
         .await?
         .ok_or_else(|| Error::not_found("run", id))?;
-    check_commit(&stored, &commit)?;
-    let sealed = seal_all(&stored.chain_head, id, stored.next_seq, commit.events);
-    check_sealed_evidence(&sealed, commit.evidence.as_ref())?;
-    let mut record = commit.record.unwrap_or_else(|| stored.clone());
-    record.id = id.clone();
-    record.cancel_requested = stored.cancel_requested;
-    record.next_seq = stored.next_seq + sealed.len() as u64;
-    record.chain_head = sealed
-        .last()
-        .map(|e| e.hash.clone())
-        .unwrap_or_else(|| stored.chain_head.clone());
+    let PreparedCommit {
+        events: sealed,
+        record,
+        evidence,
+        envelope,
+    } = prepare_commit(id, &stored, commit)?;
 
     if !sealed.is_empty() {
         let seqs: Vec<i64> = sealed.iter().map(|e| to_i64(e.seq)).collect();
@@ -487,8 +480,8 @@ pub(crate) async fn commit(
     if record.artifacts != stored.artifacts {
         write_artifacts(&tx, id, &record.artifacts, !stored.artifacts.is_empty()).await?;
     }
-    if let Some(ev) = &commit.evidence {
-        let envelope = match &commit.envelope {
+    if let Some(ev) = &evidence {
+        let envelope = match &envelope {
             Some(env) => Some(to_json("evidence envelope", env)?),
             None => None,
         };

@@ -4,7 +4,8 @@
 //! whatever the last committed transaction left (SQLite guarantees that much), but this
 //! process no longer knows whether a blob rename, a directory fsync or a transaction it
 //! was in the middle of took effect. Rather than retry silently, every later write fails
-//! with `Error::Store` ("store poisoned: ..."); reads keep working. Reopening the store
+//! with `Error::Store` ("store poisoned", the first failure as its `source()`); reads keep
+//! working. Reopening the store
 //! (a new [`crate::SqliteStore`]) starts from the durable state again.
 
 use std::sync::Mutex;
@@ -34,6 +35,16 @@ pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// The message of every error of a poisoned store (its `source()` says why).
+const POISONED: &str = "store poisoned";
+
+/// A cause kept as text: the chain of an error that went elsewhere (the first failure of a
+/// poisoned store went to the write that failed; a failed batch's cause is given to each of
+/// its writes).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Cause(pub(crate) String);
+
 /// The first write failure of this store instance, once there is one.
 #[derive(Debug, Default)]
 pub(crate) struct Poison {
@@ -45,27 +56,26 @@ impl Poison {
         self.first.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Err(Error::Store)` once poisoned.
+    /// `Err(Error::Store)` once poisoned: "store poisoned", the first failure as its source.
     pub(crate) fn check(&self) -> crownest_core::Result<()> {
         match &*self.lock() {
             None => Ok(()),
             Some(first) => Err(Error::Store {
-                message: format!("store poisoned: {first}"),
-                source: None,
+                message: POISONED.into(),
+                source: Some(Box::new(Cause(first.clone()))),
             }),
         }
     }
 
     /// Poisons the store with `err` (the first failure wins) and returns the error to report
-    /// for the write that failed.
+    /// for the write that failed: "store poisoned", `err` as its source.
     pub(crate) fn poison(&self, err: Error) -> Error {
-        let chain = err.chain();
         let mut g = self.lock();
         if g.is_none() {
-            *g = Some(chain.clone());
+            *g = Some(err.chain());
         }
         Error::Store {
-            message: format!("store poisoned: {chain}"),
+            message: POISONED.into(),
             source: Some(Box::new(err)),
         }
     }

@@ -36,13 +36,6 @@ fn cutoff(now: i64, age: Duration) -> i64 {
     now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn older_than(meta: &std::fs::Metadata, age: Duration) -> bool {
-    meta.modified()
-        .ok()
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .is_some_and(|d| d >= age)
-}
-
 /// Writer op: one gc pass of the database-tracked state (blobs, transfers).
 pub(crate) fn collect(
     conn: &Connection,
@@ -99,7 +92,7 @@ pub(crate) fn collect(
         report.transfers_deleted += 1;
     }
     // Every transfer directory without a row (just deleted above, or left behind).
-    let dirs = match std::fs::read_dir(&ctx.shared.layout.transfers) {
+    let dirs = match std::fs::read_dir(ctx.shared.layout.files.transfers()) {
         Ok(d) => d
             .collect::<std::io::Result<Vec<_>>>()
             .fatal("listing transfers")?,
@@ -127,7 +120,7 @@ fn delete_blob(conn: &Connection, ctx: &mut OpCtx<'_>, sha: &str) -> Result<bool
         .fatal("deleting a blob row")?;
     match Sha256Digest::parse(sha) {
         Ok(digest) => ctx
-            .trash(&ctx.shared.layout.blob_path(&digest))
+            .trash(&ctx.shared.layout.files.blob_path(&digest))
             .fatal("removing a blob file"),
         Err(_) => Ok(false),
     }
@@ -153,53 +146,27 @@ pub(crate) fn discard(
     Ok(true)
 }
 
+/// Blob files without a row (their transaction rolled back) older than `grace`, moved to
+/// the trash; returns how many.
 fn orphan_blob_files(
     conn: &Connection,
     ctx: &mut OpCtx<'_>,
     grace: Duration,
 ) -> Result<u64, OpError> {
-    let blobs = ctx.shared.layout.blobs.clone();
+    let files = ctx
+        .shared
+        .layout
+        .files
+        .blob_files(grace)
+        .fatal("listing blobs")?;
     let mut deleted = 0;
-    let prefixes = match std::fs::read_dir(&blobs) {
-        Ok(d) => d
-            .collect::<std::io::Result<Vec<_>>>()
-            .fatal("listing blobs")?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).fatal("listing blobs"),
-    };
-    for prefix in prefixes {
-        if !prefix.file_type().fatal("listing blobs")?.is_dir() {
-            continue;
-        }
-        let files = std::fs::read_dir(prefix.path())
-            .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
-            .fatal("listing blobs")?;
-        for file in files {
-            let name = format!(
-                "{}{}",
-                prefix.file_name().to_string_lossy(),
-                file.file_name().to_string_lossy()
-            );
-            // Only files that are blobs by name: anything else is not ours to delete.
-            let Ok(digest) = Sha256Digest::parse(&name) else {
-                continue;
-            };
-            if digest.as_str() != name {
-                continue;
-            }
-            let known = conn
-                .prepare_cached("SELECT 1 FROM blobs WHERE sha256 = ?1")
-                .and_then(|mut st| st.exists([digest.as_str()]))
-                .fatal("looking up a blob")?;
-            let old = file.metadata().is_ok_and(|m| older_than(&m, grace));
-            if !known
-                && old
-                && ctx
-                    .trash(&file.path())
-                    .fatal("removing an orphan blob file")?
-            {
-                deleted += 1;
-            }
+    for (digest, path) in files {
+        let known = conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE sha256 = ?1")
+            .and_then(|mut st| st.exists([digest.as_str()]))
+            .fatal("looking up a blob")?;
+        if !known && ctx.trash(&path).fatal("removing an orphan blob file")? {
+            deleted += 1;
         }
     }
     Ok(deleted)
@@ -208,28 +175,5 @@ fn orphan_blob_files(
 /// Deletes files in `<dir>/tmp` older than `ttl` (nothing refers to them, and an upload in
 /// progress keeps its temp file's mtime fresh).
 fn sweep_temp(shared: &Shared, ttl: Duration) -> std::io::Result<u64> {
-    let mut deleted = 0;
-    let entries = match std::fs::read_dir(&shared.layout.tmp) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let Ok(meta) = entry.metadata() else { continue };
-        if !older_than(&meta, ttl) {
-            continue;
-        }
-        let r = if meta.is_dir() {
-            std::fs::remove_dir_all(entry.path())
-        } else {
-            std::fs::remove_file(entry.path())
-        };
-        match r {
-            Ok(()) => deleted += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(deleted)
+    shared.layout.files.sweep_tmp(ttl)
 }

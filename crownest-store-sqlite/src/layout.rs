@@ -1,5 +1,5 @@
 //! The store directory: where the database, blobs, chunks and temp files live, and the
-//! small filesystem steps (temp files, fsync of directories, trash) the writes are built on.
+//! small filesystem steps (temp files, trash) the writes are built on.
 //!
 //! ```text
 //! <dir>/crownest.db (+ -wal, -shm)   SQLite database
@@ -7,20 +7,21 @@
 //! <dir>/transfers/<transferId>/<i>   chunk i of a staged transfer
 //! <dir>/tmp/                         uploads in flight, files being renamed away
 //! ```
+//!
+//! Everything but the database is a [`BlobDir`], the blob directory core shares with the
+//! PostgreSQL store.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crownest_core::{Sha256Digest, TransferId};
+use crownest_core::store::blob_dir::BlobDir;
 
 /// Paths of one store directory.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
     pub(crate) root: PathBuf,
     pub(crate) db: PathBuf,
-    pub(crate) blobs: PathBuf,
-    pub(crate) transfers: PathBuf,
-    pub(crate) tmp: PathBuf,
+    /// `blobs/`, `transfers/`, `tmp/`.
+    pub(crate) files: BlobDir,
 }
 
 impl Layout {
@@ -28,58 +29,18 @@ impl Layout {
         Self {
             root: root.to_path_buf(),
             db: root.join("crownest.db"),
-            blobs: root.join("blobs"),
-            transfers: root.join("transfers"),
-            tmp: root.join("tmp"),
+            files: BlobDir::new(root),
         }
     }
 
     /// Creates the directories (and makes their entries durable).
     pub(crate) fn create(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.root)?;
-        for d in [&self.blobs, &self.transfers, &self.tmp] {
-            std::fs::create_dir_all(d)?;
-        }
-        fsync_dir(&self.root)
-    }
-
-    /// `<dir>/blobs/ab/cdef...`.
-    pub(crate) fn blob_path(&self, sha: &Sha256Digest) -> PathBuf {
-        let s = sha.as_str();
-        self.blobs.join(&s[..2]).join(&s[2..])
-    }
-
-    /// `<dir>/transfers/<id>`.
-    pub(crate) fn transfer_dir(&self, id: &TransferId) -> PathBuf {
-        self.transfers.join(id.as_str())
-    }
-
-    /// `<dir>/transfers/<id>/<index>`.
-    pub(crate) fn chunk_path(&self, id: &TransferId, index: u64) -> PathBuf {
-        self.transfer_dir(id).join(index.to_string())
+        self.files.create()
     }
 
     /// A fresh, unused path in `<dir>/tmp`.
     pub(crate) fn temp_path(&self, prefix: &str) -> PathBuf {
-        self.tmp
-            .join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()))
-    }
-}
-
-/// Makes a directory's entries (creations, renames, removals) durable.
-pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` (one level) if missing, making its entry durable in its parent.
-pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => match dir.parent() {
-            Some(parent) => fsync_dir(parent),
-            None => Ok(()),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+        self.files.temp_path(prefix)
     }
 }
 

@@ -44,13 +44,13 @@
 //! |---|---|
 //! | database | SQLite (bundled), `journal_mode=WAL`, `synchronous=FULL`, `foreign_keys=ON`, `busy_timeout` |
 //! | schema | versioned by `PRAGMA user_version`, migrated step by step on open; a newer database is refused |
-//! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `check_commit`, `seal_all` from the stored chain head, `check_sealed_evidence`, insert events, update the run, its artifacts and its evidence |
+//! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `crownest_core::store::prepare_commit` (the checks, `seal_all` from the stored chain head, the evidence check, the new record), insert events, update the run, its artifacts and its evidence |
 //! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
 //! | checkpoints | a background thread with its own connection runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint |
 //! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes |
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |
-//! | failures | an I/O or SQLite failure while writing **poisons** the store: later writes fail with `Error::Store` ("store poisoned: ..."), never retried silently |
+//! | failures | an I/O or SQLite failure while writing **poisons** the store: later writes fail with `Error::Store` ("store poisoned", the first failure as its source), never retried silently |
 //! | gc | [`SqliteStore::gc`] (also `Store::collect_garbage`): unreferenced blobs, abandoned transfers, stale temp files; `Store::discard_blob` deletes a refused archive's blob at once unless a run names it |
 //!
 //! ## Durability: what is on disk when a call returns

@@ -4,11 +4,8 @@
 //! authority, read inside the write transaction) and the whole [`RunRecord`] as JSON, kept
 //! in step with the columns on every write.
 
-use crownest_core::event::seal_all;
 use crownest_core::signing::DsseEnvelope;
-use crownest_core::store::{
-    CreateOutcome, RunCommit, RunQuery, check_commit, check_sealed_evidence,
-};
+use crownest_core::store::{CreateOutcome, PreparedCommit, RunCommit, RunQuery, prepare_commit};
 use crownest_core::{
     Artifact, ArtifactId, Error, Event, EvidenceBundle, RunId, RunRecord, RunStatus,
 };
@@ -355,25 +352,20 @@ fn update_run(conn: &Connection, r: &RunRecord) -> Result<(), OpError> {
     Ok(())
 }
 
-/// `commit` (inside the write transaction, under its own savepoint): mirrors
-/// `MemoryStore::commit` step for step.
+/// `commit` (inside the write transaction, under its own savepoint): the stored row, the
+/// shared rule ([`prepare_commit`]), then the writes.
 pub(crate) fn commit(
     conn: &Connection,
     id: &RunId,
     commit: RunCommit,
 ) -> Result<Vec<Event>, OpError> {
     let stored = get_run(conn, id)?;
-    check_commit(&stored, &commit)?;
-    let sealed = seal_all(&stored.chain_head, id, stored.next_seq, commit.events);
-    check_sealed_evidence(&sealed, commit.evidence.as_ref())?;
-    let mut record = commit.record.unwrap_or_else(|| stored.clone());
-    record.id = id.clone();
-    record.cancel_requested = stored.cancel_requested;
-    record.next_seq = stored.next_seq + sealed.len() as u64;
-    record.chain_head = sealed
-        .last()
-        .map(|e| e.hash.clone())
-        .unwrap_or_else(|| stored.chain_head.clone());
+    let PreparedCommit {
+        events: sealed,
+        record,
+        evidence,
+        envelope,
+    } = prepare_commit(id, &stored, commit)?;
 
     if !sealed.is_empty() {
         let mut st = conn
@@ -388,9 +380,9 @@ pub(crate) fn commit(
     if record.artifacts != stored.artifacts {
         write_artifacts(conn, id, &record.artifacts, !stored.artifacts.is_empty())?;
     }
-    if let Some(ev) = &commit.evidence {
+    if let Some(ev) = &evidence {
         let json = to_json("evidence", ev)?;
-        let envelope = match &commit.envelope {
+        let envelope = match &envelope {
             Some(env) => Some(to_json("evidence envelope", env)?),
             None => None,
         };

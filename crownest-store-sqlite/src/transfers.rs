@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crownest_core::store::TransferRecord;
+use crownest_core::store::blob_dir::{ensure_dir, fsync_dir};
 use crownest_core::{Error, Result, RunId, TransferId};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::error::{Fatal as _, Fault, OpError, from_json, to_json};
-use crate::layout::{TempPath, ensure_dir, fsync_dir};
+use crate::layout::TempPath;
 use crate::runs::{to_i64, to_u64};
 use crate::writer::{OpCtx, Shared};
 
@@ -88,7 +89,7 @@ pub(crate) fn create(
         .and_then(|mut st| st.execute([t.transfer_id.as_str()]))
         .fatal("replacing a transfer")?;
     if replaced > 0 {
-        ctx.trash(&ctx.shared.layout.transfer_dir(&t.transfer_id))
+        ctx.trash(&ctx.shared.layout.files.transfer_dir(&t.transfer_id))
             .fatal("removing replaced chunks")?;
     }
     conn.prepare_cached(
@@ -150,7 +151,7 @@ pub(crate) fn install_chunk(
     if t.received.contains(&index) {
         // Sent again: the same bytes are a no-op (the temp file goes), other bytes are
         // refused and the stored chunk stays.
-        let stored = layout.chunk_path(id, index);
+        let stored = layout.files.chunk_path(id, index);
         let same = match temp.path() {
             Some(new) => same_bytes(&stored, new).fatal("comparing a chunk with the stored one")?,
             None => false,
@@ -163,9 +164,9 @@ pub(crate) fn install_chunk(
             .fatal("touching a transfer")?;
         return Ok(t);
     }
-    let dir = layout.transfer_dir(id);
+    let dir = layout.files.transfer_dir(id);
     ensure_dir(&dir).fatal("creating a transfer directory")?;
-    temp.persist(&layout.chunk_path(id, index))
+    temp.persist(&layout.files.chunk_path(id, index))
         .fatal("moving a chunk into place")?;
     fsync_dir(&dir).fatal("fsyncing a transfer directory")?;
     conn.prepare_cached(
@@ -221,7 +222,7 @@ pub(crate) fn delete(
     conn.prepare_cached("DELETE FROM transfers WHERE transfer_id = ?1")
         .and_then(|mut st| st.execute([id.as_str()]))
         .fatal("deleting a transfer")?;
-    ctx.trash(&ctx.shared.layout.transfer_dir(id))
+    ctx.trash(&ctx.shared.layout.files.transfer_dir(id))
         .fatal("removing a transfer's chunks")?;
     Ok(())
 }
@@ -241,7 +242,7 @@ pub(crate) fn open(
     }
     let mut files = VecDeque::new();
     for index in 0..t.chunk_count() {
-        let path = shared.layout.chunk_path(id, index);
+        let path = shared.layout.files.chunk_path(id, index);
         let want = t.chunk_len(index).unwrap_or(0);
         let got = std::fs::metadata(&path)
             .fatal("checking a chunk file")?

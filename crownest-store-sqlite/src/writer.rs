@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
-use crate::error::{Fault, Faults, OpError, Poison, db, io, is_busy};
+use crate::error::{Cause, Fault, Faults, OpError, Poison, db, io, is_busy};
 use crate::layout::{Layout, Trashed};
 
 /// State shared by the store handle and its writer thread.
@@ -91,7 +91,7 @@ trait WriteOp: Send {
     fn apply(&mut self, conn: &Connection, ctx: &mut OpCtx<'_>)
     -> std::result::Result<bool, Error>;
     /// Answers the caller once the transaction's fate is known.
-    fn complete(self: Box<Self>, failure: Option<&str>);
+    fn complete(self: Box<Self>, failure: Option<&BatchFailure>);
 }
 
 struct Op<T, F> {
@@ -131,14 +131,11 @@ where
         }
     }
 
-    fn complete(self: Box<Self>, failure: Option<&str>) {
+    fn complete(self: Box<Self>, failure: Option<&BatchFailure>) {
         let result = match (failure, self.result) {
             // A logical error wrote nothing either way: report it as it is.
             (_, Some(Err(e))) => Err(e),
-            (Some(msg), _) => Err(Error::Store {
-                message: msg.to_owned(),
-                source: None,
-            }),
+            (Some(failure), _) => Err(failure.to_error()),
             (None, Some(ok)) => ok,
             (None, None) => Err(Error::Store {
                 message: "write was not applied".into(),
@@ -225,11 +222,55 @@ impl Writer {
 }
 
 /// The message of an `Error::Store` (so re-wrapping it does not repeat "store failed").
-fn store_message(e: &Error) -> String {
-    match e {
-        Error::Store { message, .. } => message.clone(),
-        other => other.chain(),
+/// Why a whole batch failed, given to each of its ops (an `Error` is not `Clone`): the
+/// store error's own message and, as text, the chain of its cause.
+struct BatchFailure {
+    message: String,
+    cause: Option<String>,
+}
+
+impl BatchFailure {
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::Store { message, source } => Self {
+                message: message.clone(),
+                cause: source.as_ref().map(|s| chain_of(s.as_ref())),
+            },
+            other => Self {
+                message: other.chain(),
+                cause: None,
+            },
+        }
     }
+
+    fn message(message: String) -> Self {
+        Self {
+            message,
+            cause: None,
+        }
+    }
+
+    fn to_error(&self) -> Error {
+        Error::Store {
+            message: self.message.clone(),
+            source: self
+                .cause
+                .clone()
+                .map(|c| Box::new(Cause(c)) as crownest_core::error::BoxError),
+        }
+    }
+}
+
+/// `e`'s message and every source's, joined by `: `.
+fn chain_of(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 fn closed() -> Error {
@@ -296,23 +337,23 @@ fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) 
 }
 
 fn execute(conn: &mut Connection, mut batch: Vec<Box<dyn WriteOp>>, shared: &Shared) {
-    let fail_all = |batch: Vec<Box<dyn WriteOp>>, msg: &str| {
+    let fail_all = |batch: Vec<Box<dyn WriteOp>>, failure: BatchFailure| {
         for op in batch {
-            op.complete(Some(msg));
+            op.complete(Some(&failure));
         }
     };
     if let Err(e) = shared.poison.check() {
-        return fail_all(batch, &store_message(&e));
+        return fail_all(batch, BatchFailure::of(&e));
     }
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         if is_busy(&e) {
             // Nothing was written: fail loudly, but the store's state is still known.
             let msg =
                 format!("another process held the database write lock past busy_timeout: {e}");
-            return fail_all(batch, &msg);
+            return fail_all(batch, BatchFailure::message(msg));
         }
         let err = shared.poison.poison(db("starting a write transaction", e));
-        return fail_all(batch, &store_message(&err));
+        return fail_all(batch, BatchFailure::of(&err));
     }
     let mut trash = Vec::new();
     let mut fatal = None;
@@ -385,10 +426,10 @@ fn execute(conn: &mut Connection, mut batch: Vec<Box<dyn WriteOp>>, shared: &Sha
             }
             trash.into_iter().rev().for_each(Trashed::restore);
             let err = shared.poison.poison(e);
-            let msg = store_message(&err);
+            let failure = BatchFailure::of(&err);
             // Ops whose logical error was recorded keep it; the rest get the poison.
             for op in batch {
-                op.complete(Some(&msg));
+                op.complete(Some(&failure));
             }
         }
     }

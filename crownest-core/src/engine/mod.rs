@@ -24,6 +24,7 @@
 //! | `commit.rs` | the one commit path, `set_status` (the status gate's commit), `terminate` |
 //! | `recovery.rs` | reclaiming runs whose owner is gone, the backends' sweeps |
 
+mod artifacts;
 mod builder;
 mod commit;
 mod control;
@@ -217,8 +218,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WorkspaceRuns {
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The store (the engine's own; the HTTP layer, the CLI and tests read through the
+    /// engine's methods, e.g. [`WorkspaceRuns::open_artifact`]).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 

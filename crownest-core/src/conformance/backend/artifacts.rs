@@ -24,7 +24,7 @@ pub async fn artifact_regular_file_is_collected(h: BackendHarness) {
     assert_eq!(a.size_bytes, 12);
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(
-        &mut engine.store().open_blob(&a.sha256).await.unwrap(),
+        &mut engine.open_artifact(&a.artifact_id).await.unwrap().1,
         &mut bytes,
     )
     .unwrap();

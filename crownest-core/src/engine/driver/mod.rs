@@ -452,11 +452,17 @@ impl Driver {
         path: &str,
         mut failure: crate::artifact::ArtifactFailure,
     ) -> crate::artifact::ArtifactFailure {
-        let cwd = crate::spec::normalize_relative(&self.record.spec.cwd);
-        if cwd.is_empty() {
+        use crate::spec::WorkspacePath;
+        let (Ok(cwd), Ok(path)) = (
+            WorkspacePath::parse(&self.record.spec.cwd),
+            WorkspacePath::parse_entry(path),
+        ) else {
+            return failure;
+        };
+        if cwd.is_root() {
             return failure;
         }
-        let candidate = format!("{cwd}/{}", crate::spec::normalize_relative(path));
+        let candidate = format!("{cwd}/{path}");
         let exists = match sandbox.collect_artifact(&candidate, 0).await {
             Ok(_) => true,
             Err(f) => f.reason != ArtifactErrorReason::NotFound,

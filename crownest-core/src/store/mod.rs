@@ -1,4 +1,16 @@
 //! The [`Store`] trait: durable runs, events, blobs, transfers and evidence.
+//!
+//! Beside the trait, what every implementation shares: `commit.rs`, the pure commit rule
+//! ([`prepare_commit`]: check, seal, check the evidence, compute the new record), and
+//! `blob_dir.rs`, the content-addressed blob directory on disk ([`blob_dir::BlobDir`]) the
+//! SQLite and PostgreSQL stores keep their bytes in.
+
+pub mod blob_dir;
+mod commit;
+
+pub use commit::{
+    PreparedCommit, check_blob_expectations, check_commit, check_sealed_evidence, prepare_commit,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -330,63 +342,4 @@ pub trait Store: Send + Sync + Debug {
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact>;
     /// Deletes an ended run and everything recorded about it (retention).
     async fn delete_run(&self, id: &RunId) -> Result<()>;
-}
-
-/// The checks every store applies to a commit before writing, given the stored record.
-/// Pure, so every implementation enforces the same rules.
-pub fn check_commit(stored: &RunRecord, commit: &RunCommit) -> Result<()> {
-    if commit.expected_next_seq != stored.next_seq {
-        return Err(Error::Conflict {
-            message: format!(
-                "run {}: expected next seq {}, store has {}",
-                stored.id, commit.expected_next_seq, stored.next_seq
-            ),
-        });
-    }
-    crate::event::check_append(
-        stored.status.is_terminal() && stored.next_seq > 1,
-        &commit.events,
-    )?;
-    let ends_terminal = commit.events.last().is_some_and(|e| e.kind.is_terminal());
-    if commit.envelope.is_some() && commit.evidence.is_none() {
-        return Err(Error::Conflict {
-            message: "a signed envelope may only be stored with its evidence".into(),
-        });
-    }
-    match (&commit.evidence, ends_terminal) {
-        (Some(_), false) => Err(Error::Conflict {
-            message: "evidence may only be stored with the terminal event".into(),
-        }),
-        (None, true) => Err(Error::Conflict {
-            message: "the terminal event must come with its evidence".into(),
-        }),
-        _ => {
-            if ends_terminal
-                && !commit
-                    .record
-                    .as_ref()
-                    .is_some_and(|r| r.status.is_terminal())
-            {
-                return Err(Error::Conflict {
-                    message: "the terminal event must come with a terminal record".into(),
-                });
-            }
-            Ok(())
-        }
-    }
-}
-
-/// After sealing: the evidence must name exactly the sealed terminal event.
-pub fn check_sealed_evidence(sealed: &[Event], evidence: Option<&EvidenceBundle>) -> Result<()> {
-    if let (Some(ev), Some(last)) = (evidence, sealed.last())
-        && ev.terminal_event != *last
-    {
-        return Err(Error::Conflict {
-            message: format!(
-                "evidence names terminal event seq {} hash {}, sealed seq {} hash {}",
-                ev.terminal_event.seq, ev.terminal_event.hash, last.seq, last.hash
-            ),
-        });
-    }
-    Ok(())
 }

@@ -27,6 +27,14 @@
 //! The first element must be `fake`, and the cwd an existing directory of the workspace;
 //! anything else is `SpawnFailed`. A directory artifact is a tar of its files. Failures of
 //! `create`/`destroy` are injected with [`FakeBackend::fail_create`] and friends.
+//!
+//! Files: this one (the backend, its sandboxes, their workspace and artifacts),
+//! `script.rs` (the step interpreter behind `exec`), `archives.rs` (tar.gz builders).
+
+mod archives;
+mod script;
+
+pub use archives::{descriptor_of, tar_gz, tar_gz_raw_entries, tar_gz_raw_name};
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -41,14 +49,15 @@ use tokio::sync::watch;
 use crate::archive::{self, ExtractPolicy, ExtractSummary};
 use crate::artifact::{ArtifactFailure, CollectedArtifact};
 use crate::backend::{
-    Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport,
-    KillSignal, NetworkIsolation, ProcessContainment, ProgressFn, Sandbox, SandboxBackend,
-    SandboxSpec, TemplateIdentity, TemplateInfo,
+    Capabilities, Destroyed, ExecOutcome, ExecRequest, ExecSink, IsolationReport, KillSignal,
+    NetworkIsolation, ProcessContainment, ProgressFn, Sandbox, SandboxBackend, SandboxSpec,
+    TemplateIdentity, TemplateInfo,
 };
-use crate::error::{Error, Result};
-use crate::event::{ArtifactErrorReason, OutputStream};
+use crate::error::{Error, RejectReason, Result};
+use crate::event::ArtifactErrorReason;
 use crate::ids::RunId;
 use crate::run::ArtifactKind;
+use crate::spec::WorkspacePath;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone)]
@@ -332,34 +341,6 @@ fn link_failure(path: &str, target: &str) -> ArtifactFailure {
     )
 }
 
-/// Ends when a signal arrives that the script does not ignore.
-async fn wait_signal(
-    rx: &mut watch::Receiver<Option<KillSignal>>,
-    ignore_term: bool,
-    stuck: bool,
-    sleep: Option<Duration>,
-) -> Option<i32> {
-    let timer = async {
-        match sleep {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(timer);
-    loop {
-        let current = *rx.borrow_and_update();
-        match current {
-            Some(KillSignal::Kill) if !stuck => return Some(9),
-            Some(KillSignal::Term) if !ignore_term => return Some(15),
-            _ => {}
-        }
-        tokio::select! {
-            _ = &mut timer => return None,
-            r = rx.changed() => if r.is_err() { std::future::pending::<()>().await },
-        }
-    }
-}
-
 #[async_trait]
 impl Sandbox for FakeSandbox {
     fn id(&self) -> &str {
@@ -401,12 +382,11 @@ impl Sandbox for FakeSandbox {
         let mut files = BTreeMap::new();
         for entry in tar.entries().map_err(|e| Error::io("reading tar", e))? {
             let mut entry = entry.map_err(|e| Error::io("reading tar", e))?;
-            let path = crate::spec::normalize_relative(
-                &entry
-                    .path()
-                    .map_err(|e| Error::io("tar path", e))?
-                    .to_string_lossy(),
-            );
+            let raw = entry.path().map_err(|e| Error::io("tar path", e))?;
+            let path = WorkspacePath::parse(&raw.to_string_lossy())
+                .map_err(|e| Error::rejected(RejectReason::InvalidPath, None, e.to_string()))?
+                .as_str()
+                .to_owned();
             let node = match entry.header().entry_type() {
                 tar::EntryType::Directory => Node::Dir,
                 tar::EntryType::Symlink => Node::Link(
@@ -432,170 +412,7 @@ impl Sandbox for FakeSandbox {
     }
 
     async fn exec(&self, request: &ExecRequest, sink: &dyn ExecSink) -> Result<ExecOutcome> {
-        if request.argv.first().map(String::as_str) != Some("fake") {
-            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
-                "no such program: {:?}",
-                request.argv.first()
-            ))));
-        }
-        let cwd = crate::spec::normalize_relative(&request.cwd);
-        if let Some(why) = self.bad_cwd(&cwd) {
-            return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(why)));
-        }
-        // A signal sent while nothing ran does not reach this command.
-        self.signal.send_replace(None);
-        sink.started().await;
-        let mut rx = self.signal.subscribe();
-        let (mut ignore_term, mut stuck) = (false, false);
-        for step in &request.argv[1..] {
-            if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, Some(Duration::ZERO)).await
-            {
-                return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
-            }
-            let (verb, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
-            match verb {
-                "out" => {
-                    sink.output(OutputStream::Stdout, format!("{arg}\n").as_bytes())
-                        .await
-                }
-                "err" => {
-                    sink.output(OutputStream::Stderr, format!("{arg}\n").as_bytes())
-                        .await
-                }
-                "outbytes" => {
-                    let mut n: usize = arg.parse().unwrap_or(0);
-                    let piece = vec![b'x'; 64 * 1024];
-                    while n > 0 {
-                        let k = n.min(piece.len());
-                        sink.output(OutputStream::Stdout, &piece[..k]).await;
-                        n -= k;
-                    }
-                }
-                "bin" => {
-                    sink.output(OutputStream::Stdout, &[0xff, 0xfe, 0x00, 0x80])
-                        .await
-                }
-                "env" => {
-                    let v = request
-                        .command_env()
-                        .get(arg)
-                        .cloned()
-                        .unwrap_or_else(|| "<unset>".into());
-                    sink.output(OutputStream::Stdout, format!("{v}\n").as_bytes())
-                        .await;
-                }
-                "cwd" => {
-                    let cwd = crate::spec::normalize_relative(&request.cwd);
-                    let line = if cwd.is_empty() {
-                        "/workspace\n".to_owned()
-                    } else {
-                        format!("/workspace/{cwd}\n")
-                    };
-                    sink.output(OutputStream::Stdout, line.as_bytes()).await;
-                }
-                "cat" => {
-                    let node = self
-                        .files()
-                        .get(&crate::spec::normalize_relative(arg))
-                        .cloned();
-                    match node {
-                        Some(Node::File(data, _)) => sink.output(OutputStream::Stdout, &data).await,
-                        _ => return Ok(ExecOutcome::new(ExitStatus::Exited(1))),
-                    }
-                }
-                "stdin" => sink.output(OutputStream::Stdout, b"0\n").await,
-                "ls" => {
-                    let prefix = if cwd.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{cwd}/")
-                    };
-                    let names: std::collections::BTreeSet<String> = self
-                        .files()
-                        .keys()
-                        .filter_map(|k| k.strip_prefix(&prefix))
-                        .filter_map(|rest| rest.split('/').next())
-                        .filter(|n| !n.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                    let text: String = names.into_iter().map(|n| n + "\n").collect();
-                    sink.output(OutputStream::Stdout, text.as_bytes()).await;
-                }
-                "tryread" => {
-                    let node = crate::spec::validate_relative_path(arg, false)
-                        .ok()
-                        .and_then(|()| {
-                            self.files()
-                                .get(&crate::spec::normalize_relative(arg))
-                                .cloned()
-                        });
-                    let line = match node {
-                        Some(Node::File(data, _)) => {
-                            format!("OPENED {}\n", String::from_utf8_lossy(&data))
-                        }
-                        _ => "denied\n".to_owned(),
-                    };
-                    sink.output(OutputStream::Stdout, line.as_bytes()).await;
-                }
-                "fifo" => {
-                    self.files()
-                        .insert(crate::spec::normalize_relative(arg), Node::Fifo);
-                }
-                "die" => {
-                    return Ok(ExecOutcome::new(ExitStatus::Signaled(
-                        arg.parse().unwrap_or(15),
-                    )));
-                }
-                "write" => {
-                    let (p, c) = arg.split_once('=').unwrap_or((arg, ""));
-                    self.files().insert(
-                        crate::spec::normalize_relative(p),
-                        Node::File(c.as_bytes().to_vec(), 0o644),
-                    );
-                }
-                "link" => {
-                    let (p, t) = arg.split_once('=').unwrap_or((arg, ""));
-                    self.files()
-                        .insert(crate::spec::normalize_relative(p), Node::Link(t.to_owned()));
-                }
-                "sleep" => {
-                    let ms = arg.parse().unwrap_or(0);
-                    if let Some(sig) =
-                        wait_signal(&mut rx, ignore_term, stuck, Some(Duration::from_millis(ms)))
-                            .await
-                    {
-                        return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
-                    }
-                }
-                "hang" => {
-                    if let Some(sig) = wait_signal(&mut rx, ignore_term, stuck, None).await {
-                        return Ok(ExecOutcome::new(ExitStatus::Signaled(sig)));
-                    }
-                }
-                "ignore-term" => ignore_term = true,
-                "stuck" => {
-                    ignore_term = true;
-                    stuck = true;
-                }
-                "exit" => {
-                    return Ok(ExecOutcome::new(ExitStatus::Exited(
-                        arg.parse().unwrap_or(1),
-                    )));
-                }
-                "oom" => {
-                    return Ok(ExecOutcome::new(ExitStatus::LimitExceeded(
-                        "out of memory (simulated)".into(),
-                    )));
-                }
-                "crash" => return Err(Error::backend("fake", "injected exec failure")),
-                other => {
-                    return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
-                        "unknown fake step {other:?}"
-                    ))));
-                }
-            }
-        }
-        Ok(ExecOutcome::new(ExitStatus::Exited(0)))
+        self.run_script(request, sink).await
     }
 
     async fn signal(&self, signal: KillSignal) -> Result<()> {
@@ -608,9 +425,10 @@ impl Sandbox for FakeSandbox {
         path: &str,
         max_bytes: u64,
     ) -> std::result::Result<CollectedArtifact, ArtifactFailure> {
-        crate::spec::validate_relative_path(path, false)
-            .map_err(|m| ArtifactFailure::new(ArtifactErrorReason::InvalidPath, m))?;
-        let key = crate::spec::normalize_relative(path);
+        let key = WorkspacePath::parse_entry(path)
+            .map_err(|e| ArtifactFailure::new(ArtifactErrorReason::InvalidPath, e.to_string()))?
+            .as_str()
+            .to_owned();
         let files = self.files();
         // A symlinked parent is never followed.
         let mut parent = String::new();
@@ -684,69 +502,5 @@ impl Sandbox for FakeSandbox {
         }
         self.files().clear();
         Ok(Destroyed::Gone)
-    }
-}
-
-/// Builds a `.tar.gz` of `(path, content, mode)` regular files (directories implied).
-pub fn tar_gz(files: &[(&str, &[u8], u32)]) -> Bytes {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (path, content, mode) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(*mode);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mtime(0);
-        if builder.append_data(&mut header, path, *content).is_err() {
-            return Bytes::new();
-        }
-    }
-    match builder.into_inner().and_then(|gz| gz.finish()) {
-        Ok(v) => Bytes::from(v),
-        Err(_) => Bytes::new(),
-    }
-}
-
-/// Builds a `.tar.gz` whose single entry has a raw, unchecked name (for hostile cases the
-/// `tar` builder refuses, such as `../escape`).
-pub fn tar_gz_raw_name(name: &str, content: &[u8]) -> Bytes {
-    tar_gz_raw_entries(&[(name, content)])
-}
-
-/// Builds a `.tar.gz` of regular-file entries with raw, unchecked names, in order (e.g.
-/// good entries followed by a hostile one).
-pub fn tar_gz_raw_entries(entries: &[(&str, &[u8])]) -> Bytes {
-    let mut raw = Vec::new();
-    for (name, content) in entries {
-        let mut header = tar::Header::new_old();
-        {
-            let old = header.as_old_mut();
-            let n = name.as_bytes();
-            let len = n.len().min(old.name.len());
-            old.name[..len].copy_from_slice(&n[..len]);
-        }
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        raw.extend_from_slice(header.as_bytes());
-        raw.extend_from_slice(content);
-        raw.resize(raw.len().div_ceil(512) * 512, 0);
-    }
-    raw.extend_from_slice(&[0u8; 1024]);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    if std::io::Write::write_all(&mut gz, &raw).is_err() {
-        return Bytes::new();
-    }
-    gz.finish().map(Bytes::from).unwrap_or_default()
-}
-
-/// The descriptor of some bytes.
-pub fn descriptor_of(bytes: &[u8]) -> crate::run::ArchiveDescriptor {
-    crate::run::ArchiveDescriptor {
-        size_bytes: bytes.len() as u64,
-        sha256: crate::ids::Sha256Digest::of(bytes),
     }
 }
