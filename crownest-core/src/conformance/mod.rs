@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod store;
+mod store_usage;
 
 pub use backend::{BackendHarness, Need, Programs};
 
@@ -49,6 +50,7 @@ macro_rules! store_conformance {
             discard_blob_deletes_only_unnamed_blobs,
             list_transfers_by_run,
             collect_garbage_respects_names_and_ages,
+            usage_counts_every_run_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -23,6 +23,8 @@ use crate::store::{
 };
 use crate::time::Timestamp;
 
+pub use super::store_usage::usage_counts_every_run_once;
+
 fn new_run(key: Option<&str>) -> RunRecord {
     let mut spec = RunSpec::new(["true"]);
     spec.idempotency_key = key.map(str::to_owned);
@@ -43,7 +45,7 @@ fn out(text: &str) -> NewEvent {
     }))
 }
 
-fn stream_of(data: &[u8]) -> ByteStream {
+pub(super) fn stream_of(data: &[u8]) -> ByteStream {
     let chunks: Vec<std::io::Result<Bytes>> = data
         .chunks(1000)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -51,7 +53,7 @@ fn stream_of(data: &[u8]) -> ByteStream {
     futures::stream::iter(chunks).boxed()
 }
 
-async fn created(store: &Arc<dyn Store>, key: Option<&str>) -> RunRecord {
+pub(super) async fn created(store: &Arc<dyn Store>, key: Option<&str>) -> RunRecord {
     store
         .create_run(new_run(key))
         .await
@@ -80,7 +82,7 @@ async fn append(store: &Arc<dyn Store>, run: &RunRecord, n: usize) -> RunRecord 
 }
 
 /// Builds the terminal commit exactly as the engine does.
-fn terminal_commit(stored: &RunRecord) -> RunCommit {
+pub(super) fn terminal_commit(stored: &RunRecord) -> RunCommit {
     let mut record = stored.clone();
     record.status = RunStatus::Succeeded;
     record.exit_code = Some(0);
@@ -968,7 +970,7 @@ pub async fn concurrent_commits_to_many_runs(store: Arc<dyn Store>) {
     }
 }
 
-fn any_blob() -> BlobExpect<'static> {
+pub(super) fn any_blob() -> BlobExpect<'static> {
     BlobExpect {
         descriptor: None,
         max_bytes: 1 << 20,

@@ -19,6 +19,7 @@ mod expiry;
 mod gc;
 mod intake;
 mod ladder;
+pub mod observe;
 mod rejected;
 pub(crate) mod sink;
 pub mod staging;
@@ -146,6 +147,8 @@ pub(crate) struct Inner {
     watchers: Mutex<HashMap<RunId, watch::Sender<LiveBatch>>>,
     run_locks: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Counters>,
+    /// Runs per status and store bytes, for `/metrics` (see `observe.rs`).
+    gauges: observe::RunGauges,
     /// Held while a new transfer is checked against the caps and stored.
     staging_admission: tokio::sync::Mutex<()>,
     /// Archives being uploaded or verified, by digest (see `rejected.rs`).
@@ -271,12 +274,14 @@ impl WorkspaceRunsBuilder {
                 watchers: Mutex::default(),
                 run_locks: Mutex::default(),
                 metrics: Arc::default(),
+                gauges: observe::RunGauges::default(),
                 staging_admission: tokio::sync::Mutex::default(),
                 verifying: rejected::Verifying::default(),
                 host_key: self.host_key,
                 templates: templates::TemplateNames::default(),
             }),
         };
+        engine.refresh_usage().await;
         if self.recover {
             engine.recover().await?;
         }
@@ -551,7 +556,9 @@ impl WorkspaceRuns {
     /// other run names are deleted by the next garbage collection after `blob_grace`. A
     /// run that has not ended is `Error::InvalidTransition` (cancel it first).
     pub async fn delete(&self, id: &RunId) -> Result<()> {
+        let status = self.inner.store.get_run(id).await?.status;
         self.inner.store.delete_run(id).await?;
+        self.inner.gauges.on_delete(status);
         lock(&self.inner.run_locks).remove(id);
         Ok(())
     }
@@ -632,7 +639,9 @@ impl WorkspaceRuns {
             }
         }
         for (name, backend) in &self.inner.backends {
-            match backend.sweep_orphans(&report.live_elsewhere).await {
+            let swept = backend.sweep_orphans(&report.live_elsewhere).await;
+            observe::swept(name, &swept);
+            match swept {
                 Ok(swept) => report
                     .swept
                     .extend(swept.into_iter().map(|s| (name.clone(), s))),
@@ -727,6 +736,7 @@ impl WorkspaceRuns {
             .metrics
             .events_appended
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        self.inner.gauges.on_commit(record, &sealed);
         if let Some(last) = sealed.last() {
             record.next_seq = last.seq + 1;
             record.chain_head.clone_from(&last.hash);
