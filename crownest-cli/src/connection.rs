@@ -12,7 +12,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use crownest_core::store::{BlobReader, RunQuery};
 use crownest_core::{
-    ArtifactId, Error, Event, EvidenceBundle, RunId, RunRecord, RunSpec, RunStatus, Sha256Digest,
+    ArtifactId, Error, Event, EvidenceBundle, RunId, RunRecord, RunSpec, Sha256Digest,
     WorkspaceRuns,
 };
 use crownest_http::Client;

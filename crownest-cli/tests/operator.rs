@@ -168,18 +168,27 @@ fn check_filters(conn: &dyn Fn() -> Command, team_a: &str, team_b: &str) {
     both.sort();
     assert_eq!(query(&[]), both);
     assert_eq!(query(&["--label", "team=a"]), vec![team_a]);
-    assert_eq!(query(&["--label", "team=a", "--label", "tier=x"]), Vec::<String>::new());
+    assert_eq!(
+        query(&["--label", "team=a", "--label", "tier=x"]),
+        Vec::<String>::new()
+    );
     assert_eq!(query(&["--status", "failed"]), vec![team_b]);
     assert_eq!(query(&["--backend", "process"]), both);
     assert_eq!(query(&["--backend", "docker"]), Vec::<String>::new());
     assert_eq!(query(&["--since", "1h"]), both);
-    assert_eq!(query(&["--until", "2000-01-01T00:00:00Z"]), Vec::<String>::new());
+    assert_eq!(
+        query(&["--until", "2000-01-01T00:00:00Z"]),
+        Vec::<String>::new()
+    );
     assert_eq!(
         query(&["--since", "2000-01-01T00:00:00Z", "--label", "team=b"]),
         vec![team_b]
     );
     let mut c = conn();
-    let out = c.args(["runs", "--since", "last tuesday"]).output().unwrap();
+    let out = c
+        .args(["runs", "--since", "last tuesday"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "a time that does not parse");
 }
 
@@ -191,7 +200,14 @@ fn runs_filters_and_delete_locally_and_through_a_server() {
         local(h)
             .arg("run")
             .arg(sample_repo())
-            .args(["--backend", "process", "--label", "team=a", "--label", "tier=y"])
+            .args([
+                "--backend",
+                "process",
+                "--label",
+                "team=a",
+                "--label",
+                "tier=y",
+            ])
             .args(["--", "sh", "-c", "true"]),
     );
     let out = local(h)
@@ -202,8 +218,12 @@ fn runs_filters_and_delete_locally_and_through_a_server() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let team_a = ids(&run_ok(local(h).args(["runs", "--json", "--label", "team=a"])));
-    let team_b = ids(&run_ok(local(h).args(["runs", "--json", "--label", "team=b"])));
+    let team_a = ids(&run_ok(
+        local(h).args(["runs", "--json", "--label", "team=a"]),
+    ));
+    let team_b = ids(&run_ok(
+        local(h).args(["runs", "--json", "--label", "team=b"]),
+    ));
     let (team_a, team_b) = (team_a[0].clone(), team_b[0].clone());
 
     check_filters(&|| local(h), &team_a, &team_b);
@@ -261,7 +281,13 @@ fn serve_speaks_https_to_a_client_that_trusts_its_certificate() {
     );
     assert!(server.url.starts_with("https://"), "{}", server.url);
 
-    let out = run_ok(server.client().arg("--ca-cert").arg(&cert).args(["runs", "--json"]));
+    let out = run_ok(
+        server
+            .client()
+            .arg("--ca-cert")
+            .arg(&cert)
+            .args(["runs", "--json"]),
+    );
     assert!(ids(&out).is_empty());
     // The same from the environment.
     run_ok(server.client().env("CROWNEST_CA_CERT", &cert).arg("runs"));
@@ -296,7 +322,12 @@ fn serve_speaks_https_to_a_client_that_trusts_its_certificate() {
 fn json_logs_carry_an_access_line_per_request_in_its_span() {
     let home = tempfile::tempdir().unwrap();
     let server = Server::start(home.path(), &["--log-format", "json"], &[]);
-    let (status, _) = server.http("GET", "/v1/runs?limit=1", "X-Request-Id: trace-me-1\r\n", "");
+    let (status, _) = server.http(
+        "GET",
+        "/v1/runs?limit=1",
+        "X-Request-Id: trace-me-1\r\n",
+        "",
+    );
     assert_eq!(status, 200);
     let line = server.stderr_line(|l| l.starts_with('{') && l.contains("trace-me-1"));
     let v: Value = serde_json::from_str(&line).unwrap();

@@ -21,8 +21,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Bucket bounds (seconds) of every `*_seconds` histogram: from 5 ms (a queue wait, an
 /// HTTP request) to an hour (a long run).
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-    600.0, 1800.0, 3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -57,17 +57,49 @@ pub fn prometheus_handle() -> PrometheusHandle {
 /// The `# HELP` lines.
 fn describe() {
     use metrics::{Unit, describe_counter, describe_histogram};
-    describe_histogram!(names::QUEUE_WAIT, Unit::Seconds, "Time runs waited in queued for a slot.");
-    describe_histogram!(names::EXTRACTION, Unit::Seconds, "Time to extract a run's archive into its sandbox.");
-    describe_histogram!(names::COMMAND_DURATION, Unit::Seconds, "Time from the command's start to its end.");
-    describe_histogram!(names::RUN_DURATION, Unit::Seconds, "Time from a run's creation to its terminal event.");
-    describe_counter!(names::RUNS_ENDED, "Runs ended, by backend, status and failure kind.");
+    describe_histogram!(
+        names::QUEUE_WAIT,
+        Unit::Seconds,
+        "Time runs waited in queued for a slot."
+    );
+    describe_histogram!(
+        names::EXTRACTION,
+        Unit::Seconds,
+        "Time to extract a run's archive into its sandbox."
+    );
+    describe_histogram!(
+        names::COMMAND_DURATION,
+        Unit::Seconds,
+        "Time from the command's start to its end."
+    );
+    describe_histogram!(
+        names::RUN_DURATION,
+        Unit::Seconds,
+        "Time from a run's creation to its terminal event."
+    );
+    describe_counter!(
+        names::RUNS_ENDED,
+        "Runs ended, by backend, status and failure kind."
+    );
     describe_counter!(names::KILL_RUNGS, "Kill ladder rungs carried out.");
     describe_counter!(names::SWEEPS, "Orphan sweeps of a backend.");
-    describe_counter!(names::ORPHANS_REMOVED, "Orphaned sandboxes removed by sweeps.");
-    describe_counter!(names::GC_BLOBS_DELETED, "Blobs deleted by garbage collection.");
-    describe_counter!(crate::observe::HTTP_REQUESTS, "HTTP requests answered, by route template and status code.");
-    describe_histogram!(crate::observe::HTTP_DURATION, Unit::Seconds, "Time until the response head.");
+    describe_counter!(
+        names::ORPHANS_REMOVED,
+        "Orphaned sandboxes removed by sweeps."
+    );
+    describe_counter!(
+        names::GC_BLOBS_DELETED,
+        "Blobs deleted by garbage collection."
+    );
+    describe_counter!(
+        crate::observe::HTTP_REQUESTS,
+        "HTTP requests answered, by route template and status code."
+    );
+    describe_histogram!(
+        crate::observe::HTTP_DURATION,
+        Unit::Seconds,
+        "Time until the response head."
+    );
 }
 
 #[derive(Clone)]
@@ -153,9 +185,5 @@ async fn render(State(s): State<MetricsState>) -> Response {
         "Open SSE event streams.",
         &plain(s.subscribers.load(Ordering::Relaxed)),
     );
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

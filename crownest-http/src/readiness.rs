@@ -16,12 +16,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Json;
 use bytes::Bytes;
 use crownest_core::store::BlobExpect;
 use crownest_core::{ArchiveDescriptor, Sha256Digest, WorkspaceRuns};
@@ -173,7 +173,13 @@ async fn probe_backend(engine: &WorkspaceRuns, name: &str) -> Result<(), String>
     } else {
         let why: Vec<String> = templates
             .iter()
-            .map(|t| format!("{}: {}", t.name, t.reason.as_deref().unwrap_or("unavailable")))
+            .map(|t| {
+                format!(
+                    "{}: {}",
+                    t.name,
+                    t.reason.as_deref().unwrap_or("unavailable")
+                )
+            })
             .collect();
         Err(format!("no template is available ({})", why.join("; ")))
     }

@@ -3,10 +3,10 @@
 //! extraction policy, so a hostile archive is refused here, before any run starts. A
 //! refused upload leaves the run in `awaiting_archive` with an `error` event.
 
-use tracing::Instrument as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use futures::StreamExt as _;

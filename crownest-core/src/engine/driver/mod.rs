@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use tracing::Instrument as _;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tracing::Instrument as _;
 
 use super::WorkspaceRuns;
 use crate::archive::ExtractPolicy;
