@@ -396,7 +396,7 @@ async fn readyz_answers_are_cached() {
         ..HttpConfig::default()
     }
     .with_backends(["cached"]);
-    let s = server(&[beta.clone()], http).await;
+    let s = server(std::slice::from_ref(&beta), http).await;
     let status = || async {
         reqwest::get(format!("{}/readyz", s.base))
             .await
