@@ -28,11 +28,12 @@ cleanup() {
 trap cleanup EXIT
 
 TOKEN=bench-metrics-token
+: >"$LOG"
 CROWNEST_TOKEN=$TOKEN RUST_LOG=warn "$CROWNEST_BIN" --home "$WORK/home" serve \
   --listen 127.0.0.1:0 --backends process 2>"$LOG" &
 PID=$!
 for _ in $(seq 1 600); do
-  ADDR=$(sed -n 's/^listening on http:\/\///p' "$LOG" | head -n1)
+  ADDR=$(sed -n 's/^listening on http:\/\///p' "$LOG" | head -n1 || true)
   [ -n "$ADDR" ] && break
   sleep 0.1
 done
