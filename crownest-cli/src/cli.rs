@@ -36,8 +36,25 @@ pub(crate) struct Cli {
     /// Read the bearer token from FILE (its first line) [default: $CROWNEST_TOKEN].
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
+    /// Trust the CA certificate(s) in this PEM file for an https --server (a private CA,
+    /// or the server's self-signed certificate), besides the built-in web roots.
+    #[arg(long, global = true, value_name = "PEM", env = "CROWNEST_CA_CERT")]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// Log lines on stderr as text or as JSON objects (one per line). The level is
+    /// $RUST_LOG (e.g. info, crownest=debug) [default: info for serve, warn otherwise].
+    #[arg(long, global = true, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text, env = "CROWNEST_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +82,10 @@ pub(crate) enum Command {
     HostKey(HostKeyArgs),
     /// Cancel a run (also one that `crownest run` drives in another process).
     Cancel(RunRef),
+    /// Delete an ended run for good: its record, events, Evidence Bundle and artifact
+    /// records (export what must be kept first; blobs go at the next gc).
+    #[command(visible_alias = "rm")]
+    Delete(RunRef),
     /// Which backends and templates are usable here, and why not (with --server: whether
     /// the server answers and accepts the token).
     Doctor(DoctorArgs),
@@ -182,6 +203,12 @@ pub(crate) struct ServeArgs {
     /// --token; on loopback a token is generated and printed when none is given.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     pub(crate) listen: String,
+    /// Serve https with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Collect garbage (as `crownest gc` does) at start-up and then this often.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
     pub(crate) gc_interval: Duration,
@@ -303,6 +330,19 @@ pub(crate) struct RunsArgs {
     /// Only runs in this state (awaiting_archive, running, succeeded, failed, canceled, ...).
     #[arg(long, value_name = "S")]
     pub(crate) status: Option<String>,
+    /// Only runs on this backend.
+    #[arg(long, value_name = "B")]
+    pub(crate) backend: Option<String>,
+    /// Only runs with this label K=V; repeatable (every one must match).
+    #[arg(long = "label", value_name = "K=V")]
+    pub(crate) labels: Vec<String>,
+    /// Only runs created at or after this time: RFC 3339 (2026-01-31T12:00:00Z) or a
+    /// duration ago (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub(crate) since: Option<String>,
+    /// Only runs created before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub(crate) until: Option<String>,
     /// At most N runs.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub(crate) limit: usize,

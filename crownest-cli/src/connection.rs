@@ -6,13 +6,13 @@
 //! answer with the engine's own types and errors (the client maps the API's error bodies back
 //! to `crownest_core::Error`), so exit codes are the same in both modes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use bytes::Bytes;
 use crownest_core::store::{BlobReader, RunQuery};
 use crownest_core::{
-    ArtifactId, Error, Event, EvidenceBundle, RunId, RunRecord, RunSpec, RunStatus, Sha256Digest,
+    ArtifactId, Error, Event, EvidenceBundle, RunId, RunRecord, RunSpec, Sha256Digest,
     WorkspaceRuns,
 };
 use crownest_http::Client;
@@ -29,16 +29,18 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// From `--home`, `--server` and `--token` (an empty `--server` means local).
+    /// From `--home`, `--server`, `--token` and `--ca-cert` (an empty `--server` means
+    /// local).
     pub(crate) fn new(
         home: Option<PathBuf>,
         server: Option<String>,
         token: Option<String>,
+        ca_cert: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let token = token.filter(|t| !t.is_empty());
         let server = match server.filter(|s| !s.trim().is_empty()) {
             None => None,
-            Some(url) => match Connection::remote(url.trim(), token)? {
+            Some(url) => match Connection::remote(url.trim(), token, ca_cert)? {
                 Connection::Remote(c) => Some(c),
                 Connection::Local(_) => None,
             },
@@ -75,14 +77,28 @@ pub(crate) enum Connection {
 }
 
 impl Connection {
-    /// `--server URL` with its token.
-    pub(crate) fn remote(url: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// `--server URL` with its token, trusting the CA certificates of `ca_cert` (PEM) too.
+    pub(crate) fn remote(
+        url: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(crate::exit::usage(format!(
                 "--server {url:?}: give a URL like http://127.0.0.1:7700"
             )));
         }
-        Ok(Self::Remote(Client::new(url, token)?))
+        let client = match ca_cert {
+            None => Client::new(url, token)?,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    crate::exit::usage(format!("--ca-cert {}: {e}", path.display()))
+                })?;
+                Client::with_ca_pem(url, token, &pem)
+                    .map_err(|e| crate::exit::usage(format!("--ca-cert {}: {e}", path.display())))?
+            }
+        };
+        Ok(Self::Remote(client))
     }
 
     /// Creates a run.
@@ -101,39 +117,35 @@ impl Connection {
         }
     }
 
-    /// Runs, newest first.
-    pub(crate) async fn list(
-        &self,
-        status: Option<RunStatus>,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>, Error> {
+    /// Runs, newest first, filtered by `query` (at most `query.limit`).
+    pub(crate) async fn list(&self, query: &RunQuery) -> Result<Vec<RunRecord>, Error> {
         match self {
-            Self::Local(e) => {
-                e.list(&RunQuery {
-                    status,
-                    limit,
-                    before: None,
-                    ..Default::default()
-                })
-                .await
-            }
+            Self::Local(e) => e.list(query).await,
             Self::Remote(c) => {
                 // The server caps a page; follow the cursor up to `limit`.
+                let limit = query.limit;
                 let mut out = Vec::new();
-                let mut cursor = None;
+                let mut page_query = query.clone();
                 while out.len() < limit {
-                    let page = c
-                        .list_runs(status, (limit - out.len()).min(500), cursor.as_ref())
-                        .await?;
+                    page_query.limit = (limit - out.len()).min(500);
+                    let page = c.list_runs_where(&page_query).await?;
                     out.extend(page.runs);
                     match page.next_cursor {
-                        Some(next) => cursor = Some(next),
+                        Some(next) => page_query.before = Some(next),
                         None => break,
                     }
                 }
                 out.truncate(limit);
                 Ok(out)
             }
+        }
+    }
+
+    /// Deletes an ended run (retention).
+    pub(crate) async fn delete(&self, id: &RunId) -> Result<(), Error> {
+        match self {
+            Self::Local(e) => e.delete(id).await,
+            Self::Remote(c) => c.delete_run(id).await,
         }
     }
 
@@ -257,9 +269,9 @@ mod tests {
 
     #[test]
     fn a_server_url_must_be_http() {
-        assert!(Connection::remote("127.0.0.1:7700", None).is_err());
+        assert!(Connection::remote("127.0.0.1:7700", None, None).is_err());
         assert!(matches!(
-            Connection::remote("http://127.0.0.1:7700", None),
+            Connection::remote("http://127.0.0.1:7700", None, None),
             Ok(Connection::Remote(_))
         ));
     }

@@ -1,4 +1,4 @@
-//! Read-side commands: `runs`, `show`, `events`, `evidence`, and `cancel`.
+//! Read-side commands: `runs`, `show`, `events`, `evidence`; and `cancel`, `delete`.
 //!
 //! Locally they open the engine like `run` does, so recovery runs first: after a crash,
 //! `crownest runs` already shows the reclaimed runs as `failed` (`host_restarted`). With
@@ -6,7 +6,10 @@
 
 use std::io::Write as _;
 
-use crownest_core::{Event, EventKind, RunId, RunRecord, RunStatus};
+use std::collections::BTreeMap;
+
+use crownest_core::store::RunQuery;
+use crownest_core::{Event, EventKind, RunId, RunRecord, RunStatus, Timestamp};
 use futures::StreamExt as _;
 
 use crate::cli::{EventsArgs, EvidenceArgs, LogsArgs, RunRef, RunsArgs};
@@ -23,8 +26,25 @@ fn json_line<T: serde::Serialize>(out: &mut impl std::io::Write, value: &T) -> b
     serde_json::to_writer(&mut *out, value).is_ok() && out.write_all(b"\n").is_ok()
 }
 
-/// `crownest runs`.
-pub(crate) async fn runs(target: &Target, args: RunsArgs) -> anyhow::Result<Exit> {
+/// `--since` / `--until`: RFC 3339, or a duration before now (`30m`, `2h`, `7d`).
+fn time_filter(flag: &str, value: &str) -> anyhow::Result<Timestamp> {
+    if let Some(t) = Timestamp::parse(value.trim()) {
+        return Ok(t);
+    }
+    let ago = crate::cli::parse_duration(value).map_err(|e| {
+        usage(format!(
+            "{flag} {value:?}: give an RFC 3339 time like 2026-01-31T12:00:00Z or a duration \
+             ago like 2h ({e})"
+        ))
+    })?;
+    let ms = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+    Ok(Timestamp::from_millis(
+        Timestamp::now().as_millis().saturating_sub(ms),
+    ))
+}
+
+/// The filters of `crownest runs` as the store's query (the HTTP list filters).
+fn runs_query(args: &RunsArgs) -> anyhow::Result<RunQuery> {
     let status = match &args.status {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
             usage(format!(
@@ -34,8 +54,37 @@ pub(crate) async fn runs(target: &Target, args: RunsArgs) -> anyhow::Result<Exit
         })?),
         None => None,
     };
+    let mut labels = BTreeMap::new();
+    for label in &args.labels {
+        let (k, v) = label
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--label {label:?}: give KEY=VALUE")))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(RunQuery {
+        status,
+        limit: args.limit.max(1),
+        before: None,
+        backend: args.backend.clone(),
+        labels,
+        created_after: args
+            .since
+            .as_deref()
+            .map(|v| time_filter("--since", v))
+            .transpose()?,
+        created_before: args
+            .until
+            .as_deref()
+            .map(|v| time_filter("--until", v))
+            .transpose()?,
+    })
+}
+
+/// `crownest runs`.
+pub(crate) async fn runs(target: &Target, args: RunsArgs) -> anyhow::Result<Exit> {
+    let query = runs_query(&args)?;
     let conn = target.open().await?;
-    let runs = conn.list(status, args.limit.max(1)).await?;
+    let runs = conn.list(&query).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         for r in &runs {
@@ -87,6 +136,15 @@ fn table_row(r: &RunRecord) -> String {
         created,
         exit
     )
+}
+
+/// `crownest delete RUN`: an ended run, for good (a live one is refused: exit 2).
+pub(crate) async fn delete(target: &Target, args: RunRef) -> anyhow::Result<Exit> {
+    let id = run_id(&args.run)?;
+    let conn = target.open().await?;
+    conn.delete(&id).await?;
+    println!("run {id} deleted");
+    Ok(Exit::Success)
 }
 
 /// `crownest show RUN`: the run record as pretty JSON.

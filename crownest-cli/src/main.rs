@@ -32,6 +32,7 @@ mod gc;
 mod home;
 mod hostkey;
 mod inspect;
+mod logging;
 mod pack;
 mod policy;
 mod progress;
@@ -39,6 +40,7 @@ mod run;
 mod serve;
 mod setup;
 mod templates;
+mod tls;
 mod tokens;
 mod upload;
 mod verify;
@@ -53,6 +55,7 @@ use crate::exit::Exit;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format, matches!(cli.command, Command::Serve(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
     let token = tokens::resolve(cli.token, cli.token_file.as_deref())?;
-    let target = Target::new(cli.home, cli.server, token.clone())?;
+    let target = Target::new(cli.home, cli.server, token.clone(), cli.ca_cert.as_deref())?;
     match cli.command {
         Command::Run(args) => run::run(&target, *args).await,
         Command::Runs(args) => inspect::runs(&target, args).await,
@@ -94,6 +97,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         Command::Export(args) => export::export(&target, args).await,
         Command::HostKey(args) => hostkey::print(&target, args).await,
         Command::Cancel(args) => inspect::cancel(&target, args).await,
+        Command::Delete(args) => inspect::delete(&target, args).await,
         Command::Doctor(args) => doctor::doctor(&target, args).await,
         Command::Templates(args) => templates::list(&target, args).await,
         Command::Setup(args) => setup::setup(args).await,

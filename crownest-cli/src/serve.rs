@@ -13,7 +13,10 @@
 //!   address with neither is refused (exit 2); on loopback, a random admin token is
 //!   generated and printed on stderr (`token: ...`).
 //! * Once bound, `listening on http://ADDR` goes to stderr (with the real port when
-//!   `--listen` says port 0).
+//!   `--listen` says port 0); `https://` with `--tls-cert`/`--tls-key` (rustls, see
+//!   `tls.rs`).
+//! * Logs (the access log of every request, the engine's warnings) go to stderr through
+//!   the `tracing` subscriber (`--log-format text|json`, `$RUST_LOG`, default `info`).
 //! * Garbage collection (`crownest gc`'s pass) runs at start-up and every `--gc-interval`
 //!   (10 min), so runs idle in `awaiting_archive` past `--awaiting-archive-ttl` (24 h) end
 //!   `canceled` with their evidence, and unreferenced blobs and stale transfers go; a pass
@@ -72,6 +75,11 @@ pub(crate) async fn serve(
             args.listen
         )));
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut interrupts = Interrupts::new()?;
     let mut allowed = Vec::new();
     let engine = home::open_with(home_dir, |config, slots| {
@@ -121,7 +129,7 @@ pub(crate) async fn serve(
     if let Some(t) = &generated {
         eprintln!("token: {t}");
     }
-    eprintln!("listening on http://{local}");
+    eprintln!("listening on {scheme}://{local}");
     eprintln!(
         "crownest: evidence is signed (?format=dsse) by host key {} (public key {})",
         public.key_id(),
@@ -139,7 +147,7 @@ pub(crate) async fn serve(
         );
     }
     eprintln!(
-        "crownest: home {}; try: CROWNEST_TOKEN=... crownest --server http://{local} runs",
+        "crownest: home {}; try: CROWNEST_TOKEN=... crownest --server {scheme}://{local} runs",
         home_dir.display(),
     );
 
@@ -151,13 +159,25 @@ pub(crate) async fn serve(
     let gc = crate::gc::spawn_periodic(&engine, args.gc_interval);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let server = match tls {
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)
+                .context("reading the bound address")?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-    });
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => {

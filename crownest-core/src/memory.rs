@@ -388,6 +388,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn usage(&self) -> Result<crate::store::StoreUsage> {
+        let g = self.lock();
+        let mut usage = crate::store::StoreUsage {
+            blob_bytes: Some(g.blobs.values().map(|b| b.bytes.len() as u64).sum()),
+            ..Default::default()
+        };
+        for run in g.runs.values() {
+            *usage.runs_by_status.entry(run.status).or_default() += 1;
+        }
+        Ok(usage)
+    }
+
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact> {
         self.lock()
             .runs

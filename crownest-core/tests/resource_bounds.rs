@@ -559,6 +559,9 @@ impl Store for SlowFirstOpen {
     async fn delete_run(&self, id: &RunId) -> Result<()> {
         self.inner.delete_run(id).await
     }
+    async fn usage(&self) -> Result<crownest_core::store::StoreUsage> {
+        self.inner.usage().await
+    }
     async fn get_evidence_envelope(
         &self,
         id: &RunId,

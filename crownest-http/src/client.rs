@@ -234,7 +234,29 @@ fn transition_input(name: &str) -> &'static str {
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:7700`).
     pub fn new(base: impl Into<String>, token: Option<String>) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::with_builder(base, token, reqwest::Client::builder())
+    }
+
+    /// A client of an `https` server whose certificate is signed by one of the CA
+    /// certificates in `pem` (one or more PEM blocks; a self-signed server certificate is
+    /// its own CA), trusted besides the built-in web roots.
+    pub fn with_ca_pem(base: impl Into<String>, token: Option<String>, pem: &[u8]) -> Result<Self> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(transport)?;
+        if certs.is_empty() {
+            return Err(Error::invalid("caCert", "no PEM certificate found"));
+        }
+        let builder = certs
+            .into_iter()
+            .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c));
+        Self::with_builder(base, token, builder)
+    }
+
+    fn with_builder(
+        base: impl Into<String>,
+        token: Option<String>,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Self> {
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(transport)?;

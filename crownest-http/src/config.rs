@@ -42,6 +42,9 @@ pub struct HttpConfig {
     /// The ed25519 host key that signs `GET /v1/runs/{id}/evidence?format=dsse`, and whose
     /// public half `GET /v1/host-key` gives. Without one both answer 404 `no_host_key`.
     pub signing_key: Option<Arc<HostKey>>,
+    /// How long a `/readyz` answer is reused (probes more often than this cost nothing).
+    /// Default: 5 s.
+    pub readiness_cache: Duration,
 }
 
 impl Default for HttpConfig {
@@ -53,6 +56,7 @@ impl Default for HttpConfig {
             json_body_limit: 1024 * 1024,
             sse_keep_alive: crate::routes::DEFAULT_KEEP_ALIVE,
             signing_key: None,
+            readiness_cache: crate::readiness::CACHE_FOR,
         }
     }
 }

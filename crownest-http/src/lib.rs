@@ -27,7 +27,13 @@
 //! | `GET /v1/runs/{id}/evidence` | Evidence Bundle (`format=in-toto`, or `format=dsse`: signed by the host key); 409 before the end |
 //! | `GET /v1/host-key` | the ed25519 public key that signs `format=dsse` evidence; 404 without one |
 //! | `GET /v1/artifacts/{id}` | artifact bytes, `X-Artifact-Sha256` |
-//! | `GET /healthz`, `GET /metrics`, `GET /v1/openapi.json` | ops |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/openapi.json` | ops: liveness, readiness (store writable, backends usable; no token), Prometheus text (admin) |
+//!
+//! **Observability.** Every response carries `X-Request-Id` (the client's, when it is 1–128
+//! visible ASCII characters, else a new UUID v7); each request runs in a `request` span
+//! with that id and ends with one access log line (target `crownest::access`). Metrics go
+//! through the `metrics` facade; [`metrics::prometheus_handle`] installs the Prometheus
+//! recorder `/metrics` renders.
 //!
 //! **Policy** ([`HttpConfig`]). `allowed_backends` lists the backends a create may choose
 //! (default: every registered one but `process`, which runs host processes and is offered
@@ -52,7 +58,10 @@
 mod config;
 pub mod digest;
 mod error;
+pub mod metrics;
+pub mod observe;
 pub mod openapi;
+mod readiness;
 mod routes;
 pub mod tokens;
 

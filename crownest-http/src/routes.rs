@@ -32,6 +32,7 @@ use crate::tokens::{Scope, constant_time_eq};
 /// and a test keep this list, the router and `/v1/openapi.json` in sync.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/runs"),
@@ -75,8 +76,12 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         config: Arc::new(config),
         subscribers: Arc::new(AtomicU64::new(0)),
     };
+    let allowed = state.config.allowed_backends_of(&state.engine);
     let api = Router::new()
-        .route("/metrics", get(metrics))
+        .merge(crate::metrics::routes(
+            state.engine.clone(),
+            state.subscribers.clone(),
+        ))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/runs", post(create_run).get(list_runs))
         .route("/v1/runs/{id}", get(get_run).delete(delete_run))
@@ -105,9 +110,16 @@ pub fn router(engine: WorkspaceRuns, config: HttpConfig) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(crate::readiness::routes(
+            state.engine.clone(),
+            allowed,
+            state.config.readiness_cache,
+        ))
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(DefaultBodyLimit::max(json_limit))
+        // Outermost: request ids, access log and HTTP metrics see every answer (401s too).
+        .layer(middleware::from_fn(crate::observe::observe_request))
         .with_state(state)
 }
 
@@ -576,59 +588,6 @@ async fn artifact(State(s): State<AppState>, Path(id): Path<String>) -> ApiResul
         h.insert("x-artifact-path", v);
     }
     Ok(resp)
-}
-
-async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP crownest_runs Runs in the store by status (sampled, at most 10000 per status)."
-    );
-    let _ = writeln!(out, "# TYPE crownest_runs gauge");
-    for status in RunStatus::ALL {
-        let n = s
-            .engine
-            .list(&RunQuery {
-                status: Some(status),
-                limit: 10_000,
-                before: None,
-                ..Default::default()
-            })
-            .await?
-            .len();
-        let _ = writeln!(out, "crownest_runs{{status=\"{status}\"}} {n}");
-    }
-    let m = s.engine.metrics();
-    let _ = writeln!(
-        out,
-        "# HELP crownest_events_appended_total Events committed by this server."
-    );
-    let _ = writeln!(out, "# TYPE crownest_events_appended_total counter");
-    let _ = writeln!(out, "crownest_events_appended_total {}", m.events_appended);
-    let _ = writeln!(
-        out,
-        "# HELP crownest_bytes_uploaded_total Archive bytes received."
-    );
-    let _ = writeln!(out, "# TYPE crownest_bytes_uploaded_total counter");
-    let _ = writeln!(out, "crownest_bytes_uploaded_total {}", m.bytes_uploaded);
-    let _ = writeln!(
-        out,
-        "# HELP crownest_runs_started_total Runs started by this server."
-    );
-    let _ = writeln!(out, "# TYPE crownest_runs_started_total counter");
-    let _ = writeln!(out, "crownest_runs_started_total {}", m.runs_started);
-    let _ = writeln!(
-        out,
-        "# HELP crownest_active_subscribers Open SSE event streams."
-    );
-    let _ = writeln!(out, "# TYPE crownest_active_subscribers gauge");
-    let _ = writeln!(
-        out,
-        "crownest_active_subscribers {}",
-        s.subscribers.load(Ordering::Relaxed)
-    );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 async fn openapi() -> Response {

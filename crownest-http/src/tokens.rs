@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 /// | `submit` | `POST` and `PUT`: create, upload (direct, attach, staged), start, cancel |
 /// | `admin` | everything, and what only operators do: `GET /metrics`, `DELETE /v1/runs/{id}` |
 ///
-/// `/healthz` needs no token. A client that submits runs and follows them needs
+/// `/healthz` and `/readyz` need no token (they are routed outside authentication). A client that submits runs and follows them needs
 /// `submit` and `read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -108,6 +108,7 @@ mod runs;
 pub mod schema;
 mod store;
 mod transfers;
+mod usage;
 
 pub use config::PostgresConfig;
 pub use store::PostgresStore;

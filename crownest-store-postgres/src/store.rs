@@ -218,6 +218,10 @@ impl Store for PostgresStore {
         runs::delete_run(&mut self.client().await?, &*self.inner.blobs, id).await
     }
 
+    async fn usage(&self) -> Result<crownest_core::store::StoreUsage> {
+        crate::usage::usage(&self.client().await?).await
+    }
+
     async fn get_evidence(&self, id: &RunId) -> Result<EvidenceBundle> {
         runs::get_evidence(&self.client().await?, id).await
     }

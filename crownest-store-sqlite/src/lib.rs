@@ -123,6 +123,7 @@ mod runs;
 pub mod schema;
 mod store;
 mod transfers;
+mod usage;
 mod writer;
 
 pub use config::SqliteConfig;

@@ -222,6 +222,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn usage(&self) -> Result<crownest_core::store::StoreUsage> {
+        self.inner.reads.read(crate::usage::usage).await
+    }
+
     async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {
         let id = id.clone();
         self.inner

@@ -49,6 +49,7 @@ macro_rules! store_conformance {
             discard_blob_deletes_only_unnamed_blobs,
             list_transfers_by_run,
             collect_garbage_respects_names_and_ages,
+            usage_counts_every_run_once,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -88,8 +88,10 @@ impl WorkspaceRunsBuilder {
                 verifying: rejected::Verifying::default(),
                 host_key: self.host_key,
                 templates: templates::TemplateNames::default(),
+                gauges: super::observe::RunGauges::default(),
             }),
         };
+        engine.refresh_usage().await;
         if self.recover {
             engine.recover().await?;
         }

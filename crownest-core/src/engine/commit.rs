@@ -74,6 +74,7 @@ impl WorkspaceRuns {
             .metrics
             .events_appended
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        self.inner.gauges.on_commit(record, &sealed);
         if let Some(last) = sealed.last() {
             record.next_seq = last.seq + 1;
             record.chain_head.clone_from(&last.hash);

@@ -174,7 +174,9 @@ impl WorkspaceRuns {
     /// other run names are deleted by the next garbage collection after `blob_grace`. A
     /// run that has not ended is `Error::InvalidTransition` (cancel it first).
     pub async fn delete(&self, id: &RunId) -> Result<()> {
+        let status = self.inner.store.get_run(id).await?.status;
         self.inner.store.delete_run(id).await?;
+        self.inner.gauges.on_delete(status);
         lock(&self.inner.run_locks).remove(id);
         Ok(())
     }

@@ -41,6 +41,8 @@ impl WorkspaceRuns {
     ///    temporary files.
     ///
     /// Safe beside running runs and beside other processes' engines on the same store.
+    /// Afterwards the run and blob gauges are re-read from the store
+    /// ([`WorkspaceRuns::refresh_usage`]).
     pub async fn collect_garbage(&self) -> Result<GcReport> {
         let expired_runs = self.expire_awaiting_archive().await?;
         let transfers_discarded = self.discard_stray_transfers().await?;
@@ -49,6 +51,9 @@ impl WorkspaceRuns {
             .store
             .collect_garbage(&self.inner.config.gc)
             .await?;
+        metrics::counter!(super::observe::names::GC_BLOBS_DELETED).increment(store.blobs_deleted);
+        // Catch up with what other processes sharing the store did (see `observe.rs`).
+        self.refresh_usage().await;
         Ok(GcReport {
             expired_runs,
             transfers_discarded,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -150,6 +151,7 @@ impl WorkspaceRuns {
             None => return Err(Error::not_found("archive", &descriptor.sha256)),
         }
         self.verify_stored(&mut record, descriptor, UploadKind::Existing, &verifying)
+            .instrument(super::observe::run_span(id))
             .await
     }
 
@@ -259,6 +261,19 @@ impl WorkspaceRuns {
     }
 
     async fn intake(
+        &self,
+        id: &RunId,
+        descriptor: &ArchiveDescriptor,
+        data: ByteStream,
+        max_bytes: u64,
+        kind: UploadKind,
+    ) -> Result<RunRecord> {
+        self.intake_in_span(id, descriptor, data, max_bytes, kind)
+            .instrument(super::observe::run_span(id))
+            .await
+    }
+
+    async fn intake_in_span(
         &self,
         id: &RunId,
         descriptor: &ArchiveDescriptor,

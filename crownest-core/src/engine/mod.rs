@@ -33,6 +33,7 @@ mod expiry;
 mod gc;
 mod intake;
 mod ladder;
+pub mod observe;
 mod read;
 mod recovery;
 mod rejected;
@@ -159,6 +160,8 @@ pub(crate) struct Inner {
     watchers: Mutex<HashMap<RunId, watch::Sender<LiveBatch>>>,
     run_locks: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Counters>,
+    /// Runs per status and store bytes, for `/metrics` (see `observe.rs`).
+    gauges: observe::RunGauges,
     /// Held while a new transfer is checked against the caps and stored.
     staging_admission: tokio::sync::Mutex<()>,
     /// Archives being uploaded or verified, by digest (see `rejected.rs`).

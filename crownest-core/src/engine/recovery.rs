@@ -51,7 +51,9 @@ impl WorkspaceRuns {
         }
         let mut failed_sweeps = BTreeMap::new();
         for (name, backend) in &self.inner.backends {
-            match backend.sweep_orphans(&report.live_elsewhere).await {
+            let swept = backend.sweep_orphans(&report.live_elsewhere).await;
+            super::observe::swept(name, &swept);
+            match swept {
                 Ok(swept) => report
                     .swept
                     .extend(swept.into_iter().map(|s| (name.clone(), s))),

@@ -31,6 +31,18 @@ use crate::signing::DsseEnvelope;
 use crate::status::RunStatus;
 use crate::time::Timestamp;
 
+/// What a store holds, counted by one aggregate query ([`Store::usage`]): the gauges of
+/// `/metrics` start from it and are kept up to date in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreUsage {
+    /// Runs per status (a status with no run is absent or 0).
+    pub runs_by_status: BTreeMap<RunStatus, u64>,
+    /// Bytes of the stored blobs (archives and artifacts, each stored once), when the store
+    /// can count them cheaply.
+    pub blob_bytes: Option<u64>,
+}
+
 /// A stream of bytes fed into [`Store::put_blob`].
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
@@ -293,6 +305,10 @@ impl TransferRecord {
 ///   `None` when the evidence came without one; before the end it is `Error::NotTerminal`.
 /// * `get_artifact` finds an artifact of any run by id.
 /// * `list_unfinished` returns every run not in a terminal state.
+/// * `usage` counts every stored run once, under its current status, and (when it reports
+///   them) the bytes of the stored blobs; deleted runs are not counted. It is one aggregate
+///   query, not a listing (the default, for stores that have nothing better, pages through
+///   `list_runs`).
 #[async_trait]
 pub trait Store: Send + Sync + Debug {
     /// Stores a new run (or returns the one with the same idempotency key).
@@ -342,4 +358,25 @@ pub trait Store: Send + Sync + Debug {
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact>;
     /// Deletes an ended run and everything recorded about it (retention).
     async fn delete_run(&self, id: &RunId) -> Result<()>;
+    /// Runs per status and blob bytes (for metrics), by one aggregate query.
+    async fn usage(&self) -> Result<StoreUsage> {
+        let mut usage = StoreUsage::default();
+        let mut before = None;
+        loop {
+            let page = self
+                .list_runs(&RunQuery {
+                    limit: 1000,
+                    before: before.clone(),
+                    ..RunQuery::default()
+                })
+                .await?;
+            for run in &page {
+                *usage.runs_by_status.entry(run.status).or_default() += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == 1000 => before = Some(last.id.clone()),
+                _ => return Ok(usage),
+            }
+        }
+    }
 }

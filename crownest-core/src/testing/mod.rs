@@ -86,6 +86,7 @@ struct Shared {
     sandboxes: Mutex<BTreeMap<String, FakeSandboxState>>,
     fail_create: AtomicBool,
     fail_destroy: AtomicBool,
+    unusable: AtomicBool,
     materialize_delay_ms: std::sync::atomic::AtomicU64,
 }
 
@@ -119,6 +120,12 @@ impl FakeBackend {
     /// Makes every later `destroy` fail.
     pub fn fail_destroy(&self, fail: bool) {
         self.shared.fail_destroy.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes `templates` fail (as a backend whose daemon went away does), for readiness
+    /// checks.
+    pub fn set_unusable(&self, unusable: bool) {
+        self.shared.unusable.store(unusable, Ordering::SeqCst);
     }
 
     /// Makes every later `materialize` take this long (to observe `starting`).
@@ -170,6 +177,9 @@ impl SandboxBackend for FakeBackend {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        if self.shared.unusable.load(Ordering::SeqCst) {
+            return Err(Error::backend("fake", "injected: backend unusable"));
+        }
         Ok(vec![TemplateInfo {
             name: "python-node".into(),
             available: true,

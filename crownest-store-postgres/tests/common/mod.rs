@@ -221,6 +221,9 @@ impl Store for TempStore {
     async fn delete_run(&self, id: &RunId) -> Result<()> {
         self.store.delete_run(id).await
     }
+    async fn usage(&self) -> Result<crownest_core::store::StoreUsage> {
+        self.store.usage().await
+    }
     async fn get_evidence_envelope(
         &self,
         id: &RunId,

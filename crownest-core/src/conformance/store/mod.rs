@@ -21,11 +21,13 @@ mod blobs;
 mod commits;
 mod runs;
 mod transfers;
+mod usage;
 
 pub use blobs::*;
 pub use commits::*;
 pub use runs::*;
 pub use transfers::*;
+pub use usage::*;
 
 fn new_run(key: Option<&str>) -> RunRecord {
     let mut spec = RunSpec::new(["true"]);

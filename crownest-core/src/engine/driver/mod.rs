@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tracing::Instrument as _;
 
 use super::WorkspaceRuns;
 use crate::archive::ExtractPolicy;
@@ -100,7 +101,12 @@ impl Driver {
 
     /// Drives the run to its terminal event. Never returns early without one unless the
     /// store itself fails (then recovery ends the run later).
-    pub(super) async fn run(mut self) {
+    pub(super) async fn run(self) {
+        let span = super::observe::run_span(&self.record.id);
+        self.drive_to_end().instrument(span).await;
+    }
+
+    async fn drive_to_end(mut self) {
         if let Err(e) = self.drive().await {
             tracing::error!(run = %self.record.id, error = %e.chain(), "driver failed");
             // Last resort: try to end the run so it is not left dangling.
@@ -268,6 +274,7 @@ impl Driver {
                 let _ = tx.send(p);
             }
         };
+        let began = Instant::now();
         let fut = sandbox.materialize(reader, &policy, &progress);
         tokio::pin!(fut);
         let total = archive.size_bytes;
@@ -284,6 +291,7 @@ impl Driver {
                 }
             }
         };
+        super::observe::extraction(&self.record.backend, began.elapsed(), result.is_ok());
         let summary = result?;
         // Goes out with the `running` status (or whatever is committed next).
         self.deferred
