@@ -21,6 +21,7 @@ const GIB: u64 = 1024 * MIB;
 
 /// Network access for the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
     /// No network (the default). Backends that cannot enforce it report so.
@@ -32,6 +33,7 @@ pub enum Network {
 
 /// Keep the sandbox after the run for `ttl_ms`, then destroy it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeepSandbox {
     /// How long to keep it, in milliseconds.
@@ -40,6 +42,7 @@ pub struct KeepSandbox {
 
 /// One requested artifact path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArtifactRequest {
     /// Relative path inside `/workspace` (validated lexically at create time).
@@ -52,6 +55,7 @@ pub struct ArtifactRequest {
 /// Resolved limits of a run. Every field has a default (DESIGN §7); a run may lower or
 /// raise each one within the engine's maxima.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
     /// Stored output bytes per stream (stdout, stderr); more is dropped with `output_truncated`.
@@ -210,6 +214,7 @@ impl Limits {
 
 /// Per-run overrides of [`Limits`]; absent fields take the engine default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct LimitOverrides {
@@ -249,6 +254,7 @@ pub struct LimitOverrides {
 
 /// What a client asks for (DESIGN §2.1). Wire format: camelCase JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunSpec {
     /// Template name (default `python-node`).
@@ -275,6 +281,10 @@ pub struct RunSpec {
     /// Never serialized: a serialized spec (inside a run record, a log line) carries no
     /// secret. A client sends them with [`RunSpec::to_request_json`].
     #[serde(default, skip_serializing)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = BTreeMap<String, String>, write_only)
+    )]
     pub secrets: BTreeMap<String, SecretValue>,
     /// Execution deadline override (same as `limits.timeoutMs`; this field wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]

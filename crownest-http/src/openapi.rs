@@ -1,5 +1,208 @@
-//! The OpenAPI 3.1 document served at `/v1/openapi.json` (kept in sync with
-//! [`crate::ROUTES`] by a test).
+//! The OpenAPI 3.1 document of the API, generated from the code: each handler's
+//! `#[utoipa::path]` (its parameters, headers, bodies and statuses) and the wire types'
+//! `ToSchema` (crownest-core's behind its `openapi` feature). Served at `/v1/openapi.json`;
+//! `docs/openapi.json` is a committed copy a test keeps current, so API changes show in
+//! diffs.
+//!
+//! What every operation shares is added here rather than on each handler: the bearer
+//! security and the scope the route needs (`x-crownest-scope`, from
+//! [`Scope::required_for`]), and the statuses any authenticated route may answer (401, 403,
+//! 500, 503).
+
+use std::sync::LazyLock;
+
+use axum::http::Method;
+use serde_json::{Map, Value, json};
+use utoipa::OpenApi as _;
+
+use crate::routes;
+use crate::tokens::Scope;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "CrowNest",
+        description = "Run untrusted repo-shaped work in sandboxes, with a durable, verifiable record: \
+                       the HTTP + SSE API. Every error is an ErrorBody.",
+    ),
+    paths(
+        routes::ops::healthz,
+        routes::ops::metrics,
+        routes::ops::openapi,
+        routes::runs::create_run,
+        routes::runs::list_runs,
+        routes::runs::get_run,
+        routes::runs::delete_run,
+        routes::runs::start_run,
+        routes::runs::cancel_run,
+        routes::uploads::put_archive,
+        routes::uploads::attach_archive,
+        routes::uploads::head_archive,
+        routes::uploads::begin_transfer,
+        routes::uploads::put_chunk,
+        routes::uploads::get_transfer,
+        routes::uploads::complete_transfer,
+        routes::events::list_events,
+        routes::events::stream_events,
+        routes::evidence::evidence,
+        routes::evidence::host_key,
+        routes::evidence::artifact,
+    ),
+    components(schemas(crate::ErrorBody, crownest_core::Event)),
+    tags(
+        (name = "runs", description = "Create, list, start, cancel and delete runs."),
+        (name = "uploads", description = "The source archive: direct, by digest, or staged in chunks."),
+        (name = "events", description = "The run's hash-chained events: a window, or SSE."),
+        (name = "evidence", description = "The Evidence Bundle, its signed views, the host key, artifacts."),
+        (name = "ops", description = "Liveness, metrics, this document."),
+    )
+)]
+struct ApiDoc;
+
+static DOCUMENT: LazyLock<Value> = LazyLock::new(build);
+static JSON: LazyLock<String> = LazyLock::new(|| {
+    let mut s = serde_json::to_string_pretty(&*DOCUMENT).unwrap_or_default();
+    s.push('\n');
+    s
+});
 
 /// The document.
-pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+pub fn document() -> &'static Value {
+    &DOCUMENT
+}
+
+/// The document as served (pretty JSON, keys sorted, a final newline): byte for byte the
+/// committed `docs/openapi.json`.
+pub fn json() -> &'static str {
+    &JSON
+}
+
+fn build() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    let error_ref = json!({"$ref": "#/components/schemas/ErrorBody"});
+    let error_response = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": error_ref.clone()}},
+        })
+    };
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in item.iter_mut() {
+                let Some(op) = op.as_object_mut() else {
+                    continue;
+                };
+                let responses = op
+                    .entry("responses")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                let Some(responses) = responses.as_object_mut() else {
+                    continue;
+                };
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status)
+                        .or_insert_with(|| error_response(description));
+                };
+                add(
+                    "500",
+                    "`internal`, `store_error`, `io_error`, `backend_error`: the server failed (details in its log).",
+                );
+                if path == "/healthz" {
+                    continue;
+                }
+                add(
+                    "503",
+                    "`shutting_down`: the server is stopping; try another or later.",
+                );
+                add("401", "`unauthorized`: no or unknown bearer token.");
+                let scope = Method::from_bytes(method.to_uppercase().as_bytes())
+                    .map(|m| Scope::required_for(&m, path))
+                    .unwrap_or(Scope::Admin);
+                add(
+                    "403",
+                    &format!("`forbidden` (`scope`): the token lacks the `{scope}` scope."),
+                );
+                op.insert("security".into(), json!([{"bearer": []}]));
+                op.insert("x-crownest-scope".into(), json!(scope.as_str()));
+            }
+        }
+    }
+    if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        components.insert(
+            "securitySchemes".into(),
+            json!({"bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token of `crownest serve` (the single admin token, or one of the tokens file with its scopes).",
+            }}),
+        );
+        if let Some(schemas) = components.get_mut("schemas") {
+            let snapshot = schemas.clone();
+            merge_flattened(schemas, &snapshot);
+        }
+    }
+    doc
+}
+
+/// A serde `flatten` of a struct comes out of the derive as `allOf: [the struct, the rest]`;
+/// where the flattened struct denies unknown members (`additionalProperties: false`) no
+/// object could satisfy both. Each such `allOf` of plain objects becomes the one object it
+/// means: the members and the required names of all its parts.
+fn merge_flattened(node: &mut Value, schemas: &Value) {
+    match node {
+        Value::Object(map) => {
+            if let Some(merged) = map.get("allOf").and_then(|all| merge_objects(all, schemas)) {
+                map.remove("allOf");
+                for (k, v) in merged {
+                    map.insert(k, v);
+                }
+            }
+            for v in map.values_mut() {
+                merge_flattened(v, schemas);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                merge_flattened(v, schemas);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn merge_objects(all: &Value, schemas: &Value) -> Option<Map<String, Value>> {
+    let parts = all.as_array()?;
+    let mut properties = Map::new();
+    let mut required: Vec<Value> = Vec::new();
+    for part in parts {
+        let part = match part.get("$ref").and_then(Value::as_str) {
+            Some(r) => schemas.get(r.strip_prefix("#/components/schemas/")?)?,
+            None => part,
+        };
+        let obj = part.as_object()?;
+        // Only plain objects: a part with alternatives (oneOf, a nested allOf) stays.
+        if obj.get("type").and_then(Value::as_str) != Some("object")
+            || obj
+                .keys()
+                .any(|k| k == "oneOf" || k == "anyOf" || k == "allOf")
+        {
+            return None;
+        }
+        if let Some(p) = obj.get("properties").and_then(Value::as_object) {
+            properties.extend(p.clone());
+        }
+        if let Some(r) = obj.get("required").and_then(Value::as_array) {
+            required.extend(r.iter().cloned());
+        }
+    }
+    let mut out = Map::new();
+    out.insert("type".into(), json!("object"));
+    out.insert("properties".into(), Value::Object(properties));
+    if !required.is_empty() {
+        out.insert("required".into(), Value::Array(required));
+    }
+    Some(out)
+}
