@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use crate::ROUTES;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 
 /// `Json<T>` whose rejection is 400 `bad_request` (malformed or mistyped JSON), 413
@@ -116,13 +117,50 @@ pub(crate) async fn no_route(uri: Uri) -> ApiError {
 }
 
 /// The fallback of a known path asked with a method it does not have: 405
-/// `method_not_allowed` (axum adds the `Allow` header; a layer copies it into `allowed`).
-pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
+/// `method_not_allowed`, with the route's methods (from [`ROUTES`]) in the `Allow` header
+/// and in `allowed`.
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let allowed = methods_of(uri.path());
+    let mut err = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} does not answer {method}", uri.path()),
-    )
+        format!(
+            "{} does not answer {method}; it answers {}",
+            uri.path(),
+            allowed.join(", ")
+        ),
+    );
+    let allow = allowed.join(", ");
+    err.detail_mut().allowed = Some(allowed);
+    let mut resp = err.into_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+/// The methods [`ROUTES`] lists for the route `path` matches (`GET` implies `HEAD`).
+fn methods_of(path: &str) -> Vec<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let matches = |template: &str| {
+        let t: Vec<&str> = template.split('/').collect();
+        t.len() == segments.len()
+            && t.iter()
+                .zip(&segments)
+                .all(|(t, s)| (t.starts_with('{') && t.ends_with('}') && !s.is_empty()) || t == s)
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (m, template) in ROUTES {
+        if matches(template) {
+            out.push((*m).to_owned());
+            if *m == "GET" {
+                out.push("HEAD".to_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The last layer: an error response (4xx or 5xx) that is not JSON (a layer's or the

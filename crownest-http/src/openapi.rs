@@ -48,7 +48,12 @@ use crate::tokens::Scope;
         routes::evidence::host_key,
         routes::evidence::artifact,
     ),
-    components(schemas(crate::ErrorBody, crownest_core::Event)),
+    components(schemas(
+        crate::ErrorBody,
+        crownest_core::Event,
+        crownest_core::RunStatus,
+        routes::evidence::EvidenceFormat,
+    )),
     tags(
         (name = "runs", description = "Create, list, start, cancel and delete runs."),
         (name = "uploads", description = "The source archive: direct, by digest, or staged in chunks."),
@@ -144,7 +149,31 @@ fn build() -> Value {
             merge_flattened(schemas, &snapshot);
         }
     }
+    binary_bodies(&mut doc);
     doc
+}
+
+/// Raw bodies (`application/octet-stream`: archives, chunks, artifacts) are bytes, not the
+/// array of integers a `Vec<u8>` derives to.
+fn binary_bodies(node: &mut Value) {
+    match node {
+        Value::Object(map) => {
+            if let Some(media) = map
+                .get_mut("application/octet-stream")
+                .and_then(Value::as_object_mut)
+            {
+                media.insert(
+                    "schema".into(),
+                    json!({"type": "string", "format": "binary"}),
+                );
+            }
+            for v in map.values_mut() {
+                binary_bodies(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(binary_bodies),
+        _ => {}
+    }
 }
 
 /// A serde `flatten` of a struct comes out of the derive as `allOf: [the struct, the rest]`;

@@ -257,11 +257,7 @@ fn the_debug_text_scanner_finds_debug_text() {
 #[tokio::test]
 async fn every_refusal_is_the_one_shape_without_debug_text() {
     let s = server().await;
-    let run = s
-        .client
-        .create_run(&RunSpec::new(vec!["fake".into()]))
-        .await
-        .unwrap();
+    let run = s.client.create_run(&RunSpec::new(["fake"])).await.unwrap();
     let tr = s
         .client
         .begin_transfer(

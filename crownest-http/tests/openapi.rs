@@ -99,7 +99,6 @@ fn the_headers_of_the_protocol_are_documented() {
     };
     has("POST", "/v1/runs", "Idempotency-Key");
     has("PUT", "/v1/runs/{id}/archive", "X-Archive-Sha256");
-    has("PUT", "/v1/runs/{id}/archive", "Content-Length");
     has("PUT", "/v1/transfers/{tid}", "Content-Digest");
     has("PUT", "/v1/transfers/{tid}", "X-Chunk-Sha256");
     has("GET", "/v1/runs/{id}/events/stream", "Last-Event-ID");

@@ -16,7 +16,8 @@ use crate::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery};
 /// Upload the run's archive in one request (a `.tar.gz` or `.tar`).
 ///
 /// The bytes are streamed, counted and hashed, and the tar is checked against the
-/// extraction policy before the run becomes `archive_ready`.
+/// extraction policy before the run becomes `archive_ready`. `Content-Length` is required
+/// (411 without it): the size is checked against the limit before the body is read.
 #[utoipa::path(
     put,
     path = "/v1/runs/{id}/archive",
@@ -25,7 +26,6 @@ use crate::extract::{ApiBytes, ApiJson, ApiPath, ApiQuery};
         ("id" = String, Path, description = "Run id (`run_...`)."),
         ("X-Archive-Sha256" = String, Header, pattern = "^[0-9a-fA-F]{64}$",
          description = "sha256 of the body, 64 hex digits."),
-        ("Content-Length" = u64, Header, description = "Size of the body in bytes."),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
                  description = "The archive's bytes."),
