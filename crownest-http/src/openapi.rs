@@ -145,8 +145,14 @@ fn build() -> Value {
             }}),
         );
         if let Some(schemas) = components.get_mut("schemas") {
-            let snapshot = schemas.clone();
-            merge_flattened(schemas, &snapshot);
+            // Until nothing changes: a merge can make another part plain.
+            for _ in 0..4 {
+                let snapshot = schemas.clone();
+                merge_flattened(schemas, &snapshot);
+                if *schemas == snapshot {
+                    break;
+                }
+            }
         }
     }
     binary_bodies(&mut doc);
@@ -176,14 +182,16 @@ fn binary_bodies(node: &mut Value) {
     }
 }
 
-/// A serde `flatten` of a struct comes out of the derive as `allOf: [the struct, the rest]`;
-/// where the flattened struct denies unknown members (`additionalProperties: false`) no
-/// object could satisfy both. Each such `allOf` of plain objects becomes the one object it
-/// means: the members and the required names of all its parts.
+/// A serde `flatten` comes out of the derive as `allOf: [the flattened type, the rest]`. Where
+/// the flattened struct denies unknown members (`additionalProperties: false`) no object could
+/// satisfy both parts, and an `allOf` over alternatives (an internally tagged enum: `Event`)
+/// is beyond most generators. So each `allOf` of plain objects becomes the one object it
+/// means (the members and required names of all its parts), and one with a `oneOf` part
+/// becomes a `oneOf` of such objects, one per alternative.
 fn merge_flattened(node: &mut Value, schemas: &Value) {
     match node {
         Value::Object(map) => {
-            if let Some(merged) = map.get("allOf").and_then(|all| merge_objects(all, schemas)) {
+            if let Some(merged) = map.get("allOf").and_then(|all| merge_all_of(all, schemas)) {
                 map.remove("allOf");
                 for (k, v) in merged {
                     map.insert(k, v);
@@ -202,24 +210,61 @@ fn merge_flattened(node: &mut Value, schemas: &Value) {
     }
 }
 
-fn merge_objects(all: &Value, schemas: &Value) -> Option<Map<String, Value>> {
-    let parts = all.as_array()?;
-    let mut properties = Map::new();
-    let mut required: Vec<Value> = Vec::new();
-    for part in parts {
-        let part = match part.get("$ref").and_then(Value::as_str) {
-            Some(r) => schemas.get(r.strip_prefix("#/components/schemas/")?)?,
-            None => part,
-        };
-        let obj = part.as_object()?;
-        // Only plain objects: a part with alternatives (oneOf, a nested allOf) stays.
-        if obj.get("type").and_then(Value::as_str) != Some("object")
-            || obj
-                .keys()
-                .any(|k| k == "oneOf" || k == "anyOf" || k == "allOf")
-        {
+fn resolve<'a>(part: &'a Value, schemas: &'a Value) -> Option<&'a Value> {
+    match part.get("$ref").and_then(Value::as_str) {
+        Some(r) => schemas.get(r.strip_prefix("#/components/schemas/")?),
+        None => Some(part),
+    }
+}
+
+/// A plain object schema: `type: object`, no alternatives.
+fn plain(schema: &Value) -> Option<&Map<String, Value>> {
+    let obj = schema.as_object()?;
+    let alternatives = obj
+        .keys()
+        .any(|k| k == "oneOf" || k == "anyOf" || k == "allOf");
+    (obj.get("type").and_then(Value::as_str) == Some("object") && !alternatives).then_some(obj)
+}
+
+fn merge_all_of(all: &Value, schemas: &Value) -> Option<Map<String, Value>> {
+    let mut objects = Vec::new();
+    let mut alternatives: Option<Vec<&Map<String, Value>>> = None;
+    for part in all.as_array()? {
+        let part = resolve(part, schemas)?;
+        if let Some(obj) = plain(part) {
+            objects.push(obj);
+        } else if let Some(one_of) = part.get("oneOf").and_then(Value::as_array) {
+            if alternatives.is_some() {
+                return None;
+            }
+            let alts: Option<Vec<_>> = one_of
+                .iter()
+                .map(|alt| resolve(alt, schemas).and_then(plain))
+                .collect();
+            alternatives = Some(alts?);
+        } else {
             return None;
         }
+    }
+    let Some(alternatives) = alternatives else {
+        return Some(merge_objects(&objects, None));
+    };
+    let one_of: Vec<Value> = alternatives
+        .into_iter()
+        .map(|alt| Value::Object(merge_objects(&objects, Some(alt))))
+        .collect();
+    let mut out = Map::new();
+    out.insert("oneOf".into(), Value::Array(one_of));
+    Some(out)
+}
+
+fn merge_objects(
+    objects: &[&Map<String, Value>],
+    alternative: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let mut properties = Map::new();
+    let mut required: Vec<Value> = Vec::new();
+    for obj in objects.iter().copied().chain(alternative) {
         if let Some(p) = obj.get("properties").and_then(Value::as_object) {
             properties.extend(p.clone());
         }
@@ -228,10 +273,13 @@ fn merge_objects(all: &Value, schemas: &Value) -> Option<Map<String, Value>> {
         }
     }
     let mut out = Map::new();
+    if let Some(d) = alternative.and_then(|a| a.get("description")) {
+        out.insert("description".into(), d.clone());
+    }
     out.insert("type".into(), json!("object"));
     out.insert("properties".into(), Value::Object(properties));
     if !required.is_empty() {
         out.insert("required".into(), Value::Array(required));
     }
-    Some(out)
+    out
 }

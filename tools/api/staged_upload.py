@@ -127,7 +127,7 @@ def main():
             client=client,
             body=File(payload=io.BytesIO(first)),
             offset=0,
-            x_chunk_sha256=hashlib.sha256(b"not these bytes").hexdigest(),
+            x_chunk_sha_256=hashlib.sha256(b"not these bytes").hexdigest(),
         ),
         HTTPStatus.CONFLICT,
         ErrorBody,
@@ -140,7 +140,7 @@ def main():
     for i, offset in enumerate(reversed(offsets)):
         chunk = data[offset : offset + size]
         kwargs = {"content_digest": content_digest(chunk)} if i % 2 == 0 else {
-            "x_chunk_sha256": hashlib.sha256(chunk).hexdigest()
+            "x_chunk_sha_256": hashlib.sha256(chunk).hexdigest()
         }
         status = expect(
             put_chunk.sync_detailed(
