@@ -95,7 +95,11 @@ id_type!(
 
 /// A lowercase hex sha256 digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(pattern = "^[0-9a-fA-F]{64}$")
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Sha256Digest(String);
 

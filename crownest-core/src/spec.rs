@@ -259,11 +259,14 @@ pub struct LimitOverrides {
 pub struct RunSpec {
     /// Template name (default `python-node`).
     #[serde(default = "default_template")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]+$"))]
     pub template: String,
     /// Backend name; `None` = the engine default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]+$"))]
     pub backend: Option<String>,
     /// argv; non-empty. A shell line is `["sh","-c","..."]`.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub command: Vec<String>,
     /// Relative working directory inside `/workspace`.
     #[serde(default = "default_cwd")]

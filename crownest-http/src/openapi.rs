@@ -53,6 +53,7 @@ use crate::tokens::Scope;
         crownest_core::Event,
         crownest_core::RunStatus,
         routes::evidence::EvidenceFormat,
+        routes::runs::LabelFilter,
     )),
     tags(
         (name = "runs", description = "Create, list, start, cancel and delete runs."),
@@ -156,7 +157,116 @@ fn build() -> Value {
         }
     }
     binary_bodies(&mut doc);
+    unsigned_integers(&mut doc);
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in item.values_mut() {
+                parameters_not_null(op);
+                event_stream_items(op);
+            }
+        }
+    }
     doc
+}
+
+/// An unsigned Rust integer derives to `format: int64` (or `int32`) with `minimum: 0`, whose
+/// range a validator takes as the signed one; the server accepts the whole unsigned range.
+/// Each such integer without its own maximum says so: `uint64` / `uint32` and the maximum.
+fn unsigned_integers(node: &mut Value) {
+    match node {
+        Value::Object(map) => {
+            let integer = match map.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            let unsigned = map.get("minimum").and_then(Value::as_u64) == Some(0);
+            if integer && unsigned && !map.contains_key("maximum") {
+                match map.get("format").and_then(Value::as_str) {
+                    Some("int64") => {
+                        map.insert("format".into(), json!("uint64"));
+                        map.insert("maximum".into(), json!(u64::MAX));
+                    }
+                    Some("int32") => {
+                        map.insert("format".into(), json!("uint32"));
+                        map.insert("maximum".into(), json!(u32::MAX));
+                    }
+                    _ => {}
+                }
+            }
+            map.values_mut().for_each(unsigned_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_integers),
+        _ => {}
+    }
+}
+
+/// A query or header value is never JSON `null`: an optional parameter is one that may be
+/// absent (`required: false`), not a nullable one.
+fn parameters_not_null(op: &mut Value) {
+    let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for schema in params.iter_mut().filter_map(|p| p.get_mut("schema")) {
+        let Some(obj) = schema.as_object_mut() else {
+            continue;
+        };
+        if let Some(Value::Array(types)) = obj.get_mut("type") {
+            types.retain(|t| t != "null");
+            if types.len() == 1 {
+                let only = types.remove(0);
+                obj.insert("type".into(), only);
+            }
+        }
+        if let Some(Value::Array(alts)) = obj.get("oneOf") {
+            let non_null: Vec<Value> = alts
+                .iter()
+                .filter(|a| a.get("type").and_then(Value::as_str) != Some("null"))
+                .cloned()
+                .collect();
+            if let [only] = non_null.as_slice() {
+                let only = only.clone();
+                obj.remove("oneOf");
+                if let Some(o) = only.as_object() {
+                    obj.extend(o.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Each block of an event stream: `id` (the seq), `event` (the type) and `data` (the
+/// event's JSON, or an `ErrorDetail` for `event: stream_error`).
+fn event_stream_items(op: &mut Value) {
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for response in responses.values_mut() {
+        if let Some(media) = response
+            .pointer_mut("/content/text~1event-stream")
+            .and_then(Value::as_object_mut)
+        {
+            media.insert(
+                "schema".into(),
+                json!({
+                    "type": "object",
+                    "description": "One Server-Sent Events block.",
+                    "properties": {
+                        "id": {"type": "string", "description": "The event's seq."},
+                        "event": {"type": "string", "description": "The event's type, or `stream_error`."},
+                        "data": {
+                            "type": "string",
+                            "description": "The event's JSON (an ErrorDetail for `stream_error`).",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/Event"},
+                        },
+                        "retry": {"type": "integer"},
+                    },
+                    "required": ["data"],
+                }),
+            );
+        }
+    }
 }
 
 /// Raw bodies (`application/octet-stream`: archives, chunks, artifacts) are bytes, not the

@@ -52,6 +52,12 @@ impl ApiError {
         &mut self.detail
     }
 
+    /// The same error answered with another status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     /// The body as sent.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {

@@ -135,6 +135,12 @@ fn parse_list_query(pairs: Vec<(String, String)>) -> ApiResult<(RunQuery, usize)
     Ok((q, limit))
 }
 
+/// One `label` filter of `GET /v1/runs` (for the document).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "=")]
+#[allow(dead_code)]
+pub(crate) struct LabelFilter(String);
+
 /// The largest page of `GET /v1/runs`.
 const MAX_PAGE: usize = 500;
 
@@ -149,7 +155,7 @@ const MAX_PAGE: usize = 500;
     params(
         ("status" = Option<RunStatus>, Query, description = "Only runs in this state."),
         ("backend" = Option<String>, Query, description = "Only runs on this backend."),
-        ("label" = Option<Vec<String>>, Query, explode = true,
+        ("label" = Option<Vec<LabelFilter>>, Query, explode = true,
          description = "`KEY=VALUE`, repeatable: only runs with every one of these labels."),
         ("createdAfter" = Option<String>, Query, format = DateTime,
          description = "RFC 3339; inclusive."),

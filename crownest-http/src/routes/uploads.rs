@@ -87,11 +87,11 @@ pub(crate) async fn put_archive(
     responses(
         (status = 200, description = "The run, `archive_ready`.", body = RunRecord),
         (status = 400, description = "`bad_request`: malformed JSON.", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such run, or no such stored archive.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such run.", body = ErrorBody),
         (status = 409, description = "`invalid_transition`: the run is not `awaiting_archive`.", body = ErrorBody),
         (status = 413, description = "`too_large` (the JSON body) or `limit_exceeded`.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
-        (status = 422, description = "`archive_rejected`: the stored archive is not the declared one.", body = ErrorBody),
+        (status = 422, description = "`not_found` (`kind: archive`): no stored archive has this sha256; `archive_rejected`: the stored archive is not the declared one.", body = ErrorBody),
     )
 )]
 pub(crate) async fn attach_archive(
@@ -99,7 +99,15 @@ pub(crate) async fn attach_archive(
     ApiPath(id): ApiPath<String>,
     ApiJson(desc): ApiJson<ArchiveDescriptor>,
 ) -> ApiResult<Json<RunRecord>> {
-    Ok(Json(s.engine.attach_archive(&run_id(&id)?, &desc).await?))
+    match s.engine.attach_archive(&run_id(&id)?, &desc).await {
+        Ok(run) => Ok(Json(run)),
+        // The run is there; the body names an archive that is not: the request's content
+        // is what cannot be processed (the body stays `not_found`, kind `archive`).
+        Err(e @ crownest_core::Error::NotFound { kind: "archive", .. }) => {
+            Err(ApiError::from(e).with_status(StatusCode::UNPROCESSABLE_ENTITY))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Is this archive stored? (`X-Archive-Size` when it is.)
