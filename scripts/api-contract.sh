@@ -83,8 +83,10 @@ set +e
 st=$?
 set -e
 cat "$work/schemathesis.log"
-summary="$(grep -E '^=+ .* =+$' "$work/schemathesis.log" | tail -n1 || true)"
-echo "api-contract: schemathesis summary: ${summary:-none}"
+summary="$(grep -E '^=+ .* =+$' "$work/schemathesis.log" | tail -n1 | tr -s '=' | sed 's/^= //; s/ =$//' || true)"
+cases="$(grep -A1 -E '^Test cases:' "$work/schemathesis.log" | tail -n1 | sed 's/^ *//' || true)"
+summary="schemathesis: ${cases:-?}; ${summary:-no summary line}"
+echo "api-contract: $summary"
 [ "$st" = 0 ] || fail "schemathesis exited $st"
 kill -0 "$server_pid" 2>/dev/null || fail "the server died under the fuzz"
 
@@ -98,4 +100,4 @@ PYTHONPATH="$work/client" PYTHONDONTWRITEBYTECODE=1 python tools/api/staged_uplo
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "crownest serve exited with $?"
 server_pid=""
-echo "api-contract: ok (${summary:-})"
+echo "api-contract: ok ($summary)"

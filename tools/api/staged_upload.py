@@ -34,6 +34,7 @@ from crownest_api.api.uploads import (
 from crownest_api.models import (
     ArchiveDescriptor,
     ErrorBody,
+    EventPage,
     EvidenceBundle,
     RunRecord,
     RunSpec,
@@ -179,13 +180,11 @@ def main():
     while not events or events[-1]["type"] != "terminal":
         if time.monotonic() > deadline:
             fail(f"the run did not end: {events[-3:]}")
-        page = expect(
-            list_events.sync_detailed(id=run.id, client=client, after_seq=after, limit=500),
-            HTTPStatus.OK,
-            None,
-            "events",
-        )
-        window = json.loads(page.content)
+        resp = list_events.sync_detailed(id=run.id, client=client, after_seq=after, limit=500)
+        page = expect(resp, HTTPStatus.OK, EventPage, "events")
+        window = json.loads(resp.content)
+        if len(page.events) != len(window["events"]) or page.next_after_seq != window["nextAfterSeq"]:
+            fail(f"events: the client read {page.to_dict()} from {window}")
         events.extend(window["events"])
         after = window["nextAfterSeq"]
         if not window["events"]:
