@@ -284,10 +284,6 @@ pub struct RunSpec {
     /// Never serialized: a serialized spec (inside a run record, a log line) carries no
     /// secret. A client sends them with [`RunSpec::to_request_json`].
     #[serde(default, skip_serializing)]
-    #[cfg_attr(
-        feature = "openapi",
-        schema(value_type = BTreeMap<String, String>, write_only)
-    )]
     pub secrets: BTreeMap<String, SecretValue>,
     /// Execution deadline override (same as `limits.timeoutMs`; this field wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]

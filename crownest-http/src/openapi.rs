@@ -146,6 +146,7 @@ fn build() -> Value {
             }}),
         );
         if let Some(schemas) = components.get_mut("schemas") {
+            request_only_members(schemas);
             // Until nothing changes: a merge can make another part plain.
             for _ in 0..4 {
                 let snapshot = schemas.clone();
@@ -266,6 +267,29 @@ fn event_stream_items(op: &mut Value) {
                 }),
             );
         }
+    }
+}
+
+/// Members a request takes but no response carries: the derive leaves out a field serde
+/// never serializes (`RunSpec::secrets`), so it is described here, `writeOnly`.
+fn request_only_members(schemas: &mut Value) {
+    if let Some(props) = schemas
+        .pointer_mut("/RunSpec/properties")
+        .and_then(Value::as_object_mut)
+    {
+        props.insert(
+            "secrets".into(),
+            json!({
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "writeOnly": true,
+                "description": "Secret values, by variable name: passed to the command's \
+                    environment, masked as `***` in its output (an accidental-echo guard only: a \
+                    command can always reveal a value it was given), never stored, never in a \
+                    response; only the names are recorded (`secretNames`). Names are portable \
+                    (`[A-Za-z_][A-Za-z0-9_]*`) and distinct from `env`'s.",
+            }),
+        );
     }
 }
 

@@ -103,9 +103,11 @@ pub(crate) async fn attach_archive(
         Ok(run) => Ok(Json(run)),
         // The run is there; the body names an archive that is not: the request's content
         // is what cannot be processed (the body stays `not_found`, kind `archive`).
-        Err(e @ crownest_core::Error::NotFound { kind: "archive", .. }) => {
-            Err(ApiError::from(e).with_status(StatusCode::UNPROCESSABLE_ENTITY))
-        }
+        Err(
+            e @ crownest_core::Error::NotFound {
+                kind: "archive", ..
+            },
+        ) => Err(ApiError::from(e).with_status(StatusCode::UNPROCESSABLE_ENTITY)),
         Err(e) => Err(e.into()),
     }
 }
