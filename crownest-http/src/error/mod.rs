@@ -15,7 +15,8 @@ pub use body::{ErrorBody, ErrorDetail};
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    detail: ErrorDetail,
+    /// Boxed: a handler's `Result` stays small.
+    detail: Box<ErrorDetail>,
 }
 
 impl ApiError {
@@ -23,7 +24,7 @@ impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             status,
-            detail: ErrorDetail::new(code, message),
+            detail: Box::new(ErrorDetail::new(code, message)),
         }
     }
 
@@ -61,7 +62,7 @@ impl ApiError {
     /// The body as sent.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
-            error: self.detail.clone(),
+            error: (*self.detail).clone(),
         }
     }
 }
@@ -103,7 +104,7 @@ impl From<Error> for ApiError {
         }
         Self {
             status,
-            detail: ErrorDetail::of(&e),
+            detail: Box::new(ErrorDetail::of(&e)),
         }
     }
 }
