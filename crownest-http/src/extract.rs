@@ -227,3 +227,59 @@ fn code_of(status: StatusCode) -> String {
         s => format!("http_{}", s.as_u16()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn shaped(method: Method, resp: Response) -> (StatusCode, Option<ErrorBody>, Response) {
+        let out = error_shape(method, resp).await;
+        let status = out.status();
+        let (parts, body) = out.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        let parsed = serde_json::from_slice(&bytes).ok();
+        (
+            status,
+            parsed,
+            Response::from_parts(parts, Body::from(bytes)),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_layers_own_error_gets_the_one_shape() {
+        // A timeout layer's empty 408.
+        let (status, body, resp) =
+            shaped(Method::GET, StatusCode::REQUEST_TIMEOUT.into_response()).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        let body = body.unwrap();
+        assert_eq!(body.error.code, "timeout");
+        assert_eq!(body.error.message, "Request Timeout");
+        assert_eq!(
+            resp.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+        // The framework's text/plain refusal keeps its text as the message.
+        let text = (StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded").into_response();
+        let (_, body, _) = shaped(Method::POST, text).await;
+        let body = body.unwrap();
+        assert_eq!(body.error.code, "too_large");
+        assert_eq!(body.error.message, "length limit exceeded");
+        // An ErrorBody passes untouched; a success and a HEAD answer too.
+        let ours = ApiError::bad_request("nope").into_response();
+        let (_, body, _) = shaped(Method::GET, ours).await;
+        assert_eq!(body.unwrap().error.message, "nope");
+        let (status, body, _) = shaped(Method::GET, "fine".into_response()).await;
+        assert_eq!((status, body), (StatusCode::OK, None));
+        let (_, body, _) = shaped(Method::HEAD, StatusCode::NOT_FOUND.into_response()).await;
+        assert!(body.is_none());
+    }
+
+    #[test]
+    fn the_methods_of_a_path_come_from_routes() {
+        assert_eq!(methods_of("/v1/runs"), ["GET", "HEAD", "POST"]);
+        assert_eq!(methods_of("/v1/runs/run_x"), ["DELETE", "GET", "HEAD"]);
+        assert_eq!(methods_of("/v1/transfers/xfer_x"), ["GET", "HEAD", "PUT"]);
+        assert!(methods_of("/v1/nope").is_empty());
+    }
+}
