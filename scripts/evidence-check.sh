@@ -11,8 +11,8 @@
 # which must all be rejected. Prints a summary table; exits non-zero on any unexpected result.
 #
 # Python: a venv under $CROWNEST_CACHE_DIR/venv-evidence-<sha256 of
-# tools/requirements-evidence.txt>, made with the machine's python3 (`python3 -m venv`,
-# `pip install -r`) and reused while the file is unchanged.
+# tools/requirements-evidence.txt> (scripts/lib/venv.sh: made once with the machine's
+# python3, reused while the file is unchanged).
 # CROWNEST_EVIDENCE_KEEP=1 keeps the temp dir (home, exports, tampered copies, reports).
 # The CLI: $CROWNEST_BIN, else $CARGO_TARGET_DIR/debug/crownest, else target/debug/crownest;
 # built (`cargo build -p crownest-cli`) when missing.
@@ -29,16 +29,9 @@ if [ ! -x "$BIN" ]; then
 fi
 BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 
-# --- the venv ---------------------------------------------------------------------------
-req=tools/requirements-evidence.txt
-venv="$CROWNEST_CACHE_DIR/venv-evidence-$(sha256sum "$req" | cut -d' ' -f1)"
-if [ ! -f "$venv/.complete" ]; then
-  echo "evidence-check: making $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
-  touch "$venv/.complete"
-fi
+# --- the venv (scripts/lib/venv.sh) ------------------------------------------------------
+. scripts/lib/venv.sh
+venv="$(crownest_venv tools/requirements-evidence.txt venv-evidence)"
 PY="$venv/bin/python"
 VERIFY=(env PYTHONDONTWRITEBYTECODE=1 "$PY" tools/verify-evidence.py)
 TAMPER=(env PYTHONDONTWRITEBYTECODE=1 "$PY" tools/evidence-tamper.py)

@@ -63,6 +63,9 @@ cargo test --workspace --all-targets "$@"
 step "curl walk-through (crownest serve)"
 scripts/curl-walkthrough.sh
 
+step "API contract (openapi-spec-validator, schemathesis, generated Python client)"
+scripts/api-contract.sh
+
 step "independent evidence verifier"
 scripts/evidence-check.sh
 

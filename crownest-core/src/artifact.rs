@@ -43,6 +43,7 @@ pub struct CollectedArtifact {
 
 /// An entry of a directory artifact that was not put into its tar.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SkippedEntry {
     /// Workspace-relative path.
@@ -53,6 +54,7 @@ pub struct SkippedEntry {
 
 /// Why an entry of a directory artifact was skipped. Serialized as a snake_case string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SkipReason {

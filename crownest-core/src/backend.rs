@@ -29,6 +29,7 @@ use crate::time::Timestamp;
 
 /// What exactly a template resolved to (image id, module digests, interpreter versions).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateIdentity {
     /// Ordered key → value facts, e.g. `imageId` → `sha256:...`, `python3.path` → `/usr/bin/python3`.

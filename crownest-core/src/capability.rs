@@ -79,6 +79,7 @@ impl Capabilities {
 /// One field of [`Capabilities`], by name (wire value: snake_case, e.g. `memory_limit`).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Capability {
     /// [`Capabilities::network_isolation`].
@@ -137,6 +138,7 @@ impl fmt::Display for Capability {
 /// What a sandbox did about the network (wire values `none`, `enabled`, `not_isolated`).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkIsolation {
     /// The spec asked `none` and the command cannot reach any network.
@@ -234,6 +236,7 @@ impl<'de> Deserialize<'de> for ProcessContainment {
 /// Evidence Bundle, `docs/evidence.md` §2.2). It never claims more than its backend's
 /// [`Capabilities`] ([`overclaims`] is empty; a conformance case checks it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct IsolationReport {
     /// Backend name.
@@ -247,6 +250,7 @@ pub struct IsolationReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
     /// How processes are contained.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub process_containment: ProcessContainment,
     /// User the command ran as.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,6 +27,7 @@ use crate::time::Timestamp;
 /// Stored as JSON in run records and sandbox markers (`{"instance","pid","pidStart"?}`);
 /// any field added later must have a serde default, so records written before still parse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunOwner {
     /// The engine instance (random per `WorkspaceRuns`).

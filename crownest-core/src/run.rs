@@ -10,6 +10,7 @@ use crate::time::Timestamp;
 
 /// How the archive arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UploadKind {
     /// One request body.
@@ -22,6 +23,7 @@ pub enum UploadKind {
 
 /// What the client declares about an archive before sending it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArchiveDescriptor {
     /// Exact size in bytes.
@@ -56,6 +58,7 @@ impl ArchiveDescriptor {
 
 /// A verified archive attached to a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveInfo {
     /// Size in bytes.
@@ -72,6 +75,7 @@ pub struct ArchiveInfo {
 
 /// A collected artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     /// Its id.
@@ -95,6 +99,7 @@ pub struct Artifact {
 
 /// What an artifact's blob holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactKind {
     /// The bytes of a regular file.
@@ -105,6 +110,7 @@ pub enum ArtifactKind {
 
 /// A recorded artifact error (mirrors the `artifact_error` event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactErrorRecord {
     /// The requested path.
@@ -117,6 +123,7 @@ pub struct ArtifactErrorRecord {
 
 /// Timestamps of a run's milestones.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct RunTimestamps {
@@ -156,6 +163,7 @@ pub use crate::ownership::{RunOwner, process_start_ticks};
 
 /// The sandbox of a run, as far as the record knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxRecord {
     /// Backend-specific id (container id, directory, ...).
@@ -175,6 +183,7 @@ pub struct SandboxRecord {
 
 /// The durable record of a Workspace Run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     /// Id.

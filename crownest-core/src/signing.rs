@@ -228,6 +228,7 @@ impl HostPublicKey {
 
 /// A DSSE v1 envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DsseEnvelope {
     /// `application/vnd.in-toto+json`.
@@ -240,6 +241,7 @@ pub struct DsseEnvelope {
 
 /// One signature of a [`DsseEnvelope`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DsseSignature {
     /// sha256 of the signer's public key, hex.
     pub keyid: String,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// The state of a Workspace Run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Created; waiting for its archive.

@@ -8,6 +8,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A wall-clock instant, serialized as RFC 3339 UTC with milliseconds
 /// (`2026-11-29T16:47:29.123Z`). Deadlines never use it: they use the monotonic clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, format = DateTime)
+)]
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {

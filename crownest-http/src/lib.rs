@@ -43,7 +43,9 @@
 //! backend does not offer is 400 `invalid_spec` at create, and an `Idempotency-Key` reused
 //! with a different body 422 `idempotency_key_reused`.
 //!
-//! Errors are `{"error": {"code", "message", ...}}`. A slow SSE client never blocks a run:
+//! Every error is an [`ErrorBody`], `{"error": {"code", "message", ...}}`, the framework's
+//! own refusals included; the client reads it back into the engine's error. The contract is
+//! [`openapi::json`], generated from the code and served at `/v1/openapi.json`. A slow SSE client never blocks a run:
 //! each stream reads the store at its own pace (see `WorkspaceRuns::subscribe`).
 //!
 //! **Secrets.** `POST /v1/runs` takes `env` (plain settings, recorded with their values)
@@ -58,19 +60,22 @@
 mod config;
 pub mod digest;
 mod error;
+mod extract;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
 mod readiness;
 mod routes;
 pub mod tokens;
+pub mod wire;
 
 #[cfg(feature = "client")]
 mod client;
 
 #[cfg(feature = "client")]
-pub use client::{Client, MAX_CHUNK_BYTES, RunPage, UploadProgress};
+pub use client::{Client, MAX_CHUNK_BYTES, UploadProgress};
 pub use config::{HttpConfig, PROCESS_BACKEND};
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 pub use routes::{ROUTES, router};
 pub use tokens::{Scope, TokenEntry, TokenSet};
+pub use wire::RunPage;

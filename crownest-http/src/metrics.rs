@@ -103,7 +103,7 @@ fn describe() {
 }
 
 #[derive(Clone)]
-struct MetricsState {
+pub(crate) struct MetricsState {
     engine: WorkspaceRuns,
     subscribers: Arc<AtomicU64>,
     handle: PrometheusHandle,
@@ -121,7 +121,17 @@ pub(crate) fn routes<S>(engine: WorkspaceRuns, subscribers: Arc<AtomicU64>) -> R
         .with_state(state)
 }
 
-async fn render(State(s): State<MetricsState>) -> Response {
+/// Prometheus text (admin scope): the recorder's families (durations, runs ended by
+/// failure kind, kill rungs, sweeps, HTTP requests by route and code) and this engine's
+/// runs by status and store bytes. A scrape reads no store.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.",
+               content_type = "text/plain", body = String))
+)]
+pub(crate) async fn render(State(s): State<MetricsState>) -> Response {
     use std::fmt::Write as _;
     let mut out = s.handle.render();
     // Values of the engine behind this router (a process may hold several engines), as

@@ -63,7 +63,7 @@ struct Report {
 }
 
 #[derive(Clone)]
-struct ReadyState {
+pub(crate) struct ReadyState {
     engine: WorkspaceRuns,
     backends: Arc<Vec<String>>,
     cache_for: Duration,
@@ -87,7 +87,21 @@ pub(crate) fn routes<S>(
         .with_state(state)
 }
 
-async fn readyz(State(s): State<ReadyState>) -> Response {
+/// Readiness (no token): the store takes a write and every backend clients may choose has
+/// an available template; answers are cached briefly.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: `{\"status\":\"ready\",\"store\":{\"ok\":true},\"backends\":{...}}`.",
+         body = Object),
+        (status = 503, description = "Not ready: the same document with `\"status\":\"unready\"` and `ok: false` plus `error` on what failed.",
+         body = Object)
+    )
+)]
+pub(crate) async fn readyz(State(s): State<ReadyState>) -> Response {
     let mut cache = s.cache.lock().await;
     let report = match cache.as_ref() {
         Some((at, report)) if at.elapsed() < s.cache_for => report.clone(),

@@ -39,7 +39,19 @@ use serde::{Deserialize, Serialize};
 ///
 /// `/healthz` and `/readyz` need no token (they are routed outside authentication). A client that submits runs and follows them needs
 /// `submit` and `read`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Read runs, events, evidence and artifacts.

@@ -25,6 +25,7 @@ use crate::time::Timestamp;
 
 /// Status of a staged transfer, as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TransferStatus {
     /// Id.

@@ -99,6 +99,7 @@ pub fn seal_all(
 
 /// What [`verify_chain`] proved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ChainSummary {
     /// Number of events.

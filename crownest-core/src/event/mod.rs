@@ -26,6 +26,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// Which output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
     /// Standard output.
@@ -46,6 +47,7 @@ impl OutputStream {
 
 /// Phase of archive intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ArchivePhase {
     /// Bytes arriving.
@@ -58,6 +60,7 @@ pub enum ArchivePhase {
 
 /// Why a kill rung happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum KillReason {
     /// The execution deadline passed.
@@ -72,6 +75,7 @@ pub enum KillReason {
 
 /// Why an artifact could not be collected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactErrorReason {
     /// Nothing at that path.
@@ -88,6 +92,7 @@ pub enum ArtifactErrorReason {
 
 /// Why a run failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// Non-zero exit code.
@@ -129,6 +134,7 @@ impl FailureKind {
 
 /// A typed failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
     /// The kind.
@@ -149,6 +155,7 @@ impl Failure {
 
 /// A chunk of output: UTF-8 text or base64, and its byte offset within the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OutputChunk {
     /// Byte offset of this chunk within its stream.
@@ -187,6 +194,7 @@ impl OutputChunk {
 
 /// The payload of an event; serialized flat into the envelope with a `type` tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(
     tag = "type",
     rename_all = "snake_case",
@@ -195,11 +203,13 @@ impl OutputChunk {
 #[non_exhaustive]
 pub enum EventKind {
     /// What the client asked for: the first event of every run (evidence v2).
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     Spec {
         /// The accepted spec (secret names only, never their values).
         spec: crate::evidence::SpecRecord,
     },
     /// The source archive was verified and attached to the run.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     ArchiveVerified {
         /// Size in bytes.
         size_bytes: u64,
@@ -211,6 +221,7 @@ pub enum EventKind {
     /// What the host used for the command: the template's identity and the isolation the
     /// backend enforced. Recorded when the sandbox is made, and again when what was
     /// enforced changed by the end of the command (the last one holds).
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     Environment {
         /// What the template resolved to (absent when the backend could not say).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +230,7 @@ pub enum EventKind {
         isolation: crate::backend::IsolationReport,
     },
     /// A state change.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     Status {
         /// The new state.
         status: RunStatus,
@@ -227,6 +239,7 @@ pub enum EventKind {
         previous: Option<RunStatus>,
     },
     /// Archive intake progress (throttled).
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     ArchiveProgress {
         /// Phase.
         phase: ArchivePhase,
@@ -242,6 +255,7 @@ pub enum EventKind {
     /// Standard error.
     Stderr(OutputChunk),
     /// A stream reached its cap; later bytes are drained and dropped.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     OutputTruncated {
         /// Which stream.
         stream: OutputStream,
@@ -249,6 +263,7 @@ pub enum EventKind {
         bytes_dropped: u64,
     },
     /// An artifact was collected.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     ArtifactCollected {
         /// Its id.
         artifact_id: ArtifactId,
@@ -266,6 +281,7 @@ pub enum EventKind {
         skipped: Vec<crate::artifact::SkippedEntry>,
     },
     /// An artifact could not be collected.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     ArtifactError {
         /// The requested path.
         path: String,
@@ -277,6 +293,7 @@ pub enum EventKind {
     /// Liveness while running.
     Heartbeat {},
     /// One rung of the kill ladder.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     Kill {
         /// `SIGTERM` / `SIGKILL`, when a signal was sent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +305,7 @@ pub enum EventKind {
         reason: KillReason,
     },
     /// The last event of every run.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     Terminal {
         /// `succeeded`, `failed` or `canceled`.
         status: RunStatus,
@@ -318,6 +336,7 @@ pub enum EventKind {
         bundle_digest: Option<Sha256Digest>,
     },
     /// A non-terminal problem.
+    #[cfg_attr(feature = "openapi", schema(rename_all = "camelCase"))]
     Error {
         /// Stable code (`archive_rejected`, `cleanup_failed`, ...).
         code: String,
@@ -374,6 +393,7 @@ impl NewEvent {
 
 /// A durable event: `{"runId","seq","at","type", ...payload, "hash"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// The run.

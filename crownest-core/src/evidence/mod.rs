@@ -51,6 +51,7 @@ pub const EVIDENCE_SCHEMA_V1: &str = "crownest.evidence/v1";
 /// An env variable in a [`EVIDENCE_SCHEMA_V1`] bundle: its name and a salted hash of its
 /// value. Read (and written back unchanged) only; new bundles never carry one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnvEntry {
     /// Variable name.
@@ -61,6 +62,7 @@ pub struct EnvEntry {
 
 /// The template a run used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceTemplate {
     /// Template name.
@@ -74,6 +76,7 @@ pub struct EvidenceTemplate {
 
 /// The source archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceSource {
     /// Size.
@@ -92,6 +95,7 @@ pub struct EvidenceSource {
 
 /// One artifact in the bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceArtifact {
     /// Id.
@@ -109,6 +113,7 @@ pub struct EvidenceArtifact {
 
 /// What happened to the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceSandbox {
     /// Kept after the run.
@@ -126,6 +131,7 @@ pub struct EvidenceSandbox {
 
 /// The durable proof of a run, written in the same store transaction as its terminal event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceBundle {
     /// [`EVIDENCE_SCHEMA`] (or [`EVIDENCE_SCHEMA_V1_1`] / [`EVIDENCE_SCHEMA_V1`] for a bundle

@@ -13,6 +13,7 @@ use crate::spec::{ArtifactRequest, KeepSandbox, Limits, Network};
 /// The run spec as the engine accepted it, recorded in the chain's first event (`spec`).
 /// Secret values never appear: only their names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SpecRecord {
     /// Template name.
@@ -69,6 +70,7 @@ impl SpecRecord {
 
 /// One output stream of the command, as the engine saw it (after secret masking).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSummary {
     /// Every byte the command wrote to the stream (after masking).
@@ -83,6 +85,7 @@ pub struct StreamSummary {
 
 /// Both output streams.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputSummary {
     /// Standard output.
     pub stdout: StreamSummary,

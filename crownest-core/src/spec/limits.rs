@@ -11,6 +11,7 @@ const GIB: u64 = 1024 * MIB;
 /// Resolved limits of a run. Every field has a default (DESIGN §7); a run may lower or
 /// raise each one within the engine's maxima.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
     /// Stored output bytes per stream (stdout, stderr); more is dropped with `output_truncated`.
@@ -169,6 +170,7 @@ impl Limits {
 
 /// Per-run overrides of [`Limits`]; absent fields take the engine default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct LimitOverrides {

@@ -26,6 +26,7 @@ pub use path::{WorkspacePath, WorkspacePathError};
 
 /// Network access for the command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
     /// No network (the default). Backends that cannot enforce it report so.
@@ -37,6 +38,7 @@ pub enum Network {
 
 /// Keep the sandbox after the run for `ttl_ms`, then destroy it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeepSandbox {
     /// How long to keep it, in milliseconds.
@@ -45,6 +47,7 @@ pub struct KeepSandbox {
 
 /// One requested artifact path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArtifactRequest {
     /// Relative path inside `/workspace` (validated lexically at create time).
@@ -56,15 +59,19 @@ pub struct ArtifactRequest {
 
 /// What a client asks for (DESIGN §2.1). Wire format: camelCase JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunSpec {
     /// Template name (default `python-node`).
     #[serde(default = "default_template")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]+$"))]
     pub template: String,
     /// Backend name; `None` = the engine default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._-]+$"))]
     pub backend: Option<String>,
     /// argv; non-empty. A shell line is `["sh","-c","..."]`.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub command: Vec<String>,
     /// Relative working directory inside `/workspace`.
     #[serde(default = "default_cwd")]
