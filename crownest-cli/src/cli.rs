@@ -44,8 +44,28 @@ pub(crate) struct Cli {
     /// $RUST_LOG (e.g. info, crownest=debug) [default: info for serve, warn otherwise].
     #[arg(long, global = true, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text, env = "CROWNEST_LOG_FORMAT")]
     pub(crate) log_format: LogFormat,
+    /// Print only errors and what was asked for: no progress bars, hints or notes.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// More log detail when $RUST_LOG is not set: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Colour on stderr: auto (a terminal, and NO_COLOR unset), always, never.
+    #[arg(long, global = true, value_name = "WHEN", value_enum, default_value_t = ColorChoice::Auto)]
+    pub(crate) color: ColorChoice,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ColorChoice {
+    /// When stderr is a terminal and NO_COLOR is unset or empty.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// `--log-format`.

@@ -11,8 +11,14 @@ use crate::cli::LogFormat;
 
 /// Installs the subscriber (once, at start-up). A `$RUST_LOG` that does not parse is
 /// reported and the default used.
-pub(crate) fn init(format: LogFormat, serving: bool) {
-    let default = if serving { "info" } else { "warn" };
+pub(crate) fn init(format: LogFormat, serving: bool, verbose: u8, ansi: bool) {
+    let default = match (verbose, serving) {
+        (0, true) => "info",
+        (0, false) => "warn",
+        (1, _) => "info",
+        (2, _) => "debug",
+        _ => "trace",
+    };
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
             eprintln!("crownest: RUST_LOG={v:?} is not a filter ({e}); using {default}");
@@ -24,9 +30,7 @@ pub(crate) fn init(format: LogFormat, serving: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let installed = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(true)

@@ -40,6 +40,7 @@ mod run;
 mod serve;
 mod setup;
 mod templates;
+mod term;
 mod tls;
 mod tokens;
 mod upload;
@@ -47,15 +48,19 @@ mod verify;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 use crate::cli::{Cli, Command};
 use crate::connection::Target;
 use crate::exit::Exit;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    logging::init(cli.log_format, matches!(cli.command, Command::Serve(_)));
+    let cli = parse();
+    term::init(cli.quiet, cli.color);
+    logging::init(
+        cli.log_format,
+        matches!(cli.command, Command::Serve(_)),
+        cli.verbose,
+        term::color(),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -80,6 +85,34 @@ fn main() -> ExitCode {
             exit::classify(&e).into()
         }
     }
+}
+
+/// Parses argv with clap's colours following `--color` / `NO_COLOR` (clap reads neither).
+fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let choice = args
+        .iter()
+        .filter_map(|a| a.to_str())
+        .find_map(|a| a.strip_prefix("--color="))
+        .or_else(|| {
+            args.iter()
+                .position(|a| a == "--color")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.to_str())
+        });
+    let choice = match choice {
+        Some("always") => cli::ColorChoice::Always,
+        Some("never") => cli::ColorChoice::Never,
+        _ => cli::ColorChoice::Auto,
+    };
+    let clap_color = if term::colored(choice) {
+        clap::ColorChoice::Always
+    } else {
+        clap::ColorChoice::Never
+    };
+    let matches = Cli::command().color(clap_color).get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {

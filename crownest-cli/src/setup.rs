@@ -67,14 +67,14 @@ pub(crate) async fn setup(args: SetupArgs) -> anyhow::Result<Exit> {
     };
     let mut failed = Vec::new();
     for recipe in recipes {
-        eprintln!("crownest: setting up {}", recipe.what);
+        crate::term::note!("crownest: setting up {}", recipe.what);
         let ok = run(recipe, args.force).await?;
         if !ok {
             failed.push(recipe.script);
         }
     }
     if failed.is_empty() {
-        eprintln!("crownest: done; `crownest doctor` shows what is usable");
+        crate::term::note!("crownest: done; `crownest doctor` shows what is usable");
         Ok(Exit::Success)
     } else {
         eprintln!(

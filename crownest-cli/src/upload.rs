@@ -53,7 +53,7 @@ pub(crate) fn prepare(
         })?;
         progress.finish();
         if let Some(note) = left_out_note(&packed.left_out) {
-            eprintln!("crownest: {note}");
+            crate::term::note!("crownest: {note}");
         }
         Ok(PreparedSource {
             path: temp_path.to_path_buf(),

@@ -381,3 +381,56 @@ fn a_kept_sandbox_says_where_it_is_and_how_long_it_lives() {
     let mark = Path::new(dir).join("workspace/mark.txt");
     assert_eq!(std::fs::read_to_string(&mark).unwrap(), "kept\n", "{line}");
 }
+
+#[test]
+fn quiet_prints_only_failures_and_color_follows_the_flag_and_no_color() {
+    let home = tempfile::tempdir().unwrap();
+    // -q: a run that succeeds says nothing on stderr; its output is untouched.
+    let out = crownest(home.path())
+        .args(["-q", "run"])
+        .arg(sample_repo())
+        .args(["--", "echo", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // -q: a failure is still reported, without the hints.
+    let out = crownest(home.path())
+        .args(["run", "--quiet"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("failed, exit code 3"), "{err}");
+    assert!(!err.contains("evidence:"), "{err}");
+    // --color always paints the status word; never (and NO_COLOR with auto) does not.
+    let out = crownest(home.path())
+        .args(["--color", "always", "run"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\u{1b}[1;32msucceeded\u{1b}[0m"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [&["--color", "never"][..], &[][..]] {
+        let out = crownest(home.path())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .arg("run")
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("succeeded") && !err.contains('\u{1b}'),
+            "{err}"
+        );
+    }
+}

@@ -75,7 +75,7 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     let declared = upload::declared(args.sha256.as_deref(), args.size_bytes)?;
     let mut interrupts = Interrupts::new()?;
     let tty = !args.json && std::io::stderr().is_terminal();
-    let mut progress = Progress::new(tty);
+    let mut progress = Progress::new(tty && !crate::term::quiet());
     let ignore = if args.no_ignore {
         crate::pack::Ignore::Nothing
     } else {
@@ -137,7 +137,7 @@ async fn drive(
     if let Some(path) = &args.report_id_to {
         report(path, &format!("id {id}"))?;
     }
-    if tty {
+    if tty && !crate::term::quiet() {
         eprintln!(
             "crownest: run {id} (cancel with Ctrl-C or `crownest{} cancel {id}`)",
             global_flags()

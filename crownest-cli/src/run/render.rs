@@ -148,8 +148,18 @@ pub(super) fn summary(record: &RunRecord) {
         (None, Some(s)) => format!(", signal {s}"),
         _ => String::new(),
     };
+    let quiet = crate::term::quiet();
+    if quiet && record.status == crownest_core::RunStatus::Succeeded {
+        return;
+    }
+    let tone = match record.status {
+        crownest_core::RunStatus::Succeeded => crate::term::Tone::Good,
+        crownest_core::RunStatus::Canceled => crate::term::Tone::Warn,
+        _ => crate::term::Tone::Bad,
+    };
+    let status = crate::term::paint(record.status.as_str(), tone);
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "crownest: run {id} {}{code}{duration}", record.status);
+    let _ = writeln!(err, "crownest: run {id} {status}{code}{duration}");
     if let Some(f) = &record.failure {
         let _ = writeln!(
             err,
@@ -160,6 +170,9 @@ pub(super) fn summary(record: &RunRecord) {
         if f.kind == FailureKind::ArchiveRejected {
             let _ = writeln!(err, "crownest:   the command was not started");
         }
+    }
+    if quiet {
+        return;
     }
     for a in &record.artifacts {
         let _ = writeln!(
