@@ -18,7 +18,7 @@ use crate::error::ProcessError;
 use crate::probe_cache::{self, MemCache};
 use crate::sandbox::ProcessSandbox;
 use crate::shared::{ProbeState, Shared};
-use crate::template::{self, PYTHON_NODE, Resolved};
+use crate::template::{self, Resolved};
 
 /// Runs commands as host processes. **Not a security boundary**: see the crate docs.
 ///
@@ -59,7 +59,7 @@ impl ProcessBackend {
                     reprobed: false,
                 }),
                 reprobe: tokio::sync::Mutex::new(()),
-                template: OnceCell::new(),
+                templates: OnceCell::new(),
             }),
         })
     }
@@ -79,10 +79,18 @@ impl ProcessBackend {
         self.inner.probe().notes.clone()
     }
 
-    async fn template(&self) -> &Resolved {
+    /// Every template, resolved once.
+    async fn resolved(&self) -> &std::collections::BTreeMap<String, Resolved> {
         self.inner
-            .template
-            .get_or_init(|| template::resolve(&self.inner.config.path))
+            .templates
+            .get_or_init(|| async {
+                let mut out = std::collections::BTreeMap::new();
+                for (name, path) in self.inner.config.all_templates() {
+                    let resolved = template::resolve(&name, &path).await;
+                    out.insert(name, resolved);
+                }
+                out
+            })
             .await
     }
 }
@@ -111,25 +119,35 @@ impl SandboxBackend for ProcessBackend {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        Ok(vec![self.template().await.info.clone()])
+        Ok(self
+            .resolved()
+            .await
+            .values()
+            .map(|r| r.info.clone())
+            .collect())
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        if spec.template != PYTHON_NODE {
+        let all = self.resolved().await;
+        let Some(resolved) = all.get(&spec.template) else {
             return Err(Error::invalid(
                 "template",
                 format!(
-                    "unknown template {:?}; the process backend offers {PYTHON_NODE:?}",
-                    spec.template
+                    "unknown template {:?}; the process backend offers {}",
+                    spec.template,
+                    all.keys()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
-        }
-        let resolved = self.template().await;
+        };
         if !resolved.info.available {
             return Err(Error::invalid(
                 "template",
                 format!(
-                    "{PYTHON_NODE} is unavailable on this host: {}",
+                    "{} is unavailable on this host: {}",
+                    spec.template,
                     resolved.info.reason.as_deref().unwrap_or("unknown reason")
                 ),
             ));

@@ -38,6 +38,7 @@ pub enum Containment {
 /// | `removal_wait` | 1 s: how long `destroy` waits for the sandbox's files to be deleted before it lets the deletion finish in the background (`removalPending` in the evidence) |
 /// | `containment` | [`Containment::Auto`] |
 /// | `path` | `/usr/local/bin:/usr/bin:/bin` (the `PATH` of commands, and where `python3`/`node` are resolved) |
+/// | `templates` | none besides `python-node` (on `path`); [`ProcessConfig::with_template`] adds one: a name → the `PATH` its commands get and its `python3`/`node` are resolved on |
 /// | `isolate_network` | `true`: with a namespace containment, `network: none` runs get a new, empty network namespace (no interfaces, loopback down) |
 /// | `cgroup_parent` | `None`: auto-detected (`<cgroup2 mount>/crownest`, else this process's own cgroup) |
 /// | `drain_timeout` | 2 s: after the command exited, how long output may stay idle before the pipes are abandoned |
@@ -50,6 +51,9 @@ pub struct ProcessConfig {
     pub containment: Containment,
     /// `PATH` of the commands (the template's), also used to resolve `python3` and `node`.
     pub path: String,
+    /// More templates: name → the `PATH` of their commands (`python3` required on it,
+    /// `node` optional, as for `python-node`). A name given here replaces `python-node`.
+    pub templates: std::collections::BTreeMap<String, String>,
     /// Give `network: none` runs an empty network namespace (namespace containment only).
     pub isolate_network: bool,
     /// The cgroup v2 directory under which per-exec cgroups are made (cgroup containment).
@@ -69,6 +73,7 @@ impl Default for ProcessConfig {
             root: default_root(),
             containment: Containment::Auto,
             path: "/usr/local/bin:/usr/bin:/bin".into(),
+            templates: std::collections::BTreeMap::new(),
             isolate_network: true,
             cgroup_parent: None,
             drain_timeout: Duration::from_secs(2),
@@ -79,6 +84,25 @@ impl Default for ProcessConfig {
 }
 
 impl ProcessConfig {
+    /// Serves the template `name` with the interpreters found on `path` (a host
+    /// application's own toolchain, e.g. `/opt/py312/bin:/usr/bin:/bin`); its commands get
+    /// that `PATH`, and its identity records the resolved `python3`/`node` and versions.
+    pub fn with_template(mut self, name: impl Into<String>, path: impl Into<String>) -> Self {
+        self.templates.insert(name.into(), path.into());
+        self
+    }
+
+    /// Every template served: `python-node` on [`ProcessConfig::path`], then
+    /// [`ProcessConfig::templates`] (which may replace it).
+    pub(crate) fn all_templates(&self) -> std::collections::BTreeMap<String, String> {
+        let mut all = std::collections::BTreeMap::from([(
+            crate::template::PYTHON_NODE.to_owned(),
+            self.path.clone(),
+        )]);
+        all.extend(self.templates.clone());
+        all
+    }
+
     /// The default configuration with sandboxes under `root`.
     pub fn with_root(root: impl Into<PathBuf>) -> Self {
         Self {

@@ -46,7 +46,14 @@ impl ProcessSandbox {
 
     fn env(&self, request: &ExecRequest) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
-        env.insert("PATH".to_owned(), self.backend.config.path.clone());
+        // The template's `PATH` (recorded in its identity when it was resolved).
+        let path = self
+            .identity
+            .facts
+            .get("PATH")
+            .cloned()
+            .unwrap_or_else(|| self.backend.config.path.clone());
+        env.insert("PATH".to_owned(), path);
         env.insert(
             "HOME".to_owned(),
             self.host.join("workspace").display().to_string(),

@@ -21,7 +21,8 @@ pub(crate) struct Shared {
     pub(crate) probe: Mutex<ProbeState>,
     /// Held while re-probing after a spawn failure (one re-probe at a time).
     pub(crate) reprobe: tokio::sync::Mutex<()>,
-    pub(crate) template: OnceCell<Resolved>,
+    /// Every template, resolved once (name → what it resolved to).
+    pub(crate) templates: OnceCell<std::collections::BTreeMap<String, Resolved>>,
 }
 
 #[derive(Debug)]

@@ -70,8 +70,8 @@ async fn interpreter(name: &str, path_var: &str) -> Result<Vec<(String, String)>
     Ok(facts)
 }
 
-/// Resolves `python-node` with `path_var` as `PATH`.
-pub(crate) async fn resolve(path_var: &str) -> Resolved {
+/// Resolves the template `name` with `path_var` as `PATH`.
+pub(crate) async fn resolve(name: &str, path_var: &str) -> Resolved {
     let mut identity = TemplateIdentity::default().with("PATH", path_var);
     let python = interpreter("python3", path_var).await;
     let node = interpreter("node", path_var).await;
@@ -82,7 +82,7 @@ pub(crate) async fn resolve(path_var: &str) -> Resolved {
             }
             None
         }
-        Err(e) => Some(format!("python3 is required by python-node: {e}")),
+        Err(e) => Some(format!("python3 is required by {name}: {e}")),
     };
     match node {
         Ok(facts) => {
@@ -94,7 +94,7 @@ pub(crate) async fn resolve(path_var: &str) -> Resolved {
     }
     Resolved {
         info: TemplateInfo {
-            name: PYTHON_NODE.into(),
+            name: name.to_owned(),
             available: reason.is_none(),
             identity: reason.is_none().then_some(identity),
             reason,

@@ -49,9 +49,11 @@ pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
 /// Templates registered in `<home>/templates.json` are added to their backends; a malformed
 /// registry is a usage error.
 pub(crate) async fn backends(home: &Path) -> anyhow::Result<Vec<BackendSlot>> {
-    #[cfg_attr(not(feature = "docker"), allow(unused_variables))]
     let registered = crate::templates::Registered::load(home)?;
-    let process = tokio::task::spawn_blocking(process_backend);
+    let process = {
+        let own = registered.process.clone();
+        tokio::task::spawn_blocking(move || process_backend(&own))
+    };
     #[cfg(feature = "wasm")]
     let wasm = tokio::task::spawn_blocking(wasm_backend);
     #[cfg(feature = "docker")]
@@ -77,9 +79,17 @@ pub(crate) async fn backends(home: &Path) -> anyhow::Result<Vec<BackendSlot>> {
     Ok(out)
 }
 
-fn process_backend() -> Result<Arc<dyn SandboxBackend>, String> {
+/// The process backend, with the templates registered for it (name → `PATH`).
+fn process_backend(
+    own: &std::collections::BTreeMap<String, String>,
+) -> Result<Arc<dyn SandboxBackend>, String> {
     use crownest_backend_process::{ProcessBackend, ProcessConfig};
-    ProcessBackend::new(ProcessConfig::default())
+    let config = own
+        .iter()
+        .fold(ProcessConfig::default(), |c, (name, path)| {
+            c.with_template(name, path)
+        });
+    ProcessBackend::new(config)
         .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
         .map_err(|e| e.chain())
 }
@@ -183,8 +193,8 @@ pub(crate) struct ForRun {
 pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::Result<ForRun> {
     // A malformed template registry is refused whatever the backend (a typo must not pass
     // unnoticed on one backend and fail on another).
-    crate::templates::Registered::load(home)?;
-    let process = tokio::task::spawn_blocking(process_backend);
+    let own = crate::templates::Registered::load(home)?.process;
+    let process = tokio::task::spawn_blocking(move || process_backend(&own));
     let store = open_store(home).await?;
     let process = process
         .await

@@ -1,10 +1,12 @@
 //! Templates a user registers in the home, and `crownest templates`.
 //!
-//! `<home>/templates.json` names extra templates per backend; today the Docker backend's
-//! (a name → an image built or loaded on this host; nothing is pulled):
+//! `<home>/templates.json` names extra templates per backend: Docker (a name → an image
+//! built or loaded on this host; nothing is pulled) and process (a name → the `PATH` its
+//! commands get, where its `python3` and `node` are found):
 //!
 //! ```json
-//! { "docker": { "my-tools": "registry.example/my-tools:1.4" } }
+//! { "docker": { "my-tools": "registry.example/my-tools:1.4" },
+//!   "process": { "py312": "/opt/py312/bin:/usr/bin:/bin" } }
 //! ```
 //!
 //! A missing file means none. An unreadable or malformed file, an unknown key, or a bad
@@ -32,6 +34,10 @@ pub(crate) struct Registered {
     /// Docker templates: name → image reference.
     #[serde(default)]
     pub(crate) docker: BTreeMap<String, String>,
+    /// Process templates: name → the `PATH` of their commands (its `python3` required, its
+    /// `node` optional).
+    #[serde(default)]
+    pub(crate) process: BTreeMap<String, String>,
 }
 
 impl Registered {
@@ -49,6 +55,20 @@ impl Registered {
                 path.display()
             ))
         })?;
+        for (name, path) in &parsed.process {
+            if !valid_name(name) {
+                return Err(usage(format!(
+                    "{}: template name {name:?} must match [A-Za-z0-9._-]+",
+                    path_of(home)
+                )));
+            }
+            if path.split(':').any(|d| !d.starts_with('/')) {
+                return Err(usage(format!(
+                    "{}: template {name:?} needs a PATH of absolute directories, got {path:?}",
+                    path_of(home)
+                )));
+            }
+        }
         for (name, image) in &parsed.docker {
             if !valid_name(name) {
                 return Err(usage(format!(
@@ -65,6 +85,10 @@ impl Registered {
         }
         Ok(parsed)
     }
+}
+
+fn path_of(home: &Path) -> String {
+    home.join(FILE).display().to_string()
 }
 
 fn valid_name(name: &str) -> bool {

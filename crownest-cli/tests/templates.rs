@@ -134,3 +134,43 @@ fn a_registered_docker_template_is_listed_and_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("my-tools"), "names what is served: {err}");
 }
+
+#[test]
+fn a_registered_process_template_is_listed_and_runs_with_its_path() {
+    let home = tempfile::tempdir().unwrap();
+    // The directory of this host's python3, then the usual ones.
+    let python_dir = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .find(|d| Path::new(d).join("python3").is_file())
+        .expect("python3 on PATH")
+        .to_owned();
+    let path = format!("{python_dir}:/usr/bin:/bin");
+    let path = path.as_str();
+    std::fs::write(
+        home.path().join("templates.json"),
+        format!(r#"{{"process": {{"host-py": "{path}"}}}}"#),
+    )
+    .unwrap();
+    let list = listed(home.path());
+    let mine = template(&list, "process", "host-py").expect("host-py listed");
+    assert_eq!(mine["available"], true, "{mine}");
+    assert_eq!(mine["identity"]["facts"]["PATH"], path);
+    let out = crownest(home.path())
+        .args(["run", "--template", "host-py"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "echo \"$PATH\""])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{path}\n"));
+    // A PATH entry that is not absolute is refused, naming the file.
+    std::fs::write(
+        home.path().join("templates.json"),
+        r#"{"process": {"bad": "bin:/usr/bin"}}"#,
+    )
+    .unwrap();
+    let out = crownest(home.path()).arg("templates").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("templates.json"));
+}
