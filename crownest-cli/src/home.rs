@@ -193,7 +193,9 @@ pub(crate) struct ForRun {
 pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::Result<ForRun> {
     // A malformed template registry is refused whatever the backend (a typo must not pass
     // unnoticed on one backend and fail on another).
-    let own = crate::templates::Registered::load(home)?.process;
+    // Read once, here, for every backend this command sets up.
+    let registered = crate::templates::Registered::load(home)?;
+    let own = registered.process.clone();
     let process = tokio::task::spawn_blocking(move || process_backend(&own));
     let store = open_store(home).await?;
     let process = process
@@ -215,8 +217,8 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         None => {}
         Some(name) if name == crownest_backend_process::BACKEND => {}
         Some(name) => {
-            let slot = other_backend(name, home)
-                .await?
+            let slot = other_backend(name, &registered)
+                .await
                 .ok_or_else(|| usage(format!("no backend named {name:?} in this build")))?;
             let chosen = slot
                 .backend
@@ -225,7 +227,6 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         }
     }
     let engine = builder.open().await.context("opening the engine")?;
-    let home = home.to_owned();
     let recovery = tokio::spawn(async move {
         // The process backend is shared (its containment probe is the costly part).
         let mut builder = WorkspaceRuns::builder(store).backend(process);
@@ -239,7 +240,8 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
             crownest_backend_wasm::BACKEND,
         ];
         for name in others {
-            if let Ok(Some(BackendSlot { backend: Ok(b), .. })) = other_backend(name, &home).await {
+            if let Some(BackendSlot { backend: Ok(b), .. }) = other_backend(name, &registered).await
+            {
                 builder = builder.backend(b);
             }
         }
@@ -250,14 +252,16 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
 }
 
 /// A backend other than `process`, by name, if this build has it.
-async fn other_backend(name: &str, home: &Path) -> anyhow::Result<Option<BackendSlot>> {
-    #[cfg_attr(not(feature = "docker"), allow(unused_variables))]
-    let registered = crate::templates::Registered::load(home)?;
-    Ok(match name {
+#[cfg_attr(not(feature = "docker"), allow(unused_variables))]
+async fn other_backend(
+    name: &str,
+    registered: &crate::templates::Registered,
+) -> Option<BackendSlot> {
+    match name {
         #[cfg(feature = "docker")]
         crownest_backend_docker::BACKEND => Some(BackendSlot {
             name: crownest_backend_docker::BACKEND,
-            backend: docker_backend(&registered).await,
+            backend: docker_backend(registered).await,
         }),
         #[cfg(feature = "wasm")]
         crownest_backend_wasm::BACKEND => Some(BackendSlot {
@@ -265,5 +269,5 @@ async fn other_backend(name: &str, home: &Path) -> anyhow::Result<Option<Backend
             backend: wasm_backend(),
         }),
         _ => None,
-    })
+    }
 }
