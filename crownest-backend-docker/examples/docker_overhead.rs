@@ -83,7 +83,7 @@ async fn main() {
         let sb = backend.create(&spec).await.unwrap();
         let t_create = t.elapsed();
         sb.materialize(
-            Box::new(std::io::Cursor::new(archive.clone())),
+            crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive.clone()))),
             &ExtractPolicy::default(),
             &|_| {},
         )
@@ -187,7 +187,7 @@ async fn main() {
     let t = Instant::now();
     let summary = sb
         .materialize(
-            Box::new(std::io::Cursor::new(big.clone())),
+            crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(big.clone()))),
             &ExtractPolicy::default(),
             &|_| {},
         )

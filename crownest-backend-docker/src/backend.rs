@@ -235,6 +235,10 @@ impl SandboxBackend for DockerBackend {
         Ok(Box::new(sandbox))
     }
 
+    fn prepare_root(&self) -> Option<crownest_core::hostdir::WorkRoot> {
+        self.shared.root().ok()
+    }
+
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
         let root = self.shared.root()?;
         let swept = crate::sweep::sweep(&self.shared.docker, &root.proc_path(), live).await?;

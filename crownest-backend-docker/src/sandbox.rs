@@ -2,7 +2,6 @@
 //! a run container that runs the one command.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -17,7 +16,7 @@ use bollard::query_parameters::{
 };
 use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
-use crownest_core::backend::ProgressFn;
+use crownest_core::backend::{ArchiveSource, ProgressFn};
 use crownest_core::event::ArtifactErrorReason;
 use crownest_core::hostdir::{Marker, SandboxDir};
 use crownest_core::{
@@ -383,11 +382,28 @@ impl Sandbox for DockerSandbox {
 
     async fn materialize(
         &self,
-        archive: Box<dyn Read + Send>,
+        source: ArchiveSource,
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
         self.check_alive()?;
+        let archive = match source {
+            // Checked and extracted at upload on this backend's work root: stream that tree
+            // into the container.
+            ArchiveSource::Prepared(tree) => {
+                let uploaded = self.upload_staged(tree.tree_path()).await;
+                let summary = tree.summary();
+                tree.discard().await;
+                *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded?);
+                progress(crownest_core::archive::ExtractProgress {
+                    phase: crownest_core::event::ArchivePhase::Extracting,
+                    bytes_done: summary.compressed_bytes,
+                    entries: summary.entries,
+                });
+                return Ok(summary);
+            }
+            ArchiveSource::Archive(archive) => archive,
+        };
         // 1. Extract on the host into a staging directory of the private work root: a
         //    marked sandbox directory (crash-safe create; a sweep removes it once this
         //    process is gone), through the one extraction bridge.
@@ -407,7 +423,12 @@ impl Sandbox for DockerSandbox {
             .map_err(|e| Error::backend(BACKEND, format!("staging task failed: {e}")))??
         };
         let extracted = staging
-            .materialize("workspace", archive, policy, progress)
+            .materialize(
+                "workspace",
+                ArchiveSource::Archive(archive),
+                policy,
+                progress,
+            )
             .await;
         let summary = match extracted {
             Ok(summary) => summary,

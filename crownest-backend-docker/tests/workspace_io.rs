@@ -47,7 +47,9 @@ async fn archive_links_work_inside_the_container() {
         .unwrap();
     let summary = sb
         .materialize(
-            Box::new(std::io::Cursor::new(archive_with_links())),
+            crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(
+                archive_with_links(),
+            ))),
             &ExtractPolicy::default(),
             &|_| {},
         )

@@ -175,6 +175,10 @@ impl SandboxBackend for ProcessBackend {
         )))
     }
 
+    fn prepare_root(&self) -> Option<crownest_core::hostdir::WorkRoot> {
+        Some(self.inner.root.clone())
+    }
+
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
         let root = self.inner.root.clone();
         let live = live.to_vec();

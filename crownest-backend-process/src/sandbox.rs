@@ -1,7 +1,6 @@
 //! [`ProcessSandbox`]: one sandbox directory and the command running in it (materialize,
 //! exec, signal, artifacts, keep, destroy).
 
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
-use crownest_core::backend::ProgressFn;
+use crownest_core::backend::{ArchiveSource, ProgressFn};
 use crownest_core::hostdir::{Marker, Removal, SandboxDir};
 use crownest_core::{
     Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
@@ -187,7 +186,7 @@ impl Sandbox for ProcessSandbox {
 
     async fn materialize(
         &self,
-        archive: Box<dyn Read + Send>,
+        source: ArchiveSource,
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
@@ -195,7 +194,7 @@ impl Sandbox for ProcessSandbox {
             return Err(ProcessError::Destroyed(self.id.clone()).into());
         }
         self.dir
-            .materialize("workspace", archive, policy, progress)
+            .materialize("workspace", source, policy, progress)
             .await
     }
 

@@ -259,6 +259,10 @@ impl SandboxBackend for WasmBackend {
         Ok(Box::new(made))
     }
 
+    fn prepare_root(&self) -> Option<crownest_core::hostdir::WorkRoot> {
+        self.shared.root().ok()
+    }
+
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
         let root = self.shared.root()?;
         let live = live.to_vec();

@@ -1,13 +1,12 @@
 //! [`WasmSandbox`]: one run's directory, its workspace and the guest running in it.
 
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
-use crownest_core::backend::ProgressFn;
+use crownest_core::backend::{ArchiveSource, ProgressFn};
 use crownest_core::{
     Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
     Limits, Result, Sandbox, TemplateIdentity, Timestamp, WorkspacePath,
@@ -147,13 +146,13 @@ impl Sandbox for WasmSandbox {
 
     async fn materialize(
         &self,
-        archive: Box<dyn Read + Send>,
+        source: ArchiveSource,
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
         // Through the sandbox's descriptor: no component of the host path is resolved.
         self.dir
-            .materialize("workspace", archive, policy, progress)
+            .materialize("workspace", source, policy, progress)
             .await
     }
 

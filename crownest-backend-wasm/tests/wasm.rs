@@ -152,7 +152,7 @@ async fn sandbox_with(files: &[(&str, &[u8], u32)]) -> Arc<dyn Sandbox> {
     let archive = tar_gz(files);
     sandbox
         .materialize(
-            Box::new(std::io::Cursor::new(archive.to_vec())),
+            crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive.to_vec()))),
             &ExtractPolicy::default(),
             &|_| {},
         )

@@ -21,6 +21,7 @@ use crate::archive::{ExtractPolicy, ExtractProgress, ExtractSummary};
 use crate::artifact::{ArtifactFailure, CollectedArtifact};
 use crate::error::Result;
 use crate::event::OutputStream;
+use crate::hostdir::{PreparedTree, WorkRoot};
 use crate::ids::RunId;
 use crate::ownership::RunOwner;
 use crate::secret::SecretValue;
@@ -213,6 +214,36 @@ pub trait SandboxBackend: Send + Sync + Debug {
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>>;
     /// Destroys orphaned sandboxes of runs not in `live`.
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>>;
+    /// The private work root on which the engine may extract a run's archive while it is
+    /// uploaded (the one-pass path, `docs/archive.md`): such a tree reaches
+    /// [`Sandbox::materialize`] as [`ArchiveSource::Prepared`] and is moved, not copied, so
+    /// it must be on the filesystem of this backend's sandbox directories (or, for a
+    /// backend that copies trees elsewhere, anywhere private). Prepared trees carry this
+    /// backend's marker, so `sweep_orphans` removes those a crash left. `None` (the
+    /// default): archives are extracted at start.
+    fn prepare_root(&self) -> Option<WorkRoot> {
+        None
+    }
+}
+
+/// What [`Sandbox::materialize`] puts into `/workspace`.
+pub enum ArchiveSource {
+    /// The stored archive's bytes (the store checked their digest when it stored them):
+    /// extract them with the core extractor.
+    Archive(Box<dyn Read + Send>),
+    /// The tree the engine extracted and checked at upload on this backend's
+    /// [`SandboxBackend::prepare_root`]: move it into place (or copy it, for a backend whose
+    /// workspace is not a host directory), then it is gone.
+    Prepared(PreparedTree),
+}
+
+impl Debug for ArchiveSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Archive(_) => f.write_str("Archive(..)"),
+            Self::Prepared(t) => f.debug_tuple("Prepared").field(t).finish(),
+        }
+    }
 }
 
 /// One sandbox, used for exactly one command.
@@ -220,9 +251,10 @@ pub trait SandboxBackend: Send + Sync + Debug {
 /// # Contract
 ///
 /// * `materialize` extracts the archive with the core extractor ([`crate::archive`]) into a
-///   private staging directory moved into place only on success: the command never sees a
-///   partial tree, and a hostile archive is `Error::ArchiveRejected` with nothing written
-///   outside the workspace.
+///   private staging directory moved into place only on success, or moves in the tree
+///   prepared at upload ([`ArchiveSource`]): the command never sees a partial tree, and a
+///   hostile archive is `Error::ArchiveRejected` with nothing written outside the
+///   workspace.
 /// * `exec` runs the argv with exactly the given environment (`env` and `secrets`, plus
 ///   the template's own variables), cwd inside `/workspace`,
 ///   stdin closed; calls `sink.started()` once spawned and before any output; streams
@@ -249,10 +281,10 @@ pub trait Sandbox: Send + Sync + Debug {
     fn isolation(&self) -> IsolationReport;
     /// What the template resolved to.
     fn identity(&self) -> TemplateIdentity;
-    /// Extracts the verified `.tar.gz` into `/workspace`.
+    /// Puts the run's verified archive into `/workspace`.
     async fn materialize(
         &self,
-        archive: Box<dyn Read + Send>,
+        source: ArchiveSource,
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary>;

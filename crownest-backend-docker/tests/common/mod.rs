@@ -198,7 +198,7 @@ pub async fn sandbox(
     let sb = backend.create(&sandbox_spec(limits)).await.unwrap();
     let a = archive();
     sb.materialize(
-        Box::new(std::io::Cursor::new(a.to_vec())),
+        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(a.to_vec()))),
         &crownest_core::archive::ExtractPolicy::default(),
         &|_| {},
     )

@@ -32,6 +32,8 @@ mod source;
 mod staging;
 mod writer;
 
+use pass::Digest;
+
 /// The rules an archive must pass, from a run's [`Limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -146,7 +148,7 @@ pub fn validate(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    pass::run(reader, None, None, policy, progress)
+    pass::run(reader, None, Digest::Compute, policy, progress)
 }
 
 /// Extracts a `.tar.gz` into `dest` (which must not exist yet; its parent must). Entries are
@@ -159,7 +161,7 @@ pub fn extract(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    pass::run(reader, Some(dest), None, policy, progress)
+    pass::run(reader, Some(dest), Digest::Compute, policy, progress)
 }
 
 /// [`validate`], also checking that the bytes are exactly the declared archive: more bytes
@@ -175,7 +177,7 @@ pub fn validate_verified(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    pass::run(reader, None, Some(expected), policy, progress)
+    pass::run(reader, None, Digest::Check(expected), policy, progress)
 }
 
 /// [`extract`], also checking that the bytes are exactly the declared archive (as
@@ -189,5 +191,33 @@ pub fn extract_verified(
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    pass::run(reader, Some(dest), Some(expected), policy, progress)
+    pass::run(
+        reader,
+        Some(dest),
+        Digest::Check(expected),
+        policy,
+        progress,
+    )
+}
+
+/// [`extract`] of bytes whose size and digest another reader checks as they stream (the
+/// store, while the same bytes are stored): the pass does not hash them, so the one-pass
+/// upload hashes each byte once. The summary's `sha256` is all zeros. The caller must not
+/// hand the tree to a command before that other check passed (`docs/archive.md`).
+pub fn extract_unhashed(
+    reader: impl Read,
+    dest: &Path,
+    policy: &ExtractPolicy,
+    progress: &mut dyn FnMut(ExtractProgress),
+) -> Result<ExtractSummary> {
+    pass::run(reader, Some(dest), Digest::Elsewhere, policy, progress)
+}
+
+/// [`validate`] without hashing, as [`extract_unhashed`].
+pub fn validate_unhashed(
+    reader: impl Read,
+    policy: &ExtractPolicy,
+    progress: &mut dyn FnMut(ExtractProgress),
+) -> Result<ExtractSummary> {
+    pass::run(reader, None, Digest::Elsewhere, policy, progress)
 }

@@ -27,11 +27,23 @@ use crate::run::ArchiveDescriptor;
 const PROGRESS_BYTES: u64 = 64 * 1024;
 const PROGRESS_ENTRIES: u64 = 100;
 
+/// How the pass treats the digest of the compressed bytes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Digest<'a> {
+    /// Hash them and check the size and digest against this descriptor.
+    Check(&'a ArchiveDescriptor),
+    /// Hash them (the summary carries the digest).
+    Compute,
+    /// Do not hash: another reader of the same bytes checks their digest (the store, as
+    /// they stream in). The summary's `sha256` is all zeros.
+    Elsewhere,
+}
+
 /// Runs the pass: `dest = None` validates only, `Some` extracts through a staging directory.
 pub(super) fn run(
     reader: impl Read,
     dest: Option<&Path>,
-    expected: Option<&ArchiveDescriptor>,
+    digest: Digest<'_>,
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
@@ -40,7 +52,7 @@ pub(super) fn run(
         return pass(
             reader,
             &mut Sink::validate(),
-            expected,
+            digest,
             policy,
             progress,
             phase,
@@ -50,7 +62,7 @@ pub(super) fn run(
     let root = staging.open()?;
     let summary = writer::write_through(root, |sink| {
         let phase = ArchivePhase::Extracting;
-        pass(reader, sink, expected, policy, progress, phase)
+        pass(reader, sink, digest, policy, progress, phase)
     })?;
     staging.commit()?;
     Ok(summary)
@@ -59,12 +71,17 @@ pub(super) fn run(
 fn pass<R: Read>(
     reader: R,
     sink: &mut Sink,
-    expected: Option<&ArchiveDescriptor>,
+    digest: Digest<'_>,
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
     phase: ArchivePhase,
 ) -> Result<ExtractSummary> {
-    let (stream, shared) = source::open(reader, expected.map(|e| e.size_bytes), policy);
+    let expected = match digest {
+        Digest::Check(e) => Some(e),
+        Digest::Compute | Digest::Elsewhere => None,
+    };
+    let hash = !matches!(digest, Digest::Elsewhere);
+    let (stream, shared) = source::open(reader, expected.map(|e| e.size_bytes), policy, hash);
     let mut p = Pass {
         policy,
         shared: shared.clone(),
@@ -348,8 +365,8 @@ impl Pass<'_> {
         }
         let digest = compressed.into_inner().digest();
         self.summary.compressed_bytes = self.shared.compressed();
-        self.summary.sha256 = digest;
-        if let Some(expected) = expected {
+        self.summary.sha256 = digest.unwrap_or_default();
+        if let (Some(expected), Some(digest)) = (expected, digest) {
             expected.check(
                 self.summary.compressed_bytes,
                 &Sha256Digest::from_bytes(&digest),

@@ -81,15 +81,16 @@ impl Shared {
 /// The source: hashes and counts the compressed bytes, refusing more than `limit`.
 pub(super) struct Source<R> {
     inner: R,
-    hasher: Sha256,
+    /// `None` when another reader of the same bytes checks their digest (the store).
+    hasher: Option<Sha256>,
     shared: Rc<Shared>,
     limit: Option<u64>,
 }
 
 impl<R> Source<R> {
-    /// The sha256 of every byte read.
-    pub(super) fn digest(self) -> [u8; 32] {
-        self.hasher.finalize().into()
+    /// The sha256 of every byte read, when hashed.
+    pub(super) fn digest(self) -> Option<[u8; 32]> {
+        self.hasher.map(|h| h.finalize().into())
     }
 }
 
@@ -104,7 +105,9 @@ impl<R: Read> Read for Source<R> {
                 return Err(e);
             }
         };
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         let total = self.shared.compressed.get() + n as u64;
         self.shared.compressed.set(total);
         if let Err(refusal) = policy::check_declared_size(total, self.limit) {
@@ -141,16 +144,18 @@ impl<R: Read> Read for Inflated<R> {
 pub(super) type Stream<R> = Inflated<BufReader<GzDecoder<BufReader<Source<R>>>>>;
 
 /// Stacks the readers on `reader`: at most `declared_size` compressed bytes (if given), the
-/// ratio limit of `policy`. Returns the stream and the counters it shares with the pass.
+/// ratio limit of `policy`, a sha256 of the compressed bytes when `hash`. Returns the stream
+/// and the counters it shares with the pass.
 pub(super) fn open<R: Read>(
     reader: R,
     declared_size: Option<u64>,
     policy: &ExtractPolicy,
+    hash: bool,
 ) -> (Stream<R>, Rc<Shared>) {
     let shared = Rc::new(Shared::default());
     let source = Source {
         inner: reader,
-        hasher: Sha256::new(),
+        hasher: hash.then(Sha256::new),
         shared: shared.clone(),
         limit: declared_size,
     };
@@ -186,20 +191,20 @@ mod tests {
     fn counts_and_hashes_both_sides() {
         let data = vec![7u8; 100_000];
         let gz = gzip(&data);
-        let (mut stream, shared) = open(&gz[..], None, &ExtractPolicy::default());
+        let (mut stream, shared) = open(&gz[..], None, &ExtractPolicy::default(), true);
         let mut out = Vec::new();
         stream.read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
         assert_eq!(shared.inflated(), data.len() as u64);
         assert_eq!(shared.compressed(), gz.len() as u64);
-        let digest = compressed(stream).into_inner().digest();
+        let digest = compressed(stream).into_inner().digest().unwrap();
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&gz)));
     }
 
     #[test]
     fn stops_over_the_declared_size_and_the_ratio() {
         let gz = gzip(&vec![0u8; 1 << 20]);
-        let (mut stream, shared) = open(&gz[..], Some(10), &ExtractPolicy::default());
+        let (mut stream, shared) = open(&gz[..], Some(10), &ExtractPolicy::default(), true);
         let e = stream.read_to_end(&mut Vec::new()).unwrap_err();
         match shared.read_error(e, Some("x")) {
             Error::ArchiveRejected { reason, entry, .. } => {
@@ -214,7 +219,7 @@ mod tests {
             max_ratio: 2,
             ..ExtractPolicy::default()
         };
-        let (mut stream, shared) = open(&gz[..], None, &policy);
+        let (mut stream, shared) = open(&gz[..], None, &policy, true);
         let e = stream.read_to_end(&mut Vec::new()).unwrap_err();
         match shared.read_error(e, Some("x")) {
             Error::ArchiveRejected { reason, entry, .. } => {

@@ -89,6 +89,7 @@ impl WorkspaceRunsBuilder {
                 host_key: self.host_key,
                 templates: templates::TemplateNames::default(),
                 gauges: super::observe::RunGauges::default(),
+                prepared: super::prepare::Prepared::default(),
             }),
         };
         engine.refresh_usage().await;

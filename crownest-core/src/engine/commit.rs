@@ -218,7 +218,10 @@ impl WorkspaceRuns {
         };
         events.push(terminal);
         self.commit_terminal(record, events, evidence, envelope)
-            .await
-            .map(|_| ())
+            .await?;
+        // An ended run never starts: its tree prepared at upload goes (canceled, expired
+        // or reclaimed before `start`, or a driver that ended before materializing).
+        self.discard_prepared(&record.id).await;
+        Ok(())
     }
 }

@@ -1,11 +1,11 @@
 //! Archive intake: direct upload, staged transfer, attach-by-digest. Bytes are counted and
-//! hashed while they stream into the store; the stored tar is then checked against the
-//! extraction policy, so a hostile archive is refused here, before any run starts. A
-//! refused upload leaves the run in `awaiting_archive` with an `error` event.
+//! hashed while they stream into the store, and in the same pass inflated and checked
+//! against the extraction policy (and extracted into a tree prepared for `start`, see
+//! `prepare.rs`), so a hostile archive is refused here, before any run starts. A refused
+//! upload leaves the run in `awaiting_archive` with an `error` event.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 use tracing::Instrument as _;
 
 use bytes::Bytes;
@@ -13,10 +13,12 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::WorkspaceRuns;
+use super::prepare;
 use super::rejected::VerifyingGuard;
-use crate::archive::{self, ExtractPolicy};
+use crate::archive::{ExtractPolicy, ExtractSummary};
 use crate::error::{ChunkRejectReason, Error, Result};
 use crate::event::{ArchivePhase, EventKind, NewEvent};
+use crate::hostdir::PreparedTree;
 use crate::ids::{RunId, Sha256Digest, TransferId};
 use crate::lifecycle::{Input, transition};
 use crate::run::{ArchiveDescriptor, ArchiveInfo, RunRecord, UploadKind};
@@ -304,39 +306,70 @@ impl WorkspaceRuns {
             })
             .boxed()
         };
+        // One pass (`prepare.rs`): the store hashes and keeps the bytes, the extractor
+        // inflates, checks and (when the backend takes one) prepares the tree, together.
+        let (tx, rx) = mpsc::channel(prepare::TEE_DEPTH);
+        let tee = Arc::new(prepare::TeeState::default());
         let expect = BlobExpect {
             descriptor: Some(descriptor),
             max_bytes,
         };
-        let put = self.inner.store.put_blob(counted, expect);
-        tokio::pin!(put);
+        let put = self
+            .inner
+            .store
+            .put_blob(prepare::tee(counted, tx, tee.clone()), expect);
+        let checked = Arc::new(prepare::CheckProgress::default());
+        let check = prepare::check(
+            prepare::ChannelReader::new(rx),
+            ExtractPolicy::from_limits(&record.limits),
+            self.prepare_at(id, &record.backend),
+            checked.clone(),
+        );
+        let both = async { tokio::join!(put, check) };
+        tokio::pin!(both);
         let mut tick = tokio::time::interval(self.inner.config.progress_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
-        let put_result = loop {
+        let (put_result, check_result) = loop {
             tokio::select! {
-                r = &mut put => break r,
+                r = &mut both => break r,
                 _ = tick.tick() => {
                     let ev = NewEvent::now(EventKind::ArchiveProgress {
                         phase: ArchivePhase::Receiving,
                         bytes_done: done.load(Ordering::Relaxed),
                         bytes_total: descriptor.size_bytes,
-                        entries: 0,
+                        entries: checked.entries.load(Ordering::Relaxed),
                     });
                     self.commit(&mut record, vec![ev], None).await?;
                 }
             }
         };
-        if let Err(e) = put_result {
-            self.report_rejection(&mut record, &e).await;
-            return Err(e);
-        }
-        self.verify_stored(&mut record, descriptor, kind, &verifying)
+        let (summary, tree) = match (put_result, check_result) {
+            (Ok(_), Ok(checked)) => checked,
+            // The bytes are not the declared archive (or did not arrive, or could not be
+            // stored): that is the error, whatever the check made of them.
+            (Err(e), check) if !tee.check_stopped() => {
+                if let Ok((_, Some(tree))) = check {
+                    tree.discard().await;
+                }
+                self.report_rejection(&mut record, &e).await;
+                return Err(e);
+            }
+            // The check refused (or failed): the store kept whatever arrived, if all did.
+            (_, Err(e)) | (Err(e), Ok(_)) => {
+                self.report_rejection(&mut record, &e).await;
+                if matches!(e, Error::ArchiveRejected { .. }) {
+                    self.discard_rejected(&verifying).await;
+                }
+                return Err(e);
+            }
+        };
+        self.archive_ready(&mut record, descriptor, kind, summary, tree)
             .await
     }
 
-    /// Policy check of a stored archive, then `archive_ready` (and the run's other
-    /// transfers are discarded). A refused archive's blob is deleted (`rejected.rs`).
+    /// Policy check of a stored archive (and its tree prepared for `start`), then
+    /// `archive_ready`. A refused archive's blob is deleted (`rejected.rs`).
     async fn verify_stored(
         &self,
         record: &mut RunRecord,
@@ -345,39 +378,34 @@ impl WorkspaceRuns {
         verifying: &VerifyingGuard,
     ) -> Result<RunRecord> {
         let reader = self.inner.store.open_blob(&descriptor.sha256).await?;
-        let policy = ExtractPolicy::from_limits(&record.limits);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let interval = self.inner.config.progress_interval;
-        let check = tokio::task::spawn_blocking(move || {
-            let mut last = Instant::now();
-            archive::validate(reader, &policy, &mut |p| {
-                if last.elapsed() >= interval {
-                    last = Instant::now();
-                    let _ = tx.send(p);
-                }
-            })
-        });
+        let checked = Arc::new(prepare::CheckProgress::default());
+        let check = prepare::check(
+            reader,
+            ExtractPolicy::from_limits(&record.limits),
+            self.prepare_at(&record.id, &record.backend),
+            checked.clone(),
+        );
         tokio::pin!(check);
+        let mut tick = tokio::time::interval(self.inner.config.progress_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.tick().await;
         let total = descriptor.size_bytes;
-        let summary = loop {
+        let result = loop {
             tokio::select! {
-                r = &mut check => break r.map_err(|e| Error::Io {
-                    context: "archive validation task".into(),
-                    source: std::io::Error::other(e),
-                })?,
-                Some(p) = rx.recv() => {
+                r = &mut check => break r,
+                _ = tick.tick() => {
                     let ev = NewEvent::now(EventKind::ArchiveProgress {
                         phase: ArchivePhase::Verifying,
-                        bytes_done: p.bytes_done,
+                        bytes_done: checked.bytes.load(Ordering::Relaxed),
                         bytes_total: total,
-                        entries: p.entries,
+                        entries: checked.entries.load(Ordering::Relaxed),
                     });
                     self.commit(record, vec![ev], None).await?;
                 }
             }
         };
-        let summary = match summary {
-            Ok(s) => s,
+        let (summary, tree) = match result {
+            Ok(checked) => checked,
             Err(e) => {
                 self.report_rejection(record, &e).await;
                 if matches!(e, Error::ArchiveRejected { .. }) {
@@ -386,6 +414,20 @@ impl WorkspaceRuns {
                 return Err(e);
             }
         };
+        self.archive_ready(record, descriptor, kind, summary, tree)
+            .await
+    }
+
+    /// The archive passed: `archive_verified` and `archive_ready` in one commit, the tree
+    /// kept for `start`, the run's other transfers discarded.
+    async fn archive_ready(
+        &self,
+        record: &mut RunRecord,
+        descriptor: &ArchiveDescriptor,
+        kind: UploadKind,
+        summary: ExtractSummary,
+        tree: Option<PreparedTree>,
+    ) -> Result<RunRecord> {
         record.archive = Some(ArchiveInfo {
             size_bytes: descriptor.size_bytes,
             sha256: descriptor.sha256.clone(),
@@ -395,6 +437,7 @@ impl WorkspaceRuns {
         });
         let now = Timestamp::now();
         record.timestamps.archive_verified = Some(now);
+        let total = descriptor.size_bytes;
         let progress = NewEvent {
             at: now,
             kind: EventKind::ArchiveProgress {
@@ -412,8 +455,12 @@ impl WorkspaceRuns {
                 upload: kind,
             },
         };
+        // On a failed commit the tree is dropped, which removes it.
         self.set_status(record, Input::ArchiveVerified, vec![progress, verified])
             .await?;
+        if let Some(tree) = tree {
+            self.keep_prepared(&record.id, tree);
+        }
         self.discard_transfers(&record.id).await;
         Ok(record.clone())
     }

@@ -34,6 +34,7 @@ mod gc;
 mod intake;
 mod ladder;
 pub mod observe;
+mod prepare;
 mod read;
 mod recovery;
 mod rejected;
@@ -170,6 +171,8 @@ pub(crate) struct Inner {
     host_key: Option<Arc<HostKey>>,
     /// Template names per backend, for the check at `create` (see `templates.rs`).
     templates: templates::TemplateNames,
+    /// Trees prepared at upload, waiting for `start` (see `prepare.rs`).
+    prepared: prepare::Prepared,
 }
 
 #[derive(Debug, Default)]

@@ -16,11 +16,13 @@ use rustix::io::Errno;
 
 use super::sandbox::SandboxDir;
 use crate::archive::{ExtractPolicy, ExtractProgress, ExtractSummary};
-use crate::backend::ProgressFn;
+use crate::backend::{ArchiveSource, ProgressFn};
 use crate::error::{Error, Result};
+use crate::event::ArchivePhase;
 
-/// [`archive::extract`](crate::archive::extract) of `archive` into `dest` (which must not
-/// exist; its parent must) on a blocking thread, reporting progress to `progress` on the
+/// [`archive::extract_unhashed`](crate::archive::extract_unhashed) of `archive` into `dest`
+/// (which must not exist; its parent must) on a blocking thread (the archive comes from the
+/// store, which checked its digest when it stored it), reporting progress to `progress` on the
 /// calling task: every value the caller sees is one the pass reported, the last one
 /// included; values the caller was too slow to see are skipped, never queued.
 pub async fn extract(
@@ -32,7 +34,7 @@ pub async fn extract(
     let (tx, mut rx) = tokio::sync::watch::channel(None::<ExtractProgress>);
     let policy = *policy;
     let task = tokio::task::spawn_blocking(move || {
-        crate::archive::extract(archive, &dest, &policy, &mut |p| {
+        crate::archive::extract_unhashed(archive, &dest, &policy, &mut |p| {
             tx.send_replace(Some(p));
         })
     });
@@ -63,19 +65,35 @@ pub async fn extract(
 }
 
 impl SandboxDir {
-    /// Extracts `archive` into the subdirectory `sub` (one component), which
-    /// [`SandboxDir::create`] made as an empty placeholder: the placeholder is removed and
-    /// the extractor builds the tree in its staging directory and renames it into place
-    /// complete ([`extract`]), so a command never sees a partial tree. A placeholder that
-    /// is not empty (materialized already) is refused. On failure the empty placeholder is
-    /// put back, so artifact collection still finds a (empty) workspace.
+    /// Puts the run's tree into the subdirectory `sub` (one component), which
+    /// [`SandboxDir::create`] made as an empty placeholder: a tree prepared at upload is
+    /// moved there ([`PreparedTree::move_into`](super::PreparedTree::move_into)); an archive is extracted by the extractor
+    /// into its staging directory and renamed into place complete ([`extract`]). Either
+    /// way a command never sees a partial tree. A placeholder that is not empty
+    /// (materialized already) is refused. On failure the empty placeholder is put back, so
+    /// artifact collection still finds a (empty) workspace.
     pub async fn materialize(
         &self,
         sub: &str,
-        archive: Box<dyn Read + Send>,
+        source: ArchiveSource,
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
+        let archive = match source {
+            ArchiveSource::Prepared(tree) => {
+                let result = tree.move_into(self, sub).await;
+                match &result {
+                    Ok(summary) => progress(ExtractProgress {
+                        phase: ArchivePhase::Extracting,
+                        bytes_done: summary.compressed_bytes,
+                        entries: summary.entries,
+                    }),
+                    Err(_) => self.put_placeholder_back(sub),
+                }
+                return result;
+            }
+            ArchiveSource::Archive(archive) => archive,
+        };
         let context = || format!("materializing {}", self.host_path().join(sub).display());
         match rustix::fs::unlinkat(self.fd(), sub, AtFlags::REMOVEDIR) {
             Ok(()) | Err(Errno::NOENT) => {}
@@ -92,14 +110,18 @@ impl SandboxDir {
         }
         let result = extract(archive, self.proc_path().join(sub), policy, progress).await;
         if result.is_err() {
-            match rustix::fs::mkdirat(self.fd(), sub, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => {
-                    tracing::warn!(sandbox = %self.host_path().display(), error = %e, "putting the empty workspace back after a failed extraction failed")
-                }
-            }
+            self.put_placeholder_back(sub);
         }
         result
+    }
+
+    fn put_placeholder_back(&self, sub: &str) {
+        match rustix::fs::mkdirat(self.fd(), sub, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => {
+                tracing::warn!(sandbox = %self.host_path().display(), error = %e, "putting the empty workspace back after a failed extraction failed")
+            }
+        }
     }
 }
 
@@ -109,7 +131,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::hostdir::{Marker, WorkRoot};
+    use crate::hostdir::{Marker, PreparedTree, WorkRoot};
     use crate::ids::RunId;
     use crate::ownership::RunOwner;
 
@@ -137,6 +159,106 @@ mod tests {
         SandboxDir::create(&root, &marker, |d| d.mkdir("workspace", 0o755)).unwrap()
     }
 
+    fn root_entries(tmp: &tempfile::TempDir) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path().join("root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_prepared_tree_is_moved_in_whole_and_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = sandbox(&tmp);
+        let root = dir.root().clone();
+        let marker = Marker::new("test", &RunId::new(), "e", RunOwner::current("e"));
+        let archive = tar_gz(&[("a.txt", b"hello"), ("sub/b.txt", b"world")]);
+        let tree = PreparedTree::extract(
+            &root,
+            &marker,
+            &archive[..],
+            &ExtractPolicy::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            root_entries(&tmp).len(),
+            2,
+            "the sandbox and the prepared tree"
+        );
+        assert_eq!(
+            std::fs::read(tree.host_path().join("sub/b.txt")).unwrap(),
+            b"world"
+        );
+        let seen = Mutex::new(Vec::new());
+        let progress = |p: ExtractProgress| seen.lock().unwrap().push(p);
+        let summary = dir
+            .materialize(
+                "workspace",
+                ArchiveSource::Prepared(tree),
+                &ExtractPolicy::default(),
+                &progress,
+            )
+            .await
+            .unwrap();
+        assert_eq!(summary.files, 2);
+        assert_eq!(
+            seen.into_inner().unwrap().last().map(|p| p.entries),
+            Some(summary.entries)
+        );
+        let ws = dir.host_path().join("workspace");
+        assert_eq!(std::fs::read(ws.join("a.txt")).unwrap(), b"hello");
+        assert_eq!(
+            root_entries(&tmp),
+            [dir.name().to_owned()],
+            "the prepared directory is gone"
+        );
+
+        // A second tree is refused by a materialized workspace, and discarded.
+        let other = PreparedTree::extract(
+            &root,
+            &marker,
+            &archive[..],
+            &ExtractPolicy::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let again = dir
+            .materialize(
+                "workspace",
+                ArchiveSource::Prepared(other),
+                &ExtractPolicy::default(),
+                &|_| {},
+            )
+            .await;
+        assert!(
+            matches!(again, Err(Error::Io { ref source, .. }) if source.kind() == io::ErrorKind::AlreadyExists),
+            "{again:?}"
+        );
+        assert_eq!(root_entries(&tmp), [dir.name().to_owned()]);
+        assert_eq!(std::fs::read(ws.join("a.txt")).unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_refused_archive_leaves_no_prepared_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = WorkRoot::open(tmp.path().join("root")).unwrap();
+        let marker = Marker::new("test", &RunId::new(), "e", RunOwner::current("e"));
+        let hostile = tar_gz(&[("ok.txt", b"fine"), ("../escape.txt", b"x")]);
+        let r = PreparedTree::extract(
+            &root,
+            &marker,
+            &hostile[..],
+            &ExtractPolicy::default(),
+            &mut |_| {},
+        );
+        assert!(matches!(r, Err(Error::ArchiveRejected { .. })), "{r:?}");
+        assert!(root_entries(&tmp).is_empty(), "{:?}", root_entries(&tmp));
+        assert!(!tmp.path().join("escape.txt").exists());
+    }
+
     #[tokio::test]
     async fn materializes_once_reports_the_last_progress_and_leaves_no_staging() {
         let tmp = tempfile::tempdir().unwrap();
@@ -147,7 +269,7 @@ mod tests {
         let summary = dir
             .materialize(
                 "workspace",
-                Box::new(std::io::Cursor::new(archive.clone())),
+                ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive.clone()))),
                 &ExtractPolicy::default(),
                 &progress,
             )
@@ -172,7 +294,7 @@ mod tests {
         let again = dir
             .materialize(
                 "workspace",
-                Box::new(std::io::Cursor::new(archive)),
+                ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive))),
                 &ExtractPolicy::default(),
                 &|_| {},
             )
@@ -191,7 +313,7 @@ mod tests {
         let r = dir
             .materialize(
                 "workspace",
-                Box::new(std::io::Cursor::new(hostile)),
+                ArchiveSource::Archive(Box::new(std::io::Cursor::new(hostile))),
                 &ExtractPolicy::default(),
                 &|_| {},
             )

@@ -12,9 +12,12 @@
 //! * [`extract`] and [`SandboxDir::materialize`]: the one bridge from the blocking
 //!   extractor to a backend's async `materialize` (staging is the extractor's own; progress
 //!   is coalesced, never queued, and throttled once, by the engine).
+//! * [`PreparedTree`]: a run's tree extracted and checked at upload, moved into the
+//!   sandbox at start (the one-pass path).
 //! * [`collect_artifact`]: artifact collection relative to an open workspace descriptor.
 
 mod extract;
+mod prepared;
 mod remove;
 mod root;
 mod sandbox;
@@ -24,6 +27,7 @@ use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 
 pub use extract::extract;
+pub use prepared::PreparedTree;
 pub use remove::{TOMBSTONE_PREFIX, remove_tree, remove_via_tombstone};
 pub use root::WorkRoot;
 pub use sandbox::{CREATING_PREFIX, MARKER_FILE, Marker, Removal, SandboxDir};

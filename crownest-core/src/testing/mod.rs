@@ -375,10 +375,17 @@ impl Sandbox for FakeSandbox {
 
     async fn materialize(
         &self,
-        mut archive: Box<dyn Read + Send>,
+        source: crate::backend::ArchiveSource,
         policy: &ExtractPolicy,
         progress: ProgressFn<'_>,
     ) -> Result<ExtractSummary> {
+        // The fake has no work root, so the engine never prepares a tree for it.
+        let crate::backend::ArchiveSource::Archive(mut archive) = source else {
+            return Err(Error::invalid(
+                "archive",
+                "the fake backend takes no prepared tree",
+            ));
+        };
         let delay = self.shared.materialize_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -132,7 +132,7 @@ impl BackendHarness {
         );
         sandbox
             .materialize(
-                Box::new(std::io::Cursor::new(archive)),
+                crate::backend::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive))),
                 &ExtractPolicy::default(),
                 &|_| {},
             )

@@ -22,7 +22,7 @@ pub async fn materialize_rejects_a_hostile_archive(h: BackendHarness) {
     let hostile = tar_gz_raw_name("../escape.txt", b"owned");
     let err = sandbox
         .materialize(
-            Box::new(std::io::Cursor::new(hostile)),
+            crate::backend::ArchiveSource::Archive(Box::new(std::io::Cursor::new(hostile))),
             &ExtractPolicy::default(),
             &|_| {},
         )
@@ -94,7 +94,7 @@ pub async fn materialize_is_all_or_nothing(h: BackendHarness) {
     ]);
     let err = sandbox
         .materialize(
-            Box::new(std::io::Cursor::new(archive)),
+            crate::backend::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive))),
             &ExtractPolicy::default(),
             &|_| {},
         )

@@ -21,7 +21,8 @@ use tracing::Instrument as _;
 use super::WorkspaceRuns;
 use crate::archive::ExtractPolicy;
 use crate::backend::{
-    Destroyed, IsolationReport, Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity,
+    ArchiveSource, Destroyed, IsolationReport, Sandbox, SandboxBackend, SandboxSpec,
+    TemplateIdentity,
 };
 use crate::capability;
 use crate::error::{Error, Result};
@@ -259,7 +260,13 @@ impl Driver {
             .archive
             .clone()
             .ok_or_else(|| Error::invalid("archive", "run has no verified archive"))?;
-        let reader = self.engine.store().open_blob(&archive.sha256).await?;
+        // The tree prepared at upload (one pass), or, when there is none (the backend takes
+        // none, the upload went through another process, or attach-by-digest found it
+        // stored before), the stored archive.
+        let source = match self.engine.take_prepared(&self.record.id) {
+            Some(tree) => ArchiveSource::Prepared(tree),
+            None => ArchiveSource::Archive(self.engine.store().open_blob(&archive.sha256).await?),
+        };
         let policy = ExtractPolicy::from_limits(&self.record.limits);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let interval = self.engine.config().progress_interval;
@@ -272,7 +279,7 @@ impl Driver {
             }
         };
         let began = Instant::now();
-        let fut = sandbox.materialize(reader, &policy, &progress);
+        let fut = sandbox.materialize(source, &policy, &progress);
         tokio::pin!(fut);
         let total = archive.size_bytes;
         let result = loop {
