@@ -199,17 +199,19 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-/// Writes through to `inner`, hashing and counting what passes.
+/// Writes through to `inner`, hashing (when asked) and counting what passes.
 struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     count: u64,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -238,17 +240,21 @@ impl<R: Read> Read for CountingReader<'_, '_, R> {
 /// What [`pack_dir`] made.
 #[derive(Debug)]
 pub(crate) struct Packed {
-    /// The archive's descriptor.
-    pub(crate) descriptor: ArchiveDescriptor,
+    /// The archive's size.
+    pub(crate) size_bytes: u64,
+    /// Its descriptor, when [`pack_dir`] was asked to hash.
+    pub(crate) descriptor: Option<ArchiveDescriptor>,
     /// What was left out (sorted relative paths; directories end with `/`).
     pub(crate) left_out: Vec<String>,
 }
 
-/// Packs `root` into `out` (see the module docs).
+/// Packs `root` into `out` (see the module docs), hashing what it writes when `hash` (a
+/// local engine hashes the bytes itself as they stream in: no second hash).
 pub(crate) fn pack_dir(
     root: &Path,
     out: &mut File,
     ignore: Ignore,
+    hash: bool,
     mut progress: PackProgress<'_>,
 ) -> anyhow::Result<Packed> {
     let (items, left_out) = walk(root, ignore)?;
@@ -261,7 +267,7 @@ pub(crate) fn pack_dir(
         .sum();
     let hashing = HashingWriter {
         inner: BufWriter::with_capacity(256 * 1024, &mut *out),
-        hasher: Sha256::new(),
+        hasher: hash.then(Sha256::new),
         count: 0,
     };
     let gz = GzEncoder::new(hashing, Compression::new(6));
@@ -307,37 +313,14 @@ pub(crate) fn pack_dir(
     let gz = builder.into_inner().context("finishing the tar")?;
     let mut hashing = gz.finish().context("finishing the gzip stream")?;
     hashing.flush().context("writing the packed archive")?;
+    let size_bytes = hashing.count;
     Ok(Packed {
-        descriptor: ArchiveDescriptor {
-            size_bytes: hashing.count,
-            sha256: Sha256Digest::from_bytes(&hashing.hasher.finalize().into()),
-        },
+        size_bytes,
+        descriptor: hashing.hasher.map(|h| ArchiveDescriptor {
+            size_bytes,
+            sha256: Sha256Digest::from_bytes(&h.finalize().into()),
+        }),
         left_out,
-    })
-}
-
-/// sha256 and size of a file, read once.
-pub(crate) fn describe_file(path: &Path) -> anyhow::Result<ArchiveDescriptor> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                size += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())));
-            }
-        }
-    }
-    Ok(ArchiveDescriptor {
-        size_bytes: size,
-        sha256: Sha256Digest::from_bytes(&hasher.finalize().into()),
     })
 }
 
@@ -360,12 +343,12 @@ mod tests {
     fn pack(dir: &Path) -> (Vec<u8>, ArchiveDescriptor) {
         let (bytes, packed) = pack_with(dir, Ignore::Nothing);
         assert!(packed.left_out.is_empty());
-        (bytes, packed.descriptor)
+        (bytes, packed.descriptor.unwrap())
     }
 
     fn pack_with(dir: &Path, ignore: Ignore) -> (Vec<u8>, Packed) {
         let mut out = tempfile::tempfile().unwrap();
-        let d = pack_dir(dir, &mut out, ignore, &mut |_, _| {}).unwrap();
+        let d = pack_dir(dir, &mut out, ignore, true, &mut |_, _| {}).unwrap();
         use std::io::Seek as _;
         out.rewind().unwrap();
         let mut bytes = Vec::new();
@@ -504,7 +487,8 @@ mod tests {
         )
         .unwrap();
         let mut out = tempfile::tempfile().unwrap();
-        let err = pack_dir(dir.path(), &mut out, Ignore::Nothing, &mut |_, _| {}).unwrap_err();
+        let err =
+            pack_dir(dir.path(), &mut out, Ignore::Nothing, true, &mut |_, _| {}).unwrap_err();
         assert!(err.to_string().contains("pipe"), "{err}");
     }
 }

@@ -1,15 +1,15 @@
 //! The `run` source: a `.tar.gz` file, or a directory packed into a temporary one; and its
-//! upload, direct when it fits `directUploadMaxBytes`, else as a staged transfer.
+//! upload into a local engine: one stream, hashed once, by the engine's store
+//! ([`WorkspaceRuns::receive_archive`]; a remote upload is the HTTP client's, which hashes
+//! the file once before it declares it).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use crownest_core::store::ByteStream;
 use crownest_core::{ArchiveDescriptor, Error, RunId, Sha256Digest, WorkspaceRuns};
 use futures::StreamExt as _;
 use indicatif::ProgressBar;
-use tokio::io::AsyncReadExt as _;
 
 use crate::exit::usage;
 use crate::pack;
@@ -20,18 +20,23 @@ use crate::progress::Progress;
 pub(crate) struct PreparedSource {
     /// The `.tar.gz` on disk.
     pub(crate) path: PathBuf,
-    /// What the upload declares (given with `--sha256/--size-bytes`, else computed).
-    pub(crate) declared: ArchiveDescriptor,
+    /// Its size.
+    pub(crate) size_bytes: u64,
+    /// What the upload declares: given with `--sha256/--size-bytes`, or computed while
+    /// packing for a server; `None` lets the receiving side compute it (no pre-pass).
+    pub(crate) declared: Option<ArchiveDescriptor>,
     /// Deletes a packed archive when dropped.
     _temp: Option<tempfile::TempPath>,
 }
 
 /// Packs a directory (leaving out what `ignore` says, and saying so on stderr) or takes a
-/// file; the descriptor is the declared one if given.
+/// file; the descriptor is the declared one if given. `remote`: the archive goes to a
+/// server, so a packed one is hashed while it is written (the client declares it).
 pub(crate) fn prepare(
     source: &Path,
     declared: Option<ArchiveDescriptor>,
     ignore: pack::Ignore,
+    remote: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<PreparedSource> {
     let meta = std::fs::metadata(source)
@@ -45,7 +50,8 @@ pub(crate) fn prepare(
         let (mut file, temp_path) = tmp.into_parts();
         progress.phase("packing", 0);
         let bar = progress.bar();
-        let packed = pack::pack_dir(source, &mut file, ignore, &mut |done, total| {
+        let hash = remote && declared.is_none();
+        let packed = pack::pack_dir(source, &mut file, ignore, hash, &mut |done, total| {
             if let Some(bar) = &bar {
                 bar.set_length(total.max(1));
                 bar.set_position(done);
@@ -57,16 +63,14 @@ pub(crate) fn prepare(
         }
         Ok(PreparedSource {
             path: temp_path.to_path_buf(),
-            declared: declared.unwrap_or(packed.descriptor),
+            size_bytes: packed.size_bytes,
+            declared: declared.or(packed.descriptor),
             _temp: Some(temp_path),
         })
     } else if meta.is_file() {
-        let declared = match declared {
-            Some(d) => d,
-            None => pack::describe_file(source)?,
-        };
         Ok(PreparedSource {
             path: source.to_path_buf(),
+            size_bytes: meta.len(),
             declared,
             _temp: None,
         })
@@ -118,8 +122,10 @@ pub(crate) fn declared(
     }
 }
 
-/// Uploads the archive for `run`. Errors are the engine's (a rejection is
-/// `Error::ArchiveRejected`), or I/O errors reading the file.
+/// Uploads the archive for `run` into a local engine: one stream of the file, whatever its
+/// size (the engine's store hashes it, its extractor checks and prepares the tree in the
+/// same pass). Errors are the engine's (a rejection is `Error::ArchiveRejected`), or I/O
+/// errors reading the file.
 pub(crate) async fn upload(
     engine: &WorkspaceRuns,
     run: &RunId,
@@ -129,60 +135,15 @@ pub(crate) async fn upload(
     let file = tokio::fs::File::open(&source.path)
         .await
         .map_err(|e| Error::io(format!("opening {}", source.path.display()), e))?;
-    let declared = &source.declared;
-    if declared.size_bytes <= engine.config().direct_upload_max_bytes {
-        let stream: ByteStream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-            .inspect(move |chunk| {
-                if let (Some(bar), Ok(bytes)) = (&bar, chunk) {
-                    bar.inc(bytes.len() as u64);
-                }
-            })
-            .boxed();
-        engine.upload_archive_stream(run, declared, stream).await?;
-        return Ok(());
-    }
-    staged(engine, run, file, declared, bar).await
-}
-
-async fn staged(
-    engine: &WorkspaceRuns,
-    run: &RunId,
-    mut file: tokio::fs::File,
-    declared: &ArchiveDescriptor,
-    bar: Option<ProgressBar>,
-) -> Result<(), Error> {
-    let actual = file
-        .metadata()
-        .await
-        .map_err(|e| Error::io("reading the archive's size", e))?
-        .len();
-    if actual != declared.size_bytes {
-        return Err(Error::rejected(
-            crownest_core::RejectReason::SizeMismatch,
-            None,
-            format!(
-                "declared {} bytes, the file has {actual}",
-                declared.size_bytes
-            ),
-        ));
-    }
-    let transfer = engine.begin_transfer(run, declared).await?;
-    let chunk_size = transfer.chunk_size_bytes.max(1);
-    let mut offset = 0u64;
-    while offset < declared.size_bytes {
-        let len = chunk_size.min(declared.size_bytes - offset);
-        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        file.read_exact(&mut buf)
-            .await
-            .map_err(|e| Error::io("reading the archive", e))?;
-        engine
-            .put_chunk(&transfer.transfer_id, offset, Bytes::from(buf))
-            .await?;
-        offset += len;
-        if let Some(bar) = &bar {
-            bar.set_position(offset);
-        }
-    }
-    engine.complete_transfer(&transfer.transfer_id).await?;
+    let stream: ByteStream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+        .inspect(move |chunk| {
+            if let (Some(bar), Ok(bytes)) = (&bar, chunk) {
+                bar.inc(bytes.len() as u64);
+            }
+        })
+        .boxed();
+    engine
+        .receive_archive(run, source.declared.as_ref(), source.size_bytes, stream)
+        .await?;
     Ok(())
 }

@@ -758,8 +758,11 @@ fn crownest_home_comes_from_the_environment() {
         .stdout(predicate::str::contains("\"succeeded\""));
 }
 
+/// A local run streams the archive into the engine in one pass whatever its size (no
+/// direct/staged split, no pre-pass to hash it): past the 32 MiB direct-upload limit it is
+/// still one `direct` stream, and its digest is the one the store computed.
 #[test]
-fn a_large_archive_goes_through_a_staged_transfer() {
+fn a_large_local_archive_streams_in_one_pass() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Incompressible content over the 32 MiB direct-upload limit.
@@ -801,7 +804,7 @@ fn a_large_archive_goes_through_a_staged_transfer() {
         .stdout
         .clone();
     let ev: Value = serde_json::from_slice(&ev).unwrap();
-    assert_eq!(ev["source"]["upload"], "staged");
+    assert_eq!(ev["source"]["upload"], "direct");
     assert_eq!(ev["source"]["sha256"], sha256_hex(&bytes));
 }
 

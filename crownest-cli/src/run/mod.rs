@@ -81,7 +81,8 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     } else {
         crate::pack::Ignore::Files
     };
-    let source = upload::prepare(&args.source, declared, ignore, &mut progress)?;
+    let remote = target.server().is_some();
+    let source = upload::prepare(&args.source, declared, ignore, remote, &mut progress)?;
 
     if let Some(client) = target.server() {
         let conn = Connection::Remote(client.clone());
@@ -115,7 +116,7 @@ async fn upload_to(
                 Arc::new(move |sent: u64| bar.set_position(sent)) as crownest_http::UploadProgress
             });
             client
-                .upload_file(id, &source.path, Some(&source.declared), progress)
+                .upload_file(id, &source.path, source.declared.as_ref(), progress)
                 .await?;
             Ok(())
         }
@@ -170,9 +171,7 @@ async fn drive(
     }
 
     // Upload, rendering events meanwhile.
-    render
-        .progress
-        .phase("uploading", source.declared.size_bytes);
+    render.progress.phase("uploading", source.size_bytes);
     let bar = render.progress.bar();
     let uploaded = {
         let upload = upload_to(conn, &id, &source, bar);

@@ -127,6 +127,35 @@ impl WorkspaceRuns {
             .await
     }
 
+    /// Upload for a host that reads the archive itself (the local CLI reading a file):
+    /// one stream of any size up to `staged_upload_max_bytes`, with no direct/staged split
+    /// and no pre-pass. With `expected`, the bytes are checked against it as any upload's;
+    /// without, the store computes their size and sha256 while they stream in, and that is
+    /// what the run records (`archive_verified`, the evidence). Recorded as a `direct`
+    /// upload. Across a trust boundary, clients declare what they send
+    /// ([`upload_archive_stream`](Self::upload_archive_stream), staged transfers).
+    pub async fn receive_archive(
+        &self,
+        id: &RunId,
+        expected: Option<&ArchiveDescriptor>,
+        size_hint: u64,
+        data: ByteStream,
+    ) -> Result<RunRecord> {
+        let max = self.inner.config.staged_upload_max_bytes;
+        if let Some(d) = expected
+            && d.size_bytes > max
+        {
+            return Err(Error::LimitExceeded {
+                limit: "stagedUploadMaxBytes",
+                max,
+            });
+        }
+        let size_hint = expected.map_or(size_hint, |d| d.size_bytes);
+        self.intake_in_span(id, expected, size_hint, data, max, UploadKind::Direct)
+            .instrument(super::observe::run_span(id))
+            .await
+    }
+
     /// Attaches an archive already stored (by digest) to a run, after checking it against
     /// this run's extraction policy.
     pub async fn attach_archive(
@@ -271,7 +300,8 @@ impl WorkspaceRuns {
         max_bytes: u64,
         kind: UploadKind,
     ) -> Result<RunRecord> {
-        self.intake_in_span(id, descriptor, data, max_bytes, kind)
+        let size = descriptor.size_bytes;
+        self.intake_in_span(id, Some(descriptor), size, data, max_bytes, kind)
             .instrument(super::observe::run_span(id))
             .await
     }
@@ -279,7 +309,8 @@ impl WorkspaceRuns {
     async fn intake_in_span(
         &self,
         id: &RunId,
-        descriptor: &ArchiveDescriptor,
+        declared: Option<&ArchiveDescriptor>,
+        size_hint: u64,
         data: ByteStream,
         max_bytes: u64,
         kind: UploadKind,
@@ -288,8 +319,9 @@ impl WorkspaceRuns {
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
         transition(record.status, Input::ArchiveVerified)?;
-        // Before the bytes land, so a refusal of the same bytes elsewhere keeps them.
-        let verifying = self.inner.verifying.begin(&descriptor.sha256);
+        // Before the bytes land, so a refusal of the same bytes elsewhere keeps them (an
+        // undeclared upload learns its digest only when stored: it registers then).
+        let early = declared.map(|d| self.inner.verifying.begin(&d.sha256));
 
         // Count while streaming, for progress events (≤ 10/s).
         let done = Arc::new(AtomicU64::new(0));
@@ -311,7 +343,7 @@ impl WorkspaceRuns {
         let (tx, rx) = mpsc::channel(prepare::TEE_DEPTH);
         let tee = Arc::new(prepare::TeeState::default());
         let expect = BlobExpect {
-            descriptor: Some(descriptor),
+            descriptor: declared,
             max_bytes,
         };
         let put = self
@@ -337,15 +369,24 @@ impl WorkspaceRuns {
                     let ev = NewEvent::now(EventKind::ArchiveProgress {
                         phase: ArchivePhase::Receiving,
                         bytes_done: done.load(Ordering::Relaxed),
-                        bytes_total: descriptor.size_bytes,
+                        bytes_total: size_hint,
                         entries: checked.entries.load(Ordering::Relaxed),
                     });
                     self.commit(&mut record, vec![ev], None).await?;
                 }
             }
         };
-        let (summary, tree) = match (put_result, check_result) {
-            (Ok(_), Ok(checked)) => checked,
+        let stored = put_result.map(|info| ArchiveDescriptor {
+            size_bytes: info.size_bytes,
+            sha256: info.sha256,
+        });
+        let verifying = match (&stored, early) {
+            (_, Some(guard)) => Some(guard),
+            (Ok(d), None) => Some(self.inner.verifying.begin(&d.sha256)),
+            (Err(_), None) => None,
+        };
+        let (descriptor, summary, tree) = match (stored, check_result) {
+            (Ok(d), Ok((summary, tree))) => (d, summary, tree),
             // The bytes are not the declared archive (or did not arrive, or could not be
             // stored): that is the error, whatever the check made of them.
             (Err(e), check) if !tee.check_stopped() => {
@@ -358,13 +399,13 @@ impl WorkspaceRuns {
             // The check refused (or failed): the store kept whatever arrived, if all did.
             (_, Err(e)) | (Err(e), Ok(_)) => {
                 self.report_rejection(&mut record, &e).await;
-                if matches!(e, Error::ArchiveRejected { .. }) {
-                    self.discard_rejected(&verifying).await;
+                if let (Error::ArchiveRejected { .. }, Some(verifying)) = (&e, &verifying) {
+                    self.discard_rejected(verifying).await;
                 }
                 return Err(e);
             }
         };
-        self.archive_ready(&mut record, descriptor, kind, summary, tree)
+        self.archive_ready(&mut record, &descriptor, kind, summary, tree)
             .await
     }
 
