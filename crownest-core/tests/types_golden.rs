@@ -131,6 +131,19 @@ fn run_spec_validation_is_typed() {
         field(RunSpec::new(["true"]).with_keep_sandbox(0)),
         "keepSandbox.ttlMs"
     );
+    assert_eq!(
+        field(
+            RunSpec::new(["true"])
+                .with_keep_sandbox(crownest_core::spec::MAX_KEEP_SANDBOX_TTL_MS + 1)
+        ),
+        "keepSandbox.ttlMs"
+    );
+    assert!(
+        RunSpec::new(["true"])
+            .with_keep_sandbox(crownest_core::spec::MAX_KEEP_SANDBOX_TTL_MS)
+            .validate(&d, &m)
+            .is_ok()
+    );
     assert!(
         RunSpec::new(["true"])
             .with_artifact("out/dir/", true)

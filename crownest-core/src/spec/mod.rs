@@ -36,7 +36,11 @@ pub enum Network {
     Enabled,
 }
 
-/// Keep the sandbox after the run for `ttl_ms`, then destroy it.
+/// The longest a sandbox may be kept after its run: 7 days.
+pub const MAX_KEEP_SANDBOX_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Keep the sandbox after the run for `ttl_ms` (at most [`MAX_KEEP_SANDBOX_TTL_MS`]), then
+/// destroy it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -59,11 +59,14 @@ impl RunSpec {
             return Err(Error::invalid("artifacts", "at most 1024 artifact paths"));
         }
         if let Some(k) = &self.keep_sandbox
-            && k.ttl_ms == 0
+            && !(1..=super::MAX_KEEP_SANDBOX_TTL_MS).contains(&k.ttl_ms)
         {
             return Err(Error::invalid(
                 "keepSandbox.ttlMs",
-                "must be greater than zero",
+                format!(
+                    "must be 1..={} (7 days): a kept sandbox holds disk, memory and a container until it is swept",
+                    super::MAX_KEEP_SANDBOX_TTL_MS
+                ),
             ));
         }
         if let Some(c) = self
