@@ -113,6 +113,7 @@ mod limits;
 mod modules;
 mod output;
 mod sandbox;
+mod template;
 
 mod backend;
 
@@ -123,6 +124,7 @@ pub use error::WasmError;
 pub use guest::TRAP_SIGNAL;
 pub use modules::Interpreter;
 pub use sandbox::WasmSandbox;
+pub use template::{WasmModule, WasmTemplate};
 
 /// The registered backend name ([`crownest_core::SandboxBackend::name`]).
 pub const BACKEND: &str = "wasm";
