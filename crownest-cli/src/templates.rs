@@ -270,7 +270,8 @@ pub(crate) async fn list(target: &Target, args: TemplatesArgs) -> anyhow::Result
     Ok(if any { Exit::Success } else { Exit::Failure })
 }
 
-/// `python3 3.13.5, node v20.19.2, image crownest/python-node:latest` from the identity.
+/// `python3 3.13.5, node v20.19.2, image crownest/python-node:latest` from the identity
+/// (a WASI template adds its module files and digests: `python-3.12.0.wasm sha256:e5dc5a398b07`).
 fn versions(t: &TemplateInfo) -> String {
     let Some(id) = &t.identity else {
         return "available".into();
@@ -288,6 +289,17 @@ fn versions(t: &TemplateInfo) -> String {
     }
     if let Some(image) = id.facts.get("image") {
         parts.push(format!("image {image}"));
+    }
+    // WASI modules: the file and the start of the digest it was verified against.
+    for prefix in ["python", "node"] {
+        let module = id.facts.get(&format!("{prefix}.module"));
+        let sha256 = id.facts.get(&format!("{prefix}.sha256"));
+        if let (Some(module), Some(sha256)) = (module, sha256) {
+            parts.push(format!(
+                "{module} sha256:{}",
+                &sha256[..sha256.len().min(12)]
+            ));
+        }
     }
     if parts.is_empty() {
         "available".into()
