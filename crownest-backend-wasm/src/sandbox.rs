@@ -83,15 +83,16 @@ impl WasmSandbox {
         }
     }
 
-    /// The `argv[0]` names this sandbox's template runs, with what each is.
+    /// The `argv[0]` names this sandbox's template runs, with the module each selects.
     fn programs(&self) -> String {
         self.modules
             .modules()
             .map(|m| {
                 format!(
-                    "{} ({})",
+                    "{} (its {} module {})",
                     m.interpreter.argv0s().join(", "),
-                    m.description()
+                    m.interpreter.fact_prefix(),
+                    m.file()
                 )
             })
             .collect::<Vec<_>>()
