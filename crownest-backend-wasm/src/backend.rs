@@ -11,8 +11,9 @@ use crownest_core::{
 
 use crate::compile::{ModuleSource, Runtime};
 use crate::guest::PYTHON_SITECUSTOMIZE;
-use crate::modules::{Interpreter, ModuleVerifier, TEMPLATE, TemplateModules};
+use crate::modules::{Interpreter, ModuleVerifier};
 use crate::sandbox::WasmSandbox;
+use crate::template::{self, PYTHON_NODE, TemplateModules};
 use crate::{BACKEND, WasmConfig};
 use crownest_core::hostdir::{Marker, SandboxDir, WorkRoot};
 
@@ -28,6 +29,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The verified modules of template `name`: `None` when this backend does not serve
+    /// it, `Err(reason)` when it is unavailable. Blocking (hashes files that changed).
+    pub(crate) fn verify(
+        &self,
+        name: &str,
+    ) -> Option<std::result::Result<TemplateModules, String>> {
+        template::verify(&self.config, &self.verifier, name)
+    }
+
     /// The work root, opened (and checked) on first use.
     pub(crate) fn root(&self) -> Result<WorkRoot> {
         let mut slot = self.root.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,33 +88,57 @@ impl WasmBackend {
         &self.shared.config
     }
 
-    fn modules(&self) -> std::result::Result<TemplateModules, String> {
-        self.shared.verifier.verify(&self.shared.config.modules_dir)
+    /// Verifies both modules of `python-node` and loads them (from memory, the compiled
+    /// cache, or by compiling), so the first run does not pay for it. Idempotent.
+    pub async fn preload(&self) -> Result<Vec<Preloaded>> {
+        self.preload_template(PYTHON_NODE).await
     }
 
-    /// Verifies both modules and loads them (from memory, the compiled cache, or by
-    /// compiling), so the first run does not pay for it. Idempotent.
-    pub async fn preload(&self) -> Result<Vec<Preloaded>> {
-        let modules = self.modules().map_err(|reason| Error::Unsupported {
-            operation: format!("the python-node template ({reason})"),
-            backend: BACKEND.into(),
-        })?;
+    /// [`WasmBackend::preload`] for the modules of template `name` (a registered one, or
+    /// `python-node`). An unknown template is [`Error::InvalidSpec`] (field `template`), an
+    /// unavailable one [`Error::Unsupported`] with the reason.
+    pub async fn preload_template(&self, name: &str) -> Result<Vec<Preloaded>> {
+        let shared = self.shared.clone();
+        let owned = name.to_owned();
+        let modules = tokio::task::spawn_blocking(move || shared.verify(&owned))
+            .await
+            .map_err(|e| Error::Backend {
+                backend: BACKEND.into(),
+                source: Box::new(e),
+            })?
+            .ok_or_else(|| unknown_template(&self.shared.config, name))?
+            .map_err(|reason| Error::Unsupported {
+                operation: format!("the {name} template ({reason})"),
+                backend: BACKEND.into(),
+            })?;
         let mut out = Vec::new();
-        for interpreter in Interpreter::ALL {
+        for module in modules.modules() {
             let started = Instant::now();
-            let (_, source) = self
-                .shared
-                .runtime
-                .instance_pre(modules.get(interpreter))
-                .await?;
+            let (_, source) = self.shared.runtime.instance_pre(module).await?;
             out.push(Preloaded {
-                interpreter,
+                interpreter: module.interpreter,
                 source,
                 elapsed: started.elapsed(),
             });
         }
         Ok(out)
     }
+}
+
+/// `Error::InvalidSpec` (field `template`) for a template this backend does not serve,
+/// naming those it does.
+fn unknown_template(config: &WasmConfig, name: &str) -> Error {
+    Error::invalid(
+        "template",
+        format!(
+            "unknown template {name:?} (the wasm backend serves {})",
+            template::names(config)
+                .iter()
+                .map(|t| format!("{t:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
 }
 
 /// The layout of a wasm sandbox directory, built by [`SandboxDir::create`] before the
@@ -191,38 +225,37 @@ impl SandboxBackend for WasmBackend {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        let this = self.clone();
-        let verified = tokio::task::spawn_blocking(move || this.modules())
-            .await
-            .map_err(|e| Error::Backend {
-                backend: BACKEND.into(),
-                source: Box::new(e),
-            })?;
-        Ok(vec![match verified {
-            Ok(m) => TemplateInfo {
-                name: TEMPLATE.into(),
-                available: true,
-                reason: None,
-                identity: Some(m.identity()),
-            },
-            Err(reason) => TemplateInfo {
-                name: TEMPLATE.into(),
-                available: false,
-                reason: Some(reason),
-                identity: None,
-            },
-        }])
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            template::names(&shared.config)
+                .into_iter()
+                .filter_map(|name| Some((shared.verify(&name)?, name)))
+                .map(|(verified, name)| match verified {
+                    Ok(m) => TemplateInfo {
+                        name,
+                        available: true,
+                        reason: None,
+                        identity: Some(m.identity()),
+                    },
+                    Err(reason) => TemplateInfo {
+                        name,
+                        available: false,
+                        reason: Some(reason),
+                        identity: None,
+                    },
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Backend {
+            backend: BACKEND.into(),
+            source: Box::new(e),
+        })
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        if spec.template != TEMPLATE {
-            return Err(Error::invalid(
-                "template",
-                format!(
-                    "the wasm backend offers only {TEMPLATE:?}, not {:?}",
-                    spec.template
-                ),
-            ));
+        if !template::names(&self.shared.config).contains(&spec.template) {
+            return Err(unknown_template(&self.shared.config, &spec.template));
         }
         if spec.network == Network::Enabled {
             return Err(Error::invalid(
@@ -233,12 +266,19 @@ impl SandboxBackend for WasmBackend {
         let this = self.clone();
         let spec = spec.clone();
         let made = tokio::task::spawn_blocking(move || -> Result<WasmSandbox> {
-            let modules = this.modules().map_err(|reason| {
-                Error::invalid(
-                    "template",
-                    format!("{TEMPLATE} is unavailable on the wasm backend: {reason}"),
-                )
-            })?;
+            let modules = this
+                .shared
+                .verify(&spec.template)
+                .ok_or_else(|| unknown_template(&this.shared.config, &spec.template))?
+                .map_err(|reason| {
+                    Error::invalid(
+                        "template",
+                        format!(
+                            "{} is unavailable on the wasm backend: {reason}",
+                            spec.template
+                        ),
+                    )
+                })?;
             let marker = Marker::new(BACKEND, &spec.run_id, &spec.instance, spec.owner.clone());
             let root = this.shared.root()?;
             // The one crash-safe create: built under `.creating-`, renamed into place.

@@ -19,9 +19,11 @@
 //! this process. The argument that this holds here:
 //!
 //! 1. only files named by our key in `cache_dir` are loaded; the key contains the sha256 of
-//!    the pinned wasm module and the engine's compatibility hash, so an artefact of another
-//!    module or another engine configuration is never picked up (wasmtime additionally
-//!    refuses artefacts of another version or incompatible settings);
+//!    the pinned wasm module (pinned by `modules.lock` or by the host application that
+//!    registered a template: the same rule, the file is hashed and compared before it is
+//!    compiled) and the engine's compatibility hash, so an artefact of another module or
+//!    another engine configuration is never picked up (wasmtime additionally refuses
+//!    artefacts of another version or incompatible settings);
 //! 2. every such file was written by this code from [`Engine::precompile_module`], through
 //!    a temporary file renamed into place, so a reader never sees a partial file;
 //! 3. the artefact's sha256 is recorded when it is written and checked before loading, so
@@ -145,7 +147,7 @@ impl Runtime {
             .loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(module.pin.sha256.clone())
+            .entry(module.sha256.clone())
             .or_default()
             .clone();
         let mut source = ModuleSource::Memory;
@@ -155,7 +157,7 @@ impl Runtime {
                 source = s;
                 self.linker
                     .instantiate_pre(&m)
-                    .map_err(WasmError::engine(format!("linking {}", module.pin.file)))
+                    .map_err(WasmError::engine(format!("linking {}", module.file())))
             })
             .await?;
         Ok((pre.clone(), source))
@@ -164,7 +166,7 @@ impl Runtime {
     /// The cache path of a module.
     pub(crate) fn cache_path(&self, module: &VerifiedModule) -> PathBuf {
         self.cache_dir
-            .join(format!("{}-{}.cwasm", module.pin.sha256, self.engine_hash))
+            .join(format!("{}-{}.cwasm", module.sha256, self.engine_hash))
     }
 
     async fn load(&self, module: &VerifiedModule) -> Result<(Module, ModuleSource), WasmError> {
@@ -216,16 +218,16 @@ fn load_blocking(
     let wasm =
         std::fs::read(&module.path).map_err(io(format!("reading {}", module.path.display())))?;
     let digest = hex::encode(Sha256::digest(&wasm));
-    if digest != module.pin.sha256 {
+    if digest != module.sha256 {
         return Err(WasmError::ModuleChanged {
             path: module.path.clone(),
-            expected: module.pin.sha256.clone(),
+            expected: module.sha256.clone(),
             actual: digest,
         });
     }
     let compiled = engine
         .precompile_module(&wasm)
-        .map_err(WasmError::engine(format!("compiling {}", module.pin.file)))?;
+        .map_err(WasmError::engine(format!("compiling {}", module.file())))?;
     let artefact_digest = hex::encode(Sha256::digest(&compiled));
     write_atomically(
         &path.with_extension("cwasm.sha256"),
@@ -235,7 +237,7 @@ fn load_blocking(
     .map_err(io(format!("writing {}", path.display())))?;
     // SAFETY: `compiled` was produced just now by `precompile_module` of this engine.
     let m = unsafe { Module::deserialize(engine, &compiled) }.map_err(WasmError::engine(
-        format!("loading the compiled {}", module.pin.file),
+        format!("loading the compiled {}", module.file()),
     ))?;
     Ok((m, ModuleSource::Compiled))
 }

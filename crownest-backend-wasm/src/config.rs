@@ -1,7 +1,11 @@
-//! [`WasmConfig`]: where the modules, the compiled-module cache and the workspaces live.
+//! [`WasmConfig`]: where the modules, the compiled-module cache and the workspaces live,
+//! and the templates a host application registers.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::WasmTemplate;
 
 /// Configuration of a [`crate::WasmBackend`].
 ///
@@ -11,6 +15,7 @@ use std::time::Duration;
 /// |---|---|
 /// | `modules_dir` | `${CROWNEST_CACHE_DIR:-$HOME/.cache/crownest}/wasm` (where `scripts/fetch-wasm-modules.sh` puts them) |
 /// | `cache_dir` | `<modules_dir>/compiled` |
+/// | `templates` | none besides `python-node` (the modules of `modules.lock` in `modules_dir`); [`WasmConfig::with_template`] adds one: a name → per interpreter a module file and its pinned sha256 |
 /// | `workspace_root` | [`WorkRoot::default_path`](crownest_core::hostdir::WorkRoot::default_path)`("wasm")`: `$XDG_RUNTIME_DIR/crownest/wasm`, else `/dev/shm/crownest-<euid>/wasm` (tmpfs), else `<temp dir>/crownest-<euid>/wasm`; a private work root, refused when another user could change it |
 /// | `removal_wait` | 1 s |
 /// | `epoch_tick` | 10 ms |
@@ -22,6 +27,9 @@ pub struct WasmConfig {
     /// Directory holding `python-3.12.0.wasm` and `quickjs.wasm`, verified against the
     /// sha256 pinned in `modules.lock` (compiled into this crate).
     pub modules_dir: PathBuf,
+    /// Templates of the host application's own: name → its modules ([`WasmTemplate`]). A
+    /// name given here replaces `python-node`.
+    pub templates: BTreeMap<String, WasmTemplate>,
     /// Directory of the compiled-module cache (`<sha256>-<engine hash>.cwasm`). Only files
     /// this crate wrote are ever loaded from it (see [`crate::compile`]).
     pub cache_dir: PathBuf,
@@ -72,6 +80,16 @@ impl WasmConfig {
         }
     }
 
+    /// Serves the template `name` with `template`'s modules (files the host application
+    /// pins by sha256), replacing a template of that name. The modules are verified like
+    /// the built-in ones and compiled into the same cache; a missing or different file makes
+    /// only this template unavailable, with a reason naming the file and the digest
+    /// expected.
+    pub fn with_template(mut self, name: impl Into<String>, template: WasmTemplate) -> Self {
+        self.templates.insert(name.into(), template);
+        self
+    }
+
     /// Sets the compiled-module cache directory.
     pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = dir.into();
@@ -91,6 +109,7 @@ impl Default for WasmConfig {
         Self {
             cache_dir: modules_dir.join("compiled"),
             modules_dir,
+            templates: BTreeMap::new(),
             workspace_root: crownest_core::hostdir::WorkRoot::default_path(crate::BACKEND),
             epoch_tick: Duration::from_millis(10),
             max_instances: 4,

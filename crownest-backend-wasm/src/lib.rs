@@ -2,7 +2,7 @@
 //!
 //! A CrowNest [`SandboxBackend`](crownest_core::SandboxBackend) that runs commands as WASI
 //! preview 1 modules inside [wasmtime](https://wasmtime.dev) (pinned `=48.0.8`). The
-//! `python-node` template maps `argv[0]` to a module:
+//! built-in `python-node` template maps `argv[0]` to a module (templates of your own: below):
 //!
 //! | `argv[0]` | module | what it is |
 //! |---|---|---|
@@ -39,6 +39,55 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Templates of your own
+//!
+//! A host application registers more templates with [`WasmConfig::with_template`]: a name
+//! and a [`WasmTemplate`], which gives per [`Interpreter`] (`python` and/or `node`) a
+//! [`WasmModule`]: an absolute file path and the sha256 the host pins it to (as
+//! `modules.lock` pins the built-in modules).
+//!
+//! ```no_run
+//! use crownest_backend_wasm::{Interpreter, WasmBackend, WasmConfig, WasmModule, WasmTemplate};
+//! use crownest_core::{SandboxBackend, Sha256Digest};
+//!
+//! # async fn demo() -> crownest_core::Result<()> {
+//! let python = WasmModule::new(
+//!     "/opt/wasm/my-python.wasm",
+//!     Sha256Digest::parse("e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763")?,
+//! )?;
+//! let wasm = WasmBackend::new(
+//!     WasmConfig::default()
+//!         .with_template("my-py", WasmTemplate::new().with_module(Interpreter::Python, python)),
+//! )?;
+//! for t in wasm.templates().await? {
+//!     println!("{} available: {} {:?}", t.name, t.available, t.reason);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! * [`SandboxBackend::templates`](crownest_core::SandboxBackend::templates) lists
+//!   `python-node` and the registered ones (sorted by name; a registered `python-node`
+//!   replaces the built-in one), each with its identity: per module its file, size,
+//!   sha256, description (known by digest: a copy of the pinned CPython is described as
+//!   that build, another module as an unknown build identified by its sha256) and source,
+//!   and `python3.missing` / `node.missing` for an interpreter it does not register.
+//! * A module is hashed when its template is listed, when a sandbox is created, before
+//!   each command, and when it is compiled. A missing file or a digest that differs makes
+//!   only its template unavailable, with a reason naming the file and the digest expected;
+//!   it is never compiled or run (a file changed after its sandbox was created makes the
+//!   command `SpawnFailed`).
+//! * Modules are compiled into the same cache as the built-in ones (keyed by digest), so
+//!   the same bytes under another name are compiled once.
+//! * `create` with a template the backend does not serve is
+//!   [`Error::InvalidSpec`](crownest_core::Error::InvalidSpec) (field `template`, naming
+//!   those it serves); with an unavailable one, the same with the reason. A command whose
+//!   `argv[0]` selects an interpreter the template lacks is `ExitStatus::SpawnFailed`,
+//!   naming the programs it has.
+//! * A `python` module runs like the built-in CPython (the `sitecustomize.py` glue below,
+//!   `PYTHONPATH`, the `/.crownest/python` preopen), so it should be a CPython build for
+//!   WASI preview 1; a `node` module gets only its arguments, environment and preopens.
 //!
 //! ## What it enforces
 //!
@@ -113,6 +162,7 @@ mod limits;
 mod modules;
 mod output;
 mod sandbox;
+mod template;
 
 mod backend;
 
@@ -123,6 +173,7 @@ pub use error::WasmError;
 pub use guest::TRAP_SIGNAL;
 pub use modules::Interpreter;
 pub use sandbox::WasmSandbox;
+pub use template::{WasmModule, WasmTemplate};
 
 /// The registered backend name ([`crownest_core::SandboxBackend::name`]).
 pub const BACKEND: &str = "wasm";

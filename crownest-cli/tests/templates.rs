@@ -65,6 +65,7 @@ fn a_malformed_registry_is_a_usage_error_naming_the_file() {
     for bad in [
         r#"{"dokcer": {"x": "y"}}"#,
         r#"{"docker": {"a b": "y"}}"#,
+        r#"{"wasm": {"my-py": {"python": {"path": "python.wasm", "sha256": "00"}}}}"#,
         "{",
     ] {
         std::fs::write(home.path().join("templates.json"), bad).unwrap();
@@ -72,6 +73,14 @@ fn a_malformed_registry_is_a_usage_error_naming_the_file() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("templates.json"), "{bad}: {err}");
+        if bad.contains("wasm") {
+            assert!(
+                err.contains(
+                    r#"wasm template "my-py": python: path "python.wasm" must be absolute"#
+                ),
+                "names the entry: {err}"
+            );
+        }
         // Every command that opens the home refuses it the same way.
         crownest(home.path())
             .arg("run")
@@ -173,4 +182,227 @@ fn a_registered_process_template_is_listed_and_runs_with_its_path() {
     let out = crownest(home.path()).arg("templates").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("templates.json"));
+}
+
+/// The sha256 `modules.lock` pins for CPython.
+const CPYTHON_SHA256: &str = "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763";
+
+/// The pinned CPython module, fetched and verified by the repository's script (idempotent;
+/// fails the test when it cannot get it).
+fn cpython_module() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("bash")
+        .arg(repo.join("scripts/fetch-wasm-modules.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the wasm modules are needed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cache = std::env::var_os("CROWNEST_CACHE_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/crownest"),
+            PathBuf::from,
+        );
+    let python = cache.join("wasm/python-3.12.0.wasm");
+    assert!(python.is_file(), "{}", python.display());
+    python
+}
+
+/// `<home>/templates.json` registering `my-py` (a copy of the pinned CPython under another
+/// name) and `bad-py` (the same copy with one byte changed), both pinned to CPython's
+/// digest. Returns the two module paths.
+fn register_wasm_templates(home: &Path, modules: &Path) -> (PathBuf, PathBuf) {
+    let mine = modules.join("my-python.wasm");
+    let tampered = modules.join("tampered.wasm");
+    std::fs::copy(cpython_module(), &mine).unwrap();
+    let mut bytes = std::fs::read(&mine).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&tampered, bytes).unwrap();
+    let entry =
+        |path: &Path| serde_json::json!({"python": {"path": path, "sha256": CPYTHON_SHA256}});
+    std::fs::write(
+        home.join("templates.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "wasm": {"my-py": entry(&mine), "bad-py": entry(&tampered)}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    (mine, tampered)
+}
+
+#[test]
+fn a_registered_wasm_template_is_listed_runs_and_names_its_module_in_the_evidence() {
+    let home = tempfile::tempdir().unwrap();
+    let modules = tempfile::tempdir().unwrap();
+    let (mine, tampered) = register_wasm_templates(home.path(), modules.path());
+
+    let list = listed(home.path());
+    let t = template(&list, "wasm", "my-py").expect("my-py listed");
+    assert_eq!(t["available"], true, "{t}");
+    assert_eq!(t["identity"]["facts"]["python.sha256"], CPYTHON_SHA256);
+    assert_eq!(t["identity"]["facts"]["python.module"], "my-python.wasm");
+    let bad = template(&list, "wasm", "bad-py").expect("bad-py listed");
+    assert_eq!(bad["available"], false);
+    let why = bad["reason"].as_str().unwrap();
+    assert!(
+        why.contains(&tampered.display().to_string()) && why.contains(CPYTHON_SHA256),
+        "names the file and the digest expected: {why}"
+    );
+    assert_eq!(
+        template(&list, "wasm", "python-node").unwrap()["available"],
+        true,
+        "the built-in template is unaffected"
+    );
+    let out = crownest(home.path()).arg("templates").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("wasm") && l.contains("my-py"))
+        .unwrap_or_else(|| panic!("a my-py line: {text}"));
+    assert!(
+        line.contains("python3 3.12.0") && line.contains("my-python.wasm sha256:e5dc5a398b07"),
+        "{line}"
+    );
+
+    let out = crownest(home.path())
+        .args(["run", "--backend", "wasm", "--template", "my-py"])
+        .arg(sample_repo())
+        .args(["--", "python3", "main.py"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello from Python 3.12.0"),
+        "{out:?}"
+    );
+    let runs = crownest(home.path())
+        .args(["runs", "--json"])
+        .output()
+        .unwrap();
+    let run: Value = serde_json::from_slice(
+        String::from_utf8_lossy(&runs.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let id = run["id"].as_str().unwrap();
+    let evidence = crownest(home.path())
+        .args(["evidence", id])
+        .output()
+        .unwrap();
+    let evidence: Value = serde_json::from_slice(&evidence.stdout).unwrap();
+    assert_eq!(evidence["template"]["name"], "my-py");
+    let facts = &evidence["template"]["identity"]["facts"];
+    assert_eq!(facts["python.sha256"], CPYTHON_SHA256);
+    assert!(
+        facts["python3.path"]
+            .as_str()
+            .unwrap()
+            .starts_with(&mine.display().to_string()),
+        "{facts}"
+    );
+    crownest(home.path()).args(["verify", id]).assert().code(0);
+
+    // A run on the tampered template is refused at create: exit 2, nothing stored.
+    let out = crownest(home.path())
+        .args(["run", "--backend", "wasm", "--template", "bad-py"])
+        .arg(sample_repo())
+        .args(["--", "python3", "main.py"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unavailable") && err.contains(&tampered.display().to_string()),
+        "{err}"
+    );
+    let runs = crownest(home.path())
+        .args(["runs", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&runs.stdout).lines().count(), 1);
+}
+
+/// Through `crownest serve`: a run on the tampered template is HTTP 400 at create, field
+/// `template`, with the reason naming the file.
+#[test]
+fn a_tampered_wasm_template_is_400_through_the_server() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let home = tempfile::tempdir().unwrap();
+    let modules = tempfile::tempdir().unwrap();
+    let (_, tampered) = register_wasm_templates(home.path(), modules.path());
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("crownest"))
+        .env_remove("CROWNEST_HOME")
+        .env_remove("CROWNEST_TOKEN")
+        .arg("--home")
+        .arg(home.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--backends", "wasm"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let (mut token, mut addr) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(t) = line.strip_prefix("token: ") {
+            token = t.trim().to_owned();
+        }
+        if let Some(url) = line.strip_prefix("listening on ") {
+            addr = url.trim().trim_start_matches("http://").to_owned();
+            break;
+        }
+    }
+    // Keep draining so the server never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.for_each(drop));
+    assert!(!addr.is_empty() && !token.is_empty(), "serve did not start");
+    let post = |body: &Value| -> (u16, Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "POST /v1/runs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = resp.split_once("\r\n\r\n").unwrap().1;
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    };
+    let (status, body) = post(&serde_json::json!({
+        "command": ["python3", "-c", "print(1)"],
+        "backend": "wasm",
+        "template": "bad-py",
+    }));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "template", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&tampered.display().to_string()), "{body}");
+    // The registered template that matches is accepted.
+    let (status, body) = post(&serde_json::json!({
+        "command": ["python3", "-c", "print(1)"],
+        "backend": "wasm",
+        "template": "my-py",
+    }));
+    assert_eq!(status, 201, "{body}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    drain.join().unwrap();
 }
