@@ -106,15 +106,17 @@ mod error;
 mod exec;
 mod image;
 mod interpreters;
+mod launcher;
+mod pool;
 mod sandbox;
-mod secrets;
 mod sweep;
 mod upload;
 
 pub use backend::DockerBackend;
 pub use config::{DEFAULT_IMAGE, DockerConfig, PYTHON_NODE};
 pub use container::{
-    LABEL_INSTANCE, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_ROLE, LABEL_RUN, LABEL_SANDBOX,
+    LABEL_INSTANCE, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_POOL, LABEL_ROLE, LABEL_RUN,
+    LABEL_SANDBOX,
 };
 pub use error::DockerError;
 pub use image::IMAGE_KEY_LABEL;
