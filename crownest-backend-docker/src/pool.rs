@@ -192,27 +192,32 @@ impl Pool {
             tokio::spawn(async move {
                 let made = create_member(&shared, &template).await;
                 let pool = &shared.pool;
-                let leftover = {
+                let late = {
                     let mut slots = pool.slots();
                     let slot = slots.entry(template.clone()).or_default();
-                    slot.creating = slot.creating.saturating_sub(1);
                     match made {
+                        // Drained meanwhile: it never joins the pool, and stays counted as
+                        // being created until it is removed (a drain waits for that).
                         Ok(warm) if pool.closed.load(Ordering::SeqCst) => Some(warm),
                         Ok(warm) => {
+                            slot.creating = slot.creating.saturating_sub(1);
                             slot.ready.push_back(warm);
                             slot.last_error = None;
                             None
                         }
                         Err(e) => {
+                            slot.creating = slot.creating.saturating_sub(1);
                             tracing::warn!(template, error = %e, "creating a warm pool sandbox failed");
                             slot.last_error = Some(e);
                             None
                         }
                     }
                 };
-                if let Some(warm) = leftover {
-                    // Drained meanwhile: it never joins the pool.
+                if let Some(warm) = late {
                     remove(&shared, &warm).await;
+                    if let Some(slot) = pool.slots().get_mut(&template) {
+                        slot.creating = slot.creating.saturating_sub(1);
+                    }
                 }
                 pool.settled.notify_waiters();
             });

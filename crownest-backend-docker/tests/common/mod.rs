@@ -184,7 +184,31 @@ pub async fn sandbox_containers(b: &DockerBackend, sandbox: &str) -> Vec<String>
 /// the same limits and network must have equal profiles.
 pub async fn hardening_profile(b: &DockerBackend, container: &str) -> serde_json::Value {
     let info = b.docker().inspect_container(container, None).await.unwrap();
-    let hc = serde_json::to_value(info.host_config.unwrap()).unwrap();
+    let mut hc = serde_json::to_value(info.host_config.unwrap()).unwrap();
+    // Compared below without the labels' values.
+    let host_mounts = hc
+        .as_object_mut()
+        .and_then(|o| o.remove("Mounts"))
+        .unwrap_or_default();
+    let host_mounts: Vec<serde_json::Value> = host_mounts
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut m| {
+            let keys: Vec<String> = m["VolumeOptions"]["Labels"]
+                .as_object()
+                .map(|l| {
+                    l.keys()
+                        .filter(|k| *k != "crownest.run_id" && *k != "crownest.pool")
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            m["VolumeOptions"]["Labels"] = serde_json::json!(keys);
+            m
+        })
+        .collect();
     let cfg = info.config.unwrap();
     let mounts: Vec<serde_json::Value> = info
         .mounts
@@ -214,6 +238,7 @@ pub async fn hardening_profile(b: &DockerBackend, container: &str) -> serde_json
         "openStdin": cfg.open_stdin,
         "hostConfig": hc,
         "mounts": mounts,
+        "hostMounts": host_mounts,
         "labelKeys": labels,
     })
 }
