@@ -71,7 +71,30 @@ impl DockerBackend {
     ///
     /// A missing image is not an error here: [`SandboxBackend::templates`] reports it
     /// unavailable with the reason, and `create` fails naming `scripts/build-docker-image.sh`.
+    ///
+    /// A warm pool ([`DockerConfig::with_pool`]) of a template the configuration does not
+    /// serve is `Error::InvalidSpec` (field `pool`); a configured pool starts filling in the
+    /// background.
     pub async fn connect(config: DockerConfig) -> Result<Self> {
+        if let Some(t) = config
+            .pool
+            .iter()
+            .find(|(t, n)| **n > 0 && !config.templates.contains_key(*t))
+            .map(|(t, _)| t)
+        {
+            return Err(Error::invalid(
+                "pool",
+                format!(
+                    "a warm pool of template {t:?}, which the docker backend does not serve ({})",
+                    config
+                        .templates
+                        .keys()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let endpoint = config.host.clone().unwrap_or_else(|| {
             std::env::var("DOCKER_HOST")
                 .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
@@ -107,6 +130,12 @@ impl DockerBackend {
             shared.pool.fill(&shared);
         }
         Ok(Self { shared })
+    }
+
+    /// The warm pool sandboxes on this Docker host, of every process (grouped by owner and
+    /// template): what another process's pool costs here, seen from outside it.
+    pub async fn pools_on_host(&self) -> Result<Vec<crate::HostPool>> {
+        Ok(crate::pool::on_host(&self.shared.docker).await?)
     }
 
     /// Drains the warm pool (the same as [`SandboxBackend::shutdown`]).

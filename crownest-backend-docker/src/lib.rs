@@ -120,6 +120,7 @@ pub use container::{
 };
 pub use error::DockerError;
 pub use image::IMAGE_KEY_LABEL;
+pub use pool::HostPool;
 pub use sandbox::DockerSandbox;
 
 /// The registered backend name ([`crownest_core::SandboxBackend::name`]).

@@ -264,6 +264,60 @@ impl Pool {
     }
 }
 
+/// The warm pool sandboxes on this Docker host of one owner and template, whichever process
+/// keeps them (what `crownest doctor` shows; see [`crate::DockerBackend::pools_on_host`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPool {
+    /// The template.
+    pub template: String,
+    /// The owner process.
+    pub owner_pid: u32,
+    /// Whether it is still running (else the next sweep removes them).
+    pub owner_alive: bool,
+    /// Its pool sandboxes (ready, or taken by a run and not destroyed yet).
+    pub sandboxes: u64,
+    /// Their memory limits, summed.
+    pub memory_limit_bytes: u64,
+}
+
+/// Lists the pool sandboxes on the host, grouped by owner and template.
+pub(crate) async fn on_host(
+    docker: &bollard::Docker,
+) -> Result<Vec<HostPool>, crate::error::DockerError> {
+    let mut groups: BTreeMap<(String, u32), HostPool> = BTreeMap::new();
+    for c in crate::cleanup::containers_with_label(docker, LABEL_POOL).await? {
+        let labels = c.labels.unwrap_or_default();
+        let (Some(template), Some(owner)) = (labels.get(LABEL_POOL), container::owner_of(&labels))
+        else {
+            continue;
+        };
+        let memory = match &c.id {
+            Some(id) => docker
+                .inspect_container(id, None)
+                .await
+                .ok()
+                .and_then(|i| i.host_config)
+                .and_then(|h| h.memory)
+                .and_then(|m| u64::try_from(m).ok())
+                .unwrap_or_default(),
+            None => 0,
+        };
+        let entry = groups
+            .entry((template.clone(), owner.pid))
+            .or_insert_with(|| HostPool {
+                template: template.clone(),
+                owner_pid: owner.pid,
+                owner_alive: owner.is_alive(),
+                sandboxes: 0,
+                memory_limit_bytes: 0,
+            });
+        entry.sandboxes += 1;
+        entry.memory_limit_bytes += memory;
+    }
+    Ok(groups.into_values().collect())
+}
+
 /// Creates and starts one member of `template`'s pool.
 async fn create_member(shared: &Arc<Shared>, template: &str) -> Result<Warm, String> {
     let reference = shared

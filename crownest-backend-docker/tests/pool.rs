@@ -363,3 +363,17 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_an_unknown_template_is_refused() {
+    let Some(_) = common::backend().await else {
+        return;
+    };
+    let err = DockerBackend::connect(DockerConfig::default().with_pool("no-such-template", 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, crownest_core::Error::InvalidSpec { field, .. } if field == "pool"),
+        "{err:?}"
+    );
+}
