@@ -36,11 +36,12 @@ pub enum DockerError {
         source: bollard::errors::Error,
     },
     /// The command's output stream broke before its end: some output may be missing.
-    #[error("the command's output stream from Docker broke before its end; output may be missing")]
+    #[error(
+        "the command's output stream from Docker broke before its end ({detail}); output may be missing"
+    )]
     OutputBroken {
-        /// The underlying error.
-        #[source]
-        source: bollard::errors::Error,
+        /// What the stream did.
+        detail: String,
     },
     /// Something of a destroyed sandbox is still there.
     #[error("{what} still exists after destroy")]

@@ -21,6 +21,18 @@ use crate::container::WORKSPACE;
 use crate::error::{DockerError, is_not_found, status_of};
 use crate::upload::WorkspaceIndex;
 
+/// Output chunks read ahead of the sink (Docker frames are at most 32 KiB: ≤ 8 MiB).
+const READ_AHEAD: usize = 256;
+
+/// Aborts a task when dropped (the exec future can be dropped by the kill ladder).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 const GO_MODE_DIR: u32 = 1 << 31;
 const GO_MODE_SYMLINK: u32 = 1 << 27;
 
@@ -258,10 +270,23 @@ pub(crate) async fn launch_and_wait(
         }
     }
     sink.started().await;
+    // A reader drains the attach stream ahead of the sink (bounded: at most READ_AHEAD
+    // chunks, then the container waits, which is the backpressure): once the container
+    // has exited, the daemon gives an attached client only a short while to take what is
+    // left before it closes the stream, and a sink that is slow then (a store commit
+    // under load) would lose the tail.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        while let Some(item) = output.next().await {
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    }));
     let mut stderr_head = Vec::new();
-    while let Some(item) = output.next().await {
+    while let Some(item) = rx.recv().await {
         match item {
-            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+            Ok(LogOutput::StdOut { message }) => {
                 sink.output(OutputStream::Stdout, &message).await;
             }
             Ok(LogOutput::StdErr { message }) => {
@@ -272,21 +297,29 @@ pub(crate) async fn launch_and_wait(
                 sink.output(OutputStream::Stderr, &message).await;
             }
             Ok(LogOutput::StdIn { .. }) => {}
-            Err(e) => {
+            // Without a TTY every frame has a header: bytes without one are the rest of a
+            // frame cut short (the decoder hands them over at the end of the stream).
+            Ok(LogOutput::Console { .. }) | Err(_) => {
                 let killing = requested
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .is_some();
                 if !killing {
-                    return Err(DockerError::OutputBroken { source: e });
+                    return Err(DockerError::OutputBroken {
+                        detail: match item {
+                            Err(e) => e.to_string(),
+                            _ => "the stream ended inside a frame".into(),
+                        },
+                    });
                 }
                 // Killed by this sandbox (or its container removed by the ladder): the
                 // wait below tells how the command ended.
-                tracing::debug!(container, error = %e, "attach stream of a killed command ended with an error");
+                tracing::debug!(container, "attach stream of a killed command ended early");
                 break;
             }
         }
     }
+    drop(reader);
     let wait_opts = WaitContainerOptionsBuilder::new()
         .condition("not-running")
         .build();
