@@ -223,7 +223,7 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
         };
         let mut report = report;
         if slot.name == "docker" {
-            report.pools = pools.drain(..).collect();
+            report.pools = std::mem::take(&mut pools);
         }
         backends.push(report);
     }

@@ -55,7 +55,7 @@ pub mod names {
     /// Counter: blobs deleted by garbage collection.
     pub const GC_BLOBS_DELETED: &str = "crownest_gc_blobs_deleted_total";
     /// Gauge `{backend, template, state}`: warm pool sandboxes per state (`ready`,
-    /// `creating`, `in_use`), per engine ([`WorkspaceRuns::pools`]).
+    /// `creating`, `in_use`), per engine ([`WorkspaceRuns::pools`](crate::WorkspaceRuns::pools)).
     pub const POOL_SANDBOXES: &str = "crownest_sandbox_pool_sandboxes";
     /// Gauge `{backend, template}`: the configured pool size.
     pub const POOL_SIZE: &str = "crownest_sandbox_pool_size";
