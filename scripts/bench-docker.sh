@@ -140,7 +140,7 @@ if idx:
 else:
     # The end of the summary table (the first table, headed `| benchmark |`).
     i = next(i for i, l in enumerate(lines) if l.startswith("| benchmark |"))
-    while i + 1 < len(lines) and lines[i + 1].startswith("| "):
+    while i + 1 < len(lines) and lines[i + 1].startswith("|"):
         i += 1
     lines.insert(i + 1, summary)
 open(doc, "w").write("\n".join(lines))
