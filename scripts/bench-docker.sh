@@ -46,7 +46,8 @@ done
 tar -czf "$WORK/tiny.tgz" -C "$WORK/tiny" .
 
 export CROWNEST_TOKEN=bench-docker-token
-# serve NAME POOL-ARGS...: starts a server on a free port, echoes its URL.
+# serve NAME POOL-ARGS...: starts a server on a free port, sets URL (not in a subshell:
+# the cleanup must see its pid).
 serve() {
   local name=$1
   shift
@@ -60,10 +61,12 @@ serve() {
     sleep 0.05
   done
   [ -n "$url" ] || { cat "$WORK/$name.log" >&2; echo "bench-docker: $name did not start" >&2; exit 1; }
-  echo "$url"
+  URL=$url
 }
-URL_PLAIN=$(serve server-plain)
-URL_POOL=$(serve server-pool --pool docker:python-node=2)
+serve server-plain
+URL_PLAIN=$URL
+serve server-pool --pool docker:python-node=2
+URL_POOL=$URL
 
 declare -A CMD
 CMD[baseline]="docker run --rm --network none crownest/python-node true"
