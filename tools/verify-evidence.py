@@ -96,7 +96,7 @@ SPEC_FIELDS = (
 )  # fmt: skip
 ISOLATION_FIELDS = (
     {"backend", "network", "processContainment", "securityBoundary"},
-    {"memoryBytes", "pids", "user", "details", "notEnforced"},
+    {"memoryBytes", "pids", "user", "details", "notEnforced", "pooled"},
 )
 SANDBOX_FIELDS = ({"kept", "destroyed"}, {"removalPending", "keepUntil"})
 STREAM_FIELDS = ({"totalBytes", "storedBytes", "droppedBytes", "sha256"}, set())

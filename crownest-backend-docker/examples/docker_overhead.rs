@@ -4,9 +4,10 @@
 //! cargo run --release -p crownest-backend-docker --example docker_overhead [N]
 //! ```
 //!
-//! Backend path, per iteration: `create` (volume + stage container) → `materialize` (a
-//! one-file archive: extract, tar, upload) → `exec(["true"])` (run container, attach,
-//! start, wait, inspect) → `destroy` (remove both, remove the volume, verify 404s).
+//! Backend path, per iteration: `create` (one container, created and started) →
+//! `materialize` (a one-file archive: extract, tar, upload) → `exec(["true"])` (attach,
+//! hand the command to the launcher, wait, inspect) → `destroy` (remove it with its
+//! volume, verify 404s). The whole-process comparison is `scripts/bench-docker.sh`.
 //! Baselines: `docker run --rm crownest/python-node true`, plain and with the same
 //! hardening flags. One warm-up of each is not counted. Prints min / median / mean and
 //! the ratio of medians (goal ≤ 1.2× the plain baseline).

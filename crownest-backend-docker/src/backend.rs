@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bollard::Docker;
 use crownest_core::{
-    Capabilities, Error, IsolationReport, Network, NetworkIsolation, ProcessContainment, Result,
-    RunId, Sandbox, SandboxBackend, SandboxSpec, TemplateInfo,
+    Capabilities, Error, IsolationReport, Network, NetworkIsolation, PoolStatus,
+    ProcessContainment, Result, RunId, Sandbox, SandboxBackend, SandboxSpec, TemplateInfo,
 };
 
 use crate::config::DockerConfig;
 use crate::error::DockerError;
 use crate::exec::StatCache;
 use crate::image::{self, ImageInfo};
+use crate::pool::{Claim, Pool};
 use crate::sandbox::DockerSandbox;
 
 /// State shared by the backend and its sandboxes.
@@ -26,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) root: std::sync::Mutex<Option<crownest_core::hostdir::WorkRoot>>,
     /// Interpreter facts per image id (see `interpreters.rs`).
     pub(crate) interpreters: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>>,
+    /// The warm pool (see `pool.rs`).
+    pub(crate) pool: Pool,
 }
 
 impl Shared {
@@ -39,6 +42,20 @@ impl Shared {
         let root = crownest_core::hostdir::WorkRoot::open(&self.config.work_dir)?;
         *slot = Some(root.clone());
         Ok(root)
+    }
+
+    /// The image of a template, with its interpreters measured (once per image id).
+    pub(crate) async fn image(&self, reference: &str) -> Result<ImageInfo, DockerError> {
+        let mut image = image::inspect(&self.docker, reference).await?;
+        image.interpreters = match crate::interpreters::facts(self, &image).await {
+            Ok(f) => f,
+            // The run can go on; the evidence says what could not be measured.
+            Err(e) => std::collections::BTreeMap::from([(
+                "interpreters.unknown".to_owned(),
+                Error::from(e).chain(),
+            )]),
+        };
+        Ok(image)
     }
 }
 
@@ -54,7 +71,30 @@ impl DockerBackend {
     ///
     /// A missing image is not an error here: [`SandboxBackend::templates`] reports it
     /// unavailable with the reason, and `create` fails naming `scripts/build-docker-image.sh`.
+    ///
+    /// A warm pool ([`DockerConfig::with_pool`]) of a template the configuration does not
+    /// serve is `Error::InvalidSpec` (field `pool`); a configured pool starts filling in the
+    /// background.
     pub async fn connect(config: DockerConfig) -> Result<Self> {
+        if let Some(t) = config
+            .pool
+            .iter()
+            .find(|(t, n)| **n > 0 && !config.templates.contains_key(*t))
+            .map(|(t, _)| t)
+        {
+            return Err(Error::invalid(
+                "pool",
+                format!(
+                    "a warm pool of template {t:?}, which the docker backend does not serve ({})",
+                    config
+                        .templates
+                        .keys()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let endpoint = config.host.clone().unwrap_or_else(|| {
             std::env::var("DOCKER_HOST")
                 .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned())
@@ -77,15 +117,30 @@ impl DockerBackend {
         );
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         docker.ping().await.map_err(connect_err)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                docker,
-                config,
-                stat_cache: Mutex::new(HashMap::new()),
-                root: Mutex::new(None),
-                interpreters: Mutex::new(HashMap::new()),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            docker,
+            pool: Pool::new(&config),
+            config,
+            stat_cache: Mutex::new(HashMap::new()),
+            root: Mutex::new(None),
+            interpreters: Mutex::new(HashMap::new()),
+        });
+        // The warm pool fills in the background; runs that come first get fresh sandboxes.
+        if shared.pool.is_configured() {
+            shared.pool.fill(&shared);
+        }
+        Ok(Self { shared })
+    }
+
+    /// The warm pool sandboxes on this Docker host, of every process (grouped by owner and
+    /// template): what another process's pool costs here, seen from outside it.
+    pub async fn pools_on_host(&self) -> Result<Vec<crate::HostPool>> {
+        Ok(crate::pool::on_host(&self.shared.docker).await?)
+    }
+
+    /// Drains the warm pool (the same as [`SandboxBackend::shutdown`]).
+    pub async fn drain_pool(&self) {
+        self.shared.pool.drain(&self.shared).await;
     }
 
     /// The configuration in use.
@@ -100,16 +155,7 @@ impl DockerBackend {
 
     /// The image of a template, with its interpreters measured (once per image id).
     async fn image(&self, reference: &str) -> Result<ImageInfo, DockerError> {
-        let mut image = image::inspect(&self.shared.docker, reference).await?;
-        image.interpreters = match crate::interpreters::facts(&self.shared, &image).await {
-            Ok(f) => f,
-            // The run can go on; the evidence says what could not be measured.
-            Err(e) => std::collections::BTreeMap::from([(
-                "interpreters.unknown".to_owned(),
-                Error::from(e).chain(),
-            )]),
-        };
-        Ok(image)
+        self.shared.image(reference).await
     }
 }
 
@@ -118,6 +164,7 @@ pub(crate) fn isolation_report(
     config: &DockerConfig,
     spec: &SandboxSpec,
     image: &ImageInfo,
+    pooled: bool,
 ) -> IsolationReport {
     let mut details = std::collections::BTreeMap::new();
     details.insert("imageId".into(), image.id.clone());
@@ -133,7 +180,7 @@ pub(crate) fn isolation_report(
     );
     details.insert(
         "workspace".into(),
-        "docker volume (no host path mounted)".into(),
+        "anonymous docker volume, removed with the container (no host path mounted)".into(),
     );
     details.insert(
         "memorySwapBytes".into(),
@@ -155,6 +202,7 @@ pub(crate) fn isolation_report(
         process_containment: ProcessContainment::Container,
         user: Some(config.user.clone()),
         security_boundary: true,
+        pooled,
         details,
         not_enforced: Vec::new(),
     }
@@ -231,12 +279,23 @@ impl SandboxBackend for DockerBackend {
             ));
         }
         let image = self.image(reference).await?;
-        let sandbox = DockerSandbox::create(self.shared.clone(), spec, image).await?;
+        let sandbox = match self.shared.pool.claim(&self.shared, spec, &image.id) {
+            Claim::Hit(warm) => DockerSandbox::adopt(self.shared.clone(), spec, image, warm),
+            Claim::Miss => DockerSandbox::create(self.shared.clone(), spec, image).await?,
+        };
         Ok(Box::new(sandbox))
     }
 
     fn prepare_root(&self) -> Option<crownest_core::hostdir::WorkRoot> {
         self.shared.root().ok()
+    }
+
+    fn pools(&self) -> Vec<PoolStatus> {
+        self.shared.pool.status()
+    }
+
+    async fn shutdown(&self) {
+        self.drain_pool().await;
     }
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder,
 };
 
 use crate::container::LABEL_SANDBOX;
@@ -44,8 +45,29 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> 
     }
 }
 
-/// Removes the containers `known` plus every container labelled with the sandbox, then its
-/// volume, then checks that none of them exists any more. Idempotent.
+/// Every volume carrying `label` (`key` or `key=value`): the workspace volumes (anonymous,
+/// labelled through the mount's volume options; named `<sandbox>` in older versions).
+pub(crate) async fn volumes_with_label(
+    docker: &Docker,
+    label: &str,
+) -> Result<Vec<String>, DockerError> {
+    let mut filters = HashMap::new();
+    filters.insert("label", vec![label]);
+    let opts = ListVolumesOptionsBuilder::new().filters(&filters).build();
+    Ok(docker
+        .list_volumes(Some(opts))
+        .await
+        .map_err(DockerError::api("list volumes"))?
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect())
+}
+
+/// Removes the containers `known` plus every container labelled with the sandbox (with
+/// their anonymous volumes), then any volume still labelled with it, then checks that none
+/// of them exists any more. Idempotent.
 pub(crate) async fn remove_sandbox(
     docker: &Docker,
     sandbox: &str,
@@ -65,21 +87,23 @@ pub(crate) async fn remove_sandbox(
     for r in removals {
         r?;
     }
-    // The volume: a 409 means a container removal is still finishing; retry briefly.
-    let mut attempt = 0;
-    loop {
-        let opts = RemoveVolumeOptionsBuilder::new().force(true).build();
-        match docker.remove_volume(sandbox, Some(opts)).await {
-            Ok(()) => break,
-            Err(e) if is_not_found(&e) => break,
-            Err(e) if status_of(&e) == Some(409) && attempt < 50 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    // A volume left: a 409 means a container removal is still finishing; retry briefly.
+    for volume in volumes_with_label(docker, &label).await? {
+        let mut attempt = 0;
+        loop {
+            let opts = RemoveVolumeOptionsBuilder::new().force(true).build();
+            match docker.remove_volume(&volume, Some(opts)).await {
+                Ok(()) => break,
+                Err(e) if is_not_found(&e) => break,
+                Err(e) if status_of(&e) == Some(409) && attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(DockerError::api("remove volume")(e)),
             }
-            Err(e) => return Err(DockerError::api("remove volume")(e)),
         }
     }
-    // Verify.
+    // Verify: each container answers 404, and nothing carries the label any more.
     for id in &ids {
         match docker.inspect_container(id, None).await {
             Err(e) if is_not_found(&e) => {}
@@ -100,13 +124,12 @@ pub(crate) async fn remove_sandbox(
             what: format!("container {}", c.id.unwrap_or_default()),
         });
     }
-    match docker.inspect_volume(sandbox).await {
-        Err(e) if is_not_found(&e) => Ok(()),
-        Ok(_) => Err(DockerError::Survived {
-            what: format!("volume {sandbox}"),
-        }),
-        Err(e) => Err(DockerError::api("inspect volume")(e)),
+    if let Some(v) = volumes_with_label(docker, &label).await?.into_iter().next() {
+        return Err(DockerError::Survived {
+            what: format!("volume {v}"),
+        });
     }
+    Ok(())
 }
 
 /// Removes host staging left by a sandbox (`<work_dir>/<sandbox>*`: artifact mirrors),

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crownest_core::Limits;
+
 /// The default image of the `python-node` template, built by `scripts/build-docker-image.sh`.
 pub const DEFAULT_IMAGE: &str = "crownest/python-node:latest";
 /// The template every backend offers.
@@ -23,6 +25,8 @@ pub const PYTHON_NODE: &str = "python-node";
 /// | `tmp_size_bytes` | 64 MiB (size of the `/tmp` tmpfs; counts against the memory limit) |
 /// | `request_timeout` | 600 s (per Docker API request, including a whole archive upload) |
 /// | `enabled_network_mode` | `bridge` (used only when a run asks for `network: enabled`) |
+/// | `pool` | empty: no warm pool (see [`DockerConfig::with_pool`]) |
+/// | `pool_limits` | [`Limits::default()`]: the limits warm pool sandboxes are made with |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerConfig {
     /// Docker endpoint (`unix:///var/run/docker.sock`, `tcp://...`); `None` = local defaults.
@@ -40,6 +44,13 @@ pub struct DockerConfig {
     pub request_timeout: Duration,
     /// Docker network mode used for `network: enabled`.
     pub enabled_network_mode: String,
+    /// Warm pool size per template: that many sandboxes are kept created and started,
+    /// each taken by one run (whose spec fits, see `pool.rs`) and destroyed after it. Only
+    /// a long-lived engine (a server) gains from one; 0 or absent = none.
+    pub pool: BTreeMap<String, usize>,
+    /// The limits pool sandboxes are made with: a run takes one only when its memory, pids
+    /// and open-files limits are these (set them to the engine's defaults).
+    pub pool_limits: Limits,
 }
 
 impl Default for DockerConfig {
@@ -52,6 +63,8 @@ impl Default for DockerConfig {
             tmp_size_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             enabled_network_mode: "bridge".to_owned(),
+            pool: BTreeMap::new(),
+            pool_limits: Limits::default(),
         }
     }
 }
@@ -80,6 +93,21 @@ impl DockerConfig {
     /// `/workspace`, and `/bin/sh` exists (see `docs/images.md`).
     pub fn with_template(mut self, name: impl Into<String>, image: impl Into<String>) -> Self {
         self.templates.insert(name.into(), image.into());
+        self
+    }
+
+    /// Keeps `size` sandboxes of `template` created and started ahead of their runs (a
+    /// warm pool; 0 = none). The backend fills it from [`DockerBackend::connect`](crate::DockerBackend::connect)
+    /// on and drains it at [`SandboxBackend::shutdown`](crownest_core::SandboxBackend::shutdown).
+    pub fn with_pool(mut self, template: impl Into<String>, size: usize) -> Self {
+        self.pool.insert(template.into(), size);
+        self
+    }
+
+    /// Sets the limits pool sandboxes are made with (the engine's default limits, so that
+    /// runs that do not override them fit).
+    pub fn with_pool_limits(mut self, limits: Limits) -> Self {
+        self.pool_limits = limits;
         self
     }
 

@@ -1,18 +1,24 @@
-//! Container shape: labels, names and the hardened `HostConfig` every container gets.
+//! Container shape: labels, names and the hardened `HostConfig` every container gets, and
+//! the one call that creates a sandbox container with everything set.
 
 use std::collections::HashMap;
 
+use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+    ResourcesUlimits,
 };
+use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
 use crownest_core::run::RunOwner;
 use crownest_core::{Limits, Network, SandboxSpec};
 
 use crate::config::DockerConfig;
+use crate::error::DockerError;
 
-/// Sandbox id (also the name of its volume and its run container).
+/// Sandbox id (also the name of its container).
 pub const LABEL_SANDBOX: &str = "crownest.sandbox";
-/// The run the sandbox belongs to.
+/// The run the sandbox belongs to (absent on a warm pool member: it was created before its
+/// run existed).
 pub const LABEL_RUN: &str = "crownest.run_id";
 /// The engine instance that created it.
 pub const LABEL_INSTANCE: &str = "crownest.instance";
@@ -20,8 +26,11 @@ pub const LABEL_INSTANCE: &str = "crownest.instance";
 pub const LABEL_OWNER_PID: &str = "crownest.owner_pid";
 /// Start time (clock ticks since boot) of the owning host process.
 pub const LABEL_OWNER_START: &str = "crownest.owner_start";
-/// `stage` (holds the volume while the archive is uploaded) or `run` (runs the command).
+/// `run`: the container that receives the workspace and runs the command (older versions
+/// also had a `stage` container).
 pub const LABEL_ROLE: &str = "crownest.role";
+/// On a warm pool member: the template it was created for (see `pool.rs`).
+pub const LABEL_POOL: &str = "crownest.pool";
 
 /// Marker in a container name that records the keep deadline (labels are immutable, so
 /// `keep()` renames the container to `<sandbox>.kept-until-<unix ms>`).
@@ -30,17 +39,29 @@ pub(crate) const KEPT_MARK: &str = ".kept-until-";
 /// The mount point of the workspace volume inside every container.
 pub(crate) const WORKSPACE: &str = "/workspace";
 
-/// The labels of every resource of a sandbox.
+/// The labels of every resource of a sandbox created for `spec`.
 pub(crate) fn labels(sandbox: &str, spec: &SandboxSpec) -> HashMap<String, String> {
+    let mut l = owner_labels(sandbox, &spec.owner);
+    l.insert(LABEL_RUN.to_owned(), spec.run_id.to_string());
+    l
+}
+
+/// The labels that name a sandbox and its owner (process and engine instance).
+pub(crate) fn owner_labels(sandbox: &str, owner: &RunOwner) -> HashMap<String, String> {
     let mut l = HashMap::new();
     l.insert(LABEL_SANDBOX.to_owned(), sandbox.to_owned());
-    l.insert(LABEL_RUN.to_owned(), spec.run_id.to_string());
-    l.insert(LABEL_INSTANCE.to_owned(), spec.instance.clone());
-    l.insert(LABEL_OWNER_PID.to_owned(), spec.owner.pid.to_string());
-    if let Some(start) = spec.owner.pid_start {
+    l.insert(LABEL_ROLE.to_owned(), "run".to_owned());
+    l.insert(LABEL_INSTANCE.to_owned(), owner.instance.clone());
+    l.insert(LABEL_OWNER_PID.to_owned(), owner.pid.to_string());
+    if let Some(start) = owner.pid_start {
         l.insert(LABEL_OWNER_START.to_owned(), start.to_string());
     }
     l
+}
+
+/// A new sandbox id (also its container's name).
+pub(crate) fn new_sandbox_id() -> String {
+    format!("crownest-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// The owner recorded in a resource's labels (`None` when the labels are incomplete).
@@ -76,7 +97,7 @@ pub(crate) fn host_config(
     config: &DockerConfig,
     limits: &Limits,
     network: Network,
-    volume: &str,
+    labels: &HashMap<String, String>,
 ) -> HostConfig {
     let mut tmpfs = HashMap::new();
     tmpfs.insert(
@@ -108,14 +129,19 @@ pub(crate) fn host_config(
         privileged: Some(false),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
-        // Filesystem: read-only image, private tmpfs /tmp, the workspace volume; no host path.
+        // Filesystem: read-only image, private tmpfs /tmp, the workspace on an anonymous
+        // volume (created with the container, removed with it; labelled like it, so a sweep
+        // finds one a crash left); no host path.
         readonly_rootfs: Some(true),
         tmpfs: Some(tmpfs),
         mounts: Some(vec![Mount {
             target: Some(WORKSPACE.into()),
-            source: Some(volume.to_owned()),
             typ: Some(MountType::VOLUME),
             read_only: Some(false),
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(labels.clone()),
+                ..Default::default()
+            }),
             ..Default::default()
         }]),
         // Network and namespaces.
@@ -133,21 +159,11 @@ pub(crate) fn host_config(
     }
 }
 
-/// Gives a run container a stdin that the engine writes to (the secrets frame, see
-/// `secrets.rs`); without this the container's stdin is `/dev/null`.
-pub(crate) fn open_stdin(body: &mut ContainerCreateBody) {
-    body.open_stdin = Some(true);
-    body.attach_stdin = Some(true);
-    body.stdin_once = Some(false);
-}
-
-/// The create body of a container of this sandbox.
+/// The create body of a sandbox container: the [launcher](crate::launcher) waiting for its
+/// command on stdin, the template's environment, the hardened host configuration.
 pub(crate) fn create_body(
     config: &DockerConfig,
     image_id: &str,
-    cmd: Vec<String>,
-    env: Vec<String>,
-    working_dir: String,
     labels: HashMap<String, String>,
     host_config: HostConfig,
 ) -> ContainerCreateBody {
@@ -156,17 +172,67 @@ pub(crate) fn create_body(
         user: Some(config.user.clone()),
         hostname: Some("sandbox".into()),
         entrypoint: Some(Vec::new()),
-        cmd: Some(cmd),
-        env: Some(env),
-        working_dir: Some(working_dir),
+        cmd: Some(crate::launcher::cmd()),
+        env: Some(
+            template_env()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        working_dir: Some(WORKSPACE.into()),
         labels: Some(labels),
-        attach_stdin: Some(false),
+        // The launcher reads its frame from stdin (see `launcher.rs`).
+        attach_stdin: Some(true),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        open_stdin: Some(false),
+        open_stdin: Some(true),
+        stdin_once: Some(false),
         tty: Some(false),
         network_disabled: None,
         host_config: Some(host_config),
         ..Default::default()
     }
+}
+
+/// What a sandbox container is made of.
+pub(crate) struct Shape<'a> {
+    /// The sandbox id: the container's name and `crownest.sandbox` label.
+    pub(crate) sandbox: &'a str,
+    /// Every label (see [`labels`], [`owner_labels`]).
+    pub(crate) labels: HashMap<String, String>,
+    /// The template image id.
+    pub(crate) image_id: &'a str,
+    /// The resource limits.
+    pub(crate) limits: &'a Limits,
+    /// The network mode.
+    pub(crate) network: Network,
+}
+
+/// Creates the sandbox container with everything set in one call (the workspace volume is
+/// created with it) and starts it: the launcher then waits for its command. Returns the
+/// container id. On failure nothing of it is left (best effort; a sweep removes the rest).
+pub(crate) async fn create_started(
+    docker: &Docker,
+    config: &DockerConfig,
+    shape: Shape<'_>,
+) -> Result<String, DockerError> {
+    let host = host_config(config, shape.limits, shape.network, &shape.labels);
+    let body = create_body(config, shape.image_id, shape.labels, host);
+    let opts = CreateContainerOptionsBuilder::new()
+        .name(shape.sandbox)
+        .build();
+    let id = docker
+        .create_container(Some(opts), body)
+        .await
+        .map_err(DockerError::api("create container"))?
+        .id;
+    if let Err(e) = docker
+        .start_container(&id, None::<StartContainerOptions>)
+        .await
+    {
+        let _ =
+            crate::cleanup::remove_sandbox(docker, shape.sandbox, std::slice::from_ref(&id)).await;
+        return Err(DockerError::api("start container")(e));
+    }
+    Ok(id)
 }

@@ -35,6 +35,14 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// The command's output stream broke before its end: some output may be missing.
+    #[error(
+        "the command's output stream from Docker broke before its end ({detail}); output may be missing"
+    )]
+    OutputBroken {
+        /// What the stream did.
+        detail: String,
+    },
     /// Something of a destroyed sandbox is still there.
     #[error("{what} still exists after destroy")]
     Survived {

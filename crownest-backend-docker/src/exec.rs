@@ -1,14 +1,16 @@
-//! Running the command: program pre-flight, attach before start, output pump with
-//! backpressure, wait, and the mapping of Docker's answer to an [`ExitStatus`].
+//! Running the command: program pre-flight, attach and hand the command to the launcher,
+//! output pump with backpressure, wait, and the mapping of Docker's answer to an
+//! [`ExitStatus`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, KillContainerOptionsBuilder,
-    StartContainerOptions, WaitContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use crownest_core::event::OutputStream;
 use crownest_core::{ExecSink, ExitStatus, KillSignal};
@@ -18,6 +20,18 @@ use tokio::io::AsyncWriteExt as _;
 use crate::container::WORKSPACE;
 use crate::error::{DockerError, is_not_found, status_of};
 use crate::upload::WorkspaceIndex;
+
+/// Output chunks read ahead of the sink (Docker frames are at most 32 KiB: ≤ 8 MiB).
+const READ_AHEAD: usize = 256;
+
+/// Aborts a task when dropped (the exec future can be dropped by the kill ladder).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 const GO_MODE_DIR: u32 = 1 << 31;
 const GO_MODE_SYMLINK: u32 = 1 << 27;
@@ -164,68 +178,84 @@ pub(crate) struct Observed {
     pub(crate) code: i64,
     /// The kernel's OOM killer ended it.
     pub(crate) oom_killed: bool,
-    /// The first bytes of stderr (to recognise docker-init's own exec failure).
+    /// The first bytes of stderr (to recognise the launcher's or docker-init's own exec
+    /// failure).
     pub(crate) stderr_head: Vec<u8>,
 }
 
-/// The result of attaching and starting.
+/// The result of handing the command over.
 pub(crate) enum Started {
-    /// Docker refused to start the process.
+    /// Docker refused to run it.
     Refused(String),
     /// It ran to the end.
     Ran(Observed),
 }
 
-/// Attaches (before start, so no early byte is lost), starts, writes `stdin` (the secrets
-/// frame, for a container created with `open_stdin`), calls `sink.started()`, pumps output
-/// into the sink (awaiting each chunk: the backpressure), then waits for the container to
-/// stop and inspects it.
-pub(crate) async fn attach_start_wait(
-    docker: &Docker,
-    container: &str,
-    stdin: Option<&[u8]>,
+/// One command handed to a sandbox container's launcher.
+pub(crate) struct Launch<'a> {
+    pub(crate) docker: &'a Docker,
+    /// The container (started; its launcher waits on stdin).
+    pub(crate) container: &'a str,
+    /// The launcher's frame (see `launcher.rs`).
+    pub(crate) frame: &'a [u8],
+    /// Set once the frame is written: from then on signals go to the container.
+    pub(crate) started: &'a AtomicBool,
+    /// A signal asked for while the frame was being written (delivered right after).
+    pub(crate) requested: &'a Mutex<Option<KillSignal>>,
+}
+
+/// Attaches to the container (stdin, stdout, stderr; the launcher writes nothing before
+/// its frame, so no byte of the command's output can come before the attach), writes the
+/// frame, calls `sink.started()`, pumps output into the sink (awaiting each chunk: the
+/// backpressure), then waits for the container to stop and inspects it.
+///
+/// An attach stream that breaks (rather than ending) means output may be missing: unless
+/// this sandbox was killing the command (its run then ends `timed_out` or `canceled`,
+/// whose output is cut by nature), that is an error, so the run fails `sandbox_error`
+/// instead of recording a short output as if it were whole.
+pub(crate) async fn launch_and_wait(
+    launch: Launch<'_>,
     sink: &dyn ExecSink,
-    requested: &Mutex<Option<KillSignal>>,
 ) -> Result<Started, DockerError> {
+    let Launch {
+        docker,
+        container,
+        frame,
+        started,
+        requested,
+    } = launch;
     let opts = AttachContainerOptionsBuilder::new()
-        .stdin(stdin.is_some())
+        .stdin(true)
         .stdout(true)
         .stderr(true)
         .stream(true)
         .logs(false)
         .build();
-    let attached = docker
-        .attach_container(container, Some(opts))
-        .await
-        .map_err(DockerError::api("attach"))?;
+    let attached = match docker.attach_container(container, Some(opts)).await {
+        Ok(a) => a,
+        // The container is not running (its launcher died: killed from outside, OOM at
+        // start): nothing was started.
+        Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+            return Ok(Started::Refused(message));
+        }
+        Err(e) => return Err(DockerError::api("attach")(e)),
+    };
     let mut output = attached.output;
     let mut input = attached.input;
-    if let Err(e) = docker
-        .start_container(container, None::<StartContainerOptions>)
-        .await
-    {
-        return match e {
-            bollard::errors::Error::DockerResponseServerError { message, .. } => {
-                Ok(Started::Refused(message))
-            }
-            e => Err(DockerError::api("start")(e)),
-        };
-    }
-    if let Some(frame) = stdin {
-        // The launcher reads the whole frame before the command starts, and writes nothing
-        // before, so this cannot wait on unread output. The write half is not shut down
-        // (it stays open, unused, until the end, like the attach itself): the command's
-        // stdin is `/dev/null` anyway.
-        let written = async {
-            input.write_all(frame).await?;
-            input.flush().await
-        };
-        written.await.map_err(|e| DockerError::Io {
-            context: "writing the secret variables to the launcher's stdin".into(),
-            source: e,
-        })?;
-    }
-    // A signal asked for while the container was being started would have found nothing
+    // The launcher reads the whole frame before the command starts, and writes nothing
+    // before, so this cannot wait on unread output. The write half is not shut down (it
+    // stays open, unused, until the end, like the attach itself): the command's stdin is
+    // `/dev/null` anyway.
+    let written = async {
+        input.write_all(frame).await?;
+        input.flush().await
+    };
+    written.await.map_err(|e| DockerError::Io {
+        context: "writing the command to the launcher's stdin".into(),
+        source: e,
+    })?;
+    started.store(true, Ordering::SeqCst);
+    // A signal asked for while the frame was being written would have found nothing
     // running: deliver it now.
     let pending = *requested.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(sig) = pending {
@@ -240,10 +270,23 @@ pub(crate) async fn attach_start_wait(
         }
     }
     sink.started().await;
+    // A reader drains the attach stream ahead of the sink (bounded: at most READ_AHEAD
+    // chunks, then the container waits, which is the backpressure): once the container
+    // has exited, the daemon gives an attached client only a short while to take what is
+    // left before it closes the stream, and a sink that is slow then (a store commit
+    // under load) would lose the tail.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        while let Some(item) = output.next().await {
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    }));
     let mut stderr_head = Vec::new();
-    while let Some(item) = output.next().await {
+    while let Some(item) = rx.recv().await {
         match item {
-            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+            Ok(LogOutput::StdOut { message }) => {
                 sink.output(OutputStream::Stdout, &message).await;
             }
             Ok(LogOutput::StdErr { message }) => {
@@ -254,14 +297,29 @@ pub(crate) async fn attach_start_wait(
                 sink.output(OutputStream::Stderr, &message).await;
             }
             Ok(LogOutput::StdIn { .. }) => {}
-            Err(e) => {
-                // The stream broke (e.g. the container was force-removed): the wait below
-                // tells how the command ended.
-                tracing::warn!(container, error = %e, "attach stream ended with an error");
+            // Without a TTY every frame has a header: bytes without one are the rest of a
+            // frame cut short (the decoder hands them over at the end of the stream).
+            Ok(LogOutput::Console { .. }) | Err(_) => {
+                let killing = requested
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some();
+                if !killing {
+                    return Err(DockerError::OutputBroken {
+                        detail: match item {
+                            Err(e) => e.to_string(),
+                            _ => "the stream ended inside a frame".into(),
+                        },
+                    });
+                }
+                // Killed by this sandbox (or its container removed by the ladder): the
+                // wait below tells how the command ended.
+                tracing::debug!(container, "attach stream of a killed command ended early");
                 break;
             }
         }
     }
+    drop(reader);
     let wait_opts = WaitContainerOptionsBuilder::new()
         .condition("not-running")
         .build();
@@ -291,8 +349,9 @@ pub(crate) async fn attach_start_wait(
 /// * docker-init (tini) exits `128 + n` when its child died of signal `n`, which cannot be
 ///   told apart from `exit(128 + n)`; it is reported as `Signaled(n)` only when this sandbox
 ///   sent that signal, else as the plain exit code.
-/// * 126/127 with docker-init's own `exec ... failed` message → `SpawnFailed` (the
-///   pre-flight check normally catches these before start).
+/// * 126/127 with the launcher's own message (it starts with `crownest-launcher:`; or
+///   docker-init's `exec ... failed`) → `SpawnFailed` (the pre-flight check normally
+///   catches these before anything starts).
 pub(crate) fn exit_status(
     observed: &Observed,
     sent: Option<KillSignal>,
@@ -313,7 +372,11 @@ pub(crate) fn exit_status(
             return ExitStatus::Signaled(code - 128);
         }
     }
-    if (code == 126 || code == 127) && observed.stderr_head.starts_with(b"[FATAL tini") {
+    let launcher = format!("{}: ", crate::launcher::NAME);
+    if (code == 126 || code == 127)
+        && (observed.stderr_head.starts_with(launcher.as_bytes())
+            || observed.stderr_head.starts_with(b"[FATAL tini"))
+    {
         let line = String::from_utf8_lossy(&observed.stderr_head);
         let line = line.lines().next().unwrap_or_default().to_owned();
         return ExitStatus::SpawnFailed(line);
@@ -358,6 +421,10 @@ mod tests {
         assert!(matches!(
             exit_status(&obs(127, false, b"[FATAL tini (7)] exec nope failed: No such file or directory\n"), None, 1),
             ExitStatus::SpawnFailed(m) if m.contains("exec nope failed")
+        ));
+        assert!(matches!(
+            exit_status(&obs(127, false, b"crownest-launcher: 17: exec: nope: not found\n"), None, 1),
+            ExitStatus::SpawnFailed(m) if m.contains("nope: not found")
         ));
         assert_eq!(
             exit_status(&obs(127, false, b"sh: 1: x: not found\n"), None, 1),

@@ -35,46 +35,67 @@
 //! | non-root | `User 10001:10001` (the image's `crownest` user); root is refused in config |
 //! | no privileges | `CapDrop ALL`, `no-new-privileges`, docker's default seccomp profile, not privileged |
 //! | network isolation | `NetworkMode none` (only `lo`) unless the run asks `network: enabled` |
-//! | filesystem isolation | read-only image root, private size-limited tmpfs `/tmp`, the workspace on a Docker volume; no host path is mounted |
+//! | filesystem isolation | read-only image root, private size-limited tmpfs `/tmp`, the workspace on an anonymous Docker volume of the container; no host path is mounted |
 //! | memory limit | `Memory` = `MemorySwap` = `limits.memoryBytes`; an OOM kill is `limit_exceeded` |
 //! | pids limit | `PidsLimit` = `limits.pids` (a fork bomb stays inside) |
 //! | rlimits | `nofile` = `limits.openFiles`, `core` = 0 |
 //! | process-tree kill | docker-init (tini) is pid 1; SIGKILL ends pid 1 and so the whole pid namespace; SIGTERM goes to the command and is broadcast to every other process of the sandbox user |
 //! | keepSandbox | the container is renamed `<sandbox>.kept-until-<unix ms>` (labels are immutable); `sweep_orphans` removes it once that passes |
-//! | output | attached before start (no early byte lost), read with backpressure; the log driver is `none`, so nothing is written to the daemon's disk |
-//! | secrets | never in the container's configuration (`docker inspect`, the daemon's `config.v2.json`): written to a launcher's stdin after the start (see the run container below) |
+//! | output | attached before the command is handed over (no early byte lost), read ahead of the sink in bounded chunks and handed on with backpressure; a stream that breaks fails the run (`sandbox_error`), never shortens its output silently; the log driver is `none`, so nothing is written to the daemon's disk |
+//! | secrets | never in the container's configuration (`docker inspect`, the daemon's `config.v2.json`): written to the launcher's stdin with the command (see below) |
 //!
 //! ## Layout of one sandbox
 //!
-//! Every resource carries the labels `crownest.sandbox`, `crownest.run_id`,
-//! `crownest.instance`, `crownest.owner_pid` and `crownest.owner_start` (the owner process and
-//! its start time, so `sweep_orphans` can tell an orphan from a live sandbox of another engine).
+//! One container, named by the sandbox id and labelled `crownest.sandbox`,
+//! `crownest.run_id`, `crownest.instance`, `crownest.owner_pid` and `crownest.owner_start`
+//! (the owner process and its start time, so `sweep_orphans` can tell an orphan from a live
+//! sandbox of another engine), created **with everything set in one call** and started at
+//! `create()`:
 //!
-//! * a named volume `<sandbox>` mounted at `/workspace` (a volume, because Docker refuses
-//!   archive uploads into a read-only root, and a tmpfs would not keep files uploaded
-//!   before start);
-//! * a **stage** container `<sandbox>-stage`, created at `create()` and never started: it
-//!   holds the volume so `materialize` can upload into it. The archive is extracted by the
-//!   core extractor into a host staging directory (a marked core
-//!   [`SandboxDir`](crownest_core::hostdir::SandboxDir) of the private work root, which the
-//!   core host-directory sweep removes if a crash leaves it), then streamed as a tar (every
-//!   entry owned by uid/gid 10001, hardlinks as links) into the volume with
-//!   `PUT /containers/{id}/archive`. Nothing of the host is bind-mounted. The stage
-//!   container is removed (in the background, while the command starts) as soon as the run
-//!   container holds the volume;
-//! * a **run** container `<sandbox>`, created by `exec` with `Cmd` = argv exactly,
-//!   `WorkingDir` = `/workspace/<cwd>` and `Env` = `PATH`, `HOME=/workspace`,
-//!   `LANG=C.UTF-8` plus the request's plain variables (Docker itself adds
-//!   `HOSTNAME=sandbox`). **Secrets are never in `Env`** (nor anywhere else `docker inspect`
-//!   shows, also of a kept sandbox): a run with secrets gets `Cmd` = a small POSIX `sh`
-//!   launcher followed by argv, the engine writes the secrets to its stdin right after the
-//!   start, and the launcher exports them and `exec`s argv with stdin on `/dev/null` (see
-//!   `secrets.rs` for the frame and why).
-//!   A container's `Cmd` is fixed at creation, and `create()` does not know the command
-//!   yet: that is why the stage container exists. `exec` checks `cwd` against what was
-//!   uploaded and looks `argv[0]` up the way `execvp` does (image paths are stat-ed through
-//!   the API and cached per image id), so an unknown program is `spawn_failed` before
-//!   anything starts.
+//! * the workspace is an **anonymous volume** at `/workspace`, created with the container,
+//!   removed with it (`rm -v`), labelled like it (through the mount's volume options), so a
+//!   sweep finds one a crash left; a volume because Docker refuses archive uploads into a
+//!   read-only root, and a tmpfs would not be visible to the daemon's upload;
+//! * its `Cmd` is the **launcher** (`launcher.rs`, POSIX `sh`), which waits on stdin for
+//!   the command: `Env` is the template's (`PATH`, `HOME=/workspace`, `LANG=C.UTF-8`; Docker
+//!   adds `HOSTNAME=sandbox`), `WorkingDir` is `/workspace`, `OpenStdin` is set;
+//! * `materialize` extracts the archive with the core extractor into a host staging
+//!   directory (a marked core [`SandboxDir`](crownest_core::hostdir::SandboxDir) of the
+//!   private work root, which the core host-directory sweep removes if a crash leaves it),
+//!   then streams it as a tar (every entry owned by uid/gid 10001, hardlinks as links)
+//!   straight into the running container's workspace with `PUT /containers/{id}/archive`
+//!   (`upload::upload_tree`, which takes any host tree). Nothing of the host is
+//!   bind-mounted;
+//! * `exec` checks `cwd` against what was uploaded and looks `argv[0]` up the way `execvp`
+//!   does (image paths are stat-ed through the API and cached per image id), so an unknown
+//!   program is `spawn_failed` before anything starts; then it attaches (stdin, stdout,
+//!   stderr) and writes one frame to the launcher: the cwd, the variables (the request's
+//!   plain `env` and its secrets alike), argv. The launcher `cd`s, exports them and `exec`s
+//!   argv with stdin on `/dev/null`, keeping its pid, so signals, the exit status and the
+//!   OOM report are the command's own. **Nothing of a request is in the container's
+//!   configuration** (`docker inspect`, also of a kept sandbox, shows the launcher and the
+//!   template's variables only).
+//!
+//! A tiny run costs the Docker API one create, one start, one upload, one attach, one wait,
+//! one inspect and one remove (plus a few cheap lists and stats), where it used to create a
+//! volume and two containers and remove all three.
+//!
+//! ## The warm pool
+//!
+//! [`DockerConfig::with_pool`] keeps N sandboxes of a template created and started ahead
+//! of their runs (`crownest serve --pool docker:python-node=N`): a run whose template,
+//! network (`none`) and memory/pids/open-files limits ([`DockerConfig::pool_limits`]) match
+//! takes one, with the same hardening (one call makes both; `tests/pool.rs` compares
+//! `docker inspect` of a pooled and a fresh one), and skips the create and the start (the
+//! bulk of a tiny run). Each member is taken by exactly one run under a lock, destroyed
+//! after it like any sandbox, never reused; the pool refills in the background, is drained
+//! by [`SandboxBackend::shutdown`](crownest_core::SandboxBackend::shutdown), and its
+//! members carry the owner labels (no run label, plus `crownest.pool=<template>`), so after
+//! a crash any engine's sweep removes them under the one orphan rule. The isolation report
+//! (and so the evidence) says `pooled: true`. Its state is
+//! [`SandboxBackend::pools`](crownest_core::SandboxBackend::pools) (per process) and
+//! [`DockerBackend::pools_on_host`] (every process's, from the labels); an idle member is a
+//! stopped-waiting `sh` under docker-init: about a megabyte of memory, no CPU.
 //!
 //! Artifacts are read from the stopped container through a private host mirror that never
 //! follows a symlink (see `download.rs`) and then judged by
@@ -83,15 +104,13 @@
 //! answers 404. Containers are never auto-removed, so the exit code and `OOMKilled` can
 //! always be read.
 //!
-//! ## Performance (this machine: 2 cores, Docker 20.10, fuse-overlayfs, cgroup v1)
+//! ## Performance
 //!
-//! `examples/docker_overhead.rs`, release build, N = 10, interleaved, under load from
-//! parallel builds: a tiny run (`create` → `materialize` one file → `exec true` →
-//! `destroy`) has a median of 0.97–1.06× `docker run --rm crownest/python-node true`
-//! (≈ 500–560 ms; `docker start` alone is ≈ 250 ms of it) and 1.13–1.21× a `docker run`
-//! with the same hardening flags (no network namespace and no log file make that one
-//! faster). Uploading a 2 000-file / 20 MB workspace into the volume takes ≈ 1.0 s on top
-//! of the 0.4 s host extraction, the same as `docker cp` of that tar.
+//! `scripts/bench-docker.sh` times a tiny run as a whole process (`crownest run`, and a
+//! client against `crownest serve` with and without a pool) against `docker run --rm
+//! --network none crownest/python-node true`; its numbers are in `docs/benchmarks.md`.
+//! `examples/docker_overhead.rs` times the backend alone (`create` → `materialize` →
+//! `exec` → `destroy`).
 //!
 //! Known limits: the workspace volume lives on the Docker root disk and is not size-capped
 //! (the `local` volume driver has no quota on this storage driver); the command can fill
@@ -106,18 +125,21 @@ mod error;
 mod exec;
 mod image;
 mod interpreters;
+mod launcher;
+mod pool;
 mod sandbox;
-mod secrets;
 mod sweep;
 mod upload;
 
 pub use backend::DockerBackend;
 pub use config::{DEFAULT_IMAGE, DockerConfig, PYTHON_NODE};
 pub use container::{
-    LABEL_INSTANCE, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_ROLE, LABEL_RUN, LABEL_SANDBOX,
+    LABEL_INSTANCE, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_POOL, LABEL_ROLE, LABEL_RUN,
+    LABEL_SANDBOX,
 };
 pub use error::DockerError;
 pub use image::IMAGE_KEY_LABEL;
+pub use pool::HostPool;
 pub use sandbox::DockerSandbox;
 
 /// The registered backend name ([`crownest_core::SandboxBackend::name`]).

@@ -1,8 +1,7 @@
-//! [`DockerSandbox`]: one labelled volume, a stage container that receives the archive, and
-//! a run container that runs the one command.
+//! [`DockerSandbox`]: one hardened container, created with everything set in one call and
+//! started (or claimed from the warm pool, already started), whose launcher receives the
+//! one command after the workspace was streamed into it.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,10 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::exec::{CreateExecOptions, StartExecOptions};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, RenameContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::{KillContainerOptionsBuilder, RenameContainerOptionsBuilder};
 use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
 use crownest_core::backend::{ArchiveSource, ProgressFn};
@@ -21,15 +17,15 @@ use crownest_core::event::ArtifactErrorReason;
 use crownest_core::hostdir::{Marker, SandboxDir};
 use crownest_core::{
     Destroyed, Error, ExecOutcome, ExecRequest, ExecSink, ExitStatus, IsolationReport, KillSignal,
-    Network, Result, Sandbox, SandboxSpec, TemplateIdentity, Timestamp,
+    Result, Sandbox, SandboxSpec, TemplateIdentity, Timestamp,
 };
-use tokio::sync::mpsc;
 
 use crate::backend::Shared;
-use crate::container::{self, KEPT_MARK, LABEL_ROLE, WORKSPACE};
+use crate::container::{self, KEPT_MARK, WORKSPACE};
 use crate::error::{DockerError, is_not_found, status_of};
 use crate::exec::{self, Started};
 use crate::image::ImageInfo;
+use crate::pool::Warm;
 use crate::upload::{self, WorkspaceIndex};
 
 /// The registered backend name (also the `backend` of its host staging markers).
@@ -39,81 +35,88 @@ use crate::BACKEND;
 /// leaves the rest to the background.
 const STAGING_REMOVAL_WAIT: Duration = Duration::from_secs(5);
 
-/// A sandbox made of Docker resources, all labelled with the run, the engine instance and
-/// the owner process (see the crate docs for the layout).
+/// A sandbox made of one Docker container (and the anonymous volume of its workspace),
+/// labelled with the owner process and engine instance, and with the run unless it came
+/// from the warm pool (see the crate docs for the layout).
 #[derive(Debug)]
 pub struct DockerSandbox {
     id: String,
     shared: Arc<Shared>,
     spec: SandboxSpec,
     image: ImageInfo,
-    stage: String,
-    run: Mutex<Option<String>>,
+    /// The container id.
+    container: String,
+    /// Claimed from the warm pool (recorded in the isolation report).
+    pooled: bool,
     index: Mutex<Option<WorkspaceIndex>>,
     sent: Mutex<Option<KillSignal>>,
-    stage_removal: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// `exec` was called (a sandbox runs exactly one command).
+    exec_called: AtomicBool,
+    /// The command was handed to the launcher: signals go to the container now.
     started: AtomicBool,
     destroyed: AtomicBool,
 }
 
 impl DockerSandbox {
-    /// Creates the volume and the stage container (never started).
+    /// Creates and starts the sandbox container (one create call, one start).
     pub(crate) async fn create(
         shared: Arc<Shared>,
         spec: &SandboxSpec,
         image: ImageInfo,
     ) -> Result<Self, DockerError> {
-        let id = format!("crownest-{}", uuid::Uuid::new_v4().simple());
-        let docker = &shared.docker;
-        let labels = container::labels(&id, spec);
-        let volume = bollard::models::VolumeCreateRequest {
-            name: Some(id.clone()),
-            driver: Some("local".into()),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        docker
-            .create_volume(volume)
-            .await
-            .map_err(DockerError::api("create volume"))?;
-        let mut stage_labels = labels;
-        stage_labels.insert(LABEL_ROLE.into(), "stage".into());
-        let body = container::create_body(
+        let id = container::new_sandbox_id();
+        let container = container::create_started(
+            &shared.docker,
             &shared.config,
-            &image.id,
-            vec!["true".into()],
-            Vec::new(),
-            WORKSPACE.into(),
-            stage_labels,
-            container::host_config(&shared.config, &spec.limits, Network::None, &id),
-        );
-        let opts = CreateContainerOptionsBuilder::new()
-            .name(&format!("{id}-stage"))
-            .build();
-        let stage = match docker.create_container(Some(opts), body).await {
-            Ok(r) => r.id,
-            Err(e) => {
-                let _ = crate::cleanup::remove_sandbox(docker, &id, &[]).await;
-                return Err(DockerError::api("create container")(e));
-            }
-        };
-        Ok(Self {
+            container::Shape {
+                sandbox: &id,
+                labels: container::labels(&id, spec),
+                image_id: &image.id,
+                limits: &spec.limits,
+                network: spec.network,
+            },
+        )
+        .await?;
+        Ok(Self::with(shared, spec, image, id, container, false))
+    }
+
+    /// A sandbox over a container claimed from the warm pool (created with the same shape
+    /// for this template, limits and network).
+    pub(crate) fn adopt(
+        shared: Arc<Shared>,
+        spec: &SandboxSpec,
+        image: ImageInfo,
+        warm: Warm,
+    ) -> Self {
+        Self::with(shared, spec, image, warm.sandbox, warm.container, true)
+    }
+
+    fn with(
+        shared: Arc<Shared>,
+        spec: &SandboxSpec,
+        image: ImageInfo,
+        id: String,
+        container: String,
+        pooled: bool,
+    ) -> Self {
+        Self {
             id,
             shared,
             spec: spec.clone(),
             image,
-            stage,
-            run: Mutex::new(None),
+            container,
+            pooled,
             index: Mutex::new(None),
             sent: Mutex::new(None),
-            stage_removal: Mutex::new(None),
+            exec_called: AtomicBool::new(false),
             started: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
-        })
+        }
     }
 
-    fn run_container(&self) -> Option<String> {
-        self.run.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// True when this sandbox was claimed from the warm pool.
+    pub fn pooled(&self) -> bool {
+        self.pooled
     }
 
     fn check_alive(&self) -> Result<(), DockerError> {
@@ -132,7 +135,7 @@ impl DockerSandbox {
         sink: &dyn ExecSink,
     ) -> Result<ExecOutcome, DockerError> {
         self.check_alive()?;
-        if self.run_container().is_some() {
+        if self.exec_called.swap(true, Ordering::SeqCst) {
             return Err(DockerError::State(
                 "a sandbox runs exactly one command".into(),
             ));
@@ -161,99 +164,55 @@ impl DockerSandbox {
                 "empty argv".into(),
             )));
         };
-        let mut env: BTreeMap<String, String> = container::template_env()
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        for (k, v) in &request.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(format!(
-                    "environment variable {k:?} cannot be passed to a process"
-                ))));
-            }
-            env.insert(k.clone(), v.clone());
-        }
-        // Secrets never go into `Env` (see `secrets.rs`): the launcher receives them on stdin.
-        let secrets_frame = if request.secrets.is_empty() {
-            None
-        } else {
-            match crate::secrets::frame(&request.secrets) {
-                Ok(f) => Some(f),
-                Err(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
-            }
-        };
-        let cmd = if secrets_frame.is_some() {
-            crate::secrets::launcher_cmd(&request.argv)
-        } else {
-            request.argv.clone()
-        };
-        let path_env = env.get("PATH").cloned().unwrap_or_default();
+        // The command's variables: the template's (in the container's `Env`), overridden by
+        // the request's (in the frame, with the secrets: see `launcher.rs`).
+        let path_env = request
+            .env
+            .get("PATH")
+            .map(String::as_str)
+            .or_else(|| {
+                container::template_env()
+                    .iter()
+                    .find(|(k, _)| *k == "PATH")
+                    .map(|(_, v)| *v)
+            })
+            .unwrap_or_default()
+            .to_owned();
         let working_dir = if cwd.is_empty() {
             WORKSPACE.to_owned()
         } else {
             format!("{WORKSPACE}/{cwd}")
         };
-        let mut labels = container::labels(&self.id, &self.spec);
-        labels.insert(LABEL_ROLE.into(), "run".into());
-        let mut body = container::create_body(
-            &self.shared.config,
-            &self.image.id,
-            cmd,
-            env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            working_dir,
-            labels,
-            container::host_config(
-                &self.shared.config,
-                &self.spec.limits,
-                self.spec.network,
-                &self.id,
-            ),
-        );
-        if secrets_frame.is_some() {
-            container::open_stdin(&mut body);
-        }
+        let frame = match crate::launcher::frame(&crate::launcher::Command {
+            cwd: &working_dir,
+            env: &request.env,
+            secrets: &request.secrets,
+            argv: &request.argv,
+        }) {
+            Ok(f) => f,
+            Err(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
+        };
         let docker = &self.shared.docker;
-        let opts = CreateContainerOptionsBuilder::new().name(&self.id).build();
-        let created = docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(DockerError::api("create container"))?;
-        let run = created.id;
-        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.clone());
         let image_paths = exec::ImagePaths {
             docker,
-            container: &run,
+            container: &self.container,
             image_id: &self.image.id,
             cache: &self.shared.stat_cache,
         };
         if let Err(msg) = exec::preflight(&image_paths, &index, argv0, &path_env, &cwd).await? {
             return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg)));
         }
-        // The stage container has done its job (the volume is mounted by the run container
-        // now): remove it while the command starts, off the critical path. `destroy` waits
-        // for this and removes it again if needed.
-        let docker_bg = docker.clone();
-        let stage = self.stage.clone();
-        *self.stage_removal.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::spawn(
-            async move {
-                let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                    .force(true)
-                    .build();
-                if let Err(e) = docker_bg.remove_container(&stage, Some(opts)).await
-                    && !is_not_found(&e)
-                {
-                    tracing::debug!(container = %stage, error = %e, "early removal of the stage container failed");
-                }
-            },
-        ));
-        self.started.store(true, Ordering::SeqCst);
-        let observed =
-            match exec::attach_start_wait(docker, &run, secrets_frame.as_deref(), sink, &self.sent)
-                .await?
-            {
-                Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
-                Started::Ran(o) => o,
-            };
+        let launch = exec::Launch {
+            docker,
+            container: &self.container,
+            frame: &frame,
+            started: &self.started,
+            requested: &self.sent,
+        };
+        let observed = match exec::launch_and_wait(launch, sink).await? {
+            Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
+            Started::Ran(o) => o,
+        };
         let sent = *self.sent.lock().unwrap_or_else(|p| p.into_inner());
         Ok(ExecOutcome::new(exec::exit_status(
             &observed,
@@ -263,13 +222,14 @@ impl DockerSandbox {
     }
 
     async fn signal_inner(&self, signal: KillSignal) -> Result<(), DockerError> {
-        // No command yet (exec not called): nothing to signal.
-        let Some(run) = self.run_container() else {
+        // No command yet (exec not called): nothing to signal (the launcher waits).
+        if !self.exec_called.load(Ordering::SeqCst) {
             return Ok(());
-        };
+        }
+        let run = &self.container;
         {
-            // Recorded even while the container is still being started: `exec` delivers a
-            // signal that arrived then right after the start.
+            // Recorded even while the command is being handed over: `exec` delivers a
+            // signal that arrived then right after the frame.
             let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
             if *sent != Some(KillSignal::Kill) {
                 *sent = Some(signal);
@@ -282,7 +242,7 @@ impl DockerSandbox {
         let opts = KillContainerOptionsBuilder::new()
             .signal(signal.name())
             .build();
-        match docker.kill_container(&run, Some(opts)).await {
+        match docker.kill_container(run, Some(opts)).await {
             Ok(()) => {}
             // Not running (any more) or gone: nothing to signal.
             Err(e) if is_not_found(&e) || status_of(&e) == Some(409) => return Ok(()),
@@ -295,7 +255,7 @@ impl DockerSandbox {
             let broadcast = async {
                 let exec = docker
                     .create_exec(
-                        &run,
+                        run,
                         CreateExecOptions {
                             cmd: Some(vec![
                                 "python3".to_owned(),
@@ -330,40 +290,6 @@ impl DockerSandbox {
         }
         Ok(())
     }
-
-    /// Streams a tar of the staged tree `dest` into the volume (through the stage
-    /// container), owned by the sandbox user; returns the index of what was sent.
-    async fn upload_staged(&self, dest: PathBuf) -> Result<WorkspaceIndex> {
-        let (uid, gid) = self.shared.config.uid_gid().unwrap_or((10001, 10001));
-        let (tx, rx) = mpsc::channel(4);
-        let walker = tokio::task::spawn_blocking(move || {
-            let mut out = upload::ChannelWriter::new(tx.clone());
-            let r = upload::write_tar(&dest, uid, gid, &mut out);
-            if let Err(e) = &r {
-                let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
-            }
-            r
-        });
-        let body = bollard::body_try_stream(tokio_stream_of(rx));
-        let opts = UploadToContainerOptionsBuilder::new()
-            .path(WORKSPACE)
-            .no_overwrite_dir_non_dir("true")
-            .build();
-        let uploaded = self
-            .shared
-            .docker
-            .upload_to_container(&self.stage, Some(opts), body)
-            .await;
-        let index = walker
-            .await
-            .map_err(|e| Error::backend(BACKEND, format!("staging walker failed: {e}")))?
-            .map_err(|e| DockerError::Io {
-                context: "reading the staged workspace".into(),
-                source: e,
-            })?;
-        uploaded.map_err(DockerError::api("upload archive"))?;
-        Ok(index)
-    }
 }
 
 #[async_trait]
@@ -373,7 +299,7 @@ impl Sandbox for DockerSandbox {
     }
 
     fn isolation(&self) -> IsolationReport {
-        crate::backend::isolation_report(&self.shared.config, &self.spec, &self.image)
+        crate::backend::isolation_report(&self.shared.config, &self.spec, &self.image, self.pooled)
     }
 
     fn identity(&self) -> TemplateIdentity {
@@ -391,7 +317,13 @@ impl Sandbox for DockerSandbox {
             // Checked and extracted at upload on this backend's work root: stream that tree
             // into the container.
             ArchiveSource::Prepared(tree) => {
-                let uploaded = self.upload_staged(tree.tree_path()).await;
+                let uploaded = upload::upload_tree(
+                    &self.shared.docker,
+                    &self.container,
+                    tree.tree_path(),
+                    self.shared.config.uid_gid().unwrap_or((10001, 10001)),
+                )
+                .await;
                 let summary = tree.summary();
                 tree.discard().await;
                 *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded?);
@@ -437,10 +369,15 @@ impl Sandbox for DockerSandbox {
                 return Err(e);
             }
         };
-        // 2. Stream a tar of the staged tree into the volume, owned by the sandbox user.
-        let uploaded = self
-            .upload_staged(staging.proc_path().join("workspace"))
-            .await;
+        // 2. Stream a tar of the staged tree into the container's workspace, owned by the
+        //    sandbox user.
+        let uploaded = upload::upload_tree(
+            &self.shared.docker,
+            &self.container,
+            staging.proc_path().join("workspace"),
+            self.shared.config.uid_gid().unwrap_or((10001, 10001)),
+        )
+        .await;
         remove_staging(&staging).await;
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded?);
         Ok(summary)
@@ -465,7 +402,6 @@ impl Sandbox for DockerSandbox {
                 format!("{path:?}: the sandbox was destroyed"),
             ));
         }
-        let container = self.run_container().unwrap_or_else(|| self.stage.clone());
         let root = self.shared.root().map_err(|e| {
             ArtifactFailure::new(
                 crownest_core::event::ArtifactErrorReason::NotFound,
@@ -474,7 +410,7 @@ impl Sandbox for DockerSandbox {
         })?;
         crate::download::collect(
             &self.shared.docker,
-            &container,
+            &self.container,
             &root.proc_path(),
             &self.id,
             path,
@@ -486,42 +422,33 @@ impl Sandbox for DockerSandbox {
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
         self.check_alive()?;
-        let container = self.run_container().unwrap_or_else(|| self.stage.clone());
         let name = format!("{}{KEPT_MARK}{}", self.id, until.as_millis());
         let opts = RenameContainerOptionsBuilder::new().name(&name).build();
         self.shared
             .docker
-            .rename_container(&container, opts)
+            .rename_container(&self.container, opts)
             .await
             .map_err(DockerError::api("rename container (keep)"))?;
         Ok(())
     }
 
     async fn destroy(&self) -> Result<Destroyed> {
-        self.destroyed.store(true, Ordering::SeqCst);
-        let pending = self
-            .stage_removal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = pending {
-            let _ = task.await;
+        let first = !self.destroyed.swap(true, Ordering::SeqCst);
+        let removed = crate::cleanup::remove_sandbox(
+            &self.shared.docker,
+            &self.id,
+            std::slice::from_ref(&self.container),
+        )
+        .await;
+        if first && self.pooled {
+            self.shared.pool.released(&self.spec.template);
         }
-        let mut known = vec![self.stage.clone()];
-        known.extend(self.run_container());
-        crate::cleanup::remove_sandbox(&self.shared.docker, &self.id, &known).await?;
+        removed?;
         if let Ok(root) = self.shared.root() {
             crate::cleanup::remove_host_leftovers(&root.proc_path(), &self.id);
         }
         Ok(Destroyed::Gone)
     }
-}
-
-/// A receiver as a `Stream` (without pulling in tokio-stream's wrappers).
-fn tokio_stream_of<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Removes a host staging directory (through a tombstone; a sweep finishes what a crash cut

@@ -56,7 +56,8 @@ pub(crate) async fn sweep(
         }
         entry.labels = labels;
     }
-    // Volumes left without containers (a create interrupted half-way).
+    // Volumes left without containers (a removal interrupted half-way; a named volume of an
+    // older version).
     let mut filters = HashMap::new();
     filters.insert("label", vec![LABEL_SANDBOX]);
     let opts = ListVolumesOptionsBuilder::new().filters(&filters).build();

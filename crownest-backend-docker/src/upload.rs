@@ -1,4 +1,5 @@
-//! Staged workspace → tar stream for `PUT /containers/{id}/archive`.
+//! A host tree → tar stream for `PUT /containers/{id}/archive`, straight into the sandbox
+//! container's workspace ([`upload_tree`]).
 //!
 //! The staging tree was written by the core extractor into a private directory that only
 //! this process writes, so walking it with `symlink_metadata` (never following a link) is
@@ -12,8 +13,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use bollard::Docker;
+use bollard::query_parameters::UploadToContainerOptionsBuilder;
 use bytes::Bytes;
 use tokio::sync::mpsc;
+
+use crate::container::WORKSPACE;
+use crate::error::DockerError;
 
 /// What the uploaded workspace holds (relative paths, `""` = the root).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,7 +32,7 @@ pub(crate) struct WorkspaceIndex {
 
 /// A `Write` that sends 256 KiB chunks into a bounded channel (the backpressure of the
 /// upload: the walker blocks while Docker has not taken the previous chunks).
-pub(crate) struct ChannelWriter {
+struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
 }
@@ -34,7 +40,7 @@ pub(crate) struct ChannelWriter {
 const CHUNK: usize = 256 * 1024;
 
 impl ChannelWriter {
-    pub(crate) fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+    fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
         Self {
             tx,
             buf: Vec::with_capacity(CHUNK),
@@ -66,14 +72,55 @@ impl Write for ChannelWriter {
     }
 }
 
+/// Streams a tar of the host tree `dir` (a directory only this process writes: the
+/// extractor's staging, or a tree extracted and validated at upload time) into the
+/// workspace of `container`, every entry owned by `uid:gid`; returns the index of what was
+/// sent. The tar is produced on a blocking thread while Docker reads it (256 KiB chunks,
+/// bounded: the walk waits for Docker), so nothing is buffered whole.
+pub(crate) async fn upload_tree(
+    docker: &Docker,
+    container: &str,
+    dir: PathBuf,
+    (uid, gid): (u64, u64),
+) -> Result<WorkspaceIndex, DockerError> {
+    let (tx, rx) = mpsc::channel(4);
+    let walker = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter::new(tx.clone());
+        let r = write_tar(&dir, uid, gid, &mut out);
+        if let Err(e) = &r {
+            let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+        }
+        r
+    });
+    let body = bollard::body_try_stream(stream_of(rx));
+    let opts = UploadToContainerOptionsBuilder::new()
+        .path(WORKSPACE)
+        .no_overwrite_dir_non_dir("true")
+        .build();
+    let uploaded = docker
+        .upload_to_container(container, Some(opts), body)
+        .await;
+    let index = walker
+        .await
+        .map_err(|e| DockerError::State(format!("the workspace walker failed: {e}")))?
+        .map_err(|e| DockerError::Io {
+            context: "reading the workspace tree".into(),
+            source: e,
+        })?;
+    uploaded.map_err(DockerError::api("upload archive"))?;
+    Ok(index)
+}
+
+/// A receiver as a `Stream` (without pulling in tokio-stream's wrappers).
+fn stream_of<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Writes the tar of `root` (contents placed at the target dir, the root entry `./` owned by
 /// `uid:gid`) into `out`, returning the index of what was sent.
-pub(crate) fn write_tar(
-    root: &Path,
-    uid: u64,
-    gid: u64,
-    out: impl Write,
-) -> io::Result<WorkspaceIndex> {
+fn write_tar(root: &Path, uid: u64, gid: u64, out: impl Write) -> io::Result<WorkspaceIndex> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut index = WorkspaceIndex::default();

@@ -8,8 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use bollard::query_parameters::ListContainersOptionsBuilder;
-use common::{output_of, py, run};
+use common::{output_of, py, run, sandbox_containers};
 use crownest_backend_docker::{DockerBackend, DockerConfig, LABEL_SANDBOX};
 use crownest_core::event::FailureKind;
 use crownest_core::{Limits, OutputStream, RunStatus, SandboxBackend};
@@ -112,17 +111,19 @@ async fn containers_carry_the_hardened_config_and_labels() {
         ..Limits::default()
     };
     let sb = common::sandbox(&b, limits).await;
-    let stage = sandbox_containers(&b, sb.id()).await;
-    assert_eq!(stage.len(), 1, "only the stage container before exec");
-    assert_hardened(&b, &stage[0], sb.id()).await;
+    let containers = sandbox_containers(&b, sb.id()).await;
+    assert_eq!(containers.len(), 1, "one container per sandbox");
+    assert_hardened(&b, &containers[0], sb.id()).await;
     let sink = common::CollectSink::default();
     let outcome = sb.exec(&common::request(&["true"]), &sink).await.unwrap();
     assert_eq!(outcome.status, crownest_core::ExitStatus::Exited(0));
     assert_eq!(sink.started.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let after = sandbox_containers(&b, sb.id()).await;
-    let run: Vec<_> = after.iter().filter(|c| !stage.contains(c)).collect();
-    assert_eq!(run.len(), 1, "one run container: {after:?}");
-    assert_hardened(&b, run[0], sb.id()).await;
+    assert_eq!(
+        sandbox_containers(&b, sb.id()).await,
+        containers,
+        "the container that received the workspace ran the command"
+    );
+    assert_hardened(&b, &containers[0], sb.id()).await;
     let iso = sb.isolation();
     assert_eq!(iso.network, crownest_core::NetworkIsolation::None);
     assert_eq!(iso.pids, Some(77));
@@ -222,22 +223,6 @@ async fn a_bad_cwd_and_a_non_executable_file_are_spawn_failures() {
     );
 }
 
-async fn sandbox_containers(b: &DockerBackend, sandbox: &str) -> Vec<String> {
-    let mut filters = std::collections::HashMap::new();
-    filters.insert("label", vec![format!("{LABEL_SANDBOX}={sandbox}")]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    b.docker()
-        .list_containers(Some(opts))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|c| c.id)
-        .collect()
-}
-
 async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
     let info = b.docker().inspect_container(container, None).await.unwrap();
     let hc = info.host_config.unwrap();
@@ -259,8 +244,33 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
     );
     let mounts = info.mounts.unwrap_or_default();
     assert_eq!(mounts.len(), 1, "{mounts:?}");
-    assert_eq!(mounts[0].name.as_deref(), Some(sandbox));
     assert_eq!(mounts[0].destination.as_deref(), Some("/workspace"));
+    assert_eq!(mounts[0].typ.as_deref(), Some("volume"));
+    // The workspace volume is anonymous (removed with the container) and labelled.
+    let volume = mounts[0].name.clone().unwrap();
+    assert_ne!(volume, sandbox);
+    let labels = b.docker().inspect_volume(&volume).await.unwrap().labels;
+    assert_eq!(labels.get(LABEL_SANDBOX).map(String::as_str), Some(sandbox));
+    // Nothing of a request is in the configuration: the launcher and the template's
+    // variables only (see `launcher.rs`).
+    assert_eq!(
+        cfg.cmd.as_ref().map(|c| c[..2].to_vec()),
+        Some(vec!["/bin/sh".to_owned(), "-c".to_owned()])
+    );
+    assert_eq!(
+        cfg.env
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| !e.starts_with("HOSTNAME="))
+            .cloned()
+            .collect::<Vec<_>>(),
+        [
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "HOME=/workspace",
+            "LANG=C.UTF-8"
+        ]
+    );
     let ulimits: Vec<_> = hc
         .ulimits
         .unwrap_or_default()

@@ -60,10 +60,9 @@ async fn a_kept_sandbox_shows_no_secret_in_docker_inspect() {
             .env
             .clone()
             .unwrap_or_default();
-        assert!(
-            env.contains(&"CI=true".to_owned()),
-            "plain env stays: {env:?}"
-        );
+        // The plain setting reached the command (above) through the launcher's frame, like
+        // the secret: the configuration holds the template's variables only.
+        assert!(!env.iter().any(|e| e.starts_with("CI=")), "{env:?}");
         assert!(!env.iter().any(|e| e.starts_with("TOKEN=")), "{env:?}");
         // The daemon's own record of the container, when this host lets us read it.
         let on_disk = format!("/var/lib/docker/containers/{id}/config.v2.json");

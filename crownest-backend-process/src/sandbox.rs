@@ -175,6 +175,7 @@ impl Sandbox for ProcessSandbox {
             process_containment: self.applied().containment(),
             user: Some(format!("uid {}", rustix::process::geteuid().as_raw())),
             security_boundary: false,
+            pooled: false,
             not_enforced: Vec::new(),
             details: self.isolation_details(),
         }

@@ -164,6 +164,7 @@ pub(crate) fn isolation_report(limits: &Limits) -> IsolationReport {
         process_containment: ProcessContainment::Wasm,
         user: None,
         security_boundary: true,
+        pooled: false,
         not_enforced: Vec::new(),
         details: Default::default(),
     };

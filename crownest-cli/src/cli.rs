@@ -252,6 +252,13 @@ pub(crate) struct ServeArgs {
     /// above the new maximum is lowered to it.
     #[arg(long = "max", value_name = "LIMIT=N")]
     pub(crate) max: Vec<String>,
+    /// Keep N sandboxes of a template created, hardened and started ahead of their runs
+    /// (a warm pool; docker only), e.g. --pool docker:python-node=4; repeatable. Each is
+    /// used by one run (whose network and memory/pids/open-files limits are the defaults)
+    /// and destroyed after it; the pool refills in the background and is drained at
+    /// shutdown.
+    #[arg(long = "pool", value_name = "BACKEND:TEMPLATE=N")]
+    pub(crate) pool: Vec<String>,
 }
 
 /// `run`.

@@ -29,6 +29,47 @@ struct BackendReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     limitations: Vec<String>,
     templates: Vec<TemplateInfo>,
+    /// Warm pool sandboxes on this host (docker), by owner process and template.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pools: Vec<HostPool>,
+}
+
+/// Warm pool sandboxes of one owner process and template, as the host shows them.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HostPool {
+    template: String,
+    owner_pid: u32,
+    owner_alive: bool,
+    sandboxes: u64,
+    memory_limit_bytes: u64,
+}
+
+/// The warm pools on this Docker host (a `crownest serve --pool` keeps them), whoever
+/// owns them: empty when the backend is not usable.
+#[cfg(feature = "docker")]
+async fn host_pools() -> Vec<HostPool> {
+    use crownest_backend_docker::{DockerBackend, DockerConfig};
+    let Ok(b) = DockerBackend::connect(DockerConfig::default()).await else {
+        return Vec::new();
+    };
+    b.pools_on_host()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| HostPool {
+            template: p.template,
+            owner_pid: p.owner_pid,
+            owner_alive: p.owner_alive,
+            sandboxes: p.sandboxes,
+            memory_limit_bytes: p.memory_limit_bytes,
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "docker"))]
+async fn host_pools() -> Vec<HostPool> {
+    Vec::new()
 }
 
 /// What the backend named `name` cannot do for the programs it runs.
@@ -67,6 +108,10 @@ struct ServerReport {
     authorized: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_error: Option<String>,
+    /// The server's warm pools (`crownest_sandbox_pool_*` lines of `/metrics`; needs an
+    /// admin token).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pools: Vec<String>,
 }
 
 /// `crownest doctor --server URL`: `GET /healthz`, then one authenticated request (list one
@@ -81,7 +126,21 @@ async fn doctor_remote(client: &Client, args: &DoctorArgs) -> anyhow::Result<Exi
             .map_err(|e| e.chain()),
         Err(_) => Err("not tried: the server did not answer".to_owned()),
     };
+    let pools = match &auth {
+        Ok(()) => client
+            .metrics()
+            .await
+            .map(|text| {
+                text.lines()
+                    .filter(|l| l.starts_with("crownest_sandbox_pool_"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     let report = ServerReport {
+        pools,
         server: client.base_url().to_owned(),
         healthy: health.is_ok(),
         health_error: health.as_ref().err().cloned(),
@@ -106,6 +165,9 @@ async fn doctor_remote(client: &Client, args: &DoctorArgs) -> anyhow::Result<Exi
             None => println!("auth:   ok (the token is accepted)"),
             Some(e) => println!("auth:   FAILED: {e}"),
         }
+        for line in &report.pools {
+            println!("pool:   {line}");
+        }
     }
     Ok(if report.healthy && report.authorized {
         Exit::Success
@@ -124,8 +186,9 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
         Ok(_) => "ok".to_owned(),
         Err(e) => format!("cannot open: {}", crate::exit::describe(&e)),
     };
+    let mut pools = host_pools().await;
     let mut backends = Vec::new();
-    for slot in home::backends(home_dir).await? {
+    for slot in home::backends(home_dir, &home::PoolSettings::default()).await? {
         let report = match &slot.backend {
             Err(why) => BackendReport {
                 name: slot.name.to_owned(),
@@ -134,6 +197,7 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
                 capabilities: None,
                 limitations: limitations(slot.name),
                 templates: Vec::new(),
+                pools: Vec::new(),
             },
             Ok(b) => match b.templates().await {
                 Ok(templates) => BackendReport {
@@ -144,6 +208,7 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
                     capabilities: Some(b.capabilities()),
                     limitations: limitations(slot.name),
                     templates,
+                    pools: Vec::new(),
                 },
                 Err(e) => BackendReport {
                     name: slot.name.to_owned(),
@@ -152,9 +217,14 @@ pub(crate) async fn doctor(target: &Target, args: DoctorArgs) -> anyhow::Result<
                     capabilities: Some(b.capabilities()),
                     limitations: limitations(slot.name),
                     templates: Vec::new(),
+                    pools: Vec::new(),
                 },
             },
         };
+        let mut report = report;
+        if slot.name == "docker" {
+            report.pools = std::mem::take(&mut pools);
+        }
         backends.push(report);
     }
     let report = Report {
@@ -231,6 +301,21 @@ fn print_human(r: &Report) {
         }
         for l in &b.limitations {
             let _ = writeln!(o, "  cannot: {l}");
+        }
+        for p in &b.pools {
+            let _ = writeln!(
+                o,
+                "  warm pool {}: {} sandbox(es) of pid {}{}, memory limits {} MiB in all",
+                p.template,
+                p.sandboxes,
+                p.owner_pid,
+                if p.owner_alive {
+                    ""
+                } else {
+                    " (gone: the next sweep removes them)"
+                },
+                p.memory_limit_bytes / (1024 * 1024)
+            );
         }
         for t in &b.templates {
             if t.available {

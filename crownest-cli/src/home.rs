@@ -33,6 +33,16 @@ pub(crate) struct BackendSlot {
     pub(crate) backend: Result<Arc<dyn SandboxBackend>, String>,
 }
 
+/// A warm pool for the Docker backend (`crownest serve --pool docker:TEMPLATE=N`): sizes
+/// per template, and the limits its sandboxes are made with (the engine's defaults).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PoolSettings {
+    /// Template → size.
+    pub(crate) docker: std::collections::BTreeMap<String, usize>,
+    /// The engine's default limits.
+    pub(crate) limits: crownest_core::Limits,
+}
+
 /// Opens the durable store under `<home>/store`.
 pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
     let dir = home.join("store");
@@ -48,7 +58,7 @@ pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
 /// the Docker handshake each take a few milliseconds, and every command pays for them.
 /// Templates registered in `<home>/templates.json` are added to their backends; a malformed
 /// registry is a usage error.
-pub(crate) async fn backends(home: &Path) -> anyhow::Result<Vec<BackendSlot>> {
+pub(crate) async fn backends(home: &Path, pool: &PoolSettings) -> anyhow::Result<Vec<BackendSlot>> {
     let registered = crate::templates::Registered::load(home)?;
     let process = {
         let own = registered.process.clone();
@@ -60,7 +70,9 @@ pub(crate) async fn backends(home: &Path) -> anyhow::Result<Vec<BackendSlot>> {
         tokio::task::spawn_blocking(move || wasm_backend(&own))
     };
     #[cfg(feature = "docker")]
-    let docker = docker_backend(&registered).await;
+    let docker = docker_backend(&registered, pool).await;
+    #[cfg(not(feature = "docker"))]
+    let _ = pool;
     let joined = |r: Result<Result<Arc<dyn SandboxBackend>, String>, tokio::task::JoinError>| {
         r.unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
     };
@@ -100,6 +112,7 @@ fn process_backend(
 #[cfg(feature = "docker")]
 async fn docker_backend(
     registered: &crate::templates::Registered,
+    pool: &PoolSettings,
 ) -> Result<Arc<dyn SandboxBackend>, String> {
     use crownest_backend_docker::{DockerBackend, DockerConfig};
     let config = registered
@@ -107,6 +120,12 @@ async fn docker_backend(
         .iter()
         .fold(DockerConfig::default(), |c, (name, image)| {
             c.with_template(name, image)
+        });
+    let config = pool
+        .docker
+        .iter()
+        .fold(config.with_pool_limits(pool.limits), |c, (t, n)| {
+            c.with_pool(t, *n)
         });
     DockerBackend::connect(config)
         .await
@@ -165,7 +184,7 @@ fn with_host_key(builder: WorkspaceRunsBuilder, home: &Path) -> WorkspaceRunsBui
 /// Opens the store and the engine with every usable backend; recovery runs (it never
 /// touches a run whose owner process is alive).
 pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
-    open_with(home, |_, _| Ok(())).await
+    open_with(home, &PoolSettings::default(), |_, _| Ok(())).await
 }
 
 /// [`open`], with the engine configuration adjusted by `configure` (e.g. `serve`'s
@@ -173,9 +192,10 @@ pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
 /// and why) and may refuse to go on.
 pub(crate) async fn open_with(
     home: &Path,
+    pool: &PoolSettings,
     configure: impl FnOnce(&mut EngineConfig, &[BackendSlot]) -> anyhow::Result<()>,
 ) -> anyhow::Result<WorkspaceRuns> {
-    let (store, backends) = tokio::join!(open_store(home), backends(home));
+    let (store, backends) = tokio::join!(open_store(home), backends(home, pool));
     let (store, backends) = (store?, backends?);
     let mut config = EngineConfig {
         default_backend: Some(crownest_backend_process::BACKEND.into()),
@@ -287,7 +307,7 @@ async fn other_backend(
         #[cfg(feature = "docker")]
         crownest_backend_docker::BACKEND => Some(BackendSlot {
             name: crownest_backend_docker::BACKEND,
-            backend: docker_backend(registered).await,
+            backend: docker_backend(registered, &PoolSettings::default()).await,
         }),
         #[cfg(feature = "wasm")]
         crownest_backend_wasm::BACKEND => Some(BackendSlot {

@@ -2,6 +2,8 @@
 //! engine maxima a run may ask for (`--max LIMIT=N`, `--max-concurrent-runs`). Pure
 //! functions over the parsed arguments, so each rule is tested without a server.
 
+use std::collections::BTreeMap;
+
 use crownest_backend_process::BACKEND as PROCESS_BACKEND;
 use crownest_core::EngineConfig;
 use crownest_core::spec::Limits;
@@ -116,6 +118,42 @@ pub(crate) fn apply_maxima(config: &mut EngineConfig, settings: &[String]) -> an
     Ok(())
 }
 
+/// The most sandboxes one `--pool` may keep ready.
+pub(crate) const MAX_POOL_SIZE: usize = 64;
+
+/// Parses `--pool BACKEND:TEMPLATE=N` settings (the docker backend only; N from 0 to
+/// [`MAX_POOL_SIZE`]) into sizes per template of the Docker backend's pool.
+pub(crate) fn parse_pools(settings: &[String]) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut out = BTreeMap::new();
+    for setting in settings {
+        let bad = |why: &str| usage(format!("--pool {setting:?}: {why}"));
+        let (target, n) = setting
+            .rsplit_once('=')
+            .ok_or_else(|| bad("give BACKEND:TEMPLATE=N, e.g. docker:python-node=4"))?;
+        let (backend, template) = target
+            .split_once(':')
+            .ok_or_else(|| bad("give BACKEND:TEMPLATE=N, e.g. docker:python-node=4"))?;
+        if backend != "docker" {
+            return Err(bad("only the docker backend keeps a warm pool"));
+        }
+        if template.is_empty() {
+            return Err(bad("name the template"));
+        }
+        let n: usize = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n <= MAX_POOL_SIZE)
+            .ok_or_else(|| {
+                bad(&format!(
+                    "N must be a whole number from 0 to {MAX_POOL_SIZE}"
+                ))
+            })?;
+        out.insert(template.to_owned(), n);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -189,6 +227,25 @@ mod tests {
                 apply_maxima(&mut EngineConfig::default(), &[bad.into()]).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn pool_settings_are_parsed_or_refused() {
+        let ok = parse_pools(&["docker:python-node=4".into(), "docker:other=0".into()]).unwrap();
+        assert_eq!(ok.get("python-node"), Some(&4));
+        assert_eq!(ok.get("other"), Some(&0));
+        for bad in [
+            "python-node=4",
+            "docker:python-node",
+            "process:python-node=1",
+            "docker:=1",
+            "docker:python-node=-1",
+            "docker:python-node=65",
+            "docker:python-node=x",
+        ] {
+            let e = parse_pools(&[bad.into()]).unwrap_err();
+            assert!(format!("{e:#}").contains("--pool"), "{bad}: {e:#}");
         }
     }
 }

@@ -21,9 +21,14 @@
 //!   (10 min), so runs idle in `awaiting_archive` past `--awaiting-archive-ttl` (24 h) end
 //!   `canceled` with their evidence, and unreferenced blobs and stale transfers go; a pass
 //!   that removed something says so on stderr (`crownest: gc: ...`).
+//! * `--pool docker:TEMPLATE=N`: the Docker backend keeps N sandboxes of the template
+//!   created and started (made with the default limits), each used by one fitting run and
+//!   destroyed after it, refilled in the background; `crownest doctor --server` and
+//!   `/metrics` show it.
 //! * Ctrl-C or SIGTERM: stop accepting connections, cancel the runs this server is driving
-//!   (each ends `canceled` with its evidence, so SSE streams end with `terminal`), wait for
-//!   them and the open connections (at most [`SHUTDOWN_BUDGET`]), exit 0. A second signal
+//!   (each ends `canceled` with its evidence, so SSE streams end with `terminal`), drain
+//!   the warm pools, wait for the runs and the open connections (at most
+//!   [`SHUTDOWN_BUDGET`]), exit 0. A second signal
 //!   exits at once; what is left is then reclaimed by recovery on the next open.
 
 use std::net::SocketAddr;
@@ -82,7 +87,24 @@ pub(crate) async fn serve(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut interrupts = Interrupts::new()?;
     let mut allowed = Vec::new();
-    let engine = home::open_with(home_dir, |config, slots| {
+    // The pool's sandboxes are made with the limits runs get by default (after `--max`).
+    let pool = {
+        let mut probe = crownest_core::EngineConfig::default();
+        policy::apply_maxima(&mut probe, &args.max)?;
+        home::PoolSettings {
+            docker: policy::parse_pools(&args.pool)?,
+            limits: probe.defaults,
+        }
+    };
+    let engine = home::open_with(home_dir, &pool, |config, slots| {
+        if pool.docker.values().any(|n| *n > 0)
+            && let Some(slot) = slots.iter().find(|s| s.name == "docker")
+            && let Err(why) = &slot.backend
+        {
+            return Err(usage(format!(
+                "--pool: the docker backend is not usable here: {why}"
+            )));
+        }
         allowed = policy::allowed_backends(args.backends.as_deref(), slots)?;
         config.default_backend = allowed.first().cloned();
         if let Some(ttl) = args.awaiting_archive_ttl {
@@ -151,6 +173,14 @@ pub(crate) async fn serve(
         home_dir.display(),
     );
 
+    for (backend, pools) in engine.pools() {
+        for p in pools {
+            eprintln!(
+                "crownest: warm pool {backend}:{}: {} sandbox(es), filling in the background",
+                p.template, p.size
+            );
+        }
+    }
     eprintln!(
         "crownest: gc every {} ms (awaiting_archive TTL {} ms)",
         args.gc_interval.as_millis(),
@@ -195,6 +225,8 @@ pub(crate) async fn serve(
     let _ = stop_tx.send(());
     let drained = async {
         cancel_own_runs(&engine).await;
+        // Warm pools: their sandboxes go now (a crash leaves them to the next sweep).
+        engine.shutdown().await;
         let _ = (&mut server).await;
     };
     tokio::select! {

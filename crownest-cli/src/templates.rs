@@ -219,7 +219,7 @@ pub(crate) async fn list(target: &Target, args: TemplatesArgs) -> anyhow::Result
     }
     let home_dir = target.home()?;
     let mut listed = Vec::new();
-    for slot in home::backends(&home_dir).await? {
+    for slot in home::backends(&home_dir, &home::PoolSettings::default()).await? {
         listed.push(match &slot.backend {
             Err(why) => Listed {
                 backend: slot.name.to_owned(),

@@ -188,6 +188,34 @@ pub trait ExecSink: Send + Sync {
 /// A progress callback for archive extraction.
 pub type ProgressFn<'a> = &'a (dyn Fn(ExtractProgress) + Send + Sync);
 
+/// The warm pool of one template: sandboxes a backend created ahead of their runs (see
+/// [`SandboxBackend::pools`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    /// The template.
+    pub template: String,
+    /// How many sandboxes it keeps ready.
+    pub size: u64,
+    /// Ready now.
+    pub ready: u64,
+    /// Being created (refills in flight).
+    pub creating: u64,
+    /// Taken by runs and not destroyed yet.
+    pub in_use: u64,
+    /// Runs that took a ready sandbox, since the backend was set up.
+    pub hits: u64,
+    /// Runs of this template that got a fresh sandbox (none ready, or none fitting).
+    pub misses: u64,
+    /// The idle cost: the memory limits of the ready sandboxes, summed (what they may use
+    /// at most; an idle one uses about a megabyte).
+    pub idle_memory_limit_bytes: u64,
+    /// Why the last refill failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 /// A backend: a factory of sandboxes for named templates.
 ///
 /// # Contract
@@ -202,6 +230,10 @@ pub type ProgressFn<'a> = &'a (dyn Fn(ExtractProgress) + Send + Sync);
 ///   and that is not kept-and-expired (other engines may share the host). It returns the
 ///   ids of what it destroyed (the same strings as [`Sandbox::id`]), and also removes
 ///   leftovers such as staging directories.
+/// * `shutdown()` releases what the backend holds for future runs (a warm pool); sandboxes
+///   of runs are not touched. After it, `create` still works (without a pool).
+/// * A sandbox taken from a warm pool is used by exactly one run, destroyed after it, and
+///   enforces exactly what a fresh one would; its isolation report says `pooled`.
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + Debug {
     /// Registered name (`process`, `docker`, `wasm`).
@@ -224,6 +256,12 @@ pub trait SandboxBackend: Send + Sync + Debug {
     fn prepare_root(&self) -> Option<WorkRoot> {
         None
     }
+    /// The warm pools this backend keeps (none by default).
+    fn pools(&self) -> Vec<PoolStatus> {
+        Vec::new()
+    }
+    /// Releases what the backend holds for future runs (drains a warm pool). Default: nothing.
+    async fn shutdown(&self) {}
 }
 
 /// What [`Sandbox::materialize`] puts into `/workspace`.

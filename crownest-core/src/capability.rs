@@ -257,6 +257,10 @@ pub struct IsolationReport {
     pub user: Option<String>,
     /// True when this is a security boundary against hostile code.
     pub security_boundary: bool,
+    /// True when the sandbox came from the backend's warm pool (created before the run,
+    /// with the same enforcement as a fresh one, used by this run only). Absent = false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pooled: bool,
     /// What the run's spec asked for (explicitly or by default) and this sandbox did not
     /// enforce, sorted; filled by the engine ([`not_enforced`]), never by a backend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

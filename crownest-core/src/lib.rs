@@ -42,8 +42,8 @@ pub mod time;
 
 pub use backend::{
     ArchiveSource, Capabilities, Capability, Destroyed, ExecOutcome, ExecRequest, ExecSink,
-    ExitStatus, IsolationReport, KillSignal, NetworkIsolation, ProcessContainment, Sandbox,
-    SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
+    ExitStatus, IsolationReport, KillSignal, NetworkIsolation, PoolStatus, ProcessContainment,
+    Sandbox, SandboxBackend, SandboxSpec, TemplateIdentity, TemplateInfo,
 };
 pub use error::{ChunkRejectReason, Error, RejectReason, Result};
 pub use event::{Event, EventKind, Failure, FailureKind, NewEvent, OutputStream};

@@ -189,6 +189,52 @@ pub(crate) async fn render(State(s): State<MetricsState>) -> Response {
         "Runs this server drives now (queued to finalizing).",
         &plain(m.runs_active),
     );
+    // Warm pools (per engine, like the run gauges).
+    let pools = s.engine.pools();
+    let (mut size, mut sandboxes, mut idle, mut claims) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (backend, list) in &pools {
+        for p in list {
+            let at = format!("backend=\"{backend}\",template=\"{}\"", p.template);
+            size.push((format!("{{{at}}}"), p.size));
+            for (state, n) in [
+                ("ready", p.ready),
+                ("creating", p.creating),
+                ("in_use", p.in_use),
+            ] {
+                sandboxes.push((format!("{{{at},state=\"{state}\"}}"), n));
+            }
+            idle.push((format!("{{{at}}}"), p.idle_memory_limit_bytes));
+            claims.push((format!("{{{at},result=\"hit\"}}"), p.hits));
+            claims.push((format!("{{{at},result=\"miss\"}}"), p.misses));
+        }
+    }
+    if !pools.is_empty() {
+        family(
+            names::POOL_SIZE,
+            "gauge",
+            "Warm pool size per template.",
+            &size,
+        );
+        family(
+            names::POOL_SANDBOXES,
+            "gauge",
+            "Warm pool sandboxes by state (ready, creating, in_use).",
+            &sandboxes,
+        );
+        family(
+            names::POOL_IDLE_MEMORY,
+            "gauge",
+            "Memory limits of the ready warm pool sandboxes, summed (their most; idle, each uses about a megabyte).",
+            &idle,
+        );
+        family(
+            names::POOL_CLAIMS,
+            "counter",
+            "Runs that took a warm pool sandbox (hit) or got a fresh one (miss).",
+            &claims,
+        );
+    }
     family(
         "crownest_active_subscribers",
         "gauge",

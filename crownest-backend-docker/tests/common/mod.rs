@@ -130,9 +130,9 @@ pub fn py(code: &str) -> crownest_core::RunSpec {
     crownest_core::RunSpec::new(["python3", "-c", code])
 }
 
-/// Asserts that nothing labelled with `sandbox` exists any more (containers or volume).
+/// Asserts that nothing labelled with `sandbox` exists any more (containers or volumes).
 pub async fn assert_gone(backend: &DockerBackend, sandbox: &str) {
-    use bollard::query_parameters::ListContainersOptionsBuilder;
+    use bollard::query_parameters::{ListContainersOptionsBuilder, ListVolumesOptionsBuilder};
     let mut filters = std::collections::HashMap::new();
     let label = format!("{LABEL_SANDBOX}={sandbox}");
     filters.insert("label", vec![label]);
@@ -145,8 +145,102 @@ pub async fn assert_gone(backend: &DockerBackend, sandbox: &str) {
         left.is_empty(),
         "containers of {sandbox} survived: {left:?}"
     );
+    let opts = ListVolumesOptionsBuilder::new().filters(&filters).build();
+    let volumes = backend
+        .docker()
+        .list_volumes(Some(opts))
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default();
+    assert!(
+        volumes.is_empty(),
+        "volumes of {sandbox} survived: {volumes:?}"
+    );
     let vol = backend.docker().inspect_volume(sandbox).await;
     assert!(vol.is_err(), "volume {sandbox} survived");
+}
+
+/// The containers labelled with `sandbox` (ids).
+pub async fn sandbox_containers(b: &DockerBackend, sandbox: &str) -> Vec<String> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label", vec![format!("{LABEL_SANDBOX}={sandbox}")]);
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    b.docker()
+        .list_containers(Some(opts))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+/// What `docker inspect` says about a container's enforcement: everything but its name,
+/// ids, timestamps and the labels that name its run, owner or pool. Two sandboxes with
+/// the same limits and network must have equal profiles.
+pub async fn hardening_profile(b: &DockerBackend, container: &str) -> serde_json::Value {
+    let info = b.docker().inspect_container(container, None).await.unwrap();
+    let mut hc = serde_json::to_value(info.host_config.unwrap()).unwrap();
+    // Compared below without the labels' values.
+    let host_mounts = hc
+        .as_object_mut()
+        .and_then(|o| o.remove("Mounts"))
+        .unwrap_or_default();
+    let host_mounts: Vec<serde_json::Value> = host_mounts
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut m| {
+            let keys: Vec<String> = m["VolumeOptions"]["Labels"]
+                .as_object()
+                .map(|l| {
+                    l.keys()
+                        .filter(|k| *k != "crownest.run_id" && *k != "crownest.pool")
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            m["VolumeOptions"]["Labels"] = serde_json::json!(keys);
+            m
+        })
+        .collect();
+    let cfg = info.config.unwrap();
+    let mounts: Vec<serde_json::Value> = info
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "type": m.typ,
+                "destination": m.destination,
+                "rw": m.rw,
+                "driver": m.driver,
+                // Anonymous: the name is a fresh hash, never the sandbox's.
+                "named": m.name.is_some_and(|n| n.starts_with("crownest-")),
+            })
+        })
+        .collect();
+    let mut labels: Vec<String> = cfg.labels.unwrap_or_default().into_keys().collect();
+    labels.retain(|l| l != "crownest.run_id" && l != "crownest.pool");
+    labels.sort();
+    serde_json::json!({
+        "user": cfg.user,
+        "cmd": cfg.cmd,
+        "entrypoint": cfg.entrypoint,
+        "env": cfg.env,
+        "workingDir": cfg.working_dir,
+        "image": info.image,
+        "openStdin": cfg.open_stdin,
+        "hostConfig": hc,
+        "mounts": mounts,
+        "hostMounts": host_mounts,
+        "labelKeys": labels,
+    })
 }
 
 /// A sandbox spec of this test process.

@@ -261,6 +261,24 @@ impl WorkspaceRuns {
         &self.inner.default_backend
     }
 
+    /// The warm pools of the registered backends, by backend name (backends without one
+    /// are left out).
+    pub fn pools(&self) -> BTreeMap<String, Vec<crate::backend::PoolStatus>> {
+        self.inner
+            .backends
+            .iter()
+            .map(|(name, b)| (name.clone(), b.pools()))
+            .filter(|(_, p)| !p.is_empty())
+            .collect()
+    }
+
+    /// Tells every backend the engine is going away ([`SandboxBackend::shutdown`]: a warm
+    /// pool is drained). Runs are not touched: a host cancels or waits for them first (as
+    /// `crownest serve` does). The engine can still be used afterwards, without pools.
+    pub async fn shutdown(&self) {
+        futures::future::join_all(self.inner.backends.values().map(|b| b.shutdown())).await;
+    }
+
     fn backend(&self, name: &str) -> Result<&Arc<dyn SandboxBackend>> {
         self.inner
             .backends

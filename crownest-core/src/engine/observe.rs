@@ -54,6 +54,16 @@ pub mod names {
     pub const ORPHANS_REMOVED: &str = "crownest_orphans_removed_total";
     /// Counter: blobs deleted by garbage collection.
     pub const GC_BLOBS_DELETED: &str = "crownest_gc_blobs_deleted_total";
+    /// Gauge `{backend, template, state}`: warm pool sandboxes per state (`ready`,
+    /// `creating`, `in_use`), per engine ([`WorkspaceRuns::pools`](crate::WorkspaceRuns::pools)).
+    pub const POOL_SANDBOXES: &str = "crownest_sandbox_pool_sandboxes";
+    /// Gauge `{backend, template}`: the configured pool size.
+    pub const POOL_SIZE: &str = "crownest_sandbox_pool_size";
+    /// Gauge `{backend, template}`: the memory limits of the ready sandboxes, summed.
+    pub const POOL_IDLE_MEMORY: &str = "crownest_sandbox_pool_idle_memory_limit_bytes";
+    /// Counter `{backend, template, result}`: runs that took a pool sandbox (`hit`) or got
+    /// a fresh one (`miss`).
+    pub const POOL_CLAIMS: &str = "crownest_sandbox_pool_claims_total";
 }
 
 /// Runs per status, as this engine knows them (see the module docs).

@@ -116,6 +116,12 @@ impl Client {
         self.json(r).await
     }
 
+    /// `GET /metrics` (admin scope): the Prometheus text.
+    pub async fn metrics(&self) -> Result<String> {
+        let r = self.req(reqwest::Method::GET, "/metrics");
+        self.send(r).await?.text().await.map_err(transport)
+    }
+
     /// The server base URL this client talks to.
     pub fn base_url(&self) -> &str {
         &self.base

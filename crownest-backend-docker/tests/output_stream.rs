@@ -1,0 +1,115 @@
+//! An output stream that breaks is never recorded as the whole output: the run fails
+//! `sandbox_error` naming it (before, the attach stream's end was only logged, and a run
+//! could succeed with its output cut short).
+//!
+//! The break is provoked with a proxy in front of the Docker socket that forwards every
+//! request and cuts the attach stream in the middle of a frame.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crownest_backend_docker::{DockerBackend, DockerConfig};
+use crownest_core::event::FailureKind;
+use crownest_core::{RunStatus, SandboxBackend as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Forwards `listen` to the local Docker socket; on a connection that asked for an attach,
+/// closes everything after `cut_after` bytes of the answer.
+fn cutting_proxy(listen: PathBuf, cut_after: usize) {
+    let listener = UnixListener::bind(&listen).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(upstream) = UnixStream::connect("/var/run/docker.sock").await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let attach = Arc::new(AtomicBool::new(false));
+                let seen = attach.clone();
+                let up = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        if buf[..n].windows(8).any(|w| w == b"/attach?") {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut sent = 0;
+                    loop {
+                        let n = ur.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        if attach.load(Ordering::SeqCst) {
+                            if sent + n > cut_after {
+                                let _ = cw.write_all(&buf[..cut_after - sent]).await;
+                                return;
+                            }
+                            sent += n;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                // Whichever side ends first closes both.
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_output_stream_fails_the_run_instead_of_shortening_its_output() {
+    let Some(direct) = common::backend().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    // Odd, so the cut falls inside a frame.
+    cutting_proxy(socket.clone(), 300_001);
+    let b = DockerBackend::connect(
+        DockerConfig::default().with_host(format!("unix://{}", socket.display())),
+    )
+    .await
+    .unwrap();
+    // 2 MB of numbered lines: far more than the proxy lets through.
+    let code = "import sys\nfor i in range(250_000):\n    sys.stdout.write('%07d\\n' % i)";
+    let (done, events) = common::run(&b, common::py(code)).await;
+    assert_eq!(done.status, RunStatus::Failed, "{:?}", done.failure);
+    let failure = done.failure.as_ref().unwrap();
+    assert_eq!(failure.kind, FailureKind::SandboxError, "{failure:?}");
+    assert!(
+        failure.message.contains("output stream"),
+        "{}",
+        failure.message
+    );
+    let out = common::output_of(&events, crownest_core::OutputStream::Stdout);
+    assert!(out.len() < 2_000_000, "the output was cut: {}", out.len());
+    // The sandbox is still destroyed (through the proxy, which forwards everything else).
+    let sandbox = done.sandbox.as_ref().unwrap();
+    assert!(sandbox.destroyed, "{sandbox:?}");
+    common::assert_gone(&direct, &sandbox.id).await;
+    assert!(direct.templates().await.is_ok());
+}
