@@ -50,10 +50,16 @@ impl BlobDir {
         }
     }
 
-    /// Creates the directories (and makes their entries durable).
+    /// Creates the directories (and makes their entries durable). When all of them exist
+    /// already (every open of a store but the first), nothing is written and nothing is
+    /// fsynced: each was made durable by the call that created it.
     pub fn create(&self) -> std::io::Result<()> {
+        let dirs = [&self.blobs, &self.transfers, &self.tmp];
+        if dirs.iter().all(|d| d.is_dir()) {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.root)?;
-        for d in [&self.blobs, &self.transfers, &self.tmp] {
+        for d in dirs {
             std::fs::create_dir_all(d)?;
         }
         fsync_dir(&self.root)
