@@ -47,6 +47,7 @@ pub(crate) struct Shared {
 pub(crate) struct Stats {
     transactions: AtomicU64,
     writes: AtomicU64,
+    synced: AtomicU64,
 }
 
 impl Stats {
@@ -54,6 +55,7 @@ impl Stats {
         WriteStats {
             transactions: self.transactions.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
+            synced_transactions: self.synced.load(Ordering::Relaxed),
         }
     }
 }
@@ -66,6 +68,9 @@ pub struct WriteStats {
     pub transactions: u64,
     /// Writes (commits, creates, blob installs, ...) committed in them.
     pub writes: u64,
+    /// Of `transactions`, those committed with `synchronous=FULL` (the WAL fsynced before
+    /// the reply): terminal commits, deletions, or all with `sync_every_commit`.
+    pub synced_transactions: u64,
 }
 
 /// What an op can do besides SQL: move files out of the way until the commit.
@@ -211,6 +216,7 @@ impl Writer {
             max_bytes: config.max_batch_bytes,
             linger: config.batch_linger,
             sync_every_commit: config.sync_every_commit,
+            busy_timeout: config.busy_timeout,
             wal: shared.layout.wal_path(),
         };
         std::thread::Builder::new()
@@ -253,7 +259,8 @@ impl Writer {
         rx.await.map_err(|_| closed())?
     }
 
-    /// Lets queued writes finish, then stops the thread and closes the connection.
+    /// Lets queued writes finish, checkpoints a long WAL (`checkpoint_on_close`), then
+    /// stops the thread and closes the connection.
     pub(crate) async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Close(tx)).is_ok() {
@@ -327,6 +334,7 @@ struct Knobs {
     max_bytes: usize,
     linger: Duration,
     sync_every_commit: bool,
+    busy_timeout: Duration,
     /// The WAL file (fsynced by hand in the one case SQLite would not: see `execute`).
     wal: std::path::PathBuf,
 }
@@ -394,9 +402,34 @@ fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) 
         }
         execute(&mut conn, batch, shared, full, &knobs.wal);
     }
+    if close.is_some() {
+        checkpoint_on_close(&conn, &knobs.wal, knobs.busy_timeout);
+    }
     drop(conn);
     if let Some(tx) = close {
         let _ = tx.send(());
+    }
+}
+
+/// A WAL longer than this is checkpointed (and truncated) by [`Writer::close`].
+pub(crate) const CLOSE_CHECKPOINT_WAL_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How long the closing checkpoint waits for readers of other processes.
+const CLOSE_CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
+
+/// On [`Writer::close`]: copies the WAL into the database and truncates it when it holds
+/// more than [`CLOSE_CHECKPOINT_WAL_BYTES`]. The next process to open the store rebuilds
+/// its WAL index by reading every frame of the WAL (SQLite does that whenever no other
+/// connection is open): with the WAL left to grow to the checkpointer's 32 MiB, every short
+/// CLI command paid up to ~20 ms for it. Best effort: a checkpoint that cannot get past
+/// another process's readers within [`CLOSE_CHECKPOINT_WAIT`] is left for later.
+fn checkpoint_on_close(conn: &Connection, wal: &std::path::Path, busy_timeout: Duration) {
+    if std::fs::metadata(wal).map_or(0, |m| m.len()) <= CLOSE_CHECKPOINT_WAL_BYTES {
+        return;
+    }
+    if conn.busy_timeout(CLOSE_CHECKPOINT_WAIT).is_ok() {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = conn.busy_timeout(busy_timeout);
     }
 }
 
@@ -491,6 +524,9 @@ fn execute(
     match fatal {
         None => {
             shared.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            if full {
+                shared.stats.synced.fetch_add(1, Ordering::Relaxed);
+            }
             shared
                 .stats
                 .writes
