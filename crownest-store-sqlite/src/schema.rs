@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crownest_core::{Error, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::db;
@@ -131,6 +132,12 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
         });
     }
     persist_wal(&conn)?;
+    // No checkpoint when the last connection closes: that would cost every short-lived
+    // process (a CLI command) a checkpoint with two fsyncs at exit, or none when it happened
+    // not to close its connections. `Writer::close` checkpoints instead, when the WAL has
+    // grown long enough to be worth it (`writer::CLOSE_CHECKPOINT_WAL_BYTES`).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(|e| db("turning off the checkpoint on close", e))?;
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
@@ -145,8 +152,8 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
     Ok(conn)
 }
 
-/// Keeps `crownest.db-wal` when the last connection closes (after its checkpoint, the log
-/// is reset instead of deleted). Otherwise every short-lived process (each CLI command)
+/// Keeps `crownest.db-wal` when the last connection closes (SQLite deletes it after a
+/// checkpoint on close otherwise). Otherwise every short-lived process (each CLI command)
 /// deletes the WAL on exit and creates it again on open: two changes to the store
 /// directory, each a journal commit of the filesystem that a later fsync has to wait for.
 fn persist_wal(conn: &Connection) -> Result<()> {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use crownest_core::store::Store;
@@ -91,14 +91,11 @@ async fn unsynced_commits_are_there_after_reopen_and_made_durable_by_the_next_sy
         store.close().await;
         (run.id, blob.sha256)
     };
-    // The last connection checkpoints on close and keeps the (emptied) WAL file instead of
-    // deleting it, so the next open does not create it again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0 {
-        assert!(Instant::now() < deadline, "the WAL was not checkpointed on close");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(wal.exists(), "the WAL file was deleted on close");
+    // The store's threads close their connections as they stop.
+    std::thread::sleep(Duration::from_millis(200));
+    // A short WAL is neither checkpointed nor deleted when the store closes (no fsync at
+    // exit); the next open reads it back.
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
 
     // A process that was not killed lost nothing: every acknowledged write is there.
     let store = SqliteStore::open(dir.path()).await.unwrap();
