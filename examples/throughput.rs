@@ -19,7 +19,8 @@ use std::time::Instant;
 use crownest::process::{ProcessBackend, ProcessConfig};
 use crownest::sqlite::SqliteStore;
 use crownest::{
-    ArchiveDescriptor, EngineConfig, RunSpec, RunStatus, SandboxBackend, Sha256Digest, WorkspaceRuns,
+    ArchiveDescriptor, EngineConfig, RunSpec, RunStatus, SandboxBackend, Sha256Digest,
+    WorkspaceRuns,
 };
 
 /// 50 files of ~2 KB of text each (~100 KB).

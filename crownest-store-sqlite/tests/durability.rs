@@ -105,10 +105,7 @@ async fn unsynced_commits_are_there_after_reopen_and_made_durable_by_the_next_sy
     assert_eq!(store.has_blob(&sha).await.unwrap(), Some(7));
     let digest: &Sha256Digest = &sha;
     assert_eq!(read_all(store.open_blob(digest).await.unwrap()), b"archive");
-    store
-        .commit(&id, terminal_commit(&stored))
-        .await
-        .unwrap();
+    store.commit(&id, terminal_commit(&stored)).await.unwrap();
     assert_eq!(store.write_stats().synced_transactions, 1);
 }
 
