@@ -61,7 +61,7 @@ async fn interpreter(
 async fn ask_version(path: &Path, path_var: &str) -> Result<String, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::process::Command::new(&path)
+        tokio::process::Command::new(path)
             .arg("--version")
             .env_clear()
             .env("PATH", path_var)

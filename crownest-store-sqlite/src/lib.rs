@@ -89,7 +89,8 @@
 //!
 //! * `put_blob`: the blob file is fsynced, renamed into place and its directory fsynced,
 //!   then its row committed. So a row never names a missing file; a file whose row never
-//!   committed is removed by `gc`.
+//!   committed is removed by `gc`. Bytes stored already (the same archive again) are not
+//!   fsynced a second time: that copy is dropped.
 //! * `put_chunk`: the same for the chunk file and its row.
 //! * Nothing is acknowledged early: with group commit a write waits for the transaction it
 //!   joined, which costs at most one batch of latency and saves one fsync per write.
