@@ -86,7 +86,7 @@ impl ProcessBackend {
             .get_or_init(|| async {
                 let mut out = std::collections::BTreeMap::new();
                 for (name, path) in self.inner.config.all_templates() {
-                    let resolved = template::resolve(&name, &path).await;
+                    let resolved = template::resolve(&name, &path, &self.inner.config.root).await;
                     out.insert(name, resolved);
                 }
                 out

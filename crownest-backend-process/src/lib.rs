@@ -40,7 +40,7 @@
 //! | host privilege | none: as root, holding any capability, or in its own user namespace, the command's bounding, ambient, effective, permitted and inheritable capability sets are emptied and `no_new_privs` is set right before exec; recorded as `hostPrivilege` (and `noNewPrivileges`) in the isolation details. The uid stays the host's |
 //! | rlimits | `RLIMIT_NOFILE` = `limits.openFiles`, `RLIMIT_CORE` = 0, `RLIMIT_FSIZE` = max(`artifactBytesEach`, `extractedBytes`) (`SIGXFSZ` ends the run as `limit_exceeded`); no `RLIMIT_NPROC` (it is per user, not per sandbox) |
 //! | output | read in ≤ 64 KiB pieces, each awaited by the sink (backpressure); after the command exited, pipes idle for `drain_timeout` are abandoned and reported |
-//! | template `python-node` | host `python3` and `node` resolved on `PATH`; identity = paths + `--version`; available when `python3` exists (`node.missing` is recorded otherwise) |
+//! | template `python-node` | host `python3` and `node` resolved on `PATH`; identity = paths + `--version` (cached per boot for unchanged ELF executables: `version_cache.rs`); available when `python3` exists (`node.missing` is recorded otherwise) |
 //!
 //! ## Containment (probed once, reported truthfully)
 //!
@@ -130,6 +130,7 @@ mod sandbox;
 mod shared;
 mod spawn;
 mod template;
+mod version_cache;
 mod workspace;
 
 pub use backend::ProcessBackend;

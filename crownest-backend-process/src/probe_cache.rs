@@ -172,31 +172,66 @@ pub(crate) fn store(mem: &MemCache, root: &Path, key: &Key, probe: &Arc<Probe>) 
 }
 
 /// True when files in `root` can only have been written by us (see the module docs).
-fn root_trusted(root: &Path) -> bool {
+pub(crate) fn root_trusted(root: &Path) -> bool {
     std::fs::symlink_metadata(root).is_ok_and(|m| {
         m.is_dir() && m.uid() == rustix::process::geteuid().as_raw() && m.mode() & 0o022 == 0
     })
 }
 
-fn read_file(root: &Path) -> Option<CacheFile> {
+/// The text of `<root>/<name>` when it can only have been written by us (a trusted root; a
+/// regular file, not a symlink, owned by us without group/other write, at most `max`
+/// bytes), else `None`.
+pub(crate) fn read_trusted(root: &Path, name: &str, max: u64) -> Option<String> {
     if !root_trusted(root) {
         return None;
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(root.join(FILE))
+        .open(root.join(name))
         .ok()?;
     let meta = file.metadata().ok()?;
     if !meta.is_file()
         || meta.uid() != rustix::process::geteuid().as_raw()
         || meta.mode() & 0o022 != 0
-        || meta.len() > MAX_BYTES
+        || meta.len() > max
     {
         return None;
     }
     let mut text = String::new();
-    file.take(MAX_BYTES).read_to_string(&mut text).ok()?;
+    file.take(max).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Replaces `<root>/<name>` with `bytes` atomically (a temporary file of mode 0600 in the
+/// same directory, then `rename`), in a trusted root only.
+pub(crate) fn write_private(root: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if !root_trusted(root) {
+        return Err(std::io::Error::other(
+            "the sandbox root is not a directory owned by us without group/other write",
+        ));
+    }
+    let tmp = root.join(format!("{name}.tmp-{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, root.join(name))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn read_file(root: &Path) -> Option<CacheFile> {
+    let text = read_trusted(root, FILE, MAX_BYTES)?;
     let parsed: CacheFile = serde_json::from_str(&text).ok()?;
     (parsed.schema == SCHEMA).then_some(parsed)
 }
@@ -212,14 +247,8 @@ pub(crate) fn load(root: &Path, key: &Key) -> Option<Probe> {
 }
 
 fn write(root: &Path, key: &Key, probe: &Probe) -> std::io::Result<()> {
-    use std::io::Write as _;
     if key.boot_id.is_none() {
         return Ok(());
-    }
-    if !root_trusted(root) {
-        return Err(std::io::Error::other(
-            "the sandbox root is not a directory owned by us without group/other write",
-        ));
     }
     let mut entries: Vec<Entry> = read_file(root)
         .map(|f| f.entries)
@@ -239,22 +268,7 @@ fn write(root: &Path, key: &Key, probe: &Probe) -> std::io::Result<()> {
         entries,
     })
     .map_err(std::io::Error::other)?;
-    let tmp = root.join(format!("{FILE}.tmp-{:016x}", rand::random::<u64>()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, root.join(FILE))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_private(root, FILE, &text)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crownest_core::{TemplateIdentity, TemplateInfo};
 
+use crate::version_cache;
 use crate::workspace::resolve_program;
 
 /// The one template name.
@@ -28,19 +29,39 @@ impl Resolved {
     }
 }
 
-/// One interpreter: its resolved path, canonical path and `--version` line.
-async fn interpreter(name: &str, path_var: &str) -> Result<Vec<(String, String)>, String> {
-    let root = Path::new("/");
-    let path = resolve_program(name, path_var, root)?;
+/// One interpreter: its resolved path, canonical path and `--version` line (from the
+/// per-boot cache in `cache_dir` when the same executable answered before, see
+/// [`crate::version_cache`]).
+async fn interpreter(
+    name: &str,
+    path_var: &str,
+    cache_dir: &Path,
+) -> Result<Vec<(String, String)>, String> {
+    let path = resolve_program(name, path_var, Path::new("/"))?;
     let mut facts = vec![(format!("{name}.path"), path.display().to_string())];
     if let Ok(real) = std::fs::canonicalize(&path)
         && real != path
     {
         facts.push((format!("{name}.realPath"), real.display().to_string()));
     }
+    let key = version_cache::Fingerprint::of(&path, path_var);
+    if let Some(version) = key.as_ref().and_then(|k| version_cache::load(cache_dir, k)) {
+        facts.push((format!("{name}.version"), version));
+        return Ok(facts);
+    }
+    let version = ask_version(&path, path_var).await?;
+    if let Some(key) = &key {
+        version_cache::store(cache_dir, key, &version);
+    }
+    facts.push((format!("{name}.version"), version));
+    Ok(facts)
+}
+
+/// `<path> --version`, with only `PATH` and `LANG` in its environment.
+async fn ask_version(path: &Path, path_var: &str) -> Result<String, String> {
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::process::Command::new(&path)
+        tokio::process::Command::new(path)
             .arg("--version")
             .env_clear()
             .env("PATH", path_var)
@@ -65,16 +86,17 @@ async fn interpreter(name: &str, path_var: &str) -> Result<Vec<(String, String)>
     } else {
         out.stdout
     };
-    let version = String::from_utf8_lossy(&text).trim().to_owned();
-    facts.push((format!("{name}.version"), version));
-    Ok(facts)
+    Ok(String::from_utf8_lossy(&text).trim().to_owned())
 }
 
-/// Resolves the template `name` with `path_var` as `PATH`.
-pub(crate) async fn resolve(name: &str, path_var: &str) -> Resolved {
+/// Resolves the template `name` with `path_var` as `PATH` (both interpreters at once);
+/// `cache_dir` holds the per-boot `--version` cache (the sandbox root).
+pub(crate) async fn resolve(name: &str, path_var: &str, cache_dir: &Path) -> Resolved {
     let mut identity = TemplateIdentity::default().with("PATH", path_var);
-    let python = interpreter("python3", path_var).await;
-    let node = interpreter("node", path_var).await;
+    let (python, node) = tokio::join!(
+        interpreter("python3", path_var, cache_dir),
+        interpreter("node", path_var, cache_dir)
+    );
     let reason = match &python {
         Ok(facts) => {
             for (k, v) in facts {

@@ -45,12 +45,15 @@ pub(crate) struct PoolSettings {
 
 /// Opens the durable store under `<home>/store`.
 pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(open_sqlite(home).await?))
+}
+
+async fn open_sqlite(home: &Path) -> anyhow::Result<SqliteStore> {
     let dir = home.join("store");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = SqliteStore::open(&dir)
+    SqliteStore::open(&dir)
         .await
-        .with_context(|| format!("opening the store in {}", dir.display()))?;
-    Ok(Arc::new(store))
+        .with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 /// Every backend of this build, constructed (not yet probed for templates). They are set up
@@ -227,6 +230,9 @@ pub(crate) struct ForRun {
     pub(crate) engine: WorkspaceRuns,
     /// Recovery with every backend, in a second engine instance on the same store.
     pub(crate) recovery: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The store, to close before the process exits (`SqliteStore::close` checkpoints a
+    /// long WAL, which the next command would otherwise read back in full when it opens).
+    pub(crate) store: SqliteStore,
 }
 
 /// For `run`: recovery is kept off the run's critical path. The run's engine registers only
@@ -240,7 +246,8 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     let registered = crate::templates::Registered::load(home)?;
     let own = registered.process.clone();
     let process = tokio::task::spawn_blocking(move || process_backend(&own));
-    let store = open_store(home).await?;
+    let sqlite = open_sqlite(home).await?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
     let process = process
         .await
         .unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
@@ -291,7 +298,11 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         builder.open().await.context("recovery")?;
         Ok(())
     });
-    Ok(ForRun { engine, recovery })
+    Ok(ForRun {
+        engine,
+        recovery,
+        store: sqlite,
+    })
 }
 
 /// A backend other than `process`, by name, if this build has it.

@@ -1,5 +1,6 @@
 //! Content-addressed blobs: streamed into `<dir>/tmp` while hashed and counted, checked
-//! against their [`BlobExpect`], fsynced (core's [`blob_dir::receive`]), then renamed into
+//! against their [`BlobExpect`] (core's [`blob_dir::receive_unsynced`]), fsynced unless the
+//! same bytes are stored already, then renamed into
 //! `<dir>/blobs/ab/cdef...` by the writer inside the transaction that records them (file
 //! first, row second).
 
@@ -16,11 +17,14 @@ use crate::layout::TempPath;
 use crate::runs::{to_i64, to_u64};
 use crate::writer::{OpCtx, Shared};
 
-/// A blob received into a temp file, verified and fsynced, not yet in place.
+/// A blob received into a temp file, verified, not yet in place.
 #[derive(Debug)]
 pub(crate) struct Received {
     pub(crate) temp: TempPath,
     pub(crate) info: BlobInfo,
+    /// The temp file, still to be fsynced when the same bytes were already stored (then it
+    /// is dropped, unless `install` finds that copy gone and puts this one in place).
+    pub(crate) unsynced: Option<File>,
 }
 
 /// Streams `data` into a temp file ([`blob_dir::receive`]: `too_large` as soon as the limit
@@ -35,11 +39,28 @@ pub(crate) async fn receive(
     let temp = TempPath::new(path.clone());
     let faults = shared.clone();
     let hook: WriteHook = Arc::new(move || faults.faults.trip(Fault::BlobWrite));
-    match blob_dir::receive(&path, data, expect, &hook).await {
-        Ok(info) => Ok(Received { temp, info }),
-        Err(ReceiveError::Refused(e)) => Err(OpError::Logical(e)),
-        Err(ReceiveError::Write { context, source }) => Err(OpError::Fatal(io(context, source))),
-    }
+    let fail = |e| match e {
+        ReceiveError::Refused(e) => OpError::Logical(e),
+        ReceiveError::Write { context, source } => OpError::Fatal(io(context, source)),
+    };
+    let (info, file) = blob_dir::receive_unsynced(&path, data, expect, &hook)
+        .await
+        .map_err(fail)?;
+    // The same bytes stored already (a re-run of the same archive): the temp file will be
+    // dropped, so it needs no fsync.
+    let stored = std::fs::metadata(shared.layout.files.blob_path(&info.sha256))
+        .is_ok_and(|m| m.len() == info.size_bytes);
+    let unsynced = if stored {
+        Some(file)
+    } else {
+        blob_dir::sync_file(file).await.map_err(fail)?;
+        None
+    };
+    Ok(Received {
+        temp,
+        info,
+        unsynced,
+    })
 }
 
 /// Writer op: puts a received blob in place and records it (refreshing `stored_at` when
@@ -50,7 +71,11 @@ pub(crate) fn install(
     received: Received,
     now_ms: i64,
 ) -> Result<BlobInfo, OpError> {
-    let Received { temp, info } = received;
+    let Received {
+        temp,
+        info,
+        unsynced,
+    } = received;
     let path = ctx.shared.layout.files.blob_path(&info.sha256);
     let known: Option<i64> = conn
         .prepare_cached("SELECT size FROM blobs WHERE sha256 = ?1")
@@ -65,6 +90,10 @@ pub(crate) fn install(
         drop(temp);
     } else {
         temp.check_present()?;
+        if let Some(file) = unsynced {
+            // Stored when it was received, gone since (gc): this copy goes in place.
+            file.sync_all().fatal("fsyncing a blob")?;
+        }
         if let Some(dir) = path.parent() {
             ensure_dir(dir).fatal("creating a blob directory")?;
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 /// | `blob_grace` | 1 h | `gc` never deletes a blob stored (or stored again) more recently than this, so an upload has time to be attached to its run |
 /// | `transfer_ttl` | 24 h | `gc` deletes staged transfers with no chunk received for this long |
 /// | `temp_ttl` | 1 h | `gc` deletes files left in `<dir>/tmp` (crashed uploads) older than this |
+/// | `sync_every_commit` | false | fsync the WAL at every write transaction, not only at those that must be power-loss durable (terminal commits, deletions; see the crate docs, "Durability") |
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SqliteConfig {
@@ -35,6 +36,9 @@ pub struct SqliteConfig {
     pub transfer_ttl: Duration,
     /// Age after which `gc` deletes a stray temporary file.
     pub temp_ttl: Duration,
+    /// Fsync every write transaction (`synchronous=FULL` throughout), not only the ones
+    /// that must survive a power loss on their own.
+    pub sync_every_commit: bool,
 }
 
 impl SqliteConfig {
@@ -51,6 +55,7 @@ impl SqliteConfig {
             blob_grace: gc.blob_grace,
             transfer_ttl: gc.transfer_ttl,
             temp_ttl: gc.temp_ttl,
+            sync_every_commit: false,
         }
     }
 
@@ -93,6 +98,12 @@ impl SqliteConfig {
     /// Sets `transfer_ttl`.
     pub fn with_transfer_ttl(mut self, d: Duration) -> Self {
         self.transfer_ttl = d;
+        self
+    }
+
+    /// Sets `sync_every_commit`.
+    pub fn with_sync_every_commit(mut self, on: bool) -> Self {
+        self.sync_every_commit = on;
         self
     }
 

@@ -38,6 +38,13 @@ impl Layout {
         self.files.create()
     }
 
+    /// The database's write-ahead log (`<dir>/crownest.db-wal`).
+    pub(crate) fn wal_path(&self) -> PathBuf {
+        let mut name = self.db.clone().into_os_string();
+        name.push("-wal");
+        PathBuf::from(name)
+    }
+
     /// A fresh, unused path in `<dir>/tmp`.
     pub(crate) fn temp_path(&self, prefix: &str) -> PathBuf {
         self.files.temp_path(prefix)

@@ -42,11 +42,11 @@
 //!
 //! | concern | how |
 //! |---|---|
-//! | database | SQLite (bundled), `journal_mode=WAL`, `synchronous=FULL`, `foreign_keys=ON`, `busy_timeout` |
+//! | database | SQLite (bundled), `journal_mode=WAL` (the WAL file kept between opens), `synchronous=FULL` for terminal commits and deletions and `NORMAL` for the rest (below), `foreign_keys=ON`, `busy_timeout` |
 //! | schema | versioned by `PRAGMA user_version`, migrated step by step on open; a newer database is refused |
 //! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `crownest_core::store::prepare_commit` (the checks, `seal_all` from the stored chain head, the evidence check, the new record), insert events, update the run, its artifacts and its evidence |
 //! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
-//! | checkpoints | a background thread with its own connection runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint |
+//! | checkpoints | a background thread with its own connection runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint; none when the last connection closes (it cost every CLI command two fsyncs at exit); [`SqliteStore::close`] checkpoints and truncates a WAL over 4 MiB, because the next process to open the store reads all of the WAL back (~14 ms for 20 MB) |
 //! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes |
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |
@@ -55,14 +55,42 @@
 //!
 //! ## Durability: what is on disk when a call returns
 //!
-//! * `create_run`, `commit`, `request_cancel`, `create_transfer`, `delete_transfer`: the
-//!   transaction is committed and the WAL fsynced (`synchronous=FULL`). A crash or power loss
-//!   after the call returned loses nothing; one before it returned loses the whole call,
-//!   never part of it. A `commit` that returned `Ok` is visible to every later read, in this
-//!   process or another.
+//! Two levels, chosen per write transaction (a group-commit batch takes the stronger level
+//! of its writes; [`SqliteConfig::sync_every_commit`] makes every one `FULL`):
+//!
+//! * **`FULL`** (the WAL is fsynced before the call returns): a `commit` that ends the run
+//!   (its `terminal` event, record and Evidence Bundle), and every write that deletes files
+//!   after its commit (`delete_run`, `discard_blob`, `gc`, transfer writes). A crash or power
+//!   loss after the call returned loses nothing of it, **nor of anything committed before
+//!   it**: the WAL is one append-only log, so its fsync covers every earlier transaction.
+//! * **`NORMAL`** (committed to the WAL, no fsync): `create_run`, the commits before the
+//!   terminal one (status changes, output, progress), `request_cancel`, and recording a
+//!   blob whose bytes are already fsynced. The call returns once the transaction is in
+//!   the WAL: visible to every reader, in this process or another, and kept through a crash
+//!   or kill of any process (the bytes are in the kernel's page cache). Only an OS crash or
+//!   power loss before the next fsync (the next `FULL` commit, or a checkpoint, which
+//!   fsyncs the WAL first) can lose them, and then it loses **a suffix**: SQLite replays
+//!   the WAL up to the first transaction that did not reach the disk and drops that one and
+//!   every later one. It never loses a transaction while keeping a later one, and it never
+//!   loses a terminal commit.
+//!
+//! Why that is enough for a run (the argument is also in `docs/engine.md`, "Durability"):
+//! whatever is lost is a tail of a run's events that the run would lose anyway if the host
+//! went down a moment earlier, and the same recovery handles both. After the reboot the run
+//! is not terminal, its owner process is gone, so recovery ends it `failed` /
+//! `host_restarted` with evidence derived from the chain that is stored: the record claims
+//! nothing that is not in its chain, and the chain still verifies. A lost `create_run`
+//! leaves no run at all (its spec event is in the same suffix). A blob row that is lost
+//! leaves an unnamed file (the bytes were fsynced and renamed first), which `gc` removes; a
+//! row is never kept while the file it names is lost. What such a loss can do that an
+//! fsync per commit could not: a reader (SSE, `crownest events --follow`) may have seen
+//! events of that lost tail, and after recovery the same seqs hold other events (the new
+//! `terminal`); their hashes differ, so the chain a client kept shows the fork.
+//!
 //! * `put_blob`: the blob file is fsynced, renamed into place and its directory fsynced,
 //!   then its row committed. So a row never names a missing file; a file whose row never
-//!   committed is removed by `gc`.
+//!   committed is removed by `gc`. Bytes stored already (the same archive again) are not
+//!   fsynced a second time: that copy is dropped.
 //! * `put_chunk`: the same for the chunk file and its row.
 //! * Nothing is acknowledged early: with group commit a write waits for the transaction it
 //!   joined, which costs at most one batch of latency and saves one fsync per write.
@@ -103,8 +131,9 @@
 //! | one 64 KiB chunk per commit, one run | 36–48 |
 //! | one chunk per commit, 4 runs at once (group commit: 3–4 commits per transaction) | 53–132 |
 //!
-//! One chunk per commit is bound by one WAL fsync per commit (what `synchronous=FULL`
-//! means); the engine's coalescing of queued output is what makes fast output cheap.
+//! These were measured with an fsync per commit (before output commits were made
+//! `NORMAL`); one chunk per commit was bound by one WAL fsync per commit. The engine's
+//! coalescing of queued output is what makes fast output cheap either way.
 //!
 //! ## Not done here
 //!

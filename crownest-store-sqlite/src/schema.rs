@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crownest_core::{Error, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::db;
@@ -130,6 +131,13 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
             source: None,
         });
     }
+    persist_wal(&conn)?;
+    // No checkpoint when the last connection closes: that would cost every short-lived
+    // process (a CLI command) a checkpoint with two fsyncs at exit, or none when it happened
+    // not to close its connections. `Writer::close` checkpoints instead, when the WAL has
+    // grown long enough to be worth it (`writer::CLOSE_CHECKPOINT_WAL_BYTES`).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(|e| db("turning off the checkpoint on close", e))?;
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
@@ -144,14 +152,44 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
     Ok(conn)
 }
 
+/// Keeps `crownest.db-wal` when the last connection closes (SQLite deletes it after a
+/// checkpoint on close otherwise). Otherwise every short-lived process (each CLI command)
+/// deletes the WAL on exit and creates it again on open: two changes to the store
+/// directory, each a journal commit of the filesystem that a later fsync has to wait for.
+fn persist_wal(conn: &Connection) -> Result<()> {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: `conn.handle()` is the open connection's `sqlite3*`, valid while `conn` lives;
+    // SQLITE_FCNTL_PERSIST_WAL reads and writes exactly one `int` through the pointer.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(Error::Store {
+            message: format!("keeping the WAL file (SQLITE_FCNTL_PERSIST_WAL) failed: code {rc}"),
+            source: None,
+        })
+    }
+}
+
 /// The database's `user_version`.
 pub(crate) fn user_version(conn: &Connection) -> Result<u32> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| db("reading user_version", e))
 }
 
-/// Brings the schema to [`SCHEMA_VERSION`].
+/// Brings the schema to [`SCHEMA_VERSION`]. An up-to-date database (every open but the
+/// first) is one read, without taking the write lock once per migration step.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<u32> {
+    if user_version(conn)? == SCHEMA_VERSION {
+        return Ok(SCHEMA_VERSION);
+    }
     migrate_to(conn, SCHEMA_VERSION)
 }
 

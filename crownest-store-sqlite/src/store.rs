@@ -23,7 +23,7 @@ use crate::pool::ReadPool;
 use crate::runs;
 use crate::schema::{connect, migrate};
 use crate::transfers;
-use crate::writer::{Shared, Stats, WriteStats, Writer};
+use crate::writer::{Shared, Stats, Sync, WriteStats, Writer};
 
 /// A durable [`Store`]: SQLite (WAL) for runs, events and metadata, plus a
 /// content-addressed blob directory. Cheap to clone (clones share one writer thread).
@@ -141,6 +141,11 @@ impl SqliteStore {
     /// Lets queued writes finish, then stops the writer thread and closes the write
     /// connection. Later writes fail with `Error::Store` ("the store is closed"); reads keep
     /// working. Dropping every clone of the store does the same without waiting.
+    ///
+    /// A WAL of more than 4 MiB is checkpointed into the database and truncated first (if
+    /// other processes' readers let it within 100 ms): the next process to open the store
+    /// reads the whole WAL back to rebuild its index, so a short-lived process (a CLI
+    /// command) should close the store it wrote to.
     pub async fn close(&self) {
         self.inner.writer.close().await;
     }
@@ -184,7 +189,7 @@ impl Store for SqliteStore {
     async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome> {
         self.inner
             .writer
-            .submit(0, move |conn, _| runs::create_run(conn, run))
+            .submit_with(Sync::Normal, 0, move |conn, _| runs::create_run(conn, run))
             .await
     }
 
@@ -208,9 +213,14 @@ impl Store for SqliteStore {
     async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
         let id = id.clone();
         let bytes = payload_bytes(&commit.events);
+        // The terminal commit (events, record, evidence) is fsynced, and with it the whole
+        // chain before it; the commits before it need not be (crate docs, "Durability").
+        let terminal =
+            commit.evidence.is_some() || commit.events.iter().any(|e| e.kind.is_terminal());
+        let sync = if terminal { Sync::Full } else { Sync::Normal };
         self.inner
             .writer
-            .submit(bytes, move |conn, _| runs::commit(conn, &id, commit))
+            .submit_with(sync, bytes, move |conn, _| runs::commit(conn, &id, commit))
             .await
     }
 
@@ -230,7 +240,9 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.inner
             .writer
-            .submit(0, move |conn, _| runs::request_cancel(conn, &id))
+            .submit_with(Sync::Normal, 0, move |conn, _| {
+                runs::request_cancel(conn, &id)
+            })
             .await
     }
 
@@ -250,7 +262,9 @@ impl Store for SqliteStore {
         let now = now_ms();
         self.inner
             .writer
-            .submit(0, move |conn, ctx| blobs::install(conn, ctx, received, now))
+            .submit_with(Sync::Normal, 0, move |conn, ctx| {
+                blobs::install(conn, ctx, received, now)
+            })
             .await
     }
 

@@ -11,8 +11,13 @@
 //! * an op that fails with an I/O or SQLite error rolls back the whole transaction, and
 //!   every op of the batch fails: the store is poisoned ([`crate::error::Poison`]).
 //!
-//! Replies are sent only after `COMMIT` returned, i.e. once the WAL is fsynced
-//! (`synchronous=FULL`): an acknowledged write is durable, and visible to readers.
+//! Replies are sent only after `COMMIT` returned. Each op is [`Sync::Full`] or
+//! [`Sync::Normal`]; a batch holding a `Full` op (or any batch, with
+//! `SqliteConfig::sync_every_commit`) commits with `synchronous=FULL`: the WAL is fsynced
+//! before the reply, and with it every transaction before it. A batch of `Normal` ops only
+//! commits with `synchronous=NORMAL` (no fsync): it is visible to readers and survives a
+//! crash of any process, and becomes power-loss durable with the next `Full` commit or
+//! checkpoint (the crate docs, "Durability", say what that means for a run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +47,7 @@ pub(crate) struct Shared {
 pub(crate) struct Stats {
     transactions: AtomicU64,
     writes: AtomicU64,
+    synced: AtomicU64,
 }
 
 impl Stats {
@@ -49,6 +55,7 @@ impl Stats {
         WriteStats {
             transactions: self.transactions.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
+            synced_transactions: self.synced.load(Ordering::Relaxed),
         }
     }
 }
@@ -61,6 +68,9 @@ pub struct WriteStats {
     pub transactions: u64,
     /// Writes (commits, creates, blob installs, ...) committed in them.
     pub writes: u64,
+    /// Of `transactions`, those committed with `synchronous=FULL` (the WAL fsynced before
+    /// the reply): terminal commits, deletions, or all with `sync_every_commit`.
+    pub synced_transactions: u64,
 }
 
 /// What an op can do besides SQL: move files out of the way until the commit.
@@ -82,10 +92,24 @@ impl OpCtx<'_> {
     }
 }
 
+/// How durable an op must be when its reply is sent (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// The WAL is fsynced before the reply (`synchronous=FULL`).
+    Full,
+    /// Committed without an fsync (`synchronous=NORMAL`): durable against process
+    /// crashes at once, against power loss with the next `Full` commit or checkpoint.
+    /// Only for ops that move no file (nothing in the trash), so no file deletion ever
+    /// depends on a commit that could be lost.
+    Normal,
+}
+
 /// One write, type-erased for the queue.
 trait WriteOp: Send {
     /// Event payload bytes this op carries (for `max_batch_bytes`).
     fn payload_bytes(&self) -> usize;
+    /// Whether its transaction must be fsynced before the reply.
+    fn sync(&self) -> Sync;
     /// Runs the op; `Ok(true)` keep, `Ok(false)` roll back to the savepoint (logical error
     /// recorded), `Err` fatal.
     fn apply(&mut self, conn: &Connection, ctx: &mut OpCtx<'_>)
@@ -99,6 +123,7 @@ struct Op<T, F> {
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
     bytes: usize,
+    sync: Sync,
 }
 
 impl<T, F> WriteOp for Op<T, F>
@@ -108,6 +133,10 @@ where
 {
     fn payload_bytes(&self) -> usize {
         self.bytes
+    }
+
+    fn sync(&self) -> Sync {
+        self.sync
     }
 
     fn apply(
@@ -186,6 +215,9 @@ impl Writer {
             max_delay: config.max_batch_delay,
             max_bytes: config.max_batch_bytes,
             linger: config.batch_linger,
+            sync_every_commit: config.sync_every_commit,
+            busy_timeout: config.busy_timeout,
+            wal: shared.layout.wal_path(),
         };
         std::thread::Builder::new()
             .name("crownest-sqlite-writer".into())
@@ -194,8 +226,22 @@ impl Writer {
         Ok(Self { tx, shared })
     }
 
-    /// Queues a write and waits for its transaction to commit.
+    /// Queues a write and waits for its transaction to commit, fsynced ([`Sync::Full`]).
     pub(crate) async fn submit<T, F>(&self, payload_bytes: usize, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut OpCtx<'_>) -> std::result::Result<T, OpError> + Send + 'static,
+    {
+        self.submit_with(Sync::Full, payload_bytes, work).await
+    }
+
+    /// Queues a write and waits for its transaction to commit as durably as `sync` says.
+    pub(crate) async fn submit_with<T, F>(
+        &self,
+        sync: Sync,
+        payload_bytes: usize,
+        work: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut OpCtx<'_>) -> std::result::Result<T, OpError> + Send + 'static,
@@ -207,12 +253,14 @@ impl Writer {
             result: None,
             reply,
             bytes: payload_bytes,
+            sync,
         };
         self.tx.send(Msg::Op(Box::new(op))).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 
-    /// Lets queued writes finish, then stops the thread and closes the connection.
+    /// Lets queued writes finish, checkpoints a long WAL (`checkpoint_on_close`), then
+    /// stops the thread and closes the connection.
     pub(crate) async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Close(tx)).is_ok() {
@@ -280,11 +328,15 @@ fn closed() -> Error {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Knobs {
     max_delay: Duration,
     max_bytes: usize,
     linger: Duration,
+    sync_every_commit: bool,
+    busy_timeout: Duration,
+    /// The WAL file (fsynced by hand in the one case SQLite would not: see `execute`).
+    wal: std::path::PathBuf,
 }
 
 /// Most ops in one transaction, whatever their size.
@@ -292,6 +344,8 @@ const MAX_BATCH_OPS: usize = 1024;
 
 fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) {
     let mut close = None;
+    // The connection starts with `synchronous=FULL` (`schema::connect`).
+    let mut full = true;
     while close.is_none() {
         let first = match rx.recv() {
             Ok(Msg::Op(op)) => op,
@@ -328,7 +382,28 @@ fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) 
                 Err(_) => break,
             }
         }
-        execute(&mut conn, batch, shared);
+        let want_full = knobs.sync_every_commit || batch.iter().any(|op| op.sync() == Sync::Full);
+        // SQLite refuses to change the safety level inside a transaction: set it before.
+        if want_full != full {
+            let pragma = if want_full {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            match conn.execute_batch(pragma) {
+                Ok(()) => full = want_full,
+                Err(e) => {
+                    let err = shared.poison.poison(db("setting the sync level", e));
+                    let failure = BatchFailure::of(&err);
+                    batch.into_iter().for_each(|op| op.complete(Some(&failure)));
+                    continue;
+                }
+            }
+        }
+        execute(&mut conn, batch, shared, full, &knobs.wal);
+    }
+    if close.is_some() {
+        checkpoint_on_close(&conn, &knobs.wal, knobs.busy_timeout);
     }
     drop(conn);
     if let Some(tx) = close {
@@ -336,7 +411,35 @@ fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) 
     }
 }
 
-fn execute(conn: &mut Connection, mut batch: Vec<Box<dyn WriteOp>>, shared: &Shared) {
+/// A WAL longer than this is checkpointed (and truncated) by [`Writer::close`].
+pub(crate) const CLOSE_CHECKPOINT_WAL_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How long the closing checkpoint waits for readers of other processes.
+const CLOSE_CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
+
+/// On [`Writer::close`]: copies the WAL into the database and truncates it when it holds
+/// more than [`CLOSE_CHECKPOINT_WAL_BYTES`]. The next process to open the store rebuilds
+/// its WAL index by reading every frame of the WAL (SQLite does that whenever no other
+/// connection is open): with the WAL left to grow to the checkpointer's 32 MiB, every short
+/// CLI command paid up to ~20 ms for it. Best effort: a checkpoint that cannot get past
+/// another process's readers within [`CLOSE_CHECKPOINT_WAIT`] is left for later.
+fn checkpoint_on_close(conn: &Connection, wal: &std::path::Path, busy_timeout: Duration) {
+    if std::fs::metadata(wal).map_or(0, |m| m.len()) <= CLOSE_CHECKPOINT_WAL_BYTES {
+        return;
+    }
+    if conn.busy_timeout(CLOSE_CHECKPOINT_WAIT).is_ok() {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = conn.busy_timeout(busy_timeout);
+    }
+}
+
+fn execute(
+    conn: &mut Connection,
+    mut batch: Vec<Box<dyn WriteOp>>,
+    shared: &Shared,
+    full: bool,
+    wal: &std::path::Path,
+) {
     let fail_all = |batch: Vec<Box<dyn WriteOp>>, failure: BatchFailure| {
         for op in batch {
             op.complete(Some(&failure));
@@ -408,9 +511,22 @@ fn execute(conn: &mut Connection, mut batch: Vec<Box<dyn WriteOp>>, shared: &Sha
     {
         fatal = Some(db("committing a write transaction", e));
     }
+    // Files are deleted only after a durable commit (a lost commit must not leave a row
+    // naming a deleted file). `Normal` ops move no file, so this is a backstop: were one to
+    // move a file, the WAL is fsynced here as a `Full` commit would have.
+    if fatal.is_none()
+        && !full
+        && !trash.is_empty()
+        && let Err(e) = std::fs::File::open(wal).and_then(|f| f.sync_data())
+    {
+        fatal = Some(io("fsyncing the WAL before deleting files", e));
+    }
     match fatal {
         None => {
             shared.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            if full {
+                shared.stats.synced.fetch_add(1, Ordering::Relaxed);
+            }
             shared
                 .stats
                 .writes

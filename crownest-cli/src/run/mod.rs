@@ -99,6 +99,7 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     {
         eprintln!("crownest: recovery: {}", crate::exit::describe(&e));
     }
+    opened.store.close().await;
     exit
 }
 

@@ -50,10 +50,16 @@ impl BlobDir {
         }
     }
 
-    /// Creates the directories (and makes their entries durable).
+    /// Creates the directories (and makes their entries durable). When all of them exist
+    /// already (every open of a store but the first), nothing is written and nothing is
+    /// fsynced: each was made durable by the call that created it.
     pub fn create(&self) -> std::io::Result<()> {
+        let dirs = [&self.blobs, &self.transfers, &self.tmp];
+        if dirs.iter().all(|d| d.is_dir()) {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.root)?;
-        for d in [&self.blobs, &self.transfers, &self.tmp] {
+        for d in dirs {
             std::fs::create_dir_all(d)?;
         }
         fsync_dir(&self.root)
@@ -229,6 +235,24 @@ pub async fn receive(
     expect: BlobExpect<'_>,
     hook: &WriteHook,
 ) -> Result<BlobInfo, ReceiveError> {
+    let (info, file) = receive_unsynced(path, data, expect, hook).await?;
+    if let Err(e) = sync_file(file).await {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(info)
+}
+
+/// [`receive`] without the final fsync, for a store that first looks whether the same
+/// bytes are stored already (then the temp file is dropped, and fsyncing it was wasted:
+/// every re-upload of the same archive paid one). Returns the open file too: the caller
+/// must [`sync_file`] it before it renames it into place.
+pub async fn receive_unsynced(
+    path: &Path,
+    data: ByteStream,
+    expect: BlobExpect<'_>,
+    hook: &WriteHook,
+) -> Result<(BlobInfo, File), ReceiveError> {
     let r = receive_inner(path, data, expect, hook).await;
     if r.is_err() {
         let _ = std::fs::remove_file(path);
@@ -236,12 +260,20 @@ pub async fn receive(
     r
 }
 
+/// Fsyncs `file` (on a blocking thread).
+pub async fn sync_file(file: File) -> Result<(), ReceiveError> {
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(|e| write_error("fsyncing a blob")(std::io::Error::other(e)))?
+        .map_err(write_error("fsyncing a blob"))
+}
+
 async fn receive_inner(
     path: &Path,
     mut data: ByteStream,
     expect: BlobExpect<'_>,
     hook: &WriteHook,
-) -> Result<BlobInfo, ReceiveError> {
+) -> Result<(BlobInfo, File), ReceiveError> {
     let open_path = path.to_path_buf();
     let file = tokio::task::spawn_blocking(move || {
         File::options()
@@ -285,12 +317,7 @@ async fn receive_inner(
         size_bytes: size,
     };
     check_blob_expectations(&info, expect).map_err(ReceiveError::Refused)?;
-    let file = sink.file;
-    tokio::task::spawn_blocking(move || file.sync_all())
-        .await
-        .map_err(|e| write_error("fsyncing a blob")(std::io::Error::other(e)))?
-        .map_err(write_error("fsyncing a blob"))?;
-    Ok(info)
+    Ok((info, sink.file))
 }
 
 #[cfg(test)]

@@ -283,6 +283,12 @@ impl TransferRecord {
 /// * `commit` never changes `cancel_requested`; `request_cancel` sets it.
 /// * An event is visible to `list_events` only once its commit returned; `list_events`
 ///   returns events with `seq > after_seq` in order, at most `limit`.
+/// * Durability: a write that returned survives a crash of any process. A store may defer
+///   making writes durable against an OS crash or power loss (the SQLite store does for
+///   everything but terminal commits and deletions), but then such a loss drops a *suffix*
+///   of the writes, never one while keeping a later one; and a commit with a `terminal`
+///   event is durable, with every write before it, when it returns. Files a write deletes
+///   are deleted only after that write is durable. (`docs/engine.md`, "Durability".)
 /// * `put_blob` hashes and counts while streaming; a size or digest differing from the
 ///   declared descriptor, or more than `max_bytes`, is `Error::ArchiveRejected` and keeps
 ///   nothing. Blobs are content-addressed: the same bytes are stored once.
