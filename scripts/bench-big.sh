@@ -4,7 +4,7 @@
 # that verify and unpack the same archive), on tmpfs and on disk. Release build.
 #
 #   scripts/bench-big.sh [RUNS]       (default 5 timed runs per command and row)
-#   env: FILES=20000 MB=94 (the tree: scripts/gen-repo-tree.py), ROWS="local-tmpfs
+#   env: FILES=20000 MB=400 (the tree: scripts/gen-repo-tree.py; ~93 MB gzipped), ROWS="local-tmpfs
 #        local-disk server-tmpfs server-disk", TMPFS=/dev/shm/crownest-bench-big,
 #        DISK=/tmp/crownest-bench-big, NO_DOC=1 (print only, leave docs/benchmarks.md alone)
 #
@@ -29,7 +29,7 @@ set -euo pipefail
 
 RUNS=${1:-5}
 FILES=${FILES:-20000}
-MB=${MB:-94}
+MB=${MB:-400}
 ROWS=${ROWS:-local-tmpfs local-disk server-tmpfs server-disk}
 TMPFS=${TMPFS:-/dev/shm/crownest-bench-big}
 DISK=${DISK:-/tmp/crownest-bench-big}

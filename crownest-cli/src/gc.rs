@@ -19,12 +19,17 @@ use crate::home;
 
 /// `crownest gc`.
 pub(crate) async fn gc(home_dir: &Path, args: GcArgs) -> anyhow::Result<Exit> {
-    let engine = home::open_with(home_dir, &home::PoolSettings::default(), |config, _| {
-        if let Some(ttl) = args.awaiting_archive_ttl {
-            config.awaiting_archive_ttl = ttl;
-        }
-        Ok(())
-    })
+    let engine = home::open_with(
+        home_dir,
+        &home::PoolSettings::default(),
+        home::Readers::SameHost,
+        |config, _| {
+            if let Some(ttl) = args.awaiting_archive_ttl {
+                config.awaiting_archive_ttl = ttl;
+            }
+            Ok(())
+        },
+    )
     .await?;
     let report = engine
         .collect_garbage()

@@ -45,13 +45,27 @@ pub(crate) struct PoolSettings {
 
 /// Opens the durable store under `<home>/store`.
 pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(Arc::new(open_sqlite(home).await?))
+    Ok(Arc::new(open_sqlite(home, Readers::SameHost).await?))
 }
 
-async fn open_sqlite(home: &Path) -> anyhow::Result<SqliteStore> {
+/// Who may read a run's events while it is written: what decides how durable each commit
+/// must be (`docs/engine.md`, "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readers {
+    /// Processes of this host only (the local CLI): they die with the host, so a commit
+    /// before the terminal one need not survive a power loss before anyone reads it.
+    SameHost,
+    /// Clients of a server (`serve`): they outlive a crash of this host, so every commit
+    /// is fsynced before it is visible (`SqliteConfig::sync_every_commit`).
+    Remote,
+}
+
+async fn open_sqlite(home: &Path, readers: Readers) -> anyhow::Result<SqliteStore> {
     let dir = home.join("store");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    SqliteStore::open(&dir)
+    let config = crownest_store_sqlite::SqliteConfig::default()
+        .with_sync_every_commit(readers == Readers::Remote);
+    SqliteStore::open_with(&dir, config)
         .await
         .with_context(|| format!("opening the store in {}", dir.display()))
 }
@@ -187,7 +201,10 @@ fn with_host_key(builder: WorkspaceRunsBuilder, home: &Path) -> WorkspaceRunsBui
 /// Opens the store and the engine with every usable backend; recovery runs (it never
 /// touches a run whose owner process is alive).
 pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
-    open_with(home, &PoolSettings::default(), |_, _| Ok(())).await
+    open_with(home, &PoolSettings::default(), Readers::SameHost, |_, _| {
+        Ok(())
+    })
+    .await
 }
 
 /// [`open`], with the engine configuration adjusted by `configure` (e.g. `serve`'s
@@ -196,10 +213,11 @@ pub(crate) async fn open(home: &Path) -> anyhow::Result<WorkspaceRuns> {
 pub(crate) async fn open_with(
     home: &Path,
     pool: &PoolSettings,
+    readers: Readers,
     configure: impl FnOnce(&mut EngineConfig, &[BackendSlot]) -> anyhow::Result<()>,
 ) -> anyhow::Result<WorkspaceRuns> {
-    let (store, backends) = tokio::join!(open_store(home), backends(home, pool));
-    let (store, backends) = (store?, backends?);
+    let (store, backends) = tokio::join!(open_sqlite(home, readers), backends(home, pool));
+    let (store, backends): (Arc<dyn Store>, _) = (Arc::new(store?), backends?);
     let mut config = EngineConfig {
         default_backend: Some(crownest_backend_process::BACKEND.into()),
         ..EngineConfig::default()
@@ -246,7 +264,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     let registered = crate::templates::Registered::load(home)?;
     let own = registered.process.clone();
     let process = tokio::task::spawn_blocking(move || process_backend(&own));
-    let sqlite = open_sqlite(home).await?;
+    let sqlite = open_sqlite(home, Readers::SameHost).await?;
     let store: Arc<dyn Store> = Arc::new(sqlite.clone());
     let process = process
         .await

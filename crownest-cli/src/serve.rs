@@ -96,7 +96,7 @@ pub(crate) async fn serve(
             limits: probe.defaults,
         }
     };
-    let engine = home::open_with(home_dir, &pool, |config, slots| {
+    let engine = home::open_with(home_dir, &pool, home::Readers::Remote, |config, slots| {
         if pool.docker.values().any(|n| *n > 0)
             && let Some(slot) = slots.iter().find(|s| s.name == "docker")
             && let Err(why) = &slot.backend
