@@ -31,6 +31,10 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(EngineConfig::default()).await
+}
+
+async fn harness_with(config: EngineConfig) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     let backend = Arc::new(
@@ -39,7 +43,7 @@ async fn harness() -> Harness {
     );
     let engine = WorkspaceRuns::builder(Arc::new(MemoryStore::new()))
         .backend(backend.clone())
-        .config(EngineConfig::default())
+        .config(config)
         .without_recovery()
         .open()
         .await
@@ -335,6 +339,49 @@ async fn attach_by_digest_prepares_a_tree_too() {
     h.engine.cancel(&first.id).await.unwrap();
     assert_eq!(h.engine.prepared_trees(), 0);
     assert_eq!(settle_empty(&h.root).await, Vec::<String>::new());
+}
+
+/// Uploads that are never started cannot make the host hold more than
+/// `max_prepared_trees` extracted trees: past it an upload is checked without keeping one,
+/// and its run extracts the stored archive at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_trees_are_bounded_and_a_run_past_the_bound_extracts_at_start() {
+    let h = harness_with(EngineConfig {
+        max_prepared_trees: 1,
+        ..EngineConfig::default()
+    })
+    .await;
+    let a = archive();
+    let d = descriptor_of(&a);
+    let first = h.engine.create(sh("cat hello.txt")).await.unwrap();
+    h.engine
+        .upload_archive(&first.id, &d, a.clone())
+        .await
+        .unwrap();
+    let second = h.engine.create(sh("cat sub/inner.txt")).await.unwrap();
+    h.engine.upload_archive(&second.id, &d, a).await.unwrap();
+    assert_eq!(h.engine.prepared_trees(), 1);
+    assert_eq!(dirs_of(&h.root, &first.id).len(), 1);
+    assert_eq!(
+        dirs_of(&h.root, &second.id).len(),
+        0,
+        "past the bound: no tree kept"
+    );
+    for (id, out) in [(&second.id, "inner\n"), (&first.id, "hello\n")] {
+        h.engine.start(id).await.unwrap();
+        let done = h.engine.wait(id).await.unwrap();
+        assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+        assert_eq!(common::stdout(&common::events(&h.engine, id).await), out);
+    }
+    assert_eq!(h.engine.prepared_trees(), 0);
+    // The place is free again.
+    let third = h.engine.create(sh("true")).await.unwrap();
+    let a = archive();
+    h.engine
+        .upload_archive(&third.id, &descriptor_of(&a), a)
+        .await
+        .unwrap();
+    assert_eq!(h.engine.prepared_trees(), 1);
 }
 
 /// A prepared tree whose owner process is gone (a crash between upload and start) is

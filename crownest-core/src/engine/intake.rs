@@ -18,7 +18,6 @@ use super::rejected::VerifyingGuard;
 use crate::archive::{ExtractPolicy, ExtractSummary};
 use crate::error::{ChunkRejectReason, Error, Result};
 use crate::event::{ArchivePhase, EventKind, NewEvent};
-use crate::hostdir::PreparedTree;
 use crate::ids::{RunId, Sha256Digest, TransferId};
 use crate::lifecycle::{Input, transition};
 use crate::run::{ArchiveDescriptor, ArchiveInfo, RunRecord, UploadKind};
@@ -390,7 +389,7 @@ impl WorkspaceRuns {
             // The bytes are not the declared archive (or did not arrive, or could not be
             // stored): that is the error, whatever the check made of them.
             (Err(e), check) if !tee.check_stopped() => {
-                if let Ok((_, Some(tree))) = check {
+                if let Ok((_, Some((tree, _slot)))) = check {
                     tree.discard().await;
                 }
                 self.report_rejection(&mut record, &e).await;
@@ -467,7 +466,7 @@ impl WorkspaceRuns {
         descriptor: &ArchiveDescriptor,
         kind: UploadKind,
         summary: ExtractSummary,
-        tree: Option<PreparedTree>,
+        tree: Option<prepare::Held>,
     ) -> Result<RunRecord> {
         record.archive = Some(ArchiveInfo {
             size_bytes: descriptor.size_bytes,

@@ -107,6 +107,12 @@ pub struct EngineConfig {
     /// (with a `limit_exceeded` failure and its evidence) by the next
     /// [`WorkspaceRuns::collect_garbage`]. Default: 24 h.
     pub awaiting_archive_ttl: Duration,
+    /// Trees prepared at upload (the one-pass path, `docs/archive.md`) kept or being made at
+    /// once, waiting for their runs to start. An upload past it is checked without keeping a
+    /// tree, and its run extracts the stored archive at start. Bounds what uploads that are
+    /// never started can make the host hold (each tree up to `limits.extractedBytes`).
+    /// Default: 8.
+    pub max_prepared_trees: usize,
     /// Ages for the store's part of [`WorkspaceRuns::collect_garbage`]. Default:
     /// [`GcPolicy::default`] (blobs 1 h, transfers 24 h, temp files 1 h).
     pub gc: GcPolicy,
@@ -130,6 +136,7 @@ impl Default for EngineConfig {
             max_open_transfers_per_run: 4,
             max_staged_bytes: 16 * 1024 * 1024 * 1024,
             awaiting_archive_ttl: Duration::from_secs(24 * 3600),
+            max_prepared_trees: 8,
             gc: GcPolicy::default(),
         }
     }

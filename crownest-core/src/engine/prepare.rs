@@ -101,14 +101,32 @@ impl Read for ChannelReader {
     }
 }
 
-/// Where to put a checked tree: the backend's work root and the marker it carries.
+/// Where to put a checked tree: the backend's work root and the marker it carries, and the
+/// tree's place under `max_prepared_trees`.
 pub(super) struct PrepareAt {
     pub(super) root: WorkRoot,
     pub(super) marker: Marker,
+    pub(super) slot: Slot,
 }
 
+/// One of the `max_prepared_trees` places, held from the start of an upload until its tree
+/// is kept (then the tree counts) or given up.
+#[derive(Debug)]
+pub(super) struct Slot {
+    reserved: Arc<AtomicU64>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A tree with the place it holds.
+pub(super) type Held = (PreparedTree, Slot);
+
 /// The outcome of the extractor's side: the summary, and the tree when one was prepared.
-pub(super) type Checked = (ExtractSummary, Option<PreparedTree>);
+pub(super) type Checked = (ExtractSummary, Option<Held>);
 
 /// Checks (and, with `at`, extracts) an archive read from `reader` on a blocking thread,
 /// without hashing it: the caller checks the digest on the same bytes (the store), or they
@@ -128,7 +146,7 @@ pub(super) async fn check(
             Some(at) => {
                 let tree =
                     PreparedTree::extract(&at.root, &at.marker, reader, &policy, &mut report)?;
-                Ok((tree.summary(), Some(tree)))
+                Ok((tree.summary(), Some((tree, at.slot))))
             }
             None => archive::validate_unhashed(reader, &policy, &mut report).map(|s| (s, None)),
         }
@@ -145,20 +163,37 @@ pub(super) async fn check(
 #[derive(Debug, Default)]
 pub(super) struct Prepared {
     trees: Mutex<HashMap<RunId, PreparedTree>>,
+    /// Uploads preparing a tree now.
+    reserved: Arc<AtomicU64>,
 }
 
 impl WorkspaceRuns {
-    /// Where an upload for a run on `backend` prepares its tree, if that backend takes one.
+    /// Where an upload for a run on `backend` prepares its tree: `None` when that backend
+    /// takes none, or when `max_prepared_trees` are kept or being made already.
     pub(super) fn prepare_at(&self, id: &RunId, backend: &str) -> Option<PrepareAt> {
         let b = self.inner.backends.get(backend)?;
         let root = b.prepare_root()?;
+        let prepared = &self.inner.prepared;
+        let max = self.inner.config.max_prepared_trees as u64;
+        let kept = lock(&prepared.trees).len() as u64;
+        let reserved = prepared.reserved.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot {
+            reserved: prepared.reserved.clone(),
+        };
+        if kept + reserved >= max {
+            return None;
+        }
         let marker = Marker::new(b.name(), id, &self.inner.instance, self.inner.owner.clone());
-        Some(PrepareAt { root, marker })
+        Some(PrepareAt { root, marker, slot })
     }
 
-    /// Keeps the run's tree for `start` (replacing none: a run takes one archive).
-    pub(super) fn keep_prepared(&self, id: &RunId, tree: PreparedTree) {
-        if let Some(old) = lock(&self.inner.prepared.trees).insert(id.clone(), tree) {
+    /// Keeps the run's tree for `start` (replacing none: a run takes one archive); its
+    /// slot is released once the map holds it.
+    pub(super) fn keep_prepared(&self, id: &RunId, held: Held) {
+        let (tree, slot) = held;
+        let old = lock(&self.inner.prepared.trees).insert(id.clone(), tree);
+        drop(slot);
+        if let Some(old) = old {
             tokio::spawn(old.discard());
         }
     }
