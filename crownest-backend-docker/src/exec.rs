@@ -21,8 +21,16 @@ use crate::container::WORKSPACE;
 use crate::error::{DockerError, is_not_found, status_of};
 use crate::upload::WorkspaceIndex;
 
-/// Output chunks read ahead of the sink (Docker frames are at most 32 KiB: ≤ 8 MiB).
-const READ_AHEAD: usize = 256;
+/// Bytes of output the attach reader may hold ahead of the sink. Once the container has
+/// exited, the daemon waits only about 2 s (moby's `StreamConfig.Wait`) for an attached
+/// client to take what is left, then closes the stream cleanly: a reader that is behind
+/// then loses the tail without any error. So the reader takes everything as it comes,
+/// holding up to this much in memory; it blocks (backpressure to the command) only past it.
+const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// A clean end of the stream this soon after the reader had to wait for room is treated as
+/// output possibly lost (the daemon's grace after exit is ~2 s).
+const LAGGED_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Aborts a task when dropped (the exec future can be dropped by the kill ladder).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -270,21 +278,68 @@ pub(crate) async fn launch_and_wait(
         }
     }
     sink.started().await;
-    // A reader drains the attach stream ahead of the sink (bounded: at most READ_AHEAD
-    // chunks, then the container waits, which is the backpressure): once the container
-    // has exited, the daemon gives an attached client only a short while to take what is
-    // left before it closes the stream, and a sink that is slow then (a store commit
-    // under load) would lose the tail.
-    let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    let reader = AbortOnDrop(tokio::spawn(async move {
-        while let Some(item) = output.next().await {
-            if tx.send(item).await.is_err() {
+    // A reader drains the attach stream ahead of the sink, holding up to
+    // READ_AHEAD_BYTES (then the container waits, which is the backpressure): once the
+    // container has exited, the daemon gives an attached client only ~2 s to take what is
+    // left before it closes the stream, and a sink that is slow then (a store commit under
+    // load) would lose the tail. When the stream ends right after the reader had to wait
+    // for room, the tail may be lost: that is `OutputBroken`, never a short output
+    // recorded as whole.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES));
+    let reader = {
+        let room = room.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let mut last_wait_end: Option<std::time::Instant> = None;
+            while let Some(item) = output.next().await {
+                let len = match &item {
+                    Ok(
+                        LogOutput::StdOut { message }
+                        | LogOutput::StdErr { message }
+                        | LogOutput::Console { message }
+                        | LogOutput::StdIn { message },
+                    ) => message.len(),
+                    Err(_) => 0,
+                };
+                let want = u32::try_from(len.clamp(1, READ_AHEAD_BYTES)).unwrap_or(u32::MAX);
+                let permit = match room.clone().try_acquire_many_owned(want) {
+                    Ok(p) => p,
+                    Err(_) => match room.clone().acquire_many_owned(want).await {
+                        Ok(p) => {
+                            last_wait_end = Some(std::time::Instant::now());
+                            p
+                        }
+                        Err(_) => break,
+                    },
+                };
+                if tx.send(Some((item, permit))).is_err() {
+                    return;
+                }
+            }
+            let lagged = last_wait_end.is_some_and(|t| t.elapsed() < LAGGED_WINDOW);
+            if lagged {
+                let _ = tx.send(None);
+            }
+        }))
+    };
+    let mut stderr_head = Vec::new();
+    while let Some(next) = rx.recv().await {
+        let Some((item, _permit)) = next else {
+            // The stream ended cleanly right after the reader lagged: output may be lost
+            // (unless this sandbox was killing the command, whose output is cut anyway).
+            if requested
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+            {
                 break;
             }
-        }
-    }));
-    let mut stderr_head = Vec::new();
-    while let Some(item) = rx.recv().await {
+            return Err(DockerError::OutputBroken {
+                detail: "the stream ended while the output reader was behind by more than \
+                         64 MiB: the daemon may have dropped the tail"
+                    .into(),
+            });
+        };
         match item {
             Ok(LogOutput::StdOut { message }) => {
                 sink.output(OutputStream::Stdout, &message).await;
