@@ -41,7 +41,7 @@
 //! | rlimits | `nofile` = `limits.openFiles`, `core` = 0 |
 //! | process-tree kill | docker-init (tini) is pid 1; SIGKILL ends pid 1 and so the whole pid namespace; SIGTERM goes to the command and is broadcast to every other process of the sandbox user |
 //! | keepSandbox | the container is renamed `<sandbox>.kept-until-<unix ms>` (labels are immutable); `sweep_orphans` removes it once that passes |
-//! | output | attached before the command is handed over (no early byte lost), read ahead of the sink in bounded chunks and handed on with backpressure; a stream that breaks fails the run (`sandbox_error`), never shortens its output silently; the log driver is `none`, so nothing is written to the daemon's disk |
+//! | output | attached before the command is handed over (no early byte lost), taken as it comes by a reader up to 64 MiB ahead of the sink (the daemon gives an attached client only ~2 s after the container exits before it closes the stream cleanly, so a lagging reader would lose the tail), with backpressure past that; a stream that breaks, or ends cleanly right after the reader had to wait for room, fails the run (`sandbox_error`), never shortens its output silently; the log driver is `none`, so nothing is written to the daemon's disk |
 //! | secrets | never in the container's configuration (`docker inspect`, the daemon's `config.v2.json`): written to the launcher's stdin with the command (see below) |
 //!
 //! ## Layout of one sandbox
