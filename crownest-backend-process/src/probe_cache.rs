@@ -33,6 +33,7 @@ use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ProcessConfig;
@@ -40,7 +41,7 @@ use crate::containment::Probe;
 
 /// Name of the cache file in the sandbox root.
 pub(crate) const FILE: &str = ".containment-probe.json";
-const SCHEMA: u32 = 1;
+const SCHEMA: u32 = 2;
 /// Entries kept in the file (one per configuration seen in this boot).
 const MAX_ENTRIES: usize = 16;
 /// A larger file is not read.
@@ -77,25 +78,104 @@ impl Key {
             cgroup_parent: config.cgroup_parent.clone(),
         }
     }
+}
 
+impl EntryKey for Key {
     /// Same host state (boot, user, kernel): entries of another are dropped from the file.
     fn same_host(&self, other: &Self) -> bool {
         self.boot_id == other.boot_id && self.euid == other.euid && self.kernel == other.kernel
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Entry {
-    key: Key,
-    probe: Probe,
+/// The cache file: `{schema, entries: [{key, value: Probe}]}`.
+const CACHE: EntryFile = EntryFile {
+    name: FILE,
+    schema: SCHEMA,
+    max_entries: MAX_ENTRIES,
+    max_bytes: MAX_BYTES,
+};
+
+/// A key of an [`EntryFile`].
+pub(crate) trait EntryKey: PartialEq + Clone + Serialize + DeserializeOwned {
+    /// Same host state (boot, user, ...): entries of another are dropped when the file is
+    /// rewritten.
+    fn same_host(&self, other: &Self) -> bool;
+}
+
+/// A small JSON cache file in the sandbox root, `{schema, entries: [{key, value}]}`: the
+/// newest entry last, at most `max_entries`, only those of the host state of the entry
+/// written kept; read only when trusted ([`read_trusted`]), written atomically and private
+/// ([`write_private`]). The containment probe's cache and the interpreter versions' cache
+/// (`version_cache.rs`) are both one.
+pub(crate) struct EntryFile {
+    pub(crate) name: &'static str,
+    pub(crate) schema: u32,
+    pub(crate) max_entries: usize,
+    pub(crate) max_bytes: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CacheFile {
+struct Entry<K, V> {
+    key: K,
+    value: V,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CacheFile<K, V> {
     schema: u32,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<K, V>>,
+}
+
+impl EntryFile {
+    fn read<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        root: &Path,
+    ) -> Option<CacheFile<K, V>> {
+        let text = read_trusted(root, self.name, self.max_bytes)?;
+        let parsed: CacheFile<K, V> = serde_json::from_str(&text).ok()?;
+        (parsed.schema == self.schema).then_some(parsed)
+    }
+
+    /// The value stored for `key`, if the file is trusted and holds it.
+    pub(crate) fn load<K: EntryKey, V: DeserializeOwned>(&self, root: &Path, key: &K) -> Option<V> {
+        self.read::<K, V>(root)?
+            .entries
+            .into_iter()
+            .find(|e| &e.key == key)
+            .map(|e| e.value)
+    }
+
+    /// Stores `value` for `key` (replacing its old entry, dropping other hosts' entries and
+    /// the oldest past `max_entries`).
+    pub(crate) fn store<K: EntryKey, V: Serialize + DeserializeOwned + Clone>(
+        &self,
+        root: &Path,
+        key: &K,
+        value: &V,
+    ) -> std::io::Result<()> {
+        let mut entries: Vec<Entry<K, V>> = self
+            .read::<K, V>(root)
+            .map(|f| f.entries)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.key.same_host(key) && &e.key != key)
+            .collect();
+        entries.push(Entry {
+            key: key.clone(),
+            value: value.clone(),
+        });
+        if entries.len() > self.max_entries {
+            entries.drain(..entries.len() - self.max_entries);
+        }
+        let text = serde_json::to_vec_pretty(&CacheFile {
+            schema: self.schema,
+            entries,
+        })
+        .map_err(std::io::Error::other)?;
+        write_private(root, self.name, &text)
+    }
 }
 
 /// Where a probe result came from.
@@ -230,45 +310,17 @@ pub(crate) fn write_private(root: &Path, name: &str, bytes: &[u8]) -> std::io::R
     result
 }
 
-fn read_file(root: &Path) -> Option<CacheFile> {
-    let text = read_trusted(root, FILE, MAX_BYTES)?;
-    let parsed: CacheFile = serde_json::from_str(&text).ok()?;
-    (parsed.schema == SCHEMA).then_some(parsed)
-}
-
 /// The cached result for `key` in `root`, if any (and trusted, see the module docs).
 pub(crate) fn load(root: &Path, key: &Key) -> Option<Probe> {
     key.boot_id.as_ref()?;
-    read_file(root)?
-        .entries
-        .into_iter()
-        .find(|e| &e.key == key)
-        .map(|e| e.probe)
+    CACHE.load(root, key)
 }
 
 fn write(root: &Path, key: &Key, probe: &Probe) -> std::io::Result<()> {
     if key.boot_id.is_none() {
         return Ok(());
     }
-    let mut entries: Vec<Entry> = read_file(root)
-        .map(|f| f.entries)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.key.same_host(key) && &e.key != key)
-        .collect();
-    entries.push(Entry {
-        key: key.clone(),
-        probe: probe.clone(),
-    });
-    if entries.len() > MAX_ENTRIES {
-        entries.drain(..entries.len() - MAX_ENTRIES);
-    }
-    let text = serde_json::to_vec_pretty(&CacheFile {
-        schema: SCHEMA,
-        entries,
-    })
-    .map_err(std::io::Error::other)?;
-    write_private(root, FILE, &text)
+    CACHE.store(root, key, probe)
 }
 
 #[cfg(test)]
@@ -392,7 +444,7 @@ mod tests {
         let (_, s) = look(dir.path(), &other_kernel, cgroup.clone(), &probes);
         assert_eq!((s, probes.get()), (Source::Fresh, 4));
         // Entries of another boot/user/kernel were dropped on rewrite; the last one stays.
-        let file = read_file(dir.path()).unwrap();
+        let file = CACHE.read::<Key, Probe>(dir.path()).unwrap();
         assert_eq!(file.entries.len(), 1);
         assert_eq!(file.entries[0].key, other_kernel);
         // The first boot's entry is gone: it re-probes too.

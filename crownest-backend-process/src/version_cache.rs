@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe_cache::{read_trusted, write_private};
+use crate::probe_cache::{EntryFile, EntryKey};
 
 /// Name of the cache file in the sandbox root.
 pub(crate) const FILE: &str = ".interpreter-versions.json";
-const SCHEMA: u32 = 1;
+const SCHEMA: u32 = 2;
 /// Entries kept (interpreters × `PATH`s seen in this boot).
 const MAX_ENTRIES: usize = 32;
 /// A larger file is not read.
@@ -83,64 +83,32 @@ impl Fingerprint {
             ctime: (meta.ctime(), meta.ctime_nsec()),
         })
     }
+}
 
+impl EntryKey for Fingerprint {
     /// Same boot and user: entries of another are dropped from the file.
     fn same_host(&self, other: &Self) -> bool {
         self.boot_id == other.boot_id && self.euid == other.euid
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Entry {
-    key: Fingerprint,
-    version: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CacheFile {
-    schema: u32,
-    entries: Vec<Entry>,
-}
-
-fn read_file(root: &Path) -> Option<CacheFile> {
-    let parsed: CacheFile = serde_json::from_str(&read_trusted(root, FILE, MAX_BYTES)?).ok()?;
-    (parsed.schema == SCHEMA).then_some(parsed)
-}
+/// The cache file: `{schema, entries: [{key, value: version}]}`.
+const CACHE: EntryFile = EntryFile {
+    name: FILE,
+    schema: SCHEMA,
+    max_entries: MAX_ENTRIES,
+    max_bytes: MAX_BYTES,
+};
 
 /// The cached answer for `key` in `root`, if any (and trusted).
 pub(crate) fn load(root: &Path, key: &Fingerprint) -> Option<String> {
-    read_file(root)?
-        .entries
-        .into_iter()
-        .find(|e| &e.key == key)
-        .map(|e| e.version)
+    CACHE.load(root, key)
 }
 
 /// Records `version` for `key` in `root` (best effort: a cache that cannot be written only
 /// means the interpreter is asked again next time).
 pub(crate) fn store(root: &Path, key: &Fingerprint, version: &str) {
-    let mut entries: Vec<Entry> = read_file(root)
-        .map(|f| f.entries)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.key.same_host(key) && &e.key != key)
-        .collect();
-    entries.push(Entry {
-        key: key.clone(),
-        version: version.to_owned(),
-    });
-    if entries.len() > MAX_ENTRIES {
-        entries.drain(..entries.len() - MAX_ENTRIES);
-    }
-    let written = serde_json::to_vec_pretty(&CacheFile {
-        schema: SCHEMA,
-        entries,
-    })
-    .map_err(std::io::Error::other)
-    .and_then(|text| write_private(root, FILE, &text));
-    if let Err(e) = written {
+    if let Err(e) = CACHE.store(root, key, &version.to_owned()) {
         tracing::debug!(root = %root.display(), error = %e, "process backend: the interpreter version cache was not written");
     }
 }
