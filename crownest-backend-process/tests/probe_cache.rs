@@ -48,7 +48,7 @@ fn unique_config(name: &str) -> (tempfile::TempDir, ProcessConfig) {
 
 fn plant(root: &Path, key: Value, probe: Value) {
     std::fs::create_dir_all(root).unwrap();
-    let text = json!({"schema": 1, "entries": [{"key": key, "probe": probe}]});
+    let text = json!({"schema": 2, "entries": [{"key": key, "value": probe}]});
     let path = root.join(FILE);
     std::fs::write(&path, serde_json::to_vec(&text).unwrap()).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -69,7 +69,7 @@ fn construction_writes_the_cache_and_a_later_one_reads_it() {
     assert_eq!(e.len(), 1);
     assert_eq!(e[0]["key"], key(&config));
     assert_eq!(
-        e[0]["probe"]["applied"]["kind"].as_str().unwrap(),
+        e[0]["value"]["applied"]["kind"].as_str().unwrap(),
         b.containment()
     );
 
@@ -115,11 +115,11 @@ fn a_stale_or_malformed_file_is_reprobed() {
 
     let (_dir, config) = unique_config("malformed");
     std::fs::create_dir_all(&config.root).unwrap();
-    std::fs::write(config.root.join(FILE), b"{\"schema\":1,\"entries\":[{").unwrap();
+    std::fs::write(config.root.join(FILE), b"{\"schema\":2,\"entries\":[{").unwrap();
     let b = ProcessBackend::new(config.clone()).unwrap();
     let e = entries(&config.root);
     assert_eq!(
-        e[0]["probe"]["applied"]["kind"].as_str().unwrap(),
+        e[0]["value"]["applied"]["kind"].as_str().unwrap(),
         b.containment()
     );
 }
@@ -175,7 +175,7 @@ async fn a_cached_result_that_fails_at_spawn_is_reprobed_once_and_reported() {
     let e = entries(&config.root);
     assert_eq!(e.len(), 1);
     assert_eq!(
-        e[0]["probe"]["applied"]["kind"].as_str().unwrap(),
+        e[0]["value"]["applied"]["kind"].as_str().unwrap(),
         iso.process_containment
     );
     // A second exec works directly; a request's own failure stays a plain spawn failure.
