@@ -173,10 +173,13 @@ pub(crate) fn create_body(
         hostname: Some("sandbox".into()),
         entrypoint: Some(Vec::new()),
         cmd: Some(crate::launcher::cmd()),
+        // docker-init signals the launcher's process group, the command included (the
+        // launcher unsets the variable before the command starts).
         env: Some(
             template_env()
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
+                .chain(std::iter::once("TINI_KILL_PROCESS_GROUP=1".to_owned()))
                 .collect(),
         ),
         working_dir: Some(WORKSPACE.into()),

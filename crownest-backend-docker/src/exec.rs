@@ -19,27 +19,8 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::container::WORKSPACE;
 use crate::error::{DockerError, is_not_found, status_of};
+use crate::launcher::EndMark;
 use crate::upload::WorkspaceIndex;
-
-/// Bytes of output the attach reader may hold ahead of the sink. Once the container has
-/// exited, the daemon waits only about 2 s (moby's `StreamConfig.Wait`) for an attached
-/// client to take what is left, then closes the stream cleanly: a reader that is behind
-/// then loses the tail without any error. So the reader takes everything as it comes,
-/// holding up to this much in memory; it blocks (backpressure to the command) only past it.
-const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
-
-/// A clean end of the stream this soon after the reader had to wait for room is treated as
-/// output possibly lost (the daemon's grace after exit is ~2 s).
-const LAGGED_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Aborts a task when dropped (the exec future can be dropped by the kill ladder).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 const GO_MODE_DIR: u32 = 1 << 31;
 const GO_MODE_SYMLINK: u32 = 1 << 27;
@@ -206,6 +187,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) container: &'a str,
     /// The launcher's frame (see `launcher.rs`).
     pub(crate) frame: &'a [u8],
+    /// The frame's end-mark nonce.
+    pub(crate) nonce: &'a str,
     /// Set once the frame is written: from then on signals go to the container.
     pub(crate) started: &'a AtomicBool,
     /// A signal asked for while the frame was being written (delivered right after).
@@ -215,9 +198,11 @@ pub(crate) struct Launch<'a> {
 /// Attaches to the container (stdin, stdout, stderr; the launcher writes nothing before
 /// its frame, so no byte of the command's output can come before the attach), writes the
 /// frame, calls `sink.started()`, pumps output into the sink (awaiting each chunk: the
-/// backpressure), then waits for the container to stop and inspects it.
+/// backpressure) until both end marks are in, acknowledges them, then waits for the
+/// container to stop and inspects it.
 ///
-/// An attach stream that breaks (rather than ending) means output may be missing: unless
+/// An attach stream that breaks (rather than ending), or ends without both marks, means
+/// output may be missing: unless
 /// this sandbox was killing the command (its run then ends `timed_out` or `canceled`,
 /// whose output is cut by nature), that is an error, so the run fails `sandbox_error`
 /// instead of recording a short output as if it were whole.
@@ -229,6 +214,7 @@ pub(crate) async fn launch_and_wait(
         docker,
         container,
         frame,
+        nonce,
         started,
         requested,
     } = launch;
@@ -251,9 +237,8 @@ pub(crate) async fn launch_and_wait(
     let mut output = attached.output;
     let mut input = attached.input;
     // The launcher reads the whole frame before the command starts, and writes nothing
-    // before, so this cannot wait on unread output. The write half is not shut down (it
-    // stays open, unused, until the end, like the attach itself): the command's stdin is
-    // `/dev/null` anyway.
+    // before, so this cannot wait on unread output. The write half stays open: it carries
+    // the acknowledgement of the end marks (the command's stdin is `/dev/null`).
     let written = async {
         input.write_all(frame).await?;
         input.flush().await
@@ -278,88 +263,43 @@ pub(crate) async fn launch_and_wait(
         }
     }
     sink.started().await;
-    // A reader drains the attach stream ahead of the sink, holding up to
-    // READ_AHEAD_BYTES (then the container waits, which is the backpressure): once the
-    // container has exited, the daemon gives an attached client only ~2 s to take what is
-    // left before it closes the stream, and a sink that is slow then (a store commit under
-    // load) would lose the tail. When the stream ends right after the reader had to wait
-    // for room, the tail may be lost: that is `OutputBroken`, never a short output
-    // recorded as whole.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_BYTES));
-    let reader = {
-        let room = room.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let mut last_wait_end: Option<std::time::Instant> = None;
-            while let Some(item) = output.next().await {
-                let len = match &item {
-                    Ok(
-                        LogOutput::StdOut { message }
-                        | LogOutput::StdErr { message }
-                        | LogOutput::Console { message }
-                        | LogOutput::StdIn { message },
-                    ) => message.len(),
-                    Err(_) => 0,
-                };
-                let want = u32::try_from(len.clamp(1, READ_AHEAD_BYTES)).unwrap_or(u32::MAX);
-                let permit = match room.clone().try_acquire_many_owned(want) {
-                    Ok(p) => p,
-                    Err(_) => match room.clone().acquire_many_owned(want).await {
-                        Ok(p) => {
-                            last_wait_end = Some(std::time::Instant::now());
-                            p
-                        }
-                        Err(_) => break,
-                    },
-                };
-                if tx.send(Some((item, permit))).is_err() {
-                    return;
-                }
-            }
-            let lagged = last_wait_end.is_some_and(|t| t.elapsed() < LAGGED_WINDOW);
-            if lagged {
-                let _ = tx.send(None);
-            }
-        }))
+    // Output goes to the sink as it comes (awaiting each chunk: the backpressure reaches
+    // the command through the daemon's pipes). The launcher writes its end mark on both
+    // streams once the command has ended and exits only on the line acknowledging them,
+    // so the container cannot exit, and the daemon cannot cut the stream ~2 s later, with
+    // output of the command still unread (see `launcher.rs`).
+    let killing = || {
+        requested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     };
+    let mut marks = [EndMark::new(nonce), EndMark::new(nonce)];
+    let mut acknowledged = false;
     let mut stderr_head = Vec::new();
-    while let Some(next) = rx.recv().await {
-        let Some((item, _permit)) = next else {
-            // The stream ended cleanly right after the reader lagged: output may be lost
-            // (unless this sandbox was killing the command, whose output is cut anyway).
-            if requested
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-            {
-                break;
-            }
-            return Err(DockerError::OutputBroken {
-                detail: "the stream ended while the output reader was behind by more than \
-                         64 MiB: the daemon may have dropped the tail"
-                    .into(),
-            });
-        };
+    while let Some(item) = output.next().await {
         match item {
             Ok(LogOutput::StdOut { message }) => {
-                sink.output(OutputStream::Stdout, &message).await;
+                let out = marks[0].push(&message);
+                if !out.is_empty() {
+                    sink.output(OutputStream::Stdout, &out).await;
+                }
             }
             Ok(LogOutput::StdErr { message }) => {
+                let out = marks[1].push(&message);
                 if stderr_head.len() < 256 {
-                    let take = (256 - stderr_head.len()).min(message.len());
-                    stderr_head.extend_from_slice(&message[..take]);
+                    let take = (256 - stderr_head.len()).min(out.len());
+                    stderr_head.extend_from_slice(&out[..take]);
                 }
-                sink.output(OutputStream::Stderr, &message).await;
+                if !out.is_empty() {
+                    sink.output(OutputStream::Stderr, &out).await;
+                }
             }
             Ok(LogOutput::StdIn { .. }) => {}
             // Without a TTY every frame has a header: bytes without one are the rest of a
             // frame cut short (the decoder hands them over at the end of the stream).
             Ok(LogOutput::Console { .. }) | Err(_) => {
-                let killing = requested
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some();
-                if !killing {
+                if !killing() {
                     return Err(DockerError::OutputBroken {
                         detail: match item {
                             Err(e) => e.to_string(),
@@ -373,8 +313,59 @@ pub(crate) async fn launch_and_wait(
                 break;
             }
         }
+        if !acknowledged && marks.iter().all(EndMark::seen) {
+            acknowledged = true;
+            // Both marks are in: every byte the command wrote has arrived. A failed write
+            // means the container is gone already, which the wait below sees.
+            let ack = async {
+                input.write_all(b"\n").await?;
+                input.flush().await
+            };
+            if let Err(e) = ack.await {
+                tracing::debug!(container, error = %e, "acknowledging the end marks");
+            }
+        }
     }
-    drop(reader);
+    // Bytes held as a possible start of a mark that never came were output after all.
+    for (mark, stream) in marks
+        .iter_mut()
+        .zip([OutputStream::Stdout, OutputStream::Stderr])
+    {
+        let rest = mark.finish();
+        if !rest.is_empty() {
+            sink.output(stream, &rest).await;
+        }
+    }
+    // A clean end without both marks: the command's output may be cut (by the daemon, or
+    // by someone killing the container behind this sandbox's back), and a launcher still
+    // waiting for its acknowledgement would keep the container up. A command this sandbox
+    // was killing, or that the OOM killer ended, has its output cut by nature.
+    if let Some(missing) = ["stdout", "stderr"]
+        .iter()
+        .zip(&marks)
+        .find_map(|(name, mark)| (!mark.seen()).then_some(*name))
+        && !killing()
+    {
+        let state = docker
+            .inspect_container(container, None)
+            .await
+            .map_err(DockerError::api("inspect"))?
+            .state
+            .unwrap_or_default();
+        if state.running != Some(true) && state.oom_killed == Some(true) {
+            return Ok(Started::Ran(Observed {
+                code: state.exit_code.unwrap_or(-1),
+                oom_killed: true,
+                stderr_head,
+            }));
+        }
+        return Err(DockerError::OutputBroken {
+            detail: format!(
+                "the {missing} stream ended without the launcher's end mark: the daemon may \
+                 have dropped the tail of the output"
+            ),
+        });
+    }
     let wait_opts = WaitContainerOptionsBuilder::new()
         .condition("not-running")
         .build();
@@ -391,9 +382,10 @@ pub(crate) async fn launch_and_wait(
         .map_err(DockerError::api("inspect"))?;
     let state = inspect.state.unwrap_or_default();
     let code = waited.or(state.exit_code).unwrap_or(-1);
+    let oom_killed = state.oom_killed.unwrap_or(false);
     Ok(Started::Ran(Observed {
         code,
-        oom_killed: state.oom_killed.unwrap_or(false),
+        oom_killed,
         stderr_head,
     }))
 }

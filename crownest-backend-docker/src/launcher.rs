@@ -1,21 +1,43 @@
 //! The launcher: how one command reaches a container that was created (and started)
-//! before the command was known.
+//! before the command was known, and how its whole output is known to have arrived.
 //!
 //! A container's `Cmd`, `Env` and `WorkingDir` are fixed at creation, and a sandbox's
 //! container is created at `create()` (or long before, in the warm pool), so they cannot
 //! carry the command. Every sandbox container runs the same [`LAUNCHER`] instead (POSIX
 //! `sh`, nothing else from the image), under docker-init, with `OpenStdin`:
 //!
-//! 1. it waits on stdin for one frame: a line `D <cwd>`, a line `E NAME <value>` per
-//!    variable (the plain `env` and the secrets alike), a line `A <arg>` per argv element,
-//!    and an empty line; every byte of a cwd, value or arg is a three-digit octal escape,
-//!    so any value travels as one line of ASCII;
+//! 1. it waits on stdin for one frame: a line `N <nonce>` (32 hex digits, fresh per
+//!    command), a line `D <cwd>`, a line `E NAME <value>` per variable (the plain `env` and
+//!    the secrets alike), a line `A <arg>` per argv element, and an empty line; every byte
+//!    of a cwd, value or arg is a three-digit octal escape, so any value travels as one
+//!    line of ASCII;
 //! 2. the engine attaches to the container (stdin, stdout, stderr) and writes the frame;
-//! 3. the launcher changes to the cwd, exports each variable (decoded by `printf`), points
-//!    stdin at `/dev/null` and `exec`s argv, which keeps the launcher's pid, so signals and
-//!    the exit status are the command's own; the command's environment is exactly the
-//!    template's (`PATH`, `HOME`, `LANG`, and Docker's `HOSTNAME`) plus the frame's
-//!    variables (the shell's own `PWD`/`OLDPWD` are unset).
+//! 3. the launcher changes to the cwd, exports each variable (decoded by `printf`), and
+//!    runs argv in a subshell that `exec`s it with stdin at `/dev/null` (so a name like
+//!    `echo` or `exit` is the image's program, never a shell builtin); the command's
+//!    environment is exactly the template's (`PATH`, `HOME`, `LANG`, and Docker's
+//!    `HOSTNAME`) plus the frame's variables (the shell's own `PWD`/`OLDPWD` and
+//!    docker-init's `TINI_KILL_PROCESS_GROUP` are unset);
+//! 4. when the command has ended, the launcher writes the [end mark](end_mark) (`NUL ESC
+//!    crownest-end:<nonce> NUL`) on stdout and on stderr, waits for one line on stdin (the
+//!    engine's acknowledgement), and exits with the command's status (`128 + n` when a
+//!    signal `n` ended it, as docker-init itself reports).
+//!
+//! Why the end mark: once a container has exited, the daemon gives its attached clients
+//! only about 2 s (moby's `StreamConfig.Wait`) to take the output still in its pipes, then
+//! closes the stream *cleanly*. Under CPU starvation that cut the tail of 8 MB of output
+//! with nothing to tell it from a complete stream. Now the container cannot exit before
+//! the engine has read both marks, which come after every byte the command wrote; the
+//! engine strips them, and a stream that ends without them (unless this sandbox was
+//! killing the command) fails the run `sandbox_error`. The nonce keeps ordinary output
+//! (say, this file printed by `cat`) from ever being taken for the mark; a command that
+//! found the nonce could only cut its own recorded output, which it can do anyway.
+//!
+//! Signals: docker-init runs with `TINI_KILL_PROCESS_GROUP`, so a `SIGTERM` sent to the
+//! container reaches the command and the launcher (one process group); the launcher's
+//! `trap` outlives it and the command's subshell has the default action again. `SIGKILL`
+//! ends pid 1 and with it the whole container, marks and all (the run is then ending
+//! `timed_out` or `canceled`, whose output is cut by nature).
 //!
 //! So nothing of the request is in the container's configuration: `docker inspect`, the
 //! daemon's `config.v2.json` and a kept sandbox show the launcher and the template
@@ -23,11 +45,11 @@
 //! pipe, which nothing logs (the log driver is `none`); `/proc/<pid>/environ` of the
 //! running command shows them to root on the host, as for any process.
 //!
-//! A launcher that does not receive a whole frame exits 125 without starting anything; an
-//! `exec` that fails (the pre-flight check normally catches an unknown program before)
-//! exits 126/127 with a message starting with [`NAME`], which `exec.rs` reports as
-//! `spawn_failed`. The launcher's own variables are named `_crownest_*`; a variable with
-//! that prefix is refused (it would be overwritten while the frame is read).
+//! A launcher that does not receive a whole frame exits 125 without starting anything; a
+//! program that cannot be executed (the pre-flight check normally catches an unknown
+//! program before) exits 126/127 with a message starting with [`NAME`], which `exec.rs`
+//! reports as `spawn_failed`. The launcher's own variables are named `_crownest_*`; a
+//! variable with that prefix is refused (it would be overwritten while the frame is read).
 
 use std::collections::BTreeMap;
 
@@ -37,14 +59,20 @@ use crownest_core::SecretValue;
 pub(crate) const NAME: &str = "crownest-launcher";
 
 /// The launcher script (see the module docs).
-pub(crate) const LAUNCHER: &str = r#"unset PWD OLDPWD
+pub(crate) const LAUNCHER: &str = r#"unset PWD OLDPWD TINI_KILL_PROCESS_GROUP
 _crownest_ok=
+_crownest_end=
+_crownest_rc=
 set --
 while IFS=' ' read -r _crownest_k _crownest_n _crownest_v; do
   case $_crownest_k in
     '') _crownest_ok=1; break ;;
+    N) case $_crownest_n in
+         *[!0-9a-f]*|'') ;;
+         *) _crownest_end=$_crownest_n ;;
+       esac ;;
     D) _crownest_n=$(printf "$_crownest_n"; printf x)
-       cd "${_crownest_n%x}" || exit 127
+       cd "${_crownest_n%x}" || _crownest_rc=127
        unset PWD OLDPWD ;;
     E) _crownest_v=$(printf "$_crownest_v"; printf x)
        export "$_crownest_n=${_crownest_v%x}" ;;
@@ -52,12 +80,20 @@ while IFS=' ' read -r _crownest_k _crownest_n _crownest_v; do
        set -- "$@" "${_crownest_n%x}" ;;
   esac
 done
-if [ -z "$_crownest_ok" ] || [ "$#" -eq 0 ]; then
+if [ -z "$_crownest_ok" ] || [ -z "$_crownest_end" ] || [ "$#" -eq 0 ]; then
   echo "crownest: the command was not delivered; nothing was started" >&2
   exit 125
 fi
 unset _crownest_ok _crownest_k _crownest_n _crownest_v
-exec "$@" </dev/null
+trap : TERM
+if [ -z "$_crownest_rc" ]; then
+  (exec "$@") </dev/null
+  _crownest_rc=$?
+fi
+printf '\000\033crownest-end:%s\000' "$_crownest_end"
+printf '\000\033crownest-end:%s\000' "$_crownest_end" >&2
+read -r _crownest_k || :
+exit "$_crownest_rc"
 "#;
 
 /// The prefix of the launcher's own shell variables.
@@ -81,6 +117,8 @@ fn escaped(out: &mut Vec<u8>, value: &str) {
 
 /// What one frame carries.
 pub(crate) struct Command<'a> {
+    /// This command's end-mark nonce ([`new_nonce`]).
+    pub(crate) nonce: &'a str,
     /// Absolute working directory in the container.
     pub(crate) cwd: &'a str,
     /// Plain variables (already merged over nothing: the template's come from `Env`).
@@ -95,7 +133,17 @@ pub(crate) struct Command<'a> {
 /// message naming the variable, never its value).
 pub(crate) fn frame(command: &Command<'_>) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    out.extend_from_slice(b"D ");
+    if command.nonce.len() != 32
+        || !command
+            .nonce
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err("the end-mark nonce is not 32 hex digits".into());
+    }
+    out.extend_from_slice(b"N ");
+    out.extend_from_slice(command.nonce.as_bytes());
+    out.extend_from_slice(b"\nD ");
     if command.cwd.contains('\0') {
         return Err("the working directory contains NUL".into());
     }
@@ -132,14 +180,86 @@ pub(crate) fn frame(command: &Command<'_>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A fresh end-mark nonce: 32 lowercase hex digits (a random v4 UUID's 122 random bits).
+pub(crate) fn new_nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The bytes the launcher writes on stdout and on stderr once the command has ended.
+pub(crate) fn end_mark(nonce: &str) -> Vec<u8> {
+    let mut mark = b"\0\x1bcrownest-end:".to_vec();
+    mark.extend_from_slice(nonce.as_bytes());
+    mark.push(0);
+    mark
+}
+
+/// Finds the end mark in one output stream and strips it, chunk by chunk.
+///
+/// Output passes through at once, except a tail that could be the start of the mark
+/// (output rarely ends in `NUL ESC`): that is held until the next chunk tells. Bytes after
+/// the mark (a detached child still writing) pass through too.
+pub(crate) struct EndMark {
+    mark: Vec<u8>,
+    held: Vec<u8>,
+    seen: bool,
+}
+
+impl EndMark {
+    pub(crate) fn new(nonce: &str) -> Self {
+        Self {
+            mark: end_mark(nonce),
+            held: Vec::new(),
+            seen: false,
+        }
+    }
+
+    /// Whether the mark has arrived.
+    pub(crate) fn seen(&self) -> bool {
+        self.seen
+    }
+
+    /// Takes one chunk; returns the output bytes it releases (without the mark).
+    pub(crate) fn push<'c>(&mut self, chunk: &'c [u8]) -> std::borrow::Cow<'c, [u8]> {
+        // The mark starts with NUL: a chunk without one, with nothing held, is all output.
+        if self.seen || (self.held.is_empty() && !chunk.contains(&0)) {
+            return std::borrow::Cow::Borrowed(chunk);
+        }
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(chunk);
+        if let Some(at) = data
+            .windows(self.mark.len())
+            .position(|w| w == self.mark.as_slice())
+        {
+            self.seen = true;
+            data.drain(at..at + self.mark.len());
+            return data.into();
+        }
+        // The longest tail that is a proper prefix of the mark.
+        let keep = (1..self.mark.len().min(data.len() + 1))
+            .rev()
+            .find(|&n| data.ends_with(&self.mark[..n]))
+            .unwrap_or(0);
+        self.held = data.split_off(data.len() - keep);
+        data.into()
+    }
+
+    /// The end of the stream: the bytes still held (they were output after all).
+    pub(crate) fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
     use std::process::{Command as Process, Stdio};
 
     use super::*;
+
+    const NONCE: &str = "0123456789abcdef0123456789abcdef";
 
     fn secrets(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
         pairs
@@ -163,6 +283,7 @@ mod tests {
     ) -> Vec<u8> {
         let argv: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
         frame(&Command {
+            nonce: NONCE,
             cwd,
             env: e,
             secrets: s,
@@ -181,7 +302,7 @@ mod tests {
         );
         assert_eq!(
             f,
-            b"D \\057\\167\nE P \\160\nE A \\170\\012\nE B \nA \\164\n\n".to_vec()
+            b"N 0123456789abcdef0123456789abcdef\nD \\057\\167\nE P \\160\nE A \\170\\012\nE B \nA \\164\n\n".to_vec()
         );
         let argv = vec!["t".to_owned()];
         for (e, s) in [
@@ -191,6 +312,7 @@ mod tests {
         ] {
             assert!(
                 frame(&Command {
+                    nonce: NONCE,
                     cwd: "/",
                     env: &e,
                     secrets: &s,
@@ -201,9 +323,69 @@ mod tests {
         }
     }
 
-    /// Runs the launcher with the host's `/bin/sh` (the same POSIX script the image runs).
-    fn launch(frame: &[u8]) -> std::process::Output {
-        let mut child = Process::new("/bin/sh")
+    #[test]
+    fn the_nonce_is_32_hex_digits() {
+        let n = new_nonce();
+        assert_eq!(n.len(), 32);
+        assert_ne!(n, new_nonce());
+        let (e, s, argv) = (env(&[]), secrets(&[]), vec!["t".to_owned()]);
+        for bad in [
+            "",
+            "0123",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde\n",
+        ] {
+            assert!(
+                frame(&Command {
+                    nonce: bad,
+                    cwd: "/",
+                    env: &e,
+                    secrets: &s,
+                    argv: &argv
+                })
+                .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn the_end_mark_is_found_across_chunks_and_stripped() {
+        let mark = end_mark(NONCE);
+        let mut text = b"out\0\x1bnot the mark; ".to_vec();
+        text.extend_from_slice(&end_mark("ffffffffffffffffffffffffffffffff"));
+        text.extend_from_slice(b"tail\0");
+        let mut stream = text.clone();
+        stream.extend_from_slice(&mark);
+        stream.extend_from_slice(b"after");
+        // Every way of cutting the stream into two or three chunks.
+        for a in 0..=stream.len() {
+            for b in (a..=stream.len()).step_by(7) {
+                let mut m = EndMark::new(NONCE);
+                let mut got = m.push(&stream[..a]).into_owned();
+                got.extend_from_slice(&m.push(&stream[a..b]));
+                got.extend_from_slice(&m.push(&stream[b..]));
+                got.extend(m.finish());
+                assert!(m.seen(), "cut at {a}/{b}");
+                let mut want = text.clone();
+                want.extend_from_slice(b"after");
+                assert_eq!(got, want, "cut at {a}/{b}");
+            }
+        }
+        // Without the mark, everything comes out and nothing is seen; a tail that looks
+        // like the start of the mark is held only until the next chunk.
+        let mut m = EndMark::new(NONCE);
+        assert_eq!(&*m.push(b"line\n"), b"line\n");
+        assert_eq!(&*m.push(b"x\0\x1bcrow"), b"x");
+        assert_eq!(&*m.push(b"d"), b"\0\x1bcrowd");
+        assert_eq!(&*m.push(&mark[..5]), b"");
+        assert_eq!(m.finish(), &mark[..5]);
+        assert!(!m.seen());
+    }
+
+    /// Starts the launcher with the host's `/bin/sh` (the same POSIX script the image
+    /// runs), in a process group of its own as under docker-init.
+    fn spawn_launcher() -> std::process::Child {
+        Process::new("/bin/sh")
             .arg("-c")
             .arg(LAUNCHER)
             .arg(NAME)
@@ -212,15 +394,33 @@ mod tests {
             .env("TEMPLATE", "kept")
             // (Without it Python would add `LC_CTYPE` itself, PEP 538.)
             .env("LANG", "C.UTF-8")
+            // docker-init's; the launcher unsets it.
+            .env("TINI_KILL_PROCESS_GROUP", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn launch(frame: &[u8]) -> std::process::Output {
+        let mut child = spawn_launcher();
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(frame).unwrap();
         drop(stdin);
         child.wait_with_output().unwrap()
+    }
+
+    /// `bytes` without the trailing end mark (which must be there).
+    fn before_mark(bytes: &[u8]) -> &[u8] {
+        let mark = end_mark(NONCE);
+        assert!(
+            bytes.ends_with(&mark),
+            "no end mark at the end of {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+        &bytes[..bytes.len() - mark.len()]
     }
 
     #[test]
@@ -251,7 +451,8 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(before_mark(&out.stderr).is_empty());
+        let text = String::from_utf8(before_mark(&out.stdout).to_vec()).unwrap();
         let mut lines = text.lines();
         let (got, dir_seen, argv): (BTreeMap<String, String>, String, Vec<String>) =
             serde_json::from_str(lines.next().unwrap()).unwrap();
@@ -269,24 +470,104 @@ mod tests {
         assert_eq!(dir_seen, cwd.to_str().unwrap());
         assert_eq!(argv, &args[3..]);
         assert_eq!(lines.next(), Some("0"), "the command's stdin is /dev/null");
+        assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn the_command_is_a_program_and_its_status_is_the_launchers() {
+        // `echo` is the image's program, not dash's builtin (which has no `-e`).
+        let out = launch(&frame_of(
+            "/",
+            &env(&[]),
+            &secrets(&[]),
+            &["echo", "-e", "a\\tb"],
+        ));
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(before_mark(&out.stdout), b"a\tb\n");
+        let out = launch(&frame_of(
+            "/",
+            &env(&[]),
+            &secrets(&[]),
+            &["sh", "-c", "printf x; printf y >&2; exit 3"],
+        ));
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(before_mark(&out.stdout), b"x");
+        assert_eq!(before_mark(&out.stderr), b"y");
+        let out = launch(&frame_of("/", &env(&[]), &secrets(&[]), &["exit", "4"]));
+        assert_eq!(out.status.code(), Some(127), "no program is named exit");
+        let out = launch(&frame_of(
+            "/nonexistent-dir",
+            &env(&[]),
+            &secrets(&[]),
+            &["true"],
+        ));
+        assert_eq!(out.status.code(), Some(127));
+        assert!(String::from_utf8_lossy(before_mark(&out.stderr)).starts_with(NAME));
+    }
+
+    #[test]
+    fn the_launcher_outlives_a_terminated_command_and_waits_for_the_acknowledgement() {
+        let mut child = spawn_launcher();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let f = frame_of(
+            "/",
+            &env(&[]),
+            &secrets(&[]),
+            &["sh", "-c", "echo up; exec sleep 30"],
+        );
+        stdin.write_all(&f).unwrap();
+        let mut up = [0u8; 3];
+        std::io::Read::read_exact(&mut stdout, &mut up).unwrap();
+        assert_eq!(&up, b"up\n");
+        // docker-init with TINI_KILL_PROCESS_GROUP signals the launcher's process group.
+        let group = format!("-{}", child.id());
+        let killed = Process::new("kill")
+            .args(["-TERM", "--", &group])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        // The marks come, then the launcher waits for the engine's line.
+        let mark = end_mark(NONCE);
+        let mut got = vec![0u8; mark.len()];
+        std::io::Read::read_exact(&mut stdout, &mut got).unwrap();
+        assert_eq!(got, mark);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it waits for the acknowledgement"
+        );
+        stdin.write_all(b"\n").unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.code(),
+            Some(143),
+            "the command's own status: 128 + SIGTERM"
+        );
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+        assert!(rest.is_empty());
     }
 
     #[test]
     fn an_incomplete_frame_never_starts_the_command() {
-        let out = launch(b"D \\057\nA \\163\\150\nA \\055\\143");
+        let out =
+            launch(b"N 0123456789abcdef0123456789abcdef\nD \\057\nA \\163\\150\nA \\055\\143");
         assert_eq!(out.status.code(), Some(125));
         assert!(out.stdout.is_empty());
         assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered"));
-        let out = launch(b"D \\057\n\n");
+        let out = launch(b"N 0123456789abcdef0123456789abcdef\nD \\057\n\n");
         assert_eq!(out.status.code(), Some(125), "no argv");
+        let out = launch(b"D \\057\nA \\164\\162\\165\\145\n\n");
+        assert_eq!(out.status.code(), Some(125), "no nonce");
     }
 
     #[test]
     fn a_failed_exec_is_named_by_the_launcher() {
-        let out = launch(b"D \\057\nA \\156\\157\\160\\145\n\n");
+        let out = launch(&frame_of("/", &env(&[]), &secrets(&[]), &["nope"]));
         assert_eq!(out.status.code(), Some(127));
         assert!(
-            String::from_utf8_lossy(&out.stderr).starts_with(NAME),
+            String::from_utf8_lossy(before_mark(&out.stderr)).starts_with(NAME),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );

@@ -41,7 +41,7 @@
 //! | rlimits | `nofile` = `limits.openFiles`, `core` = 0 |
 //! | process-tree kill | docker-init (tini) is pid 1; SIGKILL ends pid 1 and so the whole pid namespace; SIGTERM goes to the command and is broadcast to every other process of the sandbox user |
 //! | keepSandbox | the container is renamed `<sandbox>.kept-until-<unix ms>` (labels are immutable); `sweep_orphans` removes it once that passes |
-//! | output | attached before the command is handed over (no early byte lost), taken as it comes by a reader up to 64 MiB ahead of the sink (the daemon gives an attached client only ~2 s after the container exits before it closes the stream cleanly, so a lagging reader would lose the tail), with backpressure past that; a stream that breaks, or ends cleanly right after the reader had to wait for room, fails the run (`sandbox_error`), never shortens its output silently; the log driver is `none`, so nothing is written to the daemon's disk |
+//! | output | attached before the command is handed over (no early byte lost) and passed to the sink as it comes, with backpressure; the launcher outlives the command, ends stdout and stderr with a per-command end mark and exits only once the engine has acknowledged both, so the daemon's ~2 s cut of the stream after a container's exit can no longer drop a tail; a stream that breaks, or ends without its marks, fails the run (`sandbox_error`), never shortens its output silently; the log driver is `none`, so nothing is written to the daemon's disk |
 //! | secrets | never in the container's configuration (`docker inspect`, the daemon's `config.v2.json`): written to the launcher's stdin with the command (see below) |
 //!
 //! ## Layout of one sandbox
@@ -112,12 +112,14 @@
 //! `examples/docker_overhead.rs` times the backend alone (`create` → `materialize` →
 //! `exec` → `destroy`).
 //!
-//! Known limits: **output can still be lost inside the daemon** — under CPU starvation a
-//! run's stdout tail was missing with the reader never behind (7 512 064 of 8 000 000 bytes,
-//! `hardening.rs::large_output_arrives_complete_and_in_order`, 2026-12-06), and the stream
-//! ends cleanly, so the run is recorded as complete: dockerd's own copy from the container
-//! is cut at exit (its ~2 s stream wait). Open: have the launcher outlive the command and
-//! end each stream with a marker, so a missing tail is detected. The workspace volume
+//! Output is whole or the run fails: under CPU starvation the daemon used to cut a
+//! run's stdout tail at exit with a clean end of the stream (7 512 064 of 8 000 000 bytes,
+//! `hardening.rs::large_output_arrives_complete_and_in_order`, 2026-12-06), recorded as a
+//! complete output. The launcher's end marks (see `launcher.rs`) close that: the container
+//! cannot exit before both are read, and `tests/output_stream.rs` cuts a stream cleanly
+//! between frames to check that a missing mark fails the run.
+//!
+//! Known limits: the workspace volume
 //! lives on the Docker root disk and is not size-capped (the `local` volume driver has no
 //! quota on this storage driver); the command can fill it. Exit codes `128+n` are reported as `signaled` only for signals this sandbox sent.
 

@@ -183,7 +183,9 @@ impl DockerSandbox {
         } else {
             format!("{WORKSPACE}/{cwd}")
         };
+        let nonce = crate::launcher::new_nonce();
         let frame = match crate::launcher::frame(&crate::launcher::Command {
+            nonce: &nonce,
             cwd: &working_dir,
             env: &request.env,
             secrets: &request.secrets,
@@ -206,6 +208,7 @@ impl DockerSandbox {
             docker,
             container: &self.container,
             frame: &frame,
+            nonce: &nonce,
             started: &self.started,
             requested: &self.sent,
         };

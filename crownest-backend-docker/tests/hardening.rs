@@ -251,8 +251,8 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
     assert_ne!(volume, sandbox);
     let labels = b.docker().inspect_volume(&volume).await.unwrap().labels;
     assert_eq!(labels.get(LABEL_SANDBOX).map(String::as_str), Some(sandbox));
-    // Nothing of a request is in the configuration: the launcher and the template's
-    // variables only (see `launcher.rs`).
+    // Nothing of a request is in the configuration: the launcher, the template's
+    // variables and docker-init's (see `launcher.rs`).
     assert_eq!(
         cfg.cmd.as_ref().map(|c| c[..2].to_vec()),
         Some(vec!["/bin/sh".to_owned(), "-c".to_owned()])
@@ -268,7 +268,8 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
         [
             "PATH=/usr/local/bin:/usr/bin:/bin",
             "HOME=/workspace",
-            "LANG=C.UTF-8"
+            "LANG=C.UTF-8",
+            "TINI_KILL_PROCESS_GROUP=1"
         ]
     );
     let ulimits: Vec<_> = hc
