@@ -241,6 +241,13 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// What a driver polling the store must stop for: a cancel asked through the store, or
+    /// the run already ended by someone else (an engine that found this engine's lease
+    /// expired failed it; the command must not go on).
+    pub fn stop_requested(&self) -> bool {
+        self.cancel_requested || self.status.is_terminal()
+    }
+
     /// True when the run has ended and no event has a seq greater than `after_seq`: a
     /// reader whose cursor is `after_seq` has seen (or skipped) the `terminal` event and
     /// will never see another one. The store seals `terminal` in the same commit as the

@@ -99,6 +99,7 @@
 
 mod blobs;
 mod config;
+mod coordination;
 mod error;
 mod gc;
 mod localdir;

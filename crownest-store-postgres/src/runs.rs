@@ -319,6 +319,12 @@ async fn write_artifacts(
     Ok(())
 }
 
+/// Whether a record waits in the shared queue: `queued` and owned by nobody (see
+/// `coordination.rs`).
+pub(crate) fn claimable(r: &RunRecord) -> bool {
+    r.status == RunStatus::Queued && r.owner.is_none()
+}
+
 fn archive_sha(r: &RunRecord) -> Option<&str> {
     r.archive.as_ref().map(|a| a.sha256.as_str())
 }
@@ -335,8 +341,8 @@ pub(crate) async fn create_run(client: &mut Object, run: RunRecord) -> Result<Cr
     let inserted = execute(
         &tx,
         "inserting a run",
-        "INSERT INTO runs (id, status, idempotency_key, next_seq, chain_head, cancel_requested, archive_sha256, record)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO runs (id, status, idempotency_key, next_seq, chain_head, cancel_requested, archive_sha256, record, backend, claimable)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT DO NOTHING",
         &[
             &run.id.as_str(),
@@ -347,6 +353,8 @@ pub(crate) async fn create_run(client: &mut Object, run: RunRecord) -> Result<Cr
             &run.cancel_requested,
             &archive_sha(&run),
             &json,
+            &run.backend,
+            &claimable(&run),
         ],
     )
     .await?;
@@ -465,7 +473,8 @@ pub(crate) async fn commit(
     execute(
         &tx,
         "updating a run",
-        "UPDATE runs SET status = $2, next_seq = $3, chain_head = $4, archive_sha256 = $5, record = $6
+        "UPDATE runs SET status = $2, next_seq = $3, chain_head = $4, archive_sha256 = $5, record = $6,
+                         backend = $7, claimable = $8
          WHERE id = $1",
         &[
             &id.as_str(),
@@ -474,6 +483,8 @@ pub(crate) async fn commit(
             &record.chain_head,
             &archive_sha(&record),
             &to_json("run record", &record)?,
+            &record.backend,
+            &claimable(&record),
         ],
     )
     .await?;

@@ -29,10 +29,11 @@ pub struct Migration {
 
 /// Every schema step, in order. Append only: a released step is never edited.
 #[doc(hidden)]
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "runs, events, evidence, artifacts, blobs, transfers and chunks",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "runs, events, evidence, artifacts, blobs, transfers and chunks",
+        sql: r#"
 CREATE TABLE runs (
     id               text COLLATE "C" PRIMARY KEY,      -- time-ordered: list order
     status           text        NOT NULL,
@@ -91,10 +92,27 @@ CREATE TABLE chunks (
     PRIMARY KEY (transfer_id, idx)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "leases and the shared queue (runs.backend, runs.claimable)",
+        sql: r#"
+ALTER TABLE runs ADD COLUMN backend text;
+ALTER TABLE runs ADD COLUMN claimable boolean NOT NULL DEFAULT false;
+UPDATE runs SET backend = (record::jsonb ->> 'backend');
+CREATE INDEX runs_claimable ON runs (backend, id) WHERE claimable;
+
+CREATE TABLE leases (
+    instance   text COLLATE "C" PRIMARY KEY,             -- the engine instance
+    expires_at timestamptz NOT NULL,                     -- by the server's clock
+    renewed_at timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    },
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Class of the advisory lock that serializes migrations (`'CrNm'`).
 const MIGRATION_LOCK_CLASS: i32 = 0x4372_4e6d;

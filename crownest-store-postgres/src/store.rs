@@ -37,6 +37,8 @@ struct Inner {
     pool: Pool,
     blobs: Arc<dyn BlobBackend>,
     config: PostgresConfig,
+    /// The queue listener's counter (`coordination.rs`), started on first use.
+    notices: std::sync::Mutex<Option<tokio::sync::watch::Sender<u64>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -73,6 +75,7 @@ impl PostgresStore {
                 pool,
                 blobs,
                 config,
+                notices: std::sync::Mutex::default(),
             }),
         })
     }
@@ -98,7 +101,21 @@ impl PostgresStore {
         gc::collect(&self.inner.pool, &*self.inner.blobs, &policy).await
     }
 
-    async fn client(&self) -> Result<Object> {
+    /// A receiver of the queue listener's counter, starting the listener when none runs.
+    pub(crate) fn queue_notices_rx(&self) -> tokio::sync::watch::Receiver<u64> {
+        let mut slot = self.inner.notices.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(tx) if !tx.is_closed() => tx.subscribe(),
+            _ => {
+                let (tx, rx) = tokio::sync::watch::channel(0);
+                crate::coordination::spawn_listener(&self.inner.config, tx.clone());
+                *slot = Some(tx);
+                rx
+            }
+        }
+    }
+
+    pub(crate) async fn client(&self) -> Result<Object> {
         self.inner.pool.get().await.map_err(pool_error)
     }
 }
@@ -122,7 +139,32 @@ impl Store for PostgresStore {
     }
 
     async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
-        runs::commit(&mut self.client().await?, id, commit).await
+        let queued = commit.record.as_ref().is_some_and(runs::claimable);
+        let events = runs::commit(&mut self.client().await?, id, commit).await?;
+        if queued {
+            // After the commit (never inside a frequent one: a notifying transaction takes
+            // a global lock at commit). A lost notification only delays a claim: claimers
+            // also poll.
+            let channel = crate::coordination::queue_channel(&self.inner.config);
+            let notified = async {
+                let client = self.client().await?;
+                execute(
+                    &client,
+                    "notifying the queue",
+                    "SELECT pg_notify($1, '')",
+                    &[&channel],
+                )
+                .await
+            };
+            if let Err(e) = notified.await {
+                tracing::debug!(error = %e.chain(), "queue notification failed");
+            }
+        }
+        Ok(events)
+    }
+
+    fn coordination(&self) -> Option<&dyn crownest_core::store::coordination::Coordination> {
+        Some(self)
     }
 
     async fn request_cancel(&self, id: &RunId) -> Result<RunRecord> {

@@ -90,11 +90,25 @@ impl WorkspaceRunsBuilder {
                 templates: templates::TemplateNames::default(),
                 gauges: super::observe::RunGauges::default(),
                 prepared: super::prepare::Prepared::default(),
+                claim_wake: tokio::sync::Notify::new(),
             }),
         };
         engine.refresh_usage().await;
+        // On a shared store the lease is taken before recovery judges other owners, and
+        // kept by a heartbeat from then on (a read-only engine, without recovery, owns
+        // nothing and takes none).
+        if let Some(coordination) = engine.inner.store.coordination()
+            && self.recover
+        {
+            coordination
+                .renew_lease(&engine.inner.instance, engine.inner.config.lease_ttl)
+                .await?;
+        }
         if self.recover {
             engine.recover().await?;
+        }
+        if engine.inner.store.coordination().is_some() && self.recover {
+            engine.spawn_coordinator();
         }
         Ok(engine)
     }

@@ -1,12 +1,7 @@
 //! Requests that change a run: [`WorkspaceRuns::create`], [`WorkspaceRuns::start`],
 //! [`WorkspaceRuns::cancel`] and [`WorkspaceRuns::delete`].
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
-
-use tokio::sync::watch;
-
-use super::{LiveRun, WorkspaceRuns, driver, lock};
+use super::{WorkspaceRuns, lock};
 use crate::capability;
 use crate::error::{Error, Result};
 use crate::event::{EventKind, NewEvent};
@@ -18,6 +13,7 @@ use crate::spec::RunSpec;
 use crate::status::RunStatus;
 use crate::store::CreateOutcome;
 use crate::time::Timestamp;
+use std::collections::BTreeMap;
 
 impl WorkspaceRuns {
     /// Creates a run in `awaiting_archive`.
@@ -114,25 +110,23 @@ impl WorkspaceRuns {
             let starting = lifecycle::advance(&mut record, Input::SlotAcquired, now)?;
             self.commit(&mut record, vec![queued, starting], None)
                 .await?;
+        } else if self.inner.shares_queue()
+            && self.inner.config.claim_from_queue
+            && secrets.is_empty()
+        {
+            // No slot here: the run waits in the shared queue, owned by nobody, for the
+            // first engine with a free slot and its backend (this one included). A run with
+            // secrets cannot: their values live only in this engine's memory.
+            record.owner = None;
+            self.set_status(&mut record, Input::Start, Vec::new())
+                .await?;
+            self.inner.claim_wake.notify_one();
+            return Ok(record);
         } else {
             self.set_status(&mut record, Input::Start, Vec::new())
                 .await?;
         }
-        self.inner
-            .metrics
-            .runs_started
-            .fetch_add(1, Ordering::Relaxed);
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        lock(&self.inner.live).insert(id.clone(), LiveRun { cancel: cancel_tx });
-        let engine = self.clone();
-        let driven = record.clone();
-        tokio::spawn(async move {
-            let id = driven.id.clone();
-            driver::Driver::new(engine.clone(), driven, backend, secrets, cancel_rx, permit)
-                .run()
-                .await;
-            lock(&engine.inner.live).remove(&id);
-        });
+        self.spawn_driver(record.clone(), backend, secrets, permit);
         Ok(record)
     }
 
@@ -151,6 +145,18 @@ impl WorkspaceRuns {
         let _guard = run_lock.lock().await;
         let mut record = self.get(id).await?;
         match record.status {
+            // Waiting in the shared queue, owned by nobody: ended here, unless an engine
+            // claims it first (its driver then sees the request).
+            RunStatus::Queued if record.owner.is_none() => {
+                match self
+                    .terminate(&mut record, Input::Cancel, None, None, None, None)
+                    .await
+                {
+                    Ok(()) => Ok(record),
+                    Err(Error::Conflict { .. }) => self.inner.store.request_cancel(id).await,
+                    Err(e) => Err(e),
+                }
+            }
             RunStatus::AwaitingArchive | RunStatus::ArchiveReady => {
                 self.terminate(&mut record, Input::Cancel, None, None, None, None)
                     .await?;

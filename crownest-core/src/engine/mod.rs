@@ -23,11 +23,13 @@
 //! | `read.rs` | records, event windows, evidence, artifacts, `wait` |
 //! | `commit.rs` | the one commit path, `set_status` (the status gate's commit), `terminate` |
 //! | `recovery.rs` | reclaiming runs whose owner is gone, the backends' sweeps |
+//! | `coordinate.rs` | on a shared store: the lease heartbeat, reclaim passes, claiming queued runs |
 
 mod artifacts;
 mod builder;
 mod commit;
 mod control;
+mod coordinate;
 mod driver;
 mod expiry;
 mod gc;
@@ -116,6 +118,17 @@ pub struct EngineConfig {
     /// Ages for the store's part of [`WorkspaceRuns::collect_garbage`]. Default:
     /// [`GcPolicy::default`] (blobs 1 h, transfers 24 h, temp files 1 h).
     pub gc: GcPolicy,
+    /// On a shared store ([`crate::store::coordination`]): how long this engine's lease
+    /// lasts without renewal. It is renewed every third of it, and every engine looks for
+    /// expired leases as often, so a lost engine's runs are failed `host_restarted` within
+    /// about `lease_ttl + lease_ttl / 3`. Default: 15 s.
+    pub lease_ttl: Duration,
+    /// On a shared store: how often the engine looks for queued runs to claim when no
+    /// notification woke it. Default: 200 ms.
+    pub claim_poll_interval: Duration,
+    /// On a shared store: whether this engine claims runs other engines queued (a server
+    /// does; a short-lived command-line run drives only its own). Default: true.
+    pub claim_from_queue: bool,
 }
 
 impl Default for EngineConfig {
@@ -138,6 +151,9 @@ impl Default for EngineConfig {
             awaiting_archive_ttl: Duration::from_secs(24 * 3600),
             max_prepared_trees: 8,
             gc: GcPolicy::default(),
+            lease_ttl: Duration::from_secs(15),
+            claim_poll_interval: Duration::from_millis(200),
+            claim_from_queue: true,
         }
     }
 }
@@ -180,6 +196,8 @@ pub(crate) struct Inner {
     templates: templates::TemplateNames,
     /// Trees prepared at upload, waiting for `start` (see `prepare.rs`).
     prepared: prepare::Prepared,
+    /// Wakes this engine's claim loop (a run was queued for any engine, or a slot freed).
+    claim_wake: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]

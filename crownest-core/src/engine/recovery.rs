@@ -32,16 +32,50 @@ impl WorkspaceRuns {
     /// evidence say its sandbox was destroyed only when a sweep reported removing it (or a
     /// `destroy` had already recorded it); otherwise they say it was not destroyed and the
     /// failure message says why (kept, not found by the sweep, the sweep failed).
+    ///
+    /// On a shared store ([`crate::store::coordination`]) an owner is judged by its lease,
+    /// not by this host's process table, and a run waiting in the shared queue (`queued`,
+    /// owned by nobody) is not orphaned.
     pub async fn recover(&self) -> Result<RecoveryReport> {
+        self.recover_with(true).await
+    }
+
+    /// The reclaim pass of an engine on a shared store (every third of `lease_ttl`):
+    /// recovery without the backends' sweeps.
+    pub(super) async fn reclaim(&self) -> Result<RecoveryReport> {
+        self.recover_with(false).await
+    }
+
+    async fn recover_with(&self, sweep: bool) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         let live_here: Vec<RunId> = lock(&self.inner.live).keys().cloned().collect();
         let now = Timestamp::now();
+        let unfinished = self.inner.store.list_unfinished().await?;
+        let leases = match self.inner.store.coordination() {
+            Some(coordination) => {
+                let mut instances: Vec<String> = unfinished
+                    .iter()
+                    .filter_map(|r| r.owner.as_ref().map(|o| o.instance.clone()))
+                    .filter(|i| *i != self.inner.instance)
+                    .collect();
+                instances.sort();
+                instances.dedup();
+                Some(coordination.lease_liveness(&instances).await?)
+            }
+            None => None,
+        };
         let mut orphaned = Vec::new();
-        for run in self.inner.store.list_unfinished().await? {
-            let owner = match &run.owner {
-                Some(o) if o.instance == self.inner.instance => Liveness::Alive,
-                Some(o) => o.liveness(),
-                None => Liveness::Gone,
+        for run in unfinished {
+            let owner = match (&run.owner, &leases) {
+                (Some(o), _) if o.instance == self.inner.instance => Liveness::Alive,
+                (Some(o), Some(leases)) => {
+                    leases.get(&o.instance).copied().unwrap_or(Liveness::Gone)
+                }
+                (Some(o), None) => o.liveness(),
+                (None, Some(_)) if run.status == crate::status::RunStatus::Queued => {
+                    Liveness::Alive
+                }
+                (None, _) => Liveness::Gone,
             };
             if ownership::is_orphan(owner, Some(run.id.as_str()), None, &live_here, now) {
                 orphaned.push(run);
@@ -50,7 +84,12 @@ impl WorkspaceRuns {
             }
         }
         let mut failed_sweeps = BTreeMap::new();
-        for (name, backend) in &self.inner.backends {
+        let backends = if sweep {
+            self.inner.backends.iter().collect()
+        } else {
+            Vec::new()
+        };
+        for (name, backend) in backends {
             let swept = backend.sweep_orphans(&report.live_elsewhere).await;
             super::observe::swept(name, &swept);
             match swept {
@@ -64,12 +103,21 @@ impl WorkspaceRuns {
             }
         }
         for mut run in orphaned {
-            let mut message = format!(
-                "the process driving this run (pid {}) went away while it was {}",
-                run.owner.as_ref().map_or(0, |o| o.pid),
-                run.status
-            );
-            if let Some(fate) = sandbox_fate(&mut run, &report.swept, &failed_sweeps) {
+            let mut message = match (&run.owner, &leases) {
+                (Some(o), Some(_)) => format!(
+                    "the engine driving this run ({} on pid {}) stopped renewing its lease \
+                     while the run was {}",
+                    o.instance, o.pid, run.status
+                ),
+                _ => format!(
+                    "the process driving this run (pid {}) went away while it was {}",
+                    run.owner.as_ref().map_or(0, |o| o.pid),
+                    run.status
+                ),
+            };
+            if let Some(fate) =
+                sandbox_fate(&mut run, &report.swept, &failed_sweeps, leases.is_some())
+            {
                 message.push_str("; ");
                 message.push_str(&fate);
             }
@@ -133,6 +181,7 @@ fn sandbox_fate(
     run: &mut RunRecord,
     swept: &[(String, String)],
     failed_sweeps: &BTreeMap<String, String>,
+    shared: bool,
 ) -> Option<String> {
     let backend = run.backend.clone();
     let sb = run.sandbox.as_mut()?;
@@ -153,6 +202,13 @@ fn sandbox_fate(
         ),
         None if sb.kept => format!(
             "its sandbox {} is kept and was left to its keep deadline",
+            sb.id
+        ),
+        // On a shared store the sandbox may be on another host: only an engine there can
+        // remove it (its recovery sweeps what no live owner holds).
+        None if shared => format!(
+            "its sandbox {} was not destroyed by this host: it is where the lost engine ran, \
+             and the next engine opened there sweeps it",
             sb.id
         ),
         None => format!(

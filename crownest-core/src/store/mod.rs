@@ -7,6 +7,7 @@
 
 pub mod blob_dir;
 mod commit;
+pub mod coordination;
 
 pub use commit::{
     PreparedCommit, check_blob_expectations, check_commit, check_sealed_evidence, prepare_commit,
@@ -364,6 +365,11 @@ pub trait Store: Send + Sync + Debug {
     async fn get_artifact(&self, id: &ArtifactId) -> Result<Artifact>;
     /// Deletes an ended run and everything recorded about it (retention).
     async fn delete_run(&self, id: &RunId) -> Result<()>;
+    /// Leases and the shared queue, for a store several engines share
+    /// ([`coordination`]); `None` (the default) for a store one host owns.
+    fn coordination(&self) -> Option<&dyn coordination::Coordination> {
+        None
+    }
     /// Runs per status and blob bytes (for metrics), by one aggregate query.
     async fn usage(&self) -> Result<StoreUsage> {
         let mut usage = StoreUsage::default();

@@ -158,7 +158,7 @@ impl Driver {
                     }
                 }
                 _ = cancel_poll.tick(), if !ladder.is_climbing() => {
-                    if self.engine.get(&self.record.id).await?.cancel_requested {
+                    if self.engine.get(&self.record.id).await?.stop_requested() {
                         ladder.cancel(tokio::time::Instant::now().into_std());
                         self.climb(sandbox, ladder, output).await?;
                     }

@@ -246,7 +246,7 @@ impl Driver {
                 }
                 _ = self.cancel.changed() => {}
                 _ = tokio::time::sleep(poll) => {
-                    if self.engine.get(&self.record.id).await?.cancel_requested {
+                    if self.engine.get(&self.record.id).await?.stop_requested() {
                         return Ok(None);
                     }
                 }
