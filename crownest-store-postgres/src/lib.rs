@@ -97,11 +97,13 @@
 //! its own process table and fail them. Several processes on one host are fine, and other
 //! hosts may use the `Store` API directly (read, follow, cancel). Runs are never deleted.
 
+mod blob_url;
 mod blobs;
 mod config;
 mod error;
 mod gc;
 mod localdir;
+mod objstore;
 mod pool;
 mod runs;
 #[doc(hidden)]
@@ -110,7 +112,9 @@ mod store;
 mod transfers;
 mod usage;
 
+pub use blob_url::{BlobLocation, BlobScheme, BlobUrl, BlobUrlError, BlobUrlProblem};
 pub use config::PostgresConfig;
+pub use objstore::{BlobStreamStats, PARTS_IN_FLIGHT, PART_SIZE, READ_AHEAD};
 pub use store::PostgresStore;
 
 pub use crownest_core::gc::{GcPolicy, StoreGcReport};
