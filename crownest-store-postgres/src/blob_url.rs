@@ -193,7 +193,10 @@ impl BlobUrl {
             )));
         }
         if scheme == BlobScheme::File {
-            if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+            if url
+                .host_str()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
                 return Err(fail(BlobUrlProblem::Invalid(
                     "a file URL names a directory on this host: file:///abs/dir".into(),
                 )));
@@ -248,9 +251,8 @@ impl BlobUrl {
     /// Opens the store: `LocalFileSystem` (creating the directory and its layout), or the
     /// cloud store's builder `from_env` with this URL. Nothing is contacted over the network.
     pub(crate) fn open(&self) -> Result<OpenedStore> {
-        let failed = |e: object_store::Error| {
-            Error::store(format!("opening the object store at {self}"), e)
-        };
+        let failed =
+            |e: object_store::Error| Error::store(format!("opening the object store at {self}"), e);
         match self.scheme {
             BlobScheme::File => {
                 let dir = self.local_dir().ok_or_else(|| {
@@ -349,10 +351,19 @@ mod tests {
         assert_eq!(e.problem, BlobUrlProblem::UnsupportedScheme("ftp".into()));
         assert!(e.to_string().contains("ftp://host/blobs"), "{e}");
         assert!(matches!(problem("not a url"), BlobUrlProblem::Malformed(_)));
-        assert!(matches!(problem("file://host/x"), BlobUrlProblem::Invalid(_)));
+        assert!(matches!(
+            problem("file://host/x"),
+            BlobUrlProblem::Invalid(_)
+        ));
         assert!(matches!(problem("file:///"), BlobUrlProblem::Invalid(_)));
-        assert!(matches!(problem("file:///x?y=1"), BlobUrlProblem::Invalid(_)));
-        assert!(matches!(problem("s3:///prefix"), BlobUrlProblem::Invalid(_)));
+        assert!(matches!(
+            problem("file:///x?y=1"),
+            BlobUrlProblem::Invalid(_)
+        ));
+        assert!(matches!(
+            problem("s3:///prefix"),
+            BlobUrlProblem::Invalid(_)
+        ));
         // A password never shows in the error.
         let e = BlobUrl::parse("ftp://me:s3cr3t@host/x").unwrap_err();
         assert!(!e.to_string().contains("s3cr3t"), "{e}");

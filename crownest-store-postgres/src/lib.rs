@@ -155,7 +155,7 @@ mod usage;
 
 pub use blob_url::{BlobLocation, BlobScheme, BlobUrl, BlobUrlError, BlobUrlProblem};
 pub use config::PostgresConfig;
-pub use objstore::{BlobStreamStats, PARTS_IN_FLIGHT, PART_SIZE, READ_AHEAD};
+pub use objstore::{BlobStreamStats, PART_SIZE, PARTS_IN_FLIGHT, READ_AHEAD};
 pub use store::PostgresStore;
 
 pub use crownest_core::gc::{GcPolicy, StoreGcReport};

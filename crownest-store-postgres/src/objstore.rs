@@ -34,9 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use crownest_core::error::RejectReason;
-use crownest_core::store::{
-    BlobExpect, BlobInfo, BlobReader, ByteStream, check_blob_expectations,
-};
+use crownest_core::store::{BlobExpect, BlobInfo, BlobReader, ByteStream, check_blob_expectations};
 use crownest_core::{Error, Result, Sha256Digest, TransferId};
 use futures::stream::BoxStream;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -284,9 +282,8 @@ impl ObjectStoreBlobs {
             size_bytes: size,
         };
         // Checked before anything is completed: refused bytes never become an object.
-        let checked = streamed.and_then(|()| {
-            check_blob_expectations(&info, expect).map_err(Failure::Refused)
-        });
+        let checked = streamed
+            .and_then(|()| check_blob_expectations(&info, expect).map_err(Failure::Refused));
         let written = match (checked, parts) {
             (Err(e), Some(p)) => {
                 p.abort().await;
@@ -385,8 +382,9 @@ impl ObjectStoreBlobs {
         }
     }
 
-    /// A reader over `stream`, pumped by a thread of its own (see [`PumpReader`]).
-    fn pump(stream: BoxStream<'static, std::io::Result<Bytes>>) -> Result<BlobReader> {
+    /// A reader over `stream`, which must yield exactly `len` bytes, pumped by a thread of
+    /// its own (see [`PumpReader`]).
+    fn pump(stream: BoxStream<'static, std::io::Result<Bytes>>, len: u64) -> Result<BlobReader> {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::store("reading from the object store needs a Tokio runtime", e))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
@@ -406,6 +404,7 @@ impl ObjectStoreBlobs {
             rx,
             current: Bytes::new(),
             done: false,
+            remaining: len,
         }))
     }
 
@@ -421,11 +420,14 @@ impl ObjectStoreBlobs {
 /// [`READ_AHEAD`] chunks wait, plus the one being read. The pump runs the stream on the
 /// runtime the reader was opened on, so read it from a blocking thread (as the engine's
 /// extractor does) or from a multi-threaded runtime's worker, never from a current-thread
-/// runtime's only thread.
+/// runtime's only thread. A stream that ends early or runs long is an error, never a
+/// silently short read.
 struct PumpReader {
     rx: std::sync::mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
     done: bool,
+    /// Bytes still expected.
+    remaining: u64,
 }
 
 impl std::io::Read for PumpReader {
@@ -438,12 +440,32 @@ impl std::io::Read for PumpReader {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Ok(b)) => self.current = b,
+                Ok(Ok(b)) => {
+                    if b.len() as u64 > self.remaining {
+                        self.done = true;
+                        return Err(std::io::Error::other(
+                            "the object store returned more bytes than the object holds",
+                        ));
+                    }
+                    self.remaining -= b.len() as u64;
+                    self.current = b;
+                }
                 Ok(Err(e)) => {
                     self.done = true;
                     return Err(e);
                 }
-                Err(_) => self.done = true,
+                Err(_) => {
+                    self.done = true;
+                    if self.remaining > 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "the object store's stream ended {} bytes early",
+                                self.remaining
+                            ),
+                        ));
+                    }
+                }
             }
         }
         let n = buf.len().min(self.current.len());
@@ -505,7 +527,10 @@ impl BlobBackend for ObjectStoreBlobs {
             Ok(got) => got,
             Err(e) if is_not_found(&e) => {
                 return Err(Error::Store {
-                    message: format!("blob {sha256} has a row but its object is missing ({})", self.shown),
+                    message: format!(
+                        "blob {sha256} has a row but its object is missing ({})",
+                        self.shown
+                    ),
                     source: Some(Box::new(e)),
                 });
             }
@@ -521,7 +546,7 @@ impl BlobBackend for ObjectStoreBlobs {
                 Ok(Box::new(file.take(len)))
             }
             GetResultPayload::Stream(s) => {
-                Self::pump(s.map_err(std::io::Error::other).boxed())
+                Self::pump(s.map_err(std::io::Error::other).boxed(), len)
             }
         }
     }
@@ -570,6 +595,7 @@ impl BlobBackend for ObjectStoreBlobs {
     }
 
     async fn open_chunks(&self, transfer: &TransferId, lens: Vec<u64>) -> Result<BlobReader> {
+        let total = lens.iter().sum();
         let mut paths = Vec::with_capacity(lens.len());
         for (index, want) in lens.into_iter().enumerate() {
             let path = self.chunk_path(transfer, index as u64);
@@ -604,7 +630,7 @@ impl BlobBackend for ObjectStoreBlobs {
             })
             .try_flatten()
             .boxed();
-        Self::pump(stream)
+        Self::pump(stream, total)
     }
 
     async fn delete_chunks(&self, transfer: &TransferId) -> Result<()> {
@@ -758,7 +784,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_multipart_blob_is_installed_once_and_streams_back() {
         let (b, mem) = backend();
-        let data: Vec<u8> = (0..(PART_SIZE * 2 + 4321)).map(|i| (i % 241) as u8).collect();
+        let data: Vec<u8> = (0..(PART_SIZE * 2 + 4321))
+            .map(|i| (i % 241) as u8)
+            .collect();
         let d = ArchiveDescriptor {
             size_bytes: data.len() as u64,
             sha256: Sha256Digest::of(&data),
@@ -768,7 +796,11 @@ mod tests {
             max_bytes: u64::MAX,
         };
         let staged = b.receive(stream_of(&data, 100_000), expect).await.unwrap();
-        assert!(staged.name.starts_with("crownest/tmp/blob-"), "{}", staged.name);
+        assert!(
+            staged.name.starts_with("crownest/tmp/blob-"),
+            "{}",
+            staged.name
+        );
         b.install_blob(staged).await.unwrap();
         // The same bytes again: the object there is kept, the staged copy removed.
         let again = b.receive(stream_of(&data, 7_000), expect).await.unwrap();
@@ -791,10 +823,25 @@ mod tests {
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut r, &mut v).unwrap();
         assert_eq!(v, data);
-        assert_eq!(b.list_blobs(Duration::ZERO).await.unwrap(), vec![d.sha256.clone()]);
+        assert_eq!(
+            b.list_blobs(Duration::ZERO).await.unwrap(),
+            vec![d.sha256.clone()]
+        );
         assert!(b.delete_blob(&d.sha256).await.unwrap());
         assert!(!b.delete_blob(&d.sha256).await.unwrap());
         assert!(keys(&mem).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_that_ends_early_is_an_error_not_a_short_read() {
+        let short = futures::stream::iter([Ok(Bytes::from_static(b"abc"))]).boxed();
+        let mut r = ObjectStoreBlobs::pump(short, 5).unwrap();
+        let mut v = Vec::new();
+        let err = std::io::Read::read_to_end(&mut r, &mut v).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        let long = futures::stream::iter([Ok(Bytes::from_static(b"abcdef"))]).boxed();
+        let mut r = ObjectStoreBlobs::pump(long, 5).unwrap();
+        assert!(std::io::Read::read_to_end(&mut r, &mut Vec::new()).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,10 +17,10 @@ use deadpool_postgres::{Object, Pool};
 
 use crate::blob_url::BlobLocation;
 use crate::blobs::{self, BlobBackend, lock_key};
-use crate::objstore::{BlobStreamStats, ObjectStoreBlobs};
 use crate::config::{PostgresConfig, redact};
 use crate::error::{commit_failed, db, pool as pool_error};
 use crate::localdir::LocalDirBlobs;
+use crate::objstore::{BlobStreamStats, ObjectStoreBlobs};
 use crate::runs::{self, execute};
 use crate::schema;
 use crate::transfers;

@@ -16,16 +16,14 @@ use common::*;
 use crownest_core::gc::GcPolicy;
 use crownest_core::run::{ArchiveInfo, UploadKind};
 use crownest_core::store::{BlobExpect, ByteStream, RunCommit, Store, TransferRecord};
-use crownest_core::{
-    ArchiveDescriptor, Error, RejectReason, Sha256Digest, Timestamp, TransferId,
-};
+use crownest_core::{ArchiveDescriptor, Error, RejectReason, Sha256Digest, Timestamp, TransferId};
 use crownest_store_postgres::{
     BlobUrlProblem, PART_SIZE, PARTS_IN_FLIGHT, PostgresConfig, PostgresStore,
 };
 use futures::StreamExt as _;
+use object_store::ObjectStoreExt as _;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStoreExt as _;
 use sha2::Digest as _;
 
 fn zero() -> GcPolicy {
@@ -122,13 +120,21 @@ async fn a_staged_upload_through_two_hosts_completes_and_verifies() {
     // Consecutive chunks alternate between the hosts.
     for (i, chunk) in data.chunks(1000).enumerate() {
         let host = if i % 2 == 0 { &host_a } else { &host_b };
-        host.put_chunk(&transfer.transfer_id, i as u64, Bytes::copy_from_slice(chunk))
-            .await
-            .unwrap();
+        host.put_chunk(
+            &transfer.transfer_id,
+            i as u64,
+            Bytes::copy_from_slice(chunk),
+        )
+        .await
+        .unwrap();
     }
     // A chunk sent again to the other host: the same bytes are a no-op, others refused.
     host_b
-        .put_chunk(&transfer.transfer_id, 0, Bytes::copy_from_slice(&data[..1000]))
+        .put_chunk(
+            &transfer.transfer_id,
+            0,
+            Bytes::copy_from_slice(&data[..1000]),
+        )
         .await
         .unwrap();
     let conflict = host_b
@@ -232,11 +238,9 @@ async fn refused_uploads_leave_no_object_and_no_row() {
         );
         // A stream that fails half-way.
         let half = Bytes::copy_from_slice(&data[..data.len() / 2]);
-        let failing: ByteStream = futures::stream::iter([
-            Ok(half),
-            Err(std::io::Error::other("the client went away")),
-        ])
-        .boxed();
+        let failing: ByteStream =
+            futures::stream::iter([Ok(half), Err(std::io::Error::other("the client went away"))])
+                .boxed();
         let err = t.put_blob(failing, any_blob()).await.unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
     }
@@ -353,9 +357,9 @@ async fn gc_removes_unnamed_and_stale_objects_and_keeps_named_ones() {
     assert!(bucket.head(&stranger).await.is_ok(), "not ours: kept");
     assert_eq!(t.has_blob(&unnamed.sha256).await.unwrap(), None);
     assert!(
-        files_under(root).iter().all(|p| !p
-            .to_string_lossy()
-            .ends_with(&unnamed.sha256.as_str()[2..])),
+        files_under(root)
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(&unnamed.sha256.as_str()[2..])),
         "the unnamed blob's object is gone"
     );
     // The named blob: row and bytes kept, readable from another host.
@@ -503,8 +507,5 @@ async fn bad_blob_locations_are_refused_with_typed_errors() {
     ))
     .await
     .unwrap_err();
-    assert!(
-        matches!(err, Error::InvalidSpec { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::InvalidSpec { .. }), "{err:?}");
 }
