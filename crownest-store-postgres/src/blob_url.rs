@@ -333,6 +333,7 @@ pub(crate) struct OpenedStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -393,6 +394,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// With a cloud feature on, the store is built from the URL and the environment without
+    /// contacting anything (credentials are resolved on first use).
+    #[cfg(feature = "s3")]
+    #[test]
+    fn an_s3_url_opens_a_store_under_its_prefix() {
+        let opened = BlobUrl::parse("s3://crownest-test-bucket/a/prefix")
+            .unwrap()
+            .open()
+            .unwrap();
+        assert_eq!(opened.prefix.as_ref(), "a/prefix");
+        assert!(opened.local_dir.is_none());
+        assert!(opened.store.to_string().contains("crownest-test-bucket"));
     }
 
     #[test]

@@ -721,7 +721,7 @@ fn grow(part: &mut Vec<u8>, more: usize) {
     if need <= part.capacity() {
         return;
     }
-    let target = need.max(part.capacity() * 2).max(64 * 1024).min(PART_SIZE);
+    let target = need.max(part.capacity() * 2).clamp(64 * 1024, PART_SIZE);
     part.reserve_exact(target - part.len());
 }
 
