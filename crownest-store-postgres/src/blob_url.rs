@@ -91,7 +91,7 @@ impl BlobScheme {
     }
 }
 
-/// A checked object-store URL (see the [module docs](self) for the forms). `Display` and
+/// A checked object-store URL (see the [crate docs](crate#blobs) for the forms). `Display` and
 /// `Debug` never print a password the URL may hold.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BlobUrl {
