@@ -99,6 +99,21 @@ impl PostgresConfig {
         }
     }
 
+    /// A configuration with the defaults listed above and the blobs at `blobs` (a
+    /// directory or an object store; [`BlobLocation::parse`] reads either from a string,
+    /// as a command line gives it).
+    ///
+    /// ```
+    /// use crownest_store_postgres::{BlobLocation, PostgresConfig};
+    /// let blobs = BlobLocation::parse("file:///srv/crownest/blobs")?;
+    /// let config = PostgresConfig::new_with_blobs("postgres://db/crownest", blobs);
+    /// assert!(matches!(config.blobs, BlobLocation::Url(_)));
+    /// # Ok::<(), crownest_store_postgres::BlobUrlError>(())
+    /// ```
+    pub fn new_with_blobs(url: impl Into<String>, blobs: BlobLocation) -> Self {
+        Self::new(url, "").with_blobs(blobs)
+    }
+
     /// Puts the blobs in the object store `url` names (`file:///abs/dir`, or with the
     /// matching cargo feature `s3://bucket/prefix`, `gs://bucket/prefix`,
     /// `az://container/prefix`, credentials from the environment), instead of `blob_dir`.

@@ -18,7 +18,7 @@ use crownest_core::run::{ArchiveInfo, UploadKind};
 use crownest_core::store::{BlobExpect, ByteStream, RunCommit, Store, TransferRecord};
 use crownest_core::{ArchiveDescriptor, Error, RejectReason, Sha256Digest, Timestamp, TransferId};
 use crownest_store_postgres::{
-    BlobUrlProblem, PART_SIZE, PARTS_IN_FLIGHT, PostgresConfig, PostgresStore,
+    BlobLocation, BlobUrlProblem, PART_SIZE, PARTS_IN_FLIGHT, PostgresConfig, PostgresStore,
 };
 use futures::StreamExt as _;
 use object_store::ObjectStoreExt as _;
@@ -65,10 +65,9 @@ async fn blob_rows(t: &TempStore) -> i64 {
 /// A store instance on the same database and bucket URL, opened from scratch as another
 /// host would (its own pool, its own object-store client).
 async fn another_host(t: &TempStore) -> PostgresStore {
-    let config = PostgresConfig::new(&t.url, "/nonexistent/not-used")
-        .with_schema(&t.schema)
-        .with_blob_url(t.blob_url.as_deref().unwrap())
-        .unwrap();
+    let blobs = BlobLocation::parse(t.blob_url.as_deref().unwrap()).unwrap();
+    assert!(matches!(blobs, BlobLocation::Url(_)));
+    let config = PostgresConfig::new_with_blobs(&t.url, blobs).with_schema(&t.schema);
     PostgresStore::open(config).await.unwrap()
 }
 
