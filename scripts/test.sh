@@ -41,6 +41,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
+step "cloud blob backends compile (crownest-store-postgres features s3, gcp, azure)"
+cargo clippy --workspace --features crownest-store-postgres/s3,crownest-store-postgres/gcp,crownest-store-postgres/azure -- -D warnings
+
 step "postgres"
 if [ -n "${CROWNEST_POSTGRES_URL:-}" ]; then
   echo "using the server of CROWNEST_POSTGRES_URL"

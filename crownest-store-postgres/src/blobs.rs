@@ -16,8 +16,9 @@
 //!   (shared) and checks the row exists, so a blob cannot be discarded under a run that is
 //!   being attached to it on another host.
 //!
-//! [`crate::localdir::LocalDirBlobs`] is today's backend; an `object_store` one can replace it
-//! without touching the SQL.
+//! Two backends: [`crate::localdir::LocalDirBlobs`] (a directory: a plain path in the
+//! configuration) and [`crate::objstore::ObjectStoreBlobs`] (the `object_store` crate: a
+//! `file://`, `s3://`, `gs://` or `az://` URL). The SQL is the same for both.
 
 use std::time::Duration;
 
@@ -77,7 +78,8 @@ impl Drop for Staged {
 }
 
 /// Where blob and chunk bytes live. Every method is durable when it returns `Ok` (the local
-/// backend fsyncs files and directories).
+/// backend fsyncs files and directories; `LocalFileSystem` is opened with fsync on; a cloud
+/// store acknowledges a write once it is stored).
 #[async_trait]
 pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
     /// Streams `data` into the staging area, hashing and counting it, enforcing `expect`
@@ -105,6 +107,10 @@ pub(crate) trait BlobBackend: Send + Sync + std::fmt::Debug {
     async fn list_chunk_sets(&self) -> Result<Vec<TransferId>>;
     /// Removes staged bytes older than `age` (crashed uploads); how many.
     async fn sweep_staging(&self, age: Duration) -> Result<u64>;
+    /// What the backend's streaming has done (the object-store backend; `None` otherwise).
+    fn stream_stats(&self) -> Option<crate::objstore::BlobStreamStats> {
+        None
+    }
 }
 
 /// The advisory-lock key of a blob: the first 64 bits of its digest.

@@ -1,18 +1,21 @@
 //! [`PostgresConfig`]: where the database and the blob bytes are, and the pool's knobs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crownest_core::{Error, Result};
 
+use crate::blob_url::{BlobLocation, BlobUrl, BlobUrlError};
+
 /// How a [`crate::PostgresStore`] is opened.
 ///
-/// `PostgresConfig::new(url, blob_dir)` gives:
+/// `PostgresConfig::new(url, blob_dir)` gives (and [`with_blob_url`](Self::with_blob_url)
+/// puts the blobs in an object store instead):
 ///
 /// | knob | default | meaning |
 /// |---|---|---|
 /// | `url` | required | a libpq-style connection string: `postgres://user[:password]@host[:port]/database[?options]` or `host=... user=... dbname=...` (a `host` that is a directory is a unix socket) |
-/// | `blob_dir` | required | the content-addressed directory of archive and artifact bytes and staged-transfer chunks (see the [crate docs](crate#blobs)) |
+/// | `blobs` | required | where archive and artifact bytes and staged-transfer chunks live: a directory ([`BlobLocation::Dir`], from `new`) or an object store ([`BlobLocation::Url`]: `file:///abs/dir`, `s3://bucket/prefix`, `gs://...`, `az://...`; see the [crate docs](crate#blobs)) |
 /// | `schema` | none (the server's `search_path`, normally `public`) | a PostgreSQL schema of its own: created when missing, put first on every connection's `search_path`; several stores can share one database this way (the tests give each case its own) |
 /// | `pool_size` | 16 | connections kept by this process |
 /// | `connect_timeout` | 10 s | how long opening one connection may take |
@@ -24,8 +27,8 @@ use crownest_core::{Error, Result};
 pub struct PostgresConfig {
     /// Connection string.
     pub url: String,
-    /// Directory of blob bytes and transfer chunks.
-    pub blob_dir: PathBuf,
+    /// Where blob bytes and transfer chunks live.
+    pub blobs: BlobLocation,
     /// Schema of the store's tables (`None`: the server's `search_path`).
     pub schema: Option<String>,
     /// Pooled connections.
@@ -40,7 +43,7 @@ impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("url", &redact(&self.url))
-            .field("blob_dir", &self.blob_dir)
+            .field("blobs", &self.blobs)
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
@@ -83,16 +86,59 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 impl PostgresConfig {
-    /// A configuration with the defaults listed above.
+    /// A configuration with the defaults listed above, blobs in the directory `blob_dir`
+    /// (a path, never parsed as a URL: see [`with_blob_url`](Self::with_blob_url)).
     pub fn new(url: impl Into<String>, blob_dir: impl AsRef<Path>) -> Self {
         Self {
             url: url.into(),
-            blob_dir: blob_dir.as_ref().to_path_buf(),
+            blobs: BlobLocation::Dir(blob_dir.as_ref().to_path_buf()),
             schema: None,
             pool_size: 16,
             connect_timeout: Duration::from_secs(10),
             pool_wait_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// A configuration with the defaults listed above and the blobs at `blobs` (a
+    /// directory or an object store; [`BlobLocation::parse`] reads either from a string,
+    /// as a command line gives it).
+    ///
+    /// ```
+    /// use crownest_store_postgres::{BlobLocation, PostgresConfig};
+    /// let blobs = BlobLocation::parse("file:///srv/crownest/blobs")?;
+    /// let config = PostgresConfig::new_with_blobs("postgres://db/crownest", blobs);
+    /// assert!(matches!(config.blobs, BlobLocation::Url(_)));
+    /// # Ok::<(), crownest_store_postgres::BlobUrlError>(())
+    /// ```
+    pub fn new_with_blobs(url: impl Into<String>, blobs: BlobLocation) -> Self {
+        Self::new(url, "").with_blobs(blobs)
+    }
+
+    /// Puts the blobs in the object store `url` names (`file:///abs/dir`, or with the
+    /// matching cargo feature `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, credentials from the environment), instead of `blob_dir`.
+    /// A malformed URL or one this build cannot serve is a [`BlobUrlError`] naming it.
+    ///
+    /// ```
+    /// use crownest_store_postgres::{BlobUrlProblem, PostgresConfig};
+    /// let c = PostgresConfig::new("postgres://db/crownest", "/unused")
+    ///     .with_blob_url("file:///srv/crownest/blobs")?;
+    /// let bad = PostgresConfig::new("postgres://db/crownest", "/unused")
+    ///     .with_blob_url("ftp://files/blobs")
+    ///     .unwrap_err();
+    /// assert!(matches!(bad.problem, BlobUrlProblem::UnsupportedScheme(_)));
+    /// assert!(bad.to_string().contains("ftp://files/blobs"));
+    /// # Ok::<(), crownest_store_postgres::BlobUrlError>(())
+    /// ```
+    pub fn with_blob_url(mut self, url: &str) -> std::result::Result<Self, BlobUrlError> {
+        self.blobs = BlobLocation::Url(BlobUrl::parse(url)?);
+        Ok(self)
+    }
+
+    /// Sets where the blobs live ([`BlobLocation::parse`] reads a path or a URL).
+    pub fn with_blobs(mut self, blobs: BlobLocation) -> Self {
+        self.blobs = blobs;
+        self
     }
 
     /// Sets `schema` (checked when the store opens: lowercase letters, digits and `_`,

@@ -15,17 +15,19 @@ use crownest_core::{
 };
 use deadpool_postgres::{Object, Pool};
 
+use crate::blob_url::BlobLocation;
 use crate::blobs::{self, BlobBackend, lock_key};
 use crate::config::{PostgresConfig, redact};
 use crate::error::{commit_failed, db, pool as pool_error};
 use crate::localdir::LocalDirBlobs;
+use crate::objstore::{BlobStreamStats, ObjectStoreBlobs};
 use crate::runs::{self, execute};
 use crate::schema;
 use crate::transfers;
 use crate::{gc, pool};
 
-/// A [`Store`] on a PostgreSQL server (runs, events, evidence, metadata) plus a
-/// content-addressed blob directory. Cheap to clone (clones share one connection pool).
+/// A [`Store`] on a PostgreSQL server (runs, events, evidence, metadata) plus
+/// content-addressed blob bytes in a directory or an object store. Cheap to clone (clones share one connection pool).
 ///
 /// See the [crate docs](crate) for what it guarantees across processes and hosts.
 #[derive(Clone)]
@@ -53,15 +55,11 @@ impl std::fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Connects, migrates the schema to the current version (creating it when missing) and
-    /// creates the blob directory. Safe to call from several processes at once.
+    /// opens the blob backend (creating a blob directory; an object store is not contacted
+    /// until it is used). Safe to call from several processes at once.
     pub async fn open(config: PostgresConfig) -> Result<Self> {
         let pool = pool::build(&config)?;
-        let blob_dir = config.blob_dir.clone();
-        let blobs: Arc<dyn BlobBackend> = Arc::new(
-            tokio::task::spawn_blocking(move || LocalDirBlobs::open(&blob_dir))
-                .await
-                .map_err(|e| Error::store("opening the blob directory", e))??,
-        );
+        let blobs = open_blobs(&config.blobs).await?;
         let mut client = pool.get().await.map_err(|e| {
             Error::store(
                 format!("connecting to PostgreSQL at {}", redact(&config.url)),
@@ -78,6 +76,12 @@ impl PostgresStore {
                 notices: std::sync::Mutex::default(),
             }),
         })
+    }
+
+    /// What the object-store blob backend's streaming has done since the store opened
+    /// (uploads, parts, the most bytes one upload held); `None` with a blob directory.
+    pub fn blob_stream_stats(&self) -> Option<BlobStreamStats> {
+        self.inner.blobs.stream_stats()
     }
 
     /// The configuration it was opened with.
@@ -117,6 +121,39 @@ impl PostgresStore {
 
     pub(crate) async fn client(&self) -> Result<Object> {
         self.inner.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// The blob backend for `location`: the directory backend for a path, `object_store` for a
+/// URL.
+async fn open_blobs(location: &BlobLocation) -> Result<Arc<dyn BlobBackend>> {
+    match location {
+        BlobLocation::Dir(dir) => {
+            if dir.to_string_lossy().contains("://") {
+                return Err(Error::invalid(
+                    "blob_dir",
+                    format!(
+                        "{} is a URL, not a directory: use PostgresConfig::with_blob_url",
+                        dir.display()
+                    ),
+                ));
+            }
+            let dir = dir.clone();
+            Ok(Arc::new(
+                tokio::task::spawn_blocking(move || LocalDirBlobs::open(&dir))
+                    .await
+                    .map_err(|e| Error::store("opening the blob directory", e))??,
+            ))
+        }
+        BlobLocation::Url(url) => {
+            let opened = {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || url.open())
+                    .await
+                    .map_err(|e| Error::store("opening the object store", e))??
+            };
+            Ok(Arc::new(ObjectStoreBlobs::new(opened, url.to_string())))
+        }
     }
 }
 

@@ -126,7 +126,16 @@ async fn a_run_end_to_end_is_read_back_by_another_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_upload_whose_chunks_go_through_two_engines() {
-    let Some(t) = TempStore::open().await else {
+    staged_upload_through_two_engines(Blobs::Dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_upload_whose_chunks_go_through_two_engines_on_an_object_store() {
+    staged_upload_through_two_engines(Blobs::FileUrl).await;
+}
+
+async fn staged_upload_through_two_engines(blobs: Blobs) {
+    let Some(t) = TempStore::open_with(blobs).await else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -135,7 +144,7 @@ async fn a_staged_upload_whose_chunks_go_through_two_engines() {
         ..fast()
     };
     // Two engines, each with its own store instance (pool) on the one database and the one
-    // blob directory.
+    // blob directory or bucket URL.
     let a = engine_on(t.store.clone(), &work.path().join("a"), config()).await;
     let b = engine_on(t.reopen().await, &work.path().join("b"), config()).await;
     let bytes = archive();

@@ -65,23 +65,47 @@ pub struct TempStore {
     pub blob_dir: tempfile::TempDir,
     pub schema: String,
     pub url: String,
+    /// `Some(file:///<blob_dir>)` when the blobs go through the object-store backend.
+    pub blob_url: Option<String>,
+}
+
+/// Which blob backend a [`TempStore`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blobs {
+    /// The directory backend (a plain path).
+    Dir,
+    /// The `object_store` backend over `file:///<dir>` (`LocalFileSystem`).
+    FileUrl,
 }
 
 impl TempStore {
-    /// A new store, or `None` when the test is skipped.
+    /// A new store (blobs in a directory), or `None` when the test is skipped.
     pub async fn open() -> Option<Self> {
+        Self::open_with(Blobs::Dir).await
+    }
+
+    /// A new store with its blobs behind the object-store backend (`file://`).
+    pub async fn open_object_store() -> Option<Self> {
+        Self::open_with(Blobs::FileUrl).await
+    }
+
+    /// A new store with the given blob backend, or `None` when the test is skipped.
+    pub async fn open_with(blobs: Blobs) -> Option<Self> {
         let url = url()?;
         let schema = fresh_schema();
         let blob_dir = tempfile::tempdir().unwrap();
-        let config = PostgresConfig::new(&url, blob_dir.path())
-            .with_schema(&schema)
-            .with_pool_size(8);
+        let blob_url = match blobs {
+            Blobs::Dir => None,
+            Blobs::FileUrl => Some(format!("file://{}", blob_dir.path().display())),
+        };
+        let config = config_for(&url, &schema, blob_dir.path(), blob_url.as_deref());
         match PostgresStore::open(config).await {
             Ok(store) => Some(Self {
                 store,
                 blob_dir,
                 schema,
                 url,
+                blob_url,
             }),
             // Skipped only when the server itself is unreachable: a store that fails on a
             // reachable server is a failure, whatever the environment says.
@@ -103,9 +127,28 @@ impl TempStore {
 
     /// The configuration of this store.
     pub fn config(&self) -> PostgresConfig {
-        PostgresConfig::new(&self.url, self.blob_dir.path())
-            .with_schema(&self.schema)
-            .with_pool_size(8)
+        config_for(
+            &self.url,
+            &self.schema,
+            self.blob_dir.path(),
+            self.blob_url.as_deref(),
+        )
+    }
+}
+
+/// A test configuration: `schema`, blobs in `dir` or at `blob_url`.
+pub fn config_for(
+    url: &str,
+    schema: &str,
+    dir: &std::path::Path,
+    blob_url: Option<&str>,
+) -> PostgresConfig {
+    let config = PostgresConfig::new(url, dir)
+        .with_schema(schema)
+        .with_pool_size(8);
+    match blob_url {
+        Some(u) => config.with_blob_url(u).unwrap(),
+        None => config,
     }
 }
 
