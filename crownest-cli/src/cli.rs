@@ -25,6 +25,15 @@ pub(crate) struct Cli {
     /// platform data dir, e.g. ~/.local/share/crownest].
     #[arg(long, global = true, value_name = "DIR", env = "CROWNEST_HOME")]
     pub(crate) home: Option<PathBuf>,
+    /// The store: the home's own SQLite store (the default), or a PostgreSQL server shared by
+    /// several hosts, e.g. postgres://crownest@db.internal/crownest (docs/scale-out.md).
+    #[arg(long, global = true, value_name = "URL", env = "CROWNEST_STORE")]
+    pub(crate) store: Option<String>,
+    /// With a PostgreSQL --store: where archive and artifact bytes are kept, a directory or
+    /// a URL (file:///shared/dir; s3://, gs://, az:// in builds with those features). Hosts
+    /// sharing a store must share it too [default: <home>/blobs, for one host].
+    #[arg(long, global = true, value_name = "DIR|URL", env = "CROWNEST_BLOBS")]
+    pub(crate) blobs: Option<String>,
     /// Send every command to this server (`crownest serve`, or any host mounting the API)
     /// instead of the local store, e.g. http://127.0.0.1:7700.
     #[arg(long, global = true, value_name = "URL", env = "CROWNEST_SERVER")]

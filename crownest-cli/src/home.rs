@@ -43,9 +43,92 @@ pub(crate) struct PoolSettings {
     pub(crate) limits: crownest_core::Limits,
 }
 
-/// Opens the durable store under `<home>/store`.
+/// Which store the commands use (`--store`, `--blobs`).
+#[derive(Debug, Clone)]
+enum StoreChoice {
+    /// `<home>/store`.
+    Home,
+    /// A PostgreSQL server, and where its blob bytes go (a path or URL, or `<home>/blobs`).
+    Postgres { url: String, blobs: Option<String> },
+}
+
+static STORE: std::sync::OnceLock<StoreChoice> = std::sync::OnceLock::new();
+
+/// Records `--store` / `--blobs` for every command of this process. A scheme other than
+/// `postgres://` / `postgresql://` (or `sqlite` for the home's store), or `--blobs` without
+/// a PostgreSQL store, is a usage error.
+pub(crate) fn choose_store(store: Option<String>, blobs: Option<String>) -> anyhow::Result<()> {
+    let store = store.filter(|s| !s.trim().is_empty());
+    let blobs = blobs.filter(|s| !s.trim().is_empty());
+    let choice = match store.as_deref().map(str::trim) {
+        None | Some("sqlite") => {
+            if let Some(b) = blobs {
+                return Err(usage(format!(
+                    "--blobs {b:?} needs a PostgreSQL --store (the home's store keeps its blobs \
+                     in <home>/store)"
+                )));
+            }
+            StoreChoice::Home
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            StoreChoice::Postgres {
+                url: url.to_owned(),
+                blobs,
+            }
+        }
+        Some(other) => {
+            return Err(usage(format!(
+                "--store {:?}: give postgres://USER@HOST/DB, or leave it out for the home's \
+                 store",
+                crownest_store_postgres::redact_url(other)
+            )));
+        }
+    };
+    let _ = STORE.set(choice);
+    Ok(())
+}
+
+/// The store the commands use, opened, and the SQLite store when it is that one (to close
+/// before exiting).
+pub(crate) struct Opened {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) sqlite: Option<SqliteStore>,
+}
+
+/// Opens the store of `--store` (the home's by default).
+async fn open_chosen(home: &Path, readers: Readers) -> anyhow::Result<Opened> {
+    match STORE.get().cloned().unwrap_or(StoreChoice::Home) {
+        StoreChoice::Home => {
+            let sqlite = open_sqlite(home, readers).await?;
+            Ok(Opened {
+                store: Arc::new(sqlite.clone()),
+                sqlite: Some(sqlite),
+            })
+        }
+        StoreChoice::Postgres { url, blobs } => {
+            let blobs = blobs.unwrap_or_else(|| home.join("blobs").display().to_string());
+            let location = crownest_store_postgres::BlobLocation::parse(&blobs)
+                .map_err(|e| usage(format!("--blobs: {e}")))?;
+            let config = crownest_store_postgres::PostgresConfig::new_with_blobs(&url, location);
+            let store = crownest_store_postgres::PostgresStore::open(config)
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening the PostgreSQL store at {}",
+                        crownest_store_postgres::redact_url(&url)
+                    )
+                })?;
+            Ok(Opened {
+                store: Arc::new(store),
+                sqlite: None,
+            })
+        }
+    }
+}
+
+/// Opens the durable store of `--store` (by default `<home>/store`).
 pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(Arc::new(open_sqlite(home, Readers::SameHost).await?))
+    Ok(open_chosen(home, Readers::SameHost).await?.store)
 }
 
 /// Who may read a run's events while it is written: what decides how durable each commit
@@ -216,10 +299,13 @@ pub(crate) async fn open_with(
     readers: Readers,
     configure: impl FnOnce(&mut EngineConfig, &[BackendSlot]) -> anyhow::Result<()>,
 ) -> anyhow::Result<WorkspaceRuns> {
-    let (store, backends) = tokio::join!(open_sqlite(home, readers), backends(home, pool));
-    let (store, backends): (Arc<dyn Store>, _) = (Arc::new(store?), backends?);
+    let (store, backends) = tokio::join!(open_chosen(home, readers), backends(home, pool));
+    let (store, backends): (Arc<dyn Store>, _) = (store?.store, backends?);
+    // On a shared store only `serve` claims runs other hosts queued (a short-lived command
+    // would take runs and die with them).
     let mut config = EngineConfig {
         default_backend: Some(crownest_backend_process::BACKEND.into()),
+        claim_from_queue: false,
         ..EngineConfig::default()
     };
     configure(&mut config, &backends)?;
@@ -248,9 +334,10 @@ pub(crate) struct ForRun {
     pub(crate) engine: WorkspaceRuns,
     /// Recovery with every backend, in a second engine instance on the same store.
     pub(crate) recovery: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// The store, to close before the process exits (`SqliteStore::close` checkpoints a
-    /// long WAL, which the next command would otherwise read back in full when it opens).
-    pub(crate) store: SqliteStore,
+    /// The SQLite store, to close before the process exits (`SqliteStore::close`
+    /// checkpoints a long WAL, which the next command would otherwise read back in full
+    /// when it opens); `None` on a PostgreSQL store.
+    pub(crate) store: Option<SqliteStore>,
 }
 
 /// For `run`: recovery is kept off the run's critical path. The run's engine registers only
@@ -264,8 +351,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     let registered = crate::templates::Registered::load(home)?;
     let own = registered.process.clone();
     let process = tokio::task::spawn_blocking(move || process_backend(&own));
-    let sqlite = open_sqlite(home, Readers::SameHost).await?;
-    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    let Opened { store, sqlite } = open_chosen(home, Readers::SameHost).await?;
     let process = process
         .await
         .unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
@@ -274,6 +360,7 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
     let mut builder = WorkspaceRuns::builder(store.clone())
         .config(EngineConfig {
             default_backend: Some(crownest_backend_process::BACKEND.into()),
+            claim_from_queue: false,
             ..EngineConfig::default()
         })
         .backend(process.clone())

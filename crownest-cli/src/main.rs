@@ -117,6 +117,7 @@ fn parse() -> Cli {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
     let token = tokens::resolve(cli.token, cli.token_file.as_deref())?;
+    home::choose_store(cli.store, cli.blobs)?;
     let target = Target::new(cli.home, cli.server, token.clone(), cli.ca_cert.as_deref())?;
     match cli.command {
         Command::Run(args) => run::run(&target, *args).await,

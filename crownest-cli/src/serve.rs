@@ -107,6 +107,8 @@ pub(crate) async fn serve(
         }
         allowed = policy::allowed_backends(args.backends.as_deref(), slots)?;
         config.default_backend = allowed.first().cloned();
+        // A server takes runs any host queued on a shared store (docs/scale-out.md).
+        config.claim_from_queue = true;
         if let Some(ttl) = args.awaiting_archive_ttl {
             config.awaiting_archive_ttl = ttl;
         }

@@ -768,3 +768,161 @@ fn tokens_file_with_scopes() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(s.stop().success());
 }
+
+/// The PostgreSQL server of the test run (`scripts/postgres.sh`), or `None` (skipped,
+/// or a failure with `CROWNEST_REQUIRE_POSTGRES=1`).
+fn postgres_url() -> Option<String> {
+    match std::env::var("CROWNEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var("CROWNEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
+            panic!("CROWNEST_REQUIRE_POSTGRES=1 but CROWNEST_POSTGRES_URL is not set")
+        }
+        _ => None,
+    }
+}
+
+/// A database of its own on the test server (dropped when the test ends); its URL.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create(admin: &str) -> Self {
+        let name = format!("cli_{}", std::process::id());
+        let psql = |sql: &str| {
+            let out = Command::new("psql")
+                .args([admin, "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+                .output()
+                .expect("psql (installed with the server by scripts/postgres.sh)");
+            assert!(out.status.success(), "{sql}: {out:?}");
+        };
+        psql(&format!("DROP DATABASE IF EXISTS {name}"));
+        psql(&format!("CREATE DATABASE {name}"));
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        Self {
+            admin: admin.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin,
+                "-Atc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// `--store postgres://... --blobs DIR`: two servers (two homes, as two hosts) on one
+/// database and one blob directory. A run submitted through A while A's only slot is busy
+/// is executed by B; both servers and a local command on a third home see every run, its
+/// events and its evidence. A bad `--store` or a `--blobs` without one is a usage error.
+#[test]
+fn two_servers_on_one_postgres_store_share_the_runs() {
+    let out = crownest()
+        .args(["--store", "mysql://db/x", "runs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("postgres://"));
+    let out = crownest()
+        .args(["--blobs", "/tmp/x", "runs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let Some(admin) = postgres_url() else {
+        return;
+    };
+    let db = Database::create(&admin);
+    let blobs = tempfile::tempdir().unwrap();
+    let blobs = blobs.path().to_str().unwrap().to_owned();
+    let shared = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--store".into(),
+            db.url.clone(),
+            "--blobs".into(),
+            blobs.clone(),
+            "--backends".into(),
+            "process".into(),
+        ];
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    let a_args = shared(&["--max-concurrent-runs", "1"]);
+    let a = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b_args = shared(&[]);
+    let b = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let submit = |argv: &[&str]| -> String {
+        let out = a
+            .client()
+            .args(["run", "--detach"])
+            .arg(sample_repo())
+            .arg("--")
+            .args(argv)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let long = submit(&["python3", "-c", "import time; time.sleep(3)"]);
+    let quick = submit(&["python3", "main.py"]);
+    // Followed through B: every event once, in order, to the end.
+    let out = output_within(b.client().args(["events", &quick, "--follow"]), 120);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events = json_lines(&out.stdout);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+    // A's slot was busy with the long run: B (the other host) executed the quick one.
+    let record = |s: &Server, id: &str| -> Value {
+        let out = s.client().args(["show", id]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let quick_owner = record(&a, &quick)["owner"]["instance"].clone();
+    let long_owner = record(&b, &long)["owner"]["instance"].clone();
+    assert!(quick_owner.is_string() && long_owner.is_string());
+    assert_ne!(quick_owner, long_owner, "two hosts executed the two runs");
+    let out = output_within(b.client().args(["events", &long, "--follow"]), 120);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        json_lines(&out.stdout).last().unwrap()["status"],
+        "succeeded"
+    );
+    // A local command on a third home reads the same store, and verifies the evidence.
+    let home = tempfile::tempdir().unwrap();
+    let local = |args: &[&str]| {
+        crownest()
+            .arg("--home")
+            .arg(home.path())
+            .args(["--store", &db.url, "--blobs", &blobs])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = local(&["runs", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains(&quick) && listed.contains(&long),
+        "{listed}"
+    );
+    let out = local(&["verify", &quick]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    drop(a);
+    drop(b);
+}

@@ -53,7 +53,7 @@ impl std::fmt::Debug for PostgresConfig {
 }
 
 /// The connection string with any password replaced by `***` (URL and key=value forms).
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     if let Some(rest) = url
         .strip_prefix("postgres://")
         .map(|r| ("postgres://", r))

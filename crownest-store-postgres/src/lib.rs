@@ -155,7 +155,7 @@ mod transfers;
 mod usage;
 
 pub use blob_url::{BlobLocation, BlobScheme, BlobUrl, BlobUrlError, BlobUrlProblem};
-pub use config::PostgresConfig;
+pub use config::{PostgresConfig, redact as redact_url};
 pub use objstore::{BlobStreamStats, PART_SIZE, PARTS_IN_FLIGHT, READ_AHEAD};
 pub use store::PostgresStore;
 

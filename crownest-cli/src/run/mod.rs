@@ -99,7 +99,9 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     {
         eprintln!("crownest: recovery: {}", crate::exit::describe(&e));
     }
-    opened.store.close().await;
+    if let Some(store) = &opened.store {
+        store.close().await;
+    }
     exit
 }
 

@@ -44,7 +44,8 @@ impl WorkspaceRunsBuilder {
         self
     }
 
-    /// Skips recovery on open (for read-only tools that must not touch other runs).
+    /// Skips recovery on open (for read-only tools that must not touch other runs); on a
+    /// shared store, also the periodic reclaim pass (the lease is still held and renewed).
     pub fn without_recovery(mut self) -> Self {
         self.recover = false;
         self
@@ -95,11 +96,9 @@ impl WorkspaceRunsBuilder {
         };
         engine.refresh_usage().await;
         // On a shared store the lease is taken before recovery judges other owners, and
-        // kept by a heartbeat from then on (a read-only engine, without recovery, owns
-        // nothing and takes none).
-        if let Some(coordination) = engine.inner.store.coordination()
-            && self.recover
-        {
+        // kept by a heartbeat from then on (any engine may drive runs, with or without
+        // recovery).
+        if let Some(coordination) = engine.inner.store.coordination() {
             coordination
                 .renew_lease(&engine.inner.instance, engine.inner.config.lease_ttl)
                 .await?;
@@ -107,8 +106,8 @@ impl WorkspaceRunsBuilder {
         if self.recover {
             engine.recover().await?;
         }
-        if engine.inner.store.coordination().is_some() && self.recover {
-            engine.spawn_coordinator();
+        if engine.inner.store.coordination().is_some() {
+            engine.spawn_coordinator(self.recover);
         }
         Ok(engine)
     }

@@ -19,7 +19,7 @@ impl WorkspaceRuns {
     /// woken (a local queueing, the store's notification, or every `claim_poll_interval`)
     /// it claims queued runs for its free slots. The task holds the engine weakly and ends
     /// with it.
-    pub(super) fn spawn_coordinator(&self) {
+    pub(super) fn spawn_coordinator(&self, reclaims: bool) {
         let weak = Arc::downgrade(&self.inner);
         let config = &self.inner.config;
         let beat = (config.lease_ttl / 3).max(std::time::Duration::from_millis(50));
@@ -63,7 +63,7 @@ impl WorkspaceRuns {
                 };
                 let engine = WorkspaceRuns { inner };
                 if !woken {
-                    engine.heartbeat().await;
+                    engine.heartbeat(reclaims).await;
                 } else if claims && let Err(e) = engine.claim_queued().await {
                     tracing::warn!(error = %e.chain(), "claiming queued runs failed");
                 }
@@ -71,8 +71,9 @@ impl WorkspaceRuns {
         });
     }
 
-    /// Renews the lease, then fails the runs of engines whose lease expired.
-    async fn heartbeat(&self) {
+    /// Renews the lease, then (with `reclaims`) fails the runs of engines whose lease
+    /// expired.
+    async fn heartbeat(&self, reclaims: bool) {
         let Some(coordination) = self.inner.store.coordination() else {
             return;
         };
@@ -91,7 +92,7 @@ impl WorkspaceRuns {
                 return;
             }
         }
-        if let Err(e) = self.reclaim().await {
+        if reclaims && let Err(e) = self.reclaim().await {
             tracing::warn!(error = %e.chain(), "the reclaim pass failed");
         }
     }
