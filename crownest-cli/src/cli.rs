@@ -256,6 +256,11 @@ pub(crate) struct ServeArgs {
     /// Runs executing at once; more wait in `queued` [default: 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_concurrent_runs: Option<u32>,
+    /// With a PostgreSQL --store: how long this server's lease lasts without renewal
+    /// (renewed every third of it); a server that stops renewing has its runs failed by
+    /// another within about 4/3 of it [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) lease_ttl: Option<Duration>,
     /// Lower (or raise) the most a run may ask for, one limit of the `limits` object each,
     /// e.g. --max timeoutMs=1800000 --max memoryBytes=4294967296; repeatable. A default
     /// above the new maximum is lowered to it.

@@ -115,6 +115,9 @@ pub(crate) async fn serve(
         if let Some(n) = args.max_concurrent_runs {
             config.max_concurrent_runs = n as usize;
         }
+        if let Some(ttl) = args.lease_ttl {
+            config.lease_ttl = ttl;
+        }
         policy::apply_maxima(config, &args.max)
     })
     .await?;

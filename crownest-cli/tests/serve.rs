@@ -926,3 +926,159 @@ fn two_servers_on_one_postgres_store_share_the_runs() {
     drop(a);
     drop(b);
 }
+
+/// Three `crownest serve` processes on one PostgreSQL database (three homes, as three
+/// hosts): 300 runs submitted through the first one's HTTP API are each executed exactly
+/// once, by all three; then the first is killed (`kill -9`) while it drives a run, and
+/// another server fails that run `host_restarted`, with evidence that verifies, within its
+/// lease + 5 s, and nobody runs it again.
+#[test]
+fn three_servers_share_300_runs_and_outlive_a_kill() {
+    let Some(admin) = postgres_url() else {
+        return;
+    };
+    let db = Database::create(&admin);
+    let blobs = tempfile::tempdir().unwrap();
+    let args = [
+        "--store",
+        &db.url,
+        "--blobs",
+        blobs.path().to_str().unwrap(),
+        "--backends",
+        "process",
+        "--max-concurrent-runs",
+        "2",
+        "--lease-ttl",
+        "2s",
+    ];
+    let servers: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(tempfile::tempdir().unwrap(), &args))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let clients: Vec<crownest_http::Client> = servers
+        .iter()
+        .map(|s| crownest_http::Client::new(&s.url, Some(s.token.clone())).unwrap())
+        .collect();
+    let archive = bytes::Bytes::from(crownest_core::testing::tar_gz(&[(
+        "main.sh",
+        b"echo hello\n",
+        0o644,
+    )]));
+    let desc = crownest_core::testing::descriptor_of(&archive);
+    let submit = |argv: Vec<&'static str>| {
+        let (c, archive, desc) = (&clients[0], archive.clone(), desc.clone());
+        async move {
+            let run = c
+                .create_run(&crownest_core::RunSpec::new(argv))
+                .await
+                .unwrap();
+            c.upload_archive(&run.id, &desc, archive).await.unwrap();
+            c.start(&run.id).await.unwrap()
+        }
+    };
+    let started = Instant::now();
+    let ids: Vec<crownest_core::RunId> = rt.block_on(async {
+        use futures::StreamExt as _;
+        futures::stream::iter(0..300)
+            .map(|_| submit(vec!["sh", "-c", "sleep 0.2; sh main.sh"]))
+            .buffer_unordered(8)
+            .map(|r| r.id)
+            .collect()
+            .await
+    });
+    let mut per_server = std::collections::BTreeMap::<String, usize>::new();
+    rt.block_on(async {
+        for id in &ids {
+            let done = loop {
+                let r = clients[1].get_run(id).await.unwrap();
+                if r.status.is_terminal() {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(
+                done.status.as_str(),
+                "succeeded",
+                "{id}: {:?}",
+                done.failure
+            );
+            let events = clients[2].list_events(id, 0, 1000).await.unwrap();
+            let starts = events
+                .iter()
+                .filter(|e| matches!(e.kind, crownest_core::event::EventKind::Environment { .. }))
+                .count();
+            assert_eq!(starts, 1, "{id} was executed exactly once");
+            *per_server.entry(done.owner.unwrap().instance).or_default() += 1;
+        }
+    });
+    eprintln!(
+        "300 runs through one server's API, executed by {per_server:?} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(per_server.values().sum::<usize>(), 300);
+    assert_eq!(
+        per_server.len(),
+        3,
+        "all three servers executed runs: {per_server:?}"
+    );
+
+    // kill -9 of the server driving a long run (the run's owner is that server's process).
+    let long = rt.block_on(submit(vec!["sleep", "600"]));
+    let owner_pid = rt.block_on(async {
+        loop {
+            let r = clients[1].get_run(&long.id).await.unwrap();
+            if r.status.as_str() == "running" {
+                break r.owner.unwrap().pid;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut servers = servers;
+    let index = servers
+        .iter()
+        .position(|s| s.child.id() == owner_pid)
+        .expect("the owner is one of the servers");
+    let mut dead = servers.remove(index);
+    let killed = Instant::now();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let survivor =
+        crownest_http::Client::new(&servers[0].url, Some(servers[0].token.clone())).unwrap();
+    let done = rt.block_on(async {
+        loop {
+            let r = survivor.get_run(&long.id).await.unwrap();
+            if r.status.is_terminal() {
+                break r;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(2 + 5),
+                "not terminal within lease + 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    eprintln!(
+        "the killed server's run was terminal {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(done.status.as_str(), "failed");
+    let failure = done.failure.unwrap();
+    assert_eq!(
+        failure.kind,
+        crownest_core::event::FailureKind::HostRestarted
+    );
+    let out = servers[0]
+        .client()
+        .args(["verify", long.id.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events = rt
+        .block_on(survivor.list_events(&long.id, 0, 1000))
+        .unwrap();
+    let starts = events
+        .iter()
+        .filter(|e| matches!(e.kind, crownest_core::event::EventKind::Environment { .. }))
+        .count();
+    assert_eq!(starts, 1, "never started again");
+}
