@@ -20,6 +20,7 @@ pub struct WorkspaceRunsBuilder {
     backends: Vec<Arc<dyn SandboxBackend>>,
     config: EngineConfig,
     recover: bool,
+    count_usage: bool,
     host_key: Option<Arc<HostKey>>,
 }
 
@@ -47,6 +48,17 @@ impl WorkspaceRunsBuilder {
     /// Skips recovery on open (for read-only tools that must not touch other runs).
     pub fn without_recovery(mut self) -> Self {
         self.recover = false;
+        self
+    }
+
+    /// Skips the store's aggregate ([`crate::Store::usage`]: every run counted by status,
+    /// every blob summed) that seeds the gauges on open ([`WorkspaceRuns::runs_by_status`],
+    /// [`WorkspaceRuns::store_blob_bytes`]): for a short-lived engine nobody reads the
+    /// gauges of (one CLI command), where the aggregate grows with the store's history.
+    /// The gauges then count from zero (the status changes this engine commits) until the
+    /// next [`WorkspaceRuns::refresh_usage`].
+    pub fn without_usage_count(mut self) -> Self {
+        self.count_usage = false;
         self
     }
 
@@ -92,7 +104,9 @@ impl WorkspaceRunsBuilder {
                 prepared: super::prepare::Prepared::default(),
             }),
         };
-        engine.refresh_usage().await;
+        if self.count_usage {
+            engine.refresh_usage().await;
+        }
         if self.recover {
             engine.recover().await?;
         }
@@ -108,6 +122,7 @@ impl WorkspaceRuns {
             backends: Vec::new(),
             config: EngineConfig::default(),
             recover: true,
+            count_usage: true,
             host_key: None,
         }
     }
