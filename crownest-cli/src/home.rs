@@ -143,7 +143,11 @@ async fn docker_backend(
         .iter()
         .fold(config.with_pool_limits(pool.limits), |c, (t, n)| {
             c.with_pool(t, *n)
-        });
+        })
+        // A run's stopped container is removed after its terminal commit (the evidence
+        // says `removalPending`); `serve` and `run` wait for those removals at their end
+        // (`WorkspaceRuns::shutdown`), and a crash leaves them to the sweep.
+        .with_background_removal(true);
     DockerBackend::connect(config)
         .await
         .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
