@@ -449,7 +449,7 @@ impl Sandbox for DockerSandbox {
             // command) and nothing reaches it: the removal and its check leave the run's
             // critical path (see `DockerConfig::with_background_removal`).
             if self.pooled {
-                self.shared.pool.released(&self.spec.template);
+                self.shared.pool.released(&self.shared, &self.spec.template);
             }
             self.shared.removals.spawn(
                 self.shared.clone(),
@@ -465,7 +465,7 @@ impl Sandbox for DockerSandbox {
         )
         .await;
         if first && self.pooled {
-            self.shared.pool.released(&self.spec.template);
+            self.shared.pool.released(&self.shared, &self.spec.template);
         }
         removed?;
         if let Ok(root) = self.shared.root() {
