@@ -38,8 +38,13 @@ cd "$ROOT"
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
 
-cargo build --release -p crownest-cli
-CN=${CARGO_TARGET_DIR:-$ROOT/target}/release/crownest
+# The binary: $CROWNEST_BIN when set (not built), else built into $CARGO_TARGET_DIR (or
+# target/) with the workspace's feature set (`-p crownest-cli` resolves features differently
+# and would rebuild the whole tree in a target dir shared with `--workspace` builds).
+if [ -z "${CROWNEST_BIN:-}" ]; then
+  cargo build --release --workspace --bins
+fi
+CN=${CROWNEST_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/crownest}
 TOKEN=bench-big-$$-$RANDOM
 SERVER_PID=
 

@@ -5,7 +5,7 @@
 #
 #   scripts/bench-cli.sh [RUNS]       (timed runs per command and row, default 50)
 #   env: ROWS="disk tmpfs", DISK=/tmp/crownest-bench-cli, TMPFS=/dev/shm/crownest-bench-cli,
-#        NO_DOC=1 (print only, leave docs/benchmarks.md alone)
+#        NO_DOC=1 (print only, leave docs/benchmarks.md alone), CROWNEST_BIN=PATH (a built binary)
 #
 # tiny.tgz = 50 files, ~100 KB of text. Each row keeps one home for all its runs (a home
 # with history, as a user has; its first run, which creates the store and the host key, and
@@ -26,8 +26,13 @@ cd "$ROOT"
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
 
-cargo build --release -p crownest-cli
-CN=${CARGO_TARGET_DIR:-$ROOT/target}/release/crownest
+# The binary: $CROWNEST_BIN when set (not built), else built into $CARGO_TARGET_DIR (or
+# target/) with the workspace's feature set (`-p crownest-cli` resolves features differently
+# and would rebuild the whole tree in a target dir shared with `--workspace` builds).
+if [ -z "${CROWNEST_BIN:-}" ]; then
+  cargo build --release --workspace --bins
+fi
+CN=${CROWNEST_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/crownest}
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK" "$DISK/run" "$TMPFS/run"' EXIT

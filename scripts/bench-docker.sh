@@ -2,7 +2,8 @@
 # A tiny Docker run, whole process, side by side with the plain tool (issue 16, item 2).
 # Release build.
 #
-#   scripts/bench-docker.sh [RUNS]        (RUNS: timed runs per case, default 15)
+#   scripts/bench-docker.sh [RUNS]        (RUNS: timed runs per case, default 15;
+#                                          env CROWNEST_BIN=PATH: a built binary)
 #
 # In ONE run, interleaved (each round runs every case once, in turn), timed with
 # `date +%s%N` around the whole client process:
@@ -23,8 +24,13 @@ RUNS=${1:-15}
 TARGET=${CARGO_TARGET_DIR:-target}
 REPO=$(pwd)
 
-cargo build --release -p crownest-cli
-CROWNEST=$TARGET/release/crownest
+# The binary: $CROWNEST_BIN when set (not built), else built into $CARGO_TARGET_DIR (or
+# target/) with the workspace's feature set (`-p crownest-cli` resolves features differently
+# and would rebuild the whole tree in a target dir shared with `--workspace` builds).
+if [ -z "${CROWNEST_BIN:-}" ]; then
+  cargo build --release --workspace --bins
+fi
+CROWNEST=${CROWNEST_BIN:-$TARGET/release/crownest}
 docker image inspect crownest/python-node:latest > /dev/null
 
 WORK=$(mktemp -d)

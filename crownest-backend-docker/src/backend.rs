@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) interpreters: Mutex<HashMap<String, std::collections::BTreeMap<String, String>>>,
     /// The warm pool (see `pool.rs`).
     pub(crate) pool: Pool,
+    /// Sandboxes being removed in the background (see `cleanup::Removals`).
+    pub(crate) removals: crate::cleanup::Removals,
 }
 
 impl Shared {
@@ -124,6 +126,7 @@ impl DockerBackend {
             stat_cache: Mutex::new(HashMap::new()),
             root: Mutex::new(None),
             interpreters: Mutex::new(HashMap::new()),
+            removals: crate::cleanup::Removals::default(),
         });
         // The warm pool fills in the background; runs that come first get fresh sandboxes.
         if shared.pool.is_configured() {
@@ -138,9 +141,17 @@ impl DockerBackend {
         Ok(crate::pool::on_host(&self.shared.docker).await?)
     }
 
-    /// Drains the warm pool (the same as [`SandboxBackend::shutdown`]).
+    /// Drains the warm pool (part of [`SandboxBackend::shutdown`]).
     pub async fn drain_pool(&self) {
         self.shared.pool.drain(&self.shared).await;
+    }
+
+    /// Waits for the sandboxes being removed in the background
+    /// ([`DockerConfig::with_background_removal`]) to be gone (part of
+    /// [`SandboxBackend::shutdown`]); returns how many removals failed (each logged; the
+    /// next sweep after this process exits removes what they left).
+    pub async fn wait_removals(&self) -> usize {
+        self.shared.removals.wait().await
     }
 
     /// The configuration in use.
@@ -295,7 +306,7 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn shutdown(&self) {
-        self.drain_pool().await;
+        tokio::join!(self.drain_pool(), self.wait_removals());
     }
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {

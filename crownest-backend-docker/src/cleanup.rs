@@ -147,3 +147,58 @@ pub(crate) fn remove_host_leftovers(work_dir: &Path, sandbox: &str) {
         }
     }
 }
+
+/// The sandboxes being removed in the background (`DockerConfig::background_removal`).
+#[derive(Debug, Default)]
+pub(crate) struct Removals {
+    tasks: std::sync::Mutex<tokio::task::JoinSet<bool>>,
+}
+
+impl Removals {
+    /// Removes the sandbox (its containers and workspace volume, verified, then its host
+    /// leftovers) in a background task; a failed removal is retried twice, a second apart.
+    pub(crate) fn spawn(
+        &self,
+        shared: std::sync::Arc<crate::backend::Shared>,
+        sandbox: String,
+        container: String,
+    ) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap the finished ones (a server ends thousands of runs).
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let known = [container];
+            let mut attempt = 0;
+            loop {
+                match remove_sandbox(&shared.docker, &sandbox, &known).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 2 => {
+                        attempt += 1;
+                        tracing::debug!(%sandbox, error = %e, "background removal failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%sandbox, error = %e, "removing the sandbox in the background failed; the sweep after this process exits removes it");
+                        return false;
+                    }
+                }
+            }
+            if let Ok(root) = shared.root() {
+                remove_host_leftovers(&root.proc_path(), &sandbox);
+            }
+            true
+        });
+    }
+
+    /// Waits for every removal in flight; returns how many failed.
+    pub(crate) async fn wait(&self) -> usize {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut failed = 0;
+        while let Some(done) = tasks.join_next().await {
+            if !matches!(done, Ok(true)) {
+                failed += 1;
+            }
+        }
+        failed
+    }
+}

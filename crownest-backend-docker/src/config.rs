@@ -27,6 +27,7 @@ pub const PYTHON_NODE: &str = "python-node";
 /// | `enabled_network_mode` | `bridge` (used only when a run asks for `network: enabled`) |
 /// | `pool` | empty: no warm pool (see [`DockerConfig::with_pool`]) |
 /// | `pool_limits` | [`Limits::default()`]: the limits warm pool sandboxes are made with |
+/// | `background_removal` | `false`: `destroy()` removes the container and verifies it is gone before it returns (see [`DockerConfig::with_background_removal`]) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerConfig {
     /// Docker endpoint (`unix:///var/run/docker.sock`, `tcp://...`); `None` = local defaults.
@@ -51,6 +52,10 @@ pub struct DockerConfig {
     /// The limits pool sandboxes are made with: a run takes one only when its memory, pids
     /// and open-files limits are these (set them to the engine's defaults).
     pub pool_limits: Limits,
+    /// Remove the container of a sandbox whose command ran to its end in the background:
+    /// `destroy()` returns [`Destroyed::RemovalPending`](crownest_core::Destroyed) at once
+    /// (see [`DockerConfig::with_background_removal`]).
+    pub background_removal: bool,
 }
 
 impl Default for DockerConfig {
@@ -65,6 +70,7 @@ impl Default for DockerConfig {
             enabled_network_mode: "bridge".to_owned(),
             pool: BTreeMap::new(),
             pool_limits: Limits::default(),
+            background_removal: false,
         }
     }
 }
@@ -108,6 +114,25 @@ impl DockerConfig {
     /// runs that do not override them fit).
     pub fn with_pool_limits(mut self, limits: Limits) -> Self {
         self.pool_limits = limits;
+        self
+    }
+
+    /// Removes sandboxes in the background once their command has ended (`true`), instead
+    /// of before `destroy()` returns (`false`, the default).
+    ///
+    /// Only a sandbox whose container Docker reported stopped after its command (the
+    /// launcher exited: no process of the sandbox runs; its network was `none` or a
+    /// bridge nothing listens on any more) is removed this way: `destroy()` then returns
+    /// [`Destroyed::RemovalPending`](crownest_core::Destroyed) at once (the evidence says
+    /// `destroyed: true, removalPending: true`), and a background task removes the
+    /// container with its workspace volume and verifies both are gone, retrying a failed
+    /// removal. [`SandboxBackend::shutdown`](crownest_core::SandboxBackend::shutdown) waits
+    /// for those tasks. A crash leaves a stopped container labelled with its dead owner,
+    /// which the next sweep removes (the one orphan rule). Any other sandbox (never run,
+    /// still running, its end not observed) is removed before `destroy()` returns, as
+    /// without this setting.
+    pub fn with_background_removal(mut self, on: bool) -> Self {
+        self.background_removal = on;
         self
     }
 

@@ -170,6 +170,9 @@ pub(crate) struct Observed {
     /// The first bytes of stderr (to recognise the launcher's or docker-init's own exec
     /// failure).
     pub(crate) stderr_head: Vec<u8>,
+    /// Docker reported the container not running after the command (what allows a
+    /// background removal, see `DockerConfig::background_removal`).
+    pub(crate) stopped: bool,
 }
 
 /// The result of handing the command over.
@@ -357,6 +360,7 @@ pub(crate) async fn launch_and_wait(
                 code: state.exit_code.unwrap_or(-1),
                 oom_killed: true,
                 stderr_head,
+                stopped: true,
             }));
         }
         return Err(DockerError::OutputBroken {
@@ -387,6 +391,7 @@ pub(crate) async fn launch_and_wait(
         code,
         oom_killed,
         stderr_head,
+        stopped: state.running == Some(false),
     }))
 }
 
@@ -440,6 +445,7 @@ mod tests {
             code,
             oom_killed: oom,
             stderr_head: head.to_vec(),
+            stopped: true,
         }
     }
 

@@ -14,9 +14,13 @@
 //!   the old members). Anything else gets a fresh container (a miss).
 //! * **Once.** A member is taken out of the queue under the lock by exactly one `create`,
 //!   used for that run only and destroyed after it like any sandbox; it never goes back.
-//! * **Refill.** Every claim (hit or miss) tops the template up in the background to its
-//!   size (ready + being created); a failed creation is recorded (`last_error`) and retried
-//!   at the next claim, never in a loop.
+//! * **Refill.** The template is topped up in the background to its size (ready + being
+//!   created): at once after a miss or a claim that took the last ready member; after a
+//!   claim that left ready members, only when the claimed member is released (destroyed).
+//!   So the replacement's create and start (the heaviest Docker work, ~300 ms of runc and
+//!   the daemon) do not compete for the daemon and the CPUs with the run that just took a
+//!   member, while another run still finds one ready. A failed creation is recorded
+//!   (`last_error`) and retried at the next claim or release, never in a loop.
 //! * **Drain.** [`Pool::drain`] (the backend's `shutdown`) stops refills and removes every
 //!   ready member, and those still being created once they are; a crash leaves them to the
 //!   sweep.
@@ -120,6 +124,7 @@ impl Pool {
             return Claim::Miss;
         }
         let mut stale = Vec::new();
+        let mut defer = false;
         let claim = {
             let mut slots = self.slots();
             let Some(slot) = slots.get_mut(&spec.template) else {
@@ -139,6 +144,8 @@ impl Pool {
                 Some(warm) => {
                     slot.hits += 1;
                     slot.in_use += 1;
+                    // Ready members left: the refill waits for this member's release.
+                    defer = !slot.ready.is_empty();
                     Claim::Hit(warm)
                 }
                 None => {
@@ -150,15 +157,18 @@ impl Pool {
         for warm in stale {
             retire(shared, warm);
         }
-        self.refill(shared, &spec.template);
+        if !defer {
+            self.refill(shared, &spec.template);
+        }
         claim
     }
 
-    /// A claimed member was destroyed.
-    pub(crate) fn released(&self, template: &str) {
+    /// A claimed member was destroyed (or its removal started): the template is topped up.
+    pub(crate) fn released(&self, shared: &Arc<Shared>, template: &str) {
         if let Some(slot) = self.slots().get_mut(template) {
             slot.in_use = slot.in_use.saturating_sub(1);
         }
+        self.refill(shared, template);
     }
 
     /// Tops every template up (at start-up).

@@ -54,6 +54,9 @@ pub struct DockerSandbox {
     exec_called: AtomicBool,
     /// The command was handed to the launcher: signals go to the container now.
     started: AtomicBool,
+    /// Docker reported the container stopped after the command (see
+    /// `DockerConfig::background_removal`).
+    stopped: AtomicBool,
     destroyed: AtomicBool,
 }
 
@@ -110,6 +113,7 @@ impl DockerSandbox {
             sent: Mutex::new(None),
             exec_called: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
         }
     }
@@ -216,6 +220,9 @@ impl DockerSandbox {
             Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
             Started::Ran(o) => o,
         };
+        if observed.stopped {
+            self.stopped.store(true, Ordering::SeqCst);
+        }
         let sent = *self.sent.lock().unwrap_or_else(|p| p.into_inner());
         Ok(ExecOutcome::new(exec::exit_status(
             &observed,
@@ -437,6 +444,20 @@ impl Sandbox for DockerSandbox {
 
     async fn destroy(&self) -> Result<Destroyed> {
         let first = !self.destroyed.swap(true, Ordering::SeqCst);
+        if first && self.shared.config.background_removal && self.stopped.load(Ordering::SeqCst) {
+            // Nothing of it runs (Docker reported the container stopped after the
+            // command) and nothing reaches it: the removal and its check leave the run's
+            // critical path (see `DockerConfig::with_background_removal`).
+            if self.pooled {
+                self.shared.pool.released(&self.shared, &self.spec.template);
+            }
+            self.shared.removals.spawn(
+                self.shared.clone(),
+                self.id.clone(),
+                self.container.clone(),
+            );
+            return Ok(Destroyed::RemovalPending);
+        }
         let removed = crate::cleanup::remove_sandbox(
             &self.shared.docker,
             &self.id,
@@ -444,7 +465,7 @@ impl Sandbox for DockerSandbox {
         )
         .await;
         if first && self.pooled {
-            self.shared.pool.released(&self.spec.template);
+            self.shared.pool.released(&self.shared, &self.spec.template);
         }
         removed?;
         if let Ok(root) = self.shared.root() {

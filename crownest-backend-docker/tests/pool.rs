@@ -268,6 +268,58 @@ async fn a_run_that_does_not_fit_gets_a_fresh_sandbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_leaves_ready_members_refills_at_release() {
+    let template = unique("pool-defer");
+    let Some(b) = pooled_backend(&template, 2).await else {
+        return;
+    };
+    ready(&b, &template, 2).await;
+    let status = |b: &DockerBackend| {
+        b.pools()
+            .into_iter()
+            .find(|p| p.template == template)
+            .unwrap()
+    };
+    let first = b
+        .create(&spec(&template, Limits::default(), Network::None))
+        .await
+        .unwrap();
+    assert!(first.isolation().pooled);
+    // One member is still ready: its replacement waits for the claimed one's release.
+    let s = status(&b);
+    assert_eq!((s.ready, s.creating, s.in_use), (1, 0, 1), "{s:?}");
+    first.destroy().await.unwrap();
+    let s = status(&b);
+    assert_eq!(s.in_use, 0, "{s:?}");
+    assert_eq!(s.ready + s.creating, 2, "topped up at the release: {s:?}");
+    ready(&b, &template, 2).await;
+    // A claim that takes the last ready member tops up at once.
+    let a = b
+        .create(&spec(&template, Limits::default(), Network::None))
+        .await
+        .unwrap();
+    let s = status(&b);
+    assert_eq!((s.ready, s.creating), (1, 0), "{s:?}");
+    let last = b
+        .create(&spec(&template, Limits::default(), Network::None))
+        .await
+        .unwrap();
+    assert!(a.isolation().pooled && last.isolation().pooled);
+    let s = status(&b);
+    assert_eq!((s.ready, s.creating), (0, 2), "{s:?}");
+    a.destroy().await.unwrap();
+    last.destroy().await.unwrap();
+    ready(&b, &template, 2).await;
+    assert_eq!(
+        members(&b, &template).await.len(),
+        2,
+        "never more than its size"
+    );
+    b.shutdown().await;
+    assert!(members(&b, &template).await.is_empty(), "drained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_drains_on_shutdown_even_while_it_fills() {
     let template = unique("pool-drain");
     let Some(b) = pooled_backend(&template, 3).await else {

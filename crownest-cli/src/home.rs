@@ -226,7 +226,11 @@ async fn docker_backend(
         .iter()
         .fold(config.with_pool_limits(pool.limits), |c, (t, n)| {
             c.with_pool(t, *n)
-        });
+        })
+        // A run's stopped container is removed after its terminal commit (the evidence
+        // says `removalPending`); `serve` and `run` wait for those removals at their end
+        // (`WorkspaceRuns::shutdown`), and a crash leaves them to the sweep.
+        .with_background_removal(true);
     DockerBackend::connect(config)
         .await
         .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
@@ -342,8 +346,19 @@ pub(crate) struct ForRun {
 
 /// For `run`: recovery is kept off the run's critical path. The run's engine registers only
 /// the process backend and the backend the run asked for, and skips recovery; a second
-/// engine instance with every backend runs recovery concurrently (it leaves this process's
-/// run alone: its owner is alive). `run` waits for it before exiting.
+/// engine instance runs recovery concurrently (it leaves this process's run alone: its
+/// owner is alive). `run` waits for it before exiting.
+///
+/// The recovery instance registers the process backend, the run's backend (the same
+/// instance, not a second connection), and every other backend **only when the store holds
+/// an unfinished run of it** (whose sandbox its sweep must account for). Constructing the
+/// Docker backend (a connection, a version negotiation and a ping to dockerd, then a list
+/// of containers and volumes) and the WASI backend (a wasmtime engine and its epoch thread)
+/// on every `crownest run --backend process` cost more than the rest of a tiny run's
+/// recovery; what that skips here (a kept sandbox past its deadline, a warm-pool member of
+/// a crashed server, host staging a crash left, all without an unfinished run) is swept by
+/// the next command that opens that backend: any other local command (`list`, `get`, `gc`,
+/// ...), `serve`, or a `run` on that backend (`docs/engine.md`, "Recovery").
 pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::Result<ForRun> {
     // A malformed template registry is refused whatever the backend (a typo must not pass
     // unnoticed on one backend and fail on another).
@@ -364,10 +379,12 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
             ..EngineConfig::default()
         })
         .backend(process.clone())
-        .without_recovery();
+        .without_recovery()
+        .without_usage_count();
     if let Some(k) = &key {
         builder = builder.host_key(k.clone());
     }
+    let mut chosen = None;
     match backend {
         None => {}
         Some(name) if name == crownest_backend_process::BACKEND => {}
@@ -375,27 +392,32 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
             let slot = other_backend(name, &registered)
                 .await
                 .ok_or_else(|| usage(format!("no backend named {name:?} in this build")))?;
-            let chosen = slot
+            let b = slot
                 .backend
                 .map_err(|why| usage(format!("backend {name} is not usable here: {why}")))?;
-            builder = builder.backend(chosen);
+            builder = builder.backend(b.clone());
+            chosen = Some(b);
         }
     }
     let engine = builder.open().await.context("opening the engine")?;
     let recovery = tokio::spawn(async move {
-        // The process backend is shared (its containment probe is the costly part).
-        let mut builder = WorkspaceRuns::builder(store).backend(process);
+        // The process backend is shared (its containment probe is the costly part), and so
+        // is the run's own backend.
+        let mut builder = WorkspaceRuns::builder(store.clone())
+            .backend(process)
+            .without_usage_count();
         if let Some(k) = key {
             builder = builder.host_key(k);
         }
-        let others = [
-            #[cfg(feature = "docker")]
-            crownest_backend_docker::BACKEND,
-            #[cfg(feature = "wasm")]
-            crownest_backend_wasm::BACKEND,
-        ];
-        for name in others {
-            if let Some(BackendSlot { backend: Ok(b), .. }) = other_backend(name, &registered).await
+        let mut registered_names = vec![crownest_backend_process::BACKEND.to_owned()];
+        if let Some(b) = chosen {
+            registered_names.push(b.name().to_owned());
+            builder = builder.backend(b);
+        }
+        let unfinished = store.list_unfinished().await.context("recovery")?;
+        for name in recovery_backends(&registered_names, &unfinished) {
+            if let Some(BackendSlot { backend: Ok(b), .. }) =
+                other_backend(&name, &registered).await
             {
                 builder = builder.backend(b);
             }
@@ -408,6 +430,21 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         recovery,
         store: sqlite,
     })
+}
+
+/// The backends `run`'s recovery must add to those it has (`registered`): every backend of
+/// this build with an unfinished run in the store (see [`open_for_run`]).
+fn recovery_backends(
+    registered: &[String],
+    unfinished: &[crownest_core::RunRecord],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for run in unfinished {
+        if !registered.contains(&run.backend) && !out.contains(&run.backend) {
+            out.push(run.backend.clone());
+        }
+    }
+    out
 }
 
 /// A backend other than `process`, by name, if this build has it.
@@ -431,5 +468,39 @@ async fn other_backend(
             backend: wasm_backend(&registered.wasm),
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crownest_core::{Limits, RunId, RunRecord, RunSpec};
+
+    fn unfinished(backend: &str) -> RunRecord {
+        RunRecord::new(
+            RunId::new(),
+            RunSpec::new(["true"]),
+            backend.to_owned(),
+            Limits::default(),
+            crownest_core::run::RunOwner::current("eng_test"),
+        )
+    }
+
+    #[test]
+    fn run_recovery_adds_exactly_the_backends_with_unfinished_runs() {
+        let have = ["process".to_owned(), "docker".to_owned()];
+        assert!(recovery_backends(&have, &[]).is_empty());
+        let runs = [
+            unfinished("process"),
+            unfinished("wasm"),
+            unfinished("docker"),
+            unfinished("wasm"),
+        ];
+        assert_eq!(recovery_backends(&have, &runs), ["wasm"]);
+        assert_eq!(
+            recovery_backends(&["process".to_owned()], &runs),
+            ["wasm", "docker"]
+        );
     }
 }

@@ -959,11 +959,7 @@ fn three_servers_share_300_runs_and_outlive_a_kill() {
         .iter()
         .map(|s| crownest_http::Client::new(&s.url, Some(s.token.clone())).unwrap())
         .collect();
-    let archive = bytes::Bytes::from(crownest_core::testing::tar_gz(&[(
-        "main.sh",
-        b"echo hello\n",
-        0o644,
-    )]));
+    let archive = crownest_core::testing::tar_gz(&[("main.sh", b"echo hello\n", 0o644)]);
     let desc = crownest_core::testing::descriptor_of(&archive);
     let submit = |argv: Vec<&'static str>| {
         let (c, archive, desc) = (&clients[0], archive.clone(), desc.clone());

@@ -32,12 +32,15 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// Starts the thread. Its connection is opened at the first request: most processes
+    /// (a CLI command) never write 32 MiB of WAL, and a connection costs an open, the
+    /// pragmas and a read of the schema.
     pub(crate) fn start(db: &Path, busy_timeout: Duration) -> Result<Self> {
-        let conn = connect(db, busy_timeout, false)?;
+        let db = db.to_owned();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("crownest-sqlite-checkpoint".into())
-            .spawn(move || run(&conn, &rx))
+            .spawn(move || run(&db, busy_timeout, &rx))
             .map_err(|e| io("starting the checkpoint thread", e))?;
         Ok(Self { tx })
     }
@@ -76,7 +79,8 @@ impl Checkpointer {
     }
 }
 
-fn run(conn: &Connection, rx: &Receiver<()>) {
+fn run(db: &Path, busy_timeout: Duration, rx: &Receiver<()>) {
+    let mut conn: Option<Connection> = None;
     while rx.recv().is_ok() {
         loop {
             match rx.try_recv() {
@@ -86,7 +90,13 @@ fn run(conn: &Connection, rx: &Receiver<()>) {
             }
         }
         // Best effort: a failed or partial checkpoint leaves the WAL longer, never wrong
-        // (every committed frame stays in the WAL until a checkpoint copied it).
-        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        // (every committed frame stays in the WAL until a checkpoint copied it); a failed
+        // open is retried at the next request.
+        if conn.is_none() {
+            conn = connect(db, busy_timeout, false).ok();
+        }
+        if let Some(c) = &conn {
+            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
     }
 }

@@ -42,11 +42,11 @@
 //!
 //! | concern | how |
 //! |---|---|
-//! | database | SQLite (bundled), `journal_mode=WAL` (the WAL file kept between opens), `synchronous=FULL` for terminal commits and deletions and `NORMAL` for the rest (below), `foreign_keys=ON`, `busy_timeout` |
+//! | database | SQLite (bundled), `journal_mode=WAL` (the WAL file kept between opens), `synchronous=FULL` for terminal commits and deletions and `NORMAL` for the rest (below), `foreign_keys=ON`, `busy_timeout`, `temp_store=MEMORY` (statement journals and sorts stay in memory: they were a temp file created, written and closed several times per tiny run) |
 //! | schema | versioned by `PRAGMA user_version`, migrated step by step on open; a newer database is refused |
 //! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `crownest_core::store::prepare_commit` (the checks, `seal_all` from the stored chain head, the evidence check, the new record), insert events, update the run, its artifacts and its evidence |
 //! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
-//! | checkpoints | a background thread with its own connection runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint; none when the last connection closes (it cost every CLI command two fsyncs at exit); [`SqliteStore::close`] checkpoints and truncates a WAL over 4 MiB, because the next process to open the store reads all of the WAL back (~14 ms for 20 MB) |
+//! | checkpoints | a background thread with its own connection (opened at its first checkpoint) runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint; none when the last connection closes (it cost every CLI command two fsyncs at exit); [`SqliteStore::close`] checkpoints and truncates a WAL over 4 MiB, because the next process to open the store reads all of the WAL back (~14 ms for 20 MB) |
 //! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes |
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |

@@ -142,7 +142,8 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA journal_size_limit = 67108864;
-         PRAGMA wal_autocheckpoint = 4096;",
+         PRAGMA wal_autocheckpoint = 4096;
+         PRAGMA temp_store = MEMORY;",
     )
     .map_err(|e| db("setting pragmas", e))?;
     if read_only {

@@ -136,3 +136,34 @@ async fn close_checkpoints_a_long_wal_so_the_next_open_does_not_read_it_back() {
     let store = SqliteStore::open(dir.path()).await.unwrap();
     assert_eq!(store.list_events(&run.id, 0, 1000).await.unwrap().len(), 96);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_copies_a_wal_past_32_mib_into_the_database() {
+    // Its connection is opened at its first checkpoint, not with the store.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crownest.db");
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let run = store.create_run(new_run()).await.unwrap().into_run();
+    let before = std::fs::metadata(&db).unwrap().len();
+    // ~40 MiB of output, in 64 KiB events: the WAL passes 32 MiB and asks for a checkpoint.
+    let chunk = "y".repeat(64 * 1024);
+    for i in 0..640u64 {
+        store
+            .commit(&run.id, events_commit(i + 1, vec![out(&chunk)]))
+            .await
+            .unwrap();
+    }
+    // The passive checkpoint runs beside the writer: the database file takes the pages.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&db).unwrap().len() < before + 16 * 1024 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint copied the WAL into the database within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        store.list_events(&run.id, 0, 1000).await.unwrap().len(),
+        640
+    );
+}

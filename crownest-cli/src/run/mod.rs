@@ -92,11 +92,17 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     let conn = Connection::Local(opened.engine);
     let exit = drive(&conn, spec, &args, source, progress, &mut interrupts).await;
     // Let recovery (running beside the run) finish, briefly: it is idempotent, and the next
-    // command redoes whatever it did not get to.
-    if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(5), opened.recovery)
-        .await
-        .map(|j| j.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}"))))
-    {
+    // command redoes whatever it did not get to. Meanwhile the backends finish what they do
+    // in the background (the Docker backend removes the run's stopped container after its
+    // terminal commit, see `home::docker_backend`).
+    let recovered = tokio::time::timeout(std::time::Duration::from_secs(5), opened.recovery);
+    let shutdown = async {
+        if let Connection::Local(engine) = &conn {
+            engine.shutdown().await;
+        }
+    };
+    let (recovered, ()) = tokio::join!(recovered, shutdown);
+    if let Ok(Err(e)) = recovered.map(|j| j.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")))) {
         eprintln!("crownest: recovery: {}", crate::exit::describe(&e));
     }
     if let Some(store) = &opened.store {

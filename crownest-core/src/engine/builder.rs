@@ -20,6 +20,7 @@ pub struct WorkspaceRunsBuilder {
     backends: Vec<Arc<dyn SandboxBackend>>,
     config: EngineConfig,
     recover: bool,
+    count_usage: bool,
     host_key: Option<Arc<HostKey>>,
 }
 
@@ -48,6 +49,17 @@ impl WorkspaceRunsBuilder {
     /// shared store, also the periodic reclaim pass (the lease is still held and renewed).
     pub fn without_recovery(mut self) -> Self {
         self.recover = false;
+        self
+    }
+
+    /// Skips the store's aggregate ([`crate::Store::usage`]: every run counted by status,
+    /// every blob summed) that seeds the gauges on open ([`WorkspaceRuns::runs_by_status`],
+    /// [`WorkspaceRuns::store_blob_bytes`]): for a short-lived engine nobody reads the
+    /// gauges of (one CLI command), where the aggregate grows with the store's history.
+    /// The gauges then count from zero (the status changes this engine commits) until the
+    /// next [`WorkspaceRuns::refresh_usage`].
+    pub fn without_usage_count(mut self) -> Self {
+        self.count_usage = false;
         self
     }
 
@@ -94,7 +106,9 @@ impl WorkspaceRunsBuilder {
                 claim_wake: tokio::sync::Notify::new(),
             }),
         };
-        engine.refresh_usage().await;
+        if self.count_usage {
+            engine.refresh_usage().await;
+        }
         // On a shared store the lease is taken before recovery judges other owners, and
         // kept by a heartbeat from then on (any engine may drive runs, with or without
         // recovery).
@@ -121,6 +135,7 @@ impl WorkspaceRuns {
             backends: Vec::new(),
             config: EngineConfig::default(),
             recover: true,
+            count_usage: true,
             host_key: None,
         }
     }

@@ -1,0 +1,133 @@
+//! The recovery beside `crownest run` (`home::open_for_run`): it registers a backend other
+//! than the process backend and the run's own only when the store holds an unfinished run
+//! of it, and then that run's sandbox is swept and accounted for. Here: a `crownest run
+//! --backend docker` is killed with SIGKILL while its command runs; the next `crownest run`
+//! on the process backend reclaims the run, and the Docker sweep (registered because of
+//! it) removes the container and says so in the run's failure. Needs Docker and the
+//! `crownest/python-node` image: fails without them when `CROWNEST_REQUIRE_DOCKER=1`,
+//! skipped (said on stderr) otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crownest_core::event::{Event, EventKind, FailureKind};
+use crownest_core::{RunStatus, Store as _};
+use crownest_store_sqlite::SqliteStore;
+
+fn sample_repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sample-repo")
+}
+
+fn docker_usable() -> bool {
+    let ok = Command::new("docker")
+        .args(["image", "inspect", "crownest/python-node:latest"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CROWNEST_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "CROWNEST_REQUIRE_DOCKER=1 but docker or the image is not usable"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipped: docker or crownest/python-node unavailable (set CROWNEST_REQUIRE_DOCKER=1 to make this a failure)\n",
+        );
+    }
+    ok
+}
+
+fn containers_of(sandbox: &str) -> String {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=crownest.sandbox={sandbox}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_process_run_sweeps_the_docker_sandbox_of_a_crashed_docker_run() {
+    if !docker_usable() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crownest"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["run", "--backend", "docker", "--json"])
+        .arg(sample_repo())
+        .args(["--", "sleep", "300"])
+        .env_remove("CROWNEST_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // The run's id once its command runs.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(e) = serde_json::from_str::<Event>(&line)
+                && matches!(
+                    e.kind,
+                    EventKind::Status {
+                        status: RunStatus::Running,
+                        ..
+                    }
+                )
+            {
+                let _ = tx.send(e.run_id);
+                return;
+            }
+        }
+    });
+    let id = rx
+        .recv_timeout(Duration::from_secs(180))
+        .expect("the docker run reaches running");
+    child.kill().unwrap(); // SIGKILL: nothing of the CLI cleans up
+    child.wait().unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let read = |id| {
+        rt.block_on(async {
+            let store = SqliteStore::open(home.path().join("store")).await.unwrap();
+            let r = store.get_run(id).await.unwrap();
+            store.close().await;
+            r
+        })
+    };
+    let before = read(&id);
+    assert_eq!(before.status, RunStatus::Running);
+    let sandbox = before.sandbox.clone().expect("a sandbox was made").id;
+    assert!(!containers_of(&sandbox).is_empty(), "the crash left it");
+
+    // A run on the process backend: its recovery registers docker for the unfinished run.
+    let out = Command::new(env!("CARGO_BIN_EXE_crownest"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["run", "--backend", "process"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .env_remove("CROWNEST_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let after = read(&id);
+    assert_eq!(after.status, RunStatus::Failed);
+    let failure = after.failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::HostRestarted);
+    assert!(
+        failure.message.contains("destroyed by the docker sweep"),
+        "{}",
+        failure.message
+    );
+    assert!(after.sandbox.unwrap().destroyed);
+    assert_eq!(containers_of(&sandbox), "", "swept");
+}
