@@ -121,7 +121,7 @@ async fn child_role() -> bool {
     match role.as_str() {
         // Serves the queue until its stdin closes.
         "engine" => {
-            let engine = engine_on(store, &work, config(Duration::from_secs(3), 4)).await;
+            let engine = engine_on(store, &work, config(Duration::from_secs(6), 4)).await;
             println!("ENGINE-READY {}", engine.instance());
             tokio::task::spawn_blocking(|| {
                 let mut sink = String::new();
@@ -196,13 +196,13 @@ async fn a_run_queued_on_a_busy_engine_is_claimed_by_another() {
     let a = engine_on(
         t.reopen().await,
         wa.path(),
-        config(Duration::from_secs(5), 1),
+        config(Duration::from_secs(6), 1),
     )
     .await;
     let b = engine_on(
         t.reopen().await,
         wb.path(),
-        config(Duration::from_secs(5), 1),
+        config(Duration::from_secs(6), 1),
     )
     .await;
     let x = archive();
@@ -259,7 +259,7 @@ async fn three_engine_processes_share_300_runs_each_run_once() {
     let a = engine_on(
         t.reopen().await,
         works[0].path(),
-        config(Duration::from_secs(3), 4),
+        config(Duration::from_secs(6), 4),
     )
     .await;
     let x = archive();
@@ -390,13 +390,13 @@ async fn a_subscriber_on_one_engine_follows_a_run_another_drives() {
     let a = engine_on(
         t.reopen().await,
         wa.path(),
-        config(Duration::from_secs(5), 1),
+        config(Duration::from_secs(6), 1),
     )
     .await;
     let b = engine_on(
         t.reopen().await,
         wb.path(),
-        config(Duration::from_secs(5), 1),
+        config(Duration::from_secs(6), 1),
     )
     .await;
     let x = archive();

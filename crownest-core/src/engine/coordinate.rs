@@ -14,27 +14,42 @@ use crate::run::RunRecord;
 use crate::store::coordination::LeaseRenewal;
 
 impl WorkspaceRuns {
-    /// Starts the background task of an engine on a shared store: every third of
-    /// `lease_ttl` it renews the lease and runs a reclaim pass ([`Self::reclaim`]); when
-    /// woken (a local queueing, the store's notification, or every `claim_poll_interval`)
-    /// it claims queued runs for its free slots. The task holds the engine weakly and ends
-    /// with it.
+    /// Starts the background tasks of an engine on a shared store, each holding the engine
+    /// weakly (they end with it), and each on its own so that none waits behind another:
+    ///
+    /// * the lease: renewed every third of `lease_ttl`;
+    /// * with `reclaims`, the reclaim pass ([`Self::reclaim`]) at the same rhythm;
+    /// * with `claim_from_queue`, claiming queued runs for free slots when woken (a local
+    ///   queueing or a freed slot, the store's notification, or every
+    ///   `claim_poll_interval`).
     pub(super) fn spawn_coordinator(&self, reclaims: bool) {
-        let weak = Arc::downgrade(&self.inner);
         let config = &self.inner.config;
         let beat = (config.lease_ttl / 3).max(std::time::Duration::from_millis(50));
+        every(
+            &self.inner,
+            beat,
+            |engine| async move { engine.renew().await },
+        );
+        if reclaims {
+            every(&self.inner, beat, |engine| async move {
+                if let Err(e) = engine.reclaim().await {
+                    tracing::warn!(error = %e.chain(), "the reclaim pass failed");
+                }
+            });
+        }
+        if !config.claim_from_queue {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
         let poll = config.claim_poll_interval;
-        let claims = config.claim_from_queue;
         let mut notices = self
             .inner
             .store
             .coordination()
             .and_then(|c| c.queue_notices());
         tokio::spawn(async move {
-            let mut heartbeat = tokio::time::interval(beat);
-            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut claim_tick = tokio::time::interval(poll);
-            claim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let notice = async {
                     match notices.as_mut() {
@@ -46,34 +61,29 @@ impl WorkspaceRuns {
                         None => std::future::pending::<()>().await,
                     }
                 };
-                let woken = {
+                {
                     let Some(inner) = weak.upgrade() else {
                         return;
                     };
                     let wake = async move { inner.claim_wake.notified().await };
                     tokio::select! {
-                        _ = heartbeat.tick() => false,
-                        _ = claim_tick.tick() => true,
-                        () = notice => true,
-                        () = wake => true,
+                        _ = tick.tick() => {}
+                        () = notice => {}
+                        () = wake => {}
                     }
-                };
+                }
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let engine = WorkspaceRuns { inner };
-                if !woken {
-                    engine.heartbeat(reclaims).await;
-                } else if claims && let Err(e) = engine.claim_queued().await {
+                if let Err(e) = (WorkspaceRuns { inner }).claim_queued().await {
                     tracing::warn!(error = %e.chain(), "claiming queued runs failed");
                 }
             }
         });
     }
 
-    /// Renews the lease, then (with `reclaims`) fails the runs of engines whose lease
-    /// expired.
-    async fn heartbeat(&self, reclaims: bool) {
+    /// Renews the lease.
+    async fn renew(&self) {
         let Some(coordination) = self.inner.store.coordination() else {
             return;
         };
@@ -87,13 +97,7 @@ impl WorkspaceRuns {
                 "this engine's lease had expired before it was renewed: other engines may \
                  have failed its runs (their drivers stop when they see it)"
             ),
-            Err(e) => {
-                tracing::warn!(error = %e.chain(), "renewing the lease failed");
-                return;
-            }
-        }
-        if reclaims && let Err(e) = self.reclaim().await {
-            tracing::warn!(error = %e.chain(), "the reclaim pass failed");
+            Err(e) => tracing::warn!(error = %e.chain(), "renewing the lease failed"),
         }
     }
 
@@ -168,6 +172,26 @@ impl WorkspaceRuns {
             engine.inner.claim_wake.notify_one();
         });
     }
+}
+
+/// Runs `step` on the engine every `period` (the first at once) until the engine is gone.
+fn every<F, Fut>(inner: &Arc<Inner>, period: std::time::Duration, step: F)
+where
+    F: Fn(WorkspaceRuns) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            step(WorkspaceRuns { inner }).await;
+        }
+    });
 }
 
 impl Inner {
