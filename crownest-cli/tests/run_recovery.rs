@@ -3,7 +3,9 @@
 //! of it, and then that run's sandbox is swept and accounted for. Here: a `crownest run
 //! --backend docker` is killed with SIGKILL while its command runs; the next `crownest run`
 //! on the process backend reclaims the run, and the Docker sweep (registered because of
-//! it) removes the container and says so in the run's failure. Needs Docker and the
+//! it) removes the container and says so in the run's failure. And a Docker run's container,
+//! removed in the background after its terminal commit (`removalPending`), is gone when
+//! `crownest run` exits. Needs Docker and the
 //! `crownest/python-node` image: fails without them when `CROWNEST_REQUIRE_DOCKER=1`,
 //! skipped (said on stderr) otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -130,4 +132,38 @@ fn a_process_run_sweeps_the_docker_sandbox_of_a_crashed_docker_run() {
     );
     assert!(after.sandbox.unwrap().destroyed);
     assert_eq!(containers_of(&sandbox), "", "swept");
+}
+
+#[test]
+fn a_docker_run_removes_its_container_before_the_command_exits() {
+    if !docker_usable() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crownest"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["run", "--backend", "docker", "--json"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .env_remove("CROWNEST_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str::<Event>(l).ok())
+        .expect("events on stdout")
+        .run_id;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = rt.block_on(async {
+        let store = SqliteStore::open(home.path().join("store")).await.unwrap();
+        store.get_run(&id).await.unwrap()
+    });
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let sandbox = run.sandbox.unwrap();
+    // Removed after the terminal commit (so the evidence says it was pending), and before
+    // `crownest run` exited.
+    assert!(sandbox.destroyed && sandbox.removal_pending, "{sandbox:?}");
+    assert_eq!(containers_of(&sandbox.id), "", "left behind");
 }

@@ -98,7 +98,16 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     let recovered = tokio::time::timeout(std::time::Duration::from_secs(5), opened.recovery);
     let shutdown = async {
         if let Connection::Local(engine) = &conn {
-            engine.shutdown().await;
+            // Bounded: a removal that a stuck daemon holds up is left to the sweep.
+            let budget = std::time::Duration::from_secs(30);
+            if tokio::time::timeout(budget, engine.shutdown())
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "crownest: the run's sandbox was not removed within 30 s; the next sweep removes it"
+                );
+            }
         }
     };
     let (recovered, ()) = tokio::join!(recovered, shutdown);
