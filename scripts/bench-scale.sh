@@ -128,11 +128,11 @@ done
 for n in "${!PID_OF[@]}"; do kill -CONT "${PID_OF[$n]}"; done
 
 load=$(bench_median "${LOADS[@]}")
-base=$(bench_median ${RATES[sqlite1]})
+base=$(printf '%.1f' "$(bench_median ${RATES[sqlite1]})")
 table="| configuration | runs/s (median of $REPEAT × $RUNS) | vs one engine on SQLite | runs per engine (last round) |
 |---|---|---|---|"
 for c in "${CONFIGS[@]}"; do
-  m=$(bench_median ${RATES[$c]})
+  m=$(printf '%.1f' "$(bench_median ${RATES[$c]})")
   ratio=$(awk -v a="$m" -v b="$base" 'BEGIN{printf "%.2f", a / b}')
   case $c in
     sqlite1) label="1 engine, SQLite" ;;
