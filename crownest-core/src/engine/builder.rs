@@ -83,13 +83,19 @@ impl WorkspaceRunsBuilder {
             None => self.backends[0].name().to_owned(),
         };
         let instance = format!("eng_{}", uuid::Uuid::new_v4().simple());
+        let mut config = self.config;
+        if self.store.coordination().is_some() {
+            config.subscribe_poll_interval = config
+                .subscribe_poll_interval
+                .min(std::time::Duration::from_millis(100));
+        }
         let engine = WorkspaceRuns {
             inner: Arc::new(Inner {
                 store: self.store,
                 backends,
                 default_backend,
-                slots: Arc::new(Semaphore::new(self.config.max_concurrent_runs.max(1))),
-                config: self.config,
+                slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
+                config,
                 owner: RunOwner::current(&instance),
                 instance,
                 live: Mutex::default(),

@@ -86,7 +86,10 @@ pub struct EngineConfig {
     /// Default: 250 ms.
     pub cancel_poll_interval: Duration,
     /// How often a subscriber re-reads the store when no in-process notification arrives
-    /// (runs driven by another process). Default: 200 ms.
+    /// (runs driven by another process). Default: 200 ms; on a shared store
+    /// ([`crate::store::coordination`]) at most 100 ms, since runs there are often driven by
+    /// another host (the store is the source of truth; a notifying commit would take a
+    /// database-wide lock on every batch of output).
     pub subscribe_poll_interval: Duration,
     /// Largest direct upload. Default: 32 MiB.
     pub direct_upload_max_bytes: u64,
