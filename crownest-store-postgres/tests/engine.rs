@@ -6,17 +6,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use crownest_backend_process::{ProcessBackend, ProcessConfig};
 use crownest_core::event::{EventKind, FailureKind, verify_chain};
 use crownest_core::store::{RunCommit, Store};
 use crownest_core::testing::{descriptor_of, tar_gz};
 use crownest_core::{EngineConfig, RunRecord, RunSpec, RunStatus, WorkspaceRuns};
-use crownest_store_postgres::PostgresStore;
 use futures::StreamExt as _;
 
 fn fast() -> EngineConfig {
@@ -26,21 +23,6 @@ fn fast() -> EngineConfig {
         subscribe_poll_interval: Duration::from_millis(20),
         ..EngineConfig::default()
     }
-}
-
-/// An engine on `store` with a process backend whose work root is under `work`.
-async fn engine_on(
-    store: PostgresStore,
-    work: &std::path::Path,
-    config: EngineConfig,
-) -> WorkspaceRuns {
-    let backend = ProcessBackend::new(ProcessConfig::with_root(work.join("sandboxes"))).unwrap();
-    WorkspaceRuns::builder(Arc::new(store))
-        .backend(Arc::new(backend))
-        .config(config)
-        .open()
-        .await
-        .unwrap()
 }
 
 fn archive() -> Bytes {

@@ -12,12 +12,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use crownest_backend_process::{ProcessBackend, ProcessConfig};
 use crownest_core::event::{EventKind, FailureKind};
 use crownest_core::store::Store;
 use crownest_core::testing::{descriptor_of, tar_gz};
@@ -41,20 +39,6 @@ fn config(lease_ttl: Duration, slots: usize) -> EngineConfig {
         lease_ttl,
         ..EngineConfig::default()
     }
-}
-
-async fn engine_on(
-    store: PostgresStore,
-    work: &std::path::Path,
-    config: EngineConfig,
-) -> WorkspaceRuns {
-    let backend = ProcessBackend::new(ProcessConfig::with_root(work.join("sandboxes"))).unwrap();
-    WorkspaceRuns::builder(Arc::new(store))
-        .backend(Arc::new(backend))
-        .config(config)
-        .open()
-        .await
-        .unwrap()
 }
 
 fn archive() -> Bytes {
@@ -187,24 +171,31 @@ fn spawn_engine(
     (child, line)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_queued_on_a_busy_engine_is_claimed_by_another() {
-    let Some(t) = TempStore::open().await else {
-        return;
-    };
-    let (wa, wb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+/// Two engines of one slot each on `t`'s database, each with a store instance (a pool) and
+/// a work root of its own, as two hosts; the work roots live as long as the third value.
+async fn two_engines(t: &TempStore) -> (WorkspaceRuns, WorkspaceRuns, [tempfile::TempDir; 2]) {
+    let work = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let a = engine_on(
         t.reopen().await,
-        wa.path(),
+        work[0].path(),
         config(Duration::from_secs(6), 1),
     )
     .await;
     let b = engine_on(
         t.reopen().await,
-        wb.path(),
+        work[1].path(),
         config(Duration::from_secs(6), 1),
     )
     .await;
+    (a, b, work)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_queued_on_a_busy_engine_is_claimed_by_another() {
+    let Some(t) = TempStore::open().await else {
+        return;
+    };
+    let (a, b, _work) = two_engines(&t).await;
     let x = archive();
     let first = submit(&a, &["sleep", "2"], &x).await;
     assert_eq!(first.status, RunStatus::Starting, "A had a free slot");
@@ -386,19 +377,7 @@ async fn a_subscriber_on_one_engine_follows_a_run_another_drives() {
     let Some(t) = TempStore::open().await else {
         return;
     };
-    let (wa, wb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = engine_on(
-        t.reopen().await,
-        wa.path(),
-        config(Duration::from_secs(6), 1),
-    )
-    .await;
-    let b = engine_on(
-        t.reopen().await,
-        wb.path(),
-        config(Duration::from_secs(6), 1),
-    )
-    .await;
+    let (a, b, _work) = two_engines(&t).await;
     let x = archive();
     // B drives it (started there); A's subscriber follows from the first event.
     let script = "for i in $(seq 1 40); do echo line $i; sleep 0.02; done";

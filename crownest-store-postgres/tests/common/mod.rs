@@ -337,3 +337,19 @@ pub fn read_all(mut r: BlobReader) -> Vec<u8> {
     std::io::Read::read_to_end(&mut r, &mut v).unwrap();
     v
 }
+
+/// An engine on `store` with a process backend whose work root is under `work`.
+pub async fn engine_on(
+    store: PostgresStore,
+    work: &std::path::Path,
+    config: crownest_core::EngineConfig,
+) -> crownest_core::WorkspaceRuns {
+    use crownest_backend_process::{ProcessBackend, ProcessConfig};
+    let backend = ProcessBackend::new(ProcessConfig::with_root(work.join("sandboxes"))).unwrap();
+    crownest_core::WorkspaceRuns::builder(std::sync::Arc::new(store))
+        .backend(std::sync::Arc::new(backend))
+        .config(config)
+        .open()
+        .await
+        .unwrap()
+}
