@@ -1,6 +1,8 @@
 //! Requests that change a run: [`WorkspaceRuns::create`], [`WorkspaceRuns::start`],
 //! [`WorkspaceRuns::cancel`] and [`WorkspaceRuns::delete`].
 
+use std::collections::BTreeMap;
+
 use super::{WorkspaceRuns, lock};
 use crate::capability;
 use crate::error::{Error, Result};
@@ -13,7 +15,6 @@ use crate::spec::RunSpec;
 use crate::status::RunStatus;
 use crate::store::CreateOutcome;
 use crate::time::Timestamp;
-use std::collections::BTreeMap;
 
 impl WorkspaceRuns {
     /// Creates a run in `awaiting_archive`.
