@@ -318,15 +318,17 @@ pub(crate) async fn launch_and_wait(
         }
         if !acknowledged && marks.iter().all(EndMark::seen) {
             acknowledged = true;
-            // Both marks are in: every byte the command wrote has arrived. A failed write
-            // means the container is gone already, which the wait below sees.
+            // Both marks are in: every byte the command wrote has arrived. Without the
+            // acknowledgement the launcher would keep the container up and the wait below
+            // would never end: a failed write is an error (the sandbox is then destroyed).
             let ack = async {
                 input.write_all(b"\n").await?;
                 input.flush().await
             };
-            if let Err(e) = ack.await {
-                tracing::debug!(container, error = %e, "acknowledging the end marks");
-            }
+            ack.await.map_err(|e| DockerError::Io {
+                context: "acknowledging the launcher's end marks".into(),
+                source: e,
+            })?;
         }
     }
     // Bytes held as a possible start of a mark that never came were output after all.
