@@ -14,7 +14,6 @@ use std::io::BufRead as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::{hardening_profile, sandbox_containers};
 use crownest_backend_docker::{
     DEFAULT_IMAGE, DockerBackend, DockerConfig, LABEL_OWNER_PID, LABEL_POOL,
@@ -57,16 +56,8 @@ async fn ready(b: &DockerBackend, template: &str, ready: u64) {
 
 /// Containers labelled as members of `template`'s pool (ids), whoever owns them.
 async fn members(b: &DockerBackend, template: &str) -> Vec<(String, HashMap<String, String>)> {
-    let mut filters = HashMap::new();
-    filters.insert("label", vec![format!("{LABEL_POOL}={template}")]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    b.docker()
-        .list_containers(Some(opts))
+    common::labelled_containers(b, LABEL_POOL, template)
         .await
-        .unwrap()
         .into_iter()
         .map(|c| (c.id.unwrap(), c.labels.unwrap_or_default()))
         .collect()

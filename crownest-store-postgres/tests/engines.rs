@@ -215,21 +215,28 @@ async fn a_run_queued_on_a_busy_engine_is_claimed_by_another() {
     );
     assert_eq!(wait(&b, &first.id).await.status, RunStatus::Succeeded);
     // A cancel of a run waiting in the queue ends it from any engine, and nobody runs it.
-    let busy = submit(&a, &["sleep", "2"], &x).await;
-    let _busy_b = submit(&b, &["sleep", "2"], &x).await;
-    let waiting = submit(&a, &["sh", "main.sh"], &x).await;
-    if waiting.status == RunStatus::Queued {
-        let canceled = b.cancel(&waiting.id).await.unwrap();
-        let ended = wait(&a, &canceled.id).await;
-        assert_eq!(ended.status, RunStatus::Canceled);
-        let events = a.list_events(&ended.id, 0, 1000).await.unwrap();
-        assert_eq!(times_started(&events), 0);
-        a.evidence(&ended.id)
-            .await
-            .unwrap()
-            .verify_events(&events)
-            .unwrap();
+    // (Both slots free first: a driver gives its slot back just after the terminal commit.)
+    for engine in [&a, &b] {
+        while engine.metrics().runs_active > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
+    let busy = submit(&a, &["sleep", "2"], &x).await;
+    assert_eq!(busy.status, RunStatus::Starting);
+    let busy_b = submit(&b, &["sleep", "2"], &x).await;
+    assert_eq!(busy_b.status, RunStatus::Starting);
+    let waiting = submit(&a, &["sh", "main.sh"], &x).await;
+    assert_eq!(waiting.status, RunStatus::Queued, "both slots are busy");
+    let canceled = b.cancel(&waiting.id).await.unwrap();
+    let ended = wait(&a, &canceled.id).await;
+    assert_eq!(ended.status, RunStatus::Canceled);
+    let events = a.list_events(&ended.id, 0, 1000).await.unwrap();
+    assert_eq!(times_started(&events), 0);
+    a.evidence(&ended.id)
+        .await
+        .unwrap()
+        .verify_events(&events)
+        .unwrap();
     wait(&a, &busy.id).await;
 }
 

@@ -161,19 +161,26 @@ pub async fn assert_gone(backend: &DockerBackend, sandbox: &str) {
     assert!(vol.is_err(), "volume {sandbox} survived");
 }
 
-/// The containers labelled with `sandbox` (ids).
-pub async fn sandbox_containers(b: &DockerBackend, sandbox: &str) -> Vec<String> {
+/// Every container (running or not) carrying the label `key=value`.
+pub async fn labelled_containers(
+    b: &DockerBackend,
+    key: &str,
+    value: &str,
+) -> Vec<bollard::models::ContainerSummary> {
     use bollard::query_parameters::ListContainersOptionsBuilder;
     let mut filters = std::collections::HashMap::new();
-    filters.insert("label", vec![format!("{LABEL_SANDBOX}={sandbox}")]);
+    filters.insert("label", vec![format!("{key}={value}")]);
     let opts = ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)
         .build();
-    b.docker()
-        .list_containers(Some(opts))
+    b.docker().list_containers(Some(opts)).await.unwrap()
+}
+
+/// The containers labelled with `sandbox` (ids).
+pub async fn sandbox_containers(b: &DockerBackend, sandbox: &str) -> Vec<String> {
+    labelled_containers(b, LABEL_SANDBOX, sandbox)
         .await
-        .unwrap()
         .into_iter()
         .filter_map(|c| c.id)
         .collect()
