@@ -290,7 +290,7 @@ impl SandboxBackend for DockerBackend {
             ));
         }
         let image = self.image(reference).await?;
-        let sandbox = match self.shared.pool.claim(&self.shared, spec, &image.id) {
+        let sandbox = match self.shared.pool.claim(&self.shared, spec, &image.id).await {
             Claim::Hit(warm) => DockerSandbox::adopt(self.shared.clone(), spec, image, warm),
             Claim::Miss => DockerSandbox::create(self.shared.clone(), spec, image).await?,
         };

@@ -27,6 +27,7 @@ pub const PYTHON_NODE: &str = "python-node";
 /// | `enabled_network_mode` | `bridge` (used only when a run asks for `network: enabled`) |
 /// | `pool` | empty: no warm pool (see [`DockerConfig::with_pool`]) |
 /// | `pool_limits` | [`Limits::default()`]: the limits warm pool sandboxes are made with |
+/// | `head_start` | `false`: pools are refilled (see [`DockerConfig::with_head_start`]) |
 /// | `background_removal` | `false`: `destroy()` removes the container and verifies it is gone before it returns (see [`DockerConfig::with_background_removal`]) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerConfig {
@@ -52,6 +53,10 @@ pub struct DockerConfig {
     /// The limits pool sandboxes are made with: a run takes one only when its memory, pids
     /// and open-files limits are these (set them to the engine's defaults).
     pub pool_limits: Limits,
+    /// The pools are a head start: filled once as the backend connects, never refilled,
+    /// and a run that fits waits for a member still being created (see
+    /// [`DockerConfig::with_head_start`]).
+    pub head_start: bool,
     /// Remove the container of a sandbox whose command ran to its end in the background:
     /// `destroy()` returns [`Destroyed::RemovalPending`](crownest_core::Destroyed) at once
     /// (see [`DockerConfig::with_background_removal`]).
@@ -70,6 +75,7 @@ impl Default for DockerConfig {
             enabled_network_mode: "bridge".to_owned(),
             pool: BTreeMap::new(),
             pool_limits: Limits::default(),
+            head_start: false,
             background_removal: false,
         }
     }
@@ -107,6 +113,22 @@ impl DockerConfig {
     /// on and drains it at [`SandboxBackend::shutdown`](crownest_core::SandboxBackend::shutdown).
     pub fn with_pool(mut self, template: impl Into<String>, size: usize) -> Self {
         self.pool.insert(template.into(), size);
+        self
+    }
+
+    /// Starts creating one sandbox of `template` as the backend connects, for a single run
+    /// about to come (what `crownest run --backend docker` does while it stores the
+    /// archive and opens the engine): a pool of one, made with
+    /// [`DockerConfig::pool_limits`] (set them to the run's), that is never refilled; a
+    /// run that fits and comes while the sandbox is still being created waits for it
+    /// instead of creating another. The container's create and start (most of a tiny
+    /// run's time) then overlap the caller's own work. A run that does not fit gets a fresh
+    /// sandbox, and the unused one is removed at
+    /// [`SandboxBackend::shutdown`](crownest_core::SandboxBackend::shutdown). Replaces the
+    /// pool sizes set before.
+    pub fn with_head_start(mut self, template: impl Into<String>) -> Self {
+        self.pool = BTreeMap::from([(template.into(), 1)]);
+        self.head_start = true;
         self
     }
 

@@ -43,6 +43,12 @@ pub enum DockerError {
         /// What the stream did.
         detail: String,
     },
+    /// The workspace could not be handed to the container's launcher.
+    #[error("the workspace could not be written into the container: {detail}")]
+    WorkspaceTransfer {
+        /// What happened (with what the container printed).
+        detail: String,
+    },
     /// Something of a destroyed sandbox is still there.
     #[error("{what} still exists after destroy")]
     Survived {

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bollard::Docker;
-use bollard::container::LogOutput;
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, KillContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
@@ -196,10 +196,34 @@ pub(crate) struct Launch<'a> {
     pub(crate) started: &'a AtomicBool,
     /// A signal asked for while the frame was being written (delivered right after).
     pub(crate) requested: &'a Mutex<Option<KillSignal>>,
+    /// The attachment made when the workspace was handed over, if it was (else `launch`
+    /// attaches).
+    pub(crate) attached: Option<AttachContainerResults>,
 }
 
-/// Attaches to the container (stdin, stdout, stderr; the launcher writes nothing before
-/// its frame, so no byte of the command's output can come before the attach), writes the
+/// Attaches to the container's stdin, stdout and stderr (streaming, no logs). `Ok(Err)`:
+/// the container is not running (its launcher died: killed from outside, OOM at start).
+pub(crate) async fn attach(
+    docker: &Docker,
+    container: &str,
+) -> Result<Result<AttachContainerResults, String>, DockerError> {
+    let opts = AttachContainerOptionsBuilder::new()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .stream(true)
+        .logs(false)
+        .build();
+    match docker.attach_container(container, Some(opts)).await {
+        Ok(a) => Ok(Ok(a)),
+        Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => Ok(Err(message)),
+        Err(e) => Err(DockerError::api("attach")(e)),
+    }
+}
+
+/// Attaches to the container unless the workspace hand-over did (stdin, stdout, stderr;
+/// the launcher writes nothing of the command before its frame, so no byte of the
+/// command's output can come before the attach), writes the
 /// frame, calls `sink.started()`, pumps output into the sink (awaiting each chunk: the
 /// backpressure) until both end marks are in, acknowledges them, then waits for the
 /// container to stop and inspects it.
@@ -220,22 +244,15 @@ pub(crate) async fn launch_and_wait(
         nonce,
         started,
         requested,
+        attached,
     } = launch;
-    let opts = AttachContainerOptionsBuilder::new()
-        .stdin(true)
-        .stdout(true)
-        .stderr(true)
-        .stream(true)
-        .logs(false)
-        .build();
-    let attached = match docker.attach_container(container, Some(opts)).await {
-        Ok(a) => a,
-        // The container is not running (its launcher died: killed from outside, OOM at
-        // start): nothing was started.
-        Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
-            return Ok(Started::Refused(message));
-        }
-        Err(e) => return Err(DockerError::api("attach")(e)),
+    let attached = match attached {
+        Some(a) => a,
+        None => match attach(docker, container).await? {
+            Ok(a) => a,
+            // Not running: nothing was started.
+            Err(message) => return Ok(Started::Refused(message)),
+        },
     };
     let mut output = attached.output;
     let mut input = attached.input;

@@ -4,8 +4,23 @@
 //! A container's `Cmd`, `Env` and `WorkingDir` are fixed at creation, and a sandbox's
 //! container is created at `create()` (or long before, in the warm pool), so they cannot
 //! carry the command. Every sandbox container runs the same [`LAUNCHER`] instead (POSIX
-//! `sh`, nothing else from the image), under docker-init, with `OpenStdin`:
+//! `sh`; `tar` and `dd` from the image only for the workspace, see step 0), under
+//! docker-init, with `OpenStdin`:
 //!
+//! 0. first, the engine may hand over the workspace on the same stdin (it is then attached
+//!    already; `upload::stream_to_launcher`): a line `W <nonce>`. The launcher answers the
+//!    [workspace mark](ws_mark) `ready` on stdout when its working directory (the
+//!    workspace) is writable and the image has `tar` and a `dd` that reads whole blocks
+//!    (`iflag=fullblock`), else `unsupported` (the engine then uses Docker's archive
+//!    upload; nothing else changes). After `ready` the tar comes as chunks, each a line
+//!    `C <n>` and `n` bytes (read by one `dd`, which never reads past its block), ended by
+//!    `C 0`, piped into `tar -x -p` run as the sandbox user; the launcher writes the mark
+//!    `complete` once it has read `C 0` and then the mark `<status of tar>`; anything
+//!    `tar` printed comes before it. A status other than `0` ends the launcher (exit
+//!    125, nothing started). This saves the daemon's own chrooted untar (`PUT
+//!    .../archive`, the largest cost of a tiny run above `docker run`, see
+//!    `docs/benchmarks.md`); the tree is the one the core extractor checked, and it is
+//!    unpacked inside the container, by its unprivileged user, before any command runs;
 //! 1. it waits on stdin for one frame: a line `N <nonce>` (32 hex digits, fresh per
 //!    command), a line `D <cwd>`, a line `E NAME <value>` per variable (the plain `env` and
 //!    the secrets alike), a line `A <arg>` per argv element, and an empty line; every byte
@@ -63,10 +78,33 @@ pub(crate) const LAUNCHER: &str = r#"unset PWD OLDPWD TINI_KILL_PROCESS_GROUP
 _crownest_ok=
 _crownest_end=
 _crownest_rc=
+_crownest_first=1
 set --
 while IFS=' ' read -r _crownest_k _crownest_n _crownest_v; do
   case $_crownest_k in
     '') _crownest_ok=1; break ;;
+    W) case $_crownest_n in
+         *[!0-9a-f]*|'') exit 125 ;;
+       esac
+       if [ -n "$_crownest_first" ] && [ -w . ] && command -v tar >/dev/null 2>&1 \
+          && [ "$(printf x | dd bs=1 count=1 iflag=fullblock status=none 2>/dev/null)" = x ]
+       then
+         printf '\000\033crownest-ws:%s:ready\000' "$_crownest_n"
+         { { while IFS=' ' read -r _crownest_k _crownest_v && [ "$_crownest_k" = C ]; do
+               if [ "$_crownest_v" = 0 ]; then
+                 printf '\000\033crownest-ws:%s:complete\000' "$_crownest_n" >&2
+                 break
+               fi
+               dd bs="$_crownest_v" count=1 iflag=fullblock status=none
+             done; } | tar -x -p -f -; } 2>&1
+         _crownest_v=$?
+         printf '\000\033crownest-ws:%s:%s\000' "$_crownest_n" "$_crownest_v"
+         [ "$_crownest_v" = 0 ] || exit 125
+       else
+         printf '\000\033crownest-ws:%s:unsupported\000' "$_crownest_n"
+       fi
+       _crownest_first=
+       continue ;;
     N) case $_crownest_n in
          *[!0-9a-f]*|'') ;;
          *) _crownest_end=$_crownest_n ;;
@@ -79,12 +117,13 @@ while IFS=' ' read -r _crownest_k _crownest_n _crownest_v; do
     A) _crownest_n=$(printf "$_crownest_n"; printf x)
        set -- "$@" "${_crownest_n%x}" ;;
   esac
+  _crownest_first=
 done
 if [ -z "$_crownest_ok" ] || [ -z "$_crownest_end" ] || [ "$#" -eq 0 ]; then
   echo "crownest: the command was not delivered; nothing was started" >&2
   exit 125
 fi
-unset _crownest_ok _crownest_k _crownest_n _crownest_v
+unset _crownest_ok _crownest_k _crownest_n _crownest_v _crownest_first
 trap : TERM
 if [ -z "$_crownest_rc" ]; then
   (exec "$@") </dev/null
@@ -185,6 +224,66 @@ pub(crate) fn new_nonce() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A workspace mark of step 0 (`word`: `ready`, `unsupported`, `complete`, or the status
+/// of `tar`).
+pub(crate) fn ws_mark(nonce: &str, word: &str) -> Vec<u8> {
+    let mut mark = b"\0\x1bcrownest-ws:".to_vec();
+    mark.extend_from_slice(nonce.as_bytes());
+    mark.push(b':');
+    mark.extend_from_slice(word.as_bytes());
+    mark.push(0);
+    mark
+}
+
+/// Reads the launcher's answers of step 0 from everything it printed (the command has not
+/// started, so all of it is the launcher's or `tar`'s): the words of the workspace marks in
+/// order, and the other text (at most 8 KiB of it, for an error message).
+#[derive(Default)]
+pub(crate) struct WsReplies {
+    buf: Vec<u8>,
+    text: Vec<u8>,
+}
+
+impl WsReplies {
+    const TEXT_LIMIT: usize = 8 * 1024;
+
+    /// Takes output; returns the words of the marks it completed.
+    pub(crate) fn push(&mut self, nonce: &str, chunk: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(chunk);
+        let prefix = ws_mark(nonce, "");
+        let prefix = &prefix[..prefix.len() - 1];
+        let mut words = Vec::new();
+        while let Some(at) = self.buf.windows(prefix.len()).position(|w| w == prefix) {
+            let Some(len) = self.buf[at + prefix.len()..].iter().position(|&b| b == 0) else {
+                break;
+            };
+            let word = &self.buf[at + prefix.len()..at + prefix.len() + len];
+            words.push(String::from_utf8_lossy(word).into_owned());
+            let before: Vec<u8> = self.buf[..at].to_vec();
+            self.keep_text(&before);
+            self.buf.drain(..at + prefix.len() + len + 1);
+        }
+        // Text that cannot be the start of a mark any more.
+        if !self.buf.contains(&0) && self.buf.len() > prefix.len() {
+            let text = std::mem::take(&mut self.buf);
+            self.keep_text(&text);
+        }
+        words
+    }
+
+    fn keep_text(&mut self, text: &[u8]) {
+        let room = Self::TEXT_LIMIT.saturating_sub(self.text.len());
+        self.text.extend_from_slice(&text[..text.len().min(room)]);
+    }
+
+    /// The text printed besides the marks (lossy UTF-8, trimmed).
+    pub(crate) fn text(&self) -> String {
+        let mut all = self.text.clone();
+        all.extend_from_slice(&self.buf);
+        String::from_utf8_lossy(&all).trim().to_owned()
+    }
+}
+
 /// The bytes the launcher writes on stdout and on stderr once the command has ended.
 pub(crate) fn end_mark(nonce: &str) -> Vec<u8> {
     let mut mark = b"\0\x1bcrownest-end:".to_vec();
@@ -253,8 +352,10 @@ impl EndMark {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::io::Write as _;
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::PermissionsExt as _;
     use std::os::unix::process::CommandExt as _;
+    use std::path::Path;
     use std::process::{Command as Process, Stdio};
 
     use super::*;
@@ -385,12 +486,17 @@ mod tests {
     /// Starts the launcher with the host's `/bin/sh` (the same POSIX script the image
     /// runs), in a process group of its own as under docker-init.
     fn spawn_launcher() -> std::process::Child {
+        spawn_launcher_in(Path::new("/"), "/usr/bin:/bin")
+    }
+
+    fn spawn_launcher_in(cwd: &Path, path: &str) -> std::process::Child {
         Process::new("/bin/sh")
+            .current_dir(cwd)
             .arg("-c")
             .arg(LAUNCHER)
             .arg(NAME)
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
+            .env("PATH", path)
             .env("TEMPLATE", "kept")
             // (Without it Python would add `LC_CTYPE` itself, PEP 538.)
             .env("LANG", "C.UTF-8")
@@ -571,5 +677,150 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Reads `stream` until `want` arrived; returns what came before it.
+    fn read_until(stream: &mut impl std::io::Read, want: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(want) {
+            assert_eq!(
+                stream.read(&mut byte).unwrap(),
+                1,
+                "the stream ended before {:?}; got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&got)
+            );
+            got.push(byte[0]);
+        }
+        got.truncate(got.len() - want.len());
+        got
+    }
+
+    fn sample_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        b.append_data(&mut dir, "./sub", std::io::empty()).unwrap();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut file = tar::Header::new_gnu();
+        file.set_mode(0o751);
+        file.set_size(body.len() as u64);
+        file.set_mtime(1_000_000_000);
+        b.append_data(&mut file, "./sub/data.bin", &body[..])
+            .unwrap();
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        b.append_link(&mut link, "./link", "sub/data.bin").unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn the_workspace_arrives_in_chunks_before_the_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_launcher_in(dir.path(), "/usr/bin:/bin");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        stdin.write_all(format!("W {NONCE}\n").as_bytes()).unwrap();
+        assert!(read_until(&mut stdout, &ws_mark(NONCE, "ready")).is_empty());
+        let tar = sample_tar();
+        // Odd chunk sizes: a chunk boundary inside a header and inside the file's body.
+        for piece in [&tar[..100], &tar[100..70_001], &tar[70_001..]] {
+            stdin
+                .write_all(format!("C {}\n", piece.len()).as_bytes())
+                .unwrap();
+            stdin.write_all(piece).unwrap();
+        }
+        stdin.write_all(b"C 0\n").unwrap();
+        assert!(read_until(&mut stdout, &ws_mark(NONCE, "complete")).is_empty());
+        assert!(read_until(&mut stdout, &ws_mark(NONCE, "0")).is_empty());
+        // The command comes after, on the same stdin, and sees the tree.
+        stdin
+            .write_all(&frame_of(
+                dir.path().to_str().unwrap(),
+                &env(&[]),
+                &secrets(&[]),
+                &["sh", "-c", "wc -c < link; ls"],
+            ))
+            .unwrap();
+        let out = read_until(&mut stdout, &end_mark(NONCE));
+        assert_eq!(String::from_utf8_lossy(&out), "300000\nlink\nsub\n");
+        stdin.write_all(b"\n").unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let meta = std::fs::metadata(dir.path().join("sub/data.bin")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o751, "modes are kept");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime(&meta),
+            1_000_000_000,
+            "mtimes are kept"
+        );
+    }
+
+    #[test]
+    fn a_workspace_that_does_not_unpack_ends_the_launcher_before_any_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_launcher_in(dir.path(), "/usr/bin:/bin");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        stdin.write_all(format!("W {NONCE}\n").as_bytes()).unwrap();
+        read_until(&mut stdout, &ws_mark(NONCE, "ready"));
+        // Not a tar; and a frame queued right behind it must never run.
+        let junk = vec![b'x'; 5000];
+        stdin.write_all(b"C 5000\n").unwrap();
+        stdin.write_all(&junk).unwrap();
+        stdin.write_all(b"C 0\n").unwrap();
+        stdin
+            .write_all(&frame_of("/", &env(&[]), &secrets(&[]), &["touch", "ran"]))
+            .unwrap();
+        let said = read_until(&mut stdout, &ws_mark(NONCE, "complete"));
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).unwrap();
+        let mut replies = WsReplies::default();
+        let mut words = replies.push(NONCE, &said);
+        words.extend(replies.push(NONCE, &rest));
+        assert_eq!(words.len(), 1, "{words:?}");
+        assert_ne!(words[0], "0");
+        assert!(replies.text().contains("tar"), "{}", replies.text());
+        assert_eq!(child.wait().unwrap().code(), Some(125));
+        assert!(!dir.path().join("ran").exists());
+    }
+
+    #[test]
+    fn an_image_without_tar_is_told_apart_and_the_command_still_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_launcher_in(dir.path(), "/nonexistent");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        stdin.write_all(format!("W {NONCE}\n").as_bytes()).unwrap();
+        read_until(&mut stdout, &ws_mark(NONCE, "unsupported"));
+        stdin
+            .write_all(&frame_of(
+                "/",
+                &env(&[]),
+                &secrets(&[]),
+                &["/bin/echo", "ok"],
+            ))
+            .unwrap();
+        assert_eq!(read_until(&mut stdout, &end_mark(NONCE)), b"ok\n");
+        stdin.write_all(b"\n").unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+    }
+
+    #[test]
+    fn workspace_replies_are_found_across_chunks() {
+        let mut stream = b"tar: a message\n".to_vec();
+        stream.extend_from_slice(&ws_mark(NONCE, "complete"));
+        stream.extend_from_slice(&ws_mark("ffffffffffffffffffffffffffffffff", "0"));
+        stream.extend_from_slice(&ws_mark(NONCE, "2"));
+        for cut in 0..=stream.len() {
+            let mut r = WsReplies::default();
+            let mut words = r.push(NONCE, &stream[..cut]);
+            words.extend(r.push(NONCE, &stream[cut..]));
+            assert_eq!(words, ["complete", "2"], "cut at {cut}");
+            assert!(r.text().starts_with("tar: a message"), "cut at {cut}");
+        }
     }
 }

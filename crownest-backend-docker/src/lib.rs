@@ -63,20 +63,23 @@
 //!   directory (a marked core [`SandboxDir`](crownest_core::hostdir::SandboxDir) of the
 //!   private work root, which the core host-directory sweep removes if a crash leaves it),
 //!   then streams it as a tar (every entry owned by uid/gid 10001, hardlinks as links)
-//!   straight into the running container's workspace with `PUT /containers/{id}/archive`
-//!   (`upload::upload_tree`, which takes any host tree). Nothing of the host is
-//!   bind-mounted;
+//!   straight into the running container's workspace: through the launcher, over the
+//!   attach stream the command will use (`upload::stream_to_launcher`: `tar -x` run by the
+//!   sandbox user inside the container, before any command; step 0 of `launcher.rs`), or,
+//!   when the image has no `tar`, with `PUT /containers/{id}/archive`
+//!   (`upload::upload_tree`). Nothing of the host is bind-mounted;
 //! * `exec` checks `cwd` against what was uploaded and looks `argv[0]` up the way `execvp`
 //!   does (image paths are stat-ed through the API and cached per image id), so an unknown
 //!   program is `spawn_failed` before anything starts; then it attaches (stdin, stdout,
-//!   stderr) and writes one frame to the launcher: the cwd, the variables (the request's
+//!   stderr; or keeps the attachment the workspace went through) and writes one frame to
+//!   the launcher: the cwd, the variables (the request's
 //!   plain `env` and its secrets alike), argv. The launcher `cd`s, exports them and `exec`s
 //!   argv with stdin on `/dev/null`, keeping its pid, so signals, the exit status and the
 //!   OOM report are the command's own. **Nothing of a request is in the container's
 //!   configuration** (`docker inspect`, also of a kept sandbox, shows the launcher and the
 //!   template's variables only).
 //!
-//! A tiny run costs the Docker API one create, one start, one upload, one attach, one wait,
+//! A tiny run costs the Docker API one create, one start, one attach, one wait,
 //! one inspect and one remove (plus a few cheap lists and stats), where it used to create a
 //! volume and two containers and remove all three.
 //!

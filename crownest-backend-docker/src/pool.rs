@@ -21,6 +21,9 @@
 //!   the daemon) do not compete for the daemon and the CPUs with the run that just took a
 //!   member, while another run still finds one ready. A failed creation is recorded
 //!   (`last_error`) and retried at the next claim or release, never in a loop.
+//! * **Head start** ([`DockerConfig::with_head_start`]). The pool is filled once, as the
+//!   backend connects, and never refilled; a claim that fits while the member is still
+//!   being created waits for it (a failed creation is a miss).
 //! * **Drain.** [`Pool::drain`] (the backend's `shutdown`) stops refills and removes every
 //!   ready member, and those still being created once they are; a crash leaves them to the
 //!   sweep.
@@ -67,7 +70,9 @@ pub(crate) struct Pool {
     owner: RunOwner,
     slots: Mutex<BTreeMap<String, Slot>>,
     closed: AtomicBool,
-    /// Wakes `drain` when a creation in flight ends.
+    /// Filled once, never refilled; claims wait for a member being created.
+    head_start: bool,
+    /// Wakes `drain`, and claims of a head start, when a creation in flight ends.
     settled: tokio::sync::Notify,
 }
 
@@ -89,6 +94,13 @@ pub(crate) enum Claim {
     Miss,
 }
 
+/// What one look at the pool found.
+enum Attempt {
+    Done(Claim),
+    /// A head start that fits is still being created.
+    Wait,
+}
+
 impl Pool {
     pub(crate) fn new(config: &DockerConfig) -> Self {
         let sizes: BTreeMap<String, usize> = config
@@ -104,6 +116,7 @@ impl Pool {
             owner: RunOwner::current(&format!("pool_{}", uuid::Uuid::new_v4().simple())),
             slots: Mutex::new(slots),
             closed: AtomicBool::new(false),
+            head_start: config.head_start,
             settled: tokio::sync::Notify::new(),
         }
     }
@@ -118,20 +131,39 @@ impl Pool {
     }
 
     /// Takes a member for a run of `spec` whose template image is now `image_id`, if one
-    /// fits; members of another image are retired. Either way the template is topped up.
-    pub(crate) fn claim(&self, shared: &Arc<Shared>, spec: &SandboxSpec, image_id: &str) -> Claim {
+    /// fits; members of another image are retired. Either way the template is topped up
+    /// (unless the pool is a head start, whose member being created is waited for).
+    pub(crate) async fn claim(
+        &self,
+        shared: &Arc<Shared>,
+        spec: &SandboxSpec,
+        image_id: &str,
+    ) -> Claim {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.attempt(shared, spec, image_id) {
+                Attempt::Done(claim) => return claim,
+                Attempt::Wait => settled.await,
+            }
+        }
+    }
+
+    fn attempt(&self, shared: &Arc<Shared>, spec: &SandboxSpec, image_id: &str) -> Attempt {
         if !self.sizes.contains_key(&spec.template) || self.closed.load(Ordering::SeqCst) {
-            return Claim::Miss;
+            return Attempt::Done(Claim::Miss);
         }
         let mut stale = Vec::new();
         let mut defer = false;
         let claim = {
             let mut slots = self.slots();
             let Some(slot) = slots.get_mut(&spec.template) else {
-                return Claim::Miss;
+                return Attempt::Done(Claim::Miss);
             };
             let mut found = None;
-            if fits(spec, &spec.template, &self.limits) {
+            let fit = fits(spec, &spec.template, &self.limits);
+            if fit {
                 while let Some(warm) = slot.ready.pop_front() {
                     if warm.image_id == image_id {
                         found = Some(warm);
@@ -146,18 +178,21 @@ impl Pool {
                     slot.in_use += 1;
                     // Ready members left: the refill waits for this member's release.
                     defer = !slot.ready.is_empty();
-                    Claim::Hit(warm)
+                    Attempt::Done(Claim::Hit(warm))
+                }
+                None if fit && self.head_start && slot.creating > 0 && stale.is_empty() => {
+                    return Attempt::Wait;
                 }
                 None => {
                     slot.misses += 1;
-                    Claim::Miss
+                    Attempt::Done(Claim::Miss)
                 }
             }
         };
         for warm in stale {
             retire(shared, warm);
         }
-        if !defer {
+        if !defer && !self.head_start {
             self.refill(shared, &spec.template);
         }
         claim
@@ -168,7 +203,9 @@ impl Pool {
         if let Some(slot) = self.slots().get_mut(template) {
             slot.in_use = slot.in_use.saturating_sub(1);
         }
-        self.refill(shared, template);
+        if !self.head_start {
+            self.refill(shared, template);
+        }
     }
 
     /// Tops every template up (at start-up).
@@ -217,7 +254,13 @@ impl Pool {
                         }
                         Err(e) => {
                             slot.creating = slot.creating.saturating_sub(1);
-                            tracing::warn!(template, error = %e, "creating a warm pool sandbox failed");
+                            if pool.head_start {
+                                // The run falls back to a fresh sandbox, whose own failure
+                                // (if any) is the one reported.
+                                tracing::debug!(template, error = %e, "creating the head start sandbox failed");
+                            } else {
+                                tracing::warn!(template, error = %e, "creating a warm pool sandbox failed");
+                            }
                             slot.last_error = Some(e);
                             None
                         }

@@ -2,12 +2,14 @@
 //! started (or claimed from the warm pool, already started), whose launcher receives the
 //! one command after the workspace was streamed into it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::container::AttachContainerResults;
 use bollard::exec::{CreateExecOptions, StartExecOptions};
 use bollard::query_parameters::{KillContainerOptionsBuilder, RenameContainerOptionsBuilder};
 use crownest_core::archive::{ExtractPolicy, ExtractSummary};
@@ -49,6 +51,9 @@ pub struct DockerSandbox {
     /// Claimed from the warm pool (recorded in the isolation report).
     pooled: bool,
     index: Mutex<Option<WorkspaceIndex>>,
+    /// The attachment the workspace went through (step 0 of `launcher.rs`), kept for the
+    /// command.
+    attached: Mutex<Option<AttachContainerResults>>,
     sent: Mutex<Option<KillSignal>>,
     /// `exec` was called (a sandbox runs exactly one command).
     exec_called: AtomicBool,
@@ -110,6 +115,7 @@ impl DockerSandbox {
             container,
             pooled,
             index: Mutex::new(None),
+            attached: Mutex::new(None),
             sent: Mutex::new(None),
             exec_called: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -131,6 +137,29 @@ impl DockerSandbox {
             )));
         }
         Ok(())
+    }
+
+    /// Streams the host tree `dir` (only this process writes it) into the container's
+    /// workspace, owned by the sandbox user: through the launcher on the attach stream the
+    /// command will use (kept for `exec`), or, when the image cannot unpack it, with
+    /// Docker's archive upload.
+    async fn send_workspace(&self, dir: PathBuf) -> Result<WorkspaceIndex, DockerError> {
+        let owner = self.shared.config.uid_gid().unwrap_or((10001, 10001));
+        let docker = &self.shared.docker;
+        let mut attached = match exec::attach(docker, &self.container).await? {
+            Ok(a) => a,
+            Err(message) => {
+                return Err(DockerError::WorkspaceTransfer {
+                    detail: format!("the container is not running: {message}"),
+                });
+            }
+        };
+        let streamed = upload::stream_to_launcher(&mut attached, dir.clone(), owner).await?;
+        *self.attached.lock().unwrap_or_else(|p| p.into_inner()) = Some(attached);
+        match streamed {
+            Some(index) => Ok(index),
+            None => upload::upload_tree(docker, &self.container, dir, owner).await,
+        }
     }
 
     async fn exec_inner(
@@ -215,6 +244,11 @@ impl DockerSandbox {
             nonce: &nonce,
             started: &self.started,
             requested: &self.sent,
+            attached: self
+                .attached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
         };
         let observed = match exec::launch_and_wait(launch, sink).await? {
             Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
@@ -327,13 +361,7 @@ impl Sandbox for DockerSandbox {
             // Checked and extracted at upload on this backend's work root: stream that tree
             // into the container.
             ArchiveSource::Prepared(tree) => {
-                let uploaded = upload::upload_tree(
-                    &self.shared.docker,
-                    &self.container,
-                    tree.tree_path(),
-                    self.shared.config.uid_gid().unwrap_or((10001, 10001)),
-                )
-                .await;
+                let uploaded = self.send_workspace(tree.tree_path()).await;
                 let summary = tree.summary();
                 tree.discard().await;
                 *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded?);
@@ -381,13 +409,9 @@ impl Sandbox for DockerSandbox {
         };
         // 2. Stream a tar of the staged tree into the container's workspace, owned by the
         //    sandbox user.
-        let uploaded = upload::upload_tree(
-            &self.shared.docker,
-            &self.container,
-            staging.proc_path().join("workspace"),
-            self.shared.config.uid_gid().unwrap_or((10001, 10001)),
-        )
-        .await;
+        let uploaded = self
+            .send_workspace(staging.proc_path().join("workspace"))
+            .await;
         remove_staging(&staging).await;
         *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded?);
         Ok(summary)

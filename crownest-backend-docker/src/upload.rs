@@ -1,5 +1,6 @@
-//! A host tree → tar stream for `PUT /containers/{id}/archive`, straight into the sandbox
-//! container's workspace ([`upload_tree`]).
+//! A host tree → tar stream straight into the sandbox container's workspace: handed to its
+//! launcher over the attach stream ([`stream_to_launcher`]), or, when the image cannot
+//! unpack it, through `PUT /containers/{id}/archive` ([`upload_tree`]).
 //!
 //! The staging tree was written by the core extractor into a private directory that only
 //! this process writes, so walking it with `symlink_metadata` (never following a link) is
@@ -14,12 +15,16 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::query_parameters::UploadToContainerOptionsBuilder;
 use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 
 use crate::container::WORKSPACE;
 use crate::error::DockerError;
+use crate::launcher::WsReplies;
 
 /// What the uploaded workspace holds (relative paths, `""` = the root).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,15 +40,21 @@ pub(crate) struct WorkspaceIndex {
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    chunk: usize,
 }
 
+/// Chunks of `PUT .../archive` bodies.
 const CHUNK: usize = 256 * 1024;
 
+/// Chunks handed to the launcher: each is one `dd` process in the container.
+const LAUNCHER_CHUNK: usize = 1024 * 1024;
+
 impl ChannelWriter {
-    fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+    fn new(tx: mpsc::Sender<io::Result<Bytes>>, chunk: usize) -> Self {
         Self {
             tx,
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::with_capacity(chunk),
+            chunk,
         }
     }
 
@@ -51,7 +62,10 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(self.chunk),
+        ));
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload was aborted"))
@@ -61,7 +75,7 @@ impl ChannelWriter {
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
+        if self.buf.len() >= self.chunk {
             self.send()?;
         }
         Ok(data.len())
@@ -83,15 +97,7 @@ pub(crate) async fn upload_tree(
     dir: PathBuf,
     (uid, gid): (u64, u64),
 ) -> Result<WorkspaceIndex, DockerError> {
-    let (tx, rx) = mpsc::channel(4);
-    let walker = tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter::new(tx.clone());
-        let r = write_tar(&dir, uid, gid, &mut out);
-        if let Err(e) = &r {
-            let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
-        }
-        r
-    });
+    let (walker, rx) = walk(dir, (uid, gid), CHUNK);
     let body = bollard::body_try_stream(stream_of(rx));
     let opts = UploadToContainerOptionsBuilder::new()
         .path(WORKSPACE)
@@ -109,6 +115,136 @@ pub(crate) async fn upload_tree(
         })?;
     uploaded.map_err(DockerError::api("upload archive"))?;
     Ok(index)
+}
+
+/// The tar of `dir` produced on a blocking thread into a bounded channel of `chunk`-sized
+/// pieces (an error of the walk is also sent, so the consumer stops).
+fn walk(
+    dir: PathBuf,
+    (uid, gid): (u64, u64),
+    chunk: usize,
+) -> (
+    tokio::task::JoinHandle<io::Result<WorkspaceIndex>>,
+    mpsc::Receiver<io::Result<Bytes>>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    let walker = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter::new(tx.clone(), chunk);
+        let r = write_tar(&dir, uid, gid, &mut out);
+        if let Err(e) = &r {
+            let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+        }
+        r
+    });
+    (walker, rx)
+}
+
+/// The launcher's next workspace-mark word (see `launcher.rs`, step 0).
+async fn next_word(
+    output: &mut (impl futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin),
+    replies: &mut WsReplies,
+    pending: &mut std::collections::VecDeque<String>,
+    nonce: &str,
+) -> Result<String, DockerError> {
+    loop {
+        if let Some(word) = pending.pop_front() {
+            return Ok(word);
+        }
+        let chunk = match output.next().await {
+            Some(Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message })) => message,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(DockerError::api("attach (workspace)")(e)),
+            None => {
+                return Err(DockerError::WorkspaceTransfer {
+                    detail: format!(
+                        "the container's launcher ended before it answered: {}",
+                        replies.text()
+                    ),
+                });
+            }
+        };
+        pending.extend(replies.push(nonce, &chunk));
+    }
+}
+
+/// Hands the tree `dir` to the launcher of an attached, started container (step 0 of
+/// `launcher.rs`): `Ok(None)` when the launcher cannot take it (the caller then uses
+/// [`upload_tree`]), else the index of what was unpacked. The tar goes out in 1 MiB
+/// chunks while the launcher's answers are read, so neither side can wait on the other.
+pub(crate) async fn stream_to_launcher(
+    attached: &mut AttachContainerResults,
+    dir: PathBuf,
+    owner: (u64, u64),
+) -> Result<Option<WorkspaceIndex>, DockerError> {
+    let AttachContainerResults { output, input } = attached;
+    let nonce = crate::launcher::new_nonce();
+    let io_err = |source| DockerError::Io {
+        context: "writing the workspace to the launcher's stdin".into(),
+        source,
+    };
+    let offer = async {
+        input.write_all(format!("W {nonce}\n").as_bytes()).await?;
+        input.flush().await
+    };
+    offer.await.map_err(io_err)?;
+    let mut replies = WsReplies::default();
+    let mut pending = std::collections::VecDeque::new();
+    match next_word(output, &mut replies, &mut pending, &nonce)
+        .await?
+        .as_str()
+    {
+        "ready" => {}
+        "unsupported" => return Ok(None),
+        other => {
+            return Err(DockerError::WorkspaceTransfer {
+                detail: format!("the launcher answered {other:?} to the workspace offer"),
+            });
+        }
+    }
+    let (walker, mut rx) = walk(dir, owner, LAUNCHER_CHUNK);
+    let send = async {
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk?;
+            input
+                .write_all(format!("C {}\n", chunk.len()).as_bytes())
+                .await?;
+            input.write_all(&chunk).await?;
+        }
+        input.write_all(b"C 0\n").await?;
+        input.flush().await
+    };
+    let answers = async {
+        let complete = next_word(output, &mut replies, &mut pending, &nonce).await?;
+        let status = next_word(output, &mut replies, &mut pending, &nonce).await?;
+        Ok::<_, DockerError>((complete, status, replies.text()))
+    };
+    let mut answers = std::pin::pin!(answers);
+    // The launcher answers only after `C 0` (a failed `tar` still lets every chunk be
+    // read): an answer before that is a launcher that ended.
+    let sent = tokio::select! {
+        biased;
+        sent = send => sent,
+        early = &mut answers => {
+            return Err(early.err().unwrap_or_else(|| DockerError::WorkspaceTransfer {
+                detail: "the launcher answered before the whole workspace was sent".into(),
+            }));
+        }
+    };
+    let index = walker
+        .await
+        .map_err(|e| DockerError::State(format!("the workspace walker failed: {e}")))?
+        .map_err(|e| DockerError::Io {
+            context: "reading the workspace tree".into(),
+            source: e,
+        })?;
+    sent.map_err(io_err)?;
+    let (complete, status, text) = answers.await?;
+    if complete != "complete" || status != "0" {
+        return Err(DockerError::WorkspaceTransfer {
+            detail: format!("unpacking it in the container failed (status {status}): {text}"),
+        });
+    }
+    Ok(Some(index))
 }
 
 /// A receiver as a `Stream` (without pulling in tokio-stream's wrappers).

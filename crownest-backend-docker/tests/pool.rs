@@ -1,6 +1,7 @@
 //! The warm pool (`DockerConfig::with_pool`): members are hardened exactly like fresh
 //! sandboxes, each is used by one run and destroyed after it, the pool refills, drains on
-//! shutdown, and is swept after its owner process dies.
+//! shutdown, and is swept after its owner process dies. The head start of one run
+//! (`DockerConfig::with_head_start`) is waited for, taken once and never refilled.
 //!
 //! Each test pools its own template name (the `python-node` image under another name), so
 //! the `crownest.pool` label tells its members apart from other tests' in this process.
@@ -335,6 +336,101 @@ async fn the_pool_drains_on_shutdown_even_while_it_fills() {
     assert!(
         members(&b, &template).await.is_empty(),
         "no refill after the drain"
+    );
+}
+
+/// A backend with the head start of one run of `template` (`DockerConfig::with_head_start`).
+async fn head_start_backend(template: &str) -> Option<DockerBackend> {
+    common::backend().await?;
+    let config = DockerConfig::default()
+        .with_template(template, DEFAULT_IMAGE)
+        .with_head_start(template);
+    Some(DockerBackend::connect(config).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_start_is_waited_for_taken_once_and_never_refilled() {
+    let template = unique("head-start");
+    let Some(b) = head_start_backend(&template).await else {
+        return;
+    };
+    let status = |b: &DockerBackend| {
+        b.pools()
+            .into_iter()
+            .find(|p| p.template == template)
+            .unwrap()
+    };
+    // At once, while its container is still being created: the run waits for it rather
+    // than creating a second one.
+    let s = status(&b);
+    assert_eq!((s.ready, s.creating), (0, 1), "{s:?}");
+    let sb = b
+        .create(&spec(&template, Limits::default(), Network::None))
+        .await
+        .unwrap();
+    assert!(sb.isolation().pooled, "the head start was taken");
+    assert_eq!(
+        members(&b, &template).await.len(),
+        1,
+        "one container in all"
+    );
+    // It runs its command like any sandbox (the workspace through the launcher).
+    sb.materialize(
+        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(
+            common::archive().to_vec(),
+        ))),
+        &crownest_core::archive::ExtractPolicy::default(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(&common::request(&["cat", "hello.txt"]), &sink)
+        .await
+        .unwrap();
+    assert_eq!(out.status, crownest_core::ExitStatus::Exited(0));
+    assert_eq!(sink.stdout(), "hello\n");
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &id).await;
+    let s = status(&b);
+    assert_eq!(
+        (s.ready, s.creating, s.hits, s.misses),
+        (0, 0, 1, 0),
+        "never refilled: {s:?}"
+    );
+    // A second run gets a fresh sandbox at once (nothing to wait for).
+    let second = b
+        .create(&spec(&template, Limits::default(), Network::None))
+        .await
+        .unwrap();
+    assert!(!second.isolation().pooled);
+    second.destroy().await.unwrap();
+    b.shutdown().await;
+    assert!(members(&b, &template).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_start_that_does_not_fit_is_not_waited_for_and_is_removed_at_shutdown() {
+    let template = unique("head-start-fit");
+    let Some(b) = head_start_backend(&template).await else {
+        return;
+    };
+    let other = Limits {
+        memory_bytes: 256 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let sb = b
+        .create(&spec(&template, other, Network::None))
+        .await
+        .unwrap();
+    assert!(!sb.isolation().pooled);
+    sb.destroy().await.unwrap();
+    b.shutdown().await;
+    assert!(
+        members(&b, &template).await.is_empty(),
+        "the unused head start is removed at shutdown"
     );
 }
 

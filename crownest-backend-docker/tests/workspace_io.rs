@@ -169,3 +169,84 @@ async fn artifacts_never_follow_links_and_respect_caps() {
         "host staging left behind: {leftovers:?}"
     );
 }
+
+/// Runs the `docker` command line; panics with its output when it fails.
+fn docker_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_without_tar_gets_the_workspace_through_the_archive_upload() {
+    let Some(_) = common::backend().await else {
+        return;
+    };
+    // The python-node image without tar: its launcher cannot unpack the workspace itself
+    // (step 0 of `launcher.rs`), so the backend falls back to Docker's archive upload.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (maker, image) = (
+        format!("crownest-test-notar-{id}"),
+        format!("crownest-test/no-tar:{id}"),
+    );
+    docker_cli(&[
+        "run",
+        "--name",
+        &maker,
+        "--user",
+        "0",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        crownest_backend_docker::DEFAULT_IMAGE,
+        "-c",
+        "rm -f /usr/bin/tar /bin/tar",
+    ]);
+    docker_cli(&["commit", &maker, &image]);
+    docker_cli(&["rm", &maker]);
+    let b = crownest_backend_docker::DockerBackend::connect(
+        crownest_backend_docker::DockerConfig::default().with_template("no-tar", &image),
+    )
+    .await
+    .unwrap();
+    let spec = crownest_core::SandboxSpec {
+        template: "no-tar".into(),
+        ..common::sandbox_spec(Limits::default())
+    };
+    let sb = crownest_core::SandboxBackend::create(&b, &spec)
+        .await
+        .unwrap();
+    sb.materialize(
+        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive_with_links()))),
+        &ExtractPolicy::default(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(
+            &common::request(&[
+                "sh",
+                "-c",
+                "./tool; command -v tar || echo no tar; id -u; stat -c %u bin/tool.sh",
+            ]),
+            &sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Exited(0));
+    assert_eq!(sink.stdout(), "tool\nno tar\n10001\n10001\n");
+    let sandbox = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &sandbox).await;
+    docker_cli(&["rmi", &image]);
+}

@@ -41,6 +41,28 @@ pub(crate) struct PoolSettings {
     pub(crate) docker: std::collections::BTreeMap<String, usize>,
     /// The engine's default limits.
     pub(crate) limits: crownest_core::Limits,
+    /// The pool is the head start of one run (`DockerConfig::with_head_start`): its one
+    /// template is made with `limits` (the run's) once, never refilled.
+    pub(crate) head_start: bool,
+}
+
+impl PoolSettings {
+    /// The head start of `crownest run --backend docker`: one sandbox of the run's template
+    /// and limits, created while the command stores the archive and opens the engine.
+    /// None when the run would not take it anyway (network enabled, a spec the engine
+    /// refuses).
+    pub(crate) fn head_start(spec: &crownest_core::RunSpec) -> Option<Self> {
+        if spec.network != crownest_core::Network::None {
+            return None;
+        }
+        let config = EngineConfig::default();
+        let limits = spec.validate(&config.defaults, &config.maxima).ok()?;
+        Some(Self {
+            docker: std::collections::BTreeMap::from([(spec.template.clone(), 1)]),
+            limits,
+            head_start: true,
+        })
+    }
 }
 
 /// Which store the commands use (`--store`, `--blobs`).
@@ -225,7 +247,11 @@ async fn docker_backend(
         .docker
         .iter()
         .fold(config.with_pool_limits(pool.limits), |c, (t, n)| {
-            c.with_pool(t, *n)
+            if pool.head_start {
+                c.with_head_start(t)
+            } else {
+                c.with_pool(t, *n)
+            }
         })
         // A run's stopped container is removed after its terminal commit (the evidence
         // says `removalPending`); `serve` and `run` wait for those removals at their end
@@ -359,14 +385,36 @@ pub(crate) struct ForRun {
 /// a crashed server, host staging a crash left, all without an unfinished run) is swept by
 /// the next command that opens that backend: any other local command (`list`, `get`, `gc`,
 /// ...), `serve`, or a `run` on that backend (`docs/engine.md`, "Recovery").
-pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::Result<ForRun> {
+pub(crate) async fn open_for_run(
+    home: &Path,
+    spec: &crownest_core::RunSpec,
+) -> anyhow::Result<ForRun> {
+    let backend = spec.backend.as_deref();
     // A malformed template registry is refused whatever the backend (a typo must not pass
     // unnoticed on one backend and fail on another).
     // Read once, here, for every backend this command sets up.
     let registered = crate::templates::Registered::load(home)?;
     let own = registered.process.clone();
     let process = tokio::task::spawn_blocking(move || process_backend(&own));
-    let Opened { store, sqlite } = open_chosen(home, Readers::SameHost).await?;
+    // The run's own backend is set up while the store opens (for Docker: the handshake,
+    // and the head start's container creation, which goes on in the background).
+    let chosen_slot = async {
+        match backend {
+            None => None,
+            Some(name) if name == crownest_backend_process::BACKEND => None,
+            Some(name) => Some(
+                other_backend_with(
+                    name,
+                    &registered,
+                    &PoolSettings::head_start(spec).unwrap_or_default(),
+                )
+                .await
+                .ok_or_else(|| usage(format!("no backend named {name:?} in this build"))),
+            ),
+        }
+    };
+    let (opened, chosen_slot) = tokio::join!(open_chosen(home, Readers::SameHost), chosen_slot);
+    let Opened { store, sqlite } = opened?;
     let process = process
         .await
         .unwrap_or_else(|e| Err(format!("setting up the backend panicked: {e}")))
@@ -385,19 +433,14 @@ pub(crate) async fn open_for_run(home: &Path, backend: Option<&str>) -> anyhow::
         builder = builder.host_key(k.clone());
     }
     let mut chosen = None;
-    match backend {
-        None => {}
-        Some(name) if name == crownest_backend_process::BACKEND => {}
-        Some(name) => {
-            let slot = other_backend(name, &registered)
-                .await
-                .ok_or_else(|| usage(format!("no backend named {name:?} in this build")))?;
-            let b = slot
-                .backend
-                .map_err(|why| usage(format!("backend {name} is not usable here: {why}")))?;
-            builder = builder.backend(b.clone());
-            chosen = Some(b);
-        }
+    if let Some(slot) = chosen_slot {
+        let slot = slot?;
+        let name = slot.name;
+        let b = slot
+            .backend
+            .map_err(|why| usage(format!("backend {name} is not usable here: {why}")))?;
+        builder = builder.backend(b.clone());
+        chosen = Some(b);
     }
     let engine = builder.open().await.context("opening the engine")?;
     let recovery = tokio::spawn(async move {
@@ -456,11 +499,20 @@ async fn other_backend(
     name: &str,
     registered: &crate::templates::Registered,
 ) -> Option<BackendSlot> {
+    other_backend_with(name, registered, &PoolSettings::default()).await
+}
+
+/// [`other_backend`], a Docker backend with the pool (or head start) of `pool`.
+async fn other_backend_with(
+    name: &str,
+    registered: &crate::templates::Registered,
+    #[cfg_attr(not(feature = "docker"), allow(unused_variables))] pool: &PoolSettings,
+) -> Option<BackendSlot> {
     match name {
         #[cfg(feature = "docker")]
         crownest_backend_docker::BACKEND => Some(BackendSlot {
             name: crownest_backend_docker::BACKEND,
-            backend: docker_backend(registered, &PoolSettings::default()).await,
+            backend: docker_backend(registered, pool).await,
         }),
         #[cfg(feature = "wasm")]
         crownest_backend_wasm::BACKEND => Some(BackendSlot {

@@ -94,6 +94,7 @@ pub(crate) async fn serve(
         home::PoolSettings {
             docker: policy::parse_pools(&args.pool)?,
             limits: probe.defaults,
+            head_start: false,
         }
     };
     let engine = home::open_with(home_dir, &pool, home::Readers::Remote, |config, slots| {

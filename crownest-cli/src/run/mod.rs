@@ -88,7 +88,7 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
         let conn = Connection::Remote(client.clone());
         return drive(&conn, spec, &args, source, progress, &mut interrupts).await;
     }
-    let opened = home::open_for_run(&target.home()?, spec.backend.as_deref()).await?;
+    let opened = home::open_for_run(&target.home()?, &spec).await?;
     let conn = Connection::Local(opened.engine);
     let exit = drive(&conn, spec, &args, source, progress, &mut interrupts).await;
     // Let recovery (running beside the run) finish, briefly: it is idempotent, and the next
