@@ -67,9 +67,47 @@ pub struct DockerBackend {
     shared: Arc<Shared>,
 }
 
+/// The API version (`major`, `minor`) of the engine listening on the unix socket `path`, from
+/// the `Api-Version` header of its `GET /_ping` answer; `None` when it does not answer 200
+/// with one within 5 s (the caller then negotiates through bollard, which reports the error).
+async fn ping_version(path: &str) -> Option<(usize, usize)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut socket = tokio::net::UnixStream::connect(path).await.ok()?;
+        socket
+            .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        socket.read_to_end(&mut answer).await.ok()?;
+        Some(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .ok()??;
+    api_version_of(&String::from_utf8_lossy(&answer))
+}
+
+/// The `Api-Version` of a `200` HTTP answer's headers.
+fn api_version_of(answer: &str) -> Option<(usize, usize)> {
+    let mut lines = answer.split("\r\n");
+    if lines.next()?.split(' ').nth(1) != Some("200") {
+        return None;
+    }
+    lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("api-version"))
+        .and_then(|(_, v)| {
+            let (major, minor) = v.trim().split_once('.')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+}
+
 impl DockerBackend {
     /// Connects to the engine of `config.host` (or the local defaults), negotiates the API
-    /// version (the engine here speaks 1.41; bollard defaults to newer) and pings it.
+    /// version (the engine here speaks 1.41; bollard defaults to newer) and pings it: for a
+    /// unix socket, one `/_ping` does both (its `Api-Version` header).
     ///
     /// A missing image is not an error here: [`SandboxBackend::templates`] reports it
     /// unavailable with the reason, and `create` fails naming `scripts/build-docker-image.sh`.
@@ -107,18 +145,43 @@ impl DockerBackend {
         };
         // bollard's timeout bounds a request until its response headers arrive: a whole
         // upload, but not a streamed body (attach and wait answer at once).
-        let docker = match &config.host {
-            Some(host) => Docker::connect_with_host(host),
-            None => Docker::connect_with_local_defaults(),
-        }
-        .map_err(connect_err)?
-        .with_timeout(
-            config
-                .request_timeout
-                .max(std::time::Duration::from_secs(1)),
-        );
-        let docker = docker.negotiate_version().await.map_err(connect_err)?;
-        docker.ping().await.map_err(connect_err)?;
+        let timeout = config
+            .request_timeout
+            .max(std::time::Duration::from_secs(1));
+        // A local engine: its API version from one `/_ping` (as the docker CLI negotiates),
+        // not from `/version`, which makes the daemon run `runc --version` and the like
+        // (10–20 ms of every command here).
+        let pinged = match endpoint.strip_prefix("unix://") {
+            Some(path) => ping_version(path).await.map(|v| (path, v)),
+            None => None,
+        };
+        let docker = match pinged {
+            Some((path, (major, minor))) => {
+                let ours = bollard::API_DEFAULT_VERSION;
+                let version = if (major, minor) < (ours.major_version, ours.minor_version) {
+                    bollard::ClientVersion {
+                        major_version: major,
+                        minor_version: minor,
+                    }
+                } else {
+                    *ours
+                };
+                Docker::connect_with_unix(path, timeout.as_secs(), &version)
+                    .map_err(connect_err)?
+                    .with_timeout(timeout)
+            }
+            None => {
+                let docker = match &config.host {
+                    Some(host) => Docker::connect_with_host(host),
+                    None => Docker::connect_with_local_defaults(),
+                }
+                .map_err(connect_err)?
+                .with_timeout(timeout);
+                let docker = docker.negotiate_version().await.map_err(connect_err)?;
+                docker.ping().await.map_err(connect_err)?;
+                docker
+            }
+        };
         let shared = Arc::new(Shared {
             docker,
             pool: Pool::new(&config),
@@ -322,5 +385,26 @@ impl SandboxBackend for DockerBackend {
         .await
         .map_err(|e| Error::backend("docker", format!("the staging sweep task failed: {e}")))??;
         Ok(swept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_version_of;
+
+    #[test]
+    fn the_api_version_is_read_from_the_ping_headers() {
+        let ok = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\nOK";
+        assert_eq!(api_version_of(ok), Some((1, 41)));
+        let lower = "HTTP/1.1 200 OK\r\napi-version:1.51\r\n\r\nOK";
+        assert_eq!(api_version_of(lower), Some((1, 51)));
+        for bad in [
+            "HTTP/1.0 500 Internal Server Error\r\nApi-Version: 1.41\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nServer: x\r\n\r\nApi-Version: 1.41",
+            "HTTP/1.0 200 OK\r\nApi-Version: one\r\n\r\n",
+            "",
+        ] {
+            assert_eq!(api_version_of(bad), None, "{bad:?}");
+        }
     }
 }

@@ -297,7 +297,25 @@ pub(crate) async fn launch_and_wait(
     let mut marks = [EndMark::new(nonce), EndMark::new(nonce)];
     let mut acknowledged = false;
     let mut stderr_head = Vec::new();
-    while let Some(item) = output.next().await {
+    let wait_opts = WaitContainerOptionsBuilder::new()
+        .condition("not-running")
+        .build();
+    // Asked for as soon as the marks are acknowledged, while the rest of the stream (a
+    // detached child's output) is read: the container's exit takes the daemon some 20 ms.
+    let mut wait = None;
+    let mut waited = None;
+    loop {
+        let item = match wait.as_mut() {
+            Some(w) if waited.is_none() => tokio::select! {
+                item = output.next() => item,
+                first = futures::StreamExt::next(w) => {
+                    waited = Some(first);
+                    continue;
+                }
+            },
+            _ => output.next().await,
+        };
+        let Some(item) = item else { break };
         match item {
             Ok(LogOutput::StdOut { message }) => {
                 let out = marks[0].push(&message);
@@ -346,6 +364,9 @@ pub(crate) async fn launch_and_wait(
                 context: "acknowledging the launcher's end marks".into(),
                 source: e,
             })?;
+            wait = Some(Box::pin(
+                docker.wait_container(container, Some(wait_opts.clone())),
+            ));
         }
     }
     // Bytes held as a possible start of a mark that never came were output after all.
@@ -389,11 +410,16 @@ pub(crate) async fn launch_and_wait(
             ),
         });
     }
-    let wait_opts = WaitContainerOptionsBuilder::new()
-        .condition("not-running")
-        .build();
-    let mut wait = Box::pin(docker.wait_container(container, Some(wait_opts)));
-    let waited = match wait.next().await {
+    let first = match (waited, wait.as_mut()) {
+        (Some(first), _) => first,
+        (None, Some(w)) => w.next().await,
+        (None, None) => {
+            Box::pin(docker.wait_container(container, Some(wait_opts)))
+                .next()
+                .await
+        }
+    };
+    let waited = match first {
         Some(Ok(r)) => Some(r.status_code),
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
         Some(Err(e)) => return Err(DockerError::api("wait")(e)),

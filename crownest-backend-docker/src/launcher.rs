@@ -10,14 +10,18 @@
 //! 0. first, the engine may hand over the workspace on the same stdin (it is then attached
 //!    already; `upload::stream_to_launcher`): a line `W <nonce>`. The launcher answers the
 //!    [workspace mark](ws_mark) `ready` on stdout when its working directory (the
-//!    workspace) is writable and the image has `tar` and a `dd` that reads whole blocks
-//!    (`iflag=fullblock`), else `unsupported` (the engine then uses Docker's archive
-//!    upload; nothing else changes). After `ready` the tar comes as chunks, each a line
-//!    `C <n>` and `n` bytes (read by one `dd`, which never reads past its block), ended by
-//!    `C 0`, piped into `tar -x -p` run as the sandbox user; the launcher writes the mark
+//!    workspace) is writable and the image has `tar` and `dd` (shell builtins check that:
+//!    every program started in a fresh container costs ~10 ms on fuse-overlayfs), else
+//!    `unsupported` (the engine then uses Docker's archive upload; nothing else changes).
+//!    After `ready` the tar comes as chunks, each a line `C <n>` and `n` bytes, read by one
+//!    `dd bs=<n> count=1 iflag=fullblock`, which never reads past its block, and piped into
+//!    `tar -x -p` run as the sandbox user; `C 0` ends them. The launcher writes the mark
 //!    `complete` once it has read `C 0` and then the mark `<status of tar>`; anything
 //!    `tar` printed comes before it. A status other than `0` ends the launcher (exit
-//!    125, nothing started). This saves the daemon's own chrooted untar (`PUT
+//!    125, nothing started). A `dd` that fails (one without `iflag=fullblock`, or one
+//!    killed by `SIGPIPE` after `tar` gave up) kills the launcher at once, so bytes of the
+//!    tree left on stdin are never read as a frame: the container stops, and the engine
+//!    reports the transfer failed with what the container printed. This saves the daemon's own chrooted untar (`PUT
 //!    .../archive`, the largest cost of a tiny run above `docker run`, see
 //!    `docs/benchmarks.md`); the tree is the one the core extractor checked, and it is
 //!    unpacked inside the container, by its unprivileged user, before any command runs;
@@ -87,7 +91,7 @@ while IFS=' ' read -r _crownest_k _crownest_n _crownest_v; do
          *[!0-9a-f]*|'') exit 125 ;;
        esac
        if [ -n "$_crownest_first" ] && [ -w . ] && command -v tar >/dev/null 2>&1 \
-          && [ "$(printf x | dd bs=1 count=1 iflag=fullblock status=none 2>/dev/null)" = x ]
+          && command -v dd >/dev/null 2>&1
        then
          printf '\000\033crownest-ws:%s:ready\000' "$_crownest_n"
          { { while IFS=' ' read -r _crownest_k _crownest_v && [ "$_crownest_k" = C ]; do
@@ -95,7 +99,7 @@ while IFS=' ' read -r _crownest_k _crownest_n _crownest_v; do
                  printf '\000\033crownest-ws:%s:complete\000' "$_crownest_n" >&2
                  break
                fi
-               dd bs="$_crownest_v" count=1 iflag=fullblock status=none
+               dd bs="$_crownest_v" count=1 iflag=fullblock status=none || kill -KILL $$
              done; } | tar -x -p -f -; } 2>&1
          _crownest_v=$?
          printf '\000\033crownest-ws:%s:%s\000' "$_crownest_n" "$_crownest_v"
@@ -786,6 +790,41 @@ mod tests {
         assert!(replies.text().contains("tar"), "{}", replies.text());
         assert_eq!(child.wait().unwrap().code(), Some(125));
         assert!(!dir.path().join("ran").exists());
+    }
+
+    #[test]
+    fn a_dd_that_fails_ends_the_launcher_before_the_tree_is_read_as_a_frame() {
+        // A `dd` that reads nothing (as one without `iflag=fullblock` would): the chunk's
+        // bytes stay on stdin, and here they even look like a frame.
+        let bin = tempfile::tempdir().unwrap();
+        let fake = bin.path().join("dd");
+        std::fs::write(&fake, "#!/bin/sh\necho 'dd: unknown flag' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = format!("{}:/usr/bin:/bin", bin.path().display());
+        let mut child = spawn_launcher_in(dir.path(), &path);
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        stdin.write_all(format!("W {NONCE}\n").as_bytes()).unwrap();
+        read_until(&mut stdout, &ws_mark(NONCE, "ready"));
+        let lookalike = frame_of("/", &env(&[]), &secrets(&[]), &["touch", "ran"]);
+        let _ = stdin.write_all(format!("C {}\n", lookalike.len()).as_bytes());
+        let _ = stdin.write_all(&lookalike);
+        let _ = stdin.write_all(b"C 0\n");
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "killed: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(String::from_utf8_lossy(&rest).contains("dd: unknown flag"));
+        assert!(
+            !dir.path().join("ran").exists(),
+            "no frame was read from the tree"
+        );
     }
 
     #[test]

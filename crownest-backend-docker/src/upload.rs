@@ -182,6 +182,8 @@ pub(crate) async fn stream_to_launcher(
         context: "writing the workspace to the launcher's stdin".into(),
         source,
     };
+    // The tree is read while the launcher answers.
+    let (walker, mut rx) = walk(dir, owner, LAUNCHER_CHUNK);
     let offer = async {
         input.write_all(format!("W {nonce}\n").as_bytes()).await?;
         input.flush().await
@@ -194,14 +196,18 @@ pub(crate) async fn stream_to_launcher(
         .as_str()
     {
         "ready" => {}
-        "unsupported" => return Ok(None),
+        "unsupported" => {
+            drop(rx);
+            // Ends at its next chunk (nobody takes it); the caller walks the tree again.
+            let _ = walker.await;
+            return Ok(None);
+        }
         other => {
             return Err(DockerError::WorkspaceTransfer {
                 detail: format!("the launcher answered {other:?} to the workspace offer"),
             });
         }
     }
-    let (walker, mut rx) = walk(dir, owner, LAUNCHER_CHUNK);
     let send = async {
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk?;
