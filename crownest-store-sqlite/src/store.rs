@@ -88,8 +88,20 @@ impl SqliteStore {
         layout.create().map_err(|e| {
             Error::store(format!("creating the store directory {}", dir.display()), e)
         })?;
+        // Whether this open creates the database or its write-ahead log (see below).
+        let creates = !layout.db.exists() || !layout.wal_path().exists();
         let mut conn = connect(&layout.db, config.busy_timeout, false)?;
         migrate(&mut conn)?;
+        if creates {
+            // The new files' directory entries are made durable here, once: this build's
+            // SQLite does not fsync the directory at the first sync of every process's WAL
+            // handle (`SQLITE_DISABLE_DIRSYNC`, `.cargo/config.toml`), which cost every CLI
+            // command a second fsync although the WAL file is kept between processes
+            // (`persist_wal`). With a SQLite built without it, this one is redundant.
+            sync_dir(&layout.root).map_err(|e| {
+                Error::store(format!("syncing the store directory {}", dir.display()), e)
+            })?;
+        }
         let reads = Arc::new(ReadPool::new(
             layout.db.clone(),
             config.busy_timeout,
@@ -396,4 +408,9 @@ impl Store for SqliteStore {
             .read(move |c| runs::get_artifact(c, &id))
             .await
     }
+}
+
+/// fsyncs a directory (its entries: the files created in it).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }

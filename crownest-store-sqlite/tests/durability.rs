@@ -167,3 +167,51 @@ async fn the_checkpointer_copies_a_wal_past_32_mib_into_the_database() {
         640
     );
 }
+
+/// This workspace builds SQLite without its per-process directory fsync of the WAL
+/// (`.cargo/config.toml`); the store fsyncs the directory itself when an open creates the
+/// database or its WAL. A build that lost the flag would pay that fsync in every command
+/// again, unnoticed, without this test.
+#[test]
+fn this_build_of_sqlite_leaves_the_directory_sync_to_the_store() {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
+    let options: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        options.iter().any(|o| o == "DISABLE_DIRSYNC"),
+        "{options:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_wal_was_removed_recreates_it_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store.create_run(new_run()).await.unwrap();
+    store.close().await;
+    let wal = dir.path().join("crownest.db-wal");
+    assert!(wal.exists(), "the WAL is kept between opens");
+    // A tool that opens the database and closes it last: SQLite then checkpoints and
+    // deletes the WAL (the sqlite3 shell does).
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("crownest.db")).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+    assert!(!wal.exists());
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    assert!(wal.exists());
+    assert_eq!(
+        store
+            .list_runs(&crownest_core::store::RunQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.close().await;
+}
