@@ -301,7 +301,7 @@ async fn follow(
             eprintln!("crownest: {}", f.message);
         }
     } else {
-        summary(&record);
+        summary(&record, matches!(conn, Connection::Remote(_)));
     }
     if args.propagate_exit_code {
         return Ok(propagated_exit(&record));
