@@ -604,6 +604,64 @@ fn secrets_travel_to_the_server_and_never_come_back_or_get_stored() {
 }
 
 /// A client of `s` with a token from the environment (never on argv).
+/// After a run through a server, the printed follow-up commands repeat `--server URL` (so
+/// they work when copied), and a kept sandbox is said to be on the server's host, with no
+/// path of this one.
+#[test]
+fn hints_after_a_run_through_a_server_repeat_server() {
+    let s = Server::start();
+    let out = client_with_env_token(&s, &s.token)
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--keep-sandbox", "2s", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let evidence = err
+        .lines()
+        .find(|l| l.contains("evidence:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let id = evidence
+        .split_whitespace()
+        .find(|w| w.starts_with("run_"))
+        .unwrap();
+    assert!(
+        evidence.contains(&format!(
+            "crownest --server {} evidence {id}  (verify: crownest --server {} verify {id})",
+            s.url, s.url
+        )),
+        "{evidence}"
+    );
+    // The printed command works as it is (with the token from the environment).
+    let copied: Vec<&str> = evidence
+        .split_once("evidence: crownest ")
+        .unwrap()
+        .1
+        .split("  (")
+        .next()
+        .unwrap()
+        .split(' ')
+        .collect();
+    let out = crownest()
+        .env("CROWNEST_TOKEN", &s.token)
+        .args(&copied)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{copied:?}: {out:?}");
+    let kept = err
+        .lines()
+        .find(|l| l.contains("sandbox kept until"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        kept.contains("on the server's host (not this one)")
+            && kept.contains("the server removes it then"),
+        "{kept}"
+    );
+    assert!(!kept.contains("workspace/"), "no local path: {kept}");
+    assert!(s.stop().success());
+}
+
 fn client_with_env_token(s: &Server, token: &str) -> Command {
     let mut c = crownest();
     c.args(["--server", &s.url]).env("CROWNEST_TOKEN", token);
