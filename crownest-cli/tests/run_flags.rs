@@ -437,6 +437,53 @@ fn quiet_prints_only_failures_and_color_follows_the_flag_and_no_color() {
     }
 }
 
+/// Messages written over several source lines read as one sentence: no run of spaces
+/// where a line continuation was lost.
+#[test]
+fn messages_have_no_runs_of_spaces() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--secret", "API_TOKEN=abc"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("--secret takes a variable name, not a value: export API_TOKEN and pass --secret API_TOKEN, or use --secret-file API_TOKEN=PATH"),
+        "{err}"
+    );
+    assert!(!err.contains("  "), "{err:?}");
+
+    // A run that ended without a signed envelope: the host key could not be loaded then
+    // (group-readable), so `evidence --dsse` signs the stored bundle now and says so.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = home.path().join("host-key.ed25519");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("evidence will not be signed"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let id = newest_run(home.path())["id"].as_str().unwrap().to_owned();
+    let out = crownest(home.path())
+        .args(["evidence", &id, "--dsse"])
+        .assert()
+        .success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains(&format!(
+            "run {id} ended without a signed envelope (no host key then, or an older run); signing the stored bundle now"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("  "), "{err:?}");
+}
+
 /// Docker and the `crownest/python-node` image are here; without them this fails when
 /// `CROWNEST_REQUIRE_DOCKER=1`, and is skipped (said on stderr) otherwise.
 fn docker_usable() -> bool {

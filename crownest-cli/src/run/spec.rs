@@ -77,7 +77,9 @@ fn secrets(args: &RunArgs) -> anyhow::Result<Vec<(String, SecretValue)>> {
         if name.contains('=') {
             let name = name.split('=').next().unwrap_or_default();
             return Err(usage(format!(
-                "--secret takes a variable name, not a value: export {name} and pass                  --secret {name}, or use --secret-file {name}=PATH (a value on the command                  line is visible to every user in `ps`)"
+                "--secret takes a variable name, not a value: export {name} and pass \
+                 --secret {name}, or use --secret-file {name}=PATH (a value on the command \
+                 line is visible to every user in `ps`)"
             )));
         }
         let value = match std::env::var(name) {
