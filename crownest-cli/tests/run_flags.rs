@@ -437,6 +437,35 @@ fn quiet_prints_only_failures_and_color_follows_the_flag_and_no_color() {
     }
 }
 
+#[test]
+fn open_files_and_kill_grace_reach_the_run_and_its_evidence() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--open-files", "256", "--kill-grace", "5s"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "ulimit -n"])
+        .assert()
+        .success();
+    // The process backend sets RLIMIT_NOFILE to it.
+    assert_eq!(String::from_utf8_lossy(&out.get_output().stdout), "256\n");
+    let run = newest_run(home.path());
+    assert_eq!(run["spec"]["limits"]["openFiles"], 256, "{run}");
+    assert_eq!(run["spec"]["limits"]["killGraceMs"], 5000, "{run}");
+    let id = run["id"].as_str().unwrap();
+    let bundle: Value =
+        serde_json::from_str(&stdout_of(crownest(home.path()).args(["evidence", id]))).unwrap();
+    assert_eq!(bundle["limits"]["openFiles"], 256);
+    assert_eq!(bundle["limits"]["killGraceMs"], 5000);
+    // Above the engine's maximum: refused before anything runs.
+    crownest(home.path())
+        .args(["run", "--kill-grace", "2h"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("killGraceMs"));
+}
+
 /// Messages written over several source lines read as one sentence: no run of spaces
 /// where a line continuation was lost.
 #[test]
@@ -482,6 +511,96 @@ fn messages_have_no_runs_of_spaces() {
         "{err}"
     );
     assert!(!err.contains("  "), "{err:?}");
+}
+
+/// `-q` silences notes: the "exists already" of a retried idempotent run and the detach
+/// hint; the run id a detached run prints on stdout stays.
+#[test]
+fn quiet_silences_the_idempotency_and_detach_notes() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |quiet: bool| {
+        let mut c = crownest(home.path());
+        if quiet {
+            c.arg("-q");
+        }
+        let out = c
+            .args(["run", "--idempotency-key", "k1"])
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    run(false);
+    let loud = run(false);
+    assert!(
+        loud.contains("exists already (same idempotency key)"),
+        "{loud}"
+    );
+    let quiet = run(true);
+    assert!(!quiet.contains("exists already"), "{quiet}");
+
+    let detach = |quiet: bool| {
+        let mut c = crownest(home.path());
+        if quiet {
+            c.arg("-q");
+        }
+        let out = c
+            .args(["run", "--detach"])
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .assert()
+            .success();
+        let o = out.get_output();
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        assert!(id.starts_with("run_"), "{id:?}");
+        // Let the background run end before the home goes away.
+        crownest(home.path())
+            .args(["logs", &id, "--follow"])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let loud = detach(false);
+    assert!(loud.contains("started in the background"), "{loud}");
+    let quiet = detach(true);
+    assert!(!quiet.contains("started in the background"), "{quiet}");
+    assert_eq!(quiet, "", "nothing else either");
+}
+
+/// `-v` raises the log level to info (when RUST_LOG is not set): the run's creation is
+/// logged on stderr; without it, no log line.
+#[test]
+fn verbose_shows_info_log_lines() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |verbose: bool| {
+        let mut c = crownest(home.path());
+        c.env_remove("RUST_LOG");
+        if verbose {
+            c.arg("-v");
+        }
+        let out = c
+            .arg("run")
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    let verbose = run(true);
+    let line = verbose
+        .lines()
+        .find(|l| l.contains("run created"))
+        .unwrap_or_else(|| panic!("-v logs the run's creation: {verbose}"));
+    assert!(
+        line.contains("INFO") && line.contains("run=run_") && line.contains("backend=process"),
+        "{line}"
+    );
+    let plain = run(false);
+    assert!(
+        !plain.contains("INFO") && !plain.contains("run created"),
+        "{plain}"
+    );
 }
 
 /// Docker and the `crownest/python-node` image are here; without them this fails when
