@@ -36,6 +36,12 @@ pub const LABEL_POOL: &str = "crownest.pool";
 /// `keep()` renames the container to `<sandbox>.kept-until-<unix ms>`).
 pub(crate) const KEPT_MARK: &str = ".kept-until-";
 
+/// The name `keep()` gives the container of sandbox `sandbox` kept until `until_ms` (unix
+/// milliseconds): `<sandbox>.kept-until-<until_ms>`, e.g. for `docker cp NAME:/workspace .`.
+pub fn kept_container_name(sandbox: &str, until_ms: i64) -> String {
+    format!("{sandbox}{KEPT_MARK}{until_ms}")
+}
+
 /// The mount point of the workspace volume inside every container.
 pub(crate) const WORKSPACE: &str = "/workspace";
 

@@ -157,7 +157,7 @@ pub use backend::DockerBackend;
 pub use config::{DEFAULT_IMAGE, DockerConfig, PYTHON_NODE};
 pub use container::{
     LABEL_INSTANCE, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_POOL, LABEL_ROLE, LABEL_RUN,
-    LABEL_SANDBOX,
+    LABEL_SANDBOX, kept_container_name,
 };
 pub use error::DockerError;
 pub use image::IMAGE_KEY_LABEL;

@@ -23,7 +23,7 @@ use crownest_core::{
 };
 
 use crate::backend::Shared;
-use crate::container::{self, KEPT_MARK, WORKSPACE};
+use crate::container::{self, WORKSPACE};
 use crate::error::{DockerError, is_not_found, status_of};
 use crate::exec::{self, Started};
 use crate::image::ImageInfo;
@@ -456,7 +456,7 @@ impl Sandbox for DockerSandbox {
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
         self.check_alive()?;
-        let name = format!("{}{KEPT_MARK}{}", self.id, until.as_millis());
+        let name = container::kept_container_name(&self.id, until.as_millis());
         let opts = RenameContainerOptionsBuilder::new().name(&name).build();
         self.shared
             .docker

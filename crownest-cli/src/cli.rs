@@ -349,6 +349,13 @@ pub(crate) struct RunArgs {
     /// Most processes the command may have.
     #[arg(long, value_name = "N")]
     pub(crate) pids: Option<u64>,
+    /// Most files each process of the command may have open (RLIMIT_NOFILE) [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub(crate) open_files: Option<u64>,
+    /// How long a command being stopped (timeout, cancel) gets between SIGTERM and SIGKILL,
+    /// e.g. 5s, 500ms [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) kill_grace: Option<Duration>,
     /// Exit with the command's own exit code (as `docker run` does) instead of 1 for a
     /// failed run; a command killed by a signal exits 128 + the signal.
     #[arg(long)]

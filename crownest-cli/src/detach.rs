@@ -73,7 +73,7 @@ pub(crate) async fn detach(home: &Path) -> anyhow::Result<Exit> {
                 Err(_) => log_path.clone(),
             };
             println!("{id}");
-            eprintln!(
+            crate::term::note!(
                 "crownest: run {id} started in the background (output: {}); follow it with \
                  `crownest{} logs {id} --follow`",
                 shown.display(),

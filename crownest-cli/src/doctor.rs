@@ -108,6 +108,9 @@ struct ServerReport {
     authorized: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_error: Option<String>,
+    /// What to do about a refused token (the hint every command prints with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_hint: Option<String>,
     /// The server's warm pools (`crownest_sandbox_pool_*` lines of `/metrics`; needs an
     /// admin token).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -118,12 +121,16 @@ struct ServerReport {
 /// run) so a wrong or missing token is reported too. Exit 0 when both succeed, else 1.
 async fn doctor_remote(client: &Client, args: &DoctorArgs) -> anyhow::Result<Exit> {
     let health = client.health().await.map_err(|e| e.chain());
+    let mut auth_hint = None;
     let auth = match &health {
         Ok(_) => client
             .list_runs(None, 1, None)
             .await
             .map(|_| ())
-            .map_err(|e| e.chain()),
+            .map_err(|e| {
+                auth_hint = crate::exit::auth_hint(&e);
+                e.chain()
+            }),
         Err(_) => Err("not tried: the server did not answer".to_owned()),
     };
     let pools = match &auth {
@@ -147,6 +154,7 @@ async fn doctor_remote(client: &Client, args: &DoctorArgs) -> anyhow::Result<Exi
         health: health.ok(),
         authorized: auth.is_ok(),
         auth_error: auth.err(),
+        auth_hint,
     };
     if args.json {
         use std::io::Write as _;
@@ -164,6 +172,9 @@ async fn doctor_remote(client: &Client, args: &DoctorArgs) -> anyhow::Result<Exi
         match &report.auth_error {
             None => println!("auth:   ok (the token is accepted)"),
             Some(e) => println!("auth:   FAILED: {e}"),
+        }
+        if let Some(hint) = &report.auth_hint {
+            println!("hint:   {hint}");
         }
         for line in &report.pools {
             println!("pool:   {line}");

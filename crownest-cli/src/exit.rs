@@ -100,7 +100,8 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The whole chain of messages, for stderr.
+/// The whole chain of messages, for stderr, and what to do about an authentication
+/// refusal when the chain holds one.
 pub(crate) fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for (i, cause) in e.chain().enumerate() {
@@ -109,13 +110,66 @@ pub(crate) fn describe(e: &anyhow::Error) -> String {
         }
         out.push_str(&cause.to_string());
     }
-    if out.contains("401") && out.contains("unauthorized") {
-        out.push_str(
-            "\ncrownest: the server wants a bearer token: set CROWNEST_TOKEN in the environment \
-             (the token `crownest serve` printed, or one from its tokens file)",
-        );
+    if let Some(hint) = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<Error>())
+        .find_map(auth_hint)
+    {
+        out.push_str("\ncrownest: ");
+        out.push_str(&hint);
     }
     out
+}
+
+/// A server's refusal of the bearer token, from the HTTP status of an error response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthRefusal {
+    /// 401: no token, or one the server does not know.
+    Unauthorized,
+    /// 403: a known token without the scope the request needs (when the server said which).
+    Forbidden(Option<crownest_http::Scope>),
+}
+
+/// The authentication refusal `e` is, if it is one: an error response the client read
+/// (`ErrorBody::to_error` keeps its status as the backend `http <status>` and the body as
+/// the source, with the `scope` a 403 names).
+pub(crate) fn auth_refusal(e: &Error) -> Option<AuthRefusal> {
+    let Error::Backend { backend, .. } = e else {
+        return None;
+    };
+    let status: u16 = backend.strip_prefix("http ")?.parse().ok()?;
+    match status {
+        401 => Some(AuthRefusal::Unauthorized),
+        403 => Some(AuthRefusal::Forbidden(
+            crownest_http::ErrorBody::of_error(e).and_then(|b| b.error.scope),
+        )),
+        _ => None,
+    }
+}
+
+/// How to pass a token: the ways `crownest` takes one.
+const TOKEN_WAYS: &str = "set CROWNEST_TOKEN in the environment or pass --token-file FILE \
+                          (--token T works too, but every user sees it in `ps`)";
+
+/// What to do about an authentication refusal (one line, no prefix).
+pub(crate) fn auth_hint(e: &Error) -> Option<String> {
+    Some(match auth_refusal(e)? {
+        AuthRefusal::Unauthorized => format!(
+            "the server wants a valid bearer token: {TOKEN_WAYS}; use the token `crownest \
+             serve` printed, or one `crownest token add` minted for its tokens file"
+        ),
+        AuthRefusal::Forbidden(scope) => {
+            let (what, scopes) = match scope {
+                Some(s) => (format!("the {s} scope"), s.as_str().to_owned()),
+                None => ("the scope".to_owned(), "SCOPES".to_owned()),
+            };
+            format!(
+                "the token is valid but lacks {what} this request needs: use a token with it \
+                 (`crownest token add NAME --scopes {scopes}` on the server's host mints one); \
+                 {TOKEN_WAYS}"
+            )
+        }
+    })
 }
 
 #[cfg(test)]
@@ -136,5 +190,39 @@ mod tests {
         let io = anyhow::Error::new(Error::io("x", std::io::Error::other("disk")));
         assert_eq!(classify(&io), Exit::Failure);
         assert_eq!(classify(&anyhow::anyhow!("plain")), Exit::Failure);
+    }
+
+    #[test]
+    fn auth_refusals_come_from_the_http_status() {
+        use crownest_http::{ErrorBody, Scope};
+        let unauthorized = ErrorBody::from_response(
+            401,
+            br#"{"error":{"code":"unauthorized","message":"a valid bearer token is required"}}"#,
+        )
+        .to_error(401);
+        assert_eq!(auth_refusal(&unauthorized), Some(AuthRefusal::Unauthorized));
+        // A proxy's page without the JSON body: the status still says it.
+        let bare = ErrorBody::from_response(401, b"<html>nope</html>").to_error(401);
+        assert_eq!(auth_refusal(&bare), Some(AuthRefusal::Unauthorized));
+        let forbidden = ErrorBody::from_response(
+            403,
+            br#"{"error":{"code":"forbidden","message":"lacks","scope":"submit"}}"#,
+        )
+        .to_error(403);
+        assert_eq!(
+            auth_refusal(&forbidden),
+            Some(AuthRefusal::Forbidden(Some(Scope::Submit)))
+        );
+        let hint = describe(&anyhow::Error::new(forbidden).context("creating the run"));
+        assert!(hint.contains("lacks the submit scope"), "{hint}");
+        assert!(
+            hint.contains("CROWNEST_TOKEN") && hint.contains("--token-file"),
+            "{hint}"
+        );
+        // The words alone are not an auth failure.
+        let other = anyhow::anyhow!("a 401 unauthorized test printed this");
+        assert_eq!(describe(&other), "a 401 unauthorized test printed this");
+        let not_found = ErrorBody::from_response(404, b"").to_error(404);
+        assert_eq!(auth_refusal(&not_found), None);
     }
 }

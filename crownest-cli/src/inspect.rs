@@ -223,7 +223,8 @@ pub(crate) async fn evidence(target: &Target, args: EvidenceArgs) -> anyhow::Res
                             crate::hostkey::signing_key(&target.home()?, args.key.as_deref())?;
                         if args.key.is_none() {
                             eprintln!(
-                                "crownest: evidence: run {id} ended without a signed envelope                                  (no host key then, or an older run); signing the stored bundle now"
+                                "crownest: evidence: run {id} ended without a signed envelope \
+                                 (no host key then, or an older run); signing the stored bundle now"
                             );
                         }
                         conn.evidence(&id).await?.to_dsse(&key)

@@ -711,6 +711,32 @@ fn doctor_reports_backends_and_templates() {
         .stdout(predicate::str::contains("backend process: usable"))
         .stdout(predicate::str::contains("template python-node: available"))
         .stdout(predicate::str::contains("python3.path"));
+    // The process backend's python3 version, not just its path.
+    let text =
+        String::from_utf8_lossy(&crownest(home.path()).arg("doctor").output().unwrap().stdout)
+            .into_owned();
+    let process: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("backend process:"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("backend "))
+        .collect();
+    let version = process
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("python3.version = "))
+        .unwrap_or_else(|| panic!("a python3 version in the process section: {text}"));
+    let number = version
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("{version}"));
+    let parts: Vec<u32> = number
+        .split('.')
+        .map(|p| p.parse().unwrap_or_else(|_| panic!("{version}")))
+        .collect();
+    assert!(
+        parts.len() >= 2 && parts[0] == 3,
+        "a Python 3 version like 3.11.7: {version}"
+    );
     let json = crownest(home.path())
         .args(["doctor", "--json"])
         .assert()

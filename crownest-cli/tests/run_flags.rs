@@ -1,5 +1,7 @@
 //! `crownest run`'s flags for what the spec supports, `logs`, and output a person reads:
-//! each behaviour through the built binary on the process backend.
+//! each behaviour through the built binary on the process backend; and a kept Docker
+//! sandbox, which needs Docker and the `crownest/python-node` image (fails without them
+//! when `CROWNEST_REQUIRE_DOCKER=1`, skipped, said on stderr, otherwise).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -375,7 +377,7 @@ fn a_kept_sandbox_says_where_it_is_and_how_long_it_lives() {
         "{line}"
     );
     let dir = line
-        .rsplit_once("destroyed: ")
+        .rsplit_once("backend removes it): ")
         .and_then(|(_, rest)| rest.split(" (the workspace").next())
         .unwrap_or_else(|| panic!("{line}"));
     let mark = Path::new(dir).join("workspace/mark.txt");
@@ -433,4 +435,288 @@ fn quiet_prints_only_failures_and_color_follows_the_flag_and_no_color() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn open_files_and_kill_grace_reach_the_run_and_its_evidence() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--open-files", "256", "--kill-grace", "5s"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "ulimit -n"])
+        .assert()
+        .success();
+    // The process backend sets RLIMIT_NOFILE to it.
+    assert_eq!(String::from_utf8_lossy(&out.get_output().stdout), "256\n");
+    let run = newest_run(home.path());
+    assert_eq!(run["spec"]["limits"]["openFiles"], 256, "{run}");
+    assert_eq!(run["spec"]["limits"]["killGraceMs"], 5000, "{run}");
+    let id = run["id"].as_str().unwrap();
+    let bundle: Value =
+        serde_json::from_str(&stdout_of(crownest(home.path()).args(["evidence", id]))).unwrap();
+    assert_eq!(bundle["limits"]["openFiles"], 256);
+    assert_eq!(bundle["limits"]["killGraceMs"], 5000);
+    // Above the engine's maximum: refused before anything runs.
+    crownest(home.path())
+        .args(["run", "--kill-grace", "2h"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("killGraceMs"));
+}
+
+/// Messages written over several source lines read as one sentence: no run of spaces
+/// where a line continuation was lost.
+#[test]
+fn messages_have_no_runs_of_spaces() {
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--secret", "API_TOKEN=abc"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("--secret takes a variable name, not a value: export API_TOKEN and pass --secret API_TOKEN, or use --secret-file API_TOKEN=PATH"),
+        "{err}"
+    );
+    assert!(!err.contains("  "), "{err:?}");
+
+    // A run that ended without a signed envelope: the host key could not be loaded then
+    // (group-readable), so `evidence --dsse` signs the stored bundle now and says so.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = home.path().join("host-key.ed25519");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    crownest(home.path())
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("evidence will not be signed"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let id = newest_run(home.path())["id"].as_str().unwrap().to_owned();
+    let out = crownest(home.path())
+        .args(["evidence", &id, "--dsse"])
+        .assert()
+        .success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains(&format!(
+            "run {id} ended without a signed envelope (no host key then, or an older run); signing the stored bundle now"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("  "), "{err:?}");
+}
+
+/// `-q` silences notes: the "exists already" of a retried idempotent run and the detach
+/// hint; the run id a detached run prints on stdout stays.
+#[test]
+fn quiet_silences_the_idempotency_and_detach_notes() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |quiet: bool| {
+        let mut c = crownest(home.path());
+        if quiet {
+            c.arg("-q");
+        }
+        let out = c
+            .args(["run", "--idempotency-key", "k1"])
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    run(false);
+    let loud = run(false);
+    assert!(
+        loud.contains("exists already (same idempotency key)"),
+        "{loud}"
+    );
+    let quiet = run(true);
+    assert!(!quiet.contains("exists already"), "{quiet}");
+
+    let detach = |quiet: bool| {
+        let mut c = crownest(home.path());
+        if quiet {
+            c.arg("-q");
+        }
+        let out = c
+            .args(["run", "--detach"])
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .assert()
+            .success();
+        let o = out.get_output();
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        assert!(id.starts_with("run_"), "{id:?}");
+        // Let the background run end before the home goes away.
+        crownest(home.path())
+            .args(["logs", &id, "--follow"])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let loud = detach(false);
+    assert!(loud.contains("started in the background"), "{loud}");
+    let quiet = detach(true);
+    assert!(!quiet.contains("started in the background"), "{quiet}");
+    assert_eq!(quiet, "", "nothing else either");
+}
+
+/// `-v` raises the log level to info (when RUST_LOG is not set): the run's creation is
+/// logged on stderr; without it, no log line.
+#[test]
+fn verbose_shows_info_log_lines() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |verbose: bool| {
+        let mut c = crownest(home.path());
+        c.env_remove("RUST_LOG");
+        if verbose {
+            c.arg("-v");
+        }
+        let out = c
+            .arg("run")
+            .arg(sample_repo())
+            .args(["--", "true"])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    let verbose = run(true);
+    let line = verbose
+        .lines()
+        .find(|l| l.contains("run created"))
+        .unwrap_or_else(|| panic!("-v logs the run's creation: {verbose}"));
+    assert!(
+        line.contains("INFO") && line.contains("run=run_") && line.contains("backend=process"),
+        "{line}"
+    );
+    let plain = run(false);
+    assert!(
+        !plain.contains("INFO") && !plain.contains("run created"),
+        "{plain}"
+    );
+}
+
+/// Docker and the `crownest/python-node` image are here; without them this fails when
+/// `CROWNEST_REQUIRE_DOCKER=1`, and is skipped (said on stderr) otherwise.
+fn docker_usable() -> bool {
+    let ok = std::process::Command::new("docker")
+        .args(["image", "inspect", "crownest/python-node:latest"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CROWNEST_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "CROWNEST_REQUIRE_DOCKER=1 but docker or crownest/python-node is not usable"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipped: docker or crownest/python-node unavailable (set CROWNEST_REQUIRE_DOCKER=1 to fail)\n",
+        );
+    }
+    ok
+}
+
+/// `docker ARGS...`, its output.
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Removes a container (and its anonymous volume) when dropped, also when the test fails.
+struct RemoveContainer(String);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", "-v", &self.0]);
+    }
+}
+
+/// A kept Docker sandbox is named by its container, and the commands the summary prints
+/// work: `docker cp NAME:/workspace` copies the workspace out, `docker start` + `docker
+/// exec` reach it.
+#[test]
+fn a_kept_docker_sandbox_names_its_container_and_the_printed_commands_work() {
+    if !docker_usable() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = crownest(home.path())
+        .args(["run", "--backend", "docker", "--keep-sandbox", "10m"])
+        .arg(sample_repo())
+        .args(["--", "sh", "-c", "echo kept > mark.txt"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let line = err
+        .lines()
+        .find(|l| l.contains("sandbox kept until"))
+        .unwrap_or_else(|| panic!("{err}"))
+        .to_owned();
+    let name = line
+        .split_once(": container ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(name, _)| name.to_owned())
+        .unwrap_or_else(|| panic!("{line}"));
+    let _cleanup = RemoveContainer(name.clone());
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        line.contains("(for 9m") || line.contains("(for 10m"),
+        "{line}"
+    );
+    assert!(
+        line.contains("opens the docker backend removes it"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("`docker cp {name}:/workspace ./workspace`"))
+            && line.contains(&format!("`docker start {name}`"))
+            && line.contains(&format!("`docker exec -it {name} sh`")),
+        "{line}"
+    );
+    assert!(!line.contains("volume "), "no named volume: {line}");
+
+    // The container exists under that name and is the run's sandbox.
+    let sandbox = newest_run(home.path())["sandbox"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let inspect = docker(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"crownest.sandbox\"}}",
+        &name,
+    ]);
+    assert!(inspect.status.success(), "{inspect:?}");
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), sandbox);
+    assert!(
+        name.starts_with(&format!("{sandbox}.kept-until-")),
+        "{name}"
+    );
+
+    // `docker cp NAME:/workspace ./workspace`, as printed.
+    let dest = tempfile::tempdir().unwrap();
+    let ws = dest.path().join("workspace");
+    let cp = docker(&["cp", &format!("{name}:/workspace"), ws.to_str().unwrap()]);
+    assert!(cp.status.success(), "{cp:?}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("mark.txt")).unwrap(),
+        "kept\n"
+    );
+    assert!(ws.join("main.py").is_file(), "the workspace, extracted");
+
+    // `docker start NAME` then `docker exec NAME ...` (without -it: no terminal here).
+    let start = docker(&["start", &name]);
+    assert!(start.status.success(), "{start:?}");
+    let exec = docker(&["exec", &name, "cat", "/workspace/mark.txt"]);
+    assert!(exec.status.success(), "{exec:?}");
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n");
 }

@@ -201,8 +201,23 @@ fn auth_is_required_except_for_healthz() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("401"));
     assert!(
-        stderr.contains("set CROWNEST_TOKEN"),
+        stderr.contains("set CROWNEST_TOKEN") && stderr.contains("--token-file FILE"),
         "an auth failure says how to pass a token: {stderr}"
+    );
+    let hint = stderr
+        .lines()
+        .find(|l| l.contains("set CROWNEST_TOKEN"))
+        .unwrap()
+        .to_owned();
+    // No token at all: the same hint.
+    let out = crownest()
+        .args(["--server", &s.url, "runs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&hint),
+        "{out:?}"
     );
     let out = crownest()
         .args(["--server", &s.url, "--token", "wrong", "doctor", "--json"])
@@ -212,6 +227,22 @@ fn auth_is_required_except_for_healthz() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["healthy"], true);
     assert_eq!(report["authorized"], false);
+    assert!(
+        hint.ends_with(report["authHint"].as_str().unwrap()),
+        "{report}"
+    );
+    // doctor's text gives the hint every command gives.
+    let out = crownest()
+        .args(["--server", &s.url, "--token", "wrong", "doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let doctor_hint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hint:   "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(hint.ends_with(doctor_hint), "{hint} / {doctor_hint}");
     let out = s.client().arg("doctor").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
@@ -573,6 +604,64 @@ fn secrets_travel_to_the_server_and_never_come_back_or_get_stored() {
 }
 
 /// A client of `s` with a token from the environment (never on argv).
+/// After a run through a server, the printed follow-up commands repeat `--server URL` (so
+/// they work when copied), and a kept sandbox is said to be on the server's host, with no
+/// path of this one.
+#[test]
+fn hints_after_a_run_through_a_server_repeat_server() {
+    let s = Server::start();
+    let out = client_with_env_token(&s, &s.token)
+        .arg("run")
+        .arg(sample_repo())
+        .args(["--keep-sandbox", "2s", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let evidence = err
+        .lines()
+        .find(|l| l.contains("evidence:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let id = evidence
+        .split_whitespace()
+        .find(|w| w.starts_with("run_"))
+        .unwrap();
+    assert!(
+        evidence.contains(&format!(
+            "crownest --server {} evidence {id}  (verify: crownest --server {} verify {id})",
+            s.url, s.url
+        )),
+        "{evidence}"
+    );
+    // The printed command works as it is (with the token from the environment).
+    let copied: Vec<&str> = evidence
+        .split_once("evidence: crownest ")
+        .unwrap()
+        .1
+        .split("  (")
+        .next()
+        .unwrap()
+        .split(' ')
+        .collect();
+    let out = crownest()
+        .env("CROWNEST_TOKEN", &s.token)
+        .args(&copied)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{copied:?}: {out:?}");
+    let kept = err
+        .lines()
+        .find(|l| l.contains("sandbox kept until"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        kept.contains("on the server's host (not this one)")
+            && kept.contains("the server removes it then"),
+        "{kept}"
+    );
+    assert!(!kept.contains("workspace/"), "no local path: {kept}");
+    assert!(s.stop().success());
+}
+
 fn client_with_env_token(s: &Server, token: &str) -> Command {
     let mut c = crownest();
     c.args(["--server", &s.url]).env("CROWNEST_TOKEN", token);
@@ -747,9 +836,15 @@ fn tokens_file_with_scopes() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("forbidden"), "{out:?}");
+    // The 403 says which scope is missing and how to pass another token.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
-        "{out:?}"
+        err.contains("the token is valid but lacks the submit scope this request needs")
+            && err.contains("--scopes submit")
+            && err.contains("set CROWNEST_TOKEN")
+            && err.contains("--token-file FILE"),
+        "{err}"
     );
     // Metrics need admin.
     let (status, body) = s.http("GET", "/metrics", Some(&ci));

@@ -125,6 +125,19 @@ fn a_registered_docker_template_is_listed_and_runs() {
             .contains("no-such-image"),
         "{missing}"
     );
+    // doctor's text names the template, says why, and which `setup` makes the image.
+    let out = crownest(home.path()).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("template not-built:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("unavailable")
+            && line.contains("crownest/no-such-image:latest")
+            && line.contains("crownest setup docker"),
+        "{line}"
+    );
 
     crownest(home.path())
         .args(["run", "--backend", "docker", "--template", "my-tools"])

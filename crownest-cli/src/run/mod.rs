@@ -153,6 +153,7 @@ async fn drive(
     let tty = !args.json && std::io::stderr().is_terminal();
     let record = conn.create(spec).await?;
     let id = record.id.clone();
+    tracing::info!(run = %id, backend = %record.backend, status = %record.status, "run created");
     if let Some(path) = &args.report_id_to {
         report(path, &format!("id {id}"))?;
     }
@@ -174,7 +175,9 @@ async fn drive(
     if record.status != RunStatus::AwaitingArchive {
         // `--idempotency-key` named a run that exists already: follow it instead of
         // uploading and starting again (a retried `run` never runs the command twice).
-        eprintln!("crownest: run {id} exists already (same idempotency key): following it");
+        crate::term::note!(
+            "crownest: run {id} exists already (same idempotency key): following it"
+        );
         if record.status == RunStatus::ArchiveReady {
             conn.start(&id).await?;
         }
@@ -301,7 +304,7 @@ async fn follow(
             eprintln!("crownest: {}", f.message);
         }
     } else {
-        summary(&record);
+        summary(&record, matches!(conn, Connection::Remote(_)));
     }
     if args.propagate_exit_code {
         return Ok(propagated_exit(&record));

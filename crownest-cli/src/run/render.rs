@@ -4,6 +4,7 @@
 use std::io::Write as _;
 
 use crownest_core::event::{ArchivePhase, KillReason};
+use crownest_core::run::SandboxRecord;
 use crownest_core::{Event, EventKind, Failure, FailureKind, RunRecord, RunStatus};
 
 use super::global_flags;
@@ -121,23 +122,50 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Where a kept sandbox is, for a person to look at it.
-fn kept_location(backend: &str, id: &str) -> String {
+/// Where a kept sandbox is and how to look at it, for a person (commands to copy). With
+/// `--server` it is on the server's host: nothing of this host's paths applies.
+fn kept_location(backend: &str, sandbox: &SandboxRecord, remote: bool) -> String {
+    let id = &sandbox.id;
+    if remote {
+        return format!(
+            "sandbox {id} of the {backend} backend, on the server's host (not this one): look \
+             at it there"
+        );
+    }
     match backend {
         "process" | "wasm" => {
             let dir = crownest_core::hostdir::WorkRoot::default_path(backend).join(id);
             format!("{} (the workspace is its workspace/)", dir.display())
         }
-        "docker" => format!(
-            "container {id} (docker ps -a --filter label=crownest.sandbox={id}; its /workspace \
-             is the volume {id})"
-        ),
+        "docker" => {
+            let name = match sandbox.keep_until {
+                Some(t) => docker_kept_name(id, t.as_millis()),
+                None => id.clone(),
+            };
+            format!(
+                "container {name} (stopped; the workspace is its /workspace): copy it out with \
+                 `docker cp {name}:/workspace ./workspace`; for a shell, `docker start {name}` \
+                 then `docker exec -it {name} sh`"
+            )
+        }
         _ => format!("sandbox {id} of backend {backend}"),
     }
 }
 
-/// The end-of-run summary on stderr.
-pub(super) fn summary(record: &RunRecord) {
+/// The name of a kept Docker sandbox's container.
+#[cfg(feature = "docker")]
+fn docker_kept_name(id: &str, until_ms: i64) -> String {
+    crownest_backend_docker::kept_container_name(id, until_ms)
+}
+
+/// Without the Docker backend in this build no local run is on Docker; its name is the id.
+#[cfg(not(feature = "docker"))]
+fn docker_kept_name(id: &str, _until_ms: i64) -> String {
+    id.to_owned()
+}
+
+/// The end-of-run summary on stderr; `remote` when the run is on a `--server`.
+pub(super) fn summary(record: &RunRecord, remote: bool) {
     let id = &record.id;
     let duration = match (record.timestamps.created, record.timestamps.terminal) {
         (Some(c), Some(t)) => format!(" in {:.2} s", t.millis_since(c) as f64 / 1000.0),
@@ -200,14 +228,24 @@ pub(super) fn summary(record: &RunRecord) {
                 let left = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
                 let left =
                     humantime::format_duration(std::time::Duration::from_secs(left.as_secs()));
-                format!("until {t} (for {left}), then destroyed")
+                // A local run's timer dies with this process: the first sweep after the
+                // deadline (any later `crownest` command opening the backend) removes it.
+                let by = if remote {
+                    "the server removes it then".to_owned()
+                } else {
+                    format!(
+                        "then the first crownest command that opens the {} backend removes it",
+                        record.backend
+                    )
+                };
+                format!("until {t} (for {left}; {by})")
             }
             None => "(no expiry recorded)".to_owned(),
         };
         let _ = writeln!(
             err,
             "crownest:   sandbox kept {until}: {}",
-            kept_location(&record.backend, &sb.id)
+            kept_location(&record.backend, sb, remote)
         );
     }
     if record.status.is_terminal() {

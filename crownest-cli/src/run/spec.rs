@@ -63,6 +63,12 @@ pub(super) fn spec(args: &RunArgs) -> anyhow::Result<RunSpec> {
     if args.pids.is_some() {
         spec.limits.pids = args.pids;
     }
+    if args.open_files.is_some() {
+        spec.limits.open_files = args.open_files;
+    }
+    if let Some(g) = args.kill_grace {
+        spec.limits.kill_grace_ms = Some(u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
+    }
     for (name, value) in secrets(args)? {
         spec = spec.with_secret(name, value);
     }
@@ -77,7 +83,9 @@ fn secrets(args: &RunArgs) -> anyhow::Result<Vec<(String, SecretValue)>> {
         if name.contains('=') {
             let name = name.split('=').next().unwrap_or_default();
             return Err(usage(format!(
-                "--secret takes a variable name, not a value: export {name} and pass                  --secret {name}, or use --secret-file {name}=PATH (a value on the command                  line is visible to every user in `ps`)"
+                "--secret takes a variable name, not a value: export {name} and pass \
+                 --secret {name}, or use --secret-file {name}=PATH (a value on the command \
+                 line is visible to every user in `ps`)"
             )));
         }
         let value = match std::env::var(name) {
