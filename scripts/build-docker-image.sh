@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Build the local Docker image crownest/python-node:latest (DESIGN.md §5).
 #
-# Debian trixie (13) + python3 + nodejs, non-root user crownest (uid/gid 10001),
-# /workspace owned by it. No registry is needed: the root filesystem is made
-# with debootstrap from the Debian mirror configured in this machine's apt
-# sources and loaded with `docker import`.
+# Debian forky (testing: Python 3.14, Node.js 24 LTS) + python3 + nodejs,
+# non-root user crownest (uid/gid 10001), /workspace owned by it. No registry
+# is needed: the root filesystem is made with debootstrap from the Debian
+# mirror configured in this machine's apt sources and loaded with
+# `docker import`.
 #
-#   scripts/build-docker-image.sh [--force] [--method debootstrap|dockerfile]
+#   scripts/build-docker-image.sh [--force] [--method auto|debootstrap|dockerfile]
 #                                 [--print-key] [--help]
+#
+# Methods (see docs/images.md):
+#   debootstrap  debootstrap + docker import; needs root, debootstrap (or apt-get
+#                to install it) and a Debian mirror in the apt sources
+#   dockerfile   docker build of docker/python-node/Dockerfile FROM the base image
+#                debian:<suite>-slim, which must be on this host or pullable
+#   auto         (default) debootstrap where it can run, else dockerfile, with a note
 #
 # Caching (see docs/images.md):
 #   * key = sha256 over this script, docker/python-node/Dockerfile,
@@ -16,18 +24,20 @@
 #     that label the script exits 0 at once ("up to date");
 #   * the rootfs tarball is kept in
 #     ${CROWNEST_CACHE_DIR:-$HOME/.cache/crownest}/images/<key>.tar, so a build
-#     after `docker rmi` is only a `docker import`.
+#     after `docker rmi` is only a `docker import` (no root needed).
 #   --force ignores both caches.
 #
 # Environment:
 #   CROWNEST_CACHE_DIR       cache root (default $HOME/.cache/crownest)
 #   CROWNEST_IMAGE           image tag (default crownest/python-node:latest)
-#   CROWNEST_DEBIAN_SUITE    Debian suite (default trixie: Python 3.13, Node.js 20)
+#   CROWNEST_DEBIAN_SUITE    Debian suite (default forky); a suite the host's
+#                            debootstrap has no script for is built with its
+#                            `sid` script
 #   CROWNEST_DEBIAN_MIRROR   override the mirror read from the apt sources
 #   CROWNEST_APT_SOURCES     apt source files to read (default: the system's)
 #   CROWNEST_IMAGE_NO_UPDATES=1  skip applying <suite>-updates/-security
-#   CROWNEST_DOCKER_BASE     --method dockerfile only: base image (build arg
-#                            BASE, default debian:trixie-slim)
+#   CROWNEST_DOCKER_BASE     dockerfile method only: base image (build arg
+#                            BASE, default debian:<suite>-slim)
 set -euo pipefail
 
 SCRIPT_PATH="$(readlink -f -- "${BASH_SOURCE[0]}")"
@@ -37,7 +47,8 @@ DOCKERFILE="$CTX_DIR/Dockerfile"
 PACKAGES_FILE="$CTX_DIR/packages.txt"
 
 IMAGE="${CROWNEST_IMAGE:-crownest/python-node:latest}"
-SUITE="${CROWNEST_DEBIAN_SUITE:-trixie}"
+SUITE="${CROWNEST_DEBIAN_SUITE:-forky}"
+DOCKER_BASE="${CROWNEST_DOCKER_BASE:-debian:$SUITE-slim}"
 CACHE_ROOT="${CROWNEST_CACHE_DIR:-${HOME:-/root}/.cache/crownest}"
 IMG_CACHE="$CACHE_ROOT/images"
 LABEL_KEY="crownest.image-key"
@@ -45,7 +56,7 @@ USER_NAME=crownest
 USER_ID=10001
 
 FORCE=0
-METHOD=debootstrap
+METHOD=auto
 PRINT_KEY=0
 
 log() { printf '[build-docker-image] %s\n' "$*" >&2; }
@@ -64,7 +75,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case "$METHOD" in debootstrap|dockerfile) ;; *) die "--method must be debootstrap or dockerfile" ;; esac
+case "$METHOD" in auto|debootstrap|dockerfile) ;; *) die "--method must be auto, debootstrap or dockerfile" ;; esac
 
 [ -f "$DOCKERFILE" ] || die "missing $DOCKERFILE"
 [ -f "$PACKAGES_FILE" ] || die "missing $PACKAGES_FILE"
@@ -183,28 +194,6 @@ finish() {
     exit 0
 }
 
-# ------------------------------------------------------- registry path
-if [ "$METHOD" = dockerfile ]; then
-    log "docker build from $DOCKERFILE"
-    BUILD_ARGS=()
-    [ -z "${CROWNEST_DOCKER_BASE:-}" ] || BUILD_ARGS=(--build-arg "BASE=$CROWNEST_DOCKER_BASE")
-    docker build "${BUILD_ARGS[@]}" --label "$LABEL_KEY=$KEY" -t "$IMAGE" "$CTX_DIR" >&2
-    finish "built (dockerfile)"
-fi
-
-# ------------------------------------------------- cached rootfs tarball
-if [ "$FORCE" = 0 ] && [ -s "$CACHE_TAR" ]; then
-    log "importing cached rootfs $CACHE_TAR"
-    if import_tar "$CACHE_TAR"; then
-        finish "imported from cache"
-    fi
-    log "warning: import of cached tarball failed; deleting it and rebuilding"
-    rm -f -- "$CACHE_TAR"
-fi
-
-# ---------------------------------------------------- debootstrap build
-[ "$(id -u)" = 0 ] || die "the debootstrap build needs root (debootstrap/chroot)"
-
 # Print "URI<TAB>SUITE" for every enabled `deb` source in the given apt source
 # files. Handles one-line (.list) and deb822 (.sources) formats.
 apt_source_entries() {
@@ -276,7 +265,6 @@ if [ -z "$MIRROR" ]; then
     MIRROR="$(printf '%s\n' "$ENTRIES" |
         awk -F'\t' '$2 !~ /-(security|updates|backports|proposed-updates)$/ && $2 !~ /\// { print $1; exit }')"
 fi
-[ -n "$MIRROR" ] || die "no Debian mirror found in ${SOURCE_FILES[*]:-(no apt source files)}; set CROWNEST_DEBIAN_MIRROR"
 MIRROR="${MIRROR%/}"
 
 UPDATES_URI=""; SECURITY_URI=""
@@ -289,6 +277,62 @@ if [ "${CROWNEST_IMAGE_NO_UPDATES:-0}" != 1 ]; then
     [ -n "$UPDATES_URI" ] || UPDATES_URI="$(uri_for_suffix updates)"
     [ -n "$SECURITY_URI" ] || SECURITY_URI="$(uri_for_suffix security)"
 fi
+
+# ------------------------------------------------- cached rootfs tarball
+# Only a `docker import`: no root needed, whichever method made it.
+if [ "$METHOD" != dockerfile ] && [ "$FORCE" = 0 ] && [ -s "$CACHE_TAR" ]; then
+    log "importing cached rootfs $CACHE_TAR"
+    if import_tar "$CACHE_TAR"; then
+        finish "imported from cache"
+    fi
+    log "warning: import of cached tarball failed; deleting it and rebuilding"
+    rm -f -- "$CACHE_TAR"
+fi
+
+# ---------------------------------------------------- choosing the method
+# Why the debootstrap method cannot run on this machine (empty: it can).
+NO_DEBOOTSTRAP=""
+why_not() { NO_DEBOOTSTRAP="${NO_DEBOOTSTRAP:+$NO_DEBOOTSTRAP; }$1"; }
+[ "$(id -u)" = 0 ] || why_not "it needs root (debootstrap, chroot) and this is uid $(id -u)"
+command -v debootstrap >/dev/null 2>&1 || command -v apt-get >/dev/null 2>&1 ||
+    why_not "neither debootstrap nor apt-get (to install it) is installed"
+[ -n "$MIRROR" ] ||
+    why_not "no Debian mirror in ${SOURCE_FILES[*]:-(no apt source files)} (set CROWNEST_DEBIAN_MIRROR)"
+
+if [ "$METHOD" = auto ]; then
+    if [ -z "$NO_DEBOOTSTRAP" ]; then
+        METHOD=debootstrap
+    else
+        log "note: the debootstrap method cannot run here ($NO_DEBOOTSTRAP); using --method dockerfile (base image $DOCKER_BASE)"
+        METHOD=dockerfile
+    fi
+fi
+
+# ------------------------------------------------------- registry path
+if [ "$METHOD" = dockerfile ]; then
+    if ! docker image inspect "$DOCKER_BASE" >/dev/null 2>&1; then
+        log "base image $DOCKER_BASE is not on this host: docker pull $DOCKER_BASE"
+        if ! docker pull "$DOCKER_BASE" >&2; then
+            msg="the dockerfile method needs the base image $DOCKER_BASE, which is not on this host and cannot be pulled."
+            msg="$msg Make it available (docker pull where a registry is reachable, or docker load), or set"
+            msg="$msg CROWNEST_DOCKER_BASE to a local Debian $SUITE image"
+            if [ -n "$NO_DEBOOTSTRAP" ]; then
+                msg="$msg. The debootstrap method cannot run either: $NO_DEBOOTSTRAP"
+            else
+                msg="$msg, or use --method debootstrap"
+            fi
+            die "$msg"
+        fi
+    fi
+    log "docker build from $DOCKERFILE (BASE=$DOCKER_BASE)"
+    docker build --build-arg "BASE=$DOCKER_BASE" --label "$LABEL_KEY=$KEY" -t "$IMAGE" "$CTX_DIR" >&2
+    finish "built (dockerfile)"
+fi
+
+# ---------------------------------------------------- debootstrap build
+[ -z "$NO_DEBOOTSTRAP" ] ||
+    die "the debootstrap method cannot run here: $NO_DEBOOTSTRAP. Run it as root on a Debian-like host, or use --method dockerfile (needs the base image $DOCKER_BASE)"
+
 log "mirror $MIRROR (from apt sources), suite $SUITE, arch $ARCH, packages: $INCLUDE"
 [ -z "$UPDATES_URI$SECURITY_URI" ] || log "updates: ${UPDATES_URI:-none}  security: ${SECURITY_URI:-none}"
 
@@ -310,16 +354,51 @@ WORK_DIR="$(mktemp -d "${TMPDIR:-/var/tmp}/crownest-rootfs.XXXXXX")"
 ROOTFS="$WORK_DIR/rootfs"
 mkdir -p "$ROOTFS"
 
+# The host's debootstrap may predate the suite (bookworm's knows no forky): every
+# Debian suite since jessie uses the same script, `sid`, so an unknown suite gets it.
+DEBOOTSTRAP_SCRIPT=()
+if [ -n "${DEBOOTSTRAP_DIR:-}" ]; then ds_dir="$DEBOOTSTRAP_DIR"
+elif [ -x /debootstrap/debootstrap ]; then ds_dir=/debootstrap
+else ds_dir=/usr/share/debootstrap; fi
+if [ ! -e "$ds_dir/scripts/$SUITE" ]; then
+    [ -e "$ds_dir/scripts/sid" ] || die "the host's debootstrap knows neither $SUITE nor sid ($ds_dir/scripts)"
+    log "the host's debootstrap has no script for $SUITE: using its sid script"
+    DEBOOTSTRAP_SCRIPT=(sid)
+fi
+
 log "debootstrap --variant=minbase --include=$INCLUDE $SUITE (log: $WORK_DIR/debootstrap.log)"
 if ! debootstrap --variant=minbase --arch="$ARCH" "${KEYRING_ARGS[@]}" \
-        --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK_DIR/debootstrap.log" 2>&1; then
+        --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" "${DEBOOTSTRAP_SCRIPT[@]}" \
+        >"$WORK_DIR/debootstrap.log" 2>&1; then
     tail -n 40 "$WORK_DIR/debootstrap.log" >&2
     [ -f "$ROOTFS/debootstrap/debootstrap.log" ] && tail -n 40 "$ROOTFS/debootstrap/debootstrap.log" >&2
     die "debootstrap failed"
 fi
 
-# apt sources inside the image: the same mirrors the host uses.
+# What debootstrap installed from: the suite's Release file (kept by debootstrap in the
+# rootfs's apt lists). Its `Suite:` says whether the codename is a rolling suite.
+RELEASE_FILE="$(find "$ROOTFS/var/lib/apt/lists" -maxdepth 1 -type f \
+    \( -name "*_dists_${SUITE}_Release" -o -name "*_dists_${SUITE}_InRelease" \) | head -n 1)"
+release_field() {
+    [ -n "$RELEASE_FILE" ] || return 0
+    awk -v k="$1:" '$1 == k { sub(/^[^:]*:[ \t]*/, ""); print; exit } /^(MD5Sum|SHA256):/ { exit }' "$RELEASE_FILE"
+}
+RELEASE_SUITE="$(release_field Suite)"
+RELEASE_DATE="$(release_field Date)"
+RELEASE_VALID_UNTIL="$(release_field Valid-Until)"
+log "$SUITE is Debian ${RELEASE_SUITE:-(unknown suite)}, Release of ${RELEASE_DATE:-(unknown date)}"
+if [ -n "$RELEASE_VALID_UNTIL" ] && valid_until="$(date -d "$RELEASE_VALID_UNTIL" +%s 2>/dev/null)" &&
+        [ "$valid_until" -lt "$(date +%s)" ]; then
+    log "warning: the mirror's $SUITE Release expired on $RELEASE_VALID_UNTIL (Valid-Until): the mirror is stale, the image is built from what it has"
+fi
+ROLLING=0
+case "$RELEASE_SUITE" in testing|unstable|experimental) ROLLING=1 ;; esac
+
+# apt sources inside the image: the same mirrors the host uses (signed by the image's
+# own archive keyring: .pgp since trixie, .gpg before).
 SIGNED_BY=/usr/share/keyrings/debian-archive-keyring.gpg
+[ ! -e "$ROOTFS/usr/share/keyrings/debian-archive-keyring.pgp" ] ||
+    SIGNED_BY=/usr/share/keyrings/debian-archive-keyring.pgp
 rm -f "$ROOTFS/etc/apt/sources.list"
 {
     printf 'Types: deb\nURIs: %s\nSuites: %s%s\nComponents: main\nSigned-By: %s\n' \
@@ -343,7 +422,13 @@ in_chroot() {
         DEBIAN_FRONTEND=noninteractive "$@"
 }
 
-if [ -n "$UPDATES_URI$SECURITY_URI" ]; then
+if [ "$ROLLING" = 1 ] && [ -n "$UPDATES_URI$SECURITY_URI" ]; then
+    # Testing and unstable get their fixes through the suite itself (debootstrap just
+    # installed its current packages); their -updates/-security pockets are empty or
+    # nearly so, and apt would refuse the whole update if the mirror's Release is past
+    # its Valid-Until. Rebuild with --force to pick up newer packages.
+    log "$SUITE is a rolling suite ($RELEASE_SUITE): no $SUITE-updates/-security step (debootstrap installed its current packages)"
+elif [ -n "$UPDATES_URI$SECURITY_URI" ]; then
     log "applying $SUITE-updates/-security in the chroot"
     printf '#!/bin/sh\nexit 101\n' > "$ROOTFS/usr/sbin/policy-rc.d"
     chmod 0755 "$ROOTFS/usr/sbin/policy-rc.d"
@@ -373,8 +458,9 @@ install -d -o "$USER_ID" -g "$USER_ID" -m 0755 "$ROOTFS/workspace"
 # Sanity check inside the rootfs before shipping it.
 in_chroot /usr/bin/python3 -c 'import sys; assert sys.version_info >= (3, 11)' ||
     die "python3 does not run in the new rootfs"
-in_chroot /usr/bin/node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' ||
-    die "node does not run in the new rootfs, or is older than Node.js 20"
+# Node.js: an LTS line (even major) no older than 22 (20 reached its end of life in April 2026).
+in_chroot /usr/bin/node -e 'const m = Number(process.versions.node.split(".")[0]); process.exit(m >= 22 && m % 2 === 0 ? 0 : 1)' ||
+    die "node does not run in the new rootfs, or is not a Node.js LTS line >= 22 ($(in_chroot /usr/bin/node --version 2>&1 || true))"
 # shellcheck disable=SC2086
 in_chroot /usr/bin/dpkg-query -W -f '${Package} ${Version}\n' $PACKAGES >"$WORK_DIR/versions.txt"
 log "versions: $(tr '\n' ' ' < "$WORK_DIR/versions.txt")"

@@ -347,8 +347,9 @@ async fn network_enabled_is_only_used_when_asked_and_reported() {
     }
 }
 
-/// The `python-node` promise (docs/images.md): Python ≥ 3.11 and Node.js ≥ 20 on `PATH`, with
-/// Node 20's globals (the `crypto` a real project missed on the old Node 18 image).
+/// The `python-node` promise (docs/images.md): Python ≥ 3.11 and a Node.js LTS line ≥ 22 (an
+/// even major: 20 reached its end of life in April 2026) on `PATH`, with the globals a current
+/// Node has (the `crypto` a real project missed on the old Node 18 image, `fetch`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_keeps_the_python_node_promise() {
     let Some(b) = common::backend().await else {
@@ -357,7 +358,8 @@ async fn the_image_keeps_the_python_node_promise() {
     let code = "import subprocess, sys\n\
                 assert sys.version_info >= (3, 11), sys.version\n\
                 js = 'const [m] = process.versions.node.split(\".\").map(Number);\
-                 if (m < 20 || typeof crypto !== \"object\") process.exit(1);\
+                 if (m < 22 || m % 2 !== 0) process.exit(1);\
+                 if (typeof crypto !== \"object\" || typeof fetch !== \"function\") process.exit(2);\
                  console.log(\"node\", m)'\n\
                 r = subprocess.run(['node', '-e', js], capture_output=True, text=True)\n\
                 print('python', sys.version_info[0], sys.version_info[1] >= 11)\n\
@@ -375,6 +377,6 @@ async fn the_image_keeps_the_python_node_promise() {
     let node = lines.next().unwrap_or_default();
     assert!(
         node.starts_with("0 node "),
-        "node ≥ 20 with a global crypto: {out}"
+        "a Node.js LTS line ≥ 22 with global crypto and fetch: {out}"
     );
 }

@@ -193,6 +193,21 @@ pub(crate) struct SetupArgs {
     /// Ignore the caches and build or fetch again.
     #[arg(long)]
     pub(crate) force: bool,
+    /// How to build the Docker image: `debootstrap` (Debian packages, no registry; needs root,
+    /// debootstrap or apt-get, a Debian mirror in the apt sources) or `dockerfile` (`docker
+    /// build` from the base image debian:<suite>-slim, which must be on this host or
+    /// pullable) [default: debootstrap where it can run, else dockerfile, with a note].
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub(crate) method: Option<SetupMethod>,
+}
+
+/// How `setup docker` builds the image.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum SetupMethod {
+    /// debootstrap + docker import, from the Debian mirror of the apt sources.
+    Debootstrap,
+    /// docker build of the Dockerfile from a Debian base image.
+    Dockerfile,
 }
 
 /// What `setup` makes usable.

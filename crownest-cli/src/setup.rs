@@ -8,13 +8,20 @@
 //! same content key (an image built either way is "up to date" for the other), the same
 //! caches (`$CROWNEST_CACHE_DIR`, default `~/.cache/crownest`), the same verification.
 //! Their progress is shown as they print it (stderr).
+//!
+//! The image is built one of two ways (`--method`): `debootstrap` (Debian packages from the
+//! mirror of the host's apt sources, no registry; needs root) or `dockerfile` (`docker build`
+//! from the base image `debian:<suite>-slim`, on this host or pulled). Without `--method` the
+//! script picks debootstrap where it can run and otherwise says why and uses the Dockerfile;
+//! when neither can work its error names what each one needs. An image or rootfs tarball
+//! already in the cache is used either way (importing a tarball needs no root).
 
 use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::Context as _;
 
-use crate::cli::{SetupArgs, SetupTarget};
+use crate::cli::{SetupArgs, SetupMethod, SetupTarget};
 use crate::exit::{Exit, usage};
 
 /// A recipe: the script to run and every file it reads, by path in the source tree.
@@ -25,7 +32,8 @@ struct Recipe {
 }
 
 const DOCKER: Recipe = Recipe {
-    what: "the Docker image crownest/python-node (Debian packages via debootstrap; needs root)",
+    what: "the Docker image crownest/python-node (Debian forky packages: debootstrap as root, \
+           else docker build from debian:forky-slim)",
     script: "scripts/build-docker-image.sh",
     files: &[
         (
@@ -65,10 +73,29 @@ pub(crate) async fn setup(args: SetupArgs) -> anyhow::Result<Exit> {
         SetupTarget::Wasm => &[&WASM],
         SetupTarget::All => &[&DOCKER, &WASM],
     };
+    if args.method.is_some() && matches!(args.target, SetupTarget::Wasm) {
+        return Err(usage(
+            "--method chooses how the Docker image is built: use it with `setup docker` or \
+             `setup all`",
+        ));
+    }
     let mut failed = Vec::new();
     for recipe in recipes {
         crate::term::note!("crownest: setting up {}", recipe.what);
-        let ok = run(recipe, args.force).await?;
+        let mut script_args = Vec::new();
+        if args.force {
+            script_args.push("--force");
+        }
+        if recipe.script == DOCKER.script
+            && let Some(method) = args.method
+        {
+            script_args.push("--method");
+            script_args.push(match method {
+                SetupMethod::Debootstrap => "debootstrap",
+                SetupMethod::Dockerfile => "dockerfile",
+            });
+        }
+        let ok = run(recipe, &script_args).await?;
         if !ok {
             failed.push(recipe.script);
         }
@@ -85,8 +112,9 @@ pub(crate) async fn setup(args: SetupArgs) -> anyhow::Result<Exit> {
     }
 }
 
-/// Writes the recipe into a private directory and runs its script; true when it succeeded.
-async fn run(recipe: &Recipe, force: bool) -> anyhow::Result<bool> {
+/// Writes the recipe into a private directory and runs its script with `args`; true when it
+/// succeeded.
+async fn run(recipe: &Recipe, args: &[&str]) -> anyhow::Result<bool> {
     let dir = tempfile::Builder::new()
         .prefix("crownest-setup-")
         .tempdir()
@@ -98,10 +126,8 @@ async fn run(recipe: &Recipe, force: bool) -> anyhow::Result<bool> {
     cmd.arg(dir.path().join(recipe.script))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    if force {
-        cmd.arg("--force");
-    }
+        .stderr(Stdio::inherit())
+        .args(args);
     let status = cmd
         .status()
         .await

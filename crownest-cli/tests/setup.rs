@@ -103,3 +103,97 @@ fn setup_docker_uses_the_same_recipe_as_the_source_tree() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("up to date"), "{err}");
 }
+
+/// True when the Docker daemon answers; otherwise says the test is skipped (and fails it under
+/// CROWNEST_REQUIRE_DOCKER=1).
+fn docker_available() -> bool {
+    let required = std::env::var("CROWNEST_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let up = std::process::Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !up {
+        assert!(
+            !required,
+            "CROWNEST_REQUIRE_DOCKER=1 but docker does not answer"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipped: docker does not answer (set CROWNEST_REQUIRE_DOCKER=1 to fail)\n",
+        );
+    }
+    up
+}
+
+/// `--method dockerfile` reaches the recipe: with a base image that is neither on this host nor
+/// pullable the build fails (exit 1) with a message naming that base image and how to make it
+/// available, and no image is tagged.
+#[test]
+fn setup_docker_method_dockerfile_names_the_missing_base_image() {
+    if !docker_available() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let tag = format!("crownest-test/python-node:setup-{}", std::process::id());
+    let base = format!("crownest-test/no-such-base:setup-{}", std::process::id());
+    let out = crownest(home.path(), cache.path())
+        .env("CROWNEST_IMAGE", &tag)
+        .env("CROWNEST_DOCKER_BASE", &base)
+        .args(["setup", "docker", "--method", "dockerfile"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the dockerfile method needs the base image {base}, which is not on this host and \
+             cannot be pulled"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("docker load"), "{err}");
+    assert!(err.contains("setup failed"), "{err}");
+    // The debootstrap method was not tried: the user asked for the Dockerfile.
+    assert!(!err.contains("debootstrap --variant"), "{err}");
+    let tagged = std::process::Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    assert!(
+        !tagged.status.success(),
+        "{tag} exists after a failed build"
+    );
+}
+
+/// A method the recipe does not have is a usage error (exit 2) naming the ones it has, and so
+/// is `--method` on `setup wasm`, which builds no image; neither runs anything.
+#[test]
+fn setup_method_usage_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = crownest(home.path(), cache.path())
+        .args(["setup", "docker", "--method", "podman"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("podman"), "{err}");
+    assert!(
+        err.contains("debootstrap") && err.contains("dockerfile"),
+        "{err}"
+    );
+
+    let out = crownest(home.path(), cache.path())
+        .args(["setup", "wasm", "--method", "dockerfile"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`setup docker`"), "{err}");
+    assert!(!err.contains("setting up"), "{err}");
+    assert!(
+        std::fs::read_dir(cache.path()).unwrap().next().is_none(),
+        "the cache was touched"
+    );
+}
