@@ -270,7 +270,7 @@ pub(crate) async fn list(target: &Target, args: TemplatesArgs) -> anyhow::Result
     Ok(if any { Exit::Success } else { Exit::Failure })
 }
 
-/// `python3 3.13.5, node v20.19.2, image crownest/python-node:latest` from the identity
+/// `python3 3.14.8, node v24.21.0, image crownest/python-node:latest` from the identity
 /// (a WASI template adds its module files and digests: `python-3.12.0.wasm sha256:e5dc5a398b07`).
 fn versions(t: &TemplateInfo) -> String {
     let Some(id) = &t.identity else {
