@@ -154,7 +154,16 @@ impl DockerSandbox {
                 });
             }
         };
-        let streamed = upload::stream_to_launcher(&mut attached, dir.clone(), owner).await?;
+        // Bounded like the archive upload it replaces (one request's timeout).
+        let timeout = self.shared.config.request_timeout;
+        let streamed = tokio::time::timeout(
+            timeout,
+            upload::stream_to_launcher(&mut attached, dir.clone(), owner),
+        )
+        .await
+        .map_err(|_| DockerError::WorkspaceTransfer {
+            detail: format!("no answer from the container within {timeout:?}"),
+        })??;
         *self.attached.lock().unwrap_or_else(|p| p.into_inner()) = Some(attached);
         match streamed {
             Some(index) => Ok(index),

@@ -248,7 +248,13 @@ async fn docker_backend(
         .iter()
         .fold(config.with_pool_limits(pool.limits), |c, (t, n)| {
             if pool.head_start {
-                c.with_head_start(t)
+                // A template this backend does not serve is refused at create, by name;
+                // no head start for it (`connect` would refuse the pool instead).
+                if c.templates.contains_key(t) {
+                    c.with_head_start(t)
+                } else {
+                    c
+                }
             } else {
                 c.with_pool(t, *n)
             }

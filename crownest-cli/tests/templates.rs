@@ -155,6 +155,10 @@ fn a_registered_docker_template_is_listed_and_runs() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("my-tools"), "names what is served: {err}");
+    assert!(
+        err.contains("\"nope\"") && !err.contains("pool"),
+        "the template is refused by name (not the head start's pool): {err}"
+    );
 }
 
 #[test]
