@@ -16,6 +16,12 @@
 # a freshly fetched file that does not match is deleted and the script fails.
 # Prints the final module paths, one per line, in lock-file order.
 #
+# In a checkout it then runs scripts/fetch-wasm-pytest.sh (same --force/--check):
+# pytest and its dependencies, pinned wheels unpacked for the wasm backend's
+# pytest test (its path goes to stderr; stdout stays the module paths).
+# `crownest setup wasm` runs this script without that sibling: users get the
+# modules only.
+#
 #   --force   re-download everything
 #   --check   verify the cache only (no network); exit 1 if anything is
 #             missing or wrong (wrong files are deleted)
@@ -31,6 +37,8 @@ REPO_LICENSES="$REPO_ROOT/crownest-backend-wasm/licenses"
 CACHE_ROOT="${CROWNEST_CACHE_DIR:-${HOME:-/root}/.cache/crownest}"
 WASM_DIR="$CACHE_ROOT/wasm"
 PYTHON="${PYTHON:-python3}"
+
+PYTEST_SCRIPT="$REPO_ROOT/scripts/fetch-wasm-pytest.sh"
 
 FORCE=0
 CHECK_ONLY=0
@@ -93,6 +101,16 @@ verify_cached() {
 
 licenses_present() { [ -n "$(ls -A -- "$WASM_DIR/licenses/${NAMES[$1]}" 2>/dev/null)" ]; }
 
+# The pytest packages (scripts/fetch-wasm-pytest.sh), with this run's options;
+# skipped where the sibling script is absent (`crownest setup wasm`).
+fetch_pytest() {
+    [ -f "$PYTEST_SCRIPT" ] || return 0
+    local opts=()
+    [ "$FORCE" = 0 ] || opts+=(--force)
+    [ "$CHECK_ONLY" = 0 ] || opts+=(--check)
+    bash "$PYTEST_SCRIPT" ${opts[@]+"${opts[@]}"} >&2 || die "$PYTEST_SCRIPT failed"
+}
+
 print_paths() {
     local i
     for i in "${!NAMES[@]}"; do printf '%s\n' "$WASM_DIR/${FILES[$i]}"; done
@@ -110,6 +128,7 @@ all_ok() {
 
 if [ "$FORCE" = 0 ] && all_ok; then
     log "up to date (${#NAMES[@]} modules verified)"
+    fetch_pytest
     print_paths
     exit 0
 fi
@@ -140,6 +159,7 @@ if command -v flock >/dev/null 2>&1; then
     flock 9
     if [ "$FORCE" = 0 ] && all_ok; then
         log "up to date (fetched concurrently)"
+        fetch_pytest
         print_paths
         exit 0
     fi
@@ -263,4 +283,5 @@ done
 
 # Final verification of everything, then the paths.
 all_ok || die "verification failed after fetching"
+fetch_pytest
 print_paths

@@ -125,14 +125,19 @@
 //!
 //! [`LIMITATIONS`] lists it (and `crownest doctor` prints it): no threads
 //! (`threading.Thread.start` raises `RuntimeError: can't start new thread`), no processes
-//! (`subprocess`, `os.fork`), no `os.dup` (file-descriptor capture, `faulthandler`), no
-//! `os.umask`, no `os.getuid` and friends (no users), no signals, no sockets. Two things a
-//! test runner needs are bridged: a relative `PYTHONPATH` entry resolves against the run's
-//! working directory (CPython would resolve it against `/`), and `open("/dev/null")` gives
-//! an empty, write-discarding file (WASI has no `/dev`; `os.open` of it still fails).
+//! (`subprocess`, `os.fork`), no working `os.dup` (it raises
+//! `OSError: [Errno 58] Not supported`; file-descriptor capture and `faulthandler` need
+//! it), no `os.umask`, no `os.getuid` and friends (no users), no signals, no sockets. Two
+//! things a test runner needs are bridged: a relative `PYTHONPATH` entry resolves against
+//! the run's working directory (CPython would resolve it against `/`), and
+//! `open("/dev/null")` gives an empty, write-discarding file (WASI has no `/dev`;
+//! `os.open` of it still fails).
 //! pytest runs with `-p no:cacheprovider -p no:faulthandler --capture=sys` (the cache
 //! needs `os.umask`, the others `os.dup`); its `tmp_path` / `tmpdir` fixtures need
-//! `os.getuid` and are unavailable.
+//! `os.getuid` and are unavailable. `tests/pytest.rs`
+//! (`pytest_runs_with_the_documented_flags_and_each_flag_is_needed`) checks this with
+//! pytest 9.2.0, the wheels pinned in `scripts/fetch-wasm-pytest.sh`: the session works
+//! with the three flags and fails without each of them.
 //!
 //! ## Compiled modules
 //!
