@@ -106,15 +106,22 @@ pub(crate) async fn upload_tree(
     let uploaded = docker
         .upload_to_container(container, Some(opts), body)
         .await;
-    let index = walker
+    let index = walked(walker).await?;
+    uploaded.map_err(DockerError::api("upload archive"))?;
+    Ok(index)
+}
+
+/// What the walk of [`walk`] found, once it has ended.
+async fn walked(
+    walker: tokio::task::JoinHandle<io::Result<WorkspaceIndex>>,
+) -> Result<WorkspaceIndex, DockerError> {
+    walker
         .await
         .map_err(|e| DockerError::State(format!("the workspace walker failed: {e}")))?
         .map_err(|e| DockerError::Io {
             context: "reading the workspace tree".into(),
             source: e,
-        })?;
-    uploaded.map_err(DockerError::api("upload archive"))?;
-    Ok(index)
+        })
 }
 
 /// The tar of `dir` produced on a blocking thread into a bounded channel of `chunk`-sized
@@ -236,13 +243,7 @@ pub(crate) async fn stream_to_launcher(
             }));
         }
     };
-    let index = walker
-        .await
-        .map_err(|e| DockerError::State(format!("the workspace walker failed: {e}")))?
-        .map_err(|e| DockerError::Io {
-            context: "reading the workspace tree".into(),
-            source: e,
-        })?;
+    let index = walked(walker).await?;
     sent.map_err(io_err)?;
     let (complete, status, text) = answers.await?;
     if complete != "complete" || status != "0" {

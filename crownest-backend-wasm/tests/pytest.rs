@@ -28,19 +28,7 @@ const PYTEST_VERSION: &str = "9.2.0";
 fn pytest_packages() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let script = repo.join("scripts/fetch-wasm-pytest.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed; the pytest test needs its packages:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stdout = common::fetch("fetch-wasm-pytest.sh", "the pytest test needs its packages");
         let dir = PathBuf::from(stdout.lines().last().expect("the script prints a path"));
         assert!(
             dir.join("pytest/__init__.py").is_file(),

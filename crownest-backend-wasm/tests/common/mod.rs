@@ -13,18 +13,7 @@ use crownest_core::conformance::Programs;
 pub(crate) fn ensure_modules() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let script = repo.join("scripts/fetch-wasm-modules.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed; the wasm tests need the modules:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fetch("fetch-wasm-modules.sh", "the wasm tests need the modules");
         WasmConfig::default().modules_dir
     })
     .clone()
@@ -81,4 +70,23 @@ pub(crate) fn programs() -> Programs {
         },
         ..Programs::python3()
     }
+}
+
+/// Runs `scripts/<script>` of the repository (one of the idempotent fetch scripts) and
+/// returns what it printed on stdout; fails the test, saying `why`, when it fails.
+pub(crate) fn fetch(script: &str, why: &str) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed; {why}:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("the script prints UTF-8")
 }
