@@ -118,9 +118,12 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
         Connection::open_with_flags(path, flags).map_err(|e| db("opening the database", e))?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| db("setting busy_timeout", e))?;
-    // A new database gets 16 KiB pages: output events are up to ~64 KiB of JSON, and fewer
-    // overflow pages per event means less WAL to write. No effect on an existing database.
-    conn.execute_batch("PRAGMA page_size = 16384;")
+    // A new database gets SQLite's default 4 KiB pages. Every commit writes whole pages to
+    // the WAL: with 16 KiB pages (stores made before 2026-12-06 keep them; a page size
+    // cannot change in WAL mode) a tiny run appended ~640 KB, which the next command read
+    // back at open, against ~175 KB now; large output events cost ~5-8 % more throughput
+    // (more overflow pages), still well above 100 MB/s (docs/benchmarks.md).
+    conn.execute_batch("PRAGMA page_size = 4096;")
         .map_err(|e| db("setting page_size", e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -142,10 +145,18 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA journal_size_limit = 67108864;
-         PRAGMA wal_autocheckpoint = 4096;
          PRAGMA temp_store = MEMORY;",
     )
     .map_err(|e| db("setting pragmas", e))?;
+    // SQLite's own checkpoint (run by the committing connection, in the commit's time) only
+    // past 64 MiB of WAL, whatever the page size: the checkpointer thread copies the WAL at
+    // 32 MiB first (`checkpoint.rs`).
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(|e| db("reading page_size", e))?;
+    let pages = (64 * 1024 * 1024) / page_size.max(512);
+    conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {pages};"))
+        .map_err(|e| db("setting wal_autocheckpoint", e))?;
     if read_only {
         conn.execute_batch("PRAGMA query_only = ON;")
             .map_err(|e| db("setting query_only", e))?;
