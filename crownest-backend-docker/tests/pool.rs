@@ -64,6 +64,30 @@ async fn members(b: &DockerBackend, template: &str) -> Vec<(String, HashMap<Stri
         .collect()
 }
 
+/// Materializes the sample archive in `sb` and checks that its command runs as the sandbox
+/// user and reads the workspace (as in a fresh sandbox).
+async fn runs_sample_repo(sb: &dyn crownest_core::Sandbox) {
+    sb.materialize(
+        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(
+            common::archive().to_vec(),
+        ))),
+        &crownest_core::archive::ExtractPolicy::default(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(
+            &common::request(&["sh", "-c", "id -u; cat hello.txt"]),
+            &sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, crownest_core::ExitStatus::Exited(0));
+    assert_eq!(sink.stdout(), "10001\nhello\n");
+}
+
 fn spec(template: &str, limits: Limits, network: Network) -> crownest_core::SandboxSpec {
     crownest_core::SandboxSpec {
         template: template.into(),
@@ -111,26 +135,7 @@ async fn a_pooled_sandbox_is_hardened_exactly_like_a_fresh_one() {
     report.pooled = false;
     assert_eq!(report, fresh.isolation());
     // And it runs a command like a fresh one.
-    pooled
-        .materialize(
-            crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(
-                common::archive().to_vec(),
-            ))),
-            &crownest_core::archive::ExtractPolicy::default(),
-            &|_| {},
-        )
-        .await
-        .unwrap();
-    let sink = common::CollectSink::default();
-    let out = pooled
-        .exec(
-            &common::request(&["sh", "-c", "id -u; cat hello.txt"]),
-            &sink,
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.status, crownest_core::ExitStatus::Exited(0));
-    assert_eq!(sink.stdout(), "10001\nhello\n");
+    runs_sample_repo(pooled.as_ref()).await;
     for sb in [pooled, fresh] {
         let id = sb.id().to_owned();
         sb.destroy().await.unwrap();
@@ -375,22 +380,7 @@ async fn a_head_start_is_waited_for_taken_once_and_never_refilled() {
         "one container in all"
     );
     // It runs its command like any sandbox (the workspace through the launcher).
-    sb.materialize(
-        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(
-            common::archive().to_vec(),
-        ))),
-        &crownest_core::archive::ExtractPolicy::default(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
-    let sink = common::CollectSink::default();
-    let out = sb
-        .exec(&common::request(&["cat", "hello.txt"]), &sink)
-        .await
-        .unwrap();
-    assert_eq!(out.status, crownest_core::ExitStatus::Exited(0));
-    assert_eq!(sink.stdout(), "hello\n");
+    runs_sample_repo(sb.as_ref()).await;
     let id = sb.id().to_owned();
     sb.destroy().await.unwrap();
     common::assert_gone(&b, &id).await;

@@ -9,15 +9,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use async_trait::async_trait;
 use crownest_core::archive::ExtractPolicy;
 use crownest_core::run::RunOwner;
 use crownest_core::testing::tar_gz;
 use crownest_core::{
-    ExecRequest, ExecSink, ExitStatus, Limits, Network, OutputStream, RunId, Sandbox,
-    SandboxBackend, SandboxSpec,
+    ExecRequest, ExitStatus, Limits, Network, OutputStream, RunId, Sandbox, SandboxBackend,
+    SandboxSpec,
 };
 
 /// The pytest version pinned in `scripts/fetch-wasm-pytest.sh` (and named in the docs).
@@ -101,29 +100,6 @@ def test_tmpdir(tmpdir):
     pass
 "#;
 
-#[derive(Default)]
-struct Sink(Mutex<Vec<(OutputStream, Vec<u8>)>>);
-
-impl Sink {
-    fn text(&self, stream: OutputStream) -> String {
-        let out = self.0.lock().unwrap();
-        let bytes: Vec<u8> = out
-            .iter()
-            .filter(|(s, _)| *s == stream)
-            .flat_map(|(_, d)| d.clone())
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-#[async_trait]
-impl ExecSink for Sink {
-    async fn started(&self) {}
-    async fn output(&self, stream: OutputStream, data: &[u8]) {
-        self.0.lock().unwrap().push((stream, data.to_vec()));
-    }
-}
-
 /// Runs `python3 -m pytest FLAGS -q` in `cwd` with `PYTHONPATH=../site-packages`:
 /// (status, stdout, stderr).
 async fn pytest(
@@ -138,7 +114,7 @@ async fn pytest(
     req.cwd = cwd.into();
     req.env
         .insert("PYTHONPATH".into(), "../site-packages".into());
-    let sink = Sink::default();
+    let sink = common::RecordingSink::default();
     let outcome = sandbox.exec(&req, &sink).await.unwrap();
     (
         outcome.status,

@@ -5,19 +5,20 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use common::RecordingSink;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use crownest_backend_wasm::{ModuleSource, WasmBackend, WasmConfig};
 use crownest_core::archive::ExtractPolicy;
 use crownest_core::run::RunOwner;
 use crownest_core::testing::{descriptor_of, tar_gz};
 use crownest_core::{
-    EngineConfig, Error, Event, EventKind, ExecRequest, ExecSink, ExitStatus, FailureKind,
-    KillSignal, Limits, MemoryStore, Network, OutputStream, RunId, RunRecord, RunSpec, RunStatus,
-    Sandbox, SandboxBackend, SandboxSpec, WorkspaceRuns,
+    EngineConfig, Error, Event, EventKind, ExecRequest, ExitStatus, FailureKind, KillSignal,
+    Limits, MemoryStore, Network, OutputStream, RunId, RunRecord, RunSpec, RunStatus, Sandbox,
+    SandboxBackend, SandboxSpec, WorkspaceRuns,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -91,44 +92,6 @@ fn py(code: &str) -> RunSpec {
 
 fn failure_kind(done: &RunRecord) -> Option<FailureKind> {
     done.failure.as_ref().map(|f| f.kind)
-}
-
-/// A sink that records everything, optionally slowly.
-#[derive(Default)]
-struct RecordingSink {
-    started: AtomicUsize,
-    output: Mutex<Vec<(OutputStream, Vec<u8>)>>,
-    delay: Option<Duration>,
-}
-
-impl RecordingSink {
-    fn text(&self, stream: OutputStream) -> String {
-        let out = self.output.lock().unwrap();
-        let bytes: Vec<u8> = out
-            .iter()
-            .filter(|(s, _)| *s == stream)
-            .flat_map(|(_, d)| d.clone())
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-#[async_trait]
-impl ExecSink for RecordingSink {
-    async fn started(&self) {
-        self.started.fetch_add(1, Ordering::SeqCst);
-    }
-    async fn output(&self, stream: OutputStream, data: &[u8]) {
-        assert_eq!(
-            self.started.load(Ordering::SeqCst),
-            1,
-            "started() comes first, once"
-        );
-        if let Some(d) = self.delay {
-            tokio::time::sleep(d).await;
-        }
-        self.output.lock().unwrap().push((stream, data.to_vec()));
-    }
 }
 
 fn sandbox_spec(limits: Limits) -> SandboxSpec {

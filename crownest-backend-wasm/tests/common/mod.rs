@@ -3,7 +3,12 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crownest_core::{ExecSink, OutputStream};
 
 use crownest_backend_wasm::{WasmBackend, WasmConfig};
 use crownest_core::conformance::Programs;
@@ -89,4 +94,42 @@ pub(crate) fn fetch(script: &str, why: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("the script prints UTF-8")
+}
+
+/// A sink that records everything, optionally slowly.
+#[derive(Default)]
+pub(crate) struct RecordingSink {
+    pub(crate) started: AtomicUsize,
+    pub(crate) output: Mutex<Vec<(OutputStream, Vec<u8>)>>,
+    pub(crate) delay: Option<Duration>,
+}
+
+impl RecordingSink {
+    pub(crate) fn text(&self, stream: OutputStream) -> String {
+        let out = self.output.lock().unwrap();
+        let bytes: Vec<u8> = out
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .flat_map(|(_, d)| d.clone())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[async_trait]
+impl ExecSink for RecordingSink {
+    async fn started(&self) {
+        self.started.fetch_add(1, Ordering::SeqCst);
+    }
+    async fn output(&self, stream: OutputStream, data: &[u8]) {
+        assert_eq!(
+            self.started.load(Ordering::SeqCst),
+            1,
+            "started() comes first, once"
+        );
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
+        }
+        self.output.lock().unwrap().push((stream, data.to_vec()));
+    }
 }
