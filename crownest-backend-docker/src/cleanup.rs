@@ -68,31 +68,44 @@ pub(crate) async fn volumes_with_label(
 /// Removes the containers `known` plus every container labelled with the sandbox (with
 /// their anonymous volumes), then any volume still labelled with it, then checks that none
 /// of them exists any more. Idempotent.
+///
+/// Round trips on the common path (one known container, its anonymous volume removed with
+/// it): the removal and the label listing at once, one volume listing (which is also the
+/// proof that no volume is left), then the container checks at once.
 pub(crate) async fn remove_sandbox(
     docker: &Docker,
     sandbox: &str,
     known: &[String],
 ) -> Result<(), DockerError> {
     let label = format!("{LABEL_SANDBOX}={sandbox}");
+    let (listed, removals) = tokio::join!(
+        containers_with_label(docker, &label),
+        futures::future::join_all(known.iter().map(|id| remove_container(docker, id))),
+    );
     let mut ids: Vec<String> = known.to_vec();
-    for c in containers_with_label(docker, &label).await? {
+    let mut extra = Vec::new();
+    for c in listed? {
         if let Some(id) = c.id
             && !ids.contains(&id)
         {
-            ids.push(id);
+            ids.push(id.clone());
+            extra.push(id);
         }
     }
-    let removals =
-        futures::future::join_all(ids.iter().map(|id| remove_container(docker, id))).await;
     for r in removals {
         r?;
     }
+    // Containers a lost create reply or a crash left under the same label.
+    for r in futures::future::join_all(extra.iter().map(|id| remove_container(docker, id))).await {
+        r?;
+    }
     // A volume left: a 409 means a container removal is still finishing; retry briefly.
-    for volume in volumes_with_label(docker, &label).await? {
+    let left = volumes_with_label(docker, &label).await?;
+    for volume in &left {
         let mut attempt = 0;
         loop {
             let opts = RemoveVolumeOptionsBuilder::new().force(true).build();
-            match docker.remove_volume(&volume, Some(opts)).await {
+            match docker.remove_volume(volume, Some(opts)).await {
                 Ok(()) => break,
                 Err(e) if is_not_found(&e) => break,
                 Err(e) if status_of(&e) == Some(409) && attempt < 50 => {
@@ -103,28 +116,38 @@ pub(crate) async fn remove_sandbox(
             }
         }
     }
-    // Verify: each container answers 404, and nothing carries the label any more.
-    for id in &ids {
+    // Verify: each container answers 404, nothing carries the label any more, and (when
+    // the listing above found volumes to remove) no volume does either.
+    let inspections = futures::future::join_all(ids.iter().map(|id| async move {
         match docker.inspect_container(id, None).await {
-            Err(e) if is_not_found(&e) => {}
-            Ok(_) => {
-                return Err(DockerError::Survived {
-                    what: format!("container {id}"),
-                });
-            }
-            Err(e) => return Err(DockerError::api("inspect container")(e)),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(_) => Err(DockerError::Survived {
+                what: format!("container {id}"),
+            }),
+            Err(e) => Err(DockerError::api("inspect container")(e)),
         }
+    }));
+    let volumes_after = async {
+        if left.is_empty() {
+            Ok(Vec::new())
+        } else {
+            volumes_with_label(docker, &label).await
+        }
+    };
+    let (inspected, containers_after, volumes_after) = tokio::join!(
+        inspections,
+        containers_with_label(docker, &label),
+        volumes_after
+    );
+    for r in inspected {
+        r?;
     }
-    if let Some(c) = containers_with_label(docker, &label)
-        .await?
-        .into_iter()
-        .next()
-    {
+    if let Some(c) = containers_after?.into_iter().next() {
         return Err(DockerError::Survived {
             what: format!("container {}", c.id.unwrap_or_default()),
         });
     }
-    if let Some(v) = volumes_with_label(docker, &label).await?.into_iter().next() {
+    if let Some(v) = volumes_after?.into_iter().next() {
         return Err(DockerError::Survived {
             what: format!("volume {v}"),
         });

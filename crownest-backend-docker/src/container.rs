@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use bollard::Docker;
+use bollard::container::AttachContainerResults;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
     ResourcesUlimits,
@@ -11,6 +12,7 @@ use bollard::models::{
 use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
 use crownest_core::run::RunOwner;
 use crownest_core::{Limits, Network, SandboxSpec};
+use tokio::io::AsyncWriteExt as _;
 
 use crate::config::DockerConfig;
 use crate::error::DockerError;
@@ -217,14 +219,38 @@ pub(crate) struct Shape<'a> {
     pub(crate) network: Network,
 }
 
+/// A sandbox container's launcher, attached before the container started, with the
+/// workspace offer (`W <nonce>`, step 0 of [`crate::launcher`]) already written: its
+/// answer waits in the stream, so the hand-over costs no attach and no round trip once the
+/// tree is ready.
+#[derive(Debug)]
+pub(crate) struct Offered {
+    /// The attachment (stdin, stdout, stderr), made before `start`, so nothing the
+    /// launcher writes is missed.
+    pub(crate) attached: AttachContainerResults,
+    /// The nonce of the offer written on it.
+    pub(crate) nonce: String,
+}
+
+/// A created and started sandbox container.
+#[derive(Debug)]
+pub(crate) struct Created {
+    /// The container id.
+    pub(crate) id: String,
+    /// Its launcher with the workspace offered; `None` when attaching before the start
+    /// failed (the hand-over then attaches, as for any container).
+    pub(crate) offered: Option<Offered>,
+}
+
 /// Creates the sandbox container with everything set in one call (the workspace volume is
-/// created with it) and starts it: the launcher then waits for its command. Returns the
-/// container id. On failure nothing of it is left (best effort; a sweep removes the rest).
+/// created with it), attaches to it and offers the workspace, and starts it: the launcher
+/// then answers the offer and waits. On failure nothing of it is left (best effort; a
+/// sweep removes the rest).
 pub(crate) async fn create_started(
     docker: &Docker,
     config: &DockerConfig,
     shape: Shape<'_>,
-) -> Result<String, DockerError> {
+) -> Result<Created, DockerError> {
     let host = host_config(config, shape.limits, shape.network, &shape.labels);
     let body = create_body(config, shape.image_id, shape.labels, host);
     let opts = CreateContainerOptionsBuilder::new()
@@ -235,6 +261,13 @@ pub(crate) async fn create_started(
         .await
         .map_err(DockerError::api("create container"))?
         .id;
+    let offered = match offer(docker, &id).await {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::debug!(container = %id, error = %e, "attaching before the start failed; the hand-over attaches later");
+            None
+        }
+    };
     if let Err(e) = docker
         .start_container(&id, None::<StartContainerOptions>)
         .await
@@ -243,5 +276,26 @@ pub(crate) async fn create_started(
             crate::cleanup::remove_sandbox(docker, shape.sandbox, std::slice::from_ref(&id)).await;
         return Err(DockerError::api("start container")(e));
     }
-    Ok(id)
+    Ok(Created { id, offered })
+}
+
+/// Attaches to a container (before its start) and writes the workspace offer.
+pub(crate) async fn offer(docker: &Docker, container: &str) -> Result<Offered, DockerError> {
+    let mut attached = match crate::exec::attach(docker, container).await? {
+        Ok(a) => a,
+        Err(message) => return Err(DockerError::WorkspaceTransfer { detail: message }),
+    };
+    let nonce = crate::launcher::new_nonce();
+    let written = async {
+        attached
+            .input
+            .write_all(format!("W {nonce}\n").as_bytes())
+            .await?;
+        attached.input.flush().await
+    };
+    written.await.map_err(|source| DockerError::Io {
+        context: "offering the workspace to the launcher".into(),
+        source,
+    })?;
+    Ok(Offered { attached, nonce })
 }

@@ -36,6 +36,62 @@ pub(crate) struct ImagePaths<'a> {
     pub(crate) container: &'a str,
     pub(crate) image_id: &'a str,
     pub(crate) cache: &'a StatCache,
+    /// The backend's private work root, where the answers are kept per image id
+    /// (`paths-<image id>.json`) for the next process; `None`: memory only.
+    pub(crate) root: Option<&'a std::path::Path>,
+}
+
+/// The file in the work root that keeps `image_id`'s path lookups.
+fn paths_file(root: &std::path::Path, image_id: &str) -> std::path::PathBuf {
+    root.join(format!("paths-{}.json", image_id.replace(':', "-")))
+}
+
+/// Loads the kept lookups of `image_id` into the memory cache, once per process (the key
+/// `<image id>\0` marks it done). An image id names its content, so a path's answer in
+/// a fresh container of it never changes; a missing or unreadable file costs lookups only.
+fn load_kept(image: &ImagePaths<'_>) {
+    let done = format!("{}\0", image.image_id);
+    let mut cache = image.cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.contains_key(&done) {
+        return;
+    }
+    cache.insert(done, None);
+    let Some(root) = image.root else { return };
+    let kept = std::fs::read(paths_file(root, image.image_id))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<HashMap<String, Option<u32>>>(&b).ok())
+        .unwrap_or_default();
+    for (path, mode) in kept {
+        cache.insert(format!("{}\0{path}", image.image_id), mode);
+    }
+}
+
+/// Writes every answer known for `image_id` to its file (best effort: temp file, then
+/// rename; a concurrent writer's answers may be lost, which costs only lookups).
+fn keep(image: &ImagePaths<'_>) {
+    let Some(root) = image.root else { return };
+    let prefix = format!("{}\0", image.image_id);
+    let known: HashMap<String, Option<u32>> = image
+        .cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&prefix)
+                .filter(|p| !p.is_empty())
+                .map(|p| (p.to_owned(), *v))
+        })
+        .collect();
+    let Ok(json) = serde_json::to_vec(&known) else {
+        return;
+    };
+    let file = paths_file(root, image.image_id);
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = file.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    if std::fs::write(&tmp, json).is_ok() && std::fs::rename(&tmp, &file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 /// What one lookup found.
@@ -102,9 +158,10 @@ pub(crate) async fn preflight(
             .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
             .collect()
     };
-    let mut denied = false;
-    for abs in &candidates {
-        let mode = match workspace_rel(abs) {
+    // Every candidate is looked up at once (one round trip to Docker instead of one per
+    // `PATH` entry); the first in `PATH` order that is a program wins, as for `execvp`.
+    let modes = futures::future::try_join_all(candidates.iter().map(|abs| async move {
+        Ok::<_, DockerError>(match workspace_rel(abs) {
             Some(rel) => {
                 if index.dirs.contains(&rel) {
                     Some(GO_MODE_DIR)
@@ -117,7 +174,11 @@ pub(crate) async fn preflight(
                 }
             }
             None => stat_image_path(image, abs).await?,
-        };
+        })
+    }))
+    .await?;
+    let mut denied = false;
+    for mode in modes {
         match classify(mode) {
             Found::Program => return Ok(Ok(())),
             Found::NotExecutable => denied = true,
@@ -139,7 +200,9 @@ async fn stat_image_path(image: &ImagePaths<'_>, abs: &str) -> Result<Option<u32
         container,
         image_id,
         cache,
+        ..
     } = *image;
+    load_kept(image);
     let key = format!("{image_id}\0{abs}");
     if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(*hit);
@@ -158,6 +221,7 @@ async fn stat_image_path(image: &ImagePaths<'_>, abs: &str) -> Result<Option<u32
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, mode);
+    keep(image);
     Ok(mode)
 }
 
@@ -425,6 +489,18 @@ pub(crate) async fn launch_and_wait(
         Some(Err(e)) => return Err(DockerError::api("wait")(e)),
         None => None,
     };
+    // The wait (condition `not-running`) answering with a status is Docker reporting the
+    // container stopped. A command that exited 0 succeeded whatever the OOM killer did to
+    // one of its processes, so only another status needs the inspection (`OOMKilled`);
+    // the common path saves that round trip.
+    if waited == Some(0) {
+        return Ok(Started::Ran(Observed {
+            code: 0,
+            oom_killed: false,
+            stderr_head,
+            stopped: true,
+        }));
+    }
     let inspect = docker
         .inspect_container(container, None)
         .await

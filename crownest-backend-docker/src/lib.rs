@@ -65,11 +65,18 @@
 //!   then streams it as a tar (every entry owned by uid/gid 10001, hardlinks as links)
 //!   straight into the running container's workspace: through the launcher, over the
 //!   attach stream the command will use (`upload::stream_to_launcher`: `tar -x` run by the
-//!   sandbox user inside the container, before any command; step 0 of `launcher.rs`), or,
+//!   sandbox user inside the container, before any command; step 0 of `launcher.rs`; the
+//!   container is attached **before** its start and the workspace offered right then, as
+//!   `docker run` attaches, so the launcher's answer waits in the stream and the hand-over
+//!   costs no attach and no round trip; a command that comes without `materialize` ends
+//!   the offer with an empty archive), or,
 //!   when the image has no `tar`, with `PUT /containers/{id}/archive`
 //!   (`upload::upload_tree`). Nothing of the host is bind-mounted;
 //! * `exec` checks `cwd` against what was uploaded and looks `argv[0]` up the way `execvp`
-//!   does (image paths are stat-ed through the API and cached per image id), so an unknown
+//!   does (image paths are stat-ed through the API, all of `PATH` at once, and the answers
+//!   kept per image id, in memory and in the private work root as `paths-<image id>.json`:
+//!   an image id names its content, so a path's answer in a fresh container of it never
+//!   changes, and the next process asks again only for what it has not seen), so an unknown
 //!   program is `spawn_failed` before anything starts; then it attaches (stdin, stdout,
 //!   stderr; or keeps the attachment the workspace went through) and writes one frame to
 //!   the launcher: the cwd, the variables (the request's
@@ -79,9 +86,14 @@
 //!   configuration** (`docker inspect`, also of a kept sandbox, shows the launcher and the
 //!   template's variables only).
 //!
-//! A tiny run costs the Docker API one create, one start, one attach, one wait,
-//! one inspect and one remove (plus a few cheap lists and stats), where it used to create a
-//! volume and two containers and remove all three.
+//! A tiny run costs the Docker API one create, one attach, one start, one wait and one
+//! remove (plus a few cheap lists, and stats of programs not seen before), where it used to
+//! create a volume and two containers and remove all three. The wait (`not-running`) is
+//! Docker's word that the container stopped; an inspection follows only when the status is
+//! not 0 (for `OOMKilled`: a command that exited 0 succeeded whatever the OOM killer did to
+//! one of its processes). The removal asks for the label listing while the container is
+//! being removed, and checks what is left with one volume listing and, at once, the
+//! container's 404 and an empty label listing.
 //!
 //! ## The warm pool
 //!

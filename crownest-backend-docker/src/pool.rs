@@ -49,6 +49,9 @@ pub(crate) struct Warm {
     pub(crate) container: String,
     /// The image it was created from.
     pub(crate) image_id: String,
+    /// Its launcher, attached before the start with the workspace offered (in a mutex
+    /// only to make `Warm` shareable: only its owner takes it).
+    pub(crate) offered: std::sync::Mutex<Option<container::Offered>>,
 }
 
 #[derive(Debug, Default)]
@@ -385,7 +388,7 @@ async fn create_member(shared: &Arc<Shared>, template: &str) -> Result<Warm, Str
     let sandbox = container::new_sandbox_id();
     let mut labels = container::owner_labels(&sandbox, &shared.pool.owner);
     labels.insert(LABEL_POOL.to_owned(), template.to_owned());
-    let id = container::create_started(
+    let created = container::create_started(
         &shared.docker,
         &shared.config,
         container::Shape {
@@ -400,8 +403,9 @@ async fn create_member(shared: &Arc<Shared>, template: &str) -> Result<Warm, Str
     .map_err(|e| crownest_core::Error::from(e).chain())?;
     Ok(Warm {
         sandbox,
-        container: id,
+        container: created.id,
         image_id: image.id,
+        offered: std::sync::Mutex::new(created.offered),
     })
 }
 

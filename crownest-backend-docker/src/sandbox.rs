@@ -51,6 +51,9 @@ pub struct DockerSandbox {
     /// Claimed from the warm pool (recorded in the isolation report).
     pooled: bool,
     index: Mutex<Option<WorkspaceIndex>>,
+    /// The launcher attached before the start with the workspace offered
+    /// (`container::offer`), until the hand-over (or the command) takes it.
+    offered: Mutex<Option<container::Offered>>,
     /// The attachment the workspace went through (step 0 of `launcher.rs`), kept for the
     /// command.
     attached: Mutex<Option<AttachContainerResults>>,
@@ -73,7 +76,7 @@ impl DockerSandbox {
         image: ImageInfo,
     ) -> Result<Self, DockerError> {
         let id = container::new_sandbox_id();
-        let container = container::create_started(
+        let created = container::create_started(
             &shared.docker,
             &shared.config,
             container::Shape {
@@ -85,7 +88,7 @@ impl DockerSandbox {
             },
         )
         .await?;
-        Ok(Self::with(shared, spec, image, id, container, false))
+        Ok(Self::with(shared, spec, image, id, created, false))
     }
 
     /// A sandbox over a container claimed from the warm pool (created with the same shape
@@ -96,7 +99,11 @@ impl DockerSandbox {
         image: ImageInfo,
         warm: Warm,
     ) -> Self {
-        Self::with(shared, spec, image, warm.sandbox, warm.container, true)
+        let created = container::Created {
+            id: warm.container,
+            offered: warm.offered.into_inner().unwrap_or_else(|p| p.into_inner()),
+        };
+        Self::with(shared, spec, image, warm.sandbox, created, true)
     }
 
     fn with(
@@ -104,7 +111,7 @@ impl DockerSandbox {
         spec: &SandboxSpec,
         image: ImageInfo,
         id: String,
-        container: String,
+        created: container::Created,
         pooled: bool,
     ) -> Self {
         Self {
@@ -112,9 +119,10 @@ impl DockerSandbox {
             shared,
             spec: spec.clone(),
             image,
-            container,
+            container: created.id,
             pooled,
             index: Mutex::new(None),
+            offered: Mutex::new(created.offered),
             attached: Mutex::new(None),
             sent: Mutex::new(None),
             exec_called: AtomicBool::new(false),
@@ -146,19 +154,27 @@ impl DockerSandbox {
     async fn send_workspace(&self, dir: PathBuf) -> Result<WorkspaceIndex, DockerError> {
         let owner = self.shared.config.uid_gid().unwrap_or((10001, 10001));
         let docker = &self.shared.docker;
-        let mut attached = match exec::attach(docker, &self.container).await? {
-            Ok(a) => a,
-            Err(message) => {
-                return Err(DockerError::WorkspaceTransfer {
-                    detail: format!("the container is not running: {message}"),
-                });
-            }
+        let offered = self
+            .offered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let (mut attached, nonce) = match offered {
+            Some(o) => (o.attached, Some(o.nonce)),
+            None => match exec::attach(docker, &self.container).await? {
+                Ok(a) => (a, None),
+                Err(message) => {
+                    return Err(DockerError::WorkspaceTransfer {
+                        detail: format!("the container is not running: {message}"),
+                    });
+                }
+            },
         };
         // Bounded like the archive upload it replaces (one request's timeout).
         let timeout = self.shared.config.request_timeout;
         let streamed = tokio::time::timeout(
             timeout,
-            upload::stream_to_launcher(&mut attached, dir.clone(), owner),
+            upload::stream_to_launcher(&mut attached, nonce, dir.clone(), owner),
         )
         .await
         .map_err(|_| DockerError::WorkspaceTransfer {
@@ -237,14 +253,32 @@ impl DockerSandbox {
             Err(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
         };
         let docker = &self.shared.docker;
+        let root = self.shared.root().ok();
         let image_paths = exec::ImagePaths {
             docker,
             container: &self.container,
             image_id: &self.image.id,
             cache: &self.shared.stat_cache,
+            root: root.as_ref().map(|r| r.path()),
         };
         if let Err(msg) = exec::preflight(&image_paths, &index, argv0, &path_env, &cwd).await? {
             return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg)));
+        }
+        // A workspace offer no tree followed (no `materialize`): end it, so the launcher
+        // reads the frame next.
+        let pending = self
+            .offered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut o) = pending {
+            let timeout = self.shared.config.request_timeout;
+            tokio::time::timeout(timeout, upload::settle_offer(&mut o.attached, &o.nonce))
+                .await
+                .map_err(|_| DockerError::WorkspaceTransfer {
+                    detail: format!("no answer from the container within {timeout:?}"),
+                })??;
+            *self.attached.lock().unwrap_or_else(|p| p.into_inner()) = Some(o.attached);
         }
         let launch = exec::Launch {
             docker,

@@ -178,24 +178,33 @@ async fn next_word(
 /// `launcher.rs`): `Ok(None)` when the launcher cannot take it (the caller then uses
 /// [`upload_tree`]), else the index of what was unpacked. The tar goes out in 1 MiB
 /// chunks while the launcher's answers are read, so neither side can wait on the other.
+/// `offered`: the nonce of an offer written already (`container::offer`, before the
+/// container started); else the offer is written here.
 pub(crate) async fn stream_to_launcher(
     attached: &mut AttachContainerResults,
+    offered: Option<String>,
     dir: PathBuf,
     owner: (u64, u64),
 ) -> Result<Option<WorkspaceIndex>, DockerError> {
     let AttachContainerResults { output, input } = attached;
-    let nonce = crate::launcher::new_nonce();
     let io_err = |source| DockerError::Io {
         context: "writing the workspace to the launcher's stdin".into(),
         source,
     };
     // The tree is read while the launcher answers.
     let (walker, mut rx) = walk(dir, owner, LAUNCHER_CHUNK);
-    let offer = async {
-        input.write_all(format!("W {nonce}\n").as_bytes()).await?;
-        input.flush().await
+    let nonce = match offered {
+        Some(nonce) => nonce,
+        None => {
+            let nonce = crate::launcher::new_nonce();
+            let offer = async {
+                input.write_all(format!("W {nonce}\n").as_bytes()).await?;
+                input.flush().await
+            };
+            offer.await.map_err(io_err)?;
+            nonce
+        }
     };
-    offer.await.map_err(io_err)?;
     let mut replies = WsReplies::default();
     let mut pending = std::collections::VecDeque::new();
     match next_word(output, &mut replies, &mut pending, &nonce)
@@ -252,6 +261,51 @@ pub(crate) async fn stream_to_launcher(
         });
     }
     Ok(Some(index))
+}
+
+/// Ends a workspace offer that no tree will follow (a command without `materialize`):
+/// after `ready`, an empty archive (two zero blocks), so the launcher's `tar` succeeds
+/// without touching the workspace and the launcher goes on to read its frame.
+pub(crate) async fn settle_offer(
+    attached: &mut AttachContainerResults,
+    nonce: &str,
+) -> Result<(), DockerError> {
+    let AttachContainerResults { output, input } = attached;
+    let mut replies = WsReplies::default();
+    let mut pending = std::collections::VecDeque::new();
+    match next_word(output, &mut replies, &mut pending, nonce)
+        .await?
+        .as_str()
+    {
+        "unsupported" => return Ok(()),
+        "ready" => {}
+        other => {
+            return Err(DockerError::WorkspaceTransfer {
+                detail: format!("the launcher answered {other:?} to the workspace offer"),
+            });
+        }
+    }
+    let empty = async {
+        input.write_all(b"C 1024\n").await?;
+        input.write_all(&[0u8; 1024]).await?;
+        input.write_all(b"C 0\n").await?;
+        input.flush().await
+    };
+    empty.await.map_err(|source| DockerError::Io {
+        context: "ending the workspace offer".into(),
+        source,
+    })?;
+    let complete = next_word(output, &mut replies, &mut pending, nonce).await?;
+    let status = next_word(output, &mut replies, &mut pending, nonce).await?;
+    if complete != "complete" || status != "0" {
+        return Err(DockerError::WorkspaceTransfer {
+            detail: format!(
+                "ending the workspace offer failed (status {status}): {}",
+                replies.text()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A receiver as a `Stream` (without pulling in tokio-stream's wrappers).

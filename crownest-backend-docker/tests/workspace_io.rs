@@ -250,3 +250,96 @@ async fn an_image_without_tar_gets_the_workspace_through_the_archive_upload() {
     common::assert_gone(&b, &sandbox).await;
     docker_cli(&["rmi", &image]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_without_a_workspace_ends_the_offer_made_before_the_start() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    // Every container is attached before its start with the workspace offered (step 0 of
+    // `launcher.rs`); a command that comes without `materialize` must end that offer
+    // (an empty archive) before its frame, and find the workspace untouched.
+    let sb = crownest_core::SandboxBackend::create(&b, &common::sandbox_spec(Limits::default()))
+        .await
+        .unwrap();
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(
+            &common::request(&["sh", "-c", "ls -A | wc -l; stat -c '%a %u' ."]),
+            &sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
+    );
+    assert_eq!(sink.stdout(), "0\n755 10001\n");
+    let sandbox = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &sandbox).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_lookups_are_kept_per_image_in_the_private_work_root() {
+    let Some(_) = common::backend().await else {
+        return;
+    };
+    // A work root of its own, so the kept answers are this test's.
+    let root = tempfile::tempdir().unwrap();
+    let work = root.path().join("docker");
+    let connect = || {
+        crownest_backend_docker::DockerBackend::connect(
+            crownest_backend_docker::DockerConfig::default().with_work_dir(&work),
+        )
+    };
+    let b = connect().await.unwrap();
+    let sb = common::sandbox(&b, Limits::default()).await;
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(&common::request(&["no-such-program-here"]), &sink)
+        .await
+        .unwrap();
+    // The preflight's own message: nothing was started.
+    match &out.status {
+        ExitStatus::SpawnFailed(m) => assert!(m.contains("not found in PATH"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    sb.destroy().await.unwrap();
+    let kept: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("paths-"))
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let answers: std::collections::HashMap<String, Option<u32>> =
+        serde_json::from_slice(&std::fs::read(&kept[0]).unwrap()).unwrap();
+    assert_eq!(answers.get("/usr/bin/no-such-program-here"), Some(&None));
+    // The next backend (another process, as far as it knows) believes the kept answers: a
+    // forged entry makes the preflight pass, and the launcher itself reports the program
+    // missing. (The work root is private to this user: nobody else can forge it.)
+    let mut forged = answers.clone();
+    forged.insert("/usr/local/bin/no-such-program-here".into(), Some(0o755));
+    std::fs::write(&kept[0], serde_json::to_vec(&forged).unwrap()).unwrap();
+    let b2 = connect().await.unwrap();
+    let sb = common::sandbox(&b2, Limits::default()).await;
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(&common::request(&["no-such-program-here"]), &sink)
+        .await
+        .unwrap();
+    match &out.status {
+        ExitStatus::SpawnFailed(m) => {
+            assert!(!m.contains("not found in PATH"), "{m}");
+            assert!(m.starts_with("crownest-launcher"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    sb.destroy().await.unwrap();
+}
