@@ -141,7 +141,7 @@
 //!   checkpoints.
 //! * **The close-time checkpoint stays at 4 MiB of WAL**: with a lower threshold each open
 //!   reads back less WAL, but on disk the checkpoint's fsyncs, every few runs, cost more
-//!   than that saves (1 MiB: no gain measured; 512 KiB and 256 KiB: 2–7 ms slower per tiny
+//!   than that saves (1 MiB: no gain measured; 512 KiB and 256 KiB: 3–7 ms slower per tiny
 //!   run on average).
 //!
 //! ## Throughput
