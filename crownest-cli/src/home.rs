@@ -158,7 +158,8 @@ pub(crate) async fn open_store(home: &Path) -> anyhow::Result<Arc<dyn Store>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Readers {
     /// Processes of this host only (the local CLI): they die with the host, so a commit
-    /// before the terminal one need not survive a power loss before anyone reads it.
+    /// before the terminal one need not survive a power loss before anyone reads it. The
+    /// command is short-lived too: its store keeps one read connection.
     SameHost,
     /// Clients of a server (`serve`): they outlive a crash of this host, so every commit
     /// is fsynced before it is visible (`SqliteConfig::sync_every_commit`).
@@ -168,8 +169,14 @@ pub(crate) enum Readers {
 async fn open_sqlite(home: &Path, readers: Readers) -> anyhow::Result<SqliteStore> {
     let dir = home.join("store");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = crownest_store_sqlite::SqliteConfig::default()
+    let mut config = crownest_store_sqlite::SqliteConfig::default()
         .with_sync_every_commit(readers == Readers::Remote);
+    if readers == Readers::SameHost {
+        // A CLI command is a short-lived process: one read connection besides the writer,
+        // each connection costing an open and a parse of the schema (reads that overlap
+        // wait for it; `serve` keeps its pool).
+        config = config.with_max_read_connections(1);
+    }
     SqliteStore::open_with(&dir, config)
         .await
         .with_context(|| format!("opening the store in {}", dir.display()))

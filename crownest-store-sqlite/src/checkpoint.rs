@@ -93,7 +93,7 @@ fn run(db: &Path, busy_timeout: Duration, rx: &Receiver<()>) {
         // (every committed frame stays in the WAL until a checkpoint copied it); a failed
         // open is retried at the next request.
         if conn.is_none() {
-            conn = connect(db, busy_timeout, false).ok();
+            conn = connect(db, busy_timeout).ok();
         }
         if let Some(c) = &conn {
             let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));

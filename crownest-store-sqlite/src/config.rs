@@ -10,6 +10,7 @@ use std::time::Duration;
 /// |---|---|---|
 /// | `busy_timeout` | 10 s | how long a write waits for another process holding the SQLite write lock before failing with `Error::Store` (nothing written, the store is not poisoned) |
 /// | `read_connections` | 4 | read connections kept open for reuse (more are opened on demand and closed after use) |
+/// | `max_read_connections` | none | read connections open at once: a read finding them all busy waits for one instead of opening another (a short-lived process sets 1: each connection costs an open and a parse of the schema) |
 /// | `max_batch_delay` | 20 ms | a group-commit transaction stops taking queued writes this long after it took its first one |
 /// | `max_batch_bytes` | 256 KiB | ... or once it holds this much event payload |
 /// | `batch_linger` | 0 | how long the writer waits on an empty queue for one more write before committing (0: commit as soon as the queue is empty; writes that arrive during the previous fsync are grouped anyway) |
@@ -24,6 +25,8 @@ pub struct SqliteConfig {
     pub busy_timeout: Duration,
     /// Read connections kept for reuse.
     pub read_connections: usize,
+    /// Read connections open at once (`None`: no limit; `Some(0)` counts as 1).
+    pub max_read_connections: Option<usize>,
     /// Maximum age of a group-commit batch (from its first write).
     pub max_batch_delay: Duration,
     /// Maximum event payload of a group-commit batch.
@@ -49,6 +52,7 @@ impl SqliteConfig {
         Self {
             busy_timeout: Duration::from_secs(10),
             read_connections: 4,
+            max_read_connections: None,
             max_batch_delay: Duration::from_millis(20),
             max_batch_bytes: 256 * 1024,
             batch_linger: Duration::ZERO,
@@ -68,6 +72,13 @@ impl SqliteConfig {
     /// Sets `read_connections` (at least 1 is kept).
     pub fn with_read_connections(mut self, n: usize) -> Self {
         self.read_connections = n.max(1);
+        self
+    }
+
+    /// Caps the read connections open at once (at least 1). Reads beyond the cap wait for
+    /// a connection to be free: they never wait for the writer, only for each other.
+    pub fn with_max_read_connections(mut self, n: usize) -> Self {
+        self.max_read_connections = Some(n.max(1));
         self
     }
 

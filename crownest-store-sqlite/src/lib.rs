@@ -47,7 +47,7 @@
 //! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `crownest_core::store::prepare_commit` (the checks, `seal_all` from the stored chain head, the evidence check, the new record), insert events, update the run, its artifacts and its evidence |
 //! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
 //! | checkpoints | a background thread with its own connection (opened at its first checkpoint) runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint; none when the last connection closes (it cost every CLI command two fsyncs at exit); [`SqliteStore::close`] checkpoints and truncates a WAL over 4 MiB, because the next process to open the store reads all of the WAL back (~14 ms for 20 MB) |
-//! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes |
+//! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes; [`SqliteConfig::max_read_connections`] caps how many are open at once (the CLI: one), and a read connection sets only what a reader needs (below, "Short-lived processes") |
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |
 //! | failures | an I/O or SQLite failure while writing **poisons** the store: later writes fail with `Error::Store` ("store poisoned", the first failure as its source), never retried silently |
@@ -117,6 +117,32 @@
 //!
 //! A single commit larger than `max_batch_bytes` is a batch of its own; it is never split.
 //! [`SqliteStore::write_stats`] tells how many transactions the writes took.
+//!
+//! ## Short-lived processes
+//!
+//! A CLI command opens the store, does a few reads and writes, and exits: what the store
+//! costs it at open matters as much as what a write costs (`docs/benchmarks.md`, "The
+//! tiny-run floor"). Every connection costs an open, its pragmas and, at its first
+//! statement, a parse of the whole schema; and the first connection of a process rebuilds
+//! SQLite's WAL index by reading every frame of the WAL back (no other process holds it).
+//!
+//! * **Read connections are capped** ([`SqliteConfig::with_max_read_connections`]; the CLI
+//!   sets 1 for every command but `serve`): a read that finds the allowed connections busy
+//!   waits for one instead of opening another. A tiny `crownest run` opened three or four
+//!   connections to `crownest.db` (the writer and two or three readers, as reads overlap)
+//!   and now opens two. Reads still never wait for the writer. Serving reads on the
+//!   writer's own connection (one connection in all) was not done: a read would then wait
+//!   behind a commit's fsync, and a commit behind a read.
+//! * **A read connection sets only what a reader needs**: `busy_timeout`, `temp_store`,
+//!   `query_only`, no checkpoint and no removal of the WAL when it is the last to close. The
+//!   page size and WAL mode are stored in the database (the writer's open, always first,
+//!   sets them); `synchronous`, `foreign_keys`, `journal_size_limit` and
+//!   `wal_autocheckpoint` are per connection but act only on writes, commits and
+//!   checkpoints.
+//! * **The close-time checkpoint stays at 4 MiB of WAL**: with a lower threshold each open
+//!   reads back less WAL, but on disk the checkpoint's fsyncs, every few runs, cost more
+//!   than that saves (1 MiB: no gain measured; 512 KiB and 256 KiB: 3–7 ms slower per tiny
+//!   run on average).
 //!
 //! ## Throughput
 //!

@@ -1,37 +1,94 @@
 //! Read connections: a small pool used from `spawn_blocking`, so reads never block the
 //! async runtime and never wait for the writer (WAL readers see the last committed state).
+//!
+//! Each connection costs its process an open, a few pragmas and a parse of the whole
+//! schema at its first statement. A long-lived process (`serve`) keeps a few and opens more
+//! when reads overlap; a short-lived one (a CLI command) caps them
+//! ([`crate::SqliteConfig::max_read_connections`], 1 for the CLI): a read that finds every
+//! allowed connection busy waits for one to be returned instead of opening another.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crownest_core::{Error, Result};
 use rusqlite::Connection;
 
 use crate::error::OpError;
-use crate::schema::connect;
+use crate::schema::connect_reader;
 
 /// Idle read connections, opened on demand.
 #[derive(Debug)]
 pub(crate) struct ReadPool {
     path: PathBuf,
     busy_timeout: Duration,
+    /// Idle connections kept for reuse.
     keep: usize,
-    idle: Mutex<Vec<Connection>>,
+    /// Connections open at once (idle or in use), at least 1.
+    max: usize,
+    state: Mutex<State>,
+    /// Signalled whenever a connection is returned or closed.
+    returned: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    idle: Vec<Connection>,
+    /// Connections open: idle, in use, or being opened.
+    open: usize,
+}
+
+/// A connection taken from the pool; dropping it returns it (or closes it), also when the
+/// read panicked.
+struct Lease<'a> {
+    pool: &'a ReadPool,
+    conn: Option<Connection>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let conn = self.conn.take();
+        let mut state = self.pool.state();
+        // A connection left inside a transaction (a read that failed or panicked midway)
+        // is closed rather than reused.
+        let close = match conn {
+            Some(c) if c.is_autocommit() && state.idle.len() < self.pool.keep => {
+                state.idle.push(c);
+                None
+            }
+            other => {
+                state.open -= 1;
+                other
+            }
+        };
+        drop(state);
+        self.pool.returned.notify_one();
+        drop(close);
+    }
 }
 
 impl ReadPool {
-    pub(crate) fn new(path: PathBuf, busy_timeout: Duration, keep: usize) -> Self {
+    /// A pool keeping up to `keep` idle connections, with at most `max` open at once
+    /// (`None`: no limit).
+    pub(crate) fn new(
+        path: PathBuf,
+        busy_timeout: Duration,
+        keep: usize,
+        max: Option<usize>,
+    ) -> Self {
+        let max = max.unwrap_or(usize::MAX).max(1);
         Self {
             path,
             busy_timeout,
-            keep: keep.max(1),
-            idle: Mutex::new(Vec::new()),
+            keep: keep.clamp(1, max),
+            max,
+            state: Mutex::new(State::default()),
+            returned: Condvar::new(),
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` with a read connection on a blocking thread.
@@ -46,23 +103,150 @@ impl ReadPool {
             .map_err(|e| Error::store("a read task failed", e))?
     }
 
-    /// Runs `f` with a read connection on the current thread.
+    /// Runs `f` with a read connection on the current thread (waiting for one when `max`
+    /// are in use).
     pub(crate) fn read_blocking<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&Connection) -> std::result::Result<T, OpError>,
     {
-        let pooled = self.idle().pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => connect(&self.path, self.busy_timeout, true)?,
-        };
-        let result = f(&conn).map_err(Error::from);
-        if conn.is_autocommit() {
-            let mut idle = self.idle();
-            if idle.len() < self.keep {
-                idle.push(conn);
-            }
+        let mut lease = self.lease();
+        if lease.conn.is_none() {
+            // Opened outside the lock: other reads go on meanwhile. On failure the lease,
+            // dropped empty, gives the slot back.
+            lease.conn = Some(connect_reader(&self.path, self.busy_timeout)?);
         }
-        result
+        let conn = lease.conn.as_ref().expect("a leased connection");
+        f(conn).map_err(Error::from)
+    }
+
+    /// An idle connection, or a slot to open one in (`conn: None`).
+    fn lease(&self) -> Lease<'_> {
+        let mut state = self.state();
+        loop {
+            if let Some(c) = state.idle.pop() {
+                return Lease {
+                    pool: self,
+                    conn: Some(c),
+                };
+            }
+            if state.open < self.max {
+                state.open += 1;
+                return Lease {
+                    pool: self,
+                    conn: None,
+                };
+            }
+            state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Connections open now (idle or in use): tests.
+    #[cfg(test)]
+    pub(crate) fn open_connections(&self) -> usize {
+        self.state().open
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::schema::{connect, migrate};
+
+    /// A migrated database in a temp dir, with one row the writer committed.
+    fn database() -> (tempfile::TempDir, PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crownest.db");
+        let mut writer = connect(&path, Duration::from_secs(10)).unwrap();
+        migrate(&mut writer).unwrap();
+        writer
+            .execute(
+                "INSERT INTO blobs (sha256, size, stored_at) VALUES ('a', 1, 0)",
+                [],
+            )
+            .unwrap();
+        (dir, path, writer)
+    }
+
+    fn count_blobs(c: &Connection) -> std::result::Result<i64, OpError> {
+        Ok(c.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+            .unwrap())
+    }
+
+    #[test]
+    fn reads_beyond_the_cap_wait_for_the_connection_and_all_complete() {
+        let (_dir, path, writer) = database();
+        let pool = Arc::new(ReadPool::new(path, Duration::from_secs(10), 4, Some(1)));
+        let active = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (pool, active, most) = (pool.clone(), active.clone(), most.clone());
+                std::thread::spawn(move || {
+                    pool.read_blocking(|c| {
+                        let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        // Long enough for the other threads to arrive and wait.
+                        std::thread::sleep(Duration::from_millis(5));
+                        let n = count_blobs(c);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                        n
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 1);
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.open_connections(), 1);
+        // The one reader sees what the writer commits next.
+        writer
+            .execute(
+                "INSERT INTO blobs (sha256, size, stored_at) VALUES ('b', 1, 0)",
+                [],
+            )
+            .unwrap();
+        assert_eq!(pool.read_blocking(count_blobs).unwrap(), 2);
+        assert_eq!(pool.open_connections(), 1);
+    }
+
+    #[test]
+    fn a_read_that_panics_gives_its_connection_back() {
+        let (_dir, path, _writer) = database();
+        let pool = ReadPool::new(path, Duration::from_secs(10), 1, Some(1));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.read_blocking(|_| -> std::result::Result<(), OpError> { panic!("a read") })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(pool.read_blocking(count_blobs).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_connection_that_fails_to_open_gives_its_slot_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("crownest.db");
+        let pool = ReadPool::new(path, Duration::from_secs(10), 1, Some(1));
+        assert!(pool.read_blocking(count_blobs).is_err());
+        assert_eq!(pool.open_connections(), 0);
+        // Not stuck waiting for the slot the failed open took.
+        assert!(pool.read_blocking(count_blobs).is_err());
+    }
+
+    #[test]
+    fn a_reader_in_a_transaction_is_closed_not_reused() {
+        let (_dir, path, _writer) = database();
+        let pool = ReadPool::new(path, Duration::from_secs(10), 1, Some(1));
+        pool.read_blocking(|c| {
+            c.execute_batch("BEGIN").unwrap();
+            count_blobs(c)
+        })
+        .unwrap();
+        assert_eq!(pool.open_connections(), 0);
+        assert_eq!(pool.read_blocking(count_blobs).unwrap(), 1);
+        assert_eq!(pool.open_connections(), 1);
     }
 }

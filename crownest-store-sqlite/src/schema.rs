@@ -109,15 +109,9 @@ ALTER TABLE evidence ADD COLUMN envelope TEXT;                -- DsseEnvelope JS
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 3;
 
-/// Opens a connection with the store's pragmas.
-pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        Connection::open_with_flags(path, flags).map_err(|e| db("opening the database", e))?;
-    conn.busy_timeout(busy_timeout)
-        .map_err(|e| db("setting busy_timeout", e))?;
+/// Opens a write connection (the writer's, the checkpointer's) with the store's pragmas.
+pub(crate) fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = open(path, busy_timeout)?;
     // A new database gets SQLite's default 4 KiB pages. Every commit writes whole pages to
     // the WAL: with 16 KiB pages (stores made before 2026-12-06 keep them; a page size
     // cannot change in WAL mode) a tiny run appended ~640 KB, which the next command read
@@ -134,13 +128,6 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
             source: None,
         });
     }
-    persist_wal(&conn)?;
-    // No checkpoint when the last connection closes: that would cost every short-lived
-    // process (a CLI command) a checkpoint with two fsyncs at exit, or none when it happened
-    // not to close its connections. `Writer::close` checkpoints instead, when the WAL has
-    // grown long enough to be worth it (`writer::CLOSE_CHECKPOINT_WAL_BYTES`).
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-        .map_err(|e| db("turning off the checkpoint on close", e))?;
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
@@ -157,10 +144,43 @@ pub(crate) fn connect(path: &Path, busy_timeout: Duration, read_only: bool) -> R
     let pages = (64 * 1024 * 1024) / page_size.max(512);
     conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {pages};"))
         .map_err(|e| db("setting wal_autocheckpoint", e))?;
-    if read_only {
-        conn.execute_batch("PRAGMA query_only = ON;")
-            .map_err(|e| db("setting query_only", e))?;
-    }
+    Ok(conn)
+}
+
+/// Opens a read connection (`query_only`). Only the writer's open (always first: the pool
+/// exists once it succeeded) sets up the database: `page_size` and `journal_mode = WAL` are
+/// stored in the file, and `synchronous`, `foreign_keys`, `journal_size_limit` and
+/// `wal_autocheckpoint` are per connection but act only on writes, commits and
+/// checkpoints, which a `query_only` connection never makes. What a reader does need is set
+/// here: `busy_timeout`, `temp_store` (its sorts), and no checkpoint and no deletion of the
+/// WAL when it happens to be the process's last connection to close.
+pub(crate) fn connect_reader(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = open(path, busy_timeout)?;
+    conn.execute_batch(
+        "PRAGMA temp_store = MEMORY;
+         PRAGMA query_only = ON;",
+    )
+    .map_err(|e| db("setting pragmas", e))?;
+    Ok(conn)
+}
+
+/// Opens `path` with what every connection needs: `busy_timeout`, the WAL kept when it
+/// closes ([`persist_wal`]), and no checkpoint when it closes last.
+fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| db("opening the database", e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| db("setting busy_timeout", e))?;
+    persist_wal(&conn)?;
+    // No checkpoint when the last connection closes: that would cost every short-lived
+    // process (a CLI command) a checkpoint with two fsyncs at exit, or none when it happened
+    // not to close its connections. `Writer::close` checkpoints instead, when the WAL has
+    // grown long enough to be worth it (`writer::CLOSE_CHECKPOINT_WAL_BYTES`).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(|e| db("turning off the checkpoint on close", e))?;
     Ok(conn)
 }
 
@@ -255,7 +275,7 @@ pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
 /// Opens `path` and applies the steps up to `target` (tests: an old-version database).
 #[doc(hidden)]
 pub fn create_at_version(path: &Path, target: u32) -> Result<Connection> {
-    let mut conn = connect(path, Duration::from_secs(10), false)?;
+    let mut conn = connect(path, Duration::from_secs(10))?;
     migrate_to(&mut conn, target)?;
     Ok(conn)
 }

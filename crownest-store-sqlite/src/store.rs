@@ -90,7 +90,7 @@ impl SqliteStore {
         })?;
         // Whether this open creates the database or its write-ahead log (see below).
         let creates = !layout.db.exists() || !layout.wal_path().exists();
-        let mut conn = connect(&layout.db, config.busy_timeout, false)?;
+        let mut conn = connect(&layout.db, config.busy_timeout)?;
         migrate(&mut conn)?;
         if creates {
             // The new files' directory entries are made durable here, once: this build's
@@ -106,6 +106,7 @@ impl SqliteStore {
             layout.db.clone(),
             config.busy_timeout,
             config.read_connections,
+            config.max_read_connections,
         ));
         let shared = Arc::new(Shared {
             layout,

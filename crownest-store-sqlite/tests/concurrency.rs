@@ -196,3 +196,52 @@ async fn a_writer_blocked_past_busy_timeout_fails_without_poisoning() {
     other.execute_batch("COMMIT").unwrap();
     store.create_run(new_run()).await.unwrap();
 }
+
+/// Handles this process holds on `db` (each SQLite connection holds one).
+#[cfg(target_os = "linux")]
+fn db_handles(db: &std::path::Path) -> usize {
+    let db = db.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == db)
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_under_a_cap_of_one_connection_all_complete_and_see_committed_data() {
+    let t = TempStore::open_with(SqliteConfig::default().with_max_read_connections(1)).await;
+    let store = t.store.clone();
+    let run = store.create_run(new_run()).await.unwrap().into_run();
+    store
+        .commit(&run.id, events_commit(1, vec![out("one"), out("two")]))
+        .await
+        .unwrap();
+    let reads: Vec<_> = (0..32)
+        .map(|_| {
+            let (store, id) = (store.clone(), run.id.clone());
+            tokio::spawn(async move {
+                let record = store.get_run(&id).await.unwrap();
+                let events = store.list_events(&id, 0, 10).await.unwrap();
+                (record, events)
+            })
+        })
+        .collect();
+    for read in reads {
+        let (record, events) = read.await.unwrap();
+        assert_eq!(record.id, run.id);
+        assert_eq!(events.len(), 2);
+    }
+    // The writer's connection and one reader's.
+    assert_eq!(db_handles(&store.db_path()), 2);
+    // The reader sees later commits.
+    store
+        .commit(&run.id, events_commit(3, vec![out("three")]))
+        .await
+        .unwrap();
+    let events = store.list_events(&run.id, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 3);
+    verify_chain(&run.id, &events).unwrap();
+    assert_eq!(db_handles(&store.db_path()), 2);
+}

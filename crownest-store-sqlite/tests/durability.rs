@@ -110,6 +110,39 @@ async fn unsynced_commits_are_there_after_reopen_and_made_durable_by_the_next_sy
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_connection_closing_last_neither_checkpoints_nor_removes_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("crownest.db-wal");
+    let db = dir.path().join("crownest.db");
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let run = store.create_run(new_run()).await.unwrap().into_run();
+    store
+        .commit(&run.id, events_commit(1, vec![out("one")]))
+        .await
+        .unwrap();
+    // A read opens a read connection; closing the store closes the writer's (a short
+    // WAL: no checkpoint).
+    assert_eq!(store.get_run(&run.id).await.unwrap().id, run.id);
+    store.close().await;
+    let sizes = || {
+        (
+            std::fs::metadata(&wal).unwrap().len(),
+            std::fs::metadata(&db).unwrap().len(),
+        )
+    };
+    let before = sizes();
+    assert!(before.0 > 0);
+    assert_eq!(store.list_events(&run.id, 0, 10).await.unwrap().len(), 1);
+    // The read connection is the database's last: closing it copies nothing into the
+    // database and keeps the WAL as it is.
+    drop(store);
+    assert_eq!(sizes(), before);
+
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    assert_eq!(store.list_events(&run.id, 0, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_checkpoints_a_long_wal_so_the_next_open_does_not_read_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let wal = dir.path().join("crownest.db-wal");
