@@ -22,6 +22,8 @@ use crate::sandbox::DockerSandbox;
 pub(crate) struct Shared {
     pub(crate) docker: Docker,
     pub(crate) config: DockerConfig,
+    /// Workspaces are written into the volumes from the host (`place.rs`).
+    pub(crate) places: bool,
     pub(crate) stat_cache: StatCache,
     /// The private work root of host staging, opened at first use.
     pub(crate) root: std::sync::Mutex<Option<crownest_core::hostdir::WorkRoot>>,
@@ -105,6 +107,14 @@ fn api_version_of(answer: &str) -> Option<(usize, usize)> {
 }
 
 impl DockerBackend {
+    /// True when this backend writes workspaces into the containers' volumes from the
+    /// host ([`DockerConfig::with_host_placement`]: allowed, this process is root, and the
+    /// engine is the local one); a volume that cannot be opened still falls back to the
+    /// launcher, run by run.
+    pub fn places_workspaces_from_host(&self) -> bool {
+        self.shared.places
+    }
+
     /// Connects to the engine of `config.host` (or the local defaults), negotiates the API
     /// version (the engine here speaks 1.41; bollard defaults to newer) and pings it: for a
     /// unix socket, one `/_ping` does both (its `Api-Version` header).
@@ -182,8 +192,10 @@ impl DockerBackend {
                 docker
             }
         };
+        let places = config.host_placement && crate::place::possible(config.host.as_deref());
         let shared = Arc::new(Shared {
             docker,
+            places,
             pool: Pool::new(&config),
             config,
             stat_cache: Mutex::new(HashMap::new()),

@@ -61,6 +61,10 @@ pub struct DockerConfig {
     /// `destroy()` returns [`Destroyed::RemovalPending`](crownest_core::Destroyed) at once
     /// (see [`DockerConfig::with_background_removal`]).
     pub background_removal: bool,
+    /// Write the workspace into the container's volume from the host when this process
+    /// can (root, the local engine's socket, the `local` volume driver; else the launcher
+    /// unpacks it in the container). See [`DockerConfig::with_host_placement`].
+    pub host_placement: bool,
 }
 
 impl Default for DockerConfig {
@@ -77,6 +81,7 @@ impl Default for DockerConfig {
             pool_limits: Limits::default(),
             head_start: false,
             background_removal: false,
+            host_placement: true,
         }
     }
 }
@@ -155,6 +160,17 @@ impl DockerConfig {
     /// without this setting.
     pub fn with_background_removal(mut self, on: bool) -> Self {
         self.background_removal = on;
+        self
+    }
+
+    /// Whether the workspace may be written into the container's volume from the host
+    /// (default `true`; it happens only where it can: this process is root and talks to
+    /// the local engine over its unix socket, and the volume's `Mountpoint` opens). It
+    /// spares every run the `dd` and `tar` the launcher would start in the fresh container
+    /// (~14 ms of a tiny run on fuse-overlayfs); the result is the same tree, owned by the
+    /// sandbox user. `false`: always through the launcher (`launcher.rs`, step 0).
+    pub fn with_host_placement(mut self, on: bool) -> Self {
+        self.host_placement = on;
         self
     }
 

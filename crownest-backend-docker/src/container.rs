@@ -232,25 +232,52 @@ pub(crate) struct Offered {
     pub(crate) nonce: String,
 }
 
-/// A created and started sandbox container.
+/// The start of a container, in flight: awaited (any number of times) before its
+/// launcher is needed. On failure the container was removed (best effort).
+pub(crate) type Starting =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<(), String>>>;
+
+/// A created sandbox container, started or starting.
 #[derive(Debug)]
 pub(crate) struct Created {
     /// The container id.
     pub(crate) id: String,
     /// Its launcher with the workspace offered; `None` when attaching before the start
-    /// failed (the hand-over then attaches, as for any container).
+    /// failed (the hand-over then attaches, as for any container), or when the workspace
+    /// is written from the host (`place.rs`).
     pub(crate) offered: Option<Offered>,
+    /// Its start, when [`create_starting`] left it in flight.
+    pub(crate) starting: Option<Starting>,
 }
 
 /// Creates the sandbox container with everything set in one call (the workspace volume is
-/// created with it), attaches to it and offers the workspace, and starts it: the launcher
-/// then answers the offer and waits. On failure nothing of it is left (best effort; a
-/// sweep removes the rest).
+/// created with it), attaches to it and offers the workspace (unless `offer_workspace` is
+/// false), and starts it: the launcher then answers the offer and waits. On failure
+/// nothing of it is left (best effort; a sweep removes the rest).
 pub(crate) async fn create_started(
     docker: &Docker,
     config: &DockerConfig,
     shape: Shape<'_>,
+    offer_workspace: bool,
 ) -> Result<Created, DockerError> {
+    let mut created = create_starting(docker, config, shape, offer_workspace).await?;
+    if let Some(start) = created.starting.take() {
+        start.await.map_err(DockerError::State)?;
+    }
+    Ok(created)
+}
+
+/// [`create_started`] without waiting for the start: the container is created (its
+/// workspace volume with it, so the workspace can be written from the host while it
+/// starts, `place.rs`) and its start is left in flight ([`Created::starting`]); a start
+/// that fails removes the container.
+pub(crate) async fn create_starting(
+    docker: &Docker,
+    config: &DockerConfig,
+    shape: Shape<'_>,
+    offer_workspace: bool,
+) -> Result<Created, DockerError> {
+    let sandbox = shape.sandbox.to_owned();
     let host = host_config(config, shape.limits, shape.network, &shape.labels);
     let body = create_body(config, shape.image_id, shape.labels, host);
     let opts = CreateContainerOptionsBuilder::new()
@@ -261,22 +288,47 @@ pub(crate) async fn create_started(
         .await
         .map_err(DockerError::api("create container"))?
         .id;
-    let offered = match offer(docker, &id).await {
-        Ok(o) => Some(o),
-        Err(e) => {
-            tracing::debug!(container = %id, error = %e, "attaching before the start failed; the hand-over attaches later");
-            None
+    let offered = if offer_workspace {
+        match offer(docker, &id).await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::debug!(container = %id, error = %e, "attaching before the start failed; the hand-over attaches later");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let start = {
+        let docker = docker.clone();
+        let id = id.clone();
+        async move {
+            if let Err(e) = docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+            {
+                let _ =
+                    crate::cleanup::remove_sandbox(&docker, &sandbox, std::slice::from_ref(&id))
+                        .await;
+                return Err(
+                    crownest_core::Error::from(DockerError::api("start container")(e)).chain(),
+                );
+            }
+            Ok(())
         }
     };
-    if let Err(e) = docker
-        .start_container(&id, None::<StartContainerOptions>)
-        .await
-    {
-        let _ =
-            crate::cleanup::remove_sandbox(docker, shape.sandbox, std::slice::from_ref(&id)).await;
-        return Err(DockerError::api("start container")(e));
-    }
-    Ok(Created { id, offered })
+    // Spawned, so the start goes on whoever awaits it (or nobody, if the sandbox is
+    // destroyed first: the removal then waits for Docker's container lock).
+    let task = tokio::spawn(start);
+    let starting: Starting = futures::FutureExt::shared(futures::FutureExt::boxed(async move {
+        task.await
+            .unwrap_or_else(|e| Err(format!("the container's start task failed: {e}")))
+    }));
+    Ok(Created {
+        id,
+        offered,
+        starting: Some(starting),
+    })
 }
 
 /// Attaches to a container (before its start) and writes the workspace offer.

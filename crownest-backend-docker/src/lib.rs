@@ -61,8 +61,15 @@
 //!   adds `HOSTNAME=sandbox`), `WorkingDir` is `/workspace`, `OpenStdin` is set;
 //! * `materialize` extracts the archive with the core extractor into a host staging
 //!   directory (a marked core [`SandboxDir`](crownest_core::hostdir::SandboxDir) of the
-//!   private work root, which the core host-directory sweep removes if a crash leaves it),
-//!   then streams it as a tar (every entry owned by uid/gid 10001, hardlinks as links)
+//!   private work root, which the core host-directory sweep removes if a crash leaves it).
+//!   When this process is root and talks to the local engine
+//!   ([`DockerConfig::with_host_placement`], on by default; `place.rs`), it then copies
+//!   that tree into the container's volume on the host (its `Mountpoint`, found by the
+//!   sandbox label, every entry created relative to directories the copy made, owned by
+//!   the sandbox user, modes and mtimes as `tar -x -p` keeps them), **while the container
+//!   starts** (`create` leaves the start in flight; `exec` waits for it): no program runs
+//!   in the container for it, and the copy costs no time a run waits for. Otherwise it
+//!   streams it as a tar (every entry owned by uid/gid 10001, hardlinks as links)
 //!   straight into the running container's workspace: through the launcher, over the
 //!   attach stream the command will use (`upload::stream_to_launcher`: `tar -x` run by the
 //!   sandbox user inside the container, before any command; step 0 of `launcher.rs`; the
@@ -160,6 +167,7 @@ mod exec;
 mod image;
 mod interpreters;
 mod launcher;
+mod place;
 mod pool;
 mod sandbox;
 mod sweep;

@@ -52,6 +52,9 @@ pub(crate) struct Warm {
     /// Its launcher, attached before the start with the workspace offered (in a mutex
     /// only to make `Warm` shareable: only its owner takes it).
     pub(crate) offered: std::sync::Mutex<Option<container::Offered>>,
+    /// Its start, still in flight for a head start that places the workspace from the
+    /// host (`container::create_starting`).
+    pub(crate) starting: Option<container::Starting>,
 }
 
 #[derive(Debug, Default)]
@@ -388,24 +391,28 @@ async fn create_member(shared: &Arc<Shared>, template: &str) -> Result<Warm, Str
     let sandbox = container::new_sandbox_id();
     let mut labels = container::owner_labels(&sandbox, &shared.pool.owner);
     labels.insert(LABEL_POOL.to_owned(), template.to_owned());
-    let created = container::create_started(
-        &shared.docker,
-        &shared.config,
-        container::Shape {
-            sandbox: &sandbox,
-            labels,
-            image_id: &image.id,
-            limits: &shared.pool.limits,
-            network: Network::None,
-        },
-    )
-    .await
+    let shape = container::Shape {
+        sandbox: &sandbox,
+        labels,
+        image_id: &image.id,
+        limits: &shared.pool.limits,
+        network: Network::None,
+    };
+    // A head start that places the workspace from the host is handed out as soon as it
+    // exists: the run's workspace is written while it starts. A pool member is ready only
+    // once started (a failed start is then the pool's, not a run's).
+    let created = if shared.places && shared.pool.head_start {
+        container::create_starting(&shared.docker, &shared.config, shape, false).await
+    } else {
+        container::create_started(&shared.docker, &shared.config, shape, !shared.places).await
+    }
     .map_err(|e| crownest_core::Error::from(e).chain())?;
     Ok(Warm {
         sandbox,
         container: created.id,
         image_id: image.id,
         offered: std::sync::Mutex::new(created.offered),
+        starting: created.starting,
     })
 }
 

@@ -54,6 +54,9 @@ pub struct DockerSandbox {
     /// The launcher attached before the start with the workspace offered
     /// (`container::offer`), until the hand-over (or the command) takes it.
     offered: Mutex<Option<container::Offered>>,
+    /// The container's start, when it was left in flight (`container::create_starting`):
+    /// the workspace is written from the host meanwhile; the launcher is awaited through it.
+    starting: Option<container::Starting>,
     /// The attachment the workspace went through (step 0 of `launcher.rs`), kept for the
     /// command.
     attached: Mutex<Option<AttachContainerResults>>,
@@ -76,18 +79,20 @@ impl DockerSandbox {
         image: ImageInfo,
     ) -> Result<Self, DockerError> {
         let id = container::new_sandbox_id();
-        let created = container::create_started(
-            &shared.docker,
-            &shared.config,
-            container::Shape {
-                sandbox: &id,
-                labels: container::labels(&id, spec),
-                image_id: &image.id,
-                limits: &spec.limits,
-                network: spec.network,
-            },
-        )
-        .await?;
+        let shape = container::Shape {
+            sandbox: &id,
+            labels: container::labels(&id, spec),
+            image_id: &image.id,
+            limits: &spec.limits,
+            network: spec.network,
+        };
+        // Placing the workspace from the host needs only the created volume: the start
+        // goes on meanwhile. Through the launcher, the start must be over first.
+        let created = if shared.places {
+            container::create_starting(&shared.docker, &shared.config, shape, false).await?
+        } else {
+            container::create_started(&shared.docker, &shared.config, shape, true).await?
+        };
         Ok(Self::with(shared, spec, image, id, created, false))
     }
 
@@ -102,6 +107,7 @@ impl DockerSandbox {
         let created = container::Created {
             id: warm.container,
             offered: warm.offered.into_inner().unwrap_or_else(|p| p.into_inner()),
+            starting: warm.starting,
         };
         Self::with(shared, spec, image, warm.sandbox, created, true)
     }
@@ -123,6 +129,7 @@ impl DockerSandbox {
             pooled,
             index: Mutex::new(None),
             offered: Mutex::new(created.offered),
+            starting: created.starting,
             attached: Mutex::new(None),
             sent: Mutex::new(None),
             exec_called: AtomicBool::new(false),
@@ -135,6 +142,14 @@ impl DockerSandbox {
     /// True when this sandbox was claimed from the warm pool.
     pub fn pooled(&self) -> bool {
         self.pooled
+    }
+
+    /// Waits for the container's start if it was left in flight (a no-op otherwise).
+    async fn started(&self) -> Result<(), DockerError> {
+        match &self.starting {
+            Some(start) => start.clone().await.map_err(DockerError::State),
+            None => Ok(()),
+        }
     }
 
     fn check_alive(&self) -> Result<(), DockerError> {
@@ -159,6 +174,26 @@ impl DockerSandbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if offered.is_none()
+            && self.shared.places
+            && let Some((path, volume)) = crate::place::volume_dir(docker, &self.id).await
+        {
+            // The copy overlaps the container's start (when it is still in flight).
+            let copy = async {
+                tokio::task::spawn_blocking(move || crate::place::copy_tree(&dir, &volume, owner))
+                    .await
+                    .map_err(|e| DockerError::State(format!("the workspace copy failed: {e}")))
+            };
+            let (copied, started) = tokio::join!(copy, self.started());
+            started?;
+            return copied?.map_err(|e| DockerError::WorkspaceTransfer {
+                detail: format!(
+                    "writing the workspace into its volume {} failed: {e}",
+                    path.display()
+                ),
+            });
+        }
+        self.started().await?;
         let (mut attached, nonce) = match offered {
             Some(o) => (o.attached, Some(o.nonce)),
             None => match exec::attach(docker, &self.container).await? {
@@ -193,6 +228,7 @@ impl DockerSandbox {
         sink: &dyn ExecSink,
     ) -> Result<ExecOutcome, DockerError> {
         self.check_alive()?;
+        self.started().await?;
         if self.exec_called.swap(true, Ordering::SeqCst) {
             return Err(DockerError::State(
                 "a sandbox runs exactly one command".into(),

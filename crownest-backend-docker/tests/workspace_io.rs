@@ -212,8 +212,11 @@ async fn an_image_without_tar_gets_the_workspace_through_the_archive_upload() {
     ]);
     docker_cli(&["commit", &maker, &image]);
     docker_cli(&["rm", &maker]);
+    // Through the launcher (not from the host), whose image lacks `tar`.
     let b = crownest_backend_docker::DockerBackend::connect(
-        crownest_backend_docker::DockerConfig::default().with_template("no-tar", &image),
+        crownest_backend_docker::DockerConfig::default()
+            .with_template("no-tar", &image)
+            .with_host_placement(false),
     )
     .await
     .unwrap();
@@ -253,9 +256,16 @@ async fn an_image_without_tar_gets_the_workspace_through_the_archive_upload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_without_a_workspace_ends_the_offer_made_before_the_start() {
-    let Some(b) = common::backend().await else {
+    let Some(_) = common::backend().await else {
         return;
     };
+    // The launcher's hand-over (the offer is made only when the workspace is not written
+    // from the host).
+    let b = crownest_backend_docker::DockerBackend::connect(
+        crownest_backend_docker::DockerConfig::default().with_host_placement(false),
+    )
+    .await
+    .unwrap();
     // Every container is attached before its start with the workspace offered (step 0 of
     // `launcher.rs`); a command that comes without `materialize` must end that offer
     // (an empty archive) before its frame, and find the workspace untouched.
@@ -342,4 +352,83 @@ async fn program_lookups_are_kept_per_image_in_the_private_work_root() {
         other => panic!("{other:?}"),
     }
     sb.destroy().await.unwrap();
+}
+
+/// What `/workspace` holds, entry by entry: path, type, mode, owner, mtime (whole
+/// seconds), link target, link count.
+const LISTING: &str = "find . -printf '%p %y %m %u:%g %TY-%Tm-%Td_%TH:%TM:%.2TS %l %n\\n' | sort";
+
+async fn listing_after_hand_over(host_placement: bool) -> String {
+    let b = crownest_backend_docker::DockerBackend::connect(
+        crownest_backend_docker::DockerConfig::default().with_host_placement(host_placement),
+    )
+    .await
+    .unwrap();
+    // As root against the local engine (CI), the host copy must really be the one used.
+    if host_placement && rustix::process::geteuid().is_root() && common::docker_required() {
+        assert!(b.places_workspaces_from_host());
+    }
+    assert!(host_placement || !b.places_workspaces_from_host());
+    let sb = crownest_core::SandboxBackend::create(&b, &common::sandbox_spec(Limits::default()))
+        .await
+        .unwrap();
+    sb.materialize(
+        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive_with_links()))),
+        &ExtractPolicy::default(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(&common::request(&["sh", "-c", LISTING]), &sink)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
+    );
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &id).await;
+    sink.stdout()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workspace_written_from_the_host_is_the_one_the_launcher_unpacks() {
+    let Some(_) = common::backend().await else {
+        return;
+    };
+    // The same archive through both hand-overs: the launcher's `tar -x -p` in the
+    // container, and the copy into the volume from the host (`place.rs`, used when this
+    // test runs as root against the local engine). Types, modes, owners, mtimes, link
+    // targets and link counts must match, entry for entry.
+    let launcher = listing_after_hand_over(false).await;
+    let host = listing_after_hand_over(true).await;
+    assert!(
+        launcher.contains("./bin/tool.sh f 755 crownest:crownest"),
+        "{launcher}"
+    );
+    assert!(launcher.contains("./tool l 777"), "{launcher}");
+    // The root's and the directories' mtimes are the staging tree's (the time of the
+    // extraction), so they differ between the two runs; everything else must not.
+    let strip = |l: &str| -> Vec<String> {
+        l.lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split(' ').collect();
+                if f.get(1) == Some(&"d") {
+                    format!("{} {} {} {}", f[0], f[1], f[2], f[3])
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&host),
+        strip(&launcher),
+        "host:\n{host}\nlauncher:\n{launcher}"
+    );
 }
