@@ -70,8 +70,9 @@ pub(crate) async fn volumes_with_label(
 /// of them exists any more. Idempotent.
 ///
 /// Round trips on the common path (one known container, its anonymous volume removed with
-/// it): the removal and the label listing at once, one volume listing (which is also the
-/// proof that no volume is left), then the container checks at once.
+/// it): the removal and the label listing at once, then, at once, the volume listing
+/// (which is also the proof that no volume is left), the container's 404 and an empty
+/// container listing.
 pub(crate) async fn remove_sandbox(
     docker: &Docker,
     sandbox: &str,
@@ -99,8 +100,32 @@ pub(crate) async fn remove_sandbox(
     for r in futures::future::join_all(extra.iter().map(|id| remove_container(docker, id))).await {
         r?;
     }
+    // What is left, asked at once: the volumes still labelled (the anonymous one goes
+    // with its container), each container's 404, the containers still labelled.
+    let inspections = futures::future::join_all(ids.iter().map(|id| async move {
+        match docker.inspect_container(id, None).await {
+            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(_) => Err(DockerError::Survived {
+                what: format!("container {id}"),
+            }),
+            Err(e) => Err(DockerError::api("inspect container")(e)),
+        }
+    }));
+    let (left, inspected, containers_after) = tokio::join!(
+        volumes_with_label(docker, &label),
+        inspections,
+        containers_with_label(docker, &label),
+    );
+    for r in inspected {
+        r?;
+    }
+    if let Some(c) = containers_after?.into_iter().next() {
+        return Err(DockerError::Survived {
+            what: format!("container {}", c.id.unwrap_or_default()),
+        });
+    }
     // A volume left: a 409 means a container removal is still finishing; retry briefly.
-    let left = volumes_with_label(docker, &label).await?;
+    let left = left?;
     for volume in &left {
         let mut attempt = 0;
         loop {
@@ -116,38 +141,9 @@ pub(crate) async fn remove_sandbox(
             }
         }
     }
-    // Verify: each container answers 404, nothing carries the label any more, and (when
-    // the listing above found volumes to remove) no volume does either.
-    let inspections = futures::future::join_all(ids.iter().map(|id| async move {
-        match docker.inspect_container(id, None).await {
-            Err(e) if is_not_found(&e) => Ok(()),
-            Ok(_) => Err(DockerError::Survived {
-                what: format!("container {id}"),
-            }),
-            Err(e) => Err(DockerError::api("inspect container")(e)),
-        }
-    }));
-    let volumes_after = async {
-        if left.is_empty() {
-            Ok(Vec::new())
-        } else {
-            volumes_with_label(docker, &label).await
-        }
-    };
-    let (inspected, containers_after, volumes_after) = tokio::join!(
-        inspections,
-        containers_with_label(docker, &label),
-        volumes_after
-    );
-    for r in inspected {
-        r?;
-    }
-    if let Some(c) = containers_after?.into_iter().next() {
-        return Err(DockerError::Survived {
-            what: format!("container {}", c.id.unwrap_or_default()),
-        });
-    }
-    if let Some(v) = volumes_after?.into_iter().next() {
+    if !left.is_empty()
+        && let Some(v) = volumes_with_label(docker, &label).await?.into_iter().next()
+    {
         return Err(DockerError::Survived {
             what: format!("volume {v}"),
         });

@@ -248,6 +248,9 @@ pub(crate) struct Created {
     pub(crate) offered: Option<Offered>,
     /// Its start, when [`create_starting`] left it in flight.
     pub(crate) starting: Option<Starting>,
+    /// Attached before the start without an offer (the workspace is written from the
+    /// host): the command's attachment, one round trip sooner.
+    pub(crate) attached: Option<AttachContainerResults>,
 }
 
 /// Creates the sandbox container with everything set in one call (the workspace volume is
@@ -288,16 +291,24 @@ pub(crate) async fn create_starting(
         .await
         .map_err(DockerError::api("create container"))?
         .id;
-    let offered = if offer_workspace {
+    let (offered, attached) = if offer_workspace {
         match offer(docker, &id).await {
-            Ok(o) => Some(o),
+            Ok(o) => (Some(o), None),
             Err(e) => {
                 tracing::debug!(container = %id, error = %e, "attaching before the start failed; the hand-over attaches later");
-                None
+                (None, None)
             }
         }
     } else {
-        None
+        // Attached before the start as `docker run` does (the launcher writes nothing
+        // before its frame); a failure only means `exec` attaches later.
+        (
+            None,
+            crate::exec::attach(docker, &id)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        )
     };
     let start = {
         let docker = docker.clone();
@@ -328,6 +339,7 @@ pub(crate) async fn create_starting(
         id,
         offered,
         starting: Some(starting),
+        attached,
     })
 }
 

@@ -91,7 +91,8 @@ pub(crate) fn copy_tree(
     let mut seen: HashMap<(u64, u64), String> = HashMap::new();
     // Directories get their modes and times once their children are in (creating a child
     // changes its parent's mtime), deepest first.
-    let mut finish: Vec<(OwnedFd, fs::Metadata)> = Vec::new();
+    // Paths, not descriptors: a tree of 20 000 directories must not hold 20 000 of them.
+    let mut finish: Vec<(String, fs::Metadata)> = Vec::new();
     let root_meta = fs::symlink_metadata(src)?;
     index.dirs.insert(String::new());
     let root = rustix::fs::openat(
@@ -101,8 +102,10 @@ pub(crate) fn copy_tree(
         Mode::empty(),
     )?;
     rustix::fs::fchown(&root, owner.0, owner.1)?;
-    let mut stack: Vec<(PathBuf, String, OwnedFd)> = vec![(src.to_path_buf(), String::new(), root)];
-    while let Some((dir, rel, fd)) = stack.pop() {
+    drop(root);
+    let mut stack: Vec<(PathBuf, String)> = vec![(src.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let fd = open_placed_dir(dst, &rel)?;
         let mut entries: Vec<_> = fs::read_dir(&dir)?.collect::<io::Result<_>>()?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
@@ -123,22 +126,10 @@ pub(crate) fn copy_tree(
             let ft = meta.file_type();
             if ft.is_dir() {
                 rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o700))?;
-                let child = rustix::fs::openat(
-                    &fd,
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                rustix::fs::fchown(&child, owner.0, owner.1)?;
+                rustix::fs::chownat(&fd, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
                 index.dirs.insert(child_rel.clone());
-                let again = rustix::fs::openat(
-                    &child,
-                    ".",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                finish.push((again, meta));
-                stack.push((path, child_rel, child));
+                finish.push((child_rel.clone(), meta));
+                stack.push((path, child_rel));
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path)?;
                 rustix::fs::symlinkat(&target, &fd, name)?;
@@ -180,13 +171,27 @@ pub(crate) fn copy_tree(
             // of `upload.rs` does not send it).
         }
     }
-    for (fd, meta) in finish.iter().rev() {
-        rustix::fs::fchmod(fd, mode_of(meta))?;
-        rustix::fs::futimens(fd, &times(meta))?;
+    for (rel, meta) in finish.iter().rev() {
+        let fd = open_placed_dir(dst, rel)?;
+        rustix::fs::fchmod(&fd, mode_of(meta))?;
+        rustix::fs::futimens(&fd, &times(meta))?;
     }
     rustix::fs::fchmod(dst, mode_of(&root_meta))?;
     rustix::fs::futimens(dst, &times(&root_meta))?;
     Ok(index)
+}
+
+/// A directory this copy made, by its path under the root: every component is a directory
+/// the copy created (a symlink it made is never a component: no name is both), nothing
+/// else writes the volume, and the last component is opened without following a link.
+fn open_placed_dir(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
+    let path = if rel.is_empty() { "." } else { rel };
+    Ok(rustix::fs::openat(
+        root,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 fn to_id(id: u64) -> io::Result<u32> {

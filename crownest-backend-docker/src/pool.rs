@@ -55,6 +55,9 @@ pub(crate) struct Warm {
     /// Its start, still in flight for a head start that places the workspace from the
     /// host (`container::create_starting`).
     pub(crate) starting: Option<container::Starting>,
+    /// Attached before the start without an offer (in a mutex only to make `Warm`
+    /// shareable).
+    pub(crate) attached: std::sync::Mutex<Option<bollard::container::AttachContainerResults>>,
 }
 
 #[derive(Debug, Default)]
@@ -413,6 +416,7 @@ async fn create_member(shared: &Arc<Shared>, template: &str) -> Result<Warm, Str
         image_id: image.id,
         offered: std::sync::Mutex::new(created.offered),
         starting: created.starting,
+        attached: std::sync::Mutex::new(created.attached),
     })
 }
 

@@ -108,6 +108,10 @@ impl DockerSandbox {
             id: warm.container,
             offered: warm.offered.into_inner().unwrap_or_else(|p| p.into_inner()),
             starting: warm.starting,
+            attached: warm
+                .attached
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
         };
         Self::with(shared, spec, image, warm.sandbox, created, true)
     }
@@ -129,8 +133,8 @@ impl DockerSandbox {
             pooled,
             index: Mutex::new(None),
             offered: Mutex::new(created.offered),
+            attached: Mutex::new(created.attached),
             starting: created.starting,
-            attached: Mutex::new(None),
             sent: Mutex::new(None),
             exec_called: AtomicBool::new(false),
             started: AtomicBool::new(false),
