@@ -432,3 +432,60 @@ async fn the_workspace_written_from_the_host_is_the_one_the_launcher_unpacks() {
         "host:\n{host}\nlauncher:\n{launcher}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_of_thousands_of_directories_is_placed_with_few_descriptors() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    // 3 000 directories (one file each) under a soft limit of 2 048 descriptors for this
+    // process: a copy that held a descriptor per directory would fail with EMFILE. (The
+    // other tests of this binary need far fewer.)
+    let mut tar = tar::Builder::new(Vec::new());
+    for i in 0..3000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        tar.append_data(&mut h, format!("d{}/e{i}/f.txt", i % 30), &b"x"[..])
+            .unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    let archive = gz.finish().unwrap();
+    let before = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(2048),
+            maximum: before.maximum,
+        },
+    )
+    .unwrap();
+    let sb = crownest_core::SandboxBackend::create(&b, &common::sandbox_spec(Limits::default()))
+        .await
+        .unwrap();
+    let placed = sb
+        .materialize(
+            crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive))),
+            &ExtractPolicy::default(),
+            &|_| {},
+        )
+        .await;
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, before).unwrap();
+    placed.unwrap();
+    let sink = common::CollectSink::default();
+    let out = sb
+        .exec(
+            &common::request(&["sh", "-c", "find . -type d | wc -l; find . -type f | wc -l"]),
+            &sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Exited(0));
+    // The root, 30 `d*` and 3 000 `e*` directories; 3 000 files.
+    assert_eq!(sink.stdout(), "3031\n3000\n");
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    common::assert_gone(&b, &id).await;
+}
