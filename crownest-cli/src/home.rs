@@ -427,6 +427,31 @@ pub(crate) async fn open_for_run(
         }
     };
     let (opened, chosen_slot) = tokio::join!(open_chosen(home, Readers::SameHost), chosen_slot);
+    // The run's own backend is set up (for Docker, its head start's container may exist):
+    // if what follows fails, shut it down, so nothing of it waits for the next sweep.
+    let chosen_backend = chosen_slot
+        .as_ref()
+        .and_then(|slot| slot.as_ref().ok())
+        .and_then(|slot| slot.backend.as_ref().ok())
+        .cloned();
+    let opened = engine_for_run(home, &registered, process, opened, chosen_slot).await;
+    if opened.is_err()
+        && let Some(backend) = chosen_backend
+    {
+        backend.shutdown().await;
+    }
+    opened
+}
+
+/// The rest of [`open_for_run`], once the store and the run's own backend are set up.
+async fn engine_for_run(
+    home: &Path,
+    registered: &crate::templates::Registered,
+    process: tokio::task::JoinHandle<Result<Arc<dyn SandboxBackend>, String>>,
+    opened: anyhow::Result<Opened>,
+    chosen_slot: Option<anyhow::Result<BackendSlot>>,
+) -> anyhow::Result<ForRun> {
+    let registered = registered.clone();
     let Opened { store, sqlite } = opened?;
     let process = process
         .await

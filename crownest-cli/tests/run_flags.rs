@@ -720,3 +720,43 @@ fn a_kept_docker_sandbox_names_its_container_and_the_printed_commands_work() {
     assert!(exec.status.success(), "{exec:?}");
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "kept\n");
 }
+
+/// `crownest run --backend docker` starts making its head start's container while it opens
+/// the store; when the store cannot be opened, the command fails and leaves no container
+/// of its own behind (the backend is shut down, its head start removed), instead of
+/// leaving it to the next sweep.
+#[test]
+fn a_run_whose_store_cannot_open_leaves_no_head_start_behind() {
+    if !docker_usable() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // The store's directory is a file: opening the store fails.
+    std::fs::write(home.path().join("store"), b"not a directory").unwrap();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("crownest"))
+        .env_remove("CROWNEST_HOME")
+        .arg("--home")
+        .arg(home.path())
+        .args(["run", "--backend", "docker"])
+        .arg(sample_repo())
+        .args(["--", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=crownest.owner_pid={pid}"),
+    ]);
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    for id in left.split_whitespace() {
+        let _ = docker(&["rm", "-f", "-v", id]);
+    }
+    assert_eq!(left.trim(), "", "containers left by pid {pid}: {err}");
+}
