@@ -103,74 +103,63 @@ pub(crate) fn copy_tree(
     )?;
     rustix::fs::fchown(&root, owner.0, owner.1)?;
     drop(root);
-    let mut stack: Vec<(PathBuf, String)> = vec![(src.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let fd = open_placed_dir(dst, &rel)?;
-        let mut entries: Vec<_> = fs::read_dir(&dir)?.collect::<io::Result<_>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "non UTF-8 name in staging",
-                ));
-            };
-            let child_rel = if rel.is_empty() {
-                name.to_owned()
+    // The directory being filled, reopened only when the walk moves to the next one (the
+    // entries of a directory come one after another).
+    let mut current: Option<(String, OwnedFd)> = None;
+    crate::upload::walk_staging(src, |e| {
+        let fd = match current.take() {
+            Some((rel, fd)) if rel == e.parent => (rel, fd),
+            _ => (e.parent.clone(), open_placed_dir(dst, &e.parent)?),
+        };
+        let (name, meta) = (e.name.as_str(), &e.meta);
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            rustix::fs::mkdirat(&fd.1, name, Mode::from_raw_mode(0o700))?;
+            rustix::fs::chownat(&fd.1, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+            index.dirs.insert(e.rel.clone());
+            finish.push((e.rel, e.meta));
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&e.path)?;
+            rustix::fs::symlinkat(&target, &fd.1, name)?;
+            rustix::fs::chownat(&fd.1, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::utimensat(&fd.1, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+            index.files.insert(e.rel, None);
+        } else if ft.is_file() {
+            let key = (meta.dev(), meta.ino());
+            if meta.nlink() > 1
+                && let Some(first) = seen.get(&key)
+            {
+                // Relative to the root this copy made: every component is a directory it
+                // created, so nothing resolves through a link.
+                rustix::fs::linkat(dst, first.as_str(), &fd.1, name, AtFlags::empty())?;
             } else {
-                format!("{rel}/{name}")
-            };
-            let path = entry.path();
-            let meta = fs::symlink_metadata(&path)?;
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o700))?;
-                rustix::fs::chownat(&fd, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
-                index.dirs.insert(child_rel.clone());
-                finish.push((child_rel.clone(), meta));
-                stack.push((path, child_rel));
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path)?;
-                rustix::fs::symlinkat(&target, &fd, name)?;
-                rustix::fs::chownat(&fd, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
-                rustix::fs::utimensat(&fd, name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW)?;
-                index.files.insert(child_rel, None);
-            } else if ft.is_file() {
-                let key = (meta.dev(), meta.ino());
-                if meta.nlink() > 1
-                    && let Some(first) = seen.get(&key)
-                {
-                    // Relative to the root this copy made: every component is a directory
-                    // it created, so nothing resolves through a link.
-                    rustix::fs::linkat(dst, first.as_str(), &fd, name, AtFlags::empty())?;
-                } else {
-                    if meta.nlink() > 1 {
-                        seen.insert(key, child_rel.clone());
-                    }
-                    let out = rustix::fs::openat(
-                        &fd,
-                        name,
-                        OFlags::WRONLY
-                            | OFlags::CREATE
-                            | OFlags::EXCL
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    )?;
-                    let mut from = fs::File::open(&path)?;
-                    let mut to = fs::File::from(out);
-                    io::copy(&mut io::Read::take(&mut from, meta.len()), &mut to)?;
-                    rustix::fs::fchown(&to, owner.0, owner.1)?;
-                    rustix::fs::fchmod(&to, mode_of(&meta))?;
-                    rustix::fs::futimens(&to, &times(&meta))?;
+                if meta.nlink() > 1 {
+                    seen.insert(key, e.rel.clone());
                 }
-                index.files.insert(child_rel, Some(meta.mode() & 0o777));
+                let out = rustix::fs::openat(
+                    &fd.1,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                let mut from = fs::File::open(&e.path)?;
+                let mut to = fs::File::from(out);
+                io::copy(&mut io::Read::take(&mut from, meta.len()), &mut to)?;
+                rustix::fs::fchown(&to, owner.0, owner.1)?;
+                rustix::fs::fchmod(&to, mode_of(meta))?;
+                rustix::fs::futimens(&to, &times(meta))?;
             }
-            // Anything else cannot come out of the core extractor: not placed (as the walk
-            // of `upload.rs` does not send it).
+            index.files.insert(e.rel.clone(), Some(meta.mode() & 0o777));
         }
-    }
+        // Anything else cannot come out of the core extractor: not placed (as the tar of
+        // `upload.rs` does not carry it).
+        current = Some(fd);
+        Ok(())
+    })?;
     for (rel, meta) in finish.iter().rev() {
         let fd = open_placed_dir(dst, rel)?;
         rustix::fs::fchmod(&fd, mode_of(meta))?;

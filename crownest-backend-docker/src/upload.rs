@@ -315,6 +315,61 @@ fn stream_of<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// One entry of a staging tree, as [`walk_staging`] visits it.
+pub(crate) struct StagedEntry {
+    /// Its path relative to the root (`a/b`).
+    pub(crate) rel: String,
+    /// The relative path of its directory (`""`: the root).
+    pub(crate) parent: String,
+    /// Its name in that directory.
+    pub(crate) name: String,
+    /// Its host path.
+    pub(crate) path: PathBuf,
+    /// Its own metadata (a link is not followed).
+    pub(crate) meta: fs::Metadata,
+}
+
+/// Visits every entry below `root` (a staging tree only this process writes, so walking it
+/// with `symlink_metadata` is race-free): each directory's entries by name, a directory
+/// before what it holds; names that are not UTF-8 are an error (the extractor writes none).
+pub(crate) fn walk_staging(
+    root: &Path,
+    mut visit: impl FnMut(StagedEntry) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&dir)?.collect::<io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "non UTF-8 name in staging",
+                ));
+            };
+            let child_rel = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path)?;
+            if meta.file_type().is_dir() {
+                stack.push((path.clone(), child_rel.clone()));
+            }
+            visit(StagedEntry {
+                rel: child_rel,
+                parent: rel.clone(),
+                name: name.to_owned(),
+                path,
+                meta,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the tar of `root` (contents placed at the target dir, the root entry `./` owned by
 /// `uid:gid`) into `out`, returning the index of what was sent.
 fn write_tar(root: &Path, uid: u64, gid: u64, out: impl Write) -> io::Result<WorkspaceIndex> {
@@ -328,62 +383,42 @@ fn write_tar(root: &Path, uid: u64, gid: u64, out: impl Write) -> io::Result<Wor
     builder.append_data(&mut header, "./", io::empty())?;
     index.dirs.insert(String::new());
 
-    let mut stack: Vec<(PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let mut entries: Vec<_> = fs::read_dir(&dir)?.collect::<io::Result<_>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                // The extractor only writes UTF-8 names; anything else is not ours.
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "non UTF-8 name in staging",
-                ));
-            };
-            let child_rel = if rel.is_empty() {
-                name.to_owned()
+    walk_staging(root, |e| {
+        let tar_name = format!("./{}", e.rel);
+        let ft = e.meta.file_type();
+        if ft.is_dir() {
+            let mut h = base_header(tar::EntryType::Directory, &e.meta, uid, gid);
+            h.set_size(0);
+            builder.append_data(&mut h, &tar_name, io::empty())?;
+            index.dirs.insert(e.rel);
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&e.path)?;
+            let mut h = base_header(tar::EntryType::Symlink, &e.meta, uid, gid);
+            h.set_size(0);
+            builder.append_link(&mut h, &tar_name, &target)?;
+            index.files.insert(e.rel, None);
+        } else if ft.is_file() {
+            let key = (e.meta.dev(), e.meta.ino());
+            if e.meta.nlink() > 1
+                && let Some(first) = seen_inodes.get(&key)
+            {
+                let mut h = base_header(tar::EntryType::Link, &e.meta, uid, gid);
+                h.set_size(0);
+                builder.append_link(&mut h, &tar_name, format!("./{first}"))?;
             } else {
-                format!("{rel}/{name}")
-            };
-            let path = entry.path();
-            let meta = fs::symlink_metadata(&path)?;
-            let ft = meta.file_type();
-            let tar_name = format!("./{child_rel}");
-            if ft.is_dir() {
-                let mut h = base_header(tar::EntryType::Directory, &meta, uid, gid);
-                h.set_size(0);
-                builder.append_data(&mut h, &tar_name, io::empty())?;
-                index.dirs.insert(child_rel.clone());
-                stack.push((path, child_rel));
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path)?;
-                let mut h = base_header(tar::EntryType::Symlink, &meta, uid, gid);
-                h.set_size(0);
-                builder.append_link(&mut h, &tar_name, &target)?;
-                index.files.insert(child_rel, None);
-            } else if ft.is_file() {
-                let key = (meta.dev(), meta.ino());
-                if meta.nlink() > 1
-                    && let Some(first) = seen_inodes.get(&key)
-                {
-                    let mut h = base_header(tar::EntryType::Link, &meta, uid, gid);
-                    h.set_size(0);
-                    builder.append_link(&mut h, &tar_name, format!("./{first}"))?;
-                } else {
-                    if meta.nlink() > 1 {
-                        seen_inodes.insert(key, child_rel.clone());
-                    }
-                    let mut h = base_header(tar::EntryType::Regular, &meta, uid, gid);
-                    h.set_size(meta.len());
-                    let file = fs::File::open(&path)?;
-                    builder.append_data(&mut h, &tar_name, io::Read::take(file, meta.len()))?;
+                if e.meta.nlink() > 1 {
+                    seen_inodes.insert(key, e.rel.clone());
                 }
-                index.files.insert(child_rel, Some(meta.mode() & 0o777));
+                let mut h = base_header(tar::EntryType::Regular, &e.meta, uid, gid);
+                h.set_size(e.meta.len());
+                let file = fs::File::open(&e.path)?;
+                builder.append_data(&mut h, &tar_name, io::Read::take(file, e.meta.len()))?;
             }
-            // Anything else cannot come out of the core extractor: not sent.
+            index.files.insert(e.rel, Some(e.meta.mode() & 0o777));
         }
-    }
+        // Anything else cannot come out of the core extractor: not sent.
+        Ok(())
+    })?;
     builder.into_inner()?.flush()?;
     Ok(index)
 }
