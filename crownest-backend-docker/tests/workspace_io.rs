@@ -272,24 +272,13 @@ async fn a_command_without_a_workspace_ends_the_offer_made_before_the_start() {
     let sb = crownest_core::SandboxBackend::create(&b, &common::sandbox_spec(Limits::default()))
         .await
         .unwrap();
-    let sink = common::CollectSink::default();
-    let out = sb
-        .exec(
-            &common::request(&["sh", "-c", "ls -A | wc -l; stat -c '%a %u' ."]),
-            &sink,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status,
-        ExitStatus::Exited(0),
-        "{}",
-        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
-    );
-    assert_eq!(sink.stdout(), "0\n755 10001\n");
-    let sandbox = sb.id().to_owned();
-    sb.destroy().await.unwrap();
-    common::assert_gone(&b, &sandbox).await;
+    let out = common::exec_ok(
+        sb.as_ref(),
+        &["sh", "-c", "ls -A | wc -l; stat -c '%a %u' ."],
+    )
+    .await;
+    assert_eq!(out, "0\n755 10001\n");
+    common::destroy_gone(&b, sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,21 +368,9 @@ async fn listing_after_hand_over(host_placement: bool) -> String {
     )
     .await
     .unwrap();
-    let sink = common::CollectSink::default();
-    let out = sb
-        .exec(&common::request(&["sh", "-c", LISTING]), &sink)
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status,
-        ExitStatus::Exited(0),
-        "{}",
-        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
-    );
-    let id = sb.id().to_owned();
-    sb.destroy().await.unwrap();
-    common::assert_gone(&b, &id).await;
-    sink.stdout()
+    let listing = common::exec_ok(sb.as_ref(), &["sh", "-c", LISTING]).await;
+    common::destroy_gone(&b, sb).await;
+    listing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,14 +389,16 @@ async fn the_workspace_written_from_the_host_is_the_one_the_launcher_unpacks() {
         "{launcher}"
     );
     assert!(launcher.contains("./tool l 777"), "{launcher}");
-    // The root's and the directories' mtimes are the staging tree's (the time of the
-    // extraction), so they differ between the two runs; everything else must not.
+    // The mtimes of the root, the directories and the symlinks are the staging tree's (the
+    // time of the extraction), so they differ between the two runs; everything else,
+    // including each symlink's target, must not.
     let strip = |l: &str| -> Vec<String> {
         l.lines()
             .map(|line| {
                 let f: Vec<&str> = line.split(' ').collect();
-                if f.get(1) == Some(&"d") {
-                    format!("{} {} {} {}", f[0], f[1], f[2], f[3])
+                if f.get(1) == Some(&"d") || f.get(1) == Some(&"l") {
+                    let rest = f.get(5..).unwrap_or_default().join(" ");
+                    format!("{} {} {} {} {rest}", f[0], f[1], f[2], f[3])
                 } else {
                     line.to_owned()
                 }
@@ -474,18 +453,12 @@ async fn a_workspace_of_thousands_of_directories_is_placed_with_few_descriptors(
         .await;
     rustix::process::setrlimit(rustix::process::Resource::Nofile, before).unwrap();
     placed.unwrap();
-    let sink = common::CollectSink::default();
-    let out = sb
-        .exec(
-            &common::request(&["sh", "-c", "find . -type d | wc -l; find . -type f | wc -l"]),
-            &sink,
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.status, ExitStatus::Exited(0));
+    let counts = common::exec_ok(
+        sb.as_ref(),
+        &["sh", "-c", "find . -type d | wc -l; find . -type f | wc -l"],
+    )
+    .await;
     // The root, 30 `d*` and 3 000 `e*` directories; 3 000 files.
-    assert_eq!(sink.stdout(), "3031\n3000\n");
-    let id = sb.id().to_owned();
-    sb.destroy().await.unwrap();
-    common::assert_gone(&b, &id).await;
+    assert_eq!(counts, "3031\n3000\n");
+    common::destroy_gone(&b, sb).await;
 }

@@ -312,3 +312,24 @@ pub async fn sandbox(
 pub fn request(argv: &[&str]) -> crownest_core::ExecRequest {
     crownest_core::ExecRequest::new(argv.iter().copied())
 }
+
+/// Runs `argv` in `sb`, asserts it exited 0 (its stderr in the message) and returns its
+/// stdout.
+pub async fn exec_ok(sb: &dyn crownest_core::Sandbox, argv: &[&str]) -> String {
+    let sink = CollectSink::default();
+    let out = sb.exec(&request(argv), &sink).await.unwrap();
+    assert_eq!(
+        out.status,
+        crownest_core::ExitStatus::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
+    );
+    sink.stdout()
+}
+
+/// Destroys `sb` and checks that nothing of it is left.
+pub async fn destroy_gone(b: &DockerBackend, sb: Box<dyn crownest_core::Sandbox>) {
+    let id = sb.id().to_owned();
+    sb.destroy().await.unwrap();
+    assert_gone(b, &id).await;
+}
