@@ -160,10 +160,13 @@ pub(crate) async fn preflight(
     };
     // Every candidate is looked up at once (one round trip to Docker instead of one per
     // `PATH` entry); the first in `PATH` order that is a program wins, as for `execvp`.
-    let modes = futures::future::try_join_all(candidates.iter().map(|abs| async move {
+    // Image paths answered before (by this process or, through the work root, an earlier
+    // one) cost nothing; new answers are written back once, after all of them.
+    load_kept(image);
+    let looked_up = futures::future::try_join_all(candidates.iter().map(|abs| async move {
         Ok::<_, DockerError>(match workspace_rel(abs) {
             Some(rel) => {
-                if index.dirs.contains(&rel) {
+                let mode = if index.dirs.contains(&rel) {
                     Some(GO_MODE_DIR)
                 } else {
                     match index.files.get(&rel) {
@@ -171,12 +174,17 @@ pub(crate) async fn preflight(
                         Some(None) => Some(GO_MODE_SYMLINK),
                         None => None,
                     }
-                }
+                };
+                (mode, false)
             }
             None => stat_image_path(image, abs).await?,
         })
     }))
     .await?;
+    if looked_up.iter().any(|(_, asked)| *asked) {
+        keep(image);
+    }
+    let modes = looked_up.into_iter().map(|(mode, _)| mode);
     let mut denied = false;
     for mode in modes {
         match classify(mode) {
@@ -194,7 +202,11 @@ pub(crate) async fn preflight(
     }))
 }
 
-async fn stat_image_path(image: &ImagePaths<'_>, abs: &str) -> Result<Option<u32>, DockerError> {
+/// The mode of an image path (`None`: missing), and whether Docker had to be asked.
+async fn stat_image_path(
+    image: &ImagePaths<'_>,
+    abs: &str,
+) -> Result<(Option<u32>, bool), DockerError> {
     let ImagePaths {
         docker,
         container,
@@ -202,10 +214,9 @@ async fn stat_image_path(image: &ImagePaths<'_>, abs: &str) -> Result<Option<u32
         cache,
         ..
     } = *image;
-    load_kept(image);
     let key = format!("{image_id}\0{abs}");
     if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(*hit);
+        return Ok((*hit, false));
     }
     let opts = ContainerArchiveInfoOptionsBuilder::new().path(abs).build();
     let mode = match docker
@@ -221,8 +232,7 @@ async fn stat_image_path(image: &ImagePaths<'_>, abs: &str) -> Result<Option<u32
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, mode);
-    keep(image);
-    Ok(mode)
+    Ok((mode, true))
 }
 
 /// What the run of a started container observed.

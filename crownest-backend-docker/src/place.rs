@@ -95,14 +95,7 @@ pub(crate) fn copy_tree(
     let mut finish: Vec<(String, fs::Metadata)> = Vec::new();
     let root_meta = fs::symlink_metadata(src)?;
     index.dirs.insert(String::new());
-    let root = rustix::fs::openat(
-        dst,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    rustix::fs::fchown(&root, owner.0, owner.1)?;
-    drop(root);
+    rustix::fs::fchown(dst, owner.0, owner.1)?;
     // The directory being filled, reopened only when the walk moves to the next one (the
     // entries of a directory come one after another).
     let mut current: Option<(String, OwnedFd)> = None;

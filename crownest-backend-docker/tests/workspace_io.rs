@@ -294,19 +294,23 @@ async fn program_lookups_are_kept_per_image_in_the_private_work_root() {
             crownest_backend_docker::DockerConfig::default().with_work_dir(&work),
         )
     };
-    let b = connect().await.unwrap();
-    let sb = common::sandbox(&b, Limits::default()).await;
-    let sink = common::CollectSink::default();
-    let out = sb
-        .exec(&common::request(&["no-such-program-here"]), &sink)
-        .await
-        .unwrap();
+    // Runs the unknown program in a fresh sandbox of `b`: the `spawn_failed` message.
+    let spawn_failure = |b: crownest_backend_docker::DockerBackend| async move {
+        let sb = common::sandbox(&b, Limits::default()).await;
+        let sink = common::CollectSink::default();
+        let out = sb
+            .exec(&common::request(&["no-such-program-here"]), &sink)
+            .await
+            .unwrap();
+        sb.destroy().await.unwrap();
+        match out.status {
+            ExitStatus::SpawnFailed(m) => m,
+            other => panic!("{other:?}"),
+        }
+    };
     // The preflight's own message: nothing was started.
-    match &out.status {
-        ExitStatus::SpawnFailed(m) => assert!(m.contains("not found in PATH"), "{m}"),
-        other => panic!("{other:?}"),
-    }
-    sb.destroy().await.unwrap();
+    let m = spawn_failure(connect().await.unwrap()).await;
+    assert!(m.contains("not found in PATH"), "{m}");
     let kept: Vec<_> = std::fs::read_dir(&work)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -326,21 +330,9 @@ async fn program_lookups_are_kept_per_image_in_the_private_work_root() {
     let mut forged = answers.clone();
     forged.insert("/usr/local/bin/no-such-program-here".into(), Some(0o755));
     std::fs::write(&kept[0], serde_json::to_vec(&forged).unwrap()).unwrap();
-    let b2 = connect().await.unwrap();
-    let sb = common::sandbox(&b2, Limits::default()).await;
-    let sink = common::CollectSink::default();
-    let out = sb
-        .exec(&common::request(&["no-such-program-here"]), &sink)
-        .await
-        .unwrap();
-    match &out.status {
-        ExitStatus::SpawnFailed(m) => {
-            assert!(!m.contains("not found in PATH"), "{m}");
-            assert!(m.starts_with("crownest-launcher"), "{m}");
-        }
-        other => panic!("{other:?}"),
-    }
-    sb.destroy().await.unwrap();
+    let m = spawn_failure(connect().await.unwrap()).await;
+    assert!(!m.contains("not found in PATH"), "{m}");
+    assert!(m.starts_with("crownest-launcher"), "{m}");
 }
 
 /// What `/workspace` holds, entry by entry: path, type, mode, owner, mtime (whole
