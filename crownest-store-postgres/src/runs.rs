@@ -53,9 +53,13 @@ fn row_to_record(row: &Row) -> Result<RunRecord> {
 }
 
 fn terminal_statuses() -> Vec<&'static str> {
+    statuses(true)
+}
+
+fn statuses(terminal: bool) -> Vec<&'static str> {
     RunStatus::ALL
         .iter()
-        .filter(|s| s.is_terminal())
+        .filter(|s| s.is_terminal() == terminal)
         .map(|s| s.as_str())
         .collect()
 }
@@ -191,13 +195,15 @@ pub(crate) async fn delete_run(
     Ok(())
 }
 
-/// `list_unfinished`: every run not in a terminal state, oldest id first.
+/// `list_unfinished`: every run not in a terminal state, oldest id first (`status =
+/// ANY(every non-terminal state)`: a search of `runs_by_status`, not a scan of every run
+/// the store ever had).
 pub(crate) async fn list_unfinished(c: &impl GenericClient) -> Result<Vec<RunRecord>> {
     let rows = query(
         c,
         "listing unfinished runs",
-        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status <> ALL($1) ORDER BY id"),
-        &[&terminal_statuses()],
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ANY($1) ORDER BY id"),
+        &[&statuses(false)],
     )
     .await?;
     rows.iter().map(row_to_record).collect()

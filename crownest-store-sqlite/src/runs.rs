@@ -165,19 +165,23 @@ pub(crate) fn delete_run(
 }
 
 /// `list_unfinished`: every run not in a terminal state, oldest id first.
+///
+/// Asked as `status IN (every non-terminal state)`, a search of `runs_by_status`, so the
+/// recovery beside every `crownest run` costs what the unfinished runs cost, not what the
+/// home's whole history does (`status NOT IN (...)` scanned every run's record).
 pub(crate) fn list_unfinished(conn: &Connection) -> Result<Vec<RunRecord>, OpError> {
-    let terminal: Vec<String> = RunStatus::ALL
+    query_runs(conn, &unfinished_query(), [])
+}
+
+fn unfinished_query() -> String {
+    let unfinished: Vec<String> = RunStatus::ALL
         .iter()
-        .filter(|s| s.is_terminal())
+        .filter(|s| !s.is_terminal())
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
-    query_runs(
-        conn,
-        &format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE status NOT IN ({}) ORDER BY id",
-            terminal.join(",")
-        ),
-        [],
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({}) ORDER BY id",
+        unfinished.join(",")
     )
 }
 
@@ -403,4 +407,42 @@ pub(crate) fn request_cancel(conn: &Connection, id: &RunId) -> Result<RunRecord,
         update_run(conn, &run)?;
     }
     Ok(run)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::schema::{connect, migrate};
+
+    /// Recovery runs beside every `crownest run`: its query must search the status index,
+    /// not read every run the home ever had.
+    #[test]
+    fn the_unfinished_runs_are_found_through_the_status_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("crownest.db"), Duration::from_secs(10)).unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", unfinished_query()))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH runs USING INDEX runs_by_status")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+        // Every state the engine can leave a run in unfinished is asked for.
+        for s in RunStatus::ALL.iter().filter(|s| !s.is_terminal()) {
+            assert!(unfinished_query().contains(&format!("'{}'", s.as_str())));
+        }
+    }
 }

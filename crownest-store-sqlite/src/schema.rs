@@ -166,6 +166,9 @@ pub(crate) fn connect_reader(path: &Path, busy_timeout: Duration) -> Result<Conn
 
 /// Opens `path` with what every connection needs: `busy_timeout`, the WAL kept when it
 /// closes ([`persist_wal`]), and no checkpoint when it closes last.
+/// Statements kept prepared per connection (see [`open`]).
+const STATEMENT_CACHE: usize = 64;
+
 fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -174,6 +177,10 @@ fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         Connection::open_with_flags(path, flags).map_err(|e| db("opening the database", e))?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| db("setting busy_timeout", e))?;
+    // Every statement the store runs more than once is `prepare_cached`: about forty
+    // distinct ones on the writer (runs, blobs, transfers, gc, its own BEGIN/SAVEPOINT/
+    // COMMIT). rusqlite's default of 16 would evict and parse them again within one run.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     persist_wal(&conn)?;
     // No checkpoint when the last connection closes: that would cost every short-lived
     // process (a CLI command) a checkpoint with two fsyncs at exit, or none when it happened

@@ -390,7 +390,7 @@ fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) 
             } else {
                 "PRAGMA synchronous = NORMAL"
             };
-            match conn.execute_batch(pragma) {
+            match exec_cached(&conn, pragma) {
                 Ok(()) => full = want_full,
                 Err(e) => {
                     let err = shared.poison.poison(db("setting the sync level", e));
@@ -433,6 +433,13 @@ fn checkpoint_on_close(conn: &Connection, wal: &std::path::Path, busy_timeout: D
     }
 }
 
+/// One statement of the writer's own (`BEGIN IMMEDIATE`, `SAVEPOINT op`, `COMMIT`, ...)
+/// from the connection's statement cache: a commit runs four of them, and parsing each
+/// anew was a measurable part of a tiny run's commits (`docs/benchmarks.md`).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn execute(
     conn: &mut Connection,
     mut batch: Vec<Box<dyn WriteOp>>,
@@ -448,7 +455,7 @@ fn execute(
     if let Err(e) = shared.poison.check() {
         return fail_all(batch, BatchFailure::of(&e));
     }
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         if is_busy(&e) {
             // Nothing was written: fail loudly, but the store's state is still known.
             let msg =
@@ -461,7 +468,7 @@ fn execute(
     let mut trash = Vec::new();
     let mut fatal = None;
     for op in batch.iter_mut() {
-        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        if let Err(e) = exec_cached(conn, "SAVEPOINT op") {
             fatal = Some(db("opening a savepoint", e));
             break;
         }
@@ -482,7 +489,7 @@ fn execute(
         match applied {
             Ok(true) => {
                 trash.append(&mut ctx.trash);
-                if let Err(e) = conn.execute_batch("RELEASE op") {
+                if let Err(e) = exec_cached(conn, "RELEASE op") {
                     fatal = Some(db("releasing a savepoint", e));
                     break;
                 }
@@ -507,7 +514,7 @@ fn execute(
         fatal = Some(io("committing a write transaction", e));
     }
     if fatal.is_none()
-        && let Err(e) = conn.execute_batch("COMMIT")
+        && let Err(e) = exec_cached(conn, "COMMIT")
     {
         fatal = Some(db("committing a write transaction", e));
     }

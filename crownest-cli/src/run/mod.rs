@@ -96,6 +96,16 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
     // in the background (the Docker backend removes the run's stopped container after its
     // terminal commit, see `home::docker_backend`).
     let recovered = tokio::time::timeout(std::time::Duration::from_secs(5), opened.recovery);
+    // The store closes (its close-time checkpoint, when the WAL is long) once recovery, its
+    // last writer, is done, while the backends finish: they never write to the store.
+    let store = opened.store;
+    let recovered_and_closed = async {
+        let recovered = recovered.await;
+        if let Some(store) = &store {
+            store.close().await;
+        }
+        recovered
+    };
     let shutdown = async {
         if let Connection::Local(engine) = &conn {
             // Bounded: a removal that a stuck daemon holds up is left to the sweep.
@@ -110,12 +120,9 @@ pub(crate) async fn run(target: &Target, args: RunArgs) -> anyhow::Result<Exit> 
             }
         }
     };
-    let (recovered, ()) = tokio::join!(recovered, shutdown);
+    let (recovered, ()) = tokio::join!(recovered_and_closed, shutdown);
     if let Ok(Err(e)) = recovered.map(|j| j.unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")))) {
         eprintln!("crownest: recovery: {}", crate::exit::describe(&e));
-    }
-    if let Some(store) = &opened.store {
-        store.close().await;
     }
     exit
 }
