@@ -70,7 +70,7 @@ pub(super) fn run(
 
 fn pass<R: Read>(
     reader: R,
-    sink: &mut Sink,
+    sink: &mut Sink<'_>,
     digest: Digest<'_>,
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
@@ -147,7 +147,7 @@ impl Pass<'_> {
         &mut self,
         entry: TarEntry,
         data: &mut tar::Entry<'_, R>,
-        sink: &mut Sink,
+        sink: &mut Sink<'_>,
     ) -> Result<()> {
         let TarEntry {
             raw_path,
@@ -240,7 +240,7 @@ impl Pass<'_> {
 
     /// The directories `path` implies (prefixes of it, top-down), already placed in the
     /// tree.
-    fn implied(&mut self, path: &str, dirs: Vec<usize>, sink: &mut Sink) -> Result<()> {
+    fn implied(&mut self, path: &str, dirs: Vec<usize>, sink: &mut Sink<'_>) -> Result<()> {
         self.summary.entries = self.tree.entries();
         for end in dirs {
             self.summary.dirs += 1;
@@ -262,7 +262,7 @@ impl Pass<'_> {
         size: u64,
         name: &str,
         file: NewFile,
-        sink: &mut Sink,
+        sink: &mut Sink<'_>,
     ) -> Result<()> {
         let truncated = || {
             policy::rejection(
@@ -333,7 +333,7 @@ impl Pass<'_> {
         mut self,
         mut stream: Stream<R>,
         end_of_entries: u64,
-        sink: &mut Sink,
+        sink: &mut Sink<'_>,
         expected: Option<&ArchiveDescriptor>,
     ) -> Result<ExtractSummary> {
         policy::check_end_marker(self.shared.inflated(), end_of_entries)

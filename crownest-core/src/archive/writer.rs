@@ -69,10 +69,7 @@ impl Batcher {
     }
 
     fn push(&mut self, op: Op) -> std::result::Result<(), Closed> {
-        self.bytes += match &op {
-            Op::File { data, .. } | Op::Chunk { data, .. } => data.len(),
-            _ => 0,
-        };
+        self.bytes += op.data_len();
         self.batch.push(op);
         if self.bytes >= BATCH_BYTES || self.batch.len() >= BATCH_OPS {
             self.flush()?;
@@ -100,45 +97,101 @@ impl Batcher {
 }
 
 /// Where the pass sends accepted entries: nowhere (`validate`), or to the writer thread of
-/// [`write_through`].
-pub(super) struct Sink {
-    writer: Option<Batcher>,
+/// [`write_through`], which starts only once the entries fill a first batch: a small
+/// archive (the common tiny run: fewer than [`BATCH_OPS`] entries and [`BATCH_BYTES`] of
+/// data) is written on the reading thread at the end of the pass, without the writer and
+/// lane threads, their channels and the CPU-count lookup, which cost more than its writes.
+pub(super) struct Sink<'s> {
+    to: To<'s>,
     /// The writer thread stopped taking operations.
     gone: bool,
 }
 
-impl Sink {
+/// Starts the writer thread and returns the sending end of its channel.
+type Start<'s> = Box<dyn FnOnce() -> mpsc::SyncSender<Vec<Op>> + 's>;
+
+enum To<'s> {
+    /// `validate`: operations are not even built.
+    Nowhere,
+    /// Nothing sent yet: the operations wait here for a first full batch.
+    Held {
+        batch: Vec<Op>,
+        bytes: usize,
+        start: Start<'s>,
+    },
+    /// The writer thread runs.
+    Writer(Batcher),
+}
+
+impl Sink<'_> {
     /// The sink of `validate`: operations are not even built.
     pub(super) fn validate() -> Self {
         Self {
-            writer: None,
+            to: To::Nowhere,
             gone: false,
         }
     }
 
     /// Whether operations are wanted (else the pass need not build them).
     pub(super) fn writes(&self) -> bool {
-        self.writer.is_some()
+        !matches!(self.to, To::Nowhere)
     }
 
-    /// Queues `op` for the writer.
+    /// Queues `op` for the writer (starting it once a first batch is full).
     pub(super) fn push(&mut self, op: Op) -> Result<()> {
-        if let Some(batcher) = &mut self.writer {
-            batcher
-                .push(op)
-                .map_err(|Closed| writer_stopped(&mut self.gone))?;
-        }
-        Ok(())
+        let pushed = match &mut self.to {
+            To::Nowhere => Ok(()),
+            To::Writer(batcher) => batcher.push(op),
+            To::Held { batch, bytes, .. } => {
+                *bytes += op.data_len();
+                batch.push(op);
+                if *bytes < BATCH_BYTES && batch.len() < BATCH_OPS {
+                    return Ok(());
+                }
+                self.start_writer()
+            }
+        };
+        pushed.map_err(|Closed| writer_stopped(&mut self.gone))
     }
 
-    /// Sends what is queued.
+    /// Sends what is queued (held operations stay held: [`write_through`] writes them).
     pub(super) fn flush(&mut self) -> Result<()> {
-        if let Some(batcher) = &mut self.writer {
+        if let To::Writer(batcher) = &mut self.to {
             batcher
                 .flush()
                 .map_err(|Closed| writer_stopped(&mut self.gone))?;
         }
         Ok(())
+    }
+
+    /// Starts the writer thread with what is held.
+    fn start_writer(&mut self) -> std::result::Result<(), Closed> {
+        let To::Held { batch, start, .. } = std::mem::replace(&mut self.to, To::Nowhere) else {
+            return Ok(());
+        };
+        let mut batcher = Batcher::new(start());
+        batcher.batch = batch;
+        let sent = batcher.flush();
+        self.to = To::Writer(batcher);
+        sent
+    }
+
+    /// The operations never sent (the writer thread did not start).
+    fn into_held(self) -> Option<Vec<Op>> {
+        match self.to {
+            To::Held { batch, .. } => Some(batch),
+            To::Nowhere | To::Writer(_) => None,
+        }
+    }
+}
+
+impl Op {
+    /// The bytes of file data it carries.
+    fn data_len(&self) -> usize {
+        match self {
+            Op::File { data, .. } | Op::Chunk { data, .. } => data.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -147,20 +200,35 @@ fn writer_stopped(gone: &mut bool) -> Error {
     Error::io("extracting", io::Error::other("the writer stopped"))
 }
 
-/// Runs `read` on this thread with a [`Sink`] whose operations a writer thread applies
-/// inside `root`. A failed read stops the writer at its next batch; a failed writer stops
-/// the read at its next batch, and its error is the one reported.
+/// Runs `read` on this thread with a [`Sink`] whose operations are applied inside `root`:
+/// by a writer thread once they fill a first batch, else on this thread after `read`. A
+/// failed read stops the writer at its next batch (and writes nothing held); a failed
+/// writer stops the read at its next batch, and its error is the one reported.
 pub(super) fn write_through<T>(
     root: OwnedFd,
-    read: impl FnOnce(&mut Sink) -> Result<T>,
+    read: impl FnOnce(&mut Sink<'_>) -> Result<T>,
 ) -> Result<T> {
     let cancel = AtomicBool::new(false);
-    let (tx, rx) = mpsc::sync_channel::<Vec<Op>>(CHANNEL_BATCHES);
+    let root = std::cell::Cell::new(Some(root));
     std::thread::scope(|s| {
         let cancel = &cancel;
-        let writer = s.spawn(move || write_ops(ConfinedDir::new(root), rx, cancel));
+        let root = &root;
+        let writer = std::cell::OnceCell::new();
+        let start: Start<'_> = Box::new(|| {
+            let (tx, rx) = mpsc::sync_channel::<Vec<Op>>(CHANNEL_BATCHES);
+            let dir = root.take().map(ConfinedDir::new);
+            let _ = writer.set(s.spawn(move || match dir {
+                Some(dir) => write_ops(dir, rx, cancel),
+                None => Err(lane_closed()),
+            }));
+            tx
+        });
         let mut sink = Sink {
-            writer: Some(Batcher::new(tx)),
+            to: To::Held {
+                batch: Vec::new(),
+                bytes: 0,
+                start,
+            },
             gone: false,
         };
         let read = read(&mut sink);
@@ -168,10 +236,16 @@ pub(super) fn write_through<T>(
             cancel.store(true, Ordering::Relaxed);
         }
         let gone = sink.gone;
-        drop(sink);
-        let written = match writer.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
+        let held = sink.into_held();
+        let written = match (writer.into_inner(), held, root.take()) {
+            (Some(handle), _, _) => match handle.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+            // A refused archive writes nothing more.
+            (None, Some(_), _) if read.is_err() => Ok(()),
+            (None, Some(ops), Some(root)) => write_held(ConfinedDir::new(root), ops),
+            (None, _, _) => Ok(()),
         };
         match (read, written) {
             (Err(_), Err(w)) if gone => Err(w),
@@ -180,6 +254,15 @@ pub(super) fn write_through<T>(
             (Ok(value), Ok(())) => Ok(value),
         }
     })
+}
+
+/// Applies the operations of a pass that never filled a batch, in order, on this thread.
+fn write_held(mut dir: ConfinedDir, ops: Vec<Op>) -> Result<()> {
+    let mut current = None;
+    for op in ops {
+        apply(&mut dir, op, &mut current)?;
+    }
+    Ok(())
 }
 
 /// The writer thread: applies operations in archive order until the channel closes.
