@@ -34,19 +34,7 @@ fn archive_with_big_file_in(big_dir: usize) -> Vec<u8> {
 
 #[test]
 fn a_failing_write_on_any_lane_stops_the_pass_and_leaves_nothing() {
-    // SIGXFSZ would kill the process; ignored, the write fails with EFBIG instead.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
-    let old = rustix::process::getrlimit(rustix::process::Resource::Fsize);
-    rustix::process::setrlimit(
-        rustix::process::Resource::Fsize,
-        rustix::process::Rlimit {
-            current: Some(LIMIT),
-            maximum: old.maximum,
-        },
-    )
-    .unwrap();
+    limit_file_size(LIMIT);
     // Big files in several directories, so that (with several lanes) both the writer
     // thread's own lane and a worker's are hit.
     for big_dir in [100, 101, 102, 103, 104, 105, 106, 107] {

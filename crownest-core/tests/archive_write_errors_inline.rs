@@ -16,19 +16,7 @@ const LIMIT: u64 = 64 * 1024;
 
 #[test]
 fn a_failing_write_in_a_small_archive_stops_the_pass_and_leaves_nothing() {
-    // SIGXFSZ would kill the process; ignored, the write fails with EFBIG instead.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
-    let old = rustix::process::getrlimit(rustix::process::Resource::Fsize);
-    rustix::process::setrlimit(
-        rustix::process::Resource::Fsize,
-        rustix::process::Rlimit {
-            current: Some(LIMIT),
-            maximum: old.maximum,
-        },
-    )
-    .unwrap();
+    limit_file_size(LIMIT);
     for big_at in 0..3 {
         let mut b = tar::Builder::new(Vec::new());
         for f in 0..3 {

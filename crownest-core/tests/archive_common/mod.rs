@@ -259,3 +259,22 @@ pub fn assert_rejected_in(
 pub fn assert_rejected(gz: &[u8], reason: RejectReason, entry: Option<&str>) {
     assert_rejected_with(gz, &ExtractPolicy::default(), reason, entry);
 }
+
+/// Limits the size of any file this process writes to `bytes` (`RLIMIT_FSIZE`), with
+/// `SIGXFSZ` ignored, so a write past it fails with `EFBIG` instead of killing the process.
+/// Per process: a test binary that calls it must not run other extractions beside.
+pub fn limit_file_size(bytes: u64) {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let old = rustix::process::getrlimit(rustix::process::Resource::Fsize);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Fsize,
+        rustix::process::Rlimit {
+            current: Some(bytes),
+            maximum: old.maximum,
+        },
+    )
+    .unwrap();
+}
