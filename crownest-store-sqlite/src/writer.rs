@@ -434,8 +434,8 @@ fn checkpoint_on_close(conn: &Connection, wal: &std::path::Path, busy_timeout: D
 }
 
 /// One statement of the writer's own (`BEGIN IMMEDIATE`, `SAVEPOINT op`, `COMMIT`, ...)
-/// from the connection's statement cache: a commit runs four of them, and parsing each
-/// anew was a measurable part of a tiny run's commits (`docs/benchmarks.md`).
+/// from the connection's statement cache: every write transaction runs four or more of
+/// them, which `execute_batch` parsed anew each time.
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
