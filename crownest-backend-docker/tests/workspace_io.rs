@@ -12,6 +12,17 @@ use crownest_core::run::ArtifactKind;
 use crownest_core::{ExitStatus, Limits};
 
 /// A `.tar.gz` with a file, a relative symlink to it and a hardlink to it.
+/// Puts [`archive_with_links`] in the sandbox's workspace.
+async fn materialize_links(sb: &dyn crownest_core::Sandbox) {
+    sb.materialize(
+        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive_with_links()))),
+        &ExtractPolicy::default(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+}
+
 fn archive_with_links() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -227,13 +238,7 @@ async fn an_image_without_tar_gets_the_workspace_through_the_archive_upload() {
     let sb = crownest_core::SandboxBackend::create(&b, &spec)
         .await
         .unwrap();
-    sb.materialize(
-        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive_with_links()))),
-        &ExtractPolicy::default(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    materialize_links(sb.as_ref()).await;
     let sink = common::CollectSink::default();
     let out = sb
         .exec(
@@ -353,13 +358,7 @@ async fn listing_after_hand_over(host_placement: bool) -> String {
     let sb = crownest_core::SandboxBackend::create(&b, &common::sandbox_spec(Limits::default()))
         .await
         .unwrap();
-    sb.materialize(
-        crownest_core::ArchiveSource::Archive(Box::new(std::io::Cursor::new(archive_with_links()))),
-        &ExtractPolicy::default(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    materialize_links(sb.as_ref()).await;
     let listing = common::exec_ok(sb.as_ref(), &["sh", "-c", LISTING]).await;
     common::destroy_gone(&b, sb).await;
     listing
