@@ -1,7 +1,7 @@
 //! A write that fails in the middle of an extraction (here: `EFBIG` from `RLIMIT_FSIZE`)
 //! stops the whole pass with an I/O error naming the entry, and leaves nothing behind —
-//! whichever writer lane the failing file lands on. Its own test binary, because the file
-//! size limit is per process.
+//! whichever writer lane the failing file lands on. The limit applies in a child process
+//! (`with_file_size_limit`).
 #![allow(clippy::unwrap_used)]
 
 mod archive_common;
@@ -34,20 +34,25 @@ fn archive_with_big_file_in(big_dir: usize) -> Vec<u8> {
 
 #[test]
 fn a_failing_write_on_any_lane_stops_the_pass_and_leaves_nothing() {
-    limit_file_size(LIMIT);
-    // Big files in several directories, so that (with several lanes) both the writer
-    // thread's own lane and a worker's are hit.
-    for big_dir in [100, 101, 102, 103, 104, 105, 106, 107] {
-        let gz = archive_with_big_file_in(big_dir);
-        let sb = Sandbox::new();
-        let err = extract(&gz, &sb.dest(), &ExtractPolicy::default()).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err:?}");
-        let chain = err.chain();
-        assert!(
-            chain.contains(&format!("d{big_dir:03}/too-big.bin")),
-            "the error names the entry: {chain}"
-        );
-        assert!(!sb.dest().exists(), "no destination after a failure");
-        sb.assert_untouched();
-    }
+    with_file_size_limit(
+        "a_failing_write_on_any_lane_stops_the_pass_and_leaves_nothing",
+        LIMIT,
+        || {
+            // Big files in several directories, so that (with several lanes) both the writer
+            // thread's own lane and a worker's are hit.
+            for big_dir in [100, 101, 102, 103, 104, 105, 106, 107] {
+                let gz = archive_with_big_file_in(big_dir);
+                let sb = Sandbox::new();
+                let err = extract(&gz, &sb.dest(), &ExtractPolicy::default()).unwrap_err();
+                assert!(matches!(err, Error::Io { .. }), "{err:?}");
+                let chain = err.chain();
+                assert!(
+                    chain.contains(&format!("d{big_dir:03}/too-big.bin")),
+                    "the error names the entry: {chain}"
+                );
+                assert!(!sb.dest().exists(), "no destination after a failure");
+                sb.assert_untouched();
+            }
+        },
+    );
 }

@@ -2,8 +2,8 @@
 //! `RLIMIT_FSIZE`) stops the pass with an I/O error naming the entry and leaves nothing
 //! behind, as in `archive_write_errors.rs`; here the archive is small enough (a few
 //! entries, well under a batch) that its entries are written on the reading thread at the
-//! end of the pass, without the writer thread. Its own test binary, because the file size
-//! limit is per process.
+//! end of the pass, without the writer thread. The limit applies in a child process
+//! (`with_file_size_limit`).
 #![allow(clippy::unwrap_used)]
 
 mod archive_common;
@@ -16,31 +16,36 @@ const LIMIT: u64 = 64 * 1024;
 
 #[test]
 fn a_failing_write_in_a_small_archive_stops_the_pass_and_leaves_nothing() {
-    limit_file_size(LIMIT);
-    for big_at in 0..3 {
-        let mut b = tar::Builder::new(Vec::new());
-        for f in 0..3 {
-            let data = if f == big_at {
-                vec![7u8; 100 * 1024]
-            } else {
-                format!("small {f}").into_bytes()
-            };
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o644);
-            h.set_size(data.len() as u64);
-            b.append_data(&mut h, format!("d/f{f}"), &data[..]).unwrap();
-        }
-        let gz = gz(&b.into_inner().unwrap());
-        let sb = Sandbox::new();
-        let err = extract(&gz, &sb.dest(), &ExtractPolicy::default()).unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err:?}");
-        let chain = err.chain();
-        assert!(
-            chain.contains(&format!("d/f{big_at}")),
-            "the error names the entry: {chain}"
-        );
-        assert!(!sb.dest().exists(), "no destination after a failure");
-        sb.assert_untouched();
-    }
+    with_file_size_limit(
+        "a_failing_write_in_a_small_archive_stops_the_pass_and_leaves_nothing",
+        LIMIT,
+        || {
+            for big_at in 0..3 {
+                let mut b = tar::Builder::new(Vec::new());
+                for f in 0..3 {
+                    let data = if f == big_at {
+                        vec![7u8; 100 * 1024]
+                    } else {
+                        format!("small {f}").into_bytes()
+                    };
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, format!("d/f{f}"), &data[..]).unwrap();
+                }
+                let gz = gz(&b.into_inner().unwrap());
+                let sb = Sandbox::new();
+                let err = extract(&gz, &sb.dest(), &ExtractPolicy::default()).unwrap_err();
+                assert!(matches!(err, Error::Io { .. }), "{err:?}");
+                let chain = err.chain();
+                assert!(
+                    chain.contains(&format!("d/f{big_at}")),
+                    "the error names the entry: {chain}"
+                );
+                assert!(!sb.dest().exists(), "no destination after a failure");
+                sb.assert_untouched();
+            }
+        },
+    );
 }

@@ -260,21 +260,44 @@ pub fn assert_rejected(gz: &[u8], reason: RejectReason, entry: Option<&str>) {
     assert_rejected_with(gz, &ExtractPolicy::default(), reason, entry);
 }
 
-/// Limits the size of any file this process writes to `bytes` (`RLIMIT_FSIZE`), with
-/// `SIGXFSZ` ignored, so a write past it fails with `EFBIG` instead of killing the process.
-/// Per process: a test binary that calls it must not run other extractions beside.
-pub fn limit_file_size(bytes: u64) {
-    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+/// Runs `body` with every file the process writes limited to `bytes` (`RLIMIT_FSIZE`,
+/// with `SIGXFSZ` ignored, so a write past it fails with `EFBIG` instead of killing the
+/// process), in a child process: this test binary run again for the test `name` alone,
+/// its output on pipes. The limit is per process and applies to every file the process
+/// writes, so set here it would also cap the harness's own output when that goes to a
+/// regular file longer than the limit (a CI log), and the test would die printing its
+/// result. The child must report exactly one passed test: a name that matches nothing
+/// fails instead of passing vacuously.
+pub fn with_file_size_limit(name: &str, bytes: u64, body: impl FnOnce()) {
+    const CHILD: &str = "CROWNEST_TEST_FILE_SIZE_LIMIT";
+    if std::env::var_os(CHILD).is_some() {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+        let old = rustix::process::getrlimit(rustix::process::Resource::Fsize);
+        rustix::process::setrlimit(
+            rustix::process::Resource::Fsize,
+            rustix::process::Rlimit {
+                current: Some(bytes),
+                maximum: old.maximum,
+            },
+        )
+        .unwrap();
+        body();
+        return;
     }
-    let old = rustix::process::getrlimit(rustix::process::Resource::Fsize);
-    rustix::process::setrlimit(
-        rustix::process::Resource::Fsize,
-        rustix::process::Rlimit {
-            current: Some(bytes),
-            maximum: old.maximum,
-        },
-    )
-    .unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed;"),
+        "the limited run of {name} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
 }
