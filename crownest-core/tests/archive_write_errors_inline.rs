@@ -9,8 +9,6 @@
 mod archive_common;
 
 use archive_common::*;
-use crownest_core::Error;
-use crownest_core::archive::ExtractPolicy;
 
 const LIMIT: u64 = 64 * 1024;
 
@@ -35,16 +33,7 @@ fn a_failing_write_in_a_small_archive_stops_the_pass_and_leaves_nothing() {
                     b.append_data(&mut h, format!("d/f{f}"), &data[..]).unwrap();
                 }
                 let gz = gz(&b.into_inner().unwrap());
-                let sb = Sandbox::new();
-                let err = extract(&gz, &sb.dest(), &ExtractPolicy::default()).unwrap_err();
-                assert!(matches!(err, Error::Io { .. }), "{err:?}");
-                let chain = err.chain();
-                assert!(
-                    chain.contains(&format!("d/f{big_at}")),
-                    "the error names the entry: {chain}"
-                );
-                assert!(!sb.dest().exists(), "no destination after a failure");
-                sb.assert_untouched();
+                assert_write_failure_leaves_nothing(&gz, &format!("d/f{big_at}"));
             }
         },
     );

@@ -260,6 +260,19 @@ pub fn assert_rejected(gz: &[u8], reason: RejectReason, entry: Option<&str>) {
     assert_rejected_with(gz, &ExtractPolicy::default(), reason, entry);
 }
 
+/// Extracts `gz` into a fresh sandbox and checks that the pass failed with an I/O error
+/// naming `entry` and left nothing behind (no destination, the sandbox untouched): what a
+/// write that fails in the middle of an extraction must do.
+pub fn assert_write_failure_leaves_nothing(gz: &[u8], entry: &str) {
+    let sb = Sandbox::new();
+    let err = extract(gz, &sb.dest(), &ExtractPolicy::default()).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    let chain = err.chain();
+    assert!(chain.contains(entry), "the error names {entry}: {chain}");
+    assert!(!sb.dest().exists(), "no destination after a failure");
+    sb.assert_untouched();
+}
+
 /// Runs `body` with every file the process writes limited to `bytes` (`RLIMIT_FSIZE`,
 /// with `SIGXFSZ` ignored, so a write past it fails with `EFBIG` instead of killing the
 /// process), in a child process: this test binary run again for the test `name` alone,
