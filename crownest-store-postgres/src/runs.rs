@@ -52,10 +52,7 @@ fn row_to_record(row: &Row) -> Result<RunRecord> {
     Ok(r)
 }
 
-fn terminal_statuses() -> Vec<&'static str> {
-    statuses(true)
-}
-
+/// The names of the terminal states (`terminal`) or of the others.
 fn statuses(terminal: bool) -> Vec<&'static str> {
     RunStatus::ALL
         .iter()
@@ -528,7 +525,7 @@ pub(crate) async fn request_cancel(c: &impl GenericClient, id: &RunId) -> Result
              WHERE id = $1 AND status <> ALL($2)
              RETURNING {RUN_COLUMNS}"
         ),
-        &[&id.as_str(), &terminal_statuses()],
+        &[&id.as_str(), &statuses(true)],
     )
     .await?;
     match rows.first() {

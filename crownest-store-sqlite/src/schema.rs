@@ -164,11 +164,11 @@ pub(crate) fn connect_reader(path: &Path, busy_timeout: Duration) -> Result<Conn
     Ok(conn)
 }
 
-/// Opens `path` with what every connection needs: `busy_timeout`, the WAL kept when it
-/// closes ([`persist_wal`]), and no checkpoint when it closes last.
 /// Statements kept prepared per connection (see [`open`]).
 const STATEMENT_CACHE: usize = 64;
 
+/// Opens `path` with what every connection needs: `busy_timeout`, the WAL kept when it
+/// closes ([`persist_wal`]), and no checkpoint when it closes last.
 fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
