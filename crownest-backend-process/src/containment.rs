@@ -65,7 +65,15 @@ pub(crate) struct Probe {
 
 fn try_hook(mode: HookMode, cgroup_procs: Option<std::ffi::CString>) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt as _;
-    let hook = ChildHook::new(mode, -1, -1, RlimitPlan::default(), cgroup_procs, true);
+    let hook = ChildHook::new(
+        mode,
+        -1,
+        -1,
+        RlimitPlan::default(),
+        cgroup_procs,
+        true,
+        None,
+    );
     let mut cmd = std::process::Command::new("true");
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -12,7 +12,7 @@ use crate::cgroup::Cgroup;
 use crate::containment::{Applied, Init, Tree};
 use crate::report::{Reports, read_available};
 use crate::sandbox::ProcessSandbox;
-use crate::spawn::{ChildHook, HookMode};
+use crate::spawn::{ChildHook, ExecImage, HookMode};
 use crate::workspace;
 
 /// Why a spawn failed.
@@ -146,6 +146,16 @@ impl ProcessSandbox {
         let procs = cgroup.as_ref().and_then(|c| {
             std::ffi::CString::new(c.procs_file().as_os_str().as_encoded_bytes()).ok()
         });
+        // In a PID namespace the command's process execs it itself (`spawn.rs`); elsewhere
+        // std's exec does.
+        let image = match mode {
+            HookMode::Namespace { .. } => Some(
+                ExecImage::new(&program, &request.argv, &env).ok_or_else(|| {
+                    SpawnError::request("an argument or environment value holds a NUL byte")
+                })?,
+            ),
+            _ => None,
+        };
         let hook = ChildHook::new(
             mode,
             cwd_fd.as_raw_fd(),
@@ -153,6 +163,7 @@ impl ProcessSandbox {
             self.rlimits(),
             procs,
             false,
+            image,
         );
         let privilege = hook.privilege();
         let mut cmd = tokio::process::Command::new(&program);
@@ -190,6 +201,19 @@ impl ProcessSandbox {
         let mut reports = Reports::default();
         if let Some(r) = &report_r {
             reports.parse(&read_available(r));
+        }
+        if let Some(errno) = reports.exec_error {
+            // The command's process could not exec (std's exec-error pipe saw only EOF: the
+            // exec was H's own). Dropping the child kills what is left of it.
+            drop(child);
+            return Err(SpawnError {
+                message: format!(
+                    "starting {argv0:?} ({}) failed: {}",
+                    program.display(),
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+                containment: true,
+            });
         }
         let init = reports.init_pid.and_then(|pid| Init::open(pid, leader));
         let tree = Arc::new(Tree::new(applied.clone(), leader, init, cgroup));

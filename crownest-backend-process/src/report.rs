@@ -1,5 +1,5 @@
 //! The report pipe between the child hook and the backend: fixed 5-byte records (the init's
-//! host pid, the command's and the init's wait statuses), written in the child without
+//! host pid, the command's and the init's wait statuses, a failed exec), written in the child without
 //! allocating, read and parsed in the backend.
 
 use std::os::fd::{OwnedFd, RawFd};
@@ -12,6 +12,9 @@ pub(crate) const TAG_INIT_PID: u8 = b'G';
 pub(crate) const TAG_COMMAND_STATUS: u8 = b'S';
 /// C → parent: the raw wait status of the init (G), when it ended.
 pub(crate) const TAG_INIT_STATUS: u8 = b'C';
+/// H → parent: the command could not be started (the `errno` of the failed step: the last
+/// preparation or `execve`).
+pub(crate) const TAG_EXEC_ERROR: u8 = b'E';
 
 /// Writes one record (in the forked child: one atomic pipe write, no allocation).
 pub(crate) unsafe fn report(fd: RawFd, tag: u8, value: libc::c_int) {
@@ -35,6 +38,8 @@ pub(crate) struct Reports {
     pub(crate) command_status: Option<i32>,
     /// Wait status of the init.
     pub(crate) init_status: Option<i32>,
+    /// Why the command's process could not exec (an `errno`).
+    pub(crate) exec_error: Option<i32>,
 }
 
 impl Reports {
@@ -45,6 +50,7 @@ impl Reports {
                 TAG_INIT_PID => self.init_pid = Some(v),
                 TAG_COMMAND_STATUS => self.command_status = Some(v),
                 TAG_INIT_STATUS => self.init_status = Some(v),
+                TAG_EXEC_ERROR => self.exec_error = Some(v),
                 _ => {}
             }
         }
@@ -80,5 +86,10 @@ mod tests {
         assert_eq!(r.init_pid, Some(1234));
         assert_eq!(r.command_status.map(|s| libc::WEXITSTATUS(s)), Some(3));
         assert_eq!(r.init_status, None);
+        assert_eq!(r.exec_error, None);
+        let mut failed = vec![TAG_EXEC_ERROR];
+        failed.extend(libc::EACCES.to_le_bytes());
+        r.parse(&failed);
+        assert_eq!(r.exec_error, Some(libc::EACCES));
     }
 }

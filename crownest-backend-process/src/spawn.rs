@@ -24,11 +24,22 @@
 //! Killing G (SIGKILL through a pidfd) has the same effect. G and C have
 //! `PR_SET_PDEATHSIG(SIGKILL)`: if the backend process dies, the whole tree dies with it.
 //!
-//! The extra processes use raw `clone(SIGCHLD)` (a fork without `atfork` handlers). C and G
-//! close every descriptor they do not need (the stdout/stderr pipes, std's exec-error pipe)
-//! so the parent sees EOF as soon as the command's processes are gone. G keeps its
-//! capabilities: a command without any cannot `ptrace` it, read its descriptors through
-//! `/proc/1/fd` or forge its report.
+//! C is std's fork of the host process; G and H are not forks: G is `clone(CLONE_VM)`, which
+//! shares C's memory (C's copy of the host's, never the host's own), and H is
+//! `clone(CLONE_VM | CLONE_VFORK)` from G, which suspends G until H has exec'd, as
+//! `posix_spawn` does. Each runs on its own stack, mapped in C; none copies page tables or
+//! takes copy-on-write faults, which made G's and H's forks two of the spawn's costliest
+//! steps. What that sharing allows is little, and kept so: C, G and H each have their own
+//! descriptor table, signal handlers and mask; the memory they share is read-only to them
+//! but for their stacks and `errno` (one thread-local slot, as they share the thread
+//! pointer: C reads it only once G is gone, G never reads it, and H reads it only while G is
+//! suspended and C waits in `sigwaitinfo`). H execs the command itself, with the argument
+//! and environment vectors built before the fork ([`ExecImage`]); a failure to exec (or to
+//! drop privilege before) is reported through the report pipe, and the backend fails the
+//! spawn with it as std would have. C and G close every descriptor they do not need (the
+//! stdout/stderr pipes, std's exec-error pipe) so the parent sees EOF as soon as the
+//! command's processes are gone. G keeps its capabilities: a command without any cannot
+//! `ptrace` it, read its descriptors through `/proc/1/fd` or forge its report.
 //!
 //! # Before exec
 //!
@@ -39,13 +50,14 @@
 //! pipe still reports a failed exec. Then it drops its privilege over the host
 //! ([`HostPrivilege::drop_in_child`]). Both failures fail the spawn.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
 
 use crate::descriptors::{cloexec_from, close_all_except};
 use crate::privilege::HostPrivilege;
-use crate::report::{TAG_COMMAND_STATUS, TAG_INIT_PID, TAG_INIT_STATUS, report};
+use crate::report::{TAG_COMMAND_STATUS, TAG_EXEC_ERROR, TAG_INIT_PID, TAG_INIT_STATUS, report};
 
 /// The kind of containment the hook sets up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +88,108 @@ pub(crate) struct ChildHook {
     gid_map: Vec<u8>,
     privilege: HostPrivilege,
     probe: bool,
+    /// What H execs (namespace mode; elsewhere std's own exec runs the command).
+    exec: Option<ExecImage>,
+}
+
+/// A program, its argument vector and its environment, as `execve` takes them, built
+/// before the fork (the child must not allocate).
+#[derive(Debug)]
+pub(crate) struct ExecImage {
+    program: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    /// NULL-terminated pointers into `_argv`, `_envp` (their heap buffers do not move when
+    /// the image does).
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    /// `/bin/sh program argv[1..]`: what a file without a `#!` line (`ENOEXEC`) runs as,
+    /// as std's `execvp` does (glibc's fallback).
+    shell: CString,
+    shell_argv_ptrs: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into the image's own `CString`s, which it owns and never
+// changes; sharing or moving the image between threads moves no pointed-to buffer.
+unsafe impl Send for ExecImage {}
+// SAFETY: as above; nothing is mutated through `&ExecImage`.
+unsafe impl Sync for ExecImage {}
+
+impl ExecImage {
+    /// `program` (a path) run with `argv` (`argv[0]` included) and exactly `env`; `None`
+    /// when one of them holds a NUL byte (std refuses those the same way).
+    pub(crate) fn new(
+        program: &std::path::Path,
+        argv: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Option<Self> {
+        let program = CString::new(program.as_os_str().as_encoded_bytes()).ok()?;
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let terminated = |v: &[CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let shell = cstring("/bin/sh");
+        let shell_argv_ptrs = [shell.as_ptr(), program.as_ptr()]
+            .into_iter()
+            .chain(argv.iter().skip(1).map(|c| c.as_ptr()))
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Some(Self {
+            argv_ptrs: terminated(&argv),
+            envp_ptrs: terminated(&envp),
+            shell,
+            shell_argv_ptrs,
+            program,
+            _argv: argv,
+            _envp: envp,
+        })
+    }
+}
+
+/// The stack of G or H (`clone(CLONE_VM)`): mapped in C or G, never unmapped (each of them
+/// ends in `_exit` or `execve`). Only the pages touched are ever allocated.
+const CLONE_STACK: usize = 256 * 1024;
+
+/// What G starts with (on C's stack, which outlives G: C never returns).
+struct InitStart<'a> {
+    hook: &'a ChildHook,
+    alive: [libc::c_int; 2],
+    all: libc::sigset_t,
+    old: libc::sigset_t,
+}
+
+/// What H starts with (on G's stack; G is suspended until H exec'd or exited).
+struct CommandStart<'a> {
+    hook: &'a ChildHook,
+    old: libc::sigset_t,
+}
+
+extern "C" fn init_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `InitStart` C passed to `clone_vm`, alive until C exits.
+    unsafe {
+        let start = &*arg.cast::<InitStart<'_>>();
+        start.hook.init(start.alive, &start.all, &start.old)
+    }
+}
+
+extern "C" fn command_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `CommandStart` G passed to `clone_vm`; G is suspended (vfork).
+    unsafe {
+        let start = &*arg.cast::<CommandStart<'_>>();
+        start.hook.command(&start.old)
+    }
 }
 
 /// Resource limits to apply.
@@ -103,6 +217,7 @@ impl ChildHook {
         rlimits: RlimitPlan,
         cgroup_procs: Option<CString>,
         probe: bool,
+        exec: Option<ExecImage>,
     ) -> Self {
         let hard_nofile = current_hard(libc::RLIMIT_NOFILE);
         let nofile = rlimits.open_files.map(|n| {
@@ -140,6 +255,7 @@ impl ChildHook {
             gid_map: format!("{gid} {gid} 1\n").into_bytes(),
             privilege,
             probe,
+            exec,
         }
     }
 
@@ -250,12 +366,15 @@ impl ChildHook {
             if libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let init = raw_fork();
+            let start = InitStart {
+                hook: self,
+                alive,
+                all,
+                old,
+            };
+            let init = clone_vm(init_entry, (&raw const start).cast_mut().cast(), false);
             if init < 0 {
                 return Err(io::Error::last_os_error());
-            }
-            if init == 0 {
-                return self.init(alive, &all, &old);
             }
             libc::close(alive[0]);
             report(self.report_fd, TAG_INIT_PID, init);
@@ -279,13 +398,13 @@ impl ChildHook {
         }
     }
 
-    /// G: PID 1 of the new namespace.
+    /// G: PID 1 of the new namespace. Never returns.
     unsafe fn init(
         &self,
         alive: [libc::c_int; 2],
         all: &libc::sigset_t,
         old: &libc::sigset_t,
-    ) -> io::Result<()> {
+    ) -> libc::c_int {
         // SAFETY (whole fn): see `run`.
         unsafe {
             libc::close(alive[1]);
@@ -305,17 +424,14 @@ impl ChildHook {
                 libc::_exit(125);
             }
             libc::close(alive[0]);
-            let command = raw_fork();
+            let start = CommandStart {
+                hook: self,
+                old: *old,
+            };
+            // Returns once H exec'd or exited (CLONE_VFORK).
+            let command = clone_vm(command_entry, (&raw const start).cast_mut().cast(), true);
             if command < 0 {
                 libc::_exit(126);
-            }
-            if command == 0 {
-                // H: restore the signal mask and go on to exec the command.
-                libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
-                if self.probe {
-                    libc::_exit(0);
-                }
-                return self.prepare_exec();
             }
             close_all_except([self.report_fd, -1]);
             loop {
@@ -341,6 +457,41 @@ impl ChildHook {
                     libc::kill(-1, sig);
                 }
             }
+        }
+    }
+
+    /// H: restores the signal mask, prepares and execs the command. Never returns: a
+    /// failure is reported (`TAG_EXEC_ERROR`) and H exits 127.
+    unsafe fn command(&self, old: &libc::sigset_t) -> libc::c_int {
+        // SAFETY (whole fn): see `run`.
+        unsafe {
+            libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
+            if self.probe {
+                libc::_exit(0);
+            }
+            let errno = match (self.prepare_exec(), &self.exec) {
+                (Err(e), _) => e.raw_os_error().unwrap_or(libc::EINVAL),
+                (Ok(()), None) => libc::ENOEXEC,
+                (Ok(()), Some(image)) => {
+                    libc::execve(
+                        image.program.as_ptr(),
+                        image.argv_ptrs.as_ptr(),
+                        image.envp_ptrs.as_ptr(),
+                    );
+                    let mut errno = *libc::__errno_location();
+                    if errno == libc::ENOEXEC {
+                        libc::execve(
+                            image.shell.as_ptr(),
+                            image.shell_argv_ptrs.as_ptr(),
+                            image.envp_ptrs.as_ptr(),
+                        );
+                        errno = *libc::__errno_location();
+                    }
+                    errno
+                }
+            };
+            report(self.report_fd, TAG_EXEC_ERROR, errno);
+            libc::_exit(127)
         }
     }
 }
@@ -386,30 +537,37 @@ fn exit_code_of(status: libc::c_int) -> libc::c_int {
     }
 }
 
-/// `fork()` without `atfork` handlers.
-unsafe fn raw_fork() -> libc::pid_t {
-    // SAFETY: clone(SIGCHLD) with no stack is fork(2); the child continues on a copy of
-    // this stack. s390x takes (stack, flags), every other Linux target (flags, stack, ...).
+/// A child sharing this process's memory (`CLONE_VM`; with `vfork`, this thread waits until
+/// it exec'd or exited), starting in `entry(arg)` on a stack of its own. -1 on failure.
+unsafe fn clone_vm(
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+    vfork: bool,
+) -> libc::pid_t {
+    // SAFETY: a fresh private mapping as the child's stack (stacks grow down: its end);
+    // glibc's clone() runs `entry` on it and `_exit`s with its result.
     unsafe {
-        #[cfg(target_arch = "s390x")]
-        let r = libc::syscall(
-            libc::SYS_clone,
-            0 as libc::c_long,
-            libc::SIGCHLD as libc::c_long,
-            0,
-            0,
-            0,
-        );
-        #[cfg(not(target_arch = "s390x"))]
-        let r = libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as libc::c_long,
-            0 as libc::c_long,
-            0,
-            0,
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            CLONE_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
             0,
         );
-        r as libc::pid_t
+        if stack == libc::MAP_FAILED {
+            return -1;
+        }
+        let mut flags = libc::CLONE_VM | libc::SIGCHLD;
+        if vfork {
+            flags |= libc::CLONE_VFORK;
+        }
+        libc::clone(
+            entry,
+            stack.cast::<u8>().add(CLONE_STACK).cast(),
+            flags,
+            arg,
+        )
     }
 }
 

@@ -61,6 +61,49 @@ async fn exit_codes_and_signals() {
     );
 }
 
+/// In a PID namespace the command's process execs the command itself (not std): a file
+/// without a `#!` line still runs under `/bin/sh` with its arguments (as `execvp` did), and
+/// an exec that fails (an interpreter that does not exist) is a spawn failure naming the
+/// program and the OS error, with nothing left running.
+async fn exec_outcomes(containment: Containment) {
+    let Some(b) = forced_backend(containment) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain-script");
+    std::fs::write(&plain, "echo \"plain $1 $2\"\n").unwrap();
+    let broken = dir.path().join("broken-script");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\necho never\n").unwrap();
+    for p in [&plain, &broken] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let (_, done, events) = run(
+        b.clone(),
+        RunSpec::new([plain.to_str().unwrap(), "one", "two"]),
+    )
+    .await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    assert_eq!(stdout(&events), "plain one two\n");
+
+    let (_, done, _) = run(b, RunSpec::new([broken.to_str().unwrap()])).await;
+    assert_eq!(failure(&done), Some(FailureKind::SpawnFailed), "{done:?}");
+    let message = done.failure.map(|f| f.message).unwrap_or_default();
+    assert!(
+        message.contains("broken-script") && message.contains("No such file or directory"),
+        "{containment:?}: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_outcomes_pid_namespace() {
+    exec_outcomes(Containment::PidNamespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_outcomes_user_namespace() {
+    exec_outcomes(Containment::UserNamespace).await;
+}
+
 /// The scenario of issue 5: on timeout, a grandchild that ignores SIGTERM, a background
 /// child that keeps stdout open and a `setsid` daemon all die; nothing survives.
 async fn timeout_kills_the_tree(containment: Containment) {
