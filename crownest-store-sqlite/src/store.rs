@@ -206,6 +206,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn create_run_with(
+        &self,
+        run: RunRecord,
+        first: RunCommit,
+    ) -> Result<(CreateOutcome, Vec<Event>)> {
+        let id = run.id.clone();
+        let bytes = payload_bytes(&first.events);
+        // One write transaction (one savepoint: both or neither) instead of two.
+        self.inner
+            .writer
+            .submit_with(Sync::Normal, bytes, move |conn, _| {
+                let outcome = runs::create_run(conn, run)?;
+                let sealed = match &outcome {
+                    CreateOutcome::Created(_) => runs::commit(conn, &id, first)?,
+                    CreateOutcome::Existing(_) => Vec::new(),
+                };
+                Ok((outcome, sealed))
+            })
+            .await
+    }
+
     async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
         let id = id.clone();
         self.inner.reads.read(move |c| runs::get_run(c, &id)).await

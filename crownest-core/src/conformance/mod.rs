@@ -27,6 +27,7 @@ macro_rules! store_conformance {
             create_and_get,
             idempotency_key_returns_existing,
             idempotency_key_keeps_the_first_spec,
+            create_run_with_commits_only_a_new_run,
             unknown_run_is_not_found,
             list_runs_newest_first_filtered_and_paged,
             list_runs_filtered_by_backend_labels_and_created,

@@ -70,17 +70,23 @@ impl WorkspaceRuns {
                 },
             )
             .await?;
+        self.committed(record, &sealed);
+        Ok(sealed)
+    }
+
+    /// After a commit of `record` sealed `sealed`: the metrics, the record's chain position,
+    /// and the run's subscribers woken.
+    pub(super) fn committed(&self, record: &mut RunRecord, sealed: &[Event]) {
         self.inner
             .metrics
             .events_appended
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-        self.inner.gauges.on_commit(record, &sealed);
+        self.inner.gauges.on_commit(record, sealed);
         if let Some(last) = sealed.last() {
             record.next_seq = last.seq + 1;
             record.chain_head.clone_from(&last.hash);
-            self.notify(&record.id, &sealed, record.status.is_terminal());
+            self.notify(&record.id, sealed, record.status.is_terminal());
         }
-        Ok(sealed)
     }
 
     /// A receiver of the run's commit notifications (see `notify`).

@@ -13,7 +13,7 @@ use crate::lifecycle::{self, Input, transition};
 use crate::run::RunRecord;
 use crate::spec::RunSpec;
 use crate::status::RunStatus;
-use crate::store::CreateOutcome;
+use crate::store::{CreateOutcome, RunCommit};
 use crate::time::Timestamp;
 
 impl WorkspaceRuns {
@@ -54,8 +54,28 @@ impl WorkspaceRuns {
         let id = RunId::new();
         let mut record =
             RunRecord::new(id.clone(), spec, backend, limits, self.inner.owner.clone());
-        let created = self.inner.store.create_run(record.clone()).await?;
-        match created {
+        // The chain opens with what the client asked for (evidence v2), at the record's
+        // creation time; stored with the run in one write where the store can.
+        let created = record.timestamps.created.unwrap_or_else(Timestamp::now);
+        let spec = NewEvent {
+            at: created,
+            kind: EventKind::Spec {
+                spec: SpecRecord::of(&record),
+            },
+        };
+        let first = RunCommit {
+            expected_next_seq: record.next_seq,
+            events: vec![spec, lifecycle::opened(&record, created)],
+            record: Some(record.clone()),
+            evidence: None,
+            envelope: None,
+        };
+        let (outcome, sealed) = self
+            .inner
+            .store
+            .create_run_with(record.clone(), first)
+            .await?;
+        match outcome {
             CreateOutcome::Existing(existing) if existing.same_request(&record) => Ok(existing),
             CreateOutcome::Existing(existing) => Err(Error::IdempotencyKeyReused {
                 key: existing.spec.idempotency_key.unwrap_or_default(),
@@ -65,17 +85,7 @@ impl WorkspaceRuns {
                 if !secrets.is_empty() {
                     lock(&self.inner.secrets).insert(id.clone(), secrets);
                 }
-                // The chain opens with what the client asked for (evidence v2), at the
-                // record's creation time.
-                let created = record.timestamps.created.unwrap_or_else(Timestamp::now);
-                let spec = NewEvent {
-                    at: created,
-                    kind: EventKind::Spec {
-                        spec: SpecRecord::of(&record),
-                    },
-                };
-                let first = lifecycle::opened(&record, created);
-                self.commit(&mut record, vec![spec, first], None).await?;
+                self.committed(&mut record, &sealed);
                 Ok(record)
             }
         }

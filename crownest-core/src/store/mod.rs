@@ -320,6 +320,24 @@ impl TransferRecord {
 pub trait Store: Send + Sync + Debug {
     /// Stores a new run (or returns the one with the same idempotency key).
     async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome>;
+    /// [`create_run`](Self::create_run) and, when it created the run, `first` (the run's
+    /// first commit) with it: one write where the store can make it one (the SQLite store),
+    /// else `create_run` then [`commit`](Self::commit), which is the default. Returns the
+    /// outcome and the events `first` sealed (none for an existing run, which `first` does
+    /// not touch).
+    async fn create_run_with(
+        &self,
+        run: RunRecord,
+        first: RunCommit,
+    ) -> Result<(CreateOutcome, Vec<Event>)> {
+        let id = run.id.clone();
+        let outcome = self.create_run(run).await?;
+        let sealed = match &outcome {
+            CreateOutcome::Created(_) => self.commit(&id, first).await?,
+            CreateOutcome::Existing(_) => Vec::new(),
+        };
+        Ok((outcome, sealed))
+    }
     /// One run.
     async fn get_run(&self, id: &RunId) -> Result<RunRecord>;
     /// Runs, newest first.

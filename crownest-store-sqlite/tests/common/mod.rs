@@ -45,6 +45,13 @@ impl Store for TempStore {
     async fn create_run(&self, run: RunRecord) -> Result<CreateOutcome> {
         self.store.create_run(run).await
     }
+    async fn create_run_with(
+        &self,
+        run: RunRecord,
+        first: RunCommit,
+    ) -> Result<(CreateOutcome, Vec<Event>)> {
+        self.store.create_run_with(run, first).await
+    }
     async fn get_run(&self, id: &RunId) -> Result<RunRecord> {
         self.store.get_run(id).await
     }

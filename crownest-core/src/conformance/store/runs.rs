@@ -29,6 +29,63 @@ pub async fn create_and_get(store: Arc<dyn Store>) {
     );
 }
 
+/// `create_run_with` stores a new run with its first commit (the events sealed from seq 1,
+/// the record as committed); with an idempotency key already used it returns the first
+/// run as `Existing`, seals nothing and leaves that run's events as they were.
+pub async fn create_run_with_commits_only_a_new_run(store: Arc<dyn Store>) {
+    let first_commit = |run: &RunRecord, text: &str| RunCommit {
+        expected_next_seq: run.next_seq,
+        events: vec![out(text)],
+        record: Some(run.clone()),
+        evidence: None,
+        envelope: None,
+    };
+    let run = new_run(Some("with-key"));
+    let (outcome, sealed) = store
+        .create_run_with(run.clone(), first_commit(&run, "first"))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CreateOutcome::Created(run.clone()),
+        "a new run is Created"
+    );
+    assert_eq!(
+        sealed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1],
+        "the first commit's events are sealed from seq 1"
+    );
+    let stored = store.get_run(&run.id).await.unwrap();
+    assert_eq!(
+        stored.next_seq, 2,
+        "the stored record follows the first commit"
+    );
+    assert_eq!(
+        stored.chain_head, sealed[0].hash,
+        "the chain head is the sealed event's"
+    );
+
+    let again = new_run(Some("with-key"));
+    let (outcome, sealed) = store
+        .create_run_with(again.clone(), first_commit(&again, "second"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, CreateOutcome::Existing(r) if r.id == run.id),
+        "the same key returns the first run as Existing: {outcome:?}"
+    );
+    assert!(
+        sealed.is_empty(),
+        "nothing is committed for an existing run"
+    );
+    let events = store.list_events(&run.id, 0, 100).await.unwrap();
+    assert_eq!(events.len(), 1, "the first run's events are unchanged");
+    assert!(
+        matches!(store.get_run(&again.id).await, Err(Error::NotFound { .. })),
+        "the second run was not stored"
+    );
+}
+
 /// A second create with the same idempotency key returns the first run as `Existing`.
 pub async fn idempotency_key_returns_existing(store: Arc<dyn Store>) {
     let first = created(&store, Some("key-1")).await;
