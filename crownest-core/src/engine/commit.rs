@@ -149,6 +149,30 @@ impl WorkspaceRuns {
         isolation: Option<crate::backend::IsolationReport>,
         output: Option<OutputSummary>,
     ) -> Result<()> {
+        let facts = TerminalFacts {
+            failure,
+            identity,
+            isolation,
+            output,
+        };
+        self.terminate_after(record, Vec::new(), input, facts).await
+    }
+
+    /// [`terminate`](Self::terminate), with `leading` events (a driver's deferred ones:
+    /// its `finalizing` status, already applied to `record`) sealed before the `status` event.
+    pub(super) async fn terminate_after(
+        &self,
+        record: &mut RunRecord,
+        leading: Vec<NewEvent>,
+        input: Input,
+        facts: TerminalFacts,
+    ) -> Result<()> {
+        let TerminalFacts {
+            failure,
+            identity,
+            isolation,
+            output,
+        } = facts;
         let from = record.status;
         if !transition(from, input)?.is_terminal() {
             return Err(Error::InvalidTransition {
@@ -190,6 +214,7 @@ impl WorkspaceRuns {
                 },
             });
         }
+        events.extend(leading);
         events.push(status_event);
         // The evidence names the terminal event exactly as the store will seal it: the
         // chain is deterministic, so seal it here from the current head.
@@ -230,4 +255,14 @@ impl WorkspaceRuns {
         self.discard_prepared(&record.id).await;
         Ok(())
     }
+}
+
+/// What a run ends with besides its status: the failure, and what the evidence reports of
+/// the sandbox and the output.
+#[derive(Debug, Default)]
+pub(super) struct TerminalFacts {
+    pub(super) failure: Option<Failure>,
+    pub(super) identity: Option<crate::backend::TemplateIdentity>,
+    pub(super) isolation: Option<crate::backend::IsolationReport>,
+    pub(super) output: Option<OutputSummary>,
 }

@@ -28,7 +28,7 @@ use crate::capability;
 use crate::error::{Error, Result};
 use crate::event::{ArchivePhase, EventKind, Failure, FailureKind, NewEvent};
 use crate::evidence::OutputSummary;
-use crate::lifecycle::{Input, Outcome};
+use crate::lifecycle::{self, Input, Outcome};
 use crate::run::{RunRecord, SandboxRecord};
 use crate::secret::SecretValue;
 use crate::status::RunStatus;
@@ -319,7 +319,16 @@ impl Driver {
         } else {
             Input::CommandEnded
         };
-        self.status(input, Vec::new()).await?;
+        if self.record.spec.artifacts.is_empty() && self.record.spec.keep_sandbox.is_none() {
+            // Nothing to collect or keep: `finalizing` lasts as long as the sandbox's
+            // removal, and its status event goes out with the next commit, the terminal
+            // one unless the removal reports an error first (one store write instead of
+            // two, as `start` commits `queued` and `starting` together).
+            let finalizing = lifecycle::advance(&mut self.record, input, Timestamp::now())?;
+            self.deferred.push(finalizing);
+        } else {
+            self.status(input, Vec::new()).await?;
+        }
         let budget = Duration::from_millis(self.record.limits.finalization_budget_ms);
         let started = tokio::time::Instant::now();
 
@@ -358,15 +367,19 @@ impl Driver {
                 .max(Duration::from_secs(5));
             self.release_sandbox(sandbox, remaining).await?;
         }
+        let leading = std::mem::take(&mut self.deferred);
         let mut rec = self.record.clone();
         self.engine
-            .terminate(
+            .terminate_after(
                 &mut rec,
+                leading,
                 Input::Finalized(ending.outcome),
-                ending.failure,
-                self.identity.clone(),
-                self.isolation.clone(),
-                self.output.clone(),
+                super::commit::TerminalFacts {
+                    failure: ending.failure,
+                    identity: self.identity.clone(),
+                    isolation: self.isolation.clone(),
+                    output: self.output.clone(),
+                },
             )
             .await?;
         self.record = rec;
