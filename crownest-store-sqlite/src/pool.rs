@@ -36,6 +36,10 @@ struct State {
     idle: Vec<Connection>,
     /// Connections open: idle, in use, or being opened.
     open: usize,
+    /// The store was closed: connections are closed when returned, not kept.
+    closed: bool,
+    /// A prewarm is opening a connection (`close_idle` waits for it).
+    prewarming: bool,
 }
 
 /// A connection taken from the pool; dropping it returns it (or closes it), also when the
@@ -52,7 +56,7 @@ impl Drop for Lease<'_> {
         // A connection left inside a transaction (a read that failed or panicked midway)
         // is closed rather than reused.
         let close = match conn {
-            Some(c) if c.is_autocommit() && state.idle.len() < self.pool.keep => {
+            Some(c) if c.is_autocommit() && !state.closed && state.idle.len() < self.pool.keep => {
                 state.idle.push(c);
                 None
             }
@@ -138,6 +142,82 @@ impl ReadPool {
             }
             state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Opens one connection on a thread of its own and leaves it idle for the first read,
+    /// which otherwise pays for the open, the pragmas and the parse of the schema itself
+    /// (about a millisecond; for a CLI command, on its critical path). A read that comes
+    /// first waits for it (the slot is taken) unless the cap allows another; a failure
+    /// gives the slot back, and the read then opens its own and reports the error.
+    pub(crate) fn prewarm(self: &Arc<Self>) {
+        {
+            let mut state = self.state();
+            if state.open >= self.max || !state.idle.is_empty() || state.closed {
+                return;
+            }
+            state.open += 1;
+            state.prewarming = true;
+        }
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("crownest-sqlite-prewarm".into())
+            .spawn(move || {
+                let conn = connect_reader(&pool.path, pool.busy_timeout).and_then(|c| {
+                    // Any statement naming a table parses the schema.
+                    c.prepare("SELECT 1 FROM runs LIMIT 0")
+                        .map_err(|e| crate::error::db("reading the schema", e))?;
+                    Ok(c)
+                });
+                // Idle when it opened and the store is open; else closed before the slot
+                // is freed, so that `close_idle` returns with no connection left.
+                let mut state = pool.state();
+                match conn {
+                    Ok(c) if !state.closed => state.idle.push(c),
+                    other => {
+                        drop(state);
+                        drop(other);
+                        state = pool.state();
+                        state.open -= 1;
+                    }
+                }
+                state.prewarming = false;
+                drop(state);
+                pool.returned.notify_all();
+            });
+        if spawned.is_err() {
+            let mut state = self.state();
+            state.open -= 1;
+            state.prewarming = false;
+            drop(state);
+            self.returned.notify_all();
+        }
+    }
+
+    /// Closes the idle connections; from now on every connection closes when its read ends
+    /// (a prewarm still opening included). Reads still work, each opening its own.
+    pub(crate) fn close_idle(&self) {
+        let idle = {
+            let mut state = self.state();
+            state.closed = true;
+            // A prewarm still opening closes its connection itself (bounded wait: an open
+            // that hangs, e.g. on a stuck filesystem, is not waited for).
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while state.prewarming {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = self
+                    .returned
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            state.open -= state.idle.len();
+            std::mem::take(&mut state.idle)
+        };
+        drop(idle);
+        self.returned.notify_all();
     }
 
     /// Connections open now (idle or in use): tests.
@@ -248,5 +328,36 @@ mod tests {
         assert_eq!(pool.open_connections(), 0);
         assert_eq!(pool.read_blocking(count_blobs).unwrap(), 1);
         assert_eq!(pool.open_connections(), 1);
+    }
+
+    #[test]
+    fn a_prewarmed_connection_serves_the_first_read_and_close_leaves_none_open() {
+        let (_dir, path, _writer) = database();
+        let pool = Arc::new(ReadPool::new(path, Duration::from_secs(10), 1, Some(1)));
+        pool.prewarm();
+        // The first read waits for the prewarmed connection (the cap is 1) and uses it.
+        assert_eq!(pool.read_blocking(count_blobs).unwrap(), 1);
+        assert_eq!(pool.open_connections(), 1);
+        pool.prewarm(); // one is idle already: nothing more opens
+        assert_eq!(pool.open_connections(), 1);
+        pool.close_idle();
+        assert_eq!(pool.open_connections(), 0);
+        // After the close a read still works, and keeps nothing; a prewarm opens nothing.
+        assert_eq!(pool.read_blocking(count_blobs).unwrap(), 1);
+        pool.prewarm();
+        assert_eq!(pool.open_connections(), 0);
+    }
+
+    #[test]
+    fn close_waits_for_a_prewarm_still_opening() {
+        let (_dir, path, _writer) = database();
+        let pool = Arc::new(ReadPool::new(path, Duration::from_secs(10), 1, Some(1)));
+        pool.prewarm();
+        pool.close_idle();
+        assert_eq!(
+            pool.open_connections(),
+            0,
+            "the prewarmed connection was closed"
+        );
     }
 }

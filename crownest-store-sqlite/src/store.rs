@@ -108,6 +108,8 @@ impl SqliteStore {
             config.read_connections,
             config.max_read_connections,
         ));
+        // The first read's connection opens beside whatever the caller does next.
+        reads.prewarm();
         let shared = Arc::new(Shared {
             layout,
             poison: Poison::default(),
@@ -160,6 +162,9 @@ impl SqliteStore {
     /// reads the whole WAL back to rebuild its index, so a short-lived process (a CLI
     /// command) should close the store it wrote to.
     pub async fn close(&self) {
+        // Idle read connections close first (the checkpoint then waits for no reader of
+        // this process), and no connection is kept from now on.
+        self.inner.reads.close_idle();
         self.inner.writer.close().await;
     }
 
