@@ -46,7 +46,7 @@
 //! | schema | versioned by `PRAGMA user_version`, migrated step by step on open; a newer database is refused |
 //! | `commit` | ONE `BEGIN IMMEDIATE` transaction: read the run row, `crownest_core::store::prepare_commit` (the checks, `seal_all` from the stored chain head, the evidence check, the new record), insert events, update the run, its artifacts and its evidence |
 //! | writes | one writer thread owning the write connection; **group commit** of queued writes, each under its own `SAVEPOINT` (one refused commit never fails the others) |
-//! | checkpoints | a background thread with its own connection (opened at its first checkpoint) runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint; none when the last connection closes (it cost every CLI command two fsyncs at exit); [`SqliteStore::close`] checkpoints and truncates a WAL over 4 MiB, because the next process to open the store reads all of the WAL back (~14 ms for 20 MB) |
+//! | checkpoints | a background thread with its own connection (opened at its first checkpoint) runs a `PASSIVE` WAL checkpoint whenever the WAL passes 32 MiB (asked by the writer's WAL hook, which replaces SQLite's inline autocheckpoint), so no commit waits for a checkpoint; none when the last connection closes (it cost every CLI command two fsyncs at exit); [`SqliteStore::close`] checkpoints and truncates a WAL over 1 MiB, because the next process to open the store reads all of the WAL back (~14 ms for 20 MB) |
 //! | reads | a small pool of read connections on `spawn_blocking`: the async API never blocks the runtime, and reads never wait for writes; [`SqliteConfig::max_read_connections`] caps how many are open at once (the CLI: one), and a read connection sets only what a reader needs (below, "Short-lived processes") |
 //! | blobs | streamed to `<dir>/tmp` while hashed (sha256) and counted; size, digest and `max_bytes` enforced (`ArchiveRejected`, nothing kept); fsync file → rename → fsync dir, file before row; same bytes stored once |
 //! | transfers | chunk files written to temp, fsynced, renamed to `<dir>/transfers/<id>/<index>`; `open_transfer` chains them in order |
@@ -139,10 +139,14 @@
 //!   sets them); `synchronous`, `foreign_keys`, `journal_size_limit` and
 //!   `wal_autocheckpoint` are per connection but act only on writes, commits and
 //!   checkpoints.
-//! * **The close-time checkpoint stays at 4 MiB of WAL**: with a lower threshold each open
-//!   reads back less WAL, but on disk the checkpoint's fsyncs, every few runs, cost more
-//!   than that saves (1 MiB: no gain measured; 512 KiB and 256 KiB: 3–7 ms slower per tiny
-//!   run on average).
+//! * **The close-time checkpoint is at 1 MiB of WAL**: each open reads the whole WAL back
+//!   (SQLite rebuilds its index whenever no other connection is open: ~2.3 ms for 4 MiB
+//!   here), and a tiny run appends ~170 KiB to it, so the threshold trades that read at
+//!   every command against the checkpoint's fsyncs every few commands. On the first,
+//!   busy-disk machine 4 MiB won (1 MiB: no gain measured; 512 KiB and 256 KiB: 3–7 ms
+//!   slower per tiny run on average); on the 2026-12 machine 1 MiB is 0.2–0.45 ms faster
+//!   per tiny run than 4 MiB with the home on disk and on tmpfs alike (interleaved A/B, 40
+//!   rounds, twice each); below 1 MiB was not measured again.
 //!
 //! ## Throughput
 //!

@@ -157,7 +157,7 @@ impl SqliteStore {
     /// connection. Later writes fail with `Error::Store` ("the store is closed"); reads keep
     /// working. Dropping every clone of the store does the same without waiting.
     ///
-    /// A WAL of more than 4 MiB is checkpointed into the database and truncated first (if
+    /// A WAL of more than 1 MiB is checkpointed into the database and truncated first (if
     /// other processes' readers let it within 100 ms): the next process to open the store
     /// reads the whole WAL back to rebuild its index, so a short-lived process (a CLI
     /// command) should close the store it wrote to.

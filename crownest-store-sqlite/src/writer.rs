@@ -412,7 +412,7 @@ fn run(mut conn: Connection, rx: &Receiver<Msg>, shared: &Shared, knobs: Knobs) 
 }
 
 /// A WAL longer than this is checkpointed (and truncated) by [`Writer::close`].
-pub(crate) const CLOSE_CHECKPOINT_WAL_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const CLOSE_CHECKPOINT_WAL_BYTES: u64 = 1024 * 1024;
 
 /// How long the closing checkpoint waits for readers of other processes.
 const CLOSE_CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
