@@ -358,9 +358,7 @@ impl WorkspaceRuns {
         );
         let both = async { tokio::join!(put, check) };
         tokio::pin!(both);
-        let mut tick = tokio::time::interval(self.inner.config.progress_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        tick.tick().await;
+        let mut tick = progress_ticks(self.inner.config.progress_interval);
         let (put_result, check_result) = loop {
             tokio::select! {
                 r = &mut both => break r,
@@ -426,9 +424,7 @@ impl WorkspaceRuns {
             checked.clone(),
         );
         tokio::pin!(check);
-        let mut tick = tokio::time::interval(self.inner.config.progress_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        tick.tick().await;
+        let mut tick = progress_ticks(self.inner.config.progress_interval);
         let total = descriptor.size_bytes;
         let result = loop {
             tokio::select! {
@@ -515,4 +511,13 @@ impl WorkspaceRuns {
             tracing::warn!(run = %record.id, error = %commit_err.chain(), "could not record a rejected upload");
         }
     }
+}
+
+/// Progress ticks every `period`, the first one `period` from now. (Not `interval`, whose
+/// first tick is due at once: awaiting it still waits for the timer wheel's next
+/// millisecond, which cost every upload about a millisecond before its first byte.)
+fn progress_ticks(period: std::time::Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
 }

@@ -127,7 +127,11 @@ impl Driver {
         let begun = tokio::time::Instant::now();
         let mut heartbeat =
             tokio::time::interval_at(begun + cfg.heartbeat_interval, cfg.heartbeat_interval);
-        let mut cancel_poll = tokio::time::interval(cfg.cancel_poll_interval);
+        // The first poll one period in (the run's record was read at `start`): an
+        // `interval`'s immediate first tick would read the store while the command starts,
+        // and keep `exec` unpolled meanwhile.
+        let mut cancel_poll =
+            tokio::time::interval_at(begun + cfg.cancel_poll_interval, cfg.cancel_poll_interval);
         loop {
             let due = ladder.due().map(tokio::time::Instant::from_std);
             tokio::select! {
