@@ -15,6 +15,7 @@ use crate::BACKEND;
 use crate::config::ProcessConfig;
 use crate::containment::{self, Applied, ProcessRecord};
 use crate::error::ProcessError;
+use crate::netns::SpareNetns;
 use crate::probe_cache::{self, MemCache};
 use crate::sandbox::ProcessSandbox;
 use crate::shared::{ProbeState, Shared};
@@ -49,8 +50,13 @@ impl ProcessBackend {
                 "process backend: stronger containment unavailable"
             );
         }
+        let netns = Arc::new(SpareNetns::default());
+        if spare_netns_helps(&probe.applied) {
+            netns.refill();
+        }
         Ok(Self {
             inner: Arc::new(Shared {
+                netns,
                 config,
                 root,
                 probe: Mutex::new(ProbeState {
@@ -152,6 +158,12 @@ impl SandboxBackend for ProcessBackend {
                 ),
             ));
         }
+        if spec.network == crownest_core::Network::None
+            && spare_netns_helps(&self.inner.probe().applied)
+        {
+            // Made while the sandbox is set up, for its command (a no-op when one is ready).
+            self.inner.netns.refill();
+        }
         let identity = resolved.identity();
         let marker = Marker::new(BACKEND, &spec.run_id, &spec.instance, spec.owner.clone());
         let root = self.inner.root.clone();
@@ -197,4 +209,16 @@ impl SandboxBackend for ProcessBackend {
 /// The processes a sandbox's command last ran, as recorded in its marker's `state`.
 fn processes(marker: &Marker) -> Option<ProcessRecord> {
     serde_json::from_value(marker.state.get("processes")?.clone()).ok()
+}
+
+/// Whether a spare network namespace can serve spawns under `applied` (`netns.rs`): a PID
+/// namespace without a user namespace, whose new network namespace the child would make.
+pub(crate) fn spare_netns_helps(applied: &Applied) -> bool {
+    matches!(
+        applied,
+        Applied::PidNamespace {
+            user: false,
+            network: true
+        }
+    )
 }

@@ -156,6 +156,14 @@ impl ProcessSandbox {
             ),
             _ => None,
         };
+        // Held until the spawn returned (the child joins it: `crate::netns`).
+        let netns = match mode {
+            HookMode::Namespace {
+                user: false,
+                network: true,
+            } => self.backend.netns.take(),
+            _ => None,
+        };
         let hook = ChildHook::new(
             mode,
             cwd_fd.as_raw_fd(),
@@ -164,7 +172,8 @@ impl ProcessSandbox {
             procs,
             false,
             image,
-        );
+        )
+        .with_netns(netns.as_ref().map_or(-1, |fd| fd.as_raw_fd()));
         let privilege = hook.privilege();
         let mut cmd = tokio::process::Command::new(&program);
         cmd.arg0(argv0)
@@ -181,6 +190,7 @@ impl ProcessSandbox {
             cmd.pre_exec(move || hook.run());
         }
         let spawned = cmd.spawn();
+        drop(netns);
         drop(report_w);
         drop(cwd_fd);
         let child = match spawned {

@@ -121,6 +121,7 @@ mod descriptors;
 mod error;
 mod isolation;
 mod launch;
+mod netns;
 mod output;
 mod privilege;
 mod probe_cache;

@@ -9,6 +9,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::ProcessConfig;
 use crate::containment::{self, Probe};
+use crate::netns::SpareNetns;
 use crate::probe_cache::{self, MemCache};
 use crate::template::Resolved;
 
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) reprobe: tokio::sync::Mutex<()>,
     /// Every template, resolved once (name → what it resolved to).
     pub(crate) templates: OnceCell<std::collections::BTreeMap<String, Resolved>>,
+    /// A network namespace made ahead for the next command without network (`netns.rs`).
+    pub(crate) netns: Arc<SpareNetns>,
 }
 
 #[derive(Debug)]

@@ -90,6 +90,8 @@ pub(crate) struct ChildHook {
     probe: bool,
     /// What H execs (namespace mode; elsewhere std's own exec runs the command).
     exec: Option<ExecImage>,
+    /// A fresh network namespace to join instead of making one (`crate::netns`), or -1.
+    netns_fd: RawFd,
 }
 
 /// A program, its argument vector and its environment, as `execve` takes them, built
@@ -256,7 +258,24 @@ impl ChildHook {
             privilege,
             probe,
             exec,
+            netns_fd: -1,
         }
+    }
+
+    /// Joins `fd`, a network namespace nothing else uses (`crate::netns`), instead of
+    /// making one: only for `Namespace { user: false, network: true }` (ignored otherwise).
+    /// The descriptor must stay open until the spawn returned.
+    pub(crate) fn with_netns(mut self, fd: RawFd) -> Self {
+        if matches!(
+            self.mode,
+            HookMode::Namespace {
+                user: false,
+                network: true
+            }
+        ) {
+            self.netns_fd = fd;
+        }
+        self
     }
 
     /// What the command will hold over the host (decided in [`Self::new`], on the spawning
@@ -345,8 +364,15 @@ impl ChildHook {
             if user {
                 flags |= libc::CLONE_NEWUSER;
             }
-            if network {
+            // The spare network namespace when there is one; one made here when there is
+            // not, or when joining it failed.
+            if network
+                && !(self.netns_fd >= 0 && libc::setns(self.netns_fd, libc::CLONE_NEWNET) == 0)
+            {
                 flags |= libc::CLONE_NEWNET;
+            }
+            if self.netns_fd >= 0 {
+                libc::close(self.netns_fd);
             }
             if libc::unshare(flags) != 0 {
                 let e = io::Error::last_os_error();
