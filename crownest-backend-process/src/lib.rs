@@ -62,6 +62,8 @@
 //!
 //! With a namespace containment, `network: none` runs also get an empty network namespace
 //! (no interfaces; even loopback is down), and the capabilities say `networkIsolation`.
+//! Without a user namespace the backend makes that namespace ahead, off the spawn's path,
+//! and each goes to exactly one command (`netns.rs`).
 //! Everything else is reported as not enforced: `memoryLimit`, `pidsLimit` and
 //! `filesystemIsolation` are false, `securityBoundary` is false.
 //!

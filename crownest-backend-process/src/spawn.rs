@@ -33,13 +33,16 @@
 //! descriptor table, signal handlers and mask; the memory they share is read-only to them
 //! but for their stacks and `errno` (one thread-local slot, as they share the thread
 //! pointer: C reads it only once G is gone, G never reads it, and H reads it only while G is
-//! suspended and C waits in `sigwaitinfo`). H execs the command itself, with the argument
-//! and environment vectors built before the fork ([`ExecImage`]); a failure to exec (or to
-//! drop privilege before) is reported through the report pipe, and the backend fails the
-//! spawn with it as std would have. C and G close every descriptor they do not need (the
-//! stdout/stderr pipes, std's exec-error pipe) so the parent sees EOF as soon as the
-//! command's processes are gone. G keeps its capabilities: a command without any cannot
-//! `ptrace` it, read its descriptors through `/proc/1/fd` or forge its report.
+//! suspended and C, its descriptors closed by one `close_range`, waits in `sigwaitinfo`;
+//! where `close_range` is missing, C's fallback `close`s may race H's read, and a failed
+//! exec may then be reported with another `errno`: the spawn fails either way). H execs
+//! the command itself, with the argument and environment vectors built before the fork
+//! ([`ExecImage`]); a failure to exec (or to drop privilege before) is reported through the
+//! report pipe, and the backend fails the spawn with it as std would have. C and G close
+//! every descriptor they do not need (the stdout/stderr pipes, std's exec-error pipe) so the
+//! parent sees EOF as soon as the command's processes are gone. G keeps its capabilities: a
+//! command without any cannot `ptrace` it, read its descriptors through `/proc/1/fd` or
+//! forge its report.
 //!
 //! # Before exec
 //!
