@@ -191,6 +191,12 @@ impl SandboxBackend for ProcessBackend {
         Some(self.inner.root.clone())
     }
 
+    /// Waits for the deletions of sandbox directories still running in the background
+    /// (`removalPending` in their evidence, see [`ProcessConfig::removal_wait`]).
+    async fn shutdown(&self) {
+        self.inner.root.removals_settled().await;
+    }
+
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
         let root = self.inner.root.clone();
         let live = live.to_vec();

@@ -63,7 +63,10 @@ pub struct ProcessConfig {
     /// How long to wait for killed processes to be gone.
     pub kill_confirm_timeout: Duration,
     /// How long `destroy` waits for the deletion of the sandbox's files (the directory is
-    /// unreachable at once; the deletion goes on in the background after this).
+    /// unreachable at once; the deletion goes on in the background after this, and the
+    /// evidence says `removalPending`). Zero: never waited for in `destroy`; the run's
+    /// terminal commit overlaps the deletion, and the backend's `shutdown` waits for it
+    /// (what the `crownest` CLI sets).
     pub removal_wait: Duration,
 }
 

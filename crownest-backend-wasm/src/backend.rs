@@ -304,6 +304,14 @@ impl SandboxBackend for WasmBackend {
         self.shared.root().ok()
     }
 
+    /// Waits for the deletions of sandbox directories still running in the background
+    /// (`removalPending` in their evidence, see [`WasmConfig::removal_wait`]).
+    async fn shutdown(&self) {
+        if let Ok(root) = self.shared.root() {
+            root.removals_settled().await;
+        }
+    }
+
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {
         let root = self.shared.root()?;
         let live = live.to_vec();

@@ -53,7 +53,8 @@ pub struct WasmConfig {
     pub deadline_margin: Duration,
     /// How long `destroy` waits for the deletion of the sandbox's files (the directory is
     /// unreachable at once; the deletion goes on in the background after this, and the
-    /// evidence says `removalPending`).
+    /// evidence says `removalPending`). Zero: never waited for in `destroy`; the run's
+    /// terminal commit overlaps the deletion, and the backend's `shutdown` waits for it.
     pub removal_wait: Duration,
 }
 

@@ -228,11 +228,15 @@ fn process_backend(
     own: &std::collections::BTreeMap<String, String>,
 ) -> Result<Arc<dyn SandboxBackend>, String> {
     use crownest_backend_process::{ProcessBackend, ProcessConfig};
-    let config = own
+    let mut config = own
         .iter()
         .fold(ProcessConfig::default(), |c, (name, path)| {
             c.with_template(name, path)
         });
+    // A run's sandbox directory is deleted beside its terminal commit (the evidence says
+    // `removalPending`); `run` and `serve` wait for those deletions at their end
+    // (`WorkspaceRuns::shutdown`), and a crash leaves the tombstone to the sweep.
+    config.removal_wait = std::time::Duration::ZERO;
     ProcessBackend::new(config)
         .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
         .map_err(|e| e.chain())
@@ -284,7 +288,11 @@ fn wasm_backend(
 ) -> Result<Arc<dyn SandboxBackend>, String> {
     use crate::templates::WasmInterpreter;
     use crownest_backend_wasm::{Interpreter, WasmBackend, WasmConfig, WasmModule, WasmTemplate};
-    let mut config = WasmConfig::default();
+    // As for the process backend: the deletion overlaps the terminal commit.
+    let mut config = WasmConfig {
+        removal_wait: std::time::Duration::ZERO,
+        ..WasmConfig::default()
+    };
     for (name, modules) in own {
         let mut template = WasmTemplate::new();
         for (interpreter, entry) in modules {

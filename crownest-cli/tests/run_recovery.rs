@@ -3,9 +3,10 @@
 //! of it, and then that run's sandbox is swept and accounted for. Here: a `crownest run
 //! --backend docker` is killed with SIGKILL while its command runs; the next `crownest run`
 //! on the process backend reclaims the run, and the Docker sweep (registered because of
-//! it) removes the container and says so in the run's failure. And a Docker run's container,
-//! removed in the background after its terminal commit (`removalPending`), is gone when
-//! `crownest run` exits. Needs Docker and the
+//! it) removes the container and says so in the run's failure. And a run's sandbox, removed
+//! in the background after its terminal commit (`removalPending`), is gone when `crownest
+//! run` exits: a Docker run's container, a process run's directory. The Docker tests need
+//! Docker and the
 //! `crownest/python-node` image: fails without them when `CROWNEST_REQUIRE_DOCKER=1`,
 //! skipped (said on stderr) otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -166,4 +167,59 @@ fn a_docker_run_removes_its_container_before_the_command_exits() {
     // `crownest run` exited.
     assert!(sandbox.destroyed && sandbox.removal_pending, "{sandbox:?}");
     assert_eq!(containers_of(&sandbox.id), "", "left behind");
+}
+
+#[test]
+fn a_process_runs_directory_is_deleted_beside_the_terminal_commit_and_gone_at_exit() {
+    let home = tempfile::tempdir().unwrap();
+    let runtime_dir = tempfile::tempdir().unwrap();
+    // A workspace of some size, so its deletion is still running at the terminal commit.
+    let repo = tempfile::tempdir().unwrap();
+    for d in 0..20 {
+        let dir = repo.path().join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..50 {
+            std::fs::write(dir.join(format!("f{f}.txt")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_crownest"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["run", "--backend", "process", "--json"])
+        .arg(repo.path())
+        .args(["--", "true"])
+        .env_remove("CROWNEST_HOME")
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str::<Event>(l).ok())
+        .expect("events on stdout")
+        .run_id;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (run, evidence) = rt.block_on(async {
+        let store = SqliteStore::open(home.path().join("store")).await.unwrap();
+        (
+            store.get_run(&id).await.unwrap(),
+            store.get_evidence(&id).await.unwrap(),
+        )
+    });
+    assert_eq!(run.status, RunStatus::Succeeded);
+    let sandbox = run.sandbox.unwrap();
+    assert!(sandbox.destroyed && sandbox.removal_pending, "{sandbox:?}");
+    assert!(
+        evidence.sandbox.destroyed && evidence.sandbox.removal_pending,
+        "{:?}",
+        evidence.sandbox
+    );
+    // Nothing of it is left once `crownest run` exited: no directory, no tombstone.
+    let root = runtime_dir.path().join("crownest/process");
+    let left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(id.as_str()))
+        .collect();
+    assert!(left.is_empty(), "left behind in {}: {left:?}", root.display());
 }

@@ -325,4 +325,51 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.host_path()).unwrap().collect();
         assert_eq!(left.len(), 2, "marker + the empty workspace, no staging");
     }
+
+    #[tokio::test]
+    async fn a_removal_not_waited_for_is_pending_until_the_root_settles() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = sandbox(&tmp);
+        let root = dir.root().clone();
+        for i in 0..500 {
+            dir.write_file(&format!("workspace/f{i}"), b"x", 0o644).unwrap();
+        }
+        // A zero wait: unreachable at once (renamed), deleted in the background, counted.
+        let removal = dir.remove(std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(removal, crate::hostdir::Removal::Pending);
+        assert!(!dir.host_path().exists(), "unreachable under its name at once");
+        root.removals_settled().await;
+        assert_eq!(root.removals_in_flight(), 0);
+        assert!(root_entries(&tmp).is_empty(), "{:?}", root_entries(&tmp));
+        // Removing it again is done; a waited-for removal leaves nothing in flight either.
+        assert_eq!(
+            dir.remove(std::time::Duration::ZERO).await.unwrap(),
+            crate::hostdir::Removal::Done
+        );
+        let other = sandbox(&tmp);
+        let removal = other.remove(std::time::Duration::from_secs(5)).await.unwrap();
+        assert_eq!(removal, crate::hostdir::Removal::Done);
+        assert_eq!(other.root().removals_in_flight(), 0);
+        assert!(root_entries(&tmp).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_prepared_tree_is_counted_until_it_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = WorkRoot::open(tmp.path().join("root")).unwrap();
+        let marker = Marker::new("test", &RunId::new(), "e", RunOwner::current("e"));
+        let archive = tar_gz(&[("a.txt", b"hello")]);
+        let tree = PreparedTree::extract(
+            &root,
+            &marker,
+            &archive[..],
+            &ExtractPolicy::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(root_entries(&tmp).len(), 1);
+        drop(tree);
+        root.removals_settled().await;
+        assert!(root_entries(&tmp).is_empty(), "{:?}", root_entries(&tmp));
+    }
 }

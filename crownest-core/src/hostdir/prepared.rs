@@ -139,7 +139,11 @@ impl PreparedTree {
 impl Drop for PreparedTree {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else { return };
-        let remove = move || remove_now(&dir);
+        let in_flight = dir.root().removal_started();
+        let remove = move || {
+            remove_now(&dir);
+            drop(in_flight);
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(remove)),
             Err(_) => remove(),

@@ -28,11 +28,23 @@ use crate::error::{Error, Result};
 /// Symlinks followed while resolving a root before giving up (as the kernel's `ELOOP`).
 const MAX_SYMLINKS: usize = 40;
 
-/// An opened private work root. Cheap to clone (the descriptor is shared).
+/// An opened private work root. Cheap to clone (the descriptor, and the count of deletions
+/// still running in the background, are shared by the clones).
 #[derive(Debug, Clone)]
 pub struct WorkRoot {
     path: PathBuf,
     fd: Arc<OwnedFd>,
+    removals: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+/// Counts one background deletion of a directory of a [`WorkRoot`] while it lives.
+#[derive(Debug)]
+pub(crate) struct RemovalInFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for RemovalInFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl WorkRoot {
@@ -47,6 +59,7 @@ impl WorkRoot {
         Ok(Self {
             path: abs,
             fd: Arc::new(fd),
+            removals: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -88,6 +101,28 @@ impl WorkRoot {
     /// spawned command).
     pub fn proc_path(&self) -> PathBuf {
         proc_fd_path(&self.fd)
+    }
+
+    /// How many deletions of this root's directories (a sandbox removed by
+    /// [`SandboxDir::remove`](super::SandboxDir::remove) past its wait, a prepared tree
+    /// dropped unused) are still running in the background.
+    pub fn removals_in_flight(&self) -> usize {
+        *self.removals.borrow()
+    }
+
+    /// Waits until no deletion of this root's directories runs in the background: what a
+    /// backend's `shutdown` waits for, so a host process that exits after it leaves no
+    /// tombstone behind (a crash still can; the sweep deletes those).
+    pub async fn removals_settled(&self) {
+        let mut done = self.removals.subscribe();
+        // The sender lives as long as `self`: `wait_for` cannot fail here.
+        let _ = done.wait_for(|n| *n == 0).await;
+    }
+
+    /// Counts a background deletion until the returned guard is dropped.
+    pub(crate) fn removal_started(&self) -> RemovalInFlight {
+        self.removals.send_modify(|n| *n += 1);
+        RemovalInFlight(self.removals.clone())
     }
 }
 

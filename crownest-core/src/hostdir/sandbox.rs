@@ -245,7 +245,9 @@ impl SandboxDir {
     /// Removes the directory: renamed to `.removing-<name>` at once (from then on nothing
     /// can reach it under its name), then deleted on a blocking thread. Waits up to `wait`
     /// for the deletion: [`Removal::Done`] when it finished, [`Removal::Pending`] when it
-    /// goes on in the background. Removing an already removed sandbox is `Done`.
+    /// goes on in the background (at once for a zero `wait`; the root's
+    /// [`WorkRoot::removals_settled`] waits for it). Removing an already removed sandbox is
+    /// `Done`.
     pub async fn remove(&self, wait: Duration) -> io::Result<Removal> {
         let tombstone = format!("{TOMBSTONE_PREFIX}{}", self.name);
         match rustix::fs::renameat(
@@ -270,13 +272,20 @@ impl SandboxDir {
             Err(e) => return Err(e.into()),
         }
         let root = self.root.clone();
+        let in_flight = root.removal_started();
         let task = tokio::task::spawn_blocking(move || {
             let r = remove_tree(&root.proc_path().join(&tombstone));
             if let Err(e) = &r {
                 tracing::warn!(tombstone = %root.path().join(&tombstone).display(), error = %e, "background removal of a sandbox failed; a sweep retries");
             }
+            drop(in_flight);
             r
         });
+        if wait.is_zero() {
+            // Not waited for at all (the caller records the removal as pending and waits
+            // for it later, through `WorkRoot::removals_settled`).
+            return Ok(Removal::Pending);
+        }
         match tokio::time::timeout(wait, task).await {
             Ok(Ok(r)) => r.map(|()| Removal::Done),
             Ok(Err(e)) => Err(io::Error::other(format!("the removal task failed: {e}"))),
