@@ -221,5 +221,9 @@ fn a_process_runs_directory_is_deleted_beside_the_terminal_commit_and_gone_at_ex
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(id.as_str()))
         .collect();
-    assert!(left.is_empty(), "left behind in {}: {left:?}", root.display());
+    assert!(
+        left.is_empty(),
+        "left behind in {}: {left:?}",
+        root.display()
+    );
 }

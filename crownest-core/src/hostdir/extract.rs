@@ -332,12 +332,16 @@ mod tests {
         let dir = sandbox(&tmp);
         let root = dir.root().clone();
         for i in 0..500 {
-            dir.write_file(&format!("workspace/f{i}"), b"x", 0o644).unwrap();
+            dir.write_file(&format!("workspace/f{i}"), b"x", 0o644)
+                .unwrap();
         }
         // A zero wait: unreachable at once (renamed), deleted in the background, counted.
         let removal = dir.remove(std::time::Duration::ZERO).await.unwrap();
         assert_eq!(removal, crate::hostdir::Removal::Pending);
-        assert!(!dir.host_path().exists(), "unreachable under its name at once");
+        assert!(
+            !dir.host_path().exists(),
+            "unreachable under its name at once"
+        );
         root.removals_settled().await;
         assert_eq!(root.removals_in_flight(), 0);
         assert!(root_entries(&tmp).is_empty(), "{:?}", root_entries(&tmp));
@@ -347,7 +351,10 @@ mod tests {
             crate::hostdir::Removal::Done
         );
         let other = sandbox(&tmp);
-        let removal = other.remove(std::time::Duration::from_secs(5)).await.unwrap();
+        let removal = other
+            .remove(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(removal, crate::hostdir::Removal::Done);
         assert_eq!(other.root().removals_in_flight(), 0);
         assert!(root_entries(&tmp).is_empty());
