@@ -21,25 +21,29 @@ use std::sync::{Arc, Mutex};
 /// At most one spare network namespace.
 #[derive(Debug, Default)]
 pub(crate) struct SpareNetns {
-    spare: Mutex<Option<OwnedFd>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    spare: Option<OwnedFd>,
     /// A refill thread is running.
-    filling: Mutex<bool>,
+    filling: bool,
 }
 
 impl SpareNetns {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts making a spare unless one is ready or being made.
     pub(crate) fn refill(self: &Arc<Self>) {
         {
-            let mut filling = self.filling.lock().unwrap_or_else(|p| p.into_inner());
-            let ready = self
-                .spare
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some();
-            if *filling || ready {
+            let mut st = self.state();
+            if st.filling || st.spare.is_some() {
                 return;
             }
-            *filling = true;
+            st.filling = true;
         }
         let me = self.clone();
         let spawned = std::thread::Builder::new()
@@ -49,17 +53,18 @@ impl SpareNetns {
                 if let Err(e) = &made {
                     tracing::debug!(error = %e, "making a spare network namespace failed");
                 }
-                *me.spare.lock().unwrap_or_else(|p| p.into_inner()) = made.ok();
-                *me.filling.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                let mut st = me.state();
+                st.spare = made.ok();
+                st.filling = false;
             });
         if spawned.is_err() {
-            *self.filling.lock().unwrap_or_else(|p| p.into_inner()) = false;
+            self.state().filling = false;
         }
     }
 
     /// The spare, if one is ready.
     pub(crate) fn take(&self) -> Option<OwnedFd> {
-        self.spare.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.state().spare.take()
     }
 }
 
@@ -85,7 +90,7 @@ mod tests {
 
     fn ready(spare: &Arc<SpareNetns>) -> Option<OwnedFd> {
         for _ in 0..500 {
-            if !*spare.filling.lock().unwrap() {
+            if !spare.state().filling {
                 return spare.take();
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
