@@ -89,10 +89,20 @@ fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
+    let run = matches!(cli.command, Command::Run(_));
     let result = runtime.block_on(dispatch(cli));
-    // Drivers of runs this process created have finished (or were canceled) by now; do
-    // not wait for stray blocking tasks (e.g. a progress ticker).
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    if run {
+        // `run` has waited for everything of its own by now: the run's terminal commit,
+        // the store's close, recovery (bounded), and the backends' `shutdown`, which waits
+        // for the sandbox's removal and every deletion of a work root still in flight
+        // (`WorkRoot::removals_settled`). What is left are idle threads, which the exit
+        // ends without being woken one by one.
+        runtime.shutdown_background();
+    } else {
+        // Drivers of runs this process created have finished (or were canceled) by now;
+        // do not wait for stray blocking tasks (e.g. a progress ticker).
+        runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    }
     match result {
         Ok(exit) => exit.into(),
         // `crownest events RUN | head`: the reader left; that is not an error.
