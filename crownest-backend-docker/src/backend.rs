@@ -381,7 +381,14 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn shutdown(&self) {
-        tokio::join!(self.drain_pool(), self.wait_removals());
+        // Host staging trees are deleted beside the commands (`sandbox.rs`): wait for
+        // those too.
+        let staging = async {
+            if let Ok(root) = self.shared.root() {
+                root.removals_settled().await;
+            }
+        };
+        tokio::join!(self.drain_pool(), self.wait_removals(), staging);
     }
 
     async fn sweep_orphans(&self, live: &[RunId]) -> Result<Vec<String>> {

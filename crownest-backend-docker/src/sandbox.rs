@@ -33,10 +33,6 @@ use crate::upload::{self, WorkspaceIndex};
 /// The registered backend name (also the `backend` of its host staging markers).
 use crate::BACKEND;
 
-/// How long a materialize waits for its host staging directory to be deleted before it
-/// leaves the rest to the background.
-const STAGING_REMOVAL_WAIT: Duration = Duration::from_secs(5);
-
 /// A sandbox made of one Docker container (and the anonymous volume of its workspace),
 /// labelled with the owner process and engine instance, and with the run unless it came
 /// from the warm pool (see the crate docs for the layout).
@@ -446,7 +442,8 @@ impl Sandbox for DockerSandbox {
             ArchiveSource::Prepared(tree) => {
                 let uploaded = self.send_workspace(tree.tree_path()).await;
                 let summary = tree.summary();
-                tree.discard().await;
+                // Deleted beside the command (the backend's `shutdown` waits for it).
+                tree.discard_in_background().await;
                 *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(uploaded?);
                 progress(crownest_core::archive::ExtractProgress {
                     phase: crownest_core::event::ArchivePhase::Extracting,
@@ -582,10 +579,11 @@ impl Sandbox for DockerSandbox {
     }
 }
 
-/// Removes a host staging directory (through a tombstone; a sweep finishes what a crash cut
-/// short).
+/// Removes a host staging directory: unreachable at once (a tombstone), deleted in the
+/// background beside the command (the backend's `shutdown` waits for it; a sweep finishes
+/// what a crash cut short).
 async fn remove_staging(staging: &SandboxDir) {
-    if let Err(e) = staging.remove(STAGING_REMOVAL_WAIT).await {
+    if let Err(e) = staging.remove(Duration::ZERO).await {
         tracing::warn!(staging = %staging.host_path().display(), error = %e, "removing the host staging directory failed; a sweep retries");
     }
 }

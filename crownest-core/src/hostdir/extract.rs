@@ -210,6 +210,8 @@ mod tests {
         );
         let ws = dir.host_path().join("workspace");
         assert_eq!(std::fs::read(ws.join("a.txt")).unwrap(), b"hello");
+        // What is left of the prepared directory is deleted in the background.
+        root.removals_settled().await;
         assert_eq!(
             root_entries(&tmp),
             [dir.name().to_owned()],
@@ -237,6 +239,7 @@ mod tests {
             matches!(again, Err(Error::Io { ref source, .. }) if source.kind() == io::ErrorKind::AlreadyExists),
             "{again:?}"
         );
+        root.removals_settled().await;
         assert_eq!(root_entries(&tmp), [dir.name().to_owned()]);
         assert_eq!(std::fs::read(ws.join("a.txt")).unwrap(), b"hello");
     }

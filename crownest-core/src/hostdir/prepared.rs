@@ -123,14 +123,27 @@ impl PreparedTree {
             Err(e) => Err(Error::io(context(), e.into())),
         };
         let summary = self.summary;
-        self.discard().await;
+        self.discard_in_background().await;
         moved.map(|()| summary)
     }
 
-    /// Removes the prepared directory (and the tree, if it was not moved away).
-    pub async fn discard(mut self) {
+    /// Removes the prepared directory (and the tree, if it was not moved away), waiting
+    /// (bounded) for the deletion.
+    pub async fn discard(self) {
+        self.remove(DISCARD_WAIT).await;
+    }
+
+    /// Removes the prepared directory as [`PreparedTree::discard`] does, without waiting
+    /// for the deletion: the directory is unreachable at once and deleted in the
+    /// background, counted by its root ([`WorkRoot::removals_settled`] waits for it). For
+    /// what is left once the tree is in its sandbox, on the way to the command.
+    pub async fn discard_in_background(self) {
+        self.remove(Duration::ZERO).await;
+    }
+
+    async fn remove(mut self, wait: Duration) {
         let Some(dir) = self.dir.take() else { return };
-        if let Err(e) = dir.remove(DISCARD_WAIT).await {
+        if let Err(e) = dir.remove(wait).await {
             tracing::warn!(dir = %dir.host_path().display(), error = %e, "removing a prepared tree failed; a sweep retries once this process is gone");
         }
     }
