@@ -206,6 +206,9 @@ async fn drive(
         tokio::pin!(upload);
         loop {
             tokio::select! {
+                // The upload first: its reads of the store come before the subscription's
+                // (a CLI command has one read connection).
+                biased;
                 r = &mut upload => break Some(r),
                 Some(ev) = events.next() => render.event(&ev?),
                 _ = interrupts.recv() => break None,
