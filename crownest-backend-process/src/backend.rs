@@ -19,6 +19,7 @@ use crate::netns::SpareNetns;
 use crate::probe_cache::{self, MemCache};
 use crate::sandbox::ProcessSandbox;
 use crate::shared::{ProbeState, Shared};
+use crate::spawn::HookMode;
 use crate::template::{self, Resolved};
 
 /// Runs commands as host processes. **Not a security boundary**: see the crate docs.
@@ -217,14 +218,13 @@ fn processes(marker: &Marker) -> Option<ProcessRecord> {
     serde_json::from_value(marker.state.get("processes")?.clone()).ok()
 }
 
-/// Whether a spare network namespace can serve spawns under `applied` (`netns.rs`): a PID
-/// namespace without a user namespace, whose new network namespace the child would make.
+/// Whether a spare network namespace can serve spawns under `applied` (`netns.rs`): those
+/// of its commands without network ([`HookMode::joins_spare_netns`]).
 pub(crate) fn spare_netns_helps(applied: &Applied) -> bool {
-    matches!(
-        applied,
-        Applied::PidNamespace {
-            user: false,
-            network: true
+    match *applied {
+        Applied::PidNamespace { user, network } => {
+            HookMode::Namespace { user, network }.joins_spare_netns()
         }
-    )
+        _ => false,
+    }
 }

@@ -157,12 +157,10 @@ impl ProcessSandbox {
             _ => None,
         };
         // Held until the spawn returned (the child joins it: `crate::netns`).
-        let netns = match mode {
-            HookMode::Namespace {
-                user: false,
-                network: true,
-            } => self.backend.netns.take(),
-            _ => None,
+        let netns = if mode.joins_spare_netns() {
+            self.backend.netns.take()
+        } else {
+            None
         };
         let hook = ChildHook::new(
             mode,

@@ -74,6 +74,18 @@ pub(crate) enum HookMode {
     ProcessGroup,
 }
 
+impl HookMode {
+    /// Whether the child joins a spare network namespace (`crate::netns`) instead of
+    /// making one: a PID namespace with a new network namespace and no user namespace (a
+    /// namespace made by the backend is owned by the host's user namespace).
+    pub(crate) fn joins_spare_netns(self) -> bool {
+        self == Self::Namespace {
+            user: false,
+            network: true,
+        }
+    }
+}
+
 /// Everything the child needs, computed before the fork.
 #[derive(Debug)]
 pub(crate) struct ChildHook {
@@ -269,13 +281,7 @@ impl ChildHook {
     /// making one: only for `Namespace { user: false, network: true }` (ignored otherwise).
     /// The descriptor must stay open until the spawn returned.
     pub(crate) fn with_netns(mut self, fd: RawFd) -> Self {
-        if matches!(
-            self.mode,
-            HookMode::Namespace {
-                user: false,
-                network: true
-            }
-        ) {
+        if self.mode.joins_spare_netns() {
             self.netns_fd = fd;
         }
         self

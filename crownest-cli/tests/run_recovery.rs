@@ -135,27 +135,40 @@ fn a_process_run_sweeps_the_docker_sandbox_of_a_crashed_docker_run() {
     assert_eq!(containers_of(&sandbox), "", "swept");
 }
 
+/// `crownest --home HOME run --backend BACKEND --json SOURCE -- true` (with
+/// `XDG_RUNTIME_DIR` when given), which must succeed: its run id.
+fn run_true(
+    home: &Path,
+    backend: &str,
+    source: &Path,
+    runtime_dir: Option<&Path>,
+) -> crownest_core::RunId {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crownest"));
+    cmd.arg("--home")
+        .arg(home)
+        .args(["run", "--backend", backend, "--json"])
+        .arg(source)
+        .args(["--", "true"])
+        .env_remove("CROWNEST_HOME");
+    if let Some(dir) = runtime_dir {
+        cmd.env("XDG_RUNTIME_DIR", dir);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str::<Event>(l).ok())
+        .expect("events on stdout")
+        .run_id
+}
+
 #[test]
 fn a_docker_run_removes_its_container_before_the_command_exits() {
     if !docker_usable() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_crownest"))
-        .arg("--home")
-        .arg(home.path())
-        .args(["run", "--backend", "docker", "--json"])
-        .arg(sample_repo())
-        .args(["--", "true"])
-        .env_remove("CROWNEST_HOME")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| serde_json::from_str::<Event>(l).ok())
-        .expect("events on stdout")
-        .run_id;
+    let id = run_true(home.path(), "docker", &sample_repo(), None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let run = rt.block_on(async {
         let store = SqliteStore::open(home.path().join("store")).await.unwrap();
@@ -182,22 +195,12 @@ fn a_process_runs_directory_is_deleted_beside_the_terminal_commit_and_gone_at_ex
             std::fs::write(dir.join(format!("f{f}.txt")), format!("{d}/{f}\n")).unwrap();
         }
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_crownest"))
-        .arg("--home")
-        .arg(home.path())
-        .args(["run", "--backend", "process", "--json"])
-        .arg(repo.path())
-        .args(["--", "true"])
-        .env_remove("CROWNEST_HOME")
-        .env("XDG_RUNTIME_DIR", runtime_dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| serde_json::from_str::<Event>(l).ok())
-        .expect("events on stdout")
-        .run_id;
+    let id = run_true(
+        home.path(),
+        "process",
+        repo.path(),
+        Some(runtime_dir.path()),
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (run, evidence) = rt.block_on(async {
         let store = SqliteStore::open(home.path().join("store")).await.unwrap();
