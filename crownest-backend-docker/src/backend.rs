@@ -22,8 +22,9 @@ use crate::sandbox::DockerSandbox;
 pub(crate) struct Shared {
     pub(crate) docker: Docker,
     pub(crate) config: DockerConfig,
-    /// Workspaces are written into the volumes from the host (`place.rs`).
-    pub(crate) places: bool,
+    /// Workspaces are directories of the work root bound at `/workspace` (`place.rs`);
+    /// cleared for good when the daemon cannot see them (its create refuses the bind).
+    pub(crate) binds: std::sync::atomic::AtomicBool,
     pub(crate) stat_cache: StatCache,
     /// The private work root of host staging, opened at first use.
     pub(crate) root: std::sync::Mutex<Option<crownest_core::hostdir::WorkRoot>>,
@@ -46,6 +47,14 @@ impl Shared {
         let root = crownest_core::hostdir::WorkRoot::open(&self.config.work_dir)?;
         *slot = Some(root.clone());
         Ok(root)
+    }
+
+    /// The work root to make a bound workspace in, when workspaces are bound.
+    pub(crate) fn bind_root(&self) -> Option<crownest_core::hostdir::WorkRoot> {
+        if !self.binds.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        self.root().ok()
     }
 
     /// The image of a template, with its interpreters measured (once per image id).
@@ -107,12 +116,14 @@ fn api_version_of(answer: &str) -> Option<(usize, usize)> {
 }
 
 impl DockerBackend {
-    /// True when this backend writes workspaces into the containers' volumes from the
-    /// host ([`DockerConfig::with_host_placement`]: allowed, this process is root, and the
-    /// engine is the local one); a volume that cannot be opened still falls back to the
-    /// launcher, run by run.
+    /// True when this backend places workspaces from the host: a directory of its private
+    /// work root, bound at `/workspace`, into which the checked tree is moved
+    /// ([`DockerConfig::with_host_placement`]: allowed, this process is root, the engine is
+    /// the local one, and no one but root can change what the work root's path resolves
+    /// to). Otherwise (and for good once the daemon refused a bind) the workspace is an
+    /// anonymous volume that the launcher fills.
     pub fn places_workspaces_from_host(&self) -> bool {
-        self.shared.places
+        self.shared.binds.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Connects to the engine of `config.host` (or the local defaults), negotiates the API
@@ -192,14 +203,18 @@ impl DockerBackend {
                 docker
             }
         };
-        let places = config.host_placement && crate::place::possible(config.host.as_deref());
+        // Binds need the work root now: opened (and made) here, and kept.
+        let root = (config.host_placement && crate::place::possible(config.host.as_deref()))
+            .then(|| crownest_core::hostdir::WorkRoot::open(&config.work_dir).ok())
+            .flatten()
+            .filter(|r| crate::place::private_ancestors(r.path()));
         let shared = Arc::new(Shared {
             docker,
-            places,
+            binds: std::sync::atomic::AtomicBool::new(root.is_some()),
             pool: Pool::new(&config),
             config,
             stat_cache: Mutex::new(HashMap::new()),
-            root: Mutex::new(None),
+            root: Mutex::new(root),
             interpreters: Mutex::new(HashMap::new()),
             removals: crate::cleanup::Removals::default(),
         });
@@ -251,6 +266,7 @@ pub(crate) fn isolation_report(
     spec: &SandboxSpec,
     image: &ImageInfo,
     pooled: bool,
+    bound: bool,
 ) -> IsolationReport {
     let mut details = std::collections::BTreeMap::new();
     details.insert("imageId".into(), image.id.clone());
@@ -266,7 +282,13 @@ pub(crate) fn isolation_report(
     );
     details.insert(
         "workspace".into(),
-        "anonymous docker volume, removed with the container (no host path mounted)".into(),
+        if bound {
+            "a directory of the private work root made for this sandbox, bind-mounted at \
+             /workspace (the only host path mounted), deleted once the container stopped"
+        } else {
+            "anonymous docker volume, removed with the container (no host path mounted)"
+        }
+        .into(),
     );
     details.insert(
         "memorySwapBytes".into(),
@@ -366,7 +388,7 @@ impl SandboxBackend for DockerBackend {
         }
         let image = self.image(reference).await?;
         let sandbox = match self.shared.pool.claim(&self.shared, spec, &image.id).await {
-            Claim::Hit(warm) => DockerSandbox::adopt(self.shared.clone(), spec, image, warm),
+            Claim::Hit(warm) => DockerSandbox::adopt(self.shared.clone(), spec, image, *warm),
             Claim::Miss => DockerSandbox::create(self.shared.clone(), spec, image).await?,
         };
         Ok(Box::new(sandbox))

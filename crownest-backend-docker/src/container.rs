@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use bollard::Docker;
 use bollard::container::AttachContainerResults;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
-    ResourcesUlimits,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountType, MountVolumeOptions, ResourcesUlimits,
 };
 use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
 use crownest_core::run::RunOwner;
@@ -100,12 +100,14 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The hardened host configuration (see the crate docs for why each line is there).
+/// The hardened host configuration (see the crate docs for why each line is there); the
+/// workspace is the host directory `bound` (`place.rs`) or else an anonymous volume.
 pub(crate) fn host_config(
     config: &DockerConfig,
     limits: &Limits,
     network: Network,
     labels: &HashMap<String, String>,
+    bound: Option<&str>,
 ) -> HostConfig {
     let mut tmpfs = HashMap::new();
     tmpfs.insert(
@@ -137,21 +139,13 @@ pub(crate) fn host_config(
         privileged: Some(false),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
-        // Filesystem: read-only image, private tmpfs /tmp, the workspace on an anonymous
-        // volume (created with the container, removed with it; labelled like it, so a sweep
-        // finds one a crash left); no host path.
+        // Filesystem: read-only image, private tmpfs /tmp, the workspace either a
+        // directory of the private work root made for this sandbox (its only host path,
+        // `place.rs`) or an anonymous volume (created with the container, removed with it;
+        // labelled like it, so a sweep finds one a crash left).
         readonly_rootfs: Some(true),
         tmpfs: Some(tmpfs),
-        mounts: Some(vec![Mount {
-            target: Some(WORKSPACE.into()),
-            typ: Some(MountType::VOLUME),
-            read_only: Some(false),
-            volume_options: Some(MountVolumeOptions {
-                labels: Some(labels.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        mounts: Some(vec![workspace_mount(bound, labels)]),
         // Network and namespaces.
         network_mode: Some(network_mode),
         ipc_mode: Some("private".into()),
@@ -164,6 +158,33 @@ pub(crate) fn host_config(
         }),
         auto_remove: Some(false),
         ..Default::default()
+    }
+}
+
+/// The mount of `/workspace`: a bind of `bound`, or an anonymous labelled volume.
+fn workspace_mount(bound: Option<&str>, labels: &HashMap<String, String>) -> Mount {
+    match bound {
+        Some(source) => Mount {
+            target: Some(WORKSPACE.into()),
+            source: Some(source.to_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            bind_options: Some(MountBindOptions {
+                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        None => Mount {
+            target: Some(WORKSPACE.into()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(false),
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(labels.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
     }
 }
 
@@ -206,6 +227,7 @@ pub(crate) fn create_body(
 }
 
 /// What a sandbox container is made of.
+#[derive(Clone)]
 pub(crate) struct Shape<'a> {
     /// The sandbox id: the container's name and `crownest.sandbox` label.
     pub(crate) sandbox: &'a str,
@@ -217,6 +239,8 @@ pub(crate) struct Shape<'a> {
     pub(crate) limits: &'a Limits,
     /// The network mode.
     pub(crate) network: Network,
+    /// The host directory bound at `/workspace` (`place.rs`); `None`: an anonymous volume.
+    pub(crate) bound: Option<String>,
 }
 
 /// A sandbox container's launcher, attached before the container started, with the
@@ -281,7 +305,13 @@ pub(crate) async fn create_starting(
     offer_workspace: bool,
 ) -> Result<Created, DockerError> {
     let sandbox = shape.sandbox.to_owned();
-    let host = host_config(config, shape.limits, shape.network, &shape.labels);
+    let host = host_config(
+        config,
+        shape.limits,
+        shape.network,
+        &shape.labels,
+        shape.bound.as_deref(),
+    );
     let body = create_body(config, shape.image_id, shape.labels, host);
     let opts = CreateContainerOptionsBuilder::new()
         .name(shape.sandbox)
@@ -362,4 +392,83 @@ pub(crate) async fn offer(docker: &Docker, container: &str) -> Result<Offered, D
         source,
     })?;
     Ok(Offered { attached, nonce })
+}
+
+/// Creates a sandbox container of `shape` as [`create_starting`] (`leave_starting`, only
+/// when its workspace is bound) or [`create_started`] do, with its workspace bound from a
+/// new directory of the work root (`place.rs`, marked with `marker`) when workspaces are
+/// bound, else on an anonymous volume offered to the launcher. A create that fails
+/// removes the directory; one that the daemon refuses because it cannot see the
+/// directory turns binds off for this backend and is made again with a volume.
+pub(crate) async fn create_sandbox(
+    shared: &crate::backend::Shared,
+    mut shape: Shape<'_>,
+    marker: crownest_core::hostdir::Marker,
+    leave_starting: bool,
+) -> Result<
+    (
+        Created,
+        Option<std::sync::Arc<crownest_core::hostdir::SandboxDir>>,
+    ),
+    DockerError,
+> {
+    let owner = shared.config.uid_gid();
+    let bound = match (shared.bind_root(), owner) {
+        (Some(root), Some(owner)) => {
+            let sandbox = shape.sandbox.to_owned();
+            let dir = tokio::task::spawn_blocking(move || {
+                crate::place::create_bound(&root, marker, &sandbox, owner)
+            })
+            .await
+            .map_err(|e| DockerError::State(format!("the workspace directory task failed: {e}")))?
+            .map_err(|e| DockerError::State(e.chain()))?;
+            Some(std::sync::Arc::new(dir))
+        }
+        _ => None,
+    };
+    shape.bound = bound.as_deref().map(crate::place::bound_path);
+    let retry = bound.is_some().then(|| shape.clone());
+    let created = match (&bound, leave_starting) {
+        (Some(_), true) => create_starting(&shared.docker, &shared.config, shape, false).await,
+        (Some(_), false) => create_started(&shared.docker, &shared.config, shape, false).await,
+        (None, _) => create_started(&shared.docker, &shared.config, shape, true).await,
+    };
+    match (created, bound) {
+        (Ok(created), bound) => Ok((created, bound)),
+        (Err(e), None) => Err(e),
+        (Err(e), Some(dir)) => {
+            remove_bound(&dir, std::time::Duration::ZERO).await;
+            let unseen = matches!(&e, DockerError::Api { source, .. }
+                if source.to_string().contains("bind source path does not exist"));
+            match retry {
+                Some(mut shape) if unseen => {
+                    tracing::warn!(dir = %dir.host_path().display(), "the Docker engine does not see this host's work root: workspaces go on volumes from now on");
+                    shared
+                        .binds
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    shape.bound = None;
+                    let created =
+                        create_started(&shared.docker, &shared.config, shape, true).await?;
+                    Ok((created, None))
+                }
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// Deletes a bound workspace directory (through a tombstone; waits up to `wait`, the work
+/// root counts what goes on in the background); true when nothing of it is left.
+pub(crate) async fn remove_bound(
+    dir: &crownest_core::hostdir::SandboxDir,
+    wait: std::time::Duration,
+) -> bool {
+    match dir.remove(wait).await {
+        Ok(crownest_core::hostdir::Removal::Done) => true,
+        Ok(crownest_core::hostdir::Removal::Pending) => false,
+        Err(e) => {
+            tracing::warn!(dir = %dir.host_path().display(), error = %e, "removing a bound workspace directory failed; a sweep retries");
+            false
+        }
+    }
 }

@@ -1,46 +1,57 @@
-//! The workspace written straight into the container's volume from the host, when the
-//! engine is this host's own and this process may write its volumes (root, the local
-//! socket, the `local` volume driver): no program runs in the container for it.
+//! The workspace as a private host directory bind-mounted at `/workspace`, when the engine
+//! is this host's own and this process is root: the checked tree is *moved* into it on the
+//! host (no copy, no program in the container, no Docker volume).
 //!
 //! Why: every program a fresh container starts is read through its own new
 //! fuse-overlayfs mount, so the in-container hand-over (`launcher.rs`, step 0: `dd` and
-//! `tar` as the sandbox user) cost a tiny run ~14 ms, most of a `docker run`'s whole
-//! `start`-to-exit; copying 50 files on the host takes about a millisecond.
+//! `tar` as the sandbox user) cost a tiny run ~14 ms; and an anonymous volume costs the
+//! daemon a metadata commit (an `fsync`) at create and another at removal, both on the
+//! run's path. A bind of a directory this process made costs neither.
 //!
 //! How it stays safe:
-//! * the volume is the anonymous one created with this sandbox's container (found by the
-//!   sandbox label Docker put on it, `local` driver, its `Mountpoint` a real directory,
-//!   opened with `O_NOFOLLOW`) and nothing has written it but Docker's copy of the image's
-//!   empty `/workspace`; the container's only process is the launcher, waiting for its
-//!   frame, so nothing inside races the copy; the volumes directory is root's alone;
-//! * every entry is created relative to a directory descriptor this copy made itself
-//!   (`mkdirat`, `openat(O_CREAT | O_EXCL | O_NOFOLLOW)`, `symlinkat`, `linkat`), so no
-//!   path ever resolves through a link, and an entry that already exists fails the copy;
-//! * the source is the tree the core extractor checked, which only this process writes;
-//! * the result is what the launcher's `tar -x -p` made: every entry owned by the sandbox
-//!   user, modes without setuid/setgid/sticky, mtimes kept (directories' last), hardlinks
-//!   as links; the index is the one the walk of `upload.rs` builds.
+//! * the directory is a marked core [`SandboxDir`] of the backend's **private work root**
+//!   (`<root>/<run>-<random>/workspace`; the root is owned by this process's user, mode
+//!   0700, never a symlink), so no other local user can reach it; its marker (backend,
+//!   run, engine, owner process, keep deadline) lets the core sweep remove it after a crash
+//!   under the one orphan rule, like the container's labels;
+//! * the daemon resolves the bind's path itself, so binds are used only when every
+//!   ancestor of the work root is root's and not writable by anyone else (or sticky, like
+//!   `/tmp`, where nobody else can rename our entries): nobody else can swap a component
+//!   for a link between our check and the daemon's mount ([`private_ancestors`]);
+//! * the tree moved in is the one the core extractor checked, in a directory of the same
+//!   root that only this process writes; every entry is chowned to the sandbox user
+//!   without following links, and setuid, setgid and sticky bits are cleared, *before*
+//!   the move, so nothing in the container-visible directory is ever touched by path;
+//!   the moves are `renameat` between two directory descriptors, never replacing an entry;
+//! * the container's only process is the launcher, waiting for its frame, until the
+//!   command starts: nothing inside races the move, and the command never sees a partial
+//!   tree;
+//! * the directory is deleted (through a tombstone) once the container is stopped or gone;
+//!   its bind is the container's only host path.
 //!
-//! A volume that cannot be found or opened falls back to the launcher (nothing was
-//! written); a copy that fails half-way fails the materialize (the sandbox is destroyed,
-//! and the command never runs).
+//! The result is what the launcher's `tar -x -p` makes: every entry owned by the sandbox
+//! user, permission bits without setuid/setgid/sticky, mtimes as extracted, hardlinks as
+//! links (test `the_workspace_written_from_the_host_is_the_one_the_launcher_unpacks`).
+//! Where binds cannot be used (not root, a remote engine, a work root with an unsafe
+//! ancestor, a daemon that does not see this host's paths), the workspace is an anonymous
+//! Docker volume and the launcher unpacks the tree.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use bollard::Docker;
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use crownest_core::hostdir::{Marker, SandboxDir, WorkRoot};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 
-use crate::container::LABEL_SANDBOX;
 use crate::upload::WorkspaceIndex;
 
-/// True when this process can place workspaces from the host: it is root and talks to the
-/// local engine over its unix socket (a remote or rootless engine's volumes are not ours
-/// to write, and a non-root user cannot).
+/// The subdirectory of a bound sandbox directory that is mounted at `/workspace`.
+pub(crate) const BOUND: &str = "workspace";
+
+/// True when this process can bind workspaces from the host: it is root and talks to the
+/// local engine over its unix socket (a remote or rootless engine cannot see this host's
+/// directories as ours, and a non-root user cannot hand them to the sandbox user).
 pub(crate) fn possible(host: Option<&str>) -> bool {
     let local = match host {
         None => std::env::var("DOCKER_HOST").map_or(true, |h| {
@@ -51,36 +62,56 @@ pub(crate) fn possible(host: Option<&str>) -> bool {
     local && rustix::process::geteuid().is_root()
 }
 
-/// The host directory of `sandbox`'s workspace volume, opened (`None`: not usable here).
-pub(crate) async fn volume_dir(docker: &Docker, sandbox: &str) -> Option<(PathBuf, OwnedFd)> {
-    let label = format!("{LABEL_SANDBOX}={sandbox}");
-    let mut filters = HashMap::new();
-    filters.insert("label", vec![label.as_str()]);
-    let opts = bollard::query_parameters::ListVolumesOptionsBuilder::new()
-        .filters(&filters)
-        .build();
-    let volumes = docker.list_volumes(Some(opts)).await.ok()?.volumes?;
-    let [volume] = volumes.as_slice() else {
-        return None;
+/// True when no one but root can change what the path of `root` resolves to: every
+/// ancestor of its canonical path is a directory owned by root, and one that others may
+/// write is sticky (they cannot rename or remove root's entries in it).
+pub(crate) fn private_ancestors(root: &Path) -> bool {
+    let Ok(canonical) = fs::canonicalize(root) else {
+        return false;
     };
-    if volume.driver != "local" || volume.mountpoint.is_empty() {
-        return None;
-    }
-    let path = PathBuf::from(&volume.mountpoint);
-    let fd = rustix::fs::open(
-        &path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    Some((path, fd))
+    canonical.ancestors().skip(1).all(|dir| {
+        fs::symlink_metadata(dir).is_ok_and(|m| {
+            m.file_type().is_dir()
+                && m.uid() == 0
+                && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
+        })
+    })
 }
 
-/// Copies the tree `src` into the directory `dst` (a fresh, empty workspace volume),
-/// every entry owned by `uid:gid`; returns the index of what was placed.
-pub(crate) fn copy_tree(
+/// Creates the bound directory of sandbox `sandbox` in `root`: a marked sandbox
+/// directory whose `workspace` (mode 0700) belongs to `uid:gid`. The marker records the
+/// sandbox id in its state.
+pub(crate) fn create_bound(
+    root: &WorkRoot,
+    mut marker: Marker,
+    sandbox: &str,
+    (uid, gid): (u64, u64),
+) -> crownest_core::Result<SandboxDir> {
+    marker.state = serde_json::json!({ "sandbox": sandbox });
+    SandboxDir::create(root, &marker, |d| {
+        d.mkdir(BOUND, 0o700)?;
+        rustix::fs::chownat(
+            d.fd(),
+            BOUND,
+            Some(rustix::fs::Uid::from_raw(to_id(uid)?)),
+            Some(rustix::fs::Gid::from_raw(to_id(gid)?)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    })
+}
+
+/// The host path the daemon binds at `/workspace`.
+pub(crate) fn bound_path(dir: &SandboxDir) -> String {
+    dir.host_path().join(BOUND).to_string_lossy().into_owned()
+}
+
+/// Hands the checked tree `src` (a directory of the same work root that only this process
+/// writes) to the sandbox user and moves its entries into `dir`'s (empty) workspace;
+/// returns the index of what was placed.
+pub(crate) fn move_tree(
     src: &Path,
-    dst: &OwnedFd,
+    dir: &SandboxDir,
     (uid, gid): (u64, u64),
 ) -> io::Result<WorkspaceIndex> {
     let owner = (
@@ -88,92 +119,52 @@ pub(crate) fn copy_tree(
         Some(rustix::fs::Gid::from_raw(to_id(gid)?)),
     );
     let mut index = WorkspaceIndex::default();
-    let mut seen: HashMap<(u64, u64), String> = HashMap::new();
-    // Directories get their modes and times once their children are in (creating a child
-    // changes its parent's mtime), deepest first.
-    // Paths, not descriptors: a tree of 20 000 directories must not hold 20 000 of them.
-    let mut finish: Vec<(String, fs::Metadata)> = Vec::new();
-    let root_meta = fs::symlink_metadata(src)?;
     index.dirs.insert(String::new());
-    rustix::fs::fchown(dst, owner.0, owner.1)?;
-    // The directory being filled, reopened only when the walk moves to the next one (the
-    // entries of a directory come one after another).
-    let mut current: Option<(String, OwnedFd)> = None;
+    // 1. In the private tree: owner and permission bits of every entry (a chown changes
+    //    no mtime, so the extracted times stay).
     crate::upload::walk_staging(src, |e| {
-        let fd = match current.take() {
-            Some((rel, fd)) if rel == e.parent => (rel, fd),
-            _ => (e.parent.clone(), open_placed_dir(dst, &e.parent)?),
-        };
-        let (name, meta) = (e.name.as_str(), &e.meta);
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            rustix::fs::mkdirat(&fd.1, name, Mode::from_raw_mode(0o700))?;
-            rustix::fs::chownat(&fd.1, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
-            index.dirs.insert(e.rel.clone());
-            finish.push((e.rel, e.meta));
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&e.path)?;
-            rustix::fs::symlinkat(&target, &fd.1, name)?;
-            rustix::fs::chownat(&fd.1, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
-            rustix::fs::utimensat(&fd.1, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+        let ft = e.meta.file_type();
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &e.path,
+            owner.0,
+            owner.1,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        if ft.is_symlink() {
             index.files.insert(e.rel, None);
-        } else if ft.is_file() {
-            let key = (meta.dev(), meta.ino());
-            if meta.nlink() > 1
-                && let Some(first) = seen.get(&key)
-            {
-                // Relative to the root this copy made: every component is a directory it
-                // created, so nothing resolves through a link.
-                rustix::fs::linkat(dst, first.as_str(), &fd.1, name, AtFlags::empty())?;
-            } else {
-                if meta.nlink() > 1 {
-                    seen.insert(key, e.rel.clone());
-                }
-                let out = rustix::fs::openat(
-                    &fd.1,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
-                let mut from = fs::File::open(&e.path)?;
-                let mut to = fs::File::from(out);
-                io::copy(&mut io::Read::take(&mut from, meta.len()), &mut to)?;
-                rustix::fs::fchown(&to, owner.0, owner.1)?;
-                rustix::fs::fchmod(&to, mode_of(meta))?;
-                rustix::fs::futimens(&to, &times(meta))?;
-            }
-            index.files.insert(e.rel.clone(), Some(meta.mode() & 0o777));
+            return Ok(());
         }
-        // Anything else cannot come out of the core extractor: not placed (as the tar of
-        // `upload.rs` does not carry it).
-        current = Some(fd);
+        // Sticky, and setuid/setgid where a chown left them, are cleared (by path: the
+        // private tree is this process's alone, and the entry is no link).
+        if e.meta.mode() & 0o7000 != 0 {
+            rustix::fs::chmod(&e.path, mode_of(&e.meta))?;
+        }
+        if ft.is_dir() {
+            index.dirs.insert(e.rel);
+        } else if ft.is_file() {
+            index.files.insert(e.rel, Some(e.meta.mode() & 0o777));
+        }
+        // Anything else cannot come out of the core extractor (it is moved as it is).
         Ok(())
     })?;
-    for (rel, meta) in finish.iter().rev() {
-        let fd = open_placed_dir(dst, rel)?;
-        rustix::fs::fchmod(&fd, mode_of(meta))?;
-        rustix::fs::futimens(&fd, &times(meta))?;
-    }
-    rustix::fs::fchmod(dst, mode_of(&root_meta))?;
-    rustix::fs::futimens(dst, &times(&root_meta))?;
-    Ok(index)
-}
-
-/// A directory this copy made, by its path under the root: every component is a directory
-/// the copy created (a symlink it made is never a component: no name is both), nothing
-/// else writes the volume, and the last component is opened without following a link.
-fn open_placed_dir(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
-    let path = if rel.is_empty() { "." } else { rel };
-    Ok(rustix::fs::openat(
-        root,
-        path,
+    // 2. Into the workspace: one `renameat` per top-level entry, never replacing one.
+    let from = rustix::fs::open(
+        src,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    )?)
+    )?;
+    let to = dir.open_dir(BOUND)?;
+    let root_meta = fs::symlink_metadata(src)?;
+    for entry in fs::read_dir(src)? {
+        let name = entry?.file_name();
+        rustix::fs::renameat_with(&from, &name, &to, &name, RenameFlags::NOREPLACE)?;
+    }
+    // 3. The workspace itself: the tree root's permission bits and times (the moves
+    //    changed its mtime).
+    rustix::fs::fchmod(&to, mode_of(&root_meta))?;
+    rustix::fs::futimens(&to, &times(&root_meta))?;
+    Ok(index)
 }
 
 fn to_id(id: u64) -> io::Result<u32> {
@@ -187,10 +178,9 @@ fn mode_of(meta: &fs::Metadata) -> Mode {
 }
 
 fn times(meta: &fs::Metadata) -> Timestamps {
-    // Whole seconds, as a tar header carries them (what the launcher's `tar` set).
     let mtime = Timespec {
         tv_sec: meta.mtime(),
-        tv_nsec: 0,
+        tv_nsec: meta.mtime_nsec(),
     };
     Timestamps {
         last_access: mtime,

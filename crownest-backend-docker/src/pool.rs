@@ -58,6 +58,8 @@ pub(crate) struct Warm {
     /// Attached before the start without an offer (in a mutex only to make `Warm`
     /// shareable).
     pub(crate) attached: std::sync::Mutex<Option<bollard::container::AttachContainerResults>>,
+    /// The work-root directory bound at its `/workspace` (`place.rs`); `None`: a volume.
+    pub(crate) bound: Option<Arc<crownest_core::hostdir::SandboxDir>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +100,7 @@ pub(crate) fn fits(spec: &SandboxSpec, template: &str, limits: &Limits) -> bool 
 /// What a claim found.
 pub(crate) enum Claim {
     /// A member, now this run's.
-    Hit(Warm),
+    Hit(Box<Warm>),
     /// None fits or none is ready (counted when the template has a pool).
     Miss,
 }
@@ -187,7 +189,7 @@ impl Pool {
                     slot.in_use += 1;
                     // Ready members left: the refill waits for this member's release.
                     defer = !slot.ready.is_empty();
-                    Attempt::Done(Claim::Hit(warm))
+                    Attempt::Done(Claim::Hit(Box::new(warm)))
                 }
                 None if fit && self.head_start && slot.creating > 0 && stale.is_empty() => {
                     return Attempt::Wait;
@@ -400,16 +402,23 @@ async fn create_member(shared: &Arc<Shared>, template: &str) -> Result<Warm, Str
         image_id: &image.id,
         limits: &shared.pool.limits,
         network: Network::None,
+        bound: None,
     };
-    // A head start that places the workspace from the host is handed out as soon as it
-    // exists: the run's workspace is written while it starts. A pool member is ready only
-    // once started (a failed start is then the pool's, not a run's).
-    let created = if shared.places && shared.pool.head_start {
-        container::create_starting(&shared.docker, &shared.config, shape, false).await
-    } else {
-        container::create_started(&shared.docker, &shared.config, shape, !shared.places).await
-    }
-    .map_err(|e| crownest_core::Error::from(e).chain())?;
+    // No run yet: the bound directory's marker names a run id of its own, which is never
+    // live (so the one orphan rule applies as to the container's labels).
+    let owner = &shared.pool.owner;
+    let marker = crownest_core::hostdir::Marker::new(
+        crate::BACKEND,
+        &crownest_core::RunId::new(),
+        &owner.instance,
+        owner.clone(),
+    );
+    // A head start with a bound workspace is handed out as soon as it exists: the run's
+    // workspace is moved in while it starts. A pool member is ready only once started (a
+    // failed start is then the pool's, not a run's).
+    let (created, bound) = container::create_sandbox(shared, shape, marker, shared.pool.head_start)
+        .await
+        .map_err(|e| crownest_core::Error::from(e).chain())?;
     Ok(Warm {
         sandbox,
         container: created.id,
@@ -417,6 +426,7 @@ async fn create_member(shared: &Arc<Shared>, template: &str) -> Result<Warm, Str
         offered: std::sync::Mutex::new(created.offered),
         starting: created.starting,
         attached: std::sync::Mutex::new(created.attached),
+        bound,
     })
 }
 
@@ -430,6 +440,11 @@ async fn remove(shared: &Shared, warm: &Warm) {
     .await
     {
         tracing::warn!(sandbox = %warm.sandbox, error = %e, "removing a warm pool sandbox failed; a sweep retries once this process is gone");
+        return;
+    }
+    if let Some(bound) = &warm.bound {
+        // Waited for: a drain ends with nothing of its members left.
+        container::remove_bound(bound, std::time::Duration::from_secs(10)).await;
     }
 }
 

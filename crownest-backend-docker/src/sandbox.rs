@@ -46,6 +46,8 @@ pub struct DockerSandbox {
     container: String,
     /// Claimed from the warm pool (recorded in the isolation report).
     pooled: bool,
+    /// The work-root directory bound at `/workspace` (`place.rs`); `None`: a volume.
+    bound: Option<Arc<SandboxDir>>,
     index: Mutex<Option<WorkspaceIndex>>,
     /// The launcher attached before the start with the workspace offered
     /// (`container::offer`), until the hand-over (or the command) takes it.
@@ -81,15 +83,13 @@ impl DockerSandbox {
             image_id: &image.id,
             limits: &spec.limits,
             network: spec.network,
+            bound: None,
         };
-        // Placing the workspace from the host needs only the created volume: the start
-        // goes on meanwhile. Through the launcher, the start must be over first.
-        let created = if shared.places {
-            container::create_starting(&shared.docker, &shared.config, shape, false).await?
-        } else {
-            container::create_started(&shared.docker, &shared.config, shape, true).await?
-        };
-        Ok(Self::with(shared, spec, image, id, created, false))
+        let marker = Marker::new(BACKEND, &spec.run_id, &spec.instance, spec.owner.clone());
+        // A bound workspace is written while the container starts; through the launcher,
+        // the start must be over first.
+        let (created, bound) = container::create_sandbox(&shared, shape, marker, true).await?;
+        Ok(Self::with(shared, spec, image, id, created, bound, false))
     }
 
     /// A sandbox over a container claimed from the warm pool (created with the same shape
@@ -109,7 +109,7 @@ impl DockerSandbox {
                 .into_inner()
                 .unwrap_or_else(|p| p.into_inner()),
         };
-        Self::with(shared, spec, image, warm.sandbox, created, true)
+        Self::with(shared, spec, image, warm.sandbox, created, warm.bound, true)
     }
 
     fn with(
@@ -118,6 +118,7 @@ impl DockerSandbox {
         image: ImageInfo,
         id: String,
         created: container::Created,
+        bound: Option<Arc<SandboxDir>>,
         pooled: bool,
     ) -> Self {
         Self {
@@ -127,6 +128,7 @@ impl DockerSandbox {
             image,
             container: created.id,
             pooled,
+            bound,
             index: Mutex::new(None),
             offered: Mutex::new(created.offered),
             attached: Mutex::new(created.attached),
@@ -162,37 +164,35 @@ impl DockerSandbox {
         Ok(())
     }
 
-    /// Streams the host tree `dir` (only this process writes it) into the container's
-    /// workspace, owned by the sandbox user: through the launcher on the attach stream the
-    /// command will use (kept for `exec`), or, when the image cannot unpack it, with
+    /// Puts the host tree `dir` (only this process writes it) into the container's
+    /// workspace, owned by the sandbox user: moved into the bound directory while the
+    /// container starts (`place.rs`), or streamed through the launcher on the attach stream
+    /// the command will use (kept for `exec`), or, when the image cannot unpack it, with
     /// Docker's archive upload.
     async fn send_workspace(&self, dir: PathBuf) -> Result<WorkspaceIndex, DockerError> {
         let owner = self.shared.config.uid_gid().unwrap_or((10001, 10001));
         let docker = &self.shared.docker;
+        if let Some(bound) = &self.bound {
+            let bound = bound.clone();
+            let moved = async {
+                tokio::task::spawn_blocking(move || crate::place::move_tree(&dir, &bound, owner))
+                    .await
+                    .map_err(|e| DockerError::State(format!("the workspace move failed: {e}")))
+            };
+            let (moved, started) = tokio::join!(moved, self.started());
+            started?;
+            return moved?.map_err(|e| DockerError::WorkspaceTransfer {
+                detail: format!(
+                    "moving the workspace into its directory {} failed: {e}",
+                    crate::place::bound_path(self.bound.as_deref().expect("bound"))
+                ),
+            });
+        }
         let offered = self
             .offered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if offered.is_none()
-            && self.shared.places
-            && let Some((path, volume)) = crate::place::volume_dir(docker, &self.id).await
-        {
-            // The copy overlaps the container's start (when it is still in flight).
-            let copy = async {
-                tokio::task::spawn_blocking(move || crate::place::copy_tree(&dir, &volume, owner))
-                    .await
-                    .map_err(|e| DockerError::State(format!("the workspace copy failed: {e}")))
-            };
-            let (copied, started) = tokio::join!(copy, self.started());
-            started?;
-            return copied?.map_err(|e| DockerError::WorkspaceTransfer {
-                detail: format!(
-                    "writing the workspace into its volume {} failed: {e}",
-                    path.display()
-                ),
-            });
-        }
         self.started().await?;
         let (mut attached, nonce) = match offered {
             Some(o) => (o.attached, Some(o.nonce)),
@@ -422,7 +422,13 @@ impl Sandbox for DockerSandbox {
     }
 
     fn isolation(&self) -> IsolationReport {
-        crate::backend::isolation_report(&self.shared.config, &self.spec, &self.image, self.pooled)
+        crate::backend::isolation_report(
+            &self.shared.config,
+            &self.spec,
+            &self.image,
+            self.pooled,
+            self.bound.is_some(),
+        )
     }
 
     fn identity(&self) -> TemplateIdentity {
@@ -536,6 +542,17 @@ impl Sandbox for DockerSandbox {
 
     async fn keep(&self, until: Timestamp) -> Result<()> {
         self.check_alive()?;
+        // The bound directory first: its marker's deadline keeps it from the sweep as
+        // long as the renamed container.
+        if let Some(bound) = &self.bound {
+            let mut marker = bound.read_marker().map_err(|e| {
+                Error::backend(BACKEND, format!("reading the workspace marker: {e}"))
+            })?;
+            marker.keep_until = Some(until);
+            bound.write_marker(&marker).map_err(|e| {
+                Error::backend(BACKEND, format!("writing the workspace marker: {e}"))
+            })?;
+        }
         let name = container::kept_container_name(&self.id, until.as_millis());
         let opts = RenameContainerOptionsBuilder::new().name(&name).build();
         self.shared
@@ -551,7 +568,11 @@ impl Sandbox for DockerSandbox {
         if first && self.shared.config.background_removal && self.stopped.load(Ordering::SeqCst) {
             // Nothing of it runs (Docker reported the container stopped after the
             // command) and nothing reaches it: the removal and its check leave the run's
-            // critical path (see `DockerConfig::with_background_removal`).
+            // critical path (see `DockerConfig::with_background_removal`); so does the
+            // deletion of the bound directory, which a stopped container cannot write.
+            if let Some(bound) = &self.bound {
+                container::remove_bound(bound, Duration::ZERO).await;
+            }
             if self.pooled {
                 self.shared.pool.released(&self.shared, &self.spec.template);
             }
@@ -575,9 +596,19 @@ impl Sandbox for DockerSandbox {
         if let Ok(root) = self.shared.root() {
             crate::cleanup::remove_host_leftovers(&root.proc_path(), &self.id);
         }
+        // The container is gone: nothing can write its bound directory any more.
+        if let Some(bound) = &self.bound
+            && !container::remove_bound(bound, BOUND_REMOVAL_WAIT).await
+        {
+            return Ok(Destroyed::RemovalPending);
+        }
         Ok(Destroyed::Gone)
     }
 }
+
+/// How long a `destroy` on the run's path waits for its bound directory's deletion before
+/// it reports the removal pending (the backend's `shutdown` waits for the rest).
+const BOUND_REMOVAL_WAIT: Duration = Duration::from_secs(10);
 
 /// Removes a host staging directory: unreachable at once (a tombstone), deleted in the
 /// background beside the command (the backend's `shutdown` waits for it; a sweep finishes

@@ -319,10 +319,6 @@ fn stream_of<T: Send + 'static>(
 pub(crate) struct StagedEntry {
     /// Its path relative to the root (`a/b`).
     pub(crate) rel: String,
-    /// The relative path of its directory (`""`: the root).
-    pub(crate) parent: String,
-    /// Its name in that directory.
-    pub(crate) name: String,
     /// Its host path.
     pub(crate) path: PathBuf,
     /// Its own metadata (a link is not followed).
@@ -360,8 +356,6 @@ pub(crate) fn walk_staging(
             }
             visit(StagedEntry {
                 rel: child_rel,
-                parent: rel.clone(),
-                name: name.to_owned(),
                 path,
                 meta,
             })?;

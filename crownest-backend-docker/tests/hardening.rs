@@ -240,17 +240,45 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
     assert_eq!(hc.pids_limit, Some(77));
     assert!(
         hc.binds.unwrap_or_default().is_empty(),
-        "no host path is mounted"
+        "no host path is mounted but the workspace (below)"
     );
     let mounts = info.mounts.unwrap_or_default();
     assert_eq!(mounts.len(), 1, "{mounts:?}");
     assert_eq!(mounts[0].destination.as_deref(), Some("/workspace"));
-    assert_eq!(mounts[0].typ.as_deref(), Some("volume"));
-    // The workspace volume is anonymous (removed with the container) and labelled.
-    let volume = mounts[0].name.clone().unwrap();
-    assert_ne!(volume, sandbox);
-    let labels = b.docker().inspect_volume(&volume).await.unwrap().labels;
-    assert_eq!(labels.get(LABEL_SANDBOX).map(String::as_str), Some(sandbox));
+    assert_eq!(mounts[0].rw, Some(true));
+    if b.places_workspaces_from_host() {
+        // The only host path: a directory made for this sandbox in the private work root
+        // (`<root>/<dir>/workspace`), whose marker names the sandbox.
+        assert_eq!(mounts[0].typ.as_deref(), Some("bind"));
+        let source = std::path::PathBuf::from(mounts[0].source.clone().unwrap());
+        assert_eq!(source.file_name().unwrap(), "workspace");
+        let dir = source.parent().unwrap();
+        assert_eq!(
+            std::fs::canonicalize(dir.parent().unwrap()).unwrap(),
+            std::fs::canonicalize(&b.config().work_dir).unwrap()
+        );
+        let marker: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("crownest-sandbox.json")).unwrap())
+                .unwrap();
+        assert_eq!(marker["backend"], "docker");
+        assert_eq!(marker["state"]["sandbox"], sandbox);
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(&source).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (10001, 10001),
+            "the sandbox user's"
+        );
+        let root = std::fs::symlink_metadata(&b.config().work_dir).unwrap();
+        assert_eq!(root.mode() & 0o777, 0o700, "the work root is private");
+    } else {
+        assert_eq!(mounts[0].typ.as_deref(), Some("volume"));
+        // The workspace volume is anonymous (removed with the container) and labelled.
+        let volume = mounts[0].name.clone().unwrap();
+        assert_ne!(volume, sandbox);
+        let labels = b.docker().inspect_volume(&volume).await.unwrap().labels;
+        assert_eq!(labels.get(LABEL_SANDBOX).map(String::as_str), Some(sandbox));
+    }
     // Nothing of a request is in the configuration: the launcher, the template's
     // variables and docker-init's (see `launcher.rs`).
     assert_eq!(

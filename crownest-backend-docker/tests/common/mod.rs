@@ -159,6 +159,22 @@ pub async fn assert_gone(backend: &DockerBackend, sandbox: &str) {
     );
     let vol = backend.docker().inspect_volume(sandbox).await;
     assert!(vol.is_err(), "volume {sandbox} survived");
+    // Nor its bound workspace directory (a tombstone, `.removing-*`, may still be being
+    // deleted in the background: it is unreachable by name).
+    let root = &backend.config().work_dir;
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let marker = std::fs::read(entry.path().join("crownest-sandbox.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        assert!(
+            marker.is_none_or(|m| m["state"]["sandbox"] != sandbox),
+            "the workspace directory {name} of {sandbox} survived"
+        );
+    }
 }
 
 /// Every container (running or not) carrying the label `key=value`.
@@ -213,6 +229,21 @@ pub async fn hardening_profile(b: &DockerBackend, container: &str) -> serde_json
                 })
                 .unwrap_or_default();
             m["VolumeOptions"]["Labels"] = serde_json::json!(keys);
+            // A bound workspace: a directory of its own in the work root, every time.
+            if let Some(source) = m.get("Source").and_then(|s| s.as_str()) {
+                let own = std::path::Path::new(source)
+                    .parent()
+                    .and_then(|d| d.parent())
+                    .is_some_and(|r| {
+                        std::fs::canonicalize(r).ok()
+                            == std::fs::canonicalize(&b.config().work_dir).ok()
+                    });
+                m["Source"] = serde_json::json!(if own {
+                    "<work root>/<dir>/workspace"
+                } else {
+                    source
+                });
+            }
             m
         })
         .collect();
