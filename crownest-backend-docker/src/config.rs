@@ -61,9 +61,10 @@ pub struct DockerConfig {
     /// `destroy()` returns [`Destroyed::RemovalPending`](crownest_core::Destroyed) at once
     /// (see [`DockerConfig::with_background_removal`]).
     pub background_removal: bool,
-    /// Write the workspace into the container's volume from the host when this process
-    /// can (root, the local engine's socket, the `local` volume driver; else the launcher
-    /// unpacks it in the container). See [`DockerConfig::with_host_placement`].
+    /// Bind a directory of the private work root at `/workspace` and move the checked tree
+    /// into it from the host when this process can (root, the local engine's socket, a
+    /// work root whose ancestors only root can change; else an anonymous volume that the
+    /// launcher fills). See [`DockerConfig::with_host_placement`].
     pub host_placement: bool,
 }
 
@@ -163,12 +164,16 @@ impl DockerConfig {
         self
     }
 
-    /// Whether the workspace may be written into the container's volume from the host
-    /// (default `true`; it happens only where it can: this process is root and talks to
-    /// the local engine over its unix socket, and the volume's `Mountpoint` opens). It
-    /// spares every run the `dd` and `tar` the launcher would start in the fresh container
-    /// (~14 ms of a tiny run on fuse-overlayfs); the result is the same tree, owned by the
-    /// sandbox user. `false`: always through the launcher (`launcher.rs`, step 0).
+    /// Whether the workspace may be placed from the host (default `true`; it happens only
+    /// where it can: this process is root and talks to the local engine over its unix
+    /// socket, and every ancestor of the work root is root's and not writable by others,
+    /// or sticky): a directory made for the sandbox in the private work root is
+    /// bind-mounted at `/workspace` and the checked tree is moved into it (`place.rs`).
+    /// It spares every run the `dd` and `tar` the launcher would start in the fresh
+    /// container (~14 ms of a tiny run on fuse-overlayfs) and the workspace volume's
+    /// create and removal in the daemon; the result is the same tree, owned by the sandbox
+    /// user. `false`: an anonymous volume, always filled through the launcher
+    /// (`launcher.rs`, step 0).
     pub fn with_host_placement(mut self, on: bool) -> Self {
         self.host_placement = on;
         self

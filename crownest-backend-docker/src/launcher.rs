@@ -9,7 +9,7 @@
 //!
 //! 0. first, the engine may hand over the workspace on the same stdin (it is then attached
 //!    already; `upload::stream_to_launcher`; not when it writes the workspace into the
-//!    volume from the host, `place.rs`): a line `W <nonce>`. The launcher answers the
+//!    bound directory from the host, `place.rs`): a line `W <nonce>`. The launcher answers the
 //!    [workspace mark](ws_mark) `ready` on stdout when its working directory (the
 //!    workspace) is writable and the image has `tar` and `dd` (shell builtins check that:
 //!    every program started in a fresh container costs ~10 ms on fuse-overlayfs), else

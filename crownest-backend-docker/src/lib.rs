@@ -35,7 +35,7 @@
 //! | non-root | `User 10001:10001` (the image's `crownest` user); root is refused in config |
 //! | no privileges | `CapDrop ALL`, `no-new-privileges`, docker's default seccomp profile, not privileged |
 //! | network isolation | `NetworkMode none` (only `lo`) unless the run asks `network: enabled` |
-//! | filesystem isolation | read-only image root, private size-limited tmpfs `/tmp`, the workspace on an anonymous Docker volume of the container; no host path is mounted |
+//! | filesystem isolation | read-only image root, private size-limited tmpfs `/tmp`; the workspace is a directory made for this sandbox in the private work root, bind-mounted at `/workspace` (root and the local engine: the only host path mounted), else an anonymous Docker volume of the container (no host path mounted) |
 //! | memory limit | `Memory` = `MemorySwap` = `limits.memoryBytes`; an OOM kill is `limit_exceeded` |
 //! | pids limit | `PidsLimit` = `limits.pids` (a fork bomb stays inside) |
 //! | rlimits | `nofile` = `limits.openFiles`, `core` = 0 |
@@ -52,23 +52,30 @@
 //! sandbox of another engine), created **with everything set in one call** and started at
 //! `create()`:
 //!
-//! * the workspace is an **anonymous volume** at `/workspace`, created with the container,
-//!   removed with it (`rm -v`), labelled like it (through the mount's volume options), so a
-//!   sweep finds one a crash left; a volume because Docker refuses archive uploads into a
-//!   read-only root, and a tmpfs would not be visible to the daemon's upload;
+//! * the workspace, at `/workspace`, is either **a directory of the private work root made
+//!   for this sandbox and bind-mounted** (`place.rs`: when this process is root, talks to
+//!   the local engine, and no one but root can change what the work root's path resolves
+//!   to; [`DockerConfig::with_host_placement`], on by default), a marked core
+//!   [`SandboxDir`](crownest_core::hostdir::SandboxDir) owned by the sandbox user inside,
+//!   deleted once the container stopped and swept after a crash under the one orphan rule;
+//!   or else an **anonymous volume**, created with the container, removed with it (`rm
+//!   -v`), labelled like it (through the mount's volume options), so a sweep finds one a
+//!   crash left. A bind rather than a volume because a volume costs the daemon a metadata
+//!   commit (an `fsync`) when it is created and another when it is removed, both on the
+//!   run's path, and its tree must be copied in; the bound directory receives the checked
+//!   tree by `renameat`;
 //! * its `Cmd` is the **launcher** (`launcher.rs`, POSIX `sh`), which waits on stdin for
 //!   the command: `Env` is the template's (`PATH`, `HOME=/workspace`, `LANG=C.UTF-8`; Docker
 //!   adds `HOSTNAME=sandbox`), `WorkingDir` is `/workspace`, `OpenStdin` is set;
 //! * `materialize` extracts the archive with the core extractor into a host staging
 //!   directory (a marked core [`SandboxDir`](crownest_core::hostdir::SandboxDir) of the
 //!   private work root, which the core host-directory sweep removes if a crash leaves it).
-//!   When this process is root and talks to the local engine
-//!   ([`DockerConfig::with_host_placement`], on by default; `place.rs`), it then copies
-//!   that tree into the container's volume on the host (its `Mountpoint`, found by the
-//!   sandbox label, every entry created relative to directories the copy made, owned by
-//!   the sandbox user, modes and mtimes as `tar -x -p` keeps them), **while the container
-//!   starts** (`create` leaves the start in flight; `exec` waits for it): no program runs
-//!   in the container for it, and the copy costs no time a run waits for. Otherwise it
+//!   With a bound workspace, that tree (or the tree prepared at upload, which lives on the
+//!   same work root) is handed to the sandbox user (every entry chowned without following
+//!   a link, setuid/setgid/sticky cleared) and **moved** into the bound directory, one
+//!   `renameat` per top-level entry, **while the container starts** (`create` leaves the
+//!   start in flight; `exec` waits for it): no program runs in the container for it, and
+//!   nothing is copied. Otherwise it
 //!   streams it as a tar (every entry owned by uid/gid 10001, hardlinks as links)
 //!   straight into the running container's workspace: through the launcher, over the
 //!   attach stream the command will use (`upload::stream_to_launcher`: `tar -x` run by the
@@ -78,7 +85,7 @@
 //!   costs no attach and no round trip; a command that comes without `materialize` ends
 //!   the offer with an empty archive), or,
 //!   when the image has no `tar`, with `PUT /containers/{id}/archive`
-//!   (`upload::upload_tree`). Nothing of the host is bind-mounted;
+//!   (`upload::upload_tree`). Nothing else of the host is mounted;
 //! * `exec` checks `cwd` against what was uploaded and looks `argv[0]` up the way `execvp`
 //!   does (image paths are stat-ed through the API, all of `PATH` at once, and the answers
 //!   kept per image id, in memory and in the private work root as `paths-<image id>.json`:
@@ -100,7 +107,8 @@
 //! not 0 (for `OOMKilled`: a command that exited 0 succeeded whatever the OOM killer did to
 //! one of its processes). The removal asks for the label listing while the container is
 //! being removed, and checks what is left with one volume listing and, at once, the
-//! container's 404 and an empty label listing.
+//! container's 404 and an empty label listing; a bound workspace directory is deleted
+//! (through a tombstone) as soon as the container is stopped.
 //!
 //! ## The warm pool
 //!
@@ -123,7 +131,8 @@
 //! follows a symlink (see `download.rs`) and then judged by
 //! [`crownest_core::artifact::collect_from_dir`]. `destroy()` force-removes the containers
 //! (with their anonymous volumes) and the volume, then verifies with inspect that each
-//! answers 404. Containers are never auto-removed, so the exit code and `OOMKilled` can
+//! answers 404, then deletes the bound workspace directory (waiting up to 10 s for it,
+//! else `removalPending`). Containers are never auto-removed, so the exit code and `OOMKilled` can
 //! always be read.
 //!
 //! With [`DockerConfig::with_background_removal`] (what the CLI sets, for `run` and
@@ -132,8 +141,9 @@
 //! run's terminal commit no longer waits for the daemon's removal (23–59 ms of a tiny run
 //! under load). The evidence says what is known at that commit: `destroyed: true` (nothing
 //! of the sandbox runs: its container stopped; nothing reaches it: no process, no network
-//! namespace, nothing of the host mounted) and `removalPending: true` (its container and
-//! workspace volume were still being removed). The removal is verified like a synchronous
+//! namespace, nothing of the host mounted into a running container) and `removalPending:
+//! true` (its container, and its workspace volume or bound directory, were still being
+//! removed; the directory is unreachable by its name from the start of the removal). The removal is verified like a synchronous
 //! one and retried; `shutdown()` waits for it; a crash leaves a stopped container labelled
 //! with a dead owner, which the next sweep removes. A sandbox that never ran its command
 //! or whose end Docker did not confirm is removed before `destroy()` returns.
@@ -153,9 +163,9 @@
 //! cannot exit before both are read, and `tests/output_stream.rs` cuts a stream cleanly
 //! between frames to check that a missing mark fails the run.
 //!
-//! Known limits: the workspace volume
-//! lives on the Docker root disk and is not size-capped (the `local` volume driver has no
-//! quota on this storage driver); the command can fill it. Exit codes `128+n` are reported as `signaled` only for signals this sandbox sent.
+//! Known limits: the workspace (the bound directory on the work root's disk, or the
+//! volume on the Docker root disk) is not size-capped (neither a bind nor the `local`
+//! volume driver has a quota on this storage driver); the command can fill it. Exit codes `128+n` are reported as `signaled` only for signals this sandbox sent.
 
 mod backend;
 mod cleanup;

@@ -187,3 +187,45 @@ fn times(meta: &fs::Metadata) -> Timestamps {
         last_modification: mtime,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::private_ancestors;
+
+    #[test]
+    fn binds_need_ancestors_only_root_can_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("work");
+        std::fs::create_dir(&root).unwrap();
+        // Under a root-owned 0700 directory in the sticky /tmp: only root can change it
+        // (when root runs this; another user's directories never qualify).
+        assert_eq!(
+            private_ancestors(&root),
+            rustix::process::geteuid().is_root()
+        );
+        // A parent that others may write, without the sticky bit: refused.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!private_ancestors(&root));
+        // Sticky: nobody else can rename root's entries in it.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(
+            private_ancestors(&root),
+            rustix::process::geteuid().is_root()
+        );
+        // A parent owned by another user (who could swap `work` for a link): refused.
+        if rustix::process::geteuid().is_root() {
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            rustix::fs::chown(
+                tmp.path(),
+                Some(rustix::fs::Uid::from_raw(65534)),
+                Some(rustix::fs::Gid::from_raw(65534)),
+            )
+            .unwrap();
+            assert!(!private_ancestors(&root));
+        }
+        // A path that does not resolve: refused.
+        assert!(!private_ancestors(&tmp.path().join("missing")));
+    }
+}

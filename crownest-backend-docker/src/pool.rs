@@ -3,7 +3,8 @@
 //! * **Shape.** A pool member is made by the same call as a fresh sandbox
 //!   (`container::create_started`): the same image id, user, capabilities, read-only root,
 //!   `no-new-privileges`, network `none`, tmpfs, limits ([`DockerConfig::pool_limits`]) and
-//!   anonymous workspace volume; its launcher waits for a command. Its labels name it
+//!   workspace (a bound directory of its own, or an anonymous volume); its launcher waits
+//!   for a command. Its labels name it
 //!   (`crownest.sandbox`), its owner (this process: pid, start time, and the pool's own
 //!   instance id) and its template (`crownest.pool`), but no run: it was created before its
 //!   run existed. So the one orphan rule applies unchanged: once the owner process is gone,

@@ -271,6 +271,17 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
         );
         let root = std::fs::symlink_metadata(&b.config().work_dir).unwrap();
         assert_eq!(root.mode() & 0o777, 0o700, "the work root is private");
+        // Another local user cannot reach it (nor learn what is in it).
+        let other = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["ls", "-a"])
+            .arg(&source)
+            .output()
+            .unwrap();
+        assert!(
+            !other.status.success(),
+            "nobody listed the bound workspace: {other:?}"
+        );
     } else {
         assert_eq!(mounts[0].typ.as_deref(), Some("volume"));
         // The workspace volume is anonymous (removed with the container) and labelled.

@@ -477,6 +477,14 @@ async fn a_crashed_owners_pool_is_swept() {
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     assert_eq!(members(&b, &template).await.len(), 2, "left by the crash");
+    if b.places_workspaces_from_host() {
+        // Their bound workspace directories too, marked with the dead owner.
+        for (_, labels) in &found {
+            let dirs = common::bound_dirs(&b, &labels["crownest.sandbox"]);
+            assert_eq!(dirs.len(), 1, "{dirs:?}");
+            assert_eq!(dirs[0].1["owner"]["pid"].to_string(), pid);
+        }
+    }
     let swept = b.sweep_orphans(&[]).await.unwrap();
     for (_, labels) in &found {
         let sandbox = &labels["crownest.sandbox"];

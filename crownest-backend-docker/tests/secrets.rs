@@ -36,6 +36,15 @@ async fn a_kept_sandbox_shows_no_secret_in_docker_inspect() {
     );
     let sandbox = done.sandbox.as_ref().unwrap();
     assert!(sandbox.kept && !sandbox.destroyed);
+    if b.places_workspaces_from_host() {
+        // The bound workspace directory is kept with the container: its marker carries the
+        // deadline, so a sweep before it leaves the directory alone.
+        let dirs = common::bound_dirs(&b, &sandbox.id);
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        assert!(!dirs[0].1["keepUntil"].is_null(), "{:?}", dirs[0].1);
+        b.sweep_orphans(&[]).await.unwrap();
+        assert_eq!(common::bound_dirs(&b, &sandbox.id).len(), 1, "kept");
+    }
 
     let mut filters = std::collections::HashMap::new();
     filters.insert("label", vec![format!("{LABEL_SANDBOX}={}", sandbox.id)]);

@@ -161,20 +161,31 @@ pub async fn assert_gone(backend: &DockerBackend, sandbox: &str) {
     assert!(vol.is_err(), "volume {sandbox} survived");
     // Nor its bound workspace directory (a tombstone, `.removing-*`, may still be being
     // deleted in the background: it is unreachable by name).
+    let left = bound_dirs(backend, sandbox);
+    assert!(
+        left.is_empty(),
+        "the workspace directory of {sandbox} survived: {left:?}"
+    );
+}
+
+/// The directories of `backend`'s work root whose marker names `sandbox` (its bound
+/// workspace, `place.rs`), with their markers.
+pub fn bound_dirs(
+    backend: &DockerBackend,
+    sandbox: &str,
+) -> Vec<(std::path::PathBuf, serde_json::Value)> {
     let root = &backend.config().work_dir;
-    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let marker = std::fs::read(entry.path().join("crownest-sandbox.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        assert!(
-            marker.is_none_or(|m| m["state"]["sandbox"] != sandbox),
-            "the workspace directory {name} of {sandbox} survived"
-        );
-    }
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let bytes = std::fs::read(e.path().join("crownest-sandbox.json")).ok()?;
+            let marker: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            (marker["state"]["sandbox"] == sandbox).then(|| (e.path(), marker))
+        })
+        .collect()
 }
 
 /// Every container (running or not) carrying the label `key=value`.
