@@ -260,7 +260,7 @@ pub(crate) enum Started {
 /// One command handed to a sandbox container's launcher.
 pub(crate) struct Launch<'a> {
     pub(crate) docker: &'a Docker,
-    /// The container (started; its launcher waits on stdin).
+    /// The container (started, or its start in `starting`; its launcher waits on stdin).
     pub(crate) container: &'a str,
     /// The launcher's frame (see `launcher.rs`).
     pub(crate) frame: &'a [u8],
@@ -273,6 +273,11 @@ pub(crate) struct Launch<'a> {
     /// The attachment made when the workspace was handed over, if it was (else `launch`
     /// attaches).
     pub(crate) attached: Option<AttachContainerResults>,
+    /// The container's start, when it is still in flight: the frame is written first (the
+    /// attachment was made before the start, so the launcher reads it as soon as it
+    /// runs, while the daemon is still finishing the start), then the start is awaited
+    /// before anything else (signals, the wait) may assume a running container.
+    pub(crate) starting: Option<crate::container::Starting>,
 }
 
 /// Attaches to the container's stdin, stdout and stderr (streaming, no logs). `Ok(Err)`:
@@ -319,6 +324,7 @@ pub(crate) async fn launch_and_wait(
         started,
         requested,
         attached,
+        starting,
     } = launch;
     let attached = match attached {
         Some(a) => a,
@@ -341,6 +347,9 @@ pub(crate) async fn launch_and_wait(
         context: "writing the command to the launcher's stdin".into(),
         source: e,
     })?;
+    if let Some(start) = starting {
+        start.await.map_err(DockerError::State)?;
+    }
     started.store(true, Ordering::SeqCst);
     // A signal asked for while the frame was being written would have found nothing
     // running: deliver it now.

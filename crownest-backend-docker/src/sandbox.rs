@@ -228,7 +228,23 @@ impl DockerSandbox {
         sink: &dyn ExecSink,
     ) -> Result<ExecOutcome, DockerError> {
         self.check_alive()?;
-        self.started().await?;
+        // A start still in flight (a bound workspace) is awaited once the frame is written
+        // (`exec::Launch::starting`); the attachment was made before it.
+        let starting = match &self.starting {
+            Some(start)
+                if self
+                    .attached
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some() =>
+            {
+                Some(start.clone())
+            }
+            _ => {
+                self.started().await?;
+                None
+            }
+        };
         if self.exec_called.swap(true, Ordering::SeqCst) {
             return Err(DockerError::State(
                 "a sandbox runs exactly one command".into(),
@@ -328,6 +344,7 @@ impl DockerSandbox {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take(),
+            starting,
         };
         let observed = match exec::launch_and_wait(launch, sink).await? {
             Started::Refused(msg) => return Ok(ExecOutcome::new(ExitStatus::SpawnFailed(msg))),
