@@ -587,17 +587,17 @@ impl Sandbox for DockerSandbox {
             // command) and nothing reaches it: the removal and its check leave the run's
             // critical path (see `DockerConfig::with_background_removal`); so does the
             // deletion of the bound directory, which a stopped container cannot write.
+            self.shared.removals.spawn(
+                self.shared.clone(),
+                self.id.clone(),
+                self.container.clone(),
+            );
             if let Some(bound) = &self.bound {
                 container::remove_bound(bound, Duration::ZERO).await;
             }
             if self.pooled {
                 self.shared.pool.released(&self.shared, &self.spec.template);
             }
-            self.shared.removals.spawn(
-                self.shared.clone(),
-                self.id.clone(),
-                self.container.clone(),
-            );
             return Ok(Destroyed::RemovalPending);
         }
         let removed = crate::cleanup::remove_sandbox(
