@@ -190,6 +190,8 @@ fn times(meta: &fs::Metadata) -> Timestamps {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::private_ancestors;

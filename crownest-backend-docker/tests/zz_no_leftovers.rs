@@ -1,7 +1,8 @@
 //! Runs after the other test binaries of this crate (cargo runs test targets one after the
 //! other, sorted by name: hence `zz_`): no sandbox of a finished process may be left behind — no container and
-//! no volume labelled `crownest.sandbox` whose owner process is gone, unless it is kept and
-//! its keep deadline has not passed.
+//! no volume labelled `crownest.sandbox` and no marked directory of the work root (host
+//! staging, a bound workspace) whose owner process is gone, unless it is kept and its
+//! keep deadline has not passed.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -91,4 +92,20 @@ async fn no_sandbox_of_a_finished_process_is_left_behind() {
         .filter(|v| !kept_sandboxes.contains(v))
         .collect();
     assert!(leaked.is_empty(), "volumes left behind: {leaked:?}");
+    // Nor a bound workspace directory (`place.rs`) in the default work root whose owner
+    // is gone, unless it is kept and its deadline has not passed.
+    let now = crownest_core::Timestamp::now();
+    let leaked: Vec<_> = std::fs::read_dir(&b.config().work_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let bytes = std::fs::read(e.path().join("crownest-sandbox.json")).ok()?;
+            let marker: crownest_core::hostdir::Marker = serde_json::from_slice(&bytes).ok()?;
+            let gone = !marker.owner.is_alive() && marker.keep_until.is_none_or(|t| t <= now);
+            gone.then(|| e.path())
+        })
+        .collect();
+    assert!(leaked.is_empty(), "directories left behind: {leaked:?}");
 }
