@@ -438,10 +438,8 @@ pub(crate) async fn create_sandbox(
         (Err(e), None) => Err(e),
         (Err(e), Some(dir)) => {
             remove_bound(&dir, std::time::Duration::ZERO).await;
-            let unseen = matches!(&e, DockerError::Api { source, .. }
-                if source.to_string().contains("bind source path does not exist"));
             match retry {
-                Some(mut shape) if unseen => {
+                Some(mut shape) if bind_unseen(&e) => {
                     tracing::warn!(dir = %dir.host_path().display(), "the Docker engine does not see this host's work root: workspaces go on volumes from now on");
                     shared
                         .binds
@@ -457,6 +455,14 @@ pub(crate) async fn create_sandbox(
     }
 }
 
+/// True when the daemon refused a create because the bind's source does not exist *for
+/// it*: a daemon in another mount namespace (a socket shared into a container) does not
+/// see this host's work root.
+fn bind_unseen(e: &DockerError) -> bool {
+    matches!(e, DockerError::Api { source, .. }
+        if source.to_string().contains("bind source path does not exist"))
+}
+
 /// Deletes a bound workspace directory (through a tombstone; waits up to `wait`, the work
 /// root counts what goes on in the background); true when nothing of it is left.
 pub(crate) async fn remove_bound(
@@ -470,5 +476,47 @@ pub(crate) async fn remove_bound(
             tracing::warn!(dir = %dir.host_path().display(), error = %e, "removing a bound workspace directory failed; a sweep retries");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bind_the_daemon_cannot_see_is_told_from_other_create_failures() {
+        let refused = |message: &str| {
+            DockerError::api("create container")(
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 400,
+                    message: message.to_owned(),
+                },
+            )
+        };
+        // What dockerd 20.10 answers when the source is missing in its mount namespace.
+        assert!(bind_unseen(&refused(
+            "invalid mount config for type \"bind\": bind source path does not exist: /w/x/workspace"
+        )));
+        assert!(!bind_unseen(&refused(
+            "Conflict. The container name is already in use"
+        )));
+        assert!(!bind_unseen(&DockerError::State(
+            "bind source path does not exist".into()
+        )));
+    }
+
+    #[test]
+    fn the_workspace_is_a_bind_or_a_labelled_volume() {
+        let labels = HashMap::from([(LABEL_SANDBOX.to_owned(), "s".to_owned())]);
+        let bind = workspace_mount(Some("/root/work/d/workspace"), &labels);
+        assert_eq!(bind.typ, Some(MountType::BIND));
+        assert_eq!(bind.source.as_deref(), Some("/root/work/d/workspace"));
+        assert_eq!(bind.target.as_deref(), Some(WORKSPACE));
+        assert_eq!(bind.read_only, Some(false));
+        assert!(bind.volume_options.is_none());
+        let volume = workspace_mount(None, &labels);
+        assert_eq!(volume.typ, Some(MountType::VOLUME));
+        assert!(volume.source.is_none(), "anonymous");
+        assert_eq!(volume.volume_options.unwrap().labels, Some(labels));
     }
 }
