@@ -481,6 +481,8 @@ pub(crate) async fn remove_bound(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
