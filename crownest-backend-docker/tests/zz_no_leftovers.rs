@@ -95,17 +95,10 @@ async fn no_sandbox_of_a_finished_process_is_left_behind() {
     // Nor a bound workspace directory (`place.rs`) in the default work root whose owner
     // is gone, unless it is kept and its deadline has not passed.
     let now = crownest_core::Timestamp::now();
-    let leaked: Vec<_> = std::fs::read_dir(&b.config().work_dir)
+    let leaked: Vec<_> = common::marked_dirs(&b)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|e| {
-            let bytes = std::fs::read(e.path().join("crownest-sandbox.json")).ok()?;
-            let marker: crownest_core::hostdir::Marker = serde_json::from_slice(&bytes).ok()?;
-            let gone = !marker.owner.is_alive() && marker.keep_until.is_none_or(|t| t <= now);
-            gone.then(|| e.path())
-        })
+        .filter(|(_, m)| !m.owner.is_alive() && m.keep_until.is_none_or(|t| t <= now))
+        .map(|(path, _)| path)
         .collect();
     assert!(leaked.is_empty(), "directories left behind: {leaked:?}");
 }

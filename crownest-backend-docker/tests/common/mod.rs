@@ -174,16 +174,28 @@ pub fn bound_dirs(
     backend: &DockerBackend,
     sandbox: &str,
 ) -> Vec<(std::path::PathBuf, serde_json::Value)> {
-    let root = &backend.config().work_dir;
-    std::fs::read_dir(root)
+    marked_dirs(backend)
+        .into_iter()
+        .filter_map(|(path, marker)| {
+            let marker = serde_json::to_value(marker).ok()?;
+            (marker["state"]["sandbox"] == sandbox).then_some((path, marker))
+        })
+        .collect()
+}
+
+/// Every marked directory of `backend`'s work root (host staging, bound workspaces; not
+/// the `.`-named ones: tombstones, directories being built), with its marker.
+pub fn marked_dirs(
+    backend: &DockerBackend,
+) -> Vec<(std::path::PathBuf, crownest_core::hostdir::Marker)> {
+    std::fs::read_dir(&backend.config().work_dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| {
             let bytes = std::fs::read(e.path().join("crownest-sandbox.json")).ok()?;
-            let marker: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-            (marker["state"]["sandbox"] == sandbox).then(|| (e.path(), marker))
+            Some((e.path(), serde_json::from_slice(&bytes).ok()?))
         })
         .collect()
 }
