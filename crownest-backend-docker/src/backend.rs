@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     /// Workspaces are directories of the work root bound at `/workspace` (`place.rs`);
     /// cleared for good when the daemon cannot see them (its create refuses the bind).
     pub(crate) binds: std::sync::atomic::AtomicBool,
+    /// The work root's path as the daemon gets it for binds (`place::bind_base`).
+    pub(crate) bind_base: Option<std::path::PathBuf>,
     pub(crate) stat_cache: StatCache,
     /// The private work root of host staging, opened at first use.
     pub(crate) root: std::sync::Mutex<Option<crownest_core::hostdir::WorkRoot>>,
@@ -49,12 +51,15 @@ impl Shared {
         Ok(root)
     }
 
-    /// The work root to make a bound workspace in, when workspaces are bound.
-    pub(crate) fn bind_root(&self) -> Option<crownest_core::hostdir::WorkRoot> {
+    /// The work root to make a bound workspace in, and its path for the daemon, when
+    /// workspaces are bound.
+    pub(crate) fn bind_root(
+        &self,
+    ) -> Option<(crownest_core::hostdir::WorkRoot, std::path::PathBuf)> {
         if !self.binds.load(std::sync::atomic::Ordering::SeqCst) {
             return None;
         }
-        self.root().ok()
+        Some((self.root().ok()?, self.bind_base.clone()?))
     }
 
     /// The image of a template, with its interpreters measured (once per image id).
@@ -206,11 +211,12 @@ impl DockerBackend {
         // Binds need the work root now: opened (and made) here, and kept.
         let root = (config.host_placement && crate::place::possible(config.host.as_deref()))
             .then(|| crownest_core::hostdir::WorkRoot::open(&config.work_dir).ok())
-            .flatten()
-            .filter(|r| crate::place::private_ancestors(r.path()));
+            .flatten();
+        let bind_base = root.as_ref().and_then(crate::place::bind_base);
         let shared = Arc::new(Shared {
             docker,
-            binds: std::sync::atomic::AtomicBool::new(root.is_some()),
+            binds: std::sync::atomic::AtomicBool::new(bind_base.is_some()),
+            bind_base,
             pool: Pool::new(&config),
             config,
             stat_cache: Mutex::new(HashMap::new()),

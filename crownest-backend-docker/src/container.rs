@@ -413,8 +413,10 @@ pub(crate) async fn create_sandbox(
     DockerError,
 > {
     let owner = shared.config.uid_gid();
+    let mut base = None;
     let bound = match (shared.bind_root(), owner) {
-        (Some(root), Some(owner)) => {
+        (Some((root, path)), Some(owner)) => {
+            base = Some(path);
             let sandbox = shape.sandbox.to_owned();
             let dir = tokio::task::spawn_blocking(move || {
                 crate::place::create_bound(&root, marker, &sandbox, owner)
@@ -426,7 +428,10 @@ pub(crate) async fn create_sandbox(
         }
         _ => None,
     };
-    shape.bound = bound.as_deref().map(crate::place::bound_path);
+    shape.bound = bound
+        .as_deref()
+        .zip(base.as_deref())
+        .map(|(dir, base)| crate::place::bound_path(base, dir));
     let retry = bound.is_some().then(|| shape.clone());
     let created = match (&bound, leave_starting) {
         (Some(_), true) => create_starting(&shared.docker, &shared.config, shape, false).await,

@@ -14,10 +14,12 @@
 //!   0700, never a symlink), so no other local user can reach it; its marker (backend,
 //!   run, engine, owner process, keep deadline) lets the core sweep remove it after a crash
 //!   under the one orphan rule, like the container's labels;
-//! * the daemon resolves the bind's path itself, so binds are used only when every
-//!   ancestor of the work root is root's and not writable by anyone else (or sticky, like
-//!   `/tmp`, where nobody else can rename our entries): nobody else can swap a component
-//!   for a link between our check and the daemon's mount ([`private_ancestors`]);
+//! * the daemon resolves the bind's path itself, so it is given the work root's canonical
+//!   path (no symlink in it), checked to name the directory this process has open, and
+//!   binds are used only when every ancestor of it is root's and not writable by anyone
+//!   else (or sticky, like `/tmp`, where nobody else can rename our entries): nobody else
+//!   can swap a component for a link between our check and the daemon's mount
+//!   ([`bind_base`], [`private_ancestors`]);
 //! * the tree moved in is the one the core extractor checked, in a directory of the same
 //!   root that only this process writes; every entry is chowned to the sandbox user
 //!   without following links, and setuid, setgid and sticky bits are cleared, *before*
@@ -39,7 +41,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crownest_core::hostdir::{Marker, SandboxDir, WorkRoot};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
@@ -101,9 +103,26 @@ pub(crate) fn create_bound(
     })
 }
 
-/// The host path the daemon binds at `/workspace`.
-pub(crate) fn bound_path(dir: &SandboxDir) -> String {
-    dir.host_path().join(BOUND).to_string_lossy().into_owned()
+/// The path of `root` to give the daemon for binds, when binds are safe: its canonical
+/// path (no symlink left for anyone to swap), every ancestor of which only root can change
+/// ([`private_ancestors`]), and which names the very directory `root` has open.
+pub(crate) fn bind_base(root: &WorkRoot) -> Option<PathBuf> {
+    let canonical = fs::canonicalize(root.path()).ok()?;
+    if !private_ancestors(&canonical) {
+        return None;
+    }
+    let named = fs::symlink_metadata(&canonical).ok()?;
+    let open = rustix::fs::fstat(root.fd()).ok()?;
+    (named.dev() == open.st_dev && named.ino() == open.st_ino).then_some(canonical)
+}
+
+/// The host path the daemon binds at `/workspace`: `dir`'s workspace under `base`, the
+/// canonical path of its root ([`bind_base`]).
+pub(crate) fn bound_path(base: &Path, dir: &SandboxDir) -> String {
+    base.join(dir.name())
+        .join(BOUND)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Hands the checked tree `src` (a directory of the same work root that only this process
@@ -194,7 +213,9 @@ mod tests {
 
     use std::os::unix::fs::PermissionsExt as _;
 
-    use super::private_ancestors;
+    use crownest_core::hostdir::WorkRoot;
+
+    use super::{bind_base, private_ancestors};
 
     #[test]
     fn binds_need_ancestors_only_root_can_change() {
@@ -229,5 +250,31 @@ mod tests {
         }
         // A path that does not resolve: refused.
         assert!(!private_ancestors(&tmp.path().join("missing")));
+    }
+
+    #[test]
+    fn the_daemon_gets_the_canonical_path_of_the_open_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("link")).unwrap();
+        // Opened through a link in its path: the daemon must get the path without it (a
+        // link is what someone could swap).
+        let root = WorkRoot::open(tmp.path().join("link").join("work")).unwrap();
+        let base = bind_base(&root);
+        if rustix::process::geteuid().is_root() {
+            let expected = std::fs::canonicalize(tmp.path().join("real").join("work")).unwrap();
+            assert_eq!(base.as_deref(), Some(expected.as_path()));
+            // The path now names another directory than the open one: no binds.
+            std::fs::rename(tmp.path().join("real"), tmp.path().join("moved")).unwrap();
+            std::fs::create_dir_all(tmp.path().join("real").join("work")).unwrap();
+            std::fs::set_permissions(
+                tmp.path().join("real").join("work"),
+                std::fs::Permissions::from_mode(0o700),
+            )
+            .unwrap();
+            assert_eq!(bind_base(&root), None);
+        } else {
+            assert_eq!(base, None);
+        }
     }
 }

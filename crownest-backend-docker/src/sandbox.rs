@@ -173,6 +173,8 @@ impl DockerSandbox {
         let owner = self.shared.config.uid_gid().unwrap_or((10001, 10001));
         let docker = &self.shared.docker;
         if let Some(bound) = &self.bound {
+            let path = bound.host_path().join(crate::place::BOUND);
+            let path = path.display();
             let bound = bound.clone();
             let moved = async {
                 tokio::task::spawn_blocking(move || crate::place::move_tree(&dir, &bound, owner))
@@ -182,10 +184,7 @@ impl DockerSandbox {
             let (moved, started) = tokio::join!(moved, self.started());
             started?;
             return moved?.map_err(|e| DockerError::WorkspaceTransfer {
-                detail: format!(
-                    "moving the workspace into its directory {} failed: {e}",
-                    crate::place::bound_path(self.bound.as_deref().expect("bound"))
-                ),
+                detail: format!("moving the workspace into its directory {path} failed: {e}"),
             });
         }
         let offered = self
