@@ -168,21 +168,25 @@ mod tests {
         names
     }
 
+    /// `files` as a tree prepared on `root` (a fresh run's marker, the default policy).
+    fn prepare(root: &WorkRoot, files: &[(&str, &[u8])]) -> Result<PreparedTree> {
+        let marker = Marker::new("test", &RunId::new(), "e", RunOwner::current("e"));
+        PreparedTree::extract(
+            root,
+            &marker,
+            &tar_gz(files)[..],
+            &ExtractPolicy::default(),
+            &mut |_| {},
+        )
+    }
+
     #[tokio::test]
     async fn a_prepared_tree_is_moved_in_whole_and_leaves_nothing_behind() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = sandbox(&tmp);
         let root = dir.root().clone();
-        let marker = Marker::new("test", &RunId::new(), "e", RunOwner::current("e"));
-        let archive = tar_gz(&[("a.txt", b"hello"), ("sub/b.txt", b"world")]);
-        let tree = PreparedTree::extract(
-            &root,
-            &marker,
-            &archive[..],
-            &ExtractPolicy::default(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let files: &[(&str, &[u8])] = &[("a.txt", b"hello"), ("sub/b.txt", b"world")];
+        let tree = prepare(&root, files).unwrap();
         assert_eq!(
             root_entries(&tmp).len(),
             2,
@@ -219,14 +223,7 @@ mod tests {
         );
 
         // A second tree is refused by a materialized workspace, and discarded.
-        let other = PreparedTree::extract(
-            &root,
-            &marker,
-            &archive[..],
-            &ExtractPolicy::default(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let other = prepare(&root, files).unwrap();
         let again = dir
             .materialize(
                 "workspace",
@@ -248,15 +245,7 @@ mod tests {
     async fn a_refused_archive_leaves_no_prepared_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let root = WorkRoot::open(tmp.path().join("root")).unwrap();
-        let marker = Marker::new("test", &RunId::new(), "e", RunOwner::current("e"));
-        let hostile = tar_gz(&[("ok.txt", b"fine"), ("../escape.txt", b"x")]);
-        let r = PreparedTree::extract(
-            &root,
-            &marker,
-            &hostile[..],
-            &ExtractPolicy::default(),
-            &mut |_| {},
-        );
+        let r = prepare(&root, &[("ok.txt", b"fine"), ("../escape.txt", b"x")]);
         assert!(matches!(r, Err(Error::ArchiveRejected { .. })), "{r:?}");
         assert!(root_entries(&tmp).is_empty(), "{:?}", root_entries(&tmp));
         assert!(!tmp.path().join("escape.txt").exists());
@@ -367,16 +356,7 @@ mod tests {
     async fn a_dropped_prepared_tree_is_counted_until_it_is_gone() {
         let tmp = tempfile::tempdir().unwrap();
         let root = WorkRoot::open(tmp.path().join("root")).unwrap();
-        let marker = Marker::new("test", &RunId::new(), "e", RunOwner::current("e"));
-        let archive = tar_gz(&[("a.txt", b"hello")]);
-        let tree = PreparedTree::extract(
-            &root,
-            &marker,
-            &archive[..],
-            &ExtractPolicy::default(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let tree = prepare(&root, &[("a.txt", b"hello")]).unwrap();
         assert_eq!(root_entries(&tmp).len(), 1);
         drop(tree);
         root.removals_settled().await;
