@@ -281,7 +281,10 @@ pub(crate) fn isolation_report(
     details.insert("noNewPrivileges".into(), "true".into());
     details.insert("seccomp".into(), "docker default".into());
     details.insert("privileged".into(), "false".into());
-    details.insert("init".into(), "docker-init".into());
+    details.insert(
+        "init".into(),
+        "the launcher (sh) is pid 1: it reaps and passes SIGTERM to every process of the sandbox user".into(),
+    );
     details.insert(
         "tmpfs".into(),
         format!("/tmp size={}", config.tmp_size_bytes),
@@ -339,7 +342,8 @@ impl SandboxBackend for DockerBackend {
             keep_sandbox: true,
             non_root: true,
             security_boundary: true,
-            // docker-init reports a child's signal death as `128 + n`, like `exit(128 + n)`.
+            // The launcher reports the command's signal death as `128 + n`, like
+            // `exit(128 + n)`.
             exit_signal: false,
         }
     }

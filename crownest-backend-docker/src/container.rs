@@ -149,8 +149,9 @@ pub(crate) fn host_config(
         // Network and namespaces.
         network_mode: Some(network_mode),
         ipc_mode: Some("private".into()),
-        // docker-init (tini) as pid 1: reaps zombies and forwards signals to the command.
-        init: Some(true),
+        // No docker-init: the launcher is pid 1; it reaps while the command runs and
+        // passes `SIGTERM` on (`launcher.rs`, "Signals").
+        init: Some(false),
         // Output is attached, never logged to the daemon's disk.
         log_config: Some(HostConfigLogConfig {
             typ: Some("none".into()),
@@ -202,13 +203,10 @@ pub(crate) fn create_body(
         hostname: Some("sandbox".into()),
         entrypoint: Some(Vec::new()),
         cmd: Some(crate::launcher::cmd()),
-        // docker-init signals the launcher's process group, the command included (the
-        // launcher unsets the variable before the command starts).
         env: Some(
             template_env()
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
-                .chain(std::iter::once("TINI_KILL_PROCESS_GROUP=1".to_owned()))
                 .collect(),
         ),
         working_dir: Some(WORKSPACE.into()),

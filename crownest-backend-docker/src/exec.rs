@@ -241,8 +241,7 @@ pub(crate) struct Observed {
     pub(crate) code: i64,
     /// The kernel's OOM killer ended it.
     pub(crate) oom_killed: bool,
-    /// The first bytes of stderr (to recognise the launcher's or docker-init's own exec
-    /// failure).
+    /// The first bytes of stderr (to recognise the launcher's own exec failure).
     pub(crate) stderr_head: Vec<u8>,
     /// Docker reported the container not running after the command (what allows a
     /// background removal, see `DockerConfig::background_removal`).
@@ -538,11 +537,11 @@ pub(crate) async fn launch_and_wait(
 /// Maps what Docker reported to an exit status.
 ///
 /// * `OOMKilled` → `LimitExceeded` (memory).
-/// * docker-init (tini) exits `128 + n` when its child died of signal `n`, which cannot be
+/// * The launcher exits `128 + n` when the command died of signal `n`, which cannot be
 ///   told apart from `exit(128 + n)`; it is reported as `Signaled(n)` only when this sandbox
 ///   sent that signal, else as the plain exit code.
 /// * 126/127 with the launcher's own message (it starts with `crownest-launcher:`; or
-///   docker-init's `exec ... failed`) → `SpawnFailed` (the pre-flight check normally
+///   its shell's `exec: ...: not found`) → `SpawnFailed` (the pre-flight check normally
 ///   catches these before anything starts).
 pub(crate) fn exit_status(
     observed: &Observed,
@@ -565,10 +564,7 @@ pub(crate) fn exit_status(
         }
     }
     let launcher = format!("{}: ", crate::launcher::NAME);
-    if (code == 126 || code == 127)
-        && (observed.stderr_head.starts_with(launcher.as_bytes())
-            || observed.stderr_head.starts_with(b"[FATAL tini"))
-    {
+    if (code == 126 || code == 127) && observed.stderr_head.starts_with(launcher.as_bytes()) {
         let line = String::from_utf8_lossy(&observed.stderr_head);
         let line = line.lines().next().unwrap_or_default().to_owned();
         return ExitStatus::SpawnFailed(line);
@@ -610,10 +606,6 @@ mod tests {
         assert!(matches!(
             exit_status(&obs(137, true, b""), None, 1),
             ExitStatus::LimitExceeded(_)
-        ));
-        assert!(matches!(
-            exit_status(&obs(127, false, b"[FATAL tini (7)] exec nope failed: No such file or directory\n"), None, 1),
-            ExitStatus::SpawnFailed(m) if m.contains("exec nope failed")
         ));
         assert!(matches!(
             exit_status(&obs(127, false, b"crownest-launcher: 17: exec: nope: not found\n"), None, 1),

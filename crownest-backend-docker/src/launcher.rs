@@ -4,8 +4,8 @@
 //! A container's `Cmd`, `Env` and `WorkingDir` are fixed at creation, and a sandbox's
 //! container is created at `create()` (or long before, in the warm pool), so they cannot
 //! carry the command. Every sandbox container runs the same [`LAUNCHER`] instead (POSIX
-//! `sh`; `tar` and `dd` from the image only for the workspace, see step 0), under
-//! docker-init, with `OpenStdin`:
+//! `sh`; `tar` and `dd` from the image only for the workspace, see step 0) as the
+//! container's pid 1 (no docker-init, see "Signals" below), with `OpenStdin`:
 //!
 //! 0. first, the engine may hand over the workspace on the same stdin (it is then attached
 //!    already; `upload::stream_to_launcher`; not when it writes the workspace into the
@@ -23,8 +23,11 @@
 //!    `complete` once it has read `C 0` and then the mark `<status of tar>`; anything
 //!    `tar` printed comes before it. A status other than `0` ends the launcher (exit
 //!    125, nothing started). A `dd` that fails (one without `iflag=fullblock`, or one
-//!    killed by `SIGPIPE` after `tar` gave up) kills the launcher at once, so bytes of the
-//!    tree left on stdin are never read as a frame: the container stops, and the engine
+//!    killed by `SIGPIPE` after `tar` gave up) ends the chunk loop and sends the launcher
+//!    `SIGTERM`, whose handler ends it (exit 143: nothing has started) as soon as the
+//!    pipeline is over, before it reads another line, so bytes of the tree left on stdin
+//!    are never read as a frame (`SIGKILL` would not do: the kernel ignores it when a
+//!    container's pid 1 sends it to itself): the container stops, and the engine
 //!    reports the transfer failed with what the container printed. This saves the daemon's own chrooted untar (`PUT
 //!    .../archive`, the largest cost of a tiny run above `docker run`, see
 //!    `docs/benchmarks.md`); the tree is the one the core extractor checked, and it is
@@ -39,15 +42,16 @@
 //!    fresh container);
 //! 2. the engine attaches to the container (stdin, stdout, stderr) and writes the frame;
 //! 3. the launcher changes to the cwd, exports each variable (decoded by `printf`), and
-//!    runs argv in a subshell that `exec`s it with stdin at `/dev/null` (so a name like
-//!    `echo` or `exit` is the image's program, never a shell builtin); the command's
-//!    environment is exactly the template's (`PATH`, `HOME`, `LANG`, and Docker's
-//!    `HOSTNAME`) plus the frame's variables (the shell's own `PWD`/`OLDPWD` and
-//!    docker-init's `TINI_KILL_PROCESS_GROUP` are unset);
+//!    runs argv in a background subshell that `exec`s it with stdin at `/dev/null` (so a
+//!    name like `echo` or `exit` is the image's program, never a shell builtin), then
+//!    `wait`s for it (reaping, as pid 1, whatever else of the sandbox ends meanwhile);
+//!    the command's environment is exactly the template's (`PATH`, `HOME`, `LANG`, and
+//!    Docker's `HOSTNAME`) plus the frame's variables (the shell's own `PWD`/`OLDPWD` are
+//!    unset);
 //! 4. when the command has ended, the launcher writes the [end mark](end_mark) (`NUL ESC
 //!    crownest-end:<nonce> NUL`) on stdout and on stderr, waits for one line on stdin (the
 //!    engine's acknowledgement), and exits with the command's status (`128 + n` when a
-//!    signal `n` ended it, as docker-init itself reports).
+//!    signal `n` ended it, as `wait` reports it).
 //!
 //! Why the end mark: once a container has exited, the daemon gives its attached clients
 //! only about 2 s (moby's `StreamConfig.Wait`) to take the output still in its pipes, then
@@ -59,11 +63,19 @@
 //! (say, this file printed by `cat`) from ever being taken for the mark; a command that
 //! found the nonce could only cut its own recorded output, which it can do anyway.
 //!
-//! Signals: docker-init runs with `TINI_KILL_PROCESS_GROUP`, so a `SIGTERM` sent to the
-//! container reaches the command and the launcher (one process group); the launcher's
-//! `trap` outlives it and the command's subshell has the default action again. `SIGKILL`
-//! ends pid 1 and with it the whole container, marks and all (the run is then ending
-//! `timed_out` or `canceled`, whose output is cut by nature).
+//! Signals: the launcher is pid 1 of the container's PID namespace, so the kernel delivers
+//! it only the signals it has a handler for, and its exit ends every other process of the
+//! namespace. Its one handler, for `SIGTERM` (which Docker sends to pid 1), ends the
+//! launcher with 143 before the command has started, and after passes the signal on with
+//! `kill -TERM -1`: to every process of the sandbox user but itself, the command and
+//! anything it started in other groups or sessions (outside a container, as in this
+//! module's tests, only to the command's subshell); the command's subshell has the
+//! default action again. A `wait` that the signal interrupted is taken up again, so the
+//! status is the command's. `SIGKILL` ends pid 1 and with it the whole container,
+//! marks and all (the run is then ending `timed_out` or `canceled`, whose output is cut
+//! by nature). docker-init (tini), which did this before, is not used: it cost every run
+//! ~4 ms between the container's start and its exit, and ~1 ms more at its removal
+//! (`docs/benchmarks.md`).
 //!
 //! So nothing of the request is in the container's configuration: `docker inspect`, the
 //! daemon's `config.v2.json` and a kept sandbox show the launcher and the template
@@ -85,7 +97,9 @@ use crownest_core::SecretValue;
 pub(crate) const NAME: &str = "crownest-launcher";
 
 /// The launcher script (see the module docs).
-pub(crate) const LAUNCHER: &str = r#"unset PWD OLDPWD TINI_KILL_PROCESS_GROUP
+pub(crate) const LAUNCHER: &str = r#"unset PWD OLDPWD
+_crownest_pid=
+trap 'if [ -z "$_crownest_pid" ]; then exit 143; elif [ "$$" = 1 ]; then kill -TERM -1; else kill -TERM "$_crownest_pid"; fi 2>/dev/null' TERM
 _crownest_ok=
 _crownest_end=
 _crownest_rc=
@@ -106,7 +120,7 @@ while IFS=' ' read -r _crownest_k _crownest_n _crownest_v; do
                  printf '\000\033crownest-ws:%s:complete\000' "$_crownest_n" >&2
                  break
                fi
-               LC_ALL=C dd bs="$_crownest_v" count=1 iflag=fullblock status=none || kill -KILL $$
+               LC_ALL=C dd bs="$_crownest_v" count=1 iflag=fullblock status=none || { kill -TERM $$; exit 1; }
              done; } | LC_ALL=C tar -x -p -f -; } 2>&1
          _crownest_v=$?
          printf '\000\033crownest-ws:%s:%s\000' "$_crownest_n" "$_crownest_v"
@@ -139,10 +153,14 @@ if [ -z "$_crownest_ok" ] || [ -z "$_crownest_end" ] || [ "$#" -eq 0 ]; then
   exit 125
 fi
 unset _crownest_ok _crownest_k _crownest_n _crownest_v _crownest_first
-trap : TERM
 if [ -z "$_crownest_rc" ]; then
-  (exec "$@") </dev/null
-  _crownest_rc=$?
+  (exec "$@") </dev/null &
+  _crownest_pid=$!
+  while :; do
+    wait "$_crownest_pid"
+    _crownest_rc=$?
+    [ "$_crownest_rc" -gt 128 ] && kill -0 "$_crownest_pid" 2>/dev/null || break
+  done
 fi
 printf '\000\033crownest-end:%s\000' "$_crownest_end"
 printf '\000\033crownest-end:%s\000' "$_crownest_end" >&2
@@ -541,7 +559,8 @@ mod tests {
     }
 
     /// Starts the launcher with the host's `/bin/sh` (the same POSIX script the image
-    /// runs), in a process group of its own as under docker-init.
+    /// runs), in a process group of its own (not pid 1: its `SIGTERM` handler then passes
+    /// the signal to the command's subshell only, never to `-1`).
     fn spawn_launcher() -> std::process::Child {
         spawn_launcher_in(Path::new("/"), "/usr/bin:/bin")
     }
@@ -557,8 +576,6 @@ mod tests {
             .env("TEMPLATE", "kept")
             // (Without it Python would add `LC_CTYPE` itself, PEP 538.)
             .env("LANG", "C.UTF-8")
-            // docker-init's; the launcher unsets it.
-            .env("TINI_KILL_PROCESS_GROUP", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -683,13 +700,8 @@ mod tests {
         let mut up = [0u8; 3];
         std::io::Read::read_exact(&mut stdout, &mut up).unwrap();
         assert_eq!(&up, b"up\n");
-        // docker-init with TINI_KILL_PROCESS_GROUP signals the launcher's process group.
-        let group = format!("-{}", child.id());
-        let killed = Process::new("kill")
-            .args(["-TERM", "--", &group])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        // Docker signals pid 1, the launcher; it passes the signal on.
+        terminate(&child);
         // The marks come, then the launcher waits for the engine's line.
         let mark = end_mark(NONCE);
         let mut got = vec![0u8; mark.len()];
@@ -710,6 +722,41 @@ mod tests {
         let mut rest = Vec::new();
         std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
         assert!(rest.is_empty());
+
+        // A command that handles the signal ends with a status of its own: the launcher's
+        // `wait`, cut short by the same signal, is taken up again for it.
+        let mut child = spawn_launcher();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let f = frame_of(
+            "/",
+            &env(&[]),
+            &secrets(&[]),
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 7' TERM; sleep 30 >/dev/null 2>&1 & echo up; wait",
+            ],
+        );
+        stdin.write_all(&f).unwrap();
+        std::io::Read::read_exact(&mut stdout, &mut up).unwrap();
+        assert_eq!(&up, b"up\n");
+        terminate(&child);
+        let mark = end_mark(NONCE);
+        let mut got = vec![0u8; mark.len()];
+        std::io::Read::read_exact(&mut stdout, &mut got).unwrap();
+        assert_eq!(got, mark);
+        stdin.write_all(b"\n").unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(7));
+    }
+
+    /// Sends `SIGTERM` to the launcher alone, as Docker does to a container's pid 1.
+    fn terminate(child: &std::process::Child) {
+        let killed = Process::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
     }
 
     #[test]
@@ -868,9 +915,9 @@ mod tests {
         stdout.read_to_end(&mut rest).unwrap();
         let status = child.wait().unwrap();
         assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "killed: {:?}",
+            status.code(),
+            Some(143),
+            "ended by its handler: {:?}",
             String::from_utf8_lossy(&rest)
         );
         assert!(String::from_utf8_lossy(&rest).contains("dd: unknown flag"));

@@ -39,7 +39,7 @@
 //! | memory limit | `Memory` = `MemorySwap` = `limits.memoryBytes`; an OOM kill is `limit_exceeded` |
 //! | pids limit | `PidsLimit` = `limits.pids` (a fork bomb stays inside) |
 //! | rlimits | `nofile` = `limits.openFiles`, `core` = 0 |
-//! | process-tree kill | docker-init (tini) is pid 1; SIGKILL ends pid 1 and so the whole pid namespace; SIGTERM goes to the command and is broadcast to every other process of the sandbox user |
+//! | process-tree kill | the launcher is pid 1 (no docker-init); SIGKILL ends pid 1 and so the whole pid namespace; SIGTERM goes to pid 1, which passes it to every other process of the sandbox user (`kill -TERM -1`) |
 //! | keepSandbox | the container is renamed `<sandbox>.kept-until-<unix ms>` (labels are immutable); `sweep_orphans` removes it once that passes |
 //! | output | attached before the command is handed over (no early byte lost) and passed to the sink as it comes, with backpressure; the launcher outlives the command, ends stdout and stderr with a per-command end mark and exits only once the engine has acknowledged both, so the daemon's ~2 s cut of the stream after a container's exit can no longer drop a tail; a stream that breaks, or ends without its marks, fails the run (`sandbox_error`), never shortens its output silently; the log driver is `none`, so nothing is written to the daemon's disk |
 //! | secrets | never in the container's configuration (`docker inspect`, the daemon's `config.v2.json`): written to the launcher's stdin with the command (see below) |
@@ -125,7 +125,7 @@
 //! (and so the evidence) says `pooled: true`. Its state is
 //! [`SandboxBackend::pools`](crownest_core::SandboxBackend::pools) (per process) and
 //! [`DockerBackend::pools_on_host`] (every process's, from the labels); an idle member is a
-//! stopped-waiting `sh` under docker-init: about a megabyte of memory, no CPU.
+//! `sh` waiting on its stdin as pid 1: about a megabyte of memory, no CPU.
 //!
 //! Artifacts are read from the stopped container through a private host mirror that never
 //! follows a symlink (see `download.rs`) and then judged by

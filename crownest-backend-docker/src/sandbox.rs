@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::AttachContainerResults;
-use bollard::exec::{CreateExecOptions, StartExecOptions};
 use bollard::query_parameters::{KillContainerOptionsBuilder, RenameContainerOptionsBuilder};
 use crownest_core::archive::{ExtractPolicy, ExtractSummary};
 use crownest_core::artifact::{ArtifactFailure, CollectedArtifact};
@@ -387,46 +386,9 @@ impl DockerSandbox {
             Err(e) if is_not_found(&e) || status_of(&e) == Some(409) => return Ok(()),
             Err(e) => return Err(DockerError::api("kill")(e)),
         }
-        if signal == KillSignal::Term {
-            // docker-init forwards SIGTERM to its child only; processes in other groups or
-            // sessions get it from a broadcast by the sandbox user (`kill(-1)` spares pid 1
-            // and the caller). SIGKILL needs none: it ends pid 1 and so the whole namespace.
-            let broadcast = async {
-                let exec = docker
-                    .create_exec(
-                        run,
-                        CreateExecOptions {
-                            cmd: Some(vec![
-                                "python3".to_owned(),
-                                "-c".to_owned(),
-                                "import os, signal\ntry:\n    os.kill(-1, signal.SIGTERM)\nexcept OSError:\n    pass".to_owned(),
-                            ]),
-                            user: Some(self.shared.config.user.clone()),
-                            attach_stdout: Some(false),
-                            attach_stderr: Some(false),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                docker
-                    .start_exec(
-                        &exec.id,
-                        Some(StartExecOptions {
-                            detach: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await
-                    .map(|_| ())
-            };
-            match tokio::time::timeout(Duration::from_secs(5), broadcast).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(sandbox = %self.id, error = %e, "SIGTERM broadcast not delivered")
-                }
-                Err(_) => tracing::debug!(sandbox = %self.id, "SIGTERM broadcast timed out"),
-            }
-        }
+        // `SIGTERM` reaches pid 1, the launcher, which passes it to every other process of
+        // the sandbox user (`launcher.rs`, "Signals"); `SIGKILL` ends pid 1 and so the
+        // whole namespace.
         Ok(())
     }
 }

@@ -233,7 +233,11 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
     assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_owned()]));
     assert_eq!(hc.network_mode.as_deref(), Some("none"));
     assert_eq!(hc.privileged, Some(false));
-    assert_eq!(hc.init, Some(true));
+    assert_eq!(
+        hc.init,
+        Some(false),
+        "the launcher is pid 1, not docker-init"
+    );
     assert_eq!(hc.auto_remove, Some(false));
     assert_eq!(hc.memory, Some(256 * 1024 * 1024));
     assert_eq!(hc.memory_swap, Some(256 * 1024 * 1024));
@@ -290,8 +294,8 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
         let labels = b.docker().inspect_volume(&volume).await.unwrap().labels;
         assert_eq!(labels.get(LABEL_SANDBOX).map(String::as_str), Some(sandbox));
     }
-    // Nothing of a request is in the configuration: the launcher, the template's
-    // variables and docker-init's (see `launcher.rs`).
+    // Nothing of a request is in the configuration: the launcher and the template's
+    // variables (see `launcher.rs`).
     assert_eq!(
         cfg.cmd.as_ref().map(|c| c[..2].to_vec()),
         Some(vec!["/bin/sh".to_owned(), "-c".to_owned()])
@@ -308,7 +312,6 @@ async fn assert_hardened(b: &DockerBackend, container: &str, sandbox: &str) {
             "PATH=/usr/local/bin:/usr/bin:/bin",
             "HOME=/workspace",
             "LANG=C.UTF-8",
-            "TINI_KILL_PROCESS_GROUP=1"
         ]
     );
     let ulimits: Vec<_> = hc
@@ -418,4 +421,46 @@ async fn the_image_keeps_the_python_node_promise() {
         node.starts_with("0 node "),
         "a Node.js LTS line ≥ 22 with global crypto and fetch: {out}"
     );
+}
+
+/// The launcher is the container's pid 1 (no docker-init): Docker's `SIGTERM` reaches it,
+/// and it passes the signal to every process of the sandbox user, here a child in a
+/// session of its own; the status is the command's own (its handler's `exit(3)`), not the
+/// launcher's interrupted `wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reaches_every_process_through_the_launcher_as_pid_1() {
+    let Some(b) = common::backend().await else {
+        return;
+    };
+    let sb = common::sandbox(&b, Limits::default()).await;
+    let code = "import os, signal, subprocess, sys, time\n\
+print(open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].decode(), flush=True)\n\
+child = 'import signal, sys, time\\ndef h(*a):\\n    open(\"/workspace/child-term\", \"w\").close()\\n    sys.exit(0)\\nsignal.signal(signal.SIGTERM, h)\\nprint(\"child up\", flush=True)\\ntime.sleep(60)'\n\
+subprocess.Popen([sys.executable, '-c', child], start_new_session=True)\n\
+def h(*a):\n    for _ in range(500):\n        if os.path.exists('/workspace/child-term'):\n            sys.exit(3)\n        time.sleep(0.01)\n    sys.exit(4)\n\
+signal.signal(signal.SIGTERM, h)\n\
+print('ready', flush=True)\n\
+time.sleep(60)\n";
+    let sink = common::CollectSink::default();
+    let request = common::request(&["python3", "-c", code]);
+    let signal = async {
+        for _ in 0..3000 {
+            let out = sink.stdout();
+            if out.contains("ready") && out.contains("child up") {
+                sb.signal(crownest_core::KillSignal::Term).await.unwrap();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the command never got ready: {}", sink.stdout());
+    };
+    let (outcome, ()) = tokio::join!(sb.exec(&request, &sink), signal);
+    assert_eq!(
+        outcome.unwrap().status,
+        crownest_core::ExitStatus::Exited(3),
+        "{}",
+        String::from_utf8_lossy(&sink.stderr.lock().unwrap())
+    );
+    assert_eq!(sink.stdout().lines().next(), Some("/bin/sh"), "pid 1");
+    common::destroy_gone(&b, sb).await;
 }
