@@ -25,11 +25,21 @@ pub(crate) struct Received {
     /// The temp file, still to be fsynced when the same bytes were already stored (then it
     /// is dropped, unless `install` finds that copy gone and puts this one in place).
     pub(crate) unsynced: Option<File>,
+    /// A small upload of bytes stored already: kept in memory, no temp file made (written
+    /// out by `install` only if it finds the stored copy gone).
+    pub(crate) memory: Option<bytes::Bytes>,
 }
 
+/// Uploads up to this size are hashed in memory before any file is made for them
+/// (`blob_dir::receive_small_unsynced`): re-running the same small archive then creates,
+/// writes and deletes no temp file.
+const SMALL_UPLOAD: usize = 256 * 1024;
+
 /// Streams `data` into a temp file ([`blob_dir::receive`]: `too_large` as soon as the limit
-/// is passed, size and digest once it ended). On any error the temp file is removed. A
-/// refusal or a failing client stream is logical; a failing temp-file write is fatal.
+/// is passed, size and digest once it ended), or, for an upload of at most
+/// [`SMALL_UPLOAD`] bytes that are stored already, into memory only. On any error the temp
+/// file is removed. A refusal or a failing client stream is logical; a failing temp-file
+/// write is fatal.
 pub(crate) async fn receive(
     shared: &Arc<Shared>,
     data: ByteStream,
@@ -43,14 +53,31 @@ pub(crate) async fn receive(
         ReceiveError::Refused(e) => OpError::Logical(e),
         ReceiveError::Write { context, source } => OpError::Fatal(io(context, source)),
     };
-    let (info, file) = blob_dir::receive_unsynced(&path, data, expect, &hook)
+    let received = blob_dir::receive_small_unsynced(&path, data, expect, &hook, SMALL_UPLOAD)
         .await
         .map_err(fail)?;
-    // The same bytes stored already (a re-run of the same archive): the temp file will be
-    // dropped, so it needs no fsync.
-    let stored = std::fs::metadata(shared.layout.files.blob_path(&info.sha256))
-        .is_ok_and(|m| m.len() == info.size_bytes);
-    let unsynced = if stored {
+    let stored = |info: &BlobInfo| {
+        std::fs::metadata(shared.layout.files.blob_path(&info.sha256))
+            .is_ok_and(|m| m.len() == info.size_bytes)
+    };
+    let (info, file) = match received {
+        // The same bytes stored already (a re-run of the same archive): nothing to write.
+        blob_dir::Small::Memory(info, bytes) if stored(&info) => {
+            return Ok(Received {
+                temp: temp.disarm(),
+                info,
+                unsynced: None,
+                memory: Some(bytes),
+            });
+        }
+        blob_dir::Small::Memory(info, bytes) => {
+            let file = write_temp(&path, bytes, &hook).await.map_err(fail)?;
+            (info, file)
+        }
+        blob_dir::Small::File(info, file) => (info, file),
+    };
+    // The same bytes stored already: the temp file will be dropped, so it needs no fsync.
+    let unsynced = if stored(&info) {
         Some(file)
     } else {
         blob_dir::sync_file(file).await.map_err(fail)?;
@@ -60,6 +87,35 @@ pub(crate) async fn receive(
         temp,
         info,
         unsynced,
+        memory: None,
+    })
+}
+
+/// Writes a small upload held in memory to its new temp file (not fsynced).
+async fn write_temp(
+    path: &std::path::Path,
+    bytes: bytes::Bytes,
+    hook: &WriteHook,
+) -> Result<File, ReceiveError> {
+    let path = path.to_path_buf();
+    let hook = hook.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut file = File::options().write(true).create_new(true).open(&path)?;
+        let r = hook().and_then(|()| file.write_all(&bytes));
+        if r.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        r.map(|()| file)
+    })
+    .await
+    .map_err(|e| ReceiveError::Write {
+        context: "writing a blob",
+        source: std::io::Error::other(e),
+    })?;
+    written.map_err(|source| ReceiveError::Write {
+        context: "writing a blob temp file",
+        source,
     })
 }
 
@@ -75,6 +131,7 @@ pub(crate) fn install(
         temp,
         info,
         unsynced,
+        memory,
     } = received;
     let path = ctx.shared.layout.files.blob_path(&info.sha256);
     let known: Option<i64> = conn
@@ -88,6 +145,27 @@ pub(crate) fn install(
         && std::fs::metadata(&path).is_ok_and(|m| m.len() == info.size_bytes);
     if in_place {
         drop(temp);
+    } else if let Some(bytes) = memory {
+        // Stored when it was received, gone since (gc): the bytes held go in place.
+        let temp_path = ctx.shared.layout.temp_path("blob");
+        let temp = TempPath::new(temp_path.clone());
+        (|| {
+            use std::io::Write as _;
+            let mut file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&temp_path)?;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })()
+        .fatal("writing a blob")?;
+        if let Some(dir) = path.parent() {
+            ensure_dir(dir).fatal("creating a blob directory")?;
+        }
+        temp.persist(&path).fatal("moving a blob into place")?;
+        if let Some(dir) = path.parent() {
+            fsync_dir(dir).fatal("fsyncing a blob directory")?;
+        }
     } else {
         temp.check_present()?;
         if let Some(file) = unsynced {

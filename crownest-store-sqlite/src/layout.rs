@@ -62,6 +62,12 @@ impl TempPath {
         Self { path: Some(path) }
     }
 
+    /// Stops tracking a path at which no file was made (an upload kept in memory).
+    pub(crate) fn disarm(mut self) -> Self {
+        self.path = None;
+        self
+    }
+
     /// Checks the temp file is still there: `gc` removes temp files older than `temp_ttl`,
     /// so an upload stalled that long loses its bytes. That fails the upload (a logical
     /// error), not the store.

@@ -206,7 +206,8 @@ async fn an_upload_whose_temp_file_gc_removed_fails_alone() {
         let store = store.clone();
         tokio::spawn(async move { store.put_blob(stream, any_blob()).await })
     };
-    tx.send(Ok(Bytes::from_static(b"first half, ")))
+    // More than the store keeps in memory before it makes a temp file (256 KiB).
+    tx.send(Ok(Bytes::from(vec![b'x'; 300 * 1024])))
         .await
         .unwrap();
     // Wait for the temp file, then collect it as if the upload had stalled past temp_ttl.

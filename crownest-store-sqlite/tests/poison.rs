@@ -82,6 +82,31 @@ async fn a_failed_transaction_poisons_every_later_write() {
     assert_eq!(sealed[0].seq, 2);
 }
 
+/// A small upload of bytes stored already is hashed in memory and no file is written for it
+/// (a re-run of the same archive): a failing disk does not touch it; new small bytes still
+/// go through the write (and its failure) as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_reupload_of_stored_bytes_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let data = b"blob bytes".repeat(100);
+    let first = store.put_blob(stream_of(&data), any_blob()).await.unwrap();
+    store.inject_fault(Fault::BlobWrite);
+    let again = store.put_blob(stream_of(&data), any_blob()).await.unwrap();
+    assert_eq!(again, first);
+    assert!(store.create_run(new_run()).await.is_ok(), "not poisoned");
+    let other = b"other bytes".repeat(100);
+    let err = store
+        .put_blob(stream_of(&other), any_blob())
+        .await
+        .unwrap_err();
+    assert!(is_poison(&err), "{err:?}");
+    assert_eq!(
+        store.has_blob(&Sha256Digest::of(&other)).await.unwrap(),
+        None
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_blob_write_poisons_and_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -253,7 +253,7 @@ pub async fn receive_unsynced(
     expect: BlobExpect<'_>,
     hook: &WriteHook,
 ) -> Result<(BlobInfo, File), ReceiveError> {
-    let r = receive_inner(path, data, expect, hook).await;
+    let r = receive_inner(path, data, expect, hook, BytesMut::new(), 0).await;
     if r.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -268,11 +268,71 @@ pub async fn sync_file(file: File) -> Result<(), ReceiveError> {
         .map_err(write_error("fsyncing a blob"))
 }
 
+/// What [`receive_small_unsynced`] received.
+#[derive(Debug)]
+pub enum Small {
+    /// The whole stream, no larger than the memory limit: checked, hashed, no file made.
+    Memory(BlobInfo, Bytes),
+    /// A larger stream, in the new file at `path` as [`receive_unsynced`] leaves it.
+    File(BlobInfo, File),
+}
+
+/// [`receive_unsynced`] for a store that looks whether the same bytes are stored already
+/// before it writes them: a stream of at most `memory_limit` bytes is hashed and checked in
+/// memory, and no file is created for it (a re-upload of the same small archive then costs
+/// no file creation, write and deletion); a longer one goes to the file at `path` from its
+/// first bytes on. The same refusals as [`receive_unsynced`], at the same points.
+pub async fn receive_small_unsynced(
+    path: &Path,
+    mut data: ByteStream,
+    expect: BlobExpect<'_>,
+    hook: &WriteHook,
+    memory_limit: usize,
+) -> Result<Small, ReceiveError> {
+    let mut buf = BytesMut::new();
+    let mut size: u64 = 0;
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|e| ReceiveError::Refused(Error::io("reading upload", e)))?;
+        if size + chunk.len() as u64 > expect.max_bytes {
+            return Err(too_large(expect.max_bytes));
+        }
+        size += chunk.len() as u64;
+        buf.extend_from_slice(&chunk);
+        if buf.len() > memory_limit {
+            let r = receive_inner(path, data, expect, hook, buf, size).await;
+            if r.is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            let (info, file) = r?;
+            return Ok(Small::File(info, file));
+        }
+    }
+    let bytes = buf.freeze();
+    let info = BlobInfo {
+        sha256: Sha256Digest::from_bytes(&Sha256::digest(&bytes).into()),
+        size_bytes: size,
+    };
+    check_blob_expectations(&info, expect).map_err(ReceiveError::Refused)?;
+    Ok(Small::Memory(info, bytes))
+}
+
+fn too_large(max_bytes: u64) -> ReceiveError {
+    ReceiveError::Refused(Error::rejected(
+        RejectReason::TooLarge,
+        None,
+        format!("upload exceeds the limit of {max_bytes} bytes"),
+    ))
+}
+
+/// Streams into a new file at `path`: `first` (the stream's first `size` bytes, already
+/// counted), then the rest of `data`.
 async fn receive_inner(
     path: &Path,
     mut data: ByteStream,
     expect: BlobExpect<'_>,
     hook: &WriteHook,
+    first: BytesMut,
+    mut size: u64,
 ) -> Result<(BlobInfo, File), ReceiveError> {
     let open_path = path.to_path_buf();
     let file = tokio::task::spawn_blocking(move || {
@@ -288,16 +348,14 @@ async fn receive_inner(
         file,
         hasher: Sha256::new(),
     };
-    let mut size: u64 = 0;
-    let mut buf = BytesMut::new();
+    let mut buf = first;
+    if buf.len() >= WRITE_BUFFER {
+        sink = flush(sink, buf.split().freeze(), hook).await?;
+    }
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(|e| ReceiveError::Refused(Error::io("reading upload", e)))?;
         if size + chunk.len() as u64 > expect.max_bytes {
-            return Err(ReceiveError::Refused(Error::rejected(
-                RejectReason::TooLarge,
-                None,
-                format!("upload exceeds the limit of {} bytes", expect.max_bytes),
-            )));
+            return Err(too_large(expect.max_bytes));
         }
         size += chunk.len() as u64;
         if buf.is_empty() && chunk.len() >= WRITE_BUFFER {
@@ -376,6 +434,100 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn a_small_stream_stays_in_memory_and_a_larger_one_goes_to_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = BlobDir::new(t.path());
+        dir.create().unwrap();
+        let temp = dir.temp_path("blob");
+        let expect = BlobExpect {
+            descriptor: None,
+            max_bytes: 100,
+        };
+        let got = receive_small_unsynced(
+            &temp,
+            stream_of(vec![b"hello ", b"world"]),
+            expect,
+            &no_hook(),
+            11,
+        )
+        .await
+        .unwrap();
+        let Small::Memory(info, bytes) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(info.sha256, Sha256Digest::of(b"hello world"));
+        assert_eq!((info.size_bytes, &bytes[..]), (11, &b"hello world"[..]));
+        assert!(!temp.exists(), "no file made");
+        // One byte over the limit: the file, with every byte, the first ones included.
+        let got = receive_small_unsynced(
+            &temp,
+            stream_of(vec![b"hello ", b"world", b"!"]),
+            expect,
+            &no_hook(),
+            11,
+        )
+        .await
+        .unwrap();
+        let Small::File(info, _) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(info.sha256, Sha256Digest::of(b"hello world!"));
+        assert_eq!(std::fs::read(&temp).unwrap(), b"hello world!");
+        std::fs::remove_file(&temp).unwrap();
+        // The same refusals, in memory and past the limit, and nothing left.
+        let declared = ArchiveDescriptor {
+            size_bytes: 4,
+            sha256: Sha256Digest::of(b"abce"),
+        };
+        for limit in [100, 1] {
+            let wrong = BlobExpect {
+                descriptor: Some(&declared),
+                max_bytes: 100,
+            };
+            let e = receive_small_unsynced(
+                &temp,
+                stream_of(vec![b"ab", b"cd"]),
+                wrong,
+                &no_hook(),
+                limit,
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ReceiveError::Refused(Error::ArchiveRejected {
+                        reason: RejectReason::DigestMismatch,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+            let small = BlobExpect {
+                descriptor: None,
+                max_bytes: 3,
+            };
+            let e = receive_small_unsynced(
+                &temp,
+                stream_of(vec![b"ab", b"cd"]),
+                small,
+                &no_hook(),
+                limit,
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(
+                e,
+                ReceiveError::Refused(Error::ArchiveRejected {
+                    reason: RejectReason::TooLarge,
+                    ..
+                })
+            ));
+            assert!(!temp.exists());
+        }
     }
 
     #[tokio::test]
