@@ -685,28 +685,36 @@ mod tests {
         assert!(String::from_utf8_lossy(before_mark(&out.stderr)).starts_with(NAME));
     }
 
-    #[test]
-    fn the_launcher_outlives_a_terminated_command_and_waits_for_the_acknowledgement() {
+    /// A launcher running `script` (`sh -c`), which has printed `up`; then Docker's
+    /// `SIGTERM` to the launcher alone (as to a container's pid 1) and the end mark read.
+    fn terminated_after_up(
+        script: &str,
+    ) -> (
+        std::process::Child,
+        std::process::ChildStdin,
+        std::process::ChildStdout,
+    ) {
         let mut child = spawn_launcher();
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
-        let f = frame_of(
-            "/",
-            &env(&[]),
-            &secrets(&[]),
-            &["sh", "-c", "echo up; exec sleep 30"],
-        );
+        let f = frame_of("/", &env(&[]), &secrets(&[]), &["sh", "-c", script]);
         stdin.write_all(&f).unwrap();
         let mut up = [0u8; 3];
         std::io::Read::read_exact(&mut stdout, &mut up).unwrap();
         assert_eq!(&up, b"up\n");
-        // Docker signals pid 1, the launcher; it passes the signal on.
         terminate(&child);
-        // The marks come, then the launcher waits for the engine's line.
         let mark = end_mark(NONCE);
         let mut got = vec![0u8; mark.len()];
         std::io::Read::read_exact(&mut stdout, &mut got).unwrap();
         assert_eq!(got, mark);
+        (child, stdin, stdout)
+    }
+
+    #[test]
+    fn the_launcher_outlives_a_terminated_command_and_waits_for_the_acknowledgement() {
+        // The launcher passes the signal on; the marks come, then it waits for the
+        // engine's line.
+        let (mut child, mut stdin, mut stdout) = terminated_after_up("echo up; exec sleep 30");
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -725,27 +733,8 @@ mod tests {
 
         // A command that handles the signal ends with a status of its own: the launcher's
         // `wait`, cut short by the same signal, is taken up again for it.
-        let mut child = spawn_launcher();
-        let mut stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let f = frame_of(
-            "/",
-            &env(&[]),
-            &secrets(&[]),
-            &[
-                "sh",
-                "-c",
-                "trap 'exit 7' TERM; sleep 30 >/dev/null 2>&1 & echo up; wait",
-            ],
-        );
-        stdin.write_all(&f).unwrap();
-        std::io::Read::read_exact(&mut stdout, &mut up).unwrap();
-        assert_eq!(&up, b"up\n");
-        terminate(&child);
-        let mark = end_mark(NONCE);
-        let mut got = vec![0u8; mark.len()];
-        std::io::Read::read_exact(&mut stdout, &mut got).unwrap();
-        assert_eq!(got, mark);
+        let (mut child, mut stdin, _stdout) =
+            terminated_after_up("trap 'exit 7' TERM; sleep 30 >/dev/null 2>&1 & echo up; wait");
         stdin.write_all(b"\n").unwrap();
         assert_eq!(child.wait().unwrap().code(), Some(7));
     }

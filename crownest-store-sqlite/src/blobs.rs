@@ -91,6 +91,22 @@ pub(crate) async fn receive(
     })
 }
 
+/// Writes `bytes` to a new file at `path` (not fsynced), after `hook`; removes it again if
+/// that fails.
+fn write_new(
+    path: &std::path::Path,
+    bytes: &[u8],
+    hook: &dyn Fn() -> std::io::Result<()>,
+) -> std::io::Result<File> {
+    use std::io::Write as _;
+    let mut file = File::options().write(true).create_new(true).open(path)?;
+    let r = hook().and_then(|()| file.write_all(bytes));
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r.map(|()| file)
+}
+
 /// Writes a small upload held in memory to its new temp file (not fsynced).
 async fn write_temp(
     path: &std::path::Path,
@@ -99,20 +115,12 @@ async fn write_temp(
 ) -> Result<File, ReceiveError> {
     let path = path.to_path_buf();
     let hook = hook.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        let mut file = File::options().write(true).create_new(true).open(&path)?;
-        let r = hook().and_then(|()| file.write_all(&bytes));
-        if r.is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-        r.map(|()| file)
-    })
-    .await
-    .map_err(|e| ReceiveError::Write {
-        context: "writing a blob",
-        source: std::io::Error::other(e),
-    })?;
+    let written = tokio::task::spawn_blocking(move || write_new(&path, &bytes, &*hook))
+        .await
+        .map_err(|e| ReceiveError::Write {
+            context: "writing a blob",
+            source: std::io::Error::other(e),
+        })?;
     written.map_err(|source| ReceiveError::Write {
         context: "writing a blob temp file",
         source,
@@ -145,33 +153,26 @@ pub(crate) fn install(
         && std::fs::metadata(&path).is_ok_and(|m| m.len() == info.size_bytes);
     if in_place {
         drop(temp);
-    } else if let Some(bytes) = memory {
-        // Stored when it was received, gone since (gc): the bytes held go in place.
-        let temp_path = ctx.shared.layout.temp_path("blob");
-        let temp = TempPath::new(temp_path.clone());
-        (|| {
-            use std::io::Write as _;
-            let mut file = File::options()
-                .write(true)
-                .create_new(true)
-                .open(&temp_path)?;
-            file.write_all(&bytes)?;
-            file.sync_all()
-        })()
-        .fatal("writing a blob")?;
-        if let Some(dir) = path.parent() {
-            ensure_dir(dir).fatal("creating a blob directory")?;
-        }
-        temp.persist(&path).fatal("moving a blob into place")?;
-        if let Some(dir) = path.parent() {
-            fsync_dir(dir).fatal("fsyncing a blob directory")?;
-        }
     } else {
-        temp.check_present()?;
-        if let Some(file) = unsynced {
-            // Stored when it was received, gone since (gc): this copy goes in place.
-            file.sync_all().fatal("fsyncing a blob")?;
-        }
+        let temp = match memory {
+            // Stored when it was received, gone since (gc): the bytes held go in place.
+            Some(bytes) => {
+                let temp_path = ctx.shared.layout.temp_path("blob");
+                let temp = TempPath::new(temp_path.clone());
+                write_new(&temp_path, &bytes, &|| Ok(()))
+                    .and_then(|f| f.sync_all())
+                    .fatal("writing a blob")?;
+                temp
+            }
+            None => {
+                temp.check_present()?;
+                if let Some(file) = unsynced {
+                    // Stored when it was received, gone since (gc): this copy goes in place.
+                    file.sync_all().fatal("fsyncing a blob")?;
+                }
+                temp
+            }
+        };
         if let Some(dir) = path.parent() {
             ensure_dir(dir).fatal("creating a blob directory")?;
         }

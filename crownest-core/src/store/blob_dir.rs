@@ -400,12 +400,18 @@ mod tests {
         std::sync::Arc::new(|| Ok(()))
     }
 
-    #[tokio::test]
-    async fn receives_hashes_and_lays_out_by_digest() {
+    /// A created blob directory in a fresh temp dir, and a temp path in it.
+    fn blob_dir() -> (tempfile::TempDir, BlobDir, PathBuf) {
         let t = tempfile::tempdir().unwrap();
         let dir = BlobDir::new(t.path());
         dir.create().unwrap();
         let temp = dir.temp_path("blob");
+        (t, dir, temp)
+    }
+
+    #[tokio::test]
+    async fn receives_hashes_and_lays_out_by_digest() {
+        let (t, dir, temp) = blob_dir();
         let expect = BlobExpect {
             descriptor: None,
             max_bytes: 100,
@@ -438,10 +444,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_small_stream_stays_in_memory_and_a_larger_one_goes_to_the_file() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = BlobDir::new(t.path());
-        dir.create().unwrap();
-        let temp = dir.temp_path("blob");
+        let (_t, _dir, temp) = blob_dir();
         let expect = BlobExpect {
             descriptor: None,
             max_bytes: 100,
@@ -477,110 +480,61 @@ mod tests {
         assert_eq!(info.sha256, Sha256Digest::of(b"hello world!"));
         assert_eq!(std::fs::read(&temp).unwrap(), b"hello world!");
         std::fs::remove_file(&temp).unwrap();
-        // The same refusals, in memory and past the limit, and nothing left.
-        let declared = ArchiveDescriptor {
-            size_bytes: 4,
-            sha256: Sha256Digest::of(b"abce"),
-        };
-        for limit in [100, 1] {
-            let wrong = BlobExpect {
-                descriptor: Some(&declared),
-                max_bytes: 100,
-            };
-            let e = receive_small_unsynced(
-                &temp,
-                stream_of(vec![b"ab", b"cd"]),
-                wrong,
-                &no_hook(),
-                limit,
-            )
-            .await
-            .unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    ReceiveError::Refused(Error::ArchiveRejected {
-                        reason: RejectReason::DigestMismatch,
-                        ..
-                    })
-                ),
-                "{e:?}"
-            );
-            let small = BlobExpect {
-                descriptor: None,
-                max_bytes: 3,
-            };
-            let e = receive_small_unsynced(
-                &temp,
-                stream_of(vec![b"ab", b"cd"]),
-                small,
-                &no_hook(),
-                limit,
-            )
-            .await
-            .unwrap_err();
-            assert!(matches!(
-                e,
-                ReceiveError::Refused(Error::ArchiveRejected {
-                    reason: RejectReason::TooLarge,
-                    ..
-                })
-            ));
-            assert!(!temp.exists());
-        }
     }
 
     #[tokio::test]
     async fn refusals_keep_nothing_and_say_why() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = BlobDir::new(t.path());
-        dir.create().unwrap();
-        let temp = dir.temp_path("blob");
-        let too_small = BlobExpect {
-            descriptor: None,
-            max_bytes: 3,
-        };
-        let e = receive(&temp, stream_of(vec![b"ab", b"cd"]), too_small, &no_hook())
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            e,
-            ReceiveError::Refused(Error::ArchiveRejected {
-                reason: RejectReason::TooLarge,
-                ..
-            })
-        ));
-        assert!(!temp.exists());
+        let (_t, _dir, temp) = blob_dir();
         let declared = ArchiveDescriptor {
             size_bytes: 4,
             sha256: Sha256Digest::of(b"abce"),
+        };
+        let too_small = BlobExpect {
+            descriptor: None,
+            max_bytes: 3,
         };
         let wrong = BlobExpect {
             descriptor: Some(&declared),
             max_bytes: 100,
         };
-        let e = receive(&temp, stream_of(vec![b"abcd"]), wrong, &no_hook())
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            e,
-            ReceiveError::Refused(Error::ArchiveRejected {
-                reason: RejectReason::DigestMismatch,
-                ..
-            })
-        ));
-        assert!(!temp.exists());
-        // A failing write is the store's fault.
-        let failing: WriteHook = std::sync::Arc::new(|| Err(std::io::Error::other("disk full")));
         let any = BlobExpect {
             descriptor: None,
             max_bytes: 100,
         };
-        let e = receive(&temp, stream_of(vec![b"abcd"]), any, &failing)
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ReceiveError::Write { .. }));
-        assert!(!temp.exists());
+        let failing: WriteHook = std::sync::Arc::new(|| Err(std::io::Error::other("disk full")));
+        // `receive`, and `receive_small_unsynced` past its memory limit and within it.
+        for small in [None, Some(1), Some(100)] {
+            let refused = |expect, hook| {
+                let temp = temp.clone();
+                async move {
+                    let parts = stream_of(vec![b"ab", b"cd"]);
+                    match small {
+                        None => receive(&temp, parts, expect, &hook).await.map(|_| ()),
+                        Some(limit) => receive_small_unsynced(&temp, parts, expect, &hook, limit)
+                            .await
+                            .map(|_| ()),
+                    }
+                    .unwrap_err()
+                }
+            };
+            for (expect, reason) in [
+                (too_small, RejectReason::TooLarge),
+                (wrong, RejectReason::DigestMismatch),
+            ] {
+                let e = refused(expect, no_hook()).await;
+                assert!(
+                    matches!(&e, ReceiveError::Refused(Error::ArchiveRejected { reason: r, .. }) if *r == reason),
+                    "{small:?}: {e:?}"
+                );
+                assert!(!temp.exists());
+            }
+            // A failing write is the store's fault (nothing is written within the limit).
+            if small != Some(100) {
+                let e = refused(any, failing.clone()).await;
+                assert!(matches!(e, ReceiveError::Write { .. }), "{small:?}: {e:?}");
+                assert!(!temp.exists());
+            }
+        }
     }
 
     #[test]
