@@ -68,8 +68,9 @@
 //! namespace. Its one handler, for `SIGTERM` (which Docker sends to pid 1), ends the
 //! launcher with 143 before the command has started, and after passes the signal on with
 //! `kill -TERM -1`: to every process of the sandbox user but itself, the command and
-//! anything it started in other groups or sessions (outside a container, as in this
-//! module's tests, only to the command's subshell); the command's subshell has the
+//! anything it started in other groups or sessions (`kill(-1)` never reaches past the
+//! caller's PID namespace; outside a container, as in this module's tests, the handler
+//! signals only the command's subshell); the command's subshell has the
 //! default action again. A `wait` that the signal interrupted is taken up again, so the
 //! status is the command's. `SIGKILL` ends pid 1 and with it the whole container,
 //! marks and all (the run is then ending `timed_out` or `canceled`, whose output is cut
