@@ -411,10 +411,8 @@ pub(crate) async fn create_sandbox(
     DockerError,
 > {
     let owner = shared.config.uid_gid();
-    let mut base = None;
     let bound = match (shared.bind_root(), owner) {
-        (Some((root, path)), Some(owner)) => {
-            base = Some(path);
+        (Some((root, base)), Some(owner)) => {
             let sandbox = shape.sandbox.to_owned();
             let dir = tokio::task::spawn_blocking(move || {
                 crate::place::create_bound(&root, marker, &sandbox, owner)
@@ -422,14 +420,11 @@ pub(crate) async fn create_sandbox(
             .await
             .map_err(|e| DockerError::State(format!("the workspace directory task failed: {e}")))?
             .map_err(|e| DockerError::State(e.chain()))?;
+            shape.bound = Some(crate::place::bound_path(&base, &dir));
             Some(std::sync::Arc::new(dir))
         }
         _ => None,
     };
-    shape.bound = bound
-        .as_deref()
-        .zip(base.as_deref())
-        .map(|(dir, base)| crate::place::bound_path(base, dir));
     let retry = bound.is_some().then(|| shape.clone());
     let created = match (&bound, leave_starting) {
         (Some(_), true) => create_starting(&shared.docker, &shared.config, shape, false).await,

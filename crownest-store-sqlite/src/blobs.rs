@@ -22,12 +22,21 @@ use crate::writer::{OpCtx, Shared};
 pub(crate) struct Received {
     pub(crate) temp: TempPath,
     pub(crate) info: BlobInfo,
-    /// The temp file, still to be fsynced when the same bytes were already stored (then it
-    /// is dropped, unless `install` finds that copy gone and puts this one in place).
-    pub(crate) unsynced: Option<File>,
-    /// A small upload of bytes stored already: kept in memory, no temp file made (written
-    /// out by `install` only if it finds the stored copy gone).
-    pub(crate) memory: Option<bytes::Bytes>,
+    /// What is held besides the (fsynced) temp file when the same bytes were stored
+    /// already at receive time.
+    pub(crate) held: Held,
+}
+
+/// The bytes of a [`Received`] blob whose copy was stored already when it arrived: dropped,
+/// unless `install` finds that copy gone and puts these in place.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A new blob: its temp file is fsynced, nothing else is held.
+    Nothing,
+    /// The temp file, not fsynced (yet).
+    Unsynced(File),
+    /// A small upload: no temp file was made, the bytes are in memory.
+    Memory(bytes::Bytes),
 }
 
 /// Uploads up to this size are hashed in memory before any file is made for them
@@ -60,35 +69,32 @@ pub(crate) async fn receive(
         std::fs::metadata(shared.layout.files.blob_path(&info.sha256))
             .is_ok_and(|m| m.len() == info.size_bytes)
     };
-    let (info, file) = match received {
-        // The same bytes stored already (a re-run of the same archive): nothing to write.
-        blob_dir::Small::Memory(info, bytes) if stored(&info) => {
-            return Ok(Received {
-                temp: temp.disarm(),
-                info,
-                unsynced: None,
-                memory: Some(bytes),
-            });
-        }
+    let (info, file, stored) = match received {
         blob_dir::Small::Memory(info, bytes) => {
+            // The same bytes stored already (a re-run of the same archive): nothing to write.
+            if stored(&info) {
+                return Ok(Received {
+                    temp: temp.disarm(),
+                    info,
+                    held: Held::Memory(bytes),
+                });
+            }
             let file = write_temp(&path, bytes, &hook).await.map_err(fail)?;
-            (info, file)
+            (info, file, false)
         }
-        blob_dir::Small::File(info, file) => (info, file),
+        blob_dir::Small::File(info, file) => {
+            let stored = stored(&info);
+            (info, file, stored)
+        }
     };
     // The same bytes stored already: the temp file will be dropped, so it needs no fsync.
-    let unsynced = if stored(&info) {
-        Some(file)
+    let held = if stored {
+        Held::Unsynced(file)
     } else {
         blob_dir::sync_file(file).await.map_err(fail)?;
-        None
+        Held::Nothing
     };
-    Ok(Received {
-        temp,
-        info,
-        unsynced,
-        memory: None,
-    })
+    Ok(Received { temp, info, held })
 }
 
 /// Writes `bytes` to a new file at `path` (not fsynced), after `hook`; removes it again if
@@ -135,12 +141,7 @@ pub(crate) fn install(
     received: Received,
     now_ms: i64,
 ) -> Result<BlobInfo, OpError> {
-    let Received {
-        temp,
-        info,
-        unsynced,
-        memory,
-    } = received;
+    let Received { temp, info, held } = received;
     let path = ctx.shared.layout.files.blob_path(&info.sha256);
     let known: Option<i64> = conn
         .prepare_cached("SELECT size FROM blobs WHERE sha256 = ?1")
@@ -154,9 +155,9 @@ pub(crate) fn install(
     if in_place {
         drop(temp);
     } else {
-        let temp = match memory {
+        let temp = match held {
             // Stored when it was received, gone since (gc): the bytes held go in place.
-            Some(bytes) => {
+            Held::Memory(bytes) => {
                 let temp_path = ctx.shared.layout.temp_path("blob");
                 let temp = TempPath::new(temp_path.clone());
                 write_new(&temp_path, &bytes, &|| Ok(()))
@@ -164,12 +165,14 @@ pub(crate) fn install(
                     .fatal("writing a blob")?;
                 temp
             }
-            None => {
+            // Likewise: this copy goes in place.
+            Held::Unsynced(file) => {
                 temp.check_present()?;
-                if let Some(file) = unsynced {
-                    // Stored when it was received, gone since (gc): this copy goes in place.
-                    file.sync_all().fatal("fsyncing a blob")?;
-                }
+                file.sync_all().fatal("fsyncing a blob")?;
+                temp
+            }
+            Held::Nothing => {
+                temp.check_present()?;
                 temp
             }
         };
