@@ -10,6 +10,7 @@ use crownest_core::{ExecRequest, Network};
 
 use crate::cgroup::Cgroup;
 use crate::containment::{Applied, Init, Tree};
+use crate::leader::{Leader, SharedLeader};
 use crate::report::{Reports, read_available};
 use crate::sandbox::ProcessSandbox;
 use crate::spawn::{ChildHook, ExecImage, HookMode};
@@ -76,10 +77,9 @@ impl ProcessSandbox {
     pub(crate) async fn spawn_with_fallback(
         &self,
         request: &ExecRequest,
-    ) -> std::result::Result<(tokio::process::Child, Arc<Tree>, Option<OwnedFd>, Reports), String>
-    {
+    ) -> std::result::Result<(Leader, Arc<Tree>, Option<OwnedFd>, Reports), String> {
         let used = self.probe();
-        let first = match self.spawn(request, &used.applied) {
+        let first = match self.spawn(request, &used.applied).await {
             Ok(s) => return Ok(s),
             Err(e) if !e.containment => return Err(e.message),
             Err(e) => e.message,
@@ -93,16 +93,16 @@ impl ProcessSandbox {
             st.reprobe_note = Some(note);
         }
         self.spawn(request, &fresh.applied)
+            .await
             .map_err(|e| format!("{first}; after re-probing the containment: {}", e.message))
     }
 
     /// Spawns the command under `applied`.
-    fn spawn(
+    async fn spawn(
         &self,
         request: &ExecRequest,
         applied: &Applied,
-    ) -> std::result::Result<(tokio::process::Child, Arc<Tree>, Option<OwnedFd>, Reports), SpawnError>
-    {
+    ) -> std::result::Result<(Leader, Arc<Tree>, Option<OwnedFd>, Reports), SpawnError> {
         let argv0 = request
             .argv
             .first()
@@ -173,21 +173,29 @@ impl ProcessSandbox {
         )
         .with_netns(netns.as_ref().map_or(-1, |fd| fd.as_raw_fd()));
         let privilege = hook.privilege();
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.arg0(argv0)
-            .args(&request.argv[1..])
-            .env_clear()
-            .envs(&env)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        // SAFETY: the hook makes only async-signal-safe calls on data computed above.
-        unsafe {
-            cmd.pre_exec(move || hook.run());
-        }
-        let spawned = cmd.spawn();
+        // C shares the host's memory where it can (`crate::leader`), else it is std's fork.
+        let shared = matches!(mode, HookMode::Namespace { user: false, .. })
+            && hook.stacks().is_some()
+            && crate::leader::available();
+        let spawned = if shared {
+            SharedLeader::spawn(hook).await.map(Leader::Shared)
+        } else {
+            let mut cmd = tokio::process::Command::new(&program);
+            cmd.arg0(argv0)
+                .args(&request.argv[1..])
+                .env_clear()
+                .envs(&env)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            // SAFETY: the hook makes only async-signal-safe calls on data computed above.
+            unsafe {
+                cmd.pre_exec(move || hook.run());
+            }
+            cmd.spawn().map(Leader::Forked)
+        };
         drop(netns);
         drop(report_w);
         drop(cwd_fd);
@@ -209,6 +217,22 @@ impl ProcessSandbox {
         let mut reports = Reports::default();
         if let Some(r) = &report_r {
             reports.parse(&read_available(r));
+        }
+        if let Some(errno) = reports.setup_error {
+            // C could not set up the containment (what std's spawn returns as an error
+            // for a forked C). Dropping the leader reaps it.
+            drop(child);
+            if let Some(cg) = &cgroup {
+                let _ = cg.remove();
+            }
+            return Err(SpawnError {
+                message: format!(
+                    "starting {argv0:?} ({}) failed: {}",
+                    program.display(),
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+                containment: true,
+            });
         }
         if let Some(errno) = reports.exec_error {
             // The command's process could not exec (std's exec-error pipe saw only EOF: the

@@ -123,6 +123,7 @@ mod descriptors;
 mod error;
 mod isolation;
 mod launch;
+mod leader;
 mod netns;
 mod output;
 mod privilege;

@@ -15,6 +15,9 @@ pub(crate) const TAG_INIT_STATUS: u8 = b'C';
 /// H → parent: the command could not be started (the `errno` of the failed step: the last
 /// preparation or `execve`).
 pub(crate) const TAG_EXEC_ERROR: u8 = b'E';
+/// C → parent, when C shares the host's memory (`crate::leader`): the containment could not
+/// be set up (the `errno` of the failed step), what std's spawn reports for a forked C.
+pub(crate) const TAG_SETUP_ERROR: u8 = b'X';
 
 /// Writes one record (in the forked child: one atomic pipe write, no allocation).
 pub(crate) unsafe fn report(fd: RawFd, tag: u8, value: libc::c_int) {
@@ -40,6 +43,8 @@ pub(crate) struct Reports {
     pub(crate) init_status: Option<i32>,
     /// Why the command's process could not exec (an `errno`).
     pub(crate) exec_error: Option<i32>,
+    /// Why C could not set up the containment (an `errno`).
+    pub(crate) setup_error: Option<i32>,
 }
 
 impl Reports {
@@ -51,6 +56,7 @@ impl Reports {
                 TAG_COMMAND_STATUS => self.command_status = Some(v),
                 TAG_INIT_STATUS => self.init_status = Some(v),
                 TAG_EXEC_ERROR => self.exec_error = Some(v),
+                TAG_SETUP_ERROR => self.setup_error = Some(v),
                 _ => {}
             }
         }

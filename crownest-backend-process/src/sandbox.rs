@@ -227,8 +227,8 @@ impl Sandbox for ProcessSandbox {
 
         let cfg = &self.backend.config;
         let (exit_tx, exit_rx) = watch::channel(false);
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let stdout = child.take_stdout();
+        let stderr = child.take_stderr();
         let out = async {
             match stdout {
                 Some(r) => {

@@ -107,6 +107,79 @@ pub(crate) struct ChildHook {
     exec: Option<ExecImage>,
     /// A fresh network namespace to join instead of making one (`crate::netns`), or -1.
     netns_fd: RawFd,
+    /// The stacks of C (when C shares the host's memory, `crate::leader`), G and H, mapped
+    /// here before the fork (namespace mode).
+    stacks: Option<Stacks>,
+    /// Held open by G for its whole life (and by H until its exec): EOF on the other end
+    /// means nothing runs on the host's memory any more (`crate::leader`), or -1.
+    gone_fd: RawFd,
+}
+
+/// One private mapping holding the stacks of C, G and H (`clone(CLONE_VM)`), made on the
+/// spawning thread. Only the pages touched are ever allocated; unmapped when dropped, which
+/// the owner does only once no process runs on them any more (after a fork: at once, the
+/// child runs on its own copy).
+#[derive(Debug)]
+pub(crate) struct Stacks {
+    base: std::ptr::NonNull<libc::c_void>,
+}
+
+// SAFETY: a plain anonymous mapping owned by this value; moving it between threads moves
+// only the address.
+unsafe impl Send for Stacks {}
+// SAFETY: as above; `&Stacks` only hands out addresses.
+unsafe impl Sync for Stacks {}
+
+/// Which stack of [`Stacks`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StackOf {
+    Leader = 0,
+    Init = 1,
+    Command = 2,
+}
+
+impl Stacks {
+    const COUNT: usize = 3;
+
+    fn map() -> Option<Self> {
+        // SAFETY: a fresh private anonymous mapping, owned by the returned value.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CLONE_STACK * Self::COUNT,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        std::ptr::NonNull::new(p).map(|base| Self { base })
+    }
+
+    /// The top of one stack (stacks grow down).
+    pub(crate) fn top(&self, which: StackOf) -> *mut libc::c_void {
+        // SAFETY: within the mapping (its end at most).
+        unsafe {
+            self.base
+                .as_ptr()
+                .cast::<u8>()
+                .add(CLONE_STACK * (which as usize + 1))
+                .cast()
+        }
+    }
+}
+
+impl Drop for Stacks {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`; its owner drops it only when no process runs
+        // on it (see the type's docs).
+        unsafe {
+            libc::munmap(self.base.as_ptr(), CLONE_STACK * Self::COUNT);
+        }
+    }
 }
 
 /// A program, its argument vector and its environment, as `execve` takes them, built
@@ -175,9 +248,8 @@ impl ExecImage {
     }
 }
 
-/// The stack of G or H (`clone(CLONE_VM)`): mapped in C or G, never unmapped (each of them
-/// ends in `_exit` or `execve`). Only the pages touched are ever allocated.
-const CLONE_STACK: usize = 256 * 1024;
+/// The size of each stack of [`Stacks`].
+pub(crate) const CLONE_STACK: usize = 256 * 1024;
 
 /// What G starts with (on C's stack, which outlives G: C never returns).
 struct InitStart<'a> {
@@ -256,6 +328,10 @@ impl ChildHook {
         let gid = rustix::process::getgid().as_raw();
         let privilege =
             HostPrivilege::for_spawn(matches!(mode, HookMode::Namespace { user: true, .. }));
+        let stacks = match mode {
+            HookMode::Namespace { .. } => Stacks::map(),
+            _ => None,
+        };
         Self {
             mode,
             // SAFETY: getpid has no preconditions.
@@ -274,7 +350,25 @@ impl ChildHook {
             probe,
             exec,
             netns_fd: -1,
+            stacks,
+            gone_fd: -1,
         }
+    }
+
+    /// Marks `fd` as the descriptor G holds for its whole life (see the field).
+    pub(crate) fn with_gone(mut self, fd: RawFd) -> Self {
+        self.gone_fd = fd;
+        self
+    }
+
+    /// The stacks (namespace mode), or `None` where they could not be mapped.
+    pub(crate) fn stacks(&self) -> Option<&Stacks> {
+        self.stacks.as_ref()
+    }
+
+    /// The descriptor the report records go to (or -1).
+    pub(crate) fn report_fd(&self) -> RawFd {
+        self.report_fd
     }
 
     /// Joins `fd`, a network namespace nothing else uses (`crate::netns`), instead of
@@ -312,6 +406,7 @@ impl ChildHook {
     pub(crate) unsafe fn run(&self) -> io::Result<()> {
         // SAFETY (whole fn): plain system calls on values computed before the fork.
         unsafe {
+            default_dispositions();
             if self.cwd_fd >= 0 && libc::fchdir(self.cwd_fd) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -366,9 +461,12 @@ impl ChildHook {
         // SAFETY (whole fn): see `run`.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
-            libc::sigprocmask(libc::SIG_BLOCK, &all, &mut old);
+            // What H execs the command with: nothing blocked (std's child, a forked C,
+            // starts so; a C sharing the host's memory starts with everything blocked).
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut old);
+            libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
             let mut flags = libc::CLONE_NEWPID;
             if user {
                 flags |= libc::CLONE_NEWUSER;
@@ -407,7 +505,15 @@ impl ChildHook {
                 all,
                 old,
             };
-            let init = clone_vm(init_entry, (&raw const start).cast_mut().cast(), false);
+            let Some(stacks) = &self.stacks else {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            };
+            let init = clone_vm(
+                init_entry,
+                (&raw const start).cast_mut().cast(),
+                false,
+                stacks.top(StackOf::Init),
+            );
             if init < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -463,12 +569,20 @@ impl ChildHook {
                 hook: self,
                 old: *old,
             };
-            // Returns once H exec'd or exited (CLONE_VFORK).
-            let command = clone_vm(command_entry, (&raw const start).cast_mut().cast(), true);
+            // Returns once H exec'd or exited (CLONE_VFORK). The stacks exist: C checked.
+            let Some(stacks) = &self.stacks else {
+                libc::_exit(126);
+            };
+            let command = clone_vm(
+                command_entry,
+                (&raw const start).cast_mut().cast(),
+                true,
+                stacks.top(StackOf::Command),
+            );
             if command < 0 {
                 libc::_exit(126);
             }
-            close_all_except([self.report_fd, -1]);
+            close_all_except([self.report_fd, self.gone_fd]);
             loop {
                 let mut main = None;
                 loop {
@@ -531,6 +645,31 @@ impl ChildHook {
     }
 }
 
+/// Sets every signal's disposition back to the default (handled and ignored ones alike), so
+/// the command starts with none of the host's: std's child resets only `SIGPIPE`, and an
+/// ignored signal survives `execve`. The raw system call, because glibc's `sigaction`
+/// refuses its two internal signals (32, 33), which a host may have ignored all the same.
+unsafe fn default_dispositions() {
+    // A zeroed kernel `sigaction` (handler, flags, restorer, mask on every layout) is
+    // `SIG_DFL` without flags.
+    let default = [0u64; 4];
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction(2) with a valid, zeroed action and no old action.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+        }
+    }
+}
+
 fn clamp(n: u64) -> libc::rlim_t {
     libc::rlim_t::try_from(n).unwrap_or(libc::RLIM_INFINITY)
 }
@@ -573,36 +712,22 @@ fn exit_code_of(status: libc::c_int) -> libc::c_int {
 }
 
 /// A child sharing this process's memory (`CLONE_VM`; with `vfork`, this thread waits until
-/// it exec'd or exited), starting in `entry(arg)` on a stack of its own. -1 on failure.
-unsafe fn clone_vm(
+/// it exec'd or exited), starting in `entry(arg)` on the stack whose top is `stack` (one of
+/// [`Stacks`]). -1 on failure.
+pub(crate) unsafe fn clone_vm(
     entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
     vfork: bool,
+    stack: *mut libc::c_void,
 ) -> libc::pid_t {
-    // SAFETY: a fresh private mapping as the child's stack (stacks grow down: its end);
-    // glibc's clone() runs `entry` on it and `_exit`s with its result.
+    // SAFETY: `stack` is the top of a mapping that outlives the child; glibc's clone()
+    // runs `entry` on it and `_exit`s with its result.
     unsafe {
-        let stack = libc::mmap(
-            std::ptr::null_mut(),
-            CLONE_STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        );
-        if stack == libc::MAP_FAILED {
-            return -1;
-        }
         let mut flags = libc::CLONE_VM | libc::SIGCHLD;
         if vfork {
             flags |= libc::CLONE_VFORK;
         }
-        libc::clone(
-            entry,
-            stack.cast::<u8>().add(CLONE_STACK).cast(),
-            flags,
-            arg,
-        )
+        libc::clone(entry, stack, flags, arg)
     }
 }
 

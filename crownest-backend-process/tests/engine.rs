@@ -642,3 +642,43 @@ async fn destroy_does_not_wait_for_the_deletion() {
     }
     panic!("{} was never deleted", tombstone.display());
 }
+
+/// The command starts with nothing blocked and nothing ignored, whatever the host's own
+/// signal state (this test process ignores `SIGPIPE`, as every Rust program does, has
+/// tokio's handlers installed, and may have inherited more ignored signals), for each way
+/// its first process is made: in a PID namespace as root it shares the host's memory
+/// (`leader.rs`), with a user namespace it is a fork.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_starts_with_default_signal_dispositions() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("SigIgn:") && l != "SigIgn:\t0000000000000000"),
+        "the test process ignores SIGPIPE: {status}"
+    );
+    for containment in [
+        Containment::UserNamespace,
+        Containment::Auto,
+        Containment::PidNamespace,
+    ] {
+        let Some(b) = forced_backend(containment) else {
+            continue;
+        };
+        let (_, done, events) = run(
+            b,
+            RunSpec::new(["grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"]),
+        )
+        .await;
+        assert_eq!(
+            done.status,
+            RunStatus::Succeeded,
+            "{containment:?}: {done:?}"
+        );
+        assert_eq!(
+            stdout(&events),
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+            "{containment:?}"
+        );
+    }
+}
