@@ -24,10 +24,12 @@
 //! Killing G (SIGKILL through a pidfd) has the same effect. G and C have
 //! `PR_SET_PDEATHSIG(SIGKILL)`: if the backend process dies, the whole tree dies with it.
 //!
-//! C is std's fork of the host process; G and H are not forks: G is `clone(CLONE_VM)`, which
-//! shares C's memory (C's copy of the host's, never the host's own), and H is
+//! C is `clone(CLONE_VM)` of the host, sharing its memory, where no user namespace is made
+//! (`crate::leader`, which says what that requires), and std's fork of the host elsewhere.
+//! G and H are not forks either: G is `clone(CLONE_VM)`, which shares C's memory, and H is
 //! `clone(CLONE_VM | CLONE_VFORK)` from G, which suspends G until H has exec'd, as
-//! `posix_spawn` does. Each runs on its own stack, mapped in C; none copies page tables or
+//! `posix_spawn` does. Each runs on its own stack ([`Stacks`], mapped by the host before
+//! the spawn); none copies page tables or
 //! takes copy-on-write faults, which made G's and H's forks two of the spawn's costliest
 //! steps. What that sharing allows is little, and kept so: C, G and H each have their own
 //! descriptor table, signal handlers and mask; the memory they share is read-only to them
@@ -41,8 +43,10 @@
 //! report pipe, and the backend fails the spawn with it as std would have. C and G close
 //! every descriptor they do not need (the stdout/stderr pipes, std's exec-error pipe) so the
 //! parent sees EOF as soon as the command's processes are gone. G keeps its capabilities: a
-//! command without any cannot `ptrace` it, read its descriptors through `/proc/1/fd` or
-//! forge its report.
+//! command without any cannot `ptrace` it, read its memory (where C shares the host's, the
+//! host's own) or its descriptors through `/proc/1/mem` and `/proc/1/fd`, or forge its
+//! report; the same check (`ptrace_may_access`: a target whose permitted capabilities are
+//! not a subset of the caller's) guards C and the host process itself.
 //!
 //! # Before exec
 //!

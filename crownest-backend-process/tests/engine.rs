@@ -682,3 +682,41 @@ async fn the_command_starts_with_default_signal_dispositions() {
         );
     }
 }
+
+/// The command cannot open the memory, mappings or environment of its namespace's init
+/// (G), of G's parent (C) or of the host process, the three that hold the host's memory
+/// (as root, C and G share the host's own: `leader.rs`); it finds their host pids through
+/// the host's `/proc`, which it sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_cannot_reach_the_memory_of_its_init_its_leader_or_the_host() {
+    let host = std::process::id();
+    for containment in [Containment::PidNamespace, Containment::UserNamespace] {
+        let Some(b) = forced_backend(containment) else {
+            continue;
+        };
+        let script = format!(
+            "read -r _ _ _ g _ < /proc/self/stat; read -r _ _ _ c _ < /proc/$g/stat; \
+             for p in $g $c {host}; do for f in mem maps environ; do \
+             if (exec 3< /proc/$p/$f) 2>/dev/null; then echo \"opened /proc/$p/$f\"; fi; \
+             done; done; echo \"checked $g $c\""
+        );
+        let (_, done, events) = run(b, sh(&script)).await;
+        assert_eq!(
+            done.status,
+            RunStatus::Succeeded,
+            "{containment:?}: {done:?}"
+        );
+        let out = stdout(&events);
+        let pids: Vec<u32> = out
+            .trim()
+            .strip_prefix("checked ")
+            .unwrap_or_else(|| panic!("{containment:?}: {out}"))
+            .split(' ')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert!(
+            pids.len() == 2 && pids[0] != pids[1] && !pids.contains(&host) && pids[0] > 1,
+            "{containment:?}: {out}"
+        );
+    }
+}
