@@ -36,6 +36,7 @@
 //! | environment | cleared; then `PATH` (`ProcessConfig::path`), `HOME`, `LANG=C.UTF-8`, `TMPDIR`, then the spec's env and secrets (passed to the process only; visible, as any environment, in `/proc/<pid>/environ` to the same user and root) |
 //! | cwd | `workspace/<cwd>`, opened component by component without following symlinks; otherwise `spawn_failed` |
 //! | stdin | `/dev/null` |
+//! | signals | nothing blocked, every disposition the default: handled **and ignored** signals of the host (a Rust host ignores `SIGPIPE`; a host started under `nohup` ignores `SIGHUP`) are reset before exec, so the kill ladder's `SIGTERM` and a pipe's `SIGPIPE` act on the command as on a fresh process (std's spawn resets only `SIGPIPE`) |
 //! | descriptors | only 0, 1, 2: every other descriptor of the host process, `O_CLOEXEC` or not, is closed by the exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)` right before it, else each entry of `/proc/self/fd`; either failing fails the spawn) |
 //! | host privilege | none: as root, holding any capability, or in its own user namespace, the command's bounding, ambient, effective, permitted and inheritable capability sets are emptied and `no_new_privs` is set right before exec; recorded as `hostPrivilege` (and `noNewPrivileges`) in the isolation details. The uid stays the host's |
 //! | rlimits | `RLIMIT_NOFILE` = `limits.openFiles`, `RLIMIT_CORE` = 0, `RLIMIT_FSIZE` = max(`artifactBytesEach`, `extractedBytes`) (`SIGXFSZ` ends the run as `limit_exceeded`); no `RLIMIT_NPROC` (it is per user, not per sandbox) |
@@ -83,6 +84,10 @@
 //! `CAP_SETPCAP` only the bounding set stays, and `hostPrivilege` says `bounding set kept`;
 //! `no_new_privs` means exec still cannot grant anything). Its init (PID 1 of the
 //! namespace) keeps its capabilities, so the command cannot `ptrace` it or forge its report.
+//! Without a user namespace the init and its parent share the host process's memory (they
+//! are `clone(CLONE_VM)` children, not forks: `leader.rs`, for speed); the same rule keeps
+//! the command out of it (`/proc/<pid>/mem` of all three cannot be opened; tested in
+//! `tests/engine.rs`).
 //!
 //! | protected | how |
 //! |---|---|
