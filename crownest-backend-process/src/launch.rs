@@ -177,8 +177,16 @@ impl ProcessSandbox {
         let shared = matches!(mode, HookMode::Namespace { user: false, .. })
             && hook.stacks().is_some()
             && crate::leader::available();
+        // The descriptors the hook names, open until the child has its copies.
+        let hook_fds: Vec<OwnedFd> = [Some(cwd_fd), report_w, netns]
+            .into_iter()
+            .flatten()
+            .collect();
         let spawned = if shared {
-            SharedLeader::spawn(hook).await.map(Leader::Shared)
+            // The spawn owns them: a canceled spawn cannot close them under C.
+            SharedLeader::spawn(hook, hook_fds)
+                .await
+                .map(Leader::Shared)
         } else {
             let mut cmd = tokio::process::Command::new(&program);
             cmd.arg0(argv0)
@@ -194,11 +202,10 @@ impl ProcessSandbox {
             unsafe {
                 cmd.pre_exec(move || hook.run());
             }
-            cmd.spawn().map(Leader::Forked)
+            let spawned = cmd.spawn().map(Leader::Forked);
+            drop(hook_fds);
+            spawned
         };
-        drop(netns);
-        drop(report_w);
-        drop(cwd_fd);
         let child = match spawned {
             Ok(c) => c,
             Err(e) => {

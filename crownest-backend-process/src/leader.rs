@@ -28,6 +28,13 @@
 //!   freed only once C was reaped *and* the "gone" pipe, whose write end G holds for its
 //!   whole life (and H until its exec), reports EOF: after a normal end that is at once (C
 //!   exits only after G); after C was killed, a thread of its own waits for G's end first.
+//! * **Nothing C may use is freed or closed under it.** The spawn hands the spawner
+//!   everything C needs (the hook, the stacks, the descriptors C takes as 0, 1 and 2 and
+//!   those the hook names); the host's copies of those descriptors are closed only after
+//!   the clone copied them (a number closed before could be reused by another thread for
+//!   another file, say the store's WAL, which C would then write its reports to), and a
+//!   spawn canceled while C is being made leaves C to the spawner, which kills it and
+//!   releases the rest as below.
 //! * **Its parent-death signal.** C's `PR_SET_PDEATHSIG` fires when the thread that cloned
 //!   it ends; the spawner lives as long as the process.
 //! * **Reaping.** C is waited for through a pidfd (`waitid(P_PIDFD)`), so nothing else in
@@ -169,16 +176,32 @@ extern "C" fn leader_entry(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// A clone request for the spawner thread.
+/// A clone request for the spawner thread. It owns everything C needs, so a caller that
+/// stops waiting (a canceled spawn) can free nothing C may still use: the host's copies
+/// of C's descriptors are closed only after the clone copied them (a number closed
+/// earlier could be reused by another thread for another file, which C would then take
+/// as its stdout), and `start` and the gone pipe come back with the reply, or, when the
+/// caller is gone, go to [`release_later`] with C killed.
 struct Job {
-    start: *const Start,
+    start: Box<Start>,
     stack: *mut libc::c_void,
-    reply: tokio::sync::oneshot::Sender<Result<libc::pid_t, i32>>,
+    /// The host's copies of C's standard descriptors, of the ready and gone pipes' write
+    /// ends and of the descriptors the hook names.
+    host_copies: Vec<OwnedFd>,
+    gone: OwnedFd,
+    reply: tokio::sync::oneshot::Sender<Cloned>,
 }
 
-// SAFETY: the pointers are the boxed `Start` and the stacks its `SharedLeader` owns, both
-// alive until C, G and H are gone; the spawner only passes them to clone().
+// SAFETY: `stack` is the top of the stacks `start` owns; the spawner only passes it to
+// clone().
 unsafe impl Send for Job {}
+
+/// The spawner's reply: C's pid (or the clone's `errno`), and what C runs on.
+struct Cloned {
+    pid: Result<libc::pid_t, i32>,
+    start: Box<Start>,
+    gone: OwnedFd,
+}
 
 /// The spawner thread's queue (`None` if the thread could not be started).
 fn spawner() -> Option<&'static mpsc::Sender<Job>> {
@@ -205,17 +228,36 @@ fn spawn_loop(jobs: &mpsc::Receiver<Job>) {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
     while let Ok(job) = jobs.recv() {
+        let arg: *const Start = &raw const *job.start;
         // SAFETY: see `Job`; C runs `leader_entry` on its own stack and never returns into
         // this thread's frames.
-        let pid = unsafe { clone_vm(leader_entry, job.start.cast_mut().cast(), false, job.stack) };
-        let result = if pid < 0 {
+        let pid = unsafe { clone_vm(leader_entry, arg.cast_mut().cast(), false, job.stack) };
+        let pid = if pid < 0 {
             Err(io::Error::last_os_error()
                 .raw_os_error()
                 .unwrap_or(libc::EAGAIN))
         } else {
             Ok(pid)
         };
-        let _ = job.reply.send(result);
+        drop(job.host_copies);
+        let cloned = Cloned {
+            pid,
+            start: job.start,
+            gone: job.gone,
+        };
+        if let Err(Cloned { pid, start, gone }) = job.reply.send(cloned) {
+            // The spawn was canceled while C was being made.
+            match pid {
+                Ok(pid) => {
+                    // SAFETY: our unreaped child: the pid cannot have been reused.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    release_later(start, Some(gone), Some(Unreaped::Pid(pid)));
+                }
+                Err(_) => drop(start),
+            }
+        }
     }
 }
 
@@ -251,10 +293,12 @@ fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
 
 impl SharedLeader {
     /// Starts C for `hook` (a namespace-mode hook with its stacks), its stdin `/dev/null`
-    /// and its stdout and stderr pipes to the returned leader. Returns once C has set up
-    /// the namespace and G has exec'd the command (or either failed: C's report then says
-    /// why), as std's spawn returns once the exec happened.
-    pub(crate) async fn spawn(hook: ChildHook) -> io::Result<Self> {
+    /// and its stdout and stderr pipes to the returned leader; `hook_fds` are the
+    /// descriptors the hook names (its cwd, report pipe, network namespace), which the
+    /// spawn owns until C has its copies. Returns once C has set up the namespace and G has
+    /// exec'd the command (or either failed: C's report then says why), as std's spawn
+    /// returns once the exec happened.
+    pub(crate) async fn spawn(hook: ChildHook, hook_fds: Vec<OwnedFd>) -> io::Result<Self> {
         let tx = spawner().ok_or_else(|| io::Error::other("no spawner thread"))?;
         let (out_r, out_w) = cloexec_pipe()?;
         let (err_r, err_w) = cloexec_pipe()?;
@@ -275,26 +319,31 @@ impl SharedLeader {
         });
         let (reply, replied) = tokio::sync::oneshot::channel();
         tx.send(Job {
-            start: &raw const *start,
+            start,
             stack,
+            host_copies: [null, out_w, err_w, ready_w, gone_w]
+                .into_iter()
+                .chain(hook_fds)
+                .collect(),
+            gone: gone_r,
             reply,
         })
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        // The descriptors above stay open until the clone has copied them.
-        let pid = match replied.await {
-            Ok(Ok(pid)) => pid,
-            // No C: nothing runs on `start`.
-            Ok(Err(errno)) => return Err(io::Error::from_raw_os_error(errno)),
-            Err(_) => return Err(io::Error::other("the spawner thread is gone")),
+        let Ok(Cloned { pid, start, gone }) = replied.await else {
+            return Err(io::Error::other("the spawner thread is gone"));
         };
-        drop((null, out_w, err_w, ready_w, gone_w));
+        let pid = match pid {
+            Ok(pid) => pid,
+            // No C: nothing runs on `start`.
+            Err(errno) => return Err(io::Error::from_raw_os_error(errno)),
+        };
         let mut leader = Self {
             pid,
             pidfd: None,
             status: None,
             stdout: None,
             stderr: None,
-            gone: Some(gone_r),
+            gone: Some(gone),
             keep: Some(start),
         };
         // From here on, dropping `leader` kills and reaps C (by pid until the pidfd is
@@ -358,34 +407,45 @@ impl SharedLeader {
             drop(keep);
             return;
         }
-        let waiter = std::thread::Builder::new()
-            .name("crownest-reap".into())
-            .spawn(move || {
-                if let Some(c) = unreaped {
-                    c.reap_blocking();
-                }
-                if let Some(g) = gone {
-                    let _ = rustix::fs::fcntl_setfl(&g, rustix::fs::OFlags::empty());
-                    let mut b = [0u8; 1];
-                    loop {
-                        match rustix::io::read(&g, &mut b) {
-                            Ok(0) => break,
-                            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                            // Cannot tell whether G is gone: keep the memory mapped.
-                            Err(_) => {
-                                std::mem::forget(keep);
-                                return;
-                            }
+        release_later(keep, gone, unreaped);
+    }
+}
+
+/// On a thread of its own: reaps C (when given), waits for EOF on the gone pipe, then
+/// frees what C, G and H ran on.
+fn release_later(keep: Box<Start>, gone: Option<OwnedFd>, unreaped: Option<Unreaped>) {
+    // Leaked unless the thread starts: a failed spawn drops its closure, which must not
+    // free what C, G and H may still run on.
+    let keep = Leaked(Box::into_raw(keep));
+    let waiter = std::thread::Builder::new()
+        .name("crownest-reap".into())
+        .spawn(move || {
+            // SAFETY: the pointer `Box::into_raw` gave above, taken back once.
+            let keep = unsafe { Box::from_raw(keep.into_inner()) };
+            if let Some(c) = unreaped {
+                c.reap_blocking();
+            }
+            if let Some(g) = gone {
+                let _ = rustix::fs::fcntl_setfl(&g, rustix::fs::OFlags::empty());
+                let mut b = [0u8; 1];
+                loop {
+                    match rustix::io::read(&g, &mut b) {
+                        Ok(0) => break,
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        // Cannot tell whether G is gone: keep the memory mapped.
+                        Err(_) => {
+                            std::mem::forget(keep);
+                            return;
                         }
                     }
                 }
-                drop(keep);
-            });
-        if let Err(e) = waiter {
-            // Without a thread to wait, the memory stays mapped (a few pages) rather than
-            // be freed under a process that may still run on it.
-            tracing::warn!(error = %e, "no thread to reap a killed command's leader: its stacks stay mapped");
-        }
+            }
+            drop(keep);
+        });
+    if let Err(e) = waiter {
+        // Without a thread to wait, the memory stays mapped (a few pages) rather than be
+        // freed under a process that may still run on it.
+        tracing::warn!(error = %e, "no thread to reap a killed command's leader: its stacks stay mapped");
     }
 }
 
@@ -409,6 +469,19 @@ impl Drop for SharedLeader {
             }
         };
         self.release(Some(unreaped));
+    }
+}
+
+/// A boxed `Start` given up by its owner.
+struct Leaked(*mut Start);
+
+// SAFETY: `Start` is `Send` (the box it came from moved between threads); the pointer is
+// only turned back into that box, once.
+unsafe impl Send for Leaked {}
+
+impl Leaked {
+    fn into_inner(self) -> *mut Start {
+        self.0
     }
 }
 
@@ -467,9 +540,9 @@ mod tests {
     use crate::report::{Reports, read_available};
     use crate::spawn::{ExecImage, HookMode, RlimitPlan};
 
-    /// A C sharing this process's memory for `sleep SECS` in a PID namespace, its report
-    /// pipe, and the start address of its stacks' mapping.
-    async fn sleeper(secs: &str) -> (SharedLeader, OwnedFd, usize) {
+    /// A hook for `sleep SECS` in a PID namespace, its report pipe (read end, and the write
+    /// end the hook names), and the start address of its stacks' mapping.
+    fn sleeper_hook(secs: &str) -> (ChildHook, (OwnedFd, OwnedFd), usize) {
         let (report_r, report_w) = rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )
@@ -492,7 +565,13 @@ mod tests {
             image,
         );
         let base = hook.stacks().unwrap().top(StackOf::Leader) as usize - crate::spawn::CLONE_STACK;
-        let leader = SharedLeader::spawn(hook).await.unwrap();
+        (hook, (report_r, report_w), base)
+    }
+
+    /// [`sleeper_hook`], started.
+    async fn sleeper(secs: &str) -> (SharedLeader, OwnedFd, usize) {
+        let (hook, (report_r, report_w), base) = sleeper_hook(secs);
+        let leader = SharedLeader::spawn(hook, vec![report_w]).await.unwrap();
         (leader, report_r, base)
     }
 
@@ -554,5 +633,31 @@ mod tests {
         })
         .await;
         until("the stacks are unmapped", || !mapped(base)).await;
+    }
+
+    /// A spawn canceled while C is being made (polled once, then dropped): C is killed and
+    /// reaped by the spawner's side, and the memory is released only after that; nothing
+    /// of the command is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spawn_canceled_while_cloning_kills_and_releases() {
+        use futures::FutureExt as _;
+        if !rustix::process::geteuid().is_root() || !available() {
+            eprintln!("a PID namespace without a user namespace needs root and pidfds");
+            return;
+        }
+        let marker = "31.4159";
+        let (hook, (_report, report_w), base) = sleeper_hook(marker);
+        assert!(
+            SharedLeader::spawn(hook, vec![report_w])
+                .now_or_never()
+                .is_none()
+        );
+        until("the stacks are unmapped", || !mapped(base)).await;
+        let left = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
+            .count();
+        assert_eq!(left, 0, "a `sleep {marker}` outlived its canceled spawn");
     }
 }
