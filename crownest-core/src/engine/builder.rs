@@ -110,6 +110,7 @@ impl WorkspaceRunsBuilder {
                 gauges: super::observe::RunGauges::default(),
                 prepared: super::prepare::Prepared::default(),
                 claim_wake: tokio::sync::Notify::new(),
+                claim_probe: tokio::sync::Mutex::new(()),
             }),
         };
         if self.count_usage {

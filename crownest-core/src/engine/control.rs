@@ -114,17 +114,21 @@ impl WorkspaceRuns {
         record.owner = Some(self.inner.owner.clone());
         // With a slot free right now, `queued` and `starting` are committed together (both
         // status events are recorded; one store write instead of two).
-        let permit = self.inner.slots.clone().try_acquire_owned().ok();
+        let mut permit = self.inner.slots.clone().try_acquire_owned().ok();
+        let queues = self.inner.shares_queue() && self.inner.config.claim_from_queue;
+        if permit.is_none() && queues {
+            // The claimer may hold a slot only to look for a queued run: once it looked,
+            // the slot is either free again or driving a run.
+            let _looked = self.inner.claim_probe.lock().await;
+            permit = self.inner.slots.clone().try_acquire_owned().ok();
+        }
         if permit.is_some() {
             let now = Timestamp::now();
             let queued = lifecycle::advance(&mut record, Input::Start, now)?;
             let starting = lifecycle::advance(&mut record, Input::SlotAcquired, now)?;
             self.commit(&mut record, vec![queued, starting], None)
                 .await?;
-        } else if self.inner.shares_queue()
-            && self.inner.config.claim_from_queue
-            && secrets.is_empty()
-        {
+        } else if queues && secrets.is_empty() {
             // No slot here: the run waits in the shared queue, owned by nobody, for the
             // first engine with a free slot and its backend (this one included). A run with
             // secrets cannot: their values live only in this engine's memory.

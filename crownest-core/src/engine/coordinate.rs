@@ -108,16 +108,18 @@ impl WorkspaceRuns {
         };
         let backends: Vec<String> = self.inner.backends.keys().cloned().collect();
         loop {
+            let probe = self.inner.claim_probe.lock().await;
             // The slot first: a run is claimed only when it can start at once.
             let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
                 return Ok(());
             };
-            let Some(record) = coordination
+            let claimed = coordination
                 .claim_queued(&self.inner.owner, &backends, 1)
                 .await?
                 .into_iter()
-                .next()
-            else {
+                .next();
+            drop(probe);
+            let Some(record) = claimed else {
                 return Ok(());
             };
             self.drive_claimed(record, permit).await?;

@@ -201,6 +201,10 @@ pub(crate) struct Inner {
     prepared: prepare::Prepared,
     /// Wakes this engine's claim loop (a run was queued for any engine, or a slot freed).
     claim_wake: tokio::sync::Notify,
+    /// Held by the queue claimer while it holds a slot to look for a queued run
+    /// (`coordinate.rs`); a local `start` that finds no slot free waits for that look to
+    /// end before it queues, so a slot merely being looked with is not taken as busy.
+    claim_probe: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
