@@ -225,26 +225,14 @@ impl ProcessSandbox {
         if let Some(r) = &report_r {
             reports.parse(&read_available(r));
         }
-        if let Some(errno) = reports.setup_error {
-            // C could not set up the containment (what std's spawn returns as an error
-            // for a forked C). Dropping the leader reaps it.
+        // C could not set up the containment (what std's spawn returns as an error for a
+        // forked C), or the command's process could not exec (std's exec-error pipe saw
+        // only EOF: the exec was H's own). Dropping the leader kills and reaps what is left.
+        if let Some(errno) = reports.setup_error.or(reports.exec_error) {
             drop(child);
             if let Some(cg) = &cgroup {
                 let _ = cg.remove();
             }
-            return Err(SpawnError {
-                message: format!(
-                    "starting {argv0:?} ({}) failed: {}",
-                    program.display(),
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-                containment: true,
-            });
-        }
-        if let Some(errno) = reports.exec_error {
-            // The command's process could not exec (std's exec-error pipe saw only EOF: the
-            // exec was H's own). Dropping the child kills what is left of it.
-            drop(child);
             return Err(SpawnError {
                 message: format!(
                     "starting {argv0:?} ({}) failed: {}",
