@@ -83,7 +83,19 @@ fn times_started(events: &[crownest_core::Event]) -> usize {
         .iter()
         .filter(|e| matches!(e.kind, EventKind::Environment { .. }))
         .count();
-    assert_eq!(starting, sandboxes, "one sandbox per start");
+    assert_eq!(
+        starting,
+        sandboxes,
+        "one sandbox per start: {:?}",
+        events
+            .iter()
+            .filter(|e| matches!(
+                e.kind,
+                EventKind::Environment { .. } | EventKind::Error { .. }
+            ))
+            .map(|e| format!("{:?}", e.kind))
+            .collect::<Vec<_>>()
+    );
     starting
 }
 
