@@ -138,6 +138,7 @@ impl Start {
             // Every signal stays blocked (the spawner's mask) until the hook has set every
             // disposition back to the default in C's own copy of the handler table (no
             // CLONE_SIGHAND) and H unblocks them right before its exec.
+
             // A host without its own 0, 1 or 2 may have handed one out as a pipe end: move
             // those above 2 first, so no dup2 below overwrites a later source.
             let mut stdio = self.stdio;
