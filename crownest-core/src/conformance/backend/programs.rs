@@ -178,9 +178,11 @@ impl Programs {
                     &[p],
                 )
             }),
+            // The parent's handler is set before the child starts: the test signals once
+            // the child is ready, which can be before the parent's next line.
             term_tree: Some(|| {
                 py(
-                    "import signal, subprocess, sys, time\nchild = subprocess.Popen([sys.executable, '-c', 'import signal, sys, time\\ndef h(*a):\\n    open(\"child-got-term\", \"w\").write(\"yes\")\\n    sys.exit(0)\\nsignal.signal(signal.SIGTERM, h)\\nprint(\"child-ready\", flush=True)\\ntime.sleep(60)'], start_new_session=True)\ndef h(*a):\n    child.wait(timeout=10); sys.exit(0)\nsignal.signal(signal.SIGTERM, h)\ntime.sleep(60)",
+                    "import signal, subprocess, sys, time\ndef h(*a):\n    child.wait(timeout=10); sys.exit(0)\nsignal.signal(signal.SIGTERM, h)\nchild = subprocess.Popen([sys.executable, '-c', 'import signal, sys, time\\ndef h(*a):\\n    open(\"child-got-term\", \"w\").write(\"yes\")\\n    sys.exit(0)\\nsignal.signal(signal.SIGTERM, h)\\nprint(\"child-ready\", flush=True)\\ntime.sleep(60)'], start_new_session=True)\ntime.sleep(60)",
                     &[],
                 )
             }),
