@@ -175,7 +175,9 @@ async fn open_sqlite(home: &Path, readers: Readers) -> anyhow::Result<SqliteStor
         // A CLI command is a short-lived process: one read connection besides the writer,
         // each connection costing an open and a parse of the schema (reads that overlap
         // wait for it; `serve` keeps its pool).
-        config = config.with_max_read_connections(1);
+        // Its reads are small and few at a time: each runs on the thread that asks when
+        // the connection is idle, without two hand-offs to and from the blocking pool.
+        config = config.with_max_read_connections(1).with_inline_reads(true);
     }
     SqliteStore::open_with(&dir, config)
         .await

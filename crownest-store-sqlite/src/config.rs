@@ -11,6 +11,7 @@ use std::time::Duration;
 /// | `busy_timeout` | 10 s | how long a write waits for another process holding the SQLite write lock before failing with `Error::Store` (nothing written, the store is not poisoned) |
 /// | `read_connections` | 4 | read connections kept open for reuse (more are opened on demand and closed after use) |
 /// | `max_read_connections` | none | read connections open at once: a read finding them all busy waits for one instead of opening another (a short-lived process sets 1: each connection costs an open and a parse of the schema) |
+/// | `inline_reads` | false | a read that finds a connection idle runs on the calling thread (an async task's worker) instead of the blocking pool: no hand-off between threads, but the caller's thread is busy for the read's duration (a short-lived process whose reads are small sets it) |
 /// | `max_batch_delay` | 20 ms | a group-commit transaction stops taking queued writes this long after it took its first one |
 /// | `max_batch_bytes` | 256 KiB | ... or once it holds this much event payload |
 /// | `batch_linger` | 0 | how long the writer waits on an empty queue for one more write before committing (0: commit as soon as the queue is empty; writes that arrive during the previous fsync are grouped anyway) |
@@ -27,6 +28,8 @@ pub struct SqliteConfig {
     pub read_connections: usize,
     /// Read connections open at once (`None`: no limit; `Some(0)` counts as 1).
     pub max_read_connections: Option<usize>,
+    /// Reads run on the calling thread when a connection is idle.
+    pub inline_reads: bool,
     /// Maximum age of a group-commit batch (from its first write).
     pub max_batch_delay: Duration,
     /// Maximum event payload of a group-commit batch.
@@ -53,6 +56,7 @@ impl SqliteConfig {
             busy_timeout: Duration::from_secs(10),
             read_connections: 4,
             max_read_connections: None,
+            inline_reads: false,
             max_batch_delay: Duration::from_millis(20),
             max_batch_bytes: 256 * 1024,
             batch_linger: Duration::ZERO,
@@ -79,6 +83,16 @@ impl SqliteConfig {
     /// a connection to be free: they never wait for the writer, only for each other.
     pub fn with_max_read_connections(mut self, n: usize) -> Self {
         self.max_read_connections = Some(n.max(1));
+        self
+    }
+
+    /// Sets `inline_reads`: a read that finds a connection idle runs on the thread that
+    /// asks (for an async caller, the runtime's worker, which is busy meanwhile) instead of
+    /// on the blocking pool, saving two hand-offs between threads per read; a read that
+    /// finds none idle still goes to the pool. For processes whose reads are small and
+    /// few at a time (the CLI); a server keeps the default.
+    pub fn with_inline_reads(mut self, on: bool) -> Self {
+        self.inline_reads = on;
         self
     }
 

@@ -6,6 +6,13 @@
 //! when reads overlap; a short-lived one (a CLI command) caps them
 //! ([`crate::SqliteConfig::max_read_connections`], 1 for the CLI): a read that finds every
 //! allowed connection busy waits for one to be returned instead of opening another.
+//!
+//! With [`crate::SqliteConfig::with_inline_reads`] (the CLI) a read that finds a connection
+//! idle runs on the thread that asks, an async worker included: a CLI command's reads are
+//! small (a run record, a page of events), and the hand-off to a blocking thread and back
+//! cost more than the read (about 0.5 ms of a tiny `crownest run`, `docs/benchmarks.md`).
+//! A read that finds none idle still goes to the blocking pool, so it never waits for
+//! another read on an async worker.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -26,6 +33,8 @@ pub(crate) struct ReadPool {
     keep: usize,
     /// Connections open at once (idle or in use), at least 1.
     max: usize,
+    /// A read that finds a connection idle runs on the calling thread.
+    inline: bool,
     state: Mutex<State>,
     /// Signalled whenever a connection is returned or closed.
     returned: Condvar,
@@ -86,21 +95,40 @@ impl ReadPool {
             busy_timeout,
             keep: keep.clamp(1, max),
             max,
+            inline: false,
             state: Mutex::new(State::default()),
             returned: Condvar::new(),
         }
+    }
+
+    /// Reads that find a connection idle run on the calling thread
+    /// ([`crate::SqliteConfig::with_inline_reads`]).
+    pub(crate) fn with_inline(mut self, inline: bool) -> Self {
+        self.inline = inline;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` with a read connection on a blocking thread.
+    /// Runs `f` with a read connection on a blocking thread, or, with `inline` and a
+    /// connection idle, on this one.
     pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> std::result::Result<T, OpError> + Send + 'static,
     {
+        if self.inline
+            && let Some(lease) = self.idle()
+        {
+            let conn = lease.conn.as_ref().expect("an idle connection");
+            // A panic is the read's failure, as on the blocking pool; the lease, dropped
+            // while unwinding, closes a connection left inside a transaction.
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                .map_err(|_| Error::store("a read task failed", "the read panicked"))?
+                .map_err(Error::from);
+        }
         let pool = self.clone();
         tokio::task::spawn_blocking(move || pool.read_blocking(f))
             .await
@@ -121,6 +149,15 @@ impl ReadPool {
         }
         let conn = lease.conn.as_ref().expect("a leased connection");
         f(conn).map_err(Error::from)
+    }
+
+    /// An idle connection, if there is one (never waits, never opens).
+    fn idle(&self) -> Option<Lease<'_>> {
+        let conn = self.state().idle.pop()?;
+        Some(Lease {
+            pool: self,
+            conn: Some(conn),
+        })
     }
 
     /// An idle connection, or a slot to open one in (`conn: None`).
@@ -292,6 +329,46 @@ mod tests {
             .unwrap();
         assert_eq!(pool.read_blocking(count_blobs).unwrap(), 2);
         assert_eq!(pool.open_connections(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inline_read_runs_on_the_calling_thread_only_with_a_connection_idle() {
+        let (_dir, path, _writer) = database();
+        let pool =
+            Arc::new(ReadPool::new(path, Duration::from_secs(10), 1, Some(1)).with_inline(true));
+        let here = || std::thread::current().id();
+        // None idle yet: the first read goes to the blocking pool (and opens one).
+        let (n, on) = pool
+            .read(move |c| Ok((count_blobs(c)?, here())))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_ne!(on, here());
+        // Idle now: this one runs here.
+        let (n, on) = pool
+            .read(move |c| Ok((count_blobs(c)?, here())))
+            .await
+            .unwrap();
+        assert_eq!((n, on), (1, here()));
+        assert_eq!(pool.open_connections(), 1);
+        // A panic is the read's error, and the connection is still there for the next.
+        let failed = pool
+            .read(|_| -> std::result::Result<(), OpError> { panic!("a read") })
+            .await;
+        assert!(matches!(failed, Err(Error::Store { .. })), "{failed:?}");
+        assert_eq!(pool.open_connections(), 1);
+        let (n, on) = pool
+            .read(move |c| Ok((count_blobs(c)?, here())))
+            .await
+            .unwrap();
+        assert_eq!((n, on), (1, here()));
+        // Without inline, reads never run here.
+        let (_dir2, path2, _writer2) = database();
+        let pooled = Arc::new(ReadPool::new(path2, Duration::from_secs(10), 1, Some(1)));
+        for _ in 0..2 {
+            let on = pooled.read(move |_| Ok(here())).await.unwrap();
+            assert_ne!(on, here());
+        }
     }
 
     #[test]

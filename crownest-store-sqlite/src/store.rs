@@ -102,12 +102,15 @@ impl SqliteStore {
                 Error::store(format!("syncing the store directory {}", dir.display()), e)
             })?;
         }
-        let reads = Arc::new(ReadPool::new(
-            layout.db.clone(),
-            config.busy_timeout,
-            config.read_connections,
-            config.max_read_connections,
-        ));
+        let reads = Arc::new(
+            ReadPool::new(
+                layout.db.clone(),
+                config.busy_timeout,
+                config.read_connections,
+                config.max_read_connections,
+            )
+            .with_inline(config.inline_reads),
+        );
         // The first read's connection opens beside whatever the caller does next.
         reads.prewarm();
         let shared = Arc::new(Shared {
