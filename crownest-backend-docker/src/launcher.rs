@@ -76,9 +76,9 @@
 //! interrupted is taken up again, so the status is the command's: while the command
 //! lives, by waiting again; once it is gone (the shell may reap it while the handler
 //! runs), by asking the shell for the status it kept (`wait` answers 127 for a status it
-//! reported already: the first answer stands then). `SIGKILL` ends pid 1 and with it the whole container,
-//! marks and all (the run is then ending `timed_out` or `canceled`, whose output is cut
-//! by nature). docker-init (tini), which did this before, is not used: it cost every run
+//! reported already: the first answer stands then). `SIGKILL` ends pid 1 and with it the
+//! whole container, marks and all (the run is then ending `timed_out` or `canceled`, whose
+//! output is cut by nature). docker-init (tini), which did this before, is not used: it cost every run
 //! ~4 ms between the container's start and its exit, and ~1 ms more at its removal
 //! (`docs/benchmarks.md`).
 //!
