@@ -29,8 +29,11 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
     exited: watch::Receiver<bool>,
     idle: Duration,
 ) -> PumpEnd {
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Uninitialized capacity, read into with `read_buf`: a zeroed buffer would fault in
+    // all 64 KiB of it in every command, output or not (16 page faults per stream).
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
+        buf.clear();
         let mut exited = exited.clone();
         let idle_after_exit = async move {
             let _ = exited.wait_for(|e| *e).await;
@@ -38,7 +41,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(
         };
         let n = tokio::select! {
             biased;
-            r = reader.read(&mut buf) => match r {
+            r = reader.read_buf(&mut buf) => match r {
                 Ok(0) => return PumpEnd::Eof,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -402,6 +402,7 @@ async fn a_prepared_tree_a_crash_left_is_swept() {
         &root,
         &marker,
         &archive()[..],
+        None,
         &crownest_core::archive::ExtractPolicy::default(),
         &mut |_| {},
     )

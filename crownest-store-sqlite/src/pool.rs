@@ -181,7 +181,7 @@ impl ReadPool {
         }
     }
 
-    /// Opens one connection on a thread of its own and leaves it idle for the first read,
+    /// Opens one connection on another thread and leaves it idle for the first read,
     /// which otherwise pays for the open, the pragmas and the parse of the schema itself
     /// (about a millisecond; for a CLI command, on its critical path). A read that comes
     /// first waits for it (the slot is taken) unless the cap allows another; a failure
@@ -196,31 +196,43 @@ impl ReadPool {
             state.prewarming = true;
         }
         let pool = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("crownest-sqlite-prewarm".into())
-            .spawn(move || {
-                let conn = connect_reader(&pool.path, pool.busy_timeout).and_then(|c| {
-                    // Any statement naming a table parses the schema.
-                    c.prepare("SELECT 1 FROM runs LIMIT 0")
-                        .map_err(|e| crate::error::db("reading the schema", e))?;
-                    Ok(c)
-                });
-                // Idle when it opened and the store is open; else closed before the slot
-                // is freed, so that `close_idle` returns with no connection left.
-                let mut state = pool.state();
-                match conn {
-                    Ok(c) if !state.closed => state.idle.push(c),
-                    other => {
-                        drop(state);
-                        drop(other);
-                        state = pool.state();
-                        state.open -= 1;
-                    }
-                }
-                state.prewarming = false;
-                drop(state);
-                pool.returned.notify_all();
+        let work = move || {
+            let conn = connect_reader(&pool.path, pool.busy_timeout).and_then(|c| {
+                // Any statement naming a table parses the schema.
+                c.prepare("SELECT 1 FROM runs LIMIT 0")
+                    .map_err(|e| crate::error::db("reading the schema", e))?;
+                Ok(c)
             });
+            // Idle when it opened and the store is open; else closed before the slot
+            // is freed, so that `close_idle` returns with no connection left.
+            let mut state = pool.state();
+            match conn {
+                Ok(c) if !state.closed => state.idle.push(c),
+                other => {
+                    drop(state);
+                    drop(other);
+                    state = pool.state();
+                    state.open -= 1;
+                }
+            }
+            state.prewarming = false;
+            drop(state);
+            pool.returned.notify_all();
+        };
+        // On the runtime's blocking pool when there is one: its threads stay for the next
+        // task, where a thread of its own would end in the middle of the command (a thread
+        // that ends unmaps its signal stack and returns its stack to the kernel, each a
+        // flush of the other CPUs' TLBs by interrupt).
+        let spawned = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                drop(rt.spawn_blocking(work));
+                Ok(())
+            }
+            Err(_) => std::thread::Builder::new()
+                .name("crownest-sqlite-prewarm".into())
+                .spawn(work)
+                .map(drop),
+        };
         if spawned.is_err() {
             let mut state = self.state();
             state.open -= 1;

@@ -204,20 +204,30 @@ pub fn extract_verified(
 /// store, while the same bytes are stored): the pass does not hash them, so the one-pass
 /// upload hashes each byte once. The summary's `sha256` is all zeros. The caller must not
 /// hand the tree to a command before that other check passed (`docs/archive.md`).
+/// `size_hint`, the archive's size when known, sizes the pass's buffers only (a small
+/// archive gets buffers of its own size); nothing is checked against it.
 pub fn extract_unhashed(
     reader: impl Read,
     dest: &Path,
+    size_hint: Option<u64>,
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    pass::run(reader, Some(dest), Digest::Elsewhere, policy, progress)
+    pass::run(
+        reader,
+        Some(dest),
+        Digest::Elsewhere(size_hint),
+        policy,
+        progress,
+    )
 }
 
 /// [`validate`] without hashing, as [`extract_unhashed`].
 pub fn validate_unhashed(
     reader: impl Read,
+    size_hint: Option<u64>,
     policy: &ExtractPolicy,
     progress: &mut dyn FnMut(ExtractProgress),
 ) -> Result<ExtractSummary> {
-    pass::run(reader, None, Digest::Elsewhere, policy, progress)
+    pass::run(reader, None, Digest::Elsewhere(size_hint), policy, progress)
 }

@@ -35,8 +35,9 @@ pub(super) enum Digest<'a> {
     /// Hash them (the summary carries the digest).
     Compute,
     /// Do not hash: another reader of the same bytes checks their digest (the store, as
-    /// they stream in). The summary's `sha256` is all zeros.
-    Elsewhere,
+    /// they stream in). The summary's `sha256` is all zeros. The size, when known, only
+    /// sizes the pass's buffers (the other reader checks it).
+    Elsewhere(Option<u64>),
 }
 
 /// Runs the pass: `dest = None` validates only, `Some` extracts through a staging directory.
@@ -76,12 +77,14 @@ fn pass<R: Read>(
     progress: &mut dyn FnMut(ExtractProgress),
     phase: ArchivePhase,
 ) -> Result<ExtractSummary> {
-    let expected = match digest {
-        Digest::Check(e) => Some(e),
-        Digest::Compute | Digest::Elsewhere => None,
+    let (expected, size_hint) = match digest {
+        Digest::Check(e) => (Some(e), Some(e.size_bytes)),
+        Digest::Compute => (None, None),
+        Digest::Elsewhere(size) => (None, size),
     };
-    let hash = !matches!(digest, Digest::Elsewhere);
-    let (stream, shared) = source::open(reader, expected.map(|e| e.size_bytes), policy, hash);
+    let hash = !matches!(digest, Digest::Elsewhere(_));
+    let declared = expected.map(|e| e.size_bytes);
+    let (stream, shared) = source::open(reader, declared, size_hint, policy, hash);
     let mut p = Pass {
         policy,
         shared: shared.clone(),
@@ -92,6 +95,7 @@ fn pass<R: Read>(
         root_mode: None,
         last_progress: (0, 0),
         scratch: Vec::new(),
+        scratch_size: source::buffer_size(size_hint, INFLATED_BUF),
     };
     let mut archive = tar::Archive::new(stream);
     let mut parser = Parser::new(&mut archive, shared, policy)?;
@@ -113,7 +117,10 @@ struct Pass<'a> {
     tree: Tree,
     root_mode: Option<u32>,
     last_progress: (u64, u64),
+    /// For entry data that is read but not written, and the padding after the entries.
     scratch: Vec<u8>,
+    /// Its size once allocated (a small archive's own size: see `source::buffer_size`).
+    scratch_size: usize,
 }
 
 /// Attaches a refusal to the entry named `entry`.
@@ -275,7 +282,7 @@ impl Pass<'_> {
         };
         if !sink.writes() {
             if self.scratch.is_empty() {
-                self.scratch = vec![0; INFLATED_BUF];
+                self.scratch = vec![0; self.scratch_size];
             }
             let mut left = size;
             while left > 0 {
@@ -339,7 +346,7 @@ impl Pass<'_> {
         policy::check_end_marker(self.shared.inflated(), end_of_entries)
             .map_err(archive_refusal)?;
         if self.scratch.is_empty() {
-            self.scratch = vec![0; INFLATED_BUF];
+            self.scratch = vec![0; self.scratch_size];
         }
         let mut padding = 0u64;
         loop {

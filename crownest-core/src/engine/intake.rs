@@ -352,6 +352,8 @@ impl WorkspaceRuns {
         let checked = Arc::new(prepare::CheckProgress::default());
         let check = prepare::check(
             prepare::ChannelReader::new(rx),
+            // Sizes the extractor's buffers (0: not known).
+            Some(size_hint).filter(|&n| n > 0),
             ExtractPolicy::from_limits(&record.limits),
             self.prepare_at(id, &record.backend),
             checked.clone(),
@@ -419,6 +421,7 @@ impl WorkspaceRuns {
         let checked = Arc::new(prepare::CheckProgress::default());
         let check = prepare::check(
             reader,
+            Some(descriptor.size_bytes),
             ExtractPolicy::from_limits(&record.limits),
             self.prepare_at(&record.id, &record.backend),
             checked.clone(),

@@ -133,6 +133,7 @@ pub(super) type Checked = (ExtractSummary, Option<Held>);
 /// come from the store (content-addressed, checked when stored).
 pub(super) async fn check(
     reader: impl Read + Send + 'static,
+    size_hint: Option<u64>,
     policy: ExtractPolicy,
     at: Option<PrepareAt>,
     progress: Arc<CheckProgress>,
@@ -144,11 +145,18 @@ pub(super) async fn check(
         };
         match at {
             Some(at) => {
-                let tree =
-                    PreparedTree::extract(&at.root, &at.marker, reader, &policy, &mut report)?;
+                let tree = PreparedTree::extract(
+                    &at.root,
+                    &at.marker,
+                    reader,
+                    size_hint,
+                    &policy,
+                    &mut report,
+                )?;
                 Ok((tree.summary(), Some((tree, at.slot))))
             }
-            None => archive::validate_unhashed(reader, &policy, &mut report).map(|s| (s, None)),
+            None => archive::validate_unhashed(reader, size_hint, &policy, &mut report)
+                .map(|s| (s, None)),
         }
     });
     task.await.map_err(|e| {

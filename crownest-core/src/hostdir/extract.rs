@@ -34,7 +34,7 @@ pub async fn extract(
     let (tx, mut rx) = tokio::sync::watch::channel(None::<ExtractProgress>);
     let policy = *policy;
     let task = tokio::task::spawn_blocking(move || {
-        crate::archive::extract_unhashed(archive, &dest, &policy, &mut |p| {
+        crate::archive::extract_unhashed(archive, &dest, None, &policy, &mut |p| {
             tx.send_replace(Some(p));
         })
     });
@@ -175,6 +175,7 @@ mod tests {
             root,
             &marker,
             &tar_gz(files)[..],
+            None,
             &ExtractPolicy::default(),
             &mut |_| {},
         )

@@ -44,19 +44,21 @@ pub struct PreparedTree {
 
 impl PreparedTree {
     /// Creates a marked directory for `marker`'s run under `root` and extracts `reader` into
-    /// it with [`archive::extract_unhashed`] (blocking). The caller checks the bytes' size
-    /// and digest on another reader of the same bytes and [`discard`](Self::discard)s the
-    /// tree when that check fails. On an error nothing is left.
+    /// it with [`archive::extract_unhashed`] (blocking; `size_hint` sizes its buffers). The
+    /// caller checks the bytes' size and digest on another reader of the same bytes and
+    /// [`discard`](Self::discard)s the tree when that check fails. On an error nothing is
+    /// left.
     pub fn extract(
         root: &WorkRoot,
         marker: &Marker,
         reader: impl Read,
+        size_hint: Option<u64>,
         policy: &ExtractPolicy,
         progress: &mut dyn FnMut(ExtractProgress),
     ) -> Result<Self> {
         let dir = SandboxDir::create(root, marker, |_| Ok(()))?;
         let dest = dir.proc_path().join(TREE);
-        match archive::extract_unhashed(reader, &dest, policy, progress) {
+        match archive::extract_unhashed(reader, &dest, size_hint, policy, progress) {
             Ok(summary) => Ok(Self {
                 dir: Some(dir),
                 summary,
