@@ -122,11 +122,12 @@ pub(crate) fn declared(
     }
 }
 
-/// Uploads the archive for `run` into a local engine: one stream of the file, whatever its
-/// size (the engine's store hashes it, its extractor checks and prepares the tree in the
-/// same pass). Errors are the engine's (a rejection is `Error::ArchiveRejected`), or I/O
-/// errors reading the file.
-pub(crate) async fn upload(
+/// Uploads the archive for `run` into a local engine and starts the run: one stream of the
+/// file, whatever its size (the engine's store hashes it, its extractor checks and prepares
+/// the tree in the same pass; `archive_ready` and the start commit together,
+/// [`WorkspaceRuns::receive_archive_and_start`]). Errors are the engine's (a rejection is
+/// `Error::ArchiveRejected`, and nothing started), or I/O errors reading the file.
+pub(crate) async fn upload_and_start(
     engine: &WorkspaceRuns,
     run: &RunId,
     source: &PreparedSource,
@@ -135,7 +136,12 @@ pub(crate) async fn upload(
     let file = tokio::fs::File::open(&source.path)
         .await
         .map_err(|e| Error::io(format!("opening {}", source.path.display()), e))?;
-    let stream: ByteStream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+    // Reads of at most 256 KiB, a small archive's in one buffer of its own size (a larger
+    // buffer is only pages faulted in and unmapped again).
+    let capacity = usize::try_from(source.size_bytes)
+        .unwrap_or(usize::MAX)
+        .clamp(4096, 256 * 1024);
+    let stream: ByteStream = tokio_util::io::ReaderStream::with_capacity(file, capacity)
         .inspect(move |chunk| {
             if let (Some(bar), Ok(bytes)) = (&bar, chunk) {
                 bar.inc(bytes.len() as u64);
@@ -143,7 +149,7 @@ pub(crate) async fn upload(
         })
         .boxed();
     engine
-        .receive_archive(run, source.declared.as_ref(), source.size_bytes, stream)
+        .receive_archive_and_start(run, source.declared.as_ref(), source.size_bytes, stream)
         .await?;
     Ok(())
 }

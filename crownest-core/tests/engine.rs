@@ -1227,3 +1227,122 @@ async fn recovery_fails_runs_of_dead_owners_and_leaves_live_ones() {
     // Recovery is idempotent.
     assert!(engine.recover().await.unwrap().reclaimed.is_empty());
 }
+
+fn stream_of(bytes: Bytes) -> crownest_core::store::ByteStream {
+    futures::stream::once(async move { Ok(bytes) }).boxed()
+}
+
+/// The events of `run` from `archive_verified` up to its `starting` status.
+fn archive_ready_to_starting(events: &[Event]) -> &[Event] {
+    let from = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::ArchiveVerified { .. }))
+        .unwrap();
+    let to = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e.kind,
+                EventKind::Status {
+                    status: RunStatus::Starting,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    &events[from..=to]
+}
+
+#[tokio::test]
+async fn an_upload_that_starts_the_run_commits_ready_and_start_together() {
+    let e = env().await;
+    let run = e
+        .engine
+        .create(fake(&["env:TOKEN", "exit:0"]).with_secret("TOKEN", "tok-1"))
+        .await
+        .unwrap();
+    let a = archive();
+    let started = e
+        .engine
+        .receive_archive_and_start(&run.id, None, a.len() as u64, stream_of(a.clone()))
+        .await
+        .unwrap();
+    assert_eq!(started.status, RunStatus::Starting);
+    let done = e.engine.wait(&run.id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
+    let events = e.engine.list_events(&run.id, 0, 1000).await.unwrap();
+    assert_eq!(
+        statuses(&events),
+        vec![
+            RunStatus::AwaitingArchive,
+            RunStatus::ArchiveReady,
+            RunStatus::Queued,
+            RunStatus::Starting,
+            RunStatus::Running,
+            RunStatus::Finalizing,
+            RunStatus::Succeeded
+        ]
+    );
+    // One commit: the same instant, consecutive numbers, nothing between.
+    let step = archive_ready_to_starting(&events);
+    assert_eq!(step.len(), 4, "{step:?}");
+    assert!(step.iter().all(|ev| ev.at == step[0].at), "{step:?}");
+    assert!(step.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert_eq!(done.archive.as_ref().unwrap().sha256, descriptor_of(&a).sha256);
+    assert_well_formed(&e, &done, &events).await;
+}
+
+#[tokio::test]
+async fn with_no_slot_free_an_upload_that_starts_queues_the_run() {
+    let e = env_with(EngineConfig {
+        max_concurrent_runs: 1,
+        ..fast()
+    })
+    .await;
+    let first = e.ready(fake(&["sleep:300", "exit:0"])).await;
+    e.engine.start(&first.id).await.unwrap();
+    e.wait_status(&first.id, RunStatus::Running).await;
+    let second = e.engine.create(fake(&["exit:0"])).await.unwrap();
+    let a = archive();
+    let queued = e
+        .engine
+        .receive_archive_and_start(&second.id, Some(&descriptor_of(&a)), 0, stream_of(a))
+        .await
+        .unwrap();
+    assert_eq!(queued.status, RunStatus::Queued);
+    let done = e.engine.wait(&second.id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(
+        e.engine.wait(&first.id).await.unwrap().status,
+        RunStatus::Succeeded
+    );
+    let events = e.engine.list_events(&second.id, 0, 1000).await.unwrap();
+    assert_statuses_follow_the_table(&events);
+}
+
+#[tokio::test]
+async fn a_refused_archive_uploaded_to_start_starts_nothing() {
+    let e = env().await;
+    let run = e.engine.create(fake(&["exit:0"])).await.unwrap();
+    let hostile = tar_gz_raw_name("../../etc/evil", b"x");
+    let err = e
+        .engine
+        .receive_archive_and_start(&run.id, None, hostile.len() as u64, stream_of(hostile))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ArchiveRejected {
+                reason: RejectReason::ParentTraversal,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let record = e.engine.get(&run.id).await.unwrap();
+    assert_eq!(record.status, RunStatus::AwaitingArchive);
+    let events = e.engine.list_events(&run.id, 0, 100).await.unwrap();
+    assert_eq!(statuses(&events), vec![RunStatus::AwaitingArchive]);
+    assert!(e.fake.sandboxes().is_empty(), "no sandbox was made");
+}

@@ -135,7 +135,7 @@ async fn upload_to(
     bar: Option<indicatif::ProgressBar>,
 ) -> Result<(), Error> {
     match conn {
-        Connection::Local(engine) => upload::upload(engine, id, source, bar).await,
+        Connection::Local(engine) => upload::upload_and_start(engine, id, source, bar).await,
         Connection::Remote(client) => {
             let progress = bar.map(|bar| {
                 Arc::new(move |sent: u64| bar.set_position(sent)) as crownest_http::UploadProgress
@@ -245,7 +245,10 @@ async fn drive(
     }
     drop(source);
 
-    conn.start(&id).await?;
+    // A local engine started the run with the upload (`upload_and_start`).
+    if matches!(conn, Connection::Remote(_)) {
+        conn.start(&id).await?;
+    }
     if let Some(path) = &args.report_id_to {
         report(path, "started")?;
     }

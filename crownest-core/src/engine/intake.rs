@@ -10,17 +10,18 @@ use tracing::Instrument as _;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::WorkspaceRuns;
 use super::prepare;
 use super::rejected::VerifyingGuard;
+use super::{WorkspaceRuns, lock};
 use crate::archive::{ExtractPolicy, ExtractSummary};
 use crate::error::{ChunkRejectReason, Error, Result};
 use crate::event::{ArchivePhase, EventKind, NewEvent};
 use crate::ids::{RunId, Sha256Digest, TransferId};
-use crate::lifecycle::{Input, transition};
+use crate::lifecycle::{self, Input, transition};
 use crate::run::{ArchiveDescriptor, ArchiveInfo, RunRecord, UploadKind};
+use crate::status::RunStatus;
 use crate::store::{BlobExpect, BlobReader, ByteStream, TransferRecord};
 use crate::time::Timestamp;
 
@@ -150,9 +151,49 @@ impl WorkspaceRuns {
             });
         }
         let size_hint = expected.map_or(size_hint, |d| d.size_bytes);
-        self.intake_in_span(id, expected, size_hint, data, max, UploadKind::Direct)
+        self.intake_in_span(
+            id,
+            expected,
+            size_hint,
+            data,
+            max,
+            UploadKind::Direct,
+            false,
+        )
+        .instrument(super::observe::run_span(id))
+        .await
+    }
+
+    /// [`receive_archive`](Self::receive_archive), then [`start`](Self::start) (the local CLI's
+    /// `run`): when a slot is free, the archive's `archive_ready` and the start's `queued`
+    /// and `starting` are one commit instead of two (and the run is not read again); else
+    /// the archive is committed alone and the run is started as `start` does. The events
+    /// are those of the two calls, in the same order. A refused archive starts nothing.
+    pub async fn receive_archive_and_start(
+        &self,
+        id: &RunId,
+        expected: Option<&ArchiveDescriptor>,
+        size_hint: u64,
+        data: ByteStream,
+    ) -> Result<RunRecord> {
+        let max = self.inner.config.staged_upload_max_bytes;
+        if let Some(d) = expected
+            && d.size_bytes > max
+        {
+            return Err(Error::LimitExceeded {
+                limit: "stagedUploadMaxBytes",
+                max,
+            });
+        }
+        let size_hint = expected.map_or(size_hint, |d| d.size_bytes);
+        let record = self
+            .intake_in_span(id, expected, size_hint, data, max, UploadKind::Direct, true)
             .instrument(super::observe::run_span(id))
-            .await
+            .await?;
+        if record.status == RunStatus::ArchiveReady {
+            return self.start(id).await;
+        }
+        Ok(record)
     }
 
     /// Attaches an archive already stored (by digest) to a run, after checking it against
@@ -300,7 +341,7 @@ impl WorkspaceRuns {
         kind: UploadKind,
     ) -> Result<RunRecord> {
         let size = descriptor.size_bytes;
-        self.intake_in_span(id, Some(descriptor), size, data, max_bytes, kind)
+        self.intake_in_span(id, Some(descriptor), size, data, max_bytes, kind, false)
             .instrument(super::observe::run_span(id))
             .await
     }
@@ -313,9 +354,9 @@ impl WorkspaceRuns {
         data: ByteStream,
         max_bytes: u64,
         kind: UploadKind,
+        then_start: bool,
     ) -> Result<RunRecord> {
-        let run_lock = self.run_lock(id);
-        let _guard = run_lock.lock().await;
+        let guard = self.run_lock(id).lock_owned().await;
         let mut record = self.get(id).await?;
         transition(record.status, Input::ArchiveVerified)?;
         // Before the bytes land, so a refusal of the same bytes elsewhere keeps them (an
@@ -404,8 +445,25 @@ impl WorkspaceRuns {
                 return Err(e);
             }
         };
-        self.archive_ready(&mut record, &descriptor, kind, summary, tree)
+        if !then_start {
+            return self
+                .archive_ready(&mut record, &descriptor, kind, summary, tree, false)
+                .await;
+        }
+        // The commit that starts the run and the start of its driver are one step, which a
+        // caller dropped in between (an interrupted CLI) must not cut in two, leaving a run
+        // in `starting` that nothing drives: a task of its own, holding the run's lock.
+        let engine = self.clone();
+        let step = async move {
+            let _guard = guard;
+            let mut record = record;
+            engine
+                .archive_ready(&mut record, &descriptor, kind, summary, tree, true)
+                .await
+        };
+        tokio::spawn(step.in_current_span())
             .await
+            .map_err(|e| Error::io("starting the run", std::io::Error::other(e.to_string())))?
     }
 
     /// Policy check of a stored archive (and its tree prepared for `start`), then
@@ -453,12 +511,15 @@ impl WorkspaceRuns {
                 return Err(e);
             }
         };
-        self.archive_ready(record, descriptor, kind, summary, tree)
+        self.archive_ready(record, descriptor, kind, summary, tree, false)
             .await
     }
 
     /// The archive passed: `archive_verified` and `archive_ready` in one commit, the tree
-    /// kept for `start`, the run's other transfers discarded.
+    /// kept for `start`, the run's other transfers discarded. With `then_start` and a slot
+    /// free now, `queued` and `starting` join that commit and the run's driver starts (the
+    /// fast path of [`start`](WorkspaceRuns::start)); otherwise the run stays in
+    /// `archive_ready` for the caller to start.
     async fn archive_ready(
         &self,
         record: &mut RunRecord,
@@ -466,6 +527,7 @@ impl WorkspaceRuns {
         kind: UploadKind,
         summary: ExtractSummary,
         tree: Option<prepare::Held>,
+        then_start: bool,
     ) -> Result<RunRecord> {
         record.archive = Some(ArchiveInfo {
             size_bytes: descriptor.size_bytes,
@@ -494,14 +556,58 @@ impl WorkspaceRuns {
                 upload: kind,
             },
         };
-        // On a failed commit the tree is dropped, which removes it.
-        self.set_status(record, Input::ArchiveVerified, vec![progress, verified])
-            .await?;
+        let mut events = vec![progress, verified];
+        events.push(lifecycle::advance(record, Input::ArchiveVerified, now)?);
+        let started = match then_start {
+            true => self.start_now(record, &mut events, now)?,
+            false => None,
+        };
+        // On a failed commit the tree is dropped, which removes it (and the slot is freed).
+        self.commit(record, events, None).await?;
         if let Some(tree) = tree {
             self.keep_prepared(&record.id, tree);
         }
         self.discard_transfers(&record.id).await;
+        if let Some((backend, permit)) = started {
+            let secrets = lock(&self.inner.secrets)
+                .remove(&record.id)
+                .unwrap_or_default();
+            self.spawn_driver(record.clone(), backend, secrets, Some(permit));
+        }
         Ok(record.clone())
+    }
+
+    /// The fast path of `start` for a run in `archive_ready` (in `record`, not yet
+    /// committed): when this engine holds what the run needs (its backend; its secret
+    /// values, if it has secrets) and a slot is free now, `queued` and `starting` are added
+    /// to `events` and the backend and the slot returned; else nothing changes.
+    fn start_now(
+        &self,
+        record: &mut RunRecord,
+        events: &mut Vec<NewEvent>,
+        now: Timestamp,
+    ) -> Result<
+        Option<(
+            Arc<dyn crate::backend::SandboxBackend>,
+            OwnedSemaphorePermit,
+        )>,
+    > {
+        let secrets_here =
+            record.secret_names.is_empty() || lock(&self.inner.secrets).contains_key(&record.id);
+        let Ok(backend) = self.backend(&record.backend) else {
+            return Ok(None);
+        };
+        if !secrets_here {
+            return Ok(None);
+        }
+        let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let backend = backend.clone();
+        record.owner = Some(self.inner.owner.clone());
+        events.push(lifecycle::advance(record, Input::Start, now)?);
+        events.push(lifecycle::advance(record, Input::SlotAcquired, now)?);
+        Ok(Some((backend, permit)))
     }
 
     /// A refused upload: an `error` event; the run stays in `awaiting_archive`.
