@@ -1288,7 +1288,10 @@ async fn an_upload_that_starts_the_run_commits_ready_and_start_together() {
     assert_eq!(step.len(), 4, "{step:?}");
     assert!(step.iter().all(|ev| ev.at == step[0].at), "{step:?}");
     assert!(step.windows(2).all(|w| w[1].seq == w[0].seq + 1));
-    assert_eq!(done.archive.as_ref().unwrap().sha256, descriptor_of(&a).sha256);
+    assert_eq!(
+        done.archive.as_ref().unwrap().sha256,
+        descriptor_of(&a).sha256
+    );
     assert_well_formed(&e, &done, &events).await;
 }
 

@@ -151,17 +151,9 @@ impl WorkspaceRuns {
             });
         }
         let size_hint = expected.map_or(size_hint, |d| d.size_bytes);
-        self.intake_in_span(
-            id,
-            expected,
-            size_hint,
-            data,
-            max,
-            UploadKind::Direct,
-            false,
-        )
-        .instrument(super::observe::run_span(id))
-        .await
+        self.intake_in_span(id, expected, size_hint, data, Upload::direct(max, false))
+            .instrument(super::observe::run_span(id))
+            .await
     }
 
     /// [`receive_archive`](Self::receive_archive), then [`start`](Self::start) (the local CLI's
@@ -187,7 +179,7 @@ impl WorkspaceRuns {
         }
         let size_hint = expected.map_or(size_hint, |d| d.size_bytes);
         let record = self
-            .intake_in_span(id, expected, size_hint, data, max, UploadKind::Direct, true)
+            .intake_in_span(id, expected, size_hint, data, Upload::direct(max, true))
             .instrument(super::observe::run_span(id))
             .await?;
         if record.status == RunStatus::ArchiveReady {
@@ -341,7 +333,12 @@ impl WorkspaceRuns {
         kind: UploadKind,
     ) -> Result<RunRecord> {
         let size = descriptor.size_bytes;
-        self.intake_in_span(id, Some(descriptor), size, data, max_bytes, kind, false)
+        let how = Upload {
+            max_bytes,
+            kind,
+            then_start: false,
+        };
+        self.intake_in_span(id, Some(descriptor), size, data, how)
             .instrument(super::observe::run_span(id))
             .await
     }
@@ -352,10 +349,13 @@ impl WorkspaceRuns {
         declared: Option<&ArchiveDescriptor>,
         size_hint: u64,
         data: ByteStream,
-        max_bytes: u64,
-        kind: UploadKind,
-        then_start: bool,
+        how: Upload,
     ) -> Result<RunRecord> {
+        let Upload {
+            max_bytes,
+            kind,
+            then_start,
+        } = how;
         let guard = self.run_lock(id).lock_owned().await;
         let mut record = self.get(id).await?;
         transition(record.status, Input::ArchiveVerified)?;
@@ -618,6 +618,24 @@ impl WorkspaceRuns {
         });
         if let Err(commit_err) = self.commit(record, vec![ev], None).await {
             tracing::warn!(run = %record.id, error = %commit_err.chain(), "could not record a rejected upload");
+        }
+    }
+}
+
+/// How an upload is taken: its size limit, its kind, and whether the run starts with it.
+struct Upload {
+    max_bytes: u64,
+    kind: UploadKind,
+    then_start: bool,
+}
+
+impl Upload {
+    /// A direct upload (one stream) of at most `max_bytes`.
+    fn direct(max_bytes: u64, then_start: bool) -> Self {
+        Self {
+            max_bytes,
+            kind: UploadKind::Direct,
+            then_start,
         }
     }
 }
