@@ -141,19 +141,7 @@ impl WorkspaceRuns {
         size_hint: u64,
         data: ByteStream,
     ) -> Result<RunRecord> {
-        let max = self.inner.config.staged_upload_max_bytes;
-        if let Some(d) = expected
-            && d.size_bytes > max
-        {
-            return Err(Error::LimitExceeded {
-                limit: "stagedUploadMaxBytes",
-                max,
-            });
-        }
-        let size_hint = expected.map_or(size_hint, |d| d.size_bytes);
-        self.intake_in_span(id, expected, size_hint, data, Upload::direct(max, false))
-            .instrument(super::observe::run_span(id))
-            .await
+        self.receive(id, expected, size_hint, data, false).await
     }
 
     /// [`receive_archive`](Self::receive_archive), then [`start`](Self::start) (the local CLI's
@@ -168,6 +156,21 @@ impl WorkspaceRuns {
         size_hint: u64,
         data: ByteStream,
     ) -> Result<RunRecord> {
+        let record = self.receive(id, expected, size_hint, data, true).await?;
+        if record.status == RunStatus::ArchiveReady {
+            return self.start(id).await;
+        }
+        Ok(record)
+    }
+
+    async fn receive(
+        &self,
+        id: &RunId,
+        expected: Option<&ArchiveDescriptor>,
+        size_hint: u64,
+        data: ByteStream,
+        then_start: bool,
+    ) -> Result<RunRecord> {
         let max = self.inner.config.staged_upload_max_bytes;
         if let Some(d) = expected
             && d.size_bytes > max
@@ -178,14 +181,15 @@ impl WorkspaceRuns {
             });
         }
         let size_hint = expected.map_or(size_hint, |d| d.size_bytes);
-        let record = self
-            .intake_in_span(id, expected, size_hint, data, Upload::direct(max, true))
-            .instrument(super::observe::run_span(id))
-            .await?;
-        if record.status == RunStatus::ArchiveReady {
-            return self.start(id).await;
-        }
-        Ok(record)
+        self.intake_in_span(
+            id,
+            expected,
+            size_hint,
+            data,
+            Upload::direct(max, then_start),
+        )
+        .instrument(super::observe::run_span(id))
+        .await
     }
 
     /// Attaches an archive already stored (by digest) to a run, after checking it against
