@@ -99,6 +99,17 @@ impl Env {
     }
 }
 
+/// The statuses of a run that succeeds, in order.
+const EVERY_STATE_TO_SUCCESS: [RunStatus; 7] = [
+    RunStatus::AwaitingArchive,
+    RunStatus::ArchiveReady,
+    RunStatus::Queued,
+    RunStatus::Starting,
+    RunStatus::Running,
+    RunStatus::Finalizing,
+    RunStatus::Succeeded,
+];
+
 fn statuses(events: &[Event]) -> Vec<RunStatus> {
     events
         .iter()
@@ -171,18 +182,7 @@ async fn a_run_succeeds_through_every_state() {
         .await;
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(done.exit_code, Some(0));
-    assert_eq!(
-        statuses(&events),
-        vec![
-            RunStatus::AwaitingArchive,
-            RunStatus::ArchiveReady,
-            RunStatus::Queued,
-            RunStatus::Starting,
-            RunStatus::Running,
-            RunStatus::Finalizing,
-            RunStatus::Succeeded
-        ]
-    );
+    assert_eq!(statuses(&events), EVERY_STATE_TO_SUCCESS);
     assert!(
         events.iter().any(
             |e| matches!(&e.kind, EventKind::Stdout(c) if c.data.as_deref() == Some("hello\n"))
@@ -1271,18 +1271,7 @@ async fn an_upload_that_starts_the_run_commits_ready_and_start_together() {
     let done = e.engine.wait(&run.id).await.unwrap();
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
     let events = e.engine.list_events(&run.id, 0, 1000).await.unwrap();
-    assert_eq!(
-        statuses(&events),
-        vec![
-            RunStatus::AwaitingArchive,
-            RunStatus::ArchiveReady,
-            RunStatus::Queued,
-            RunStatus::Starting,
-            RunStatus::Running,
-            RunStatus::Finalizing,
-            RunStatus::Succeeded
-        ]
-    );
+    assert_eq!(statuses(&events), EVERY_STATE_TO_SUCCESS);
     // One commit: the same instant, consecutive numbers, nothing between.
     let step = archive_ready_to_starting(&events);
     assert_eq!(step.len(), 4, "{step:?}");
