@@ -45,10 +45,6 @@ struct State {
     buffer: VecDeque<Event>,
     done: bool,
     watch: Option<watch::Receiver<super::LiveBatch>>,
-    /// The last read of the store returned everything it had (less than a page), and the
-    /// run's channel was already watched when it did: until the channel changes (or the
-    /// poll interval passes), another read would find nothing new.
-    caught_up: bool,
 }
 
 impl State {
@@ -76,7 +72,6 @@ impl WorkspaceRuns {
             buffer: VecDeque::new(),
             done: false,
             watch: Some(rx),
-            caught_up: false,
         };
         let stream = futures::stream::unfold(state, |mut st| -> BoxFuture<'static, _> {
             Box::pin(async move {
@@ -100,24 +95,6 @@ impl WorkspaceRuns {
                             continue;
                         }
                     }
-                    // Caught up with the store, and every commit since is signalled on the
-                    // channel (watched since before that read): wait for it instead of
-                    // reading again (a CLI's tiny run read twice more here, for nothing).
-                    if st.caught_up {
-                        st.caught_up = false;
-                        let poll = st.engine.inner.config.subscribe_poll_interval;
-                        if let Some(rx) = st.watch.as_mut() {
-                            tokio::select! {
-                                changed = rx.changed() => {
-                                    if changed.is_err() {
-                                        st.watch = None;
-                                    }
-                                }
-                                _ = tokio::time::sleep(poll) => {}
-                            }
-                            continue;
-                        }
-                    }
                     match st
                         .engine
                         .inner
@@ -129,10 +106,7 @@ impl WorkspaceRuns {
                             st.done = true;
                             return Some((Err(e), st));
                         }
-                        Ok(events) if !events.is_empty() => {
-                            st.caught_up = events.len() < PAGE && st.watch.is_some();
-                            st.buffer.extend(events);
-                        }
+                        Ok(events) if !events.is_empty() => st.buffer.extend(events),
                         Ok(_) => {
                             // Nothing after the cursor. If the run has ended, nothing ever
                             // will be: end now (a cursor at or past `terminal`, e.g. a client
