@@ -38,6 +38,9 @@ struct State {
     filling: bool,
     /// The waiting maker thread (`None`: none, or it ended).
     maker: Option<mpsc::Sender<()>>,
+    /// The maker thread's id (for the tests to find it).
+    #[cfg(test)]
+    maker_tid: Option<i32>,
 }
 
 impl SpareNetns {
@@ -78,6 +81,10 @@ impl SpareNetns {
 /// The maker thread: a spare now, then one per message, until the backend is gone (its
 /// sender dropped) or the thread cannot go back to the namespace it started in.
 fn maker(spare: &Weak<SpareNetns>, next: &mpsc::Receiver<()>) {
+    #[cfg(test)]
+    if let Some(spare) = spare.upgrade() {
+        spare.state().maker_tid = Some(rustix::thread::gettid().as_raw_nonzero().get());
+    }
     let home = own_netns();
     loop {
         let made = make();
@@ -182,19 +189,20 @@ mod tests {
             );
             return;
         };
+        // This spare's maker only: other tests' makers may be making one right now.
+        let tid = spare.state().maker_tid.unwrap();
         let own = rustix::fs::stat("/proc/self/ns/net").unwrap().st_ino;
-        let makers: Vec<u64> = std::fs::read_dir("/proc/thread-self/..")
-            .unwrap()
-            .map(|t| t.unwrap().path())
-            .filter(|t| {
-                std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "crownest-netns")
-            })
-            .map(|t| rustix::fs::stat(t.join("ns/net")).unwrap().st_ino)
-            .collect();
-        assert!(!makers.is_empty(), "the maker thread is still there");
-        assert!(
-            makers.iter().all(|&ns| ns == own),
-            "every maker thread is back in the process's namespace: {makers:?} against {own}"
+        let maker = std::path::Path::new("/proc/thread-self/..").join(tid.to_string());
+        let comm = std::fs::read_to_string(maker.join("comm")).unwrap();
+        assert_eq!(
+            comm.trim(),
+            "crownest-netns",
+            "the maker thread is still there"
+        );
+        assert_eq!(
+            rustix::fs::stat(maker.join("ns/net")).unwrap().st_ino,
+            own,
+            "the maker thread is back in the process's namespace"
         );
         spare.refill();
         let second = ready(&spare).unwrap();
