@@ -62,12 +62,20 @@ impl Inner {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Calls of `commit` (each one transaction of a durable store).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many times [`Store::commit`] was called (for tests of how many transactions a
+    /// path of the engine takes).
+    pub fn commit_calls(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -159,6 +167,8 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, id: &RunId, commit: RunCommit) -> Result<Vec<Event>> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut g = self.lock();
         let stored = g
             .runs

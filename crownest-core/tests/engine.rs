@@ -1253,8 +1253,46 @@ fn archive_ready_to_starting(events: &[Event]) -> &[Event] {
     &events[from..=to]
 }
 
+/// Commits of a whole run of `spec` on a fresh engine: through `receive_archive` then
+/// `start`, or through `receive_archive_and_start`.
+async fn commits_of_a_run(spec: RunSpec, together: bool) -> u64 {
+    // No heartbeat: the count must not depend on how long the command takes.
+    let e = env_with(EngineConfig {
+        heartbeat_interval: Duration::from_secs(3600),
+        ..fast()
+    })
+    .await;
+    let run = e.engine.create(spec).await.unwrap();
+    let a = archive();
+    let (n, data) = (a.len() as u64, stream_of(a));
+    if together {
+        e.engine
+            .receive_archive_and_start(&run.id, None, n, data)
+            .await
+            .unwrap();
+    } else {
+        e.engine
+            .receive_archive(&run.id, None, n, data)
+            .await
+            .unwrap();
+        e.engine.start(&run.id).await.unwrap();
+    }
+    let done = e.engine.wait(&run.id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Succeeded);
+    e.store.commit_calls()
+}
+
 #[tokio::test]
 async fn an_upload_that_starts_the_run_commits_ready_and_start_together() {
+    let spec = fake(&["out:hi", "exit:0"]);
+    let apart = commits_of_a_run(spec.clone(), false).await;
+    let together = commits_of_a_run(spec, true).await;
+    assert_eq!(
+        together + 1,
+        apart,
+        "one commit fewer ({together} against {apart})"
+    );
+
     let e = env().await;
     let run = e
         .engine
@@ -1272,7 +1310,7 @@ async fn an_upload_that_starts_the_run_commits_ready_and_start_together() {
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.failure);
     let events = e.engine.list_events(&run.id, 0, 1000).await.unwrap();
     assert_eq!(statuses(&events), EVERY_STATE_TO_SUCCESS);
-    // One commit: the same instant, consecutive numbers, nothing between.
+    // Consecutive numbers, nothing between; one instant (they are one commit).
     let step = archive_ready_to_starting(&events);
     assert_eq!(step.len(), 4, "{step:?}");
     assert!(step.iter().all(|ev| ev.at == step[0].at), "{step:?}");
