@@ -27,7 +27,50 @@ fn civil_date(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The rustc minor version (`rustc 1.95.0 (...)` -> 95), if `$RUSTC -V` says.
+fn rustc_minor() -> Option<u32> {
+    let rustc = std::env::var("RUSTC").ok()?;
+    let out = Command::new(rustc).arg("-V").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1)?;
+    let mut parts = version.split('.');
+    (parts.next()? == "1").then_some(())?;
+    parts.next()?.parse().ok()
+}
+
+/// Whether the release link of the binaries uses `symbol-order.txt` (lld's
+/// `--symbol-ordering-file`): the functions a short command runs are placed together, so
+/// starting one faults in far fewer pages of code (`scripts/gen-symbol-order.sh`,
+/// docs/benchmarks.md, "Fourteenth pass"). Only where the linker is known to be lld:
+/// x86_64 Linux GNU with rustc 1.90 or later (which links with its own lld by default) and
+/// no linker chosen by configuration; `CROWNEST_NO_SYMBOL_ORDER=1` turns it off.
+fn symbol_order() {
+    println!("cargo:rerun-if-env-changed=CROWNEST_NO_SYMBOL_ORDER");
+    println!("cargo:rerun-if-changed=symbol-order.txt");
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    let chosen_linker = std::env::var_os("RUSTC_LINKER").is_some()
+        || ["linker", "fuse-ld", "link-self-contained"]
+            .iter()
+            .any(|f| flags.contains(f));
+    let wanted = var("PROFILE") == "release"
+        && var("TARGET") == "x86_64-unknown-linux-gnu"
+        && std::env::var_os("CROWNEST_NO_SYMBOL_ORDER").is_none()
+        && !chosen_linker
+        && rustc_minor().is_some_and(|m| m >= 90);
+    let file = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("symbol-order.txt");
+    if wanted && file.is_file() {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            file.display()
+        );
+        // Names the list has and this build does not (a stale list) are skipped quietly.
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
+}
+
 fn main() {
+    symbol_order();
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let secs = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
