@@ -2,8 +2,8 @@
 # Regenerates crownest-cli/symbol-order.txt: the functions a tiny `crownest run` (and
 # `crownest --version`) executes, in the order valgrind's callgrind first lists them. The
 # release link of the `crownest` binary puts these functions first in `.text`
-# (`crownest-cli/build.rs`, lld's `--symbol-ordering-file`), so a short command faults in a
-# few dozen contiguous pages of code instead of pages spread over ~30 MB
+# (`crownest-cli/build.rs`, lld's `--symbol-ordering-file`), so a short command's code lies
+# in a few dozen 64 KiB windows (one page fault each) instead of ~150 spread over ~30 MB
 # (docs/benchmarks.md, "Fourteenth pass").
 #
 #   scripts/gen-symbol-order.sh         (env: CROWNEST_BIN=PATH, a release binary to trace)
