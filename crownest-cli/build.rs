@@ -38,12 +38,34 @@ fn rustc_minor() -> Option<u32> {
     parts.next()?.parse().ok()
 }
 
+/// Whether this toolchain ships the lld it links with by default (`gcc-ld/ld.lld` in its
+/// sysroot): a distribution's rustc may come without it and link with the system's `ld`,
+/// which does not know `--symbol-ordering-file`.
+fn ships_lld() -> bool {
+    let Ok(rustc) = std::env::var("RUSTC") else {
+        return false;
+    };
+    let Some(sysroot) = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    else {
+        return false;
+    };
+    std::path::Path::new(&sysroot)
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
+        .is_file()
+}
+
 /// Whether the release link of the binaries uses `symbol-order.txt` (lld's
 /// `--symbol-ordering-file`): the functions a short command runs are placed together, so
 /// starting one faults in far fewer pages of code (`scripts/gen-symbol-order.sh`,
 /// docs/benchmarks.md, "Fourteenth pass"). Only where the linker is known to be lld:
-/// x86_64 Linux GNU with rustc 1.90 or later (which links with its own lld by default) and
-/// no linker chosen by configuration; `CROWNEST_NO_SYMBOL_ORDER=1` turns it off.
+/// x86_64 Linux GNU with rustc 1.90 or later (which links with its own lld by default), a
+/// toolchain that ships that lld, and no linker chosen by configuration;
+/// `CROWNEST_NO_SYMBOL_ORDER=1` turns it off.
 fn symbol_order() {
     println!("cargo:rerun-if-env-changed=CROWNEST_NO_SYMBOL_ORDER");
     println!("cargo:rerun-if-changed=symbol-order.txt");
@@ -57,7 +79,8 @@ fn symbol_order() {
         && var("TARGET") == "x86_64-unknown-linux-gnu"
         && std::env::var_os("CROWNEST_NO_SYMBOL_ORDER").is_none()
         && !chosen_linker
-        && rustc_minor().is_some_and(|m| m >= 90);
+        && rustc_minor().is_some_and(|m| m >= 90)
+        && ships_lld();
     let file = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("symbol-order.txt");
     if wanted && file.is_file() {
         println!(
