@@ -2,15 +2,26 @@
 //! `crownest --version` (`crownest 0.1.0 (commit 1a2b3c4d5e6f, built 2026-12-06)`).
 //! Outside a git checkout (a source tarball) the commit is "unknown". `SOURCE_DATE_EPOCH`
 //! (reproducible builds) sets the date; otherwise it is the UTC date of the build.
+//! A release link also gets the symbol order ([`symbol_order`]).
 
 use std::process::Command;
 
-fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git").args(args).output().ok()?;
+/// What `program args` prints, trimmed, when it runs and succeeds with some output.
+fn stdout_of(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .filter(|s| !s.is_empty())
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    stdout_of("git", args)
+}
+
+/// `$RUSTC args` (the compiler cargo builds this crate with).
+fn rustc(args: &[&str]) -> Option<String> {
+    stdout_of(&std::env::var("RUSTC").ok()?, args)
 }
 
 /// Days since 1970-01-01 → `YYYY-MM-DD` (proleptic Gregorian, Howard Hinnant's algorithm).
@@ -27,36 +38,25 @@ fn civil_date(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// The rustc minor version (`rustc 1.95.0 (...)` -> 95), if `$RUSTC -V` says.
+/// The rustc minor version (`rustc 1.95.0 (...)` -> 95).
 fn rustc_minor() -> Option<u32> {
-    let rustc = std::env::var("RUSTC").ok()?;
-    let out = Command::new(rustc).arg("-V").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().nth(1)?;
-    let mut parts = version.split('.');
+    let text = rustc(&["-V"])?;
+    let mut parts = text.split_whitespace().nth(1)?.split('.');
     (parts.next()? == "1").then_some(())?;
     parts.next()?.parse().ok()
 }
 
-/// Whether this toolchain ships the lld it links with by default (`gcc-ld/ld.lld` in its
-/// sysroot): a distribution's rustc may come without it and link with the system's `ld`,
-/// which does not know `--symbol-ordering-file`.
-fn ships_lld() -> bool {
-    let Ok(rustc) = std::env::var("RUSTC") else {
-        return false;
-    };
-    let Some(sysroot) = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    else {
-        return false;
-    };
-    std::path::Path::new(&sysroot)
-        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
-        .is_file()
+/// Whether this toolchain ships the lld it links `target` with by default (`gcc-ld/ld.lld`
+/// in its sysroot): a distribution's rustc may come without it and link with the system's
+/// `ld`, which does not know `--symbol-ordering-file`.
+fn ships_lld(target: &str) -> bool {
+    rustc(&["--print", "sysroot"]).is_some_and(|sysroot| {
+        std::path::Path::new(&sysroot)
+            .join("lib/rustlib")
+            .join(target)
+            .join("bin/gcc-ld/ld.lld")
+            .is_file()
+    })
 }
 
 /// Whether the release link of the binaries uses `symbol-order.txt` (lld's
@@ -71,16 +71,19 @@ fn symbol_order() {
     println!("cargo:rerun-if-changed=symbol-order.txt");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    // Any flag naming a linker turns the order off (conservatively: `-C linker-plugin-lto`
+    // too), and so does a linker set in cargo's configuration (`RUSTC_LINKER`).
     let chosen_linker = std::env::var_os("RUSTC_LINKER").is_some()
         || ["linker", "fuse-ld", "link-self-contained"]
             .iter()
             .any(|f| flags.contains(f));
+    let target = var("TARGET");
     let wanted = var("PROFILE") == "release"
-        && var("TARGET") == "x86_64-unknown-linux-gnu"
+        && target == "x86_64-unknown-linux-gnu"
         && std::env::var_os("CROWNEST_NO_SYMBOL_ORDER").is_none()
         && !chosen_linker
         && rustc_minor().is_some_and(|m| m >= 90)
-        && ships_lld();
+        && ships_lld(&target);
     let file = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("symbol-order.txt");
     if wanted && file.is_file() {
         println!(

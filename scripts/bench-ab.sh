@@ -20,11 +20,7 @@ WORK=$(mktemp -d "$DIR/crownest-bench-ab.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 cp "$A" "$WORK/a"
 cp "$B" "$WORK/b"
-mkdir -p "$WORK/tiny/src"
-for i in $(seq -w 1 50); do
-  head -c 1600 /dev/urandom | base64 -w 76 | head -c 2048 > "$WORK/tiny/src/file$i.txt"
-done
-tar -czf "$WORK/tiny.tgz" -C "$WORK/tiny" .
+bench_tiny_archive "$WORK"
 cmd() { echo "$WORK/$1 --home $WORK/home-$1 run $WORK/tiny.tgz -- true"; }
 for w in a b; do # the store and host key made, then a few warm runs
   for _ in 1 2 3 4 5 6; do eval "$(cmd $w)" > /dev/null 2>&1; done

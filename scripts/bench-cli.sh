@@ -36,11 +36,7 @@ CN=${CROWNEST_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/crownest}
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK" "$DISK/run" "$TMPFS/run"' EXIT
-mkdir -p "$WORK/tiny/src"
-for i in $(seq -w 1 50); do
-  head -c 1600 /dev/urandom | base64 -w 76 | head -c 2048 > "$WORK/tiny/src/file$i.txt"
-done
-tar -czf "$WORK/tiny.tgz" -C "$WORK/tiny" .
+bench_tiny_archive "$WORK"
 echo "tiny.tgz: $(stat -c %s "$WORK/tiny.tgz") bytes compressed, $(du -sb "$WORK/tiny/src" | cut -f1) bytes in 50 files"
 
 BASE= N=0

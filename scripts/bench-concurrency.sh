@@ -34,11 +34,7 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/throughput
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/tiny/src"
-for i in $(seq -w 0 49); do
-  head -c 1600 /dev/urandom | base64 -w 76 | head -c 2048 > "$WORK/tiny/src/file$i.txt"
-done
-tar -czf "$WORK/tiny.tgz" -C "$WORK/tiny" .
+bench_tiny_archive "$WORK"
 
 # One batch of RUNS plain jobs, SLOTS at a time; prints runs/s.
 plain_batch() {

@@ -20,6 +20,8 @@
 # image (`crownest setup docker`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 RUNS=${1:-15}
 TARGET=${CARGO_TARGET_DIR:-target}
 REPO=$(pwd)
@@ -45,11 +47,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-mkdir -p "$WORK/tiny/src"
-for i in $(seq -w 1 50); do
-  head -c 1600 /dev/urandom | base64 -w 76 | head -c 2048 > "$WORK/tiny/src/file$i.txt"
-done
-tar -czf "$WORK/tiny.tgz" -C "$WORK/tiny" .
+bench_tiny_archive "$WORK"
 
 export CROWNEST_TOKEN=bench-docker-token
 # serve NAME POOL-ARGS...: starts a server on a free port, sets URL (not in a subshell:

@@ -56,11 +56,7 @@ PG_URL="${CROWNEST_POSTGRES_URL%/*}/$DB"
 drop_db() { psql "$CROWNEST_POSTGRES_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" > /dev/null 2>&1 || true; }
 trap 'drop_db; cleanup' EXIT
 
-mkdir -p "$WORK/tiny/src"
-for i in $(seq -w 0 49); do
-  head -c 1600 /dev/urandom | base64 -w 76 | head -c 2048 > "$WORK/tiny/src/file$i.txt"
-done
-tar -czf "$WORK/tiny.tgz" -C "$WORK/tiny" .
+bench_tiny_archive "$WORK"
 TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '%s\n' "$TOKEN" > "$WORK/token"
 

@@ -18,6 +18,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 command -v valgrind > /dev/null || { echo "gen-symbol-order: valgrind is not installed" >&2; exit 1; }
 if [ -z "${CROWNEST_BIN:-}" ]; then
   cargo build --release --workspace --bins
@@ -32,11 +34,7 @@ mkdir -m 700 "$WORK/runtime"
 # The process backend's work root (and its cached containment probe) under $WORK, not the
 # user's: the failed spawn under valgrind re-probes and would cache the result.
 export XDG_RUNTIME_DIR=$WORK/runtime
-mkdir -p "$WORK/tiny/src"
-for i in $(seq -w 1 50); do
-  head -c 1600 /dev/urandom | base64 -w 76 | head -c 2048 > "$WORK/tiny/src/file$i.txt"
-done
-tar -czf "$WORK/tiny.tgz" -C "$WORK/tiny" .
+bench_tiny_archive "$WORK"
 # A home with a run in it already, as a user's has (the first run creates the store).
 "$CN" --home "$WORK/home" run "$WORK/tiny.tgz" -- true > /dev/null 2>&1
 

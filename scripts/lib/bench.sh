@@ -5,6 +5,7 @@
 #   bench_pair RUNS NAME_A CMD_A NAME_B CMD_B [PREP]   # A B, B A, A B...; times in BENCH_T_A/B
 #   bench_median 0.1 0.3 0.2                           # -> 0.2
 #   bench_row PATH PLAIN CROWNEST RATIO GOAL LOAD      # upserts the row keyed by PATH
+#   bench_tiny_archive DIR                             # DIR/tiny/src (50 files), DIR/tiny.tgz
 
 BENCH_ROOT=${BENCH_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 BENCH_DOC=${BENCH_DOC:-$BENCH_ROOT/docs/benchmarks.md}
@@ -60,4 +61,15 @@ bench_pair() {
 # is PATH (markdown, as given) in the "User-path benchmarks" table of docs/benchmarks.md, dated today.
 bench_row() {
   python3 "$BENCH_ROOT/scripts/lib/bench-table.py" "$BENCH_DOC" "$@" "$(date -u +%Y-%m-%d)"
+}
+
+# bench_tiny_archive DIR: the tiny repo every tiny-run benchmark uses, 50 text files of 2 KiB
+# (~100 KB) in DIR/tiny/src, packed as DIR/tiny.tgz (~78 KB).
+bench_tiny_archive() {
+  local dir=$1 i
+  mkdir -p "$dir/tiny/src"
+  for i in $(seq -w 1 50); do
+    head -c 1600 /dev/urandom | base64 -w 76 | head -c 2048 > "$dir/tiny/src/file$i.txt"
+  done
+  tar -czf "$dir/tiny.tgz" -C "$dir/tiny" .
 }
