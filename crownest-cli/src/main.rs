@@ -66,6 +66,43 @@ fn few_malloc_arenas() {
     }
 }
 
+/// Archives up to this size make a short `run` (see [`runtime_for`]).
+const SMALL_ARCHIVE: u64 = 1024 * 1024;
+
+/// The async runtime of a command. A local `run` on the process backend of an archive file
+/// of at most [`SMALL_ARCHIVE`] gets a current-thread runtime: its async work (the driver,
+/// the sandbox's output pumps, the printing) is light next to the store's writer thread,
+/// which does a run's heavy lifting (events encoded, hashed and written) on a thread of its
+/// own, and blocking work still goes to the blocking pool, while two workers cost a tiny run
+/// their creation and a wake-up of another thread at every hand-off (~0.3-0.7 ms of ~12;
+/// a run printing 65 MB was not slower: `docs/benchmarks.md`, "Fifteenth pass"). A larger
+/// archive (or a directory, packed by the command) keeps two workers: reading, hashing and
+/// storing a 93 MB archive overlap on them (1.02 s against 1.15 s on one thread). So does
+/// every other command, `run` with `--server` (an upload streamed over HTTP), and `run` on
+/// the wasm backend (its guest runs as a task of the runtime, and would share the one
+/// thread with everything else) or the Docker backend.
+fn runtime_for(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    let short_run = match &cli.command {
+        Command::Run(args) => {
+            cli.server.is_none()
+                && args.backend.as_deref().is_none_or(|b| b == "process")
+                && std::fs::metadata(&args.source)
+                    .is_ok_and(|m| m.is_file() && m.len() <= SMALL_ARCHIVE)
+        }
+        _ => false,
+    };
+    if short_run {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = parse();
     term::init(cli.quiet, cli.color);
@@ -78,11 +115,7 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_)) {
         few_malloc_arenas();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(&cli) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("crownest: cannot start the async runtime: {e}");

@@ -9,14 +9,13 @@
 //! its beginning only once all of it was copied), the writer checkpoints inline at
 //! `BACKSTOP_FACTOR` times that size, which bounds the WAL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crownest_core::Result;
 use rusqlite::Connection;
 
-use crate::error::io;
 use crate::schema::connect;
 
 /// WAL size above which a checkpoint is asked for.
@@ -28,26 +27,51 @@ const BACKSTOP_FACTOR: i64 = 4;
 /// Handle of the checkpointer thread (it stops when every handle is dropped).
 #[derive(Debug, Clone)]
 pub(crate) struct Checkpointer {
-    tx: Sender<()>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: PathBuf,
+    busy_timeout: Duration,
+    /// The thread's queue, made at the first request (`None`: the thread could not be
+    /// started; the writer's inline backstop still bounds the WAL).
+    tx: OnceLock<Option<Sender<()>>>,
 }
 
 impl Checkpointer {
-    /// Starts the thread. Its connection is opened at the first request: most processes
-    /// (a CLI command) never write 32 MiB of WAL, and a connection costs an open, the
-    /// pragmas and a read of the schema.
-    pub(crate) fn start(db: &Path, busy_timeout: Duration) -> Result<Self> {
-        let db = db.to_owned();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("crownest-sqlite-checkpoint".into())
-            .spawn(move || run(&db, busy_timeout, &rx))
-            .map_err(|e| io("starting the checkpoint thread", e))?;
-        Ok(Self { tx })
+    /// A checkpointer whose thread starts at the first request, and whose connection is
+    /// opened then: most processes (a CLI command) never write 32 MiB of WAL, and a thread
+    /// costs its creation and a connection an open, the pragmas and a read of the schema.
+    pub(crate) fn new(db: &Path, busy_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db: db.to_owned(),
+                busy_timeout,
+                tx: OnceLock::new(),
+            }),
+        }
     }
 
-    /// Asks for a checkpoint (coalesced with pending requests).
+    /// Asks for a checkpoint (coalesced with pending requests), starting the thread at
+    /// the first request.
     pub(crate) fn request(&self) {
-        let _ = self.tx.send(());
+        let tx = self.inner.tx.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (db, busy_timeout) = (self.inner.db.clone(), self.inner.busy_timeout);
+            match std::thread::Builder::new()
+                .name("crownest-sqlite-checkpoint".into())
+                .spawn(move || run(&db, busy_timeout, &rx))
+            {
+                Ok(_) => Some(tx),
+                // No thread (the process is out of them): the writer's inline checkpoint
+                // at the backstop size still bounds the WAL.
+                Err(_) => None,
+            }
+        });
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+        }
     }
 
     /// Installs the WAL hook on the writer connection: after each commit, a WAL longer than

@@ -204,7 +204,7 @@ impl Writer {
         config: &SqliteConfig,
     ) -> Result<Self> {
         let mut conn = conn;
-        let checkpointer = Checkpointer::start(&shared.layout.db, config.busy_timeout)?;
+        let checkpointer = Checkpointer::new(&shared.layout.db, config.busy_timeout);
         // The hook keeps its own handle: the checkpoint thread lives as long as the connection.
         checkpointer
             .hook(&mut conn)
